@@ -1,5 +1,7 @@
 //! Hearth's sans-IO SFU core.
 pub mod codec;
 pub mod forwarder;
+pub mod keyframe;
 pub mod media;
+pub mod nack;
 pub mod seq;

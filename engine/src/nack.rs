@@ -1,0 +1,558 @@
+//! Retransmissions: the per-track packet cache that answers subscriber NACKs
+//! ([`RetransmissionCache`]), the loss detector that NACKs the publisher ([`NackGenerator`]) and
+//! the RFC 4585 §6.2.1 generic NACK (PID, BLP) encoding helpers.
+//!
+//! Hot path: [`RetransmissionCache::insert`] runs for every published packet; it writes into a
+//! ring allocated once in [`RetransmissionCache::new`] and clones only the payload handle.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::media::MediaPacket;
+use crate::seq::{seq_diff, seq_newer};
+
+/// Largest useful cache: half the sequence space, so slot ownership stays unambiguous.
+const MAX_CACHE: usize = 1 << 15;
+
+/// Per published track: the last N packets, by source sequence number, to answer NACKs.
+#[derive(Debug)]
+pub struct RetransmissionCache {
+    slots: Vec<Option<MediaPacket>>,
+    mask: usize,
+    max_age: Duration,
+}
+
+impl RetransmissionCache {
+    /// `capacity` is rounded up to a power of two and clamped to `1..=32768`; `max_age` bounds
+    /// how old an answer may be (measured from the packet's arrival).
+    pub fn new(capacity: usize, max_age: Duration) -> Self {
+        let capacity = capacity.clamp(1, MAX_CACHE).next_power_of_two();
+        RetransmissionCache {
+            slots: vec![None; capacity],
+            mask: capacity - 1,
+            max_age,
+        }
+    }
+
+    /// Stores `pkt` in the slot of its sequence number (clones the Bytes handle, not the
+    /// payload). A late packet does not overwrite a newer, still fresh packet of the same SSRC
+    /// that already occupies its slot.
+    pub fn insert(&mut self, pkt: &MediaPacket) {
+        let slot = &mut self.slots[usize::from(pkt.seq) & self.mask];
+        if let Some(existing) = slot {
+            let fresh = pkt.arrival.saturating_duration_since(existing.arrival) < self.max_age;
+            if existing.ssrc == pkt.ssrc && fresh && seq_newer(existing.seq, pkt.seq) {
+                return;
+            }
+        }
+        *slot = Some(pkt.clone());
+    }
+
+    /// The packet with sequence number `seq`; None if evicted, overwritten by a newer seq in the
+    /// slot, or older than max_age at `now`.
+    pub fn get(&self, seq: u16, now: Instant) -> Option<&MediaPacket> {
+        self.slots[usize::from(seq) & self.mask]
+            .as_ref()
+            .filter(|p| p.seq == seq && now.saturating_duration_since(p.arrival) <= self.max_age)
+    }
+
+    /// Number of slots (the rounded capacity).
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Forgets every packet (keeps the allocation).
+    pub fn clear(&mut self) {
+        self.slots.iter_mut().for_each(|slot| *slot = None);
+    }
+}
+
+/// Tuning of the [`NackGenerator`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NackConfig {
+    /// NACKs sent per missing packet before giving up (default 5).
+    pub max_retries: u8,
+    /// Time between NACKs of the same packet (default 50 ms); the RTT if known and larger.
+    pub retry_interval: Duration,
+    /// Give up on a missing packet this long after its loss was detected (default 1 s).
+    pub max_age: Duration,
+    /// Most packets tracked as missing (default 256). A bigger forward jump is taken as a
+    /// publisher restart and resets the state instead of NACKing every gap packet.
+    pub max_missing: usize,
+}
+
+impl Default for NackConfig {
+    fn default() -> Self {
+        NackConfig {
+            max_retries: 5,
+            retry_interval: Duration::from_millis(50),
+            max_age: Duration::from_secs(1),
+            max_missing: 256,
+        }
+    }
+}
+
+/// Per published video track: detects losses from the publisher and schedules NACKs with retries.
+///
+/// A gap is NACKed at once, then every retry interval until the packet arrives, `max_retries`
+/// NACKs were sent or `max_age` passed. A packet far behind the newest (more than
+/// `max_missing`) that is not missing is ignored unless the next packet continues it: two
+/// consecutive such packets are a restart of the sequence and reset the state.
+#[derive(Debug)]
+pub struct NackGenerator {
+    config: NackConfig,
+    rtt: Option<Duration>,
+    /// Newest sequence number, extended (first packet at `seq + 1 << 16`).
+    highest: Option<u64>,
+    /// Expected next sequence number of a candidate backwards restart.
+    restart_probe: Option<u16>,
+    missing: BTreeMap<u64, Missing>,
+    out: Vec<u16>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Missing {
+    since: Instant,
+    sent: u8,
+    next: Instant,
+}
+
+impl NackGenerator {
+    /// A generator that has seen no packet yet.
+    pub fn new(config: NackConfig) -> Self {
+        NackGenerator {
+            config,
+            rtt: None,
+            highest: None,
+            restart_probe: None,
+            missing: BTreeMap::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Records arrival; gaps become "missing"; a late (recovered) packet clears its entry.
+    pub fn on_packet(&mut self, now: Instant, seq: u16) {
+        let Some(highest) = self.highest else {
+            self.reset(seq);
+            return;
+        };
+        let ext = highest.saturating_add_signed(i64::from(seq_diff(seq, highest as u16)));
+        if ext > highest {
+            self.restart_probe = None;
+            let gap = ext - highest - 1;
+            if gap > self.config.max_missing as u64 {
+                self.reset(seq);
+                return;
+            }
+            let fresh = Missing {
+                since: now,
+                sent: 0,
+                next: now,
+            };
+            self.missing.extend((highest + 1..ext).map(|e| (e, fresh)));
+            while self.missing.len() > self.config.max_missing {
+                self.missing.pop_first();
+            }
+            self.highest = Some(ext);
+        } else if ext < highest
+            && self.missing.remove(&ext).is_none()
+            && highest - ext > self.config.max_missing as u64
+        {
+            if self.restart_probe == Some(seq) {
+                self.reset(seq);
+                return;
+            }
+            self.restart_probe = Some(seq.wrapping_add(1));
+        }
+        self.collect(now);
+    }
+
+    /// Retry interval = max(retry_interval, rtt) when known.
+    pub fn set_rtt(&mut self, rtt: Duration) {
+        self.rtt = Some(rtt);
+    }
+
+    /// Sends due retries and drops entries that are out of retries or too old.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.collect(now);
+    }
+
+    /// The next instant something is due (a retry or an expiry); None when nothing is missing.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.missing
+            .values()
+            .map(|m| m.next.min(m.since + self.config.max_age))
+            .min()
+    }
+
+    /// Sequence numbers to NACK now (each due entry once per retry interval), ascending in
+    /// sequence order; None when there is nothing to send (never `Some` of an empty vec).
+    /// Call after on_packet/handle_timeout.
+    pub fn poll_nack(&mut self) -> Option<Vec<u16>> {
+        if self.out.is_empty() {
+            return None;
+        }
+        Some(std::mem::take(&mut self.out))
+    }
+
+    /// Packets currently tracked as missing.
+    pub fn missing(&self) -> usize {
+        self.missing.len()
+    }
+
+    fn interval(&self) -> Duration {
+        self.rtt.map_or(self.config.retry_interval, |rtt| {
+            rtt.max(self.config.retry_interval)
+        })
+    }
+
+    fn reset(&mut self, seq: u16) {
+        self.highest = Some((1 << 16) + u64::from(seq));
+        self.restart_probe = None;
+        self.missing.clear();
+    }
+
+    fn collect(&mut self, now: Instant) {
+        let interval = self.interval();
+        let NackConfig {
+            max_retries,
+            max_age,
+            ..
+        } = self.config;
+        let out = &mut self.out;
+        self.missing.retain(|&ext, m| {
+            if now.saturating_duration_since(m.since) >= max_age {
+                return false;
+            }
+            if m.next > now {
+                return true;
+            }
+            if m.sent >= max_retries {
+                return false;
+            }
+            out.push(ext as u16);
+            m.sent += 1;
+            m.next = now + interval;
+            true
+        });
+    }
+}
+
+/// RFC 4585 generic NACK encoding: (PID, BLP) pairs where bit i of BLP stands for PID + i + 1.
+/// Input in ascending (wrapping) order gives the minimal encoding; any order is correct.
+pub fn nack_pairs(seqs: &[u16]) -> Vec<(u16, u16)> {
+    let mut pairs: Vec<(u16, u16)> = Vec::new();
+    for &seq in seqs {
+        if let Some((pid, blp)) = pairs.last_mut() {
+            let d = seq.wrapping_sub(*pid);
+            if d == 0 {
+                continue;
+            }
+            if d <= 16 {
+                *blp |= 1 << (d - 1);
+                continue;
+            }
+        }
+        pairs.push((seq, 0));
+    }
+    pairs
+}
+
+/// Decodes (PID, BLP) pairs into the sequence numbers they stand for, in pair order.
+pub fn nack_seqs(pairs: &[(u16, u16)]) -> Vec<u16> {
+    let mut seqs = Vec::with_capacity(pairs.len() * 17);
+    for &(pid, blp) in pairs {
+        seqs.push(pid);
+        seqs.extend(
+            (0..16u16)
+                .filter(|i| blp & (1 << i) != 0)
+                .map(|i| pid.wrapping_add(i + 1)),
+        );
+    }
+    seqs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::Ssrc;
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn pkt(seq: u16, arrival: Instant) -> MediaPacket {
+        MediaPacket {
+            ssrc: Ssrc(7),
+            seq,
+            timestamp: u32::from(seq) * 3000,
+            marker: false,
+            payload_type: 96,
+            payload: Bytes::from(vec![seq as u8; 4]),
+            arrival,
+            keyframe: false,
+            audio_level: None,
+        }
+    }
+
+    #[test]
+    fn cache_round_trip_and_wrap() {
+        let t0 = Instant::now();
+        let mut cache = RetransmissionCache::new(1000, ms(1000));
+        assert_eq!(cache.capacity(), 1024);
+        for i in 0..20u16 {
+            cache.insert(&pkt(65530u16.wrapping_add(i), t0));
+        }
+        for i in 0..20u16 {
+            let seq = 65530u16.wrapping_add(i);
+            assert_eq!(cache.get(seq, t0).map(|p| p.seq), Some(seq));
+        }
+        assert!(cache.get(100, t0).is_none(), "never inserted");
+        assert!(cache.get(65529, t0).is_none());
+    }
+
+    #[test]
+    fn cache_shares_payload() {
+        let t0 = Instant::now();
+        let mut cache = RetransmissionCache::new(16, ms(1000));
+        let p = pkt(3, t0);
+        cache.insert(&p);
+        let cached = cache.get(3, t0).unwrap();
+        assert_eq!(cached.payload.as_ptr(), p.payload.as_ptr());
+    }
+
+    #[test]
+    fn cache_eviction_by_age_and_overwrite() {
+        let t0 = Instant::now();
+        let mut cache = RetransmissionCache::new(16, ms(500));
+        cache.insert(&pkt(1, t0));
+        assert!(cache.get(1, t0 + ms(500)).is_some());
+        assert!(cache.get(1, t0 + ms(501)).is_none(), "too old");
+        cache.insert(&pkt(17, t0 + ms(10)));
+        assert!(cache.get(1, t0).is_none(), "overwritten by a newer seq");
+        assert_eq!(cache.get(17, t0 + ms(10)).map(|p| p.seq), Some(17));
+        // A late older packet does not evict a newer fresh one.
+        cache.insert(&pkt(1, t0 + ms(20)));
+        assert_eq!(cache.get(17, t0 + ms(20)).map(|p| p.seq), Some(17));
+        assert!(cache.get(1, t0 + ms(20)).is_none());
+        // ... but replaces a stale one.
+        cache.insert(&pkt(1, t0 + ms(2000)));
+        assert!(cache.get(1, t0 + ms(2000)).is_some());
+        cache.clear();
+        assert!(cache.get(1, t0 + ms(2000)).is_none());
+    }
+
+    #[test]
+    fn cache_capacity_is_clamped() {
+        assert_eq!(RetransmissionCache::new(0, ms(1)).capacity(), 1);
+        assert_eq!(
+            RetransmissionCache::new(usize::MAX, ms(1)).capacity(),
+            MAX_CACHE
+        );
+        let t0 = Instant::now();
+        let mut cache = RetransmissionCache::new(1, ms(1000));
+        cache.insert(&pkt(5, t0));
+        cache.insert(&pkt(6, t0));
+        assert!(cache.get(5, t0).is_none());
+        assert!(cache.get(6, t0).is_some());
+    }
+
+    /// Drives `nack` in virtual time until `end`, returning every NACKed seq with its time.
+    fn drive(nack: &mut NackGenerator, mut now: Instant, end: Instant) -> Vec<(Instant, u16)> {
+        let mut sent = Vec::new();
+        while let Some(deadline) = nack.poll_timeout() {
+            if deadline > end {
+                break;
+            }
+            assert!(deadline >= now, "deadline in the past");
+            now = deadline;
+            nack.handle_timeout(now);
+            sent.extend(
+                nack.poll_nack()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|s| (now, s)),
+            );
+        }
+        sent
+    }
+
+    #[test]
+    fn losses_across_wrap_are_nacked() {
+        let t0 = Instant::now();
+        let mut nack = NackGenerator::new(NackConfig::default());
+        nack.on_packet(t0, 65533);
+        assert_eq!(nack.poll_nack(), None);
+        nack.on_packet(t0, 65534);
+        nack.on_packet(t0, 1);
+        assert_eq!(nack.poll_nack(), Some(vec![65535, 0]));
+        assert_eq!(nack.missing(), 2);
+        assert_eq!(nack.poll_nack(), None);
+        assert_eq!(nack.poll_timeout(), Some(t0 + ms(50)));
+    }
+
+    #[test]
+    fn recovered_packet_cancels_nack() {
+        let t0 = Instant::now();
+        let mut nack = NackGenerator::new(NackConfig::default());
+        nack.on_packet(t0, 10);
+        nack.on_packet(t0, 13);
+        assert_eq!(nack.poll_nack(), Some(vec![11, 12]));
+        nack.on_packet(t0 + ms(20), 11);
+        assert_eq!(nack.missing(), 1);
+        let sent = drive(&mut nack, t0 + ms(20), t0 + ms(5000));
+        assert!(sent.iter().all(|&(_, s)| s == 12));
+        assert_eq!(sent.len(), 4, "5 retries in total, one already sent");
+        assert_eq!(nack.missing(), 0);
+        assert_eq!(nack.poll_timeout(), None);
+    }
+
+    #[test]
+    fn retries_stop_after_max_retries() {
+        let t0 = Instant::now();
+        let mut nack = NackGenerator::new(NackConfig::default());
+        nack.on_packet(t0, 1);
+        nack.on_packet(t0, 3);
+        let mut sent: Vec<(Instant, u16)> = nack
+            .poll_nack()
+            .unwrap()
+            .into_iter()
+            .map(|s| (t0, s))
+            .collect();
+        sent.extend(drive(&mut nack, t0, t0 + ms(10_000)));
+        let times: Vec<Duration> = sent.iter().map(|&(t, _)| t - t0).collect();
+        assert_eq!(times, vec![ms(0), ms(50), ms(100), ms(150), ms(200)]);
+        assert_eq!(nack.missing(), 0);
+    }
+
+    #[test]
+    fn retries_stop_after_max_age_and_follow_rtt() {
+        let t0 = Instant::now();
+        let config = NackConfig {
+            max_retries: 100,
+            max_age: ms(1000),
+            ..NackConfig::default()
+        };
+        let mut nack = NackGenerator::new(config);
+        nack.set_rtt(ms(100));
+        nack.on_packet(t0, 1);
+        nack.on_packet(t0, 3);
+        assert_eq!(nack.poll_nack(), Some(vec![2]));
+        let sent = drive(&mut nack, t0, t0 + ms(10_000));
+        // Every 100 ms (the RTT) until 1 s after detection.
+        assert_eq!(sent.len(), 9);
+        assert_eq!(sent.last().map(|&(t, _)| t - t0), Some(ms(900)));
+        assert_eq!(nack.missing(), 0);
+    }
+
+    #[test]
+    fn huge_jump_resets_without_storm() {
+        let t0 = Instant::now();
+        let mut nack = NackGenerator::new(NackConfig::default());
+        nack.on_packet(t0, 10);
+        nack.on_packet(t0, 5000);
+        assert_eq!(nack.poll_nack(), None);
+        assert_eq!(nack.missing(), 0);
+        nack.on_packet(t0, 5002);
+        assert_eq!(nack.poll_nack(), Some(vec![5001]));
+        // Just at the limit: 256 missing are tracked.
+        let mut nack = NackGenerator::new(NackConfig::default());
+        nack.on_packet(t0, 0);
+        nack.on_packet(t0, 257);
+        assert_eq!(nack.missing(), 256);
+        assert_eq!(nack.poll_nack().map(|v| v.len()), Some(256));
+    }
+
+    #[test]
+    fn missing_table_is_bounded() {
+        let t0 = Instant::now();
+        let mut nack = NackGenerator::new(NackConfig::default());
+        let mut seq = 0u16;
+        nack.on_packet(t0, seq);
+        for _ in 0..100 {
+            seq = seq.wrapping_add(200);
+            nack.on_packet(t0, seq);
+        }
+        assert_eq!(nack.missing(), 256);
+    }
+
+    #[test]
+    fn backwards_restart_needs_two_consecutive_packets() {
+        let t0 = Instant::now();
+        let mut nack = NackGenerator::new(NackConfig::default());
+        nack.on_packet(t0, 20000);
+        nack.on_packet(t0, 20002);
+        assert_eq!(nack.poll_nack(), Some(vec![20001]));
+        // A single very late packet is ignored: the outstanding NACK survives.
+        nack.on_packet(t0, 15000);
+        assert_eq!(nack.missing(), 1);
+        // Two consecutive far-behind packets are a restart.
+        nack.on_packet(t0, 100);
+        nack.on_packet(t0, 101);
+        assert_eq!(nack.missing(), 0);
+        nack.on_packet(t0, 103);
+        assert_eq!(nack.poll_nack(), Some(vec![102]));
+    }
+
+    #[test]
+    fn duplicates_and_reordering_are_harmless() {
+        let t0 = Instant::now();
+        let mut nack = NackGenerator::new(NackConfig::default());
+        for seq in [1u16, 2, 2, 4, 3, 5, 5] {
+            nack.on_packet(t0, seq);
+        }
+        assert_eq!(nack.poll_nack(), Some(vec![3]));
+        assert_eq!(nack.missing(), 0);
+    }
+
+    #[test]
+    fn pairs_examples() {
+        let seqs: Vec<u16> = (100..117).collect();
+        assert_eq!(
+            nack_pairs(&seqs),
+            vec![(100, 0xffff)],
+            "17 consecutive fit one pair"
+        );
+        let seqs: Vec<u16> = (100..118).collect();
+        assert_eq!(nack_pairs(&seqs), vec![(100, 0xffff), (117, 0)]);
+        assert_eq!(nack_pairs(&[65535, 0, 2]), vec![(65535, 0b101)]);
+        assert_eq!(nack_pairs(&[5, 5, 21, 23]), vec![(5, 0x8000), (23, 0)]);
+        assert_eq!(nack_pairs(&[]), vec![]);
+        assert_eq!(nack_seqs(&[(65535, 0b101)]), vec![65535, 0, 2]);
+        assert_eq!(nack_seqs(&[(1, 0x8000)]), vec![1, 17]);
+    }
+
+    proptest! {
+        #[test]
+        fn pairs_round_trip(start: u16, steps in proptest::collection::vec(1u16..40, 0..200)) {
+            let mut seqs = vec![start];
+            for step in steps {
+                let next = seqs[seqs.len() - 1].wrapping_add(step);
+                seqs.push(next);
+            }
+            let pairs = nack_pairs(&seqs);
+            prop_assert_eq!(nack_seqs(&pairs), seqs.clone());
+            // Minimal: one pair can cover at most 17 sequence numbers.
+            prop_assert!(pairs.len() * 17 >= seqs.len());
+        }
+
+        #[test]
+        fn generator_never_panics(ops in proptest::collection::vec((any::<u16>(), 0u64..200), 0..300)) {
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut nack = NackGenerator::new(NackConfig::default());
+            for (seq, dt) in ops {
+                now += ms(dt);
+                nack.on_packet(now, seq);
+                nack.handle_timeout(now);
+                let _ = nack.poll_nack();
+                prop_assert!(nack.missing() <= 256);
+                if let Some(deadline) = nack.poll_timeout() {
+                    nack.handle_timeout(deadline.max(now));
+                }
+            }
+        }
+    }
+}
