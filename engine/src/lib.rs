@@ -5,3 +5,4 @@ pub mod keyframe;
 pub mod media;
 pub mod nack;
 pub mod seq;
+pub mod stats;
