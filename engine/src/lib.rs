@@ -1,8 +1,43 @@
 //! Hearth's sans-IO SFU core.
+//!
+//! This crate owns the media decisions of the SFU: which packet goes to which subscriber with
+//! which header ([`forwarder`]), retransmissions and loss detection ([`nack`]), keyframe
+//! request throttling ([`keyframe`]), RTCP report state ([`stats`]), active speakers
+//! ([`speaker`]), keyframe detection ([`codec`]) and the shared types and sequence arithmetic
+//! they use ([`media`], [`seq`]).
+//!
+//! # Invariants
+//!
+//! - **Sans-IO.** No async runtime, no sockets, no threads, no clock: every state machine
+//!   gets time as an [`std::time::Instant`] argument and returns its effects as values. The
+//!   caller (an actor in `hearth-actors`) owns sockets and timers. Tests run in virtual time.
+//! - **One vocabulary.** `handle_*`/`on_*` feed input, `poll_*` drain output,
+//!   `poll_timeout()`/`handle_timeout(now)` handle time. After feeding input, drain the
+//!   `poll_*` outputs until they are empty.
+//! - **No panic on input.** Nothing a publisher, subscriber or network sends can make this
+//!   crate panic; parsers use bounds-checked reads only.
+//! - **No allocation per packet** on the forwarding path: `Forwarder::forward`,
+//!   `RetransmissionCache::insert`, `ReceiveStats::on_rtp` and `AudioLevelMeter::observe`
+//!   touch fixed-size state only. Payloads are `bytes::Bytes` handles, cloned, never copied.
+//! - **Deterministic.** The same inputs give the same outputs; nothing here draws random
+//!   numbers (callers pass any randomness in, e.g. [`Forwarder::with_initial`]).
+
 pub mod codec;
 pub mod forwarder;
 pub mod keyframe;
 pub mod media;
 pub mod nack;
 pub mod seq;
+pub mod speaker;
 pub mod stats;
+
+pub use codec::is_keyframe;
+/// [`forwarder::Drop`] under a name that does not shadow the `Drop` trait.
+pub use forwarder::Drop as ForwardDrop;
+pub use forwarder::{ForwardedHeader, Forwarder};
+pub use keyframe::KeyframeRequester;
+pub use media::{AudioLevel, Codec, MediaKind, MediaPacket, Ssrc};
+pub use nack::{NackConfig, NackGenerator, RetransmissionCache, nack_pairs, nack_seqs};
+pub use seq::{SeqUnwrapper, TsUnwrapper, seq_diff, seq_newer};
+pub use speaker::{ActiveSpeakerDetector, AudioLevelMeter, SpeakerConfig};
+pub use stats::{NtpTime, ReceiveStats, ReportBlock, ReportTimer, SendStats, SenderInfo};

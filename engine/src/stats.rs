@@ -77,7 +77,7 @@ const EXT_BASE: u64 = 1 << 16;
 
 /// Per received stream (publisher → server): loss, jitter, duplicate detection, LSR/DLSR.
 ///
-/// Sequence handling follows RFC 3550 A.1 in spirit: a jump of [`MAX_DROPOUT`] or more ahead,
+/// Sequence handling follows RFC 3550 A.1 in spirit: a jump of 3000 (A.1 `MAX_DROPOUT`) or more ahead,
 /// or of the window size or more behind, is accepted but not counted until the next packet
 /// continues it; then the stream is taken as restarted and loss counting starts over.
 /// Jitter (A.8) is updated for in-order packets only: retransmissions and reordered packets
