@@ -7,6 +7,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::MAX_INTERVAL;
+
 /// Default minimum time between two PLIs toward one publisher track.
 pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -31,10 +33,10 @@ impl Default for KeyframeRequester {
 }
 
 impl KeyframeRequester {
-    /// A requester allowing one PLI per `min_interval`.
+    /// A requester allowing one PLI per `min_interval` (clamped to [`MAX_INTERVAL`]).
     pub fn new(min_interval: Duration) -> Self {
         KeyframeRequester {
-            min_interval,
+            min_interval: min_interval.min(MAX_INTERVAL),
             last_sent: None,
             deferred: false,
             ready: false,
@@ -203,6 +205,16 @@ mod tests {
         k.on_keyframe(t0);
         assert!(!k.poll_request());
         assert_eq!(k.sent(), 0);
+    }
+
+    #[test]
+    fn extreme_interval_does_not_panic() {
+        let t0 = Instant::now();
+        let mut k = KeyframeRequester::new(Duration::MAX);
+        k.request(t0);
+        assert!(k.poll_request());
+        k.request(t0);
+        assert_eq!(k.poll_timeout(), Some(t0 + crate::MAX_INTERVAL));
     }
 
     #[test]

@@ -22,6 +22,10 @@
 //! - **Deterministic.** The same inputs give the same outputs; nothing here draws random
 //!   numbers (callers pass any randomness in, e.g. [`Forwarder::with_initial`]).
 
+/// Longest duration the timers accept: configured intervals and ages above it are clamped,
+/// so deadline arithmetic (`Instant + Duration`) cannot overflow on any input.
+pub const MAX_INTERVAL: std::time::Duration = std::time::Duration::from_secs(86_400);
+
 pub mod codec;
 pub mod forwarder;
 pub mod keyframe;

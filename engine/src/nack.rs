@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::MAX_INTERVAL;
 use crate::media::MediaPacket;
 use crate::seq::{seq_diff, seq_newer};
 
@@ -118,8 +119,10 @@ struct Missing {
 }
 
 impl NackGenerator {
-    /// A generator that has seen no packet yet.
-    pub fn new(config: NackConfig) -> Self {
+    /// A generator that has seen no packet yet. Durations above [`MAX_INTERVAL`] are clamped.
+    pub fn new(mut config: NackConfig) -> Self {
+        config.retry_interval = config.retry_interval.min(MAX_INTERVAL);
+        config.max_age = config.max_age.min(MAX_INTERVAL);
         NackGenerator {
             config,
             rtt: None,
@@ -167,9 +170,9 @@ impl NackGenerator {
         self.collect(now);
     }
 
-    /// Retry interval = max(retry_interval, rtt) when known.
+    /// Retry interval = max(retry_interval, rtt) when known (rtt clamped to [`MAX_INTERVAL`]).
     pub fn set_rtt(&mut self, rtt: Duration) {
-        self.rtt = Some(rtt);
+        self.rtt = Some(rtt.min(MAX_INTERVAL));
     }
 
     /// Sends due retries and drops entries that are out of retries or too old.
@@ -505,6 +508,25 @@ mod tests {
         }
         assert_eq!(nack.poll_nack(), Some(vec![3]));
         assert_eq!(nack.missing(), 0);
+    }
+
+    #[test]
+    fn extreme_durations_do_not_panic() {
+        let t0 = Instant::now();
+        let config = NackConfig {
+            retry_interval: Duration::MAX,
+            max_age: Duration::MAX,
+            ..NackConfig::default()
+        };
+        let mut nack = NackGenerator::new(config);
+        nack.set_rtt(Duration::MAX);
+        nack.on_packet(t0, 1);
+        nack.on_packet(t0, 3);
+        assert_eq!(nack.poll_nack(), Some(vec![2]));
+        let deadline = nack.poll_timeout().unwrap();
+        assert_eq!(deadline, t0 + crate::MAX_INTERVAL);
+        nack.handle_timeout(deadline);
+        assert_eq!(nack.missing(), 0, "expired at max_age");
     }
 
     #[test]

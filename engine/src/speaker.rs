@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
+use crate::MAX_INTERVAL;
 use crate::media::AudioLevel;
 
 /// Tuning shared by meters and the detector.
@@ -58,8 +59,10 @@ pub struct AudioLevelMeter {
 }
 
 impl AudioLevelMeter {
-    /// A silent meter whose first interval starts at `now`.
-    pub fn new(config: SpeakerConfig, now: Instant) -> Self {
+    /// A silent meter whose first interval starts at `now`. An `observe_interval` above
+    /// [`MAX_INTERVAL`] is clamped.
+    pub fn new(mut config: SpeakerConfig, now: Instant) -> Self {
+        config.observe_interval = config.observe_interval.min(MAX_INTERVAL);
         AudioLevelMeter {
             config,
             interval_start: now,
@@ -97,6 +100,7 @@ impl AudioLevelMeter {
         } else {
             0.0
         };
+        // `history_next` stays below `history.len()` (at least 1): it only advances modulo it.
         self.history[self.history_next] = value;
         self.history_next = (self.history_next + 1) % self.history.len();
         self.loudness = self.history.iter().sum::<f32>() / self.history.len() as f32;
@@ -140,8 +144,10 @@ pub struct ActiveSpeakerDetector<K: Clone + Eq + Hash + Ord> {
 }
 
 impl<K: Clone + Eq + Hash + Ord> ActiveSpeakerDetector<K> {
-    /// A detector with no participants; the first tick is one interval after `now`.
-    pub fn new(config: SpeakerConfig, now: Instant) -> Self {
+    /// A detector with no participants; the first tick is one interval after `now`. An
+    /// `observe_interval` above [`MAX_INTERVAL`] is clamped.
+    pub fn new(mut config: SpeakerConfig, now: Instant) -> Self {
+        config.observe_interval = config.observe_interval.min(MAX_INTERVAL);
         ActiveSpeakerDetector {
             config,
             next_tick: now + config.observe_interval,
@@ -419,6 +425,27 @@ mod tests {
             (fourth - level_to_linear(35) / 2.0).abs() < 1e-6,
             "{fourth}"
         );
+    }
+
+    #[test]
+    fn extreme_config_does_not_panic() {
+        let t0 = Instant::now();
+        let config = SpeakerConfig {
+            active_level: 127,
+            min_percentile: 255,
+            observe_interval: Duration::MAX,
+            smooth_intervals: 0,
+        };
+        let mut meter = AudioLevelMeter::new(config, t0);
+        meter.observe(t0, level(0), u32::MAX);
+        meter.observe(t0, level(0), u32::MAX);
+        let end = meter.poll_timeout();
+        assert!(meter.handle_timeout(end).is_some());
+        let mut detector = ActiveSpeakerDetector::new(config, t0);
+        detector.update(1u8, f32::INFINITY, t0);
+        let tick = detector.poll_timeout();
+        detector.handle_timeout(tick);
+        assert_eq!(detector.poll_speakers(), Some(vec![(1, 1.0)]));
     }
 
     #[test]

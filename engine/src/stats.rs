@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::MAX_INTERVAL;
 use crate::media::Ssrc;
 use crate::seq::seq_diff;
 
@@ -27,7 +28,7 @@ impl NtpTime {
     /// NTP time of a wall-clock instant given as the time since the Unix epoch. The seconds
     /// wrap modulo 2^32 (NTP era), as on the wire.
     pub fn from_unix(d: Duration) -> Self {
-        let secs = (d.as_secs() + NTP_UNIX_OFFSET) & 0xffff_ffff;
+        let secs = d.as_secs().wrapping_add(NTP_UNIX_OFFSET) & 0xffff_ffff;
         let frac = (u64::from(d.subsec_nanos()) << 32) / 1_000_000_000;
         NtpTime((secs << 32) | frac)
     }
@@ -387,6 +388,7 @@ impl SendStats {
         } else {
             ts.wrapping_sub(duration_to_ticks(at - now, self.clock_rate))
         };
+        // `sr_next` stays below SR_HISTORY (the array length): it only advances modulo it.
         self.sr_sent[self.sr_next] = Some(ntp_now.middle32());
         self.sr_next = (self.sr_next + 1) % SR_HISTORY;
         Some(SenderInfo {
@@ -464,10 +466,10 @@ impl Default for ReportTimer {
 }
 
 impl ReportTimer {
-    /// A timer firing every `interval` once armed.
+    /// A timer firing every `interval` (clamped to [`MAX_INTERVAL`]) once armed.
     pub fn new(interval: Duration) -> Self {
         ReportTimer {
-            interval,
+            interval: interval.min(MAX_INTERVAL),
             next: None,
         }
     }
@@ -780,6 +782,25 @@ mod tests {
         assert!(timer.handle_timeout(t0 + ms(7500)));
         assert_eq!(timer.poll_timeout(), Some(t0 + ms(8500)));
         assert!(!timer.handle_timeout(t0 + ms(7600)));
+    }
+
+    #[test]
+    fn extreme_inputs_do_not_panic() {
+        let t0 = Instant::now();
+        let mut timer = ReportTimer::new(Duration::MAX);
+        timer.handle_timeout(t0);
+        assert_eq!(timer.poll_timeout(), Some(t0 + crate::MAX_INTERVAL));
+        let _ = NtpTime::from_unix(Duration::MAX);
+        let mut send = SendStats::new(Ssrc(1), u32::MAX);
+        send.on_sent(t0 + Duration::from_secs(1_000_000), u32::MAX, usize::MAX);
+        let _ = send.sender_info(t0, NtpTime(u64::MAX));
+        let _ = send.on_report_block(
+            NtpTime(0),
+            &ReportBlock {
+                last_sr: u32::MAX,
+                ..ReportBlock::default()
+            },
+        );
     }
 
     #[test]
