@@ -1,0 +1,247 @@
+//! Domain types exchanged between the gateway (`hearth-api`) and the actors.
+//!
+//! These are plain Rust types: the actors know nothing of protobuf or JSON. `hearth-api`
+//! converts the signaling wire messages to and from [`ClientSignal`] and [`ServerSignal`].
+
+use std::time::SystemTime;
+
+use hearth_engine::media::MediaKind;
+
+use crate::ids::{MeetingId, ParticipantId, TrackId};
+
+/// What an access token allows its holder to do in its meeting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grants {
+    /// Join the meeting at all.
+    pub join: bool,
+    /// Publish audio and video.
+    pub publish: bool,
+    /// Receive the others' media.
+    pub subscribe: bool,
+    /// Create the meeting if it does not exist yet.
+    pub create: bool,
+    /// Operator rights (admin API).
+    pub admin: bool,
+}
+
+impl Default for Grants {
+    fn default() -> Self {
+        Self {
+            join: true,
+            publish: true,
+            subscribe: true,
+            create: true,
+            admin: false,
+        }
+    }
+}
+
+/// A verified request to join a meeting (the gateway checked the token).
+#[derive(Clone, Debug)]
+pub struct JoinRequest {
+    pub meeting: MeetingId,
+    /// The application's user id, from the token.
+    pub identity: String,
+    /// Display name.
+    pub name: String,
+    pub grants: Grants,
+}
+
+/// A published track, as the meeting describes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrackInfo {
+    pub id: TrackId,
+    pub kind: MediaKind,
+    /// Codec mime type, e.g. `video/VP8`.
+    pub mime_type: String,
+    pub muted: bool,
+    /// The publisher's SDP mid of this track.
+    pub mid: String,
+}
+
+/// A participant, as the meeting describes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParticipantInfo {
+    pub id: ParticipantId,
+    pub identity: String,
+    pub name: String,
+    pub tracks: Vec<TrackInfo>,
+    pub joined_at: SystemTime,
+}
+
+/// The meeting, as a joining participant sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeetingInfo {
+    pub id: MeetingId,
+    pub started_at: SystemTime,
+}
+
+/// An ICE candidate as carried by signaling.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Candidate {
+    pub candidate: String,
+    pub sdp_mid: Option<String>,
+    pub sdp_m_line_index: Option<u16>,
+    pub username_fragment: Option<String>,
+}
+
+/// One message from a joined client, already decoded from the wire.
+#[derive(Clone, Debug)]
+pub enum ClientSignal {
+    Offer(String),
+    Answer(String),
+    Candidate(Candidate),
+    Mute { track: TrackId, muted: bool },
+    Unpublish { track: TrackId },
+    Leave,
+}
+
+/// Why a participant is no longer in a meeting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaveReason {
+    /// The client asked to leave or closed its socket.
+    Left,
+    /// The media connection died (ICE/DTLS failure or timeout).
+    Disconnected,
+    /// The participant's actor failed; the supervisor removed it.
+    Failed,
+    /// Removed by an operator or the API.
+    Removed,
+    /// The meeting ended.
+    MeetingEnded,
+}
+
+impl LeaveReason {
+    /// The stable wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaveReason::Left => "left",
+            LeaveReason::Disconnected => "disconnected",
+            LeaveReason::Failed => "failed",
+            LeaveReason::Removed => "removed",
+            LeaveReason::MeetingEnded => "meeting_ended",
+        }
+    }
+}
+
+/// Why a meeting ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    Empty,
+    EndedByApi,
+    NodeShutdown,
+}
+
+impl EndReason {
+    /// The stable wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Empty => "empty",
+            EndReason::EndedByApi => "ended_by_api",
+            EndReason::NodeShutdown => "node_shutdown",
+        }
+    }
+}
+
+/// Stable error codes of the signaling protocol (names mirror `ErrorCode` in proto/).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignalErrorCode {
+    MalformedMessage,
+    UnknownMessage,
+    MessageTooLarge,
+    InvalidToken,
+    TokenExpired,
+    WrongMeeting,
+    PermissionDenied,
+    NotJoined,
+    AlreadyJoined,
+    InvalidSdp,
+    NegotiationFailed,
+    MeetingNotFound,
+    MeetingFull,
+    TrackNotFound,
+    InvalidCandidate,
+    NodeUnavailable,
+    RateLimited,
+    Timeout,
+    Internal,
+}
+
+/// An error reported to a client.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct SignalError {
+    pub code: SignalErrorCode,
+    pub message: String,
+    /// The session ends after this error.
+    pub fatal: bool,
+}
+
+impl SignalError {
+    pub fn new(code: SignalErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            fatal: false,
+        }
+    }
+
+    pub fn fatal(code: SignalErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            fatal: true,
+        }
+    }
+}
+
+/// One message for a client; the gateway encodes it for the wire.
+#[derive(Clone, Debug)]
+pub enum ServerSignal {
+    Offer(String),
+    Answer(String),
+    Candidate(Candidate),
+    ParticipantJoined(ParticipantInfo),
+    ParticipantLeft {
+        participant: ParticipantId,
+        reason: LeaveReason,
+    },
+    TrackPublished {
+        participant: ParticipantId,
+        track: TrackInfo,
+    },
+    TrackUnpublished {
+        participant: ParticipantId,
+        track: TrackId,
+    },
+    TrackMuted {
+        participant: ParticipantId,
+        track: TrackId,
+        muted: bool,
+    },
+    /// Loudest first, with smoothed loudness 0..=1.
+    ActiveSpeakers(Vec<(ParticipantId, f32)>),
+    MeetingEnded(EndReason),
+    Error(SignalError),
+    /// The session is gone; the client should join again.
+    Reconnect(String),
+}
+
+impl ServerSignal {
+    /// True if the gateway should close the socket after sending this message.
+    pub fn ends_session(&self) -> bool {
+        match self {
+            ServerSignal::MeetingEnded(_) | ServerSignal::Reconnect(_) => true,
+            ServerSignal::Error(e) => e.fatal,
+            _ => false,
+        }
+    }
+}
+
+/// What the gateway gets back from a successful join.
+#[derive(Clone, Debug)]
+pub struct JoinAccepted {
+    pub participant: ParticipantInfo,
+    pub meeting: MeetingInfo,
+    pub others: Vec<ParticipantInfo>,
+}

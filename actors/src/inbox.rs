@@ -1,0 +1,148 @@
+//! Bounded queues in front of an actor, for the media path.
+//!
+//! ractor mailboxes are unbounded and their depth cannot be read, so media does not travel
+//! through them. Each participant owns an [`Inbox`]: a bounded queue plus one "wake" message
+//! in the actor's mailbox while the queue has items. Producers (the UDP mux, publishers
+//! fanning out) call [`InboxSender::push`]; when the queue is full the item is dropped and
+//! counted against *this* inbox: a slow consumer loses its own packets and never slows the
+//! producer or anyone else. The wake message is sent only on the empty → non-empty edge, so
+//! a burst costs one mailbox message, and the actor drains the whole queue at once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use ractor::{ActorRef, Message};
+use tokio::sync::mpsc;
+
+struct Shared {
+    scheduled: AtomicBool,
+    dropped: AtomicU64,
+    capacity: usize,
+}
+
+/// The producer side; cheap to clone.
+pub struct InboxSender<T, M: Message> {
+    tx: mpsc::Sender<T>,
+    shared: Arc<Shared>,
+    actor: ActorRef<M>,
+    wake: fn() -> M,
+}
+
+impl<T, M: Message> Clone for InboxSender<T, M> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            shared: Arc::clone(&self.shared),
+            actor: self.actor.clone(),
+            wake: self.wake,
+        }
+    }
+}
+
+/// Result of a push.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// The queue was full; the item was dropped and counted.
+    Dropped,
+    /// The consumer is gone.
+    Closed,
+}
+
+impl<T, M: Message> InboxSender<T, M> {
+    /// Queues `item`, waking the consumer if it was idle. Never blocks.
+    pub fn push(&self, item: T) -> Pushed {
+        match self.tx.try_send(item) {
+            Ok(()) => {
+                if !self.shared.scheduled.swap(true, Ordering::AcqRel)
+                    && self.actor.send_message((self.wake)()).is_err()
+                {
+                    return Pushed::Closed;
+                }
+                Pushed::Queued
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                Pushed::Dropped
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Pushed::Closed,
+        }
+    }
+
+    /// Items dropped because this inbox was full, since it was created.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The consumer side, owned by the actor's state.
+pub struct Inbox<T> {
+    rx: mpsc::Receiver<T>,
+    shared: Arc<Shared>,
+}
+
+impl<T> Inbox<T> {
+    /// Creates a queue of `capacity` items in front of `actor`; `wake` builds the mailbox
+    /// message that tells the actor to call [`Inbox::drain`].
+    pub fn new<M: Message>(
+        capacity: usize,
+        actor: ActorRef<M>,
+        wake: fn() -> M,
+    ) -> (Inbox<T>, InboxSender<T, M>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let shared = Arc::new(Shared {
+            scheduled: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+            capacity: capacity.max(1),
+        });
+        (
+            Inbox {
+                rx,
+                shared: Arc::clone(&shared),
+            },
+            InboxSender {
+                tx,
+                shared,
+                actor,
+                wake,
+            },
+        )
+    }
+
+    /// Takes up to `max` queued items into `out`. Call on every wake message; if it returns
+    /// `max` items, more may be waiting (the inbox re-arms its wake so none are stranded).
+    pub fn drain(&mut self, out: &mut Vec<T>, max: usize) -> usize {
+        // Clear the flag first: an item pushed after this point sends a fresh wake.
+        self.shared.scheduled.store(false, Ordering::Release);
+        let mut n = 0;
+        while n < max {
+            match self.rx.try_recv() {
+                Ok(item) => {
+                    out.push(item);
+                    n += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        n
+    }
+
+    /// True if items remain after a bounded drain; the caller should wake itself again.
+    pub fn has_pending(&self) -> bool {
+        !self.rx.is_empty()
+    }
+
+    /// Items waiting now.
+    pub fn depth(&self) -> usize {
+        self.rx.len()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.shared.capacity
+    }
+
+    /// Items dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+}

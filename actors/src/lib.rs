@@ -1,0 +1,26 @@
+//! Hearth's actors: the supervision tree, the UDP media mux and the WebRTC adapter.
+//!
+//! What this crate owns: every long-lived piece of mutable state of a node, each inside one
+//! actor (node, meeting supervisor, meeting, participant), plus the driver tasks of the
+//! media port. What it must never do: know protobuf or JSON (the gateway converts wire
+//! types to the domain types in [`domain`]), name a webrtc-rs type outside [`webrtc`], or
+//! put the meeting actor on the per-packet path.
+//!
+//! Entry point: [`Node::start`], then [`Node::join`] per participant.
+
+pub mod domain;
+pub mod ids;
+pub mod inbox;
+pub mod meeting;
+pub mod node;
+pub mod participant;
+pub mod signal;
+pub mod timer;
+pub mod udp_mux;
+pub mod webrtc;
+
+pub use domain::*;
+pub use ids::{MeetingId, ParticipantId, TrackId};
+pub use meeting::{MeetingSnapshot, ParticipantHandle};
+pub use node::{Node, NodeConfig, NodeError};
+pub use signal::{SignalReceiver, SignalSender, signal_channel};

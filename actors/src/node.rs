@@ -1,0 +1,469 @@
+//! The node: configuration, the meeting registry, the top of the supervision tree, and the
+//! [`Node`] handle the gateway uses.
+//!
+//! ```text
+//! NodeSupervisor                 restarts MeetingSupervisor (one-for-one, counted)
+//!  |- UdpMux drivers             media port, one socket per worker (SO_REUSEPORT)
+//!  |- MeetingRegistry            DashMap: meeting id -> record (not an actor)
+//!  `- MeetingSupervisor          creates meetings; restarts a failed one from its record
+//!       `- MeetingActor          one per meeting
+//!            `- ParticipantActor one per participant (stop and remove on failure)
+//! ```
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use dashmap::DashMap;
+use hearth_engine::speaker::SpeakerConfig;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use crate::domain::{JoinAccepted, JoinRequest, SignalError, SignalErrorCode};
+use crate::ids::{MeetingId, ParticipantId};
+use crate::meeting::{MeetingActor, MeetingArgs, MeetingMsg, MeetingSnapshot, ParticipantHandle};
+use crate::signal::SignalSender;
+use crate::udp_mux::UdpMux;
+use crate::webrtc::Certificate;
+
+/// Node settings the actors need (the gateway owns the rest).
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Where the media socket binds, e.g. `0.0.0.0:7882`.
+    pub media_bind: SocketAddr,
+    /// The IP advertised in ICE candidates (the node's public address).
+    pub public_ip: IpAddr,
+    /// Receive sockets/driver tasks on the media port (default: one per core).
+    pub media_workers: usize,
+    /// How long an empty meeting lives before it ends.
+    pub empty_timeout: Duration,
+    /// Participants per meeting.
+    pub max_participants: usize,
+    /// Packets queued per subscriber before its own packets are dropped.
+    pub media_queue: usize,
+    /// Active speaker detection.
+    pub speaker: SpeakerConfig,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            media_bind: SocketAddr::from(([0, 0, 0, 0], 7882)),
+            public_ip: IpAddr::from([127, 0, 0, 1]),
+            media_workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            empty_timeout: Duration::from_secs(20),
+            max_participants: 100,
+            media_queue: 512,
+            speaker: SpeakerConfig::default(),
+        }
+    }
+}
+
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot bind the media port {addr}: {source}")]
+    MediaBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create the DTLS certificate: {0}")]
+    Certificate(String),
+    #[error("cannot start the supervision tree: {0}")]
+    Spawn(String),
+}
+
+/// What every actor of the node shares (read-only).
+pub struct NodeShared {
+    pub config: NodeConfig,
+    pub mux: Arc<UdpMux>,
+    pub certificate: Certificate,
+    pub advertised: SocketAddr,
+    pub registry: MeetingRegistry,
+    /// One (monotonic, wall) pair, for NTP timestamps.
+    pub wall_epoch: (Instant, SystemTime),
+}
+
+/// Record of a running meeting; enough to restart it.
+#[derive(Clone)]
+pub struct MeetingRecord {
+    pub actor: ActorRef<MeetingMsg>,
+    pub started_at: SystemTime,
+}
+
+/// Index of running meetings by id (lookups need no actor hop).
+#[derive(Default)]
+pub struct MeetingRegistry {
+    meetings: DashMap<MeetingId, MeetingRecord>,
+}
+
+impl MeetingRegistry {
+    pub fn get(&self, id: &MeetingId) -> Option<MeetingRecord> {
+        self.meetings.get(id).map(|r| r.value().clone())
+    }
+
+    /// Removes `id` if it still names `actor` (a restarted meeting replaced it otherwise).
+    pub fn remove_if_same(&self, id: &MeetingId, actor: &ActorRef<MeetingMsg>) {
+        self.meetings
+            .remove_if(id, |_, r| r.actor.get_id() == actor.get_id());
+    }
+
+    pub fn len(&self) -> usize {
+        self.meetings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.meetings.is_empty()
+    }
+
+    pub fn ids(&self) -> Vec<MeetingId> {
+        self.meetings.iter().map(|r| r.key().clone()).collect()
+    }
+
+    fn insert(&self, id: MeetingId, record: MeetingRecord) {
+        self.meetings.insert(id, record);
+    }
+}
+
+// ----- MeetingSupervisor -------------------------------------------------------------------
+
+/// Creates meetings (the one place that does, so a name never gets two) and restarts them.
+pub struct MeetingSupervisor;
+
+pub enum MeetingSupervisorMsg {
+    GetOrCreate {
+        id: MeetingId,
+        create: bool,
+        reply: RpcReplyPort<Result<ActorRef<MeetingMsg>, SignalError>>,
+    },
+}
+
+pub struct MeetingSupervisorState {
+    node: Arc<NodeShared>,
+}
+
+impl Actor for MeetingSupervisor {
+    type Msg = MeetingSupervisorMsg;
+    type State = MeetingSupervisorState;
+    type Arguments = Arc<NodeShared>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        node: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(MeetingSupervisorState { node })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            MeetingSupervisorMsg::GetOrCreate { id, create, reply } => {
+                if let Some(record) = state.node.registry.get(&id) {
+                    let _ = reply.send(Ok(record.actor));
+                    return Ok(());
+                }
+                if !create {
+                    let _ = reply.send(Err(SignalError::fatal(
+                        SignalErrorCode::MeetingNotFound,
+                        format!("meeting {id} does not exist and the token may not create it"),
+                    )));
+                    return Ok(());
+                }
+                let result = spawn_meeting(&myself, &state.node, id, SystemTime::now())
+                    .await
+                    .map_err(|e| SignalError::fatal(SignalErrorCode::Internal, e));
+                let _ = reply.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, error) = event {
+            metrics::counter!("hearth_actor_failures_total", "kind" => "meeting").increment(1);
+            let failed = state
+                .node
+                .registry
+                .meetings
+                .iter()
+                .find(|r| r.value().actor.get_id() == cell.get_id())
+                .map(|r| (r.key().clone(), r.value().started_at));
+            // Its participants were children of the failed actor: stop them; their clients
+            // are told to reconnect and will join the restarted meeting.
+            cell.stop_children(Some("meeting_restarted".into()));
+            if let Some((id, started_at)) = failed {
+                tracing::warn!(meeting = %id, %error, "meeting failed; restarting (policy: restart from record)");
+                match spawn_meeting(&myself, &state.node, id.clone(), started_at).await {
+                    Ok(_) => {
+                        metrics::counter!("hearth_actor_restarts_total", "kind" => "meeting")
+                            .increment(1);
+                    }
+                    Err(e) => {
+                        tracing::error!(meeting = %id, error = %e, "meeting restart failed");
+                        state.node.registry.meetings.remove(&id);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn spawn_meeting(
+    supervisor: &ActorRef<MeetingSupervisorMsg>,
+    node: &Arc<NodeShared>,
+    id: MeetingId,
+    started_at: SystemTime,
+) -> Result<ActorRef<MeetingMsg>, String> {
+    let (actor, _) = Actor::spawn_linked(
+        None,
+        MeetingActor,
+        MeetingArgs {
+            id: id.clone(),
+            started_at,
+            node: Arc::clone(node),
+        },
+        supervisor.get_cell(),
+    )
+    .await
+    .map_err(|e| format!("cannot start meeting {id}: {e}"))?;
+    node.registry.insert(
+        id,
+        MeetingRecord {
+            actor: actor.clone(),
+            started_at,
+        },
+    );
+    Ok(actor)
+}
+
+// ----- NodeSupervisor ----------------------------------------------------------------------
+
+/// Top of the tree; restarts the meeting supervisor if it fails.
+pub struct NodeSupervisor;
+
+pub enum NodeMsg {
+    /// The current meeting supervisor.
+    MeetingSupervisor(RpcReplyPort<ActorRef<MeetingSupervisorMsg>>),
+}
+
+pub struct NodeSupervisorState {
+    node: Arc<NodeShared>,
+    meetings: ActorRef<MeetingSupervisorMsg>,
+}
+
+impl Actor for NodeSupervisor {
+    type Msg = NodeMsg;
+    type State = NodeSupervisorState;
+    type Arguments = Arc<NodeShared>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        node: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let (meetings, _) =
+            Actor::spawn_linked(None, MeetingSupervisor, Arc::clone(&node), myself.get_cell())
+                .await?;
+        Ok(NodeSupervisorState { node, meetings })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            NodeMsg::MeetingSupervisor(reply) => {
+                let _ = reply.send(state.meetings.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, error) = event
+            && cell.get_id() == state.meetings.get_id()
+        {
+            metrics::counter!("hearth_actor_failures_total", "kind" => "meeting_supervisor")
+                .increment(1);
+            tracing::error!(%error, "meeting supervisor failed; restarting");
+            let (meetings, _) = Actor::spawn_linked(
+                None,
+                MeetingSupervisor,
+                Arc::clone(&state.node),
+                myself.get_cell(),
+            )
+            .await?;
+            state.meetings = meetings;
+            metrics::counter!("hearth_actor_restarts_total", "kind" => "meeting_supervisor")
+                .increment(1);
+        }
+        Ok(())
+    }
+}
+
+// ----- Node handle -------------------------------------------------------------------------
+
+/// A running node: the gateway's entry point into the actors.
+#[derive(Clone)]
+pub struct Node {
+    shared: Arc<NodeShared>,
+    supervisor: ActorRef<NodeMsg>,
+}
+
+impl Node {
+    /// Binds the media port, creates the DTLS identity and starts the supervision tree.
+    /// Must run inside a Tokio runtime.
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        let mux = UdpMux::bind(config.media_bind, config.media_workers).map_err(|source| {
+            NodeError::MediaBind {
+                addr: config.media_bind,
+                source,
+            }
+        })?;
+        mux.start();
+        let certificate =
+            Certificate::generate().map_err(|e| NodeError::Certificate(e.to_string()))?;
+        let advertised = SocketAddr::new(config.public_ip, mux.local_addr().port());
+        let shared = Arc::new(NodeShared {
+            config,
+            mux,
+            certificate,
+            advertised,
+            registry: MeetingRegistry::default(),
+            wall_epoch: (Instant::now(), SystemTime::now()),
+        });
+        let (supervisor, _) = Actor::spawn(None, NodeSupervisor, Arc::clone(&shared))
+            .await
+            .map_err(|e| NodeError::Spawn(e.to_string()))?;
+        metrics::gauge!("hearth_meetings").set(0.0);
+        metrics::gauge!("hearth_participants").set(0.0);
+        Ok(Node { shared, supervisor })
+    }
+
+    /// The media port's local address.
+    pub fn media_addr(&self) -> SocketAddr {
+        self.shared.mux.local_addr()
+    }
+
+    /// The address put in ICE candidates.
+    pub fn advertised_media_addr(&self) -> SocketAddr {
+        self.shared.advertised
+    }
+
+    /// Running meetings.
+    pub fn meeting_count(&self) -> usize {
+        self.shared.registry.len()
+    }
+
+    pub fn meeting_ids(&self) -> Vec<MeetingId> {
+        self.shared.registry.ids()
+    }
+
+    /// Joins (creating the meeting if the grants allow). `signal` carries the server's
+    /// messages to the client from now on.
+    pub async fn join(
+        &self,
+        request: JoinRequest,
+        signal: SignalSender,
+    ) -> Result<(JoinAccepted, ParticipantHandle), SignalError> {
+        // A meeting that ends between lookup and join answers MeetingNotFound; one retry
+        // then creates a fresh meeting.
+        for _ in 0..2 {
+            let meeting = self.meeting_ref(&request.meeting, request.grants.create).await?;
+            let result = ractor::call!(meeting, |reply| MeetingMsg::Join {
+                request: request.clone(),
+                signal: signal.clone(),
+                reply,
+            });
+            match result {
+                Ok(Err(e)) if e.code == SignalErrorCode::MeetingNotFound => continue,
+                Ok(r) => return r,
+                Err(_) => continue,
+            }
+        }
+        Err(SignalError::fatal(
+            SignalErrorCode::Internal,
+            "the meeting is restarting; try again",
+        ))
+    }
+
+    async fn meeting_ref(
+        &self,
+        id: &MeetingId,
+        create: bool,
+    ) -> Result<ActorRef<MeetingMsg>, SignalError> {
+        if let Some(record) = self.shared.registry.get(id) {
+            return Ok(record.actor);
+        }
+        let internal =
+            |e: String| SignalError::fatal(SignalErrorCode::Internal, format!("node: {e}"));
+        let supervisor = ractor::call!(self.supervisor, NodeMsg::MeetingSupervisor)
+            .map_err(|e| internal(e.to_string()))?;
+        ractor::call!(supervisor, |reply| MeetingSupervisorMsg::GetOrCreate {
+            id: id.clone(),
+            create,
+            reply,
+        })
+        .map_err(|e| internal(e.to_string()))?
+    }
+
+    /// A meeting's current state, if it runs.
+    pub async fn meeting(&self, id: &MeetingId) -> Option<MeetingSnapshot> {
+        let record = self.shared.registry.get(id)?;
+        ractor::call!(record.actor, MeetingMsg::Snapshot).ok()
+    }
+
+    /// Drill and test hook: makes one participant's actor panic, as a bug would.
+    pub fn inject_participant_fault(&self, meeting: &MeetingId, participant: &ParticipantId) -> bool {
+        self.shared.registry.get(meeting).is_some_and(|r| {
+            r.actor
+                .send_message(MeetingMsg::InjectFault {
+                    participant: Some(participant.clone()),
+                })
+                .is_ok()
+        })
+    }
+
+    /// Drill and test hook: makes a meeting's actor panic; its supervisor restarts it.
+    pub fn inject_meeting_fault(&self, meeting: &MeetingId) -> bool {
+        self.shared.registry.get(meeting).is_some_and(|r| {
+            r.actor
+                .send_message(MeetingMsg::InjectFault { participant: None })
+                .is_ok()
+        })
+    }
+
+    /// Ends every meeting and stops the tree.
+    pub async fn shutdown(&self) {
+        for id in self.shared.registry.ids() {
+            if let Some(record) = self.shared.registry.get(&id) {
+                let _ = record
+                    .actor
+                    .send_message(MeetingMsg::End(crate::domain::EndReason::NodeShutdown));
+            }
+        }
+        let _ = self
+            .supervisor
+            .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
+            .await;
+    }
+}

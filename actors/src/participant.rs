@@ -1,0 +1,920 @@
+//! `ParticipantActor`: one per participant; owns its peer connection.
+//!
+//! Supervision: a child of its `MeetingActor`. If it panics, the meeting removes it, tells
+//! the others it left (`failed`) and tells its client to reconnect; nothing else is touched
+//! (policy: stop and remove, never restart — a participant's state lives in the client).
+//!
+//! Roles, both in one actor:
+//! * **Publisher**: datagrams from the UDP mux go into the peer connection; each received
+//!   RTP packet is checked (duplicates, losses → NACK, keyframes, audio level), cached for
+//!   retransmission, and pushed as a `Bytes` handle into every subscriber's bounded media
+//!   inbox, following the fan-out list the meeting sends on membership change.
+//! * **Subscriber**: packets from publishers go through one engine `Forwarder` per
+//!   subscription (SSRC/sequence/timestamp rewrite) and out through the peer connection.
+//!   Keyframe requests and NACKs from the client travel back to the publisher actor.
+//!
+//! Negotiation (perfect negotiation; the server is the impolite peer): client offers publish
+//! tracks; subscription changes are queued and applied only when signaling is stable,
+//! immediately followed by our offer, so a client offer never meets half-applied changes.
+//!
+//! PERFORMANCE-CRITICAL PATH: `on_media`, `on_datagrams`, `publish_packet`. No logging,
+//! no allocation per packet beyond the stack's own, payloads only as `Bytes` clones.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use hearth_engine::forwarder::{Drop as ForwardDrop, Forwarder};
+use hearth_engine::keyframe::KeyframeRequester;
+use hearth_engine::media::{MediaKind, MediaPacket, Ssrc};
+use hearth_engine::nack::{NackConfig, NackGenerator, RetransmissionCache};
+use hearth_engine::speaker::{AudioLevelMeter, SpeakerConfig};
+use hearth_engine::stats::{NtpTime, ReceiveStats, ReportTimer, SendStats};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::domain::{
+    Candidate, ClientSignal, LeaveReason, ServerSignal, SignalError, SignalErrorCode, TrackInfo,
+};
+use crate::ids::{ParticipantId, TrackId, random_string};
+use crate::inbox::{Inbox, InboxSender, Pushed};
+use crate::meeting::MeetingMsg;
+use crate::signal::SignalSender;
+use crate::udp_mux::{Datagram, DatagramSink, MuxRegistration, UdpMux};
+use crate::webrtc::{
+    Certificate, CodecParams, Feedback, Inbound, PeerError, PeerEvent, PeerSetup, SenderKey,
+    WebRtcPeer,
+};
+
+/// Numeric key of a published track on the media path (cheaper than the string id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TrackKey(pub u64);
+
+static NEXT_TRACK_KEY: AtomicU64 = AtomicU64::new(1);
+
+/// One packet travelling from a publisher to a subscriber.
+#[derive(Clone, Debug)]
+pub struct MediaItem {
+    pub track: TrackKey,
+    pub packet: MediaPacket,
+    /// An answer to this subscriber's NACK, from the publisher's cache.
+    pub retransmission: bool,
+}
+
+/// A subscriber as a publisher sees it: where to push packets.
+#[derive(Clone)]
+pub struct SubscriberLink {
+    pub participant: ParticipantId,
+    pub media: InboxSender<MediaItem, ParticipantMsg>,
+}
+
+/// Everything a subscriber needs to receive a track.
+#[derive(Clone)]
+pub struct PublishedTrack {
+    pub info: TrackInfo,
+    pub key: TrackKey,
+    pub codec: CodecParams,
+    pub publisher: ParticipantId,
+    pub publisher_ref: ActorRef<ParticipantMsg>,
+}
+
+/// Counters of one participant, for tests and operators.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ParticipantStats {
+    pub connected: bool,
+    pub published_tracks: usize,
+    pub subscriptions: usize,
+    pub packets_received: u64,
+    pub packets_forwarded: u64,
+    pub packets_sent: u64,
+    pub media_dropped: u64,
+    pub ingress_dropped: u64,
+    pub media_queue_depth: usize,
+    pub keyframe_requests_sent: u64,
+    pub nacks_sent: u64,
+    pub retransmissions_sent: u64,
+}
+
+pub enum ParticipantMsg {
+    /// A message from the client (via the gateway).
+    Signal(ClientSignal),
+    /// Datagrams are waiting in the ingress inbox.
+    DatagramsReady,
+    /// Forwarded media is waiting in the media inbox.
+    MediaReady,
+    /// The timer fired.
+    Tick,
+    /// Start receiving a track of another participant.
+    Subscribe(Box<PublishedTrack>),
+    /// Stop receiving a track.
+    Unsubscribe { track: TrackId },
+    /// The publisher of `track` muted or unmuted it.
+    RemoteTrackMuted { track: TrackId, muted: bool },
+    /// Who receives our track `track` now (rebuilt by the meeting on membership change).
+    SetFanout {
+        track: TrackId,
+        subscribers: Arc<[SubscriberLink]>,
+    },
+    /// A subscriber of our track asks for a keyframe.
+    KeyframeRequest { track: TrackKey },
+    /// A subscriber lost these packets (our source sequence numbers) of our track.
+    Retransmit {
+        track: TrackKey,
+        seqs: Vec<u16>,
+        to: InboxSender<MediaItem, ParticipantMsg>,
+    },
+    /// The meeting asks us to go (kick, meeting ended).
+    Leave(LeaveReason),
+    /// Drill and test hook: fail like a bug would.
+    InjectFault,
+    /// Current counters.
+    Stats(RpcReplyPort<ParticipantStats>),
+}
+
+/// Start-up arguments, from the meeting.
+pub struct ParticipantArgs {
+    pub id: ParticipantId,
+    pub meeting: ActorRef<MeetingMsg>,
+    pub signal: SignalSender,
+    pub mux: Arc<UdpMux>,
+    pub advertised: SocketAddr,
+    pub certificate: Certificate,
+    pub can_publish: bool,
+    pub media_queue: usize,
+    pub speaker: SpeakerConfig,
+    /// Wall clock at `epoch`, for NTP timestamps in sender reports.
+    pub wall_epoch: (Instant, SystemTime),
+    /// Receives this participant's media inbox sender once it exists, for fan-out lists.
+    pub link: tokio::sync::oneshot::Sender<InboxSender<MediaItem, ParticipantMsg>>,
+}
+
+pub struct ParticipantActor;
+
+struct Published {
+    info: TrackInfo,
+    key: TrackKey,
+    ssrc: Ssrc,
+    stack_id: String,
+    codec: CodecParams,
+    fanout: Arc<[SubscriberLink]>,
+    recv: ReceiveStats,
+    nack: Option<NackGenerator>,
+    cache: Option<RetransmissionCache>,
+    keyframes: KeyframeRequester,
+    level: Option<AudioLevelMeter>,
+    last_loudness: f32,
+}
+
+struct Subscription {
+    key: TrackKey,
+    track: TrackId,
+    publisher_ref: ActorRef<ParticipantMsg>,
+    sender: Option<SenderKey>,
+    negotiated: bool,
+    forwarder: Forwarder,
+    stats: SendStats,
+    last_keyframe_request: Option<Instant>,
+}
+
+enum SubOp {
+    Add(Box<PublishedTrack>),
+    Remove(TrackId),
+}
+
+pub struct ParticipantState {
+    id: ParticipantId,
+    meeting: ActorRef<MeetingMsg>,
+    signal: SignalSender,
+    mux: Arc<UdpMux>,
+    mux_hint: usize,
+    _registration: MuxRegistration,
+    peer: WebRtcPeer,
+    can_publish: bool,
+    ingress: Inbox<Datagram>,
+    media: Inbox<MediaItem>,
+    media_tx: InboxSender<MediaItem, ParticipantMsg>,
+    wakeup: crate::timer::Wakeup,
+    published: Vec<Published>,
+    subscriptions: HashMap<TrackKey, Subscription>,
+    by_out_ssrc: HashMap<u32, TrackKey>,
+    pending_ops: Vec<SubOp>,
+    reports: ReportTimer,
+    speaker: SpeakerConfig,
+    wall_epoch: (Instant, SystemTime),
+    stats: ParticipantStats,
+    scratch_datagrams: Vec<Datagram>,
+    scratch_media: Vec<MediaItem>,
+    leaving: bool,
+}
+
+/// Routes the mux's datagrams into the participant's ingress inbox.
+struct IngressSink(InboxSender<Datagram, ParticipantMsg>);
+
+impl DatagramSink for IngressSink {
+    fn deliver(&self, datagram: Datagram) -> bool {
+        self.0.push(datagram) != Pushed::Closed
+    }
+}
+
+const DRAIN_BATCH: usize = 256;
+const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(250);
+
+impl Actor for ParticipantActor {
+    type Msg = ParticipantMsg;
+    type State = ParticipantState;
+    type Arguments = ParticipantArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let now = Instant::now();
+        let ufrag = random_string(16);
+        let peer = WebRtcPeer::new(
+            PeerSetup {
+                advertised: args.advertised,
+                certificate: args.certificate,
+                ufrag: ufrag.clone(),
+                pwd: random_string(32),
+            },
+            now,
+        )?;
+        let (ingress, ingress_tx) = Inbox::new(1024, myself.clone(), || ParticipantMsg::DatagramsReady);
+        let (media, media_tx) = Inbox::new(args.media_queue, myself.clone(), || ParticipantMsg::MediaReady);
+        let registration = args.mux.register(ufrag, Box::new(IngressSink(ingress_tx)));
+        // The meeting waits for this right after spawning us; if it is gone, so are we.
+        let _ = args.link.send(media_tx.clone());
+        let wakeup = crate::timer::Wakeup::spawn(myself.clone(), || ParticipantMsg::Tick);
+        let mux_hint = rand::random::<u32>() as usize;
+        metrics::gauge!("hearth_participants").increment(1.0);
+        Ok(ParticipantState {
+            id: args.id,
+            meeting: args.meeting,
+            signal: args.signal,
+            mux: args.mux,
+            mux_hint,
+            _registration: registration,
+            peer,
+            can_publish: args.can_publish,
+            ingress,
+            media,
+            media_tx,
+            wakeup,
+            published: Vec::new(),
+            subscriptions: HashMap::new(),
+            by_out_ssrc: HashMap::new(),
+            pending_ops: Vec::new(),
+            reports: {
+                let mut timer = ReportTimer::new(Duration::from_secs(1));
+                timer.handle_timeout(now);
+                timer
+            },
+            speaker: args.speaker,
+            wall_epoch: args.wall_epoch,
+            stats: ParticipantStats::default(),
+            scratch_datagrams: Vec::with_capacity(DRAIN_BATCH),
+            scratch_media: Vec::with_capacity(DRAIN_BATCH),
+            leaving: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = Instant::now();
+        match msg {
+            ParticipantMsg::Signal(signal) => state.on_signal(now, signal, &myself),
+            ParticipantMsg::DatagramsReady => state.on_datagrams(&myself),
+            ParticipantMsg::MediaReady => state.on_media(now, &myself),
+            ParticipantMsg::Tick => state.on_tick(now),
+            ParticipantMsg::Subscribe(track) => {
+                tracing::debug!(participant = %state.id, track = %track.info.id, "subscribe queued");
+                state.pending_ops.push(SubOp::Add(track))
+            }
+            ParticipantMsg::Unsubscribe { track } => state.pending_ops.push(SubOp::Remove(track)),
+            ParticipantMsg::RemoteTrackMuted { track, muted } => {
+                for sub in state.subscriptions.values_mut() {
+                    if sub.track == track {
+                        if muted {
+                            sub.forwarder.pause();
+                        } else {
+                            sub.forwarder.resume();
+                        }
+                    }
+                }
+            }
+            ParticipantMsg::SetFanout { track, subscribers } => {
+                if let Some(p) = state.published.iter_mut().find(|p| p.info.id == track) {
+                    p.fanout = subscribers;
+                    if p.info.kind == MediaKind::Video {
+                        // New subscribers need a keyframe to start decoding.
+                        p.keyframes.request(now);
+                    }
+                }
+            }
+            ParticipantMsg::KeyframeRequest { track } => {
+                if let Some(p) = state.published.iter_mut().find(|p| p.key == track) {
+                    p.keyframes.request(now);
+                }
+            }
+            ParticipantMsg::Retransmit { track, seqs, to } => {
+                state.on_retransmit(now, track, &seqs, &to)
+            }
+            ParticipantMsg::Leave(reason) => {
+                state.leave(reason, &myself);
+                return Ok(());
+            }
+            ParticipantMsg::InjectFault => {
+                panic!("fault injected into participant {}", state.id);
+            }
+            ParticipantMsg::Stats(reply) => {
+                let mut stats = state.stats.clone();
+                stats.connected = state.peer.is_connected();
+                stats.published_tracks = state.published.len();
+                stats.subscriptions = state.subscriptions.len();
+                stats.media_dropped = state.media.dropped();
+                stats.ingress_dropped = state.ingress.dropped();
+                stats.media_queue_depth = state.media.depth();
+                let _ = reply.send(stats);
+            }
+        }
+        if !state.leaving {
+            state.after_message(now, &myself);
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if !state.leaving {
+            // Stopped from outside (the meeting was restarted or the node shuts down): the
+            // client's session is gone, it should join again.
+            state
+                .signal
+                .send(ServerSignal::Reconnect("session stopped by the server".into()));
+        }
+        state.peer.close();
+        state.flush();
+        Ok(())
+    }
+}
+
+impl Drop for ParticipantState {
+    fn drop(&mut self) {
+        // Runs on clean stops and after a panic alike; the mux registration drops with us.
+        metrics::gauge!("hearth_participants").decrement(1.0);
+    }
+}
+
+impl ParticipantState {
+    fn after_message(&mut self, now: Instant, myself: &ActorRef<ParticipantMsg>) {
+        self.process_peer(now, myself);
+        self.renegotiate(now);
+        self.flush();
+        self.arm_timer(now);
+    }
+
+    fn on_signal(&mut self, now: Instant, signal: ClientSignal, myself: &ActorRef<ParticipantMsg>) {
+        match signal {
+            ClientSignal::Offer(sdp) => {
+                if !self.can_publish {
+                    // A receive-only client may still renegotiate; only sending is refused,
+                    // by ignoring its tracks (see on_track_opened).
+                }
+                if self.peer.has_local_offer() {
+                    tracing::debug!(participant = %self.id, "client offer ignored (glare)");
+                    // Glare: we are the impolite peer and ignore the client's offer; the
+                    // client rolls back, answers ours, then offers again.
+                    return;
+                }
+                match self.peer.apply_offer(now, sdp) {
+                    Ok(answer) => {
+                        tracing::debug!(participant = %self.id, "answered client offer");
+                        self.signal.send(ServerSignal::Answer(answer));
+                    }
+                    Err(e) => self.signal_error(&e),
+                }
+            }
+            ClientSignal::Answer(sdp) => match self.peer.apply_answer(now, sdp) {
+                Ok(()) => {
+                    tracing::debug!(participant = %self.id, "client answered");
+                    for sub in self.subscriptions.values_mut() {
+                        if sub.sender.is_some() && !sub.negotiated {
+                            sub.negotiated = true;
+                            if sub.forwarder.needs_keyframe() {
+                                sub.publisher_ref.send_message(ParticipantMsg::KeyframeRequest {
+                                    track: sub.key,
+                                })
+                                .ok();
+                            }
+                        }
+                    }
+                }
+                Err(e) => self.signal_error(&e),
+            },
+            ClientSignal::Candidate(candidate) => {
+                if let Err(e) = self.peer.add_remote_candidate(candidate) {
+                    self.signal_error(&e);
+                }
+            }
+            ClientSignal::Mute { track, muted } => {
+                let Some(p) = self.published.iter_mut().find(|p| p.info.id == track) else {
+                    self.signal.send(ServerSignal::Error(SignalError::new(
+                        SignalErrorCode::TrackNotFound,
+                        format!("{track} is not one of your tracks"),
+                    )));
+                    return;
+                };
+                if p.info.muted != muted {
+                    p.info.muted = muted;
+                    if !muted && p.info.kind == MediaKind::Video {
+                        p.keyframes.request(now);
+                    }
+                    let _ = self.meeting.send_message(MeetingMsg::TrackMuted {
+                        participant: self.id.clone(),
+                        track,
+                        muted,
+                    });
+                }
+            }
+            ClientSignal::Unpublish { track } => {
+                let Some(index) = self.published.iter().position(|p| p.info.id == track) else {
+                    self.signal.send(ServerSignal::Error(SignalError::new(
+                        SignalErrorCode::TrackNotFound,
+                        format!("{track} is not one of your tracks"),
+                    )));
+                    return;
+                };
+                self.unpublish(index);
+            }
+            ClientSignal::Leave => self.leave(LeaveReason::Left, myself),
+        }
+    }
+
+    fn signal_error(&self, e: &PeerError) {
+        let code = match e {
+            PeerError::InvalidSdp(_) => SignalErrorCode::InvalidSdp,
+            PeerError::Negotiation(_) => SignalErrorCode::NegotiationFailed,
+            PeerError::InvalidCandidate(_) => SignalErrorCode::InvalidCandidate,
+            PeerError::Stack(_) => SignalErrorCode::Internal,
+        };
+        self.signal
+            .send(ServerSignal::Error(SignalError::new(code, e.to_string())));
+    }
+
+    fn leave(&mut self, reason: LeaveReason, myself: &ActorRef<ParticipantMsg>) {
+        if self.leaving {
+            return;
+        }
+        self.leaving = true;
+        self.peer.close();
+        self.flush();
+        myself.stop(Some(reason.as_str().to_owned()));
+    }
+
+    fn on_datagrams(&mut self, myself: &ActorRef<ParticipantMsg>) {
+        let mut batch = std::mem::take(&mut self.scratch_datagrams);
+        self.ingress.drain(&mut batch, DRAIN_BATCH);
+        for d in batch.drain(..) {
+            self.peer.handle_datagram(d.at, d.from, d.data);
+        }
+        self.scratch_datagrams = batch;
+        if self.ingress.has_pending() {
+            let _ = myself.send_message(ParticipantMsg::DatagramsReady);
+        }
+    }
+
+    /// Drains the peer connection's events and received media.
+    fn process_peer(&mut self, now: Instant, myself: &ActorRef<ParticipantMsg>) {
+        while let Some(event) = self.peer.poll_event() {
+            match event {
+                PeerEvent::LocalCandidate(c) => {
+                    self.signal.send(ServerSignal::Candidate(c));
+                }
+                PeerEvent::Connected => {
+                    tracing::debug!(participant = %self.id, "media connected");
+                }
+                PeerEvent::Gone(why) => {
+                    tracing::info!(participant = %self.id, why, "media connection gone");
+                    self.signal
+                        .send(ServerSignal::Reconnect(format!("media connection lost: {why}")));
+                    self.leave(LeaveReason::Disconnected, myself);
+                    return;
+                }
+                PeerEvent::TrackOpened(track) => self.on_track_opened(now, track),
+                PeerEvent::TrackClosed { stack_id } => {
+                    if let Some(index) = self.published.iter().position(|p| p.stack_id == stack_id)
+                    {
+                        self.unpublish(index);
+                    }
+                }
+            }
+        }
+        while let Some(inbound) = self.peer.poll_inbound() {
+            match inbound {
+                Inbound::Rtp(packet) => self.publish_packet(packet),
+                Inbound::Feedback(feedback) => self.on_feedback(now, feedback),
+            }
+        }
+    }
+
+    fn on_track_opened(&mut self, now: Instant, track: crate::webrtc::InboundTrack) {
+        if !self.can_publish {
+            self.signal.send(ServerSignal::Error(SignalError::new(
+                SignalErrorCode::PermissionDenied,
+                "your token does not allow publishing; the track is ignored",
+            )));
+            return;
+        }
+        if let Some(existing) = self.published.iter_mut().find(|p| p.info.mid == track.mid) {
+            // Same transceiver, new SSRC (the browser restarted its encoder or replaced the
+            // track): keep the track id; subscribers' forwarders see a source switch.
+            existing.ssrc = track.ssrc;
+            existing.stack_id = track.stack_id;
+            existing.recv = ReceiveStats::new(track.ssrc, track.codec.clock_rate);
+            return;
+        }
+        let video = track.kind == MediaKind::Video;
+        let info = TrackInfo {
+            id: TrackId::random(),
+            kind: track.kind,
+            mime_type: track.codec.mime_type.clone(),
+            muted: false,
+            mid: track.mid.clone(),
+        };
+        let published = Published {
+            key: TrackKey(NEXT_TRACK_KEY.fetch_add(1, Ordering::Relaxed)),
+            ssrc: track.ssrc,
+            stack_id: track.stack_id,
+            recv: ReceiveStats::new(track.ssrc, track.codec.clock_rate),
+            nack: video.then(|| NackGenerator::new(NackConfig::default())),
+            cache: video.then(|| RetransmissionCache::new(1024, Duration::from_secs(2))),
+            keyframes: KeyframeRequester::new(Duration::from_millis(500)),
+            level: (!video).then(|| AudioLevelMeter::new(self.speaker, now)),
+            last_loudness: 0.0,
+            fanout: Arc::from(Vec::new()),
+            codec: track.codec,
+            info,
+        };
+        let _ = self.meeting.send_message(MeetingMsg::TrackPublished {
+            participant: self.id.clone(),
+            key: published.key,
+            info: published.info.clone(),
+            codec: published.codec.clone(),
+        });
+        self.published.push(published);
+    }
+
+    fn unpublish(&mut self, index: usize) {
+        let p = self.published.swap_remove(index);
+        let _ = self.meeting.send_message(MeetingMsg::TrackUnpublished {
+            participant: self.id.clone(),
+            track: p.info.id,
+        });
+    }
+
+    /// A packet from our client: account, cache, fan out.
+    fn publish_packet(&mut self, packet: MediaPacket) {
+        let Some(p) = self.published.iter_mut().find(|p| p.ssrc == packet.ssrc) else {
+            return;
+        };
+        self.stats.packets_received += 1;
+        if !p
+            .recv
+            .on_rtp(packet.arrival, packet.seq, packet.timestamp, packet.payload.len())
+        {
+            return; // duplicate (RTX unwrapping, probes)
+        }
+        if let Some(nack) = &mut p.nack {
+            nack.on_packet(packet.arrival, packet.seq);
+        }
+        if packet.keyframe {
+            p.keyframes.on_keyframe(packet.arrival);
+        }
+        if let (Some(meter), Some(level)) = (&mut p.level, packet.audio_level) {
+            meter.observe(packet.arrival, level, 20);
+        }
+        if let Some(cache) = &mut p.cache {
+            cache.insert(&packet);
+        }
+        if p.info.muted {
+            return;
+        }
+        for link in p.fanout.iter() {
+            link.media.push(MediaItem {
+                track: p.key,
+                packet: packet.clone(),
+                retransmission: false,
+            });
+        }
+        self.stats.packets_forwarded += p.fanout.len() as u64;
+    }
+
+    fn on_retransmit(
+        &mut self,
+        now: Instant,
+        track: TrackKey,
+        seqs: &[u16],
+        to: &InboxSender<MediaItem, ParticipantMsg>,
+    ) {
+        let Some(p) = self.published.iter().find(|p| p.key == track) else {
+            return;
+        };
+        let Some(cache) = &p.cache else {
+            return;
+        };
+        for seq in seqs {
+            if let Some(packet) = cache.get(*seq, now) {
+                to.push(MediaItem {
+                    track,
+                    packet: packet.clone(),
+                    retransmission: true,
+                });
+                self.stats.retransmissions_sent += 1;
+            }
+        }
+    }
+
+    /// Media from publishers, for our client.
+    fn on_media(&mut self, now: Instant, myself: &ActorRef<ParticipantMsg>) {
+        let mut batch = std::mem::take(&mut self.scratch_media);
+        self.media.drain(&mut batch, DRAIN_BATCH);
+        let connected = self.peer.is_connected();
+        for item in batch.drain(..) {
+            let Some(sub) = self.subscriptions.get_mut(&item.track) else {
+                continue;
+            };
+            let (Some(sender), true, true) = (sub.sender, sub.negotiated, connected) else {
+                continue;
+            };
+            let result = if item.retransmission {
+                sub.forwarder.forward_retransmission(&item.packet)
+            } else {
+                sub.forwarder.forward(&item.packet)
+            };
+            match result {
+                Ok(header) => {
+                    let len = item.packet.payload.len();
+                    if self
+                        .peer
+                        .send_rtp(now, sender, header, item.packet.payload)
+                        .is_ok()
+                    {
+                        if !item.retransmission {
+                            sub.stats.on_sent(now, header.timestamp, len);
+                        }
+                        self.stats.packets_sent += 1;
+                    }
+                }
+                Err(ForwardDrop::WaitingForKeyframe) => {
+                    let due = sub
+                        .last_keyframe_request
+                        .is_none_or(|t| now.duration_since(t) >= KEYFRAME_REQUEST_INTERVAL);
+                    if due {
+                        sub.last_keyframe_request = Some(now);
+                        let _ = sub.publisher_ref.send_message(ParticipantMsg::KeyframeRequest {
+                            track: item.track,
+                        });
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        self.scratch_media = batch;
+        if self.media.has_pending() {
+            let _ = myself.send_message(ParticipantMsg::MediaReady);
+        }
+    }
+
+    fn on_feedback(&mut self, now: Instant, feedback: Feedback) {
+        match feedback {
+            Feedback::KeyframeRequest { media_ssrc } => {
+                if let Some(key) = self.by_out_ssrc.get(&media_ssrc.0)
+                    && let Some(sub) = self.subscriptions.get(key)
+                {
+                    let _ = sub
+                        .publisher_ref
+                        .send_message(ParticipantMsg::KeyframeRequest { track: *key });
+                }
+            }
+            Feedback::Nack { media_ssrc, seqs } => {
+                let Some(key) = self.by_out_ssrc.get(&media_ssrc.0) else {
+                    return;
+                };
+                let Some(sub) = self.subscriptions.get(key) else {
+                    return;
+                };
+                let source: Vec<u16> = seqs
+                    .iter()
+                    .filter_map(|s| sub.forwarder.source_of(*s).map(|(_, seq)| seq))
+                    .collect();
+                if !source.is_empty() {
+                    let _ = sub.publisher_ref.send_message(ParticipantMsg::Retransmit {
+                        track: *key,
+                        seqs: source,
+                        to: self.media_tx.clone(),
+                    });
+                }
+            }
+            Feedback::Report(block) => {
+                let ntp = self.ntp(now);
+                if let Some(key) = self.by_out_ssrc.get(&block.ssrc.0)
+                    && let Some(sub) = self.subscriptions.get_mut(key)
+                {
+                    sub.stats.on_report_block(ntp, &block);
+                }
+            }
+            Feedback::SenderReport { ssrc, ntp, rtp_ts } => {
+                if let Some(p) = self.published.iter_mut().find(|p| p.ssrc == ssrc) {
+                    p.recv.on_sender_report(now, ntp, rtp_ts);
+                }
+            }
+        }
+    }
+
+    fn ntp(&self, now: Instant) -> NtpTime {
+        let (epoch, wall) = self.wall_epoch;
+        let wall_now = wall + now.saturating_duration_since(epoch);
+        NtpTime::from_unix(wall_now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default())
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        self.peer.handle_timeout(now);
+        let ntp = self.ntp(now);
+        // Loss recovery and keyframe requests toward our client.
+        for p in &mut self.published {
+            if let Some(nack) = &mut p.nack {
+                nack.handle_timeout(now);
+                while let Some(seqs) = nack.poll_nack() {
+                    if self.peer.send_nack(now, p.ssrc, &seqs).is_ok() {
+                        self.stats.nacks_sent += 1;
+                    }
+                }
+            }
+            p.keyframes.handle_timeout(now);
+            if let Some(level) = &mut p.level
+                && let Some(loudness) = level.handle_timeout(now)
+            {
+                if loudness > 0.0 || p.last_loudness > 0.0 {
+                    let _ = self.meeting.send_message(MeetingMsg::SpeakerLevel {
+                        participant: self.id.clone(),
+                        loudness,
+                    });
+                }
+                p.last_loudness = loudness;
+            }
+        }
+        if self.reports.handle_timeout(now) {
+            let blocks: Vec<_> = self
+                .published
+                .iter_mut()
+                .map(|p| p.recv.report_block(now))
+                .collect();
+            let _ = self.peer.send_receiver_report(now, &blocks);
+            for sub in self.subscriptions.values_mut() {
+                if let (Some(sender), true) = (sub.sender, sub.negotiated)
+                    && let Some(info) = sub.stats.sender_info(now, ntp)
+                {
+                    let _ = self.peer.send_sender_report(now, sender, info);
+                }
+            }
+        }
+    }
+
+    /// Sends PLIs the throttles released (after any message, not only ticks).
+    fn send_keyframe_requests(&mut self, now: Instant) {
+        for p in &mut self.published {
+            while p.keyframes.poll_request() {
+                if self.peer.send_pli(now, p.ssrc).is_ok() {
+                    self.stats.keyframe_requests_sent += 1;
+                }
+            }
+            if let Some(nack) = &mut p.nack {
+                while let Some(seqs) = nack.poll_nack() {
+                    if self.peer.send_nack(now, p.ssrc, &seqs).is_ok() {
+                        self.stats.nacks_sent += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies queued subscription changes when signaling is stable, then offers.
+    fn renegotiate(&mut self, now: Instant) {
+        self.send_keyframe_requests(now);
+        if self.pending_ops.is_empty() || !self.peer.is_stable() {
+            return;
+        }
+        let mut changed = false;
+        for op in std::mem::take(&mut self.pending_ops) {
+            match op {
+                SubOp::Add(track) => {
+                    if self.subscriptions.contains_key(&track.key) {
+                        continue;
+                    }
+                    match self.peer.add_sender(
+                        track.info.kind,
+                        &track.codec,
+                        track.publisher.as_str(),
+                        track.info.id.as_str(),
+                    ) {
+                        Ok(sender) => {
+                            let mut forwarder = Forwarder::new(
+                                sender.ssrc,
+                                track.info.kind,
+                                track.codec.clock_rate,
+                            );
+                            if track.info.muted {
+                                forwarder.pause();
+                            }
+                            self.by_out_ssrc.insert(sender.ssrc.0, track.key);
+                            self.subscriptions.insert(
+                                track.key,
+                                Subscription {
+                                    key: track.key,
+                                    track: track.info.id.clone(),
+                                    publisher_ref: track.publisher_ref.clone(),
+                                    sender: Some(sender),
+                                    negotiated: false,
+                                    forwarder,
+                                    stats: SendStats::new(sender.ssrc, track.codec.clock_rate),
+                                    last_keyframe_request: None,
+                                },
+                            );
+                            changed = true;
+                        }
+                        Err(e) => {
+                            tracing::warn!(participant = %self.id, error = %e, "cannot add a sender");
+                        }
+                    }
+                }
+                SubOp::Remove(track) => {
+                    let key = self
+                        .subscriptions
+                        .iter()
+                        .find(|(_, s)| s.track == track)
+                        .map(|(k, _)| *k);
+                    if let Some(key) = key
+                        && let Some(sub) = self.subscriptions.remove(&key)
+                        && let Some(sender) = sub.sender
+                    {
+                        self.by_out_ssrc.remove(&sender.ssrc.0);
+                        if let Err(e) = self.peer.remove_sender(sender) {
+                            tracing::warn!(participant = %self.id, error = %e, "cannot remove a sender");
+                        }
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if changed {
+            match self.peer.create_offer(now) {
+                Ok(offer) => {
+                    tracing::debug!(participant = %self.id, subscriptions = self.subscriptions.len(), "offer sent");
+                    self.signal.send(ServerSignal::Offer(offer));
+                }
+                Err(e) => {
+                    tracing::warn!(participant = %self.id, error = %e, "cannot create an offer");
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        while let Some((to, data)) = self.peer.poll_datagram() {
+            self.mux.send_to(&data, to, self.mux_hint);
+        }
+    }
+
+    fn arm_timer(&mut self, now: Instant) {
+        let mut next = self
+            .reports
+            .poll_timeout()
+            .unwrap_or(now + Duration::from_secs(1));
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t
+                && t < next
+            {
+                next = t;
+            }
+        };
+        consider(self.peer.poll_timeout());
+        for p in &self.published {
+            consider(p.nack.as_ref().and_then(NackGenerator::poll_timeout));
+            consider(p.keyframes.poll_timeout());
+            consider(p.level.as_ref().map(AudioLevelMeter::poll_timeout));
+        }
+        self.wakeup.arm(next.max(now));
+    }
+}
+
+/// A candidate for trickling, re-exported for the gateway's conversions.
+pub type TrickleCandidate = Candidate;

@@ -1,0 +1,312 @@
+//! The shared UDP media port: receive drivers and the demux table.
+//!
+//! One UDP socket per worker, all bound to the same port with `SO_REUSEPORT`; the kernel
+//! spreads clients over them by address hash. Each driver task receives datagrams and hands
+//! them to the owning participant through its bounded [`InboxSender`]:
+//!
+//! 1. by source address (5-tuple; one map lookup per packet), else
+//! 2. if the datagram is a STUN Binding request, by the server ufrag in its USERNAME
+//!    (`<server ufrag>:<client ufrag>`); the source address is then learned for step 1.
+//!
+//! Anything else is dropped and counted. Participants send through [`UdpMux::send_to`],
+//! which never blocks (a full socket buffer drops the datagram, counted).
+//!
+//! PERFORMANCE-CRITICAL PATH: no logging, no locks other than the map shard read lock.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use dashmap::DashMap;
+use metrics::Counter;
+use tokio::net::UdpSocket;
+
+/// One received datagram.
+#[derive(Debug)]
+pub struct Datagram {
+    pub from: SocketAddr,
+    pub at: Instant,
+    pub data: BytesMut,
+}
+
+/// Where the mux delivers a participant's datagrams.
+pub trait DatagramSink: Send + Sync + 'static {
+    /// Queues the datagram; false if the receiver is gone.
+    fn deliver(&self, datagram: Datagram) -> bool;
+}
+
+struct Entry {
+    sink: Box<dyn DatagramSink>,
+    /// Source addresses learned for this entry, removed with it.
+    addrs: Mutex<Vec<SocketAddr>>,
+}
+
+struct MuxCounters {
+    packets_in: Counter,
+    bytes_in: Counter,
+    unroutable: Counter,
+    send_dropped: Counter,
+    packets_out: Counter,
+    bytes_out: Counter,
+}
+
+/// The media port: sockets, drivers, routing table.
+pub struct UdpMux {
+    sockets: Vec<Arc<UdpSocket>>,
+    local_addr: SocketAddr,
+    by_addr: DashMap<SocketAddr, Arc<Entry>>,
+    by_ufrag: DashMap<String, Arc<Entry>>,
+    counters: MuxCounters,
+}
+
+/// Keeps a participant routable; dropping it removes every route to it.
+pub struct MuxRegistration {
+    mux: Arc<UdpMux>,
+    ufrag: String,
+    entry: Arc<Entry>,
+}
+
+impl Drop for MuxRegistration {
+    fn drop(&mut self) {
+        self.mux
+            .by_ufrag
+            .remove_if(&self.ufrag, |_, e| Arc::ptr_eq(e, &self.entry));
+        let addrs = match self.entry.addrs.lock() {
+            Ok(addrs) => addrs.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        for addr in addrs {
+            self.mux
+                .by_addr
+                .remove_if(&addr, |_, e| Arc::ptr_eq(e, &self.entry));
+        }
+    }
+}
+
+impl UdpMux {
+    /// Binds `workers` sockets on `addr` (port 0 picks a free port, shared by all).
+    pub fn bind(addr: SocketAddr, workers: usize) -> io::Result<Arc<UdpMux>> {
+        let first = bind_reuseport(addr)?;
+        let local_addr = first.local_addr()?;
+        let mut sockets = vec![Arc::new(first)];
+        for _ in 1..workers.max(1) {
+            sockets.push(Arc::new(bind_reuseport(local_addr)?));
+        }
+        Ok(Arc::new(UdpMux {
+            sockets,
+            local_addr,
+            by_addr: DashMap::new(),
+            by_ufrag: DashMap::new(),
+            counters: MuxCounters {
+                packets_in: metrics::counter!("hearth_media_packets_in_total"),
+                bytes_in: metrics::counter!("hearth_media_bytes_in_total"),
+                unroutable: metrics::counter!("hearth_media_dropped_total", "reason" => "unroutable"),
+                send_dropped: metrics::counter!("hearth_media_dropped_total", "reason" => "socket_full"),
+                packets_out: metrics::counter!("hearth_media_packets_out_total"),
+                bytes_out: metrics::counter!("hearth_media_bytes_out_total"),
+            },
+        }))
+    }
+
+    /// Starts one receive driver per socket on the current Tokio runtime.
+    pub fn start(self: &Arc<Self>) {
+        for socket in &self.sockets {
+            let mux = Arc::clone(self);
+            let socket = Arc::clone(socket);
+            tokio::spawn(async move { mux.drive(socket).await });
+        }
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Makes `ufrag` (and the addresses later learned for it) route to `sink`.
+    pub fn register(self: &Arc<Self>, ufrag: String, sink: Box<dyn DatagramSink>) -> MuxRegistration {
+        let entry = Arc::new(Entry {
+            sink,
+            addrs: Mutex::new(Vec::new()),
+        });
+        self.by_ufrag.insert(ufrag.clone(), Arc::clone(&entry));
+        MuxRegistration {
+            mux: Arc::clone(self),
+            ufrag,
+            entry,
+        }
+    }
+
+    /// Sends one datagram without waiting; `hint` spreads senders over the sockets.
+    pub fn send_to(&self, data: &[u8], to: SocketAddr, hint: usize) {
+        let socket = &self.sockets[hint % self.sockets.len()];
+        match socket.try_send_to(data, to) {
+            Ok(n) => {
+                self.counters.packets_out.increment(1);
+                self.counters.bytes_out.increment(n as u64);
+            }
+            Err(_) => self.counters.send_dropped.increment(1),
+        }
+    }
+
+    async fn drive(&self, socket: Arc<UdpSocket>) {
+        const CHUNK: usize = 64 * 1024;
+        const MAX_DATAGRAM: usize = 2048;
+        let mut buf = BytesMut::with_capacity(CHUNK);
+        loop {
+            if buf.capacity() < MAX_DATAGRAM {
+                buf = BytesMut::with_capacity(CHUNK);
+            }
+            let (len, from) = match socket.recv_buf_from(&mut buf).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // ICMP errors (ECONNREFUSED from an earlier send) surface here; keep going.
+                    tracing::trace!(error = %e, "media socket receive error");
+                    continue;
+                }
+            };
+            let data = buf.split_to(len);
+            self.counters.packets_in.increment(1);
+            self.counters.bytes_in.increment(len as u64);
+            self.route(Datagram {
+                from,
+                at: Instant::now(),
+                data,
+            });
+        }
+    }
+
+    /// Delivers a datagram to its participant, or drops it (counted).
+    pub fn route(&self, datagram: Datagram) {
+        if let Some(entry) = self.by_addr.get(&datagram.from).map(|e| Arc::clone(e.value())) {
+            entry.sink.deliver(datagram);
+            return;
+        }
+        let Some(ufrag) = stun_server_ufrag(&datagram.data) else {
+            self.counters.unroutable.increment(1);
+            return;
+        };
+        let Some(entry) = self.by_ufrag.get(ufrag).map(|e| Arc::clone(e.value())) else {
+            self.counters.unroutable.increment(1);
+            return;
+        };
+        // Learn the address; the stack still authenticates the request (MESSAGE-INTEGRITY),
+        // and a forged one only sends its own datagrams to this participant.
+        if let Ok(mut addrs) = entry.addrs.lock() {
+            if addrs.len() < 16 && !addrs.contains(&datagram.from) {
+                addrs.push(datagram.from);
+                self.by_addr.insert(datagram.from, Arc::clone(&entry));
+            }
+        }
+        entry.sink.deliver(datagram);
+    }
+
+    /// Number of routes (for tests and stats).
+    pub fn routes(&self) -> (usize, usize) {
+        (self.by_ufrag.len(), self.by_addr.len())
+    }
+}
+
+fn bind_reuseport(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    // Best effort: bigger buffers absorb bursts; the kernel caps them at rmem_max/wmem_max.
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    let _ = socket.set_send_buffer_size(4 << 20);
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// If `data` is a STUN Binding request with a USERNAME attribute, returns the part before
+/// the colon (the ufrag of the receiving agent, i.e. ours). Never panics on any input.
+pub fn stun_server_ufrag(data: &[u8]) -> Option<&str> {
+    const MAGIC: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
+    const BINDING_REQUEST: u16 = 0x0001;
+    const USERNAME: u16 = 0x0006;
+    if data.len() < 20 || data[0] & 0xC0 != 0 || data[4..8] != MAGIC {
+        return None;
+    }
+    if u16::from_be_bytes([data[0], data[1]]) != BINDING_REQUEST {
+        return None;
+    }
+    let body_len = usize::from(u16::from_be_bytes([data[2], data[3]]));
+    let body = data.get(20..20 + body_len)?;
+    let mut rest = body;
+    while rest.len() >= 4 {
+        let typ = u16::from_be_bytes([rest[0], rest[1]]);
+        let len = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
+        let value = rest.get(4..4 + len)?;
+        if typ == USERNAME {
+            let username = std::str::from_utf8(value).ok()?;
+            let (ours, _) = username.split_once(':')?;
+            return (!ours.is_empty()).then_some(ours);
+        }
+        let padded = (len + 3) & !3;
+        rest = rest.get(4 + padded..)?;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding_request(username: &[u8]) -> Vec<u8> {
+        let mut attrs = Vec::new();
+        // A PRIORITY attribute first, so the parser has to walk.
+        attrs.extend_from_slice(&[0x00, 0x24, 0x00, 0x04, 1, 2, 3, 4]);
+        attrs.extend_from_slice(&0x0006u16.to_be_bytes());
+        attrs.extend_from_slice(&(username.len() as u16).to_be_bytes());
+        attrs.extend_from_slice(username);
+        while attrs.len() % 4 != 0 {
+            attrs.push(0);
+        }
+        let mut msg = vec![0x00, 0x01];
+        msg.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+        msg.extend_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+        msg.extend_from_slice(&[7; 12]);
+        msg.extend_from_slice(&attrs);
+        msg
+    }
+
+    #[test]
+    fn finds_the_server_ufrag() {
+        let msg = binding_request(b"srvUfrag:cli");
+        assert_eq!(stun_server_ufrag(&msg), Some("srvUfrag"));
+    }
+
+    #[test]
+    fn rejects_non_binding_and_malformed() {
+        let mut msg = binding_request(b"a:b");
+        msg[1] = 0x03; // Allocate, not Binding
+        assert_eq!(stun_server_ufrag(&msg), None);
+        assert_eq!(stun_server_ufrag(&binding_request(b"nocolon")), None);
+        assert_eq!(stun_server_ufrag(&binding_request(b":b")), None);
+        assert_eq!(stun_server_ufrag(&[0x80; 40]), None);
+        let full = binding_request(b"srv:cli");
+        for n in 0..full.len() {
+            // Every truncation is handled without panicking.
+            let _ = stun_server_ufrag(&full[..n]);
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let len = (state % 120) as usize;
+            let mut buf: Vec<u8> = (0..len).map(|i| (state >> (i % 56)) as u8).collect();
+            if len >= 8 && state % 3 == 0 {
+                buf[0] = 0;
+                buf[1] = 1;
+                buf[4..8].copy_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+            }
+            let _ = stun_server_ufrag(&buf);
+        }
+    }
+}

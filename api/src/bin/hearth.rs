@@ -1,0 +1,145 @@
+//! `hearth`: the server (`hearth serve`, the default) and `hearth token`.
+
+use std::process::ExitCode;
+use std::time::{Instant, SystemTime};
+
+use clap::Parser;
+use hearth_actors::Grants;
+use hearth_api::config::{self, Cli, Command, LogFormat, ServeArgs, TokenArgs};
+use hearth_api::{server, token};
+
+fn main() -> ExitCode {
+    let started = Instant::now();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token(args)) => mint(&args),
+        Some(Command::Serve(args)) => serve(&args, started),
+        None => serve(&cli.serve, started),
+    }
+}
+
+fn mint(args: &TokenArgs) -> ExitCode {
+    let (key, secret) = match config::token_keys(args) {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if hearth_actors::MeetingId::parse(&args.meeting).is_none() {
+        eprintln!("error: --meeting: 1 to 128 characters of A-Z a-z 0-9 . _ ~ -");
+        return ExitCode::from(2);
+    }
+    let grants = Grants {
+        join: true,
+        publish: !args.no_publish,
+        subscribe: !args.no_subscribe,
+        create: !args.no_create,
+        admin: args.admin,
+    };
+    let name = args.name.clone().unwrap_or_else(|| args.identity.clone());
+    let claims = token::claims_for(
+        &key,
+        &args.meeting,
+        &args.identity,
+        &name,
+        grants,
+        SystemTime::now(),
+        args.ttl,
+    );
+    println!("{}", token::mint(&claims, &secret));
+    ExitCode::SUCCESS
+}
+
+fn serve(args: &ServeArgs, started: Instant) -> ExitCode {
+    let config = match config::resolve(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_format);
+    if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
+        eprintln!("error: cannot create data dir {}: {e}", config.data_dir.display());
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let server = match server::start(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let c = &server.state.config;
+        println!("Hearth is ready in {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
+        println!("  open        {}", server.url());
+        println!(
+            "  media       udp {} (advertised as {})",
+            server.media_addr,
+            server.state.node.advertised_media_addr()
+        );
+        println!("  metrics     http://{}/metrics", server.http_addr);
+        if c.dev {
+            println!("  dev mode    GET /v1/dev/token is enabled; do not expose this node");
+        }
+        if c.generated_key
+            && let Some((key, secret)) = c.keys.first()
+        {
+            println!("  API key     {key}");
+            println!("  API secret  {secret}");
+            println!(
+                "  mint a token: hearth token --api-key {key} --api-secret {secret} --meeting M --identity I"
+            );
+        }
+        if c.keys.is_empty() {
+            println!(
+                "  no API key configured: pass --api-key/--api-secret (or --dev) so clients can join"
+            );
+        }
+        wait_for_shutdown().await;
+        tracing::info!("shutting down");
+        server.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HEARTH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}

@@ -1,0 +1,434 @@
+//! Configuration: command line, `HEARTH_*` environment variables and `hearth.toml`.
+//!
+//! Precedence for every setting: flag > environment > config file > built-in default.
+//! The defaults serve one machine: HTTP and signaling on 127.0.0.1:7880, media on UDP 7882.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::token::{KeyStore, parse_duration};
+
+/// Hearth: an actor-based real-time media engine (WebRTC SFU with signaling).
+#[derive(Debug, Parser)]
+#[command(name = "hearth", version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+    /// Mint an access token for a participant.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Configuration file (TOML).
+    #[arg(long, env = "HEARTH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// HTTP, WebSocket signaling and metrics listen address [default: 127.0.0.1:7880].
+    #[arg(long, env = "HEARTH_HTTP", value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// UDP port for all media (ICE, DTLS, SRTP) [default: 7882; 0 picks a free port].
+    #[arg(long, env = "HEARTH_MEDIA_PORT", value_name = "PORT")]
+    pub media_port: Option<u16>,
+    /// Address the media socket binds to [default: 0.0.0.0].
+    #[arg(long, env = "HEARTH_MEDIA_BIND", value_name = "IP")]
+    pub media_bind: Option<IpAddr>,
+    /// Address advertised in ICE candidates [default: the HTTP address if it is a loopback
+    /// or specific address, else this machine's primary address].
+    #[arg(long, env = "HEARTH_PUBLIC_IP", value_name = "IP")]
+    pub public_ip: Option<IpAddr>,
+    /// Directory for the node's data [default: ./data].
+    #[arg(long, env = "HEARTH_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Development mode: serves GET /v1/dev/token and generates an API key pair if none is
+    /// configured.
+    #[arg(long, env = "HEARTH_DEV")]
+    pub dev: bool,
+    /// The node's API key (issuer of access tokens).
+    #[arg(long, env = "HEARTH_API_KEY", value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// The node's API secret (HS256 signing key of access tokens).
+    #[arg(long, env = "HEARTH_API_SECRET", value_name = "SECRET", hide_env_values = true)]
+    pub api_secret: Option<String>,
+    /// Log format: pretty or json [default: pretty].
+    #[arg(long, env = "HEARTH_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// How long an empty meeting lingers before it ends, e.g. 20s [default: 20s].
+    #[arg(long, env = "HEARTH_EMPTY_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub empty_timeout: Option<Duration>,
+    /// Maximum participants per meeting [default: 100].
+    #[arg(long, env = "HEARTH_MAX_PARTICIPANTS", value_name = "N")]
+    pub max_participants: Option<usize>,
+    /// Media receive workers (sockets on the media port) [default: one per core].
+    #[arg(long, env = "HEARTH_MEDIA_WORKERS", value_name = "N")]
+    pub media_workers: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// Meeting the token is for.
+    #[arg(long)]
+    pub meeting: String,
+    /// The participant's identity (your application's user id).
+    #[arg(long)]
+    pub identity: String,
+    /// Display name [default: the identity].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Receive only: the holder may not publish.
+    #[arg(long)]
+    pub no_publish: bool,
+    /// The holder may not receive others' media.
+    #[arg(long)]
+    pub no_subscribe: bool,
+    /// The holder may join only if the meeting already exists.
+    #[arg(long)]
+    pub no_create: bool,
+    /// Grant operator (admin) rights.
+    #[arg(long)]
+    pub admin: bool,
+    /// Validity, e.g. 90s, 15m, 1h, 2d.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// Configuration file to read the API key pair from.
+    #[arg(long, env = "HEARTH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// API key (issuer).
+    #[arg(long, env = "HEARTH_API_KEY", value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// API secret.
+    #[arg(long, env = "HEARTH_API_SECRET", value_name = "SECRET", hide_env_values = true)]
+    pub api_secret: Option<String>,
+}
+
+/// `hearth.toml`. Every field is optional; see `deploy/hearth.example.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub http: Option<SocketAddr>,
+    pub media_port: Option<u16>,
+    pub media_bind: Option<IpAddr>,
+    pub public_ip: Option<IpAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub dev: Option<bool>,
+    pub log_format: Option<LogFormat>,
+    pub empty_timeout: Option<String>,
+    pub max_participants: Option<usize>,
+    pub media_workers: Option<usize>,
+    /// API keys: `key = "secret"`.
+    #[serde(default)]
+    pub keys: BTreeMap<String, String>,
+}
+
+/// Errors in configuration; each names the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The resolved settings of a server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub http: SocketAddr,
+    pub media_bind: SocketAddr,
+    pub public_ip: IpAddr,
+    pub data_dir: PathBuf,
+    pub dev: bool,
+    pub log_format: LogFormat,
+    pub empty_timeout: Duration,
+    pub max_participants: usize,
+    pub media_workers: usize,
+    pub keys: KeyStore,
+    /// True when the key pair was generated at start (dev mode); the server prints it.
+    pub generated_key: bool,
+}
+
+impl Config {
+    /// Defaults for tests: loopback, ephemeral ports, dev mode with a fixed key pair.
+    pub fn for_tests() -> Config {
+        let mut keys = KeyStore::new();
+        keys.insert("APItest", "test-secret-0123456789");
+        Config {
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            media_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            public_ip: IpAddr::from([127, 0, 0, 1]),
+            data_dir: std::env::temp_dir().join("hearth-test-data"),
+            dev: true,
+            log_format: LogFormat::Pretty,
+            empty_timeout: Duration::from_secs(5),
+            max_participants: 100,
+            media_workers: 2,
+            keys,
+            generated_key: false,
+        }
+    }
+}
+
+/// Reads and parses a config file.
+pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Merges flags/environment (`args`) over the file over the defaults.
+pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
+    let file = match &args.config {
+        Some(path) => read_file(path)?,
+        None => FileConfig::default(),
+    };
+    let http = args
+        .http
+        .or(file.http)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7880)));
+    let media_port = args.media_port.or(file.media_port).unwrap_or(7882);
+    let media_ip = args
+        .media_bind
+        .or(file.media_bind)
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let public_ip = args
+        .public_ip
+        .or(file.public_ip)
+        .unwrap_or_else(|| default_public_ip(http.ip(), media_ip));
+    if public_ip.is_unspecified() {
+        return Err(ConfigError::Invalid(format!(
+            "--public-ip {public_ip}: an unspecified address cannot be advertised to clients"
+        )));
+    }
+    let empty_timeout = match (&args.empty_timeout, &file.empty_timeout) {
+        (Some(d), _) => *d,
+        (None, Some(s)) => parse_duration(s)
+            .map_err(|e| ConfigError::Invalid(format!("empty_timeout: {e}")))?,
+        (None, None) => Duration::from_secs(20),
+    };
+    let max_participants = args
+        .max_participants
+        .or(file.max_participants)
+        .unwrap_or(100);
+    if max_participants == 0 {
+        return Err(ConfigError::Invalid(
+            "max_participants must be at least 1".into(),
+        ));
+    }
+    let media_workers = args.media_workers.or(file.media_workers).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let dev = args.dev || file.dev.unwrap_or(false);
+
+    let mut keys = KeyStore::new();
+    for (k, s) in &file.keys {
+        check_key_pair(k, s)?;
+        keys.insert(k.clone(), s.clone());
+    }
+    match (&args.api_key, &args.api_secret) {
+        (Some(k), Some(s)) => {
+            check_key_pair(k, s)?;
+            keys.insert(k.clone(), s.clone());
+        }
+        (None, None) => {}
+        _ => {
+            return Err(ConfigError::Invalid(
+                "--api-key and --api-secret go together (or HEARTH_API_KEY and HEARTH_API_SECRET)"
+                    .into(),
+            ));
+        }
+    }
+    let mut generated_key = false;
+    if keys.is_empty() && dev {
+        keys.insert(
+            format!("APIdev{}", hearth_actors::ids::random_string(8)),
+            hearth_actors::ids::random_string(32),
+        );
+        generated_key = true;
+    }
+    Ok(Config {
+        http,
+        media_bind: SocketAddr::new(media_ip, media_port),
+        public_ip,
+        data_dir: args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./data")),
+        dev,
+        log_format: args
+            .log_format
+            .or(file.log_format)
+            .unwrap_or(LogFormat::Pretty),
+        empty_timeout,
+        max_participants,
+        media_workers: media_workers.max(1),
+        keys,
+        generated_key,
+    })
+}
+
+/// The key pair for `hearth token`: flags/env, else the config file's first key.
+pub fn token_keys(args: &TokenArgs) -> Result<(String, String), ConfigError> {
+    match (&args.api_key, &args.api_secret) {
+        (Some(k), Some(s)) => return Ok((k.clone(), s.clone())),
+        (None, None) => {}
+        _ => {
+            return Err(ConfigError::Invalid(
+                "--api-key and --api-secret go together".into(),
+            ));
+        }
+    }
+    if let Some(path) = &args.config {
+        let file = read_file(path)?;
+        if let Some((k, s)) = file.keys.into_iter().next() {
+            return Ok((k, s));
+        }
+    }
+    Err(ConfigError::Invalid(
+        "no API key: pass --api-key and --api-secret, set HEARTH_API_KEY and HEARTH_API_SECRET, \
+         or --config a file with a [keys] table"
+            .into(),
+    ))
+}
+
+fn check_key_pair(key: &str, secret: &str) -> Result<(), ConfigError> {
+    if key.is_empty() || key.len() > 128 || key.contains(char::is_whitespace) {
+        return Err(ConfigError::Invalid(format!(
+            "API key `{key}`: 1 to 128 characters, no spaces"
+        )));
+    }
+    if secret.len() < 16 {
+        return Err(ConfigError::Invalid(format!(
+            "API secret of `{key}`: at least 16 characters"
+        )));
+    }
+    Ok(())
+}
+
+/// What to advertise when the operator did not say: a specific HTTP or media bind address
+/// if there is one, else the address of the interface that routes outward, else loopback.
+fn default_public_ip(http_ip: IpAddr, media_ip: IpAddr) -> IpAddr {
+    if !media_ip.is_unspecified() {
+        return media_ip;
+    }
+    if http_ip.is_loopback() || !http_ip.is_unspecified() {
+        return http_ip;
+    }
+    // Connecting a UDP socket sends nothing; it only asks the kernel for the route.
+    UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("192.0.2.1:9")?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_serve_one_machine() {
+        let c = resolve(&ServeArgs::default()).unwrap();
+        assert_eq!(c.http, "127.0.0.1:7880".parse().unwrap());
+        assert_eq!(c.media_bind, "0.0.0.0:7882".parse().unwrap());
+        assert_eq!(c.public_ip, IpAddr::from([127, 0, 0, 1]));
+        assert!(!c.dev);
+        assert!(c.keys.is_empty());
+    }
+
+    #[test]
+    fn dev_generates_a_key_pair() {
+        let c = resolve(&ServeArgs {
+            dev: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(c.generated_key);
+        let (k, s) = c.keys.first().unwrap();
+        assert!(k.starts_with("APIdev"));
+        assert_eq!(s.len(), 32);
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = std::env::temp_dir().join(format!("hearth-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("hearth.toml");
+        std::fs::write(
+            &path,
+            "http = \"127.0.0.1:9000\"\nmedia_port = 9002\nempty_timeout = \"1m\"\n[keys]\nAPIfile = \"file-secret-0123456789\"\n",
+        )
+        .unwrap();
+        let c = resolve(&ServeArgs {
+            config: Some(path.clone()),
+            media_port: Some(9100),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.http.port(), 9000);
+        assert_eq!(c.media_bind.port(), 9100);
+        assert_eq!(c.empty_timeout, Duration::from_secs(60));
+        assert_eq!(c.keys.secret("APIfile"), Some("file-secret-0123456789"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn bad_config_is_a_clear_error() {
+        let dir = std::env::temp_dir().join(format!("hearth-badcfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("hearth.toml");
+        std::fs::write(&path, "htp = \"127.0.0.1:9000\"\n").unwrap();
+        let err = resolve(&ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `htp`"), "{err}");
+        std::fs::write(&path, "[keys]\nk = \"short\"\n").unwrap();
+        let err = resolve(&ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("at least 16"), "{err}");
+        let err = resolve(&ServeArgs {
+            api_key: Some("k".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("go together"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,0 +1,231 @@
+//! Assembles a server: the node (actors, media port) and the HTTP gateway on one port.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hearth_actors::{Grants, Node, NodeConfig};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::token::{self, KeyStore};
+use crate::web;
+
+/// Shared by every request handler.
+pub struct AppState {
+    pub node: Node,
+    pub keys: KeyStore,
+    pub config: Config,
+    ready: AtomicBool,
+    metrics: PrometheusHandle,
+}
+
+/// A running server.
+pub struct RunningServer {
+    pub http_addr: SocketAddr,
+    pub media_addr: SocketAddr,
+    pub state: Arc<AppState>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// The page URL (what the banner prints).
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.http_addr)
+    }
+
+    /// Stops accepting, ends meetings, stops the actors.
+    pub async fn shutdown(self) {
+        self.state.ready.store(false, Ordering::Release);
+        let _ = self.shutdown.send(true);
+        self.state.node.shutdown().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+/// The process-wide Prometheus recorder (installed once, shared by every server).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; then ours stays unused
+            // and /metrics shows what this one saw (nothing).
+            let _ = metrics::set_global_recorder(recorder);
+            describe_metrics();
+            handle
+        })
+        .clone()
+}
+
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!("hearth_meetings", "Meetings running on this node.");
+    describe_gauge!("hearth_participants", "Participants connected to this node.");
+    describe_counter!("hearth_media_packets_in_total", "UDP datagrams received on the media port.");
+    describe_counter!("hearth_media_bytes_in_total", "Bytes received on the media port.");
+    describe_counter!("hearth_media_packets_out_total", "UDP datagrams sent from the media port.");
+    describe_counter!("hearth_media_bytes_out_total", "Bytes sent from the media port.");
+    describe_counter!("hearth_media_dropped_total", "Media dropped, by reason.");
+    describe_counter!("hearth_actor_failures_total", "Actors that failed (panicked), by kind.");
+    describe_counter!("hearth_actor_restarts_total", "Actors restarted by their supervisor, by kind.");
+    describe_counter!("hearth_signal_sessions_total", "Signaling WebSocket sessions opened.");
+    describe_counter!("hearth_signal_errors_total", "Signaling errors sent to clients, by code.");
+    describe_counter!("hearth_signal_auth_failures_total", "Joins refused for their token.");
+}
+
+/// Starts the node and the gateway; returns once both accept connections.
+pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    let metrics = metrics_handle();
+    let listener = TcpListener::bind(config.http)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http))?;
+    let http_addr = listener.local_addr()?;
+    let node = Node::start(NodeConfig {
+        media_bind: config.media_bind,
+        public_ip: config.public_ip,
+        media_workers: config.media_workers,
+        empty_timeout: config.empty_timeout,
+        max_participants: config.max_participants,
+        ..NodeConfig::default()
+    })
+    .await?;
+    let media_addr = node.media_addr();
+    let state = Arc::new(AppState {
+        node,
+        keys: config.keys.clone(),
+        config,
+        ready: AtomicBool::new(true),
+        metrics,
+    });
+    let app = router(Arc::clone(&state));
+    let (shutdown, mut shutdown_rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = shutdown_rx.wait_for(|stop| *stop).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    Ok(RunningServer {
+        http_addr,
+        media_addr,
+        state,
+        shutdown,
+        task,
+    })
+}
+
+/// All HTTP routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    let mut app = Router::new()
+        .route("/", get(web::index))
+        .route("/app.js", get(web::app_js))
+        .route("/style.css", get(web::style_css))
+        .route("/v1/signal", get(signal))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text));
+    if state.config.dev {
+        app = app.route("/v1/dev/token", get(dev_token));
+    }
+    app.with_state(state)
+}
+
+async fn signal(ws: WebSocketUpgrade, State(state): State<Arc<AppState>>) -> Response {
+    if !state.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "node is shutting down").into_response();
+    }
+    // Frames up to 1 MiB reach the decoder, which answers MESSAGE_TOO_LARGE above 64 KiB;
+    // bigger ones end the connection at the transport.
+    ws.max_message_size(1 << 20)
+        .max_frame_size(1 << 20)
+        .on_upgrade(move |socket| crate::signaling::run(socket, state))
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct DevTokenQuery {
+    meeting: String,
+    #[serde(default)]
+    name: String,
+}
+
+#[derive(Serialize)]
+struct DevToken {
+    token: String,
+    meeting: String,
+    identity: String,
+}
+
+/// `GET /v1/dev/token?meeting=M&name=N` (dev mode only): a token for anyone who asks.
+async fn dev_token(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<DevTokenQuery>,
+) -> Response {
+    if hearth_actors::MeetingId::parse(&q.meeting).is_none() {
+        return (
+            StatusCode::BAD_REQUEST,
+            "meeting: 1 to 128 characters of A-Z a-z 0-9 . _ ~ -",
+        )
+            .into_response();
+    }
+    let Some((key, secret)) = state.keys.first() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no API key configured").into_response();
+    };
+    let name: String = q.name.chars().take(64).collect();
+    let name = if name.trim().is_empty() {
+        "guest".to_owned()
+    } else {
+        name
+    };
+    let slug: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(16)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let identity = format!("{slug}-{}", hearth_actors::ids::random_string(6));
+    let claims = token::claims_for(
+        key,
+        &q.meeting,
+        &identity,
+        &name,
+        Grants::default(),
+        SystemTime::now(),
+        Duration::from_secs(6 * 3600),
+    );
+    axum::Json(DevToken {
+        token: token::mint(&claims, secret),
+        meeting: q.meeting,
+        identity,
+    })
+    .into_response()
+}

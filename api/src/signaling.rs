@@ -1,0 +1,303 @@
+//! The WebSocket signaling endpoint (`GET /v1/signal`), one task per socket.
+//!
+//! The task is thin: it decodes frames, authenticates the join, converts messages and
+//! forwards them to the participant actor; messages from the actors come back through the
+//! participant's signal queue and are encoded for the wire. Protocol rules enforced here:
+//! join first (within 10 s), frames of at most 64 KiB, at most 50 messages per second
+//! (burst 200), a keep-alive every `ping_interval` (three missed intervals end the session).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use futures::{SinkExt, StreamExt};
+use hearth_actors::{
+    ClientSignal, Grants, JoinRequest, MeetingId, ParticipantHandle, SignalError,
+    SignalErrorCode, signal_channel,
+};
+use hearth_proto::signal::v1 as pb;
+use pb::server_message::Message as S;
+
+use crate::convert::{self, Incoming};
+use crate::server::AppState;
+use crate::token::TokenError;
+
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+const RATE_PER_SEC: f64 = 50.0;
+const RATE_BURST: f64 = 200.0;
+const SIGNAL_QUEUE: usize = 1024;
+
+type Tx = futures::stream::SplitSink<WebSocket, Message>;
+type Rx = futures::stream::SplitStream<WebSocket>;
+
+/// Runs one signaling session to its end.
+pub async fn run(socket: WebSocket, state: Arc<AppState>) {
+    metrics::counter!("hearth_signal_sessions_total").increment(1);
+    let (mut tx, mut rx) = socket.split();
+    let Some((handle, mut signals)) = join_phase(&mut tx, &mut rx, &state).await else {
+        let _ = tx.close().await;
+        return;
+    };
+    let mut limiter = RateLimiter::new(Instant::now());
+    let mut last_heard = Instant::now();
+    let mut check = tokio::time::interval(PING_INTERVAL);
+    check.tick().await;
+    let reason = loop {
+        tokio::select! {
+            frame = rx.next() => {
+                let Some(Ok(frame)) = frame else { break "socket closed" };
+                last_heard = Instant::now();
+                let text = match frame {
+                    Message::Text(t) => t,
+                    Message::Binary(_) => {
+                        send_error(&mut tx, &SignalError::new(SignalErrorCode::MalformedMessage,
+                            "binary frames are not part of the protocol; send JSON text")).await;
+                        continue;
+                    }
+                    Message::Close(_) => break "socket closed",
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                };
+                if !limiter.allow(Instant::now()) {
+                    send_error(&mut tx, &SignalError::new(SignalErrorCode::RateLimited,
+                        "more than 50 messages per second; message dropped")).await;
+                    continue;
+                }
+                match convert::decode_client(text.as_str()) {
+                    Ok(Incoming::Ping(ts)) => {
+                        send(&mut tx, S::Pong(pb::Pong { timestamp: ts })).await;
+                    }
+                    Ok(Incoming::Join(_)) => {
+                        send_error(&mut tx, &SignalError::new(SignalErrorCode::AlreadyJoined,
+                            "this socket has joined already")).await;
+                    }
+                    Ok(Incoming::Signal(signal)) => {
+                        let leaving = matches!(signal, ClientSignal::Leave);
+                        if !handle.send(signal) {
+                            send(&mut tx, S::Reconnect(pb::Reconnect {
+                                reason: "session ended".into(),
+                            })).await;
+                            break "participant gone";
+                        }
+                        if leaving {
+                            break "left";
+                        }
+                    }
+                    Err(e) => send_error(&mut tx, &e).await,
+                }
+            }
+            signal = signals.rx.recv() => {
+                let Some(signal) = signal else {
+                    send(&mut tx, S::Reconnect(pb::Reconnect { reason: "session ended".into() })).await;
+                    break "participant gone";
+                };
+                let ends = signal.ends_session();
+                if !send(&mut tx, convert::server_message(signal)).await {
+                    break "socket closed";
+                }
+                if ends {
+                    break "ended by server";
+                }
+                if signals.overflowed() {
+                    send_error(&mut tx, &SignalError::fatal(SignalErrorCode::Internal,
+                        "the client did not keep up with signaling; reconnect")).await;
+                    break "signal overflow";
+                }
+            }
+            _ = check.tick() => {
+                if last_heard.elapsed() > PING_INTERVAL * 3 {
+                    send_error(&mut tx, &SignalError::fatal(SignalErrorCode::Timeout,
+                        "no message for 30 seconds")).await;
+                    break "timeout";
+                }
+            }
+        }
+    };
+    tracing::debug!(participant = %handle.id, reason, "signaling session ended");
+    handle.send(ClientSignal::Leave);
+    let _ = tx.close().await;
+}
+
+/// Waits for a valid `join`; returns the participant, or None after sending the error.
+async fn join_phase(
+    tx: &mut Tx,
+    rx: &mut Rx,
+    state: &AppState,
+) -> Option<(ParticipantHandle, hearth_actors::SignalReceiver)> {
+    let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, rx.next()).await {
+            Err(_) => {
+                send_error(
+                    tx,
+                    &SignalError::fatal(SignalErrorCode::Timeout, "no join within 10 seconds"),
+                )
+                .await;
+                return None;
+            }
+            Ok(None | Some(Err(_))) => return None,
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let text = match frame {
+            Message::Text(t) => t,
+            Message::Close(_) => return None,
+            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Binary(_) => {
+                send_error(
+                    tx,
+                    &SignalError::new(
+                        SignalErrorCode::MalformedMessage,
+                        "binary frames are not part of the protocol; send JSON text",
+                    ),
+                )
+                .await;
+                continue;
+            }
+        };
+        let join = match convert::decode_client(text.as_str()) {
+            Ok(Incoming::Join(join)) => join,
+            Ok(Incoming::Ping(ts)) => {
+                send(tx, S::Pong(pb::Pong { timestamp: ts })).await;
+                continue;
+            }
+            Ok(Incoming::Signal(_)) => {
+                send_error(
+                    tx,
+                    &SignalError::new(SignalErrorCode::NotJoined, "send `join` first"),
+                )
+                .await;
+                continue;
+            }
+            Err(e) => {
+                send_error(tx, &e).await;
+                continue;
+            }
+        };
+        match authorize(state, &join) {
+            Ok(request) => {
+                let (signal_tx, signal_rx) = signal_channel(SIGNAL_QUEUE);
+                match state.node.join(request, signal_tx).await {
+                    Ok((accepted, handle)) => {
+                        let response =
+                            convert::join_response(&accepted, PING_INTERVAL.as_secs() as u32);
+                        if !send(tx, response).await {
+                            handle.send(ClientSignal::Leave);
+                            return None;
+                        }
+                        return Some((handle, signal_rx));
+                    }
+                    Err(e) => {
+                        send_error(tx, &e).await;
+                        if e.fatal {
+                            return None;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                metrics::counter!("hearth_signal_auth_failures_total").increment(1);
+                send_error(tx, &e).await;
+                return None;
+            }
+        }
+    }
+}
+
+/// Checks the token of a join and builds the domain request.
+pub fn authorize(state: &AppState, join: &pb::JoinRequest) -> Result<JoinRequest, SignalError> {
+    let claims = state
+        .keys
+        .verify(&join.token, SystemTime::now())
+        .map_err(|e| {
+            let code = match e {
+                TokenError::Expired | TokenError::NotYetValid => SignalErrorCode::TokenExpired,
+                _ => SignalErrorCode::InvalidToken,
+            };
+            SignalError::fatal(code, e.to_string())
+        })?;
+    if !join.meeting.is_empty() && join.meeting != claims.meeting {
+        return Err(SignalError::fatal(
+            SignalErrorCode::WrongMeeting,
+            format!(
+                "the token is for meeting `{}`, not `{}`",
+                claims.meeting, join.meeting
+            ),
+        ));
+    }
+    let meeting = MeetingId::parse(&claims.meeting).ok_or_else(|| {
+        SignalError::fatal(
+            SignalErrorCode::InvalidToken,
+            "the token's meeting name is invalid (1-128 of A-Z a-z 0-9 . _ ~ -)",
+        )
+    })?;
+    let grants: Grants = claims.grants.into();
+    if !grants.join {
+        return Err(SignalError::fatal(
+            SignalErrorCode::PermissionDenied,
+            "the token does not grant joining",
+        ));
+    }
+    Ok(JoinRequest {
+        meeting,
+        name: if claims.name.is_empty() {
+            claims.sub.clone()
+        } else {
+            claims.name
+        },
+        identity: claims.sub,
+        grants,
+    })
+}
+
+async fn send(tx: &mut Tx, msg: S) -> bool {
+    let text = convert::encode(msg);
+    tx.send(Message::Text(Utf8Bytes::from(text))).await.is_ok()
+}
+
+async fn send_error(tx: &mut Tx, e: &SignalError) {
+    metrics::counter!("hearth_signal_errors_total", "code" => convert::error_code(e.code).as_str_name())
+        .increment(1);
+    send(tx, convert::error_message(e)).await;
+}
+
+/// Token bucket per socket.
+struct RateLimiter {
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimiter {
+    fn new(now: Instant) -> Self {
+        Self {
+            tokens: RATE_BURST,
+            last: now,
+        }
+    }
+
+    fn allow(&mut self, now: Instant) -> bool {
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * RATE_PER_SEC).min(RATE_BURST);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_allows_bursts_then_the_rate() {
+        let t0 = Instant::now();
+        let mut limiter = RateLimiter::new(t0);
+        let allowed = (0..300).filter(|_| limiter.allow(t0)).count();
+        assert_eq!(allowed, 200);
+        assert!(limiter.allow(t0 + Duration::from_millis(20)));
+        assert!(!limiter.allow(t0 + Duration::from_millis(20)));
+    }
+}

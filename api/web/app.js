@@ -1,0 +1,707 @@
+// Hearth browser client.
+//
+// Signaling: one WebSocket at /v1/signal carrying proto3 JSON, one message per text frame
+// (see proto/hearth/signal/v1/signal.proto). Fields holding default values are omitted by
+// the server, so every read below falls back to the default (false, 0, "", []).
+// Media: one RTCPeerConnection with perfect negotiation; this client is the polite peer.
+// Everything lives in this closure; the only global is `window.hearth`.
+(() => {
+  'use strict';
+
+  const RECONNECT_ATTEMPTS = 5, RECONNECT_BASE_MS = 500; // backoff 0.5 s, 1 s, 2 s, ...
+  const DEFAULT_PING_SECONDS = 10;
+  const MEDIA = { audio: true, video: { width: 640, height: 360 } };
+  // Fatal server errors after which joining again may succeed.
+  const RETRYABLE_ERRORS = new Set(['TIMEOUT', 'NODE_UNAVAILABLE', 'INTERNAL']);
+  const ACTIVE_STATES = ['joining', 'joined', 'reconnecting'];
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    status: $('status'), title: $('meeting-title'), notice: $('notice'),
+    joinView: $('join-view'), joinForm: $('join-form'), joinButton: $('join-button'),
+    meetingInput: $('join-meeting'), nameInput: $('join-name'),
+    tokenRow: $('token-row'), tokenInput: $('join-token'), tokenToggle: $('token-toggle'),
+    meetingView: $('meeting-view'), grid: $('grid'), list: $('participant-list'),
+    count: $('participant-count'), mediaNote: $('media-note'),
+    micButton: $('mic-button'), cameraButton: $('camera-button'), leaveButton: $('leave-button'),
+  };
+
+  // ---- State -------------------------------------------------------------------------
+
+  let state = 'idle';          // idle | joining | joined | reconnecting | left | ended | error
+  let lastError = null;        // last server error: { code, message }
+  let activeSpeakers = [];     // participant ids, loudest first
+  let session = null;          // what to (re)join: { meeting, name, token, devToken, userMeeting }
+  let current = null;          // the live connection (see connect), or null
+  let reconnectTimer = null, reconnectAttempts = 0;
+  let selfId = '';             // our participant id while joined
+  let localMedia = null;       // Promise<MediaStream|null>, kept across reconnects
+  let localStream = null, micMuted = false, cameraMuted = false;
+  const participants = new Map();  // participant id -> model (see upsertParticipant)
+  const departed = new Set();      // ids that left: late tracks must not resurrect tiles
+  const remoteTracks = new Map();  // MediaStreamTrack.id -> { participant, track, transceiver, stream }
+
+  // ---- Session lifecycle -------------------------------------------------------------
+
+  function startSession({ meeting = '', name = '', token = '' }) {
+    if (ACTIVE_STATES.includes(state)) return;
+    session = { meeting, name, token, devToken: !token, userMeeting: meeting };
+    reconnectAttempts = 0;
+    lastError = null;
+    showNotice('');
+    setState('joining');
+    connect();
+  }
+
+  // Gets a token, opens the socket and sends `join` once it is open.
+  async function connect() {
+    const sess = session;
+    const token = await obtainToken(sess).catch((err) => { if (sess === session) tokenFailed(err); });
+    if (token === undefined || sess !== session) return; // failed, or left meanwhile
+    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const conn = {
+      ws: new WebSocket(`${scheme}//${location.host}/v1/signal`),
+      pc: null, pingTimer: null, joined: false,
+      inbox: Promise.resolve(),   // server messages are handled strictly in order
+      chain: Promise.resolve(), wantOffer: false, pendingCandidates: [],
+    };
+    current = conn;
+    // JoinRequest.meeting is optional; with a pasted token only send what the user typed.
+    const meeting = (sess.devToken ? sess.meeting : sess.userMeeting) || undefined;
+    conn.ws.onopen = () => send(conn, { join: compact({ token, meeting }) });
+    conn.ws.onmessage = (ev) => onFrame(conn, ev.data);
+    conn.ws.onclose = () => onSocketClosed(conn);
+  }
+
+  // Dev mode: GET /v1/dev/token (404 when the server is not in dev mode). Otherwise the
+  // token the user gave is reused as is, also on reconnect.
+  async function obtainToken(sess) {
+    if (!sess.devToken) return sess.token;
+    const query = new URLSearchParams({ meeting: sess.meeting, name: sess.name });
+    const res = await fetch(`/v1/dev/token?${query}`, { cache: 'no-store' });
+    if (res.status === 404) throw Object.assign(new Error('not in dev mode'), { devMode: false });
+    if (!res.ok) throw new Error(`token request failed: HTTP ${res.status}`);
+    const body = await res.json();
+    if (body.meeting) sess.meeting = body.meeting;
+    return body.token;
+  }
+
+  function tokenFailed(err) {
+    if (err.devMode === false) {
+      ui.tokenRow.hidden = false;
+      lastError = { code: 'DEV_TOKEN_UNAVAILABLE', message: 'the server is not in dev mode' };
+      endSession('error', 'This server is not in dev mode: paste an access token minted with `hearth token …`.');
+    } else if (state === 'reconnecting') scheduleReconnect(err.message);
+    else endSession('error', `Could not get a token: ${err.message}`);
+  }
+
+  // Handled after the messages received before it (a `meetingEnded` or fatal `error`
+  // explains the close; then the connection is already dropped and this does nothing).
+  function onSocketClosed(conn) {
+    conn.inbox = conn.inbox.then(() => {
+      if (conn !== current) return; // closed on purpose
+      if (state === 'joined' || state === 'reconnecting') restart('connection lost');
+      else endSession('error', 'Could not reach the signaling server.');
+    });
+  }
+
+  // Drops the connection and joins again after a backoff, keeping camera and microphone.
+  function restart(reason) { dropConnection(); scheduleReconnect(reason); }
+
+  function scheduleReconnect(reason) {
+    if (reconnectAttempts >= RECONNECT_ATTEMPTS) {
+      return endSession('error', `Connection lost and could not reconnect (${reason}).`);
+    }
+    const delay = RECONNECT_BASE_MS * 2 ** reconnectAttempts;
+    reconnectAttempts += 1;
+    setState('reconnecting');
+    showNotice(`Reconnecting (${reason}), attempt ${reconnectAttempts} of ${RECONNECT_ATTEMPTS}…`);
+    clearTimeout(reconnectTimer);
+    reconnectTimer = setTimeout(() => { reconnectTimer = null; connect(); }, delay);
+  }
+
+  function leave() {
+    if (!session) return;
+    if (current) send(current, { leave: {} }); // sent before the close frame
+    endSession('left', 'You left the meeting.');
+  }
+
+  // Ends the session for good: final state, back to the join form.
+  function endSession(finalState, message) {
+    clearTimeout(reconnectTimer);
+    reconnectTimer = session = null;
+    dropConnection();
+    stopLocalMedia();
+    setState(finalState);
+    showMeeting(false);
+    showNotice(message, finalState === 'error' ? 'error' : 'info');
+  }
+
+  function dropConnection() {
+    const conn = current;
+    current = null;
+    if (conn) {
+      clearInterval(conn.pingTimer);
+      conn.ws.onopen = conn.ws.onmessage = conn.ws.onclose = null;
+      if (conn.ws.readyState <= WebSocket.OPEN) conn.ws.close(1000);
+      if (conn.pc) conn.pc.close();
+    }
+    clearParticipants();
+    selfId = '';
+    setActiveSpeakers([]);
+  }
+
+  function send(conn, message) {
+    if (conn.ws.readyState === WebSocket.OPEN) conn.ws.send(JSON.stringify(message));
+  }
+
+  // ---- Server messages ---------------------------------------------------------------
+
+  // Each frame is a ServerMessage: an object with exactly one key naming the message.
+  function onFrame(conn, data) {
+    let message = null;
+    try { message = JSON.parse(data); } catch { /* reported below */ }
+    if (!message || typeof message !== 'object') {
+      console.warn('hearth: ignoring a frame that is not a JSON object');
+      return;
+    }
+    const type = Object.keys(message)[0];
+    const handler = Object.hasOwn(serverHandlers, type) && serverHandlers[type];
+    if (!handler) return console.debug('hearth: ignoring unknown server message', type);
+    conn.inbox = conn.inbox
+      .then(() => (conn === current ? handler(conn, message[type] || {}) : undefined))
+      .catch((err) => { if (conn === current) console.error(`hearth: handling "${type}" failed`, err); });
+  }
+
+  // One handler per ServerMessage field; `m` is the message with defaults omitted.
+  const serverHandlers = {
+    join: onJoined,
+    offer: onServerOffer,
+    answer: onServerAnswer,
+    trickle: onServerCandidate,
+    participantJoined: (conn, m) => upsertParticipant(m.participant || {}),
+    participantLeft: onParticipantLeft,
+    trackPublished: onTrackPublished,
+    trackUnpublished: onTrackUnpublished,
+    trackMuted: onTrackMuted,
+    activeSpeakers: (conn, m) => setActiveSpeakers((m.speakers || []).map((s) => s.participantId)),
+    meetingEnded: (conn, m) => endSession('ended', `The meeting ended${m.reason ? ` (${m.reason})` : ''}.`),
+    error: onServerError,
+    reconnect: (conn, m) => restart(m.reason || 'server asked to reconnect'),
+    pong: () => {},
+  };
+
+  // JoinResponse: our id, the others with their tracks, ICE servers, ping interval.
+  function onJoined(conn, m) {
+    conn.joined = true;
+    reconnectAttempts = 0;
+    selfId = m.participantId || '';
+    if (m.meeting && m.meeting.name) session.meeting = m.meeting.name;
+    upsertParticipant({ name: session.name, ...(m.participant || {}), id: selfId }, true);
+    for (const other of m.others || []) upsertParticipant(other);
+    conn.pc = createPeerConnection(conn, m.iceServers || []);
+    const seconds = m.pingIntervalSeconds || DEFAULT_PING_SECONDS;
+    conn.pingTimer = setInterval(() => send(conn, { ping: { timestamp: String(Date.now()) } }), seconds * 1000);
+    setState('joined');
+    showNotice('');
+    showMeeting(true, session.meeting);
+    publishLocalMedia(conn);
+  }
+
+  function onParticipantLeft(conn, m) {
+    if (m.participantId !== selfId) removeParticipant(m.participantId);
+    else if (m.reason === 'meeting_ended') endSession('ended', 'The meeting ended.');
+    else endSession('left', `You were removed from the meeting (${m.reason || 'removed'}).`);
+  }
+
+  function onTrackPublished(conn, m) {
+    const track = normalizeTrack(m.track || {});
+    const p = upsertParticipant({ id: m.participantId });
+    if (!p) return;
+    p.tracks.set(track.id, track);
+    if (track.kind === 'VIDEO') p.videoWithdrawn = false;
+    if (p.isSelf) syncOwnMute(conn, track);
+    renderParticipant(p);
+  }
+
+  // The media stops now (hide it at once); the server's next offer removes the m-line.
+  function onTrackUnpublished(conn, m) {
+    const [p, track] = knownTrack(m);
+    if (!track) return;
+    p.tracks.delete(m.trackId);
+    if (track.kind === 'VIDEO' && !tracksOfKind(p, 'VIDEO').length) p.videoWithdrawn = true;
+    renderParticipant(p);
+  }
+
+  function onTrackMuted(conn, m) {
+    const [p, track] = knownTrack(m);
+    if (!track) return;
+    track.muted = Boolean(m.muted);
+    renderParticipant(p);
+  }
+
+  function knownTrack({ participantId, trackId }) {
+    const p = participants.get(participantId);
+    return [p, p && p.tracks.get(trackId)];
+  }
+
+  function onServerError(conn, m) {
+    const code = m.code || 'ERROR_CODE_UNSPECIFIED';
+    lastError = { code, message: m.message || '' };
+    const text = `Server error ${code}${m.message ? `: ${m.message}` : ''}`;
+    if (!m.fatal) showNotice(text, 'warn');
+    else if (conn.joined && RETRYABLE_ERRORS.has(code)) restart(code);
+    else endSession('error', text);
+  }
+
+  // ---- Peer connection and perfect negotiation ---------------------------------------
+
+  function createPeerConnection(conn, iceServers) {
+    const pc = new RTCPeerConnection({
+      iceServers: iceServers.map((s) => compact({
+        urls: s.urls || [], username: s.username || undefined, credential: s.credential || undefined,
+      })),
+    });
+    pc.onnegotiationneeded = () => negotiate(conn);
+    pc.onicecandidate = ({ candidate: c }) => {
+      if (!c || !c.candidate) return; // end-of-candidates is not sent
+      const { candidate, sdpMid, sdpMLineIndex, usernameFragment } = c;
+      send(conn, { trickle: compact({ candidate, sdpMid, sdpMLineIndex, usernameFragment }) });
+    };
+    pc.ontrack = onRemoteTrack;
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === 'failed' && conn === current) restart('media connection failed');
+    };
+    return pc;
+  }
+
+  // Negotiation runs as one serial queue per connection, so our offers and the server's
+  // never interleave inside the browser. `wantOffer` records that we have changes to offer;
+  // it is acted on whenever the connection is stable and nothing else is queued.
+  function enqueue(conn, step) {
+    conn.chain = conn.chain
+      .then(() => (conn === current ? step() : undefined))
+      .catch((err) => {
+        if (conn.pc && conn.pc.signalingState !== 'closed') console.warn('hearth: negotiation step failed', err);
+      })
+      .then(() => maybeOffer(conn));
+  }
+
+  function negotiate(conn) {
+    conn.wantOffer = true;
+    enqueue(conn, () => undefined);
+  }
+
+  // Our offer: sent to the server, which answers it, or ignores it when offers cross.
+  async function maybeOffer(conn) {
+    const pc = conn.pc;
+    if (conn !== current || !pc || !conn.wantOffer || pc.signalingState !== 'stable') return;
+    conn.wantOffer = false;
+    await pc.setLocalDescription();
+    send(conn, { offer: { type: 'offer', sdp: pc.localDescription.sdp } });
+  }
+
+  // Server offer. As the polite peer we always take it. If our own offer is outstanding,
+  // the server ignored it (it only ignores offers that cross its own): roll ours back and
+  // offer again once this exchange is done.
+  function onServerOffer(conn, desc) {
+    enqueue(conn, async () => {
+      const pc = conn.pc;
+      if (!pc) return;
+      if (pc.signalingState === 'have-local-offer') {
+        await pc.setLocalDescription({ type: 'rollback' });
+        conn.wantOffer = true;
+      }
+      await pc.setRemoteDescription({ type: 'offer', sdp: desc.sdp || '' });
+      await flushCandidates(conn);
+      await pc.setLocalDescription();
+      send(conn, { answer: { type: 'answer', sdp: pc.localDescription.sdp } });
+    });
+  }
+
+  function onServerAnswer(conn, desc) {
+    enqueue(conn, async () => {
+      if (!conn.pc || conn.pc.signalingState !== 'have-local-offer') {
+        console.warn('hearth: ignoring an answer with no offer outstanding');
+        return;
+      }
+      await conn.pc.setRemoteDescription({ type: 'answer', sdp: desc.sdp || '' });
+      await flushCandidates(conn);
+    });
+  }
+
+  // Server ICE candidate; queued until a remote description exists.
+  async function onServerCandidate(conn, c) {
+    if (!c.candidate) return;
+    const init = {
+      candidate: c.candidate, sdpMid: c.sdpMid || null,
+      sdpMLineIndex: c.sdpMLineIndex || 0, usernameFragment: c.usernameFragment || null,
+    };
+    if (conn.pc && conn.pc.remoteDescription) await addCandidate(conn.pc, init);
+    else conn.pendingCandidates.push(init);
+  }
+
+  async function flushCandidates(conn) {
+    for (const init of conn.pendingCandidates.splice(0)) await addCandidate(conn.pc, init);
+  }
+
+  function addCandidate(pc, init) {
+    return pc.addIceCandidate(init).catch((err) => console.debug('hearth: ignoring an ICE candidate', err));
+  }
+
+  // Forwarded tracks carry the publisher's participant id as their MediaStream id.
+  function onRemoteTrack(ev) {
+    const stream = ev.streams[0];
+    if (!stream) return console.warn('hearth: remote track without a stream id: whose is it?');
+    const id = stream.id;
+    if (departed.has(id)) return;
+    remoteTracks.set(ev.track.id, { participant: id, track: ev.track, transceiver: ev.transceiver, stream });
+    const refresh = () => renderParticipant(participants.get(id));
+    stream.onremovetrack = (e) => {
+      const entry = remoteTracks.get(e.track.id);
+      if (entry && entry.stream === stream) remoteTracks.delete(e.track.id);
+      refresh();
+    };
+    stream.onaddtrack = ev.track.onmute = ev.track.onunmute = ev.track.onended = refresh;
+    const p = upsertParticipant({ id });
+    if (ev.track.kind === 'video') p.videoWithdrawn = false;
+    p.stream = stream;
+    attachStream(p);
+    renderParticipant(p);
+  }
+
+  // ---- Local media -------------------------------------------------------------------
+
+  async function publishLocalMedia(conn) {
+    const pending = localMedia || (localMedia = acquireLocalMedia());
+    const stream = await pending;
+    if (stream && pending !== localMedia) stream.getTracks().forEach((t) => t.stop()); // session ended
+    if (conn !== current || !stream) return;
+    localStream = stream;
+    // addTransceiver, not addTrack: addTrack would reuse one of the server's receive-only
+    // m-lines (a subscription) and mix our track into it. Publishing gets its own m-lines.
+    for (const track of stream.getTracks()) {
+      conn.pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+    }
+    const self = participants.get(selfId);
+    if (self) {
+      self.stream = stream;
+      attachStream(self);
+    }
+    applyLocalMute();
+  }
+
+  // Camera and microphone, else microphone only, else receive-only; says so on the page.
+  async function acquireLocalMedia() {
+    const devices = navigator.mediaDevices;
+    if (!devices || !devices.getUserMedia) {
+      setMediaNote('No camera or microphone access here (the page needs HTTPS or localhost): receive-only.');
+      return null;
+    }
+    let reason = '';
+    try { return await devices.getUserMedia(MEDIA); } catch (err) { reason = err.name; }
+    try {
+      const audioOnly = await devices.getUserMedia({ audio: true });
+      setMediaNote(`Camera unavailable (${reason}): joined with audio only.`);
+      return audioOnly;
+    } catch (err) {
+      setMediaNote(`Camera and microphone unavailable (${err.name}): receive-only.`);
+      return null;
+    }
+  }
+
+  function stopLocalMedia() {
+    if (localStream) localStream.getTracks().forEach((t) => t.stop());
+    localStream = localMedia = null;
+    micMuted = cameraMuted = false;
+    setMediaNote('');
+    renderControls();
+  }
+
+  function setMicMuted(muted) { micMuted = Boolean(muted); applyLocalMute(); }
+  function setCameraMuted(muted) { cameraMuted = Boolean(muted); applyLocalMute(); }
+
+  // Mute = track.enabled = false locally, plus `mute` with the server's id of that track.
+  function applyLocalMute() {
+    if (localStream) {
+      localStream.getAudioTracks().forEach((t) => { t.enabled = !micMuted; });
+      localStream.getVideoTracks().forEach((t) => { t.enabled = !cameraMuted; });
+    }
+    const self = participants.get(selfId);
+    if (current && self) self.tracks.forEach((track) => syncOwnMute(current, track));
+    renderControls();
+    renderParticipant(self);
+  }
+
+  // Tells the server when one of our tracks' mute state differs from what we want.
+  // The server names our tracks in `trackPublished` with their mid: our transceiver's.
+  function syncOwnMute(conn, track) {
+    const transceiver = track.mid && conn.pc && conn.pc.getTransceivers().find((t) => t.mid === track.mid);
+    const sender = transceiver && transceiver.sender.track;
+    const kind = sender ? sender.kind : { AUDIO: 'audio', VIDEO: 'video' }[track.kind];
+    if (!kind) return;
+    const muted = kind === 'audio' ? micMuted : cameraMuted;
+    if (track.muted === muted) return;
+    track.muted = muted;
+    send(conn, { mute: { trackId: track.id, muted } });
+  }
+
+  const hasLocal = (kind) => Boolean(localStream && localStream.getTracks().some((t) => t.kind === kind));
+
+  // ---- Participants, tiles and the list ----------------------------------------------
+
+  // Creates or updates a participant from a (partial) ParticipantInfo.
+  function upsertParticipant(info, isSelf = false) {
+    if (!info.id) return null;
+    let p = participants.get(info.id);
+    if (!p) {
+      p = {
+        id: info.id, isSelf, name: '', identity: '', tracks: new Map(), stream: isSelf ? localStream : null,
+        videoWithdrawn: false, tile: createTile(isSelf), item: createListItem(),
+      };
+      participants.set(p.id, p);
+      ui.grid.append(p.tile.root);
+      ui.list.append(p.item.root);
+      attachStream(p);
+    }
+    if (info.name) p.name = info.name;
+    if (info.identity) p.identity = info.identity;
+    for (const track of info.tracks || []) p.tracks.set(track.id, normalizeTrack(track));
+    renderParticipant(p);
+    renderCount();
+    return p;
+  }
+
+  const normalizeTrack = (t) => ({
+    id: t.id || '', kind: t.kind || 'TRACK_KIND_UNSPECIFIED', muted: Boolean(t.muted), mid: t.mid || '',
+  });
+
+  function removeParticipant(id) {
+    departed.add(id);
+    for (const [trackId, entry] of remoteTracks) if (entry.participant === id) remoteTracks.delete(trackId);
+    const p = participants.get(id);
+    if (!p) return;
+    p.tile.video.srcObject = null;
+    p.tile.root.remove();
+    p.item.root.remove();
+    participants.delete(id);
+    renderCount();
+  }
+
+  function clearParticipants() {
+    for (const id of [...participants.keys()]) removeParticipant(id);
+    remoteTracks.clear();
+    departed.clear();
+  }
+
+  function createTile(isSelf) {
+    // Remote tiles also play the audio; our own is muted (never play our microphone back).
+    const video = Object.assign(el('video'), { autoplay: true, playsInline: true, muted: isSelf });
+    const avatar = el('div', 'avatar');
+    avatar.setAttribute('aria-hidden', 'true');
+    const mic = el('span', 'mic-state');
+    const name = el('span', 'name');
+    const caption = el('figcaption', 'tile-label', mic, name);
+    const root = el('figure', isSelf ? 'tile self' : 'tile', video, avatar, caption);
+    return { root, video, avatar, mic, name };
+  }
+
+  function createListItem() {
+    const [name, mic, cam] = [el('span', 'name'), el('span', 'icon'), el('span', 'icon')];
+    for (const icon of [mic, cam]) icon.setAttribute('role', 'img');
+    return { root: el('li', 'person', name, mic, cam), name, mic, cam };
+  }
+
+  function attachStream(p) {
+    const video = p.tile.video;
+    if (!p.stream || video.srcObject === p.stream) return;
+    video.srcObject = p.stream;
+    video.play().catch((err) => {
+      if (err.name !== 'NotAllowedError') return; // AbortError: a newer srcObject replaced it
+      showNotice('The browser blocked audio playback: click anywhere to enable it.');
+      document.addEventListener('click', () => {
+        participants.forEach((other) => other.tile.video.play().catch(() => {}));
+        showNotice('');
+      }, { once: true });
+    });
+  }
+
+  // Draws one participant's tile and list entry from the model.
+  function renderParticipant(p) {
+    if (!p) return;
+    const label = p.isSelf ? `${displayName(p)} (you)` : displayName(p);
+    const micOff = p.isSelf ? (!hasLocal('audio') || micMuted) : allMuted(tracksOfKind(p, 'AUDIO'));
+    const camOff = p.isSelf ? (!hasLocal('video') || cameraMuted) : remoteVideoOff(p);
+    const speaking = activeSpeakers.includes(p.id);
+    const { tile, item } = p;
+    tile.root.classList.toggle('no-video', camOff);
+    tile.root.classList.toggle('speaking', speaking);
+    tile.root.classList.toggle('loudest', activeSpeakers[0] === p.id);
+    tile.name.textContent = label;
+    tile.avatar.textContent = (label.trim()[0] || '?').toUpperCase();
+    tile.mic.textContent = micOff ? '🔇' : '';
+    tile.mic.title = micOff ? 'microphone muted' : '';
+    item.root.classList.toggle('speaking', speaking);
+    item.name.textContent = label;
+    setIcon(item.mic, micOff ? '🔇' : '🎙️', micOff ? 'microphone muted' : 'microphone on');
+    setIcon(item.cam, camOff ? '🚫' : '📷', camOff ? 'camera off' : 'camera on');
+  }
+
+  function remoteVideoOff(p) {
+    const live = p.stream && p.stream.getVideoTracks().some((t) => t.readyState === 'live');
+    const video = tracksOfKind(p, 'VIDEO');
+    return !live || p.videoWithdrawn || (video.length > 0 && allMuted(video));
+  }
+
+  const tracksOfKind = (p, kind) => [...p.tracks.values()].filter((t) => t.kind === kind);
+  const allMuted = (tracks) => tracks.every((t) => t.muted); // true when there is none
+  const displayName = (p) => p.name || p.identity || p.id;
+
+  function setIcon(node, glyph, label) {
+    node.textContent = glyph;
+    node.title = label;
+    node.setAttribute('aria-label', label);
+  }
+  const renderCount = () => { ui.count.textContent = participants.size ? `(${participants.size})` : ''; };
+
+  function setActiveSpeakers(ids) {
+    activeSpeakers = ids.filter(Boolean);
+    participants.forEach(renderParticipant);
+  }
+
+  // Toggle buttons keep their label ("Mute mic"); aria-pressed (and its style) is the state.
+  function renderControls() {
+    for (const [button, available, muted] of [
+      [ui.micButton, hasLocal('audio'), micMuted], [ui.cameraButton, hasLocal('video'), cameraMuted]]) {
+      button.disabled = !available;
+      button.setAttribute('aria-pressed', String(muted));
+    }
+  }
+
+  // ---- Page chrome -------------------------------------------------------------------
+
+  const STATUS_TEXT = {
+    idle: 'Not connected', joining: 'Joining…', joined: 'Connected', reconnecting: 'Reconnecting…',
+    left: 'Left', ended: 'Meeting ended', error: 'Error',
+  };
+
+  function setState(next) {
+    state = next;
+    document.body.dataset.state = next;
+    ui.status.textContent = STATUS_TEXT[next] || next;
+    ui.joinButton.disabled = ACTIVE_STATES.includes(next);
+  }
+
+  function showNotice(text, kind = 'info') {
+    ui.notice.textContent = text;
+    ui.notice.dataset.kind = kind;
+    ui.notice.hidden = !text;
+  }
+
+  // The meeting view (with the meeting's name in the title bar) or the join form.
+  function showMeeting(visible, title = '') {
+    ui.title.textContent = title;
+    ui.meetingView.hidden = !visible;
+    ui.joinView.hidden = visible;
+  }
+
+  function setMediaNote(text) { ui.mediaNote.textContent = text; ui.mediaNote.hidden = !text; }
+
+  function el(tag, className, ...children) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    node.append(...children);
+    return node;
+  }
+
+  // Drops null/undefined fields: proto3 JSON omits what is unset.
+  const compact = (object) => Object.fromEntries(Object.entries(object).filter(([, v]) => v != null));
+
+  // ---- Automation API: window.hearth -------------------------------------------------
+
+  // Counters of every remote track received now, from RTCPeerConnection.getStats().
+  async function stats() {
+    const result = { participantId: selfId, participants: [...participants.keys()], remote: [] };
+    const pc = current && current.pc;
+    if (!pc) return result;
+    const inbound = [...(await pc.getStats()).values()].filter((s) => s.type === 'inbound-rtp');
+    for (const entry of remoteTracks.values()) {
+      if (!isReceiving(entry)) continue;
+      result.remote.push({ participant: entry.participant, kind: entry.track.kind, ...countersOf(entry, inbound) });
+    }
+    return result;
+  }
+
+  function isReceiving({ track, transceiver }) {
+    const direction = transceiver.currentDirection; // null until the answer is applied
+    return track.readyState === 'live' && !['inactive', 'sendonly', 'stopped'].includes(direction);
+  }
+
+  // Inbound-rtp stats of one track: by track identifier, else by mid. Summed, since a
+  // reused receiver keeps the stats of its previous SSRC for a while.
+  function countersOf({ track, transceiver }, inbound) {
+    let matches = inbound.filter((s) => s.trackIdentifier === track.id);
+    if (!matches.length && transceiver.mid !== null) {
+      matches = inbound.filter((s) => s.mid === transceiver.mid && s.kind === track.kind);
+    }
+    const sum = (field) => matches.reduce((total, s) => total + (s[field] || 0), 0);
+    return {
+      bytesReceived: sum('bytesReceived'),
+      packetsReceived: sum('packetsReceived'),
+      framesDecoded: track.kind === 'video' ? sum('framesDecoded') : 0,
+    };
+  }
+
+  Object.defineProperty(window, 'hearth', {
+    enumerable: true,
+    value: Object.freeze({
+      get state() { return state; },
+      get lastError() { return lastError; },
+      get activeSpeakers() { return activeSpeakers.slice(); },
+      get participantId() { return selfId; },
+      stats, leave, setMicMuted, setCameraMuted,
+      join: (meeting, name, token) => startSession({ meeting, name, token }),
+    }),
+  });
+
+  // ---- Wiring ------------------------------------------------------------------------
+
+  function onJoinSubmit(ev) {
+    ev.preventDefault();
+    const meeting = ui.meetingInput.value.trim();
+    const name = ui.nameInput.value.trim();
+    const token = ui.tokenRow.hidden ? '' : ui.tokenInput.value.trim();
+    if (!token && (!meeting || !name)) {
+      showNotice('Enter a meeting and your name (or paste a token).', 'warn');
+      (meeting ? ui.nameInput : ui.meetingInput).focus();
+      return;
+    }
+    startSession({ meeting, name, token });
+  }
+
+  function init() {
+    const params = new URLSearchParams(location.search);
+    const token = params.get('token') || '';
+    ui.meetingInput.value = params.get('meeting') || '';
+    ui.nameInput.value = params.get('name') || '';
+    ui.tokenInput.value = token;
+    ui.tokenRow.hidden = !token;
+    ui.joinForm.addEventListener('submit', onJoinSubmit);
+    ui.tokenToggle.addEventListener('click', () => {
+      ui.tokenRow.hidden = !ui.tokenRow.hidden;
+      if (!ui.tokenRow.hidden) ui.tokenInput.focus();
+    });
+    ui.micButton.addEventListener('click', () => setMicMuted(!micMuted));
+    ui.cameraButton.addEventListener('click', () => setCameraMuted(!cameraMuted));
+    ui.leaveButton.addEventListener('click', leave);
+    // Tell the others right away when the tab closes.
+    window.addEventListener('pagehide', () => { if (current) send(current, { leave: {} }); });
+    renderControls();
+    setState('idle');
+    if (params.get('autojoin') === '1') {
+      startSession({ meeting: ui.meetingInput.value.trim(), name: ui.nameInput.value.trim(), token });
+    }
+  }
+
+  init();
+})();

@@ -1,0 +1,111 @@
+// Shared helpers for the browser tests: start a Hearth server, launch Chromium, poll with
+// deadlines (never sleep-and-hope).
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+export const CHROMIUM = process.env.HEARTH_CHROMIUM || '/usr/bin/chromium';
+
+/** Starts `hearth` with the given args; resolves once /readyz answers. */
+export async function startServer(binary, args, { http = '127.0.0.1:7880' } = {}) {
+  const dataDir = mkdtempSync(join(tmpdir(), 'hearth-e2e-'));
+  const proc = spawn(binary, ['serve', '--http', http, '--data-dir', dataDir, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, HEARTH_LOG: process.env.HEARTH_LOG || 'info' },
+  });
+  const output = [];
+  proc.stdout.on('data', (d) => output.push(d.toString()));
+  proc.stderr.on('data', (d) => output.push(d.toString()));
+  const base = `http://${http}`;
+  await until('server ready', async () => {
+    if (proc.exitCode !== null) throw new Error(`hearth exited early:\n${output.join('')}`);
+    try {
+      const res = await fetch(`${base}/readyz`);
+      return res.ok;
+    } catch {
+      return false;
+    }
+  }, 20000);
+  return {
+    base,
+    proc,
+    output,
+    async stop() {
+      if (proc.exitCode === null) {
+        proc.kill('SIGTERM');
+        await until('server exit', () => proc.exitCode !== null, 10000).catch(() => proc.kill('SIGKILL'));
+      }
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Launches headless Chromium with fake camera and microphone. */
+export async function launchBrowser(extraArgs = []) {
+  const userDataDir = mkdtempSync(join(tmpdir(), 'hearth-chromium-'));
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--use-fake-device-for-media-stream',
+      '--use-fake-ui-for-media-stream',
+      '--allow-loopback-in-peer-connection',
+      '--autoplay-policy=no-user-gesture-required',
+      ...extraArgs,
+    ],
+  });
+  return {
+    browser,
+    async close() {
+      await browser.close().catch(() => {});
+      rmSync(userDataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Opens the demo page for `name` in its own browser context, auto-joining `meeting`. */
+export async function openParticipant(browser, base, meeting, name, logs) {
+  const context = await browser.newContext({ permissions: ['camera', 'microphone'] });
+  const page = await context.newPage();
+  page.on('console', (m) => {
+    if (m.type() === 'error' || m.type() === 'warning') logs.push(`[${name}] ${m.type()}: ${m.text()}`);
+  });
+  page.on('pageerror', (e) => logs.push(`[${name}] pageerror: ${e.message}`));
+  await page.goto(`${base}/?meeting=${encodeURIComponent(meeting)}&name=${encodeURIComponent(name)}&autojoin=1`);
+  return { name, page, context, stats: () => page.evaluate(() => window.hearth.stats()) };
+}
+
+/** Polls `fn` until it returns a truthy value or the deadline passes. */
+export async function until(what, fn, timeoutMs = 15000, intervalMs = 100) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    try {
+      last = await fn();
+      if (last) return last;
+    } catch (e) {
+      last = e;
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${e.stack || e}`);
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out waiting for ${what} (last: ${JSON.stringify(last)})`);
+    }
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}
+
+/** Sum of a counter over a participant's remote entries from `from` of `kind`. */
+export function counter(stats, from, kind, field) {
+  return stats.remote
+    .filter((r) => r.participant === from && r.kind === kind)
+    .reduce((sum, r) => sum + (r[field] || 0), 0);
+}
