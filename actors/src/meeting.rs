@@ -105,7 +105,9 @@ pub enum MeetingMsg {
     /// End the meeting now.
     End(EndReason),
     /// Drill and test hook: make a participant (or, with None, the meeting) fail.
-    InjectFault { participant: Option<ParticipantId> },
+    InjectFault {
+        participant: Option<ParticipantId>,
+    },
     Snapshot(RpcReplyPort<MeetingSnapshot>),
 }
 
@@ -263,6 +265,10 @@ impl Actor for MeetingActor {
                 if let Some(id) = state.by_actor.remove(&cell.get_id()) {
                     metrics::counter!("hearth_actor_failures_total", "kind" => "participant")
                         .increment(1);
+                    // The policy's restart of a participant is the client's: it is told to
+                    // reconnect and joins again with a fresh actor.
+                    metrics::counter!("hearth_actor_restarts_total", "kind" => "participant")
+                        .increment(1);
                     tracing::warn!(meeting = %state.id, participant = %id, %error,
                         "participant failed; removed (policy: stop and remove)");
                     if let Some(member) = state.members.get(&id) {
@@ -384,9 +390,8 @@ impl MeetingState {
                 .collect();
             for track in existing {
                 if let Some(t) = self.tracks.get(&track) {
-                    let _ = actor.send_message(ParticipantMsg::Subscribe(Box::new(
-                        t.published.clone(),
-                    )));
+                    let _ = actor
+                        .send_message(ParticipantMsg::Subscribe(Box::new(t.published.clone())));
                 }
                 self.rebuild_fanout(&track);
             }

@@ -273,9 +273,13 @@ impl Actor for NodeSupervisor {
         myself: ActorRef<Self::Msg>,
         node: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let (meetings, _) =
-            Actor::spawn_linked(None, MeetingSupervisor, Arc::clone(&node), myself.get_cell())
-                .await?;
+        let (meetings, _) = Actor::spawn_linked(
+            None,
+            MeetingSupervisor,
+            Arc::clone(&node),
+            myself.get_cell(),
+        )
+        .await?;
         Ok(NodeSupervisorState { node, meetings })
     }
 
@@ -388,7 +392,9 @@ impl Node {
         // A meeting that ends between lookup and join answers MeetingNotFound; one retry
         // then creates a fresh meeting.
         for _ in 0..2 {
-            let meeting = self.meeting_ref(&request.meeting, request.grants.create).await?;
+            let meeting = self
+                .meeting_ref(&request.meeting, request.grants.create)
+                .await?;
             let result = ractor::call!(meeting, |reply| MeetingMsg::Join {
                 request: request.clone(),
                 signal: signal.clone(),
@@ -433,7 +439,11 @@ impl Node {
     }
 
     /// Drill and test hook: makes one participant's actor panic, as a bug would.
-    pub fn inject_participant_fault(&self, meeting: &MeetingId, participant: &ParticipantId) -> bool {
+    pub fn inject_participant_fault(
+        &self,
+        meeting: &MeetingId,
+        participant: &ParticipantId,
+    ) -> bool {
         self.shared.registry.get(meeting).is_some_and(|r| {
             r.actor
                 .send_message(MeetingMsg::InjectFault {

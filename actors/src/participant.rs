@@ -241,8 +241,11 @@ impl Actor for ParticipantActor {
             },
             now,
         )?;
-        let (ingress, ingress_tx) = Inbox::new(1024, myself.clone(), || ParticipantMsg::DatagramsReady);
-        let (media, media_tx) = Inbox::new(args.media_queue, myself.clone(), || ParticipantMsg::MediaReady);
+        let (ingress, ingress_tx) =
+            Inbox::new(1024, myself.clone(), || ParticipantMsg::DatagramsReady);
+        let (media, media_tx) = Inbox::new(args.media_queue, myself.clone(), || {
+            ParticipantMsg::MediaReady
+        });
         let registration = args.mux.register(ufrag, Box::new(IngressSink(ingress_tx)));
         // The meeting waits for this right after spawning us; if it is gone, so are we.
         let _ = args.link.send(media_tx.clone());
@@ -357,9 +360,9 @@ impl Actor for ParticipantActor {
         if !state.leaving {
             // Stopped from outside (the meeting was restarted or the node shuts down): the
             // client's session is gone, it should join again.
-            state
-                .signal
-                .send(ServerSignal::Reconnect("session stopped by the server".into()));
+            state.signal.send(ServerSignal::Reconnect(
+                "session stopped by the server".into(),
+            ));
         }
         state.peer.close();
         state.flush();
@@ -410,10 +413,11 @@ impl ParticipantState {
                         if sub.sender.is_some() && !sub.negotiated {
                             sub.negotiated = true;
                             if sub.forwarder.needs_keyframe() {
-                                sub.publisher_ref.send_message(ParticipantMsg::KeyframeRequest {
-                                    track: sub.key,
-                                })
-                                .ok();
+                                sub.publisher_ref
+                                    .send_message(ParticipantMsg::KeyframeRequest {
+                                        track: sub.key,
+                                    })
+                                    .ok();
                             }
                         }
                     }
@@ -504,8 +508,9 @@ impl ParticipantState {
                 }
                 PeerEvent::Gone(why) => {
                     tracing::info!(participant = %self.id, why, "media connection gone");
-                    self.signal
-                        .send(ServerSignal::Reconnect(format!("media connection lost: {why}")));
+                    self.signal.send(ServerSignal::Reconnect(format!(
+                        "media connection lost: {why}"
+                    )));
                     self.leave(LeaveReason::Disconnected, myself);
                     return;
                 }
@@ -587,10 +592,12 @@ impl ParticipantState {
             return;
         };
         self.stats.packets_received += 1;
-        if !p
-            .recv
-            .on_rtp(packet.arrival, packet.seq, packet.timestamp, packet.payload.len())
-        {
+        if !p.recv.on_rtp(
+            packet.arrival,
+            packet.seq,
+            packet.timestamp,
+            packet.payload.len(),
+        ) {
             return; // duplicate (RTX unwrapping, probes)
         }
         if let Some(nack) = &mut p.nack {
@@ -680,9 +687,9 @@ impl ParticipantState {
                         .is_none_or(|t| now.duration_since(t) >= KEYFRAME_REQUEST_INTERVAL);
                     if due {
                         sub.last_keyframe_request = Some(now);
-                        let _ = sub.publisher_ref.send_message(ParticipantMsg::KeyframeRequest {
-                            track: item.track,
-                        });
+                        let _ = sub
+                            .publisher_ref
+                            .send_message(ParticipantMsg::KeyframeRequest { track: item.track });
                     }
                 }
                 Err(_) => {}
@@ -743,7 +750,11 @@ impl ParticipantState {
     fn ntp(&self, now: Instant) -> NtpTime {
         let (epoch, wall) = self.wall_epoch;
         let wall_now = wall + now.saturating_duration_since(epoch);
-        NtpTime::from_unix(wall_now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default())
+        NtpTime::from_unix(
+            wall_now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default(),
+        )
     }
 
     fn on_tick(&mut self, now: Instant) {

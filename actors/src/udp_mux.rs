@@ -124,7 +124,11 @@ impl UdpMux {
     }
 
     /// Makes `ufrag` (and the addresses later learned for it) route to `sink`.
-    pub fn register(self: &Arc<Self>, ufrag: String, sink: Box<dyn DatagramSink>) -> MuxRegistration {
+    pub fn register(
+        self: &Arc<Self>,
+        ufrag: String,
+        sink: Box<dyn DatagramSink>,
+    ) -> MuxRegistration {
         let entry = Arc::new(Entry {
             sink,
             addrs: Mutex::new(Vec::new()),
@@ -178,7 +182,11 @@ impl UdpMux {
 
     /// Delivers a datagram to its participant, or drops it (counted).
     pub fn route(&self, datagram: Datagram) {
-        if let Some(entry) = self.by_addr.get(&datagram.from).map(|e| Arc::clone(e.value())) {
+        if let Some(entry) = self
+            .by_addr
+            .get(&datagram.from)
+            .map(|e| Arc::clone(e.value()))
+        {
             entry.sink.deliver(datagram);
             return;
         }
@@ -192,11 +200,12 @@ impl UdpMux {
         };
         // Learn the address; the stack still authenticates the request (MESSAGE-INTEGRITY),
         // and a forged one only sends its own datagrams to this participant.
-        if let Ok(mut addrs) = entry.addrs.lock() {
-            if addrs.len() < 16 && !addrs.contains(&datagram.from) {
-                addrs.push(datagram.from);
-                self.by_addr.insert(datagram.from, Arc::clone(&entry));
-            }
+        if let Ok(mut addrs) = entry.addrs.lock()
+            && addrs.len() < 16
+            && !addrs.contains(&datagram.from)
+        {
+            addrs.push(datagram.from);
+            self.by_addr.insert(datagram.from, Arc::clone(&entry));
         }
         entry.sink.deliver(datagram);
     }
@@ -301,7 +310,7 @@ mod tests {
             state ^= state << 17;
             let len = (state % 120) as usize;
             let mut buf: Vec<u8> = (0..len).map(|i| (state >> (i % 56)) as u8).collect();
-            if len >= 8 && state % 3 == 0 {
+            if len >= 8 && state.is_multiple_of(3) {
                 buf[0] = 0;
                 buf[1] = 1;
                 buf[4..8].copy_from_slice(&[0x21, 0x12, 0xA4, 0x42]);

@@ -535,12 +535,12 @@ impl WebRtcPeer {
             media_ssrc: media_ssrc.0,
             nacks: nack_pairs(seqs)
                 .into_iter()
-                .map(
-                    |(packet_id, lost_packets)| rtcp::transport_feedbacks::transport_layer_nack::NackPair {
+                .map(|(packet_id, lost_packets)| {
+                    rtcp::transport_feedbacks::transport_layer_nack::NackPair {
                         packet_id,
                         lost_packets,
-                    },
-                )
+                    }
+                })
                 .collect(),
         };
         self.write_rtcp(now, vec![Box::new(nack)])
@@ -591,10 +591,10 @@ impl WebRtcPeer {
         packets: Vec<Box<dyn rtcp::Packet>>,
     ) -> Result<(), PeerError> {
         // The stack routes RTCP by content, whichever sender or receiver writes it.
-        if let Some(entry) = self.senders.values().next() {
-            if let Some(mut sender) = self.pc.rtp_sender(entry.id) {
-                return sender.write_rtcp(now, packets).map_err(stack);
-            }
+        if let Some(entry) = self.senders.values().next()
+            && let Some(mut sender) = self.pc.rtp_sender(entry.id)
+        {
+            return sender.write_rtcp(now, packets).map_err(stack);
         }
         let receivers: Vec<RTCRtpReceiverId> = self.pc.get_receivers().collect();
         for id in receivers {
@@ -718,21 +718,17 @@ impl WebRtcPeer {
                 }
             }
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
-                RTCPeerConnectionState::Connected => {
-                    if !self.connected {
-                        self.connected = true;
-                        self.events.push_back(PeerEvent::Connected);
-                    }
+                RTCPeerConnectionState::Connected if !self.connected => {
+                    self.connected = true;
+                    self.events.push_back(PeerEvent::Connected);
                 }
                 RTCPeerConnectionState::Failed => self.mark_gone("connection failed"),
                 RTCPeerConnectionState::Closed => self.mark_gone("connection closed"),
                 _ => {}
             },
-            RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(state) => {
-                if state == RTCIceConnectionState::Failed {
-                    self.mark_gone("ICE failed");
-                }
-            }
+            RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
+                RTCIceConnectionState::Failed,
+            ) => self.mark_gone("ICE failed"),
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
                 self.on_track_open(init.receiver_id, init.ssrc, init.track_id);
             }
@@ -883,7 +879,8 @@ fn translate_rtcp(packet: &dyn rtcp::Packet, out: &mut VecDeque<Inbound>) {
 }
 
 fn find_payload_type(codecs: &[RTCRtpCodecParameters], want: &CodecParams) -> Option<u8> {
-    let same_mime = |c: &&RTCRtpCodecParameters| c.rtp_codec.mime_type.eq_ignore_ascii_case(&want.mime_type);
+    let same_mime =
+        |c: &&RTCRtpCodecParameters| c.rtp_codec.mime_type.eq_ignore_ascii_case(&want.mime_type);
     codecs
         .iter()
         .filter(same_mime)
@@ -905,7 +902,8 @@ fn fmtp_compatible(have: &str, want: &str, codec: Codec) -> bool {
         })
     };
     let mode = |fmtp: &str| param(fmtp, "packetization-mode").unwrap_or_else(|| "0".into());
-    let profile = |fmtp: &str| param(fmtp, "profile-level-id").map(|p| p.chars().take(4).collect::<String>());
+    let profile =
+        |fmtp: &str| param(fmtp, "profile-level-id").map(|p| p.chars().take(4).collect::<String>());
     mode(have) == mode(want) && profile(have) == profile(want)
 }
 
@@ -938,7 +936,14 @@ fn register_codecs(media_engine: &mut MediaEngine) -> Result<(), PeerError> {
     };
     media_engine
         .register_codec(
-            codec(MIME_TYPE_OPUS, 48_000, 2, "minptime=10;useinbandfec=1", &[], 111),
+            codec(
+                MIME_TYPE_OPUS,
+                48_000,
+                2,
+                "minptime=10;useinbandfec=1",
+                &[],
+                111,
+            ),
             RtpCodecKind::Audio,
         )
         .map_err(stack)?;
@@ -978,7 +983,9 @@ fn register_codecs(media_engine: &mut MediaEngine) -> Result<(), PeerError> {
         for kind in kinds {
             media_engine
                 .register_header_extension(
-                    RTCRtpHeaderExtensionCapability { uri: uri.to_owned() },
+                    RTCRtpHeaderExtensionCapability {
+                        uri: uri.to_owned(),
+                    },
                     *kind,
                     None,
                 )
@@ -1063,8 +1070,16 @@ mod tests {
     #[test]
     fn h264_payload_types_match_on_mode_and_profile() {
         let have = [
-            codec_params(MIME_TYPE_H264, "packetization-mode=0;profile-level-id=42e01f", 100),
-            codec_params(MIME_TYPE_H264, "packetization-mode=1;profile-level-id=42e01f", 102),
+            codec_params(
+                MIME_TYPE_H264,
+                "packetization-mode=0;profile-level-id=42e01f",
+                100,
+            ),
+            codec_params(
+                MIME_TYPE_H264,
+                "packetization-mode=1;profile-level-id=42e01f",
+                102,
+            ),
             codec_params(MIME_TYPE_VP8, "", 96),
         ];
         let want = params(

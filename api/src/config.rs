@@ -15,7 +15,12 @@ use crate::token::{KeyStore, parse_duration};
 
 /// Hearth: an actor-based real-time media engine (WebRTC SFU with signaling).
 #[derive(Debug, Parser)]
-#[command(name = "hearth", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "hearth",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -60,7 +65,12 @@ pub struct ServeArgs {
     #[arg(long, env = "HEARTH_API_KEY", value_name = "KEY")]
     pub api_key: Option<String>,
     /// The node's API secret (HS256 signing key of access tokens).
-    #[arg(long, env = "HEARTH_API_SECRET", value_name = "SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "HEARTH_API_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
     pub api_secret: Option<String>,
     /// Log format: pretty or json [default: pretty].
     #[arg(long, env = "HEARTH_LOG_FORMAT", value_name = "FORMAT")]
@@ -116,7 +126,12 @@ pub struct TokenArgs {
     #[arg(long, env = "HEARTH_API_KEY", value_name = "KEY")]
     pub api_key: Option<String>,
     /// API secret.
-    #[arg(long, env = "HEARTH_API_SECRET", value_name = "SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "HEARTH_API_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
     pub api_secret: Option<String>,
 }
 
@@ -229,8 +244,9 @@ pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
     }
     let empty_timeout = match (&args.empty_timeout, &file.empty_timeout) {
         (Some(d), _) => *d,
-        (None, Some(s)) => parse_duration(s)
-            .map_err(|e| ConfigError::Invalid(format!("empty_timeout: {e}")))?,
+        (None, Some(s)) => {
+            parse_duration(s).map_err(|e| ConfigError::Invalid(format!("empty_timeout: {e}")))?
+        }
         (None, None) => Duration::from_secs(20),
     };
     let max_participants = args
@@ -242,11 +258,14 @@ pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
             "max_participants must be at least 1".into(),
         ));
     }
-    let media_workers = args.media_workers.or(file.media_workers).unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
+    let media_workers = args
+        .media_workers
+        .or(file.media_workers)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
     let dev = args.dev || file.dev.unwrap_or(false);
 
     let mut keys = KeyStore::new();
@@ -361,8 +380,8 @@ mod tests {
     #[test]
     fn defaults_serve_one_machine() {
         let c = resolve(&ServeArgs::default()).unwrap();
-        assert_eq!(c.http, "127.0.0.1:7880".parse().unwrap());
-        assert_eq!(c.media_bind, "0.0.0.0:7882".parse().unwrap());
+        assert_eq!(c.http, "127.0.0.1:7880".parse::<SocketAddr>().unwrap());
+        assert_eq!(c.media_bind, "0.0.0.0:7882".parse::<SocketAddr>().unwrap());
         assert_eq!(c.public_ip, IpAddr::from([127, 0, 0, 1]));
         assert!(!c.dev);
         assert!(c.keys.is_empty());

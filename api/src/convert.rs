@@ -4,8 +4,8 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hearth_actors::{
-    Candidate, ClientSignal, ParticipantInfo, ServerSignal, SignalError, SignalErrorCode,
-    TrackId, TrackInfo,
+    Candidate, ClientSignal, ParticipantInfo, ServerSignal, SignalError, SignalErrorCode, TrackId,
+    TrackInfo,
 };
 use hearth_engine::media::MediaKind;
 use hearth_proto::signal::v1 as pb;
@@ -47,7 +47,14 @@ pub fn decode_client(text: &str) -> Result<Incoming, SignalError> {
         ));
     };
     const KNOWN: &[&str] = &[
-        "join", "offer", "answer", "trickle", "mute", "leave", "ping", "unpublish",
+        "join",
+        "offer",
+        "answer",
+        "trickle",
+        "mute",
+        "leave",
+        "ping",
+        "unpublish",
     ];
     let known: Vec<&String> = object
         .keys()
@@ -202,10 +209,7 @@ pub fn candidate(c: Candidate) -> pb::IceCandidate {
     }
 }
 
-pub fn join_response(
-    accepted: &hearth_actors::JoinAccepted,
-    ping_interval_seconds: u32,
-) -> S {
+pub fn join_response(accepted: &hearth_actors::JoinAccepted, ping_interval_seconds: u32) -> S {
     S::Join(pb::JoinResponse {
         participant_id: accepted.participant.id.to_string(),
         meeting: Some(pb::MeetingInfo {
@@ -241,12 +245,13 @@ pub fn server_message(signal: ServerSignal) -> S {
             participant_id: participant.to_string(),
             reason: reason.as_str().into(),
         }),
-        ServerSignal::TrackPublished { participant, track: t } => {
-            S::TrackPublished(pb::TrackPublished {
-                participant_id: participant.to_string(),
-                track: Some(track(&t)),
-            })
-        }
+        ServerSignal::TrackPublished {
+            participant,
+            track: t,
+        } => S::TrackPublished(pb::TrackPublished {
+            participant_id: participant.to_string(),
+            track: Some(track(&t)),
+        }),
         ServerSignal::TrackUnpublished { participant, track } => {
             S::TrackUnpublished(pb::TrackUnpublished {
                 participant_id: participant.to_string(),
@@ -289,9 +294,18 @@ mod tests {
 
     #[test]
     fn malformed_unknown_and_oversized_are_told_apart() {
-        assert_eq!(code(decode_client("{not json")), SignalErrorCode::MalformedMessage);
-        assert_eq!(code(decode_client("[1,2]")), SignalErrorCode::MalformedMessage);
-        assert_eq!(code(decode_client(r#"{"fly":{}}"#)), SignalErrorCode::UnknownMessage);
+        assert_eq!(
+            code(decode_client("{not json")),
+            SignalErrorCode::MalformedMessage
+        );
+        assert_eq!(
+            code(decode_client("[1,2]")),
+            SignalErrorCode::MalformedMessage
+        );
+        assert_eq!(
+            code(decode_client(r#"{"fly":{}}"#)),
+            SignalErrorCode::UnknownMessage
+        );
         assert_eq!(code(decode_client("{}")), SignalErrorCode::UnknownMessage);
         assert_eq!(
             code(decode_client(r#"{"offer":{"sdp":5}}"#)),

@@ -72,17 +72,47 @@ pub fn metrics_handle() -> PrometheusHandle {
 fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge};
     describe_gauge!("hearth_meetings", "Meetings running on this node.");
-    describe_gauge!("hearth_participants", "Participants connected to this node.");
-    describe_counter!("hearth_media_packets_in_total", "UDP datagrams received on the media port.");
-    describe_counter!("hearth_media_bytes_in_total", "Bytes received on the media port.");
-    describe_counter!("hearth_media_packets_out_total", "UDP datagrams sent from the media port.");
-    describe_counter!("hearth_media_bytes_out_total", "Bytes sent from the media port.");
+    describe_gauge!(
+        "hearth_participants",
+        "Participants connected to this node."
+    );
+    describe_counter!(
+        "hearth_media_packets_in_total",
+        "UDP datagrams received on the media port."
+    );
+    describe_counter!(
+        "hearth_media_bytes_in_total",
+        "Bytes received on the media port."
+    );
+    describe_counter!(
+        "hearth_media_packets_out_total",
+        "UDP datagrams sent from the media port."
+    );
+    describe_counter!(
+        "hearth_media_bytes_out_total",
+        "Bytes sent from the media port."
+    );
     describe_counter!("hearth_media_dropped_total", "Media dropped, by reason.");
-    describe_counter!("hearth_actor_failures_total", "Actors that failed (panicked), by kind.");
-    describe_counter!("hearth_actor_restarts_total", "Actors restarted by their supervisor, by kind.");
-    describe_counter!("hearth_signal_sessions_total", "Signaling WebSocket sessions opened.");
-    describe_counter!("hearth_signal_errors_total", "Signaling errors sent to clients, by code.");
-    describe_counter!("hearth_signal_auth_failures_total", "Joins refused for their token.");
+    describe_counter!(
+        "hearth_actor_failures_total",
+        "Actors that failed (panicked), by kind."
+    );
+    describe_counter!(
+        "hearth_actor_restarts_total",
+        "Actors restarted by their supervisor, by kind."
+    );
+    describe_counter!(
+        "hearth_signal_sessions_total",
+        "Signaling WebSocket sessions opened."
+    );
+    describe_counter!(
+        "hearth_signal_errors_total",
+        "Signaling errors sent to clients, by code."
+    );
+    describe_counter!(
+        "hearth_signal_auth_failures_total",
+        "Joins refused for their token."
+    );
 }
 
 /// Starts the node and the gateway; returns once both accept connections.
@@ -186,10 +216,7 @@ struct DevToken {
 }
 
 /// `GET /v1/dev/token?meeting=M&name=N` (dev mode only): a token for anyone who asks.
-async fn dev_token(
-    State(state): State<Arc<AppState>>,
-    Query(q): Query<DevTokenQuery>,
-) -> Response {
+async fn dev_token(State(state): State<Arc<AppState>>, Query(q): Query<DevTokenQuery>) -> Response {
     if hearth_actors::MeetingId::parse(&q.meeting).is_none() {
         return (
             StatusCode::BAD_REQUEST,

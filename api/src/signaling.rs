@@ -12,8 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures::{SinkExt, StreamExt};
 use hearth_actors::{
-    ClientSignal, Grants, JoinRequest, MeetingId, ParticipantHandle, SignalError,
-    SignalErrorCode, signal_channel,
+    ClientSignal, Grants, JoinRequest, MeetingId, ParticipantHandle, SignalError, SignalErrorCode,
+    signal_channel,
 };
 use hearth_proto::signal::v1 as pb;
 use pb::server_message::Message as S;

@@ -161,8 +161,8 @@ impl KeyStore {
         let signature = URL_SAFE_NO_PAD
             .decode(sig_b64)
             .map_err(|_| TokenError::Malformed("signature is not base64url"))?;
-        let mut mac = HmacSha256::new_from_slice(secret.as_bytes())
-            .map_err(|_| TokenError::Signature)?;
+        let mut mac =
+            HmacSha256::new_from_slice(secret.as_bytes()).map_err(|_| TokenError::Signature)?;
         mac.update(header_b64.as_bytes());
         mac.update(b".");
         mac.update(claims_b64.as_bytes());
@@ -228,14 +228,17 @@ pub fn claims_for(
 }
 
 fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, TokenError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| TokenError::Malformed("a part is not base64url"))?;
-    serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed("a part is not the expected JSON"))
+    serde_json::from_slice(&bytes)
+        .map_err(|_| TokenError::Malformed("a part is not the expected JSON"))
 }
 
 /// Parses durations like `90s`, `15m`, `1h`, `2d` (or plain seconds).
@@ -328,17 +331,28 @@ mod tests {
         let later = now + Duration::from_secs(3600 + LEEWAY_SECS + 1);
         assert_eq!(store().verify(&token, later), Err(TokenError::Expired));
         let earlier = now - Duration::from_secs(LEEWAY_SECS + 5);
-        assert_eq!(store().verify(&token, earlier), Err(TokenError::NotYetValid));
+        assert_eq!(
+            store().verify(&token, earlier),
+            Err(TokenError::NotYetValid)
+        );
     }
 
     #[test]
     fn garbage_is_malformed_not_a_panic() {
         let now = SystemTime::now();
-        for bad in ["", ".", "..", "a.b.c", "a.b.c.d", "eyJ.eyJ.sig", &"x".repeat(10_000)] {
-            assert!(matches!(
-                store().verify(bad, now),
-                Err(TokenError::Malformed(_))
-            ), "{bad:?}");
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a.b.c",
+            "a.b.c.d",
+            "eyJ.eyJ.sig",
+            &"x".repeat(10_000),
+        ] {
+            assert!(
+                matches!(store().verify(bad, now), Err(TokenError::Malformed(_))),
+                "{bad:?}"
+            );
         }
     }
 

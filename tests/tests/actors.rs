@@ -1,0 +1,418 @@
+//! The supervision tree as clients see it: joining and leaving, meetings ending, a crashed
+//! participant or meeting, unpublish and mute. Every test drives real WebRTC clients
+//! ([`TestClient`]) through a real node and asserts on what the clients and `/metrics` show.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use hearth_tests::{ClientOptions, ClientStats, Kind, TestClient, TestServer};
+
+/// Generous: a debug build on a small CI machine sets up DTLS in well under this.
+const T: Duration = Duration::from_secs(20);
+
+async fn join(server: &TestServer, meeting: &str, name: &str) -> TestClient {
+    TestClient::join(server, meeting, name, ClientOptions::av())
+        .await
+        .unwrap_or_else(|e| panic!("{name} joins {meeting}: {e}"))
+}
+
+/// Waits until every client receives audio and video from every other one.
+async fn everyone_gets_everyone(clients: &[&TestClient]) {
+    for c in clients {
+        let others: Vec<&str> = clients
+            .iter()
+            .filter(|o| o.participant_id() != c.participant_id())
+            .map(|o| o.participant_id())
+            .collect();
+        c.wait_for_media_from(&others, 25, 15, T).await;
+    }
+}
+
+/// Asserts the counts from every other client keep growing (one more second of media).
+async fn media_keeps_flowing(clients: &[&TestClient]) {
+    for c in clients {
+        for o in clients {
+            if o.participant_id() != c.participant_id() {
+                c.wait_for_more(o.participant_id(), Kind::Audio, 25, T).await;
+                c.wait_for_more(o.participant_id(), Kind::Video, 15, T).await;
+            }
+        }
+    }
+}
+
+/// Asserts that `observer` receives no more `kind` from `silent` while a second of media
+/// from `clock` (which must keep flowing) goes by. Half a second of `clock` first lets
+/// packets that were in flight when the test decided "it stopped" land.
+async fn assert_silent(
+    observer: &TestClient,
+    silent: &str,
+    kind: Kind,
+    clock: &str,
+    clock_kind: Kind,
+) -> ClientStats {
+    observer.wait_for_more(clock, clock_kind, 15, T).await;
+    let before = observer.stats().packets_from(silent, kind);
+    let after = observer.wait_for_more(clock, clock_kind, 40, T).await;
+    assert_eq!(
+        after.packets_from(silent, kind),
+        before,
+        "{} still receives {kind:?} from {silent}",
+        observer.participant_id()
+    );
+    after
+}
+
+/// Asserts a client saw nothing go wrong: no server errors, no failed negotiation, no
+/// undecodable messages, no reconnect.
+fn assert_clean(c: &TestClient) {
+    let s = c.stats();
+    assert!(s.errors.is_empty(), "{}: server errors {:?}", c.participant_id(), s.errors);
+    assert!(
+        s.negotiation_failures.is_empty(),
+        "{}: negotiation failures {:?}",
+        c.participant_id(),
+        s.negotiation_failures
+    );
+    assert!(
+        s.protocol_errors.is_empty(),
+        "{}: protocol errors {:?}",
+        c.participant_id(),
+        s.protocol_errors
+    );
+    assert_eq!(s.reconnect, None, "{}: told to reconnect", c.participant_id());
+    assert_eq!(s.send_errors, 0, "{}: RTP writes refused", c.participant_id());
+}
+
+fn ids(clients: &[&TestClient]) -> BTreeSet<String> {
+    clients.iter().map(|c| c.participant_id().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_exchange_media_and_leave() {
+    let server = TestServer::start().await;
+    let a = join(&server, "jl", "ada").await;
+    let b = join(&server, "jl", "bob").await;
+    assert_eq!(a.stats().participants, BTreeSet::new(), "ada joined an empty meeting");
+    assert_eq!(b.stats().participants, ids(&[&a]), "bob's join response lists ada");
+
+    everyone_gets_everyone(&[&a, &b]).await;
+    media_keeps_flowing(&[&a, &b]).await;
+    a.wait_until("bob in ada's list", T, |s| s.participants == ids(&[&b]))
+        .await;
+
+    let c = join(&server, "jl", "cyd").await;
+    assert_eq!(c.stats().participants, ids(&[&a, &b]));
+    everyone_gets_everyone(&[&a, &b, &c]).await;
+    media_keeps_flowing(&[&a, &b, &c]).await;
+    for x in [&a, &b] {
+        let s = x.stats();
+        assert!(s.joined.contains(&c.participant_id().to_owned()));
+        assert!(s.participants.contains(c.participant_id()));
+    }
+    for x in [&a, &b, &c] {
+        let s = x.stats();
+        assert!(s.connected);
+        for p in s.from.values() {
+            assert!(p.video.keyframes > 0, "video starts with a keyframe: {p:?}");
+        }
+    }
+    let participants = server.metric("hearth_participants").await;
+    assert_eq!(participants, 3.0, "hearth_participants with three clients");
+
+    let c_id = c.participant_id().to_owned();
+    c.leave().await;
+    for x in [&a, &b] {
+        x.wait_until("participantLeft for cyd (left)", T, |s| {
+            s.saw_left(&c_id, "left") && !s.participants.contains(&c_id)
+        })
+        .await;
+    }
+    // Cyd's media stops at both, while theirs keeps flowing.
+    assert_silent(&a, &c_id, Kind::Audio, b.participant_id(), Kind::Audio).await;
+    assert_silent(&a, &c_id, Kind::Video, b.participant_id(), Kind::Audio).await;
+    assert_silent(&b, &c_id, Kind::Audio, a.participant_id(), Kind::Audio).await;
+    assert_silent(&b, &c_id, Kind::Video, a.participant_id(), Kind::Audio).await;
+    server
+        .wait_metric("hearth_participants", T, |v| v == participants - 1.0)
+        .await;
+    media_keeps_flowing(&[&a, &b]).await;
+
+    for x in [&a, &b] {
+        assert_clean(x);
+        let s = x.stats();
+        for (publisher, p) in &s.from {
+            assert_eq!(p.audio.gaps, 0, "{publisher}'s audio at {}: {p:?}", x.participant_id());
+        }
+    }
+    a.leave().await;
+    b.leave().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_meeting_ends_after_its_timeout() {
+    let server = TestServer::start_with(|c| c.empty_timeout = Duration::from_secs(1)).await;
+    let a = join(&server, "brief", "ada").await;
+    let b = join(&server, "brief", "bob").await;
+    everyone_gets_everyone(&[&a, &b]).await;
+    assert_eq!(server.node().meeting_count(), 1);
+    assert_eq!(server.metric("hearth_meetings").await, 1.0);
+
+    a.leave().await;
+    // One participant left: the meeting lives on (it is not empty).
+    b.wait_until("participantLeft for ada", T, |s| s.left.len() == 1)
+        .await;
+    assert_eq!(server.node().meeting_count(), 1, "a meeting with one participant runs");
+    b.leave().await;
+
+    server.wait_meeting_count(T, |n| n == 0).await;
+    server.wait_metric("hearth_meetings", T, |v| v == 0.0).await;
+    server
+        .wait_metric("hearth_participants", T, |v| v == 0.0)
+        .await;
+
+    // The name is free again: joining creates a fresh meeting.
+    let c = join(&server, "brief", "cyd").await;
+    assert_eq!(c.stats().participants, BTreeSet::new());
+    assert_eq!(server.node().meeting_count(), 1);
+    c.leave().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_participant_is_isolated() {
+    let server = TestServer::start().await;
+    let a1 = join(&server, "A", "a1").await;
+    let a2 = join(&server, "A", "a2").await;
+    let a3 = join(&server, "A", "a3").await;
+    let b1 = join(&server, "B", "b1").await;
+    let b2 = join(&server, "B", "b2").await;
+    everyone_gets_everyone(&[&a1, &a2, &a3]).await;
+    everyone_gets_everyone(&[&b1, &b2]).await;
+
+    let failures = r#"hearth_actor_failures_total{kind="participant"}"#;
+    let restarts = r#"hearth_actor_restarts_total{kind="participant"}"#;
+    let failures_before = server.metric(failures).await;
+    let restarts_before = server.metric_opt(restarts).await;
+    let b_events = (b1.stats().events.len(), b2.stats().events.len());
+    let b_gaps = (
+        b1.stats().stream_from(b2.participant_id(), Kind::Audio).gaps,
+        b2.stats().stream_from(b1.participant_id(), Kind::Audio).gaps,
+    );
+
+    let crashed = a3.participant_id().to_owned();
+    assert!(server.inject_participant_fault("A", &crashed));
+
+    a3.wait_until("reconnect after the crash", T, |s| s.reconnect.is_some())
+        .await;
+    a3.wait_until("signaling socket closed", T, |s| s.closed).await;
+    for x in [&a1, &a2] {
+        x.wait_until("participantLeft (failed) for a3", T, |s| {
+            s.saw_left(&crashed, "failed")
+        })
+        .await;
+        let s = x.stats();
+        assert!(!s.participants.contains(&crashed));
+        assert_eq!(
+            s.left.len(),
+            1,
+            "only the crashed participant left: {:?}",
+            s.left
+        );
+    }
+    // The survivors keep talking; the crashed one's media is gone.
+    media_keeps_flowing(&[&a1, &a2]).await;
+    assert_silent(&a1, &crashed, Kind::Audio, a2.participant_id(), Kind::Audio).await;
+    assert_silent(&a2, &crashed, Kind::Video, a1.participant_id(), Kind::Audio).await;
+
+    // Meeting B saw nothing at all.
+    media_keeps_flowing(&[&b1, &b2]).await;
+    assert_eq!(
+        (b1.stats().events.len(), b2.stats().events.len()),
+        b_events,
+        "meeting B got events: {:?} / {:?}",
+        b1.stats().events,
+        b2.stats().events
+    );
+    assert_eq!(
+        (
+            b1.stats().stream_from(b2.participant_id(), Kind::Audio).gaps,
+            b2.stats().stream_from(b1.participant_id(), Kind::Audio).gaps,
+        ),
+        b_gaps,
+        "meeting B lost audio"
+    );
+    for x in [&b1, &b2, &a1, &a2] {
+        assert_clean(x);
+    }
+
+    let after = server
+        .wait_metric(failures, T, |v| v >= failures_before + 1.0)
+        .await;
+    assert_eq!(after, failures_before + 1.0, "exactly one participant failure counted");
+    match restarts_before {
+        Some(before) => {
+            let after = server.metric(restarts).await;
+            assert_eq!(after, before + 1.0, "the participant restart is counted");
+        }
+        None => {
+            // The series is created by the first failure; it must exist and be 1 now.
+            assert_eq!(server.metric_opt(restarts).await, Some(1.0), "{restarts}");
+        }
+    }
+
+    // The crashed client joins again and is a full participant.
+    let a3b = join(&server, "A", "a3-again").await;
+    assert_eq!(a3b.stats().participants, ids(&[&a1, &a2]));
+    everyone_gets_everyone(&[&a1, &a2, &a3b]).await;
+    assert_clean(&a3b);
+
+    for c in [a1, a2, a3b, b1, b2] {
+        c.leave().await;
+    }
+    drop(a3);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_meeting_restarts_and_clients_rejoin() {
+    let server = TestServer::start().await;
+    let c1 = join(&server, "restart-me", "c1").await;
+    let c2 = join(&server, "restart-me", "c2").await;
+    let o1 = join(&server, "bystander", "o1").await;
+    let o2 = join(&server, "bystander", "o2").await;
+    everyone_gets_everyone(&[&c1, &c2]).await;
+    everyone_gets_everyone(&[&o1, &o2]).await;
+
+    let restarts = r#"hearth_actor_restarts_total{kind="meeting"}"#;
+    let failures = r#"hearth_actor_failures_total{kind="meeting"}"#;
+    let restarts_before = server.metric(restarts).await;
+    let failures_before = server.metric(failures).await;
+    let bystander_events = o1.stats().events.len();
+
+    assert!(server.inject_meeting_fault("restart-me"));
+    for c in [&c1, &c2] {
+        c.wait_until("reconnect after the meeting crashed", T, |s| {
+            s.reconnect.is_some() && s.closed
+        })
+        .await;
+    }
+    let after = server
+        .wait_metric(restarts, T, |v| v >= restarts_before + 1.0)
+        .await;
+    assert_eq!(after, restarts_before + 1.0, "one meeting restart counted");
+    assert_eq!(server.metric(failures).await, failures_before + 1.0);
+    assert_eq!(
+        server.node().meeting_count(),
+        2,
+        "the restarted meeting and the bystander meeting run: {:?}",
+        server.node().meeting_ids()
+    );
+
+    // Rejoin the same name: the restarted meeting starts empty and carries media again.
+    let d1 = join(&server, "restart-me", "c1-again").await;
+    assert_eq!(
+        d1.stats().participants,
+        BTreeSet::new(),
+        "the restarted meeting keeps no stale participants"
+    );
+    let d2 = join(&server, "restart-me", "c2-again").await;
+    assert_eq!(d2.stats().participants, ids(&[&d1]));
+    everyone_gets_everyone(&[&d1, &d2]).await;
+    media_keeps_flowing(&[&d1, &d2]).await;
+    assert_clean(&d1);
+    assert_clean(&d2);
+
+    // The other meeting never noticed.
+    media_keeps_flowing(&[&o1, &o2]).await;
+    assert_eq!(o1.stats().events.len(), bystander_events);
+    assert_clean(&o1);
+    assert_clean(&o2);
+
+    for c in [d1, d2, o1, o2] {
+        c.leave().await;
+    }
+    drop((c1, c2));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpublish_and_mute() {
+    let server = TestServer::start().await;
+    let p = join(&server, "mute", "pub").await;
+    let o = join(&server, "mute", "obs").await;
+    everyone_gets_everyone(&[&p, &o]).await;
+    let own = p
+        .wait_until("own audio and video tracks published", T, |s| {
+            s.own_tracks.len() == 2
+        })
+        .await
+        .own_tracks;
+    let (audio_track, video_track) = (own[&Kind::Audio].clone(), own[&Kind::Video].clone());
+    let pid = p.participant_id().to_owned();
+    // The observer learned the same track ids from its events.
+    let seen = o.stats();
+    for t in [&audio_track, &video_track] {
+        assert!(
+            seen.tracks_published
+                .iter()
+                .any(|e| &e.track == t && e.participant == pid),
+            "observer saw trackPublished for {t}: {:?}",
+            seen.tracks_published
+        );
+    }
+
+    // Mute audio: the observer is told, and the audio stops while the video goes on.
+    let before_mute = o.stats().stream_from(&pid, Kind::Audio);
+    p.mute(Kind::Audio, true).await;
+    o.wait_until("trackMuted (true) for pub's audio", T, |s| {
+        s.tracks_muted
+            .iter()
+            .any(|(e, m)| *m && e.track == audio_track && e.participant == pid)
+    })
+    .await;
+    assert_silent(&o, &pid, Kind::Audio, &pid, Kind::Video).await;
+    let muted = o.stats().stream_from(&pid, Kind::Audio);
+    assert!(muted.packets >= before_mute.packets);
+
+    // Unmute: audio resumes, and its sequence numbers continue where they stopped.
+    p.mute(Kind::Audio, false).await;
+    o.wait_until("trackMuted (false) for pub's audio", T, |s| {
+        s.tracks_muted
+            .iter()
+            .any(|(e, m)| !*m && e.track == audio_track)
+    })
+    .await;
+    let resumed = o.wait_for_more(&pid, Kind::Audio, 25, T).await;
+    let audio = resumed.stream_from(&pid, Kind::Audio);
+    assert_eq!(
+        audio.gaps, 0,
+        "outgoing sequence numbers continue across the mute: {audio:?}"
+    );
+    assert_eq!(audio.ssrcs.len(), 1, "one outgoing stream: {audio:?}");
+    assert_eq!(audio.max_step, 1, "{audio:?}");
+
+    // Unpublish video: the observer is told, and the video stops while audio goes on.
+    p.unpublish(Kind::Video).await;
+    o.wait_until("trackUnpublished for pub's video", T, |s| {
+        s.tracks_unpublished
+            .iter()
+            .any(|e| e.track == video_track && e.participant == pid)
+    })
+    .await;
+    assert_silent(&o, &pid, Kind::Video, &pid, Kind::Audio).await;
+    // The publisher hears about its own unpublish too.
+    p.wait_until("own trackUnpublished", T, |s| {
+        s.tracks_unpublished.iter().any(|e| e.track == video_track)
+    })
+    .await;
+    // The observer still sends both kinds, and the publisher still receives them.
+    p.wait_for_more(o.participant_id(), Kind::Video, 15, T).await;
+    p.wait_for_more(o.participant_id(), Kind::Audio, 25, T).await;
+    assert_clean(&p);
+    assert_clean(&o);
+
+    p.leave().await;
+    o.leave().await;
+    server.shutdown().await;
+}
