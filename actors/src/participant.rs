@@ -203,6 +203,8 @@ pub struct ParticipantState {
     speaker: SpeakerConfig,
     wall_epoch: (Instant, SystemTime),
     stats: ParticipantStats,
+    /// Queue drops already added to the node's counters: (media, ingress).
+    drops_reported: (u64, u64),
     scratch_datagrams: Vec<Datagram>,
     scratch_media: Vec<MediaItem>,
     leaving: bool,
@@ -277,6 +279,7 @@ impl Actor for ParticipantActor {
             speaker: args.speaker,
             wall_epoch: args.wall_epoch,
             stats: ParticipantStats::default(),
+            drops_reported: (0, 0),
             scratch_datagrams: Vec::with_capacity(DRAIN_BATCH),
             scratch_media: Vec::with_capacity(DRAIN_BATCH),
             leaving: false,
@@ -606,7 +609,9 @@ impl ParticipantState {
         if packet.keyframe {
             p.keyframes.on_keyframe(packet.arrival);
         }
-        if let (Some(meter), Some(level)) = (&mut p.level, packet.audio_level) {
+        // A muted track is silent for speaker detection, whatever the client still sends.
+        if let (Some(meter), Some(level), false) = (&mut p.level, packet.audio_level, p.info.muted)
+        {
             meter.observe(packet.arrival, level, 20);
         }
         if let Some(cache) = &mut p.cache {
@@ -784,6 +789,7 @@ impl ParticipantState {
             }
         }
         if self.reports.handle_timeout(now) {
+            self.flush_drop_counters();
             let blocks: Vec<_> = self
                 .published
                 .iter_mut()
@@ -897,6 +903,23 @@ impl ParticipantState {
                 }
             }
         }
+    }
+
+    /// Adds this participant's queue drops since the last report to the node's counters
+    /// (once a second, not per packet).
+    fn flush_drop_counters(&mut self) {
+        let media = self.media.dropped();
+        let ingress = self.ingress.dropped();
+        let (media_seen, ingress_seen) = self.drops_reported;
+        if media > media_seen {
+            metrics::counter!("hearth_media_dropped_total", "reason" => "subscriber_queue_full")
+                .increment(media - media_seen);
+        }
+        if ingress > ingress_seen {
+            metrics::counter!("hearth_media_dropped_total", "reason" => "ingress_queue_full")
+                .increment(ingress - ingress_seen);
+        }
+        self.drops_reported = (media, ingress);
     }
 
     fn flush(&mut self) {

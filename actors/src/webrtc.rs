@@ -445,10 +445,16 @@ impl WebRtcPeer {
             )
             .map_err(stack)?;
         let index = transceiver;
-        let id = self
-            .pc
-            .rtp_transceiver(transceiver)
-            .and_then(|t| t.sender())
+        let Some(mut rtp_transceiver) = self.pc.rtp_transceiver(transceiver) else {
+            return Err(PeerError::Stack("new transceiver vanished".into()));
+        };
+        // Best effort: once this connection's codec set is fixed, codecs the client did
+        // not accept are refused here, and the publisher's codec alone is offered.
+        if let Err(e) = rtp_transceiver.set_codec_preferences(subscription_codecs(kind, codec)) {
+            tracing::debug!(error = %e, "subscription offered with its own codec only");
+        }
+        let id = rtp_transceiver
+            .sender()
             .ok_or_else(|| PeerError::Stack("new transceiver has no sender".into()))?;
         self.senders.insert(
             index,
@@ -907,21 +913,14 @@ fn fmtp_compatible(have: &str, want: &str, codec: Codec) -> bool {
     mode(have) == mode(want) && profile(have) == profile(want)
 }
 
-fn register_codecs(media_engine: &mut MediaEngine) -> Result<(), PeerError> {
-    let video_feedback = vec![
-        RTCPFeedback {
-            typ: "ccm".to_owned(),
-            parameter: "fir".to_owned(),
-        },
-        RTCPFeedback {
-            typ: "nack".to_owned(),
-            parameter: String::new(),
-        },
-        RTCPFeedback {
-            typ: "nack".to_owned(),
-            parameter: "pli".to_owned(),
-        },
-    ];
+/// Every codec we negotiate, by kind, in our order of preference.
+fn codec_table() -> Vec<(RtpCodecKind, RTCRtpCodecParameters)> {
+    let video_feedback = [("ccm", "fir"), ("nack", ""), ("nack", "pli")]
+        .map(|(typ, parameter)| RTCPFeedback {
+            typ: typ.to_owned(),
+            parameter: parameter.to_owned(),
+        })
+        .to_vec();
     let codec = |mime: &str, clock_rate, channels, fmtp: &str, feedback: &[RTCPFeedback], pt| {
         RTCRtpCodecParameters {
             rtp_codec: RTCRtpCodec {
@@ -934,45 +933,46 @@ fn register_codecs(media_engine: &mut MediaEngine) -> Result<(), PeerError> {
             payload_type: pt,
         }
     };
-    media_engine
-        .register_codec(
-            codec(
-                MIME_TYPE_OPUS,
-                48_000,
-                2,
-                "minptime=10;useinbandfec=1",
-                &[],
-                111,
-            ),
-            RtpCodecKind::Audio,
-        )
-        .map_err(stack)?;
-    let video = [
-        codec(MIME_TYPE_VP8, 90_000, 0, "", &video_feedback, 96),
-        codec(MIME_TYPE_RTX, 90_000, 0, "apt=96", &[], 97),
-        codec(
-            MIME_TYPE_H264,
-            90_000,
-            0,
-            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
-            &video_feedback,
-            102,
-        ),
-        codec(MIME_TYPE_RTX, 90_000, 0, "apt=102", &[], 103),
-        codec(
-            MIME_TYPE_H264,
-            90_000,
-            0,
-            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
-            &video_feedback,
-            104,
-        ),
-        codec(MIME_TYPE_RTX, 90_000, 0, "apt=104", &[], 105),
-    ];
-    for c in video {
-        media_engine
-            .register_codec(c, RtpCodecKind::Video)
-            .map_err(stack)?;
+    let h264 = |profile: &str| {
+        format!("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile}")
+    };
+    let audio = RtpCodecKind::Audio;
+    let video = RtpCodecKind::Video;
+    vec![
+        (audio, codec(MIME_TYPE_OPUS, 48_000, 2, "minptime=10;useinbandfec=1", &[], 111)),
+        (video, codec(MIME_TYPE_VP8, 90_000, 0, "", &video_feedback, 96)),
+        (video, codec(MIME_TYPE_RTX, 90_000, 0, "apt=96", &[], 97)),
+        (video, codec(MIME_TYPE_H264, 90_000, 0, &h264("42e01f"), &video_feedback, 102)),
+        (video, codec(MIME_TYPE_RTX, 90_000, 0, "apt=102", &[], 103)),
+        (video, codec(MIME_TYPE_H264, 90_000, 0, &h264("42001f"), &video_feedback, 104)),
+        (video, codec(MIME_TYPE_RTX, 90_000, 0, "apt=104", &[], 105)),
+    ]
+}
+
+/// Codec preferences for a subscription's m-line: the publisher's codec first (with its RTX),
+/// then every other codec of the kind. Offering them all matters: the stack fixes a
+/// connection's codec set at its first negotiation of each kind, so a subscriber whose first
+/// video m-line offered only VP8 could never be offered an H264 publisher later.
+fn subscription_codecs(kind: MediaKind, first: &CodecParams) -> Vec<RTCRtpCodecParameters> {
+    let kind = rtc_kind(kind);
+    let all: Vec<RTCRtpCodecParameters> = codec_table()
+        .into_iter()
+        .filter(|(k, _)| *k == kind)
+        .map(|(_, c)| c)
+        .collect();
+    let primary = find_payload_type(&all, first);
+    let is_first = |c: &RTCRtpCodecParameters| {
+        Some(c.payload_type) == primary
+            || primary.is_some_and(|pt| c.rtp_codec.sdp_fmtp_line == format!("apt={pt}"))
+    };
+    let mut ordered: Vec<RTCRtpCodecParameters> = all.iter().filter(|c| is_first(c)).cloned().collect();
+    ordered.extend(all.iter().filter(|c| !is_first(c)).cloned());
+    ordered
+}
+
+fn register_codecs(media_engine: &mut MediaEngine) -> Result<(), PeerError> {
+    for (kind, codec) in codec_table() {
+        media_engine.register_codec(codec, kind).map_err(stack)?;
     }
     // Extension ids are handed out in registration order (1, 2, ...), and a browser that
     // receives our offer before it has negotiated its own tracks must not see an id it uses

@@ -381,7 +381,8 @@
     // addTransceiver, not addTrack: addTrack would reuse one of the server's receive-only
     // m-lines (a subscription) and mix our track into it. Publishing gets its own m-lines.
     for (const track of stream.getTracks()) {
-      conn.pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+      const transceiver = conn.pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+      if (track.kind === 'video') preferVideoCodec(transceiver);
     }
     const self = participants.get(selfId);
     if (self) {
@@ -389,6 +390,17 @@
       attachStream(self);
     }
     applyLocalMute();
+  }
+
+  // `?codec=h264` (or vp8) puts that codec first in our video offer; the default is the
+  // browser's own order (VP8 first in Chromium).
+  function preferVideoCodec(transceiver) {
+    const want = (new URLSearchParams(location.search).get('codec') || '').toLowerCase();
+    if (!want || !transceiver.setCodecPreferences || !RTCRtpSender.getCapabilities) return;
+    const codecs = RTCRtpSender.getCapabilities('video').codecs;
+    const first = codecs.filter((c) => c.mimeType.toLowerCase() === `video/${want}`);
+    if (!first.length) return console.warn(`hearth: this browser cannot send ${want}`);
+    transceiver.setCodecPreferences([...first, ...codecs.filter((c) => !first.includes(c))]);
   }
 
   // Camera and microphone, else microphone only, else receive-only; says so on the page.
@@ -624,10 +636,14 @@
     const result = { participantId: selfId, participants: [...participants.keys()], remote: [] };
     const pc = current && current.pc;
     if (!pc) return result;
-    const inbound = [...(await pc.getStats()).values()].filter((s) => s.type === 'inbound-rtp');
+    const report = [...(await pc.getStats()).values()];
+    const inbound = report.filter((s) => s.type === 'inbound-rtp');
+    const codecs = new Map(report.filter((s) => s.type === 'codec').map((c) => [c.id, c.mimeType]));
     for (const entry of remoteTracks.values()) {
       if (!isReceiving(entry)) continue;
-      result.remote.push({ participant: entry.participant, kind: entry.track.kind, ...countersOf(entry, inbound) });
+      result.remote.push({
+        participant: entry.participant, kind: entry.track.kind, ...countersOf(entry, inbound, codecs),
+      });
     }
     return result;
   }
@@ -639,7 +655,7 @@
 
   // Inbound-rtp stats of one track: by track identifier, else by mid. Summed, since a
   // reused receiver keeps the stats of its previous SSRC for a while.
-  function countersOf({ track, transceiver }, inbound) {
+  function countersOf({ track, transceiver }, inbound, codecs) {
     let matches = inbound.filter((s) => s.trackIdentifier === track.id);
     if (!matches.length && transceiver.mid !== null) {
       matches = inbound.filter((s) => s.mid === transceiver.mid && s.kind === track.kind);
@@ -649,6 +665,7 @@
       bytesReceived: sum('bytesReceived'),
       packetsReceived: sum('packetsReceived'),
       framesDecoded: track.kind === 'video' ? sum('framesDecoded') : 0,
+      codec: (matches.map((s) => codecs.get(s.codecId)).find(Boolean) || ''),
     };
   }
 

@@ -73,14 +73,14 @@ export async function launchBrowser(extraArgs = []) {
 }
 
 /** Opens the demo page for `name` in its own browser context, auto-joining `meeting`. */
-export async function openParticipant(browser, base, meeting, name, logs) {
+export async function openParticipant(browser, base, meeting, name, logs, extraQuery = '') {
   const context = await browser.newContext({ permissions: ['camera', 'microphone'] });
   const page = await context.newPage();
   page.on('console', (m) => {
     if (m.type() === 'error' || m.type() === 'warning') logs.push(`[${name}] ${m.type()}: ${m.text()}`);
   });
   page.on('pageerror', (e) => logs.push(`[${name}] pageerror: ${e.message}`));
-  await page.goto(`${base}/?meeting=${encodeURIComponent(meeting)}&name=${encodeURIComponent(name)}&autojoin=1`);
+  await page.goto(`${base}/?meeting=${encodeURIComponent(meeting)}&name=${encodeURIComponent(name)}&autojoin=1${extraQuery}`);
   return { name, page, context, stats: () => page.evaluate(() => window.hearth.stats()) };
 }
 

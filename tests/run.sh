@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the tests need (idempotent), then runs every
+# check CI runs: formatting, lints, architecture rules, unit/property/integration tests,
+# and the browser end-to-end tests in a private network namespace.
+#
+#   tests/run.sh            everything
+#   tests/run.sh --quick    skip the browser tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+
+step() { printf '\n== %s\n' "$*"; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+step "system packages"
+need=()
+command -v chromium >/dev/null || need+=(chromium)
+command -v ip >/dev/null || need+=(iproute2)
+command -v unshare >/dev/null || need+=(util-linux)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+echo "ok: $(chromium --version 2>/dev/null | head -1), node $(node --version)"
+
+step "browser test dependencies (npm ci)"
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "architecture invariants"
+engine_deps=$(cargo tree -p hearth-engine -e normal --prefix none | awk '{print $1}' | sort -u)
+for forbidden in tokio ractor rtc sqlx tonic axum mio socket2; do
+  if grep -qx "$forbidden" <<<"$engine_deps"; then
+    echo "hearth-engine must stay sans-IO, but depends on $forbidden"; exit 1
+  fi
+done
+actor_deps=$(cargo tree -p hearth-actors -e normal --prefix none | awk '{print $1}' | sort -u)
+for forbidden in hearth-proto prost serde_json pbjson; do
+  if grep -qx "$forbidden" <<<"$actor_deps"; then
+    echo "hearth-actors must know nothing of protobuf/JSON, but depends on $forbidden"; exit 1
+  fi
+done
+if grep -rln --include='*.rs' '\brtc::' actors/src | grep -v '^actors/src/webrtc.rs$'; then
+  echo "the WebRTC stack may only be used in actors/src/webrtc.rs"; exit 1
+fi
+echo "ok"
+
+step "build"
+cargo build --workspace --all-targets
+
+step "unit, property and integration tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi
+cargo test --workspace --doc
+
+if [ "$quick" = 1 ]; then
+  echo; echo "quick run: browser tests skipped"; exit 0
+fi
+
+step "browser end-to-end tests (headless Chromium, loopback-only network namespace)"
+ns_run() {
+  if [ "$(id -u)" = 0 ]; then tests/browser/run.sh "$@"; else
+    # Unprivileged: a user namespace gives us the right to make a network namespace.
+    unshare --user --map-root-user -- tests/browser/run.sh "$@"
+  fi
+}
+for t in tests/browser/*.test.mjs; do
+  echo "-- $(basename "$t")"
+  ns_run "$(basename "$t")" target/debug/hearth
+done
+
+echo; echo "all tests passed"
