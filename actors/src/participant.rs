@@ -35,7 +35,7 @@ use hearth_engine::stats::{NtpTime, ReceiveStats, ReportTimer, SendStats};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::domain::{
-    Candidate, ClientSignal, LeaveReason, ServerSignal, SignalError, SignalErrorCode, TrackInfo,
+    ClientSignal, LeaveReason, ServerSignal, SignalError, SignalErrorCode, TrackInfo,
 };
 use crate::ids::{ParticipantId, TrackId, random_string};
 use crate::inbox::{Inbox, InboxSender, Pushed};
@@ -199,6 +199,10 @@ pub struct ParticipantState {
     subscriptions: HashMap<TrackKey, Subscription>,
     by_out_ssrc: HashMap<u32, TrackKey>,
     pending_ops: Vec<SubOp>,
+    /// Offer again even without new subscription changes (a failed exchange).
+    reoffer: bool,
+    /// When our outstanding offer went out; it must be answered within NEGOTIATION_TIMEOUT.
+    offer_sent_at: Option<Instant>,
     reports: ReportTimer,
     speaker: SpeakerConfig,
     wall_epoch: (Instant, SystemTime),
@@ -221,6 +225,8 @@ impl DatagramSink for IngressSink {
 
 const DRAIN_BATCH: usize = 256;
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(250);
+/// How long a client may take to answer the server's offer.
+const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Actor for ParticipantActor {
     type Msg = ParticipantMsg;
@@ -271,6 +277,8 @@ impl Actor for ParticipantActor {
             subscriptions: HashMap::new(),
             by_out_ssrc: HashMap::new(),
             pending_ops: Vec::new(),
+            reoffer: false,
+            offer_sent_at: None,
             reports: {
                 let mut timer = ReportTimer::new(Duration::from_secs(1));
                 timer.handle_timeout(now);
@@ -383,6 +391,22 @@ impl Drop for ParticipantState {
 impl ParticipantState {
     fn after_message(&mut self, now: Instant, myself: &ActorRef<ParticipantMsg>) {
         self.process_peer(now, myself);
+        if self.leaving {
+            return;
+        }
+        self.send_feedback(now);
+        if let Some(sent) = self.offer_sent_at
+            && now.duration_since(sent) > NEGOTIATION_TIMEOUT
+        {
+            self.signal.send(ServerSignal::Error(SignalError::fatal(
+                SignalErrorCode::NegotiationFailed,
+                "no answer to the server's offer in time",
+            )));
+            self.signal
+                .send(ServerSignal::Reconnect("negotiation timed out".into()));
+            self.leave(LeaveReason::Disconnected, myself);
+            return;
+        }
         self.renegotiate(now);
         self.flush();
         self.arm_timer(now);
@@ -391,10 +415,6 @@ impl ParticipantState {
     fn on_signal(&mut self, now: Instant, signal: ClientSignal, myself: &ActorRef<ParticipantMsg>) {
         match signal {
             ClientSignal::Offer(sdp) => {
-                if !self.can_publish {
-                    // A receive-only client may still renegotiate; only sending is refused,
-                    // by ignoring its tracks (see on_track_opened).
-                }
                 if self.peer.has_local_offer() {
                     tracing::debug!(participant = %self.id, "client offer ignored (glare)");
                     // Glare: we are the impolite peer and ignore the client's offer; the
@@ -412,6 +432,7 @@ impl ParticipantState {
             ClientSignal::Answer(sdp) => match self.peer.apply_answer(now, sdp) {
                 Ok(()) => {
                     tracing::debug!(participant = %self.id, "client answered");
+                    self.offer_sent_at = None;
                     for sub in self.subscriptions.values_mut() {
                         if sub.sender.is_some() && !sub.negotiated {
                             sub.negotiated = true;
@@ -425,7 +446,16 @@ impl ParticipantState {
                         }
                     }
                 }
-                Err(e) => self.signal_error(&e),
+                Err(e) => {
+                    self.signal_error(&e);
+                    if self.peer.has_local_offer() {
+                        // Our offer is still outstanding and the answer was unusable: take the
+                        // offer back and make a fresh one with the same changes.
+                        self.peer.rollback(now);
+                        self.offer_sent_at = None;
+                        self.reoffer = true;
+                    }
+                }
             },
             ClientSignal::Candidate(candidate) => {
                 if let Err(e) = self.peer.add_remote_candidate(candidate) {
@@ -769,11 +799,6 @@ impl ParticipantState {
         for p in &mut self.published {
             if let Some(nack) = &mut p.nack {
                 nack.handle_timeout(now);
-                while let Some(seqs) = nack.poll_nack() {
-                    if self.peer.send_nack(now, p.ssrc, &seqs).is_ok() {
-                        self.stats.nacks_sent += 1;
-                    }
-                }
             }
             p.keyframes.handle_timeout(now);
             if let Some(level) = &mut p.level
@@ -806,8 +831,8 @@ impl ParticipantState {
         }
     }
 
-    /// Sends PLIs the throttles released (after any message, not only ticks).
-    fn send_keyframe_requests(&mut self, now: Instant) {
+    /// Sends the PLIs and NACKs the engine released (after any message, not only ticks).
+    fn send_feedback(&mut self, now: Instant) {
         for p in &mut self.published {
             while p.keyframes.poll_request() {
                 if self.peer.send_pli(now, p.ssrc).is_ok() {
@@ -826,11 +851,10 @@ impl ParticipantState {
 
     /// Applies queued subscription changes when signaling is stable, then offers.
     fn renegotiate(&mut self, now: Instant) {
-        self.send_keyframe_requests(now);
-        if self.pending_ops.is_empty() || !self.peer.is_stable() {
+        if !self.peer.is_stable() || (self.pending_ops.is_empty() && !self.reoffer) {
             return;
         }
-        let mut changed = false;
+        let mut changed = std::mem::take(&mut self.reoffer);
         for op in std::mem::take(&mut self.pending_ops) {
             match op {
                 SubOp::Add(track) => {
@@ -896,6 +920,7 @@ impl ParticipantState {
             match self.peer.create_offer(now) {
                 Ok(offer) => {
                     tracing::debug!(participant = %self.id, subscriptions = self.subscriptions.len(), "offer sent");
+                    self.offer_sent_at = Some(now);
                     self.signal.send(ServerSignal::Offer(offer));
                 }
                 Err(e) => {
@@ -949,6 +974,3 @@ impl ParticipantState {
         self.wakeup.arm(next.max(now));
     }
 }
-
-/// A candidate for trickling, re-exported for the gateway's conversions.
-pub type TrickleCandidate = Candidate;

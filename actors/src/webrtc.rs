@@ -358,7 +358,8 @@ impl WebRtcPeer {
         Ok(())
     }
 
-    fn rollback(&mut self, now: Instant) {
+    /// Abandons the exchange in progress (our offer or the client's).
+    pub fn rollback(&mut self, now: Instant) {
         if let Ok(rollback) = RTCSessionDescription::rollback(None) {
             let result = match self.signaling {
                 Signaling::HaveRemoteOffer => self.pc.set_remote_description(now, rollback),
@@ -939,12 +940,45 @@ fn codec_table() -> Vec<(RtpCodecKind, RTCRtpCodecParameters)> {
     let audio = RtpCodecKind::Audio;
     let video = RtpCodecKind::Video;
     vec![
-        (audio, codec(MIME_TYPE_OPUS, 48_000, 2, "minptime=10;useinbandfec=1", &[], 111)),
-        (video, codec(MIME_TYPE_VP8, 90_000, 0, "", &video_feedback, 96)),
+        (
+            audio,
+            codec(
+                MIME_TYPE_OPUS,
+                48_000,
+                2,
+                "minptime=10;useinbandfec=1",
+                &[],
+                111,
+            ),
+        ),
+        (
+            video,
+            codec(MIME_TYPE_VP8, 90_000, 0, "", &video_feedback, 96),
+        ),
         (video, codec(MIME_TYPE_RTX, 90_000, 0, "apt=96", &[], 97)),
-        (video, codec(MIME_TYPE_H264, 90_000, 0, &h264("42e01f"), &video_feedback, 102)),
+        (
+            video,
+            codec(
+                MIME_TYPE_H264,
+                90_000,
+                0,
+                &h264("42e01f"),
+                &video_feedback,
+                102,
+            ),
+        ),
         (video, codec(MIME_TYPE_RTX, 90_000, 0, "apt=102", &[], 103)),
-        (video, codec(MIME_TYPE_H264, 90_000, 0, &h264("42001f"), &video_feedback, 104)),
+        (
+            video,
+            codec(
+                MIME_TYPE_H264,
+                90_000,
+                0,
+                &h264("42001f"),
+                &video_feedback,
+                104,
+            ),
+        ),
         (video, codec(MIME_TYPE_RTX, 90_000, 0, "apt=104", &[], 105)),
     ]
 }
@@ -965,7 +999,8 @@ fn subscription_codecs(kind: MediaKind, first: &CodecParams) -> Vec<RTCRtpCodecP
         Some(c.payload_type) == primary
             || primary.is_some_and(|pt| c.rtp_codec.sdp_fmtp_line == format!("apt={pt}"))
     };
-    let mut ordered: Vec<RTCRtpCodecParameters> = all.iter().filter(|c| is_first(c)).cloned().collect();
+    let mut ordered: Vec<RTCRtpCodecParameters> =
+        all.iter().filter(|c| is_first(c)).cloned().collect();
     ordered.extend(all.iter().filter(|c| !is_first(c)).cloned());
     ordered
 }
