@@ -1129,6 +1129,49 @@ mod tests {
         assert_eq!(find_payload_type(&have, &opus), None);
     }
 
+    /// Garbage in every demux range (STUN, DTLS, RTP/RTCP, other) must never panic the
+    /// stack, before or after a remote description is set.
+    #[test]
+    fn random_datagrams_never_panic() {
+        let now = Instant::now();
+        let setup = || PeerSetup {
+            advertised: "127.0.0.1:7882".parse().unwrap(),
+            certificate: Certificate::generate().unwrap(),
+            ufrag: "serverufrag".into(),
+            pwd: "serverpasswordserverpassword".into(),
+        };
+        let mut peer = WebRtcPeer::new(setup(), now).unwrap();
+        let from: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for i in 0..20_000u32 {
+            let len = (next() % 300) as usize;
+            let mut data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if let Some(first) = data.first_mut() {
+                // RFC 7983 ranges: 0-3 STUN, 20-63 DTLS, 128-191 RTP/RTCP.
+                *first = match i % 4 {
+                    0 => (*first) % 4,
+                    1 => 20 + (*first) % 44,
+                    2 => 128 + (*first) % 64,
+                    _ => *first,
+                };
+            }
+            if data.len() >= 8 && i % 8 == 0 {
+                data[4..8].copy_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+            }
+            peer.handle_datagram(now, from, BytesMut::from(&data[..]));
+            while peer.poll_datagram().is_some() {}
+            while peer.poll_event().is_some() {}
+            while peer.poll_inbound().is_some() {}
+        }
+        peer.handle_timeout(now + std::time::Duration::from_secs(1));
+    }
+
     fn codec_params(mime: &str, fmtp: &str, pt: u8) -> RTCRtpCodecParameters {
         RTCRtpCodecParameters {
             rtp_codec: RTCRtpCodec {
