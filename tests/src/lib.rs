@@ -208,10 +208,28 @@ impl TestServer {
         self.node().inject_meeting_fault(&meeting)
     }
 
-    /// Stops the node (ends meetings, stops actors) and releases the serial lock.
+    /// Stops the node (ends meetings, stops actors) and releases the serial lock. Asserts
+    /// that the node's gauges return to zero: every meeting and participant it counted is
+    /// gone (the next test's node starts from a clean recorder).
     pub async fn shutdown(self) {
         let Self { server, _serial } = self;
         server.shutdown().await;
+        let handle = hearth_api::server::metrics_handle();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tick.tick().await;
+            let text = handle.render();
+            let meetings = parse_metric(&text, "hearth_meetings").unwrap_or(0.0);
+            let participants = parse_metric(&text, "hearth_participants").unwrap_or(0.0);
+            if meetings == 0.0 && participants == 0.0 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "after shutdown the node still counts {meetings} meetings and {participants} participants"
+            );
+        }
     }
 }
 
@@ -868,15 +886,16 @@ impl Driver {
         self.pump().await;
         loop {
             let now = Instant::now();
+            if self.pc.poll_timeout().is_some_and(|t| t <= now) {
+                let _ = self.pc.handle_timeout(now);
+                self.pump().await;
+            }
+            // At least a millisecond, so a deadline the stack keeps in the past cannot spin.
             let timeout = self
                 .pc
                 .poll_timeout()
-                .unwrap_or(now + Duration::from_secs(1));
-            if timeout <= now {
-                let _ = self.pc.handle_timeout(now);
-                self.pump().await;
-                continue;
-            }
+                .unwrap_or(now + Duration::from_secs(1))
+                .max(now + Duration::from_millis(1));
             tokio::select! {
                 frame = ws_rx.next() => {
                     match frame {
@@ -1213,7 +1232,7 @@ impl Driver {
             });
         match applied {
             Ok(answer) => {
-                self.after_negotiation(ufrag);
+                self.after_negotiation(ufrag, false);
                 let msg = C::Answer(pb::SessionDescription {
                     r#type: "answer".into(),
                     sdp: answer,
@@ -1240,15 +1259,21 @@ impl Driver {
             });
         self.have_local_offer = false;
         match applied {
-            Ok(()) => self.after_negotiation(ufrag),
+            Ok(()) => self.after_negotiation(ufrag, true),
             Err(e) => self.fail(e),
         }
     }
 
-    fn after_negotiation(&mut self, ufrag: Option<String>) {
+    /// After a remote description applied. Our send streams are negotiated once the server
+    /// answered an offer of ours that carried them (`our_offer`); a server offer does not
+    /// change them.
+    fn after_negotiation(&mut self, ufrag: Option<String>, our_offer: bool) {
         self.negotiated = true;
         if let Some(ufrag) = ufrag {
             self.shared.update(|s| s.server_ufrag = Some(ufrag));
+        }
+        if !our_offer {
+            return;
         }
         for out in [self.audio.as_mut(), self.video.as_mut()].into_iter().flatten() {
             if let Some(mut sender) = self.pc.rtp_sender(out.sender) {

@@ -384,9 +384,13 @@ fn garbage(rng: &mut StdRng, class: Garbage) -> Vec<u8> {
                 sr[..cut].to_vec()
             }
         }
-        Garbage::StunRandomUfrag => stun_binding(rng, &random_ufrag(rng)),
+        Garbage::StunRandomUfrag => {
+            let ufrag = random_ufrag(rng);
+            stun_binding(rng, &ufrag)
+        }
         Garbage::StunGarbled => {
-            let mut msg = stun_binding(rng, &random_ufrag(rng));
+            let ufrag = random_ufrag(rng);
+            let mut msg = stun_binding(rng, &ufrag);
             match rng.random_range(0..4) {
                 0 => msg.truncate(rng.random_range(0..msg.len())),
                 1 => {
