@@ -246,7 +246,9 @@ fn init_tracing() {
 /// A minimal HTTP/1.1 GET (the tests need no HTTP client beyond this).
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = TcpStream::connect(addr).await.expect("connect to HTTP port");
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .expect("connect to HTTP port");
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream
         .write_all(request.as_bytes())
@@ -263,7 +265,10 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
         head.starts_with("HTTP/1.1 200"),
         "GET {path} failed: {head}"
     );
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_owned()
@@ -478,9 +483,7 @@ pub struct ClientStats {
 impl ClientStats {
     /// Packets of `kind` received from `publisher`.
     pub fn packets_from(&self, publisher: &str, kind: Kind) -> u64 {
-        self.from
-            .get(publisher)
-            .map_or(0, |p| p.kind(kind).packets)
+        self.from.get(publisher).map_or(0, |p| p.kind(kind).packets)
     }
 
     /// Reception stats of `kind` from `publisher`.
@@ -816,8 +819,8 @@ pub fn encode(message: C) -> Message {
 
 /// Decodes a server text frame.
 pub fn decode(text: &str) -> Result<S, String> {
-    let msg: pb::ServerMessage =
-        serde_json::from_str(text).map_err(|e| format!("undecodable server message: {e}: {text}"))?;
+    let msg: pb::ServerMessage = serde_json::from_str(text)
+        .map_err(|e| format!("undecodable server message: {e}: {text}"))?;
     msg.message
         .ok_or_else(|| format!("empty server message: {text}"))
 }
@@ -1010,8 +1013,7 @@ impl Driver {
                     self.connected = false;
                     self.shared.update(|s| {
                         s.connected = false;
-                        s.negotiation_failures
-                            .push("peer connection failed".into());
+                        s.negotiation_failures.push("peer connection failed".into());
                     });
                     self.dirty = true;
                 }
@@ -1022,7 +1024,9 @@ impl Driver {
                 }
                 _ => {}
             },
-            RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(RTCIceConnectionState::Failed) => {
+            RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
+                RTCIceConnectionState::Failed,
+            ) => {
                 self.shared
                     .update(|s| s.negotiation_failures.push("ICE failed".into()));
                 self.dirty = true;
@@ -1275,7 +1279,10 @@ impl Driver {
         if !our_offer {
             return;
         }
-        for out in [self.audio.as_mut(), self.video.as_mut()].into_iter().flatten() {
+        for out in [self.audio.as_mut(), self.video.as_mut()]
+            .into_iter()
+            .flatten()
+        {
             if let Some(mut sender) = self.pc.rtp_sender(out.sender) {
                 out.payload_type = sender
                     .get_parameters()
@@ -1426,10 +1433,7 @@ impl Driver {
                 let _ = self.ws_tx.send(Message::text(text)).await;
             }
             Command::Leave => {
-                let _ = self
-                    .ws_tx
-                    .send(encode(C::Leave(pb::LeaveRequest {})))
-                    .await;
+                let _ = self.ws_tx.send(encode(C::Leave(pb::LeaveRequest {}))).await;
                 let _ = self.ws_tx.close().await;
                 return false;
             }
@@ -1472,7 +1476,7 @@ impl Driver {
         if !self.connected {
             return;
         }
-        let keyframe = self.keyframe_due || self.frame % KEYFRAME_EVERY == 0;
+        let keyframe = self.keyframe_due || self.frame.is_multiple_of(KEYFRAME_EVERY);
         let frame = self.frame;
         let Some(out) = self.video.as_mut() else {
             return;
@@ -1619,7 +1623,9 @@ pub fn vp8_frame(frame: u64, keyframe: bool) -> Vec<Bytes> {
             if i == 0 {
                 p.push(0x10);
                 if keyframe {
-                    p.extend_from_slice(&[0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01]);
+                    p.extend_from_slice(&[
+                        0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01,
+                    ]);
                 } else {
                     p.extend_from_slice(&[0x11, 0x02, 0x00]);
                 }

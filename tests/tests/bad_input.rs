@@ -11,9 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hearth_actors::Grants;
 use hearth_api::token;
 use hearth_proto::signal::v1::server_message::Message as S;
-use hearth_tests::{
-    API_KEY, API_SECRET, ClientOptions, Kind, RawSignal, TestClient, TestServer,
-};
+use hearth_tests::{API_KEY, API_SECRET, ClientOptions, Kind, RawSignal, TestClient, TestServer};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::net::UdpSocket;
@@ -26,6 +24,8 @@ const REPLY: Duration = Duration::from_secs(5);
 struct Background {
     a: TestClient,
     b: TestClient,
+    /// Events each had seen once media flowed (joins and track announcements).
+    baseline: (usize, usize),
 }
 
 impl Background {
@@ -36,9 +36,12 @@ impl Background {
         let b = TestClient::join(server, "background", "bg-b", ClientOptions::av())
             .await
             .expect("bg-b joins");
-        a.wait_for_media_from(&[b.participant_id()], 25, 15, T).await;
-        b.wait_for_media_from(&[a.participant_id()], 25, 15, T).await;
-        Background { a, b }
+        a.wait_for_media_from(&[b.participant_id()], 25, 15, T)
+            .await;
+        b.wait_for_media_from(&[a.participant_id()], 25, 15, T)
+            .await;
+        let baseline = (a.stats().events.len(), b.stats().events.len());
+        Background { a, b, baseline }
     }
 
     /// Both directions deliver more audio and video than before (≈ half a second's worth).
@@ -58,16 +61,30 @@ impl Background {
 
     /// Nothing reached the background clients but media: no events, no errors, no gaps.
     fn assert_untouched(&self) {
-        for (rx, tx) in [(&self.a, &self.b), (&self.b, &self.a)] {
+        let baselines = [self.baseline.0, self.baseline.1];
+        for ((rx, tx), baseline) in [(&self.a, &self.b), (&self.b, &self.a)]
+            .into_iter()
+            .zip(baselines)
+        {
             let s = rx.stats();
             assert!(s.connected, "{} disconnected", rx.participant_id());
-            assert!(s.errors.is_empty(), "errors at {}: {:?}", rx.participant_id(), s.errors);
-            assert!(s.negotiation_failures.is_empty(), "{:?}", s.negotiation_failures);
-            assert_eq!(s.reconnect, None);
             assert!(
-                s.events.is_empty(),
+                s.errors.is_empty(),
+                "errors at {}: {:?}",
+                rx.participant_id(),
+                s.errors
+            );
+            assert!(
+                s.negotiation_failures.is_empty(),
+                "{:?}",
+                s.negotiation_failures
+            );
+            assert_eq!(s.reconnect, None);
+            assert_eq!(
+                s.events.len(),
+                baseline,
                 "the background meeting got events: {:?}",
-                s.events
+                &s.events[baseline.min(s.events.len())..]
             );
             let audio = s.stream_from(tx.participant_id(), Kind::Audio);
             assert_eq!(audio.gaps, 0, "background audio lost packets: {audio:?}");
@@ -124,7 +141,8 @@ async fn signaling_mistakes_get_their_error_codes() {
 
     ws.send_text(r#"{"leave":{}}"#).await;
     assert_eq!(code_of(&ws.expect_error(REPLY).await), "NOT_JOINED");
-    ws.send_text(r#"{"offer":{"type":"offer","sdp":"v=0"}}"#).await;
+    ws.send_text(r#"{"offer":{"type":"offer","sdp":"v=0"}}"#)
+        .await;
     assert_eq!(code_of(&ws.expect_error(REPLY).await), "NOT_JOINED");
     bg.still_flows("messages before join").await;
 
@@ -159,17 +177,21 @@ async fn signaling_mistakes_get_their_error_codes() {
     .await;
     solo.send_raw(r#"{"offer":{"type":"offer","sdp":"this is not SDP at all"}}"#)
         .await;
-    solo.wait_until("INVALID_SDP", T, |s| s.error_codes().contains(&"INVALID_SDP"))
-        .await;
+    solo.wait_until("INVALID_SDP", T, |s| {
+        s.error_codes().contains(&"INVALID_SDP")
+    })
+    .await;
     bg.still_flows("bad SDP").await;
 
     solo.publish(Kind::Audio).await;
     let listener = TestClient::join(&server, "solo2", "listener", ClientOptions::receive_only())
         .await
         .expect("listener joins");
-    solo.wait_until("the real offer is answered and the track published", T, |s| {
-        s.answers_received >= 1 && s.own_tracks.contains_key(&Kind::Audio)
-    })
+    solo.wait_until(
+        "the real offer is answered and the track published",
+        T,
+        |s| s.answers_received >= 1 && s.own_tracks.contains_key(&Kind::Audio),
+    )
     .await;
     listener
         .wait_for_media_from_kind(solo.participant_id(), Kind::Audio, 25)
@@ -181,7 +203,11 @@ async fn signaling_mistakes_get_their_error_codes() {
         "exactly the two provoked errors: {:?}",
         s.errors
     );
-    assert!(s.negotiation_failures.is_empty(), "{:?}", s.negotiation_failures);
+    assert!(
+        s.negotiation_failures.is_empty(),
+        "{:?}",
+        s.negotiation_failures
+    );
     assert!(s.errors.iter().all(|e| !e.fatal), "{:?}", s.errors);
 
     let (e, waited, closed) = silent_task.await.expect("silent socket task");
@@ -250,16 +276,29 @@ async fn bad_tokens_are_refused() {
         ("three garbage parts", "a.b.c".into(), "", "INVALID_TOKEN"),
         (
             "wrong secret",
-            token::mint(&claims("target", Grants::default(), now, HOUR), "not-the-secret-at-all"),
+            token::mint(
+                &claims("target", Grants::default(), now, HOUR),
+                "not-the-secret-at-all",
+            ),
             "",
             "INVALID_TOKEN",
         ),
-        ("unknown key", token::mint(&foreign, API_SECRET), "", "INVALID_TOKEN"),
+        (
+            "unknown key",
+            token::mint(&foreign, API_SECRET),
+            "",
+            "INVALID_TOKEN",
+        ),
         ("alg none", alg_none, "", "INVALID_TOKEN"),
         (
             "expired",
             token::mint(
-                &claims("target", Grants::default(), now - HOUR - Duration::from_secs(60), HOUR),
+                &claims(
+                    "target",
+                    Grants::default(),
+                    now - HOUR - Duration::from_secs(60),
+                    HOUR,
+                ),
                 API_SECRET,
             ),
             "",
@@ -268,7 +307,12 @@ async fn bad_tokens_are_refused() {
         (
             "not yet valid",
             token::mint(
-                &claims("target", Grants::default(), now + Duration::from_secs(600), HOUR),
+                &claims(
+                    "target",
+                    Grants::default(),
+                    now + Duration::from_secs(600),
+                    HOUR,
+                ),
                 API_SECRET,
             ),
             "",
@@ -296,7 +340,10 @@ async fn bad_tokens_are_refused() {
     let auth_refusals = cases
         .iter()
         .filter(|(_, _, _, code)| {
-            matches!(*code, "INVALID_TOKEN" | "TOKEN_EXPIRED" | "WRONG_MEETING" | "PERMISSION_DENIED")
+            matches!(
+                *code,
+                "INVALID_TOKEN" | "TOKEN_EXPIRED" | "WRONG_MEETING" | "PERMISSION_DENIED"
+            )
         })
         .count();
     for (what, token, meeting, code) in &cases {
@@ -307,10 +354,11 @@ async fn bad_tokens_are_refused() {
         assert!(e.fatal, "{what}: a refused join ends the session: {e:?}");
         assert!(ws.closed_within(REPLY).await, "{what}: socket closed");
         // The same refusal through the full client.
-        let refused = TestClient::join_with_token(&server.ws_url(), token, meeting, ClientOptions::av())
-            .await
-            .err()
-            .unwrap_or_else(|| panic!("{what}: the join was accepted"));
+        let refused =
+            TestClient::join_with_token(&server.ws_url(), token, meeting, ClientOptions::av())
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{what}: the join was accepted"));
         assert_eq!(refused.code, *code, "{what}: {refused}");
         bg.still_flows(what).await;
     }
@@ -457,7 +505,11 @@ async fn garbage_on_the_media_port_is_dropped() {
         .iter()
         .filter_map(|c| c.stats().server_ufrag)
         .collect();
-    assert_eq!(server_ufrags.len(), 2, "both clients saw the server's ICE ufrag");
+    assert_eq!(
+        server_ufrags.len(),
+        2,
+        "both clients saw the server's ICE ufrag"
+    );
 
     // Six sockets send only unroutable garbage; two more first send STUN requests with a real
     // participant's server ufrag (forged: the integrity cannot verify), which teaches the
@@ -479,8 +531,12 @@ async fn garbage_on_the_media_port_is_dropped() {
         Garbage::StunGarbled,
     ];
     let gaps_before = (
-        bg.a.stats().stream_from(bg.b.participant_id(), Kind::Audio).gaps,
-        bg.b.stats().stream_from(bg.a.participant_id(), Kind::Audio).gaps,
+        bg.a.stats()
+            .stream_from(bg.b.participant_id(), Kind::Audio)
+            .gaps,
+        bg.b.stats()
+            .stream_from(bg.a.participant_id(), Kind::Audio)
+            .gaps,
     );
 
     const TOTAL: usize = 10_000;
@@ -519,7 +575,9 @@ async fn garbage_on_the_media_port_is_dropped() {
 
     // Every datagram from the plain sockets is counted as unroutable.
     let after = server
-        .wait_metric(unroutable, T, |v| v >= unroutable_before + unroutable_sent as f64)
+        .wait_metric(unroutable, T, |v| {
+            v >= unroutable_before + unroutable_sent as f64
+        })
         .await;
     assert!(after - unroutable_before >= unroutable_sent as f64);
     let packets_in = server.metric("hearth_media_packets_in_total").await - packets_in_before;
@@ -532,10 +590,17 @@ async fn garbage_on_the_media_port_is_dropped() {
     bg.still_flows(&format!("{TOTAL} garbage datagrams in {sending_took:?}"))
         .await;
     let gaps_after = (
-        bg.a.stats().stream_from(bg.b.participant_id(), Kind::Audio).gaps,
-        bg.b.stats().stream_from(bg.a.participant_id(), Kind::Audio).gaps,
+        bg.a.stats()
+            .stream_from(bg.b.participant_id(), Kind::Audio)
+            .gaps,
+        bg.b.stats()
+            .stream_from(bg.a.participant_id(), Kind::Audio)
+            .gaps,
     );
-    assert_eq!(gaps_after, gaps_before, "background audio lost packets during the flood");
+    assert_eq!(
+        gaps_after, gaps_before,
+        "background audio lost packets during the flood"
+    );
     bg.assert_untouched();
 
     // And the node still accepts new participants, who get media.
@@ -545,7 +610,10 @@ async fn garbage_on_the_media_port_is_dropped() {
     late.wait_for_media_from(&[bg.a.participant_id(), bg.b.participant_id()], 25, 15, T)
         .await;
     let s = late.stats();
-    assert!(s.errors.is_empty() && s.negotiation_failures.is_empty(), "{s:?}");
+    assert!(
+        s.errors.is_empty() && s.negotiation_failures.is_empty(),
+        "{s:?}"
+    );
 
     late.leave().await;
     bg.leave().await;
