@@ -99,6 +99,10 @@ impl TestServer {
     pub async fn start_with(f: impl FnOnce(&mut Config)) -> Self {
         let serial = SERIAL.lock().await;
         init_tracing();
+        // A test that failed released the lock while its runtime (and its node's actors) was
+        // still being torn down; let those decrements land before this node resets the gauges.
+        // After a clean `shutdown` this returns at once.
+        let _ = tokio::time::timeout(Duration::from_secs(10), gauges_at_zero()).await;
         let mut config = Config::for_tests();
         f(&mut config);
         let server = hearth_api::server::start(config)
@@ -214,21 +218,31 @@ impl TestServer {
     pub async fn shutdown(self) {
         let Self { server, _serial } = self;
         server.shutdown().await;
-        let handle = hearth_api::server::metrics_handle();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        loop {
-            tick.tick().await;
-            let text = handle.render();
-            let meetings = parse_metric(&text, "hearth_meetings").unwrap_or(0.0);
-            let participants = parse_metric(&text, "hearth_participants").unwrap_or(0.0);
-            if meetings == 0.0 && participants == 0.0 {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "after shutdown the node still counts {meetings} meetings and {participants} participants"
-            );
+        let zero = tokio::time::timeout(Duration::from_secs(5), gauges_at_zero()).await;
+        let (meetings, participants) = gauges();
+        assert!(
+            zero.is_ok(),
+            "after shutdown the node still counts {meetings} meetings and {participants} participants"
+        );
+    }
+}
+
+/// `hearth_meetings` and `hearth_participants` from the process-wide recorder.
+fn gauges() -> (f64, f64) {
+    let text = hearth_api::server::metrics_handle().render();
+    (
+        parse_metric(&text, "hearth_meetings").unwrap_or(0.0),
+        parse_metric(&text, "hearth_participants").unwrap_or(0.0),
+    )
+}
+
+/// Returns once both gauges read zero (polled; bound it with a timeout).
+async fn gauges_at_zero() {
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tick.tick().await;
+        if gauges() == (0.0, 0.0) {
+            return;
         }
     }
 }

@@ -580,6 +580,11 @@ async fn garbage_on_the_media_port_is_dropped() {
         })
         .await;
     assert!(after - unroutable_before >= unroutable_sent as f64);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    eprintln!(
+        "DIAG unroutable delta {} sent {unroutable_sent} spoofed {spoofed_sent}",
+        server.metric(unroutable).await - unroutable_before
+    );
     let packets_in = server.metric("hearth_media_packets_in_total").await - packets_in_before;
     assert!(
         packets_in >= TOTAL as f64,
