@@ -68,17 +68,6 @@ async fn assert_silent(
 /// undecodable messages, no reconnect.
 fn assert_clean(c: &TestClient) {
     let s = c.stats();
-    eprintln!(
-        "DIAG {} offers_sent {} answers {} rollbacks {} offers_recv {} plis {} nacks {} kf_sent {}",
-        c.participant_id(),
-        s.offers_sent,
-        s.answers_received,
-        s.rollbacks,
-        s.offers_received,
-        s.plis_received,
-        s.nacks_received,
-        s.keyframes_sent
-    );
     assert!(
         s.errors.is_empty(),
         "{}: server errors {:?}",
