@@ -1847,15 +1847,37 @@ impl RawSignal {
         }
     }
 
-    /// Reads until an error arrives and returns it; panics on anything else or a timeout.
+    /// The next server message, pongs included, or None if the socket closed; panics after
+    /// `timeout`.
+    pub async fn next_message_or_pong(&mut self, timeout: Duration) -> Option<S> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("no server message within {timeout:?}"));
+            match frame {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return None,
+                Some(Ok(Message::Text(text))) => return Some(decode(text.as_str()).unwrap()),
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Reads until an error arrives and returns it, skipping the server's ICE candidates;
+    /// panics on anything else or a timeout.
     pub async fn expect_error(&mut self, timeout: Duration) -> ServerError {
-        match self.next_message(timeout).await {
-            Some(S::Error(e)) => ServerError {
-                code: error_code_name(e.code),
-                message: e.message,
-                fatal: e.fatal,
-            },
-            other => panic!("expected an error message, got {other:?}"),
+        loop {
+            match self.next_message(timeout).await {
+                Some(S::Error(e)) => {
+                    return ServerError {
+                        code: error_code_name(e.code),
+                        message: e.message,
+                        fatal: e.fatal,
+                    };
+                }
+                Some(S::Trickle(_)) => continue,
+                other => panic!("expected an error message, got {other:?}"),
+            }
         }
     }
 

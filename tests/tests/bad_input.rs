@@ -101,6 +101,16 @@ fn code_of(e: &hearth_tests::ServerError) -> &str {
     e.code.as_str()
 }
 
+fn error(e: &hearth_proto::signal::v1::Error) -> hearth_tests::ServerError {
+    hearth_tests::ServerError {
+        code: hearth_proto::signal::v1::ErrorCode::try_from(e.code)
+            .map(|c| c.as_str_name().to_owned())
+            .unwrap_or_default(),
+        message: e.message.clone(),
+        fatal: e.fatal,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signaling_mistakes_get_their_error_codes() {
     let server = TestServer::start().await;
@@ -159,7 +169,58 @@ async fn signaling_mistakes_get_their_error_codes() {
     ws.send_text(r#"{"mute":{"trackId":"TR_nosuchtrack","muted":true}}"#)
         .await;
     assert_eq!(code_of(&ws.expect_error(REPLY).await), "TRACK_NOT_FOUND");
-    bg.still_flows("a second join").await;
+    ws.send_text(r#"{"unpublish":{"trackId":"TR_nosuchtrack"}}"#)
+        .await;
+    assert_eq!(code_of(&ws.expect_error(REPLY).await), "TRACK_NOT_FOUND");
+    ws.send_text(r#"{"offer":{"type":"answer","sdp":"v=0"}}"#)
+        .await;
+    assert_eq!(code_of(&ws.expect_error(REPLY).await), "MALFORMED_MESSAGE");
+    ws.send_text(r#"{"trickle":{"candidate":"candidate:0 1 udp not-a-priority 1.2.3.4 x typ host","sdpMid":"0"}}"#)
+        .await;
+    let e = ws.expect_error(REPLY).await;
+    assert_eq!(code_of(&e), "INVALID_CANDIDATE", "{e:?}");
+    bg.still_flows("a second join and bad requests").await;
+
+    // A burst beyond the rate limit (burst 200, then 50/s): every frame is answered, the
+    // excess with RATE_LIMITED, and the session survives.
+    const BURST: usize = 300;
+    for _ in 0..BURST {
+        ws.send_text(r#"{"ping":{"timestamp":"7"}}"#).await;
+    }
+    let (mut pongs, mut limited) = (0, 0);
+    while pongs + limited < BURST {
+        match ws.next_message_or_pong(REPLY).await {
+            Some(S::Pong(p)) => {
+                assert_eq!(p.timestamp, 7);
+                pongs += 1;
+            }
+            Some(S::Error(e)) if code_of(&error(&e)) == "RATE_LIMITED" => {
+                assert!(!e.fatal, "{e:?}");
+                limited += 1;
+            }
+            Some(S::Trickle(_)) => {}
+            other => panic!("unexpected reply to a ping burst: {other:?}"),
+        }
+    }
+    assert!(
+        limited > 0 && pongs >= 200,
+        "pongs {pongs}, rate limited {limited}"
+    );
+    // The bucket refills (50 per second): a ping paced after it is answered again.
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    let deadline = Instant::now() + REPLY;
+    loop {
+        pace.tick().await;
+        ws.send_text(r#"{"ping":{"timestamp":"8"}}"#).await;
+        match ws.next_message_or_pong(REPLY).await {
+            Some(S::Pong(p)) if p.timestamp == 8 => break,
+            Some(S::Error(e)) if code_of(&error(&e)) == "RATE_LIMITED" => {}
+            Some(S::Trickle(_)) => {}
+            other => panic!("unexpected reply to a ping: {other:?}"),
+        }
+        assert!(Instant::now() < deadline, "the rate limit never lifted");
+    }
+    bg.still_flows("a rate-limited burst").await;
 
     // A real client with no offer outstanding: a stray answer, then nonsense SDP, then a
     // real offer that works.
@@ -251,7 +312,8 @@ const HOUR: Duration = Duration::from_secs(3600);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_are_refused() {
-    let server = TestServer::start().await;
+    // Two per meeting: the background meeting is full.
+    let server = TestServer::start_with(|c| c.max_participants = 2).await;
     let bg = Background::start(&server).await;
     let now = SystemTime::now();
     let auth_failures = server.metric("hearth_signal_auth_failures_total").await;
@@ -336,6 +398,15 @@ async fn bad_tokens_are_refused() {
             "",
             "PERMISSION_DENIED",
         ),
+        (
+            "a full meeting",
+            token::mint(
+                &claims("background", Grants::default(), now, HOUR),
+                API_SECRET,
+            ),
+            "background",
+            "MEETING_FULL",
+        ),
     ];
     let auth_refusals = cases
         .iter()
@@ -381,7 +452,41 @@ async fn bad_tokens_are_refused() {
         .expect("a valid token joins");
     assert_eq!(ok.stats().participants.len(), 0);
     assert_eq!(server.node().meeting_count(), 2);
+
+    // A receive-only token joins, but the tracks it tries to send are refused.
+    let no_publish = Grants {
+        publish: false,
+        ..Grants::default()
+    };
+    let listener = TestClient::join_with_token(
+        &server.ws_url(),
+        &token::mint(&claims("target", no_publish, now, HOUR), API_SECRET),
+        "target",
+        ClientOptions::av(),
+    )
+    .await
+    .expect("a receive-only token joins");
+    listener
+        .wait_until("PERMISSION_DENIED for both tracks", T, |s| {
+            s.error_codes() == ["PERMISSION_DENIED", "PERMISSION_DENIED"]
+        })
+        .await;
+    // It still receives: the good participant's media reaches it.
+    listener
+        .wait_for_media_from(&[ok.participant_id()], 25, 15, T)
+        .await;
+    let seen = ok.stats();
+    assert!(
+        seen.tracks_published
+            .iter()
+            .all(|t| t.participant != listener.participant_id()),
+        "a receive-only participant's track was published: {:?}",
+        seen.tracks_published
+    );
+    assert_eq!(seen.packets_from(listener.participant_id(), Kind::Audio), 0);
+    assert!(listener.stats().own_tracks.is_empty());
     bg.assert_untouched();
+    listener.leave().await;
     ok.leave().await;
     bg.leave().await;
     server.shutdown().await;
