@@ -409,7 +409,18 @@ pub struct StreamStats {
     pub ssrcs: BTreeSet<u32>,
     /// Largest sequence-number step seen between consecutive packets of one stream.
     pub max_step: u16,
+    /// Whether the very first packet started a keyframe (video).
+    pub first_is_keyframe: Option<bool>,
+    /// For each packet that arrived after a pause of at least [`RESUME_AFTER`] (mute,
+    /// unpublish): whether it started a keyframe.
+    pub resumes: Vec<bool>,
+    /// When the last packet arrived.
+    pub last_at: Option<Instant>,
 }
+
+/// A silence at least this long before a packet counts as a pause (see
+/// [`StreamStats::resumes`]); media normally arrives every 20–33 ms.
+pub const RESUME_AFTER: Duration = Duration::from_millis(300);
 
 /// Media received from one publisher.
 #[derive(Clone, Debug, Default)]
@@ -492,6 +503,9 @@ pub struct ClientStats {
     pub nacks_received: u64,
     /// RTP writes the stack refused.
     pub send_errors: u64,
+    /// Video datagrams dropped on purpose (see [`TestClient::video_loss`]).
+    pub lost_in: u64,
+    pub lost_out: u64,
 }
 
 impl ClientStats {
@@ -528,6 +542,8 @@ enum Command {
     Unpublish(Kind),
     Mute(Kind, bool),
     SendRaw(String),
+    CutMedia,
+    Loss { incoming: u32, outgoing: u32 },
     Leave,
 }
 
@@ -671,6 +687,8 @@ impl TestClient {
             tracks: HashMap::new(),
             last_seq: HashMap::new(),
             dirty: false,
+            media_cut: false,
+            loss: Loss::default(),
         });
         if opts.publish_audio {
             driver.add_outgoing(Kind::Audio);
@@ -715,6 +733,18 @@ impl TestClient {
     /// sends silence); the server must stop forwarding it.
     pub async fn mute(&self, kind: Kind, muted: bool) {
         let _ = self.commands.send(Command::Mute(kind, muted));
+    }
+
+    /// Silently stops all UDP traffic of the client, both ways, as a client whose network
+    /// died would; signaling (and its keep-alives) carries on.
+    pub async fn cut_media(&self) {
+        let _ = self.commands.send(Command::CutMedia);
+    }
+
+    /// Drops every `incoming`-th received video RTP datagram and every `outgoing`-th sent
+    /// one (0 = none), as a lossy network would; the stacks' NACKs should repair it.
+    pub async fn video_loss(&self, incoming: u32, outgoing: u32) {
+        let _ = self.commands.send(Command::Loss { incoming, outgoing });
     }
 
     /// Sends one raw text frame on the signaling socket.
@@ -880,6 +910,28 @@ struct Driver {
     last_seq: HashMap<u32, u16>,
     /// Stats changed since the last notification.
     dirty: bool,
+    /// UDP is dropped both ways (see [`TestClient::cut_media`]).
+    media_cut: bool,
+    /// Simulated video loss (see [`TestClient::video_loss`]).
+    loss: Loss,
+}
+
+#[derive(Default)]
+struct Loss {
+    incoming: u32,
+    outgoing: u32,
+    seen_in: u32,
+    seen_out: u32,
+    /// SSRCs on which we receive video.
+    video_in: std::collections::HashSet<u32>,
+}
+
+/// The SSRC of an (S)RTP datagram (the header is not encrypted), None for anything else.
+fn rtp_ssrc(data: &[u8]) -> Option<u32> {
+    if data.len() < 12 || data[0] >> 6 != 2 || (192..=223).contains(&data[1]) {
+        return None;
+    }
+    Some(u32::from_be_bytes([data[8], data[9], data[10], data[11]]))
 }
 
 impl Driver {
@@ -932,7 +984,9 @@ impl Driver {
                     }
                 }
                 received = self.socket.recv_from(&mut buf) => {
-                    if let Ok((n, from)) = received {
+                    if let (Ok((n, from)), false) = (received, self.media_cut)
+                        && !self.lose_incoming(&buf[..n])
+                    {
                         let msg = TaggedBytesMut {
                             now: Instant::now(),
                             transport: TransportContext {
@@ -963,6 +1017,38 @@ impl Driver {
         self.notify();
     }
 
+    /// True if this received datagram is to be lost.
+    fn lose_incoming(&mut self, data: &[u8]) -> bool {
+        let loss = &mut self.loss;
+        let Some(ssrc) = rtp_ssrc(data) else {
+            return false;
+        };
+        if loss.incoming == 0 || !loss.video_in.contains(&ssrc) {
+            return false;
+        }
+        loss.seen_in += 1;
+        let lose = loss.seen_in.is_multiple_of(loss.incoming);
+        if lose {
+            self.shared.update(|s| s.lost_in += 1);
+        }
+        lose
+    }
+
+    /// True if this datagram we send is to be lost.
+    fn lose_outgoing(&mut self, data: &[u8]) -> bool {
+        let loss = &mut self.loss;
+        let video = self.video.as_ref().map(|v| v.ssrc);
+        if loss.outgoing == 0 || rtp_ssrc(data).is_none() || rtp_ssrc(data) != video {
+            return false;
+        }
+        loss.seen_out += 1;
+        let lose = loss.seen_out.is_multiple_of(loss.outgoing);
+        if lose {
+            self.shared.update(|s| s.lost_out += 1);
+        }
+        lose
+    }
+
     fn notify(&mut self) {
         if std::mem::take(&mut self.dirty) {
             self.shared.changed.notify_waiters();
@@ -987,6 +1073,9 @@ impl Driver {
             }
             while let Some(out) = self.pc.poll_write() {
                 progressed = true;
+                if self.media_cut || self.lose_outgoing(&out.message) {
+                    continue;
+                }
                 let _ = self
                     .socket
                     .send_to(&out.message, out.transport.peer_addr)
@@ -1114,6 +1203,9 @@ impl Driver {
         if matches!(order, Order::First | Order::Next(_)) {
             self.last_seq.insert(ssrc, seq);
         }
+        if kind == Kind::Video {
+            self.loss.video_in.insert(ssrc);
+        }
         let keyframe = kind == Kind::Video && vp8_starts_keyframe(&packet.payload);
         let len = packet.payload.len() as u64;
         self.shared.update(|s| {
@@ -1122,6 +1214,17 @@ impl Driver {
                 Kind::Audio => &mut from.audio,
                 Kind::Video => &mut from.video,
             };
+            let now = Instant::now();
+            if stream.first_is_keyframe.is_none() {
+                stream.first_is_keyframe = Some(keyframe);
+            }
+            if stream
+                .last_at
+                .is_some_and(|t| now.duration_since(t) >= RESUME_AFTER)
+            {
+                stream.resumes.push(keyframe);
+            }
+            stream.last_at = Some(now);
             stream.packets += 1;
             stream.bytes += len;
             stream.ssrcs.insert(ssrc);
@@ -1442,6 +1545,11 @@ impl Driver {
                     }
                     None => self.fail(format!("mute {kind:?}: no such track of ours")),
                 }
+            }
+            Command::CutMedia => self.media_cut = true,
+            Command::Loss { incoming, outgoing } => {
+                self.loss.incoming = incoming;
+                self.loss.outgoing = outgoing;
             }
             Command::SendRaw(text) => {
                 let _ = self.ws_tx.send(Message::text(text)).await;

@@ -152,7 +152,11 @@ async fn join_exchange_media_and_leave() {
         let s = x.stats();
         assert!(s.connected);
         for p in s.from.values() {
-            assert!(p.video.keyframes > 0, "video starts with a keyframe: {p:?}");
+            assert_eq!(
+                p.video.first_is_keyframe,
+                Some(true),
+                "a subscriber's video starts with a keyframe: {p:?}"
+            );
         }
     }
     let participants = server.metric("hearth_participants").await;
@@ -426,6 +430,30 @@ async fn unpublish_and_mute() {
         );
     }
 
+    // Mute video: the observer is told, and the video stops while the audio goes on.
+    p.mute(Kind::Video, true).await;
+    o.wait_until("trackMuted (true) for pub's video", T, |s| {
+        s.tracks_muted
+            .iter()
+            .any(|(e, m)| *m && e.track == video_track && e.participant == pid)
+    })
+    .await;
+    assert_silent(&o, &pid, Kind::Video, &pid, Kind::Audio).await;
+    // Unmute: video resumes with a keyframe (a decoder cannot continue from a delta frame
+    // after a hole), and its sequence numbers continue where they stopped.
+    p.mute(Kind::Video, false).await;
+    let resumed = o.wait_for_more(&pid, Kind::Video, 15, T).await;
+    let video = resumed.stream_from(&pid, Kind::Video);
+    assert_eq!(
+        video.resumes.last(),
+        Some(&true),
+        "video after the unmute starts with a keyframe: {video:?}"
+    );
+    assert_eq!(
+        video.gaps, 0,
+        "outgoing video sequence numbers continue across the mute: {video:?}"
+    );
+
     // Mute audio: the observer is told, and the audio stops while the video goes on.
     let before_mute = o.stats().stream_from(&pid, Kind::Audio);
     p.mute(Kind::Audio, true).await;
@@ -455,6 +483,7 @@ async fn unpublish_and_mute() {
     );
     assert_eq!(audio.ssrcs.len(), 1, "one outgoing stream: {audio:?}");
     assert_eq!(audio.max_step, 1, "{audio:?}");
+    assert_eq!(audio.resumes.len(), 1, "one pause in the audio: {audio:?}");
 
     // Unpublish video: the observer is told, and the video stops while audio goes on.
     p.unpublish(Kind::Video).await;
@@ -480,5 +509,90 @@ async fn unpublish_and_mute() {
 
     p.leave().await;
     o.leave().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_media_dies_is_removed() {
+    let server = TestServer::start().await;
+    let x = join(&server, "dead", "x").await;
+    let y = join(&server, "dead", "y").await;
+    everyone_gets_everyone(&[&x, &y]).await;
+    let participants = server.metric("hearth_participants").await;
+
+    // y's network dies (its signaling socket stays up and keeps pinging).
+    let started = std::time::Instant::now();
+    y.cut_media().await;
+    let y_id = y.participant_id().to_owned();
+    x.wait_until(
+        "participantLeft (disconnected) for the client whose media died",
+        Duration::from_secs(60),
+        |s| s.saw_left(&y_id, "disconnected"),
+    )
+    .await;
+    let detected = started.elapsed();
+    y.wait_until("reconnect for the dead media connection", T, |s| {
+        s.reconnect.is_some()
+    })
+    .await;
+    eprintln!("dead media detected after {detected:?}");
+    server
+        .wait_metric("hearth_participants", T, |v| v == participants - 1.0)
+        .await;
+    assert_clean(&x);
+    x.leave().await;
+    drop(y);
+    server.shutdown().await;
+}
+
+/// Packets lost on either leg are repaired: the subscriber's NACKs are answered from the
+/// node's retransmission cache, and the node's NACKs to the publisher are answered by the
+/// publisher's stack and forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_video_is_retransmitted() {
+    let server = TestServer::start().await;
+    let p = join(&server, "lossy", "pub").await;
+    let s = join(&server, "lossy", "sub").await;
+    everyone_gets_everyone(&[&p, &s]).await;
+    let pid = p.participant_id().to_owned();
+    let before = s.stats().stream_from(&pid, Kind::Video);
+    assert_eq!(before.lost, 0, "no loss before we cause it: {before:?}");
+
+    // Leg 2: the node -> subscriber. Every 20th video packet never arrives.
+    s.video_loss(20, 0).await;
+    let repaired = s
+        .wait_until("repaired losses on the subscriber's leg", T, |st| {
+            let v = st.stream_from(&pid, Kind::Video);
+            st.lost_in >= 5 && v.reordered >= 5 && v.reordered + 2 >= v.lost
+        })
+        .await;
+    let v = repaired.stream_from(&pid, Kind::Video);
+    assert!(v.lost <= repaired.lost_in + 2, "{v:?}");
+    s.video_loss(0, 0).await;
+
+    // Leg 1: publisher -> node. Every 20th video packet p sends is lost on the way.
+    let base = s.stats().stream_from(&pid, Kind::Video);
+    p.video_loss(0, 20).await;
+    let repaired = s
+        .wait_until("repaired losses on the publisher's leg", T, |st| {
+            let v = st.stream_from(&pid, Kind::Video);
+            v.reordered >= base.reordered + 5 && v.reordered + 2 >= v.lost
+        })
+        .await;
+    let v = repaired.stream_from(&pid, Kind::Video);
+    let ps = p.stats();
+    assert!(ps.lost_out >= 5, "{ps:?}");
+    assert!(
+        ps.nacks_received > 0,
+        "the node asked the publisher to resend: {ps:?}"
+    );
+    assert!(
+        v.lost >= base.lost + 5,
+        "the subscriber saw the holes first: {v:?}"
+    );
+    assert_clean(&p);
+    assert_clean(&s);
+    p.leave().await;
+    s.leave().await;
     server.shutdown().await;
 }
