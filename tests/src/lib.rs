@@ -452,6 +452,8 @@ pub struct TrackEvent {
 pub struct ClientStats {
     pub participant_id: String,
     pub meeting: String,
+    /// `MeetingInfo.startedAtMs` from the join response.
+    pub meeting_started_at_ms: i64,
     /// ICE and DTLS are up.
     pub connected: bool,
     /// The server's ICE ufrag, from its latest session description.
@@ -655,6 +657,7 @@ impl TestClient {
         let stats = ClientStats {
             participant_id: participant_id.clone(),
             meeting: meeting_name.clone(),
+            meeting_started_at_ms: response.meeting.as_ref().map_or(0, |m| m.started_at_ms),
             participants: response.others.iter().map(|p| p.id.clone()).collect(),
             ..ClientStats::default()
         };

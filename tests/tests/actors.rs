@@ -259,6 +259,8 @@ async fn a_crashed_participant_is_isolated() {
             .gaps,
     );
 
+    let participants = server.metric("hearth_participants").await;
+    assert_eq!(participants, 5.0);
     let crashed = a3.participant_id().to_owned();
     assert!(server.inject_participant_fault("A", &crashed));
 
@@ -310,6 +312,9 @@ async fn a_crashed_participant_is_isolated() {
         assert_clean(x);
     }
 
+    server
+        .wait_metric("hearth_participants", T, |v| v == participants - 1.0)
+        .await;
     let after = server
         .wait_metric(failures, T, |v| v >= failures_before + 1.0)
         .await;
@@ -376,6 +381,11 @@ async fn a_crashed_meeting_restarts_and_clients_rejoin() {
         "the restarted meeting and the bystander meeting run: {:?}",
         server.node().meeting_ids()
     );
+    server.wait_metric("hearth_meetings", T, |v| v == 2.0).await;
+    // The crashed meeting's participants are gone; the bystanders remain.
+    server
+        .wait_metric("hearth_participants", T, |v| v == 2.0)
+        .await;
 
     // Rejoin the same name: the restarted meeting starts empty and carries media again.
     let d1 = join(&server, "restart-me", "c1-again").await;
@@ -383,6 +393,11 @@ async fn a_crashed_meeting_restarts_and_clients_rejoin() {
         d1.stats().participants,
         BTreeSet::new(),
         "the restarted meeting keeps no stale participants"
+    );
+    assert_eq!(
+        d1.stats().meeting_started_at_ms,
+        c1.stats().meeting_started_at_ms,
+        "the meeting restarts from its record, with its start time"
     );
     let d2 = join(&server, "restart-me", "c2-again").await;
     assert_eq!(d2.stats().participants, ids(&[&d1]));
