@@ -1920,6 +1920,11 @@ impl RawSignal {
             .expect("send a frame");
     }
 
+    /// Sends a frame; false if the server already closed the connection under it.
+    pub async fn try_send_text(&mut self, text: impl Into<String>) -> bool {
+        self.ws.send(Message::text(text.into())).await.is_ok()
+    }
+
     pub async fn send_binary(&mut self, data: Vec<u8>) {
         self.ws
             .send(Message::binary(data))
