@@ -810,6 +810,22 @@ impl TestClient {
         .await
     }
 
+    /// Waits until at least `n` packets of `kind` from `publisher` have arrived in all.
+    pub async fn wait_for_packets(
+        &self,
+        publisher: &str,
+        kind: Kind,
+        n: u64,
+        timeout: Duration,
+    ) -> ClientStats {
+        self.wait_until(
+            &format!("{n} {kind:?} packets from {publisher}"),
+            timeout,
+            |s| s.packets_from(publisher, kind) >= n,
+        )
+        .await
+    }
+
     /// Waits until this client has received at least `audio` audio and `video` video packets
     /// from each of `publishers`.
     pub async fn wait_for_media_from(
@@ -1577,7 +1593,9 @@ impl Driver {
             return;
         };
         let mut payload = vec![0u8; AUDIO_PAYLOAD];
-        payload[0] = 0xFC; // Opus TOC: SILK-only... the server does not decode.
+        // An Opus TOC byte (CELT-only, fullband, 20 ms, stereo), then filler: the server
+        // forwards Opus without decoding it.
+        payload[0] = 0xFC;
         payload[1..].fill(out.seq as u8);
         let packet = rtp_packet(out, pt, true, Bytes::from(payload));
         out.seq = out.seq.wrapping_add(1);

@@ -264,7 +264,7 @@ async fn signaling_mistakes_get_their_error_codes() {
     )
     .await;
     listener
-        .wait_for_media_from_kind(solo.participant_id(), Kind::Audio, 25)
+        .wait_for_packets(solo.participant_id(), Kind::Audio, 25, T)
         .await;
     let s = solo.stats();
     assert_eq!(
@@ -299,19 +299,6 @@ async fn signaling_mistakes_get_their_error_codes() {
 
 /// A syntactically valid SDP, so a stray `answer` fails for its timing, not its text.
 const MINIMAL_SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
-
-trait WaitMedia {
-    async fn wait_for_media_from_kind(&self, publisher: &str, kind: Kind, n: u64);
-}
-
-impl WaitMedia for TestClient {
-    async fn wait_for_media_from_kind(&self, publisher: &str, kind: Kind, n: u64) {
-        self.wait_until(&format!("{n} {kind:?} packets from {publisher}"), T, |s| {
-            s.packets_from(publisher, kind) >= n
-        })
-        .await;
-    }
-}
 
 fn claims(meeting: &str, grants: Grants, now: SystemTime, ttl: Duration) -> token::Claims {
     token::claims_for(API_KEY, meeting, "mallory", "Mallory", grants, now, ttl)
