@@ -191,6 +191,8 @@ pub struct ParticipantState {
     _registration: MuxRegistration,
     peer: WebRtcPeer,
     can_publish: bool,
+    /// Mids of tracks refused for lack of the publish grant (told once each).
+    refused_mids: Vec<String>,
     ingress: Inbox<Datagram>,
     media: Inbox<MediaItem>,
     media_tx: InboxSender<MediaItem, ParticipantMsg>,
@@ -269,6 +271,7 @@ impl Actor for ParticipantActor {
             _registration: registration,
             peer,
             can_publish: args.can_publish,
+            refused_mids: Vec::new(),
             ingress,
             media,
             media_tx,
@@ -566,10 +569,15 @@ impl ParticipantState {
 
     fn on_track_opened(&mut self, now: Instant, track: crate::webrtc::InboundTrack) {
         if !self.can_publish {
-            self.signal.send(ServerSignal::Error(SignalError::new(
-                SignalErrorCode::PermissionDenied,
-                "your token does not allow publishing; the track is ignored",
-            )));
+            // The stack reports an ignored track again as its packets keep coming: tell the
+            // client once per transceiver.
+            if !self.refused_mids.contains(&track.mid) {
+                self.refused_mids.push(track.mid);
+                self.signal.send(ServerSignal::Error(SignalError::new(
+                    SignalErrorCode::PermissionDenied,
+                    "your token does not allow publishing; the track is ignored",
+                )));
+            }
             return;
         }
         if let Some(existing) = self.published.iter_mut().find(|p| p.info.mid == track.mid) {

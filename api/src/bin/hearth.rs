@@ -143,9 +143,10 @@ async fn wait_for_shutdown() {
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    // The WebRTC stack logs every DTLS and ICE step at info; keep it to warnings by default.
+    // The WebRTC stack logs every DTLS and ICE step at info and every bad datagram at warn
+    // (a flood of garbage would become a flood of log lines): errors only by default.
     let filter = EnvFilter::try_from_env("HEARTH_LOG").unwrap_or_else(|_| {
-        EnvFilter::new("info,rtc=warn,rtc_ice=warn,rtc_dtls=error,rtc_sctp=warn,rtc_srtp=warn")
+        EnvFilter::new("info,rtc=error,rtc_ice=error,rtc_dtls=error,rtc_sctp=error,rtc_srtp=error")
     });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
