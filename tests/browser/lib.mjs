@@ -13,7 +13,7 @@ export async function startServer(binary, args, { http = '127.0.0.1:7880' } = {}
   const dataDir = mkdtempSync(join(tmpdir(), 'hearth-e2e-'));
   const proc = spawn(binary, ['serve', '--http', http, '--data-dir', dataDir, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, HEARTH_LOG: process.env.HEARTH_LOG || 'info' },
+    env: process.env, // HEARTH_LOG, if set, picks the server's log filter
   });
   const output = [];
   proc.stdout.on('data', (d) => output.push(d.toString()));

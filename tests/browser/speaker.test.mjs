@@ -35,13 +35,16 @@ const quiet = await launchBrowser([`--use-file-for-fake-audio-capture=${join(dir
 let failed = false;
 
 try {
+  const speakers = (p) => p.page.evaluate(() => [...window.hearth.activeSpeakers]);
   const alice = await openParticipant(loud.browser, server.base, 'speakers', 'alice', logs);
-  const bob = await openParticipant(quiet.browser, server.base, 'speakers', 'bob', logs);
   const aliceId = await until('alice joined', async () => (await alice.stats()).participantId);
+  // Alice speaks alone first; Bob, joining later, must be told who speaks right away
+  // (speaker lists are sent on change, so a newcomer needs the current one).
+  await until('alice sees herself speaking', async () => (await speakers(alice))[0] === aliceId, 15000);
+  const bob = await openParticipant(quiet.browser, server.base, 'speakers', 'bob', logs);
   const bobId = await until('bob joined', async () => (await bob.stats()).participantId);
   await until('bob hears alice', async () => counter(await bob.stats(), aliceId, 'audio', 'packetsReceived') > 50, 20000);
 
-  const speakers = (p) => p.page.evaluate(() => [...window.hearth.activeSpeakers]);
   for (const p of [alice, bob]) {
     await until(`${p.name} sees alice as the active speaker`, async () => {
       const list = await speakers(p);
