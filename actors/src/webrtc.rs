@@ -1038,8 +1038,9 @@ fn register_codecs(media_engine: &mut MediaEngine) -> Result<(), PeerError> {
 
 /// Marks every inbound RTCP packet for the application: without it the stack consumes
 /// PLI/FIR/NACK and we could not relay keyframe requests or answer NACKs from our cache.
+/// Public for Rust clients of the same stack (the integration tests' client).
 #[derive(Default)]
-struct DeliverRtcp {
+pub struct DeliverRtcp {
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
 }

@@ -17,7 +17,7 @@
 //! lock): the Prometheus recorder is global to the process, so metric deltas are only
 //! meaningful when no other server shares it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Bytes, BytesMut};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
+use hearth_actors::webrtc::DeliverRtcp;
 use hearth_actors::{Grants, MeetingId, Node, ParticipantId};
 use hearth_api::config::Config;
 use hearth_api::server::RunningServer;
@@ -32,7 +33,7 @@ use hearth_api::token;
 use hearth_proto::signal::v1 as pb;
 use pb::client_message::Message as C;
 use pb::server_message::Message as S;
-use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
+use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
@@ -1862,58 +1863,6 @@ fn new_peer_connection(local_addr: SocketAddr) -> Result<RTCPeerConnection, Stri
         .map_err(|e| err(&e))?;
     pc.add_local_candidate(init).map_err(|e| err(&e))?;
     Ok(pc)
-}
-
-/// Marks inbound RTCP for the application (the interceptor chain swallows it otherwise), so
-/// the client sees keyframe requests and NACKs.
-#[derive(Default)]
-struct DeliverRtcp {
-    read: VecDeque<TaggedPacket>,
-    write: VecDeque<TaggedPacket>,
-}
-
-impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverRtcp {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if matches!(msg.message.packet, Packet::Rtcp(_)) {
-            msg.message.add(Attribute::DeliverToApplication);
-        }
-        self.read.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_read(&mut self) -> Option<Self::Rout> {
-        self.read.pop_front()
-    }
-
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.write.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<Self::Wout> {
-        self.write.pop_front()
-    }
-
-    fn handle_timeout(&mut self, _now: Instant) -> Result<(), Self::Error> {
-        Ok(())
-    }
-
-    fn poll_timeout(&mut self) -> Option<Self::Time> {
-        None
-    }
-}
-
-impl Interceptor for DeliverRtcp {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
 // ----- Raw signaling -----------------------------------------------------------------------
