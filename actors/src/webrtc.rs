@@ -223,6 +223,8 @@ pub struct WebRtcPeer {
     inbound_queue: VecDeque<Inbound>,
     connected: bool,
     gone: bool,
+    /// Our host candidate, until it has been trickled once.
+    local_candidate: Option<String>,
 }
 
 impl WebRtcPeer {
@@ -264,6 +266,7 @@ impl WebRtcPeer {
         .new_candidate_host()
         .map_err(stack)?;
         let init = RTCIceCandidate::from(&candidate).to_json().map_err(stack)?;
+        let local_candidate = init.candidate.clone();
         pc.add_local_candidate(init).map_err(stack)?;
 
         Ok(Self {
@@ -277,7 +280,28 @@ impl WebRtcPeer {
             inbound_queue: VecDeque::new(),
             connected: false,
             gone: false,
+            local_candidate: Some(local_candidate),
         })
+    }
+
+    /// After the first local description: our one candidate, trickled as well (it is in
+    /// every SDP we send too), for clients that wait for candidates on the signaling channel.
+    fn announce_candidate(&mut self) {
+        let Some(candidate) = self.local_candidate.take() else {
+            return;
+        };
+        let mid = self
+            .pc
+            .get_transceivers()
+            .collect::<Vec<_>>()
+            .into_iter()
+            .find_map(|id| self.pc.rtp_transceiver(id).and_then(|t| t.mid().clone()));
+        self.events.push_back(PeerEvent::LocalCandidate(Candidate {
+            candidate,
+            sdp_mid: mid,
+            sdp_m_line_index: Some(0),
+            username_fragment: None,
+        }));
     }
 
     /// True when no offer/answer exchange is in progress.
@@ -321,6 +345,7 @@ impl WebRtcPeer {
         }
         self.signaling = Signaling::Stable;
         self.forget_payload_types();
+        self.announce_candidate();
         Ok(sdp)
     }
 
@@ -338,6 +363,7 @@ impl WebRtcPeer {
             .set_local_description(now, offer)
             .map_err(|e| PeerError::Negotiation(e.to_string()))?;
         self.signaling = Signaling::HaveLocalOffer;
+        self.announce_candidate();
         Ok(sdp)
     }
 
