@@ -34,6 +34,7 @@ pub mod nack;
 pub mod seq;
 pub mod speaker;
 pub mod stats;
+pub mod stun;
 
 pub use codec::is_keyframe;
 /// [`forwarder::Drop`] under a name that does not shadow the `Drop` trait.
