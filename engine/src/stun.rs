@@ -409,7 +409,7 @@ impl MessageBuilder {
         self.buf.extend_from_slice(&typ.to_be_bytes());
         self.buf.extend_from_slice(&len.to_be_bytes());
         self.buf.extend_from_slice(&value[..usize::from(len)]);
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
         self.set_len(self.buf.len());
