@@ -35,6 +35,7 @@ pub mod seq;
 pub mod speaker;
 pub mod stats;
 pub mod stun;
+pub mod turn;
 
 pub use codec::is_keyframe;
 /// [`forwarder::Drop`] under a name that does not shadow the `Drop` trait.
