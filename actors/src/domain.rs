@@ -244,4 +244,14 @@ pub struct JoinAccepted {
     pub participant: ParticipantInfo,
     pub meeting: MeetingInfo,
     pub others: Vec<ParticipantInfo>,
+    /// STUN/TURN servers for the client's peer connection.
+    pub ice_servers: Vec<IceServer>,
+}
+
+/// One entry of a client's `iceServers`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    pub username: String,
+    pub credential: String,
 }

@@ -16,11 +16,13 @@ pub mod node;
 pub mod participant;
 pub mod signal;
 pub mod timer;
+pub mod turn;
 pub mod udp_mux;
 pub mod webrtc;
 
 pub use domain::*;
 pub use ids::{MeetingId, ParticipantId, TrackId};
 pub use meeting::{MeetingSnapshot, ParticipantHandle};
-pub use node::{Node, NodeConfig, NodeError};
+pub use node::{Node, NodeConfig, NodeError, TurnAddrs};
 pub use signal::{SignalReceiver, SignalSender, signal_channel};
+pub use turn::{TurnConfig, UsageEvent};

@@ -333,13 +333,19 @@ impl MeetingState {
                 ),
             ));
         }
+        let Some(mux) = self.node.mux.clone() else {
+            return Err(SignalError::fatal(
+                SignalErrorCode::NodeUnavailable,
+                "this node runs TURN only",
+            ));
+        };
         let id = ParticipantId::random();
         let (link_tx, link_rx) = tokio::sync::oneshot::channel();
         let args = ParticipantArgs {
             id: id.clone(),
             meeting: myself.clone(),
             signal: signal.clone(),
-            mux: Arc::clone(&self.node.mux),
+            mux,
             advertised: self.node.advertised,
             certificate: self.node.certificate.clone(),
             can_publish: request.grants.publish,
@@ -416,6 +422,7 @@ impl MeetingState {
                     started_at: self.started_at,
                 },
                 others,
+                ice_servers: Vec::new(),
             },
             ParticipantHandle {
                 id,

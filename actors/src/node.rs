@@ -22,6 +22,9 @@ use crate::domain::{JoinAccepted, JoinRequest, SignalError, SignalErrorCode};
 use crate::ids::{MeetingId, ParticipantId};
 use crate::meeting::{MeetingActor, MeetingArgs, MeetingMsg, MeetingSnapshot, ParticipantHandle};
 use crate::signal::SignalSender;
+use crate::turn::listener::{self, FrontCounters};
+use crate::turn::supervisor::{TurnSupervisor, TurnSupervisorMsg};
+use crate::turn::{TurnConfig, TurnShared, UsageEvent};
 use crate::udp_mux::UdpMux;
 use crate::webrtc::Certificate;
 
@@ -42,6 +45,10 @@ pub struct NodeConfig {
     pub media_queue: usize,
     /// Active speaker detection.
     pub speaker: SpeakerConfig,
+    /// Run the SFU (meetings and the media port). False for a TURN-only node.
+    pub sfu: bool,
+    /// The embedded TURN server, if enabled.
+    pub turn: Option<TurnConfig>,
 }
 
 impl Default for NodeConfig {
@@ -56,6 +63,8 @@ impl Default for NodeConfig {
             max_participants: 100,
             media_queue: 512,
             speaker: SpeakerConfig::default(),
+            sfu: true,
+            turn: None,
         }
     }
 }
@@ -72,12 +81,17 @@ pub enum NodeError {
     Certificate(String),
     #[error("cannot start the supervision tree: {0}")]
     Spawn(String),
+    #[error("cannot start the TURN server: {0}")]
+    Turn(String),
 }
 
 /// What every actor of the node shares (read-only).
 pub struct NodeShared {
     pub config: NodeConfig,
-    pub mux: Arc<UdpMux>,
+    /// The SFU media port (None on a TURN-only node).
+    pub mux: Option<Arc<UdpMux>>,
+    /// The TURN server's shared state, if TURN runs.
+    pub turn: Option<Arc<TurnShared>>,
     pub certificate: Certificate,
     pub advertised: SocketAddr,
     pub registry: MeetingRegistry,
@@ -256,11 +270,14 @@ pub struct NodeSupervisor;
 pub enum NodeMsg {
     /// The current meeting supervisor.
     MeetingSupervisor(RpcReplyPort<ActorRef<MeetingSupervisorMsg>>),
+    /// The current TURN supervisor, if TURN runs.
+    TurnSupervisor(RpcReplyPort<Option<ActorRef<TurnSupervisorMsg>>>),
 }
 
 pub struct NodeSupervisorState {
     node: Arc<NodeShared>,
     meetings: ActorRef<MeetingSupervisorMsg>,
+    turn: Option<ActorRef<TurnSupervisorMsg>>,
 }
 
 impl Actor for NodeSupervisor {
@@ -280,7 +297,19 @@ impl Actor for NodeSupervisor {
             myself.get_cell(),
         )
         .await?;
-        Ok(NodeSupervisorState { node, meetings })
+        let turn = match &node.turn {
+            Some(shared) => Some(
+                Actor::spawn_linked(None, TurnSupervisor, Arc::clone(shared), myself.get_cell())
+                    .await?
+                    .0,
+            ),
+            None => None,
+        };
+        Ok(NodeSupervisorState {
+            node,
+            meetings,
+            turn,
+        })
     }
 
     async fn handle(
@@ -293,6 +322,9 @@ impl Actor for NodeSupervisor {
             NodeMsg::MeetingSupervisor(reply) => {
                 let _ = reply.send(state.meetings.clone());
             }
+            NodeMsg::TurnSupervisor(reply) => {
+                let _ = reply.send(state.turn.clone());
+            }
         }
         Ok(())
     }
@@ -303,6 +335,26 @@ impl Actor for NodeSupervisor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, error) = &event
+            && state
+                .turn
+                .as_ref()
+                .is_some_and(|t| t.get_id() == cell.get_id())
+            && let Some(shared) = &state.node.turn
+        {
+            // Allocations outlive a failed TURN supervisor only as orphans; their routes
+            // stay valid. A new supervisor takes over creation and quotas from zero.
+            metrics::counter!("hearth_actor_failures_total", "kind" => "turn_supervisor")
+                .increment(1);
+            tracing::error!(%error, "TURN supervisor failed; restarting");
+            let (turn, _) =
+                Actor::spawn_linked(None, TurnSupervisor, Arc::clone(shared), myself.get_cell())
+                    .await?;
+            state.turn = Some(turn);
+            metrics::counter!("hearth_actor_restarts_total", "kind" => "turn_supervisor")
+                .increment(1);
+            return Ok(());
+        }
         if let SupervisionEvent::ActorFailed(cell, error) = event
             && cell.get_id() == state.meetings.get_id()
         {
@@ -331,25 +383,48 @@ impl Actor for NodeSupervisor {
 pub struct Node {
     shared: Arc<NodeShared>,
     supervisor: ActorRef<NodeMsg>,
+    turn_addrs: Arc<std::sync::OnceLock<TurnAddrs>>,
+}
+
+/// Where the TURN listeners listen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TurnAddrs {
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+    pub tls: Option<SocketAddr>,
 }
 
 impl Node {
     /// Binds the media port, creates the DTLS identity and starts the supervision tree.
     /// Must run inside a Tokio runtime.
-    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
-        let mux = UdpMux::bind(config.media_bind, config.media_workers).map_err(|source| {
-            NodeError::MediaBind {
-                addr: config.media_bind,
-                source,
-            }
-        })?;
-        mux.start();
+    pub async fn start(mut config: NodeConfig) -> Result<Node, NodeError> {
+        let mux = if config.sfu {
+            let mux = UdpMux::bind(config.media_bind, config.media_workers).map_err(|source| {
+                NodeError::MediaBind {
+                    addr: config.media_bind,
+                    source,
+                }
+            })?;
+            mux.start();
+            Some(mux)
+        } else {
+            None
+        };
         let certificate =
             Certificate::generate().map_err(|e| NodeError::Certificate(e.to_string()))?;
-        let advertised = SocketAddr::new(config.public_ip, mux.local_addr().port());
+        let media_port = mux.as_ref().map_or(0, |m| m.local_addr().port());
+        let advertised = SocketAddr::new(config.public_ip, media_port);
+        let turn = config.turn.take().map(|mut turn| {
+            if mux.is_some() {
+                // Participants behind TURN send their media to the SFU: always allowed.
+                turn.sfu_media = Some(advertised);
+            }
+            Arc::new(TurnShared::new(turn, rand::random()))
+        });
         let shared = Arc::new(NodeShared {
             config,
             mux,
+            turn,
             certificate,
             advertised,
             registry: MeetingRegistry::default(),
@@ -360,12 +435,123 @@ impl Node {
             .map_err(|e| NodeError::Spawn(e.to_string()))?;
         metrics::gauge!("hearth_meetings").set(0.0);
         metrics::gauge!("hearth_participants").set(0.0);
-        Ok(Node { shared, supervisor })
+        let node = Node {
+            shared,
+            supervisor,
+            turn_addrs: Arc::new(std::sync::OnceLock::new()),
+        };
+        if node.shared.turn.is_some() {
+            node.start_turn_listeners().await?;
+        }
+        Ok(node)
     }
 
-    /// The media port's local address.
-    pub fn media_addr(&self) -> SocketAddr {
-        self.shared.mux.local_addr()
+    async fn start_turn_listeners(&self) -> Result<(), NodeError> {
+        let Some(turn) = &self.shared.turn else {
+            return Ok(());
+        };
+        let err = |e: String| NodeError::Turn(e);
+        let supervisor = ractor::call!(self.supervisor, NodeMsg::TurnSupervisor)
+            .map_err(|e| err(e.to_string()))?
+            .ok_or_else(|| err("no TURN supervisor".into()))?;
+        let counters = Arc::new(FrontCounters::new());
+        let config = &turn.config;
+        let udp = listener::start_udp(
+            config.listen,
+            config.workers,
+            Arc::clone(turn),
+            supervisor.clone(),
+            Arc::clone(&counters),
+        )
+        .map_err(|e| err(format!("UDP {}: {e}", config.listen)))?;
+        // TCP on the same port as UDP (an ephemeral UDP port picks the TCP one too).
+        let tcp = listener::start_stream(
+            SocketAddr::new(config.listen.ip(), udp.port()),
+            None,
+            Arc::clone(turn),
+            supervisor.clone(),
+            Arc::clone(&counters),
+        )
+        .await
+        .map_err(|e| err(format!("TCP {}: {e}", config.listen)))?;
+        let tls = match &config.tls {
+            Some(tls) => {
+                let acceptor = listener::tls_acceptor(&tls.cert, &tls.key).map_err(err)?;
+                Some(
+                    listener::start_stream(
+                        tls.listen,
+                        Some(acceptor),
+                        Arc::clone(turn),
+                        supervisor,
+                        counters,
+                    )
+                    .await
+                    .map_err(|e| err(format!("TLS {}: {e}", tls.listen)))?,
+                )
+            }
+            None => None,
+        };
+        let _ = self.turn_addrs.set(TurnAddrs { udp, tcp, tls });
+        Ok(())
+    }
+
+    /// The media port's local address (None on a TURN-only node).
+    pub fn media_addr(&self) -> Option<SocketAddr> {
+        self.shared.mux.as_ref().map(|m| m.local_addr())
+    }
+
+    /// The TURN listeners' addresses, if TURN runs.
+    pub fn turn_addrs(&self) -> Option<TurnAddrs> {
+        self.turn_addrs.get().copied()
+    }
+
+    /// Usage of finished TURN allocations, for billing (each event once, in order).
+    pub fn turn_usage(&self) -> Option<tokio::sync::broadcast::Receiver<UsageEvent>> {
+        self.shared.turn.as_ref().map(|t| t.usage.subscribe())
+    }
+
+    /// Live TURN allocations.
+    pub fn turn_allocations(&self) -> usize {
+        self.shared.turn.as_ref().map_or(0, |t| t.routes.len())
+    }
+
+    /// Ephemeral TURN credentials and URLs for a participant (the join response's
+    /// `iceServers`), valid for `ttl`. Empty when TURN is off or has no shared secret.
+    pub fn ice_servers(&self, identity: &str, ttl: Duration) -> Vec<crate::domain::IceServer> {
+        let (Some(turn), Some(addrs)) = (&self.shared.turn, self.turn_addrs()) else {
+            return Vec::new();
+        };
+        let Some(secret) = &turn.config.secret else {
+            return Vec::new();
+        };
+        let expiry = turn.unix_now(Instant::now()) + ttl.as_secs();
+        let (username, credential) =
+            hearth_engine::turn::auth::ephemeral_credentials(secret.as_bytes(), identity, expiry);
+        let host = match turn.config.relay_ip {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        let mut urls = vec![
+            format!("turn:{host}:{}?transport=udp", addrs.udp.port()),
+            format!("turn:{host}:{}?transport=tcp", addrs.tcp.port()),
+        ];
+        if let Some(tls) = addrs.tls {
+            urls.push(format!("turns:{host}:{}?transport=tcp", tls.port()));
+        }
+        vec![crate::domain::IceServer {
+            urls,
+            username,
+            credential,
+        }]
+    }
+
+    /// Drill and test hook: makes the allocation of a client fail, as a bug would.
+    pub async fn inject_allocation_fault(&self, key: crate::turn::ClientKey) -> bool {
+        let Ok(Some(turn)) = ractor::call!(self.supervisor, NodeMsg::TurnSupervisor) else {
+            return false;
+        };
+        turn.send_message(TurnSupervisorMsg::InjectFault { key })
+            .is_ok()
     }
 
     /// The address put in ICE candidates.
@@ -402,7 +588,12 @@ impl Node {
             });
             match result {
                 Ok(Err(e)) if e.code == SignalErrorCode::MeetingNotFound => continue,
-                Ok(r) => return r,
+                Ok(Ok((mut accepted, handle))) => {
+                    accepted.ice_servers =
+                        self.ice_servers(&request.identity, Duration::from_secs(24 * 3600));
+                    return Ok((accepted, handle));
+                }
+                Ok(Err(e)) => return Err(e),
                 Err(_) => continue,
             }
         }

@@ -12,6 +12,9 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 use crate::token::{KeyStore, parse_duration};
+use hearth_actors::TurnConfig;
+use hearth_actors::turn::TlsSettings;
+use hearth_engine::turn::policy::Cidr;
 
 /// Hearth: an actor-based real-time media engine (WebRTC SFU with signaling).
 #[derive(Debug, Parser)]
@@ -84,6 +87,63 @@ pub struct ServeArgs {
     /// Media receive workers (sockets on the media port) [default: one per core].
     #[arg(long, env = "HEARTH_MEDIA_WORKERS", value_name = "N")]
     pub media_workers: Option<usize>,
+    #[command(flatten)]
+    pub turn: TurnArgs,
+}
+
+/// The embedded TURN server's flags (coturn's names where there is one).
+#[derive(Debug, Clone, Default, Args)]
+pub struct TurnArgs {
+    /// TURN over UDP and TCP on this port [default: 3478; 0 turns TURN off].
+    #[arg(long, env = "HEARTH_TURN_PORT", value_name = "PORT")]
+    pub turn_port: Option<u16>,
+    /// Address the TURN listeners bind [default: 0.0.0.0].
+    #[arg(long, env = "HEARTH_TURN_BIND", value_name = "IP")]
+    pub turn_bind: Option<IpAddr>,
+    /// Realm of TURN's long-term credentials [default: hearth].
+    #[arg(long, env = "HEARTH_TURN_REALM", value_name = "REALM")]
+    pub turn_realm: Option<String>,
+    /// Shared secret of ephemeral TURN credentials (coturn's static-auth-secret)
+    /// [default: generated at start, handed out to the node's own participants].
+    #[arg(
+        long,
+        env = "HEARTH_TURN_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub turn_secret: Option<String>,
+    /// A static TURN user, `user:password` (repeatable).
+    #[arg(long = "turn-user", value_name = "USER:PASS")]
+    pub turn_users: Vec<String>,
+    /// Ports of relayed addresses, `MIN-MAX` [default: 49152-65535].
+    #[arg(long, env = "HEARTH_TURN_RELAY_PORTS", value_name = "MIN-MAX")]
+    pub turn_relay_ports: Option<String>,
+    /// Peer range TURN may relay to despite the default denials (repeatable), e.g.
+    /// 127.0.0.0/8 for tests.
+    #[arg(long = "turn-allow-peer", value_name = "CIDR")]
+    pub turn_allow_peers: Vec<String>,
+    /// Run only the TURN server (no SFU, no meetings; HTTP keeps /metrics and probes).
+    #[arg(long, env = "HEARTH_TURN_ONLY")]
+    pub turn_only: bool,
+    /// PEM certificate chain for TURN over TLS (turns:).
+    #[arg(long, env = "HEARTH_TURN_TLS_CERT", value_name = "FILE")]
+    pub turn_tls_cert: Option<PathBuf>,
+    /// PEM private key for TURN over TLS.
+    #[arg(long, env = "HEARTH_TURN_TLS_KEY", value_name = "FILE")]
+    pub turn_tls_key: Option<PathBuf>,
+    /// Port of TURN over TLS [default: 5349].
+    #[arg(long, env = "HEARTH_TURN_TLS_PORT", value_name = "PORT")]
+    pub turn_tls_port: Option<u16>,
+    /// Allocations on this node at most [default: 10000].
+    #[arg(long, env = "HEARTH_TURN_MAX_ALLOCATIONS", value_name = "N")]
+    pub turn_max_allocations: Option<usize>,
+    /// Allocations per user at most [default: 100].
+    #[arg(long, env = "HEARTH_TURN_MAX_ALLOCATIONS_PER_USER", value_name = "N")]
+    pub turn_max_allocations_per_user: Option<usize>,
+    /// Bandwidth per allocation and direction in bytes/s, with k/M/G suffixes allowed
+    /// [default: 0, unlimited].
+    #[arg(long, env = "HEARTH_TURN_BANDWIDTH", value_name = "BYTES_PER_SEC")]
+    pub turn_bandwidth: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
@@ -152,6 +212,31 @@ pub struct FileConfig {
     /// API keys: `key = "secret"`.
     #[serde(default)]
     pub keys: BTreeMap<String, String>,
+    /// The `[turn]` table.
+    #[serde(default)]
+    pub turn: FileTurn,
+}
+
+/// `[turn]` in hearth.toml.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTurn {
+    pub port: Option<u16>,
+    pub bind: Option<IpAddr>,
+    pub realm: Option<String>,
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub users: Vec<String>,
+    pub relay_ports: Option<String>,
+    #[serde(default)]
+    pub allow_peers: Vec<String>,
+    pub only: Option<bool>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_port: Option<u16>,
+    pub max_allocations: Option<usize>,
+    pub max_allocations_per_user: Option<usize>,
+    pub bandwidth: Option<String>,
 }
 
 /// Errors in configuration; each names the setting.
@@ -183,6 +268,10 @@ pub struct Config {
     pub keys: KeyStore,
     /// True when the key pair was generated at start (dev mode); the server prints it.
     pub generated_key: bool,
+    /// The embedded TURN server (None when off).
+    pub turn: Option<TurnConfig>,
+    /// TURN only: no SFU.
+    pub turn_only: bool,
 }
 
 impl Config {
@@ -202,6 +291,15 @@ impl Config {
             media_workers: 2,
             keys,
             generated_key: false,
+            turn: Some(TurnConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                relay_ip: IpAddr::from([127, 0, 0, 1]),
+                relay_bind: IpAddr::from([127, 0, 0, 1]),
+                secret: Some("test-turn-secret".into()),
+                workers: 2,
+                ..TurnConfig::default()
+            }),
+            turn_only: false,
         }
     }
 }
@@ -294,6 +392,8 @@ pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
         );
         generated_key = true;
     }
+    let turn_only = args.turn.turn_only || file.turn.only.unwrap_or(false);
+    let turn = resolve_turn(&args.turn, &file.turn, public_ip, http.port(), turn_only)?;
     Ok(Config {
         http,
         media_bind: SocketAddr::new(media_ip, media_port),
@@ -313,7 +413,129 @@ pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
         media_workers: media_workers.max(1),
         keys,
         generated_key,
+        turn,
+        turn_only,
     })
+}
+
+fn resolve_turn(
+    args: &TurnArgs,
+    file: &FileTurn,
+    public_ip: IpAddr,
+    http_port: u16,
+    turn_only: bool,
+) -> Result<Option<TurnConfig>, ConfigError> {
+    let port = args.turn_port.or(file.port).unwrap_or(3478);
+    if port == 0 {
+        if turn_only {
+            return Err(ConfigError::Invalid(
+                "--turn-only with --turn-port 0: nothing would run".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let invalid = |m: String| ConfigError::Invalid(m);
+    let bind = args
+        .turn_bind
+        .or(file.bind)
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let mut users = Vec::new();
+    for u in args.turn_users.iter().chain(&file.users) {
+        let (user, pass) = u
+            .split_once(':')
+            .filter(|(u, p)| !u.is_empty() && !p.is_empty())
+            .ok_or_else(|| invalid(format!("--turn-user `{u}`: expected user:password")))?;
+        users.push((user.to_owned(), pass.to_owned()));
+    }
+    let relay_ports = match args.turn_relay_ports.as_ref().or(file.relay_ports.as_ref()) {
+        None => (49152, 65535),
+        Some(r) => {
+            let parsed = r.split_once('-').and_then(|(a, b)| {
+                Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+            });
+            match parsed {
+                Some((lo, hi)) if lo > 0 && lo <= hi => (lo, hi),
+                _ => {
+                    return Err(invalid(format!(
+                        "--turn-relay-ports `{r}`: expected MIN-MAX with 0 < MIN <= MAX"
+                    )));
+                }
+            }
+        }
+    };
+    let mut allow_peers = Vec::new();
+    for c in args.turn_allow_peers.iter().chain(&file.allow_peers) {
+        allow_peers.push(Cidr::parse(c).map_err(|e| invalid(format!("--turn-allow-peer {e}")))?);
+    }
+    let tls = match (
+        args.turn_tls_cert.clone().or(file.tls_cert.clone()),
+        args.turn_tls_key.clone().or(file.tls_key.clone()),
+    ) {
+        (Some(cert), Some(key)) => Some(TlsSettings {
+            listen: SocketAddr::new(bind, args.turn_tls_port.or(file.tls_port).unwrap_or(5349)),
+            cert,
+            key,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(invalid(
+                "--turn-tls-cert and --turn-tls-key go together".into(),
+            ));
+        }
+    };
+    let bandwidth = match args.turn_bandwidth.as_ref().or(file.bandwidth.as_ref()) {
+        None => 0,
+        Some(b) => parse_bytes(b).map_err(|e| invalid(format!("--turn-bandwidth {e}")))?,
+    };
+    // The SFU hands its participants ephemeral credentials, so it needs a secret; one is
+    // made up at start when none is configured.
+    let secret = args
+        .turn_secret
+        .clone()
+        .or(file.secret.clone())
+        .or_else(|| (!turn_only).then(|| hearth_actors::ids::random_string(32)));
+    let defaults = TurnConfig::default();
+    Ok(Some(TurnConfig {
+        listen: SocketAddr::new(bind, port),
+        tls,
+        realm: args
+            .turn_realm
+            .clone()
+            .or(file.realm.clone())
+            .unwrap_or_else(|| "hearth".into()),
+        users,
+        secret,
+        relay_ip: public_ip,
+        relay_bind: bind,
+        relay_ports,
+        allow_peers,
+        own_ports: vec![http_port],
+        max_allocations: args
+            .turn_max_allocations
+            .or(file.max_allocations)
+            .unwrap_or(defaults.max_allocations),
+        max_allocations_per_user: args
+            .turn_max_allocations_per_user
+            .or(file.max_allocations_per_user)
+            .unwrap_or(defaults.max_allocations_per_user),
+        bandwidth,
+        ..defaults
+    }))
+}
+
+/// `1500`, `64k`, `2M`, `1G` (powers of 1000) -> bytes.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('k' | 'K') => (&s[..s.len() - 1], 1_000),
+        Some('m' | 'M') => (&s[..s.len() - 1], 1_000_000),
+        Some('g' | 'G') => (&s[..s.len() - 1], 1_000_000_000),
+        _ => (s, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .map(|n| n.saturating_mul(mult))
+        .map_err(|_| format!("`{s}`: expected bytes per second, e.g. 250k or 2M"))
 }
 
 /// The key pair for `hearth token`: flags/env, else the config file's first key.

@@ -218,7 +218,15 @@ pub fn join_response(accepted: &hearth_actors::JoinAccepted, ping_interval_secon
         }),
         participant: Some(participant(&accepted.participant)),
         others: accepted.others.iter().map(participant).collect(),
-        ice_servers: Vec::new(),
+        ice_servers: accepted
+            .ice_servers
+            .iter()
+            .map(|s| pb::IceServer {
+                urls: s.urls.clone(),
+                username: s.username.clone(),
+                credential: s.credential.clone(),
+            })
+            .collect(),
         ping_interval_seconds,
     })
 }

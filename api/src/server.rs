@@ -32,7 +32,8 @@ pub struct AppState {
 /// A running server.
 pub struct RunningServer {
     pub http_addr: SocketAddr,
-    pub media_addr: SocketAddr,
+    /// The SFU media port (None on a TURN-only node).
+    pub media_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -128,6 +129,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         media_workers: config.media_workers,
         empty_timeout: config.empty_timeout,
         max_participants: config.max_participants,
+        sfu: !config.turn_only,
+        turn: config.turn.clone(),
         ..NodeConfig::default()
     })
     .await?;

@@ -141,7 +141,7 @@ impl TestServer {
 
     /// The node's media port.
     pub fn media_addr(&self) -> SocketAddr {
-        self.server.media_addr
+        self.server.media_addr.expect("test servers run the SFU")
     }
 
     /// The body of `GET /metrics`.

@@ -88,11 +88,17 @@ fn serve(args: &ServeArgs, started: Instant) -> ExitCode {
         let c = &server.state.config;
         println!("Hearth is ready in {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
         println!("  open        {}", server.url());
-        println!(
-            "  media       udp {} (advertised as {})",
-            server.media_addr,
-            server.state.node.advertised_media_addr()
-        );
+        match server.media_addr {
+            Some(media) => println!(
+                "  media       udp {media} (advertised as {})",
+                server.state.node.advertised_media_addr()
+            ),
+            None => println!("  media       off (--turn-only)"),
+        }
+        if let Some(turn) = server.state.node.turn_addrs() {
+            let tls = turn.tls.map(|t| format!(", tls {t}")).unwrap_or_default();
+            println!("  turn        udp {}, tcp {}{tls}", turn.udp, turn.tcp);
+        }
         println!("  metrics     http://{}/metrics", server.http_addr);
         if c.dev {
             println!("  dev mode    GET /v1/dev/token is enabled; do not expose this node");

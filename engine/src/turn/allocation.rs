@@ -14,9 +14,12 @@ use super::policy::PeerPolicy;
 use super::{Lifetimes, error_response, known_attributes_ok, success};
 use crate::stun::{ChannelData, Class, Message, MessageBuilder, attr, method};
 
-/// Channel numbers clients may bind (RFC 8656 §12).
+/// Channel numbers clients may bind. RFC 8656 §12 narrowed the range to 0x4000-0x4FFF,
+/// but RFC 5766 allowed up to 0x7FFF and deployed clients (coturn's among them) still use
+/// it; every number in 0x4000-0x7FFF is unambiguous on the wire (first bits 01), so all
+/// are accepted.
 pub const CHANNEL_MIN: u16 = 0x4000;
-pub const CHANNEL_MAX: u16 = 0x4FFF;
+pub const CHANNEL_MAX: u16 = 0x7FFF;
 
 /// Limits per allocation.
 #[derive(Clone, Copy, Debug)]
@@ -85,6 +88,8 @@ pub struct AllocateParams {
     pub lifetimes: Lifetimes,
     pub limits: AllocationLimits,
     pub software: Option<String>,
+    /// The token of the port reserved for a later allocation (EVEN-PORT with R set).
+    pub reservation_token: Option<[u8; 8]>,
 }
 
 impl Allocation {
@@ -97,9 +102,14 @@ impl Allocation {
             &p.auth.key,
             p.software.as_deref(),
             |b| {
-                b.xor_address(attr::XOR_RELAYED_ADDRESS, p.relay)
+                let b = b
+                    .xor_address(attr::XOR_RELAYED_ADDRESS, p.relay)
                     .xor_address(attr::XOR_MAPPED_ADDRESS, p.client)
-                    .u32_attr(attr::LIFETIME, lifetime.as_secs() as u32)
+                    .u32_attr(attr::LIFETIME, lifetime.as_secs() as u32);
+                match p.reservation_token {
+                    Some(token) => b.attr(attr::RESERVATION_TOKEN, &token),
+                    None => b,
+                }
             },
         );
         let allocation = Allocation {

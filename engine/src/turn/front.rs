@@ -25,6 +25,10 @@ pub struct AllocateRequest {
     pub auth: Authenticated,
     pub requested_lifetime: Option<u32>,
     pub transaction_id: [u8; 12],
+    /// EVEN-PORT: an even relay port; `Some(true)` also reserves the next port (R bit).
+    pub even_port: Option<bool>,
+    /// RESERVATION-TOKEN: take the port an earlier EVEN-PORT request reserved.
+    pub reservation_token: Option<[u8; 8]>,
 }
 
 /// REQUESTED-TRANSPORT value for UDP (protocol number 17 in the top byte).
@@ -151,9 +155,49 @@ fn allocate(
             ));
         }
     }
+    let even_port = match msg.get(attr::EVEN_PORT) {
+        None => None,
+        Some([flags, ..]) => Some(flags & 0x80 != 0),
+        Some([]) => {
+            return FrontAction::Respond(error_response(
+                msg,
+                400,
+                "Bad Request: EVEN-PORT",
+                Some(&key),
+                software,
+            ));
+        }
+    };
+    let reservation_token = match msg.get(attr::RESERVATION_TOKEN) {
+        None => None,
+        Some(v) => match <[u8; 8]>::try_from(v) {
+            Ok(token) => Some(token),
+            Err(_) => {
+                return FrontAction::Respond(error_response(
+                    msg,
+                    400,
+                    "Bad Request: RESERVATION-TOKEN",
+                    Some(&key),
+                    software,
+                ));
+            }
+        },
+    };
+    if even_port.is_some() && reservation_token.is_some() {
+        // RFC 8656 §7.2: the two are mutually exclusive.
+        return FrontAction::Respond(error_response(
+            msg,
+            400,
+            "Bad Request: EVEN-PORT with RESERVATION-TOKEN",
+            Some(&key),
+            software,
+        ));
+    }
     FrontAction::Allocate(AllocateRequest {
         auth: who,
         requested_lifetime: msg.u32_attr(attr::LIFETIME),
         transaction_id: msg.transaction_id(),
+        even_port,
+        reservation_token,
     })
 }

@@ -47,9 +47,11 @@ impl Default for Lifetimes {
 }
 
 /// Attributes this server understands in requests; other comprehension-required ones
-/// (below 0x8000) get 420 Unknown Attribute. EVEN-PORT, RESERVATION-TOKEN and
-/// DONT-FRAGMENT are deliberately absent: unsupported, answered cleanly with 420.
+/// (below 0x8000) get 420 Unknown Attribute. DONT-FRAGMENT is deliberately absent: relayed
+/// datagrams are sent without the DF bit, so a client that needs it is told so (420).
 const KNOWN: &[u16] = &[
+    attr::EVEN_PORT,
+    attr::RESERVATION_TOKEN,
     attr::MAPPED_ADDRESS,
     attr::USERNAME,
     attr::MESSAGE_INTEGRITY,

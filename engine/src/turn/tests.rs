@@ -79,6 +79,7 @@ impl Fixture {
                 lifetimes: Lifetimes::default(),
                 limits: AllocationLimits::default(),
                 software: None,
+                reservation_token: None,
             },
         )
     }
@@ -171,16 +172,24 @@ fn allocate_errors() {
     check(
         &|b| {
             b.u32_attr(attr::REQUESTED_TRANSPORT, 17 << 24)
-                .attr(attr::EVEN_PORT, &[0x80])
+                .attr(attr::DONT_FRAGMENT, &[])
         },
         420,
     );
     check(
         &|b| {
             b.u32_attr(attr::REQUESTED_TRANSPORT, 17 << 24)
+                .attr(attr::EVEN_PORT, &[0x80])
                 .attr(attr::RESERVATION_TOKEN, &[0; 8])
         },
-        420,
+        400,
+    );
+    check(
+        &|b| {
+            b.u32_attr(attr::REQUESTED_TRANSPORT, 17 << 24)
+                .attr(attr::RESERVATION_TOKEN, &[0; 4])
+        },
+        400,
     );
     check(
         &|b| {
@@ -325,7 +334,7 @@ fn permissions_channels_and_data_paths() {
         &mut a,
         f.t0,
         &f.signed(method::CHANNEL_BIND, 7, |b| {
-            b.attr(attr::CHANNEL_NUMBER, &[0x30, 0x00, 0, 0])
+            b.attr(attr::CHANNEL_NUMBER, &[0x80, 0x00, 0, 0])
                 .xor_address(attr::XOR_PEER_ADDRESS, other)
         }),
     );

@@ -1,0 +1,348 @@
+//! `AllocationActor`: one per TURN allocation. Owns the engine's [`Allocation`], the
+//! relayed UDP socket and the task reading it, and its lifetime timer.
+//!
+//! Dropping the state (clean stop or failure alike) removes the client's route, stops the
+//! relay task (freeing the port) and reports the allocation's usage.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use hearth_engine::stun::Message;
+use hearth_engine::turn::allocation::{AllocateParams, Allocation, AllocationLimits, Reply};
+use hearth_engine::turn::front::AllocateRequest;
+use hearth_engine::turn::rate::RateLimiter;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+use super::{
+    AllocationEntry, ClientKey, ClientLink, ControlItem, RelayCounters, TurnShared, UsageEvent,
+};
+use crate::inbox::Inbox;
+use crate::timer::Wakeup;
+
+pub enum AllocationMsg {
+    /// Control messages are waiting in the inbox.
+    Control,
+    Tick,
+    /// End the allocation (the client's stream closed, or the node stops).
+    Close(&'static str),
+    /// Drill and test hook.
+    InjectFault,
+}
+
+pub struct AllocationArgs {
+    pub id: u64,
+    pub key: ClientKey,
+    pub link: ClientLink,
+    pub request: AllocateRequest,
+    pub socket: UdpSocket,
+    /// Token of the port reserved for this client's next allocation (EVEN-PORT R bit).
+    pub reservation_token: Option<[u8; 8]>,
+    pub shared: Arc<TurnShared>,
+}
+
+pub struct AllocationActor;
+
+pub struct AllocationState {
+    id: u64,
+    key: ClientKey,
+    link: ClientLink,
+    shared: Arc<TurnShared>,
+    allocation: Allocation,
+    entry: Arc<AllocationEntry>,
+    control: Inbox<ControlItem>,
+    wakeup: Wakeup,
+    relay_task: JoinHandle<()>,
+    published: u64,
+    started: SystemTime,
+    flushed: [u64; 5],
+    end_reason: &'static str,
+    scratch: Vec<ControlItem>,
+}
+
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Actor for AllocationActor {
+    type Msg = AllocationMsg;
+    type State = AllocationState;
+    type Arguments = AllocationArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let now = Instant::now();
+        let shared = args.shared;
+        let config = &shared.config;
+        let local = args.socket.local_addr()?;
+        let relay = SocketAddr::new(config.relay_ip, local.port());
+        let (allocation, response) = Allocation::new(
+            now,
+            AllocateParams {
+                relay,
+                client: args.key.addr,
+                auth: args.request.auth,
+                requested_lifetime: args.request.requested_lifetime,
+                transaction_id: args.request.transaction_id,
+                lifetimes: config.lifetimes,
+                limits: AllocationLimits::default(),
+                software: shared.software.clone(),
+                reservation_token: args.reservation_token,
+            },
+        );
+        let socket = Arc::new(args.socket);
+        let (control, control_tx) = Inbox::new(256, myself.clone(), || AllocationMsg::Control);
+        let entry = Arc::new(AllocationEntry {
+            id: args.id,
+            actor: myself.clone(),
+            control: control_tx,
+            relay_socket: Arc::clone(&socket),
+            view: ArcSwap::from_pointee(allocation.view()),
+            to_peer_limit: Mutex::new(RateLimiter::new(config.bandwidth, 0, now)),
+            counters: RelayCounters::default(),
+        });
+        let relay_task = tokio::spawn(relay_task(
+            Arc::clone(&entry),
+            socket,
+            args.link.clone(),
+            Arc::clone(&shared),
+        ));
+        shared.routes.insert(args.key, Arc::clone(&entry));
+        args.link.send(&response);
+        let wakeup = Wakeup::spawn(myself, || AllocationMsg::Tick);
+        wakeup.arm(now + STATS_INTERVAL);
+        tracing::debug!(client = %args.key.addr, %relay, transport = args.key.transport.as_str(), "allocation created");
+        Ok(AllocationState {
+            id: args.id,
+            key: args.key,
+            link: args.link,
+            shared,
+            published: allocation.version(),
+            allocation,
+            entry,
+            control,
+            wakeup,
+            relay_task,
+            started: SystemTime::now(),
+            flushed: [0; 5],
+            // Every clean way out names itself; a failure skips post_stop and keeps this.
+            end_reason: "failed",
+            scratch: Vec::with_capacity(32),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = Instant::now();
+        match msg {
+            AllocationMsg::Control => {
+                if state.on_control(now) {
+                    myself.stop(Some("deleted".into()));
+                    return Ok(());
+                }
+            }
+            AllocationMsg::Tick => {
+                state.flush_counters();
+                if !state.allocation.handle_timeout(now) {
+                    state.end_reason = "expired";
+                    myself.stop(Some("expired".into()));
+                    return Ok(());
+                }
+            }
+            AllocationMsg::Close(reason) => {
+                state.end_reason = reason;
+                myself.stop(Some(reason.into()));
+                return Ok(());
+            }
+            AllocationMsg::InjectFault => panic!("fault injected into allocation {}", state.id),
+        }
+        state.publish();
+        let next = state.allocation.poll_timeout().min(now + STATS_INTERVAL);
+        state.wakeup.arm(next);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.end_reason == "failed" {
+            // Stopped from outside without a reason of its own: the node is shutting down.
+            state.end_reason = "shutdown";
+        }
+        Ok(())
+    }
+}
+
+impl AllocationState {
+    /// Handles queued control messages; true if the allocation was deleted.
+    fn on_control(&mut self, now: Instant) -> bool {
+        let mut batch = std::mem::take(&mut self.scratch);
+        self.control.drain(&mut batch, 64);
+        let unix_now = self.shared.unix_now(now);
+        let mut deleted = false;
+        for item in batch.drain(..) {
+            let Ok(msg) = Message::parse(&item.data) else {
+                continue;
+            };
+            match self.allocation.handle(
+                item.at,
+                &msg,
+                &self.shared.auth,
+                &self.shared.policy,
+                unix_now,
+            ) {
+                Reply::Respond(response) => {
+                    self.link.send(&response);
+                }
+                Reply::Delete(response) => {
+                    self.link.send(&response);
+                    self.end_reason = "deleted";
+                    deleted = true;
+                    break;
+                }
+                Reply::Relay { peer, data } => {
+                    if self.entry.relay_socket.try_send_to(data, peer).is_ok() {
+                        RelayCounters::add(&self.entry.counters.to_peer_packets, 1);
+                        RelayCounters::add(&self.entry.counters.to_peer_bytes, data.len() as u64);
+                    }
+                }
+                Reply::Ignore(why) => {
+                    metrics::counter!("hearth_turn_dropped_total", "reason" => why).increment(1);
+                }
+            }
+        }
+        self.scratch = batch;
+        if !deleted && self.control.has_pending() {
+            let _ = self.entry.actor.send_message(AllocationMsg::Control);
+        }
+        deleted
+    }
+
+    /// Hands the data paths a fresh snapshot when permissions or channels changed.
+    fn publish(&mut self) {
+        if self.allocation.version() != self.published {
+            self.entry.view.store(Arc::new(self.allocation.view()));
+            self.published = self.allocation.version();
+        }
+    }
+
+    /// Adds this allocation's traffic since the last flush to the node's counters.
+    fn flush_counters(&mut self) {
+        let c = &self.entry.counters;
+        let now = [
+            c.to_peer_packets.load(Ordering::Relaxed),
+            c.to_peer_bytes.load(Ordering::Relaxed),
+            c.to_client_packets.load(Ordering::Relaxed),
+            c.to_client_bytes.load(Ordering::Relaxed),
+            c.dropped.load(Ordering::Relaxed),
+        ];
+        let d: Vec<u64> = now
+            .iter()
+            .zip(self.flushed)
+            .map(|(n, f)| n.saturating_sub(f))
+            .collect();
+        if d[0] > 0 {
+            metrics::counter!("hearth_turn_relayed_packets_total", "direction" => "to_peer")
+                .increment(d[0]);
+            metrics::counter!("hearth_turn_relayed_bytes_total", "direction" => "to_peer")
+                .increment(d[1]);
+        }
+        if d[2] > 0 {
+            metrics::counter!("hearth_turn_relayed_packets_total", "direction" => "to_client")
+                .increment(d[2]);
+            metrics::counter!("hearth_turn_relayed_bytes_total", "direction" => "to_client")
+                .increment(d[3]);
+        }
+        if d[4] > 0 {
+            metrics::counter!("hearth_turn_dropped_total", "reason" => "no_permission_or_quota")
+                .increment(d[4]);
+        }
+        self.flushed = now;
+    }
+}
+
+impl Drop for AllocationState {
+    fn drop(&mut self) {
+        // Runs after a clean stop and after a failure alike.
+        self.relay_task.abort();
+        self.shared
+            .routes
+            .remove_if(&self.key, |_, e| Arc::ptr_eq(e, &self.entry));
+        self.flush_counters();
+        let c = &self.entry.counters;
+        let reason = self.end_reason;
+        let _ = self.shared.usage.send(UsageEvent {
+            id: format!(
+                "turn-{}-{}",
+                self.shared
+                    .epoch_wall
+                    .1
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+                self.id
+            ),
+            user: self.allocation.user().to_owned(),
+            transport: self.key.transport.as_str(),
+            started_at: self.started,
+            ended_at: SystemTime::now(),
+            bytes_to_peer: c.to_peer_bytes.load(Ordering::Relaxed),
+            bytes_to_client: c.to_client_bytes.load(Ordering::Relaxed),
+            packets_to_peer: c.to_peer_packets.load(Ordering::Relaxed),
+            packets_to_client: c.to_client_packets.load(Ordering::Relaxed),
+            reason,
+        });
+        tracing::debug!(client = %self.key.addr, reason, "allocation ended");
+    }
+}
+
+/// Peer → client: reads the relayed socket, frames each datagram for the client
+/// (ChannelData or Data indication) if a permission allows it, and sends it.
+async fn relay_task(
+    entry: Arc<AllocationEntry>,
+    socket: Arc<UdpSocket>,
+    link: ClientLink,
+    shared: Arc<TurnShared>,
+) {
+    let stream = link.is_stream();
+    let mut buf = vec![0u8; 65_536];
+    let mut out = Vec::with_capacity(2048);
+    let mut limit = RateLimiter::new(shared.config.bandwidth, 0, Instant::now());
+    let tid_base: [u8; 8] = rand::random();
+    let mut counter: u32 = 0;
+    loop {
+        let (len, peer) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(_) => continue,
+        };
+        let now = Instant::now();
+        counter = counter.wrapping_add(1);
+        let mut tid = [0u8; 12];
+        tid[..8].copy_from_slice(&tid_base);
+        tid[8..].copy_from_slice(&counter.to_be_bytes());
+        let view = entry.view.load();
+        if !view.frame_peer_data(now, peer, &buf[..len], stream, tid, &mut out)
+            || !limit.allow(now, len)
+        {
+            RelayCounters::add(&entry.counters.dropped, 1);
+            continue;
+        }
+        if link.send(&out) {
+            RelayCounters::add(&entry.counters.to_client_packets, 1);
+            RelayCounters::add(&entry.counters.to_client_bytes, len as u64);
+        } else {
+            RelayCounters::add(&entry.counters.dropped, 1);
+        }
+    }
+}
