@@ -17,6 +17,8 @@
 //! lock): the Prometheus recorder is global to the process, so metric deltas are only
 //! meaningful when no other server shares it.
 
+pub mod turn;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

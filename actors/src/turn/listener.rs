@@ -28,6 +28,8 @@ use super::{ClientKey, ClientLink, ControlItem, RelayCounters, Transport, TurnSh
 const MAX_FRAME: usize = 65_535 + 20;
 /// Frames queued for one stream client before we drop.
 const STREAM_QUEUE: usize = 512;
+/// Time a new stream has to deliver its first whole message.
+const FIRST_FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Counters of the front door, registered once.
 pub struct FrontCounters {
@@ -164,8 +166,22 @@ async fn serve_stream<S>(
         let _ = writer.shutdown().await;
     });
     let mut buf = BytesMut::with_capacity(8192);
+    // A client must get a whole first message through quickly (no slow-drip connections).
+    let mut first_deadline = Some(tokio::time::Instant::now() + FIRST_FRAME_TIMEOUT);
     'read: loop {
-        match reader.read_buf(&mut buf).await {
+        let read = match first_deadline {
+            Some(deadline) => {
+                match tokio::time::timeout_at(deadline, reader.read_buf(&mut buf)).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        counters.malformed.increment(1);
+                        break;
+                    }
+                }
+            }
+            None => reader.read_buf(&mut buf).await,
+        };
+        match read {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
@@ -180,6 +196,13 @@ async fn serve_stream<S>(
                     counters.malformed.increment(1);
                     break 'read;
                 }
+                Some(Ok(_))
+                    if ChannelData::looks_like(&buf) && !shared.routes.contains_key(&key) =>
+                {
+                    // ChannelData needs an allocation: this client does not speak TURN.
+                    counters.malformed.increment(1);
+                    break 'read;
+                }
                 Some(Ok(len)) => len,
             };
             if buf.len() < len {
@@ -187,12 +210,15 @@ async fn serve_stream<S>(
                 break;
             }
             let frame = buf.split_to(len);
+            first_deadline = None;
             let link = || ClientLink::Stream { tx: tx.clone() };
             handle_from_client(shared, supervisor, counters, key, link, &frame);
         }
     }
+    // The writer ends once the allocation (which holds the other senders) is gone too; the
+    // caller reports the closed connection so that happens now.
     drop(tx);
-    let _ = writer_task.await;
+    drop(writer_task);
 }
 
 /// One message from a client: relay it, queue it for its allocation, or answer it.
