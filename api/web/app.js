@@ -257,10 +257,19 @@
   // ---- Peer connection and perfect negotiation ---------------------------------------
 
   function createPeerConnection(conn, iceServers) {
+    // `?relay=1` sends all media through the node's TURN server (as a client behind a
+    // UDP-blocking firewall would), for trying it out and for the tests.
+    // `?turn=tcp` (or udp) keeps only the TURN URLs of that transport.
+    const params = new URLSearchParams(location.search);
+    const relayOnly = params.get('relay') === '1';
+    const turnTransport = params.get('turn');
+    const keepUrl = (u) => !turnTransport || !/^turns?:/.test(u) || u.endsWith(`transport=${turnTransport}`);
     const pc = new RTCPeerConnection({
       iceServers: iceServers.map((s) => compact({
-        urls: s.urls || [], username: s.username || undefined, credential: s.credential || undefined,
+        urls: (s.urls || []).filter(keepUrl),
+        username: s.username || undefined, credential: s.credential || undefined,
       })),
+      iceTransportPolicy: relayOnly ? 'relay' : 'all',
     });
     pc.onnegotiationneeded = () => negotiate(conn);
     pc.onicecandidate = ({ candidate: c }) => {
@@ -669,6 +678,22 @@
     };
   }
 
+  // The candidate pair media flows on: local/remote candidate types ('host', 'srflx',
+  // 'prflx', 'relay') and, for relayed ones, how we reach the TURN server.
+  async function selectedCandidateTypes() {
+    const pc = current && current.pc;
+    if (!pc) return null;
+    const report = [...(await pc.getStats()).values()];
+    const byId = new Map(report.map((s) => [s.id, s]));
+    const transport = report.find((s) => s.type === 'transport' && s.selectedCandidatePairId);
+    const pair = transport ? byId.get(transport.selectedCandidatePairId)
+      : report.find((s) => s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded');
+    if (!pair) return null;
+    const local = byId.get(pair.localCandidateId) || {};
+    const remote = byId.get(pair.remoteCandidateId) || {};
+    return { local: local.candidateType, remote: remote.candidateType, relayProtocol: local.relayProtocol || '' };
+  }
+
   Object.defineProperty(window, 'hearth', {
     enumerable: true,
     value: Object.freeze({
@@ -676,7 +701,7 @@
       get lastError() { return lastError; },
       get activeSpeakers() { return activeSpeakers.slice(); },
       get participantId() { return selfId; },
-      stats, leave, setMicMuted, setCameraMuted,
+      stats, leave, setMicMuted, setCameraMuted, selectedCandidateTypes,
       join: (meeting, name, token) => startSession({ meeting, name, token }),
     }),
   });
