@@ -646,6 +646,63 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_parses_and_enables_turn() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/hearth.example.toml");
+        let c = resolve(&ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap();
+        let turn = c.turn.expect("TURN is on in the example");
+        assert_eq!(turn.listen.port(), 3478);
+        assert_eq!(turn.relay_ports, (49152, 65535));
+        assert!(turn.secret.is_some(), "a secret is generated for the SFU's participants");
+    }
+
+    #[test]
+    fn turn_flags_are_checked() {
+        let with = |turn: TurnArgs| {
+            resolve(&ServeArgs {
+                turn,
+                ..Default::default()
+            })
+        };
+        let err = with(TurnArgs {
+            turn_relay_ports: Some("60000-50000".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("MIN-MAX"), "{err}");
+        let err = with(TurnArgs {
+            turn_users: vec!["nopassword".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("user:password"), "{err}");
+        let err = with(TurnArgs {
+            turn_allow_peers: vec!["10.0.0.0/99".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("prefix"), "{err}");
+        let off = with(TurnArgs {
+            turn_port: Some(0),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(off.turn.is_none());
+        let c = with(TurnArgs {
+            turn_bandwidth: Some("2M".into()),
+            turn_only: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(c.turn_only);
+        assert_eq!(c.turn.unwrap().bandwidth, 2_000_000);
+    }
+
+    #[test]
     fn bad_config_is_a_clear_error() {
         let dir = std::env::temp_dir().join(format!("hearth-badcfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

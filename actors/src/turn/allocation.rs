@@ -309,6 +309,9 @@ impl Drop for AllocationState {
 
 /// Peer → client: reads the relayed socket, frames each datagram for the client
 /// (ChannelData or Data indication) if a permission allows it, and sends it.
+///
+/// Buffers are per worker thread, not per allocation: the task waits for readability, then
+/// receives and forwards synchronously, so thousands of idle allocations hold no buffers.
 async fn relay_task(
     entry: Arc<AllocationEntry>,
     socket: Arc<UdpSocket>,
@@ -316,33 +319,41 @@ async fn relay_task(
     shared: Arc<TurnShared>,
 ) {
     let stream = link.is_stream();
-    let mut buf = vec![0u8; 65_536];
-    let mut out = Vec::with_capacity(2048);
     let mut limit = RateLimiter::new(shared.config.bandwidth, 0, Instant::now());
     let tid_base: [u8; 8] = rand::random();
     let mut counter: u32 = 0;
     loop {
-        let (len, peer) = match socket.recv_from(&mut buf).await {
-            Ok(r) => r,
-            Err(_) => continue,
-        };
-        let now = Instant::now();
-        counter = counter.wrapping_add(1);
-        let mut tid = [0u8; 12];
-        tid[..8].copy_from_slice(&tid_base);
-        tid[8..].copy_from_slice(&counter.to_be_bytes());
-        let view = entry.view.load();
-        if !view.frame_peer_data(now, peer, &buf[..len], stream, tid, &mut out)
-            || !limit.allow(now, len)
-        {
-            RelayCounters::add(&entry.counters.dropped, 1);
-            continue;
+        if socket.readable().await.is_err() {
+            return;
         }
-        if link.send(&out) {
-            RelayCounters::add(&entry.counters.to_client_packets, 1);
-            RelayCounters::add(&entry.counters.to_client_bytes, len as u64);
-        } else {
-            RelayCounters::add(&entry.counters.dropped, 1);
-        }
+        RELAY_BUFFERS.with_borrow_mut(|(buf, out)| {
+            // Drain what is queued; WouldBlock ends the burst.
+            while let Ok((len, peer)) = socket.try_recv_from(buf) {
+                let now = Instant::now();
+                counter = counter.wrapping_add(1);
+                let mut tid = [0u8; 12];
+                tid[..8].copy_from_slice(&tid_base);
+                tid[8..].copy_from_slice(&counter.to_be_bytes());
+                let view = entry.view.load();
+                if !view.frame_peer_data(now, peer, &buf[..len], stream, tid, out)
+                    || !limit.allow(now, len)
+                {
+                    RelayCounters::add(&entry.counters.dropped, 1);
+                    continue;
+                }
+                if link.send(out) {
+                    RelayCounters::add(&entry.counters.to_client_packets, 1);
+                    RelayCounters::add(&entry.counters.to_client_bytes, len as u64);
+                } else {
+                    RelayCounters::add(&entry.counters.dropped, 1);
+                }
+            }
+        });
     }
+}
+
+thread_local! {
+    /// One receive buffer (the largest UDP datagram) and one framing buffer per thread.
+    static RELAY_BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
+        std::cell::RefCell::new((vec![0u8; 65_536], Vec::with_capacity(2048)));
 }
