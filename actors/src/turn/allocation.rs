@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use hearth_engine::stun::Message;
@@ -21,12 +21,11 @@ use tokio::task::JoinHandle;
 use super::{
     AllocationEntry, ClientKey, ClientLink, ControlItem, RelayCounters, TurnShared, UsageEvent,
 };
-use crate::inbox::Inbox;
 use crate::timer::Wakeup;
 
 pub enum AllocationMsg {
-    /// Control messages are waiting in the inbox.
-    Control,
+    /// A control message (request) from the allocation's client.
+    Control(ControlItem),
     Tick,
     /// End the allocation (the client's stream closed, or the node stops).
     Close(&'static str),
@@ -54,17 +53,12 @@ pub struct AllocationState {
     shared: Arc<TurnShared>,
     allocation: Allocation,
     entry: Arc<AllocationEntry>,
-    control: Inbox<ControlItem>,
     wakeup: Wakeup,
     relay_task: JoinHandle<()>,
     published: u64,
     started: SystemTime,
-    flushed: [u64; 5],
     end_reason: &'static str,
-    scratch: Vec<ControlItem>,
 }
-
-const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Actor for AllocationActor {
     type Msg = AllocationMsg;
@@ -96,15 +90,15 @@ impl Actor for AllocationActor {
             },
         );
         let socket = Arc::new(args.socket);
-        let (control, control_tx) = Inbox::new(256, myself.clone(), || AllocationMsg::Control);
         let entry = Arc::new(AllocationEntry {
             id: args.id,
             actor: myself.clone(),
-            control: control_tx,
+            control_in_flight: std::sync::atomic::AtomicUsize::new(0),
             relay_socket: Arc::clone(&socket),
             view: ArcSwap::from_pointee(allocation.view()),
             to_peer_limit: Mutex::new(RateLimiter::new(config.bandwidth, 0, now)),
             counters: RelayCounters::default(),
+            flushed: Mutex::new([0; 5]),
         });
         let relay_task = tokio::spawn(relay_task(
             Arc::clone(&entry),
@@ -115,7 +109,7 @@ impl Actor for AllocationActor {
         shared.routes.insert(args.key, Arc::clone(&entry));
         args.link.send(&response);
         let wakeup = Wakeup::spawn(myself, || AllocationMsg::Tick);
-        wakeup.arm(now + STATS_INTERVAL);
+        wakeup.arm(allocation.poll_timeout());
         tracing::debug!(client = %args.key.addr, %relay, transport = args.key.transport.as_str(), "allocation created");
         Ok(AllocationState {
             id: args.id,
@@ -125,14 +119,11 @@ impl Actor for AllocationActor {
             published: allocation.version(),
             allocation,
             entry,
-            control,
             wakeup,
             relay_task,
             started: SystemTime::now(),
-            flushed: [0; 5],
             // Every clean way out names itself; a failure skips post_stop and keeps this.
             end_reason: "failed",
-            scratch: Vec::with_capacity(32),
         })
     }
 
@@ -144,14 +135,14 @@ impl Actor for AllocationActor {
     ) -> Result<(), ActorProcessingErr> {
         let now = Instant::now();
         match msg {
-            AllocationMsg::Control => {
-                if state.on_control(now) {
+            AllocationMsg::Control(item) => {
+                state.entry.control_in_flight.fetch_sub(1, Ordering::AcqRel);
+                if state.on_control(item) {
                     myself.stop(Some("deleted".into()));
                     return Ok(());
                 }
             }
             AllocationMsg::Tick => {
-                state.flush_counters();
                 if !state.allocation.handle_timeout(now) {
                     state.end_reason = "expired";
                     myself.stop(Some("expired".into()));
@@ -166,8 +157,7 @@ impl Actor for AllocationActor {
             AllocationMsg::InjectFault => panic!("fault injected into allocation {}", state.id),
         }
         state.publish();
-        let next = state.allocation.poll_timeout().min(now + STATS_INTERVAL);
-        state.wakeup.arm(next);
+        state.wakeup.arm(state.allocation.poll_timeout());
         Ok(())
     }
 
@@ -185,48 +175,40 @@ impl Actor for AllocationActor {
 }
 
 impl AllocationState {
-    /// Handles queued control messages; true if the allocation was deleted.
-    fn on_control(&mut self, now: Instant) -> bool {
-        let mut batch = std::mem::take(&mut self.scratch);
-        self.control.drain(&mut batch, 64);
-        let unix_now = self.shared.unix_now(now);
-        let mut deleted = false;
-        for item in batch.drain(..) {
-            let Ok(msg) = Message::parse(&item.data) else {
-                continue;
-            };
-            match self.allocation.handle(
-                item.at,
-                &msg,
-                &self.shared.auth,
-                &self.shared.policy,
-                unix_now,
-            ) {
-                Reply::Respond(response) => {
-                    self.link.send(&response);
+    /// Handles one control message; true if the allocation was deleted.
+    fn on_control(&mut self, item: ControlItem) -> bool {
+        let Ok(msg) = Message::parse(&item.data) else {
+            return false;
+        };
+        let unix_now = self.shared.unix_now(item.at);
+        match self.allocation.handle(
+            item.at,
+            &msg,
+            &self.shared.auth,
+            &self.shared.policy,
+            unix_now,
+        ) {
+            Reply::Respond(response) => {
+                self.link.send(&response);
+                false
+            }
+            Reply::Delete(response) => {
+                self.link.send(&response);
+                self.end_reason = "deleted";
+                true
+            }
+            Reply::Relay { peer, data } => {
+                if self.entry.relay_socket.try_send_to(data, peer).is_ok() {
+                    RelayCounters::add(&self.entry.counters.to_peer_packets, 1);
+                    RelayCounters::add(&self.entry.counters.to_peer_bytes, data.len() as u64);
                 }
-                Reply::Delete(response) => {
-                    self.link.send(&response);
-                    self.end_reason = "deleted";
-                    deleted = true;
-                    break;
-                }
-                Reply::Relay { peer, data } => {
-                    if self.entry.relay_socket.try_send_to(data, peer).is_ok() {
-                        RelayCounters::add(&self.entry.counters.to_peer_packets, 1);
-                        RelayCounters::add(&self.entry.counters.to_peer_bytes, data.len() as u64);
-                    }
-                }
-                Reply::Ignore(why) => {
-                    metrics::counter!("hearth_turn_dropped_total", "reason" => why).increment(1);
-                }
+                false
+            }
+            Reply::Ignore(why) => {
+                metrics::counter!("hearth_turn_dropped_total", "reason" => why).increment(1);
+                false
             }
         }
-        self.scratch = batch;
-        if !deleted && self.control.has_pending() {
-            let _ = self.entry.actor.send_message(AllocationMsg::Control);
-        }
-        deleted
     }
 
     /// Hands the data paths a fresh snapshot when permissions or channels changed.
@@ -235,40 +217,6 @@ impl AllocationState {
             self.entry.view.store(Arc::new(self.allocation.view()));
             self.published = self.allocation.version();
         }
-    }
-
-    /// Adds this allocation's traffic since the last flush to the node's counters.
-    fn flush_counters(&mut self) {
-        let c = &self.entry.counters;
-        let now = [
-            c.to_peer_packets.load(Ordering::Relaxed),
-            c.to_peer_bytes.load(Ordering::Relaxed),
-            c.to_client_packets.load(Ordering::Relaxed),
-            c.to_client_bytes.load(Ordering::Relaxed),
-            c.dropped.load(Ordering::Relaxed),
-        ];
-        let d: Vec<u64> = now
-            .iter()
-            .zip(self.flushed)
-            .map(|(n, f)| n.saturating_sub(f))
-            .collect();
-        if d[0] > 0 {
-            metrics::counter!("hearth_turn_relayed_packets_total", "direction" => "to_peer")
-                .increment(d[0]);
-            metrics::counter!("hearth_turn_relayed_bytes_total", "direction" => "to_peer")
-                .increment(d[1]);
-        }
-        if d[2] > 0 {
-            metrics::counter!("hearth_turn_relayed_packets_total", "direction" => "to_client")
-                .increment(d[2]);
-            metrics::counter!("hearth_turn_relayed_bytes_total", "direction" => "to_client")
-                .increment(d[3]);
-        }
-        if d[4] > 0 {
-            metrics::counter!("hearth_turn_dropped_total", "reason" => "no_permission_or_quota")
-                .increment(d[4]);
-        }
-        self.flushed = now;
     }
 }
 
@@ -279,7 +227,7 @@ impl Drop for AllocationState {
         self.shared
             .routes
             .remove_if(&self.key, |_, e| Arc::ptr_eq(e, &self.entry));
-        self.flush_counters();
+        self.entry.flush_metrics();
         let c = &self.entry.counters;
         let reason = self.end_reason;
         let _ = self.shared.usage.send(UsageEvent {

@@ -260,7 +260,7 @@ pub fn handle_from_client(
             relay_to_peer(&entry, now, peer, payload);
             return;
         }
-        entry.control.push(ControlItem {
+        entry.push_control(ControlItem {
             data: Bytes::copy_from_slice(data),
             at: now,
         });

@@ -23,7 +23,7 @@ pub mod supervisor;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -39,7 +39,6 @@ use ractor::ActorRef;
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::inbox::InboxSender;
 use allocation::AllocationMsg;
 
 /// TURN settings (flags `--turn-*`).
@@ -171,12 +170,82 @@ pub struct ControlItem {
 pub struct AllocationEntry {
     pub id: u64,
     pub actor: ActorRef<AllocationMsg>,
-    pub control: InboxSender<ControlItem, AllocationMsg>,
+    /// Control messages queued in the actor's mailbox (bounded: see `push_control`).
+    pub control_in_flight: AtomicUsize,
     pub relay_socket: Arc<UdpSocket>,
     pub view: ArcSwap<RelayView>,
     /// Client → peer quota (the listeners' direction).
     pub to_peer_limit: Mutex<RateLimiter>,
     pub counters: RelayCounters,
+    /// The counters' values already added to the node's metrics.
+    pub flushed: Mutex<[u64; 5]>,
+}
+
+/// Control requests an allocation may have queued; beyond that a client is flooding and
+/// its requests are dropped (a real client retransmits).
+const CONTROL_QUEUE: usize = 64;
+
+impl AllocationEntry {
+    /// Adds this allocation's traffic since the last flush to the node's metrics. Called
+    /// once a second for every allocation by the supervisor, and when the allocation ends.
+    pub fn flush_metrics(&self) {
+        let c = &self.counters;
+        let now = [
+            c.to_peer_packets.load(Ordering::Relaxed),
+            c.to_peer_bytes.load(Ordering::Relaxed),
+            c.to_client_packets.load(Ordering::Relaxed),
+            c.to_client_bytes.load(Ordering::Relaxed),
+            c.dropped.load(Ordering::Relaxed),
+        ];
+        let mut flushed = match self.flushed.lock() {
+            Ok(f) => f,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let d: Vec<u64> = now
+            .iter()
+            .zip(flushed.iter())
+            .map(|(n, f)| n.saturating_sub(*f))
+            .collect();
+        *flushed = now;
+        drop(flushed);
+        if d[0] > 0 {
+            metrics::counter!("hearth_turn_relayed_packets_total", "direction" => "to_peer")
+                .increment(d[0]);
+            metrics::counter!("hearth_turn_relayed_bytes_total", "direction" => "to_peer")
+                .increment(d[1]);
+        }
+        if d[2] > 0 {
+            metrics::counter!("hearth_turn_relayed_packets_total", "direction" => "to_client")
+                .increment(d[2]);
+            metrics::counter!("hearth_turn_relayed_bytes_total", "direction" => "to_client")
+                .increment(d[3]);
+        }
+        if d[4] > 0 {
+            metrics::counter!("hearth_turn_dropped_total", "reason" => "no_permission_or_quota")
+                .increment(d[4]);
+        }
+    }
+
+    /// Queues a control message for the actor through its mailbox, at most
+    /// [`CONTROL_QUEUE`] at a time (the mailbox itself is unbounded). Control traffic is a
+    /// few requests a minute per allocation, so it needs no queue of its own: that saves
+    /// the memory of one channel per allocation.
+    pub fn push_control(&self, item: ControlItem) -> bool {
+        if self.control_in_flight.fetch_add(1, Ordering::AcqRel) >= CONTROL_QUEUE {
+            self.control_in_flight.fetch_sub(1, Ordering::AcqRel);
+            RelayCounters::add(&self.counters.dropped, 1);
+            return false;
+        }
+        if self
+            .actor
+            .send_message(AllocationMsg::Control(item))
+            .is_err()
+        {
+            self.control_in_flight.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
 }
 
 /// Per-allocation traffic, added to the node's metrics by the actor once a second.

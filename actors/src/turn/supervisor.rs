@@ -35,6 +35,8 @@ pub enum TurnSupervisorMsg {
     InjectFault { key: ClientKey },
     /// Number of live allocations.
     Count(RpcReplyPort<usize>),
+    /// Once a second: add every allocation's traffic to the node's metrics.
+    FlushMetrics,
 }
 
 pub struct TurnSupervisor;
@@ -48,6 +50,9 @@ pub struct TurnSupervisorState {
     reservations: HashMap<[u8; 8], (UdpSocket, Instant)>,
 }
 
+/// How often allocations' traffic reaches `/metrics`.
+const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How long a reserved port waits for the Allocate that claims it (RFC 8656: ~30 s).
 const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 
@@ -58,10 +63,12 @@ impl Actor for TurnSupervisor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         shared: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         metrics::gauge!("hearth_turn_allocations").set(0.0);
+        // One timer for all allocations' metrics, rather than one wake-up per allocation.
+        myself.send_interval(METRICS_INTERVAL, || TurnSupervisorMsg::FlushMetrics);
         Ok(TurnSupervisorState {
             shared,
             total: 0,
@@ -96,6 +103,11 @@ impl Actor for TurnSupervisor {
             }
             TurnSupervisorMsg::Count(reply) => {
                 let _ = reply.send(state.total);
+            }
+            TurnSupervisorMsg::FlushMetrics => {
+                for entry in state.shared.routes.iter() {
+                    entry.value().flush_metrics();
+                }
             }
         }
         Ok(())
@@ -142,7 +154,7 @@ impl TurnSupervisorState {
     ) {
         // A retransmission that crossed the actor's creation: the allocation answers it.
         if let Some(entry) = self.shared.routes.get(&key) {
-            entry.control.push(ControlItem {
+            entry.push_control(ControlItem {
                 data: raw,
                 at: Instant::now(),
             });
