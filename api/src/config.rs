@@ -647,8 +647,8 @@ mod tests {
 
     #[test]
     fn the_example_config_parses_and_enables_turn() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../deploy/hearth.example.toml");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/hearth.example.toml");
         let c = resolve(&ServeArgs {
             config: Some(path),
             ..Default::default()
@@ -657,7 +657,10 @@ mod tests {
         let turn = c.turn.expect("TURN is on in the example");
         assert_eq!(turn.listen.port(), 3478);
         assert_eq!(turn.relay_ports, (49152, 65535));
-        assert!(turn.secret.is_some(), "a secret is generated for the SFU's participants");
+        assert!(
+            turn.secret.is_some(),
+            "a secret is generated for the SFU's participants"
+        );
     }
 
     #[test]

@@ -78,11 +78,40 @@ fn uclient_summary(output: &str) -> (u64, u64, f64) {
     }
 }
 
+/// A self-signed certificate for `localhost` in `dir`: (chain PEM, key PEM).
+fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()])
+        .expect("a self-signed certificate");
+    let cert = dir.join("turn-cert.pem");
+    let key = dir.join("turn-key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coturn_clients_relay_through_hearth_without_loss() {
-    let server = TestServer::start_with(turn_config).await;
+    let dir = std::env::temp_dir().join(format!("hearth-turn-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = self_signed(&dir);
+    let server = TestServer::start_with(|c| {
+        turn_config(c);
+        c.turn.as_mut().unwrap().tls = Some(hearth_actors::turn::TlsSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cert,
+            key,
+        });
+    })
+    .await;
     let turn = turn_addr(&server);
     let port = turn.port().to_string();
+    let tls_port = server
+        .node()
+        .turn_addrs()
+        .and_then(|a| a.tls)
+        .expect("TLS listener")
+        .port()
+        .to_string();
     let mut usage = server.node().turn_usage().expect("usage events");
 
     let stun = run("turnutils_stunclient", &["-p", &port, "127.0.0.1"]).await;
@@ -101,8 +130,6 @@ async fn coturn_clients_relay_through_hearth_without_loss() {
         .expect("turnutils_peer runs (install Debian's coturn package)");
 
     let common = [
-        "-p",
-        &port,
         "-e",
         "127.0.0.1",
         "-r",
@@ -118,17 +145,24 @@ async fn coturn_clients_relay_through_hearth_without_loss() {
     ];
     let static_user = ["-u", USER, "-w", PASS];
     let rest_user = ["-u", "restuser", "-W", SECRET];
-    let cases: [(&str, &[&str], &[&str]); 6] = [
-        ("UDP, channels, static user", &[], &static_user),
-        ("UDP, Send/Data indications", &["-s"], &static_user),
-        ("TCP, channels", &["-t"], &static_user),
-        ("TCP, indications", &["-t", "-s"], &static_user),
-        ("UDP, ephemeral (REST) credentials", &[], &rest_user),
-        ("TCP, ephemeral (REST) credentials", &["-t"], &rest_user),
+    let cases: [(&str, &[&str], &[&str], &str); 7] = [
+        ("UDP, channels, static user", &[], &static_user, &port),
+        ("UDP, Send/Data indications", &["-s"], &static_user, &port),
+        ("TCP, channels", &["-t"], &static_user, &port),
+        ("TCP, indications", &["-t", "-s"], &static_user, &port),
+        ("UDP, ephemeral (REST) credentials", &[], &rest_user, &port),
+        (
+            "TCP, ephemeral (REST) credentials",
+            &["-t"],
+            &rest_user,
+            &port,
+        ),
+        ("TLS, channels", &["-t", "-S"], &static_user, &tls_port),
     ];
-    for (what, flags, user) in cases {
+    for (what, flags, user, port) in cases {
         let mut args: Vec<&str> = flags.to_vec();
         args.extend_from_slice(user);
+        args.extend_from_slice(&["-p", port]);
         args.extend_from_slice(&common);
         args.push("127.0.0.1");
         let output = run("turnutils_uclient", &args).await;
@@ -142,7 +176,7 @@ async fn coturn_clients_relay_through_hearth_without_loss() {
     let relayed = server
         .metric("hearth_turn_relayed_packets_total{direction=\"to_peer\"}")
         .await;
-    assert!(relayed >= 2400.0, "relayed {relayed}");
+    assert!(relayed >= 2800.0, "relayed {relayed}");
     // Finished allocations report their usage for billing (uclient deletes its allocations
     // with Refresh 0 when it is done).
     let mut seen = Vec::new();
@@ -150,7 +184,8 @@ async fn coturn_clients_relay_through_hearth_without_loss() {
     while !(seen
         .iter()
         .any(|e: &hearth_actors::UsageEvent| e.transport == "tcp" && e.reason == "deleted")
-        && seen.iter().any(|e| e.transport == "udp"))
+        && seen.iter().any(|e| e.transport == "udp")
+        && seen.iter().any(|e| e.transport == "tls"))
     {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match tokio::time::timeout(left, usage.recv()).await {
@@ -169,6 +204,7 @@ async fn coturn_clients_relay_through_hearth_without_loss() {
     );
     assert!(seen.iter().all(|e| e.ended_at >= e.started_at), "{seen:#?}");
     server.shutdown().await;
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -508,5 +544,47 @@ async fn join_response_carries_working_turn_credentials() {
     c.allocate()
         .await
         .expect("the join response's TURN credentials allocate");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bandwidth_quota_drops_the_excess_of_one_allocation() {
+    let server = TestServer::start_with(|c| {
+        turn_config(c);
+        c.turn.as_mut().unwrap().bandwidth = 20_000; // bytes/s: bursts of 2000
+    })
+    .await;
+    let turn = turn_addr(&server);
+    let (peer, _echo) = echo_peer().await;
+    let mut c = TurnClient::udp(turn, USER, PASS).await;
+    c.allocate().await.expect("allocation");
+    assert_eq!(c.channel_bind(0x4000, peer).await, None);
+    for i in 0..50u8 {
+        c.send_channel(0x4000, &[i; 1000]).await;
+    }
+    let mut received = 0;
+    while c.recv_data(Duration::from_millis(300)).await.is_some() {
+        received += 1;
+    }
+    assert!(
+        (1..=5).contains(&received),
+        "a 20 kB/s allocation passed {received} of 50 back-to-back 1000-byte datagrams"
+    );
+    server
+        .wait_metric(
+            "hearth_turn_dropped_total{reason=\"no_permission_or_quota\"}",
+            Duration::from_secs(10),
+            |v| v >= 40.0,
+        )
+        .await;
+    // Another allocation is not limited by this one's quota.
+    let mut d = TurnClient::udp(turn, USER, PASS).await;
+    d.allocate().await.expect("allocation");
+    assert_eq!(d.channel_bind(0x4000, peer).await, None);
+    d.send_channel(0x4000, b"unaffected").await;
+    assert_eq!(
+        d.recv_data(Duration::from_secs(5)).await.as_deref(),
+        Some(&b"unaffected"[..])
+    );
     server.shutdown().await;
 }

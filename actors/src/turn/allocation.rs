@@ -189,6 +189,11 @@ impl AllocationState {
             unix_now,
         ) {
             Reply::Respond(response) => {
+                if let Ok(r) = Message::parse(&response)
+                    && let Some((code, reason)) = r.error_code()
+                {
+                    tracing::debug!(client = %self.key.addr, code, reason, method = msg.method(), "TURN request refused");
+                }
                 self.link.send(&response);
                 false
             }

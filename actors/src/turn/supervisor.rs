@@ -251,7 +251,14 @@ impl TurnSupervisorState {
 }
 
 /// Binds a UDP socket on a free port of the range, starting at a random place in it.
-fn bind_relay(ip: IpAddr, (lo, hi): (u16, u16)) -> Option<UdpSocket> {
+/// Even ports come first: RTP clients want them (some, coturn's uclient among them, drop an
+/// odd relayed port and allocate again even when they did not ask for EVEN-PORT), and
+/// nothing prefers odd ones.
+fn bind_relay(ip: IpAddr, range: (u16, u16)) -> Option<UdpSocket> {
+    if let Some((socket, _)) = bind_relay_even(ip, range, false) {
+        return Some(socket);
+    }
+    let (lo, hi) = range;
     let span = u32::from(hi.saturating_sub(lo)) + 1;
     let start = rand::random::<u32>() % span;
     (0..span.min(512))
