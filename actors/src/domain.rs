@@ -3,7 +3,7 @@
 //! These are plain Rust types: the actors know nothing of protobuf or JSON. `hearth-api`
 //! converts the signaling wire messages to and from [`ClientSignal`] and [`ServerSignal`].
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use hearth_engine::media::MediaKind;
 
@@ -34,6 +34,30 @@ impl Default for Grants {
             admin: false,
         }
     }
+}
+
+/// Per-meeting settings an application may set (node defaults otherwise).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MeetingSettings {
+    /// Most participants at once.
+    pub max_participants: usize,
+    /// How long the meeting lives on with nobody in it.
+    pub empty_timeout: Duration,
+}
+
+/// Why a management request about a meeting was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// A verified request to join a meeting (the gateway checked the token).
@@ -225,6 +249,9 @@ pub enum ServerSignal {
     Error(SignalError),
     /// The session is gone; the client should join again.
     Reconnect(String),
+    /// The node is going away for maintenance: it accepts no new joins and ends this
+    /// meeting at the latest after this long.
+    NodeDraining(Duration),
 }
 
 impl ServerSignal {

@@ -73,6 +73,11 @@ impl<T, M: Message> InboxSender<T, M> {
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
     }
+
+    /// Items waiting now (for operators: read from outside the consumer).
+    pub fn depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
 }
 
 /// The consumer side, owned by the actor's state.

@@ -9,20 +9,23 @@
 //! Entry point: [`Node::start`], then [`Node::join`] per participant.
 
 pub mod domain;
+pub mod events;
 pub mod ids;
 pub mod inbox;
 pub mod meeting;
 pub mod node;
 pub mod participant;
+pub mod registry;
 pub mod signal;
 pub mod timer;
 pub mod turn;
 pub mod udp_mux;
+pub mod virtual_participant;
 pub mod webrtc;
 
 pub use domain::*;
 pub use ids::{MeetingId, ParticipantId, TrackId};
-pub use meeting::{MeetingSnapshot, ParticipantHandle};
+pub use meeting::{MeetingSnapshot, MemberView, ParticipantHandle};
 pub use node::{Node, NodeConfig, NodeError, TurnAddrs};
 pub use signal::{SignalReceiver, SignalSender, signal_channel};
 pub use turn::{TurnConfig, UsageEvent};

@@ -22,9 +22,10 @@ use hearth_engine::speaker::ActiveSpeakerDetector;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::domain::{
-    EndReason, Grants, JoinAccepted, JoinRequest, LeaveReason, MeetingInfo, ParticipantInfo,
-    ServerSignal, SignalError, SignalErrorCode, TrackInfo,
+    ApiError, EndReason, Grants, JoinAccepted, JoinRequest, LeaveReason, MeetingInfo,
+    MeetingSettings, ParticipantInfo, ServerSignal, SignalError, SignalErrorCode, TrackInfo,
 };
+use crate::events::EventKind;
 use crate::ids::{MeetingId, ParticipantId, TrackId};
 use crate::inbox::InboxSender;
 use crate::node::NodeShared;
@@ -32,8 +33,12 @@ use crate::participant::{
     MediaItem, ParticipantActor, ParticipantArgs, ParticipantMsg, PublishedTrack, SubscriberLink,
     TrackKey,
 };
+use crate::registry::{ActorKind, ActorSpec, Registration};
 use crate::signal::SignalSender;
 use crate::timer::Wakeup;
+use crate::virtual_participant::{
+    TapArgs, TapStart, VirtualArgs, VirtualParticipant, VirtualPublisher, VirtualRole, VirtualTrack,
+};
 use crate::webrtc::CodecParams;
 
 /// A handle the gateway uses to pass client messages to a participant.
@@ -68,7 +73,20 @@ impl ParticipantHandle {
 pub struct MeetingSnapshot {
     pub id: MeetingId,
     pub started_at: SystemTime,
-    pub participants: Vec<ParticipantInfo>,
+    pub settings: MeetingSettings,
+    /// Participants in join order.
+    pub participants: Vec<MemberView>,
+    pub actor: ActorId,
+}
+
+/// A participant with what only operators see.
+#[derive(Clone, Debug)]
+pub struct MemberView {
+    pub info: ParticipantInfo,
+    pub grants: Grants,
+    /// Made by the embedding API (no WebRTC peer behind it).
+    pub is_virtual: bool,
+    pub actor: ActorId,
 }
 
 pub enum MeetingMsg {
@@ -97,11 +115,46 @@ pub enum MeetingMsg {
         loudness: f32,
     },
     Tick,
-    /// Remove a participant (operator or API).
+    /// Remove a participant (operator or API); replies false if it is not here.
     Remove {
         participant: ParticipantId,
         reason: LeaveReason,
+        reply: Option<RpcReplyPort<bool>>,
     },
+    /// Mute or unmute a track for everyone, whatever its publisher does (API).
+    MuteTrack {
+        participant: ParticipantId,
+        track: TrackId,
+        muted: bool,
+        reply: RpcReplyPort<Result<TrackInfo, ApiError>>,
+    },
+    /// Change what a participant may do (API).
+    UpdatePermissions {
+        participant: ParticipantId,
+        publish: bool,
+        subscribe: bool,
+        reply: RpcReplyPort<Result<MemberView, ApiError>>,
+    },
+    /// Change the meeting's settings (API); replies with the effective ones.
+    UpdateSettings {
+        max_participants: Option<usize>,
+        empty_timeout: Option<std::time::Duration>,
+        reply: RpcReplyPort<MeetingSettings>,
+    },
+    /// A virtual participant publishing one track fed by the embedding API.
+    JoinVirtual {
+        request: JoinRequest,
+        track: VirtualTrack,
+        reply: RpcReplyPort<Result<VirtualPublisher, ApiError>>,
+    },
+    /// A copy of one track's packets for the embedding API.
+    Tap {
+        track: TrackId,
+        queue: usize,
+        reply: RpcReplyPort<Result<TapStart, ApiError>>,
+    },
+    /// The node drains: tell every client, end at the deadline.
+    Drain(std::time::Duration),
     /// End the meeting now.
     End(EndReason),
     /// Drill and test hook: make a participant (or, with None, the meeting) fail.
@@ -115,6 +168,12 @@ pub struct MeetingArgs {
     pub id: MeetingId,
     pub started_at: SystemTime,
     pub node: Arc<NodeShared>,
+    pub settings: MeetingSettings,
+    /// Restarts so far and the failure that caused the last one.
+    pub restarts: u32,
+    pub last_failure: Option<String>,
+    /// The supervisor, for the actor tree.
+    pub parent: ActorId,
 }
 
 pub struct MeetingActor;
@@ -122,6 +181,7 @@ pub struct MeetingActor;
 struct Member {
     info: ParticipantInfo,
     grants: Grants,
+    is_virtual: bool,
     actor: ActorRef<ParticipantMsg>,
     signal: SignalSender,
     media: InboxSender<MediaItem, ParticipantMsg>,
@@ -129,12 +189,25 @@ struct Member {
 
 struct Track {
     published: PublishedTrack,
+    /// Muted by the API: nothing of it is forwarded.
+    server_muted: bool,
+}
+
+/// A copy of a track for the embedding API.
+struct Tap {
+    actor: ActorRef<ParticipantMsg>,
+    link: SubscriberLink,
 }
 
 pub struct MeetingState {
     id: MeetingId,
     started_at: SystemTime,
     node: Arc<NodeShared>,
+    settings: MeetingSettings,
+    reg: Registration,
+    taps: HashMap<TrackId, Vec<Tap>>,
+    /// Actors of taps, to find them when they stop.
+    tap_actors: HashMap<ActorId, TrackId>,
     members: HashMap<ParticipantId, Member>,
     by_actor: HashMap<ActorId, ParticipantId>,
     tracks: HashMap<TrackId, Track>,
@@ -158,14 +231,30 @@ impl Actor for MeetingActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let now = Instant::now();
         metrics::gauge!("hearth_meetings").increment(1.0);
-        let wakeup = Wakeup::spawn(myself, || MeetingMsg::Tick);
+        let wakeup = Wakeup::spawn(myself.clone(), || MeetingMsg::Tick);
         let speakers = ActiveSpeakerDetector::new(args.node.config.speaker, now);
-        wakeup.arm(now + args.node.config.empty_timeout);
+        wakeup.arm(now + args.settings.empty_timeout);
         tracing::info!(meeting = %args.id, "meeting started");
+        let kill_ref = myself.clone();
+        let reg = args.node.actors.register(
+            ActorSpec::new(myself.get_id(), ActorKind::Meeting, args.id.as_str())
+                .parent(args.parent)
+                .restarted(args.restarts, args.last_failure)
+                .kill(move || {
+                    kill_ref
+                        .send_message(MeetingMsg::InjectFault { participant: None })
+                        .is_ok()
+                }),
+        );
+        args.node.events.append(&args.id, EventKind::MeetingStarted);
         Ok(MeetingState {
             id: args.id,
             started_at: args.started_at,
             node: args.node,
+            settings: args.settings,
+            reg,
+            taps: HashMap::new(),
+            tap_actors: HashMap::new(),
             members: HashMap::new(),
             by_actor: HashMap::new(),
             tracks: HashMap::new(),
@@ -184,6 +273,7 @@ impl Actor for MeetingActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let now = Instant::now();
+        state.reg.handled();
         match msg {
             MeetingMsg::Join {
                 request,
@@ -219,9 +309,70 @@ impl Actor for MeetingActor {
             MeetingMsg::Remove {
                 participant,
                 reason,
+                reply,
             } => {
-                if let Some(member) = state.members.get(&participant) {
-                    let _ = member.actor.send_message(ParticipantMsg::Leave(reason));
+                let found = match state.members.get(&participant) {
+                    Some(member) => {
+                        let _ = member.actor.send_message(ParticipantMsg::Leave(reason));
+                        true
+                    }
+                    None => false,
+                };
+                if let Some(reply) = reply {
+                    let _ = reply.send(found);
+                }
+            }
+            MeetingMsg::MuteTrack {
+                participant,
+                track,
+                muted,
+                reply,
+            } => {
+                let _ = reply.send(state.server_mute(&participant, &track, muted));
+            }
+            MeetingMsg::UpdatePermissions {
+                participant,
+                publish,
+                subscribe,
+                reply,
+            } => {
+                let _ = reply.send(state.update_permissions(&participant, publish, subscribe));
+            }
+            MeetingMsg::UpdateSettings {
+                max_participants,
+                empty_timeout,
+                reply,
+            } => {
+                if let Some(max) = max_participants {
+                    state.settings.max_participants = max;
+                }
+                if let Some(timeout) = empty_timeout {
+                    state.settings.empty_timeout = timeout;
+                }
+                if let Some(record) = state.node.registry.get(&state.id) {
+                    record.settings.store(state.settings);
+                }
+                let _ = reply.send(state.settings);
+            }
+            MeetingMsg::JoinVirtual {
+                request,
+                track,
+                reply,
+            } => {
+                let result = state.join_virtual(&myself, request, track).await;
+                let _ = reply.send(result);
+            }
+            MeetingMsg::Tap {
+                track,
+                queue,
+                reply,
+            } => {
+                let result = state.tap(&myself, &track, queue).await;
+                let _ = reply.send(result);
+            }
+            MeetingMsg::Drain(deadline) => {
+                for member in state.members.values() {
+                    member.signal.send(ServerSignal::NodeDraining(deadline));
                 }
             }
             MeetingMsg::End(reason) => state.end(reason, &myself),
@@ -234,10 +385,15 @@ impl Actor for MeetingActor {
                 }
             },
             MeetingMsg::Snapshot(reply) => {
+                let mut participants: Vec<MemberView> =
+                    state.members.values().map(Member::view).collect();
+                participants.sort_by_key(|m| m.info.joined_at);
                 let _ = reply.send(MeetingSnapshot {
                     id: state.id.clone(),
                     started_at: state.started_at,
-                    participants: state.members.values().map(|m| m.info.clone()).collect(),
+                    settings: state.settings,
+                    participants,
+                    actor: myself.get_id(),
                 });
             }
         }
@@ -254,7 +410,9 @@ impl Actor for MeetingActor {
         let now = Instant::now();
         match event {
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                if let Some(id) = state.by_actor.remove(&cell.get_id()) {
+                if let Some(track) = state.tap_actors.remove(&cell.get_id()) {
+                    state.remove_tap(&track, cell.get_id());
+                } else if let Some(id) = state.by_actor.remove(&cell.get_id()) {
                     let reason = match reason.as_deref() {
                         Some("disconnected") => LeaveReason::Disconnected,
                         Some("removed") => LeaveReason::Removed,
@@ -265,7 +423,17 @@ impl Actor for MeetingActor {
                 }
             }
             SupervisionEvent::ActorFailed(cell, error) => {
-                if let Some(id) = state.by_actor.remove(&cell.get_id()) {
+                if let Some(track) = state.tap_actors.remove(&cell.get_id()) {
+                    metrics::counter!("hearth_actor_failures_total", "kind" => "track_tap")
+                        .increment(1);
+                    state
+                        .reg
+                        .failure(format!("track tap of {track} failed: {error}"));
+                    state.remove_tap(&track, cell.get_id());
+                } else if let Some(id) = state.by_actor.remove(&cell.get_id()) {
+                    state
+                        .reg
+                        .failure(format!("participant {id} failed: {error}"));
                     metrics::counter!("hearth_actor_failures_total", "kind" => "participant")
                         .increment(1);
                     // The policy's restart of a participant is the client's: it is told to
@@ -299,6 +467,17 @@ impl Actor for MeetingActor {
     }
 }
 
+impl Member {
+    fn view(&self) -> MemberView {
+        MemberView {
+            info: self.info.clone(),
+            grants: self.grants,
+            is_virtual: self.is_virtual,
+            actor: self.actor.get_id(),
+        }
+    }
+}
+
 impl Drop for MeetingState {
     fn drop(&mut self) {
         metrics::gauge!("hearth_meetings").decrement(1.0);
@@ -324,12 +503,12 @@ impl MeetingState {
                 "the token does not grant joining",
             ));
         }
-        if self.members.len() >= self.node.config.max_participants {
+        if self.members.len() >= self.settings.max_participants {
             return Err(SignalError::fatal(
                 SignalErrorCode::MeetingFull,
                 format!(
                     "the meeting has its maximum of {} participants",
-                    self.node.config.max_participants
+                    self.settings.max_participants
                 ),
             ));
         }
@@ -353,6 +532,8 @@ impl MeetingState {
             speaker: self.node.config.speaker,
             wall_epoch: self.node.wall_epoch,
             link: link_tx,
+            actors: Arc::clone(&self.node.actors),
+            parent: myself.get_id(),
         };
         let (actor, _) = Actor::spawn_linked(None, ParticipantActor, args, myself.get_cell())
             .await
@@ -384,11 +565,15 @@ impl MeetingState {
             Member {
                 info: info.clone(),
                 grants: request.grants,
+                is_virtual: false,
                 actor: actor.clone(),
                 signal,
                 media,
             },
         );
+        self.node
+            .events
+            .append(&self.id, EventKind::ParticipantJoined(info.clone()));
         self.empty_since = None;
         // Speaker lists go out on change only; a newcomer needs the current one.
         if !self.last_speakers.is_empty()
@@ -461,8 +646,21 @@ impl MeetingState {
                     .send_message(ParticipantMsg::Subscribe(Box::new(published.clone())));
             }
         }
+        self.node.events.append(
+            &self.id,
+            EventKind::TrackPublished {
+                participant: participant.clone(),
+                track: info.clone(),
+            },
+        );
         let id = info.id.clone();
-        self.tracks.insert(id.clone(), Track { published });
+        self.tracks.insert(
+            id.clone(),
+            Track {
+                published,
+                server_muted: false,
+            },
+        );
         self.rebuild_fanout(&id);
     }
 
@@ -474,6 +672,14 @@ impl MeetingState {
             return;
         }
         self.tracks.remove(track);
+        self.stop_taps(track);
+        self.node.events.append(
+            &self.id,
+            EventKind::TrackUnpublished {
+                participant: participant.clone(),
+                track: track.clone(),
+            },
+        );
         if let Some(publisher) = self.members.get_mut(participant) {
             publisher.info.tracks.retain(|t| &t.id != track);
             let _ = publisher.actor.send_message(ParticipantMsg::SetFanout {
@@ -501,12 +707,24 @@ impl MeetingState {
         if &t.published.publisher != participant {
             return;
         }
+        if t.server_muted && !muted {
+            // The API muted it; the publisher cannot lift that.
+            return;
+        }
         t.published.info.muted = muted;
         if let Some(publisher) = self.members.get_mut(participant)
             && let Some(info) = publisher.info.tracks.iter_mut().find(|t| &t.id == track)
         {
             info.muted = muted;
         }
+        self.node.events.append(
+            &self.id,
+            EventKind::TrackMuted {
+                participant: participant.clone(),
+                track: track.clone(),
+                muted,
+            },
+        );
         for member in self.members.values() {
             member.signal.send(ServerSignal::TrackMuted {
                 participant: participant.clone(),
@@ -530,15 +748,25 @@ impl MeetingState {
         let Some(publisher) = self.members.get(&t.published.publisher) else {
             return;
         };
-        let links: Vec<SubscriberLink> = self
-            .members
-            .values()
-            .filter(|m| m.info.id != t.published.publisher && m.grants.subscribe)
-            .map(|m| SubscriberLink {
-                participant: m.info.id.clone(),
-                media: m.media.clone(),
-            })
-            .collect();
+        let links: Vec<SubscriberLink> = if t.server_muted {
+            Vec::new()
+        } else {
+            self.members
+                .values()
+                .filter(|m| m.info.id != t.published.publisher && m.grants.subscribe)
+                .map(|m| SubscriberLink {
+                    participant: m.info.id.clone(),
+                    media: m.media.clone(),
+                })
+                .chain(
+                    self.taps
+                        .get(track)
+                        .into_iter()
+                        .flatten()
+                        .map(|tap| tap.link.clone()),
+                )
+                .collect()
+        };
         let _ = publisher.actor.send_message(ParticipantMsg::SetFanout {
             track: track.clone(),
             subscribers: Arc::from(links),
@@ -558,6 +786,14 @@ impl MeetingState {
             .collect();
         for track in &theirs {
             self.tracks.remove(track);
+            self.stop_taps(track);
+            self.node.events.append(
+                &self.id,
+                EventKind::TrackUnpublished {
+                    participant: id.clone(),
+                    track: track.clone(),
+                },
+            );
             for other in self.members.values() {
                 let _ = other.actor.send_message(ParticipantMsg::Unsubscribe {
                     track: track.clone(),
@@ -582,6 +818,13 @@ impl MeetingState {
                 reason,
             });
         }
+        self.node.events.append(
+            &self.id,
+            EventKind::ParticipantLeft {
+                participant: id.clone(),
+                reason,
+            },
+        );
         tracing::info!(meeting = %self.id, participant = %id, reason = reason.as_str(), "participant left");
         if self.members.is_empty() {
             self.empty_since = Some(now);
@@ -590,13 +833,16 @@ impl MeetingState {
 
     fn on_tick(&mut self, now: Instant, myself: &ActorRef<MeetingMsg>) {
         if let Some(since) = self.empty_since
-            && now.duration_since(since) >= self.node.config.empty_timeout
+            && now.duration_since(since) >= self.settings.empty_timeout
         {
             self.end(EndReason::Empty, myself);
             return;
         }
         self.speakers.handle_timeout(now);
         if let Some(list) = self.speakers.poll_speakers() {
+            self.node
+                .events
+                .append(&self.id, EventKind::ActiveSpeakers(list.clone()));
             for member in self.members.values() {
                 member
                     .signal
@@ -612,6 +858,9 @@ impl MeetingState {
         }
         self.ended = true;
         self.node.registry.remove_if_same(&self.id, myself);
+        self.node
+            .events
+            .append(&self.id, EventKind::MeetingEnded(reason));
         for member in self.members.values() {
             member.signal.send(ServerSignal::MeetingEnded(reason));
             let _ = member
@@ -622,14 +871,291 @@ impl MeetingState {
         myself.stop(Some(reason.as_str().to_owned()));
     }
 
+    /// Mutes or unmutes a track for everyone (API): while muted its fan-out list is empty.
+    fn server_mute(
+        &mut self,
+        participant: &ParticipantId,
+        track: &TrackId,
+        muted: bool,
+    ) -> Result<TrackInfo, ApiError> {
+        let Some(t) = self.tracks.get_mut(track) else {
+            return Err(ApiError::NotFound(format!("track {track}")));
+        };
+        if &t.published.publisher != participant {
+            return Err(ApiError::NotFound(format!(
+                "track {track} of participant {participant}"
+            )));
+        }
+        if t.server_muted == muted {
+            return Ok(t.published.info.clone());
+        }
+        t.server_muted = muted;
+        t.published.info.muted = muted;
+        let info = t.published.info.clone();
+        if let Some(publisher) = self.members.get_mut(participant)
+            && let Some(mine) = publisher.info.tracks.iter_mut().find(|t| &t.id == track)
+        {
+            mine.muted = muted;
+        }
+        for member in self.members.values() {
+            member.signal.send(ServerSignal::TrackMuted {
+                participant: participant.clone(),
+                track: track.clone(),
+                muted,
+            });
+            if &member.info.id != participant {
+                let _ = member.actor.send_message(ParticipantMsg::RemoteTrackMuted {
+                    track: track.clone(),
+                    muted,
+                });
+            }
+        }
+        self.node.events.append(
+            &self.id,
+            EventKind::TrackMuted {
+                participant: participant.clone(),
+                track: track.clone(),
+                muted,
+            },
+        );
+        self.rebuild_fanout(track);
+        Ok(info)
+    }
+
+    /// Changes a participant's publish and subscribe rights (API).
+    fn update_permissions(
+        &mut self,
+        participant: &ParticipantId,
+        publish: bool,
+        subscribe: bool,
+    ) -> Result<MemberView, ApiError> {
+        let Some(member) = self.members.get_mut(participant) else {
+            return Err(ApiError::NotFound(format!("participant {participant}")));
+        };
+        if member.is_virtual && subscribe {
+            return Err(ApiError::Invalid(
+                "a virtual participant cannot subscribe".into(),
+            ));
+        }
+        let was = member.grants;
+        member.grants.publish = publish;
+        member.grants.subscribe = subscribe;
+        let _ = member
+            .actor
+            .send_message(ParticipantMsg::SetCanPublish(publish));
+        if was.publish && !publish {
+            let theirs: Vec<TrackId> = self
+                .tracks
+                .values()
+                .filter(|t| &t.published.publisher == participant)
+                .map(|t| t.published.info.id.clone())
+                .collect();
+            for track in theirs {
+                self.track_unpublished(participant, &track);
+            }
+        }
+        if was.subscribe != subscribe {
+            let others: Vec<TrackId> = self
+                .tracks
+                .values()
+                .filter(|t| &t.published.publisher != participant)
+                .map(|t| t.published.info.id.clone())
+                .collect();
+            for track in others {
+                if let (Some(t), Some(member)) =
+                    (self.tracks.get(&track), self.members.get(participant))
+                {
+                    let msg = if subscribe {
+                        ParticipantMsg::Subscribe(Box::new(t.published.clone()))
+                    } else {
+                        ParticipantMsg::Unsubscribe {
+                            track: track.clone(),
+                        }
+                    };
+                    let _ = member.actor.send_message(msg);
+                }
+                self.rebuild_fanout(&track);
+            }
+        }
+        self.members
+            .get(participant)
+            .map(Member::view)
+            .ok_or_else(|| ApiError::NotFound(format!("participant {participant}")))
+    }
+
+    /// Adds a virtual participant publishing one track (API).
+    async fn join_virtual(
+        &mut self,
+        myself: &ActorRef<MeetingMsg>,
+        request: JoinRequest,
+        track: VirtualTrack,
+    ) -> Result<VirtualPublisher, ApiError> {
+        if self.ended {
+            return Err(ApiError::NotFound(format!("meeting {}", self.id)));
+        }
+        if self.members.len() >= self.settings.max_participants {
+            return Err(ApiError::Unavailable(format!(
+                "the meeting has its maximum of {} participants",
+                self.settings.max_participants
+            )));
+        }
+        let id = ParticipantId::random();
+        let key = TrackKey::next();
+        let info = TrackInfo {
+            id: crate::ids::TrackId::random(),
+            kind: track.kind,
+            mime_type: track.codec.mime_type.clone(),
+            muted: false,
+            mid: String::new(),
+        };
+        let (events_tx, events_rx) = tokio::sync::mpsc::channel(16);
+        let (link_tx, link_rx) = tokio::sync::oneshot::channel();
+        let args = VirtualArgs {
+            id: id.clone(),
+            meeting: myself.clone(),
+            role: VirtualRole::Publisher {
+                key,
+                track: info.id.clone(),
+                kind: track.kind,
+                events: events_tx,
+            },
+            media_queue: 1,
+            actors: Arc::clone(&self.node.actors),
+            parent: myself.get_id(),
+            link: link_tx,
+        };
+        let (actor, _) = Actor::spawn_linked(None, VirtualParticipant, args, myself.get_cell())
+            .await
+            .map_err(|e| ApiError::Internal(format!("cannot start the participant: {e}")))?;
+        let media = link_rx
+            .await
+            .map_err(|_| ApiError::Internal("participant started without media".into()))?;
+        // Nobody reads a virtual participant's signaling.
+        let (signal, _) = crate::signal::signal_channel(1);
+        let participant = ParticipantInfo {
+            id: id.clone(),
+            identity: request.identity,
+            name: request.name,
+            tracks: Vec::new(),
+            joined_at: SystemTime::now(),
+        };
+        for other in self.members.values() {
+            other
+                .signal
+                .send(ServerSignal::ParticipantJoined(participant.clone()));
+        }
+        self.by_actor.insert(actor.get_id(), id.clone());
+        self.members.insert(
+            id.clone(),
+            Member {
+                info: participant.clone(),
+                grants: Grants {
+                    join: true,
+                    publish: true,
+                    subscribe: false,
+                    create: false,
+                    admin: false,
+                },
+                is_virtual: true,
+                actor: actor.clone(),
+                signal,
+                media,
+            },
+        );
+        self.node
+            .events
+            .append(&self.id, EventKind::ParticipantJoined(participant));
+        self.empty_since = None;
+        self.track_published(id.clone(), key, info.clone(), track.codec);
+        tracing::info!(meeting = %self.id, participant = %id, track = %info.id, "virtual participant joined");
+        Ok(VirtualPublisher {
+            participant: id,
+            track: info,
+            actor,
+            events: events_rx,
+        })
+    }
+
+    /// Starts a copy of a track's packets for the API.
+    async fn tap(
+        &mut self,
+        myself: &ActorRef<MeetingMsg>,
+        track: &TrackId,
+        queue: usize,
+    ) -> Result<TapStart, ApiError> {
+        let Some(t) = self.tracks.get(track) else {
+            return Err(ApiError::NotFound(format!("track {track}")));
+        };
+        let published = t.published.clone();
+        let (out, packets) = tokio::sync::mpsc::channel(queue.max(1));
+        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (link_tx, link_rx) = tokio::sync::oneshot::channel();
+        let args = VirtualArgs {
+            id: ParticipantId::random(),
+            meeting: myself.clone(),
+            role: VirtualRole::Tap(TapArgs {
+                track: track.clone(),
+                out,
+                dropped: Arc::clone(&dropped),
+            }),
+            media_queue: self.node.config.media_queue,
+            actors: Arc::clone(&self.node.actors),
+            parent: myself.get_id(),
+            link: link_tx,
+        };
+        let (actor, _) = Actor::spawn_linked(None, VirtualParticipant, args, myself.get_cell())
+            .await
+            .map_err(|e| ApiError::Internal(format!("cannot start the tap: {e}")))?;
+        let media = link_rx
+            .await
+            .map_err(|_| ApiError::Internal("tap started without media".into()))?;
+        self.tap_actors.insert(actor.get_id(), track.clone());
+        self.taps.entry(track.clone()).or_default().push(Tap {
+            actor: actor.clone(),
+            link: SubscriberLink {
+                participant: ParticipantId::random(),
+                media,
+            },
+        });
+        self.rebuild_fanout(track);
+        Ok(TapStart {
+            track: published.info,
+            publisher: published.publisher,
+            codec: published.codec,
+            packets,
+            dropped,
+            actor,
+        })
+    }
+
+    fn remove_tap(&mut self, track: &TrackId, actor: ActorId) {
+        if let Some(taps) = self.taps.get_mut(track) {
+            taps.retain(|t| t.actor.get_id() != actor);
+            if taps.is_empty() {
+                self.taps.remove(track);
+            }
+            self.rebuild_fanout(track);
+        }
+    }
+
+    /// The track is gone: its taps end (their readers see the stream finish).
+    fn stop_taps(&mut self, track: &TrackId) {
+        if let Some(taps) = self.taps.remove(track) {
+            for tap in taps {
+                self.tap_actors.remove(&tap.actor.get_id());
+                tap.actor.stop(Some("track_ended".into()));
+            }
+        }
+    }
+
     fn arm(&self, now: Instant) {
         if self.ended {
             return;
         }
         let mut next = if self.members.is_empty() {
             self.empty_since
-                .map(|s| s + self.node.config.empty_timeout)
-                .unwrap_or(now + self.node.config.empty_timeout)
+                .map(|s| s + self.settings.empty_timeout)
+                .unwrap_or(now + self.settings.empty_timeout)
         } else {
             self.speakers.poll_timeout()
         };

@@ -18,14 +18,24 @@ use dashmap::DashMap;
 use hearth_engine::speaker::SpeakerConfig;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use crate::domain::{JoinAccepted, JoinRequest, SignalError, SignalErrorCode};
-use crate::ids::{MeetingId, ParticipantId};
-use crate::meeting::{MeetingActor, MeetingArgs, MeetingMsg, MeetingSnapshot, ParticipantHandle};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::domain::{
+    ApiError, EndReason, JoinAccepted, JoinRequest, MeetingSettings, SignalError, SignalErrorCode,
+};
+use crate::events::EventLog;
+use crate::ids::{MeetingId, ParticipantId, TrackId};
+use crate::meeting::{
+    MeetingActor, MeetingArgs, MeetingMsg, MeetingSnapshot, MemberView, ParticipantHandle,
+};
+use crate::registry::{ActorKind, ActorRegistry, ActorSpec, Registration};
 use crate::signal::SignalSender;
 use crate::turn::listener::{self, FrontCounters};
 use crate::turn::supervisor::{TurnSupervisor, TurnSupervisorMsg};
 use crate::turn::{TurnConfig, TurnShared, UsageEvent};
 use crate::udp_mux::UdpMux;
+use crate::virtual_participant::{TapStart, VirtualPublisher, VirtualTrack};
 use crate::webrtc::Certificate;
 
 /// Node settings the actors need (the gateway owns the rest).
@@ -97,6 +107,22 @@ pub struct NodeShared {
     pub registry: MeetingRegistry,
     /// One (monotonic, wall) pair, for NTP timestamps.
     pub wall_epoch: (Instant, SystemTime),
+    /// Every supervised actor, for operators.
+    pub actors: Arc<ActorRegistry>,
+    /// What happens in meetings, for the embedding API.
+    pub events: EventLog,
+    /// Set by a drain: no new joins or meetings.
+    pub draining: AtomicBool,
+}
+
+impl NodeShared {
+    /// The node's default meeting settings.
+    pub fn default_settings(&self) -> MeetingSettings {
+        MeetingSettings {
+            max_participants: self.config.max_participants,
+            empty_timeout: self.config.empty_timeout,
+        }
+    }
 }
 
 /// Record of a running meeting; enough to restart it.
@@ -104,6 +130,30 @@ pub struct NodeShared {
 pub struct MeetingRecord {
     pub actor: ActorRef<MeetingMsg>,
     pub started_at: SystemTime,
+    /// Current settings (the meeting actor keeps them up to date).
+    pub settings: SharedSettings,
+    /// Restarts so far.
+    pub restarts: u32,
+}
+
+/// Settings shared between a meeting actor and its record.
+#[derive(Clone)]
+pub struct SharedSettings(Arc<Mutex<MeetingSettings>>);
+
+impl SharedSettings {
+    pub fn new(settings: MeetingSettings) -> Self {
+        Self(Arc::new(Mutex::new(settings)))
+    }
+
+    pub fn load(&self) -> Option<MeetingSettings> {
+        self.0.lock().ok().map(|s| *s)
+    }
+
+    pub fn store(&self, settings: MeetingSettings) {
+        if let Ok(mut s) = self.0.lock() {
+            *s = settings;
+        }
+    }
 }
 
 /// Index of running meetings by id (lookups need no actor hop).
@@ -151,10 +201,19 @@ pub enum MeetingSupervisorMsg {
         create: bool,
         reply: RpcReplyPort<Result<ActorRef<MeetingMsg>, SignalError>>,
     },
+    /// Starts a meeting with settings (API); fails if it runs already.
+    Create {
+        id: MeetingId,
+        settings: MeetingSettings,
+        reply: RpcReplyPort<Result<ActorRef<MeetingMsg>, ApiError>>,
+    },
+    /// Drill: fail as a bug would.
+    InjectFault,
 }
 
 pub struct MeetingSupervisorState {
     node: Arc<NodeShared>,
+    reg: Registration,
 }
 
 impl Actor for MeetingSupervisor {
@@ -164,10 +223,21 @@ impl Actor for MeetingSupervisor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         node: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(MeetingSupervisorState { node })
+        let kill_ref = myself.clone();
+        let mut spec = ActorSpec::new(myself.get_id(), ActorKind::MeetingSupervisor, "meetings")
+            .kill(move || {
+                kill_ref
+                    .send_message(MeetingSupervisorMsg::InjectFault)
+                    .is_ok()
+            });
+        if let Some(parent) = myself.get_cell().try_get_supervisor() {
+            spec = spec.parent(parent.get_id());
+        }
+        let reg = node.actors.register(spec);
+        Ok(MeetingSupervisorState { node, reg })
     }
 
     async fn handle(
@@ -176,10 +246,47 @@ impl Actor for MeetingSupervisor {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        state.reg.handled();
         match msg {
+            MeetingSupervisorMsg::InjectFault => {
+                panic!("fault injected into the meeting supervisor")
+            }
+            MeetingSupervisorMsg::Create {
+                id,
+                settings,
+                reply,
+            } => {
+                if state.node.registry.get(&id).is_some() {
+                    let _ = reply.send(Err(ApiError::AlreadyExists(format!("meeting {id}"))));
+                    return Ok(());
+                }
+                if state.node.draining.load(Ordering::Acquire) {
+                    let _ = reply.send(Err(ApiError::Unavailable("the node is draining".into())));
+                    return Ok(());
+                }
+                let result = spawn_meeting(
+                    &myself,
+                    &state.node,
+                    id,
+                    SystemTime::now(),
+                    settings,
+                    0,
+                    None,
+                )
+                .await
+                .map_err(ApiError::Internal);
+                let _ = reply.send(result);
+            }
             MeetingSupervisorMsg::GetOrCreate { id, create, reply } => {
                 if let Some(record) = state.node.registry.get(&id) {
                     let _ = reply.send(Ok(record.actor));
+                    return Ok(());
+                }
+                if state.node.draining.load(Ordering::Acquire) {
+                    let _ = reply.send(Err(SignalError::fatal(
+                        SignalErrorCode::NodeUnavailable,
+                        "the node is draining for maintenance; it takes no new meetings",
+                    )));
                     return Ok(());
                 }
                 if !create {
@@ -189,9 +296,18 @@ impl Actor for MeetingSupervisor {
                     )));
                     return Ok(());
                 }
-                let result = spawn_meeting(&myself, &state.node, id, SystemTime::now())
-                    .await
-                    .map_err(|e| SignalError::fatal(SignalErrorCode::Internal, e));
+                let settings = state.node.default_settings();
+                let result = spawn_meeting(
+                    &myself,
+                    &state.node,
+                    id,
+                    SystemTime::now(),
+                    settings,
+                    0,
+                    None,
+                )
+                .await
+                .map_err(|e| SignalError::fatal(SignalErrorCode::Internal, e));
                 let _ = reply.send(result);
             }
         }
@@ -212,13 +328,28 @@ impl Actor for MeetingSupervisor {
                 .meetings
                 .iter()
                 .find(|r| r.value().actor.get_id() == cell.get_id())
-                .map(|r| (r.key().clone(), r.value().started_at));
+                .map(|r| (r.key().clone(), r.value().clone()));
             // Its participants were children of the failed actor: stop them; their clients
             // are told to reconnect and will join the restarted meeting.
             cell.stop_children(Some("meeting_restarted".into()));
-            if let Some((id, started_at)) = failed {
+            if let Some((id, record)) = failed {
                 tracing::warn!(meeting = %id, %error, "meeting failed; restarting (policy: restart from record)");
-                match spawn_meeting(&myself, &state.node, id.clone(), started_at).await {
+                state.reg.failure(format!("meeting {id} failed: {error}"));
+                let settings = record
+                    .settings
+                    .load()
+                    .unwrap_or_else(|| state.node.default_settings());
+                match spawn_meeting(
+                    &myself,
+                    &state.node,
+                    id.clone(),
+                    record.started_at,
+                    settings,
+                    record.restarts + 1,
+                    Some(error.to_string()),
+                )
+                .await
+                {
                     Ok(_) => {
                         metrics::counter!("hearth_actor_restarts_total", "kind" => "meeting")
                             .increment(1);
@@ -239,6 +370,9 @@ async fn spawn_meeting(
     node: &Arc<NodeShared>,
     id: MeetingId,
     started_at: SystemTime,
+    settings: MeetingSettings,
+    restarts: u32,
+    last_failure: Option<String>,
 ) -> Result<ActorRef<MeetingMsg>, String> {
     let (actor, _) = Actor::spawn_linked(
         None,
@@ -247,6 +381,10 @@ async fn spawn_meeting(
             id: id.clone(),
             started_at,
             node: Arc::clone(node),
+            settings,
+            restarts,
+            last_failure,
+            parent: supervisor.get_id(),
         },
         supervisor.get_cell(),
     )
@@ -257,6 +395,8 @@ async fn spawn_meeting(
         MeetingRecord {
             actor: actor.clone(),
             started_at,
+            settings: SharedSettings::new(settings),
+            restarts,
         },
     );
     Ok(actor)
@@ -278,6 +418,7 @@ pub struct NodeSupervisorState {
     node: Arc<NodeShared>,
     meetings: ActorRef<MeetingSupervisorMsg>,
     turn: Option<ActorRef<TurnSupervisorMsg>>,
+    reg: Registration,
 }
 
 impl Actor for NodeSupervisor {
@@ -290,6 +431,9 @@ impl Actor for NodeSupervisor {
         myself: ActorRef<Self::Msg>,
         node: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let reg = node
+            .actors
+            .register(ActorSpec::new(myself.get_id(), ActorKind::Node, "node"));
         let (meetings, _) = Actor::spawn_linked(
             None,
             MeetingSupervisor,
@@ -309,6 +453,7 @@ impl Actor for NodeSupervisor {
             node,
             meetings,
             turn,
+            reg,
         })
     }
 
@@ -318,6 +463,7 @@ impl Actor for NodeSupervisor {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        state.reg.handled();
         match msg {
             NodeMsg::MeetingSupervisor(reply) => {
                 let _ = reply.send(state.meetings.clone());
@@ -347,6 +493,9 @@ impl Actor for NodeSupervisor {
             metrics::counter!("hearth_actor_failures_total", "kind" => "turn_supervisor")
                 .increment(1);
             tracing::error!(%error, "TURN supervisor failed; restarting");
+            state
+                .reg
+                .failure(format!("TURN supervisor failed: {error}"));
             let (turn, _) =
                 Actor::spawn_linked(None, TurnSupervisor, Arc::clone(shared), myself.get_cell())
                     .await?;
@@ -361,6 +510,9 @@ impl Actor for NodeSupervisor {
             metrics::counter!("hearth_actor_failures_total", "kind" => "meeting_supervisor")
                 .increment(1);
             tracing::error!(%error, "meeting supervisor failed; restarting");
+            state
+                .reg
+                .failure(format!("meeting supervisor failed: {error}"));
             let (meetings, _) = Actor::spawn_linked(
                 None,
                 MeetingSupervisor,
@@ -384,6 +536,8 @@ pub struct Node {
     shared: Arc<NodeShared>,
     supervisor: ActorRef<NodeMsg>,
     turn_addrs: Arc<std::sync::OnceLock<TurnAddrs>>,
+    /// Flips to true once a drain has ended every meeting.
+    drained: tokio::sync::watch::Sender<bool>,
 }
 
 /// Where the TURN listeners listen.
@@ -429,6 +583,9 @@ impl Node {
             advertised,
             registry: MeetingRegistry::default(),
             wall_epoch: (Instant::now(), SystemTime::now()),
+            actors: Arc::new(ActorRegistry::default()),
+            events: EventLog::default(),
+            draining: AtomicBool::new(false),
         });
         let (supervisor, _) = Actor::spawn(None, NodeSupervisor, Arc::clone(&shared))
             .await
@@ -439,6 +596,7 @@ impl Node {
             shared,
             supervisor,
             turn_addrs: Arc::new(std::sync::OnceLock::new()),
+            drained: tokio::sync::watch::channel(false).0,
         };
         if node.shared.turn.is_some() {
             node.start_turn_listeners().await?;
@@ -575,6 +733,12 @@ impl Node {
         request: JoinRequest,
         signal: SignalSender,
     ) -> Result<(JoinAccepted, ParticipantHandle), SignalError> {
+        if self.is_draining() {
+            return Err(SignalError::fatal(
+                SignalErrorCode::NodeUnavailable,
+                "the node is draining for maintenance; it takes no new participants",
+            ));
+        }
         // A meeting that ends between lookup and join answers MeetingNotFound; one retry
         // then creates a fresh meeting.
         for _ in 0..2 {
@@ -621,6 +785,298 @@ impl Node {
             reply,
         })
         .map_err(|e| internal(e.to_string()))?
+    }
+
+    // ----- Embedding and operator API -----------------------------------------------------
+
+    /// The node's default meeting settings.
+    pub fn default_settings(&self) -> MeetingSettings {
+        self.shared.default_settings()
+    }
+
+    /// Every supervised actor, parents first.
+    pub fn actor_tree(&self) -> Vec<crate::registry::ActorView> {
+        self.shared.actors.snapshot()
+    }
+
+    /// Makes an actor (by its printed id) fail as a panic would; its supervisor's policy
+    /// applies.
+    pub fn kill_actor(
+        &self,
+        id: &str,
+    ) -> Result<crate::registry::ActorView, crate::registry::KillError> {
+        let id = self
+            .shared
+            .actors
+            .find(id)
+            .ok_or(crate::registry::KillError::NotFound)?;
+        self.shared.actors.kill(id)
+    }
+
+    /// Meeting events after `resume_after` (0: new ones only), then live ones.
+    pub fn events(
+        &self,
+        resume_after: u64,
+    ) -> Result<crate::events::EventSubscription, crate::events::Gone> {
+        self.shared.events.subscribe(resume_after)
+    }
+
+    async fn meeting_supervisor(&self) -> Result<ActorRef<MeetingSupervisorMsg>, ApiError> {
+        ractor::call!(self.supervisor, NodeMsg::MeetingSupervisor)
+            .map_err(|e| ApiError::Internal(format!("node: {e}")))
+    }
+
+    fn no_sfu(&self) -> Result<(), ApiError> {
+        if self.shared.mux.is_none() {
+            return Err(ApiError::Unavailable("this node runs TURN only".into()));
+        }
+        Ok(())
+    }
+
+    /// Starts an empty meeting.
+    pub async fn create_meeting(
+        &self,
+        id: &MeetingId,
+        settings: MeetingSettings,
+    ) -> Result<MeetingSnapshot, ApiError> {
+        self.no_sfu()?;
+        let supervisor = self.meeting_supervisor().await?;
+        ractor::call!(supervisor, |reply| MeetingSupervisorMsg::Create {
+            id: id.clone(),
+            settings,
+            reply,
+        })
+        .map_err(|e| ApiError::Internal(format!("node: {e}")))??;
+        self.meeting(id)
+            .await
+            .ok_or_else(|| ApiError::NotFound(format!("meeting {id}")))
+    }
+
+    /// Every live meeting, sorted by name.
+    pub async fn meetings(&self) -> Vec<MeetingSnapshot> {
+        let mut ids = self.meeting_ids();
+        ids.sort();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(m) = self.meeting(&id).await {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    fn record(&self, id: &MeetingId) -> Result<MeetingRecord, ApiError> {
+        self.shared
+            .registry
+            .get(id)
+            .ok_or_else(|| ApiError::NotFound(format!("meeting {id}")))
+    }
+
+    /// Ends a meeting now; returns how many participants it had.
+    pub async fn end_meeting(&self, id: &MeetingId) -> Result<usize, ApiError> {
+        let snapshot = self
+            .meeting(id)
+            .await
+            .ok_or_else(|| ApiError::NotFound(format!("meeting {id}")))?;
+        let record = self.record(id)?;
+        let _ = record
+            .actor
+            .send_message(MeetingMsg::End(EndReason::EndedByApi));
+        Ok(snapshot.participants.len())
+    }
+
+    /// Changes a meeting's settings; None keeps a value.
+    pub async fn update_meeting(
+        &self,
+        id: &MeetingId,
+        max_participants: Option<usize>,
+        empty_timeout: Option<Duration>,
+    ) -> Result<MeetingSettings, ApiError> {
+        let record = self.record(id)?;
+        ractor::call!(record.actor, |reply| MeetingMsg::UpdateSettings {
+            max_participants,
+            empty_timeout,
+            reply,
+        })
+        .map_err(|_| ApiError::NotFound(format!("meeting {id}")))
+    }
+
+    /// One participant of a meeting.
+    pub async fn participant(
+        &self,
+        meeting: &MeetingId,
+        participant: &ParticipantId,
+    ) -> Result<MemberView, ApiError> {
+        let snapshot = self
+            .meeting(meeting)
+            .await
+            .ok_or_else(|| ApiError::NotFound(format!("meeting {meeting}")))?;
+        snapshot
+            .participants
+            .into_iter()
+            .find(|p| &p.info.id == participant)
+            .ok_or_else(|| ApiError::NotFound(format!("participant {participant}")))
+    }
+
+    /// Removes a participant (it is told so and disconnected).
+    pub async fn remove_participant(
+        &self,
+        meeting: &MeetingId,
+        participant: &ParticipantId,
+    ) -> Result<(), ApiError> {
+        let record = self.record(meeting)?;
+        let found = ractor::call!(record.actor, |reply| MeetingMsg::Remove {
+            participant: participant.clone(),
+            reason: crate::domain::LeaveReason::Removed,
+            reply: Some(reply),
+        })
+        .map_err(|_| ApiError::NotFound(format!("meeting {meeting}")))?;
+        if found {
+            Ok(())
+        } else {
+            Err(ApiError::NotFound(format!("participant {participant}")))
+        }
+    }
+
+    /// Mutes or unmutes a participant's track for everyone.
+    pub async fn mute_track(
+        &self,
+        meeting: &MeetingId,
+        participant: &ParticipantId,
+        track: &TrackId,
+        muted: bool,
+    ) -> Result<crate::domain::TrackInfo, ApiError> {
+        let record = self.record(meeting)?;
+        ractor::call!(record.actor, |reply| MeetingMsg::MuteTrack {
+            participant: participant.clone(),
+            track: track.clone(),
+            muted,
+            reply,
+        })
+        .map_err(|_| ApiError::NotFound(format!("meeting {meeting}")))?
+    }
+
+    /// Changes what a participant may do.
+    pub async fn update_permissions(
+        &self,
+        meeting: &MeetingId,
+        participant: &ParticipantId,
+        publish: bool,
+        subscribe: bool,
+    ) -> Result<MemberView, ApiError> {
+        let record = self.record(meeting)?;
+        ractor::call!(record.actor, |reply| MeetingMsg::UpdatePermissions {
+            participant: participant.clone(),
+            publish,
+            subscribe,
+            reply,
+        })
+        .map_err(|_| ApiError::NotFound(format!("meeting {meeting}")))?
+    }
+
+    /// A virtual participant publishing one track into `request.meeting`.
+    pub async fn publish_virtual(
+        &self,
+        request: JoinRequest,
+        track: VirtualTrack,
+    ) -> Result<VirtualPublisher, ApiError> {
+        self.no_sfu()?;
+        if self.is_draining() {
+            return Err(ApiError::Unavailable("the node is draining".into()));
+        }
+        let meeting = self
+            .meeting_ref(&request.meeting, request.grants.create)
+            .await
+            .map_err(|e| match e.code {
+                SignalErrorCode::MeetingNotFound => {
+                    ApiError::NotFound(format!("meeting {}", request.meeting))
+                }
+                SignalErrorCode::NodeUnavailable => ApiError::Unavailable(e.message),
+                _ => ApiError::Internal(e.message),
+            })?;
+        ractor::call!(meeting, |reply| MeetingMsg::JoinVirtual {
+            request: request.clone(),
+            track: track.clone(),
+            reply,
+        })
+        .map_err(|_| ApiError::NotFound(format!("meeting {}", request.meeting)))?
+    }
+
+    /// A copy of a track's packets; `queue` packets are buffered for a slow reader.
+    pub async fn tap_track(
+        &self,
+        meeting: &MeetingId,
+        track: &TrackId,
+        queue: usize,
+    ) -> Result<TapStart, ApiError> {
+        let record = self.record(meeting)?;
+        ractor::call!(record.actor, |reply| MeetingMsg::Tap {
+            track: track.clone(),
+            queue,
+            reply,
+        })
+        .map_err(|_| ApiError::NotFound(format!("meeting {meeting}")))?
+    }
+
+    /// Live participants across meetings (from the actor registry, no actor hop).
+    pub fn participant_count(&self) -> usize {
+        self.shared.actors.count(ActorKind::Participant)
+            + self.shared.actors.count(ActorKind::VirtualParticipant)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Acquire)
+    }
+
+    /// Starts draining: no new joins or meetings, clients are told, meetings end by
+    /// themselves or at `deadline`. Returns the meetings and participants live now.
+    /// [`Node::drained`] resolves once every meeting has ended.
+    pub fn drain(&self, deadline: Duration) -> (usize, usize) {
+        let counts = (self.meeting_count(), self.participant_count());
+        if self.shared.draining.swap(true, Ordering::AcqRel) {
+            return counts;
+        }
+        tracing::warn!(
+            meetings = counts.0,
+            participants = counts.1,
+            ?deadline,
+            "draining"
+        );
+        for id in self.shared.registry.ids() {
+            if let Some(record) = self.shared.registry.get(&id) {
+                let _ = record.actor.send_message(MeetingMsg::Drain(deadline));
+            }
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            let end = tokio::time::Instant::now() + deadline;
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                if node.shared.registry.is_empty() {
+                    break;
+                }
+                if tokio::time::Instant::now() >= end {
+                    tracing::warn!("drain deadline passed; ending the remaining meetings");
+                    for id in node.shared.registry.ids() {
+                        if let Some(record) = node.shared.registry.get(&id) {
+                            let _ = record
+                                .actor
+                                .send_message(MeetingMsg::End(EndReason::NodeShutdown));
+                        }
+                    }
+                }
+            }
+            tracing::info!("drained: no meetings left");
+            let _ = node.drained.send(true);
+        });
+        counts
+    }
+
+    /// Resolves once a drain has ended every meeting.
+    pub async fn drained(&self) {
+        let mut rx = self.drained.subscribe();
+        let _ = rx.wait_for(|done| *done).await;
     }
 
     /// A meeting's current state, if it runs.

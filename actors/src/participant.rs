@@ -53,6 +53,13 @@ pub struct TrackKey(pub u64);
 
 static NEXT_TRACK_KEY: AtomicU64 = AtomicU64::new(1);
 
+impl TrackKey {
+    /// A key no other track of this process has.
+    pub fn next() -> TrackKey {
+        TrackKey(NEXT_TRACK_KEY.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
 /// One packet travelling from a publisher to a subscriber.
 #[derive(Clone, Debug)]
 pub struct MediaItem {
@@ -130,6 +137,10 @@ pub enum ParticipantMsg {
     InjectFault,
     /// Current counters.
     Stats(RpcReplyPort<ParticipantStats>),
+    /// The API changed whether this participant may publish.
+    SetCanPublish(bool),
+    /// A packet for a virtual publisher to fan out (embedding API; others ignore it).
+    VirtualRtp(MediaPacket),
 }
 
 /// Start-up arguments, from the meeting.
@@ -147,6 +158,9 @@ pub struct ParticipantArgs {
     pub wall_epoch: (Instant, SystemTime),
     /// Receives this participant's media inbox sender once it exists, for fan-out lists.
     pub link: tokio::sync::oneshot::Sender<InboxSender<MediaItem, ParticipantMsg>>,
+    /// The actor registry (for the operator's tree) and our supervisor.
+    pub actors: Arc<crate::registry::ActorRegistry>,
+    pub parent: ractor::ActorId,
 }
 
 pub struct ParticipantActor;
@@ -183,6 +197,7 @@ enum SubOp {
 }
 
 pub struct ParticipantState {
+    reg: crate::registry::Registration,
     id: ParticipantId,
     meeting: ActorRef<MeetingMsg>,
     signal: SignalSender,
@@ -262,7 +277,20 @@ impl Actor for ParticipantActor {
         let wakeup = crate::timer::Wakeup::spawn(myself.clone(), || ParticipantMsg::Tick);
         let mux_hint = rand::random::<u32>() as usize;
         metrics::gauge!("hearth_participants").increment(1.0);
+        let kill_ref = myself.clone();
+        let media_depth = media_tx.clone();
+        let reg = args.actors.register(
+            crate::registry::ActorSpec::new(
+                myself.get_id(),
+                crate::registry::ActorKind::Participant,
+                args.id.as_str(),
+            )
+            .parent(args.parent)
+            .kill(move || kill_ref.send_message(ParticipantMsg::InjectFault).is_ok())
+            .media_queue(move || media_depth.depth()),
+        );
         Ok(ParticipantState {
+            reg,
             id: args.id,
             meeting: args.meeting,
             signal: args.signal,
@@ -304,8 +332,11 @@ impl Actor for ParticipantActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let now = Instant::now();
+        state.reg.handled();
         match msg {
             ParticipantMsg::Signal(signal) => state.on_signal(now, signal, &myself),
+            ParticipantMsg::SetCanPublish(allowed) => state.can_publish = allowed,
+            ParticipantMsg::VirtualRtp(_) => {}
             ParticipantMsg::DatagramsReady => state.on_datagrams(&myself),
             ParticipantMsg::MediaReady => state.on_media(now, &myself),
             ParticipantMsg::Tick => state.on_tick(now),
@@ -597,7 +628,7 @@ impl ParticipantState {
             mid: track.mid.clone(),
         };
         let published = Published {
-            key: TrackKey(NEXT_TRACK_KEY.fetch_add(1, Ordering::Relaxed)),
+            key: TrackKey::next(),
             ssrc: track.ssrc,
             stack_id: track.stack_id,
             recv: ReceiveStats::new(track.ssrc, track.codec.clock_rate),

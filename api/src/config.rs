@@ -47,6 +47,9 @@ pub struct ServeArgs {
     /// HTTP, WebSocket signaling and metrics listen address [default: 127.0.0.1:7880].
     #[arg(long, env = "HEARTH_HTTP", value_name = "ADDR")]
     pub http: Option<SocketAddr>,
+    /// Serve the gRPC API on its own listener [default: on the HTTP port].
+    #[arg(long, env = "HEARTH_GRPC", value_name = "ADDR")]
+    pub grpc: Option<SocketAddr>,
     /// UDP port for all media (ICE, DTLS, SRTP) [default: 7882; 0 picks a free port].
     #[arg(long, env = "HEARTH_MEDIA_PORT", value_name = "PORT")]
     pub media_port: Option<u16>,
@@ -200,6 +203,7 @@ pub struct TokenArgs {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub http: Option<SocketAddr>,
+    pub grpc: Option<SocketAddr>,
     pub media_port: Option<u16>,
     pub media_bind: Option<IpAddr>,
     pub public_ip: Option<IpAddr>,
@@ -257,6 +261,8 @@ pub enum ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub http: SocketAddr,
+    /// A listener of its own for gRPC (None: gRPC shares the HTTP port).
+    pub grpc: Option<SocketAddr>,
     pub media_bind: SocketAddr,
     pub public_ip: IpAddr,
     pub data_dir: PathBuf,
@@ -281,6 +287,7 @@ impl Config {
         keys.insert("APItest", "test-secret-0123456789");
         Config {
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            grpc: None,
             media_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             public_ip: IpAddr::from([127, 0, 0, 1]),
             data_dir: std::env::temp_dir().join("hearth-test-data"),
@@ -396,6 +403,7 @@ pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
     let turn = resolve_turn(&args.turn, &file.turn, public_ip, http.port(), turn_only)?;
     Ok(Config {
         http,
+        grpc: args.grpc.or(file.grpc),
         media_bind: SocketAddr::new(media_ip, media_port),
         public_ip,
         data_dir: args

@@ -289,6 +289,9 @@ pub fn server_message(signal: ServerSignal) -> S {
         }),
         ServerSignal::Error(e) => error_message(&e),
         ServerSignal::Reconnect(reason) => S::Reconnect(pb::Reconnect { reason }),
+        ServerSignal::NodeDraining(deadline) => S::NodeDraining(pb::NodeDraining {
+            deadline_seconds: u32::try_from(deadline.as_secs()).unwrap_or(u32::MAX),
+        }),
     }
 }
 

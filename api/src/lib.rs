@@ -2,11 +2,13 @@
 //! client, and the `hearth` binary's pieces.
 //!
 //! The gateway is thin: validate, authorize, convert wire types to domain types
-//! ([`convert`] is the only place that does), hand the request to an actor, convert the
+//! ([`convert`] for signaling and [`grpc::convert`] for the gRPC API are the only places
+//! that do), hand the request to an actor, convert the
 //! reply. It owns no meeting state.
 
 pub mod config;
 pub mod convert;
+pub mod grpc;
 pub mod server;
 pub mod signaling;
 pub mod token;

@@ -25,18 +25,46 @@ pub struct AppState {
     pub node: Node,
     pub keys: KeyStore,
     pub config: Config,
+    /// When the server started.
+    pub started_at: SystemTime,
     ready: AtomicBool,
     metrics: PrometheusHandle,
+    addrs: OnceLock<(SocketAddr, Option<SocketAddr>)>,
+}
+
+impl AppState {
+    /// The HTTP listener's address.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.addrs.get().map(|a| a.0)
+    }
+
+    /// Where gRPC is served (the HTTP address unless `--grpc` moved it).
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.addrs.get().map(|a| a.1.unwrap_or(a.0))
+    }
+
+    /// /readyz answers 503 from now on (drain, shutdown).
+    pub fn set_unready(&self) {
+        self.ready.store(false, Ordering::Release);
+    }
+
+    /// The Prometheus exposition of the process's metrics.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render()
+    }
 }
 
 /// A running server.
 pub struct RunningServer {
     pub http_addr: SocketAddr,
+    /// The gRPC listener when it has its own (`--grpc`); else gRPC is on `http_addr`.
+    pub grpc_addr: Option<SocketAddr>,
     /// The SFU media port (None on a TURN-only node).
     pub media_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    grpc_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -51,6 +79,14 @@ impl RunningServer {
         let _ = self.shutdown.send(true);
         self.state.node.shutdown().await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+        if let Some(task) = self.grpc_task {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+
+    /// Resolves when a drain (AdminService.Drain) has ended every meeting.
+    pub async fn drained(&self) {
+        self.state.node.drained().await;
     }
 }
 
@@ -123,6 +159,18 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http))?;
     let http_addr = listener.local_addr()?;
+    let grpc_listener = match config.grpc {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (gRPC): {e}"))?,
+        ),
+        None => None,
+    };
+    let grpc_addr = match &grpc_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
     let node = Node::start(NodeConfig {
         media_bind: config.media_bind,
         public_ip: config.public_ip,
@@ -139,11 +187,29 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         node,
         keys: config.keys.clone(),
         config,
+        started_at: SystemTime::now(),
         ready: AtomicBool::new(true),
         metrics,
+        addrs: OnceLock::new(),
     });
-    let app = router(Arc::clone(&state));
+    let _ = state.addrs.set((http_addr, grpc_addr));
+    let grpc = crate::grpc::routes(&state).into_axum_router();
     let (shutdown, mut shutdown_rx) = watch::channel(false);
+    let (app, grpc_task) = match grpc_listener {
+        None => (router(Arc::clone(&state)).merge(grpc), None),
+        Some(listener) => {
+            let mut stop = shutdown.subscribe();
+            let task = tokio::spawn(async move {
+                let serve = axum::serve(listener, grpc).with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                });
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "gRPC server stopped");
+                }
+            });
+            (router(Arc::clone(&state)), Some(task))
+        }
+    };
     let task = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = shutdown_rx.wait_for(|stop| *stop).await;
@@ -154,10 +220,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     });
     Ok(RunningServer {
         http_addr,
+        grpc_addr,
         media_addr,
         state,
         shutdown,
         task,
+        grpc_task,
     })
 }
 

@@ -188,6 +188,8 @@
     meetingEnded: (conn, m) => endSession('ended', `The meeting ended${m.reason ? ` (${m.reason})` : ''}.`),
     error: onServerError,
     reconnect: (conn, m) => restart(m.reason || 'server asked to reconnect'),
+    nodeDraining: (conn, m) => showNotice(
+      `The server is going down for maintenance; this meeting ends within ${Math.ceil((m.deadlineSeconds || 0) / 60)} min.`),
     pong: () => {},
   };
 

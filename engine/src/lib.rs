@@ -31,6 +31,7 @@ pub mod forwarder;
 pub mod keyframe;
 pub mod media;
 pub mod nack;
+pub mod rtp;
 pub mod seq;
 pub mod speaker;
 pub mod stats;

@@ -483,6 +483,8 @@ pub struct ClientStats {
     /// Messages that did not decode as `ServerMessage`.
     pub protocol_errors: Vec<String>,
     pub reconnect: Option<String>,
+    /// `nodeDraining`'s deadline in seconds, once the node said it drains.
+    pub draining: Option<u32>,
     pub meeting_ended: Option<String>,
     /// The signaling socket closed.
     pub closed: bool,
@@ -1731,6 +1733,11 @@ fn record_event(s: &mut ClientStats, me: &str, message: S) {
         S::Reconnect(r) => {
             s.events.push(format!("reconnect {}", r.reason));
             s.reconnect = Some(r.reason);
+        }
+        S::NodeDraining(d) => {
+            s.events
+                .push(format!("nodeDraining {}", d.deadline_seconds));
+            s.draining = Some(d.deadline_seconds);
         }
         S::Join(_) => s
             .protocol_errors

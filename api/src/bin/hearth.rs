@@ -117,7 +117,15 @@ fn serve(args: &ServeArgs, started: Instant) -> ExitCode {
                 "  no API key configured: pass --api-key/--api-secret (or --dev) so clients can join"
             );
         }
-        wait_for_shutdown().await;
+        if let Some(grpc) = server.grpc_addr {
+            println!("  grpc        {grpc}");
+        } else {
+            println!("  grpc        {} (shared with HTTP)", server.http_addr);
+        }
+        tokio::select! {
+            _ = wait_for_shutdown() => {}
+            _ = server.drained() => tracing::info!("drained: every meeting has ended"),
+        }
         tracing::info!("shutting down");
         server.shutdown().await;
         ExitCode::SUCCESS

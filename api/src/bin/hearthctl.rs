@@ -1,0 +1,2 @@
+//! `hearthctl`: placeholder replaced below.
+fn main() {}

@@ -1,0 +1,176 @@
+//! The gRPC API (`hearth.v1`): embedding (meetings, participants, tokens, events, media)
+//! and operations (admin). Services are thin: authorize, convert ([`convert`]), ask the
+//! node, convert the reply.
+//!
+//! Served on the HTTP port by default (axum and tonic share it: gRPC requests go by path,
+//! `/hearth.v1.*/...`, HTTP/2 with prior knowledge), or on `--grpc ADDR`. gRPC health
+//! (`grpc.health.v1.Health`) and server reflection (v1 and v1alpha) come with it.
+//!
+//! Auth: every call carries `authorization: Bearer <JWT>`, an access token signed with one
+//! of the node's API key secrets, with the `admin` grant. A token whose `meeting` claim is
+//! set manages only that meeting; node-wide calls need an empty `meeting` claim.
+
+pub mod admin;
+pub mod convert;
+pub mod media;
+pub mod services;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use hearth_actors::{ApiError, MeetingId};
+use hearth_proto::v1;
+use tonic::{Request, Status};
+
+use crate::server::AppState;
+use crate::token::{Claims, TokenError};
+
+/// Every gRPC service of the node, ready to be served.
+pub fn routes(state: &Arc<AppState>) -> tonic::service::Routes {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    // The generic "" service and each of ours report SERVING from the start.
+    tokio::spawn(async move {
+        use tonic_health::ServingStatus::Serving;
+        for name in [
+            "",
+            "hearth.v1.MeetingService",
+            "hearth.v1.ParticipantService",
+            "hearth.v1.TokenService",
+            "hearth.v1.EventService",
+            "hearth.v1.MediaService",
+            "hearth.v1.AdminService",
+        ] {
+            health_reporter.set_service_status(name, Serving).await;
+        }
+    });
+    let mut builder = tonic::service::Routes::builder();
+    builder
+        .add_service(v1::meeting_service_server::MeetingServiceServer::new(
+            services::Meetings(Arc::clone(state)),
+        ))
+        .add_service(
+            v1::participant_service_server::ParticipantServiceServer::new(services::Participants(
+                Arc::clone(state),
+            )),
+        )
+        .add_service(v1::token_service_server::TokenServiceServer::new(
+            services::Tokens(Arc::clone(state)),
+        ))
+        .add_service(v1::event_service_server::EventServiceServer::new(
+            services::Events(Arc::clone(state)),
+        ))
+        .add_service(v1::media_service_server::MediaServiceServer::new(
+            media::Media(Arc::clone(state)),
+        ))
+        .add_service(v1::admin_service_server::AdminServiceServer::new(
+            admin::Admin(Arc::clone(state)),
+        ))
+        .add_service(health);
+    if let Ok(reflection) = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+    {
+        builder.add_service(reflection);
+    }
+    if let Ok(reflection) = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+    {
+        builder.add_service(reflection);
+    }
+    builder.routes()
+}
+
+/// What a call may touch.
+#[derive(Debug)]
+pub struct Caller {
+    pub claims: Claims,
+}
+
+impl Caller {
+    /// The call is about `meeting`: a meeting-scoped token must name it.
+    pub fn may_manage(&self, meeting: &str) -> Result<(), Status> {
+        if self.claims.meeting.is_empty() || self.claims.meeting == meeting {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "the token manages meeting {:?} only",
+                self.claims.meeting
+            )))
+        }
+    }
+
+    /// The call concerns the whole node.
+    pub fn node_wide(&self) -> Result<(), Status> {
+        if self.claims.meeting.is_empty() {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(
+                "this call needs a token for the whole node (empty meeting claim)",
+            ))
+        }
+    }
+}
+
+/// Checks the bearer token of a request: valid, signed by a known key, admin grant.
+pub fn authorize<T>(state: &AppState, request: &Request<T>) -> Result<Caller, Status> {
+    let result = authorize_metadata(state, request.metadata());
+    if result.is_err() {
+        metrics::counter!("hearth_grpc_auth_failures_total").increment(1);
+    }
+    result
+}
+
+fn authorize_metadata(
+    state: &AppState,
+    metadata: &tonic::metadata::MetadataMap,
+) -> Result<Caller, Status> {
+    let Some(value) = metadata.get("authorization") else {
+        return Err(Status::unauthenticated(
+            "missing `authorization: Bearer <token>` metadata",
+        ));
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| Status::unauthenticated("the authorization metadata is not ASCII"))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?;
+    let claims = state
+        .keys
+        .verify(token.trim(), SystemTime::now())
+        .map_err(|e| match e {
+            TokenError::Expired => Status::unauthenticated("the token has expired"),
+            other => Status::unauthenticated(other.to_string()),
+        })?;
+    if !claims.grants.admin {
+        return Err(Status::permission_denied(
+            "the token lacks the admin grant needed for this API",
+        ));
+    }
+    Ok(Caller { claims })
+}
+
+/// Maps an actor-side refusal to a gRPC status.
+pub fn status(e: ApiError) -> Status {
+    match e {
+        ApiError::NotFound(what) => Status::not_found(format!("{what} not found")),
+        ApiError::AlreadyExists(what) => Status::already_exists(format!("{what} already exists")),
+        ApiError::Invalid(why) => Status::invalid_argument(why),
+        ApiError::Unavailable(why) if why.contains("draining") => Status::failed_precondition(why),
+        ApiError::Unavailable(why) => Status::unavailable(why),
+        ApiError::Internal(why) => Status::internal(why),
+    }
+}
+
+/// Parses a meeting name from a request field.
+pub fn meeting_id(field: &str, value: &str) -> Result<MeetingId, Status> {
+    MeetingId::parse(value).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "{field}: a meeting name is 1 to 128 characters of A-Z a-z 0-9 . _ ~ -"
+        ))
+    })
+}
