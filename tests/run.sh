@@ -67,6 +67,27 @@ else
 fi
 cargo test --workspace --doc
 
+# ---- gRPC interop with a third-party client (tests/grpc_python) ----------------------
+step "gRPC interop: Python grpcio client against target/debug/hearth"
+# Python's grpcio (pinned in tests/grpc_python/requirements.txt) in a venv kept in
+# target/grpc-venv and reused while the requirements file is unchanged.
+if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv
+fi
+grpc_venv=target/grpc-venv
+grpc_req=tests/grpc_python/requirements.txt
+if ! "$grpc_venv/bin/python" -m pip --version >/dev/null 2>&1; then
+  rm -rf "$grpc_venv"
+  python3 -m venv "$grpc_venv"
+fi
+if ! cmp -s "$grpc_req" "$grpc_venv/requirements.installed"; then
+  "$grpc_venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$grpc_req"
+  cp "$grpc_req" "$grpc_venv/requirements.installed"
+fi
+"$grpc_venv/bin/python" tests/grpc_python/grpc_interop.py target/debug/hearth
+# ---- end of gRPC interop ------------------------------------------------------------
+
 if [ "$quick" = 1 ]; then
   echo; echo "quick run: browser tests skipped"; exit 0
 fi

@@ -219,23 +219,22 @@ pub struct MeetingSupervisorState {
 impl Actor for MeetingSupervisor {
     type Msg = MeetingSupervisorMsg;
     type State = MeetingSupervisorState;
-    type Arguments = Arc<NodeShared>;
+    /// The node and the node supervisor's id.
+    type Arguments = (Arc<NodeShared>, ractor::ActorId);
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        node: Self::Arguments,
+        (node, parent): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let kill_ref = myself.clone();
-        let mut spec = ActorSpec::new(myself.get_id(), ActorKind::MeetingSupervisor, "meetings")
+        let spec = ActorSpec::new(myself.get_id(), ActorKind::MeetingSupervisor, "meetings")
+            .parent(parent)
             .kill(move || {
                 kill_ref
                     .send_message(MeetingSupervisorMsg::InjectFault)
                     .is_ok()
             });
-        if let Some(parent) = myself.get_cell().try_get_supervisor() {
-            spec = spec.parent(parent.get_id());
-        }
         let reg = node.actors.register(spec);
         Ok(MeetingSupervisorState { node, reg })
     }
@@ -256,12 +255,12 @@ impl Actor for MeetingSupervisor {
                 settings,
                 reply,
             } => {
-                if state.node.registry.get(&id).is_some() {
-                    let _ = reply.send(Err(ApiError::AlreadyExists(format!("meeting {id}"))));
-                    return Ok(());
-                }
                 if state.node.draining.load(Ordering::Acquire) {
                     let _ = reply.send(Err(ApiError::Unavailable("the node is draining".into())));
+                    return Ok(());
+                }
+                if state.node.registry.get(&id).is_some() {
+                    let _ = reply.send(Err(ApiError::AlreadyExists(format!("meeting {id}"))));
                     return Ok(());
                 }
                 let result = spawn_meeting(
@@ -434,10 +433,13 @@ impl Actor for NodeSupervisor {
         let reg = node
             .actors
             .register(ActorSpec::new(myself.get_id(), ActorKind::Node, "node"));
+        if let Some(turn) = &node.turn {
+            let _ = turn.parent.set(myself.get_id());
+        }
         let (meetings, _) = Actor::spawn_linked(
             None,
             MeetingSupervisor,
-            Arc::clone(&node),
+            (Arc::clone(&node), myself.get_id()),
             myself.get_cell(),
         )
         .await?;
@@ -516,7 +518,7 @@ impl Actor for NodeSupervisor {
             let (meetings, _) = Actor::spawn_linked(
                 None,
                 MeetingSupervisor,
-                Arc::clone(&state.node),
+                (Arc::clone(&state.node), myself.get_id()),
                 myself.get_cell(),
             )
             .await?;
@@ -568,12 +570,15 @@ impl Node {
             Certificate::generate().map_err(|e| NodeError::Certificate(e.to_string()))?;
         let media_port = mux.as_ref().map_or(0, |m| m.local_addr().port());
         let advertised = SocketAddr::new(config.public_ip, media_port);
+        let actors = Arc::new(ActorRegistry::default());
         let turn = config.turn.take().map(|mut turn| {
             if mux.is_some() {
                 // Participants behind TURN send their media to the SFU: always allowed.
                 turn.sfu_media = Some(advertised);
             }
-            Arc::new(TurnShared::new(turn, rand::random()))
+            let mut shared = TurnShared::new(turn, rand::random());
+            shared.actors = Arc::clone(&actors);
+            Arc::new(shared)
         });
         let shared = Arc::new(NodeShared {
             config,
@@ -583,7 +588,7 @@ impl Node {
             advertised,
             registry: MeetingRegistry::default(),
             wall_epoch: (Instant::now(), SystemTime::now()),
-            actors: Arc::new(ActorRegistry::default()),
+            actors,
             events: EventLog::default(),
             draining: AtomicBool::new(false),
         });

@@ -10,6 +10,7 @@ use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use hearth_actors::{Grants, Node, NodeConfig};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,8 @@ pub struct AppState {
     ready: AtomicBool,
     metrics: PrometheusHandle,
     addrs: OnceLock<(SocketAddr, Option<SocketAddr>)>,
+    /// gRPC health: NOT_SERVING once the node drains.
+    pub(crate) health: OnceLock<tonic_health::server::HealthReporter>,
 }
 
 impl AppState {
@@ -43,9 +46,16 @@ impl AppState {
         self.addrs.get().map(|a| a.1.unwrap_or(a.0))
     }
 
-    /// /readyz answers 503 from now on (drain, shutdown).
-    pub fn set_unready(&self) {
+    /// /readyz answers 503 and gRPC health NOT_SERVING from now on (drain, shutdown).
+    pub async fn set_unready(&self) {
         self.ready.store(false, Ordering::Release);
+        if let Some(health) = self.health.get() {
+            for name in crate::grpc::HEALTH_SERVICES {
+                health
+                    .set_service_status(*name, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+        }
     }
 
     /// The Prometheus exposition of the process's metrics.
@@ -75,7 +85,7 @@ impl RunningServer {
 
     /// Stops accepting, ends meetings, stops the actors.
     pub async fn shutdown(self) {
-        self.state.ready.store(false, Ordering::Release);
+        self.state.set_unready().await;
         let _ = self.shutdown.send(true);
         self.state.node.shutdown().await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
@@ -191,15 +201,21 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         ready: AtomicBool::new(true),
         metrics,
         addrs: OnceLock::new(),
+        health: OnceLock::new(),
     });
     let _ = state.addrs.set((http_addr, grpc_addr));
-    let grpc = crate::grpc::routes(&state).into_axum_router();
+    let grpc = crate::grpc::routes(&state).await.into_axum_router();
     let (shutdown, mut shutdown_rx) = watch::channel(false);
     let (app, grpc_task) = match grpc_listener {
         None => (router(Arc::clone(&state)).merge(grpc), None),
         Some(listener) => {
             let mut stop = shutdown.subscribe();
             let task = tokio::spawn(async move {
+                let listener = listener.tap_io(|tcp| {
+                    // Small HTTP/2 frames (headers, data, trailers) must not wait for
+                    // delayed ACKs: Nagle would add ~40 ms to a gRPC reply.
+                    let _ = tcp.set_nodelay(true);
+                });
                 let serve = axum::serve(listener, grpc).with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|stop| *stop).await;
                 });
@@ -211,6 +227,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         }
     };
     let task = tokio::spawn(async move {
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = shutdown_rx.wait_for(|stop| *stop).await;
         });
@@ -246,7 +265,9 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn signal(ws: WebSocketUpgrade, State(state): State<Arc<AppState>>) -> Response {
-    if !state.ready.load(Ordering::Acquire) {
+    // A draining node still answers joins, with a clear NODE_UNAVAILABLE; /readyz already
+    // tells load balancers to send new clients elsewhere.
+    if !state.ready.load(Ordering::Acquire) && !state.node.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "node is shutting down").into_response();
     }
     // Frames up to 1 MiB reach the decoder, which answers MESSAGE_TOO_LARGE above 64 KiB;

@@ -42,11 +42,14 @@ pub struct AllocationArgs {
     /// Token of the port reserved for this client's next allocation (EVEN-PORT R bit).
     pub reservation_token: Option<[u8; 8]>,
     pub shared: Arc<TurnShared>,
+    /// The TURN supervisor (for the actor tree).
+    pub parent: ractor::ActorId,
 }
 
 pub struct AllocationActor;
 
 pub struct AllocationState {
+    reg: crate::registry::Registration,
     id: u64,
     key: ClientKey,
     link: ClientLink,
@@ -108,10 +111,25 @@ impl Actor for AllocationActor {
         ));
         shared.routes.insert(args.key, Arc::clone(&entry));
         args.link.send(&response);
+        let kill_ref = myself.clone();
+        let reg = shared.actors.register(
+            crate::registry::ActorSpec::new(
+                myself.get_id(),
+                crate::registry::ActorKind::Allocation,
+                format!(
+                    "{} {} relay {relay}",
+                    args.key.transport.as_str(),
+                    args.key.addr
+                ),
+            )
+            .parent(args.parent)
+            .kill(move || kill_ref.send_message(AllocationMsg::InjectFault).is_ok()),
+        );
         let wakeup = Wakeup::spawn(myself, || AllocationMsg::Tick);
         wakeup.arm(allocation.poll_timeout());
         tracing::debug!(client = %args.key.addr, %relay, transport = args.key.transport.as_str(), "allocation created");
         Ok(AllocationState {
+            reg,
             id: args.id,
             key: args.key,
             link: args.link,
@@ -134,6 +152,7 @@ impl Actor for AllocationActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let now = Instant::now();
+        state.reg.handled();
         match msg {
             AllocationMsg::Control(item) => {
                 state.entry.control_in_flight.fetch_sub(1, Ordering::AcqRel);

@@ -292,6 +292,10 @@ pub struct TurnShared {
     pub software: Option<String>,
     pub epoch_wall: (Instant, SystemTime),
     next_id: AtomicU64,
+    /// The node's actor registry (allocations and their supervisor show in the tree).
+    pub actors: Arc<crate::registry::ActorRegistry>,
+    /// The node supervisor, parent of the TURN supervisor in the tree.
+    pub parent: std::sync::OnceLock<ractor::ActorId>,
 }
 
 impl TurnShared {
@@ -330,6 +334,8 @@ impl TurnShared {
             software: Some(format!("hearth/{}", env!("CARGO_PKG_VERSION"))),
             epoch_wall: (now, SystemTime::now()),
             next_id: AtomicU64::new(1),
+            actors: Arc::default(),
+            parent: std::sync::OnceLock::new(),
         }
     }
 

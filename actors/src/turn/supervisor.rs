@@ -42,6 +42,7 @@ pub enum TurnSupervisorMsg {
 pub struct TurnSupervisor;
 
 pub struct TurnSupervisorState {
+    reg: crate::registry::Registration,
     shared: Arc<TurnShared>,
     total: usize,
     per_user: HashMap<String, usize>,
@@ -69,7 +70,17 @@ impl Actor for TurnSupervisor {
         metrics::gauge!("hearth_turn_allocations").set(0.0);
         // One timer for all allocations' metrics, rather than one wake-up per allocation.
         myself.send_interval(METRICS_INTERVAL, || TurnSupervisorMsg::FlushMetrics);
+        let mut spec = crate::registry::ActorSpec::new(
+            myself.get_id(),
+            crate::registry::ActorKind::TurnSupervisor,
+            "turn",
+        );
+        if let Some(parent) = shared.parent.get() {
+            spec = spec.parent(*parent);
+        }
+        let reg = shared.actors.register(spec);
         Ok(TurnSupervisorState {
+            reg,
             shared,
             total: 0,
             per_user: HashMap::new(),
@@ -84,6 +95,7 @@ impl Actor for TurnSupervisor {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        state.reg.handled();
         match msg {
             TurnSupervisorMsg::Allocate {
                 key,
@@ -136,6 +148,9 @@ impl Actor for TurnSupervisor {
         }
         metrics::gauge!("hearth_turn_allocations").set(state.total as f64);
         if let Some(error) = failed {
+            state
+                .reg
+                .failure(format!("allocation of {user} failed: {error}"));
             metrics::counter!("hearth_actor_failures_total", "kind" => "allocation").increment(1);
             tracing::warn!(%user, %error, "allocation failed; its port is free and the client may allocate again");
         }
@@ -228,6 +243,7 @@ impl TurnSupervisorState {
             socket,
             reservation_token,
             shared: Arc::clone(&self.shared),
+            parent: myself.get_id(),
         };
         match Actor::spawn_linked(None, AllocationActor, args, myself.get_cell()).await {
             Ok((actor, _)) => {

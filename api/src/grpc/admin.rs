@@ -129,7 +129,7 @@ impl pb::admin_service_server::AdminService for Admin {
             0 => DEFAULT_DRAIN,
             s => Duration::from_secs(u64::from(s)),
         };
-        self.0.set_unready();
+        self.0.set_unready().await;
         let (meetings, participants) = self.0.node.drain(deadline);
         Ok(Response::new(pb::DrainResponse {
             meetings: u32::try_from(meetings).unwrap_or(u32::MAX),

@@ -26,23 +26,27 @@ use crate::server::AppState;
 use crate::token::{Claims, TokenError};
 
 /// Every gRPC service of the node, ready to be served.
-pub fn routes(state: &Arc<AppState>) -> tonic::service::Routes {
+/// The names gRPC health reports on: the whole server ("") and each service.
+pub const HEALTH_SERVICES: &[&str] = &[
+    "",
+    "hearth.v1.MeetingService",
+    "hearth.v1.ParticipantService",
+    "hearth.v1.TokenService",
+    "hearth.v1.EventService",
+    "hearth.v1.MediaService",
+    "hearth.v1.AdminService",
+];
+
+/// Every gRPC service of the node, ready to be served. Health reports SERVING from the
+/// start, NOT_SERVING once the node drains or shuts down.
+pub async fn routes(state: &Arc<AppState>) -> tonic::service::Routes {
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    // The generic "" service and each of ours report SERVING from the start.
-    tokio::spawn(async move {
-        use tonic_health::ServingStatus::Serving;
-        for name in [
-            "",
-            "hearth.v1.MeetingService",
-            "hearth.v1.ParticipantService",
-            "hearth.v1.TokenService",
-            "hearth.v1.EventService",
-            "hearth.v1.MediaService",
-            "hearth.v1.AdminService",
-        ] {
-            health_reporter.set_service_status(name, Serving).await;
-        }
-    });
+    for name in HEALTH_SERVICES {
+        health_reporter
+            .set_service_status(*name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let _ = state.health.set(health_reporter);
     let mut builder = tonic::service::Routes::builder();
     builder
         .add_service(v1::meeting_service_server::MeetingServiceServer::new(
