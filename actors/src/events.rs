@@ -83,19 +83,31 @@ pub struct EventSubscription {
     pub live: broadcast::Receiver<Arc<NodeEvent>>,
 }
 
-/// The reader asked for events that are no longer kept.
+/// Where a reader starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Gone {
-    /// The oldest sequence number still retained.
-    pub oldest: u64,
+pub enum Start {
+    /// With the next new event.
+    New,
+    /// With the oldest retained event.
+    Oldest,
+    /// After this sequence number (a reader resuming).
+    After(u64),
+}
+
+/// Why a reader cannot start where it asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Events after that point are no longer kept; `oldest` is the oldest retained one.
+    Gone { oldest: u64 },
+    /// That sequence number has not been given out yet; `next` is the next one.
+    Future { next: u64 },
 }
 
 impl EventLog {
     /// Appends an event; returns its sequence number.
     pub fn append(&self, meeting: &MeetingId, kind: EventKind) -> u64 {
-        let Ok(mut inner) = self.inner.lock() else {
-            return 0;
-        };
+        // Nothing panics while holding the lock, but never let a poisoned lock stop the log.
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let event = Arc::new(NodeEvent {
             sequence: inner.next,
             at: SystemTime::now(),
@@ -112,19 +124,27 @@ impl EventLog {
         event.sequence
     }
 
-    /// Subscribes: events after `resume_after` (0: only new ones) and then live ones.
-    pub fn subscribe(&self, resume_after: u64) -> Result<EventSubscription, Gone> {
-        let inner = self.inner.lock().map_err(|_| Gone { oldest: 0 })?;
+    /// Subscribes: events after `resume_after` (0: only new ones; see [`Start`]) and then
+    /// live ones.
+    pub fn subscribe(&self, start: Start) -> Result<EventSubscription, Refused> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let live = self.live.subscribe();
-        if resume_after == 0 {
-            return Ok(EventSubscription {
-                replay: Vec::new(),
-                live,
-            });
-        }
         let oldest = inner.retained.front().map_or(inner.next, |e| e.sequence);
-        if resume_after + 1 < oldest {
-            return Err(Gone { oldest });
+        let resume_after = match start {
+            Start::New => {
+                return Ok(EventSubscription {
+                    replay: Vec::new(),
+                    live,
+                });
+            }
+            Start::Oldest => oldest.saturating_sub(1),
+            Start::After(n) => n,
+        };
+        if resume_after >= inner.next {
+            return Err(Refused::Future { next: inner.next });
+        }
+        if resume_after.saturating_add(1) < oldest {
+            return Err(Refused::Gone { oldest });
         }
         let replay = inner
             .retained
@@ -137,7 +157,7 @@ impl EventLog {
 
     /// The sequence number the next event will get.
     pub fn next_sequence(&self) -> u64 {
-        self.inner.lock().map_or(0, |i| i.next)
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).next
     }
 }
 
@@ -155,7 +175,7 @@ mod tests {
         for _ in 0..5 {
             log.append(&m(), EventKind::MeetingStarted);
         }
-        let mut sub = log.subscribe(3).expect("retained");
+        let mut sub = log.subscribe(Start::After(3)).expect("retained");
         let seqs: Vec<u64> = sub.replay.iter().map(|e| e.sequence).collect();
         assert_eq!(seqs, vec![4, 5]);
         log.append(&m(), EventKind::MeetingStarted);
@@ -166,7 +186,7 @@ mod tests {
     fn fresh_subscribers_see_only_new_events() {
         let log = EventLog::default();
         log.append(&m(), EventKind::MeetingStarted);
-        let mut sub = log.subscribe(0).expect("ok");
+        let mut sub = log.subscribe(Start::New).expect("ok");
         assert!(sub.replay.is_empty());
         assert!(sub.live.try_recv().is_err());
     }
@@ -177,7 +197,36 @@ mod tests {
         for _ in 0..RETAINED + 10 {
             log.append(&m(), EventKind::MeetingStarted);
         }
-        assert_eq!(log.subscribe(5).err(), Some(Gone { oldest: 11 }));
-        assert_eq!(log.subscribe(10).expect("edge").replay.len(), RETAINED);
+        assert_eq!(
+            log.subscribe(Start::After(5)).err(),
+            Some(Refused::Gone { oldest: 11 })
+        );
+        assert_eq!(
+            log.subscribe(Start::After(10)).expect("edge").replay.len(),
+            RETAINED
+        );
+        let all = log.subscribe(Start::Oldest).expect("oldest");
+        assert_eq!(all.replay.first().map(|e| e.sequence), Some(11));
+        assert_eq!(all.replay.len(), RETAINED);
+    }
+
+    #[test]
+    fn sequence_numbers_not_given_out_yet_are_refused_without_harm() {
+        let log = EventLog::default();
+        log.append(&m(), EventKind::MeetingStarted);
+        for n in [2, 3, u64::MAX] {
+            assert_eq!(
+                log.subscribe(Start::After(n)).err(),
+                Some(Refused::Future { next: 2 })
+            );
+        }
+        assert_eq!(log.append(&m(), EventKind::MeetingStarted), 2);
+        assert_eq!(log.subscribe(Start::After(1)).expect("ok").replay.len(), 1);
+    }
+
+    #[test]
+    fn an_empty_log_replays_nothing_from_the_oldest() {
+        let log = EventLog::default();
+        assert!(log.subscribe(Start::Oldest).expect("ok").replay.is_empty());
     }
 }

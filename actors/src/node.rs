@@ -818,12 +818,12 @@ impl Node {
         self.shared.actors.kill(id)
     }
 
-    /// Meeting events after `resume_after` (0: new ones only), then live ones.
+    /// Meeting events from `start`, then live ones.
     pub fn events(
         &self,
-        resume_after: u64,
-    ) -> Result<crate::events::EventSubscription, crate::events::Gone> {
-        self.shared.events.subscribe(resume_after)
+        start: crate::events::Start,
+    ) -> Result<crate::events::EventSubscription, crate::events::Refused> {
+        self.shared.events.subscribe(start)
     }
 
     async fn meeting_supervisor(&self) -> Result<ActorRef<MeetingSupervisorMsg>, ApiError> {

@@ -143,7 +143,7 @@ fn is_valid_opus(p: &[u8]) -> bool {
     let body = &p[1..];
     match toc & 0x3 {
         0 => body.len() <= 1275,
-        1 => body.len() % 2 == 0 && body.len() / 2 <= 1275,
+        1 => body.len().is_multiple_of(2) && body.len() / 2 <= 1275,
         2 => {
             let Some((&b0, rest)) = body.split_first() else {
                 return false;
@@ -579,6 +579,7 @@ async fn minted_tokens_join_and_events_stream_and_resume() {
         .subscribe(api.req(pb::SubscribeEventsRequest {
             meeting: "evt".into(),
             resume_after: 0,
+            ..Default::default()
         }))
         .await
         .expect("Subscribe")
@@ -647,6 +648,7 @@ async fn minted_tokens_join_and_events_stream_and_resume() {
         .subscribe(api.req(pb::SubscribeEventsRequest {
             meeting: "evt".into(),
             resume_after: seen[0].sequence,
+            ..Default::default()
         }))
         .await
         .expect("resume")
@@ -659,6 +661,33 @@ async fn minted_tokens_join_and_events_stream_and_resume() {
             .expect("event");
         assert_eq!(&got, want);
     }
+    // From the oldest retained event: this node's first event is the meeting's start.
+    let mut all = api
+        .events()
+        .subscribe(api.req(pb::SubscribeEventsRequest {
+            meeting: String::new(),
+            resume_after: 0,
+            from_oldest: true,
+        }))
+        .await
+        .expect("from the oldest")
+        .into_inner();
+    let oldest = tokio::time::timeout(T, all.next())
+        .await
+        .expect("replayed")
+        .expect("open")
+        .expect("event");
+    assert_eq!(oldest, seen[0]);
+    // Sequence numbers from the future are refused, and do not hurt the log.
+    let future = api
+        .events()
+        .subscribe(api.req(pb::SubscribeEventsRequest {
+            meeting: String::new(),
+            resume_after: u64::MAX,
+            from_oldest: false,
+        }))
+        .await;
+    assert_eq!(code(future), Code::OutOfRange);
     zoe.leave().await;
     let left = loop {
         let e = tokio::time::timeout(T, events.next())

@@ -348,18 +348,37 @@ impl pb::event_service_server::EventService for Events {
             caller.may_manage(id.as_str())?;
             Some(id)
         };
-        let sub = self.0.node.events(req.resume_after).map_err(|gone| {
-            Status::out_of_range(format!(
-                "events after {} are no longer kept; the oldest is {}",
-                req.resume_after, gone.oldest
-            ))
+        use hearth_actors::events::{Refused, Start};
+        let start = match (req.resume_after, req.from_oldest) {
+            (0, true) => Start::Oldest,
+            (0, false) => Start::New,
+            (n, false) => Start::After(n),
+            (_, true) => {
+                return Err(Status::invalid_argument(
+                    "resume_after and from_oldest exclude each other",
+                ));
+            }
+        };
+        let sub = self.0.node.events(start).map_err(|refused| match refused {
+            Refused::Gone { oldest } => Status::out_of_range(format!(
+                "events after {} are no longer kept; the oldest is {oldest}",
+                req.resume_after
+            )),
+            Refused::Future { next } => Status::out_of_range(format!(
+                "event {} does not exist yet; the next one will be {next}",
+                req.resume_after
+            )),
         })?;
+        let resume_after = sub
+            .replay
+            .first()
+            .map_or(req.resume_after, |e| e.sequence - 1);
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
             let wanted = |e: &hearth_actors::events::NodeEvent| {
                 filter.as_ref().is_none_or(|m| &e.meeting == m)
             };
-            let mut last = req.resume_after;
+            let mut last = resume_after;
             for event in sub.replay.iter().filter(|e| wanted(e)) {
                 last = event.sequence;
                 if tx.send(Ok(convert::event(event))).await.is_err() {
