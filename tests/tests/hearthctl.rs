@@ -767,3 +767,81 @@ async fn status_events_top_and_token() {
     drop((a, z));
     server.shutdown().await;
 }
+
+/// `drain --wait` against a real node process: no new meetings, the meeting ends, the node
+/// exits 0, and the CLI exits 0 once the node is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_waits_for_the_node_to_exit_cleanly() {
+    let ctl_bin = hearthctl_bin();
+    let hearth = ctl_bin.with_file_name(format!("hearth{}", std::env::consts::EXE_SUFFIX));
+    assert!(hearth.is_file(), "run `cargo build --workspace` first");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let data = std::env::temp_dir().join(format!("hearthctl-drain-{port}"));
+    let mut node = Command::new(&hearth)
+        .args(["--http", &format!("127.0.0.1:{port}")])
+        .args([
+            "--media-port",
+            "0",
+            "--media-bind",
+            "127.0.0.1",
+            "--turn-port",
+            "0",
+        ])
+        .args(["--api-key", API_KEY, "--api-secret", API_SECRET])
+        .args(["--empty-timeout", "1s"])
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the node starts");
+    let ctl = Ctl {
+        bin: ctl_bin,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    // Up when `status` answers (bounded polling; the node starts in milliseconds).
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        if ctl.run(&["status"]).await.code == Some(0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ctl.ok(&["meetings", "create", "maintenance", "--empty-timeout", "2s"])
+        .await;
+    let drain = Ctl::run_cmd(
+        ctl.command(&["drain", "--deadline", "30", "--wait"]),
+        "drain --wait",
+    );
+    let (drain, refused) = tokio::join!(drain, async {
+        // While it drains, new meetings are refused.
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            let run = ctl.run(&["meetings", "create", "late"]).await;
+            if run.code == Some(1) && run.stderr.contains("FAILED_PRECONDITION") {
+                break run;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "create was never refused: {run:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert!(refused.stderr.contains("draining"), "{refused:#?}");
+    assert_eq!(drain.code, Some(0), "{drain:#?}");
+    let status = tokio::time::timeout(T, node.wait())
+        .await
+        .expect("the node exits by itself")
+        .expect("wait");
+    assert!(status.success(), "the node exits 0: {status:?}");
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -1,0 +1,387 @@
+//! `hearth-loadgen`: thousands of simulated meetings over Hearth's public protocols, and a
+//! report that says what a node holds.
+//!
+//! Each simulated participant mints its token from the API key (as an app would), joins over
+//! WebSocket signaling and runs real ICE, DTLS and SRTP with webrtc-rs `rtc`. Participants
+//! share one UDP socket per core ([`shard`]). Every RTP payload carries its send time, so
+//! receivers measure one-way added latency; RTP sequence numbers give loss.
+//!
+//! What it does not do: decode or render media (payloads have realistic sizes and valid
+//! codec headers, not real audio or video), adapt bitrate to congestion (no REMB/TWCC-driven
+//! encoder), simulcast, or data channels.
+
+mod jwt;
+mod media;
+mod peer;
+mod report;
+mod scenario;
+mod server;
+mod shard;
+mod signal;
+mod stats;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tokio::sync::watch;
+
+use crate::report::{Report, Sample};
+use crate::scenario::Scenario;
+use crate::shard::{Shard, ShardHandle};
+use crate::signal::{Counters, Plan};
+
+/// Simulates meetings against a Hearth node and reports what it held.
+#[derive(Parser, Debug)]
+#[command(name = "hearth-loadgen", version)]
+struct Args {
+    /// The node's HTTP URL.
+    #[arg(long, env = "HEARTH_URL", default_value = "http://127.0.0.1:7880")]
+    url: String,
+    /// API key and secret the node trusts (tokens are minted from them).
+    #[arg(long, env = "HEARTH_API_KEY")]
+    api_key: String,
+    #[arg(long, env = "HEARTH_API_SECRET")]
+    api_secret: String,
+    /// A named scenario: audio-rooms, big-audio-room, video-meeting, livestream.
+    #[arg(long)]
+    preset: Option<String>,
+    #[arg(long, default_value_t = 10)]
+    meetings: usize,
+    /// Participants per meeting [default: 4, or the preset's].
+    #[arg(long)]
+    participants: Option<usize>,
+    /// Audio publishers per meeting (the others only listen) [default: all].
+    #[arg(long)]
+    audio_publishers: Option<usize>,
+    /// Active speakers per meeting; other audio publishers send a muted microphone's silence.
+    #[arg(long)]
+    speakers: Option<usize>,
+    /// Video publishers per meeting.
+    #[arg(long)]
+    video_publishers: Option<usize>,
+    /// Video bitrate in kbit/s (30 fps VP8; keyframes on PLI).
+    #[arg(long)]
+    video_kbps: Option<u32>,
+    /// Participants per meeting that only receive.
+    #[arg(long)]
+    subscribers_only: Option<usize>,
+    /// Joins per second.
+    #[arg(long, default_value_t = 100.0)]
+    ramp: f64,
+    /// How long to hold the full load (e.g. 60s, 2m).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Seed of the simulation's randomness (meeting names, staggering).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// UDP sockets (one task each) [default: one per core].
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Addresses for simulated participants, routed to this machine [default: 127.64.0.0/10
+    /// for a node on loopback].
+    #[arg(long, default_value = "127.64.0.0")]
+    local_net: Ipv4Addr,
+    /// The node's process id, to read its CPU and memory from /proc (else from its gRPC
+    /// AdminService.Stats).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Write the report as JSON.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Write a chart of latency percentiles and throughput over time (SVG).
+    #[arg(long)]
+    svg: Option<std::path::PathBuf>,
+    /// Ramp up stage by stage until the SLO breaks; report the largest load that held.
+    #[arg(long)]
+    find_max: bool,
+    /// With --find-max: meetings added per stage [default: the starting --meetings].
+    #[arg(long)]
+    step: Option<usize>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num.parse().map_err(|_| format!("not a duration: {s}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit in {s} (ms, s, m, h)")),
+    };
+    if !(0.0..=86_400.0).contains(&secs) {
+        return Err(format!("out of range: {s}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn scenario(args: &Args) -> Result<Scenario, String> {
+    let mut s = match &args.preset {
+        Some(p) => scenario::preset(p, args.participants)?,
+        None => {
+            let p = args.participants.unwrap_or(4);
+            Scenario {
+                preset: None,
+                meetings: args.meetings,
+                participants: p,
+                audio_publishers: p,
+                speakers: 1.min(p),
+                video_publishers: 0,
+                video: media::VideoProfile {
+                    bitrate_bps: 300_000,
+                    fps: 30,
+                },
+                subscribers_only: 0,
+                ramp: args.ramp,
+                duration: args.duration,
+                seed: args.seed,
+            }
+        }
+    };
+    s.meetings = args.meetings;
+    s.ramp = args.ramp;
+    s.duration = args.duration;
+    s.seed = args.seed;
+    if let Some(v) = args.audio_publishers {
+        s.audio_publishers = v;
+    }
+    if let Some(v) = args.speakers {
+        s.speakers = v;
+    }
+    if let Some(v) = args.video_publishers {
+        s.video_publishers = v;
+    }
+    if let Some(v) = args.video_kbps {
+        s.video.bitrate_bps = v.saturating_mul(1000);
+    }
+    if let Some(v) = args.subscribers_only {
+        s.subscribers_only = v;
+    }
+    s.check()?;
+    Ok(s)
+}
+
+/// The address of participant `n` in the range starting at `base` (never .0 or .255).
+fn participant_ip(base: Ipv4Addr, n: u32) -> IpAddr {
+    let b = u32::from(base);
+    let host = (n / 254) * 256 + (n % 254) + 1;
+    IpAddr::V4(Ipv4Addr::from(b.wrapping_add(host)))
+}
+
+pub struct Run {
+    args: Args,
+    shards: Vec<ShardHandle>,
+    counters: Arc<Counters>,
+    stop: watch::Sender<bool>,
+    epoch: Instant,
+    next_id: AtomicU32,
+    planned: AtomicUsize,
+    server: tokio::sync::Mutex<server::ServerProbe>,
+    ws_url: String,
+    run_tag: String,
+}
+
+impl Run {
+    /// Starts the participants of meetings `from..to` at the ramp rate.
+    async fn launch(&self, s: &Scenario, from: usize, to: usize) {
+        let every = Duration::from_secs_f64(1.0 / s.ramp);
+        let mut next = tokio::time::Instant::now();
+        for m in from..to {
+            let meeting = format!("lg-{}-{m}", self.run_tag);
+            for i in 0..s.participants {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let sending = s.sending(i);
+                let identity = format!("lg{id}");
+                let token = jwt::mint(
+                    &self.args.api_key,
+                    &self.args.api_secret,
+                    &meeting,
+                    &identity,
+                    jwt::Grants {
+                        publish: sending.audio || sending.video.is_some(),
+                        subscribe: true,
+                        admin: false,
+                    },
+                    24 * 3600,
+                );
+                let shard = self.shards[id as usize % self.shards.len()].clone();
+                let plan = Plan {
+                    id,
+                    meeting: meeting.clone(),
+                    token,
+                    sending,
+                    ip: participant_ip(self.args.local_net, id),
+                };
+                tokio::spawn(signal::run(
+                    plan,
+                    self.ws_url.clone(),
+                    shard,
+                    Arc::clone(&self.counters),
+                    self.stop.subscribe(),
+                ));
+                self.planned.fetch_add(1, Ordering::Relaxed);
+                next += every;
+                tokio::time::sleep_until(next).await;
+            }
+        }
+    }
+
+    /// Samples every second until `until`, printing progress.
+    async fn observe(
+        &self,
+        until: tokio::time::Instant,
+        samples: &mut Vec<Sample>,
+        prev: &mut report::Cumulative,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let sample = report::sample(self, prev).await;
+            report::progress(&sample, self.planned.load(Ordering::Relaxed));
+            samples.push(sample);
+            if tokio::time::Instant::now() >= until {
+                break;
+            }
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let s = match scenario(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let ws_url = match args.url.strip_prefix("http://") {
+        Some(rest) => format!("ws://{}/v1/signal", rest.trim_end_matches('/')),
+        None => match args.url.strip_prefix("https://") {
+            Some(rest) => format!("wss://{}/v1/signal", rest.trim_end_matches('/')),
+            None => {
+                eprintln!("error: --url must start with http:// or https://");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let epoch = Instant::now();
+    let n_shards = args
+        .shards
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let mut shards = Vec::new();
+    for _ in 0..n_shards {
+        match Shard::spawn(SocketAddr::from(([0, 0, 0, 0], 0)), epoch) {
+            Ok(h) => shards.push(h),
+            Err(e) => {
+                eprintln!("error: cannot open a UDP socket: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let server =
+        server::ServerProbe::new(&args.url, &args.api_key, &args.api_secret, args.server_pid).await;
+    let (stop, _) = watch::channel(false);
+    let run = Run {
+        shards,
+        counters: Arc::new(Counters::default()),
+        stop,
+        epoch,
+        next_id: AtomicU32::new(0),
+        planned: AtomicUsize::new(0),
+        server: tokio::sync::Mutex::new(server),
+        ws_url,
+        run_tag: format!("{:x}", s.seed ^ u64::from(std::process::id())),
+        args,
+    };
+    eprintln!(
+        "hearth-loadgen: {} meetings x {} participants ({} audio, {} speaking, {} video at {} kbit/s, {} receive-only), ramp {}/s, hold {:?}, {} shards",
+        s.meetings,
+        s.participants,
+        s.audio_publishers,
+        s.speakers,
+        s.video_publishers,
+        s.video.bitrate_bps / 1000,
+        s.subscribers_only,
+        s.ramp,
+        s.duration,
+        run.shards.len()
+    );
+    let mut samples = Vec::new();
+    let mut prev = report::Cumulative::default();
+    let mut stages = Vec::new();
+    let started = Instant::now();
+    if run.args.find_max {
+        let step = run.args.step.unwrap_or(s.meetings).max(1);
+        let mut meetings = 0;
+        let mut target = s.meetings;
+        loop {
+            run.launch(&s, meetings, target).await;
+            meetings = target;
+            let stage_start = samples.len();
+            let until = tokio::time::Instant::now() + s.duration;
+            run.observe(until, &mut samples, &mut prev).await;
+            let stage = report::stage(&samples[stage_start..], meetings, s.participants, &run);
+            let held = stage.slo.held;
+            eprintln!(
+                "\nstage: {meetings} meetings, {} participants joined: loss {:.3}%, p99 {:.2} ms, join p95 {} ms -> {}",
+                stage.participants_joined,
+                stage.loss_pct,
+                stage.latency_p99_ms,
+                stage.join_p95_ms,
+                if held { "held" } else { "SLO broken" }
+            );
+            stages.push(stage);
+            if !held || meetings * s.participants >= 2_000_000 {
+                break;
+            }
+            target = meetings + step;
+        }
+    } else {
+        // Joins ramp up while progress shows; then the full load holds for the duration.
+        let ramp_time = Duration::from_secs_f64(s.total_participants() as f64 / s.ramp);
+        let until = tokio::time::Instant::now() + ramp_time + s.duration;
+        tokio::join!(
+            run.launch(&s, 0, s.meetings),
+            run.observe(until, &mut samples, &mut prev)
+        );
+    }
+    let _ = run.stop.send(true);
+    // Let participants leave.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while run.counters.left.load(Ordering::Relaxed) < run.counters.joined.load(Ordering::Relaxed)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let report = Report::build(&s, &run, &samples, stages, started.elapsed()).await;
+    eprintln!();
+    println!("{}", report.table());
+    if let Some(path) = &run.args.json
+        && let Err(e) = std::fs::write(path, report.json())
+    {
+        eprintln!("error: cannot write {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    if let Some(path) = &run.args.svg
+        && let Err(e) = std::fs::write(path, report::svg(&samples))
+    {
+        eprintln!("error: cannot write {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    if report.slo.held {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

@@ -1,0 +1,635 @@
+//! One simulated participant's WebRTC side: an `rtc` peer connection (sans-IO: ICE, DTLS,
+//! SRTP, RTCP), its outgoing tracks and the accounting of what it receives. Driven by its
+//! shard ([`crate::shard`]), which owns the socket and the clock.
+//!
+//! Negotiation follows the signaling protocol: the client offers to publish, the server
+//! offers when there is media to receive, and on crossing offers the client (polite) rolls
+//! back, answers, and offers again.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
+};
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use rtc::{rtcp, rtp};
+
+use crate::media::{self, Trailer, VideoProfile};
+use crate::stats::{Arrival, StreamRx};
+
+const OPUS_PT: u8 = 111;
+const VP8_PT: u8 = 96;
+
+/// What the peer wants its signaling task to send.
+#[derive(Debug)]
+pub enum PeerOut {
+    Offer(String),
+    Answer(String),
+    Candidate(RTCIceCandidateInit),
+    /// ICE and DTLS are up.
+    Connected,
+    /// The peer connection failed or a description did not apply.
+    Failed(String),
+}
+
+/// What a peer sends.
+#[derive(Clone, Copy, Debug)]
+pub struct Sending {
+    pub audio: bool,
+    /// Speaks (full Opus frames) rather than sends a muted microphone's silence.
+    pub speaking: bool,
+    pub video: Option<VideoProfile>,
+}
+
+struct Outgoing {
+    sender: RTCRtpSenderId,
+    ssrc: u32,
+    seq: u16,
+    timestamp: u32,
+    payload_type: Option<u8>,
+    mime: &'static str,
+}
+
+/// What a peer observed, drained by its shard into the shard's totals.
+#[derive(Default)]
+pub struct Observed {
+    /// One-way latency samples in µs.
+    pub latencies_us: Vec<u64>,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub keyframe_requests: u64,
+    /// Video keyframes received (each starts with a keyframe packet).
+    pub keyframes_in: u64,
+}
+
+pub struct Peer {
+    pub id: u32,
+    pc: RTCPeerConnection,
+    local: SocketAddr,
+    out: Vec<PeerOut>,
+    have_local_offer: bool,
+    need_offer: bool,
+    pub connected: bool,
+    pub failed: bool,
+    audio: Option<Outgoing>,
+    video: Option<Outgoing>,
+    sending: Sending,
+    keyframe_due: bool,
+    /// Received streams by SSRC.
+    pub streams: HashMap<u32, StreamRx>,
+    /// When the first media packet arrived (join time ends here).
+    pub first_media: Option<Instant>,
+    pub observed: Observed,
+    epoch: Instant,
+    frame: u64,
+}
+
+/// Marks inbound RTCP for the application, so PLI/FIR reach us (keyframes on request).
+#[derive(Default)]
+struct DeliverRtcp {
+    read: std::collections::VecDeque<TaggedPacket>,
+    write: std::collections::VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverRtcp {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if matches!(msg.message.packet, Packet::Rtcp(_)) {
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read.pop_front()
+    }
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write.pop_front()
+    }
+    fn handle_timeout(&mut self, _now: Instant) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    fn poll_timeout(&mut self) -> Option<Self::Time> {
+        None
+    }
+}
+
+impl Interceptor for DeliverRtcp {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+fn opus() -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_OPUS.to_owned(),
+            clock_rate: 48_000,
+            channels: 2,
+            sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: OPUS_PT,
+    }
+}
+
+fn vp8() -> RTCRtpCodecParameters {
+    let fb = |typ: &str, parameter: &str| RTCPFeedback {
+        typ: typ.to_owned(),
+        parameter: parameter.to_owned(),
+    };
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_VP8.to_owned(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: String::new(),
+            rtcp_feedback: vec![fb("ccm", "fir"), fb("nack", ""), fb("nack", "pli")],
+        },
+        payload_type: VP8_PT,
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl Peer {
+    /// A peer whose one host candidate is `local` (its own address on the shard's socket).
+    pub fn new(
+        id: u32,
+        local: SocketAddr,
+        sending: Sending,
+        epoch: Instant,
+    ) -> Result<Peer, String> {
+        let mut media_engine = MediaEngine::default();
+        media_engine
+            .register_codec(opus(), RtpCodecKind::Audio)
+            .map_err(err)?;
+        media_engine
+            .register_codec(vp8(), RtpCodecKind::Video)
+            .map_err(err)?;
+        let registry = Registry::new().with(Slot::from(14_000), DeliverRtcp::default());
+        let registry = register_default_interceptors(registry, &mut media_engine).map_err(err)?;
+        let now = Instant::now();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(media_engine)
+            .with_interceptor_registry(registry)
+            .build(now)
+            .map_err(err)?;
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: local.ip().to_string(),
+                port: local.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .map_err(err)?;
+        let init = RTCIceCandidate::from(&candidate).to_json().map_err(err)?;
+        pc.add_local_candidate(init).map_err(err)?;
+        let mut peer = Peer {
+            id,
+            pc,
+            local,
+            out: Vec::new(),
+            have_local_offer: false,
+            need_offer: false,
+            connected: false,
+            failed: false,
+            audio: None,
+            video: None,
+            sending,
+            keyframe_due: true,
+            streams: HashMap::new(),
+            first_media: None,
+            observed: Observed::default(),
+            epoch,
+            frame: 0,
+        };
+        if sending.audio {
+            peer.add_outgoing(false)?;
+        }
+        if sending.video.is_some() {
+            peer.add_outgoing(true)?;
+        }
+        peer.maybe_offer();
+        Ok(peer)
+    }
+
+    fn add_outgoing(&mut self, video: bool) -> Result<(), String> {
+        let (kind, codec, mime) = if video {
+            (RtpCodecKind::Video, vp8(), MIME_TYPE_VP8)
+        } else {
+            (RtpCodecKind::Audio, opus(), MIME_TYPE_OPUS)
+        };
+        let ssrc: u32 = rand::random();
+        let stream_id = format!("lg-{}", self.id);
+        let track = MediaStreamTrack::new(
+            stream_id.clone(),
+            format!("lg-{}-{}", self.id, if video { "video" } else { "audio" }),
+            if video { "video" } else { "audio" }.to_owned(),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: codec.rtp_codec,
+                active: true,
+                ..Default::default()
+            }],
+        );
+        let t = self
+            .pc
+            .add_transceiver_from_track(
+                track,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    streams: vec![stream_id],
+                    send_encodings: vec![],
+                }),
+            )
+            .map_err(err)?;
+        let sender = self
+            .pc
+            .rtp_transceiver(t)
+            .and_then(|t| t.sender())
+            .ok_or("new transceiver has no sender")?;
+        let out = Outgoing {
+            sender,
+            ssrc,
+            seq: rand::random(),
+            timestamp: rand::random(),
+            payload_type: None,
+            mime,
+        };
+        if video {
+            self.video = Some(out);
+        } else {
+            self.audio = Some(out);
+        }
+        self.need_offer = true;
+        Ok(())
+    }
+
+    /// What the signaling task should send, in order.
+    pub fn take_out(&mut self) -> Vec<PeerOut> {
+        std::mem::take(&mut self.out)
+    }
+
+    fn fail(&mut self, why: String) {
+        self.failed = true;
+        self.out.push(PeerOut::Failed(why));
+    }
+
+    fn maybe_offer(&mut self) {
+        if !self.need_offer || self.have_local_offer {
+            return;
+        }
+        self.need_offer = false;
+        let offer = self.pc.create_offer(None).map_err(err).and_then(|offer| {
+            let sdp = offer.sdp.clone();
+            self.pc
+                .set_local_description(Instant::now(), offer)
+                .map(|()| sdp)
+                .map_err(err)
+        });
+        match offer {
+            Ok(sdp) => {
+                self.have_local_offer = true;
+                self.out.push(PeerOut::Offer(sdp));
+            }
+            Err(e) => self.fail(format!("cannot offer: {e}")),
+        }
+    }
+
+    pub fn on_remote_offer(&mut self, sdp: String) {
+        if self.have_local_offer {
+            let rolled_back = RTCSessionDescription::rollback(None)
+                .map_err(err)
+                .and_then(|r| {
+                    self.pc
+                        .set_local_description(Instant::now(), r)
+                        .map_err(err)
+                });
+            self.have_local_offer = false;
+            self.need_offer = true;
+            if let Err(e) = rolled_back {
+                self.fail(format!("rollback failed: {e}"));
+                return;
+            }
+        }
+        let answer = RTCSessionDescription::offer(sdp)
+            .map_err(err)
+            .and_then(|o| {
+                self.pc
+                    .set_remote_description(Instant::now(), o)
+                    .map_err(err)
+            })
+            .and_then(|()| self.pc.create_answer(None).map_err(err))
+            .and_then(|a| {
+                let sdp = a.sdp.clone();
+                self.pc
+                    .set_local_description(Instant::now(), a)
+                    .map(|()| sdp)
+                    .map_err(err)
+            });
+        match answer {
+            Ok(sdp) => self.out.push(PeerOut::Answer(sdp)),
+            Err(e) => self.fail(format!("server offer: {e}")),
+        }
+        self.maybe_offer();
+    }
+
+    pub fn on_remote_answer(&mut self, sdp: String) {
+        if !self.have_local_offer {
+            return;
+        }
+        self.have_local_offer = false;
+        let applied = RTCSessionDescription::answer(sdp)
+            .map_err(err)
+            .and_then(|a| {
+                self.pc
+                    .set_remote_description(Instant::now(), a)
+                    .map_err(err)
+            });
+        match applied {
+            Ok(()) => {
+                for out in [self.audio.as_mut(), self.video.as_mut()]
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(mut sender) = self.pc.rtp_sender(out.sender) {
+                        out.payload_type = sender
+                            .get_parameters()
+                            .rtp_parameters
+                            .codecs
+                            .iter()
+                            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(out.mime))
+                            .map(|c| c.payload_type);
+                    }
+                }
+                self.keyframe_due = true;
+            }
+            Err(e) => self.fail(format!("server answer: {e}")),
+        }
+        self.maybe_offer();
+    }
+
+    pub fn on_remote_candidate(&mut self, c: RTCIceCandidateInit) {
+        let _ = self.pc.add_remote_candidate(c);
+    }
+
+    /// A datagram for this peer arrived.
+    pub fn on_datagram(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
+        let msg = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.local,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(data),
+        };
+        let _ = self.pc.handle_read(msg);
+    }
+
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.pc.poll_timeout()
+    }
+
+    pub fn on_timeout(&mut self, now: Instant) {
+        let _ = self.pc.handle_timeout(now);
+    }
+
+    fn now_us(&self, now: Instant) -> u64 {
+        now.duration_since(self.epoch).as_micros() as u64
+    }
+
+    /// Sends one 20 ms audio frame.
+    pub fn send_audio(&mut self, now: Instant) {
+        if !self.connected {
+            return;
+        }
+        let t = Trailer {
+            sender: self.id,
+            sent_us: self.now_us(now),
+        };
+        let payload = media::opus_frame(self.sending.speaking, t);
+        let Some(out) = self.audio.as_mut() else {
+            return;
+        };
+        let Some(pt) = out.payload_type else {
+            return;
+        };
+        let packet = rtp_packet(out, pt, true, payload);
+        out.seq = out.seq.wrapping_add(1);
+        out.timestamp = out.timestamp.wrapping_add(960);
+        let sender = out.sender;
+        if let Some(mut s) = self.pc.rtp_sender(sender)
+            && s.write_rtp(now, packet).is_ok()
+        {
+            self.observed.packets_out += 1;
+        }
+    }
+
+    /// Sends one video frame (a keyframe when one was requested).
+    pub fn send_video(&mut self, now: Instant) {
+        let Some(profile) = self.sending.video else {
+            return;
+        };
+        if !self.connected {
+            return;
+        }
+        let keyframe = std::mem::take(&mut self.keyframe_due);
+        let t = Trailer {
+            sender: self.id,
+            sent_us: self.now_us(now),
+        };
+        let jitter = ((self.frame.wrapping_mul(2_654_435_761)) % 1000) as f64 / 1000.0;
+        self.frame += 1;
+        let payloads = media::vp8_frame(profile, keyframe, jitter, t);
+        let Some(out) = self.video.as_mut() else {
+            return;
+        };
+        let Some(pt) = out.payload_type else {
+            self.keyframe_due = keyframe;
+            return;
+        };
+        let last = payloads.len() - 1;
+        let mut sent = 0;
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let packet = rtp_packet(out, pt, i == last, payload);
+            out.seq = out.seq.wrapping_add(1);
+            if let Some(mut s) = self.pc.rtp_sender(out.sender)
+                && s.write_rtp(now, packet).is_ok()
+            {
+                sent += 1;
+            }
+        }
+        out.timestamp = out.timestamp.wrapping_add(90_000 / profile.fps.max(1));
+        self.observed.packets_out += sent;
+    }
+
+    /// Drains the stack: events, received media and RTCP, datagrams to send (`send`).
+    pub fn pump(&mut self, now: Instant, mut send: impl FnMut(SocketAddr, &[u8])) {
+        loop {
+            let mut progressed = false;
+            while let Some(event) = self.pc.poll_event() {
+                progressed = true;
+                self.on_event(event);
+            }
+            while let Some(msg) = self.pc.poll_read() {
+                progressed = true;
+                match msg.message {
+                    RTCMessage::RtpPacket(_, packet) => self.on_rtp(&packet, now),
+                    RTCMessage::RtcpPacket(_, packets) => self.on_rtcp(&packets),
+                    _ => {}
+                }
+            }
+            while let Some(out) = self.pc.poll_write() {
+                progressed = true;
+                self.observed.bytes_out += out.message.len() as u64;
+                send(out.transport.peer_addr, &out.message);
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: RTCPeerConnectionEvent) {
+        match event {
+            RTCPeerConnectionEvent::OnIceCandidateEvent(ev) => {
+                if let Ok(init) = ev.candidate.to_json() {
+                    self.out.push(PeerOut::Candidate(init));
+                }
+            }
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
+                RTCPeerConnectionState::Connected if !self.connected => {
+                    self.connected = true;
+                    self.keyframe_due = true;
+                    self.out.push(PeerOut::Connected);
+                }
+                RTCPeerConnectionState::Failed => {
+                    self.connected = false;
+                    self.fail("peer connection failed".into());
+                }
+                _ => {}
+            },
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(_)) => {}
+            _ => {}
+        }
+    }
+
+    fn on_rtp(&mut self, packet: &rtp::Packet, now: Instant) {
+        let now_us = self.now_us(now);
+        self.observed.packets_in += 1;
+        self.observed.bytes_in += packet.payload.len() as u64;
+        if self.first_media.is_none() {
+            self.first_media = Some(now);
+        }
+        let clock = if packet.header.payload_type == OPUS_PT || packet.payload.len() < 100 {
+            48_000
+        } else {
+            90_000
+        };
+        let stream = self
+            .streams
+            .entry(packet.header.ssrc)
+            .or_insert_with(|| StreamRx::new(clock));
+        let arrival = stream.on_packet(
+            packet.header.sequence_number,
+            packet.header.timestamp,
+            now_us,
+        );
+        if arrival == Arrival::Duplicate {
+            return;
+        }
+        if clock == 90_000 && media::vp8_is_keyframe(&packet.payload) {
+            self.observed.keyframes_in += 1;
+        }
+        if let Some(t) = media::trailer(&packet.payload)
+            && now_us >= t.sent_us
+        {
+            self.observed.latencies_us.push(now_us - t.sent_us);
+        }
+    }
+
+    fn on_rtcp(&mut self, packets: &[Box<dyn rtcp::Packet>]) {
+        use rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+        use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+        let video_ssrc = self.video.as_ref().map(|v| v.ssrc);
+        for packet in packets {
+            let any = (**packet).as_any();
+            let ssrc = if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+                Some(pli.media_ssrc)
+            } else {
+                any.downcast_ref::<FullIntraRequest>()
+                    .and_then(|fir| fir.fir.first().map(|e| e.ssrc))
+            };
+            if ssrc.is_some() && ssrc == video_ssrc {
+                self.keyframe_due = true;
+                self.observed.keyframe_requests += 1;
+            }
+        }
+    }
+
+    pub fn close(&mut self) {
+        let _ = self.pc.close();
+    }
+}
+
+fn rtp_packet(out: &Outgoing, payload_type: u8, marker: bool, payload: Bytes) -> rtp::Packet {
+    rtp::Packet {
+        header: rtp::Header {
+            version: 2,
+            marker,
+            payload_type,
+            sequence_number: out.seq,
+            timestamp: out.timestamp,
+            ssrc: out.ssrc,
+            ..Default::default()
+        },
+        payload,
+    }
+}

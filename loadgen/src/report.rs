@@ -1,0 +1,650 @@
+//! Measurements over time, the final report (table, JSON) and the chart (SVG).
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::Run;
+use crate::scenario::Scenario;
+use crate::stats::latency_histogram;
+
+/// The SLO of `--find-max` (and of the exit status).
+pub const SLO_LOSS_PCT: f64 = 0.5;
+pub const SLO_P99_MS: f64 = 50.0;
+pub const SLO_JOIN_P95_MS: u64 = 1000;
+
+/// Counters as of the previous sample.
+#[derive(Default)]
+pub struct Cumulative {
+    packets_in: u64,
+    packets_out: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    expected: u64,
+    received: u64,
+    cpu_s: Option<f64>,
+    at: Option<Instant>,
+}
+
+/// One second of the run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sample {
+    pub t_s: f64,
+    pub joined: u64,
+    pub connected: u64,
+    pub pps_in: f64,
+    pub pps_out: f64,
+    pub mbps_in: f64,
+    pub mbps_out: f64,
+    /// Loss over this second (packets expected but not received).
+    pub loss_pct: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_p999_ms: f64,
+    pub latency_max_ms: f64,
+    pub latency_samples: u64,
+    pub server_cpu_pct: Option<f64>,
+    pub server_rss_mb: Option<f64>,
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        0.0
+    } else {
+        h.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+pub async fn sample(run: &Run, prev: &mut Cumulative) -> Sample {
+    let now = Instant::now();
+    let mut interval = latency_histogram();
+    let (mut pin, mut pout, mut bin, mut bout, mut exp, mut rec, mut connected) =
+        (0, 0, 0, 0, 0, 0, 0);
+    for shard in &run.shards {
+        if let Ok(mut t) = shard.totals.lock() {
+            let _ = interval.add(&t.latency_interval);
+            t.latency_interval.reset();
+            pin += t.packets_in;
+            pout += t.packets_out;
+            bin += t.bytes_in;
+            bout += t.bytes_out;
+            exp += t.expected;
+            rec += t.received;
+            connected += t.connected;
+        }
+    }
+    let usage = run.server.lock().await.read().await;
+    let dt = prev
+        .at
+        .map_or(1.0, |at| now.duration_since(at).as_secs_f64())
+        .max(1e-3);
+    let d_exp = exp.saturating_sub(prev.expected);
+    let d_rec = rec.saturating_sub(prev.received);
+    let loss_pct = if d_exp == 0 {
+        0.0
+    } else {
+        d_exp.saturating_sub(d_rec) as f64 * 100.0 / d_exp as f64
+    };
+    let cpu_pct = match (usage, prev.cpu_s) {
+        (Some((cpu, _)), Some(before)) => Some((cpu - before).max(0.0) * 100.0 / dt),
+        _ => None,
+    };
+    let s = Sample {
+        t_s: now.duration_since(run.epoch).as_secs_f64(),
+        joined: run.counters.joined.load(Ordering::Relaxed),
+        connected,
+        pps_in: (pin - prev.packets_in) as f64 / dt,
+        pps_out: (pout - prev.packets_out) as f64 / dt,
+        mbps_in: (bin - prev.bytes_in) as f64 * 8.0 / dt / 1e6,
+        mbps_out: (bout - prev.bytes_out) as f64 * 8.0 / dt / 1e6,
+        loss_pct,
+        latency_p50_ms: ms(&interval, 0.5),
+        latency_p99_ms: ms(&interval, 0.99),
+        latency_p999_ms: ms(&interval, 0.999),
+        latency_max_ms: if interval.is_empty() {
+            0.0
+        } else {
+            interval.max() as f64 / 1000.0
+        },
+        latency_samples: interval.len(),
+        server_cpu_pct: cpu_pct,
+        server_rss_mb: usage.map(|(_, rss)| rss as f64 / 1048576.0),
+    };
+    *prev = Cumulative {
+        packets_in: pin,
+        packets_out: pout,
+        bytes_in: bin,
+        bytes_out: bout,
+        expected: exp,
+        received: rec,
+        cpu_s: usage.map(|(c, _)| c).or(prev.cpu_s),
+        at: Some(now),
+    };
+    s
+}
+
+/// The live progress line: refreshed in place on a terminal, one line per second otherwise.
+pub fn progress(s: &Sample, planned: usize) {
+    let server = match (s.server_cpu_pct, s.server_rss_mb) {
+        (Some(c), Some(r)) => format!(" | server cpu {c:.0}% rss {r:.0} MB"),
+        _ => String::new(),
+    };
+    let line = format!(
+        "[{:>5.0}s] joined {}/{planned} connected {} | in {:.1}k pkt/s {:.1} Mbit/s | out {:.1}k pkt/s | loss {:.3}% | p50 {:.2} ms p99 {:.2} ms{server}",
+        s.t_s,
+        s.joined,
+        s.connected,
+        s.pps_in / 1000.0,
+        s.mbps_in,
+        s.pps_out / 1000.0,
+        s.loss_pct,
+        s.latency_p50_ms,
+        s.latency_p99_ms,
+    );
+    if std::io::stderr().is_terminal() {
+        eprint!("\r\x1b[2K{line}");
+    } else {
+        eprintln!("{line}");
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Slo {
+    pub loss_ok: bool,
+    pub latency_ok: bool,
+    pub join_ok: bool,
+    pub held: bool,
+}
+
+impl Slo {
+    fn of(loss_pct: f64, p99_ms: f64, join_p95_ms: u64, joined_all: bool) -> Slo {
+        let loss_ok = loss_pct < SLO_LOSS_PCT;
+        let latency_ok = p99_ms < SLO_P99_MS;
+        let join_ok = join_p95_ms < SLO_JOIN_P95_MS && joined_all;
+        Slo {
+            loss_ok,
+            latency_ok,
+            join_ok,
+            held: loss_ok && latency_ok && join_ok,
+        }
+    }
+}
+
+/// One stage of `--find-max`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Stage {
+    pub meetings: usize,
+    pub participants: usize,
+    pub participants_joined: u64,
+    pub loss_pct: f64,
+    pub latency_p99_ms: f64,
+    pub join_p95_ms: u64,
+    pub pps_out: f64,
+    pub server_cpu_pct: Option<f64>,
+    pub server_rss_mb: Option<f64>,
+    pub slo: Slo,
+}
+
+fn join_histogram(run: &Run) -> Histogram<u64> {
+    let mut h = latency_histogram();
+    for shard in &run.shards {
+        if let Ok(t) = shard.totals.lock() {
+            let _ = h.add(&t.join_ms);
+        }
+    }
+    h
+}
+
+fn mean(xs: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = xs.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    if n == 0 { 0.0 } else { sum / n as f64 }
+}
+
+pub fn stage(samples: &[Sample], meetings: usize, participants: usize, run: &Run) -> Stage {
+    // The stage's steady part: skip its first two seconds (joins in flight).
+    let steady = if samples.len() > 3 {
+        &samples[2..]
+    } else {
+        samples
+    };
+    let loss = mean(steady.iter().map(|s| s.loss_pct));
+    let p99 = steady.iter().map(|s| s.latency_p99_ms).fold(0.0, f64::max);
+    let join = join_histogram(run);
+    let join_p95 = if join.is_empty() {
+        0
+    } else {
+        join.value_at_quantile(0.95)
+    };
+    let joined = run.counters.joined.load(Ordering::Relaxed);
+    let total = meetings * participants;
+    let cpu: Vec<f64> = steady.iter().filter_map(|s| s.server_cpu_pct).collect();
+    Stage {
+        meetings,
+        participants: total,
+        participants_joined: joined,
+        loss_pct: loss,
+        latency_p99_ms: p99,
+        join_p95_ms: join_p95,
+        pps_out: mean(steady.iter().map(|s| s.pps_out)),
+        server_cpu_pct: (!cpu.is_empty()).then(|| mean(cpu.into_iter())),
+        server_rss_mb: steady
+            .iter()
+            .filter_map(|s| s.server_rss_mb)
+            .reduce(f64::max),
+        slo: Slo::of(loss, p99, join_p95, joined as usize >= total),
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+fn percentiles(h: &Histogram<u64>, scale: f64) -> Percentiles {
+    let q = |q: f64| {
+        if h.is_empty() {
+            0.0
+        } else {
+            h.value_at_quantile(q) as f64 / scale
+        }
+    };
+    Percentiles {
+        p50: q(0.5),
+        p95: q(0.95),
+        p99: q(0.99),
+        p999: q(0.999),
+        max: if h.is_empty() {
+            0.0
+        } else {
+            h.max() as f64 / scale
+        },
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Packets {
+    pub sent: u64,
+    pub received: u64,
+    pub expected: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub keyframe_requests: u64,
+    pub keyframes_received: u64,
+    pub send_drops: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Throughput {
+    pub pps_in: f64,
+    pub pps_out: f64,
+    pub mbps_in: f64,
+    pub mbps_out: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ServerUsage {
+    pub source: &'static str,
+    pub cpu_pct_avg: Option<f64>,
+    pub cpu_pct_max: Option<f64>,
+    pub rss_mb_peak: Option<f64>,
+    pub rss_mb_end: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub target: &'static str,
+    pub url: String,
+    pub scenario: Scenario,
+    pub wall_s: f64,
+    pub meetings: usize,
+    pub participants_planned: usize,
+    pub participants_joined: u64,
+    pub participants_connected: u64,
+    pub participants_failed: u64,
+    pub join_ms: Percentiles,
+    pub loss_pct: f64,
+    pub packets: Packets,
+    /// Averages over the hold period (after the ramp).
+    pub throughput: Throughput,
+    /// One-way added latency (send to receive, through the node), whole run.
+    pub latency_ms: Percentiles,
+    pub jitter_ms_avg: f64,
+    pub server: ServerUsage,
+    pub errors: BTreeMap<String, u64>,
+    /// The first few failure reasons, verbatim.
+    pub error_examples: Vec<String>,
+    pub slo: Slo,
+    pub stages: Vec<Stage>,
+    pub max_held: Option<Stage>,
+    pub timeline: Vec<Sample>,
+}
+
+impl Report {
+    pub async fn build(
+        s: &Scenario,
+        run: &Run,
+        samples: &[Sample],
+        stages: Vec<Stage>,
+        wall: Duration,
+    ) -> Report {
+        let mut latency = latency_histogram();
+        let join = join_histogram(run);
+        let (mut sent, mut received, mut expected, mut dups, mut kf, mut drops) =
+            (0, 0, 0, 0, 0, 0);
+        let mut keyframes_in = 0;
+        let (mut connected, mut failed, mut jitter, mut streams) = (0, 0, 0.0, 0u64);
+        for shard in &run.shards {
+            if let Ok(t) = shard.totals.lock() {
+                let _ = latency.add(&t.latency_total);
+                sent += t.packets_out;
+                received += t.received;
+                expected += t.expected;
+                dups += t.duplicates;
+                kf += t.keyframe_requests;
+                keyframes_in += t.keyframes_in;
+                drops += t.send_drops;
+                connected += t.connected;
+                failed += t.failed;
+                jitter += t.jitter_ms_sum;
+                streams += t.streams;
+            }
+        }
+        let hold = (s.duration.as_secs() as usize).min(samples.len());
+        let steady = &samples[samples.len() - hold..];
+        let steady = if steady.len() > 3 {
+            &steady[2..]
+        } else {
+            steady
+        };
+        let loss_pct = if expected == 0 {
+            0.0
+        } else {
+            expected.saturating_sub(received) as f64 * 100.0 / expected as f64
+        };
+        let latency_ms = percentiles(&latency, 1000.0);
+        let join_ms = percentiles(&join, 1.0);
+        let joined = run.counters.joined.load(Ordering::Relaxed);
+        let planned = run.planned.load(Ordering::Relaxed);
+        let cpu: Vec<f64> = steady.iter().filter_map(|x| x.server_cpu_pct).collect();
+        let slo = Slo::of(
+            loss_pct,
+            latency_ms.p99,
+            join_ms.p95 as u64,
+            joined as usize >= planned,
+        );
+        let max_held = stages.iter().rfind(|st| st.slo.held).cloned();
+        Report {
+            target: "hearth",
+            url: run.args.url.clone(),
+            scenario: s.clone(),
+            wall_s: wall.as_secs_f64(),
+            meetings: planned / s.participants.max(1),
+            participants_planned: planned,
+            participants_joined: joined,
+            participants_connected: connected,
+            participants_failed: failed,
+            join_ms,
+            loss_pct,
+            packets: Packets {
+                sent,
+                received,
+                expected,
+                lost: expected.saturating_sub(received),
+                duplicates: dups,
+                keyframe_requests: kf,
+                keyframes_received: keyframes_in,
+                send_drops: drops,
+            },
+            throughput: Throughput {
+                pps_in: mean(steady.iter().map(|x| x.pps_in)),
+                pps_out: mean(steady.iter().map(|x| x.pps_out)),
+                mbps_in: mean(steady.iter().map(|x| x.mbps_in)),
+                mbps_out: mean(steady.iter().map(|x| x.mbps_out)),
+            },
+            latency_ms,
+            jitter_ms_avg: if streams == 0 {
+                0.0
+            } else {
+                jitter / streams as f64
+            },
+            server: ServerUsage {
+                source: run.server.lock().await.source,
+                cpu_pct_avg: (!cpu.is_empty()).then(|| mean(cpu.iter().copied())),
+                cpu_pct_max: cpu.iter().copied().reduce(f64::max),
+                rss_mb_peak: samples
+                    .iter()
+                    .filter_map(|x| x.server_rss_mb)
+                    .reduce(f64::max),
+                rss_mb_end: samples.last().and_then(|x| x.server_rss_mb),
+            },
+            error_examples: run
+                .counters
+                .examples
+                .lock()
+                .map(|e| e.clone())
+                .unwrap_or_default(),
+            errors: run
+                .counters
+                .errors
+                .lock()
+                .map(|e| e.clone())
+                .unwrap_or_default(),
+            slo,
+            stages,
+            max_held,
+            timeline: samples.to_vec(),
+        }
+    }
+
+    pub fn json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    pub fn table(&self) -> String {
+        let opt =
+            |v: Option<f64>, unit: &str| v.map_or("n/a".to_owned(), |v| format!("{v:.1}{unit}"));
+        let mut rows: Vec<(String, String)> = vec![
+            ("meetings".into(), self.meetings.to_string()),
+            (
+                "participants joined / connected / planned".into(),
+                format!(
+                    "{} / {} / {}",
+                    self.participants_joined,
+                    self.participants_connected,
+                    self.participants_planned
+                ),
+            ),
+            (
+                "join time p50 / p95 / p99 / max".into(),
+                format!(
+                    "{:.0} / {:.0} / {:.0} / {:.0} ms",
+                    self.join_ms.p50, self.join_ms.p95, self.join_ms.p99, self.join_ms.max
+                ),
+            ),
+            (
+                "loss".into(),
+                format!(
+                    "{:.3}% ({} of {} packets)",
+                    self.loss_pct, self.packets.lost, self.packets.expected
+                ),
+            ),
+            (
+                "added latency p50 / p99 / p99.9 / max".into(),
+                format!(
+                    "{:.3} / {:.3} / {:.3} / {:.1} ms",
+                    self.latency_ms.p50,
+                    self.latency_ms.p99,
+                    self.latency_ms.p999,
+                    self.latency_ms.max
+                ),
+            ),
+            (
+                "jitter (avg of streams)".into(),
+                format!("{:.2} ms", self.jitter_ms_avg),
+            ),
+            (
+                "into the node (pkt/s, Mbit/s)".into(),
+                format!(
+                    "{:.0}, {:.1}",
+                    self.throughput.pps_out, self.throughput.mbps_out
+                ),
+            ),
+            (
+                "out of the node (pkt/s, Mbit/s)".into(),
+                format!(
+                    "{:.0}, {:.1}",
+                    self.throughput.pps_in, self.throughput.mbps_in
+                ),
+            ),
+            (
+                format!("server CPU avg / max ({})", self.server.source),
+                format!(
+                    "{} / {}",
+                    opt(self.server.cpu_pct_avg, "%"),
+                    opt(self.server.cpu_pct_max, "%")
+                ),
+            ),
+            (
+                "server RSS peak / end".into(),
+                format!(
+                    "{} / {}",
+                    opt(self.server.rss_mb_peak, " MB"),
+                    opt(self.server.rss_mb_end, " MB")
+                ),
+            ),
+        ];
+        if !self.errors.is_empty() {
+            let errors: Vec<String> = self
+                .errors
+                .iter()
+                .map(|(k, v)| format!("{k} x{v}"))
+                .collect();
+            rows.push(("errors".into(), errors.join(", ")));
+        }
+        if let Some(m) = &self.max_held {
+            rows.push((
+                "largest load that held the SLO".into(),
+                format!(
+                    "{} meetings, {} participants (loss {:.3}%, p99 {:.2} ms, join p95 {} ms)",
+                    m.meetings, m.participants, m.loss_pct, m.latency_p99_ms, m.join_p95_ms
+                ),
+            ));
+        } else if !self.stages.is_empty() {
+            rows.push(("largest load that held the SLO".into(), "none".into()));
+        }
+        rows.push((
+            "SLO (loss < 0.5%, p99 < 50 ms, join p95 < 1 s)".into(),
+            if self.slo.held {
+                "held".into()
+            } else {
+                format!(
+                    "broken (loss {}, latency {}, joins {})",
+                    if self.slo.loss_ok { "ok" } else { "FAIL" },
+                    if self.slo.latency_ok { "ok" } else { "FAIL" },
+                    if self.slo.join_ok { "ok" } else { "FAIL" }
+                )
+            },
+        ));
+        let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        rows.iter()
+            .map(|(k, v)| format!("{k:<w$}  {v}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Latency percentiles (top) and throughput (bottom) over time, as a standalone SVG.
+pub fn svg(samples: &[Sample]) -> String {
+    let (w, h, pad) = (900.0, 260.0, 50.0);
+    let t0 = samples.first().map_or(0.0, |s| s.t_s);
+    let t1 = samples.last().map_or(1.0, |s| s.t_s).max(t0 + 1.0);
+    let x = |t: f64| pad + (t - t0) / (t1 - t0) * (w - 2.0 * pad);
+    let panel = |title: &str, unit: &str, series: &[(&str, &str, Vec<f64>)], top: f64| -> String {
+        let max = series
+            .iter()
+            .flat_map(|(_, _, v)| v.iter().copied())
+            .fold(0.0f64, f64::max)
+            .max(1e-3)
+            * 1.1;
+        let y = |v: f64| top + h - pad - v / max * (h - 2.0 * pad);
+        let mut out = format!(
+            "<text x=\"{pad}\" y=\"{:.0}\" font-size=\"14\" font-family=\"sans-serif\">{title}</text>\n\
+             <line x1=\"{pad}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#888\"/>\n\
+             <line x1=\"{pad}\" y1=\"{:.1}\" x2=\"{pad}\" y2=\"{:.1}\" stroke=\"#888\"/>\n\
+             <text x=\"4\" y=\"{:.1}\" font-size=\"11\" font-family=\"sans-serif\">{:.2} {unit}</text>\n\
+             <text x=\"4\" y=\"{:.1}\" font-size=\"11\" font-family=\"sans-serif\">0</text>\n",
+            top + 20.0,
+            y(0.0),
+            w - pad,
+            y(0.0),
+            y(0.0),
+            y(max),
+            y(max) + 4.0,
+            max,
+            y(0.0)
+        );
+        for (i, (name, color, values)) in series.iter().enumerate() {
+            let points: Vec<String> = samples
+                .iter()
+                .zip(values)
+                .map(|(s, v)| format!("{:.1},{:.1}", x(s.t_s), y(*v)))
+                .collect();
+            out += &format!(
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>\n\
+                 <text x=\"{:.0}\" y=\"{:.0}\" font-size=\"12\" fill=\"{color}\" font-family=\"sans-serif\">{name}</text>\n",
+                points.join(" "),
+                w - pad - 240.0 + 80.0 * i as f64,
+                top + 20.0
+            );
+        }
+        out
+    };
+    let lat = panel(
+        "one-way added latency (ms)",
+        "ms",
+        &[
+            (
+                "p50",
+                "#1f77b4",
+                samples.iter().map(|s| s.latency_p50_ms).collect(),
+            ),
+            (
+                "p99",
+                "#ff7f0e",
+                samples.iter().map(|s| s.latency_p99_ms).collect(),
+            ),
+            (
+                "p99.9",
+                "#d62728",
+                samples.iter().map(|s| s.latency_p999_ms).collect(),
+            ),
+        ],
+        0.0,
+    );
+    let thr = panel(
+        "packets per second (into / out of the node)",
+        "pkt/s",
+        &[
+            ("in", "#2ca02c", samples.iter().map(|s| s.pps_out).collect()),
+            ("out", "#9467bd", samples.iter().map(|s| s.pps_in).collect()),
+        ],
+        h,
+    );
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{}\" viewBox=\"0 0 {w} {}\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n{lat}{thr}\
+         <text x=\"{:.0}\" y=\"{:.0}\" font-size=\"11\" font-family=\"sans-serif\">time (s)</text>\n</svg>\n",
+        2.0 * h,
+        2.0 * h,
+        w / 2.0,
+        2.0 * h - 8.0
+    )
+}
