@@ -46,6 +46,14 @@ async fn a_short_run_carries_media_and_reports_every_field() {
         .spawn()
         .expect("node starts");
     let pid = node.id().expect("pid");
+    // Ready when /readyz answers (bounded polling; the node starts in milliseconds).
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "the node never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(hearth_tests::http_get(addr, "/readyz").await, "ready");
     let json = dir.join("report.json");
     let svg = dir.join("report.svg");
     let run = Command::new(bin("hearth-loadgen"))
