@@ -10,6 +10,7 @@
 //! codec headers, not real audio or video), adapt bitrate to congestion (no REMB/TWCC-driven
 //! encoder), simulcast, or data channels.
 
+mod janus;
 mod jwt;
 mod media;
 mod peer;
@@ -42,9 +43,14 @@ struct Args {
     #[arg(long, env = "HEARTH_URL", default_value = "http://127.0.0.1:7880")]
     url: String,
     /// API key and secret the node trusts (tokens are minted from them).
-    #[arg(long, env = "HEARTH_API_KEY")]
+    #[arg(long, env = "HEARTH_API_KEY", default_value = "")]
     api_key: String,
-    #[arg(long, env = "HEARTH_API_SECRET")]
+    #[arg(
+        long,
+        env = "HEARTH_API_SECRET",
+        default_value = "",
+        hide_default_value = true
+    )]
     api_secret: String,
     /// A named scenario: audio-rooms, big-audio-room, video-meeting, livestream.
     #[arg(long)]
@@ -101,6 +107,12 @@ struct Args {
     /// With --find-max: meetings added per stage [default: the starting --meetings].
     #[arg(long)]
     step: Option<usize>,
+    /// The SFU under load: hearth, or janus (its VideoRoom plugin, for comparison).
+    #[arg(long, default_value = "hearth", value_parser = ["hearth", "janus"])]
+    target: String,
+    /// Janus's HTTP API (with --target janus).
+    #[arg(long, default_value = "http://10.77.0.2:8088/janus")]
+    janus_url: String,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -186,6 +198,7 @@ pub struct Run {
     server: tokio::sync::Mutex<server::ServerProbe>,
     ws_url: String,
     run_tag: String,
+    janus_http: Option<janus::Http>,
 }
 
 impl Run {
@@ -211,6 +224,33 @@ impl Run {
                     },
                     24 * 3600,
                 );
+                if let Some(http) = &self.janus_http {
+                    let n = self.shards.len();
+                    let (p, q) = (2 * id, 2 * id + 1);
+                    let plan = janus::JanusPlan {
+                        pub_peer: (p, participant_ip(self.args.local_net, p)),
+                        sub_peer: (q, participant_ip(self.args.local_net, q)),
+                        room: 1000 + m as u64,
+                        room_size: s.participants,
+                        display: format!("lg{id}"),
+                        sending,
+                    };
+                    tokio::spawn(janus::run(
+                        plan,
+                        self.args.janus_url.trim_end_matches('/').to_owned(),
+                        http.clone(),
+                        (
+                            self.shards[p as usize % n].clone(),
+                            self.shards[q as usize % n].clone(),
+                        ),
+                        Arc::clone(&self.counters),
+                        self.stop.subscribe(),
+                    ));
+                    self.planned.fetch_add(1, Ordering::Relaxed);
+                    next += every;
+                    tokio::time::sleep_until(next).await;
+                    continue;
+                }
                 let shard = self.shards[id as usize % self.shards.len()].clone();
                 let plan = Plan {
                     id,
@@ -289,8 +329,18 @@ async fn main() -> ExitCode {
             }
         }
     }
-    let server =
-        server::ServerProbe::new(&args.url, &args.api_key, &args.api_secret, args.server_pid).await;
+    let janus = args.target == "janus";
+    if !janus && (args.api_key.is_empty() || args.api_secret.is_empty()) {
+        eprintln!(
+            "error: --api-key and --api-secret (or HEARTH_API_KEY/HEARTH_API_SECRET) are required"
+        );
+        return ExitCode::from(2);
+    }
+    let server = if janus {
+        server::ServerProbe::pid_only(args.server_pid)
+    } else {
+        server::ServerProbe::new(&args.url, &args.api_key, &args.api_secret, args.server_pid).await
+    };
     let (stop, _) = watch::channel(false);
     let run = Run {
         shards,
@@ -302,6 +352,7 @@ async fn main() -> ExitCode {
         server: tokio::sync::Mutex::new(server),
         ws_url,
         run_tag: format!("{:x}", s.seed ^ u64::from(std::process::id())),
+        janus_http: janus.then(janus::http),
         args,
     };
     eprintln!(

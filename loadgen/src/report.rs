@@ -27,6 +27,7 @@ pub struct Cumulative {
     expected: u64,
     received: u64,
     cpu_s: Option<f64>,
+    own_cpu_s: Option<f64>,
     at: Option<Instant>,
 }
 
@@ -49,6 +50,9 @@ pub struct Sample {
     pub latency_samples: u64,
     pub server_cpu_pct: Option<f64>,
     pub server_rss_mb: Option<f64>,
+    /// The load generator's own CPU (100% = one core): near its core count, the generator
+    /// is the bottleneck, not the server.
+    pub loadgen_cpu_pct: Option<f64>,
 }
 
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
@@ -78,6 +82,7 @@ pub async fn sample(run: &Run, prev: &mut Cumulative) -> Sample {
         }
     }
     let usage = run.server.lock().await.read().await;
+    let own = crate::server::proc_usage(std::process::id()).map(|(cpu, _)| cpu);
     let dt = prev
         .at
         .map_or(1.0, |at| now.duration_since(at).as_secs_f64())
@@ -113,6 +118,10 @@ pub async fn sample(run: &Run, prev: &mut Cumulative) -> Sample {
         latency_samples: interval.len(),
         server_cpu_pct: cpu_pct,
         server_rss_mb: usage.map(|(_, rss)| rss as f64 / 1048576.0),
+        loadgen_cpu_pct: match (own, prev.own_cpu_s) {
+            (Some(now_s), Some(before)) => Some((now_s - before).max(0.0) * 100.0 / dt),
+            _ => None,
+        },
     };
     *prev = Cumulative {
         packets_in: pin,
@@ -122,6 +131,7 @@ pub async fn sample(run: &Run, prev: &mut Cumulative) -> Sample {
         expected: exp,
         received: rec,
         cpu_s: usage.map(|(c, _)| c).or(prev.cpu_s),
+        own_cpu_s: own,
         at: Some(now),
     };
     s
@@ -133,6 +143,10 @@ pub fn progress(s: &Sample, planned: usize) {
         (Some(c), Some(r)) => format!(" | server cpu {c:.0}% rss {r:.0} MB"),
         _ => String::new(),
     };
+    let own = s
+        .loadgen_cpu_pct
+        .map(|c| format!(" | loadgen cpu {c:.0}%"))
+        .unwrap_or_default();
     let line = format!(
         "[{:>5.0}s] joined {}/{planned} connected {} | in {:.1}k pkt/s {:.1} Mbit/s | out {:.1}k pkt/s | loss {:.3}% | p50 {:.2} ms p99 {:.2} ms{server}",
         s.t_s,
@@ -144,7 +158,7 @@ pub fn progress(s: &Sample, planned: usize) {
         s.loss_pct,
         s.latency_p50_ms,
         s.latency_p99_ms,
-    );
+    ) + &own;
     if std::io::stderr().is_terminal() {
         eprint!("\r\x1b[2K{line}");
     } else {
@@ -296,11 +310,13 @@ pub struct ServerUsage {
     pub cpu_pct_max: Option<f64>,
     pub rss_mb_peak: Option<f64>,
     pub rss_mb_end: Option<f64>,
+    /// The load generator's own CPU, average over the hold (100% = one core).
+    pub loadgen_cpu_pct_avg: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
-    pub target: &'static str,
+    pub target: String,
     pub url: String,
     pub scenario: Scenario,
     pub wall_s: f64,
@@ -382,7 +398,7 @@ impl Report {
         );
         let max_held = stages.iter().rfind(|st| st.slo.held).cloned();
         Report {
-            target: "hearth",
+            target: run.args.target.clone(),
             url: run.args.url.clone(),
             scenario: s.clone(),
             wall_s: wall.as_secs_f64(),
@@ -424,6 +440,10 @@ impl Report {
                     .filter_map(|x| x.server_rss_mb)
                     .reduce(f64::max),
                 rss_mb_end: samples.last().and_then(|x| x.server_rss_mb),
+                loadgen_cpu_pct_avg: {
+                    let own: Vec<f64> = steady.iter().filter_map(|x| x.loadgen_cpu_pct).collect();
+                    (!own.is_empty()).then(|| mean(own.into_iter()))
+                },
             },
             error_examples: run
                 .counters
@@ -519,6 +539,10 @@ impl Report {
                     opt(self.server.rss_mb_peak, " MB"),
                     opt(self.server.rss_mb_end, " MB")
                 ),
+            ),
+            (
+                "load generator CPU (100% = a core)".into(),
+                opt(self.server.loadgen_cpu_pct_avg, "%"),
             ),
         ];
         if !self.errors.is_empty() {

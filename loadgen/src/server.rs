@@ -29,6 +29,15 @@ pub fn proc_usage(pid: u32) -> Option<(f64, u64)> {
 }
 
 impl ServerProbe {
+    /// CPU and memory from /proc when the pid is known, else nothing (a non-Hearth target).
+    pub fn pid_only(pid: Option<u32>) -> ServerProbe {
+        ServerProbe {
+            pid,
+            grpc: None,
+            source: if pid.is_some() { "/proc" } else { "none" },
+        }
+    }
+
     pub async fn new(url: &str, key: &str, secret: &str, pid: Option<u32>) -> ServerProbe {
         if let Some(pid) = pid {
             return ServerProbe {

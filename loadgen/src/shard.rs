@@ -35,6 +35,9 @@ pub enum ShardCmd {
         sending: Sending,
         started: Instant,
         out: mpsc::UnboundedSender<PeerOut>,
+        /// Counts as a participant (connected, join time): false for the extra
+        /// publishing connection a Janus participant has.
+        counts: bool,
         reply: oneshot::Sender<Result<(), String>>,
     },
     Offer {
@@ -114,6 +117,7 @@ struct Entry {
     ip: IpAddr,
     out: mpsc::UnboundedSender<PeerOut>,
     started: Instant,
+    counts: bool,
     joined: bool,
     next_timeout: Option<Instant>,
     next_audio: Instant,
@@ -232,7 +236,9 @@ impl Shard {
         }
         for out in e.peer.take_out() {
             if matches!(out, PeerOut::Connected) {
-                if let Ok(mut t) = totals.lock() {
+                if e.counts
+                    && let Ok(mut t) = totals.lock()
+                {
                     t.connected += 1;
                 }
                 // Stagger the first media of everyone (not all on one tick).
@@ -261,6 +267,7 @@ impl Shard {
                 sending,
                 started,
                 out,
+                counts,
                 reply,
             } => {
                 let local = SocketAddr::new(ip, self.port);
@@ -277,7 +284,8 @@ impl Shard {
                                 ip,
                                 out,
                                 started,
-                                joined: false,
+                                counts,
+                                joined: !counts,
                                 next_timeout: None,
                                 next_audio: now + Duration::from_secs(3600),
                                 next_video: sending.video.map(|_| now + Duration::from_secs(3600)),

@@ -121,6 +121,7 @@ pub async fn run(
         sending: plan.sending,
         started,
         out: out_tx,
+        counts: true,
         reply: reply_tx,
     });
     match reply_rx.await {

@@ -50,7 +50,10 @@ async fn a_short_run_carries_media_and_reports_every_field() {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "the node never listened");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node never listened"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(hearth_tests::http_get(addr, "/readyz").await, "ready");
