@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need (idempotent), then runs every
-# check CI runs: formatting, lints, architecture rules, unit/property/integration tests,
-# and the browser end-to-end tests in a private network namespace.
+# check CI runs: formatting, lints, architecture rules, unit/property/integration tests
+# (including coturn's TURN clients, hearthctl and a short hearth-loadgen run), the Python
+# grpcio interop test, and the browser end-to-end tests in a private network namespace.
 #
 #   tests/run.sh            everything
 #   tests/run.sh --quick    skip the browser tests
@@ -54,6 +55,13 @@ done
 if grep -rln --include='*.rs' '\brtc::' actors/src | grep -v '^actors/src/webrtc.rs$'; then
   echo "the WebRTC stack may only be used in actors/src/webrtc.rs"; exit 1
 fi
+# The load generator is a black-box client of the public protocols.
+lg_deps=$(cargo tree -p hearth-loadgen -e normal --prefix none | awk '{print $1}' | sort -u)
+for forbidden in hearth-actors hearth-api hearth-engine; do
+  if grep -qx "$forbidden" <<<"$lg_deps"; then
+    echo "hearth-loadgen must use only public protocols, but depends on $forbidden"; exit 1
+  fi
+done
 echo "ok"
 
 step "build"
