@@ -1010,6 +1010,7 @@ impl MeetingState {
         };
         let (events_tx, events_rx) = tokio::sync::mpsc::channel(16);
         let (link_tx, link_rx) = tokio::sync::oneshot::channel();
+        let (ingress_tx, ingress_rx) = tokio::sync::oneshot::channel();
         let args = VirtualArgs {
             id: id.clone(),
             meeting: myself.clone(),
@@ -1023,6 +1024,7 @@ impl MeetingState {
             actors: Arc::clone(&self.node.actors),
             parent: myself.get_id(),
             link: link_tx,
+            ingress_link: Some(ingress_tx),
         };
         let (actor, _) = Actor::spawn_linked(None, VirtualParticipant, args, myself.get_cell())
             .await
@@ -1030,6 +1032,9 @@ impl MeetingState {
         let media = link_rx
             .await
             .map_err(|_| ApiError::Internal("participant started without media".into()))?;
+        let packets = ingress_rx
+            .await
+            .map_err(|_| ApiError::Internal("participant started without ingress".into()))?;
         // Nobody reads a virtual participant's signaling.
         let (signal, _) = crate::signal::signal_channel(1);
         let participant = ParticipantInfo {
@@ -1072,6 +1077,7 @@ impl MeetingState {
             participant: id,
             track: info,
             actor,
+            packets,
             events: events_rx,
         })
     }
@@ -1102,6 +1108,7 @@ impl MeetingState {
             actors: Arc::clone(&self.node.actors),
             parent: myself.get_id(),
             link: link_tx,
+            ingress_link: None,
         };
         let (actor, _) = Actor::spawn_linked(None, VirtualParticipant, args, myself.get_cell())
             .await

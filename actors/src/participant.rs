@@ -139,8 +139,9 @@ pub enum ParticipantMsg {
     Stats(RpcReplyPort<ParticipantStats>),
     /// The API changed whether this participant may publish.
     SetCanPublish(bool),
-    /// A packet for a virtual publisher to fan out (embedding API; others ignore it).
-    VirtualRtp(MediaPacket),
+    /// Packets wait in a virtual publisher's bounded ingress queue (embedding API; others
+    /// ignore it).
+    VirtualRtpReady,
 }
 
 /// Start-up arguments, from the meeting.
@@ -336,7 +337,7 @@ impl Actor for ParticipantActor {
         match msg {
             ParticipantMsg::Signal(signal) => state.on_signal(now, signal, &myself),
             ParticipantMsg::SetCanPublish(allowed) => state.can_publish = allowed,
-            ParticipantMsg::VirtualRtp(_) => {}
+            ParticipantMsg::VirtualRtpReady => {}
             ParticipantMsg::DatagramsReady => state.on_datagrams(&myself),
             ParticipantMsg::MediaReady => state.on_media(now, &myself),
             ParticipantMsg::Tick => state.on_tick(now),

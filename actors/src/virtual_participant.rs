@@ -40,8 +40,11 @@ pub struct VirtualTrack {
 pub struct VirtualPublisher {
     pub participant: ParticipantId,
     pub track: TrackInfo,
-    /// Send [`ParticipantMsg::VirtualRtp`] here; stop it to leave.
+    /// Stop it to leave.
     pub actor: ActorRef<ParticipantMsg>,
+    /// Push RTP here: a bounded queue; when the actor falls behind, the excess is dropped
+    /// and counted, so a client pushing too fast cannot grow the node's memory.
+    pub packets: InboxSender<MediaPacket, ParticipantMsg>,
     /// Keyframe requests from subscribers (video).
     pub events: mpsc::Receiver<VirtualEvent>,
 }
@@ -90,7 +93,13 @@ pub struct VirtualArgs {
     pub parent: ActorId,
     /// Receives the media inbox sender (for fan-out lists) once it exists.
     pub link: tokio::sync::oneshot::Sender<InboxSender<MediaItem, ParticipantMsg>>,
+    /// Publishers: receives the sender of the RTP ingress queue.
+    pub ingress_link:
+        Option<tokio::sync::oneshot::Sender<InboxSender<MediaPacket, ParticipantMsg>>>,
 }
+
+/// RTP packets a virtual publisher buffers before dropping the excess.
+pub const INGRESS_QUEUE: usize = 1024;
 
 pub struct VirtualParticipant;
 
@@ -98,6 +107,8 @@ pub struct VirtualState {
     id: ParticipantId,
     role: VirtualRole,
     media: Inbox<MediaItem>,
+    ingress: Option<Inbox<MediaPacket>>,
+    scratch_rtp: Vec<MediaPacket>,
     fanout: Arc<[SubscriberLink]>,
     keyframes: KeyframeRequester,
     scratch: Vec<MediaItem>,
@@ -118,6 +129,13 @@ impl Actor for VirtualParticipant {
             ParticipantMsg::MediaReady
         });
         let _ = args.link.send(media_tx.clone());
+        let ingress = args.ingress_link.map(|link| {
+            let (inbox, tx) = Inbox::new(INGRESS_QUEUE, myself.clone(), || {
+                ParticipantMsg::VirtualRtpReady
+            });
+            let _ = link.send(tx);
+            inbox
+        });
         let (kind, name) = match &args.role {
             VirtualRole::Publisher { track, .. } => (
                 ActorKind::VirtualParticipant,
@@ -138,6 +156,8 @@ impl Actor for VirtualParticipant {
             id: args.id,
             role: args.role,
             media,
+            ingress,
+            scratch_rtp: Vec::with_capacity(64),
             fanout: Arc::from(Vec::new()),
             keyframes: KeyframeRequester::new(Duration::from_millis(500)),
             scratch: Vec::with_capacity(64),
@@ -153,7 +173,7 @@ impl Actor for VirtualParticipant {
     ) -> Result<(), ActorProcessingErr> {
         state._reg.handled();
         match msg {
-            ParticipantMsg::VirtualRtp(packet) => state.publish(packet),
+            ParticipantMsg::VirtualRtpReady => state.on_ingress(&myself),
             ParticipantMsg::MediaReady => state.on_media(&myself),
             ParticipantMsg::SetFanout { subscribers, .. } => {
                 state.fanout = subscribers;
@@ -180,6 +200,22 @@ impl Actor for VirtualParticipant {
 }
 
 impl VirtualState {
+    fn on_ingress(&mut self, myself: &ActorRef<ParticipantMsg>) {
+        let Some(ingress) = self.ingress.as_mut() else {
+            return;
+        };
+        let mut batch = std::mem::take(&mut self.scratch_rtp);
+        ingress.drain(&mut batch, 256);
+        let more = ingress.has_pending();
+        for packet in batch.drain(..) {
+            self.publish(packet);
+        }
+        self.scratch_rtp = batch;
+        if more {
+            let _ = myself.send_message(ParticipantMsg::VirtualRtpReady);
+        }
+    }
+
     fn publish(&mut self, packet: MediaPacket) {
         let VirtualRole::Publisher { key, events, .. } = &self.role else {
             return;

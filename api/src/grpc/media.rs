@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hearth_actors::participant::ParticipantMsg;
+use hearth_actors::inbox::Pushed;
 use hearth_actors::virtual_participant::{VirtualEvent, VirtualTrack};
 use hearth_actors::webrtc::CodecParams;
 use hearth_actors::{Grants, JoinRequest};
@@ -233,11 +233,16 @@ impl pb::media_service_server::MediaService for Media {
                             kind: Some(pb::publish_track_request::Kind::Rtp(data)),
                         })) => {
                             match packet(&data, payload_type, which) {
-                                Ok(p) => {
-                                    if actor.send_message(ParticipantMsg::VirtualRtp(p)).is_err() {
+                                Ok(p) => match publisher.packets.push(p) {
+                                    Pushed::Queued => {}
+                                    Pushed::Dropped => {
+                                        metrics::counter!("hearth_grpc_publish_dropped_total")
+                                            .increment(1);
+                                    }
+                                    Pushed::Closed => {
                                         break Err(Status::aborted("the participant is gone"));
                                     }
-                                }
+                                },
                                 Err(e) => break Err(e),
                             }
                         }
