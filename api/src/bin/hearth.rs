@@ -100,6 +100,11 @@ fn serve(args: &ServeArgs, started: Instant) -> ExitCode {
             println!("  turn        udp {}, tcp {}{tls}", turn.udp, turn.tcp);
         }
         println!("  metrics     http://{}/metrics", server.http_addr);
+        if let Some(grpc) = server.grpc_addr {
+            println!("  grpc        {grpc}");
+        } else {
+            println!("  grpc        {} (shared with HTTP)", server.http_addr);
+        }
         if c.dev {
             println!("  dev mode    GET /v1/dev/token is enabled; do not expose this node");
         }
@@ -116,11 +121,6 @@ fn serve(args: &ServeArgs, started: Instant) -> ExitCode {
             println!(
                 "  no API key configured: pass --api-key/--api-secret (or --dev) so clients can join"
             );
-        }
-        if let Some(grpc) = server.grpc_addr {
-            println!("  grpc        {grpc}");
-        } else {
-            println!("  grpc        {} (shared with HTTP)", server.http_addr);
         }
         tokio::select! {
             _ = wait_for_shutdown() => {}
