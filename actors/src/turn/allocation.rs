@@ -213,6 +213,10 @@ impl AllocationState {
                 {
                     tracing::debug!(client = %self.key.addr, code, reason, method = msg.method(), "TURN request refused");
                 }
+                // The data paths must see a new permission or channel before the client
+                // learns it exists: a client may send on a channel the moment ChannelBind
+                // succeeds, and a listener reading the old snapshot would drop that packet.
+                self.publish();
                 self.link.send(&response);
                 false
             }
