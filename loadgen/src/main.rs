@@ -49,12 +49,14 @@ struct Args {
         long,
         env = "HEARTH_API_SECRET",
         default_value = "",
-        hide_default_value = true
+        hide_default_value = true,
+        hide_env_values = true
     )]
     api_secret: String,
     /// A named scenario: audio-rooms, big-audio-room, video-meeting, livestream.
     #[arg(long)]
     preset: Option<String>,
+    /// Meetings to simulate (with --find-max: the first stage).
     #[arg(long, default_value_t = 10)]
     meetings: usize,
     /// Participants per meeting [default: 4, or the preset's].
@@ -81,14 +83,15 @@ struct Args {
     /// How long to hold the full load (e.g. 60s, 2m).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     duration: Duration,
-    /// Seed of the simulation's randomness (meeting names, staggering).
+    /// Seed of the run, part of its meeting names (media sizes vary deterministically per
+    /// frame; SSRCs and ICE credentials are random, as a browser's are).
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// UDP sockets (one task each) [default: one per core].
     #[arg(long)]
     shards: Option<usize>,
-    /// Addresses for simulated participants, routed to this machine [default: 127.64.0.0/10
-    /// for a node on loopback].
+    /// Start of the address range of simulated participants (one address each), routed to
+    /// this machine; 127.64.0.0 lies in loopback's 127.0.0.0/8, for a node on this machine.
     #[arg(long, default_value = "127.64.0.0")]
     local_net: Ipv4Addr,
     /// The node's process id, to read its CPU and memory from /proc (else from its gRPC
