@@ -701,7 +701,7 @@ impl MeetingState {
     }
 
     fn track_muted(&mut self, participant: &ParticipantId, track: &TrackId, muted: bool) {
-        let Some(t) = self.tracks.get_mut(track) else {
+        let Some(t) = self.tracks.get(track) else {
             return;
         };
         if &t.published.publisher != participant {
@@ -711,7 +711,15 @@ impl MeetingState {
             // The API muted it; the publisher cannot lift that.
             return;
         }
-        t.published.info.muted = muted;
+        self.announce_muted(participant, track, muted);
+    }
+
+    /// Records a track's mute state and tells everyone: the clients (`trackMuted`), the
+    /// subscribers' actors (their forwarders pause) and the event log.
+    fn announce_muted(&mut self, participant: &ParticipantId, track: &TrackId, muted: bool) {
+        if let Some(t) = self.tracks.get_mut(track) {
+            t.published.info.muted = muted;
+        }
         if let Some(publisher) = self.members.get_mut(participant)
             && let Some(info) = publisher.info.tracks.iter_mut().find(|t| &t.id == track)
         {
@@ -890,36 +898,12 @@ impl MeetingState {
             return Ok(t.published.info.clone());
         }
         t.server_muted = muted;
-        t.published.info.muted = muted;
-        let info = t.published.info.clone();
-        if let Some(publisher) = self.members.get_mut(participant)
-            && let Some(mine) = publisher.info.tracks.iter_mut().find(|t| &t.id == track)
-        {
-            mine.muted = muted;
-        }
-        for member in self.members.values() {
-            member.signal.send(ServerSignal::TrackMuted {
-                participant: participant.clone(),
-                track: track.clone(),
-                muted,
-            });
-            if &member.info.id != participant {
-                let _ = member.actor.send_message(ParticipantMsg::RemoteTrackMuted {
-                    track: track.clone(),
-                    muted,
-                });
-            }
-        }
-        self.node.events.append(
-            &self.id,
-            EventKind::TrackMuted {
-                participant: participant.clone(),
-                track: track.clone(),
-                muted,
-            },
-        );
+        self.announce_muted(participant, track, muted);
         self.rebuild_fanout(track);
-        Ok(info)
+        self.tracks
+            .get(track)
+            .map(|t| t.published.info.clone())
+            .ok_or_else(|| ApiError::NotFound(format!("track {track}")))
     }
 
     /// Changes a participant's publish and subscribe rights (API).

@@ -112,7 +112,7 @@ pub struct VirtualState {
     fanout: Arc<[SubscriberLink]>,
     keyframes: KeyframeRequester,
     scratch: Vec<MediaItem>,
-    _reg: Registration,
+    reg: Registration,
 }
 
 impl Actor for VirtualParticipant {
@@ -161,7 +161,7 @@ impl Actor for VirtualParticipant {
             fanout: Arc::from(Vec::new()),
             keyframes: KeyframeRequester::new(Duration::from_millis(500)),
             scratch: Vec::with_capacity(64),
-            _reg: reg,
+            reg,
         })
     }
 
@@ -171,7 +171,7 @@ impl Actor for VirtualParticipant {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        state._reg.handled();
+        state.reg.handled();
         match msg {
             ParticipantMsg::VirtualRtpReady => state.on_ingress(&myself),
             ParticipantMsg::MediaReady => state.on_media(&myself),
@@ -235,7 +235,6 @@ impl VirtualState {
                 retransmission: false,
             });
         }
-        metrics::counter!("hearth_packets_in_total").increment(1);
     }
 
     fn request_keyframe(&mut self) {

@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::services::BoxStream;
-use super::{authorize, convert, meeting_id, status};
+use super::{authorize, authorize_meeting, convert, meeting_id, status};
 use crate::server::AppState;
 
 /// Packets buffered for a slow `SubscribeTrack` reader before its own packets drop.
@@ -99,10 +99,8 @@ impl pb::media_service_server::MediaService for Media {
         &self,
         request: Request<pb::SubscribeTrackRequest>,
     ) -> Result<Response<Self::SubscribeTrackStream>, Status> {
-        let caller = authorize(&self.0, &request)?;
+        let meeting = authorize_meeting(&self.0, &request, "meeting", &request.get_ref().meeting)?;
         let req = request.into_inner();
-        let meeting = meeting_id("meeting", &req.meeting)?;
-        caller.may_manage(meeting.as_str())?;
         if req.track_id.is_empty() || req.track_id.len() > 64 {
             return Err(Status::invalid_argument("track_id: 1 to 64 characters"));
         }

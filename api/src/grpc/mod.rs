@@ -158,6 +158,20 @@ fn authorize_metadata(
     Ok(Caller { claims })
 }
 
+/// Authorizes a call about one meeting (`value` of request field `field`): a valid admin
+/// token whose scope covers that meeting. Returns the parsed meeting name.
+pub fn authorize_meeting<T>(
+    state: &AppState,
+    request: &Request<T>,
+    field: &str,
+    value: &str,
+) -> Result<MeetingId, Status> {
+    let caller = authorize(state, request)?;
+    let id = meeting_id(field, value)?;
+    caller.may_manage(id.as_str())?;
+    Ok(id)
+}
+
 /// Maps an actor-side refusal to a gRPC status.
 pub fn status(e: ApiError) -> Status {
     match e {

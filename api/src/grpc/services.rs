@@ -11,7 +11,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{authorize, convert, meeting_id, status};
+use super::{authorize, authorize_meeting, convert, meeting_id, status};
 use crate::server::AppState;
 use crate::token;
 
@@ -72,10 +72,8 @@ impl pb::meeting_service_server::MeetingService for Meetings {
         &self,
         request: Request<pb::CreateMeetingRequest>,
     ) -> Result<Response<pb::Meeting>, Status> {
-        let caller = authorize(&self.0, &request)?;
+        let id = authorize_meeting(&self.0, &request, "id", &request.get_ref().id)?;
         let req = request.into_inner();
-        let id = meeting_id("id", &req.id)?;
-        caller.may_manage(id.as_str())?;
         let settings = merge_settings(self.0.node.default_settings(), req.settings.as_ref())?;
         let snapshot = self
             .0
@@ -90,9 +88,7 @@ impl pb::meeting_service_server::MeetingService for Meetings {
         &self,
         request: Request<pb::GetMeetingRequest>,
     ) -> Result<Response<pb::Meeting>, Status> {
-        let caller = authorize(&self.0, &request)?;
-        let id = meeting_id("id", &request.get_ref().id)?;
-        caller.may_manage(id.as_str())?;
+        let id = authorize_meeting(&self.0, &request, "id", &request.get_ref().id)?;
         let snapshot = self
             .0
             .node
@@ -123,9 +119,7 @@ impl pb::meeting_service_server::MeetingService for Meetings {
         &self,
         request: Request<pb::EndMeetingRequest>,
     ) -> Result<Response<pb::EndMeetingResponse>, Status> {
-        let caller = authorize(&self.0, &request)?;
-        let id = meeting_id("id", &request.get_ref().id)?;
-        caller.may_manage(id.as_str())?;
+        let id = authorize_meeting(&self.0, &request, "id", &request.get_ref().id)?;
         let n = self.0.node.end_meeting(&id).await.map_err(status)?;
         Ok(Response::new(pb::EndMeetingResponse {
             participants: u32::try_from(n).unwrap_or(u32::MAX),
@@ -136,10 +130,8 @@ impl pb::meeting_service_server::MeetingService for Meetings {
         &self,
         request: Request<pb::UpdateMeetingRequest>,
     ) -> Result<Response<pb::Meeting>, Status> {
-        let caller = authorize(&self.0, &request)?;
+        let id = authorize_meeting(&self.0, &request, "id", &request.get_ref().id)?;
         let req = request.into_inner();
-        let id = meeting_id("id", &req.id)?;
-        caller.may_manage(id.as_str())?;
         // Validate with the same rules as Create; zero keeps the current value.
         let s = req.settings.unwrap_or_default();
         merge_settings(self.0.node.default_settings(), Some(&s))?;
@@ -169,9 +161,7 @@ impl pb::participant_service_server::ParticipantService for Participants {
         &self,
         request: Request<pb::ListParticipantsRequest>,
     ) -> Result<Response<pb::ListParticipantsResponse>, Status> {
-        let caller = authorize(&self.0, &request)?;
-        let id = meeting_id("meeting", &request.get_ref().meeting)?;
-        caller.may_manage(id.as_str())?;
+        let id = authorize_meeting(&self.0, &request, "meeting", &request.get_ref().meeting)?;
         let snapshot = self
             .0
             .node
@@ -191,10 +181,8 @@ impl pb::participant_service_server::ParticipantService for Participants {
         &self,
         request: Request<pb::ParticipantRequest>,
     ) -> Result<Response<pb::Participant>, Status> {
-        let caller = authorize(&self.0, &request)?;
+        let meeting = authorize_meeting(&self.0, &request, "meeting", &request.get_ref().meeting)?;
         let req = request.into_inner();
-        let meeting = meeting_id("meeting", &req.meeting)?;
-        caller.may_manage(meeting.as_str())?;
         let pid = participant_id(&req.participant_id)?;
         let view = self
             .0
@@ -209,10 +197,8 @@ impl pb::participant_service_server::ParticipantService for Participants {
         &self,
         request: Request<pb::ParticipantRequest>,
     ) -> Result<Response<pb::RemoveParticipantResponse>, Status> {
-        let caller = authorize(&self.0, &request)?;
+        let meeting = authorize_meeting(&self.0, &request, "meeting", &request.get_ref().meeting)?;
         let req = request.into_inner();
-        let meeting = meeting_id("meeting", &req.meeting)?;
-        caller.may_manage(meeting.as_str())?;
         let pid = participant_id(&req.participant_id)?;
         self.0
             .node
@@ -226,10 +212,8 @@ impl pb::participant_service_server::ParticipantService for Participants {
         &self,
         request: Request<pb::MuteTrackRequest>,
     ) -> Result<Response<pb::Track>, Status> {
-        let caller = authorize(&self.0, &request)?;
+        let meeting = authorize_meeting(&self.0, &request, "meeting", &request.get_ref().meeting)?;
         let req = request.into_inner();
-        let meeting = meeting_id("meeting", &req.meeting)?;
-        caller.may_manage(meeting.as_str())?;
         let pid = participant_id(&req.participant_id)?;
         let track = track_id(&req.track_id)?;
         let info = self
@@ -245,10 +229,8 @@ impl pb::participant_service_server::ParticipantService for Participants {
         &self,
         request: Request<pb::UpdatePermissionsRequest>,
     ) -> Result<Response<pb::Participant>, Status> {
-        let caller = authorize(&self.0, &request)?;
+        let meeting = authorize_meeting(&self.0, &request, "meeting", &request.get_ref().meeting)?;
         let req = request.into_inner();
-        let meeting = meeting_id("meeting", &req.meeting)?;
-        caller.may_manage(meeting.as_str())?;
         let pid = participant_id(&req.participant_id)?;
         let perms = req
             .permissions
