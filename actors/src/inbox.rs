@@ -151,3 +151,103 @@ impl<T> Inbox<T> {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ractor::{Actor, ActorProcessingErr};
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    /// Counts the wake messages it gets.
+    struct Counter;
+
+    #[derive(Debug)]
+    struct Wake;
+
+    impl Actor for Counter {
+        type Msg = Wake;
+        type State = Arc<AtomicUsize>;
+        type Arguments = Arc<AtomicUsize>;
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<Wake>,
+            wakes: Arc<AtomicUsize>,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(wakes)
+        }
+
+        async fn handle(
+            &self,
+            _myself: ActorRef<Wake>,
+            _msg: Wake,
+            wakes: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            wakes.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    /// Polls `cond` until it holds, failing after a generous deadline (no fixed sleeps).
+    async fn until(cond: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "condition not met in time"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    async fn counter() -> (ActorRef<Wake>, Arc<AtomicUsize>) {
+        let wakes = Arc::new(AtomicUsize::new(0));
+        let (actor, _) = Actor::spawn(None, Counter, Arc::clone(&wakes))
+            .await
+            .expect("spawn counter");
+        (actor, wakes)
+    }
+
+    #[tokio::test]
+    async fn a_full_inbox_drops_and_counts_the_excess_and_wakes_once_per_burst() {
+        let (actor, wakes) = counter().await;
+        let (mut inbox, tx) = Inbox::<u32>::new(4, actor.clone(), || Wake);
+        let results: Vec<Pushed> = (0..6).map(|i| tx.push(i)).collect();
+        assert_eq!(&results[..4], &[Pushed::Queued; 4]);
+        assert_eq!(&results[4..], &[Pushed::Dropped; 2]);
+        assert_eq!(tx.dropped(), 2);
+        assert_eq!(inbox.dropped(), 2);
+        assert_eq!(inbox.depth(), 4);
+        assert_eq!(tx.depth(), 4);
+        until(|| wakes.load(Ordering::SeqCst) == 1).await;
+
+        // A bounded drain leaves the rest for the next wake; the oldest items come first.
+        let mut out = Vec::new();
+        assert_eq!(inbox.drain(&mut out, 3), 3);
+        assert_eq!(out, vec![0, 1, 2]);
+        assert!(inbox.has_pending());
+        // Room again: nothing more is dropped, and the first push after a drain wakes anew.
+        assert_eq!(tx.push(10), Pushed::Queued);
+        assert_eq!(tx.push(11), Pushed::Queued);
+        assert_eq!(tx.dropped(), 2);
+        until(|| wakes.load(Ordering::SeqCst) == 2).await;
+        out.clear();
+        assert_eq!(inbox.drain(&mut out, 16), 3);
+        assert_eq!(out, vec![3, 10, 11]);
+        assert!(!inbox.has_pending());
+        assert_eq!(inbox.depth(), 0);
+        actor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn pushing_to_a_stopped_consumer_reports_closed() {
+        let (actor, _wakes) = counter().await;
+        let (inbox, tx) = Inbox::<u32>::new(4, actor.clone(), || Wake);
+        actor.stop(None);
+        until(|| actor.get_status() == ractor::ActorStatus::Stopped).await;
+        assert_eq!(tx.push(1), Pushed::Closed);
+        drop(inbox);
+        assert_eq!(tx.push(2), Pushed::Closed);
+    }
+}

@@ -339,7 +339,15 @@ impl Actor for ParticipantActor {
             ParticipantMsg::SetCanPublish(allowed) => state.can_publish = allowed,
             ParticipantMsg::VirtualRtpReady => {}
             ParticipantMsg::DatagramsReady => state.on_datagrams(&myself),
-            ParticipantMsg::MediaReady => state.on_media(now, &myself),
+            ParticipantMsg::MediaReady => {
+                // The hot path: forwarded packets only go out. Nothing here can produce a
+                // stack event, an inbound packet, feedback or an earlier timer, so the rest
+                // of `after_message` (which walks every handler of the stack) is skipped;
+                // the next other message or tick runs it.
+                state.on_media(now, &myself);
+                state.flush();
+                return Ok(());
+            }
             ParticipantMsg::Tick => state.on_tick(now),
             ParticipantMsg::Subscribe(track) => {
                 tracing::debug!(participant = %state.id, track = %track.info.id, "subscribe queued");
