@@ -8,22 +8,38 @@
 //! producer or anyone else. The wake message is sent only on the empty → non-empty edge, so
 //! a burst costs one mailbox message, and the actor drains the whole queue at once.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use ractor::{ActorRef, Message};
-use tokio::sync::mpsc;
 
-struct Shared {
+struct Shared<T> {
+    /// The queue. Producers hold the lock for one push, the consumer for one bounded drain:
+    /// both are short, and on the media path they mostly run on the same worker thread.
+    queue: Mutex<VecDeque<T>>,
+    /// Items queued now, readable without the lock (operators' view, `has_pending`).
+    len: AtomicUsize,
     scheduled: AtomicBool,
+    /// Set when the consumer is dropped: later pushes report `Closed`.
+    closed: AtomicBool,
     dropped: AtomicU64,
     capacity: usize,
 }
 
+impl<T> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<T>> {
+        // A panic while holding the lock cannot leave the queue half-updated (push_back and
+        // drain are single std calls), so a poisoned lock is still a valid queue.
+        self.queue
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
 /// The producer side; cheap to clone.
 pub struct InboxSender<T, M: Message> {
-    tx: mpsc::Sender<T>,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<T>>,
     actor: ActorRef<M>,
     wake: fn() -> M,
 }
@@ -31,7 +47,6 @@ pub struct InboxSender<T, M: Message> {
 impl<T, M: Message> Clone for InboxSender<T, M> {
     fn clone(&self) -> Self {
         Self {
-            tx: self.tx.clone(),
             shared: Arc::clone(&self.shared),
             actor: self.actor.clone(),
             wake: self.wake,
@@ -50,23 +65,28 @@ pub enum Pushed {
 }
 
 impl<T, M: Message> InboxSender<T, M> {
-    /// Queues `item`, waking the consumer if it was idle. Never blocks.
+    /// Queues `item`, waking the consumer if it was idle. Never blocks (beyond the queue's
+    /// lock, which is only ever held for one push or one bounded drain).
     pub fn push(&self, item: T) -> Pushed {
-        match self.tx.try_send(item) {
-            Ok(()) => {
-                if !self.shared.scheduled.swap(true, Ordering::AcqRel)
-                    && self.actor.send_message((self.wake)()).is_err()
-                {
-                    return Pushed::Closed;
-                }
-                Pushed::Queued
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                Pushed::Dropped
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Pushed::Closed,
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Pushed::Closed;
         }
+        {
+            let mut queue = self.shared.lock();
+            if queue.len() >= self.shared.capacity {
+                drop(queue);
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                return Pushed::Dropped;
+            }
+            queue.push_back(item);
+            self.shared.len.store(queue.len(), Ordering::Release);
+        }
+        if !self.shared.scheduled.swap(true, Ordering::AcqRel)
+            && self.actor.send_message((self.wake)()).is_err()
+        {
+            return Pushed::Closed;
+        }
+        Pushed::Queued
     }
 
     /// Items dropped because this inbox was full, since it was created.
@@ -76,14 +96,13 @@ impl<T, M: Message> InboxSender<T, M> {
 
     /// Items waiting now (for operators: read from outside the consumer).
     pub fn depth(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.shared.len.load(Ordering::Acquire)
     }
 }
 
 /// The consumer side, owned by the actor's state.
 pub struct Inbox<T> {
-    rx: mpsc::Receiver<T>,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<T>>,
 }
 
 impl<T> Inbox<T> {
@@ -94,19 +113,21 @@ impl<T> Inbox<T> {
         actor: ActorRef<M>,
         wake: fn() -> M,
     ) -> (Inbox<T>, InboxSender<T, M>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let capacity = capacity.max(1);
         let shared = Arc::new(Shared {
+            // Grows on demand up to `capacity`; a quiet participant's queue stays small.
+            queue: Mutex::new(VecDeque::with_capacity(capacity.min(64))),
+            len: AtomicUsize::new(0),
             scheduled: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
-            capacity: capacity.max(1),
+            capacity,
         });
         (
             Inbox {
-                rx,
                 shared: Arc::clone(&shared),
             },
             InboxSender {
-                tx,
                 shared,
                 actor,
                 wake,
@@ -114,32 +135,26 @@ impl<T> Inbox<T> {
         )
     }
 
-    /// Takes up to `max` queued items into `out`. Call on every wake message; if it returns
-    /// `max` items, more may be waiting (the inbox re-arms its wake so none are stranded).
+    /// Takes up to `max` queued items into `out`, oldest first. Call on every wake message;
+    /// if it returns `max` items, more may be waiting (see [`Inbox::has_pending`]).
     pub fn drain(&mut self, out: &mut Vec<T>, max: usize) -> usize {
         // Clear the flag first: an item pushed after this point sends a fresh wake.
         self.shared.scheduled.store(false, Ordering::Release);
-        let mut n = 0;
-        while n < max {
-            match self.rx.try_recv() {
-                Ok(item) => {
-                    out.push(item);
-                    n += 1;
-                }
-                Err(_) => break,
-            }
-        }
+        let mut queue = self.shared.lock();
+        let n = queue.len().min(max);
+        out.extend(queue.drain(..n));
+        self.shared.len.store(queue.len(), Ordering::Release);
         n
     }
 
     /// True if items remain after a bounded drain; the caller should wake itself again.
     pub fn has_pending(&self) -> bool {
-        !self.rx.is_empty()
+        self.depth() > 0
     }
 
     /// Items waiting now.
     pub fn depth(&self) -> usize {
-        self.rx.len()
+        self.shared.len.load(Ordering::Acquire)
     }
 
     pub fn capacity(&self) -> usize {
@@ -149,6 +164,15 @@ impl<T> Inbox<T> {
     /// Items dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl<T> Drop for Inbox<T> {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        // Queued items go with the consumer, not with the last producer.
+        self.shared.lock().clear();
+        self.shared.len.store(0, Ordering::Release);
     }
 }
 

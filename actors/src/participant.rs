@@ -229,6 +229,10 @@ pub struct ParticipantState {
     drops_reported: (u64, u64),
     scratch_datagrams: Vec<Datagram>,
     scratch_media: Vec<MediaItem>,
+    /// Socket-arrival times of the packets forwarded in the current media batch.
+    forwarded_arrivals: Vec<Instant>,
+    /// `hearth_forward_delay_seconds`: socket arrival → forwarded packet handed to the kernel.
+    forward_delay: metrics::Histogram,
     leaving: bool,
 }
 
@@ -242,6 +246,17 @@ impl DatagramSink for IngressSink {
 }
 
 const DRAIN_BATCH: usize = 256;
+
+/// Histogram of the time a forwarded packet spends in the node, in seconds: from its
+/// publisher's datagram leaving the media socket to this subscriber's copy being handed to
+/// the kernel (queues, decryption, fan-out, the subscriber's turn, encryption, `sendto`).
+pub const FORWARD_DELAY_METRIC: &str = "hearth_forward_delay_seconds";
+
+/// Bucket bounds for [`FORWARD_DELAY_METRIC`]: 25 µs to 1 s.
+pub const FORWARD_DELAY_BUCKETS: &[f64] = &[
+    25e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 20e-3, 50e-3, 100e-3, 250e-3,
+    1.0,
+];
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(250);
 /// How long a client may take to answer the server's offer.
 const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(15);
@@ -322,6 +337,8 @@ impl Actor for ParticipantActor {
             drops_reported: (0, 0),
             scratch_datagrams: Vec::with_capacity(DRAIN_BATCH),
             scratch_media: Vec::with_capacity(DRAIN_BATCH),
+            forwarded_arrivals: Vec::with_capacity(DRAIN_BATCH),
+            forward_delay: metrics::histogram!(FORWARD_DELAY_METRIC),
             leaving: false,
         })
     }
@@ -346,6 +363,7 @@ impl Actor for ParticipantActor {
                 // the next other message or tick runs it.
                 state.on_media(now, &myself);
                 state.flush();
+                state.record_forward_delays();
                 return Ok(());
             }
             ParticipantMsg::Tick => state.on_tick(now),
@@ -753,6 +771,7 @@ impl ParticipantState {
             match result {
                 Ok(header) => {
                     let len = item.packet.payload.len();
+                    let arrival = item.packet.arrival;
                     if self
                         .peer
                         .send_rtp(now, sender, header, item.packet.payload)
@@ -760,6 +779,7 @@ impl ParticipantState {
                     {
                         if !item.retransmission {
                             sub.stats.on_sent(now, header.timestamp, len);
+                            self.forwarded_arrivals.push(arrival);
                         }
                         self.stats.packets_sent += 1;
                     }
@@ -993,6 +1013,19 @@ impl ParticipantState {
                 .increment(ingress - ingress_seen);
         }
         self.drops_reported = (media, ingress);
+    }
+
+    /// Records, for each packet of the media batch just flushed, how long it spent in this
+    /// node: from the publisher's datagram leaving the socket to this copy entering it.
+    fn record_forward_delays(&mut self) {
+        if self.forwarded_arrivals.is_empty() {
+            return;
+        }
+        let sent = Instant::now();
+        for arrival in self.forwarded_arrivals.drain(..) {
+            self.forward_delay
+                .record(sent.saturating_duration_since(arrival).as_secs_f64());
+        }
     }
 
     fn flush(&mut self) {

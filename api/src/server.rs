@@ -11,8 +11,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
+use hearth_actors::participant::{FORWARD_DELAY_BUCKETS, FORWARD_DELAY_METRIC};
 use hearth_actors::{Grants, Node, NodeConfig};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -105,8 +106,25 @@ pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(FORWARD_DELAY_METRIC.to_owned()),
+                    FORWARD_DELAY_BUCKETS,
+                )
+                .expect("the bucket list is a non-empty constant")
+                .build_recorder();
             let handle = recorder.handle();
+            // Histogram samples wait in per-handle buffers until folded into buckets; fold
+            // them every second even when nobody scrapes /metrics, so memory stays flat.
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                        upkeep.run_upkeep();
+                    }
+                });
             // Fails only if another recorder was installed first; then ours stays unused
             // and /metrics shows what this one saw (nothing).
             let _ = metrics::set_global_recorder(recorder);
@@ -117,7 +135,12 @@ pub fn metrics_handle() -> PrometheusHandle {
 }
 
 fn describe_metrics() {
-    use metrics::{describe_counter, describe_gauge};
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_histogram!(
+        FORWARD_DELAY_METRIC,
+        Unit::Seconds,
+        "Time a forwarded packet spends in the node: publisher's datagram received to the subscriber's copy sent."
+    );
     describe_gauge!("hearth_meetings", "Meetings running on this node.");
     describe_gauge!(
         "hearth_participants",
