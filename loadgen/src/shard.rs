@@ -322,7 +322,6 @@ impl Shard {
     }
 
     fn receive(&mut self, buf: &mut [u8]) {
-        let now = Instant::now();
         loop {
             let mut metas = [RecvMeta::default(); BATCH];
             let mut slices: Vec<IoSliceMut<'_>> =
@@ -334,6 +333,9 @@ impl Shard {
                 Ok(n) => n,
                 Err(_) => return,
             };
+            // Arrival time of this batch: read after the receive returns, so a batch that
+            // waited while the previous one was processed is not stamped early.
+            let now = Instant::now();
             for (meta, slice) in metas.iter().zip(slices.iter()).take(n) {
                 let Some(dst) = meta.dst_ip else { continue };
                 let dst = match dst {
@@ -390,11 +392,15 @@ impl Shard {
             }
             self.with_peer(id, now, |p| {
                 p.on_timeout(now);
+                // Send time is read per participant, just before its packets are built,
+                // encrypted and sent: a tick that serves many participants must not count
+                // its own length as the server's latency.
+                let sent_at = Instant::now();
                 if audio {
-                    p.send_audio(now);
+                    p.send_audio(sent_at);
                 }
                 if video {
-                    p.send_video(now);
+                    p.send_video(sent_at);
                 }
             });
         }
