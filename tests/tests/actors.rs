@@ -162,14 +162,14 @@ async fn join_exchange_media_and_leave() {
     let participants = server.metric("hearth_participants").await;
     assert_eq!(participants, 3.0, "hearth_participants with three clients");
 
-    // Every forwarded packet's time in the node is in the histogram, and none took long.
+    // Forwarded packets' time in the node is sampled into a histogram; none took long.
     let text = server.metrics_text().await;
     let count = parse_metric(&text, "hearth_forward_delay_seconds_count")
         .expect("forward delay histogram exported");
     let sum = parse_metric(&text, "hearth_forward_delay_seconds_sum").unwrap_or(f64::NAN);
     let under_a_second =
         parse_metric(&text, "hearth_forward_delay_seconds_bucket{le=\"1\"}").unwrap_or(0.0);
-    assert!(count > 100.0, "forwarded packets recorded: {count}");
+    assert!(count > 20.0, "forwarded packets sampled: {count}");
     assert_eq!(
         under_a_second, count,
         "every packet forwarded within a second"
