@@ -787,7 +787,10 @@ impl ParticipantState {
                         if !item.retransmission {
                             sub.stats.on_sent(now, header.timestamp, len);
                             self.forward_sample = self.forward_sample.wrapping_add(1);
-                            if self.forward_sample % FORWARD_DELAY_SAMPLE_EVERY == 0 {
+                            if self
+                                .forward_sample
+                                .is_multiple_of(FORWARD_DELAY_SAMPLE_EVERY)
+                            {
                                 self.forwarded_arrivals.push(arrival);
                             }
                         }
