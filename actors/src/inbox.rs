@@ -116,7 +116,7 @@ impl<T> Inbox<T> {
         let capacity = capacity.max(1);
         let shared = Arc::new(Shared {
             // Grows on demand up to `capacity`; a quiet participant's queue stays small.
-            queue: Mutex::new(VecDeque::with_capacity(capacity.min(64))),
+            queue: Mutex::new(VecDeque::with_capacity(capacity.min(16))),
             len: AtomicUsize::new(0),
             scheduled: AtomicBool::new(false),
             closed: AtomicBool::new(false),

@@ -295,7 +295,11 @@ async fn signal(ws: WebSocketUpgrade, State(state): State<Arc<AppState>>) -> Res
     }
     // Frames up to 1 MiB reach the decoder, which answers MESSAGE_TOO_LARGE above 64 KiB;
     // bigger ones end the connection at the transport.
-    ws.max_message_size(1 << 20)
+    // The read buffer is allocated up front for every connection (128 KiB by default, the
+    // largest single item of a participant's memory); signaling messages are a few KiB, and
+    // the buffer grows for a larger one.
+    ws.read_buffer_size(8 * 1024)
+        .max_message_size(1 << 20)
         .max_frame_size(1 << 20)
         .on_upgrade(move |socket| crate::signaling::run(socket, state))
 }
