@@ -14,6 +14,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ractor::{ActorRef, Message};
 
+/// Ring capacity a queue starts with, and shrinks back to after a burst.
+const INITIAL_CAPACITY: usize = 16;
+/// An empty ring larger than this is shrunk after a drain.
+const SHRINK_ABOVE: usize = 64;
+
 struct Shared<T> {
     /// The queue. Producers hold the lock for one push, the consumer for one bounded drain:
     /// both are short, and on the media path they mostly run on the same worker thread.
@@ -73,6 +78,11 @@ impl<T, M: Message> InboxSender<T, M> {
         }
         {
             let mut queue = self.shared.lock();
+            // Checked again under the lock: the consumer marks itself closed while holding
+            // it, so no item can slip in after its queue was cleared.
+            if self.shared.closed.load(Ordering::Acquire) {
+                return Pushed::Closed;
+            }
             if queue.len() >= self.shared.capacity {
                 drop(queue);
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
@@ -116,7 +126,7 @@ impl<T> Inbox<T> {
         let capacity = capacity.max(1);
         let shared = Arc::new(Shared {
             // Grows on demand up to `capacity`; a quiet participant's queue stays small.
-            queue: Mutex::new(VecDeque::with_capacity(capacity.min(16))),
+            queue: Mutex::new(VecDeque::with_capacity(capacity.min(INITIAL_CAPACITY))),
             len: AtomicUsize::new(0),
             scheduled: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -144,6 +154,11 @@ impl<T> Inbox<T> {
         let n = queue.len().min(max);
         out.extend(queue.drain(..n));
         self.shared.len.store(queue.len(), Ordering::Release);
+        // A burst grew the ring; once it is empty, give the memory back (a keyframe's
+        // burst re-grows it, at most every few seconds).
+        if queue.is_empty() && queue.capacity() > SHRINK_ABOVE {
+            queue.shrink_to(INITIAL_CAPACITY);
+        }
         n
     }
 
@@ -169,9 +184,11 @@ impl<T> Inbox<T> {
 
 impl<T> Drop for Inbox<T> {
     fn drop(&mut self) {
-        self.shared.closed.store(true, Ordering::Release);
         // Queued items go with the consumer, not with the last producer.
-        self.shared.lock().clear();
+        let mut queue = self.shared.lock();
+        self.shared.closed.store(true, Ordering::Release);
+        queue.clear();
+        queue.shrink_to_fit();
         self.shared.len.store(0, Ordering::Release);
     }
 }
@@ -261,6 +278,21 @@ mod tests {
         assert_eq!(out, vec![3, 10, 11]);
         assert!(!inbox.has_pending());
         assert_eq!(inbox.depth(), 0);
+        actor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn a_burst_grows_the_ring_and_an_empty_drain_gives_it_back() {
+        let (actor, _wakes) = counter().await;
+        let (mut inbox, tx) = Inbox::<u32>::new(1024, actor.clone(), || Wake);
+        for i in 0..500 {
+            assert_eq!(tx.push(i), Pushed::Queued);
+        }
+        assert!(inbox.shared.lock().capacity() >= 500);
+        let mut out = Vec::new();
+        assert_eq!(inbox.drain(&mut out, 1024), 500);
+        assert!(inbox.shared.lock().capacity() <= SHRINK_ABOVE);
+        assert_eq!(out, (0..500).collect::<Vec<_>>());
         actor.stop(None);
     }
 

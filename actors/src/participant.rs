@@ -254,8 +254,10 @@ const DRAIN_BATCH: usize = 256;
 const SCRATCH_START: usize = 16;
 
 /// Histogram of the time a forwarded packet spends in the node, in seconds: from its
-/// publisher's datagram leaving the media socket to this subscriber's copy being handed to
-/// the kernel (queues, decryption, fan-out, the subscriber's turn, encryption, `sendto`).
+/// publisher's datagram leaving the media socket to the kernel having taken the subscriber's
+/// whole batch that carried the copy (queues, decryption, fan-out, the subscriber's turn,
+/// encryption, `sendto`). The clock is read once per flushed batch, so a packet early in a
+/// large batch is charged the rest of the batch's sends: an upper bound per packet.
 pub const FORWARD_DELAY_METRIC: &str = "hearth_forward_delay_seconds";
 
 /// One forwarded packet in this many is timed into [`FORWARD_DELAY_METRIC`] (recording

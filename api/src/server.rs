@@ -117,14 +117,17 @@ pub fn metrics_handle() -> PrometheusHandle {
             // Histogram samples wait in per-handle buffers until folded into buckets; fold
             // them every second even when nobody scrapes /metrics, so memory stays flat.
             let upkeep = handle.clone();
-            let _ = std::thread::Builder::new()
+            if let Err(e) = std::thread::Builder::new()
                 .name("metrics-upkeep".into())
                 .spawn(move || {
                     loop {
                         std::thread::sleep(std::time::Duration::from_secs(1));
                         upkeep.run_upkeep();
                     }
-                });
+                })
+            {
+                tracing::error!(error = %e, "no metrics upkeep thread: histogram samples are folded only when /metrics is read");
+            }
             // Fails only if another recorder was installed first; then ours stays unused
             // and /metrics shows what this one saw (nothing).
             let _ = metrics::set_global_recorder(recorder);

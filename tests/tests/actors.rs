@@ -10,6 +10,16 @@ use hearth_tests::{ClientOptions, ClientStats, Kind, TestClient, TestServer, par
 /// Generous: a debug build on a small CI machine sets up DTLS in well under this.
 const T: Duration = Duration::from_secs(20);
 
+/// (count, sum, count within 1 s) of `hearth_forward_delay_seconds`, zeros if absent.
+fn forward_delays(metrics: &str) -> (f64, f64, f64) {
+    let read = |name: &str| parse_metric(metrics, name).unwrap_or(0.0);
+    (
+        read("hearth_forward_delay_seconds_count"),
+        read("hearth_forward_delay_seconds_sum"),
+        read("hearth_forward_delay_seconds_bucket{le=\"1\"}"),
+    )
+}
+
 async fn join(server: &TestServer, meeting: &str, name: &str) -> TestClient {
     TestClient::join(server, meeting, name, ClientOptions::av())
         .await
@@ -121,6 +131,9 @@ fn ids(clients: &[&TestClient]) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_exchange_media_and_leave() {
     let server = TestServer::start().await;
+    // The metrics recorder is process-wide: other tests in this binary may have recorded
+    // forward delays already, so this test looks at what it adds.
+    let delays_before = forward_delays(&server.metrics_text().await);
     let a = join(&server, "jl", "ada").await;
     assert_eq!(
         a.stats().participants,
@@ -164,11 +177,16 @@ async fn join_exchange_media_and_leave() {
 
     // Forwarded packets' time in the node is sampled into a histogram; none took long.
     let text = server.metrics_text().await;
-    let count = parse_metric(&text, "hearth_forward_delay_seconds_count")
-        .expect("forward delay histogram exported");
-    let sum = parse_metric(&text, "hearth_forward_delay_seconds_sum").unwrap_or(f64::NAN);
-    let under_a_second =
-        parse_metric(&text, "hearth_forward_delay_seconds_bucket{le=\"1\"}").unwrap_or(0.0);
+    assert!(
+        parse_metric(&text, "hearth_forward_delay_seconds_count").is_some(),
+        "forward delay histogram exported"
+    );
+    let after = forward_delays(&text);
+    let (count, sum, under_a_second) = (
+        after.0 - delays_before.0,
+        after.1 - delays_before.1,
+        after.2 - delays_before.2,
+    );
     assert!(count > 20.0, "forwarded packets sampled: {count}");
     assert_eq!(
         under_a_second, count,
