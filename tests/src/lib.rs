@@ -1835,6 +1835,12 @@ fn vp8() -> RTCRtpCodecParameters {
     }
 }
 
+/// The test client's peer connection (see [`new_peer_connection`]), for benchmarks that
+/// drive a Hearth peer in memory.
+pub fn rtc_client(local_addr: SocketAddr) -> Result<RTCPeerConnection, String> {
+    new_peer_connection(local_addr)
+}
+
 /// A peer connection with Opus and VP8, the default interceptors, one host candidate at
 /// `local_addr`, and inbound PLI/FIR/NACK delivered to us.
 fn new_peer_connection(local_addr: SocketAddr) -> Result<RTCPeerConnection, String> {
