@@ -106,23 +106,8 @@ async fn main() {
     } else {
         tokio::process::Command::new(&bin)
     };
-    let mut server = cmd
-        .args(["--http", &format!("127.0.0.1:{port}")])
-        .args([
-            "--media-port",
-            "0",
-            "--media-bind",
-            "127.0.0.1",
-            "--turn-port",
-            "0",
-        ])
-        .args(["--api-key", KEY, "--api-secret", SECRET])
-        .arg("--data-dir")
-        .arg(&data)
+    let mut server = hearth_tests::node_args(&mut cmd, port, (KEY, SECRET), &data)
         .env("HEARTH_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("server starts");
     let pid = server.id().expect("pid");

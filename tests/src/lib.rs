@@ -307,6 +307,50 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
+/// A binary of this workspace next to the running test executable (target/<profile>/NAME),
+/// built by `cargo build --workspace` (which `tests/run.sh` runs first).
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX)))
+        .expect("the test executable lives in target/<profile>/deps");
+    assert!(
+        path.is_file(),
+        "{} does not exist: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+/// Adds the arguments every spawned `hearth` node of the tests and benches takes: HTTP on
+/// 127.0.0.1:`port`, media on an ephemeral loopback port, no fixed TURN port, the API key
+/// pair, `data` as its data directory; output discarded; killed when the handle drops.
+/// `cmd` is `hearth` itself or a wrapper (`taskset ... hearth`) that ends with it.
+pub fn node_args<'a>(
+    cmd: &'a mut tokio::process::Command,
+    port: u16,
+    (key, secret): (&str, &str),
+    data: &std::path::Path,
+) -> &'a mut tokio::process::Command {
+    cmd.args(["--http", &format!("127.0.0.1:{port}")])
+        .args([
+            "--media-port",
+            "0",
+            "--media-bind",
+            "127.0.0.1",
+            "--turn-port",
+            "0",
+        ])
+        .args(["--api-key", key, "--api-secret", secret])
+        .arg("--data-dir")
+        .arg(data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+}
+
 /// Finds `name{labels}` (exactly as the exporter writes it) in Prometheus text.
 pub fn parse_metric(text: &str, name_with_labels: &str) -> Option<f64> {
     text.lines()

@@ -27,18 +27,7 @@ macro_rules! parse {
 
 /// `target/<profile>/hearthctl`, next to the `deps/` directory of this test executable.
 fn hearthctl_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|dir| dir.join(format!("hearthctl{}", std::env::consts::EXE_SUFFIX)))
-        .expect("the test executable lives in target/<profile>/deps");
-    assert!(
-        bin.is_file(),
-        "{} does not exist: run `cargo build --workspace` first",
-        bin.display()
-    );
-    bin
+    hearth_tests::workspace_bin("hearthctl")
 }
 
 /// What one run of the CLI did.
@@ -780,23 +769,9 @@ async fn drain_waits_for_the_node_to_exit_cleanly() {
         .expect("a free port")
         .port();
     let data = std::env::temp_dir().join(format!("hearthctl-drain-{port}"));
-    let mut node = Command::new(&hearth)
-        .args(["--http", &format!("127.0.0.1:{port}")])
-        .args([
-            "--media-port",
-            "0",
-            "--media-bind",
-            "127.0.0.1",
-            "--turn-port",
-            "0",
-        ])
-        .args(["--api-key", API_KEY, "--api-secret", API_SECRET])
+    let mut node = Command::new(&hearth);
+    let mut node = hearth_tests::node_args(&mut node, port, (API_KEY, API_SECRET), &data)
         .args(["--empty-timeout", "1s"])
-        .arg("--data-dir")
-        .arg(&data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("the node starts");
     let ctl = Ctl {

@@ -12,18 +12,7 @@ const KEY: &str = "APIloadgen";
 const SECRET: &str = "loadgen-secret-0123456789abcdef";
 
 fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|dir| dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX)))
-        .expect("target/<profile>/deps");
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --workspace` first",
-        path.display()
-    );
-    path
+    hearth_tests::workspace_bin(name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,15 +23,8 @@ async fn a_short_run_carries_media_and_reports_every_field() {
         .port();
     let dir = std::env::temp_dir().join(format!("hearth-loadgen-test-{port}"));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let mut node = Command::new(bin("hearth"))
-        .args(["--http", &format!("127.0.0.1:{port}")])
-        .args(["--media-port", "0", "--turn-port", "0"])
-        .args(["--api-key", KEY, "--api-secret", SECRET])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
+    let mut node = Command::new(bin("hearth"));
+    let mut node = hearth_tests::node_args(&mut node, port, (KEY, SECRET), &dir.join("data"))
         .spawn()
         .expect("node starts");
     let pid = node.id().expect("pid");
