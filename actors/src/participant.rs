@@ -231,8 +231,6 @@ pub struct ParticipantState {
     scratch_media: Vec<MediaItem>,
     /// Socket-arrival times of the sampled packets forwarded in the current media batch.
     forwarded_arrivals: Vec<Instant>,
-    /// Forwarded packets so far, to sample one in [`FORWARD_DELAY_SAMPLE_EVERY`].
-    forward_sample: u64,
     /// `hearth_forward_delay_seconds`: socket arrival → forwarded packet handed to the kernel.
     forward_delay: metrics::Histogram,
     leaving: bool,
@@ -350,7 +348,6 @@ impl Actor for ParticipantActor {
             scratch_datagrams: Vec::with_capacity(SCRATCH_START),
             scratch_media: Vec::with_capacity(SCRATCH_START),
             forwarded_arrivals: Vec::with_capacity(SCRATCH_START),
-            forward_sample: 0,
             forward_delay: metrics::histogram!(FORWARD_DELAY_METRIC),
             leaving: false,
         })
@@ -790,17 +787,18 @@ impl ParticipantState {
                         .send_rtp(now, sender, header, item.packet.payload)
                         .is_ok()
                     {
+                        self.stats.packets_sent += 1;
                         if !item.retransmission {
                             sub.stats.on_sent(now, header.timestamp, len);
-                            self.forward_sample = self.forward_sample.wrapping_add(1);
+                            // Sampled by the running count of sent packets.
                             if self
-                                .forward_sample
+                                .stats
+                                .packets_sent
                                 .is_multiple_of(FORWARD_DELAY_SAMPLE_EVERY)
                             {
                                 self.forwarded_arrivals.push(arrival);
                             }
                         }
-                        self.stats.packets_sent += 1;
                     }
                 }
                 Err(ForwardDrop::WaitingForKeyframe) => {
@@ -1034,8 +1032,8 @@ impl ParticipantState {
         self.drops_reported = (media, ingress);
     }
 
-    /// Records, for each packet of the media batch just flushed, how long it spent in this
-    /// node: from the publisher's datagram leaving the socket to this copy entering it.
+    /// Records, for each sampled packet of the media batch just flushed, how long it spent in
+    /// this node: from the publisher's datagram leaving the socket to the batch being sent.
     fn record_forward_delays(&mut self) {
         if self.forwarded_arrivals.is_empty() {
             return;
