@@ -204,7 +204,7 @@ pub struct ParticipantState {
     signal: SignalSender,
     mux: Arc<UdpMux>,
     mux_hint: usize,
-    _registration: MuxRegistration,
+    registration: MuxRegistration,
     peer: WebRtcPeer,
     can_publish: bool,
     /// Mids of tracks refused for lack of the publish grant (told once each).
@@ -322,7 +322,7 @@ impl Actor for ParticipantActor {
             signal: args.signal,
             mux: args.mux,
             mux_hint,
-            _registration: registration,
+            registration,
             peer,
             can_publish: args.can_publish,
             refused_mids: Vec::new(),
@@ -572,7 +572,7 @@ impl ParticipantState {
             PeerError::InvalidSdp(_) => SignalErrorCode::InvalidSdp,
             PeerError::Negotiation(_) => SignalErrorCode::NegotiationFailed,
             PeerError::InvalidCandidate(_) => SignalErrorCode::InvalidCandidate,
-            PeerError::Stack(_) => SignalErrorCode::Internal,
+            PeerError::Transport(_) => SignalErrorCode::Internal,
         };
         self.signal
             .send(ServerSignal::Error(SignalError::new(code, e.to_string())));
@@ -618,6 +618,8 @@ impl ParticipantState {
                     self.leave(LeaveReason::Disconnected, myself);
                     return;
                 }
+                PeerEvent::PathValidated(addr) => self.registration.learn(addr),
+                PeerEvent::PathExpired(addr) => self.registration.forget(addr),
                 PeerEvent::TrackOpened(track) => self.on_track_opened(now, track),
                 PeerEvent::TrackClosed { stack_id } => {
                     if let Some(index) = self.published.iter().position(|p| p.stack_id == stack_id)

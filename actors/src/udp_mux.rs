@@ -6,7 +6,10 @@
 //!
 //! 1. by source address (5-tuple; one map lookup per packet), else
 //! 2. if the datagram is a STUN Binding request, by the server ufrag in its USERNAME
-//!    (`<server ufrag>:<client ufrag>`); the source address is then learned for step 1.
+//!    (`<server ufrag>:<client ufrag>`). The source address is *not* learned here: only once
+//!    the participant's ICE agent checked the request's MESSAGE-INTEGRITY does it call
+//!    [`MuxRegistration::learn`] (and [`MuxRegistration::forget`] when consent runs out), so a
+//!    forged request cannot steer another address's datagrams.
 //!
 //! Anything else is dropped and counted. Participants send through [`UdpMux::send_to`],
 //! which never blocks (a full socket buffer drops the datagram, counted).
@@ -82,6 +85,35 @@ impl Drop for MuxRegistration {
                 .by_addr
                 .remove_if(&addr, |_, e| Arc::ptr_eq(e, &self.entry));
         }
+    }
+}
+
+/// Most addresses routed to one participant at once (its validated ICE paths).
+pub const MAX_ADDRS_PER_PARTICIPANT: usize = 16;
+
+impl MuxRegistration {
+    /// Routes `addr` to this participant (ICE validated it). Beyond
+    /// [`MAX_ADDRS_PER_PARTICIPANT`] the address is not routed by address; its checks still
+    /// arrive by ufrag.
+    pub fn learn(&self, addr: SocketAddr) {
+        let Ok(mut addrs) = self.entry.addrs.lock() else {
+            return;
+        };
+        if addrs.contains(&addr) || addrs.len() >= MAX_ADDRS_PER_PARTICIPANT {
+            return;
+        }
+        addrs.push(addr);
+        self.mux.by_addr.insert(addr, Arc::clone(&self.entry));
+    }
+
+    /// Stops routing `addr` to this participant (its consent expired).
+    pub fn forget(&self, addr: SocketAddr) {
+        if let Ok(mut addrs) = self.entry.addrs.lock() {
+            addrs.retain(|a| *a != addr);
+        }
+        self.mux
+            .by_addr
+            .remove_if(&addr, |_, e| Arc::ptr_eq(e, &self.entry));
     }
 }
 
@@ -198,15 +230,6 @@ impl UdpMux {
             self.counters.unroutable.increment(1);
             return;
         };
-        // Learn the address; the stack still authenticates the request (MESSAGE-INTEGRITY),
-        // and a forged one only sends its own datagrams to this participant.
-        if let Ok(mut addrs) = entry.addrs.lock()
-            && addrs.len() < 16
-            && !addrs.contains(&datagram.from)
-        {
-            addrs.push(datagram.from);
-            self.by_addr.insert(datagram.from, Arc::clone(&entry));
-        }
         entry.sink.deliver(datagram);
     }
 

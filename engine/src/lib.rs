@@ -36,6 +36,7 @@ pub mod seq;
 pub mod speaker;
 pub mod stats;
 pub mod stun;
+pub mod transport;
 pub mod turn;
 
 pub use codec::is_keyframe;

@@ -19,6 +19,7 @@
 
 pub mod turn;
 
+use std::collections::VecDeque;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -27,7 +28,6 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Bytes, BytesMut};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use hearth_actors::webrtc::DeliverRtcp;
 use hearth_actors::{Grants, MeetingId, Node, ParticipantId};
 use hearth_api::config::Config;
 use hearth_api::server::RunningServer;
@@ -35,7 +35,7 @@ use hearth_api::token;
 use hearth_proto::signal::v1 as pb;
 use pb::client_message::Message as C;
 use pb::server_message::Message as S;
-use rtc::interceptor::{Registry, Slot};
+use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
@@ -1849,7 +1849,8 @@ fn ice_ufrag(sdp: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn opus() -> RTCRtpCodecParameters {
+/// The Opus codec the test client registers.
+pub fn opus() -> RTCRtpCodecParameters {
     RTCRtpCodecParameters {
         rtp_codec: RTCRtpCodec {
             mime_type: MIME_TYPE_OPUS.to_owned(),
@@ -1862,7 +1863,8 @@ fn opus() -> RTCRtpCodecParameters {
     }
 }
 
-fn vp8() -> RTCRtpCodecParameters {
+/// The VP8 codec the test client registers.
+pub fn vp8() -> RTCRtpCodecParameters {
     let fb = |typ: &str, parameter: &str| RTCPFeedback {
         typ: typ.to_owned(),
         parameter: parameter.to_owned(),
@@ -2034,4 +2036,56 @@ impl RawSignal {
             }
         }
     }
+}
+
+/// Marks every inbound RTCP packet for the application: without it the stack consumes
+/// PLI/FIR/NACK and we could not relay keyframe requests or answer NACKs from our cache.
+#[derive(Default)]
+pub struct DeliverRtcp {
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverRtcp {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if matches!(msg.message.packet, Packet::Rtcp(_)) {
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write.pop_front()
+    }
+
+    fn handle_timeout(&mut self, _now: Instant) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    fn poll_timeout(&mut self) -> Option<Self::Time> {
+        None
+    }
+}
+
+impl Interceptor for DeliverRtcp {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }

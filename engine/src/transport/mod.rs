@@ -1,0 +1,30 @@
+//! The server's own WebRTC transport, sans-IO, on webrtc-rs's component crates.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`ice`] | ICE-lite: checks answered (USERNAME, MESSAGE-INTEGRITY, FINGERPRINT), nomination, consent freshness |
+//! | [`dtls`] | DTLS 1.2 server on `rtc-dtls`: node identity, fingerprint check, SRTP key export |
+//! | [`srtp`] | SRTP/SRTCP contexts on `rtc-srtp` (replay window on receive) |
+//! | [`sdp`] | offer/answer on `rtc-sdp`: BUNDLE, codecs, extensions, SSRCs, m-line recycling, limits |
+//! | [`rtcp`] | RTCP parsing with abuse limits, and builders |
+//! | [`twcc`] | transport-wide congestion control feedback toward publishers |
+//! | [`peer`] | one participant's transport: RFC 7983 demux and everything above together |
+//!
+//! Like the rest of the engine it owns no socket, task or clock: datagrams and `Instant`s
+//! come in, datagrams and events go out. One exception to the engine's determinism: the
+//! DTLS handshake draws its randoms from the crypto provider, as TLS must.
+
+pub mod dtls;
+pub mod ice;
+pub mod peer;
+pub mod rtcp;
+pub mod sdp;
+pub mod srtp;
+pub mod twcc;
+
+pub use dtls::DtlsIdentity;
+pub use peer::{
+    Inbound, InboundTrack, Peer, PeerConfig, PeerError, PeerEvent, PeerStats, SenderKey,
+};
+pub use rtcp::Feedback;
+pub use sdp::CodecParams;

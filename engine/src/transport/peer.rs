@@ -1,0 +1,814 @@
+//! One participant's WebRTC transport: ICE-lite, DTLS, SRTP, RTP/RTCP and SDP together.
+//!
+//! Datagrams are demultiplexed as RFC 7983 says (STUN 0-3, DTLS 20-63, RTP/RTCP 128-191).
+//! Nothing but STUN is looked at from an address ICE has not validated; RTP for an SSRC
+//! that no agreed section announced (by `a=ssrc` or by the mid header extension) is dropped
+//! before any SRTP state exists for it; datagrams over [`MAX_DATAGRAM`] are dropped. Every
+//! drop is counted in [`PeerStats`].
+//!
+//! HOT PATH: `handle_datagram` for RTP and `send_rtp`. No logging; one header parse, one
+//! decryption or encryption (which allocates its output), payloads as `Bytes` slices.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use rtc_shared::marshal::{MarshalSize, Unmarshal};
+
+use super::dtls::{DtlsEvent, DtlsIdentity, DtlsServer};
+use super::ice::{IceLite, StunOutcome};
+use super::rtcp::{self, Feedback};
+use super::sdp::{
+    self, AUDIO_LEVEL_URI, CodecParams, LocalParams, MID_URI, Negotiator, SdpError, Sender,
+    TRANSPORT_CC_URI,
+};
+use super::srtp::SrtpSession;
+// TEMPORARY until twcc.rs lands (same API).
+struct TwccRecorder;
+impl TwccRecorder {
+    fn new(_: u32) -> Self {
+        TwccRecorder
+    }
+    fn on_packet(&mut self, _: Instant, _: u32, _: u16) {}
+    fn poll_feedback(&mut self, _: Instant) -> Option<Vec<u8>> {
+        None
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+}
+use crate::codec;
+use crate::forwarder::ForwardedHeader;
+use crate::media::{AudioLevel, MediaKind, MediaPacket, Ssrc};
+use crate::stats::{ReportBlock, SenderInfo};
+
+/// Largest datagram accepted (an Ethernet MTU with room for tunnels; browsers stay ~1,200).
+pub const MAX_DATAGRAM: usize = 2048;
+/// Inbound streams (SSRCs) kept per participant.
+pub const MAX_INBOUND_STREAMS: usize = 64;
+/// How long ICE and DTLS may take before the peer is given up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors for signaling, classified for its error codes.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("invalid SDP: {0}")]
+    InvalidSdp(String),
+    #[error("negotiation: {0}")]
+    Negotiation(String),
+    #[error("invalid candidate: {0}")]
+    InvalidCandidate(String),
+    #[error("transport: {0}")]
+    Transport(String),
+}
+
+impl From<SdpError> for PeerError {
+    fn from(e: SdpError) -> Self {
+        match e {
+            SdpError::Invalid(s) => PeerError::InvalidSdp(s),
+            SdpError::Negotiation(s) => PeerError::Negotiation(s),
+        }
+    }
+}
+
+/// Everything a new transport needs.
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    /// Our one host candidate (public IP and media port).
+    pub advertised: SocketAddr,
+    pub identity: DtlsIdentity,
+    pub ufrag: String,
+    pub pwd: String,
+    /// Random values from the caller (the engine draws none).
+    pub session_id: u64,
+    pub rtcp_ssrc: u32,
+}
+
+/// A track the client started sending.
+#[derive(Clone, Debug)]
+pub struct InboundTrack {
+    pub ssrc: Ssrc,
+    pub kind: MediaKind,
+    pub codec: CodecParams,
+    pub mid: String,
+    /// Key for [`PeerEvent::TrackClosed`] (the section's mid).
+    pub stack_id: String,
+}
+
+/// State changes, drained with [`Peer::poll_event`].
+#[derive(Clone, Debug)]
+pub enum PeerEvent {
+    /// Our candidate, to trickle once (it is in every description too).
+    LocalCandidate {
+        candidate: String,
+        mid: Option<String>,
+    },
+    /// ICE and DTLS are up, the remote certificate matched: media flows.
+    Connected,
+    /// The transport is over.
+    Gone(&'static str),
+    TrackOpened(InboundTrack),
+    TrackClosed {
+        stack_id: String,
+    },
+    /// ICE validated a new path: the caller may route this address to us.
+    PathValidated(SocketAddr),
+    /// A path's consent ran out: stop routing it.
+    PathExpired(SocketAddr),
+}
+
+/// Media and feedback from the client, drained with [`Peer::poll_inbound`].
+#[derive(Clone, Debug)]
+pub enum Inbound {
+    Rtp(MediaPacket),
+    Feedback(Feedback),
+}
+
+/// Handle of one outgoing stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SenderKey {
+    pub index: usize,
+    pub ssrc: Ssrc,
+}
+
+/// What the transport dropped or refused, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    pub oversized: u64,
+    pub unvalidated: u64,
+    pub not_demuxed: u64,
+    pub before_keys: u64,
+    pub malformed_rtp: u64,
+    pub unknown_ssrc: u64,
+    pub srtp_failed: u64,
+    pub srtcp_failed: u64,
+    pub padding_only: u64,
+    pub rtcp_malformed: u64,
+    pub stun_refused: u64,
+}
+
+#[derive(Clone, Debug)]
+struct InboundStream {
+    /// Index of the section in the agreed list.
+    section: usize,
+    /// For an RTX stream: the primary SSRC.
+    rtx_of: Option<u32>,
+    opened: bool,
+}
+
+/// One participant's transport.
+pub struct Peer {
+    advertised: SocketAddr,
+    ice: IceLite,
+    dtls: DtlsServer,
+    srtp: Option<SrtpSession>,
+    negotiator: Negotiator,
+    twcc: TwccRecorder,
+    rtcp_ssrc: u32,
+    streams: HashMap<u32, InboundStream>,
+    /// Mid header extension id (one per BUNDLE transport).
+    mid_ext: Option<u8>,
+    transmits: VecDeque<(SocketAddr, BytesMut)>,
+    events: VecDeque<PeerEvent>,
+    inbound: VecDeque<Inbound>,
+    feedback_scratch: Vec<Feedback>,
+    created: Instant,
+    connected: bool,
+    gone: bool,
+    candidate_announced: bool,
+    stats: PeerStats,
+}
+
+impl Peer {
+    pub fn new(config: PeerConfig, now: Instant) -> Self {
+        let candidate = format!(
+            "candidate:1 1 udp 2130706431 {} {} typ host",
+            config.advertised.ip(),
+            config.advertised.port()
+        );
+        let local = LocalParams {
+            ufrag: config.ufrag.clone(),
+            pwd: config.pwd.clone(),
+            fingerprint: config.identity.fingerprint().to_owned(),
+            candidate,
+        };
+        Self {
+            advertised: config.advertised,
+            ice: IceLite::new(config.ufrag, config.pwd),
+            dtls: DtlsServer::new(&config.identity),
+            srtp: None,
+            negotiator: Negotiator::new(local, config.session_id),
+            twcc: TwccRecorder::new(config.rtcp_ssrc),
+            rtcp_ssrc: config.rtcp_ssrc,
+            streams: HashMap::new(),
+            mid_ext: None,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            inbound: VecDeque::new(),
+            feedback_scratch: Vec::new(),
+            created: now,
+            connected: false,
+            gone: false,
+            candidate_announced: false,
+            stats: PeerStats::default(),
+        }
+    }
+
+    pub fn advertised(&self) -> SocketAddr {
+        self.advertised
+    }
+
+    pub fn is_stable(&self) -> bool {
+        self.negotiator.is_stable()
+    }
+
+    pub fn has_local_offer(&self) -> bool {
+        self.negotiator.has_local_offer()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    pub fn stats(&self) -> PeerStats {
+        let mut s = self.stats;
+        let ice = self.ice.stats();
+        s.stun_refused = ice.malformed + ice.not_a_request + ice.wrong_username + ice.bad_integrity;
+        s
+    }
+
+    /// The agreed sections (tests and operators).
+    pub fn sections(&self) -> &[sdp::Section] {
+        self.negotiator.sections()
+    }
+
+    /// The selected ICE path.
+    pub fn selected_path(&self) -> Option<SocketAddr> {
+        self.ice.selected()
+    }
+
+    // ---- negotiation ---------------------------------------------------------------------
+
+    /// Applies the client's offer; returns our answer.
+    pub fn apply_offer(&mut self, _now: Instant, sdp: &str) -> Result<String, PeerError> {
+        let (answer, applied) = self.negotiator.apply_offer(sdp)?;
+        self.after_negotiation(applied);
+        Ok(answer)
+    }
+
+    /// Our offer for the senders added or removed since the last exchange.
+    pub fn create_offer(&mut self, _now: Instant) -> Result<String, PeerError> {
+        let offer = self.negotiator.create_offer()?;
+        self.announce_candidate();
+        Ok(offer)
+    }
+
+    pub fn apply_answer(&mut self, now: Instant, sdp: &str) -> Result<(), PeerError> {
+        let applied = self.negotiator.apply_answer(sdp)?;
+        if applied.remote.remote_passive {
+            self.dtls.use_client_role();
+        }
+        self.after_negotiation(applied);
+        self.start_dtls_client(now);
+        Ok(())
+    }
+
+    /// In the client role, the ClientHello goes out once ICE selected a path.
+    fn start_dtls_client(&mut self, now: Instant) {
+        if self.dtls.wants_to_start() && self.ice.selected().is_some() {
+            self.dtls.start_client(now);
+            self.drain_dtls();
+        }
+    }
+
+    pub fn rollback(&mut self, _now: Instant) {
+        self.negotiator.rollback();
+    }
+
+    fn after_negotiation(&mut self, applied: sdp::Applied) {
+        self.ice.set_remote_ufrag(&applied.remote.ufrag);
+        self.dtls
+            .set_remote_fingerprints(applied.remote.fingerprints);
+        self.drain_dtls();
+        for mid in applied.stopped {
+            self.events
+                .push_back(PeerEvent::TrackClosed { stack_id: mid });
+        }
+        self.rebuild_streams();
+        self.announce_candidate();
+    }
+
+    fn announce_candidate(&mut self) {
+        if self.candidate_announced {
+            return;
+        }
+        self.candidate_announced = true;
+        let mid = self
+            .negotiator
+            .sections()
+            .iter()
+            .find(|s| !s.rejected)
+            .map(|s| s.mid.clone());
+        self.events.push_back(PeerEvent::LocalCandidate {
+            candidate: format!(
+                "candidate:1 1 udp 2130706431 {} {} typ host",
+                self.advertised.ip(),
+                self.advertised.port()
+            ),
+            mid,
+        });
+    }
+
+    /// Re-derives which SSRCs may carry media from the agreed sections. Streams learned by
+    /// the mid extension stay while their section still receives.
+    fn rebuild_streams(&mut self) {
+        let sections = self.negotiator.sections();
+        let mut next: HashMap<u32, InboundStream> = HashMap::new();
+        self.mid_ext = None;
+        for (i, s) in sections.iter().enumerate() {
+            if s.rejected || !s.remote_sends {
+                continue;
+            }
+            if self.mid_ext.is_none() {
+                self.mid_ext = s.extension_id(MID_URI);
+            }
+            for ssrc in &s.remote_ssrcs {
+                let opened = self
+                    .streams
+                    .get(ssrc)
+                    .is_some_and(|st| st.section == i && st.opened);
+                next.insert(
+                    *ssrc,
+                    InboundStream {
+                        section: i,
+                        rtx_of: None,
+                        opened,
+                    },
+                );
+            }
+            for (rtx, primary) in &s.remote_rtx {
+                next.insert(
+                    *rtx,
+                    InboundStream {
+                        section: i,
+                        rtx_of: Some(*primary),
+                        opened: true,
+                    },
+                );
+            }
+        }
+        // Keep streams learned from the mid extension on sections that still receive.
+        for (ssrc, st) in &self.streams {
+            if !next.contains_key(ssrc)
+                && let Some(s) = sections.get(st.section)
+                && !s.rejected
+                && s.remote_sends
+                && s.remote_ssrcs.is_empty()
+            {
+                next.insert(*ssrc, st.clone());
+            }
+        }
+        self.streams = next;
+    }
+
+    /// Remote candidates: an ICE-lite server never sends to an address it did not hear a
+    /// valid check from, so they are checked for form and otherwise ignored.
+    pub fn add_remote_candidate(&mut self, candidate: &str) -> Result<(), PeerError> {
+        let c = candidate.trim();
+        if c.is_empty() {
+            return Ok(()); // end of candidates
+        }
+        let body = c.strip_prefix("candidate:").unwrap_or(c);
+        let fields: Vec<&str> = body.split_whitespace().collect();
+        if c.len() > 1024 || fields.len() < 8 || fields[6] != "typ" {
+            return Err(PeerError::InvalidCandidate(
+                "not an ICE candidate (RFC 8839 §5.1)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    // ---- senders -------------------------------------------------------------------------
+
+    /// Adds an outgoing stream (offered with the next [`Self::create_offer`]). `ssrc` is
+    /// random from the caller.
+    pub fn add_sender(
+        &mut self,
+        kind: MediaKind,
+        codec: &CodecParams,
+        stream_id: &str,
+        track_id: &str,
+        ssrc: u32,
+    ) -> SenderKey {
+        let index = self.negotiator.add_sender(Sender {
+            kind,
+            codec: codec.clone(),
+            ssrc,
+            stream_id: stream_id.to_owned(),
+            track_id: track_id.to_owned(),
+            pt: None,
+            removed: false,
+        });
+        SenderKey {
+            index,
+            ssrc: Ssrc(ssrc),
+        }
+    }
+
+    pub fn remove_sender(&mut self, key: SenderKey) {
+        self.negotiator.remove_sender(key.index);
+    }
+
+    /// Sends one forwarded RTP packet on `key`'s stream.
+    pub fn send_rtp(
+        &mut self,
+        _now: Instant,
+        key: SenderKey,
+        header: ForwardedHeader,
+        payload: &[u8],
+    ) -> Result<(), PeerError> {
+        let Some(pt) = self.negotiator.sender(key.index).and_then(|s| s.pt) else {
+            return Err(PeerError::Negotiation("codec not negotiated".into()));
+        };
+        let (Some(srtp), Some(to)) = (self.srtp.as_mut(), self.ice.selected()) else {
+            return Err(PeerError::Transport("not connected".into()));
+        };
+        let rtp_header = rtc_rtp::header::Header {
+            version: 2,
+            marker: header.marker,
+            payload_type: pt,
+            sequence_number: header.seq,
+            timestamp: header.timestamp,
+            ssrc: header.ssrc.0,
+            ..Default::default()
+        };
+        let mut plain = BytesMut::with_capacity(12 + payload.len());
+        plain.put_u8(0x80);
+        plain.put_u8((u8::from(header.marker) << 7) | (pt & 0x7f));
+        plain.put_u16(header.seq);
+        plain.put_u32(header.timestamp);
+        plain.put_u32(header.ssrc.0);
+        plain.extend_from_slice(payload);
+        let sealed = srtp
+            .encrypt_rtp(&plain, &rtp_header)
+            .map_err(|e| PeerError::Transport(e.to_string()))?;
+        self.transmits.push_back((to, sealed));
+        Ok(())
+    }
+
+    // ---- RTCP out ------------------------------------------------------------------------
+
+    pub fn send_pli(&mut self, media_ssrc: Ssrc) -> Result<(), PeerError> {
+        let p = rtcp::pli(self.rtcp_ssrc, media_ssrc.0);
+        self.send_rtcp(&p)
+    }
+
+    pub fn send_nack(&mut self, media_ssrc: Ssrc, seqs: &[u16]) -> Result<(), PeerError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let p = rtcp::nack(self.rtcp_ssrc, media_ssrc.0, seqs);
+        self.send_rtcp(&p)
+    }
+
+    pub fn send_receiver_report(&mut self, blocks: &[ReportBlock]) -> Result<(), PeerError> {
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        let p = rtcp::receiver_reports(self.rtcp_ssrc, blocks);
+        self.send_rtcp(&p)
+    }
+
+    pub fn send_sender_report(
+        &mut self,
+        key: SenderKey,
+        info: SenderInfo,
+    ) -> Result<(), PeerError> {
+        let p = rtcp::sender_report(key.ssrc.0, &info);
+        self.send_rtcp(&p)
+    }
+
+    fn send_rtcp(&mut self, plain: &[u8]) -> Result<(), PeerError> {
+        let (Some(srtp), Some(to)) = (self.srtp.as_mut(), self.ice.selected()) else {
+            return Err(PeerError::Transport("not connected".into()));
+        };
+        let sealed = srtp
+            .encrypt_rtcp(plain)
+            .map_err(|e| PeerError::Transport(e.to_string()))?;
+        self.transmits.push_back((to, sealed));
+        Ok(())
+    }
+
+    // ---- datagrams in --------------------------------------------------------------------
+
+    /// Feeds one datagram received from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: BytesMut) {
+        if self.gone {
+            return;
+        }
+        if data.len() > MAX_DATAGRAM {
+            self.stats.oversized += 1;
+            return;
+        }
+        let Some(&first) = data.first() else {
+            self.stats.not_demuxed += 1;
+            return;
+        };
+        if first <= 3 {
+            self.on_stun(now, from, &data);
+            return;
+        }
+        if !self.ice.is_validated(from) {
+            self.stats.unvalidated += 1;
+            return;
+        }
+        match first {
+            20..=63 => {
+                self.dtls.handle_datagram(now, data);
+                self.drain_dtls();
+            }
+            128..=191 => {
+                if self.srtp.is_none() {
+                    self.stats.before_keys += 1;
+                    return;
+                }
+                let is_rtcp = data.get(1).is_some_and(|pt| (192..=223).contains(pt));
+                if is_rtcp {
+                    self.on_srtcp(&data);
+                } else {
+                    self.on_srtp(now, data);
+                }
+            }
+            _ => self.stats.not_demuxed += 1,
+        }
+    }
+
+    fn on_stun(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let before = self.ice.is_validated(from);
+        if let StunOutcome::Answered { .. } = self.ice.handle_stun(now, from, data) {
+            if !before {
+                self.events.push_back(PeerEvent::PathValidated(from));
+            }
+        }
+        while let Some((to, bytes)) = self.ice.poll_transmit() {
+            self.transmits.push_back((to, BytesMut::from(&bytes[..])));
+        }
+        self.start_dtls_client(now);
+    }
+
+    fn drain_dtls(&mut self) {
+        while let Some(event) = self.dtls.poll_event() {
+            match event {
+                DtlsEvent::Connected(keys) => match SrtpSession::new(&keys, self.dtls.crypto()) {
+                    Ok(session) => {
+                        self.srtp = Some(session);
+                        if !self.connected {
+                            self.connected = true;
+                            self.events.push_back(PeerEvent::Connected);
+                        }
+                    }
+                    Err(_) => self.mark_gone("SRTP keys could not be set up"),
+                },
+                DtlsEvent::Closed => self.mark_gone("closed by the peer (DTLS close_notify)"),
+                DtlsEvent::Failed(_) => self.mark_gone("DTLS failed"),
+            }
+        }
+        while let Some(record) = self.dtls.poll_transmit() {
+            if let Some(to) = self.ice.selected() {
+                self.transmits.push_back((to, record));
+            }
+        }
+    }
+
+    fn on_srtcp(&mut self, data: &[u8]) {
+        let Some(srtp) = self.srtp.as_mut() else {
+            return;
+        };
+        let Ok(plain) = srtp.decrypt_rtcp(data) else {
+            self.stats.srtcp_failed += 1;
+            return;
+        };
+        let mut out = std::mem::take(&mut self.feedback_scratch);
+        let stats = rtcp::parse_compound(&plain, &mut out);
+        self.stats.rtcp_malformed += u64::from(stats.malformed);
+        for f in out.drain(..) {
+            self.inbound.push_back(Inbound::Feedback(f));
+        }
+        self.feedback_scratch = out;
+    }
+
+    fn on_srtp(&mut self, now: Instant, data: BytesMut) {
+        let Ok(header) = rtc_rtp::header::Header::unmarshal(&mut &data[..]) else {
+            self.stats.malformed_rtp += 1;
+            return;
+        };
+        let ssrc = header.ssrc;
+        let stream = match self.streams.get(&ssrc) {
+            Some(s) => s.clone(),
+            None => match self.learn_by_mid(&header) {
+                Some(s) => s,
+                None => {
+                    self.stats.unknown_ssrc += 1;
+                    return;
+                }
+            },
+        };
+        let Some(srtp) = self.srtp.as_mut() else {
+            return;
+        };
+        let Ok(plain) = srtp.decrypt_rtp(&data, &header) else {
+            self.stats.srtp_failed += 1;
+            return;
+        };
+        let sections = self.negotiator.sections();
+        let Some(section) = sections.get(stream.section) else {
+            return;
+        };
+        if let Some(id) = section.extension_id(TRANSPORT_CC_URI)
+            && let Some(ext) = header.get_extension(id)
+            && ext.len() >= 2
+        {
+            self.twcc
+                .on_packet(now, ssrc, u16::from_be_bytes([ext[0], ext[1]]));
+        }
+        let offset = header.marshal_size();
+        let mut end = plain.len();
+        if header.padding {
+            let pad = usize::from(plain.last().copied().unwrap_or(0));
+            end = end.saturating_sub(pad);
+        }
+        if offset >= end {
+            self.stats.padding_only += 1;
+            return;
+        }
+        let plain = plain.freeze();
+        let (ssrc, seq, pt, payload) = match stream.rtx_of {
+            Some(primary) => {
+                if end - offset <= 2 {
+                    self.stats.padding_only += 1;
+                    return;
+                }
+                let osn = u16::from_be_bytes([plain[offset], plain[offset + 1]]);
+                let Some(apt) = section
+                    .codecs
+                    .iter()
+                    .find(|c| c.rtx_pt == Some(header.payload_type))
+                    .map(|c| c.pt)
+                else {
+                    return;
+                };
+                (primary, osn, apt, plain.slice(offset + 2..end))
+            }
+            None => (
+                ssrc,
+                header.sequence_number,
+                header.payload_type,
+                plain.slice(offset..end),
+            ),
+        };
+        let Some(codec) = section.codecs.iter().find(|c| c.pt == pt) else {
+            self.stats.malformed_rtp += 1;
+            return;
+        };
+        let audio_level = section
+            .extension_id(AUDIO_LEVEL_URI)
+            .and_then(|id| header.get_extension(id))
+            .and_then(|ext| ext.first().copied())
+            .map(AudioLevel::from_byte);
+        let keyframe = codec::is_keyframe(codec.params.codec, &payload);
+        if stream.rtx_of.is_none() && !stream.opened {
+            let Some(kind) = section.kind.media_kind() else {
+                return;
+            };
+            let track = InboundTrack {
+                ssrc: Ssrc(ssrc),
+                kind,
+                codec: codec.params.clone(),
+                mid: section.mid.clone(),
+                stack_id: section.mid.clone(),
+            };
+            if let Some(st) = self.streams.get_mut(&ssrc) {
+                st.opened = true;
+            }
+            self.events.push_back(PeerEvent::TrackOpened(track));
+        }
+        self.inbound.push_back(Inbound::Rtp(MediaPacket {
+            ssrc: Ssrc(ssrc),
+            seq,
+            timestamp: header.timestamp,
+            marker: header.marker,
+            payload_type: pt,
+            payload,
+            arrival: now,
+            keyframe,
+            audio_level,
+        }));
+    }
+
+    /// An SSRC not in any `a=ssrc` line, identified by the mid header extension (Firefox
+    /// and simulcast senders announce no SSRCs).
+    fn learn_by_mid(&mut self, header: &rtc_rtp::header::Header) -> Option<InboundStream> {
+        let id = self.mid_ext?;
+        let mid = header.get_extension(id)?;
+        if self.streams.len() >= MAX_INBOUND_STREAMS {
+            return None;
+        }
+        let (index, section) = self
+            .negotiator
+            .sections()
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.mid.as_bytes() == &mid[..] && !s.rejected && s.remote_sends)?;
+        // Only sections that announced no SSRCs learn them this way.
+        if !section.remote_ssrcs.is_empty() {
+            return None;
+        }
+        let stream = InboundStream {
+            section: index,
+            rtx_of: None,
+            opened: false,
+        };
+        self.streams.insert(header.ssrc, stream.clone());
+        Some(stream)
+    }
+
+    // ---- out, time, events ---------------------------------------------------------------
+
+    /// Next datagram to send: (destination, bytes).
+    pub fn poll_datagram(&mut self) -> Option<(SocketAddr, BytesMut)> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t
+                && next.is_none_or(|n| t < n)
+            {
+                next = Some(t);
+            }
+        };
+        consider(self.ice.poll_timeout());
+        consider(self.dtls.poll_timeout());
+        if self.srtp.is_some() {
+            consider(self.twcc.poll_timeout());
+        }
+        if !self.connected && !self.gone {
+            consider(Some(self.created + CONNECT_TIMEOUT));
+        }
+        next
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.gone {
+            return;
+        }
+        let mut forgotten = Vec::new();
+        self.ice.handle_timeout(now, &mut forgotten);
+        for addr in forgotten {
+            self.events.push_back(PeerEvent::PathExpired(addr));
+        }
+        if self.ice.consent_lost() {
+            self.mark_gone("ICE consent expired");
+            return;
+        }
+        if !self.connected && now.saturating_duration_since(self.created) >= CONNECT_TIMEOUT {
+            self.mark_gone("ICE/DTLS did not connect in time");
+            return;
+        }
+        self.dtls.handle_timeout(now);
+        self.drain_dtls();
+        if self.srtp.is_some() {
+            while let Some(fb) = self.twcc.poll_feedback(now) {
+                let _ = self.send_rtcp(&fb);
+            }
+        }
+    }
+
+    pub fn poll_event(&mut self) -> Option<PeerEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_inbound(&mut self) -> Option<Inbound> {
+        self.inbound.pop_front()
+    }
+
+    /// Sends DTLS `close_notify` and stops.
+    pub fn close(&mut self, now: Instant) {
+        self.dtls.close(now);
+        while let Some(record) = self.dtls.poll_transmit() {
+            if let Some(to) = self.ice.selected() {
+                self.transmits.push_back((to, record));
+            }
+        }
+        self.gone = true;
+    }
+
+    fn mark_gone(&mut self, why: &'static str) {
+        if !self.gone {
+            self.gone = true;
+            self.events.push_back(PeerEvent::Gone(why));
+        }
+    }
+}

@@ -1,0 +1,1323 @@
+//! SDP offer/answer (RFC 8829 JSEP, RFC 8843 BUNDLE) for the server's transport.
+//!
+//! `rtc-sdp` parses and marshals the text; the WebRTC rules are here. The server is always
+//! ICE-lite, always the DTLS server, and bundles everything on one transport with rtcp-mux.
+//!
+//! The [`Negotiator`] keeps the agreed m-sections in order. Two kinds:
+//! * **remote** sections, created by the client's offers: the client publishes on them; we
+//!   answer `recvonly` (or `inactive`) with the codecs we can forward, in the client's payload
+//!   types;
+//! * **local** sections, created by our offers: each carries one of our senders (a
+//!   subscription) `sendonly`. A removed sender's section is rejected (port 0) in the next
+//!   offer; once that is agreed, the slot is free and a new sender takes it with a fresh mid
+//!   (m-line recycling), so a subscriber's SDP stays bounded under churn.
+//!
+//! Limits (each refused with a clear error, nothing applied): SDP size, sections per
+//! description, sections the client may add per offer, payload types per section.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+
+use rtc_sdp::SessionDescription;
+use rtc_sdp::description::common::{Address, Attribute, ConnectionInformation};
+use rtc_sdp::description::media::{MediaDescription, MediaName, RangedPort};
+use rtc_sdp::description::session::{Origin, TimeDescription, Timing};
+
+use crate::media::{Codec, MediaKind};
+
+/// Largest SDP accepted (a browser's offer with dozens of sections is ~20 KiB).
+pub const MAX_SDP_BYTES: usize = 128 * 1024;
+/// Most sections in one description (ours included: a subscriber's grow with the meeting).
+pub const MAX_SECTIONS: usize = 512;
+/// Most sections a client may publish on (tracks per participant).
+pub const MAX_PUBLISHED: usize = 16;
+/// Most codecs kept from one section.
+const MAX_CODECS: usize = 32;
+
+pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+pub const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+pub const TRANSPORT_CC_URI: &str =
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+pub const RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
+pub const REPAIRED_RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
+
+/// Header extensions we accept from publishers.
+const ACCEPTED_EXTENSIONS: [&str; 5] = [
+    AUDIO_LEVEL_URI,
+    MID_URI,
+    TRANSPORT_CC_URI,
+    RID_URI,
+    REPAIRED_RID_URI,
+];
+
+/// Negotiation errors, mapped to signaling codes by the caller.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SdpError {
+    /// The text is not SDP, or breaks a WebRTC rule (missing mid, fingerprint, ICE...).
+    #[error("invalid SDP: {0}")]
+    Invalid(String),
+    /// Valid SDP that cannot be applied now or here (glare, wrong state, mid mismatch,
+    /// limits).
+    #[error("negotiation: {0}")]
+    Negotiation(String),
+}
+
+fn invalid(s: impl Into<String>) -> SdpError {
+    SdpError::Invalid(s.into())
+}
+
+fn negotiation(s: impl Into<String>) -> SdpError {
+    SdpError::Negotiation(s.into())
+}
+
+/// Codec parameters of a track, kept to send it on to subscribers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodecParams {
+    pub codec: Codec,
+    /// `kind/name` as in SDP, e.g. `video/VP8`.
+    pub mime_type: String,
+    pub clock_rate: u32,
+    pub channels: u16,
+    pub fmtp: String,
+}
+
+/// A codec as agreed on one section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NegotiatedCodec {
+    pub pt: u8,
+    pub params: CodecParams,
+    pub rtx_pt: Option<u8>,
+    pub feedback: Vec<String>,
+}
+
+/// One agreed m-section.
+#[derive(Clone, Debug)]
+pub struct Section {
+    pub mid: String,
+    pub kind: SectionKind,
+    pub rejected: bool,
+    /// Created by our offer for one of our senders.
+    pub local: bool,
+    /// Our sender on it (local sections).
+    pub sender: Option<usize>,
+    /// The client sends media on it.
+    pub remote_sends: bool,
+    /// We send media on it (agreed).
+    pub local_sends: bool,
+    pub codecs: Vec<NegotiatedCodec>,
+    /// Header extension ids agreed: (id, uri).
+    pub extmap: Vec<(u8, String)>,
+    /// SSRCs the client announced (primary streams).
+    pub remote_ssrcs: Vec<u32>,
+    /// (rtx, primary) pairs from `ssrc-group:FID`.
+    pub remote_rtx: Vec<(u32, u32)>,
+    /// `a=rid` lines, raw (simulcast).
+    pub rids: Vec<String>,
+    /// `a=simulcast` value, raw.
+    pub simulcast: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SectionKind {
+    Audio,
+    Video,
+    /// application, text...: always rejected (no data channels yet).
+    Other(String),
+}
+
+impl SectionKind {
+    fn parse(media: &str) -> Self {
+        match media {
+            "audio" => Self::Audio,
+            "video" => Self::Video,
+            other => Self::Other(other.chars().take(32).collect()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Audio => "audio",
+            Self::Video => "video",
+            Self::Other(s) => s,
+        }
+    }
+
+    pub fn media_kind(&self) -> Option<MediaKind> {
+        match self {
+            Self::Audio => Some(MediaKind::Audio),
+            Self::Video => Some(MediaKind::Video),
+            Self::Other(_) => None,
+        }
+    }
+}
+
+impl Section {
+    /// The extension id agreed for `uri`.
+    pub fn extension_id(&self, uri: &str) -> Option<u8> {
+        self.extmap
+            .iter()
+            .find(|(_, u)| u == uri)
+            .map(|(id, _)| *id)
+    }
+}
+
+/// One of our outgoing streams.
+#[derive(Clone, Debug)]
+pub struct Sender {
+    pub kind: MediaKind,
+    pub codec: CodecParams,
+    pub ssrc: u32,
+    pub stream_id: String,
+    pub track_id: String,
+    /// Payload type agreed for `codec`, once negotiated.
+    pub pt: Option<u8>,
+    /// Removed by the application: its section is rejected in the next offer.
+    pub removed: bool,
+}
+
+/// Our side's transport parameters, written into every description.
+#[derive(Clone, Debug)]
+pub struct LocalParams {
+    pub ufrag: String,
+    pub pwd: String,
+    pub fingerprint: String,
+    /// The one host candidate line (without `a=`), e.g.
+    /// `candidate:1 1 udp 2130706431 203.0.113.5 7882 typ host`.
+    pub candidate: String,
+}
+
+/// Transport parameters the client's description carried.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemoteParams {
+    pub ufrag: String,
+    pub pwd: String,
+    /// `sha-256` fingerprints.
+    pub fingerprints: Vec<String>,
+    /// `a=setup:passive`: the remote wants to be the DTLS server.
+    pub remote_passive: bool,
+}
+
+/// What an applied description changed, for the transport.
+#[derive(Clone, Debug, Default)]
+pub struct Applied {
+    pub remote: RemoteParams,
+    /// Mids of remote sections the client stopped sending on.
+    pub stopped: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signaling {
+    Stable,
+    HaveLocalOffer,
+}
+
+/// Offer/answer state of one participant.
+pub struct Negotiator {
+    local: LocalParams,
+    sections: Vec<Section>,
+    /// Our outstanding offer's sections.
+    pending: Option<Vec<Section>>,
+    signaling: Signaling,
+    senders: HashMap<usize, Sender>,
+    next_sender: usize,
+    next_mid: u32,
+    /// Payload types in use on this transport: (codec key, pt). Under BUNDLE one payload type
+    /// means one codec on every section.
+    pts: Vec<(String, u8)>,
+    session_id: u64,
+    version: u64,
+}
+
+impl Negotiator {
+    /// `session_id` is random from the caller (the engine draws no randomness).
+    pub fn new(local: LocalParams, session_id: u64) -> Self {
+        Self {
+            local,
+            sections: Vec::new(),
+            pending: None,
+            signaling: Signaling::Stable,
+            senders: HashMap::new(),
+            next_sender: 0,
+            next_mid: 0,
+            pts: Vec::new(),
+            session_id: session_id & 0x7fff_ffff_ffff_ffff,
+            version: 1,
+        }
+    }
+
+    pub fn is_stable(&self) -> bool {
+        self.signaling == Signaling::Stable
+    }
+
+    pub fn has_local_offer(&self) -> bool {
+        self.signaling == Signaling::HaveLocalOffer
+    }
+
+    /// The agreed sections, in order.
+    pub fn sections(&self) -> &[Section] {
+        &self.sections
+    }
+
+    pub fn sender(&self, key: usize) -> Option<&Sender> {
+        self.senders.get(&key)
+    }
+
+    /// Adds a sender; it is offered with the next [`Self::create_offer`].
+    pub fn add_sender(&mut self, sender: Sender) -> usize {
+        let key = self.next_sender;
+        self.next_sender += 1;
+        self.senders.insert(key, sender);
+        key
+    }
+
+    /// Removes a sender; its section is rejected with the next offer.
+    pub fn remove_sender(&mut self, key: usize) {
+        if let Some(s) = self.senders.get_mut(&key) {
+            s.removed = true;
+            s.pt = None;
+        }
+        // Never offered: forget it at once.
+        let offered = self
+            .sections
+            .iter()
+            .chain(self.pending.iter().flatten())
+            .any(|s| s.sender == Some(key));
+        if !offered {
+            self.senders.remove(&key);
+        }
+    }
+
+    /// True when senders changed since the last agreed description.
+    pub fn needs_offer(&self) -> bool {
+        self.senders.iter().any(|(key, s)| {
+            let placed = self
+                .sections
+                .iter()
+                .any(|sec| sec.sender == Some(*key) && !sec.rejected);
+            s.removed == placed
+        })
+    }
+
+    /// Applies the client's offer and returns our answer.
+    pub fn apply_offer(&mut self, sdp: &str) -> Result<(String, Applied), SdpError> {
+        if self.signaling != Signaling::Stable {
+            return Err(negotiation(
+                "an offer arrived while our own offer is outstanding",
+            ));
+        }
+        let desc = parse(sdp)?;
+        let remote = remote_params(&desc)?;
+        if remote.remote_passive {
+            return Err(negotiation(
+                "an offer must say setup:actpass or setup:active (the server is not the DTLS client of an offerer)",
+            ));
+        }
+        let mut next = Vec::with_capacity(desc.media_descriptions.len());
+        let mut new_published = 0;
+        let mut stopped = Vec::new();
+        for (i, md) in desc.media_descriptions.iter().enumerate() {
+            let offered = parse_section(md)?;
+            let existing = self.sections.get(i);
+            let section = match existing {
+                Some(old) if old.mid == offered.mid => {
+                    self.answer_existing(old, &offered, &mut stopped)
+                }
+                Some(old) if !old.rejected => {
+                    return Err(negotiation(format!(
+                        "section {i} has mid {:?}, expected {:?}",
+                        offered.mid, old.mid
+                    )));
+                }
+                _ => {
+                    // A new section from the client (or one recycling a rejected slot).
+                    if next
+                        .iter()
+                        .chain(self.sections.iter())
+                        .any(|s: &Section| s.mid == offered.mid && !s.rejected)
+                    {
+                        return Err(invalid(format!("duplicate mid {:?}", offered.mid)));
+                    }
+                    let s = self.answer_new_remote(&offered);
+                    if s.remote_sends {
+                        new_published += 1;
+                    }
+                    s
+                }
+            };
+            next.push(section);
+        }
+        if next.len() < self.sections.len() {
+            return Err(negotiation(
+                "the offer has fewer sections than were agreed (sections cannot be removed)",
+            ));
+        }
+        let published = next.iter().filter(|s| !s.local && s.remote_sends).count();
+        if new_published > 0 && published > MAX_PUBLISHED {
+            return Err(negotiation(format!(
+                "at most {MAX_PUBLISHED} published tracks per participant"
+            )));
+        }
+        for s in &next {
+            self.learn_pts(&s.codecs);
+        }
+        self.sections = next;
+        self.sync_sender_pts();
+        self.version += 1;
+        let answer = self.write(&self.sections, "passive");
+        Ok((answer, Applied { remote, stopped }))
+    }
+
+    fn answer_existing(
+        &self,
+        old: &Section,
+        offered: &OfferedSection,
+        stopped: &mut Vec<String>,
+    ) -> Section {
+        let mut s = old.clone();
+        if offered.port0 || s.kind != offered.kind || s.kind.media_kind().is_none() {
+            if s.remote_sends {
+                stopped.push(s.mid.clone());
+            }
+            s.rejected = true;
+            s.remote_sends = false;
+            s.local_sends = false;
+            return s;
+        }
+        s.rejected = false;
+        if s.local {
+            // One of ours: we keep sending if our sender lives and the client receives.
+            let active = s
+                .sender
+                .and_then(|k| self.senders.get(&k))
+                .is_some_and(|snd| !snd.removed);
+            s.local_sends = active && offered.direction.remote_receives();
+            s.remote_sends = false;
+            let want = s
+                .sender
+                .and_then(|k| self.senders.get(&k))
+                .map(|x| x.codec.clone());
+            s.codecs = supported_codecs(offered, want.as_ref());
+            s.extmap = Vec::new();
+        } else {
+            let sends = offered.direction.remote_sends();
+            if s.remote_sends && !sends {
+                stopped.push(s.mid.clone());
+            }
+            s.remote_sends = sends;
+            s.local_sends = false;
+            s.codecs = supported_codecs(offered, None);
+            s.extmap = accepted_extmap(offered);
+            s.remote_ssrcs = offered.ssrcs.clone();
+            s.remote_rtx = offered.fid.clone();
+            s.rids = offered.rids.clone();
+            s.simulcast = offered.simulcast.clone();
+        }
+        if s.codecs.is_empty() {
+            if s.remote_sends {
+                stopped.push(s.mid.clone());
+            }
+            s.rejected = true;
+            s.remote_sends = false;
+            s.local_sends = false;
+        }
+        s
+    }
+
+    fn answer_new_remote(&self, offered: &OfferedSection) -> Section {
+        let codecs = supported_codecs(offered, None);
+        let rejected = offered.port0 || offered.kind.media_kind().is_none() || codecs.is_empty();
+        Section {
+            mid: offered.mid.clone(),
+            kind: offered.kind.clone(),
+            rejected,
+            local: false,
+            sender: None,
+            remote_sends: !rejected && offered.direction.remote_sends(),
+            local_sends: false,
+            codecs: if rejected { Vec::new() } else { codecs },
+            extmap: if rejected {
+                Vec::new()
+            } else {
+                accepted_extmap(offered)
+            },
+            remote_ssrcs: offered.ssrcs.clone(),
+            remote_rtx: offered.fid.clone(),
+            rids: offered.rids.clone(),
+            simulcast: offered.simulcast.clone(),
+        }
+    }
+
+    /// Our offer: every agreed section, removed senders rejected, new senders placed in free
+    /// (rejected, agreed) slots of their kind or appended.
+    pub fn create_offer(&mut self) -> Result<String, SdpError> {
+        if self.signaling != Signaling::Stable {
+            return Err(negotiation("an offer is already outstanding"));
+        }
+        let mut next = self.sections.clone();
+        // Removed senders' sections are rejected; live ones offered as sending again.
+        for s in &mut next {
+            if let Some(key) = s.sender {
+                if self.senders.get(&key).is_none_or(|snd| snd.removed) {
+                    s.rejected = true;
+                    s.local_sends = false;
+                    s.codecs.clear();
+                } else if !s.rejected {
+                    s.local_sends = true;
+                }
+            }
+        }
+        let mut keys: Vec<usize> = self
+            .senders
+            .iter()
+            .filter(|(k, snd)| {
+                !snd.removed && !next.iter().any(|s| s.sender == Some(**k) && !s.rejected)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        keys.sort_unstable();
+        for key in keys {
+            let Some(sender) = self.senders.get(&key).cloned() else {
+                continue;
+            };
+            let mid = self.fresh_mid(&next);
+            let codecs = self.offer_codecs(&sender);
+            let section = Section {
+                mid,
+                kind: match sender.kind {
+                    MediaKind::Audio => SectionKind::Audio,
+                    MediaKind::Video => SectionKind::Video,
+                },
+                rejected: false,
+                local: true,
+                sender: Some(key),
+                remote_sends: false,
+                local_sends: true,
+                codecs,
+                extmap: Vec::new(),
+                remote_ssrcs: Vec::new(),
+                remote_rtx: Vec::new(),
+                rids: Vec::new(),
+                simulcast: None,
+            };
+            // Recycle a slot rejected in an agreed description (never one rejected just now:
+            // the client must see the rejection first).
+            let free = next.iter().position(|s| {
+                s.rejected
+                    && self
+                        .sections
+                        .iter()
+                        .any(|agreed| agreed.mid == s.mid && agreed.rejected)
+            });
+            match free {
+                Some(i) => next[i] = section,
+                None => next.push(section),
+            }
+        }
+        if next.len() > MAX_SECTIONS {
+            return Err(negotiation(format!(
+                "more than {MAX_SECTIONS} sections on one connection"
+            )));
+        }
+        self.version += 1;
+        let offer = self.write(&next, "actpass");
+        self.pending = Some(next);
+        self.signaling = Signaling::HaveLocalOffer;
+        Ok(offer)
+    }
+
+    fn fresh_mid(&mut self, next: &[Section]) -> String {
+        loop {
+            let mid = format!("h{}", self.next_mid);
+            self.next_mid += 1;
+            if !next.iter().any(|s| s.mid == mid) && !self.sections.iter().any(|s| s.mid == mid) {
+                return mid;
+            }
+        }
+    }
+
+    /// The codecs offered for a sender: its own first, then the others of its kind, each
+    /// with the transport's payload type for it.
+    fn offer_codecs(&self, sender: &Sender) -> Vec<NegotiatedCodec> {
+        let mut table: Vec<CodecParams> = codec_table()
+            .into_iter()
+            .filter(|c| kind_of(c) == sender.kind)
+            .collect();
+        if let Some(i) = table.iter().position(|c| same_codec(c, &sender.codec)) {
+            let first = table.remove(i);
+            table.insert(0, first);
+        } else {
+            table.insert(0, sender.codec.clone());
+        }
+        let mut used: Vec<u8> = self.used_pts();
+        let mut out = Vec::new();
+        for params in table {
+            let pt = match self.pts.iter().find(|(k, _)| *k == codec_key(&params)) {
+                Some((_, pt)) => *pt,
+                None => {
+                    let Some(pt) = free_pt(default_pt(&params), &used) else {
+                        continue;
+                    };
+                    pt
+                }
+            };
+            used.push(pt);
+            let feedback = default_feedback(sender.kind);
+            out.push(NegotiatedCodec {
+                pt,
+                params,
+                rtx_pt: None,
+                feedback,
+            });
+        }
+        out
+    }
+
+    fn used_pts(&self) -> Vec<u8> {
+        let mut used: Vec<u8> = self.pts.iter().map(|(_, pt)| *pt).collect();
+        for s in self.sections.iter() {
+            for c in &s.codecs {
+                used.push(c.pt);
+                used.extend(c.rtx_pt);
+            }
+        }
+        used
+    }
+
+    fn learn_pts(&mut self, codecs: &[NegotiatedCodec]) {
+        for c in codecs {
+            let key = codec_key(&c.params);
+            if !self.pts.iter().any(|(k, pt)| *k == key || *pt == c.pt) {
+                self.pts.push((key, c.pt));
+            }
+        }
+    }
+
+    /// Applies the client's answer to our offer.
+    pub fn apply_answer(&mut self, sdp: &str) -> Result<Applied, SdpError> {
+        let Some(pending) = self.pending.as_ref() else {
+            return Err(negotiation("an answer arrived but no offer is outstanding"));
+        };
+        let desc = parse(sdp)?;
+        let remote = remote_params(&desc)?;
+        if desc.media_descriptions.len() != pending.len() {
+            return Err(negotiation(format!(
+                "the answer has {} sections, the offer {}",
+                desc.media_descriptions.len(),
+                pending.len()
+            )));
+        }
+        let mut next = pending.clone();
+        let mut stopped = Vec::new();
+        for (s, md) in next.iter_mut().zip(&desc.media_descriptions) {
+            let answered = parse_section(md)?;
+            if answered.mid != s.mid {
+                return Err(negotiation(format!(
+                    "answer section mid {:?} does not match the offer's {:?}",
+                    answered.mid, s.mid
+                )));
+            }
+            if s.rejected {
+                continue;
+            }
+            if answered.port0 {
+                if s.remote_sends {
+                    stopped.push(s.mid.clone());
+                }
+                s.rejected = true;
+                s.remote_sends = false;
+                s.local_sends = false;
+                continue;
+            }
+            if s.local {
+                // Keep only the codecs the answer accepted, with our payload types.
+                let accepted: Vec<NegotiatedCodec> = s
+                    .codecs
+                    .iter()
+                    .filter(|c| answered.codecs.iter().any(|a| a.pt == c.pt))
+                    .cloned()
+                    .collect();
+                s.codecs = accepted;
+                s.local_sends = answered.direction.remote_receives() && !s.codecs.is_empty();
+            } else {
+                let sends = answered.direction.remote_sends();
+                if s.remote_sends && !sends {
+                    stopped.push(s.mid.clone());
+                }
+                s.remote_sends = sends;
+                if !answered.ssrcs.is_empty() {
+                    s.remote_ssrcs = answered.ssrcs.clone();
+                    s.remote_rtx = answered.fid.clone();
+                }
+            }
+        }
+        for s in &next {
+            self.learn_pts(&s.codecs);
+        }
+        self.sections = next;
+        self.pending = None;
+        self.signaling = Signaling::Stable;
+        // Senders rejected and agreed are gone for good.
+        let sections = &self.sections;
+        self.senders.retain(|key, snd| {
+            !snd.removed
+                || sections
+                    .iter()
+                    .any(|s| s.sender == Some(*key) && !s.rejected)
+        });
+        self.sync_sender_pts();
+        Ok(Applied { remote, stopped })
+    }
+
+    /// Abandons our outstanding offer.
+    pub fn rollback(&mut self) {
+        self.pending = None;
+        self.signaling = Signaling::Stable;
+    }
+
+    /// Each sender's payload type from the agreed sections.
+    fn sync_sender_pts(&mut self) {
+        for (key, snd) in self.senders.iter_mut() {
+            snd.pt = self
+                .sections
+                .iter()
+                .find(|s| s.sender == Some(*key) && !s.rejected && s.local_sends)
+                .and_then(|s| {
+                    s.codecs
+                        .iter()
+                        .find(|c| same_codec(&c.params, &snd.codec))
+                        .or_else(|| {
+                            s.codecs.iter().find(|c| {
+                                c.params
+                                    .mime_type
+                                    .eq_ignore_ascii_case(&snd.codec.mime_type)
+                            })
+                        })
+                        .map(|c| c.pt)
+                });
+        }
+    }
+
+    /// Writes a description of `sections` with our transport parameters.
+    fn write(&self, sections: &[Section], setup: &str) -> String {
+        let bundle: Vec<&str> = sections
+            .iter()
+            .filter(|s| !s.rejected)
+            .map(|s| s.mid.as_str())
+            .collect();
+        let mut attributes = Vec::new();
+        if !bundle.is_empty() {
+            attributes.push(attr("group", format!("BUNDLE {}", bundle.join(" "))));
+        }
+        attributes.push(flag("ice-lite"));
+        attributes.push(attr("msid-semantic", " WMS *".trim_start().to_owned()));
+        let mut desc = SessionDescription {
+            version: 0,
+            origin: Origin {
+                username: "-".into(),
+                session_id: self.session_id,
+                session_version: self.version,
+                network_type: "IN".into(),
+                address_type: "IP4".into(),
+                unicast_address: "0.0.0.0".into(),
+            },
+            session_name: "-".into(),
+            time_descriptions: vec![TimeDescription {
+                timing: Timing {
+                    start_time: 0,
+                    stop_time: 0,
+                },
+                repeat_times: vec![],
+            }],
+            attributes,
+            ..Default::default()
+        };
+        for s in sections {
+            desc.media_descriptions.push(self.write_section(s, setup));
+        }
+        desc.marshal()
+    }
+
+    fn write_section(&self, s: &Section, setup: &str) -> MediaDescription {
+        let formats: Vec<String> = if s.rejected || s.codecs.is_empty() {
+            vec![match s.kind {
+                SectionKind::Other(_) => "webrtc-datachannel".to_owned(),
+                _ => "0".to_owned(),
+            }]
+        } else {
+            s.codecs
+                .iter()
+                .flat_map(|c| std::iter::once(c.pt).chain(c.rtx_pt))
+                .map(|pt| pt.to_string())
+                .collect()
+        };
+        let protos = match s.kind {
+            SectionKind::Other(_) => vec!["UDP".into(), "DTLS".into(), "SCTP".into()],
+            _ => vec!["UDP".into(), "TLS".into(), "RTP".into(), "SAVPF".into()],
+        };
+        let mut md = MediaDescription {
+            media_name: MediaName {
+                media: s.kind.as_str().to_owned(),
+                port: RangedPort {
+                    value: if s.rejected { 0 } else { 9 },
+                    range: None,
+                },
+                protos,
+                formats,
+            },
+            media_title: None,
+            connection_information: Some(ConnectionInformation {
+                network_type: "IN".into(),
+                address_type: "IP4".into(),
+                address: Some(Address {
+                    address: "0.0.0.0".into(),
+                    ttl: None,
+                    range: None,
+                }),
+            }),
+            bandwidth: vec![],
+            encryption_key: None,
+            attributes: vec![],
+        };
+        let a = &mut md.attributes;
+        a.push(attr("mid", s.mid.clone()));
+        if s.rejected {
+            a.push(flag("inactive"));
+            return md;
+        }
+        a.push(attr("ice-ufrag", self.local.ufrag.clone()));
+        a.push(attr("ice-pwd", self.local.pwd.clone()));
+        a.push(attr(
+            "fingerprint",
+            format!("sha-256 {}", self.local.fingerprint),
+        ));
+        a.push(attr("setup", setup.to_owned()));
+        for (id, uri) in &s.extmap {
+            a.push(attr("extmap", format!("{id} {uri}")));
+        }
+        let direction = match (s.local_sends, s.remote_sends) {
+            (true, true) => "sendrecv",
+            (true, false) => "sendonly",
+            (false, true) => "recvonly",
+            (false, false) => "inactive",
+        };
+        a.push(flag(direction));
+        a.push(flag("rtcp-mux"));
+        a.push(flag("rtcp-rsize"));
+        for c in &s.codecs {
+            let name = c
+                .params
+                .mime_type
+                .split_once('/')
+                .map_or(c.params.mime_type.as_str(), |(_, n)| n);
+            let rtpmap = if c.params.channels > 1 {
+                format!(
+                    "{} {}/{}/{}",
+                    c.pt, name, c.params.clock_rate, c.params.channels
+                )
+            } else {
+                format!("{} {}/{}", c.pt, name, c.params.clock_rate)
+            };
+            a.push(attr("rtpmap", rtpmap));
+            for fb in &c.feedback {
+                a.push(attr("rtcp-fb", format!("{} {}", c.pt, fb)));
+            }
+            if !c.params.fmtp.is_empty() {
+                a.push(attr("fmtp", format!("{} {}", c.pt, c.params.fmtp)));
+            }
+            if let Some(rtx) = c.rtx_pt {
+                a.push(attr("rtpmap", format!("{rtx} rtx/{}", c.params.clock_rate)));
+                a.push(attr("fmtp", format!("{rtx} apt={}", c.pt)));
+            }
+        }
+        if s.local
+            && let Some(snd) = s.sender.and_then(|k| self.senders.get(&k))
+            && !snd.removed
+        {
+            a.push(attr("msid", format!("{} {}", snd.stream_id, snd.track_id)));
+            a.push(attr("ssrc", format!("{} cname:hearth", snd.ssrc)));
+            a.push(attr(
+                "ssrc",
+                format!("{} msid:{} {}", snd.ssrc, snd.stream_id, snd.track_id),
+            ));
+        }
+        a.push(attr(
+            "candidate",
+            self.local
+                .candidate
+                .trim_start_matches("candidate:")
+                .to_owned(),
+        ));
+        a.push(flag("end-of-candidates"));
+        md
+    }
+}
+
+fn attr(key: &str, value: String) -> Attribute {
+    Attribute::new(key.to_owned(), Some(value))
+}
+
+fn flag(key: &str) -> Attribute {
+    Attribute::new(key.to_owned(), None)
+}
+
+// ---- parsing -----------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    SendRecv,
+    SendOnly,
+    RecvOnly,
+    Inactive,
+}
+
+impl Direction {
+    /// The description's author sends.
+    fn remote_sends(self) -> bool {
+        matches!(self, Self::SendRecv | Self::SendOnly)
+    }
+
+    /// The description's author receives.
+    fn remote_receives(self) -> bool {
+        matches!(self, Self::SendRecv | Self::RecvOnly)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct OfferedCodec {
+    pt: u8,
+    name: String,
+    clock_rate: u32,
+    channels: u16,
+    fmtp: String,
+    feedback: Vec<String>,
+}
+
+/// One m-section as the client wrote it.
+#[derive(Clone, Debug)]
+struct OfferedSection {
+    mid: String,
+    kind: SectionKind,
+    port0: bool,
+    direction: Direction,
+    codecs: Vec<OfferedCodec>,
+    extmap: Vec<(u8, String)>,
+    ssrcs: Vec<u32>,
+    fid: Vec<(u32, u32)>,
+    rids: Vec<String>,
+    simulcast: Option<String>,
+}
+
+fn parse(sdp: &str) -> Result<SessionDescription, SdpError> {
+    if sdp.len() > MAX_SDP_BYTES {
+        return Err(invalid(format!("SDP larger than {MAX_SDP_BYTES} bytes")));
+    }
+    // Count sections before the parser allocates for them.
+    let sections = sdp.lines().filter(|l| l.starts_with("m=")).count();
+    if sections > MAX_SECTIONS {
+        return Err(negotiation(format!(
+            "more than {MAX_SECTIONS} sections in one description"
+        )));
+    }
+    let desc = SessionDescription::unmarshal(&mut Cursor::new(sdp.as_bytes()))
+        .map_err(|e| invalid(e.to_string()))?;
+    if desc.media_descriptions.is_empty() {
+        return Err(invalid("no media sections"));
+    }
+    Ok(desc)
+}
+
+fn remote_params(desc: &SessionDescription) -> Result<RemoteParams, SdpError> {
+    let session = |key: &str| desc.attribute(key).cloned();
+    let mut out = RemoteParams::default();
+    let mut fingerprints: Vec<String> = desc
+        .attributes
+        .iter()
+        .filter(|a| a.key == "fingerprint")
+        .filter_map(|a| a.value.clone())
+        .collect();
+    let mut ufrag = session("ice-ufrag");
+    let mut pwd = session("ice-pwd");
+    for md in &desc.media_descriptions {
+        if md.media_name.port.value == 0 {
+            continue;
+        }
+        for a in &md.attributes {
+            match (a.key.as_str(), &a.value) {
+                ("fingerprint", Some(v)) => fingerprints.push(v.clone()),
+                ("ice-ufrag", Some(v)) if ufrag.is_none() => ufrag = Some(v.clone()),
+                ("ice-pwd", Some(v)) if pwd.is_none() => pwd = Some(v.clone()),
+                ("setup", Some(v)) if v == "passive" => out.remote_passive = true,
+                _ => {}
+            }
+        }
+    }
+    if desc.attribute("setup").is_some_and(|v| v == "passive") {
+        out.remote_passive = true;
+    }
+    for fp in fingerprints {
+        let Some((alg, value)) = fp.trim().split_once(' ') else {
+            return Err(invalid("malformed a=fingerprint"));
+        };
+        if alg.eq_ignore_ascii_case("sha-256")
+            && !out.fingerprints.contains(&value.trim().to_owned())
+        {
+            out.fingerprints.push(value.trim().to_owned());
+        }
+    }
+    if out.fingerprints.is_empty() {
+        return Err(invalid("no sha-256 a=fingerprint"));
+    }
+    out.ufrag = ufrag.ok_or_else(|| invalid("no a=ice-ufrag"))?;
+    out.pwd = pwd.ok_or_else(|| invalid("no a=ice-pwd"))?;
+    let legal = |s: &str, min: usize| {
+        (min..=256).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+    };
+    if !legal(&out.ufrag, 4) || !legal(&out.pwd, 22) {
+        return Err(invalid("malformed ICE credentials"));
+    }
+    Ok(out)
+}
+
+fn parse_section(md: &MediaDescription) -> Result<OfferedSection, SdpError> {
+    let kind = SectionKind::parse(&md.media_name.media);
+    let port0 = md.media_name.port.value == 0;
+    let mut mid = None;
+    let mut direction = Direction::SendRecv;
+    let mut rtpmaps: Vec<(u8, String, u32, u16)> = Vec::new();
+    let mut fmtps: Vec<(u8, String)> = Vec::new();
+    let mut feedback: Vec<(Option<u8>, String)> = Vec::new();
+    let mut extmap = Vec::new();
+    let mut ssrcs: Vec<u32> = Vec::new();
+    let mut fid = Vec::new();
+    let mut rids = Vec::new();
+    let mut simulcast = None;
+    let mut rtcp_mux = false;
+    for a in &md.attributes {
+        let value = a.value.as_deref().unwrap_or("");
+        match a.key.as_str() {
+            "mid" => mid = Some(value.to_owned()),
+            "sendrecv" => direction = Direction::SendRecv,
+            "sendonly" => direction = Direction::SendOnly,
+            "recvonly" => direction = Direction::RecvOnly,
+            "inactive" => direction = Direction::Inactive,
+            "rtcp-mux" => rtcp_mux = true,
+            "rtpmap" => {
+                if let Some(m) = parse_rtpmap(value)
+                    && rtpmaps.len() < 128
+                {
+                    rtpmaps.push(m);
+                }
+            }
+            "fmtp" => {
+                if let Some((pt, rest)) = value.split_once(' ')
+                    && let Ok(pt) = pt.parse::<u8>()
+                {
+                    fmtps.push((pt, rest.trim().to_owned()));
+                }
+            }
+            "rtcp-fb" => {
+                if let Some((pt, rest)) = value.split_once(' ') {
+                    let pt = if pt == "*" {
+                        None
+                    } else {
+                        pt.parse::<u8>().ok()
+                    };
+                    if feedback.len() < 256 {
+                        feedback.push((pt, rest.trim().to_owned()));
+                    }
+                }
+            }
+            "extmap" => {
+                let mut parts = value.split_whitespace();
+                if let (Some(id), Some(uri)) = (parts.next(), parts.next()) {
+                    let id = id.split('/').next().unwrap_or(id);
+                    if let Ok(id) = id.parse::<u8>()
+                        && (1..=14).contains(&id)
+                        && extmap.len() < 32
+                    {
+                        extmap.push((id, uri.to_owned()));
+                    }
+                }
+            }
+            "ssrc" => {
+                if let Some(ssrc) = value.split_whitespace().next().and_then(|s| s.parse().ok())
+                    && !ssrcs.contains(&ssrc)
+                    && ssrcs.len() < 32
+                {
+                    ssrcs.push(ssrc);
+                }
+            }
+            "ssrc-group" => {
+                let mut parts = value.split_whitespace();
+                if parts.next() == Some("FID")
+                    && let (Some(p), Some(r)) = (parts.next(), parts.next())
+                    && let (Ok(p), Ok(r)) = (p.parse::<u32>(), r.parse::<u32>())
+                    && fid.len() < 16
+                {
+                    fid.push((p, r));
+                }
+            }
+            "rid" => {
+                if rids.len() < 8 {
+                    rids.push(value.chars().take(256).collect());
+                }
+            }
+            "simulcast" => simulcast = Some(value.chars().take(256).collect()),
+            _ => {}
+        }
+    }
+    let mid = mid.ok_or_else(|| invalid("a media section has no a=mid"))?;
+    if mid.is_empty() || mid.len() > 32 || !mid.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid("malformed a=mid"));
+    }
+    if !port0 && kind.media_kind().is_some() && !rtcp_mux {
+        return Err(invalid(format!("section {mid} lacks a=rtcp-mux")));
+    }
+    // Primary SSRCs only: RTX SSRCs come from FID groups.
+    let rtx: Vec<u32> = fid.iter().map(|(_, r)| *r).collect();
+    ssrcs.retain(|s| !rtx.contains(s));
+    let mut codecs = Vec::new();
+    for fmt in &md.media_name.formats {
+        let Ok(pt) = fmt.parse::<u8>() else {
+            continue;
+        };
+        if pt > 127 || codecs.len() >= MAX_CODECS * 2 {
+            continue;
+        }
+        let Some((_, name, clock_rate, channels)) = rtpmaps.iter().find(|m| m.0 == pt) else {
+            continue;
+        };
+        let fmtp = fmtps
+            .iter()
+            .find(|f| f.0 == pt)
+            .map(|f| f.1.clone())
+            .unwrap_or_default();
+        let fb = feedback
+            .iter()
+            .filter(|(p, _)| p.is_none() || *p == Some(pt))
+            .map(|(_, f)| f.clone())
+            .collect();
+        codecs.push(OfferedCodec {
+            pt,
+            name: name.clone(),
+            clock_rate: *clock_rate,
+            channels: *channels,
+            fmtp,
+            feedback: fb,
+        });
+    }
+    Ok(OfferedSection {
+        mid,
+        kind,
+        port0,
+        direction,
+        codecs,
+        extmap,
+        ssrcs,
+        fid: fid.into_iter().map(|(p, r)| (r, p)).collect(),
+        rids,
+        simulcast,
+    })
+}
+
+fn parse_rtpmap(value: &str) -> Option<(u8, String, u32, u16)> {
+    let (pt, rest) = value.split_once(' ')?;
+    let pt = pt.parse::<u8>().ok()?;
+    let mut parts = rest.trim().split('/');
+    let name = parts.next()?.to_owned();
+    if name.is_empty() || name.len() > 32 {
+        return None;
+    }
+    let clock_rate = parts.next()?.parse::<u32>().ok()?;
+    let channels = parts
+        .next()
+        .and_then(|c| c.parse::<u16>().ok())
+        .unwrap_or(1);
+    Some((pt, name, clock_rate, channels))
+}
+
+// ---- codecs ------------------------------------------------------------------------------
+
+/// Every codec the server forwards, in preference order, with its default payload type.
+fn codec_table() -> Vec<CodecParams> {
+    let h264 = |profile: &str| CodecParams {
+        codec: Codec::H264,
+        mime_type: "video/H264".into(),
+        clock_rate: 90_000,
+        channels: 0,
+        fmtp: format!("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile}"),
+    };
+    vec![
+        CodecParams {
+            codec: Codec::Opus,
+            mime_type: "audio/opus".into(),
+            clock_rate: 48_000,
+            channels: 2,
+            fmtp: "minptime=10;useinbandfec=1".into(),
+        },
+        CodecParams {
+            codec: Codec::Vp8,
+            mime_type: "video/VP8".into(),
+            clock_rate: 90_000,
+            channels: 0,
+            fmtp: String::new(),
+        },
+        h264("42e01f"),
+        h264("42001f"),
+    ]
+}
+
+fn default_pt(c: &CodecParams) -> u8 {
+    match c.codec {
+        Codec::Opus => 111,
+        Codec::Vp8 => 96,
+        Codec::H264
+            if fmtp_param(&c.fmtp, "profile-level-id").is_some_and(|p| p.starts_with("4200")) =>
+        {
+            104
+        }
+        Codec::H264 => 102,
+        _ => 98,
+    }
+}
+
+fn free_pt(preferred: u8, used: &[u8]) -> Option<u8> {
+    if !used.contains(&preferred) {
+        return Some(preferred);
+    }
+    (96..=127u8).chain(35..=63).find(|pt| !used.contains(pt))
+}
+
+fn kind_of(c: &CodecParams) -> MediaKind {
+    if c.mime_type
+        .get(..6)
+        .is_some_and(|p| p.eq_ignore_ascii_case("audio/"))
+    {
+        MediaKind::Audio
+    } else {
+        MediaKind::Video
+    }
+}
+
+fn default_feedback(kind: MediaKind) -> Vec<String> {
+    match kind {
+        MediaKind::Audio => vec![],
+        MediaKind::Video => vec!["ccm fir".into(), "nack".into(), "nack pli".into()],
+    }
+}
+
+fn fmtp_param(fmtp: &str, key: &str) -> Option<String> {
+    fmtp.split(';').find_map(|kv| {
+        let (k, v) = kv.trim().split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case(key)
+            .then(|| v.trim().to_ascii_lowercase())
+    })
+}
+
+/// H.264 streams only decode with the same packetization mode and profile; other codecs
+/// match by name.
+pub fn same_codec(a: &CodecParams, b: &CodecParams) -> bool {
+    if !a.mime_type.eq_ignore_ascii_case(&b.mime_type) || a.clock_rate != b.clock_rate {
+        return false;
+    }
+    if a.codec != Codec::H264 {
+        return true;
+    }
+    let mode = |f: &str| fmtp_param(f, "packetization-mode").unwrap_or_else(|| "0".into());
+    let profile =
+        |f: &str| fmtp_param(f, "profile-level-id").map(|p| p.chars().take(4).collect::<String>());
+    mode(&a.fmtp) == mode(&b.fmtp) && profile(&a.fmtp) == profile(&b.fmtp)
+}
+
+fn codec_key(c: &CodecParams) -> String {
+    let mut key = format!("{}/{}", c.mime_type.to_ascii_lowercase(), c.clock_rate);
+    if c.codec == Codec::H264 {
+        let mode = fmtp_param(&c.fmtp, "packetization-mode").unwrap_or_else(|| "0".into());
+        let profile = fmtp_param(&c.fmtp, "profile-level-id")
+            .map(|p| p.chars().take(4).collect::<String>())
+            .unwrap_or_default();
+        key.push_str(&format!(";{mode};{profile}"));
+    }
+    key
+}
+
+/// The offered codecs we can forward, in the offer's payload types, with their RTX. With
+/// `want`, that codec goes first (a section we send on).
+fn supported_codecs(offered: &OfferedSection, want: Option<&CodecParams>) -> Vec<NegotiatedCodec> {
+    let Some(kind) = offered.kind.media_kind() else {
+        return Vec::new();
+    };
+    let table = codec_table();
+    let mut out: Vec<NegotiatedCodec> = Vec::new();
+    for c in &offered.codecs {
+        if out.len() >= MAX_CODECS {
+            break;
+        }
+        let params = CodecParams {
+            codec: Codec::from_mime(&format!("{}/{}", offered.kind.as_str(), c.name)),
+            mime_type: format!("{}/{}", offered.kind.as_str(), c.name),
+            clock_rate: c.clock_rate,
+            channels: if kind == MediaKind::Audio {
+                c.channels
+            } else {
+                0
+            },
+            fmtp: c.fmtp.clone(),
+        };
+        if !table.iter().any(|t| same_codec(t, &params)) {
+            continue;
+        }
+        if out.iter().any(|o| o.pt == c.pt) {
+            continue;
+        }
+        let rtx_pt = offered
+            .codecs
+            .iter()
+            .find(|r| {
+                r.name.eq_ignore_ascii_case("rtx")
+                    && fmtp_param(&r.fmtp, "apt").and_then(|a| a.parse::<u8>().ok()) == Some(c.pt)
+            })
+            .map(|r| r.pt);
+        let ours = default_feedback(kind);
+        let mut feedback: Vec<String> = c
+            .feedback
+            .iter()
+            .filter(|f| ours.contains(f) || (*f == "transport-cc" && offered_twcc(offered)))
+            .cloned()
+            .collect();
+        feedback.dedup();
+        out.push(NegotiatedCodec {
+            pt: c.pt,
+            params,
+            rtx_pt,
+            feedback,
+        });
+    }
+    if let Some(want) = want
+        && let Some(i) = out.iter().position(|c| same_codec(&c.params, want))
+    {
+        let first = out.remove(i);
+        out.insert(0, first);
+    }
+    out
+}
+
+fn offered_twcc(offered: &OfferedSection) -> bool {
+    offered.extmap.iter().any(|(_, u)| u == TRANSPORT_CC_URI)
+}
+
+fn accepted_extmap(offered: &OfferedSection) -> Vec<(u8, String)> {
+    offered
+        .extmap
+        .iter()
+        .filter(|(_, uri)| ACCEPTED_EXTENSIONS.contains(&uri.as_str()))
+        .filter(|(_, uri)| uri != AUDIO_LEVEL_URI || offered.kind == SectionKind::Audio)
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
