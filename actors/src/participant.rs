@@ -32,6 +32,7 @@ use hearth_engine::media::{MediaKind, MediaPacket, Ssrc};
 use hearth_engine::nack::{NackConfig, NackGenerator, RetransmissionCache};
 use hearth_engine::speaker::{AudioLevelMeter, SpeakerConfig};
 use hearth_engine::stats::{NtpTime, ReceiveStats, ReportTimer, SendStats};
+use hearth_engine::transport;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::domain::{
@@ -612,6 +613,12 @@ impl ParticipantState {
                 }
                 PeerEvent::Gone(why) => {
                     tracing::info!(participant = %self.id, why, "media connection gone");
+                    if why == transport::CLOSED_BY_PEER {
+                        // The client closed its connection on purpose (pc.close(), a closed
+                        // tab): it left, there is nothing to reconnect.
+                        self.leave(LeaveReason::Left, myself);
+                        return;
+                    }
                     self.signal.send(ServerSignal::Reconnect(format!(
                         "media connection lost: {why}"
                     )));

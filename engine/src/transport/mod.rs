@@ -24,7 +24,8 @@ pub mod twcc;
 
 pub use dtls::DtlsIdentity;
 pub use peer::{
-    Inbound, InboundTrack, Peer, PeerConfig, PeerError, PeerEvent, PeerStats, SenderKey,
+    CLOSED_BY_PEER, Inbound, InboundTrack, Peer, PeerConfig, PeerError, PeerEvent, PeerStats,
+    SenderKey,
 };
 pub use rtcp::Feedback;
 pub use sdp::CodecParams;

@@ -24,20 +24,7 @@ use super::sdp::{
     TRANSPORT_CC_URI,
 };
 use super::srtp::SrtpSession;
-// TEMPORARY until twcc.rs lands (same API).
-struct TwccRecorder;
-impl TwccRecorder {
-    fn new(_: u32) -> Self {
-        TwccRecorder
-    }
-    fn on_packet(&mut self, _: Instant, _: u32, _: u16) {}
-    fn poll_feedback(&mut self, _: Instant) -> Option<Vec<u8>> {
-        None
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        None
-    }
-}
+use super::twcc::TwccRecorder;
 use crate::codec;
 use crate::forwarder::ForwardedHeader;
 use crate::media::{AudioLevel, MediaKind, MediaPacket, Ssrc};
@@ -49,6 +36,9 @@ pub const MAX_DATAGRAM: usize = 2048;
 pub const MAX_INBOUND_STREAMS: usize = 64;
 /// How long ICE and DTLS may take before the peer is given up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The [`PeerEvent::Gone`] reason when the client closed on purpose (DTLS `close_notify`).
+pub const CLOSED_BY_PEER: &str = "closed by the peer (DTLS close_notify)";
 
 /// Errors for signaling, classified for its error codes.
 #[derive(Debug, thiserror::Error)]
@@ -373,20 +363,14 @@ impl Peer {
     }
 
     /// Remote candidates: an ICE-lite server never sends to an address it did not hear a
-    /// valid check from, so they are checked for form and otherwise ignored.
+    /// valid check from, so they are checked for form (RFC 8839 §5.1) and otherwise
+    /// ignored: no list grows, nothing is sent.
     pub fn add_remote_candidate(&mut self, candidate: &str) -> Result<(), PeerError> {
         let c = candidate.trim();
         if c.is_empty() {
             return Ok(()); // end of candidates
         }
-        let body = c.strip_prefix("candidate:").unwrap_or(c);
-        let fields: Vec<&str> = body.split_whitespace().collect();
-        if c.len() > 1024 || fields.len() < 8 || fields[6] != "typ" {
-            return Err(PeerError::InvalidCandidate(
-                "not an ICE candidate (RFC 8839 §5.1)".into(),
-            ));
-        }
-        Ok(())
+        check_candidate(c).map_err(|why| PeerError::InvalidCandidate(why.into()))
     }
 
     // ---- senders -------------------------------------------------------------------------
@@ -546,10 +530,10 @@ impl Peer {
 
     fn on_stun(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         let before = self.ice.is_validated(from);
-        if let StunOutcome::Answered { .. } = self.ice.handle_stun(now, from, data) {
-            if !before {
-                self.events.push_back(PeerEvent::PathValidated(from));
-            }
+        if let StunOutcome::Answered { .. } = self.ice.handle_stun(now, from, data)
+            && !before
+        {
+            self.events.push_back(PeerEvent::PathValidated(from));
         }
         while let Some((to, bytes)) = self.ice.poll_transmit() {
             self.transmits.push_back((to, BytesMut::from(&bytes[..])));
@@ -570,7 +554,7 @@ impl Peer {
                     }
                     Err(_) => self.mark_gone("SRTP keys could not be set up"),
                 },
-                DtlsEvent::Closed => self.mark_gone("closed by the peer (DTLS close_notify)"),
+                DtlsEvent::Closed => self.mark_gone(CLOSED_BY_PEER),
                 DtlsEvent::Failed(_) => self.mark_gone("DTLS failed"),
             }
         }
@@ -809,6 +793,83 @@ impl Peer {
         if !self.gone {
             self.gone = true;
             self.events.push_back(PeerEvent::Gone(why));
+        }
+    }
+}
+
+/// Checks an ICE candidate attribute's grammar: foundation, component, transport, priority,
+/// address (IP or an mDNS name), port, `typ` and a known type.
+fn check_candidate(c: &str) -> Result<(), &'static str> {
+    if c.len() > 1024 {
+        return Err("candidate longer than 1024 bytes");
+    }
+    let body = c.strip_prefix("a=").unwrap_or(c);
+    let body = body.strip_prefix("candidate:").unwrap_or(body);
+    let f: Vec<&str> = body.split_whitespace().collect();
+    if f.len() < 8 {
+        return Err("a candidate has at least 8 fields (RFC 8839 section 5.1)");
+    }
+    let foundation_ok = !f[0].is_empty()
+        && f[0].len() <= 32
+        && f[0]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
+    if !foundation_ok {
+        return Err("bad foundation");
+    }
+    if !f[1].parse::<u16>().is_ok_and(|c| (1..=256).contains(&c)) {
+        return Err("bad component id");
+    }
+    if !(f[2].eq_ignore_ascii_case("udp") || f[2].eq_ignore_ascii_case("tcp")) {
+        return Err("transport must be udp or tcp");
+    }
+    if f[3].parse::<u32>().is_err() {
+        return Err("bad priority");
+    }
+    let address_ok = f[4].parse::<std::net::IpAddr>().is_ok()
+        || (f[4].ends_with(".local")
+            && f[4].len() <= 255
+            && f[4]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+    if !address_ok {
+        return Err("bad connection address");
+    }
+    if f[5].parse::<u16>().is_err() {
+        return Err("bad port");
+    }
+    if f[6] != "typ" || !matches!(f[7], "host" | "srflx" | "prflx" | "relay") {
+        return Err("bad candidate type");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_candidate;
+
+    #[test]
+    fn candidates_are_checked_for_form() {
+        for ok in [
+            "candidate:3903006740 1 udp 2130706431 127.0.0.2 40000 typ host",
+            "candidate:1 2 UDP 2130706431 ::1 9 typ host generation 0",
+            "candidate:842163049 1 udp 1677729535 203.0.113.7 61234 typ srflx raddr 0.0.0.0 rport 0",
+            "candidate:1 1 udp 1 2f8c1a3e-4b4d-4c2b-9a59-7a4e2b1c3d4e.local 5000 typ host",
+            "a=candidate:1 1 tcp 1 10.0.0.1 9 typ host tcptype active",
+        ] {
+            assert_eq!(check_candidate(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "candidate:0 1 udp not-a-priority 1.2.3.4 x typ host",
+            "candidate:1 1 udp 1 1.2.3.4 70000 typ host",
+            "candidate:1 0 udp 1 1.2.3.4 9 typ host",
+            "candidate:1 1 sctp 1 1.2.3.4 9 typ host",
+            "candidate:1 1 udp 1 evil$host 9 typ host",
+            "candidate:1 1 udp 1 1.2.3.4 9 type host",
+            "candidate:1 1 udp 1 1.2.3.4 9 typ bogus",
+            "candidate:1 1 udp",
+        ] {
+            assert!(check_candidate(bad).is_err(), "{bad}");
         }
     }
 }

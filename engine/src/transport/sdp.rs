@@ -1059,11 +1059,7 @@ fn parse_section(md: &MediaDescription) -> Result<OfferedSection, SdpError> {
                     fid.push((p, r));
                 }
             }
-            "rid" => {
-                if rids.len() < 8 {
-                    rids.push(value.chars().take(256).collect());
-                }
-            }
+            "rid" if rids.len() < 8 => rids.push(value.chars().take(256).collect()),
             "simulcast" => simulcast = Some(value.chars().take(256).collect()),
             _ => {}
         }

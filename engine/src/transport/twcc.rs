@@ -244,7 +244,8 @@ impl TwccRecorder {
             }
             let len =
                 FIXED_LEN + 2 * (self.chunks.len() + encoder.pending_chunks()) + self.deltas.len();
-            if taken > 0 && len > MAX_FEEDBACK_LEN {
+            // Padding included.
+            if taken > 0 && len.next_multiple_of(4) > MAX_FEEDBACK_LEN {
                 (encoder, _, _) = saved;
                 self.chunks.truncate(saved.1);
                 self.deltas.truncate(saved.2);
@@ -479,7 +480,7 @@ mod tests {
     /// and padding are checked too) and expands it.
     fn decode(bytes: &[u8]) -> Decoded {
         assert_eq!(bytes.len() % 4, 0);
-        assert!(bytes.len() <= MAX_FEEDBACK_LEN + 3, "{} bytes", bytes.len());
+        assert!(bytes.len() <= MAX_FEEDBACK_LEN, "{} bytes", bytes.len());
         let packets = rtc_rtcp::packet::unmarshal(&mut &bytes[..]).expect("rtc-rtcp parses it");
         assert_eq!(packets.len(), 1);
         let cc = packets[0]
