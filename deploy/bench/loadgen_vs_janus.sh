@@ -1,33 +1,49 @@
 #!/usr/bin/env bash
-# The same hearth-loadgen scenarios against Hearth and against Janus's VideoRoom, in one
-# run on one machine: each server pinned to CPU 0, the load generator to CPU 1.
+# The same hearth-loadgen scenarios against Hearth, against Janus's VideoRoom and against
+# the floor forwarder (the same traffic with no protocol work: deploy/bench/floor.sh), in
+# one run on one machine: each server pinned to CPU 0, the load generator to CPU 1. Each
+# scenario ends with the targets' server CPU per forwarded packet as multiples of the
+# floor's.
 #
-#   deploy/bench/loadgen_vs_janus.sh [OUT_DIR]
+#   deploy/bench/loadgen_vs_janus.sh [--no-janus] [OUT_DIR]
 #
-# Needs release builds (cargo build --release --bin hearth --bin hearth-loadgen), root (for
-# the network namespace Janus runs in: it ignores loopback interfaces), and Debian's janus
-# package (apt-get install -y janus). deploy/bench/janus_netns.sh starts Janus in namespace
-# `janusns` behind a veth pair and routes 10.78.0.0/16 (the simulated participants'
-# addresses) to this host. Results: OUT_DIR/<scenario>-<target>.{json,svg,txt}.
+# Needs release builds (cargo build --release --bin hearth --bin hearth-loadgen), a C
+# compiler (for the floor forwarder), root (for the network namespace Janus runs in: it
+# ignores loopback interfaces), and Debian's janus package (apt-get install -y janus);
+# --no-janus runs Hearth and the floor only (no root or janus needed).
+# deploy/bench/janus_netns.sh starts Janus in namespace `janusns` behind a veth pair and
+# routes 10.78.0.0/16 (the simulated participants' addresses) to this host. Results:
+# OUT_DIR/<scenario>-<target>.{json,svg,txt}, target hearth, janus, floor (floor-mmsg with
+# FLOOR_MODE=both).
+#
+# Environment: DURATION=30s (hold), SCENARIOS="name ..." (a subset of the list below),
+# FLOOR_MODE=sendto|sendmmsg|both, HEARTH=target/release/hearth,
+# LOADGEN=target/release/hearth-loadgen.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+janus_too=1
+if [ "${1:-}" = --no-janus ]; then janus_too=0; shift; fi
 out=${1:-target/bench-loadgen}
 mkdir -p "$out"
-hearth=target/release/hearth
-lg=target/release/hearth-loadgen
+hearth=${HEARTH:-target/release/hearth}
+lg=${LOADGEN:-target/release/hearth-loadgen}
 [ -x "$hearth" ] && [ -x "$lg" ] || { echo "build first: cargo build --release --bin hearth --bin hearth-loadgen"; exit 2; }
-command -v janus >/dev/null || { echo "install janus: apt-get install -y janus"; exit 2; }
+[ $janus_too = 0 ] || command -v janus >/dev/null || { echo "install janus (apt-get install -y janus), or run with --no-janus"; exit 2; }
 KEY=APIbench; SECRET=bench-secret-0123456789abcdef; PORT=37880
 DURATION=${DURATION:-30s}
+# floor_build, run_floor and the scenario list (floor_all_scenarios).
+# shellcheck source=deploy/bench/floor.sh
+source deploy/bench/floor.sh
+export LOADGEN=$lg DURATION
+fwd=$(floor_build "$out")
+case "${FLOOR_MODE:-sendto}" in
+  sendto) floor_modes=(sendto) ;; sendmmsg) floor_modes=(sendmmsg) ;; both) floor_modes=(sendto sendmmsg) ;;
+  *) echo "FLOOR_MODE: sendto, sendmmsg or both"; exit 2 ;;
+esac
 
 # name | loadgen arguments
-scenarios=(
-  "audio-rooms-100|--preset audio-rooms --meetings 100 --ramp 100"
-  "audio-rooms-200|--preset audio-rooms --meetings 200 --ramp 100"
-  "big-audio-room-100|--preset big-audio-room --meetings 1 --participants 100 --ramp 50"
-  "video-meeting-4x8|--preset video-meeting --meetings 4 --participants 8 --ramp 20"
-  "livestream-1x100|--preset livestream --meetings 1 --participants 100 --ramp 50"
-)
+scenarios=("${floor_all_scenarios[@]}")
+wanted=" ${SCENARIOS:-${scenarios[*]%%|*}} "
 
 run_hearth() { # name args
   local name=$1; shift
@@ -52,27 +68,22 @@ run_janus() { # name args
   deploy/bench/janus_netns.sh --stop >>"$out/$name-janus.log" 2>&1 || true
 }
 
-echo "machine: $(nproc) CPU ($(lscpu | awk -F: '/Model name/ {gsub(/^ +/,"",$2); print $2}')), $(uname -r); janus $(janus --version 2>/dev/null | head -1)"
+echo "machine: $(nproc) CPU ($(lscpu | awk -F: '/Model name/ {gsub(/^ +/,"",$2); print $2}')), $(uname -r); $([ $janus_too = 1 ] && echo "janus $(janus --version 2>/dev/null | head -1)" || echo "no janus")"
 for entry in "${scenarios[@]}"; do
   name=${entry%%|*}; args=${entry#*|}
+  [[ "$wanted" == *" $name "* ]] || continue
+  targets=(hearth)
   # shellcheck disable=SC2086
   run_hearth "$name" $args
-  # shellcheck disable=SC2086
-  run_janus "$name" $args
-  for target in hearth janus; do
-    python3 - "$out/$name-$target.json" "$name" "$target" <<'PY'
-import json, sys
-try:
-    r = json.load(open(sys.argv[1]))
-except Exception as e:
-    print(f"{sys.argv[2]:<22} {sys.argv[3]:<7} no report ({e})"); sys.exit()
-s = r["server"]; t = r["throughput"]; l = r["latency_ms"]
-cpu = s.get("cpu_pct_avg") or 0
-pps = t["pps_in"] or 1
-print(f"{sys.argv[2]:<22} {sys.argv[3]:<7} joined {r['participants_joined']:>5}/{r['participants_planned']:<5} "
-      f"loss {r['loss_pct']:6.3f}%  p50 {l['p50']:7.3f} ms  p99 {l['p99']:8.3f} ms  p99.9 {l['p999']:8.3f} ms  "
-      f"out {t['pps_in']:8.0f} pkt/s  cpu {cpu:5.1f}%  {cpu*10000/pps:6.2f} µs/pkt  rss {s.get('rss_mb_peak') or 0:6.1f} MB  "
-      f"join p95 {r['join_ms']['p95']:.0f} ms  loadgen cpu {s.get('loadgen_cpu_pct_avg') or 0:.0f}%")
-PY
+  if [ $janus_too = 1 ]; then
+    # shellcheck disable=SC2086
+    run_janus "$name" $args
+    targets+=(janus)
+  fi
+  for mode in "${floor_modes[@]}"; do
+    # shellcheck disable=SC2086
+    run_floor "$out" "$fwd" "$mode" "$name" $args
+    if [ "$mode" = sendmmsg ]; then targets+=(floor-mmsg); else targets+=(floor); fi
   done
+  python3 deploy/bench/summary.py "$out" "$name" "${targets[@]}"
 done

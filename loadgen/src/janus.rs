@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::peer::{PeerOut, Sending};
-use crate::shard::{ShardCmd, ShardHandle};
+use crate::shard::{Link, ShardCmd, ShardHandle};
 use crate::signal::Counters;
 
 pub type Http = Client<HttpConnector, Full<Bytes>>;
@@ -160,6 +160,7 @@ async fn add_peer(
         started,
         out,
         counts,
+        link: Link::WebRtc,
         reply,
     });
     done.await.map_err(|_| "shard gone".to_owned())??;

@@ -9,7 +9,12 @@
 //! What it does not do: decode or render media (payloads have realistic sizes and valid
 //! codec headers, not real audio or video), adapt bitrate to congestion (no REMB/TWCC-driven
 //! encoder), simulcast, or data channels.
+//!
+//! `--target janus` runs the same participants against Janus's VideoRoom ([`janus`]);
+//! `--target floor` sends the same packets, without any protocol, through the floor
+//! forwarder of `deploy/bench/` ([`floor`]), to measure the machine's floor for the traffic.
 
+mod floor;
 mod janus;
 mod jwt;
 mod media;
@@ -110,12 +115,16 @@ struct Args {
     /// With --find-max: meetings added per stage [default: the starting --meetings].
     #[arg(long)]
     step: Option<usize>,
-    /// The SFU under load: hearth, or janus (its VideoRoom plugin, for comparison).
-    #[arg(long, default_value = "hearth", value_parser = ["hearth", "janus"])]
+    /// The SFU under load: hearth, janus (its VideoRoom plugin, for comparison), or floor
+    /// (deploy/bench/floor_forwarder.c: the same packets with no protocol work).
+    #[arg(long, default_value = "hearth", value_parser = ["hearth", "janus", "floor"])]
     target: String,
     /// Janus's HTTP API (with --target janus).
     #[arg(long, default_value = "http://10.77.0.2:8088/janus")]
     janus_url: String,
+    /// The floor forwarder's UDP address (with --target floor).
+    #[arg(long, default_value = "127.0.0.1:37990")]
+    floor_addr: SocketAddr,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -214,6 +223,26 @@ impl Run {
             for i in 0..s.participants {
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 let sending = s.sending(i);
+                if self.args.target == "floor" {
+                    let shard = self.shards[id as usize % self.shards.len()].clone();
+                    let plan = floor::FloorPlan {
+                        id,
+                        ip: participant_ip(self.args.local_net, id),
+                        meeting: m as u32,
+                        sending,
+                    };
+                    tokio::spawn(floor::run(
+                        plan,
+                        self.args.floor_addr,
+                        shard,
+                        Arc::clone(&self.counters),
+                        self.stop.subscribe(),
+                    ));
+                    self.planned.fetch_add(1, Ordering::Relaxed);
+                    next += every;
+                    tokio::time::sleep_until(next).await;
+                    continue;
+                }
                 let identity = format!("lg{id}");
                 let token = jwt::mint(
                     &self.args.api_key,
@@ -333,13 +362,14 @@ async fn main() -> ExitCode {
         }
     }
     let janus = args.target == "janus";
-    if !janus && (args.api_key.is_empty() || args.api_secret.is_empty()) {
+    let hearth = args.target == "hearth";
+    if hearth && (args.api_key.is_empty() || args.api_secret.is_empty()) {
         eprintln!(
             "error: --api-key and --api-secret (or HEARTH_API_KEY/HEARTH_API_SECRET) are required"
         );
         return ExitCode::from(2);
     }
-    let server = if janus {
+    let server = if !hearth {
         server::ServerProbe::pid_only(args.server_pid)
     } else {
         server::ServerProbe::new(&args.url, &args.api_key, &args.api_secret, args.server_pid).await

@@ -38,8 +38,8 @@ use rtc::{rtcp, rtp};
 use crate::media::{self, Trailer, VideoProfile};
 use crate::stats::{Arrival, StreamRx};
 
-const OPUS_PT: u8 = 111;
-const VP8_PT: u8 = 96;
+pub const OPUS_PT: u8 = 111;
+pub const VP8_PT: u8 = 96;
 
 /// What the peer wants its signaling task to send.
 #[derive(Debug)]
@@ -71,6 +71,65 @@ struct Outgoing {
     mime: &'static str,
 }
 
+/// What a participant received: streams (loss, jitter), latency samples, counters and its
+/// first media. Shared by the WebRTC peer and the floor peer ([`crate::floor`]), so both
+/// count the same way.
+pub struct Reception {
+    /// Received streams by SSRC.
+    pub streams: HashMap<u32, StreamRx>,
+    /// When the first media packet arrived (join time ends here).
+    pub first_media: Option<Instant>,
+    pub observed: Observed,
+    epoch: Instant,
+}
+
+impl Reception {
+    pub fn new(epoch: Instant) -> Self {
+        Reception {
+            streams: HashMap::new(),
+            first_media: None,
+            observed: Observed::default(),
+            epoch,
+        }
+    }
+
+    /// Microseconds since the run's epoch (the clock of the payload trailers).
+    pub fn now_us(&self, now: Instant) -> u64 {
+        now.duration_since(self.epoch).as_micros() as u64
+    }
+
+    /// Accounts one received RTP packet (its header and payload, after decryption).
+    pub fn on_rtp(&mut self, header: &rtp::Header, payload: &[u8], now: Instant) {
+        let now_us = self.now_us(now);
+        self.observed.packets_in += 1;
+        self.observed.bytes_in += payload.len() as u64;
+        if self.first_media.is_none() {
+            self.first_media = Some(now);
+        }
+        let clock = if header.payload_type == OPUS_PT || payload.len() < 100 {
+            48_000
+        } else {
+            90_000
+        };
+        let stream = self
+            .streams
+            .entry(header.ssrc)
+            .or_insert_with(|| StreamRx::new(clock));
+        let arrival = stream.on_packet(header.sequence_number, header.timestamp, now_us);
+        if arrival == Arrival::Duplicate {
+            return;
+        }
+        if clock == 90_000 && media::vp8_is_keyframe(payload) {
+            self.observed.keyframes_in += 1;
+        }
+        if let Some(t) = media::trailer(payload)
+            && now_us >= t.sent_us
+        {
+            self.observed.latencies_us.push(now_us - t.sent_us);
+        }
+    }
+}
+
 /// What a peer observed, drained by its shard into the shard's totals.
 #[derive(Default)]
 pub struct Observed {
@@ -98,12 +157,7 @@ pub struct Peer {
     video: Option<Outgoing>,
     sending: Sending,
     keyframe_due: bool,
-    /// Received streams by SSRC.
-    pub streams: HashMap<u32, StreamRx>,
-    /// When the first media packet arrived (join time ends here).
-    pub first_media: Option<Instant>,
-    pub observed: Observed,
-    epoch: Instant,
+    pub rx: Reception,
     frame: u64,
 }
 
@@ -238,10 +292,7 @@ impl Peer {
             video: None,
             sending,
             keyframe_due: true,
-            streams: HashMap::new(),
-            first_media: None,
-            observed: Observed::default(),
-            epoch,
+            rx: Reception::new(epoch),
             frame: 0,
         };
         if sending.audio {
@@ -441,10 +492,6 @@ impl Peer {
         let _ = self.pc.handle_timeout(now);
     }
 
-    fn now_us(&self, now: Instant) -> u64 {
-        now.duration_since(self.epoch).as_micros() as u64
-    }
-
     /// Sends one 20 ms audio frame.
     pub fn send_audio(&mut self, now: Instant) {
         if !self.connected {
@@ -452,7 +499,7 @@ impl Peer {
         }
         let t = Trailer {
             sender: self.id,
-            sent_us: self.now_us(now),
+            sent_us: self.rx.now_us(now),
         };
         let payload = media::opus_frame(self.sending.speaking, t);
         let Some(out) = self.audio.as_mut() else {
@@ -468,7 +515,7 @@ impl Peer {
         if let Some(mut s) = self.pc.rtp_sender(sender)
             && s.write_rtp(now, packet).is_ok()
         {
-            self.observed.packets_out += 1;
+            self.rx.observed.packets_out += 1;
         }
     }
 
@@ -483,7 +530,7 @@ impl Peer {
         let keyframe = std::mem::take(&mut self.keyframe_due);
         let t = Trailer {
             sender: self.id,
-            sent_us: self.now_us(now),
+            sent_us: self.rx.now_us(now),
         };
         let jitter = ((self.frame.wrapping_mul(2_654_435_761)) % 1000) as f64 / 1000.0;
         self.frame += 1;
@@ -507,7 +554,7 @@ impl Peer {
             }
         }
         out.timestamp = out.timestamp.wrapping_add(90_000 / profile.fps.max(1));
-        self.observed.packets_out += sent;
+        self.rx.observed.packets_out += sent;
     }
 
     /// Drains the stack: events, received media and RTCP, datagrams to send (`send`).
@@ -521,14 +568,16 @@ impl Peer {
             while let Some(msg) = self.pc.poll_read() {
                 progressed = true;
                 match msg.message {
-                    RTCMessage::RtpPacket(_, packet) => self.on_rtp(&packet, now),
+                    RTCMessage::RtpPacket(_, packet) => {
+                        self.rx.on_rtp(&packet.header, &packet.payload, now)
+                    }
                     RTCMessage::RtcpPacket(_, packets) => self.on_rtcp(&packets),
                     _ => {}
                 }
             }
             while let Some(out) = self.pc.poll_write() {
                 progressed = true;
-                self.observed.bytes_out += out.message.len() as u64;
+                self.rx.observed.bytes_out += out.message.len() as u64;
                 send(out.transport.peer_addr, &out.message);
             }
             if !progressed {
@@ -561,40 +610,6 @@ impl Peer {
         }
     }
 
-    fn on_rtp(&mut self, packet: &rtp::Packet, now: Instant) {
-        let now_us = self.now_us(now);
-        self.observed.packets_in += 1;
-        self.observed.bytes_in += packet.payload.len() as u64;
-        if self.first_media.is_none() {
-            self.first_media = Some(now);
-        }
-        let clock = if packet.header.payload_type == OPUS_PT || packet.payload.len() < 100 {
-            48_000
-        } else {
-            90_000
-        };
-        let stream = self
-            .streams
-            .entry(packet.header.ssrc)
-            .or_insert_with(|| StreamRx::new(clock));
-        let arrival = stream.on_packet(
-            packet.header.sequence_number,
-            packet.header.timestamp,
-            now_us,
-        );
-        if arrival == Arrival::Duplicate {
-            return;
-        }
-        if clock == 90_000 && media::vp8_is_keyframe(&packet.payload) {
-            self.observed.keyframes_in += 1;
-        }
-        if let Some(t) = media::trailer(&packet.payload)
-            && now_us >= t.sent_us
-        {
-            self.observed.latencies_us.push(now_us - t.sent_us);
-        }
-    }
-
     fn on_rtcp(&mut self, packets: &[Box<dyn rtcp::Packet>]) {
         use rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
         use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -609,7 +624,7 @@ impl Peer {
             };
             if ssrc.is_some() && ssrc == video_ssrc {
                 self.keyframe_due = true;
-                self.observed.keyframe_requests += 1;
+                self.rx.observed.keyframe_requests += 1;
             }
         }
     }

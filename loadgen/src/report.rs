@@ -399,7 +399,10 @@ impl Report {
         let max_held = stages.iter().rfind(|st| st.slo.held).cloned();
         Report {
             target: run.args.target.clone(),
-            url: run.args.url.clone(),
+            url: match run.args.target.as_str() {
+                "floor" => format!("udp://{}", run.args.floor_addr),
+                _ => run.args.url.clone(),
+            },
             scenario: s.clone(),
             wall_s: wall.as_secs_f64(),
             meetings: planned / s.participants.max(1),

@@ -7,6 +7,10 @@
 //! sent with the participant's address as source (IP_PKTINFO) and received ones are routed
 //! to the participant that owns their destination address (quinn-udp does both, with
 //! batched system calls).
+//!
+//! A participant is a WebRTC peer ([`Peer`], towards Hearth or Janus) or, with `--target
+//! floor`, a plain RTP sender and receiver towards the floor forwarder ([`FloorPeer`]); the
+//! shard drives both the same way (timing, socket, accounting).
 
 use std::collections::HashMap;
 use std::io::IoSliceMut;
@@ -21,7 +25,8 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::peer::{Peer, PeerOut, Sending};
+use crate::floor::FloorPeer;
+use crate::peer::{Peer, PeerOut, Reception, Sending};
 use crate::stats::latency_histogram;
 
 const TICK: Duration = Duration::from_millis(2);
@@ -38,6 +43,7 @@ pub enum ShardCmd {
         /// Counts as a participant (connected, join time): false for the extra
         /// publishing connection a Janus participant has.
         counts: bool,
+        link: Link,
         reply: oneshot::Sender<Result<(), String>>,
     },
     Offer {
@@ -55,6 +61,103 @@ pub enum ShardCmd {
     Remove {
         id: u32,
     },
+}
+
+/// What a participant speaks to the server.
+#[derive(Clone, Copy, Debug)]
+pub enum Link {
+    /// Signaling-negotiated WebRTC (ICE, DTLS, SRTP): Hearth, Janus.
+    WebRtc,
+    /// Plain RTP to the floor forwarder at `server`, registered in `meeting`.
+    Floor { server: SocketAddr, meeting: u32 },
+}
+
+/// A participant's connection, by [`Link`].
+// Kept inline as before (the WebRTC peer, about 9 KB, is the usual one; boxing it would
+// change the WebRTC runs' generator): a floor entry wastes that space, on small runs only.
+#[allow(clippy::large_enum_variant)]
+enum Conn {
+    WebRtc(Peer),
+    Floor(FloorPeer),
+}
+
+impl Conn {
+    /// The WebRTC peer (signaling applies only to it).
+    fn webrtc(&mut self) -> Option<&mut Peer> {
+        match self {
+            Conn::WebRtc(p) => Some(p),
+            Conn::Floor(_) => None,
+        }
+    }
+
+    fn rx(&self) -> &Reception {
+        match self {
+            Conn::WebRtc(p) => &p.rx,
+            Conn::Floor(p) => &p.rx,
+        }
+    }
+
+    fn rx_mut(&mut self) -> &mut Reception {
+        match self {
+            Conn::WebRtc(p) => &mut p.rx,
+            Conn::Floor(p) => &mut p.rx,
+        }
+    }
+
+    fn pump(&mut self, now: Instant, send: impl FnMut(SocketAddr, &[u8])) {
+        match self {
+            Conn::WebRtc(p) => p.pump(now, send),
+            Conn::Floor(p) => p.pump(now, send),
+        }
+    }
+
+    fn take_out(&mut self) -> Vec<PeerOut> {
+        match self {
+            Conn::WebRtc(p) => p.take_out(),
+            Conn::Floor(p) => p.take_out(),
+        }
+    }
+
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        match self {
+            Conn::WebRtc(p) => p.poll_timeout(),
+            Conn::Floor(p) => p.poll_timeout(),
+        }
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        match self {
+            Conn::WebRtc(p) => p.on_timeout(now),
+            Conn::Floor(p) => p.on_timeout(now),
+        }
+    }
+
+    fn on_datagram(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
+        match self {
+            Conn::WebRtc(p) => p.on_datagram(from, data, now),
+            Conn::Floor(p) => p.on_datagram(from, data, now),
+        }
+    }
+
+    fn send_audio(&mut self, now: Instant) {
+        match self {
+            Conn::WebRtc(p) => p.send_audio(now),
+            Conn::Floor(p) => p.send_audio(now),
+        }
+    }
+
+    fn send_video(&mut self, now: Instant) {
+        match self {
+            Conn::WebRtc(p) => p.send_video(now),
+            Conn::Floor(p) => p.send_video(now),
+        }
+    }
+
+    fn close(&mut self) {
+        if let Conn::WebRtc(p) = self {
+            p.close();
+        }
+    }
 }
 
 /// What a shard measured; the orchestrator reads and resets the interval parts.
@@ -113,7 +216,7 @@ impl Totals {
 }
 
 struct Entry {
-    peer: Peer,
+    peer: Conn,
     ip: IpAddr,
     out: mpsc::UnboundedSender<PeerOut>,
     started: Instant,
@@ -210,7 +313,7 @@ impl Shard {
     }
 
     /// Runs `f` on a peer, then sends what it wrote and forwards what it said.
-    fn with_peer(&mut self, id: u32, now: Instant, f: impl FnOnce(&mut Peer)) {
+    fn with_peer(&mut self, id: u32, now: Instant, f: impl FnOnce(&mut Conn)) {
         let Shard {
             socket,
             udp,
@@ -268,10 +371,17 @@ impl Shard {
                 started,
                 out,
                 counts,
+                link,
                 reply,
             } => {
                 let local = SocketAddr::new(ip, self.port);
-                match Peer::new(id, local, sending, self.epoch) {
+                let conn = match link {
+                    Link::WebRtc => Peer::new(id, local, sending, self.epoch).map(Conn::WebRtc),
+                    Link::Floor { server, meeting } => Ok(Conn::Floor(FloorPeer::new(
+                        id, server, meeting, sending, self.epoch,
+                    ))),
+                };
+                match conn {
                     Ok(peer) => {
                         let video_every = sending.video.map_or(Duration::from_secs(1), |v| {
                             Duration::from_micros(1_000_000 / u64::from(v.fps.max(1)))
@@ -300,17 +410,27 @@ impl Shard {
                     }
                 }
             }
-            ShardCmd::Offer { id, sdp } => self.with_peer(id, now, |p| p.on_remote_offer(sdp)),
-            ShardCmd::Answer { id, sdp } => self.with_peer(id, now, |p| p.on_remote_answer(sdp)),
-            ShardCmd::Candidate { id, candidate } => {
-                self.with_peer(id, now, |p| p.on_remote_candidate(candidate))
-            }
+            ShardCmd::Offer { id, sdp } => self.with_peer(id, now, |c| {
+                if let Some(p) = c.webrtc() {
+                    p.on_remote_offer(sdp)
+                }
+            }),
+            ShardCmd::Answer { id, sdp } => self.with_peer(id, now, |c| {
+                if let Some(p) = c.webrtc() {
+                    p.on_remote_answer(sdp)
+                }
+            }),
+            ShardCmd::Candidate { id, candidate } => self.with_peer(id, now, |c| {
+                if let Some(p) = c.webrtc() {
+                    p.on_remote_candidate(candidate)
+                }
+            }),
             ShardCmd::Remove { id } => {
                 if let Some(mut e) = self.peers.remove(&id) {
                     self.by_ip.remove(&e.ip);
                     e.peer.close();
                     if let Ok(mut t) = self.totals.lock() {
-                        for s in e.peer.streams.values() {
+                        for s in e.peer.rx().streams.values() {
                             t.expected_done += s.expected();
                             t.received_done += s.received;
                             t.duplicates_done += s.duplicates;
@@ -413,7 +533,7 @@ impl Shard {
             return;
         };
         for e in self.peers.values_mut() {
-            let o = &mut e.peer.observed;
+            let o = &mut e.peer.rx_mut().observed;
             t.packets_in += std::mem::take(&mut o.packets_in);
             t.bytes_in += std::mem::take(&mut o.bytes_in);
             t.packets_out += std::mem::take(&mut o.packets_out);
@@ -426,7 +546,7 @@ impl Shard {
                 let _ = t.latency_total.record(us);
             }
             if !e.joined
-                && let Some(first) = e.peer.first_media
+                && let Some(first) = e.peer.rx().first_media
             {
                 e.joined = true;
                 let ms = first.saturating_duration_since(e.started).as_millis() as u64;
@@ -442,7 +562,7 @@ impl Shard {
         };
         let (mut expected, mut received, mut dups, mut jitter, mut streams) = (0, 0, 0, 0.0, 0);
         for e in self.peers.values() {
-            for s in e.peer.streams.values() {
+            for s in e.peer.rx().streams.values() {
                 expected += s.expected();
                 received += s.received;
                 dups += s.duplicates;

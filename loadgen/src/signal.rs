@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::peer::{PeerOut, Sending};
-use crate::shard::{ShardCmd, ShardHandle};
+use crate::shard::{Link, ShardCmd, ShardHandle};
 
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -122,6 +122,7 @@ pub async fn run(
         started,
         out: out_tx,
         counts: true,
+        link: Link::WebRtc,
         reply: reply_tx,
     });
     match reply_rx.await {
