@@ -167,6 +167,8 @@ pub struct Peer {
     connected: bool,
     gone: bool,
     candidate_announced: bool,
+    /// Set by the first completed offer/answer: DTLS roles never change afterwards.
+    dtls_role_settled: bool,
     stats: PeerStats,
 }
 
@@ -201,6 +203,7 @@ impl Peer {
             connected: false,
             gone: false,
             candidate_announced: false,
+            dtls_role_settled: false,
             stats: PeerStats::default(),
         }
     }
@@ -243,6 +246,7 @@ impl Peer {
     /// Applies the client's offer; returns our answer.
     pub fn apply_offer(&mut self, _now: Instant, sdp: &str) -> Result<String, PeerError> {
         let (answer, applied) = self.negotiator.apply_offer(sdp)?;
+        self.dtls_role_settled = true;
         self.after_negotiation(applied);
         Ok(answer)
     }
@@ -256,9 +260,13 @@ impl Peer {
 
     pub fn apply_answer(&mut self, now: Instant, sdp: &str) -> Result<(), PeerError> {
         let applied = self.negotiator.apply_answer(sdp)?;
-        if applied.remote.remote_passive {
+        // The DTLS roles are settled by the first exchange and never change after it
+        // (webrtc-rs answers `passive` to every offer of an ICE-lite peer, even when it
+        // became the DTLS client in an earlier exchange).
+        if applied.remote.remote_passive && !self.dtls_role_settled {
             self.dtls.use_client_role();
         }
+        self.dtls_role_settled = true;
         self.after_negotiation(applied);
         self.start_dtls_client(now);
         Ok(())
