@@ -52,9 +52,13 @@ for forbidden in hearth-proto prost serde_json pbjson; do
     echo "hearth-actors must know nothing of protobuf/JSON, but depends on $forbidden"; exit 1
   fi
 done
-if grep -rln --include='*.rs' '\brtc::' actors/src | grep -v '^actors/src/webrtc.rs$'; then
-  echo "the WebRTC stack may only be used in actors/src/webrtc.rs"; exit 1
-fi
+# The server's WebRTC transport is Hearth's own (hearth_engine::transport, on webrtc-rs's
+# component crates); the `rtc` peer connection is a client stack only (loadgen, tests).
+for crate in hearth-engine hearth-actors hearth-api; do
+  if cargo tree -p "$crate" -e normal --prefix none | awk '{print $1}' | grep -qx rtc; then
+    echo "$crate must not link the rtc peer connection (the server uses its own transport)"; exit 1
+  fi
+done
 # The load generator is a black-box client of the public protocols.
 lg_deps=$(cargo tree -p hearth-loadgen -e normal --prefix none | awk '{print $1}' | sort -u)
 for forbidden in hearth-actors hearth-api hearth-engine; do

@@ -398,3 +398,27 @@ fn hostile_datagrams_on_a_live_connection_change_nothing() {
     assert!(stats.unvalidated > 0, "{stats:?}");
     assert!(!p.events.iter().any(|e| matches!(e, PeerEvent::Gone(_))));
 }
+
+/// The client publishes first (it offers, the server is the DTLS server), then the server
+/// offers a subscription and the `rtc` client answers `passive` (as it does to every ICE-lite
+/// offerer): the roles of the first exchange stay, and media flows both ways.
+#[test]
+fn publish_then_subscribe_keeps_the_dtls_roles() {
+    let mut p = Pair::new();
+    let sender = p.add_client_audio(0x5151_5151);
+    p.client_offers();
+    p.drive("connected", |p| p.connected());
+    let key = p
+        .server
+        .add_sender(MediaKind::Audio, &opus_params(), "other", "other-audio")
+        .unwrap();
+    p.server_offers();
+    let mut seq = 1u16;
+    p.drive("both directions carry media", |p| {
+        p.client_send(sender, 0x5151_5151, seq, &[0xFC, 1, 2]);
+        p.server_send(key, seq, &[0xFC, 3, 4]);
+        seq += 1;
+        !p.client_rtp.is_empty() && p.inbound.iter().any(|i| matches!(i, Inbound::Rtp(_)))
+    });
+    assert!(!p.events.iter().any(|e| matches!(e, PeerEvent::Gone(_))));
+}
