@@ -945,10 +945,12 @@ impl ParticipantState {
 
     /// Applies queued subscription changes when signaling is stable, then offers.
     fn renegotiate(&mut self, now: Instant) {
-        if !self.peer.is_stable() || (self.pending_ops.is_empty() && !self.reoffer) {
+        if !self.peer.is_stable()
+            || (self.pending_ops.is_empty() && !self.reoffer && !self.peer.needs_offer())
+        {
             return;
         }
-        let mut changed = std::mem::take(&mut self.reoffer);
+        let mut changed = std::mem::take(&mut self.reoffer) || self.peer.needs_offer();
         for op in std::mem::take(&mut self.pending_ops) {
             match op {
                 SubOp::Add(track) => {

@@ -89,7 +89,7 @@ impl Drop for MuxRegistration {
 }
 
 /// Most addresses routed to one participant at once (its validated ICE paths).
-pub const MAX_ADDRS_PER_PARTICIPANT: usize = 16;
+pub const MAX_ADDRS_PER_PARTICIPANT: usize = hearth_engine::transport::ice::MAX_VALIDATED;
 
 impl MuxRegistration {
     /// Routes `addr` to this participant (ICE validated it). Beyond

@@ -107,6 +107,11 @@ impl WebRtcPeer {
         self.peer.is_connected()
     }
 
+    /// True when a sender lost its section (the client rejected it) and must be offered again.
+    pub fn needs_offer(&self) -> bool {
+        self.peer.needs_offer()
+    }
+
     pub fn stats(&self) -> PeerStats {
         self.peer.stats()
     }

@@ -70,6 +70,8 @@ pub struct IceLite {
     validated: Vec<Validated>,
     selected: Option<SocketAddr>,
     transmits: Vec<(SocketAddr, Vec<u8>)>,
+    /// Paths dropped to make room, reported by the next `handle_timeout`/`poll_evicted`.
+    evicted: Vec<SocketAddr>,
     stats: IceStats,
 }
 
@@ -82,6 +84,7 @@ impl IceLite {
             validated: Vec::new(),
             selected: None,
             transmits: Vec::new(),
+            evicted: Vec::new(),
             stats: IceStats::default(),
         }
     }
@@ -185,7 +188,8 @@ impl IceLite {
                 .min_by_key(|(_, v)| v.last_check)
                 .map(|(i, _)| i);
             if let Some(i) = stalest {
-                self.validated.swap_remove(i);
+                let evicted = self.validated.swap_remove(i);
+                self.evicted.push(evicted.addr);
             } else {
                 return;
             }
@@ -194,6 +198,11 @@ impl IceLite {
             addr: from,
             last_check: now,
         });
+    }
+
+    /// A path forgotten to make room for a newer one (the caller stops routing it).
+    pub fn poll_evicted(&mut self) -> Option<SocketAddr> {
+        self.evicted.pop()
     }
 
     /// A binding response to send: (destination, bytes).

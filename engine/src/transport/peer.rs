@@ -167,6 +167,8 @@ pub struct Peer {
     connected: bool,
     gone: bool,
     candidate_announced: bool,
+    /// Sender SSRCs whose SRTCP reached the SRTP library (capped).
+    rtcp_ssrcs: Vec<u32>,
     /// Set by the first completed offer/answer: DTLS roles never change afterwards.
     dtls_role_settled: bool,
     stats: PeerStats,
@@ -204,6 +206,7 @@ impl Peer {
             gone: false,
             candidate_announced: false,
             dtls_role_settled: false,
+            rtcp_ssrcs: Vec::new(),
             stats: PeerStats::default(),
         }
     }
@@ -222,6 +225,11 @@ impl Peer {
 
     pub fn is_connected(&self) -> bool {
         self.connected
+    }
+
+    /// True when senders changed since the last agreed description (an offer is due).
+    pub fn needs_offer(&self) -> bool {
+        self.negotiator.needs_offer()
     }
 
     pub fn stats(&self) -> PeerStats {
@@ -546,6 +554,9 @@ impl Peer {
         while let Some((to, bytes)) = self.ice.poll_transmit() {
             self.transmits.push_back((to, BytesMut::from(&bytes[..])));
         }
+        while let Some(addr) = self.ice.poll_evicted() {
+            self.events.push_back(PeerEvent::PathExpired(addr));
+        }
         self.start_dtls_client(now);
     }
 
@@ -574,6 +585,23 @@ impl Peer {
     }
 
     fn on_srtcp(&mut self, data: &[u8]) {
+        // rtc-srtp creates per-SSRC state before it checks the tag: cap the sender SSRCs
+        // that may reach it (a receive-only browser's RTCP SSRC is in no SDP, so not a
+        // strict allow-list).
+        let Some(ssrc) = data
+            .get(4..8)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        else {
+            self.stats.rtcp_malformed += 1;
+            return;
+        };
+        if !self.rtcp_ssrcs.contains(&ssrc) {
+            if self.rtcp_ssrcs.len() >= 2 * MAX_INBOUND_STREAMS {
+                self.stats.srtcp_failed += 1;
+                return;
+            }
+            self.rtcp_ssrcs.push(ssrc);
+        }
         let Some(srtp) = self.srtp.as_mut() else {
             return;
         };
@@ -596,10 +624,10 @@ impl Peer {
             return;
         };
         let ssrc = header.ssrc;
-        let stream = match self.streams.get(&ssrc) {
-            Some(s) => s.clone(),
+        let (stream, learned) = match self.streams.get(&ssrc) {
+            Some(s) => (s.clone(), false),
             None => match self.learn_by_mid(&header) {
-                Some(s) => s,
+                Some(s) => (s, true),
                 None => {
                     self.stats.unknown_ssrc += 1;
                     return;
@@ -613,6 +641,10 @@ impl Peer {
             self.stats.srtp_failed += 1;
             return;
         };
+        if learned {
+            // Only an authenticated packet teaches a new SSRC.
+            self.streams.insert(ssrc, stream.clone());
+        }
         let sections = self.negotiator.sections();
         let Some(section) = sections.get(stream.section) else {
             return;
@@ -716,13 +748,27 @@ impl Peer {
         if !section.remote_ssrcs.is_empty() {
             return None;
         }
-        let stream = InboundStream {
-            section: index,
-            rtx_of: None,
-            opened: false,
+        // An RTX payload type on a section without SSRCs: the repair stream of the section's
+        // one learned primary.
+        let rtx_of = if section
+            .codecs
+            .iter()
+            .any(|c| c.rtx_pt == Some(header.payload_type))
+        {
+            let primary = self
+                .streams
+                .iter()
+                .find(|(_, st)| st.section == index && st.rtx_of.is_none())
+                .map(|(ssrc, _)| *ssrc)?;
+            Some(primary)
+        } else {
+            None
         };
-        self.streams.insert(header.ssrc, stream.clone());
-        Some(stream)
+        Some(InboundStream {
+            section: index,
+            rtx_of,
+            opened: rtx_of.is_some(),
+        })
     }
 
     // ---- out, time, events ---------------------------------------------------------------

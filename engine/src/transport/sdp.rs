@@ -638,6 +638,11 @@ impl Negotiator {
                     .collect();
                 s.codecs = accepted;
                 s.local_sends = answered.direction.remote_receives() && !s.codecs.is_empty();
+                if s.codecs.is_empty() {
+                    // No codec in common: the slot is rejected; a live sender is placed again
+                    // by the next offer.
+                    s.rejected = true;
+                }
             } else {
                 let sends = answered.direction.remote_sends();
                 if s.remote_sends && !sends {
