@@ -23,11 +23,12 @@ command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 command -v curl >/dev/null || need+=(curl)
 command -v turnutils_uclient >/dev/null || need+=(coturn)   # coturn's TURN test clients
+command -v firefox-esr >/dev/null || need+=(firefox-esr)     # the cross-browser test
 if [ ${#need[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
-echo "ok: $(chromium --version 2>/dev/null | head -1), node $(node --version)"
+echo "ok: $(chromium --version 2>/dev/null | head -1), $(firefox-esr --version 2>/dev/null | head -1), node $(node --version)"
 
 step "browser test dependencies (npm ci)"
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
@@ -104,7 +105,7 @@ if [ "$quick" = 1 ]; then
   echo; echo "quick run: browser tests skipped"; exit 0
 fi
 
-step "browser end-to-end tests (headless Chromium, loopback-only network namespace)"
+step "browser end-to-end tests (headless Chromium and Firefox, in private network namespaces)"
 ns_run() {
   if [ "$(id -u)" = 0 ]; then tests/browser/run.sh "$@"; else
     # Unprivileged: a user namespace gives us the right to make a network namespace.

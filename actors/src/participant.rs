@@ -493,15 +493,20 @@ impl ParticipantState {
                     // client rolls back, answers ours, then offers again.
                     return;
                 }
+                tracing::trace!(participant = %self.id, %sdp, "client offer");
                 match self.peer.apply_offer(now, sdp) {
                     Ok(answer) => {
+                        tracing::trace!(participant = %self.id, %answer, "our answer");
                         tracing::debug!(participant = %self.id, "answered client offer");
                         self.signal.send(ServerSignal::Answer(answer));
                     }
                     Err(e) => self.signal_error(&e),
                 }
             }
-            ClientSignal::Answer(sdp) => match self.peer.apply_answer(now, sdp) {
+            ClientSignal::Answer(sdp) => match {
+                tracing::trace!(participant = %self.id, %sdp, "client answer");
+                self.peer.apply_answer(now, sdp)
+            } {
                 Ok(()) => {
                     tracing::debug!(participant = %self.id, "client answered");
                     self.offer_sent_at = None;
@@ -584,6 +589,7 @@ impl ParticipantState {
             return;
         }
         self.leaving = true;
+        tracing::debug!(participant = %self.id, reason = reason.as_str(), transport = ?self.peer.stats(), "leaving");
         self.peer.close();
         self.flush();
         myself.stop(Some(reason.as_str().to_owned()));
@@ -612,7 +618,7 @@ impl ParticipantState {
                     tracing::debug!(participant = %self.id, "media connected");
                 }
                 PeerEvent::Gone(why) => {
-                    tracing::info!(participant = %self.id, why, "media connection gone");
+                    tracing::info!(participant = %self.id, why, stats = ?self.peer.stats(), "media connection gone");
                     if why == transport::CLOSED_BY_PEER {
                         // The client closed its connection on purpose (pc.close(), a closed
                         // tab): it left, there is nothing to reconnect.

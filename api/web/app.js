@@ -647,6 +647,9 @@
     const result = { participantId: selfId, participants: [...participants.keys()], remote: [] };
     const pc = current && current.pc;
     if (!pc) return result;
+    // Sections in the agreed description: stays bounded as others come and go.
+    result.mLines = ((pc.currentLocalDescription && pc.currentLocalDescription.sdp) || '')
+      .split('\n').filter((l) => l.startsWith('m=')).length;
     const report = [...(await pc.getStats()).values()];
     const inbound = report.filter((s) => s.type === 'inbound-rtp');
     const codecs = new Map(report.filter((s) => s.type === 'codec').map((c) => [c.id, c.mimeType]));
@@ -704,6 +707,8 @@
       get activeSpeakers() { return activeSpeakers.slice(); },
       get participantId() { return selfId; },
       stats, leave, setMicMuted, setCameraMuted, selectedCandidateTypes,
+      // Test hook: closes the peer connection (DTLS close_notify) without a signaling leave.
+      closeMediaOnly: () => { if (current && current.pc) current.pc.close(); },
       join: (meeting, name, token) => startSession({ meeting, name, token }),
     }),
   });

@@ -943,7 +943,7 @@ fn remote_params(desc: &SessionDescription) -> Result<RemoteParams, SdpError> {
     let mut ufrag = session("ice-ufrag");
     let mut pwd = session("ice-pwd");
     for md in &desc.media_descriptions {
-        if md.media_name.port.value == 0 {
+        if md.media_name.port.value == 0 && !md.has_attribute("bundle-only") {
             continue;
         }
         for a in &md.attributes {
@@ -987,7 +987,9 @@ fn remote_params(desc: &SessionDescription) -> Result<RemoteParams, SdpError> {
 
 fn parse_section(md: &MediaDescription) -> Result<OfferedSection, SdpError> {
     let kind = SectionKind::parse(&md.media_name.media);
-    let port0 = md.media_name.port.value == 0;
+    // Port 0 rejects a section, except with `a=bundle-only` (RFC 8843 §6: a bundled section
+    // an offerer sends with port 0; Firefox does this for new sections).
+    let port0 = md.media_name.port.value == 0 && !md.has_attribute("bundle-only");
     let mut mid = None;
     let mut direction = Direction::SendRecv;
     let mut rtpmaps: Vec<(u8, String, u32, u16)> = Vec::new();
