@@ -503,37 +503,10 @@ impl ParticipantState {
                     Err(e) => self.signal_error(&e),
                 }
             }
-            ClientSignal::Answer(sdp) => match {
+            ClientSignal::Answer(sdp) => {
                 tracing::trace!(participant = %self.id, %sdp, "client answer");
-                self.peer.apply_answer(now, sdp)
-            } {
-                Ok(()) => {
-                    tracing::debug!(participant = %self.id, "client answered");
-                    self.offer_sent_at = None;
-                    for sub in self.subscriptions.values_mut() {
-                        if sub.sender.is_some() && !sub.negotiated {
-                            sub.negotiated = true;
-                            if sub.forwarder.needs_keyframe() {
-                                sub.publisher_ref
-                                    .send_message(ParticipantMsg::KeyframeRequest {
-                                        track: sub.key,
-                                    })
-                                    .ok();
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    self.signal_error(&e);
-                    if self.peer.has_local_offer() {
-                        // Our offer is still outstanding and the answer was unusable: take the
-                        // offer back and make a fresh one with the same changes.
-                        self.peer.rollback(now);
-                        self.offer_sent_at = None;
-                        self.reoffer = true;
-                    }
-                }
-            },
+                self.on_answer(now, sdp);
+            }
             ClientSignal::Candidate(candidate) => {
                 if let Err(e) = self.peer.add_remote_candidate(candidate) {
                     self.signal_error(&e);
@@ -570,6 +543,35 @@ impl ParticipantState {
                 self.unpublish(index);
             }
             ClientSignal::Leave => self.leave(LeaveReason::Left, myself),
+        }
+    }
+
+    fn on_answer(&mut self, now: Instant, sdp: String) {
+        match self.peer.apply_answer(now, sdp) {
+            Ok(()) => {
+                tracing::debug!(participant = %self.id, "client answered");
+                self.offer_sent_at = None;
+                for sub in self.subscriptions.values_mut() {
+                    if sub.sender.is_some() && !sub.negotiated {
+                        sub.negotiated = true;
+                        if sub.forwarder.needs_keyframe() {
+                            sub.publisher_ref
+                                .send_message(ParticipantMsg::KeyframeRequest { track: sub.key })
+                                .ok();
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                self.signal_error(&e);
+                if self.peer.has_local_offer() {
+                    // Our offer is still outstanding and the answer was unusable: take the
+                    // offer back and make a fresh one with the same changes.
+                    self.peer.rollback(now);
+                    self.offer_sent_at = None;
+                    self.reoffer = true;
+                }
+            }
         }
     }
 
