@@ -22,6 +22,9 @@ pub mod sdp;
 pub mod srtp;
 pub mod twcc;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use dtls::DtlsIdentity;
 pub use peer::{
     CLOSED_BY_PEER, Inbound, InboundTrack, Peer, PeerConfig, PeerError, PeerEvent, PeerStats,
