@@ -46,6 +46,11 @@ pub const DUP_WINDOW: usize = 512;
 /// (so a late packet cannot switch back). After that the SSRC may start a segment again.
 pub const RETIRED_HOLD: Duration = Duration::from_secs(2);
 
+/// A packet this many sequence numbers behind the newest seen of its source is not late: the
+/// source restarted its numbering (an encoder restart on the same SSRC). Two consecutive
+/// such packets start a new segment instead of being dropped as too old.
+pub const RESTART_GAP: i64 = 2 * DUP_WINDOW as i64;
+
 /// How many retired sources are remembered.
 const RETIRED_SLOTS: usize = 4;
 
@@ -73,6 +78,9 @@ pub struct Forwarder {
     /// Sources switched away from, with the arrival time of the switch.
     retired: [Option<(Ssrc, Instant)>; RETIRED_SLOTS],
     segments: u64,
+    /// A packet far behind its source's numbering, waiting for a second one that follows it
+    /// (then the source restarted): (source, its sequence number).
+    restart_probe: Option<(Ssrc, u16)>,
 }
 
 /// Outgoing header of a forwarded packet. Payload type and payload are the caller's.
@@ -120,6 +128,7 @@ impl Forwarder {
             sent: SeqWindow::default(),
             retired: [None; RETIRED_SLOTS],
             segments: 0,
+            restart_probe: None,
         }
     }
 
@@ -148,7 +157,22 @@ impl Forwarder {
             return Err(Drop::Paused);
         }
         match (pos, &self.segment) {
+            (Some(pos), Some(segment)) if !self.restart && segment.seen_pos - pos > RESTART_GAP => {
+                // Far behind: a restarted numbering if the next packet follows this one.
+                let follows = self
+                    .restart_probe
+                    .is_some_and(|(src, seq)| src == pkt.ssrc && seq_diff(pkt.seq, seq) == 1);
+                if follows {
+                    self.restart_probe = None;
+                    // The new numbering starts a new segment (continuous on the way out).
+                    self.segment = None;
+                    return self.begin_segment(pkt);
+                }
+                self.restart_probe = Some((pkt.ssrc, pkt.seq));
+                Err(Drop::TooOld)
+            }
             (Some(pos), Some(segment)) if !self.restart => {
+                self.restart_probe = None;
                 if pos < 0 {
                     return Err(Drop::TooOld);
                 }
@@ -515,6 +539,57 @@ mod tests {
         assert_eq!((h.seq, h.timestamp, h.marker), (1001, 5960, true));
         assert_eq!(f.last_sent(), Some((1001, 5960, t0 + ms(20))));
         assert_eq!(f.segments(), 1);
+    }
+
+    /// A source that restarts its numbering far backwards on the same SSRC (an encoder
+    /// restart) starts a new segment after two consecutive packets, instead of losing
+    /// everything until the old numbering is reached again (13,000 packets, 260 s of audio).
+    #[test]
+    fn a_backward_restart_of_the_numbering_starts_a_new_segment() {
+        let t0 = Instant::now();
+        let mut f = audio();
+        let mut last = None;
+        for i in 0..100u16 {
+            last = Some(
+                f.forward(&pkt(
+                    AUDIO,
+                    20_000 + i,
+                    u32::from(i) * 960,
+                    t0 + ms(u64::from(i) * 20),
+                ))
+                .unwrap(),
+            );
+        }
+        let last = last.unwrap();
+        // The restart: 13,000 behind. The first such packet alone is held back (a stray late
+        // packet must not restart anything)...
+        let t1 = t0 + ms(2_000);
+        assert_eq!(
+            f.forward(&pkt(AUDIO, 7_000, 1_000_000, t1)),
+            Err(Drop::TooOld)
+        );
+        // ...the next one in sequence starts the new segment, continuous on the way out.
+        let h = f
+            .forward(&pkt(AUDIO, 7_001, 1_000_960, t1 + ms(20)))
+            .unwrap();
+        assert_eq!(h.seq, last.seq.wrapping_add(1));
+        let h2 = f
+            .forward(&pkt(AUDIO, 7_002, 1_001_920, t1 + ms(40)))
+            .unwrap();
+        assert_eq!(h2.seq, h.seq.wrapping_add(1));
+        assert_eq!(h2.timestamp, h.timestamp.wrapping_add(960));
+        // A single stray far-behind packet between normal ones changes nothing.
+        let h3 = f
+            .forward(&pkt(AUDIO, 7_003, 1_002_880, t1 + ms(60)))
+            .unwrap();
+        assert_eq!(
+            f.forward(&pkt(AUDIO, 100, 0, t1 + ms(70))),
+            Err(Drop::TooOld)
+        );
+        let h4 = f
+            .forward(&pkt(AUDIO, 7_004, 1_003_840, t1 + ms(80)))
+            .unwrap();
+        assert_eq!(h4.seq, h3.seq.wrapping_add(1));
     }
 
     #[test]
