@@ -12,6 +12,7 @@ pub mod domain;
 pub mod events;
 pub mod ids;
 pub mod inbox;
+pub mod leg;
 pub mod meeting;
 pub mod node;
 pub mod participant;

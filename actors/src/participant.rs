@@ -26,10 +26,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use hearth_engine::forwarder::{Drop as ForwardDrop, Forwarder};
+use hearth_engine::forwarder::Forwarder;
 use hearth_engine::keyframe::KeyframeRequester;
 use hearth_engine::media::{MediaKind, MediaPacket, Ssrc};
-use hearth_engine::nack::{NackConfig, NackGenerator, RetransmissionCache};
+use hearth_engine::nack::{NackConfig, NackGenerator, RetransmissionCache, RetransmitLimiter};
 use hearth_engine::speaker::{AudioLevelMeter, SpeakerConfig};
 use hearth_engine::stats::{NtpTime, ReceiveStats, ReportTimer, SendStats};
 use hearth_engine::transport;
@@ -40,6 +40,7 @@ use crate::domain::{
 };
 use crate::ids::{ParticipantId, TrackId, random_string};
 use crate::inbox::{Inbox, InboxSender, Pushed};
+use crate::leg::{Forwarded, SendLeg};
 use crate::meeting::MeetingMsg;
 use crate::signal::SignalSender;
 use crate::udp_mux::{Datagram, DatagramSink, MuxRegistration, UdpMux};
@@ -138,6 +139,13 @@ pub enum ParticipantMsg {
     InjectFault,
     /// Current counters.
     Stats(RpcReplyPort<ParticipantStats>),
+    /// A subscriber of our track `track` attached its send leg: forward on it directly.
+    AttachLeg { track: TrackKey, leg: Arc<SendLeg> },
+    /// A subscriber's leg for our track ended.
+    DetachLeg {
+        track: TrackKey,
+        subscriber: ParticipantId,
+    },
     /// The API changed whether this participant may publish.
     SetCanPublish(bool),
     /// Packets wait in a virtual publisher's bounded ingress queue (embedding API; others
@@ -174,6 +182,11 @@ struct Published {
     stack_id: String,
     codec: CodecParams,
     fanout: Arc<[SubscriberLink]>,
+    /// Send legs attached by subscribers (their data side, forwarded on directly).
+    legs: HashMap<ParticipantId, Arc<SendLeg>>,
+    /// Where each packet goes: the fan-out list, each subscriber by its leg when it attached
+    /// one, else by its media queue. Rebuilt when either changes.
+    targets: Vec<Target>,
     recv: ReceiveStats,
     nack: Option<NackGenerator>,
     cache: Option<RetransmissionCache>,
@@ -188,9 +201,22 @@ struct Subscription {
     publisher_ref: ActorRef<ParticipantMsg>,
     sender: Option<SenderKey>,
     negotiated: bool,
-    forwarder: Forwarder,
-    stats: SendStats,
+    /// The stream's data side (forwarder, sealer, send stats), shared with the publisher.
+    leg: Arc<SendLeg>,
+    /// The leg has its sealer and destination (set when negotiated and connected).
+    leg_ready: bool,
     last_keyframe_request: Option<Instant>,
+    /// The client's keyframe requests relayed to the publisher: at most one per
+    /// [`KEYFRAME_REQUEST_INTERVAL`] (coalesced, so PLI floods never reach its mailbox).
+    last_client_keyframe_request: Option<Instant>,
+    /// The client's NACKs: a retransmission budget, repeats within a round trip suppressed.
+    retransmit: RetransmitLimiter,
+}
+
+/// One copy of a published packet: straight onto a subscriber's leg, or into its queue.
+enum Target {
+    Leg(Arc<SendLeg>),
+    Queue(InboxSender<MediaItem, ParticipantMsg>),
 }
 
 enum SubOp {
@@ -232,6 +258,11 @@ pub struct ParticipantState {
     scratch_media: Vec<MediaItem>,
     /// Socket-arrival times of the sampled packets forwarded in the current media batch.
     forwarded_arrivals: Vec<Instant>,
+    /// Copies this participant's actor sealed and sent (as a publisher on subscribers' legs,
+    /// or as a subscriber from its queue): the forward-delay sample counter.
+    fanned_out: u64,
+    /// The path the legs send to (the transport's selected ICE path).
+    leg_dest: Option<SocketAddr>,
     /// `hearth_forward_delay_seconds`: socket arrival → forwarded packet handed to the kernel.
     forward_delay: metrics::Histogram,
     leaving: bool,
@@ -269,6 +300,9 @@ pub const FORWARD_DELAY_BUCKETS: &[f64] = &[
     1.0,
 ];
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(250);
+/// Retransmissions one subscriber's NACKs may cause: per second on average, and in a burst.
+const RETRANSMIT_RATE: u32 = 200;
+const RETRANSMIT_BURST: u32 = 100;
 /// How long a client may take to answer the server's offer.
 const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -349,6 +383,8 @@ impl Actor for ParticipantActor {
             scratch_datagrams: Vec::with_capacity(SCRATCH_START),
             scratch_media: Vec::with_capacity(SCRATCH_START),
             forwarded_arrivals: Vec::with_capacity(SCRATCH_START),
+            fanned_out: 0,
+            leg_dest: None,
             forward_delay: metrics::histogram!(FORWARD_DELAY_METRIC),
             leaving: false,
         })
@@ -385,11 +421,13 @@ impl Actor for ParticipantActor {
             ParticipantMsg::Unsubscribe { track } => state.pending_ops.push(SubOp::Remove(track)),
             ParticipantMsg::RemoteTrackMuted { track, muted } => {
                 for sub in state.subscriptions.values_mut() {
-                    if sub.track == track {
+                    if sub.track == track
+                        && let Some(mut leg) = sub.leg.lock()
+                    {
                         if muted {
-                            sub.forwarder.pause();
+                            leg.forwarder.pause();
                         } else {
-                            sub.forwarder.resume();
+                            leg.forwarder.resume();
                         }
                     }
                 }
@@ -397,10 +435,23 @@ impl Actor for ParticipantActor {
             ParticipantMsg::SetFanout { track, subscribers } => {
                 if let Some(p) = state.published.iter_mut().find(|p| p.info.id == track) {
                     p.fanout = subscribers;
+                    p.rebuild_targets();
                     if p.info.kind == MediaKind::Video {
                         // New subscribers need a keyframe to start decoding.
                         p.keyframes.request(now);
                     }
+                }
+            }
+            ParticipantMsg::AttachLeg { track, leg } => {
+                if let Some(p) = state.published.iter_mut().find(|p| p.key == track) {
+                    p.legs.insert(leg.subscriber.clone(), leg);
+                    p.rebuild_targets();
+                }
+            }
+            ParticipantMsg::DetachLeg { track, subscriber } => {
+                if let Some(p) = state.published.iter_mut().find(|p| p.key == track) {
+                    p.legs.remove(&subscriber);
+                    p.rebuild_targets();
                 }
             }
             ParticipantMsg::KeyframeRequest { track } => {
@@ -423,6 +474,11 @@ impl Actor for ParticipantActor {
                 stats.connected = state.peer.is_connected();
                 stats.published_tracks = state.published.len();
                 stats.subscriptions = state.subscriptions.len();
+                stats.packets_sent = state
+                    .subscriptions
+                    .values()
+                    .filter_map(|s| s.leg.lock().map(|l| l.sent))
+                    .sum();
                 stats.media_dropped = state.media.dropped();
                 stats.ingress_dropped = state.ingress.dropped();
                 stats.media_queue_depth = state.media.depth();
@@ -456,7 +512,27 @@ impl Actor for ParticipantActor {
 impl Drop for ParticipantState {
     fn drop(&mut self) {
         // Runs on clean stops and after a panic alike; the mux registration drops with us.
+        // Publishers skip closed legs at once (and drop them at their next fan-out change).
+        for sub in self.subscriptions.values() {
+            sub.leg.close();
+        }
         metrics::gauge!("hearth_participants").decrement(1.0);
+    }
+}
+
+impl Published {
+    /// The fan-out targets: each subscriber in the meeting's list, by its leg when it
+    /// attached one (closed legs are dropped here), else by its media queue.
+    fn rebuild_targets(&mut self) {
+        self.legs.retain(|_, leg| leg.is_open());
+        self.targets = self
+            .fanout
+            .iter()
+            .map(|link| match self.legs.get(&link.participant) {
+                Some(leg) => Target::Leg(Arc::clone(leg)),
+                None => Target::Queue(link.media.clone()),
+            })
+            .collect();
     }
 }
 
@@ -480,7 +556,9 @@ impl ParticipantState {
             return;
         }
         self.renegotiate(now);
+        self.refresh_legs();
         self.flush();
+        self.record_forward_delays();
         self.arm_timer(now);
     }
 
@@ -497,6 +575,7 @@ impl ParticipantState {
                 match self.peer.apply_offer(now, sdp) {
                     Ok(answer) => {
                         tracing::trace!(participant = %self.id, %answer, "our answer");
+                        self.legs_renegotiated();
                         tracing::debug!(participant = %self.id, "answered client offer");
                         self.signal.send(ServerSignal::Answer(answer));
                     }
@@ -550,11 +629,13 @@ impl ParticipantState {
         match self.peer.apply_answer(now, sdp) {
             Ok(()) => {
                 tracing::debug!(participant = %self.id, "client answered");
+                self.legs_renegotiated();
                 self.offer_sent_at = None;
                 for sub in self.subscriptions.values_mut() {
                     if sub.sender.is_some() && !sub.negotiated {
                         sub.negotiated = true;
-                        if sub.forwarder.needs_keyframe() {
+                        sub.leg_ready = false;
+                        if sub.leg.lock().is_some_and(|l| l.forwarder.needs_keyframe()) {
                             sub.publisher_ref
                                 .send_message(ParticipantMsg::KeyframeRequest { track: sub.key })
                                 .ok();
@@ -591,6 +672,9 @@ impl ParticipantState {
             return;
         }
         self.leaving = true;
+        for sub in self.subscriptions.values() {
+            sub.leg.close();
+        }
         tracing::debug!(participant = %self.id, reason = reason.as_str(), transport = ?self.peer.stats(), "leaving");
         self.peer.close();
         self.flush();
@@ -692,6 +776,8 @@ impl ParticipantState {
             level: (!video).then(|| AudioLevelMeter::new(self.speaker, now)),
             last_loudness: 0.0,
             fanout: Arc::from(Vec::new()),
+            legs: HashMap::new(),
+            targets: Vec::new(),
             codec: track.codec,
             info,
         };
@@ -743,14 +829,41 @@ impl ParticipantState {
         if p.info.muted {
             return;
         }
-        for link in p.fanout.iter() {
-            link.media.push(MediaItem {
-                track: p.key,
-                packet: packet.clone(),
-                retransmission: false,
-            });
+        // Each copy: straight onto the subscriber's leg (rewrite, encrypt, send: no hop),
+        // or into its queue while it has no leg yet.
+        let mut sent = 0u64;
+        let mut wants_keyframe = false;
+        for target in &p.targets {
+            match target {
+                Target::Leg(leg) => match leg.forward(packet.arrival, &packet, false) {
+                    Forwarded::Send(datagram, to) => {
+                        self.mux.send_to(&datagram, to, self.mux_hint);
+                        sent += 1;
+                    }
+                    Forwarded::NeedsKeyframe => wants_keyframe = true,
+                    Forwarded::Skipped => {}
+                },
+                Target::Queue(queue) => {
+                    queue.push(MediaItem {
+                        track: p.key,
+                        packet: packet.clone(),
+                        retransmission: false,
+                    });
+                }
+            }
         }
-        self.stats.packets_forwarded += p.fanout.len() as u64;
+        if wants_keyframe {
+            p.keyframes.request(packet.arrival);
+        }
+        self.stats.packets_forwarded += p.targets.len() as u64;
+        if sent > 0 {
+            let before = self.fanned_out;
+            self.fanned_out += sent;
+            // One sample per FORWARD_DELAY_SAMPLE_EVERY copies sent.
+            if before / FORWARD_DELAY_SAMPLE_EVERY != self.fanned_out / FORWARD_DELAY_SAMPLE_EVERY {
+                self.forwarded_arrivals.push(packet.arrival);
+            }
+        }
     }
 
     fn on_retransmit(
@@ -782,43 +895,22 @@ impl ParticipantState {
     fn on_media(&mut self, now: Instant, myself: &ActorRef<ParticipantMsg>) {
         let mut batch = std::mem::take(&mut self.scratch_media);
         self.media.drain(&mut batch, DRAIN_BATCH);
-        let connected = self.peer.is_connected();
         for item in batch.drain(..) {
             let Some(sub) = self.subscriptions.get_mut(&item.track) else {
                 continue;
             };
-            let (Some(sender), true, true) = (sub.sender, sub.negotiated, connected) else {
-                continue;
-            };
-            let result = if item.retransmission {
-                sub.forwarder.forward_retransmission(&item.packet)
-            } else {
-                sub.forwarder.forward(&item.packet)
-            };
-            match result {
-                Ok(header) => {
-                    let len = item.packet.payload.len();
-                    let arrival = item.packet.arrival;
-                    if self
-                        .peer
-                        .send_rtp(now, sender, header, item.packet.payload)
-                        .is_ok()
-                    {
-                        self.stats.packets_sent += 1;
-                        if !item.retransmission {
-                            sub.stats.on_sent(now, header.timestamp, len);
-                            // Sampled by the running count of sent packets.
-                            if self
-                                .stats
-                                .packets_sent
-                                .is_multiple_of(FORWARD_DELAY_SAMPLE_EVERY)
-                            {
-                                self.forwarded_arrivals.push(arrival);
-                            }
+            // The same leg the publisher forwards on: one forwarder, one SRTP context.
+            match sub.leg.forward(now, &item.packet, item.retransmission) {
+                Forwarded::Send(datagram, to) => {
+                    self.mux.send_to(&datagram, to, self.mux_hint);
+                    if !item.retransmission {
+                        self.fanned_out += 1;
+                        if self.fanned_out.is_multiple_of(FORWARD_DELAY_SAMPLE_EVERY) {
+                            self.forwarded_arrivals.push(item.packet.arrival);
                         }
                     }
                 }
-                Err(ForwardDrop::WaitingForKeyframe) => {
+                Forwarded::NeedsKeyframe => {
                     let due = sub
                         .last_keyframe_request
                         .is_none_or(|t| now.duration_since(t) >= KEYFRAME_REQUEST_INTERVAL);
@@ -829,7 +921,7 @@ impl ParticipantState {
                             .send_message(ParticipantMsg::KeyframeRequest { track: item.track });
                     }
                 }
-                Err(_) => {}
+                Forwarded::Skipped => {}
             }
         }
         self.scratch_media = batch;
@@ -842,24 +934,36 @@ impl ParticipantState {
         match feedback {
             Feedback::KeyframeRequest { media_ssrc } => {
                 if let Some(key) = self.by_out_ssrc.get(&media_ssrc.0)
-                    && let Some(sub) = self.subscriptions.get(key)
+                    && let Some(sub) = self.subscriptions.get_mut(key)
                 {
-                    let _ = sub
-                        .publisher_ref
-                        .send_message(ParticipantMsg::KeyframeRequest { track: *key });
+                    let due = sub
+                        .last_client_keyframe_request
+                        .is_none_or(|t| now.duration_since(t) >= KEYFRAME_REQUEST_INTERVAL);
+                    if due {
+                        sub.last_client_keyframe_request = Some(now);
+                        let _ = sub
+                            .publisher_ref
+                            .send_message(ParticipantMsg::KeyframeRequest { track: *key });
+                    }
                 }
             }
             Feedback::Nack { media_ssrc, seqs } => {
                 let Some(key) = self.by_out_ssrc.get(&media_ssrc.0) else {
                     return;
                 };
-                let Some(sub) = self.subscriptions.get(key) else {
+                let Some(sub) = self.subscriptions.get_mut(key) else {
                     return;
                 };
+                let Some(leg) = sub.leg.lock() else {
+                    return;
+                };
+                let rtt = leg.stats.rtt();
                 let source: Vec<u16> = seqs
                     .iter()
-                    .filter_map(|s| sub.forwarder.source_of(*s).map(|(_, seq)| seq))
+                    .filter(|s| sub.retransmit.allow(now, **s, rtt))
+                    .filter_map(|s| leg.forwarder.source_of(*s).map(|(_, seq)| seq))
                     .collect();
+                drop(leg);
                 if !source.is_empty() {
                     let _ = sub.publisher_ref.send_message(ParticipantMsg::Retransmit {
                         track: *key,
@@ -872,8 +976,9 @@ impl ParticipantState {
                 let ntp = self.ntp(now);
                 if let Some(key) = self.by_out_ssrc.get(&block.ssrc.0)
                     && let Some(sub) = self.subscriptions.get_mut(key)
+                    && let Some(mut leg) = sub.leg.lock()
                 {
-                    sub.stats.on_report_block(ntp, &block);
+                    leg.stats.on_report_block(ntp, &block);
                 }
             }
             Feedback::SenderReport { ssrc, ntp, rtp_ts } => {
@@ -925,7 +1030,10 @@ impl ParticipantState {
             let _ = self.peer.send_receiver_report(now, &blocks);
             for sub in self.subscriptions.values_mut() {
                 if let (Some(sender), true) = (sub.sender, sub.negotiated)
-                    && let Some(info) = sub.stats.sender_info(now, ntp)
+                    && let Some(info) = sub
+                        .leg
+                        .lock()
+                        .and_then(|mut l| l.stats.sender_info(now, ntp))
                 {
                     let _ = self.peer.send_sender_report(now, sender, info);
                 }
@@ -981,6 +1089,17 @@ impl ParticipantState {
                                 forwarder.pause();
                             }
                             self.by_out_ssrc.insert(sender.ssrc.0, track.key);
+                            let leg = Arc::new(SendLeg::new(
+                                self.id.clone(),
+                                forwarder,
+                                SendStats::new(sender.ssrc, track.codec.clock_rate),
+                            ));
+                            // The publisher forwards on it once it is ready (closed legs and
+                            // legs without a sealer are skipped there).
+                            let _ = track.publisher_ref.send_message(ParticipantMsg::AttachLeg {
+                                track: track.key,
+                                leg: Arc::clone(&leg),
+                            });
                             self.subscriptions.insert(
                                 track.key,
                                 Subscription {
@@ -989,9 +1108,14 @@ impl ParticipantState {
                                     publisher_ref: track.publisher_ref.clone(),
                                     sender: Some(sender),
                                     negotiated: false,
-                                    forwarder,
-                                    stats: SendStats::new(sender.ssrc, track.codec.clock_rate),
+                                    leg,
+                                    leg_ready: false,
                                     last_keyframe_request: None,
+                                    last_client_keyframe_request: None,
+                                    retransmit: RetransmitLimiter::new(
+                                        RETRANSMIT_RATE,
+                                        RETRANSMIT_BURST,
+                                    ),
                                 },
                             );
                             changed = true;
@@ -1011,6 +1135,11 @@ impl ParticipantState {
                         && let Some(sub) = self.subscriptions.remove(&key)
                         && let Some(sender) = sub.sender
                     {
+                        sub.leg.close();
+                        let _ = sub.publisher_ref.send_message(ParticipantMsg::DetachLeg {
+                            track: key,
+                            subscriber: self.id.clone(),
+                        });
                         self.by_out_ssrc.remove(&sender.ssrc.0);
                         if let Err(e) = self.peer.remove_sender(sender) {
                             tracing::warn!(participant = %self.id, error = %e, "cannot remove a sender");
@@ -1031,6 +1160,42 @@ impl ParticipantState {
                     tracing::warn!(participant = %self.id, error = %e, "cannot create an offer");
                 }
             }
+        }
+    }
+
+    /// Payload types may change with any exchange: every leg is looked at again.
+    fn legs_renegotiated(&mut self) {
+        for sub in self.subscriptions.values_mut() {
+            sub.leg_ready = false;
+        }
+    }
+
+    /// Opens each negotiated subscription's leg once the transport is connected (its sealer,
+    /// our selected path) and follows path changes and renegotiated payload types.
+    fn refresh_legs(&mut self) {
+        let dest = self.peer.selected_path();
+        let moved = dest != self.leg_dest;
+        self.leg_dest = dest;
+        if !self.peer.is_connected() {
+            return;
+        }
+        for sub in self.subscriptions.values_mut() {
+            let Some(sender) = sub.sender else {
+                continue;
+            };
+            if !sub.negotiated || (sub.leg_ready && !moved) {
+                continue;
+            }
+            let Some(mut leg) = sub.leg.lock() else {
+                continue;
+            };
+            leg.dest = dest;
+            match (&mut leg.sealer, self.peer.sender_payload_type(sender)) {
+                (Some(sealer), Some(pt)) => sealer.payload_type = pt,
+                (None, Some(_)) => leg.sealer = self.peer.take_sealer(sender),
+                _ => {}
+            }
+            sub.leg_ready = leg.sealer.is_some() && leg.dest.is_some();
         }
     }
 

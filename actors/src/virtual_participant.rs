@@ -194,6 +194,9 @@ impl Actor for VirtualParticipant {
             | ParticipantMsg::RemoteTrackMuted { .. }
             | ParticipantMsg::Retransmit { .. }
             | ParticipantMsg::SetCanPublish(_) => {}
+            // Subscribers' send legs: a virtual publisher fans out through their media
+            // queues (each subscriber forwards on its own leg from there).
+            ParticipantMsg::AttachLeg { .. } | ParticipantMsg::DetachLeg { .. } => {}
         }
         Ok(())
     }

@@ -22,7 +22,7 @@ use hearth_engine::media::{MediaKind, Ssrc};
 use hearth_engine::stats::{ReportBlock, SenderInfo};
 use hearth_engine::transport::{self, DtlsIdentity, Peer, PeerConfig};
 pub use hearth_engine::transport::{
-    CodecParams, Feedback, Inbound, InboundTrack, PeerError, PeerStats, SenderKey,
+    CodecParams, Feedback, Inbound, InboundTrack, PeerError, PeerStats, RtpSealer, SenderKey,
 };
 
 use crate::domain::Candidate;
@@ -157,6 +157,21 @@ impl WebRtcPeer {
     pub fn remove_sender(&mut self, key: SenderKey) -> Result<(), PeerError> {
         self.peer.remove_sender(key);
         Ok(())
+    }
+
+    /// The selected ICE path (where every datagram goes).
+    pub fn selected_path(&self) -> Option<SocketAddr> {
+        self.peer.selected_path()
+    }
+
+    /// The agreed payload type of a sender.
+    pub fn sender_payload_type(&self, key: SenderKey) -> Option<u8> {
+        self.peer.sender_payload_type(key)
+    }
+
+    /// The sealer of a sender's stream, for its send leg (see `crate::leg`).
+    pub fn take_sealer(&mut self, key: SenderKey) -> Option<RtpSealer> {
+        self.peer.take_sealer(key)
     }
 
     pub fn send_rtp(

@@ -45,7 +45,9 @@ pub use forwarder::Drop as ForwardDrop;
 pub use forwarder::{ForwardedHeader, Forwarder};
 pub use keyframe::KeyframeRequester;
 pub use media::{AudioLevel, Codec, MediaKind, MediaPacket, Ssrc};
-pub use nack::{NackConfig, NackGenerator, RetransmissionCache, nack_pairs, nack_seqs};
+pub use nack::{
+    NackConfig, NackGenerator, RetransmissionCache, RetransmitLimiter, nack_pairs, nack_seqs,
+};
 pub use seq::{SeqUnwrapper, TsUnwrapper, seq_diff, seq_newer};
 pub use speaker::{ActiveSpeakerDetector, AudioLevelMeter, SpeakerConfig};
 pub use stats::{NtpTime, ReceiveStats, ReportBlock, ReportTimer, SendStats, SenderInfo};

@@ -241,6 +241,67 @@ impl NackGenerator {
     }
 }
 
+/// Limits what one subscriber's NACKs can make the server send: a token bucket of
+/// retransmissions (so a subscriber cannot turn its NACKs into an amplifier), and repeats of
+/// a sequence number within one round trip suppressed (the first retransmission is still in
+/// flight). Fixed-size state; no allocation.
+#[derive(Clone, Debug)]
+pub struct RetransmitLimiter {
+    tokens: f64,
+    last_refill: Option<Instant>,
+    rate_per_s: f64,
+    burst: f64,
+    /// Recently retransmitted sequence numbers, indexed by `seq % RECENT`.
+    recent: [Option<(u16, Instant)>; RETRANSMIT_RECENT],
+    /// Requests refused by the budget or as repeats.
+    pub refused: u64,
+}
+
+/// Sequence numbers remembered for repeat suppression.
+pub const RETRANSMIT_RECENT: usize = 128;
+
+impl RetransmitLimiter {
+    /// `rate_per_s` retransmissions per second on average, bursts of `burst`.
+    pub fn new(rate_per_s: u32, burst: u32) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            last_refill: None,
+            rate_per_s: f64::from(rate_per_s),
+            burst: f64::from(burst),
+            recent: [None; RETRANSMIT_RECENT],
+            refused: 0,
+        }
+    }
+
+    /// True if `seq` may be retransmitted now; `rtt` is the subscriber's round trip
+    /// (a default is used when unknown).
+    pub fn allow(&mut self, now: Instant, seq: u16, rtt: Option<Duration>) -> bool {
+        let hold = rtt
+            .unwrap_or(Duration::from_millis(100))
+            .clamp(Duration::from_millis(10), Duration::from_millis(500));
+        let slot = &mut self.recent[usize::from(seq) % RETRANSMIT_RECENT];
+        if let Some((s, at)) = *slot
+            && s == seq
+            && now.saturating_duration_since(at) < hold
+        {
+            self.refused += 1;
+            return false;
+        }
+        if let Some(last) = self.last_refill {
+            let elapsed = now.saturating_duration_since(last).as_secs_f64();
+            self.tokens = (self.tokens + elapsed * self.rate_per_s).min(self.burst);
+        }
+        self.last_refill = Some(now);
+        if self.tokens < 1.0 {
+            self.refused += 1;
+            return false;
+        }
+        self.tokens -= 1.0;
+        *slot = Some((seq, now));
+        true
+    }
+}
+
 /// RFC 4585 generic NACK encoding: (PID, BLP) pairs where bit i of BLP stands for PID + i + 1.
 /// Input in ascending (wrapping) order gives the minimal encoding; any order is correct.
 pub fn nack_pairs(seqs: &[u16]) -> Vec<(u16, u16)> {
@@ -576,5 +637,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn retransmissions_have_a_budget_and_repeats_wait_a_round_trip() {
+        let t0 = Instant::now();
+        let mut l = RetransmitLimiter::new(100, 50);
+        let rtt = Some(Duration::from_millis(40));
+        // A burst of 50 passes, the 51st does not.
+        for seq in 0..50u16 {
+            assert!(l.allow(t0, seq, rtt), "{seq}");
+        }
+        assert!(!l.allow(t0, 50, rtt));
+        // 100 ms later, 10 more tokens.
+        let t1 = t0 + Duration::from_millis(100);
+        for seq in 100..110u16 {
+            assert!(l.allow(t1, seq, rtt));
+        }
+        assert!(!l.allow(t1, 110, rtt));
+        // A repeat within the round trip is refused even with tokens left.
+        let t2 = t1 + Duration::from_secs(1);
+        assert!(l.allow(t2, 7, rtt));
+        assert!(!l.allow(t2 + Duration::from_millis(10), 7, rtt));
+        assert!(l.allow(t2 + Duration::from_millis(50), 7, rtt));
+        assert_eq!(l.refused, 3);
+        // A flood of NACKs for 278,000 sequence numbers releases at most the budget.
+        let mut l = RetransmitLimiter::new(100, 50);
+        let allowed = (0..278_000u32)
+            .filter(|s| l.allow(t0, *s as u16, rtt))
+            .count();
+        assert_eq!(allowed, 50);
     }
 }

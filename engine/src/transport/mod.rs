@@ -32,3 +32,4 @@ pub use peer::{
 };
 pub use rtcp::Feedback;
 pub use sdp::CodecParams;
+pub use srtp::RtpSealer;

@@ -23,7 +23,7 @@ use super::sdp::{
     self, AUDIO_LEVEL_URI, CodecParams, LocalParams, MID_URI, Negotiator, SdpError, Sender,
     TRANSPORT_CC_URI,
 };
-use super::srtp::SrtpSession;
+use super::srtp::{RtpSealer, SrtpSession};
 use super::twcc::TwccRecorder;
 use crate::codec;
 use crate::forwarder::ForwardedHeader;
@@ -153,6 +153,10 @@ pub struct Peer {
     ice: IceLite,
     dtls: DtlsServer,
     srtp: Option<SrtpSession>,
+    /// The exported keys, for the sealers of fanned-out streams.
+    keys: Option<super::dtls::SrtpKeys>,
+    /// Senders whose RTP is sealed outside (by an [`RtpSealer`]): never encrypted here.
+    sealed_outside: Vec<usize>,
     negotiator: Negotiator,
     twcc: TwccRecorder,
     rtcp_ssrc: u32,
@@ -192,6 +196,8 @@ impl Peer {
             ice: IceLite::new(config.ufrag, config.pwd),
             dtls: DtlsServer::new(&config.identity),
             srtp: None,
+            keys: None,
+            sealed_outside: Vec::new(),
             negotiator: Negotiator::new(local, config.session_id),
             twcc: TwccRecorder::new(config.rtcp_ssrc),
             rtcp_ssrc: config.rtcp_ssrc,
@@ -420,6 +426,24 @@ impl Peer {
         self.negotiator.remove_sender(key.index);
     }
 
+    /// The agreed payload type of a sender (None until negotiated).
+    pub fn sender_payload_type(&self, key: SenderKey) -> Option<u8> {
+        self.negotiator.sender(key.index).and_then(|s| s.pt)
+    }
+
+    /// Hands out the sealer of `key`'s stream, once connected and negotiated, so RTP for it
+    /// can be encrypted outside this transport (the publisher's fan-out). From then on
+    /// [`Self::send_rtp`] refuses that stream: one SSRC, one RTP context.
+    pub fn take_sealer(&mut self, key: SenderKey) -> Option<RtpSealer> {
+        let pt = self.sender_payload_type(key)?;
+        let keys = self.keys.as_ref()?;
+        let sealer = RtpSealer::new(keys, self.dtls.crypto(), key.ssrc.0, pt).ok()?;
+        if !self.sealed_outside.contains(&key.index) {
+            self.sealed_outside.push(key.index);
+        }
+        Some(sealer)
+    }
+
     /// Sends one forwarded RTP packet on `key`'s stream.
     pub fn send_rtp(
         &mut self,
@@ -431,6 +455,11 @@ impl Peer {
         let Some(pt) = self.negotiator.sender(key.index).and_then(|s| s.pt) else {
             return Err(PeerError::Negotiation("codec not negotiated".into()));
         };
+        if self.sealed_outside.contains(&key.index) {
+            return Err(PeerError::Transport(
+                "this stream is sealed by its sealer".into(),
+            ));
+        }
         let (Some(srtp), Some(to)) = (self.srtp.as_mut(), self.ice.selected()) else {
             return Err(PeerError::Transport("not connected".into()));
         };
@@ -566,6 +595,7 @@ impl Peer {
                 DtlsEvent::Connected(keys) => match SrtpSession::new(&keys, self.dtls.crypto()) {
                     Ok(session) => {
                         self.srtp = Some(session);
+                        self.keys = Some(keys);
                         if !self.connected {
                             self.connected = true;
                             self.events.push_back(PeerEvent::Connected);

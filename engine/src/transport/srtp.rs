@@ -85,3 +85,86 @@ impl SrtpSession {
             .map_err(|e| SrtpError(e.to_string()))
     }
 }
+
+/// The data side of one outgoing stream, sealed outside its transport: a subscriber hands
+/// it to the publisher's fan-out, which rewrites and encrypts each copy itself (no queue hop
+/// per copy). Its own SRTP context, keyed like the transport's, for this one SSRC only: the
+/// transport never encrypts RTP of that SSRC once the sealer exists.
+pub struct RtpSealer {
+    ctx: Context,
+    ssrc: u32,
+    /// The payload type agreed for the stream (changes with renegotiation).
+    pub payload_type: u8,
+    scratch: BytesMut,
+}
+
+impl std::fmt::Debug for RtpSealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RtpSealer")
+            .field("ssrc", &self.ssrc)
+            .field("payload_type", &self.payload_type)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RtpSealer {
+    pub fn new(
+        keys: &SrtpKeys,
+        crypto: &dyn rtc_crypto::RTCCrypto,
+        ssrc: u32,
+        payload_type: u8,
+    ) -> Result<Self, SrtpError> {
+        let ctx = Context::new(
+            &keys.local_key,
+            &keys.local_salt,
+            keys.profile,
+            None,
+            None,
+            crypto,
+        )
+        .map_err(|e| SrtpError(e.to_string()))?;
+        Ok(Self {
+            ctx,
+            ssrc,
+            payload_type,
+            scratch: BytesMut::with_capacity(1500),
+        })
+    }
+
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
+    /// One SRTP packet: a 12-byte header (our SSRC, the agreed payload type, the forwarded
+    /// sequence number, timestamp and marker) and `payload`, encrypted. Fails only if the
+    /// cipher does (or after 2^48 packets).
+    pub fn seal(
+        &mut self,
+        seq: u16,
+        timestamp: u32,
+        marker: bool,
+        payload: &[u8],
+    ) -> Result<BytesMut, SrtpError> {
+        use bytes::BufMut;
+        let header = rtc_rtp::header::Header {
+            version: 2,
+            marker,
+            payload_type: self.payload_type,
+            sequence_number: seq,
+            timestamp,
+            ssrc: self.ssrc,
+            ..Default::default()
+        };
+        self.scratch.clear();
+        self.scratch.put_u8(0x80);
+        self.scratch
+            .put_u8((u8::from(marker) << 7) | (self.payload_type & 0x7f));
+        self.scratch.put_u16(seq);
+        self.scratch.put_u32(timestamp);
+        self.scratch.put_u32(self.ssrc);
+        self.scratch.extend_from_slice(payload);
+        self.ctx
+            .encrypt_rtp_with_header(&self.scratch, &header)
+            .map_err(|e| SrtpError(e.to_string()))
+    }
+}
