@@ -280,7 +280,14 @@ fn server_sends_through_its_own_offer() {
     let offer = p.server_offers();
     assert!(offer.contains("a=ice-lite"), "{offer}");
     assert!(offer.contains("a=setup:actpass"), "{offer}");
+    let start = p.now;
     p.drive("connected", |p| p.connected());
+    // No DTLS retransmission timer on the way: the handshake completes within a few rounds.
+    let took = p.now.duration_since(start);
+    assert!(
+        took < Duration::from_millis(300),
+        "connected after {took:?}"
+    );
     let mut seq = 1u16;
     p.drive("client receives", |p| {
         p.server_send(key, seq, &[0xFC, 9, 9, 9]);

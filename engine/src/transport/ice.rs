@@ -69,6 +69,8 @@ pub struct IceLite {
     remote_ufrag: Option<String>,
     validated: Vec<Validated>,
     selected: Option<SocketAddr>,
+    /// The controlling agent nominated a path (USE-CANDIDATE): it now considers ICE done.
+    nominated: bool,
     transmits: Vec<(SocketAddr, Vec<u8>)>,
     /// Paths dropped to make room, reported by the next `handle_timeout`/`poll_evicted`.
     evicted: Vec<SocketAddr>,
@@ -83,6 +85,7 @@ impl IceLite {
             remote_ufrag: None,
             validated: Vec::new(),
             selected: None,
+            nominated: false,
             transmits: Vec::new(),
             evicted: Vec::new(),
             stats: IceStats::default(),
@@ -108,6 +111,11 @@ impl IceLite {
     /// The nominated address: where every datagram goes.
     pub fn selected(&self) -> Option<SocketAddr> {
         self.selected
+    }
+
+    /// True once the controlling agent nominated a path with USE-CANDIDATE.
+    pub fn nominated(&self) -> bool {
+        self.nominated
     }
 
     /// True when `from` passed a check and its consent has not expired. Hot path: a scan of
@@ -163,10 +171,14 @@ impl IceLite {
             .build();
         self.transmits.push((from, response));
         self.validate(now, from);
-        let nominate = msg.get(attr::USE_CANDIDATE).is_some() || self.selected.is_none();
+        let use_candidate = msg.get(attr::USE_CANDIDATE).is_some();
+        let nominate = use_candidate || self.selected.is_none();
         let changed = nominate && self.selected != Some(from);
         if nominate {
             self.selected = Some(from);
+        }
+        if use_candidate {
+            self.nominated = true;
         }
         StunOutcome::Answered {
             nominated_changed: changed,

@@ -34,6 +34,10 @@ use crate::stats::{ReportBlock, SenderInfo};
 pub const MAX_DATAGRAM: usize = 2048;
 /// Inbound streams (SSRCs) kept per participant.
 pub const MAX_INBOUND_STREAMS: usize = 64;
+/// How long after the peer's nomination our ClientHello goes out, in the DTLS client role.
+pub const DTLS_CLIENT_START_DELAY: Duration = Duration::from_millis(10);
+/// ...and after a path was selected when no nomination came.
+pub const DTLS_CLIENT_UNNOMINATED_DELAY: Duration = Duration::from_millis(500);
 /// How long ICE and DTLS may take before the peer is given up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -173,6 +177,10 @@ pub struct Peer {
     candidate_announced: bool,
     /// Sender SSRCs whose SRTCP reached the SRTP library (capped).
     rtcp_ssrcs: Vec<u32>,
+    /// When our ClientHello goes out (client role, after the nomination).
+    dtls_client_start: Option<Instant>,
+    /// When a path was first selected while the client role waited.
+    dtls_client_selected: Option<Instant>,
     /// Set by the first completed offer/answer: DTLS roles never change afterwards.
     dtls_role_settled: bool,
     stats: PeerStats,
@@ -212,6 +220,8 @@ impl Peer {
             gone: false,
             candidate_announced: false,
             dtls_role_settled: false,
+            dtls_client_start: None,
+            dtls_client_selected: None,
             rtcp_ssrcs: Vec::new(),
             stats: PeerStats::default(),
         }
@@ -286,9 +296,23 @@ impl Peer {
         Ok(())
     }
 
-    /// In the client role, the ClientHello goes out once ICE selected a path.
+    /// In the client role, the ClientHello goes out [`DTLS_CLIENT_START_DELAY`] after the
+    /// peer nominated a path (USE-CANDIDATE): a webrtc-rs peer starts its DTLS server only
+    /// once its nominating check succeeded, and drops a ClientHello that arrives earlier (the
+    /// handshake then waits a whole 1 s retransmission). Without a nomination, the
+    /// ClientHello goes out [`DTLS_CLIENT_UNNOMINATED_DELAY`] after the path was selected.
     fn start_dtls_client(&mut self, now: Instant) {
-        if self.dtls.wants_to_start() && self.ice.selected().is_some() {
+        if !self.dtls.wants_to_start() || self.ice.selected().is_none() {
+            return;
+        }
+        let selected_at = *self.dtls_client_selected.get_or_insert(now);
+        if self.ice.nominated() && self.dtls_client_start.is_none() {
+            self.dtls_client_start = Some(now + DTLS_CLIENT_START_DELAY);
+        }
+        let at = self
+            .dtls_client_start
+            .unwrap_or(selected_at + DTLS_CLIENT_UNNOMINATED_DELAY);
+        if now >= at {
             self.dtls.start_client(now);
             self.drain_dtls();
         }
@@ -819,6 +843,13 @@ impl Peer {
         };
         consider(self.ice.poll_timeout());
         consider(self.dtls.poll_timeout());
+        if self.dtls.wants_to_start() {
+            consider(self.dtls_client_start);
+            consider(
+                self.dtls_client_selected
+                    .map(|t| t + DTLS_CLIENT_UNNOMINATED_DELAY),
+            );
+        }
         if self.srtp.is_some() {
             consider(self.twcc.poll_timeout());
         }
@@ -845,6 +876,7 @@ impl Peer {
             self.mark_gone("ICE/DTLS did not connect in time");
             return;
         }
+        self.start_dtls_client(now);
         self.dtls.handle_timeout(now);
         self.drain_dtls();
         if self.srtp.is_some() {
