@@ -254,6 +254,8 @@ pub struct ParticipantState {
     stats: ParticipantStats,
     /// Queue drops already added to the node's counters: (media, ingress).
     drops_reported: (u64, u64),
+    /// The transport's refusal counters already added to the node's metrics.
+    transport_reported: crate::webrtc::PeerStats,
     scratch_datagrams: Vec<Datagram>,
     scratch_media: Vec<MediaItem>,
     /// Socket-arrival times of the sampled packets forwarded in the current media batch.
@@ -380,6 +382,7 @@ impl Actor for ParticipantActor {
             wall_epoch: args.wall_epoch,
             stats: ParticipantStats::default(),
             drops_reported: (0, 0),
+            transport_reported: Default::default(),
             scratch_datagrams: Vec::with_capacity(SCRATCH_START),
             scratch_media: Vec::with_capacity(SCRATCH_START),
             forwarded_arrivals: Vec::with_capacity(SCRATCH_START),
@@ -675,6 +678,7 @@ impl ParticipantState {
         for sub in self.subscriptions.values() {
             sub.leg.close();
         }
+        self.flush_drop_counters();
         tracing::debug!(participant = %self.id, reason = reason.as_str(), transport = ?self.peer.stats(), "leaving");
         self.peer.close();
         self.flush();
@@ -1214,6 +1218,28 @@ impl ParticipantState {
                 .increment(ingress - ingress_seen);
         }
         self.drops_reported = (media, ingress);
+        // What the transport refused since the last report, by reason.
+        let now = self.peer.stats();
+        let before = std::mem::replace(&mut self.transport_reported, now);
+        let reasons = [
+            ("oversized", now.oversized, before.oversized),
+            ("unvalidated_source", now.unvalidated, before.unvalidated),
+            ("not_demuxed", now.not_demuxed, before.not_demuxed),
+            ("before_keys", now.before_keys, before.before_keys),
+            ("malformed_rtp", now.malformed_rtp, before.malformed_rtp),
+            ("unknown_ssrc", now.unknown_ssrc, before.unknown_ssrc),
+            ("srtp_auth_failed", now.srtp_failed, before.srtp_failed),
+            ("srtcp_auth_failed", now.srtcp_failed, before.srtcp_failed),
+            ("padding_only", now.padding_only, before.padding_only),
+            ("malformed_rtcp", now.rtcp_malformed, before.rtcp_malformed),
+            ("stun_refused", now.stun_refused, before.stun_refused),
+        ];
+        for (reason, now, before) in reasons {
+            if now > before {
+                metrics::counter!("hearth_media_dropped_total", "reason" => reason)
+                    .increment(now - before);
+            }
+        }
     }
 
     /// Records, for each sampled packet of the media batch just flushed, how long it spent in

@@ -251,6 +251,12 @@ impl Shard {
         let std_socket = std::net::UdpSocket::bind(bind)?;
         std_socket.set_nonblocking(true)?;
         let udp = UdpSocketState::new((&std_socket).into())?;
+        // One socket carries a whole shard's participants, and an SFU sends each packet's
+        // copies in one burst: a default-sized (208 KiB) receive buffer overflows while the
+        // shard decrypts, and the generator's own drops would be reported as the server's
+        // loss. Best effort: the kernel caps both at rmem_max/wmem_max.
+        let _ = udp.set_recv_buffer_size((&std_socket).into(), 4 << 20);
+        let _ = udp.set_send_buffer_size((&std_socket).into(), 4 << 20);
         let port = std_socket.local_addr()?.port();
         let socket = UdpSocket::from_std(std_socket)?;
         let totals = Arc::new(Mutex::new(Totals::new()));
