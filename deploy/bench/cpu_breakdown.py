@@ -3,7 +3,8 @@
 
 usage: cpu_breakdown.py STACKS_TXT US_PER_FORWARDED_PACKET
 
-Each sample goes to the first bucket whose rule matches any frame of its stack, in the
+Buckets cover both server stacks: Hearth's own transport (`hearth_engine::transport`, the
+send legs) and, for profiling builds before it, webrtc-rs `rtc`. Each sample goes to the first bucket whose rule matches any frame of its stack, in the
 order below, so a sample inside SRTP encryption under the rtc write pipeline counts as
 SRTP, and the kernel's loopback delivery (the receiving socket's softirq work, done in the
 sender's context on loopback) is split from the send path proper. Prints a Markdown table
@@ -18,8 +19,14 @@ RULES = [
     ("kernel: UDP send (syscall, routing, loopback xmit)",
      lambda s: has(s, "__sys_sendto", "__sys_sendmsg")),
     ("kernel: UDP receive", lambda s: has(s, "__sys_recvfrom", "__sys_recvmsg", "recvmmsg")),
-    ("rtc: SRTP/SRTCP encrypt", lambda s: has(s, "encrypt_rtp", "encrypt_rtcp")),
-    ("rtc: SRTP/SRTCP decrypt", lambda s: has(s, "decrypt_rtp", "decrypt_rtcp")),
+    ("SRTP/SRTCP encrypt (cipher)", lambda s: has(s, "encrypt_rtp", "encrypt_rtcp")),
+    ("SRTP/SRTCP decrypt (cipher)", lambda s: has(s, "decrypt_rtp", "decrypt_rtcp")),
+    # Hearth's own transport (engine/src/transport) and the send legs.
+    ("hearth transport: RTP header parse, demux, TWCC, RTCP",
+     lambda s: has(s, "transport::peer::Peer::handle_datagram", "Peer::on_srtp", "Peer::on_srtcp",
+                   "twcc::", "transport::rtcp::")),
+    ("hearth: send legs (forwarder rewrite, sealing outside the cipher)",
+     lambda s: has(s, "SendLeg", "RtpSealer")),
     ("rtc: interceptor chain (TWCC receiver, RTCP marking, terminus)",
      lambda s: has(s, "InterceptorHandler")),
     ("rtc: other write-pipeline handlers and message moves",
@@ -31,7 +38,7 @@ RULES = [
      lambda s: "[k]" in s[0] or s[0].startswith("0xffff")
      or has(s[:1], "entry_SYSCALL", "do_syscall", "schedule", "futex", "epoll")),
     ("hearth: forwarding (fan-out, sequence rewrite, queues)",
-     lambda s: has(s, "on_media", "send_rtp", "publish_packet", "Forwarder")),
+     lambda s: has(s, "on_media", "send_rtp", "publish_packet", "Forwarder", "UdpMux")),
     ("hearth: other actor code", lambda s: has(s, "hearth_actors", "hearth_engine")),
     ("runtime: ractor + tokio (mailboxes, wake-ups, scheduling)",
      lambda s: has(s, "ractor", "tokio")),

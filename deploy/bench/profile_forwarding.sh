@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Where a forwarded packet's server CPU goes: runs one hearth-loadgen scenario (server on
 # CPU 0, load generator on CPU 1), records the server with `perf record --call-graph dwarf`
-# for 8 s in the middle of the hold, and splits the samples into kernel / webrtc-rs `rtc` /
+# for 8 s in the middle of the hold, and splits the samples into kernel / cipher / transport /
 # Hearth / runtime buckets, in percent and in µs per forwarded packet.
 #
 #   deploy/bench/profile_forwarding.sh [OUT_DIR] [loadgen scenario args...]
