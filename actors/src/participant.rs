@@ -1156,6 +1156,7 @@ impl ParticipantState {
         if changed {
             match self.peer.create_offer(now) {
                 Ok(offer) => {
+                    tracing::trace!(participant = %self.id, %offer, "our offer");
                     tracing::debug!(participant = %self.id, subscriptions = self.subscriptions.len(), "offer sent");
                     self.offer_sent_at = Some(now);
                     self.signal.send(ServerSignal::Offer(offer));

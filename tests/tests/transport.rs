@@ -429,3 +429,45 @@ fn publish_then_subscribe_keeps_the_dtls_roles() {
     });
     assert!(!p.events.iter().any(|e| matches!(e, PeerEvent::Gone(_))));
 }
+
+/// Every subscription removed (an offer whose sections are all rejected), then a new one:
+/// the client accepts both offers and the new stream delivers.
+#[test]
+fn all_subscriptions_removed_then_one_added() {
+    let mut p = Pair::new();
+    let a = p
+        .server
+        .add_sender(MediaKind::Audio, &opus_params(), "s", "a")
+        .unwrap();
+    let b = p
+        .server
+        .add_sender(MediaKind::Audio, &opus_params(), "s", "b")
+        .unwrap();
+    p.server_offers();
+    p.drive("connected", |p| p.connected());
+    p.server.remove_sender(a).unwrap();
+    p.server.remove_sender(b).unwrap();
+    let offer = p.server_offers();
+    assert!(!offer.contains("a=group:BUNDLE"), "{offer}");
+    // The client's consent checks (they keep the ICE ufrag of before) still pass a minute on.
+    for _ in 0..12_000 {
+        p.step();
+    }
+    assert!(
+        !p.events.iter().any(|e| matches!(e, PeerEvent::Gone(_))),
+        "{:?}",
+        p.events
+    );
+    let c = p
+        .server
+        .add_sender(MediaKind::Audio, &opus_params(), "s", "c")
+        .unwrap();
+    p.server_offers();
+    let mut seq = 1u16;
+    p.client_rtp.clear();
+    p.drive("the new stream delivers", |p| {
+        p.server_send(c, seq, &[0xFC, 5]);
+        seq += 1;
+        p.client_rtp.iter().any(|r| r.header.ssrc == c.ssrc.0)
+    });
+}

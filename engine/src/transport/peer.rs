@@ -323,9 +323,14 @@ impl Peer {
     }
 
     fn after_negotiation(&mut self, applied: sdp::Applied) {
-        self.ice.set_remote_ufrag(&applied.remote.ufrag);
-        self.dtls
-            .set_remote_fingerprints(applied.remote.fingerprints);
+        // An all-rejected description carries no transport parameters: keep the current ones.
+        if !applied.remote.ufrag.is_empty() {
+            self.ice.set_remote_ufrag(&applied.remote.ufrag);
+        }
+        if !applied.remote.fingerprints.is_empty() {
+            self.dtls
+                .set_remote_fingerprints(applied.remote.fingerprints);
+        }
         self.drain_dtls();
         for mid in applied.stopped {
             self.events

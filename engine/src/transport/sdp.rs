@@ -714,6 +714,15 @@ impl Negotiator {
             attributes.push(attr("group", format!("BUNDLE {}", bundle.join(" "))));
         }
         attributes.push(flag("ice-lite"));
+        // Also at session level (RFC 8839 §5.4, RFC 8122 §5): a description whose sections
+        // are all rejected (every subscription removed) still carries our credentials, which
+        // some stacks require.
+        attributes.push(attr("ice-ufrag", self.local.ufrag.clone()));
+        attributes.push(attr("ice-pwd", self.local.pwd.clone()));
+        attributes.push(attr(
+            "fingerprint",
+            format!("sha-256 {}", self.local.fingerprint),
+        ));
         attributes.push(attr("msid-semantic", " WMS *".trim_start().to_owned()));
         let mut desc = SessionDescription {
             version: 0,
@@ -932,6 +941,15 @@ fn parse(sdp: &str) -> Result<SessionDescription, SdpError> {
 }
 
 fn remote_params(desc: &SessionDescription) -> Result<RemoteParams, SdpError> {
+    let live = desc
+        .media_descriptions
+        .iter()
+        .any(|md| md.media_name.port.value != 0 || md.has_attribute("bundle-only"));
+    if !live {
+        // Every section rejected: nothing to connect, and a stack may omit its ICE and DTLS
+        // attributes altogether. The transport keeps what it had.
+        return Ok(RemoteParams::default());
+    }
     let session = |key: &str| desc.attribute(key).cloned();
     let mut out = RemoteParams::default();
     let mut fingerprints: Vec<String> = desc
