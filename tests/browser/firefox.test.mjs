@@ -3,7 +3,8 @@
 //   1. each decodes the other's audio and video;
 //   2. renegotiation churn: 20 Chromium participants join and leave one after another while
 //      the two stay; both keep decoding and their SDP stays bounded (m-lines are recycled);
-//   3. a closed peer connection (DTLS close_notify, no signaling leave) is gone within 1 s.
+//   3. a closed peer connection (DTLS close_notify, no signaling leave) is gone within 1 s,
+//      and so is a closed tab.
 //
 // Firefox gathers no ICE candidates in a namespace that has only loopback, so
 // tests/browser/run.sh gives firefox*.test.mjs a veth pair with a default route inside the
@@ -124,6 +125,20 @@ try {
   const gone = Date.now() - t0;
   log(`firefox's closed connection noticed in ${gone} ms`);
   assert.ok(gone <= 1000, `a closed connection is gone within 1 s (took ${gone} ms)`);
+  // A Chromium tab closed (page and connection gone together): the others see it gone
+  // within 1 s.
+  const watcher = await openParticipant(chromium.browser, server.base, MEETING, 'watcher', logs);
+  const leaver = await openParticipant(chromium.browser, server.base, MEETING, 'leaver', logs);
+  const leaverId = await until('leaver joined', async () => (await leaver.stats()).participantId);
+  await until('watcher receives leaver', async () =>
+    counter(await watcher.stats(), leaverId, 'audio', 'packetsReceived') > 0, 20000);
+  const t1 = Date.now();
+  await leaver.context.close();
+  await until('watcher sees the closed tab gone', async () =>
+    !(await watcher.stats()).participants.includes(leaverId), 5000, 20);
+  const tabGone = Date.now() - t1;
+  log(`a closed tab is gone for the others in ${tabGone} ms`);
+  assert.ok(tabGone <= 1000, `a closed tab is gone within 1 s (took ${tabGone} ms)`);
   log('PASS firefox.test.mjs');
 } catch (e) {
   failed = true;

@@ -471,3 +471,64 @@ fn all_subscriptions_removed_then_one_added() {
         p.client_rtp.iter().any(|r| r.header.ssrc == c.ssrc.0)
     });
 }
+
+/// Valid SRTP replayed, tampered with, or on an SSRC nobody announced: dropped and counted,
+/// delivered once, and the stream carries on.
+#[test]
+fn replayed_tampered_and_unannounced_srtp_is_dropped() {
+    let mut p = Pair::new();
+    let sender = p.add_client_audio(0x7777_0001);
+    p.client_offers();
+    p.drive("connected", |p| p.connected());
+    // Capture one genuine SRTP datagram on its way to the server.
+    p.client_send(sender, 0x7777_0001, 500, &[0xFC, 1, 2, 3]);
+    let mut captured = None;
+    while let Some(msg) = p.client.poll_write() {
+        if msg.message.first().is_some_and(|b| (128..=191).contains(b))
+            && msg
+                .message
+                .get(1)
+                .is_some_and(|pt| !(192..=223).contains(pt))
+        {
+            captured = Some(msg.message.clone());
+        }
+        p.server.handle_datagram(p.now, p.client_addr, msg.message);
+    }
+    let captured = captured.expect("an SRTP datagram");
+    p.step();
+    let delivered = |p: &Pair| {
+        p.inbound
+            .iter()
+            .filter(|i| matches!(i, Inbound::Rtp(m) if m.seq == 500))
+            .count()
+    };
+    assert_eq!(delivered(&p), 1);
+    let before = p.server.stats();
+    // The same datagram again: a replay.
+    p.server
+        .handle_datagram(p.now, p.client_addr, captured.clone());
+    // A flipped bit in the payload: the tag fails.
+    let mut tampered = captured.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x40;
+    p.server.handle_datagram(p.now, p.client_addr, tampered);
+    // Another SSRC in the header (nobody announced it): dropped before any SRTP state.
+    let mut stranger_ssrc = captured.clone();
+    stranger_ssrc[8..12].copy_from_slice(&0xDEAD_BEEFu32.to_be_bytes());
+    p.server
+        .handle_datagram(p.now, p.client_addr, stranger_ssrc);
+    p.step();
+    assert_eq!(delivered(&p), 1, "delivered exactly once");
+    let after = p.server.stats();
+    assert_eq!(after.srtp_failed, before.srtp_failed + 2, "{after:?}");
+    assert_eq!(after.unknown_ssrc, before.unknown_ssrc + 1, "{after:?}");
+    // The stream carries on.
+    let mut seq = 501u16;
+    p.drive("media after the replay", |p| {
+        p.client_send(sender, 0x7777_0001, seq, &[0xFC, 4]);
+        seq += 1;
+        p.inbound
+            .iter()
+            .any(|i| matches!(i, Inbound::Rtp(m) if m.seq > 500))
+    });
+}
