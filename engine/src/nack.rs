@@ -251,14 +251,16 @@ pub struct RetransmitLimiter {
     last_refill: Option<Instant>,
     rate_per_s: f64,
     burst: f64,
-    /// Recently retransmitted sequence numbers, indexed by `seq % RECENT`.
-    recent: [Option<(u16, Instant)>; RETRANSMIT_RECENT],
+    /// Recently retransmitted sequence numbers, indexed by `seq % RECENT`: (seq, when, in
+    /// milliseconds since `base` plus one; 0 = empty). Compact: one limiter per subscription.
+    recent: [(u16, u32); RETRANSMIT_RECENT],
+    base: Option<Instant>,
     /// Requests refused by the budget or as repeats.
     pub refused: u64,
 }
 
 /// Sequence numbers remembered for repeat suppression.
-pub const RETRANSMIT_RECENT: usize = 128;
+pub const RETRANSMIT_RECENT: usize = 64;
 
 impl RetransmitLimiter {
     /// `rate_per_s` retransmissions per second on average, bursts of `burst`.
@@ -268,7 +270,8 @@ impl RetransmitLimiter {
             last_refill: None,
             rate_per_s: f64::from(rate_per_s),
             burst: f64::from(burst),
-            recent: [None; RETRANSMIT_RECENT],
+            recent: [(0, 0); RETRANSMIT_RECENT],
+            base: None,
             refused: 0,
         }
     }
@@ -279,11 +282,13 @@ impl RetransmitLimiter {
         let hold = rtt
             .unwrap_or(Duration::from_millis(100))
             .clamp(Duration::from_millis(10), Duration::from_millis(500));
+        let base = *self.base.get_or_insert(now);
+        // Milliseconds since `base`, plus one so that 0 means an empty slot (wraps after
+        // 49 days: a wrapped stamp only makes one repeat pass early).
+        let stamp = (now.saturating_duration_since(base).as_millis() as u32).wrapping_add(1);
         let slot = &mut self.recent[usize::from(seq) % RETRANSMIT_RECENT];
-        if let Some((s, at)) = *slot
-            && s == seq
-            && now.saturating_duration_since(at) < hold
-        {
+        let (s, at) = *slot;
+        if at != 0 && s == seq && u128::from(stamp.wrapping_sub(at)) < hold.as_millis() {
             self.refused += 1;
             return false;
         }
@@ -297,7 +302,7 @@ impl RetransmitLimiter {
             return false;
         }
         self.tokens -= 1.0;
-        *slot = Some((seq, now));
+        *slot = (seq, stamp);
         true
     }
 }

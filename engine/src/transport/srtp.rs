@@ -127,7 +127,8 @@ impl RtpSealer {
             ctx,
             ssrc,
             payload_type,
-            scratch: BytesMut::with_capacity(1500),
+            // Grows to the largest packet sealed (audio legs stay small).
+            scratch: BytesMut::new(),
         })
     }
 
