@@ -5,20 +5,23 @@
 //! (policy: stop and remove, never restart — a participant's state lives in the client).
 //!
 //! Roles, both in one actor:
-//! * **Publisher**: datagrams from the UDP mux go into the peer connection; each received
-//!   RTP packet is checked (duplicates, losses → NACK, keyframes, audio level), cached for
-//!   retransmission, and pushed as a `Bytes` handle into every subscriber's bounded media
-//!   inbox, following the fan-out list the meeting sends on membership change.
-//! * **Subscriber**: packets from publishers go through one engine `Forwarder` per
-//!   subscription (SSRC/sequence/timestamp rewrite) and out through the peer connection.
-//!   Keyframe requests and NACKs from the client travel back to the publisher actor.
+//! * **Publisher**: datagrams from the UDP mux go into the transport; each received RTP
+//!   packet is checked (duplicates, losses → NACK, keyframes, audio level), cached for
+//!   retransmission, and fanned out: onto each subscriber's send leg (rewritten, encrypted
+//!   and sent right here, `crate::leg`), or, for a subscriber without a leg yet or a gRPC
+//!   tap, as a `Bytes` handle into its bounded media queue.
+//! * **Subscriber**: owns one send leg per subscription (forwarder, SRTP sealer, send
+//!   stats), attaches it to the publisher and opens it once negotiated and connected; sends
+//!   what reaches its queue (retransmissions, early packets) through the same leg. Keyframe
+//!   requests and NACKs from the client travel back to the publisher actor (coalesced and
+//!   budgeted).
 //!
 //! Negotiation (perfect negotiation; the server is the impolite peer): client offers publish
 //! tracks; subscription changes are queued and applied only when signaling is stable,
 //! immediately followed by our offer, so a client offer never meets half-applied changes.
 //!
 //! PERFORMANCE-CRITICAL PATH: `on_media`, `on_datagrams`, `publish_packet`. No logging,
-//! no allocation per packet beyond the stack's own, payloads only as `Bytes` clones.
+//! no allocation per packet beyond the sealed datagram, payloads only as `Bytes` clones.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,5 +1,5 @@
 //! The per-packet cost of sending forwarded RTP, in process and without the kernel, split
-//! into what webrtc-rs `rtc` adds and what the cipher alone costs, beside one loopback
+//! into what Hearth's transport adds and what the cipher alone costs, beside one loopback
 //! `sendto`. Deterministic (no sockets in the first two rows, virtual time), so it also runs
 //! under `valgrind --tool=callgrind` for instruction counts.
 //!
@@ -8,8 +8,8 @@
 //!
 //! Rows:
 //! 1. `WebRtcPeer::send_rtp` + draining `poll_datagram` on a connected Hearth peer (ICE,
-//!    DTLS and SRTP negotiated with an `rtc` client in memory): what a subscriber's actor
-//!    spends per forwarded packet inside the stack.
+//!    DTLS and SRTP negotiated with an `rtc` client in memory): what sending one forwarded
+//!    packet costs inside the transport.
 //! 2. `rtc::srtp` `Context::encrypt_rtp` of the same packet with the negotiated profile
 //!    (AEAD AES-128-GCM): the cipher's share, the floor of any short path.
 //! 3. `sendto` of the encrypted size on a loopback UDP socket (a thread drains the receiver).
