@@ -19,10 +19,7 @@ use super::peer::{Peer, PeerConfig};
 use super::sdp::{LocalParams, Negotiator};
 
 fn cases() -> u32 {
-    std::env::var("HEARTH_PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256)
+    super::proptest_cases()
 }
 
 fn identity() -> DtlsIdentity {

@@ -25,6 +25,15 @@ pub mod twcc;
 #[cfg(test)]
 mod fuzz;
 
+/// Property-test cases: `HEARTH_PROPTEST_CASES` when set (the long-running mode), else 256.
+#[cfg(test)]
+fn proptest_cases() -> u32 {
+    std::env::var("HEARTH_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
 pub use dtls::DtlsIdentity;
 pub use peer::{
     CLOSED_BY_PEER, Inbound, InboundTrack, Peer, PeerConfig, PeerError, PeerEvent, PeerStats,

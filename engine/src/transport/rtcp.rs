@@ -484,10 +484,7 @@ mod tests {
 
     /// Proptest cases: `HEARTH_PROPTEST_CASES` when set (long runs), else 256.
     fn cases() -> u32 {
-        std::env::var("HEARTH_PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(256)
+        super::super::proptest_cases()
     }
 
     // Every report block needs 24 bytes behind at least an 8-byte RR header: a datagram of

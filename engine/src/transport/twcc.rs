@@ -438,10 +438,7 @@ mod tests {
 
     /// Proptest cases: `HEARTH_PROPTEST_CASES` when set (long runs), else 256.
     fn cases() -> u32 {
-        std::env::var("HEARTH_PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(256)
+        super::super::proptest_cases()
     }
 
     fn ms(n: u64) -> Duration {
