@@ -8,9 +8,11 @@
 //! keyframe requests, pause on mute, and when the leg opens and where it sends.
 //!
 //! Isolation: a leg is only touched under its own mutex, for a bounded amount of engine work
-//! (forwarder and sealer never panic on any input: property-tested in `hearth-engine`). A
-//! leg whose lock is poisoned (its subscriber panicked while holding it) or that is closed is
-//! skipped, never blocking the publisher.
+//! (forwarder and sealer never panic on any input: property-tested in `hearth-engine`). Should
+//! that work panic all the same, the panic is caught in [`SendLeg::forward`], so the
+//! publisher's actor carries on; the lock is then poisoned, every later use skips the leg, and
+//! its subscriber's actor fails on its next tick ([`SendLeg::is_poisoned`]): its supervisor
+//! removes that participant alone and its client reconnects. A closed leg is skipped too.
 //!
 //! PERFORMANCE-CRITICAL PATH: [`SendLeg::forward`]. No allocation besides the sealed
 //! datagram, no logging.
@@ -53,7 +55,7 @@ pub enum Forwarded {
     Send(BytesMut, SocketAddr),
     /// Video waits for a keyframe: the publisher should ask its client for one.
     NeedsKeyframe,
-    /// Not for this leg now (closed, not ready, paused, too old, duplicate).
+    /// Not for this leg now (closed, not ready, paused, too old, duplicate, or failed).
     Skipped,
 }
 
@@ -88,9 +90,23 @@ impl SendLeg {
         self.lock().is_some_and(|st| st.open)
     }
 
+    /// True once a panic happened while the leg was locked: the leg is dead.
+    pub fn is_poisoned(&self) -> bool {
+        self.state.is_poisoned()
+    }
+
     /// Rewrites and seals one packet of the publisher's track for this subscriber
     /// (`retransmission`: an answer to its NACK, mapped like the original).
     pub fn forward(&self, now: Instant, pkt: &MediaPacket, retransmission: bool) -> Forwarded {
+        // A panic in here must not take the publisher's actor down with it (see the module
+        // docs): it poisons this leg only.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.forward_locked(now, pkt, retransmission)
+        }))
+        .unwrap_or(Forwarded::Skipped)
+    }
+
+    fn forward_locked(&self, now: Instant, pkt: &MediaPacket, retransmission: bool) -> Forwarded {
         let Some(mut st) = self.lock() else {
             return Forwarded::Skipped;
         };
@@ -123,5 +139,65 @@ impl SendLeg {
             }
             Err(_) => Forwarded::Skipped,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_engine::media::{MediaKind, Ssrc};
+
+    fn leg() -> SendLeg {
+        SendLeg::new(
+            ParticipantId::from_string("PA_test"),
+            Forwarder::new(Ssrc(1), MediaKind::Audio, 48_000),
+            SendStats::new(Ssrc(1), 48_000),
+        )
+    }
+
+    fn packet() -> MediaPacket {
+        MediaPacket {
+            ssrc: Ssrc(9),
+            seq: 1,
+            timestamp: 0,
+            marker: false,
+            payload_type: 111,
+            payload: bytes::Bytes::from_static(&[1, 2, 3]),
+            arrival: Instant::now(),
+            keyframe: false,
+            audio_level: None,
+        }
+    }
+
+    #[test]
+    fn a_leg_without_sealer_or_path_skips() {
+        let l = leg();
+        assert!(matches!(
+            l.forward(Instant::now(), &packet(), false),
+            Forwarded::Skipped
+        ));
+        l.close();
+        assert!(!l.is_open());
+    }
+
+    /// A panic while a leg is locked (a bug) poisons that leg only: forwarding on it is
+    /// skipped from then on, without unwinding into the caller, and it reports poisoned so
+    /// its subscriber can fail alone.
+    #[test]
+    fn a_panic_inside_a_leg_poisons_only_that_leg() {
+        let l = leg();
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _guard = l.lock();
+            panic!("a bug inside the leg");
+        }));
+        assert!(caught.is_err());
+        assert!(l.is_poisoned());
+        assert!(!l.is_open());
+        assert!(matches!(
+            l.forward(Instant::now(), &packet(), false),
+            Forwarded::Skipped
+        ));
+        let other = leg();
+        assert!(!other.is_poisoned());
     }
 }

@@ -419,7 +419,14 @@ impl Actor for ParticipantActor {
                 state.record_forward_delays();
                 return Ok(());
             }
-            ParticipantMsg::Tick => state.on_tick(now),
+            ParticipantMsg::Tick => {
+                // A send leg of ours was poisoned by a panic in the publisher's fan-out: fail
+                // this participant alone (its supervisor removes it, its client reconnects).
+                if state.subscriptions.values().any(|s| s.leg.is_poisoned()) {
+                    return Err(format!("participant {}: a send leg failed", state.id).into());
+                }
+                state.on_tick(now)
+            }
             ParticipantMsg::Subscribe(track) => {
                 tracing::debug!(participant = %state.id, track = %track.info.id, "subscribe queued");
                 state.pending_ops.push(SubOp::Add(track))
