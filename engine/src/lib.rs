@@ -4,7 +4,9 @@
 //! which header ([`forwarder`]), retransmissions and loss detection ([`nack`]), keyframe
 //! request throttling ([`keyframe`]), RTCP report state ([`stats`]), active speakers
 //! ([`speaker`]), keyframe detection ([`codec`]) and the shared types and sequence arithmetic
-//! they use ([`media`], [`seq`]).
+//! they use ([`media`], [`seq`]). It also owns the protocols: the server's WebRTC transport
+//! ([`transport`]: ICE-lite, DTLS, SRTP, SDP, RTCP, TWCC on webrtc-rs's component crates),
+//! STUN ([`stun`]) and the TURN server ([`turn`]).
 //!
 //! # Invariants
 //!
@@ -20,7 +22,9 @@
 //!   `RetransmissionCache::insert`, `ReceiveStats::on_rtp` and `AudioLevelMeter::observe`
 //!   touch fixed-size state only. Payloads are `bytes::Bytes` handles, cloned, never copied.
 //! - **Deterministic.** The same inputs give the same outputs; nothing here draws random
-//!   numbers (callers pass any randomness in, e.g. [`Forwarder::with_initial`]).
+//!   numbers (callers pass any randomness in, e.g. [`Forwarder::with_initial`]), with one
+//!   exception: the DTLS handshake in [`transport`] draws its randoms from the crypto
+//!   provider, as TLS must.
 
 /// Longest duration the timers accept: configured intervals and ages above it are clamped,
 /// so deadline arithmetic (`Instant + Duration`) cannot overflow on any input.
