@@ -35,6 +35,8 @@ struct Pair {
     events: Vec<PeerEvent>,
     inbound: Vec<Inbound>,
     client_rtp: Vec<rtc::rtp::Packet>,
+    /// The client's address before it moved (see `client_moves_and_keeps_its_call`).
+    old_client_addr: Option<SocketAddr>,
 }
 
 impl Pair {
@@ -62,6 +64,7 @@ impl Pair {
             events: Vec::new(),
             inbound: Vec::new(),
             client_rtp: Vec::new(),
+            old_client_addr: None,
         }
     }
 
@@ -72,6 +75,9 @@ impl Pair {
                 .handle_datagram(self.now, self.client_addr, msg.message);
         }
         while let Some((to, data)) = self.server.poll_datagram() {
+            if Some(to) == self.old_client_addr {
+                continue; // the client left that address: lost, as on a real network
+            }
             assert_eq!(to, self.client_addr, "the server only answers the client");
             let _ = self.client.handle_read(TaggedBytesMut {
                 now: self.now,
@@ -531,4 +537,41 @@ fn replayed_tampered_and_unannounced_srtp_is_dropped() {
             .iter()
             .any(|i| matches!(i, Inbound::Rtp(m) if m.seq > 500))
     });
+}
+
+/// The client's address changes mid-call (a NAT rebinding, a new network) without a new
+/// nomination: once its old path has been quiet for a while and the new one passed a check,
+/// the server sends there, and media keeps flowing.
+#[test]
+fn client_moves_and_keeps_its_call() {
+    let mut p = Pair::new();
+    let key = p
+        .server
+        .add_sender(MediaKind::Audio, &opus_params(), "s", "a")
+        .unwrap();
+    p.server_offers();
+    p.drive("connected", |p| p.connected());
+    let mut seq = 1u16;
+    p.drive("media flows", |p| {
+        p.server_send(key, seq, &[0xFC, 1]);
+        seq += 1;
+        !p.client_rtp.is_empty()
+    });
+    let moved: SocketAddr = "127.0.0.3:41000".parse().unwrap();
+    p.old_client_addr = Some(p.client_addr);
+    p.client_addr = moved;
+    p.client_rtp.clear();
+    p.drive("media reaches the new address", |p| {
+        p.server_send(key, seq, &[0xFC, 2]);
+        seq = seq.wrapping_add(1);
+        !p.client_rtp.is_empty()
+    });
+    assert!(
+        p.events
+            .iter()
+            .any(|e| matches!(e, PeerEvent::PathValidated(a) if *a == moved)),
+        "{:?}",
+        p.events
+    );
+    assert!(!p.events.iter().any(|e| matches!(e, PeerEvent::Gone(_))));
 }

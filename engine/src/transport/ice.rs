@@ -17,6 +17,9 @@ use crate::stun::{self, Class, Message, MessageBuilder, attr, method};
 
 /// RFC 7675: consent expires 30 s after the last valid check.
 pub const CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A selected path with no valid check for this long yields to another path that checks in.
+/// Browsers send consent checks on the selected pair every 5 s or so (RFC 7675: 4 to 6 s).
+pub const STALE_PATH: Duration = Duration::from_secs(7);
 /// Validated addresses kept at once (host, reflexive and relayed paths of one client).
 pub const MAX_VALIDATED: usize = 8;
 
@@ -172,7 +175,18 @@ impl IceLite {
         self.transmits.push((from, response));
         self.validate(now, from);
         let use_candidate = msg.get(attr::USE_CANDIDATE).is_some();
-        let nominate = use_candidate || self.selected.is_none();
+        // The selected path went quiet while this one checks in: the client moved (a NAT
+        // rebinding or a network change without a new nomination). Follow it rather than
+        // waiting out the 30 s of consent.
+        let selected_stale = self.selected.is_some_and(|sel| {
+            sel != from
+                && self
+                    .validated
+                    .iter()
+                    .find(|v| v.addr == sel)
+                    .is_none_or(|v| now.saturating_duration_since(v.last_check) >= STALE_PATH)
+        });
+        let nominate = use_candidate || self.selected.is_none() || selected_stale;
         let changed = nominate && self.selected != Some(from);
         if nominate {
             self.selected = Some(from);
@@ -388,6 +402,38 @@ mod tests {
         ice.handle_timeout(t1 + CONSENT_TIMEOUT, &mut gone);
         assert_eq!(gone, vec![addr(2)]);
         assert!(ice.consent_lost());
+    }
+
+    #[test]
+    fn a_quiet_selected_path_yields_to_one_that_checks_in() {
+        let t0 = Instant::now();
+        let mut ice = agent();
+        let pwd = "serverpassword0123456789";
+        ice.handle_stun(
+            t0,
+            addr(1),
+            &binding_request([1; 12], "srv", "c", pwd, true),
+        );
+        // Another path checking in while the selected one is fresh changes nothing...
+        ice.handle_stun(
+            t0 + Duration::from_secs(2),
+            addr(2),
+            &binding_request([2; 12], "srv", "c", pwd, false),
+        );
+        assert_eq!(ice.selected(), Some(addr(1)));
+        // ...but once the selected path has been quiet for STALE_PATH, it follows.
+        let out = ice.handle_stun(
+            t0 + STALE_PATH,
+            addr(2),
+            &binding_request([3; 12], "srv", "c", pwd, false),
+        );
+        assert_eq!(
+            out,
+            StunOutcome::Answered {
+                nominated_changed: true
+            }
+        );
+        assert_eq!(ice.selected(), Some(addr(2)));
     }
 
     #[test]
