@@ -1244,6 +1244,7 @@ impl ParticipantState {
             ("padding_only", now.padding_only, before.padding_only),
             ("malformed_rtcp", now.rtcp_malformed, before.rtcp_malformed),
             ("stun_refused", now.stun_refused, before.stun_refused),
+            ("dtls_rejected", now.dtls_rejected, before.dtls_rejected),
         ];
         for (reason, now, before) in reasons {
             if now > before {

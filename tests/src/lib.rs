@@ -1526,31 +1526,8 @@ impl Driver {
         };
         let ssrc: u32 = rand::random();
         let stream_id = format!("stream-{}", self.me);
-        let track = MediaStreamTrack::new(
-            stream_id.clone(),
-            format!("{}-{kind:?}", self.me).to_ascii_lowercase(),
-            format!("{kind:?}"),
-            rtc_kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: codec.rtp_codec,
-                active: true,
-                ..Default::default()
-            }],
-        );
-        let added = self
-            .pc
-            .add_transceiver_from_track(
-                track,
-                Some(RTCRtpTransceiverInit {
-                    direction: RTCRtpTransceiverDirection::Sendonly,
-                    streams: vec![stream_id],
-                    send_encodings: vec![],
-                }),
-            )
+        let track_id = format!("{}-{kind:?}", self.me).to_ascii_lowercase();
+        let added = add_send_only(&mut self.pc, &stream_id, &track_id, rtc_kind, codec, ssrc)
             .map_err(|e| e.to_string())
             .and_then(|t| {
                 self.pc
@@ -1879,6 +1856,41 @@ pub fn vp8() -> RTCRtpCodecParameters {
         },
         payload_type: VP8_PT,
     }
+}
+
+/// Adds a send-only transceiver carrying one stream (`ssrc`, `codec`) of MediaStream
+/// `stream_id` to `pc`: how the test client publishes, and how in-memory tests do.
+pub fn add_send_only(
+    pc: &mut RTCPeerConnection,
+    stream_id: &str,
+    track_id: &str,
+    kind: RtpCodecKind,
+    codec: RTCRtpCodecParameters,
+    ssrc: u32,
+) -> Result<rtc::rtp_transceiver::RTCRtpTransceiverId, rtc::shared::error::Error> {
+    let track = MediaStreamTrack::new(
+        stream_id.to_owned(),
+        track_id.to_owned(),
+        track_id.to_owned(),
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: codec.rtp_codec,
+            active: true,
+            ..Default::default()
+        }],
+    );
+    pc.add_transceiver_from_track(
+        track,
+        Some(RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Sendonly,
+            streams: vec![stream_id.to_owned()],
+            send_encodings: vec![],
+        }),
+    )
 }
 
 /// The test client's peer connection (see [`new_peer_connection`]), for benchmarks that

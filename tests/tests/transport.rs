@@ -12,14 +12,11 @@ use hearth_actors::webrtc::{
 };
 use hearth_engine::forwarder::ForwardedHeader;
 use hearth_engine::media::{Codec, MediaKind, Ssrc};
-use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
-use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
@@ -161,33 +158,15 @@ impl Pair {
     }
 
     fn add_client_audio(&mut self, ssrc: u32) -> RTCRtpSenderId {
-        let codec = hearth_tests::opus();
-        let track = MediaStreamTrack::new(
-            "client-stream".into(),
-            format!("audio-{ssrc}"),
-            "audio".into(),
+        let t = hearth_tests::add_send_only(
+            &mut self.client,
+            "client-stream",
+            &format!("audio-{ssrc}"),
             RtpCodecKind::Audio,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: codec.rtp_codec,
-                active: true,
-                ..Default::default()
-            }],
-        );
-        let t = self
-            .client
-            .add_transceiver_from_track(
-                track,
-                Some(RTCRtpTransceiverInit {
-                    direction: RTCRtpTransceiverDirection::Sendonly,
-                    streams: vec!["client-stream".into()],
-                    send_encodings: vec![],
-                }),
-            )
-            .expect("client transceiver");
+            hearth_tests::opus(),
+            ssrc,
+        )
+        .expect("client transceiver");
         self.client
             .rtp_transceiver(t)
             .and_then(|t| t.sender())

@@ -163,7 +163,7 @@ pub struct DtlsServer {
     crypto: Arc<dyn rtc_crypto::RTCCryptoProvider>,
     events: Vec<DtlsEvent>,
     /// Records that failed to parse or authenticate.
-    pub rejected: u64,
+    rejected: u64,
 }
 
 impl DtlsServer {
@@ -187,6 +187,11 @@ impl DtlsServer {
 
     pub fn is_connected(&self) -> bool {
         self.phase == Phase::Connected
+    }
+
+    /// DTLS records refused (malformed, unauthenticated, or out of place).
+    pub fn rejected(&self) -> u64 {
+        self.rejected
     }
 
     /// The remote chose to be the DTLS server: we connect as the client once a path is
@@ -249,15 +254,7 @@ impl DtlsServer {
                     }
                 }
             }
-            Err(_) => {
-                self.rejected += 1;
-                if self.phase == Phase::Handshaking
-                    && self.endpoint.get_connection_state(PEER).is_none()
-                {
-                    // The association was dropped by the endpoint (fatal alert): a fresh
-                    // ClientHello may start a new one.
-                }
-            }
+            Err(_) => self.rejected += 1,
         }
     }
 

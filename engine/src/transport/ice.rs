@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::stun::{self, Class, Message, MessageBuilder, attr, method};
+use crate::stun::{Class, Message, MessageBuilder, attr, method};
 
 /// RFC 7675: consent expires 30 s after the last valid check.
 pub const CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -93,14 +93,6 @@ impl IceLite {
             evicted: Vec::new(),
             stats: IceStats::default(),
         }
-    }
-
-    pub fn local_ufrag(&self) -> &str {
-        &self.local_ufrag
-    }
-
-    pub fn local_pwd(&self) -> &str {
-        &self.local_pwd
     }
 
     /// The remote credentials from its SDP. A new ufrag is an ICE restart: checks must carry
@@ -293,11 +285,6 @@ pub fn binding_request(
         b = b.attr(attr::USE_CANDIDATE, &[]);
     }
     b.integrity(server_pwd.as_bytes()).fingerprint().build()
-}
-
-/// True when the datagram is a STUN message (RFC 7983: first byte 0..=3 and the cookie).
-pub fn is_stun(data: &[u8]) -> bool {
-    stun::Message::looks_like_stun(data)
 }
 
 #[cfg(test)]

@@ -140,12 +140,17 @@ pub struct PeerStats {
     pub padding_only: u64,
     pub rtcp_malformed: u64,
     pub stun_refused: u64,
+    pub dtls_rejected: u64,
 }
 
 #[derive(Clone, Debug)]
 struct InboundStream {
     /// Index of the section in the agreed list.
     section: usize,
+    /// The section's transport-wide CC and audio level extension ids (looked up once, not
+    /// per packet).
+    twcc_ext: Option<u8>,
+    level_ext: Option<u8>,
     /// For an RTX stream: the primary SSRC.
     rtx_of: Option<u32>,
     opened: bool,
@@ -227,10 +232,6 @@ impl Peer {
         }
     }
 
-    pub fn advertised(&self) -> SocketAddr {
-        self.advertised
-    }
-
     pub fn is_stable(&self) -> bool {
         self.negotiator.is_stable()
     }
@@ -252,6 +253,7 @@ impl Peer {
         let mut s = self.stats;
         let ice = self.ice.stats();
         s.stun_refused = ice.malformed + ice.not_a_request + ice.wrong_username + ice.bad_integrity;
+        s.dtls_rejected = self.dtls.rejected();
         s
     }
 
@@ -374,6 +376,8 @@ impl Peer {
             if self.mid_ext.is_none() {
                 self.mid_ext = s.extension_id(MID_URI);
             }
+            let twcc_ext = s.extension_id(TRANSPORT_CC_URI);
+            let level_ext = s.extension_id(AUDIO_LEVEL_URI);
             for ssrc in &s.remote_ssrcs {
                 let opened = self
                     .streams
@@ -383,6 +387,8 @@ impl Peer {
                     *ssrc,
                     InboundStream {
                         section: i,
+                        twcc_ext,
+                        level_ext,
                         rtx_of: None,
                         opened,
                     },
@@ -393,6 +399,8 @@ impl Peer {
                     *rtx,
                     InboundStream {
                         section: i,
+                        twcc_ext,
+                        level_ext,
                         rtx_of: Some(*primary),
                         opened: true,
                     },
@@ -407,7 +415,14 @@ impl Peer {
                 && s.remote_sends
                 && s.remote_ssrcs.is_empty()
             {
-                next.insert(*ssrc, st.clone());
+                next.insert(
+                    *ssrc,
+                    InboundStream {
+                        twcc_ext: s.extension_id(TRANSPORT_CC_URI),
+                        level_ext: s.extension_id(AUDIO_LEVEL_URI),
+                        ..st.clone()
+                    },
+                );
             }
         }
         self.streams = next;
@@ -708,7 +723,7 @@ impl Peer {
         let Some(section) = sections.get(stream.section) else {
             return;
         };
-        if let Some(id) = section.extension_id(TRANSPORT_CC_URI)
+        if let Some(id) = stream.twcc_ext
             && let Some(ext) = header.get_extension(id)
             && ext.len() >= 2
         {
@@ -754,8 +769,8 @@ impl Peer {
             self.stats.malformed_rtp += 1;
             return;
         };
-        let audio_level = section
-            .extension_id(AUDIO_LEVEL_URI)
+        let audio_level = stream
+            .level_ext
             .and_then(|id| header.get_extension(id))
             .and_then(|ext| ext.first().copied())
             .map(AudioLevel::from_byte);
@@ -825,6 +840,8 @@ impl Peer {
         };
         Some(InboundStream {
             section: index,
+            twcc_ext: section.extension_id(TRANSPORT_CC_URI),
+            level_ext: section.extension_id(AUDIO_LEVEL_URI),
             rtx_of,
             opened: rtx_of.is_some(),
         })

@@ -132,10 +132,6 @@ impl RtpSealer {
         })
     }
 
-    pub fn ssrc(&self) -> u32 {
-        self.ssrc
-    }
-
     /// One SRTP packet: a 12-byte header (our SSRC, the agreed payload type, the forwarded
     /// sequence number, timestamp and marker) and `payload`, encrypted. Fails only if the
     /// cipher does (or after 2^48 packets).
