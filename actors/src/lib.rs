@@ -13,6 +13,7 @@ pub mod events;
 pub mod ids;
 pub mod inbox;
 pub mod leg;
+pub mod limits;
 pub mod meeting;
 pub mod node;
 pub mod participant;
