@@ -69,6 +69,11 @@ pub struct JoinRequest {
     /// Display name.
     pub name: String,
     pub grants: Grants,
+    /// When the join's token was issued (None: no token, e.g. the embedding API).
+    pub token_issued_at: Option<SystemTime>,
+    /// When the join's token expires (None: no token). Credentials handed to the
+    /// participant (TURN) expire with it.
+    pub token_expires_at: Option<SystemTime>,
 }
 
 /// A published track, as the meeting describes it.
@@ -189,6 +194,7 @@ pub enum SignalErrorCode {
     RateLimited,
     Timeout,
     Internal,
+    Removed,
 }
 
 /// An error reported to a client.

@@ -6,6 +6,11 @@
 //! exactly after the last event it saw. Appending never blocks a meeting actor: the
 //! broadcast channel drops the oldest events for a reader that lags (the reader is told
 //! and can resume from the log).
+//!
+//! Active-speaker changes are *live only*: broadcast to readers connected now, but neither
+//! numbered nor retained (they carry the sequence number of the last retained event), so a
+//! busy node's speaker churn never pushes joins, leaves and tracks out of the resumable
+//! window, and a resuming reader gets the current state from the next change.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -52,6 +57,13 @@ pub enum EventKind {
         muted: bool,
     },
     ActiveSpeakers(Vec<(ParticipantId, f32)>),
+}
+
+impl EventKind {
+    /// Broadcast to current readers only; not numbered, not retained (see the module docs).
+    pub fn is_live_only(&self) -> bool {
+        matches!(self, EventKind::ActiveSpeakers(_))
+    }
 }
 
 struct Inner {
@@ -108,6 +120,16 @@ impl EventLog {
     pub fn append(&self, meeting: &MeetingId, kind: EventKind) -> u64 {
         // Nothing panics while holding the lock, but never let a poisoned lock stop the log.
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if kind.is_live_only() {
+            let event = Arc::new(NodeEvent {
+                sequence: inner.next - 1,
+                at: SystemTime::now(),
+                meeting: meeting.clone(),
+                kind,
+            });
+            let _ = self.live.send(Arc::clone(&event));
+            return event.sequence;
+        }
         let event = Arc::new(NodeEvent {
             sequence: inner.next,
             at: SystemTime::now(),
@@ -222,6 +244,36 @@ mod tests {
         }
         assert_eq!(log.append(&m(), EventKind::MeetingStarted), 2);
         assert_eq!(log.subscribe(Start::After(1)).expect("ok").replay.len(), 1);
+    }
+
+    #[test]
+    fn speaker_churn_does_not_push_lifecycle_events_out_of_the_window() {
+        let log = EventLog::default();
+        let joined = log.append(&m(), EventKind::MeetingStarted);
+        let mut live = log.subscribe(Start::New).expect("ok").live;
+        for _ in 0..RETAINED * 4 {
+            let seq = log.append(&m(), EventKind::ActiveSpeakers(Vec::new()));
+            assert_eq!(
+                seq, joined,
+                "live-only events carry the last retained number"
+            );
+        }
+        // Live readers saw them; the resumable window still holds the lifecycle event.
+        assert!(matches!(
+            live.try_recv().expect("live").kind,
+            EventKind::ActiveSpeakers(_)
+        ));
+        let replay = log.subscribe(Start::Oldest).expect("retained").replay;
+        assert_eq!(replay.len(), 1);
+        assert_eq!(replay[0].sequence, joined);
+        assert_eq!(log.append(&m(), EventKind::MeetingStarted), joined + 1);
+        assert_eq!(
+            log.subscribe(Start::After(joined))
+                .expect("ok")
+                .replay
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod meeting;
 pub mod node;
 pub mod participant;
 pub mod registry;
+pub mod removals;
 pub mod signal;
 pub mod timer;
 pub mod turn;

@@ -181,6 +181,8 @@ pub struct MeetingActor;
 struct Member {
     info: ParticipantInfo,
     grants: Grants,
+    /// When the member's token expires (None: joined without one).
+    token_expires_at: Option<SystemTime>,
     is_virtual: bool,
     actor: ActorRef<ParticipantMsg>,
     signal: SignalSender,
@@ -313,6 +315,24 @@ impl Actor for MeetingActor {
             } => {
                 let found = match state.members.get(&participant) {
                     Some(member) => {
+                        if reason == LeaveReason::Removed {
+                            let now = SystemTime::now();
+                            let until = member
+                                .token_expires_at
+                                .unwrap_or(now + crate::removals::DEFAULT_MEMORY);
+                            state.node.removals.record(
+                                &state.id,
+                                &member.info.identity,
+                                now,
+                                until,
+                            );
+                            // Ahead of the session's end in the same queue: the client
+                            // learns it was removed, and does not reconnect.
+                            member.signal.send(ServerSignal::Error(SignalError::fatal(
+                                SignalErrorCode::Removed,
+                                "you were removed from the meeting",
+                            )));
+                        }
                         let _ = member.actor.send_message(ParticipantMsg::Leave(reason));
                         true
                     }
@@ -503,6 +523,17 @@ impl MeetingState {
                 "the token does not grant joining",
             ));
         }
+        if let Some(issued) = request.token_issued_at
+            && self
+                .node
+                .removals
+                .refuses(&self.id, &request.identity, issued, SystemTime::now())
+        {
+            return Err(SignalError::fatal(
+                SignalErrorCode::Removed,
+                "you were removed from this meeting; joining again needs a new token",
+            ));
+        }
         if self.members.len() >= self.settings.max_participants {
             return Err(SignalError::fatal(
                 SignalErrorCode::MeetingFull,
@@ -565,6 +596,7 @@ impl MeetingState {
             Member {
                 info: info.clone(),
                 grants: request.grants,
+                token_expires_at: request.token_expires_at,
                 is_virtual: false,
                 actor: actor.clone(),
                 signal,
@@ -1045,6 +1077,7 @@ impl MeetingState {
                     create: false,
                     admin: false,
                 },
+                token_expires_at: None,
                 is_virtual: true,
                 actor: actor.clone(),
                 signal,

@@ -113,6 +113,8 @@ pub struct NodeShared {
     pub events: EventLog,
     /// Set by a drain: no new joins or meetings.
     pub draining: AtomicBool,
+    /// Participants removed by an operator: their old tokens cannot rejoin.
+    pub removals: crate::removals::Removals,
 }
 
 impl NodeShared {
@@ -591,6 +593,7 @@ impl Node {
             actors,
             events: EventLog::default(),
             draining: AtomicBool::new(false),
+            removals: Default::default(),
         });
         let (supervisor, _) = Actor::spawn(None, NodeSupervisor, Arc::clone(&shared))
             .await

@@ -406,7 +406,7 @@ impl Actor for ParticipantActor {
         state.reg.handled();
         match msg {
             ParticipantMsg::Signal(signal) => state.on_signal(now, signal, &myself),
-            ParticipantMsg::SetCanPublish(allowed) => state.can_publish = allowed,
+            ParticipantMsg::SetCanPublish(allowed) => state.set_can_publish(allowed),
             ParticipantMsg::VirtualRtpReady => {}
             ParticipantMsg::DatagramsReady => state.on_datagrams(&myself),
             ParticipantMsg::MediaReady => {
@@ -746,6 +746,27 @@ impl ParticipantState {
             match inbound {
                 Inbound::Rtp(packet) => self.publish_packet(packet),
                 Inbound::Feedback(feedback) => self.on_feedback(now, feedback),
+            }
+        }
+    }
+
+    /// The API granted or revoked publishing. On a revoke the meeting has unpublished our
+    /// tracks (and emptied their fan-out); the transceivers stay, so a grant back announces
+    /// them again and they reappear for everyone, with the same track ids.
+    fn set_can_publish(&mut self, allowed: bool) {
+        if allowed == self.can_publish {
+            return;
+        }
+        self.can_publish = allowed;
+        if allowed {
+            self.refused_mids.clear();
+            for p in &self.published {
+                let _ = self.meeting.send_message(MeetingMsg::TrackPublished {
+                    participant: self.id.clone(),
+                    key: p.key,
+                    info: p.info.clone(),
+                    codec: p.codec.clone(),
+                });
             }
         }
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
+use crate::listen::HttpLimits;
 use crate::token::{KeyStore, parse_duration};
 use hearth_actors::TurnConfig;
 use hearth_actors::turn::TlsSettings;
@@ -90,6 +91,16 @@ pub struct ServeArgs {
     /// Media receive workers (sockets on the media port) [default: one per core].
     #[arg(long, env = "HEARTH_MEDIA_WORKERS", value_name = "N")]
     pub media_workers: Option<usize>,
+    /// Connections open at once on the HTTP (and the gRPC) listener [default: 10000;
+    /// never more than the open-file limit allows].
+    #[arg(long, env = "HEARTH_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Connections open at once from one source address (IPv6: one /64) [default: 256].
+    #[arg(long, env = "HEARTH_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Time a client has to send an HTTP request's headers, e.g. 10s [default: 10s].
+    #[arg(long, env = "HEARTH_HEADER_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub header_timeout: Option<Duration>,
     #[command(flatten)]
     pub turn: TurnArgs,
 }
@@ -213,6 +224,9 @@ pub struct FileConfig {
     pub empty_timeout: Option<String>,
     pub max_participants: Option<usize>,
     pub media_workers: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub header_timeout: Option<String>,
     /// API keys: `key = "secret"`.
     #[serde(default)]
     pub keys: BTreeMap<String, String>,
@@ -278,6 +292,8 @@ pub struct Config {
     pub turn: Option<TurnConfig>,
     /// TURN only: no SFU.
     pub turn_only: bool,
+    /// Connection limits of the HTTP and gRPC listeners.
+    pub http_limits: HttpLimits,
 }
 
 impl Config {
@@ -307,6 +323,7 @@ impl Config {
                 ..TurnConfig::default()
             }),
             turn_only: false,
+            http_limits: HttpLimits::default(),
         }
     }
 }
@@ -399,6 +416,36 @@ pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
         );
         generated_key = true;
     }
+    let defaults = HttpLimits::default();
+    let header_timeout = match (&args.header_timeout, &file.header_timeout) {
+        (Some(d), _) => *d,
+        (None, Some(s)) => {
+            parse_duration(s).map_err(|e| ConfigError::Invalid(format!("header_timeout: {e}")))?
+        }
+        (None, None) => defaults.header_timeout,
+    };
+    let http_limits = HttpLimits {
+        max_connections: args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(defaults.max_connections),
+        max_per_source: args
+            .max_connections_per_ip
+            .or(file.max_connections_per_ip)
+            .unwrap_or(defaults.max_per_source),
+        header_timeout,
+        ..defaults
+    };
+    if http_limits.max_connections == 0 || http_limits.max_per_source == 0 {
+        return Err(ConfigError::Invalid(
+            "max_connections and max_connections_per_ip must be at least 1".into(),
+        ));
+    }
+    if header_timeout.is_zero() || header_timeout > Duration::from_secs(600) {
+        return Err(ConfigError::Invalid(
+            "header_timeout must be between 1ms and 10m".into(),
+        ));
+    }
     let turn_only = args.turn.turn_only || file.turn.only.unwrap_or(false);
     let turn = resolve_turn(&args.turn, &file.turn, public_ip, http.port(), turn_only)?;
     Ok(Config {
@@ -423,6 +470,7 @@ pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
         generated_key,
         turn,
         turn_only,
+        http_limits,
     })
 }
 

@@ -168,6 +168,7 @@ pub fn error_code(code: SignalErrorCode) -> pb::ErrorCode {
         E::RateLimited => P::RateLimited,
         E::Timeout => P::Timeout,
         E::Internal => P::Internal,
+        E::Removed => P::Removed,
     }
 }
 

@@ -5,20 +5,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use axum::Router;
 use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
+use axum::{Extension, Router};
+use hearth_actors::limits::{ConnGate, FdBudget, GateLimits};
 use hearth_actors::participant::{FORWARD_DELAY_BUCKETS, FORWARD_DELAY_METRIC};
 use hearth_actors::{Grants, Node, NodeConfig};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::listen::ConnInfo;
 use crate::token::{self, KeyStore};
 use crate::web;
 
@@ -186,19 +186,48 @@ fn describe_metrics() {
         "hearth_signal_auth_failures_total",
         "Joins refused for their token."
     );
+    describe_gauge!(
+        "hearth_connections",
+        "TCP connections open, by listener (http, grpc, turn-tcp, turn-tls)."
+    );
+    describe_counter!(
+        "hearth_connections_refused_total",
+        "Connections refused at accept, by listener and reason (per_source, listener_full, fd_budget, fd_exhausted, accept_error)."
+    );
+    describe_counter!(
+        "hearth_connections_closed_total",
+        "Connections the node closed itself, by listener and reason (header_timeout, evicted_unproven, ...)."
+    );
+    describe_gauge!(
+        "hearth_open_file_limit",
+        "The process's open-file limit after raising it to the hard limit at start."
+    );
+    describe_gauge!(
+        "hearth_connection_budget",
+        "Client connections the node admits across its listeners (the open-file limit minus a reserve)."
+    );
 }
 
 /// Starts the node and the gateway; returns once both accept connections.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let metrics = metrics_handle();
-    let listener = TcpListener::bind(config.http)
-        .await
+    // Every connection and socket is a file: take what the hard limit allows, and keep the
+    // connection budget below it so the node refuses clients before `accept` starts failing.
+    let nofile = hearth_actors::limits::raise_nofile_limit();
+    let budget = FdBudget::global();
+    tracing::info!(
+        open_file_limit = nofile,
+        connection_budget = budget.capacity(),
+        "open-file limit"
+    );
+    metrics::gauge!("hearth_open_file_limit").set(nofile as f64);
+    metrics::gauge!("hearth_connection_budget").set(budget.capacity() as f64);
+    let listener = crate::listen::bind(config.http)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http))?;
     let http_addr = listener.local_addr()?;
     let grpc_listener = match config.grpc {
         Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
+            crate::listen::bind(addr)
                 .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (gRPC): {e}"))?,
         ),
         None => None,
@@ -231,38 +260,38 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     });
     let _ = state.addrs.set((http_addr, grpc_addr));
     let grpc = crate::grpc::routes(&state).await.into_axum_router();
-    let (shutdown, mut shutdown_rx) = watch::channel(false);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let limits = state.config.http_limits;
+    let gate = |name: &'static str| {
+        ConnGate::new(
+            name,
+            GateLimits {
+                max_connections: limits.max_connections,
+                max_per_source: limits.max_per_source,
+            },
+            FdBudget::global(),
+        )
+    };
     let (app, grpc_task) = match grpc_listener {
         None => (router(Arc::clone(&state)).merge(grpc), None),
         Some(listener) => {
-            let mut stop = shutdown.subscribe();
-            let task = tokio::spawn(async move {
-                let listener = listener.tap_io(|tcp| {
-                    // Small HTTP/2 frames (headers, data, trailers) must not wait for
-                    // delayed ACKs: Nagle would add ~40 ms to a gRPC reply.
-                    let _ = tcp.set_nodelay(true);
-                });
-                let serve = axum::serve(listener, grpc).with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|stop| *stop).await;
-                });
-                if let Err(e) = serve.await {
-                    tracing::error!(error = %e, "gRPC server stopped");
-                }
-            });
+            let task = tokio::spawn(crate::listen::serve(
+                listener,
+                grpc,
+                gate("grpc"),
+                limits,
+                shutdown.subscribe(),
+            ));
             (router(Arc::clone(&state)), Some(task))
         }
     };
-    let task = tokio::spawn(async move {
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = shutdown_rx.wait_for(|stop| *stop).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
-    });
+    let task = tokio::spawn(crate::listen::serve(
+        listener,
+        app,
+        gate("http"),
+        limits,
+        shutdown_rx,
+    ));
     Ok(RunningServer {
         http_addr,
         grpc_addr,
@@ -290,7 +319,11 @@ pub fn router(state: Arc<AppState>) -> Router {
     app.with_state(state)
 }
 
-async fn signal(ws: WebSocketUpgrade, State(state): State<Arc<AppState>>) -> Response {
+async fn signal(
+    ws: WebSocketUpgrade,
+    State(state): State<Arc<AppState>>,
+    conn: Option<Extension<ConnInfo>>,
+) -> Response {
     // A draining node still answers joins, with a clear NODE_UNAVAILABLE; /readyz already
     // tells load balancers to send new clients elsewhere.
     if !state.ready.load(Ordering::Acquire) && !state.node.is_draining() {
@@ -304,7 +337,7 @@ async fn signal(ws: WebSocketUpgrade, State(state): State<Arc<AppState>>) -> Res
     ws.read_buffer_size(8 * 1024)
         .max_message_size(1 << 20)
         .max_frame_size(1 << 20)
-        .on_upgrade(move |socket| crate::signaling::run(socket, state))
+        .on_upgrade(move |socket| crate::signaling::run(socket, state, conn.map(|c| c.0)))
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {

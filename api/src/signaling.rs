@@ -7,7 +7,7 @@
 //! (burst 200), a keep-alive every `ping_interval` (three missed intervals end the session).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures::{SinkExt, StreamExt};
@@ -19,6 +19,7 @@ use hearth_proto::signal::v1 as pb;
 use pb::server_message::Message as S;
 
 use crate::convert::{self, Incoming};
+use crate::listen::ConnInfo;
 use crate::server::AppState;
 use crate::token::TokenError;
 
@@ -27,15 +28,38 @@ const PING_INTERVAL: Duration = Duration::from_secs(10);
 const RATE_PER_SEC: f64 = 50.0;
 const RATE_BURST: f64 = 200.0;
 const SIGNAL_QUEUE: usize = 1024;
+/// Frames a socket may send before its join is accepted (pings, refused attempts).
+const MAX_FRAMES_BEFORE_JOIN: u32 = 32;
 
 type Tx = futures::stream::SplitSink<WebSocket, Message>;
 type Rx = futures::stream::SplitStream<WebSocket>;
 
 /// Runs one signaling session to its end.
-pub async fn run(socket: WebSocket, state: Arc<AppState>) {
+///
+/// `conn` is the HTTP connection's place in its listener: the session holds it, marks it
+/// established once the join is accepted, and gives up before that if the listener evicts
+/// it to make room.
+pub async fn run(socket: WebSocket, state: Arc<AppState>, conn: Option<ConnInfo>) {
     metrics::counter!("hearth_signal_sessions_total").increment(1);
     let (mut tx, mut rx) = socket.split();
-    let Some((handle, mut signals)) = join_phase(&mut tx, &mut rx, &state).await else {
+    let joined = {
+        let evicted = async {
+            match &conn {
+                Some(conn) => conn.evicted().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            joined = join_phase(&mut tx, &mut rx, &state) => joined,
+            _ = evicted => None,
+        }
+    };
+    if let Some(conn) = &conn
+        && joined.is_some()
+    {
+        conn.established();
+    }
+    let Some((handle, mut signals)) = joined else {
         let _ = tx.close().await;
         return;
     };
@@ -125,7 +149,20 @@ async fn join_phase(
     state: &AppState,
 ) -> Option<(ParticipantHandle, hearth_actors::SignalReceiver)> {
     let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+    let mut frames = 0u32;
     loop {
+        frames += 1;
+        if frames > MAX_FRAMES_BEFORE_JOIN {
+            send_error(
+                tx,
+                &SignalError::fatal(
+                    SignalErrorCode::RateLimited,
+                    "too many messages before a join",
+                ),
+            )
+            .await;
+            return None;
+        }
         let frame = match tokio::time::timeout_at(deadline, rx.next()).await {
             Err(_) => {
                 send_error(
@@ -246,6 +283,8 @@ pub fn authorize(state: &AppState, join: &pb::JoinRequest) -> Result<JoinRequest
         },
         identity: claims.sub,
         grants,
+        token_issued_at: UNIX_EPOCH.checked_add(Duration::from_secs(claims.iat)),
+        token_expires_at: UNIX_EPOCH.checked_add(Duration::from_secs(claims.exp)),
     })
 }
 

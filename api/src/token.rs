@@ -6,8 +6,11 @@
 //!   "meeting": "<meeting>", "grants": { "join": true, "publish": true, "subscribe": true,
 //!   "create": true, "admin": false }, "iat": 1700000000, "nbf": 1700000000, "exp": 1700003600 }
 //! ```
-//! Only `alg: HS256` is accepted (never `none`); the signature is checked in constant time
-//! before any claim is trusted; `exp`/`nbf` allow 10 seconds of clock skew.
+//! Only `alg: HS256` is accepted (never `none`, never another algorithm); a header `kid`, if
+//! present, must name a known API key and agree with `iss`; the signature is checked in
+//! constant time before any claim is trusted. `exp` is strict: a token is refused from its
+//! expiry second on (no skew allowance stretches a stolen token's life); `nbf` and `iat` allow
+//! 10 seconds of clock skew for an issuer whose clock runs ahead. Time arithmetic saturates.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -109,6 +112,9 @@ struct Header {
     alg: String,
     #[serde(default)]
     typ: Option<String>,
+    /// The signing key's id; when present it must be a known API key equal to `iss`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kid: Option<String>,
 }
 
 /// API keys and their secrets.
@@ -157,6 +163,14 @@ impl KeyStore {
             return Err(TokenError::Algorithm);
         }
         let claims: Claims = decode_json(claims_b64)?;
+        if let Some(kid) = &header.kid {
+            if self.secret(kid).is_none() {
+                return Err(TokenError::UnknownKey);
+            }
+            if *kid != claims.iss {
+                return Err(TokenError::Claims("kid and iss name different API keys"));
+            }
+        }
         let secret = self.secret(&claims.iss).ok_or(TokenError::UnknownKey)?;
         let signature = URL_SAFE_NO_PAD
             .decode(sig_b64)
@@ -170,10 +184,11 @@ impl KeyStore {
             .map_err(|_| TokenError::Signature)?;
 
         let now = unix(now);
-        if claims.exp + LEEWAY_SECS <= now {
+        if claims.exp <= now {
             return Err(TokenError::Expired);
         }
-        if claims.nbf > now + LEEWAY_SECS {
+        let skew_limit = now.saturating_add(LEEWAY_SECS);
+        if claims.nbf > skew_limit || claims.iat > skew_limit {
             return Err(TokenError::NotYetValid);
         }
         if claims.sub.is_empty() || claims.sub.len() > 256 {
@@ -191,6 +206,7 @@ pub fn mint(claims: &Claims, secret: &str) -> String {
     let header = Header {
         alg: "HS256".into(),
         typ: Some("JWT".into()),
+        kid: None,
     };
     // Serializing these plain structs cannot fail.
     let header = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap_or_default());
@@ -223,7 +239,7 @@ pub fn claims_for(
         grants: grants.into(),
         iat,
         nbf: iat,
-        exp: iat + ttl.as_secs(),
+        exp: iat.saturating_add(ttl.as_secs()),
     }
 }
 
@@ -335,6 +351,109 @@ mod tests {
             store().verify(&token, earlier),
             Err(TokenError::NotYetValid)
         );
+    }
+
+    /// Signs `claims` under a hand-made header (what an attacker or a foreign library sends).
+    fn with_header(header: &str, claims: &Claims, secret: &str) -> String {
+        let header = URL_SAFE_NO_PAD.encode(header.as_bytes());
+        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap());
+        let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(format!("{header}.{body}").as_bytes());
+        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{header}.{body}.{sig}")
+    }
+
+    #[test]
+    fn the_refused_forms_each_have_their_error() {
+        let now = SystemTime::now();
+        let c = claims(now);
+        let cases: Vec<(&str, String, TokenError)> = vec![
+            (
+                "alg none, signed",
+                with_header(r#"{"alg":"none"}"#, &c, "secret-one"),
+                TokenError::Algorithm,
+            ),
+            (
+                "alg None (case)",
+                with_header(r#"{"alg":"None"}"#, &c, "secret-one"),
+                TokenError::Algorithm,
+            ),
+            (
+                "unexpected algorithm HS512",
+                with_header(r#"{"alg":"HS512"}"#, &c, "secret-one"),
+                TokenError::Algorithm,
+            ),
+            (
+                "unexpected algorithm RS256",
+                with_header(r#"{"alg":"RS256","typ":"JWT"}"#, &c, "secret-one"),
+                TokenError::Algorithm,
+            ),
+            (
+                "no alg at all",
+                with_header(r#"{"typ":"JWT"}"#, &c, "secret-one"),
+                TokenError::Malformed("a part is not the expected JSON"),
+            ),
+            (
+                "kid of an unknown key",
+                with_header(r#"{"alg":"HS256","kid":"APIunknown"}"#, &c, "secret-one"),
+                TokenError::UnknownKey,
+            ),
+        ];
+        for (what, token, want) in cases {
+            assert_eq!(store().verify(&token, now), Err(want), "{what}");
+        }
+        // kid and iss must agree.
+        let mut keys = store();
+        keys.insert("APIkey2", "secret-two");
+        let token = with_header(r#"{"alg":"HS256","kid":"APIkey2"}"#, &c, "secret-one");
+        assert_eq!(
+            keys.verify(&token, now),
+            Err(TokenError::Claims("kid and iss name different API keys"))
+        );
+        // A matching kid is fine.
+        let token = with_header(r#"{"alg":"HS256","kid":"APIkey1"}"#, &c, "secret-one");
+        assert_eq!(keys.verify(&token, now), Ok(c.clone()));
+
+        // nbf in the future (beyond the skew allowance) and iat in the future.
+        let mut future = claims(now);
+        future.nbf += 60;
+        assert_eq!(
+            store().verify(&mint(&future, "secret-one"), now),
+            Err(TokenError::NotYetValid)
+        );
+        let mut future = claims(now);
+        future.iat += 3600;
+        assert_eq!(
+            store().verify(&mint(&future, "secret-one"), now),
+            Err(TokenError::NotYetValid)
+        );
+        // Expiry within the clock skew: expired is expired.
+        let mut just_expired = claims(now);
+        just_expired.exp = unix(now) - 1;
+        assert_eq!(
+            store().verify(&mint(&just_expired, "secret-one"), now),
+            Err(TokenError::Expired)
+        );
+        let mut at_expiry = claims(now);
+        at_expiry.exp = unix(now);
+        assert_eq!(
+            store().verify(&mint(&at_expiry, "secret-one"), now),
+            Err(TokenError::Expired)
+        );
+        // Extreme numbers saturate instead of overflowing.
+        let mut huge = claims(now);
+        huge.exp = u64::MAX;
+        assert!(store().verify(&mint(&huge, "secret-one"), now).is_ok());
+        let far = claims_for(
+            "APIkey1",
+            "m",
+            "ada",
+            "Ada",
+            Grants::default(),
+            now,
+            Duration::from_secs(u64::MAX),
+        );
+        assert_eq!(far.exp, u64::MAX);
     }
 
     #[test]

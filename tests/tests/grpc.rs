@@ -542,6 +542,50 @@ async fn participants_are_muted_restricted_and_removed_over_grpc() {
     .expect("restore");
     media_from(&bob, ada.participant_id(), Kind::Audio, stopped_at + 20).await;
 
+    // Revoking publish withdraws ada's tracks from everyone; granting it back makes them
+    // visible (and flowing) again, without ada doing anything.
+    let publish = |allowed: bool| pb::UpdatePermissionsRequest {
+        meeting: "team".into(),
+        participant_id: ada.participant_id().into(),
+        permissions: Some(pb::Permissions {
+            publish: allowed,
+            subscribe: true,
+        }),
+    };
+    ps.update_permissions(api.req(publish(false)))
+        .await
+        .expect("revoke publish");
+    bob.wait_until("ada's tracks unpublished", T, |s| {
+        s.tracks_unpublished
+            .iter()
+            .filter(|t| t.participant == ada.participant_id())
+            .count()
+            >= 2
+    })
+    .await;
+    let listed = ps
+        .get(api.req(pb::ParticipantRequest {
+            meeting: "team".into(),
+            participant_id: ada.participant_id().into(),
+        }))
+        .await
+        .expect("Get")
+        .into_inner();
+    assert!(
+        listed.tracks.is_empty(),
+        "a revoked publisher lists no tracks"
+    );
+    let published_before = bob.stats().tracks_published.len();
+    let revoked_at = bob.stats().packets_from(ada.participant_id(), Kind::Audio);
+    ps.update_permissions(api.req(publish(true)))
+        .await
+        .expect("grant publish back");
+    bob.wait_until("ada's tracks published again", T, |s| {
+        s.tracks_published.len() >= published_before + 2
+    })
+    .await;
+    media_from(&bob, ada.participant_id(), Kind::Audio, revoked_at + 20).await;
+
     // Remove: bob is gone, ada sees why.
     ps.remove(api.req(pb::ParticipantRequest {
         meeting: "team".into(),

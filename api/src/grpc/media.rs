@@ -194,6 +194,8 @@ impl pb::media_service_server::MediaService for Media {
                         create: start.create,
                         admin: false,
                     },
+                    token_issued_at: None,
+                    token_expires_at: None,
                 },
                 track,
             )

@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::Stream;
 use hearth_actors::{Grants, MeetingSettings, ParticipantId, TrackId};
@@ -296,7 +296,7 @@ impl pb::token_service_server::TokenService for Tokens {
         } else {
             req.name.clone()
         };
-        let claims = token::claims_for(
+        let mut claims = token::claims_for(
             &caller.claims.iss,
             &req.meeting,
             &req.identity,
@@ -305,9 +305,13 @@ impl pb::token_service_server::TokenService for Tokens {
             now,
             ttl,
         );
+        // A minted token never outlives the token that minted it: otherwise a short-lived
+        // admin token could mint itself a month-long successor.
+        claims.exp = claims.exp.min(caller.claims.exp);
+        let expires_at = UNIX_EPOCH + Duration::from_secs(claims.exp);
         Ok(Response::new(pb::MintTokenResponse {
             token: token::mint(&claims, secret),
-            expires_at: Some(convert::timestamp(now + ttl)),
+            expires_at: Some(convert::timestamp(expires_at)),
         }))
     }
 }
@@ -373,6 +377,14 @@ impl pb::event_service_server::EventService for Events {
                     _ = tx.closed() => return,
                     next = live.recv() => match next {
                         Ok(event) => {
+                            // Speaker changes are live only and share the last retained
+                            // event's number (see hearth_actors::events).
+                            if event.kind.is_live_only() {
+                                if wanted(&event) && tx.send(Ok(convert::event(&event))).await.is_err() {
+                                    return;
+                                }
+                                continue;
+                            }
                             if event.sequence <= last {
                                 continue;
                             }
