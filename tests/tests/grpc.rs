@@ -296,6 +296,65 @@ async fn calls_without_a_valid_admin_token_are_refused_with_the_right_codes() {
         1,
         "a scoped token sees its meeting only"
     );
+    // A scoped admin cannot mint node-wide (or another meeting's) tokens, admin or not.
+    for (meeting, grants) in [
+        ("", Some(admin_grants())),
+        ("", None),
+        ("room-b", Some(admin_grants())),
+    ] {
+        let minted = scoped
+            .tokens()
+            .mint(scoped.req(pb::MintTokenRequest {
+                meeting: meeting.into(),
+                identity: "escalate".into(),
+                grants: grants.map(|g| pb::Grants {
+                    join: g.join,
+                    publish: g.publish,
+                    subscribe: g.subscribe,
+                    create: g.create,
+                    admin: g.admin,
+                }),
+                ..Default::default()
+            }))
+            .await;
+        assert_eq!(code(minted), Code::PermissionDenied, "meeting {meeting:?}");
+    }
+    // A minted token never outlives the token that minted it.
+    let short = api.with_token(Some(mint(
+        "",
+        admin_grants(),
+        API_SECRET,
+        Duration::from_secs(120),
+        now,
+    )));
+    let minted = short
+        .tokens()
+        .mint(short.req(pb::MintTokenRequest {
+            meeting: "room-a".into(),
+            identity: "heir".into(),
+            ttl_seconds: 30 * 24 * 3600,
+            ..Default::default()
+        }))
+        .await
+        .expect("mint")
+        .into_inner();
+    let expires = minted.expires_at.expect("an expiry").seconds;
+    let caller_expires = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+        + 120;
+    assert!(
+        expires as u64 <= caller_expires,
+        "the minted token expires at {expires}, after its minter ({caller_expires})"
+    );
+    let claims = server
+        .server
+        .state
+        .keys
+        .verify(&minted.token, SystemTime::now())
+        .expect("the minted token verifies");
+    assert_eq!(claims.exp, expires as u64);
     assert!(
         server
             .metric("hearth_grpc_auth_failures_total")
