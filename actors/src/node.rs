@@ -544,6 +544,20 @@ pub struct Node {
     drained: tokio::sync::watch::Sender<bool>,
 }
 
+/// How long the TURN credentials of a participant whose token expiry is unknown last.
+pub const DEFAULT_TURN_CREDENTIAL_TTL: Duration = Duration::from_secs(3600);
+
+/// Which listener task [`Node::inject_listener_fault`] fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerFault {
+    /// A TURN UDP worker (the one that receives the next datagram).
+    TurnUdp,
+    /// A TURN TCP/TLS accept loop (the one that accepts the next connection).
+    TurnStream,
+    /// A media port driver (the one that receives the next datagram).
+    MediaMux,
+}
+
 /// Where the TURN listeners listen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TurnAddrs {
@@ -681,18 +695,30 @@ impl Node {
         self.shared.turn.as_ref().map_or(0, |t| t.routes.len())
     }
 
-    /// Ephemeral TURN credentials and URLs for a participant (the join response's
-    /// `iceServers`), valid for `ttl`. Empty when TURN is off or has no shared secret.
-    pub fn ice_servers(&self, identity: &str, ttl: Duration) -> Vec<crate::domain::IceServer> {
+    /// TURN credentials and URLs for a participant (the join response's `iceServers`):
+    /// SFU credentials, which relay only to this node's media address, valid until
+    /// `expires_at` (the participant's token expiry; [`DEFAULT_TURN_CREDENTIAL_TTL`] from
+    /// now when unknown), and revoked when the participant is removed
+    /// ([`Node::revoke_turn_for`]). Empty when TURN is off or has no shared secret.
+    pub fn ice_servers(
+        &self,
+        participant: &ParticipantId,
+        expires_at: Option<SystemTime>,
+    ) -> Vec<crate::domain::IceServer> {
         let (Some(turn), Some(addrs)) = (&self.shared.turn, self.turn_addrs()) else {
             return Vec::new();
         };
-        let Some(secret) = &turn.config.secret else {
+        let expiry = match expires_at {
+            Some(at) => at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            None => turn.unix_now(Instant::now()) + DEFAULT_TURN_CREDENTIAL_TTL.as_secs(),
+        };
+        let Some((username, credential)) = turn.sfu_credentials(participant.as_str(), expiry)
+        else {
             return Vec::new();
         };
-        let expiry = turn.unix_now(Instant::now()) + ttl.as_secs();
-        let (username, credential) =
-            hearth_engine::turn::auth::ephemeral_credentials(secret.as_bytes(), identity, expiry);
         let host = match turn.config.relay_ip {
             std::net::IpAddr::V6(ip) => format!("[{ip}]"),
             ip => ip.to_string(),
@@ -709,6 +735,30 @@ impl Node {
             username,
             credential,
         }]
+    }
+
+    /// Revokes the TURN credentials handed to `participant` and ends its allocations
+    /// (called when it is removed). Returns how many allocations ended.
+    pub fn revoke_turn_for(&self, participant: &ParticipantId) -> usize {
+        self.shared
+            .turn
+            .as_ref()
+            .map_or(0, |turn| turn.revoke_sfu(participant.as_str()))
+    }
+
+    /// Drill and test hook: makes a listener task fail (it panics on its next datagram or
+    /// connection), so its supervisor restarts it.
+    pub fn inject_listener_fault(&self, which: ListenerFault) -> bool {
+        use std::sync::atomic::Ordering::Release;
+        match (which, &self.shared.turn, &self.shared.mux) {
+            (ListenerFault::TurnUdp, Some(turn), _) => turn.faults.udp_worker.store(true, Release),
+            (ListenerFault::TurnStream, Some(turn), _) => {
+                turn.faults.stream_accept.store(true, Release)
+            }
+            (ListenerFault::MediaMux, _, Some(mux)) => mux.inject_fault(),
+            _ => return false,
+        }
+        true
     }
 
     /// Drill and test hook: makes the allocation of a client fail, as a bug would.
@@ -735,12 +785,15 @@ impl Node {
     }
 
     /// Joins (creating the meeting if the grants allow). `signal` carries the server's
-    /// messages to the client from now on.
+    /// messages to the client from now on. The TURN credentials in the answer expire with
+    /// the join's token (`JoinRequest::token_expires_at`; [`DEFAULT_TURN_CREDENTIAL_TTL`]
+    /// when there is none).
     pub async fn join(
         &self,
         request: JoinRequest,
         signal: SignalSender,
     ) -> Result<(JoinAccepted, ParticipantHandle), SignalError> {
+        let token_expires_at = request.token_expires_at;
         if self.is_draining() {
             return Err(SignalError::fatal(
                 SignalErrorCode::NodeUnavailable,
@@ -762,7 +815,7 @@ impl Node {
                 Ok(Err(e)) if e.code == SignalErrorCode::MeetingNotFound => continue,
                 Ok(Ok((mut accepted, handle))) => {
                     accepted.ice_servers =
-                        self.ice_servers(&request.identity, Duration::from_secs(24 * 3600));
+                        self.ice_servers(&accepted.participant.id, token_expires_at);
                     return Ok((accepted, handle));
                 }
                 Ok(Err(e)) => return Err(e),
@@ -940,6 +993,8 @@ impl Node {
         })
         .map_err(|_| ApiError::NotFound(format!("meeting {meeting}")))?;
         if found {
+            // Its TURN credentials stop working with it.
+            self.revoke_turn_for(participant);
             Ok(())
         } else {
             Err(ApiError::NotFound(format!("participant {participant}")))

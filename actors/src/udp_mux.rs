@@ -14,13 +14,23 @@
 //! Anything else is dropped and counted. Participants send through [`UdpMux::send_to`],
 //! which never blocks (a full socket buffer drops the datagram, counted).
 //!
+//! Supervision: each driver runs under [`supervise`]. A driver that fails (its socket keeps
+//! erroring, or a bug panics it) is counted (`hearth_actor_failures_total{kind="udp-mux"}`)
+//! and restarted on a fresh socket bound to the same port, which replaces the old one in
+//! its slot (senders too use the new one). The replacement is bound *before* the old socket
+//! closes, so the port is never free for another process to take, and no socket without a
+//! reader keeps receiving its share of the port's clients.
+//!
 //! PERFORMANCE-CRITICAL PATH: no logging, no locks other than the map shard read lock.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use dashmap::DashMap;
 use metrics::Counter;
@@ -57,11 +67,67 @@ struct MuxCounters {
 
 /// The media port: sockets, drivers, routing table.
 pub struct UdpMux {
-    sockets: Vec<Arc<UdpSocket>>,
+    sockets: Vec<Arc<SocketSlot>>,
     local_addr: SocketAddr,
     by_addr: DashMap<SocketAddr, Arc<Entry>>,
     by_ufrag: DashMap<String, Arc<Entry>>,
     counters: MuxCounters,
+    /// Drill and test hook: the next datagram a driver receives panics it.
+    fault: AtomicBool,
+    restarts: AtomicU64,
+}
+
+/// A UDP socket that a supervisor may replace with a fresh one on the same address.
+pub type SocketSlot = ArcSwap<UdpSocket>;
+
+/// Consecutive receive errors after which a socket is considered dead (an ICMP error
+/// surfaces as one error between successes; a dead socket errors at once, every time).
+const DEAD_SOCKET_ERRORS: u32 = 1000;
+
+/// Runs the task `run` makes and, whenever it ends (it returned, which these tasks only do
+/// on an error they cannot get past, or it panicked), counts the failure as
+/// `hearth_actor_failures_total{kind}` and runs a new one (`hearth_actor_restarts_total`).
+/// `run` gets the number of the attempt (0 first): on a restart it binds a fresh socket.
+/// Repeated quick failures pause 10 ms, doubling to 1 s, so nothing spins.
+pub fn supervise<F, Fut>(
+    kind: &'static str,
+    what: String,
+    mut run: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut(u64) -> Fut + Send + 'static,
+    Fut: Future<Output = io::Error> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut pause = Duration::from_millis(10);
+        let mut attempt = 0u64;
+        loop {
+            let started = tokio::time::Instant::now();
+            let why = match tokio::spawn(run(attempt)).await {
+                Ok(error) => error.to_string(),
+                Err(e) if e.is_panic() => {
+                    let payload = e.into_panic();
+                    payload
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "panicked".into())
+                }
+                // Cancelled: the runtime is shutting down.
+                Err(_) => return,
+            };
+            metrics::counter!("hearth_actor_failures_total", "kind" => kind).increment(1);
+            tracing::error!(kind, what, error = %why, "task failed; restarting it");
+            if started.elapsed() < Duration::from_secs(1) {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            } else {
+                pause = Duration::from_millis(10);
+            }
+            attempt += 1;
+            metrics::counter!("hearth_actor_restarts_total", "kind" => kind).increment(1);
+        }
+    })
 }
 
 /// Keeps a participant routable; dropping it removes every route to it.
@@ -122,9 +188,9 @@ impl UdpMux {
     pub fn bind(addr: SocketAddr, workers: usize) -> io::Result<Arc<UdpMux>> {
         let first = bind_reuseport(addr)?;
         let local_addr = first.local_addr()?;
-        let mut sockets = vec![Arc::new(first)];
+        let mut sockets = vec![Arc::new(ArcSwap::from_pointee(first))];
         for _ in 1..workers.max(1) {
-            sockets.push(Arc::new(bind_reuseport(local_addr)?));
+            sockets.push(Arc::new(ArcSwap::from_pointee(bind_reuseport(local_addr)?)));
         }
         Ok(Arc::new(UdpMux {
             sockets,
@@ -139,16 +205,44 @@ impl UdpMux {
                 packets_out: metrics::counter!("hearth_media_packets_out_total"),
                 bytes_out: metrics::counter!("hearth_media_bytes_out_total"),
             },
+            fault: AtomicBool::new(false),
+            restarts: AtomicU64::new(0),
         }))
     }
 
-    /// Starts one receive driver per socket on the current Tokio runtime.
+    /// Starts one supervised receive driver per socket on the current Tokio runtime.
     pub fn start(self: &Arc<Self>) {
-        for socket in &self.sockets {
+        for (i, slot) in self.sockets.iter().enumerate() {
             let mux = Arc::clone(self);
-            let socket = Arc::clone(socket);
-            tokio::spawn(async move { mux.drive(socket).await });
+            let slot = Arc::clone(slot);
+            supervise("udp-mux", format!("media socket {i}"), move |attempt| {
+                let mux = Arc::clone(&mux);
+                let slot = Arc::clone(&slot);
+                async move {
+                    if attempt > 0 {
+                        // A fresh socket on the same port takes the old one's place; the
+                        // old one closes once no sender holds it any more.
+                        match bind_reuseport(mux.local_addr) {
+                            Ok(fresh) => slot.store(Arc::new(fresh)),
+                            Err(e) => return e,
+                        }
+                        mux.restarts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let socket = slot.load_full();
+                    mux.drive(socket).await
+                }
+            });
         }
+    }
+
+    /// Drill and test hook: the driver that receives the next datagram panics.
+    pub fn inject_fault(&self) {
+        self.fault.store(true, Ordering::Release);
+    }
+
+    /// Drivers restarted on a fresh socket so far.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -175,7 +269,7 @@ impl UdpMux {
 
     /// Sends one datagram without waiting; `hint` spreads senders over the sockets.
     pub fn send_to(&self, data: &[u8], to: SocketAddr, hint: usize) {
-        let socket = &self.sockets[hint % self.sockets.len()];
+        let socket = self.sockets[hint % self.sockets.len()].load();
         match socket.try_send_to(data, to) {
             Ok(n) => {
                 self.counters.packets_out.increment(1);
@@ -185,10 +279,12 @@ impl UdpMux {
         }
     }
 
-    async fn drive(&self, socket: Arc<UdpSocket>) {
+    /// Receives until the socket is dead (the error is returned).
+    async fn drive(&self, socket: Arc<UdpSocket>) -> io::Error {
         const CHUNK: usize = 64 * 1024;
         const MAX_DATAGRAM: usize = 2048;
         let mut buf = BytesMut::with_capacity(CHUNK);
+        let mut errors = 0u32;
         loop {
             if buf.capacity() < MAX_DATAGRAM {
                 buf = BytesMut::with_capacity(CHUNK);
@@ -196,11 +292,20 @@ impl UdpMux {
             let (len, from) = match socket.recv_buf_from(&mut buf).await {
                 Ok(r) => r,
                 Err(e) => {
-                    // ICMP errors (ECONNREFUSED from an earlier send) surface here; keep going.
+                    // ICMP errors (ECONNREFUSED from an earlier send) surface here; keep
+                    // going unless the socket does nothing but fail.
                     tracing::trace!(error = %e, "media socket receive error");
+                    errors += 1;
+                    if errors >= DEAD_SOCKET_ERRORS {
+                        return e;
+                    }
                     continue;
                 }
             };
+            errors = 0;
+            if self.fault.load(Ordering::Relaxed) && self.fault.swap(false, Ordering::AcqRel) {
+                panic!("fault injected into a media socket driver");
+            }
             let data = buf.split_to(len);
             self.counters.packets_in.increment(1);
             self.counters.bytes_in.increment(len as u64);
@@ -301,6 +406,73 @@ mod tests {
         msg.extend_from_slice(&[7; 12]);
         msg.extend_from_slice(&attrs);
         msg
+    }
+
+    struct Count(Arc<AtomicU64>);
+
+    impl DatagramSink for Count {
+        fn deliver(&self, _datagram: Datagram) -> bool {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+    }
+
+    /// Sends one datagram from each client and polls until all arrived (true) or the
+    /// deadline passed (false).
+    async fn all_get_through(
+        clients: &[std::net::UdpSocket],
+        to: SocketAddr,
+        msg: &[u8],
+        delivered: &AtomicU64,
+    ) -> bool {
+        let before = delivered.load(Ordering::Relaxed);
+        for c in clients {
+            c.send_to(msg, to).unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while tokio::time::Instant::now() < deadline {
+            if delivered.load(Ordering::Relaxed) - before == clients.len() as u64 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_driver_restarts_on_a_fresh_socket_and_every_client_gets_through() {
+        let mux = UdpMux::bind("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        mux.start();
+        let to = mux.local_addr();
+        let delivered = Arc::new(AtomicU64::new(0));
+        let _reg = mux.register("srv".into(), Box::new(Count(Arc::clone(&delivered))));
+        let msg = binding_request(b"srv:cli");
+        // Enough source ports that the kernel's hash spreads them over both sockets.
+        let clients: Vec<std::net::UdpSocket> = (0..32)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        assert!(all_get_through(&clients, to, &msg, &delivered).await);
+
+        mux.inject_fault();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while mux.restarts() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "no restart");
+            clients[0].send_to(&msg, to).unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Nothing is left behind on a socket without a reader: every client gets through,
+        // several times over, and sending still works on every slot.
+        for _ in 0..3 {
+            assert!(all_get_through(&clients, to, &msg, &delivered).await);
+        }
+        let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        echo.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        for hint in 0..2 {
+            mux.send_to(b"out", echo.local_addr().unwrap(), hint);
+            let mut buf = [0u8; 8];
+            let (n, from) = echo.recv_from(&mut buf).unwrap();
+            assert_eq!((&buf[..n], from), (&b"out"[..], to));
+        }
     }
 
     #[test]

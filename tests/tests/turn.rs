@@ -500,13 +500,21 @@ async fn a_failed_allocation_frees_its_port_and_others_keep_relaying() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn join_response_carries_working_turn_credentials() {
+/// Joins `meeting` as `identity` over WebSocket; returns the socket (the participant stays
+/// while it is open), the participant id and the first ICE server's (username, credential).
+async fn join_for_turn(
+    server: &TestServer,
+    meeting: &str,
+    identity: &str,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    String,
+    (String, String),
+) {
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message as Ws;
 
-    let server = TestServer::start_with(turn_config).await;
-    let token = server.token("turn-join", "ada", hearth_actors::Grants::default());
+    let token = server.token(meeting, identity, hearth_actors::Grants::default());
     let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url())
         .await
         .unwrap();
@@ -527,7 +535,7 @@ async fn join_response_carries_working_turn_credentials() {
         .iter()
         .map(|u| u.as_str().unwrap())
         .collect();
-    let port = turn_addr(&server).port();
+    let port = turn_addr(server).port();
     assert!(
         urls.contains(&format!("turn:127.0.0.1:{port}?transport=udp").as_str()),
         "{urls:?}"
@@ -536,14 +544,366 @@ async fn join_response_carries_working_turn_credentials() {
         urls.contains(&format!("turn:127.0.0.1:{port}?transport=tcp").as_str()),
         "{urls:?}"
     );
-    let username = first["username"].as_str().unwrap();
-    let credential = first["credential"].as_str().unwrap();
-    assert!(username.ends_with(":ada"), "{username}");
+    let id = v["join"]["participantId"]
+        .as_str()
+        .expect("participantId")
+        .to_owned();
+    let username = first["username"].as_str().unwrap().to_owned();
+    let credential = first["credential"].as_str().unwrap().to_owned();
+    (ws, id, (username, credential))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_response_carries_working_turn_credentials() {
+    let server = TestServer::start_with(turn_config).await;
+    let (_ws, id, (username, credential)) = join_for_turn(&server, "turn-join", "ada").await;
+    // SFU credentials of this participant, expiring with its token (an hour), not in 24 h.
+    assert!(username.ends_with(&format!(":sfu:{id}")), "{username}");
+    let expiry: u64 = username.split(':').next().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        (now + 3000..=now + 3700).contains(&expiry),
+        "{expiry} vs {now}"
+    );
     // The credentials work at the node's TURN server.
-    let mut c = TurnClient::udp(turn_addr(&server), username, credential).await;
+    let mut c = TurnClient::udp(turn_addr(&server), &username, &credential).await;
     c.allocate()
         .await
         .expect("the join response's TURN credentials allocate");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sfu_credentials_relay_only_to_the_sfu_and_end_with_the_participant() {
+    // The allow-list opens all of loopback to operator credentials; the SFU's are narrower.
+    let server = TestServer::start_with(turn_config).await;
+    let turn = turn_addr(&server);
+    let media = server.media_addr();
+    let (_echo_addr, _echo) = echo_peer().await;
+    let (_ws, id, (username, credential)) = join_for_turn(&server, "turn-kick", "eve").await;
+    let mut c = TurnClient::udp(turn, &username, &credential).await;
+    c.allocate().await.expect("allocation");
+    for other in ["127.0.0.2:5000", "8.8.8.8:53", "[::ffff:127.0.0.2]:5000"] {
+        assert_eq!(
+            c.create_permission(other.parse().unwrap()).await,
+            Some(403),
+            "{other}"
+        );
+    }
+    let other_port = SocketAddr::new(media.ip(), free_udp_port());
+    assert_eq!(c.channel_bind(0x4001, other_port).await, Some(403));
+    assert_eq!(c.create_permission(media).await, None);
+    assert_eq!(c.channel_bind(0x4002, media).await, None);
+    // Operator credentials on the same node are not restricted.
+    let mut op = TurnClient::udp(turn, USER, PASS).await;
+    op.allocate().await.expect("allocation");
+    assert_eq!(
+        op.create_permission("127.0.0.2:5000".parse().unwrap())
+            .await,
+        None
+    );
+
+    // Editing the username into an operator REST credential breaks the password: 401.
+    let rest_form = username.replacen(":sfu:", ":", 1);
+    let mut forged = TurnClient::udp(turn, &rest_form, &credential).await;
+    assert_eq!(forged.allocate().await, Err(401));
+
+    // Expired credentials: 401.
+    let node = server.node();
+    let pid = hearth_actors::ParticipantId::random();
+    let past = std::time::SystemTime::now() - Duration::from_secs(10);
+    let expired = &node.ice_servers(&pid, Some(past))[0];
+    let mut late = TurnClient::udp(turn, &expired.username, &expired.credential).await;
+    assert_eq!(late.allocate().await, Err(401));
+
+    // Kicked: the allocation ends (reported as revoked) and the credentials get 401.
+    let mut usage = node.turn_usage().expect("usage events");
+    let meeting = hearth_actors::MeetingId::parse("turn-kick").unwrap();
+    node.remove_participant(&meeting, &hearth_actors::ParticipantId::from_string(id))
+        .await
+        .expect("the kick");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let event = tokio::time::timeout(left, usage.recv())
+            .await
+            .expect("a usage event")
+            .expect("usage stream open");
+        if event.reason == "revoked" {
+            assert!(event.user.starts_with("sfu:"), "{event:?}");
+            break;
+        }
+    }
+    assert_eq!(c.refresh(600).await, Some(401));
+    let mut again = TurnClient::udp(turn, &username, &credential).await;
+    assert_eq!(again.allocate().await, Err(401));
+    // The operator's allocation is untouched.
+    assert_eq!(op.refresh(600).await, None);
+    server.shutdown().await;
+}
+
+/// Peer addresses that are, or reach, something a TURN server must not relay to.
+const BYPASS_FORMS: &[&str] = &[
+    "0.0.0.0",
+    "::",
+    "::ffff:127.0.0.1",
+    "::ffff:10.0.0.1",
+    "::ffff:0:127.0.0.1",
+    "64:ff9b::7f00:1",
+    "64:ff9b::a00:1",
+    "64:ff9b:1::808:808",
+    "2002:7f00:1::1",
+    "2002:a00:1::1",
+    "::127.0.0.1",
+    "::10.0.0.1",
+    "2001:0:4136:e378:8000:63bf:80ff:fffe",
+    "2001:0:a00:1:8000:63bf:f7f7:f7f7",
+    "ff0e::1",
+    "224.0.0.1",
+    "255.255.255.255",
+    "169.254.169.254",
+    "fe80::1",
+    "fd12:3456::1",
+    "2001:db8::1",
+    "3fff::1",
+    "192.0.2.1",
+    "198.51.100.1",
+    "203.0.113.1",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_address_bypass_forms_get_403_through_the_udp_listener() {
+    // TURN only: no SFU media address on loopback to allow.
+    let server = TestServer::start_with(|c| {
+        turn_config(c);
+        c.turn.as_mut().unwrap().allow_peers = Vec::new();
+        c.turn_only = true;
+    })
+    .await;
+    let mut a = TurnClient::udp(turn_addr(&server), USER, PASS).await;
+    a.allocate().await.expect("allocation");
+    for form in BYPASS_FORMS {
+        let peer = SocketAddr::new(form.parse().unwrap(), 5000);
+        assert_eq!(a.create_permission(peer).await, Some(403), "{form}");
+    }
+    for form in ["::ffff:127.0.0.1", "64:ff9b::a00:1", "2002:7f00:1::1"] {
+        let peer = SocketAddr::new(form.parse().unwrap(), 5000);
+        assert_eq!(a.channel_bind(0x4001, peer).await, Some(403), "{form}");
+    }
+    // The same forms of a public address are fine (only the permission is created here).
+    for form in ["64:ff9b::808:808", "2002:808:808::1", "8.8.8.8"] {
+        let peer = SocketAddr::new(form.parse().unwrap(), 5000);
+        assert_eq!(a.create_permission(peer).await, None, "{form}");
+    }
+    server.shutdown().await;
+}
+
+/// Waits until the peer closes `stream` (EOF or a reset); panics after `within`.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream, within: Duration) {
+    let mut buf = [0u8; 512];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, tokio::io::AsyncReadExt::read(stream, &mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("the server kept the connection open for {within:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_connections_without_an_allocation_are_closed_and_capped() {
+    let dir = std::env::temp_dir().join(format!("hearth-turn-hygiene-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = self_signed(&dir);
+    let server = TestServer::start_with(|c| {
+        turn_config(c);
+        let turn = c.turn.as_mut().unwrap();
+        turn.stream_allocate_timeout = Duration::from_secs(2);
+        turn.tls_handshake_timeout = Duration::from_secs(1);
+        turn.stream_limits = hearth_actors::limits::GateLimits {
+            max_connections: 100,
+            max_per_source: 3,
+        };
+        turn.tls = Some(hearth_actors::turn::TlsSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cert,
+            key,
+        });
+    })
+    .await;
+    let turn = turn_addr(&server);
+    let tls = server.node().turn_addrs().and_then(|a| a.tls).unwrap();
+    let (peer, _echo) = echo_peer().await;
+    let closed = |listener: &str, reason: &str| {
+        format!("hearth_connections_closed_total{{listener=\"{listener}\",reason=\"{reason}\"}}")
+    };
+    let no_allocation = server.metric(&closed("turn-tcp", "no_allocation")).await;
+    let handshakes = server
+        .metric(&closed("turn-tls", "tls_handshake_timeout"))
+        .await;
+    let refused_metric =
+        "hearth_connections_refused_total{listener=\"turn-tcp\",reason=\"per_source\"}";
+    let refused = server.metric(refused_metric).await;
+
+    // One connection allocates; two say nothing, or only Binding.
+    let mut allocated = TurnClient::tcp(turn, USER, PASS).await;
+    allocated.allocate().await.expect("allocation");
+    let mut idle = tokio::net::TcpStream::connect(turn).await.unwrap();
+    let mut binding_only = TurnClient::tcp(turn, USER, PASS).await;
+    let r = binding_only.request_plain(method::BINDING, |b| b).await;
+    assert_eq!(r.code(), None);
+    // A fourth from the same address is over the per-source cap: closed at once.
+    let mut over = tokio::net::TcpStream::connect(turn).await.unwrap();
+    closed_by_server(&mut over, Duration::from_secs(1)).await;
+    server
+        .wait_metric(refused_metric, Duration::from_secs(5), |v| {
+            v >= refused + 1.0
+        })
+        .await;
+    // A TLS client that never finishes its handshake.
+    let mut handshaking = tokio::net::TcpStream::connect(tls).await.unwrap();
+
+    closed_by_server(&mut idle, Duration::from_secs(10)).await;
+    assert!(
+        binding_only.recv(Duration::from_secs(10)).await.is_none(),
+        "a connection that only asks Binding is closed too"
+    );
+    closed_by_server(&mut handshaking, Duration::from_secs(10)).await;
+    server
+        .wait_metric(
+            &closed("turn-tcp", "no_allocation"),
+            Duration::from_secs(5),
+            |v| v >= no_allocation + 2.0,
+        )
+        .await;
+    server
+        .wait_metric(
+            &closed("turn-tls", "tls_handshake_timeout"),
+            Duration::from_secs(5),
+            |v| v >= handshakes + 1.0,
+        )
+        .await;
+    // The allocated connection outlived the deadline and relays.
+    assert_eq!(allocated.channel_bind(0x4000, peer).await, None);
+    allocated.send_channel(0x4000, b"still here").await;
+    assert_eq!(
+        allocated.recv_data(Duration::from_secs(5)).await.as_deref(),
+        Some(&b"still here"[..])
+    );
+    server.shutdown().await;
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_stream_listener_evicts_a_connection_without_an_allocation() {
+    let server = TestServer::start_with(|c| {
+        turn_config(c);
+        c.turn.as_mut().unwrap().stream_limits = hearth_actors::limits::GateLimits {
+            max_connections: 2,
+            max_per_source: 10,
+        };
+    })
+    .await;
+    let turn = turn_addr(&server);
+    let (peer, _echo) = echo_peer().await;
+    let mut allocated = TurnClient::tcp(turn, USER, PASS).await;
+    allocated.allocate().await.expect("allocation");
+    let mut idle = tokio::net::TcpStream::connect(turn).await.unwrap();
+    // The listener is full: the newcomer takes the idle connection's place, not the
+    // allocated one's.
+    let mut newcomer = TurnClient::tcp(turn, USER, PASS).await;
+    closed_by_server(&mut idle, Duration::from_secs(5)).await;
+    newcomer.allocate().await.expect("the newcomer allocates");
+    for c in [&mut allocated, &mut newcomer] {
+        assert_eq!(c.channel_bind(0x4000, peer).await, None);
+        c.send_channel(0x4000, b"ok").await;
+        assert_eq!(
+            c.recv_data(Duration::from_secs(5)).await.as_deref(),
+            Some(&b"ok"[..])
+        );
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_listener_tasks_are_restarted_and_traffic_still_flows() {
+    use hearth_actors::node::ListenerFault;
+    let server = TestServer::start_with(turn_config).await;
+    let turn = turn_addr(&server);
+    let (peer, _echo) = echo_peer().await;
+    let failures = "hearth_actor_failures_total{kind=\"turn-listener\"}";
+    let restarts = "hearth_actor_restarts_total{kind=\"turn-listener\"}";
+    let mut a = TurnClient::udp(turn, USER, PASS).await;
+    a.allocate().await.expect("allocation");
+    assert_eq!(a.channel_bind(0x4000, peer).await, None);
+
+    // A UDP worker fails on the next datagram it receives.
+    let before = server.metric(restarts).await;
+    let failed = server.metric(failures).await;
+    assert!(server.node().inject_listener_fault(ListenerFault::TurnUdp));
+    let poke = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let binding = MessageBuilder::new(method::BINDING, Class::Request, [3; 12]).build();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.metric(restarts).await < before + 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "no restart");
+        poke.send_to(&binding, turn).await.unwrap();
+    }
+    assert!(server.metric(failures).await >= failed + 1.0);
+    // Every client gets answered (no socket without a reader keeps a share of them), and
+    // the existing allocation relays through the fresh socket.
+    for _ in 0..24 {
+        let mut c = TurnClient::udp(turn, USER, PASS).await;
+        assert_eq!(c.request_plain(method::BINDING, |b| b).await.code(), None);
+    }
+    for i in 0..5u8 {
+        a.send_channel(0x4000, &[i; 32]).await;
+        assert_eq!(a.recv_data(Duration::from_secs(5)).await, Some(vec![i; 32]));
+    }
+
+    // The TCP accept loop fails on the next connection.
+    let before = server.metric(restarts).await;
+    assert!(
+        server
+            .node()
+            .inject_listener_fault(ListenerFault::TurnStream)
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.metric(restarts).await < before + 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "no restart");
+        let _ = tokio::net::TcpStream::connect(turn).await;
+    }
+    let mut t = TurnClient::tcp(turn, USER, PASS).await;
+    t.allocate()
+        .await
+        .expect("TCP allocation after the restart");
+    assert_eq!(t.channel_bind(0x4000, peer).await, None);
+    t.send_channel(0x4000, b"tcp").await;
+    assert_eq!(
+        t.recv_data(Duration::from_secs(5)).await.as_deref(),
+        Some(&b"tcp"[..])
+    );
+
+    // A media port driver fails the same way and is restarted (its traffic test is the
+    // mux's own, in hearth-actors).
+    let mux_restarts = "hearth_actor_restarts_total{kind=\"udp-mux\"}";
+    let before = server.metric(mux_restarts).await;
+    assert!(server.node().inject_listener_fault(ListenerFault::MediaMux));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.metric(mux_restarts).await < before + 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "no restart");
+        poke.send_to(b"poke", server.media_addr()).await.unwrap();
+    }
+    assert!(
+        server
+            .metric("hearth_actor_failures_total{kind=\"udp-mux\"}")
+            .await
+            >= 1.0
+    );
     server.shutdown().await;
 }
 

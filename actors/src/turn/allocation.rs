@@ -11,7 +11,9 @@ use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use hearth_engine::stun::Message;
-use hearth_engine::turn::allocation::{AllocateParams, Allocation, AllocationLimits, Reply};
+use hearth_engine::turn::allocation::{
+    AllocateParams, Allocation, AllocationLimits, RelayView, Reply,
+};
 use hearth_engine::turn::front::AllocateRequest;
 use hearth_engine::turn::rate::RateLimiter;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -76,6 +78,7 @@ impl Actor for AllocationActor {
         let now = Instant::now();
         let shared = args.shared;
         let config = &shared.config;
+        let bandwidth = shared.bandwidth_for(&args.request.auth);
         let local = args.socket.local_addr()?;
         let relay = SocketAddr::new(config.relay_ip, local.port());
         let (allocation, response) = Allocation::new(
@@ -95,21 +98,22 @@ impl Actor for AllocationActor {
         let socket = Arc::new(args.socket);
         let entry = Arc::new(AllocationEntry {
             id: args.id,
+            user: allocation.user().to_owned(),
             actor: myself.clone(),
             control_in_flight: std::sync::atomic::AtomicUsize::new(0),
             relay_socket: Arc::clone(&socket),
             view: ArcSwap::from_pointee(allocation.view()),
-            to_peer_limit: Mutex::new(RateLimiter::new(config.bandwidth, 0, now)),
+            bandwidth,
+            to_peer_limit: Mutex::new(RateLimiter::new(bandwidth, 0, now)),
             counters: RelayCounters::default(),
-            flushed: Mutex::new([0; 5]),
+            flushed: Mutex::new([0; 6]),
         });
-        let relay_task = tokio::spawn(relay_task(
-            Arc::clone(&entry),
-            socket,
-            args.link.clone(),
-            Arc::clone(&shared),
-        ));
+        let relay_task = tokio::spawn(relay_task(Arc::clone(&entry), socket, args.link.clone()));
         shared.routes.insert(args.key, Arc::clone(&entry));
+        if let ClientLink::Stream { queue } = &args.link {
+            // The connection proved itself: its listener no longer evicts it for room.
+            queue.mark_allocated();
+        }
         args.link.send(&response);
         let kill_ref = myself.clone();
         let reg = shared.actors.register(
@@ -283,53 +287,204 @@ impl Drop for AllocationState {
     }
 }
 
+/// Datagrams a relay task receives before it lets other tasks of its worker run. A host
+/// flooding a relayed port gets one batch of work per turn, never the whole worker.
+pub(crate) const RELAY_BATCH: usize = 64;
+
 /// Peer → client: reads the relayed socket, frames each datagram for the client
 /// (ChannelData or Data indication) if a permission allows it, and sends it.
 ///
 /// Buffers are per worker thread, not per allocation: the task waits for readability, then
 /// receives and forwards synchronously, so thousands of idle allocations hold no buffers.
-async fn relay_task(
-    entry: Arc<AllocationEntry>,
-    socket: Arc<UdpSocket>,
-    link: ClientLink,
-    shared: Arc<TurnShared>,
+async fn relay_task(entry: Arc<AllocationEntry>, socket: Arc<UdpSocket>, link: ClientLink) {
+    relay_loop(
+        &socket,
+        &link,
+        entry.bandwidth,
+        &entry.view,
+        &entry.counters,
+    )
+    .await;
+}
+
+/// The relay task's loop, on what it needs of the allocation.
+async fn relay_loop(
+    socket: &UdpSocket,
+    link: &ClientLink,
+    bandwidth: u64,
+    view: &ArcSwap<RelayView>,
+    counters: &RelayCounters,
 ) {
-    let stream = link.is_stream();
-    let mut limit = RateLimiter::new(shared.config.bandwidth, 0, Instant::now());
-    let tid_base: [u8; 8] = rand::random();
-    let mut counter: u32 = 0;
+    let mut state = PeerRelay {
+        stream: link.is_stream(),
+        limit: RateLimiter::new(bandwidth, 0, Instant::now()),
+        tid_base: rand::random(),
+        counter: 0,
+    };
     loop {
         if socket.readable().await.is_err() {
             return;
         }
-        RELAY_BUFFERS.with_borrow_mut(|(buf, out)| {
-            // Drain what is queued; WouldBlock ends the burst.
-            while let Ok((len, peer)) = socket.try_recv_from(buf) {
-                let now = Instant::now();
-                counter = counter.wrapping_add(1);
-                let mut tid = [0u8; 12];
-                tid[..8].copy_from_slice(&tid_base);
-                tid[8..].copy_from_slice(&counter.to_be_bytes());
-                let view = entry.view.load();
-                if !view.frame_peer_data(now, peer, &buf[..len], stream, tid, out)
-                    || !limit.allow(now, len)
-                {
-                    RelayCounters::add(&entry.counters.dropped, 1);
-                    continue;
-                }
-                if link.send(out) {
-                    RelayCounters::add(&entry.counters.to_client_packets, 1);
-                    RelayCounters::add(&entry.counters.to_client_bytes, len as u64);
-                } else {
-                    RelayCounters::add(&entry.counters.dropped, 1);
-                }
-            }
-        });
+        if relay_batch(socket, &view.load(), link, &mut state, counters) == RELAY_BATCH {
+            // More may be queued (no WouldBlock yet): let the worker's other tasks run
+            // first. The socket stays readable, so the next turn starts at once.
+            tokio::task::yield_now().await;
+        }
     }
+}
+
+/// What the relay task keeps between batches.
+struct PeerRelay {
+    stream: bool,
+    limit: RateLimiter,
+    tid_base: [u8; 8],
+    counter: u32,
+}
+
+/// Receives and relays at most [`RELAY_BATCH`] datagrams; returns how many it received
+/// (fewer means the socket is drained). A datagram from a peer without a permission is
+/// dropped before anything else is done with it (counted).
+fn relay_batch(
+    socket: &UdpSocket,
+    view: &RelayView,
+    link: &ClientLink,
+    state: &mut PeerRelay,
+    counters: &RelayCounters,
+) -> usize {
+    let now = Instant::now();
+    RELAY_BUFFERS.with_borrow_mut(|(buf, out)| {
+        let mut received = 0;
+        while received < RELAY_BATCH {
+            let Ok((len, peer)) = socket.try_recv_from(buf) else {
+                break;
+            };
+            received += 1;
+            if !view.permits_peer(now, peer) {
+                RelayCounters::add(&counters.no_permission, 1);
+                continue;
+            }
+            state.counter = state.counter.wrapping_add(1);
+            let mut tid = [0u8; 12];
+            tid[..8].copy_from_slice(&state.tid_base);
+            tid[8..].copy_from_slice(&state.counter.to_be_bytes());
+            if !view.frame_peer_data(now, peer, &buf[..len], state.stream, tid, out)
+                || !state.limit.allow(now, len)
+            {
+                RelayCounters::add(&counters.dropped, 1);
+                continue;
+            }
+            if link.send(out) {
+                RelayCounters::add(&counters.to_client_packets, 1);
+                RelayCounters::add(&counters.to_client_bytes, len as u64);
+            } else {
+                RelayCounters::add(&counters.dropped, 1);
+            }
+        }
+        received
+    })
 }
 
 thread_local! {
     /// One receive buffer (the largest UDP datagram) and one framing buffer per thread.
     static RELAY_BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
         std::cell::RefCell::new((vec![0u8; 65_536], Vec::with_capacity(2048)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A relayed socket with `n` datagrams queued from a peer that has no permission.
+    async fn flooded(n: usize) -> (UdpSocket, usize) {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(1 << 20);
+        let target = socket.local_addr().unwrap();
+        let flood = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sent = (0..n)
+            .filter(|i| flood.send_to(&[*i as u8; 32], target).is_ok())
+            .count();
+        (socket, sent)
+    }
+
+    async fn client_link() -> (ClientLink, UdpSocket) {
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let link = ClientLink::Udp {
+            socket: Arc::new(ArcSwap::from_pointee(sender)),
+            addr: client.local_addr().unwrap(),
+        };
+        (link, client)
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_bounded_and_unpermitted_datagrams_are_dropped_and_counted() {
+        let (socket, _) = flooded(200).await;
+        let (link, client) = client_link().await;
+        let view = RelayView::closed(Instant::now() + Duration::from_secs(60));
+        let counters = RelayCounters::default();
+        let mut state = PeerRelay {
+            stream: false,
+            limit: RateLimiter::new(0, 0, Instant::now()),
+            tid_base: [0; 8],
+            counter: 0,
+        };
+        socket.readable().await.unwrap();
+        let first = relay_batch(&socket, &view, &link, &mut state, &counters);
+        assert_eq!(first, RELAY_BATCH, "one batch, not the whole queue");
+        let mut total = first;
+        loop {
+            let n = relay_batch(&socket, &view, &link, &mut state, &counters);
+            assert!(n <= RELAY_BATCH);
+            total += n;
+            if n < RELAY_BATCH {
+                break;
+            }
+        }
+        assert!(total > RELAY_BATCH, "{total} datagrams queued");
+        assert_eq!(counters.no_permission.load(Ordering::Relaxed), total as u64);
+        assert_eq!(counters.to_client_packets.load(Ordering::Relaxed), 0);
+        assert_eq!(state.counter, 0, "nothing was framed");
+        let mut buf = [0u8; 64];
+        assert!(
+            client.try_recv(&mut buf).is_err(),
+            "nothing reached the client"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_flooded_relay_task_lets_other_tasks_run_between_batches() {
+        let (socket, sent) = flooded(300).await;
+        assert!(sent > 2 * RELAY_BATCH);
+        let (link, _client) = client_link().await;
+        let shared = Arc::new((
+            ArcSwap::from_pointee(RelayView::closed(Instant::now() + Duration::from_secs(60))),
+            RelayCounters::default(),
+        ));
+        let task = {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move { relay_loop(&socket, &link, 0, &shared.0, &shared.1).await })
+        };
+        // This task runs between the relay task's batches: it sees the count grow in steps.
+        let mut seen = Vec::new();
+        let mut unchanged = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while unchanged < 100 {
+            tokio::task::yield_now().await;
+            let n = shared.1.no_permission.load(Ordering::Relaxed) as usize;
+            if seen.last() == Some(&n) {
+                unchanged += 1;
+            } else {
+                seen.push(n);
+                unchanged = 0;
+            }
+            assert!(Instant::now() < deadline, "seen {seen:?}");
+        }
+        assert!(*seen.last().unwrap() > RELAY_BATCH, "seen {seen:?}");
+        task.abort();
+        assert!(
+            seen.iter().any(|n| *n > 0 && *n <= RELAY_BATCH),
+            "the relay task handled a batch, then yielded: {seen:?}"
+        );
+    }
 }

@@ -12,24 +12,25 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use hearth_engine::stun::{self, ChannelData, Class, Message, attr, method};
 use hearth_engine::turn::front::{self, FrontAction};
 use metrics::Counter;
 use ractor::ActorRef;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::mpsc;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use super::supervisor::TurnSupervisorMsg;
-use super::{ClientKey, ClientLink, ControlItem, RelayCounters, Transport, TurnShared};
+use super::{
+    ClientKey, ClientLink, ControlItem, FaultHooks, RelayCounters, SocketSlot, StreamQueue,
+    Transport, TurnShared,
+};
+use crate::limits::{ConnGate, ConnPermit, FdBudget};
+use crate::udp_mux::supervise;
 
 /// Longest frame accepted on a stream: a STUN message or ChannelData with its header.
 const MAX_FRAME: usize = 65_535 + 20;
-/// Frames queued for one stream client before we drop.
-const STREAM_QUEUE: usize = 512;
-/// Time a new stream has to deliver its first whole message.
-const FIRST_FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Counters of the front door, registered once.
 pub struct FrontCounters {
@@ -56,7 +57,10 @@ impl Default for FrontCounters {
     }
 }
 
-/// Binds `workers` UDP sockets on `addr` and starts their receive loops.
+/// Binds `workers` UDP sockets on `addr` and starts their supervised receive loops: a
+/// worker that fails is counted (`hearth_actor_failures_total{kind="turn-listener"}`) and
+/// restarted on a fresh socket bound to the same address, which also replaces the old one
+/// for the allocations that send to their clients through it.
 pub fn start_udp(
     addr: SocketAddr,
     workers: usize,
@@ -70,34 +74,77 @@ pub fn start_udp(
     for _ in 1..workers.max(1) {
         sockets.push(bind_reuseport(local)?);
     }
-    for socket in sockets {
-        let socket = Arc::new(socket);
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let slot: Arc<SocketSlot> = Arc::new(ArcSwap::from_pointee(socket));
         let shared = Arc::clone(&shared);
         let supervisor = supervisor.clone();
         let counters = Arc::clone(&counters);
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 65_536];
-            loop {
-                let (len, from) = match socket.recv_from(&mut buf).await {
-                    Ok(r) => r,
-                    Err(_) => continue,
-                };
-                let key = ClientKey {
-                    transport: Transport::Udp,
-                    addr: from,
-                };
-                let link = || ClientLink::Udp {
-                    socket: Arc::clone(&socket),
-                    addr: from,
-                };
-                handle_from_client(&shared, &supervisor, &counters, key, link, &buf[..len]);
-            }
-        });
+        supervise(
+            "turn-listener",
+            format!("TURN UDP worker {i} on {local}"),
+            move |attempt| {
+                let slot = Arc::clone(&slot);
+                let shared = Arc::clone(&shared);
+                let supervisor = supervisor.clone();
+                let counters = Arc::clone(&counters);
+                async move {
+                    if attempt > 0 {
+                        match bind_reuseport(local) {
+                            Ok(fresh) => slot.store(Arc::new(fresh)),
+                            Err(e) => return e,
+                        }
+                    }
+                    udp_worker(slot, shared, supervisor, counters).await
+                }
+            },
+        );
     }
     Ok(local)
 }
 
-/// Starts the TCP listener (plain when `tls` is None).
+/// Consecutive receive errors after which a worker's socket is considered dead.
+const DEAD_SOCKET_ERRORS: u32 = 1000;
+
+async fn udp_worker(
+    slot: Arc<SocketSlot>,
+    shared: Arc<TurnShared>,
+    supervisor: ActorRef<TurnSupervisorMsg>,
+    counters: Arc<FrontCounters>,
+) -> io::Error {
+    let socket = slot.load_full();
+    let mut buf = vec![0u8; 65_536];
+    let mut errors = 0u32;
+    loop {
+        let (len, from) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                // ICMP errors from earlier sends surface here between successes.
+                errors += 1;
+                if errors >= DEAD_SOCKET_ERRORS {
+                    return e;
+                }
+                continue;
+            }
+        };
+        errors = 0;
+        if FaultHooks::take(&shared.faults.udp_worker) {
+            panic!("fault injected into a TURN UDP worker");
+        }
+        let key = ClientKey {
+            transport: Transport::Udp,
+            addr: from,
+        };
+        let link = || ClientLink::Udp {
+            socket: Arc::clone(&slot),
+            addr: from,
+        };
+        handle_from_client(&shared, &supervisor, &counters, key, link, &buf[..len]);
+    }
+}
+
+/// Starts the TCP listener (plain when `tls` is None), its accept loop supervised. Every
+/// connection passes the listener's [`ConnGate`] (`turn-tcp`/`turn-tls`: caps in total and
+/// per source, the node's open-file budget, no spinning on accept errors).
 pub async fn start_stream(
     addr: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -105,120 +152,189 @@ pub async fn start_stream(
     supervisor: ActorRef<TurnSupervisorMsg>,
     counters: Arc<FrontCounters>,
 ) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await?;
+    let listener = Arc::new(TcpListener::bind(addr).await?);
     let local = listener.local_addr()?;
-    let transport = if tls.is_some() {
-        Transport::Tls
+    let (transport, name) = if tls.is_some() {
+        (Transport::Tls, "turn-tls")
     } else {
-        Transport::Tcp
+        (Transport::Tcp, "turn-tcp")
     };
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, peer)) = listener.accept().await else {
-                continue;
+    let gate = ConnGate::new(name, shared.config.stream_limits, FdBudget::global());
+    // A failed accept loop restarts on the same listening socket: it holds no state a bug
+    // could have spoiled, and closing it would reset the connections in its backlog and
+    // leave the port free for a moment.
+    supervise(
+        "turn-listener",
+        format!("TURN {} listener on {local}", transport.as_str()),
+        move |_attempt| {
+            let stream = StreamListener {
+                listener: Arc::clone(&listener),
+                gate: Arc::clone(&gate),
+                transport,
+                tls: tls.clone(),
+                shared: Arc::clone(&shared),
+                supervisor: supervisor.clone(),
+                counters: Arc::clone(&counters),
             };
-            let _ = stream.set_nodelay(true);
-            let shared = Arc::clone(&shared);
-            let supervisor = supervisor.clone();
-            let counters = Arc::clone(&counters);
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                let key = ClientKey {
-                    transport,
-                    addr: peer,
-                };
-                match tls {
-                    None => serve_stream(stream, key, &shared, &supervisor, &counters).await,
-                    Some(acceptor) => match acceptor.accept(stream).await {
-                        Ok(tls) => serve_stream(tls, key, &shared, &supervisor, &counters).await,
-                        Err(e) => {
-                            counters.malformed.increment(1);
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        }
-                    },
-                }
-                // The allocation of a stream lives as long as the stream.
-                let _ = supervisor.send_message(TurnSupervisorMsg::ConnectionClosed { key });
-            });
-        }
-    });
+            stream.accept_loop()
+        },
+    );
     Ok(local)
 }
 
-/// Reads frames from one stream client; a writer task sends what is queued for it.
-async fn serve_stream<S>(
-    stream: S,
-    key: ClientKey,
-    shared: &Arc<TurnShared>,
-    supervisor: &ActorRef<TurnSupervisorMsg>,
-    counters: &FrontCounters,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
-    let writer_task = tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            if writer.write_all(&frame).await.is_err() {
-                break;
-            }
-        }
-        let _ = writer.shutdown().await;
-    });
-    let mut buf = BytesMut::with_capacity(8192);
-    // A client must get a whole first message through quickly (no slow-drip connections).
-    let mut first_deadline = Some(tokio::time::Instant::now() + FIRST_FRAME_TIMEOUT);
-    'read: loop {
-        let read = match first_deadline {
-            Some(deadline) => {
-                match tokio::time::timeout_at(deadline, reader.read_buf(&mut buf)).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        counters.malformed.increment(1);
-                        break;
-                    }
-                }
-            }
-            None => reader.read_buf(&mut buf).await,
-        };
-        match read {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
+/// What a TCP/TLS accept loop and its connections share.
+#[derive(Clone)]
+struct StreamListener {
+    listener: Arc<TcpListener>,
+    gate: Arc<ConnGate>,
+    transport: Transport,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<TurnShared>,
+    supervisor: ActorRef<TurnSupervisorMsg>,
+    counters: Arc<FrontCounters>,
+}
+
+impl StreamListener {
+    async fn accept_loop(self) -> io::Error {
         loop {
-            let len = match stun::frame_len(&buf) {
-                None => break,
-                Some(Err(_)) => {
-                    counters.malformed.increment(1);
-                    break 'read;
-                }
-                Some(Ok(len)) if len > MAX_FRAME => {
-                    counters.malformed.increment(1);
-                    break 'read;
-                }
-                Some(Ok(_))
-                    if ChannelData::looks_like(&buf) && !shared.routes.contains_key(&key) =>
-                {
-                    // ChannelData needs an allocation: this client does not speak TURN.
-                    counters.malformed.increment(1);
-                    break 'read;
-                }
-                Some(Ok(len)) => len,
-            };
-            if buf.len() < len {
-                buf.reserve(len - buf.len());
-                break;
+            let (stream, peer, permit) = self.gate.accept(&self.listener, b"").await;
+            if FaultHooks::take(&self.shared.faults.stream_accept) {
+                panic!("fault injected into a TURN stream listener");
             }
-            let frame = buf.split_to(len);
-            first_deadline = None;
-            let link = || ClientLink::Stream { tx: tx.clone() };
-            handle_from_client(shared, supervisor, counters, key, link, &frame);
+            let _ = stream.set_nodelay(true);
+            let this = self.clone();
+            tokio::spawn(async move { this.connection(stream, peer, permit).await });
         }
     }
-    // The writer ends once the allocation (which holds the other senders) is gone too; the
-    // caller reports the closed connection so that happens now.
-    drop(tx);
-    drop(writer_task);
+
+    async fn connection(self, stream: TcpStream, peer: SocketAddr, permit: ConnPermit) {
+        let key = ClientKey {
+            transport: self.transport,
+            addr: peer,
+        };
+        match &self.tls {
+            None => self.serve(stream, key, &permit).await,
+            Some(acceptor) => {
+                let deadline = self.shared.config.tls_handshake_timeout;
+                let handshake = tokio::time::timeout(deadline, acceptor.accept(stream));
+                let outcome = tokio::select! {
+                    outcome = handshake => Some(outcome),
+                    // Evicted to make room (counted by the gate).
+                    () = permit.evicted() => None,
+                };
+                match outcome {
+                    Some(Ok(Ok(tls))) => self.serve(tls, key, &permit).await,
+                    Some(Ok(Err(e))) => {
+                        self.counters.malformed.increment(1);
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    }
+                    Some(Err(_)) => {
+                        self.gate.count_closed("tls_handshake_timeout");
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                    }
+                    None => {}
+                }
+            }
+        }
+        // The allocation of a stream lives as long as the stream.
+        let _ = self
+            .supervisor
+            .send_message(TurnSupervisorMsg::ConnectionClosed { key });
+    }
+
+    /// Reads frames from one stream client; a writer task sends what is queued for it.
+    ///
+    /// The connection is closed when it has held no allocation for
+    /// `stream_allocate_timeout` (from its start, or since its allocation ended), and when
+    /// the gate evicts it before it allocated.
+    async fn serve<S>(&self, stream: S, key: ClientKey, permit: &ConnPermit)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let shared = &self.shared;
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let (queue, mut rx) = StreamQueue::new(shared.config.stream_queue_bytes);
+        // Weak: the queue's sender must die with the reader and the allocation, which ends
+        // the writer (and with both halves gone, the connection).
+        let writer_queue = Arc::downgrade(&queue);
+        let writer_task = tokio::spawn(async move {
+            while let Some(frame) = rx.recv().await {
+                let written = writer.write_all(&frame).await;
+                if let Some(queue) = writer_queue.upgrade() {
+                    queue.taken(frame.len());
+                }
+                if written.is_err() {
+                    break;
+                }
+            }
+            let _ = writer.shutdown().await;
+        });
+        let timeout = shared.config.stream_allocate_timeout;
+        let mut last_allocated = tokio::time::Instant::now();
+        let mut established = false;
+        let mut buf = BytesMut::with_capacity(8192);
+        'read: loop {
+            let check_at = last_allocated + timeout;
+            let read = tokio::select! {
+                read = reader.read_buf(&mut buf) => read,
+                () = queue.allocated(), if !established => {
+                    permit.established();
+                    established = true;
+                    continue;
+                }
+                () = tokio::time::sleep_until(check_at) => {
+                    let now = tokio::time::Instant::now();
+                    if shared.routes.contains_key(&key) {
+                        last_allocated = now;
+                        continue;
+                    }
+                    self.gate.count_closed("no_allocation");
+                    tracing::debug!(client = %key.addr, "closing a TURN connection without an allocation");
+                    break;
+                }
+                // Evicted to make room before it allocated (counted by the gate).
+                () = permit.evicted(), if !established => break,
+            };
+            match read {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            loop {
+                let len = match stun::frame_len(&buf) {
+                    None => break,
+                    Some(Err(_)) => {
+                        self.counters.malformed.increment(1);
+                        break 'read;
+                    }
+                    Some(Ok(len)) if len > MAX_FRAME => {
+                        self.counters.malformed.increment(1);
+                        break 'read;
+                    }
+                    Some(Ok(_))
+                        if ChannelData::looks_like(&buf) && !shared.routes.contains_key(&key) =>
+                    {
+                        // ChannelData needs an allocation: this client does not speak TURN.
+                        self.counters.malformed.increment(1);
+                        break 'read;
+                    }
+                    Some(Ok(len)) => len,
+                };
+                if buf.len() < len {
+                    buf.reserve(len - buf.len());
+                    break;
+                }
+                let frame = buf.split_to(len);
+                let link = || ClientLink::Stream {
+                    queue: Arc::clone(&queue),
+                };
+                handle_from_client(shared, &self.supervisor, &self.counters, key, link, &frame);
+            }
+        }
+        // The writer ends once the allocation (which holds the other senders) is gone too;
+        // the caller reports the closed connection so that happens now.
+        drop(queue);
+        drop(writer_task);
+    }
 }
 
 /// One message from a client: relay it, queue it for its allocation, or answer it.
@@ -253,7 +369,7 @@ pub fn handle_from_client(
                 counters.malformed.increment(1);
                 return;
             };
-            if !entry.view.load().permits(now, peer.ip()) || !shared.policy.permits(peer) {
+            if !entry.view.load().permits_peer(now, peer) || !shared.policy.permits(peer) {
                 counters.no_permission.increment(1);
                 return;
             }
@@ -305,7 +421,7 @@ pub fn handle_from_client(
             let _ = supervisor.send_message(TurnSupervisorMsg::Allocate {
                 key,
                 link: link(),
-                request,
+                request: Box::new(request),
                 raw: Bytes::copy_from_slice(data),
             });
         }

@@ -13,7 +13,19 @@
 //! relay-socket task relays peer datagrams, both against the [`RelayView`] snapshot the
 //! actor publishes whenever permissions or channels change. Supervision: an allocation actor
 //! that fails is gone with its socket and routes (its port is free again); the client gets
-//! 437 on its next request and allocates anew; the failure is counted.
+//! 437 on its next request and allocates anew; the failure is counted. The listener tasks
+//! (UDP workers, TCP/TLS accept loops) run under [`crate::udp_mux::supervise`]: one that
+//! fails is counted (`hearth_actor_failures_total{kind="turn-listener"}`) and restarted, a UDP
+//! worker on a fresh socket that replaces the old one everywhere ([`SocketSlot`]).
+//!
+//! TCP/TLS hygiene: connections pass a [`crate::limits::ConnGate`] per listener (caps in
+//! total and per source, the node's open-file budget); one without an allocation for
+//! [`TurnConfig::stream_allocate_timeout`] is closed, a TLS handshake has
+//! [`TurnConfig::tls_handshake_timeout`], and what is queued for a client that stops reading
+//! is bounded in bytes ([`StreamQueue`]).
+//!
+//! The SFU's own credentials (see [`TurnShared::sfu_credentials`]) relay only to its media
+//! address, expire with the participant's token and are revoked when it is removed.
 //!
 //! PERFORMANCE-CRITICAL PATH: `listener::relay_from_client`, `allocation::relay_task`.
 
@@ -40,6 +52,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc};
 
 use allocation::AllocationMsg;
+
+use crate::limits::GateLimits;
 
 /// TURN settings (flags `--turn-*`).
 #[derive(Clone, Debug)]
@@ -69,10 +83,25 @@ pub struct TurnConfig {
     pub max_allocations_per_user: usize,
     /// Bytes per second per allocation and direction; 0 means unlimited.
     pub bandwidth: u64,
+    /// The same for allocations under the SFU's own credentials (its participants), which
+    /// are capped even when `bandwidth` is 0; the lower of the two applies.
+    pub sfu_bandwidth: u64,
     pub lifetimes: Lifetimes,
     pub nonce_lifetime: Duration,
     /// UDP receive sockets on the listen port (SO_REUSEPORT).
     pub workers: usize,
+    /// A TCP or TLS connection that holds no allocation for this long is closed (at first:
+    /// that has not allocated this long after it was accepted).
+    pub stream_allocate_timeout: Duration,
+    /// Time a `turns:` client has to complete its TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// Caps of the TCP listener and of the TLS listener (each): connections in total and
+    /// per source address. At the cap the oldest connection without an allocation makes
+    /// room; the node's open-file budget is shared with every other listener.
+    pub stream_limits: GateLimits,
+    /// Bytes queued for one TCP/TLS client that stopped reading; beyond it what is
+    /// relayed to the client is dropped (counted).
+    pub stream_queue_bytes: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -99,11 +128,20 @@ impl Default for TurnConfig {
             max_allocations: 10_000,
             max_allocations_per_user: 100,
             bandwidth: 0,
+            // 24 Mbit/s each way: a participant's media with room to spare.
+            sfu_bandwidth: 3_000_000,
             lifetimes: Lifetimes::default(),
             nonce_lifetime: Duration::from_secs(600),
             workers: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
+            stream_allocate_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(5),
+            stream_limits: GateLimits {
+                max_connections: 10_000,
+                max_per_source: 128,
+            },
+            stream_queue_bytes: 256 * 1024,
         }
     }
 }
@@ -137,25 +175,120 @@ impl Transport {
 #[derive(Clone, Debug)]
 pub enum ClientLink {
     Udp {
-        socket: Arc<UdpSocket>,
+        /// The listener worker's socket; replaced when the worker restarts.
+        socket: Arc<SocketSlot>,
         addr: SocketAddr,
     },
     Stream {
-        tx: mpsc::Sender<Bytes>,
+        queue: Arc<StreamQueue>,
     },
 }
+
+pub use crate::udp_mux::SocketSlot;
 
 impl ClientLink {
     /// Sends without waiting; false if dropped (socket or stream queue full, or closed).
     pub fn send(&self, data: &[u8]) -> bool {
         match self {
-            ClientLink::Udp { socket, addr } => socket.try_send_to(data, *addr).is_ok(),
-            ClientLink::Stream { tx } => tx.try_send(Bytes::copy_from_slice(data)).is_ok(),
+            ClientLink::Udp { socket, addr } => socket.load().try_send_to(data, *addr).is_ok(),
+            ClientLink::Stream { queue } => queue.push(data),
         }
     }
 
     pub fn is_stream(&self) -> bool {
         matches!(self, ClientLink::Stream { .. })
+    }
+}
+
+/// What is queued for one TCP/TLS client's writer, bounded in bytes: a client that stops
+/// reading costs at most [`TurnConfig::stream_queue_bytes`] (plus the frame being
+/// written), whatever the size of the frames.
+pub struct StreamQueue {
+    tx: mpsc::UnboundedSender<Bytes>,
+    queued: AtomicUsize,
+    limit: usize,
+    dropped: metrics::Counter,
+    /// Set once an allocation exists on the connection (its reader then stops treating it
+    /// as unproven).
+    allocated: tokio::sync::Notify,
+}
+
+/// What one queued frame costs beyond its bytes (the `Bytes` and the channel's slot).
+const FRAME_OVERHEAD: usize = 64;
+
+impl std::fmt::Debug for StreamQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamQueue")
+            .field("queued", &self.queued.load(Ordering::Relaxed))
+            .field("limit", &self.limit)
+            .finish()
+    }
+}
+
+impl StreamQueue {
+    /// A queue of at most `limit` bytes and the writer's end of it.
+    pub fn new(limit: usize) -> (Arc<StreamQueue>, mpsc::UnboundedReceiver<Bytes>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = StreamQueue {
+            tx,
+            queued: AtomicUsize::new(0),
+            limit,
+            dropped: metrics::counter!("hearth_turn_dropped_total", "reason" => "stream_queue_full"),
+            allocated: tokio::sync::Notify::new(),
+        };
+        (Arc::new(queue), rx)
+    }
+
+    /// Queues a frame; false (counted) if that would exceed the byte limit.
+    pub fn push(&self, data: &[u8]) -> bool {
+        let cost = data.len() + FRAME_OVERHEAD;
+        let before = self.queued.fetch_add(cost, Ordering::AcqRel);
+        if before + cost > self.limit {
+            self.queued.fetch_sub(cost, Ordering::AcqRel);
+            self.dropped.increment(1);
+            return false;
+        }
+        if self.tx.send(Bytes::copy_from_slice(data)).is_err() {
+            self.queued.fetch_sub(cost, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// The writer took a frame of `len` bytes off the queue.
+    pub fn taken(&self, len: usize) {
+        self.queued
+            .fetch_sub(len + FRAME_OVERHEAD, Ordering::AcqRel);
+    }
+
+    /// Bytes queued now (with the per-frame overhead).
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// The connection holds an allocation now.
+    pub fn mark_allocated(&self) {
+        self.allocated.notify_one();
+    }
+
+    /// Resolves once [`StreamQueue::mark_allocated`] was called.
+    pub async fn allocated(&self) {
+        self.allocated.notified().await;
+    }
+}
+
+/// Drill and test hooks: make a listener task fail as a bug would (it panics on its next
+/// datagram or connection) so its supervisor's restart can be seen.
+#[derive(Default)]
+pub struct FaultHooks {
+    pub udp_worker: std::sync::atomic::AtomicBool,
+    pub stream_accept: std::sync::atomic::AtomicBool,
+}
+
+impl FaultHooks {
+    /// True once after `flag` was set.
+    pub(crate) fn take(flag: &std::sync::atomic::AtomicBool) -> bool {
+        flag.load(Ordering::Relaxed) && flag.swap(false, Ordering::AcqRel)
     }
 }
 
@@ -169,16 +302,20 @@ pub struct ControlItem {
 /// What the data paths share with an allocation's actor.
 pub struct AllocationEntry {
     pub id: u64,
+    /// The user its quota counts against (`sfu:<participant>` for the SFU's credentials).
+    pub user: String,
     pub actor: ActorRef<AllocationMsg>,
     /// Control messages queued in the actor's mailbox (bounded: see `push_control`).
     pub control_in_flight: AtomicUsize,
     pub relay_socket: Arc<UdpSocket>,
     pub view: ArcSwap<RelayView>,
+    /// Its bandwidth quota, bytes/s per direction (0: unlimited).
+    pub bandwidth: u64,
     /// Client → peer quota (the listeners' direction).
     pub to_peer_limit: Mutex<RateLimiter>,
     pub counters: RelayCounters,
     /// The counters' values already added to the node's metrics.
-    pub flushed: Mutex<[u64; 5]>,
+    pub flushed: Mutex<[u64; 6]>,
 }
 
 /// Control requests an allocation may have queued; beyond that a client is flooding and
@@ -196,6 +333,7 @@ impl AllocationEntry {
             c.to_client_packets.load(Ordering::Relaxed),
             c.to_client_bytes.load(Ordering::Relaxed),
             c.dropped.load(Ordering::Relaxed),
+            c.no_permission.load(Ordering::Relaxed),
         ];
         let mut flushed = match self.flushed.lock() {
             Ok(f) => f,
@@ -223,6 +361,10 @@ impl AllocationEntry {
         if d[4] > 0 {
             metrics::counter!("hearth_turn_dropped_total", "reason" => "no_permission_or_quota")
                 .increment(d[4]);
+        }
+        if d[5] > 0 {
+            metrics::counter!("hearth_turn_dropped_total", "reason" => "peer_without_permission")
+                .increment(d[5]);
         }
     }
 
@@ -256,6 +398,8 @@ pub struct RelayCounters {
     pub to_client_packets: AtomicU64,
     pub to_client_bytes: AtomicU64,
     pub dropped: AtomicU64,
+    /// Datagrams from peers without a permission, dropped at the relayed socket.
+    pub no_permission: AtomicU64,
 }
 
 impl RelayCounters {
@@ -278,7 +422,7 @@ pub struct UsageEvent {
     pub packets_to_peer: u64,
     pub packets_to_client: u64,
     /// Why it ended: `expired`, `deleted` (refresh 0), `closed` (TCP connection closed),
-    /// `failed` (the actor failed), `shutdown`.
+    /// `revoked` (its SFU credentials were), `failed` (the actor failed), `shutdown`.
     pub reason: &'static str,
 }
 
@@ -296,6 +440,10 @@ pub struct TurnShared {
     pub actors: Arc<crate::registry::ActorRegistry>,
     /// The node supervisor, parent of the TURN supervisor in the tree.
     pub parent: std::sync::OnceLock<ractor::ActorId>,
+    /// Drill and test hooks of the listener tasks.
+    pub faults: FaultHooks,
+    /// SFU credentials handed out: user (`sfu:<participant>`) -> expiry (Unix seconds).
+    sfu_issued: DashMap<String, u64>,
 }
 
 impl TurnShared {
@@ -307,6 +455,9 @@ impl TurnShared {
         }
         if let Some(secret) = &config.secret {
             auth.set_rest_secret(secret.as_bytes());
+        }
+        if let Some(sfu) = config.sfu_media {
+            auth.set_sfu_peers(&[sfu]);
         }
         let mut own_ports = config.own_ports.clone();
         own_ports.push(config.listen.port());
@@ -336,6 +487,19 @@ impl TurnShared {
             next_id: AtomicU64::new(1),
             actors: Arc::default(),
             parent: std::sync::OnceLock::new(),
+            faults: FaultHooks::default(),
+            sfu_issued: DashMap::new(),
+        }
+    }
+
+    /// The bandwidth quota (bytes/s per direction, 0 unlimited) of an allocation of `auth`.
+    pub fn bandwidth_for(&self, auth: &hearth_engine::turn::auth::Authenticated) -> u64 {
+        let config = &self.config;
+        match (auth.kind, config.bandwidth, config.sfu_bandwidth) {
+            (hearth_engine::turn::auth::CredentialKind::Sfu, 0, sfu) => sfu,
+            (hearth_engine::turn::auth::CredentialKind::Sfu, all, 0) => all,
+            (hearth_engine::turn::auth::CredentialKind::Sfu, all, sfu) => all.min(sfu),
+            (_, all, _) => all,
         }
     }
 
@@ -351,5 +515,111 @@ impl TurnShared {
 
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Credentials for the SFU's participant `participant` (its id), valid until
+    /// `expiry_unix`: they relay only to the SFU's media address. None without a secret.
+    pub fn sfu_credentials(&self, participant: &str, expiry_unix: u64) -> Option<(String, String)> {
+        let credentials = self.auth.sfu_credentials(participant, expiry_unix)?;
+        let user = format!(
+            "{}{participant}",
+            hearth_engine::turn::auth::SFU_USER_PREFIX
+        );
+        let mut issued = self.sfu_issued.entry(user).or_insert(expiry_unix);
+        *issued = (*issued).max(expiry_unix);
+        Some(credentials)
+    }
+
+    /// Revokes the SFU credentials of `participant`: they get 401 from now on, and its
+    /// allocations end. Returns how many allocations were ended.
+    pub fn revoke_sfu(&self, participant: &str) -> usize {
+        let user = format!(
+            "{}{participant}",
+            hearth_engine::turn::auth::SFU_USER_PREFIX
+        );
+        if let Some((_, expiry)) = self.sfu_issued.remove(&user) {
+            self.auth.revoke(&user, expiry);
+        }
+        let mut ended = 0;
+        for entry in self.routes.iter() {
+            if entry.value().user == user {
+                let _ = entry
+                    .value()
+                    .actor
+                    .send_message(AllocationMsg::Close("revoked"));
+                ended += 1;
+            }
+        }
+        if ended > 0 {
+            tracing::debug!(%user, ended, "TURN credentials revoked; allocations ended");
+        }
+        ended
+    }
+
+    /// Forgets issued and revoked SFU credentials that expired (once a second).
+    pub fn forget_expired_credentials(&self, now: Instant) {
+        let unix_now = self.unix_now(now);
+        self.sfu_issued.retain(|_, expiry| *expiry > unix_now);
+        self.auth.forget_expired_revocations(unix_now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sfu_credentials_have_a_bandwidth_cap_of_their_own() {
+        use hearth_engine::turn::auth::{Authenticated, CredentialKind};
+        let auth = |kind| Authenticated {
+            username: String::new(),
+            user: String::new(),
+            key: [0; 16],
+            kind,
+            sfu: None,
+        };
+        let shared = |bandwidth, sfu_bandwidth| {
+            TurnShared::new(
+                TurnConfig {
+                    bandwidth,
+                    sfu_bandwidth,
+                    ..TurnConfig::default()
+                },
+                [0; 32],
+            )
+        };
+        let s = shared(0, 3_000_000);
+        assert_eq!(s.bandwidth_for(&auth(CredentialKind::Sfu)), 3_000_000);
+        assert_eq!(s.bandwidth_for(&auth(CredentialKind::Rest)), 0);
+        assert_eq!(s.bandwidth_for(&auth(CredentialKind::Static)), 0);
+        let s = shared(1_000_000, 3_000_000);
+        assert_eq!(s.bandwidth_for(&auth(CredentialKind::Sfu)), 1_000_000);
+        assert_eq!(s.bandwidth_for(&auth(CredentialKind::Rest)), 1_000_000);
+        let s = shared(1_000_000, 0);
+        assert_eq!(s.bandwidth_for(&auth(CredentialKind::Sfu)), 1_000_000);
+    }
+
+    #[tokio::test]
+    async fn a_stream_queue_is_bounded_in_bytes_not_frames() {
+        let (queue, mut rx) = StreamQueue::new(256 * 1024);
+        let big = vec![7u8; 80_000];
+        // Three 80 kB frames fit in 256 KiB, a fourth does not.
+        assert!((0..3).all(|_| queue.push(&big)));
+        assert!(!queue.push(&big));
+        assert!(queue.queued() <= 256 * 1024);
+        // Small frames fill what is left, and no more: bytes bound them, not their count.
+        let accepted = (0..100_000)
+            .take_while(|_| queue.push(&[1, 2, 3, 4]))
+            .count();
+        assert!(accepted < 1_000, "{accepted} small frames queued");
+        assert!(queue.queued() <= 256 * 1024);
+        // The writer takes a frame: there is room again.
+        let frame = rx.recv().await.unwrap();
+        queue.taken(frame.len());
+        assert!(queue.push(&big));
+        let link = ClientLink::Stream {
+            queue: Arc::clone(&queue),
+        };
+        assert!(!link.send(&big), "the link reports the drop");
     }
 }

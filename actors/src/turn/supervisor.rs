@@ -26,7 +26,7 @@ pub enum TurnSupervisorMsg {
     Allocate {
         key: ClientKey,
         link: ClientLink,
-        request: AllocateRequest,
+        request: Box<AllocateRequest>,
         raw: Bytes,
     },
     /// A client's TCP/TLS connection ended: its allocation goes with it (RFC 8656 §3.1).
@@ -102,7 +102,7 @@ impl Actor for TurnSupervisor {
                 link,
                 request,
                 raw,
-            } => state.allocate(&myself, key, link, request, raw).await,
+            } => state.allocate(&myself, key, link, *request, raw).await,
             TurnSupervisorMsg::ConnectionClosed { key } => {
                 if let Some(entry) = state.shared.routes.get(&key) {
                     let _ = entry.actor.send_message(AllocationMsg::Close("closed"));
@@ -120,6 +120,7 @@ impl Actor for TurnSupervisor {
                 for entry in state.shared.routes.iter() {
                     entry.value().flush_metrics();
                 }
+                state.shared.forget_expired_credentials(Instant::now());
             }
         }
         Ok(())

@@ -8,6 +8,23 @@ use hearth_actors::Grants;
 use hearth_api::config::{self, Cli, Command, LogFormat, ServeArgs, TokenArgs};
 use hearth_api::{server, token};
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The allocator this binary was built with (logged at start).
+const ALLOCATOR_NAME: &str = if cfg!(feature = "jemalloc") {
+    "jemalloc"
+} else if cfg!(feature = "mimalloc") {
+    "mimalloc"
+} else {
+    "system"
+};
+
 fn main() -> ExitCode {
     let started = Instant::now();
     let cli = Cli::parse();
@@ -105,6 +122,12 @@ fn serve(args: &ServeArgs, started: Instant) -> ExitCode {
         } else {
             println!("  grpc        {} (shared with HTTP)", server.http_addr);
         }
+        println!(
+            "  limits      {} open files, {} connections ({} per address), allocator {ALLOCATOR_NAME}",
+            hearth_actors::limits::nofile_limit(),
+            hearth_actors::limits::FdBudget::global().capacity(),
+            c.http_limits.max_per_source,
+        );
         if c.dev {
             println!("  dev mode    GET /v1/dev/token is enabled; do not expose this node");
         }

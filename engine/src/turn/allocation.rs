@@ -72,6 +72,8 @@ pub struct Allocation {
     allocate_response: Vec<u8>,
     software: Option<String>,
     version: u64,
+    /// For an SFU credential: the only peers it may relay to.
+    only: Option<Vec<SocketAddr>>,
 }
 
 /// Everything needed to create an allocation after the front door accepted an Allocate.
@@ -95,7 +97,11 @@ pub struct AllocateParams {
 impl Allocation {
     /// Creates the allocation and its Allocate success response.
     pub fn new(now: Instant, p: AllocateParams) -> (Allocation, Vec<u8>) {
-        let lifetime = p.lifetimes.allocate(p.requested_lifetime);
+        let mut lifetime = p.lifetimes.allocate(p.requested_lifetime);
+        if let Some(grant) = &p.auth.sfu {
+            // An SFU credential's allocation ends when the credential does.
+            lifetime = lifetime.min(grant.valid_for);
+        }
         let response = success(
             method::ALLOCATE,
             p.transaction_id,
@@ -112,7 +118,9 @@ impl Allocation {
                 }
             },
         );
+        let only = p.auth.sfu.as_ref().map(|g| g.peers.clone());
         let allocation = Allocation {
+            only,
             relay: p.relay,
             client: p.client,
             auth: p.auth,
@@ -230,7 +238,10 @@ impl Allocation {
                         |b| b.u32_attr(attr::LIFETIME, 0),
                     ));
                 }
-                let lifetime = self.lifetimes.refresh(requested);
+                let mut lifetime = self.lifetimes.refresh(requested);
+                if let Some(grant) = &who.sfu {
+                    lifetime = lifetime.min(grant.valid_for);
+                }
                 self.expires = now + lifetime;
                 self.version += 1;
                 Reply::Respond(success(
@@ -292,14 +303,21 @@ impl Allocation {
                 software,
             ));
         }
-        if peers.iter().any(|ip| !policy.permits_ip(*ip)) {
+        if peers
+            .iter()
+            .any(|ip| !policy.permits_ip(*ip) || !self.allows_ip(*ip))
+        {
             // RFC 8656 §9.2: all or none.
             return Reply::Respond(error_response(msg, 403, "Forbidden", Some(&key), software));
         }
-        let new = peers
+        let mut new: Vec<IpAddr> = peers
             .iter()
-            .filter(|ip| !self.permissions.iter().any(|(p, _)| p == *ip))
-            .count();
+            .copied()
+            .filter(|ip| !self.permits(now, *ip))
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        let new = new.len();
         if self.live_permissions(now) + new > self.limits.max_permissions {
             return Reply::Respond(error_response(
                 msg,
@@ -361,14 +379,23 @@ impl Allocation {
                 software,
             ));
         };
-        if !policy.permits(peer) {
+        if !policy.permits(peer) || !self.allows(peer) {
             return Reply::Respond(error_response(msg, 403, "Forbidden", Some(&key), software));
+        }
+        // Bindings whose hold ended are gone; the others (live, or expired and held) keep
+        // their number and peer to themselves (RFC 8656 §12).
+        let hold = self.lifetimes.channel_hold;
+        let before = self.channels.len();
+        self.channels.retain(|c| c.expires + hold > now);
+        if self.channels.len() != before {
+            self.version += 1;
         }
         let same_number = self.channels.iter().position(|c| c.number == number);
         let same_peer = self.channels.iter().position(|c| c.peer == peer);
         match (same_number, same_peer) {
             (Some(i), Some(j)) if i == j => {}
             (None, None) => {
+                // Held bindings count: they occupy the table until their hold ends.
                 if self.channels.len() >= self.limits.max_channels {
                     return Reply::Respond(error_response(
                         msg,
@@ -389,6 +416,19 @@ impl Allocation {
                 ));
             }
         }
+        // A binding installs or refreshes the permission of the peer's address, within the
+        // same cap as CreatePermission.
+        if !self.permits(now, peer.ip())
+            && self.live_permissions(now) >= self.limits.max_permissions
+        {
+            return Reply::Respond(error_response(
+                msg,
+                508,
+                "Insufficient Capacity",
+                Some(&key),
+                software,
+            ));
+        }
         let expires = now + self.lifetimes.channel;
         match same_number {
             Some(i) => self.channels[i].expires = expires,
@@ -397,12 +437,6 @@ impl Allocation {
                 peer,
                 expires,
             }),
-        }
-        // A binding installs or refreshes the permission of the peer's address.
-        if !self.permissions.iter().any(|(p, _)| *p == peer.ip())
-            && self.live_permissions(now) >= self.limits.max_permissions
-        {
-            self.prune(now);
         }
         self.install_permission(now, peer.ip());
         self.version += 1;
@@ -426,7 +460,7 @@ impl Allocation {
         else {
             return Reply::Ignore("Send indication without XOR-PEER-ADDRESS or DATA");
         };
-        if !self.permits(now, peer.ip()) || !policy.permits(peer) {
+        if !self.permits(now, peer.ip()) || !policy.permits(peer) || !self.allows(peer) {
             return Reply::Ignore("no permission for the peer");
         }
         Reply::Relay { peer, data }
@@ -446,11 +480,24 @@ impl Allocation {
 
     fn prune(&mut self, now: Instant) {
         let before = (self.permissions.len(), self.channels.len());
+        let hold = self.lifetimes.channel_hold;
         self.permissions.retain(|(_, e)| *e > now);
-        self.channels.retain(|c| c.expires > now);
+        self.channels.retain(|c| c.expires + hold > now);
         if before != (self.permissions.len(), self.channels.len()) {
             self.version += 1;
         }
+    }
+
+    /// False for a peer outside an SFU credential's restriction.
+    fn allows(&self, peer: SocketAddr) -> bool {
+        only_allows(&self.only, peer)
+    }
+
+    fn allows_ip(&self, ip: IpAddr) -> bool {
+        self.only.as_ref().is_none_or(|only| {
+            only.iter()
+                .any(|a| a.ip().to_canonical() == ip.to_canonical())
+        })
     }
 
     /// True if a permission for `ip` is installed now.
@@ -464,12 +511,14 @@ impl Allocation {
         now < self.expires
     }
 
-    /// The next instant something expires.
+    /// The next instant something expires (a channel binding leaves the table when its
+    /// hold ends; the data paths stop using it at its expiry by themselves).
     pub fn poll_timeout(&self) -> Instant {
+        let hold = self.lifetimes.channel_hold;
         self.permissions
             .iter()
             .map(|(_, e)| *e)
-            .chain(self.channels.iter().map(|c| c.expires))
+            .chain(self.channels.iter().map(|c| c.expires + hold))
             .fold(self.expires, Instant::min)
     }
 
@@ -483,8 +532,16 @@ impl Allocation {
                 .map(|c| (c.number, c.peer, c.expires))
                 .collect(),
             expires: self.expires,
+            only: self.only.clone(),
         }
     }
+}
+
+fn only_allows(only: &Option<Vec<SocketAddr>>, peer: SocketAddr) -> bool {
+    only.as_ref().is_none_or(|only| {
+        only.iter()
+            .any(|a| a.port() == peer.port() && a.ip().to_canonical() == peer.ip().to_canonical())
+    })
 }
 
 /// What the data paths need to relay without asking the allocation's owner: a copy of the
@@ -494,6 +551,7 @@ pub struct RelayView {
     permissions: Vec<(IpAddr, Instant)>,
     channels: Vec<(u16, SocketAddr, Instant)>,
     expires: Instant,
+    only: Option<Vec<SocketAddr>>,
 }
 
 impl RelayView {
@@ -503,11 +561,18 @@ impl RelayView {
             permissions: Vec::new(),
             channels: Vec::new(),
             expires: now,
+            only: None,
         }
     }
 
     pub fn permits(&self, now: Instant, ip: IpAddr) -> bool {
         now < self.expires && self.permissions.iter().any(|(p, e)| *p == ip && *e > now)
+    }
+
+    /// True if datagrams may pass between the client and `peer` now: a permission for its
+    /// address, and (for an SFU credential) the peer is the SFU.
+    pub fn permits_peer(&self, now: Instant, peer: SocketAddr) -> bool {
+        self.permits(now, peer.ip()) && only_allows(&self.only, peer)
     }
 
     /// The peer of a bound, unexpired channel whose peer still has a permission.
@@ -540,7 +605,7 @@ impl RelayView {
         out: &mut Vec<u8>,
     ) -> bool {
         out.clear();
-        if !self.permits(now, peer.ip()) || data.len() > usize::from(u16::MAX) - 64 {
+        if !self.permits_peer(now, peer) || data.len() > usize::from(u16::MAX) - 64 {
             return false;
         }
         if let Some((number, _, _)) = self

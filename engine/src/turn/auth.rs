@@ -4,8 +4,17 @@
 //! Nonces carry their own expiry and a MAC under a node secret, so checking one needs no
 //! table: `"<expiry, hex seconds since the epoch Instant>-<16 hex digits of HMAC-SHA1>"`.
 //! An expired nonce gets 438 (Stale Nonce) with a fresh one.
+//!
+//! The SFU's own credentials (what a node hands the participants it admits) are ephemeral
+//! credentials of a kind of their own: `"<expiry>:sfu:<participant>"`, their password
+//! derived from the shared secret through a separate key (see [`Authenticator::sfu_credentials`]),
+//! so neither kind can be made into the other by editing the username. They relay only to
+//! the SFU's media address, end with their expiry, and can be revoked before it
+//! ([`Authenticator::revoke`]). REST user ids starting with `sfu:` are therefore reserved.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -23,7 +32,34 @@ pub struct Authenticated {
     pub user: String,
     /// The long-term key for MESSAGE-INTEGRITY of this session.
     pub key: [u8; 16],
+    pub kind: CredentialKind,
+    /// For the SFU's credentials: the only peers they may relay to (the SFU's media
+    /// address) and how long they remain valid from the check.
+    pub sfu: Option<SfuGrant>,
 }
+
+/// Which kind of credential authenticated a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// A static user (`--turn-user`).
+    Static,
+    /// An operator's ephemeral (TURN REST API) credential.
+    Rest,
+    /// A credential the SFU minted for one of its participants.
+    Sfu,
+}
+
+/// The limits of an SFU credential.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SfuGrant {
+    /// The only peers it may relay to.
+    pub peers: Vec<SocketAddr>,
+    /// Time left until it expires, as of the check.
+    pub valid_for: Duration,
+}
+
+/// The prefix of the user part of SFU credentials.
+pub const SFU_USER_PREFIX: &str = "sfu:";
 
 /// Why a request was not authenticated; each maps to one error response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +89,13 @@ pub struct Authenticator {
     realm: String,
     users: HashMap<String, [u8; 16]>,
     rest_secret: Option<Vec<u8>>,
+    /// Key of the SFU's credentials, derived from the shared secret.
+    sfu_secret: Option<Vec<u8>>,
+    /// Where SFU credentials may relay to.
+    sfu_peers: Vec<SocketAddr>,
+    /// Revoked SFU users and when their credentials expire anyway (Unix seconds); shared
+    /// by the clones of this authenticator.
+    revoked: Arc<RwLock<HashMap<String, u64>>>,
     nonce_key: [u8; 32],
     nonce_lifetime: Duration,
     epoch: Instant,
@@ -64,6 +107,7 @@ impl std::fmt::Debug for Authenticator {
             .field("realm", &self.realm)
             .field("users", &self.users.len())
             .field("rest", &self.rest_secret.is_some())
+            .field("sfu_peers", &self.sfu_peers)
             .finish()
     }
 }
@@ -75,6 +119,9 @@ impl Authenticator {
             realm: realm.to_owned(),
             users: HashMap::new(),
             rest_secret: None,
+            sfu_secret: None,
+            sfu_peers: Vec::new(),
+            revoked: Arc::default(),
             nonce_key,
             nonce_lifetime: nonce_lifetime.min(crate::MAX_INTERVAL),
             epoch,
@@ -94,6 +141,44 @@ impl Authenticator {
     /// Enables ephemeral credentials signed with `secret` (coturn's `static-auth-secret`).
     pub fn set_rest_secret(&mut self, secret: &[u8]) {
         self.rest_secret = Some(secret.to_vec());
+        let mut mac = Hmac::<Sha1>::new_from_slice(secret).expect("HMAC takes keys of any length");
+        mac.update(b"hearth: TURN credentials of the SFU's participants");
+        self.sfu_secret = Some(mac.finalize().into_bytes().to_vec());
+    }
+
+    /// The peers SFU credentials may relay to (the SFU's media address).
+    pub fn set_sfu_peers(&mut self, peers: &[SocketAddr]) {
+        self.sfu_peers = peers.to_vec();
+    }
+
+    /// Credentials for the SFU's participant `participant`, valid until `expiry_unix`:
+    /// (username, password). None without a shared secret.
+    pub fn sfu_credentials(&self, participant: &str, expiry_unix: u64) -> Option<(String, String)> {
+        let secret = self.sfu_secret.as_ref()?;
+        let username = format!("{expiry_unix}:{SFU_USER_PREFIX}{participant}");
+        let password = rest_password(secret, &username);
+        Some((username, password))
+    }
+
+    /// Revokes the SFU credentials of `user` (`"sfu:<participant>"`) until `until_unix`
+    /// (when they would have expired anyway).
+    pub fn revoke(&self, user: &str, until_unix: u64) {
+        let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        let entry = revoked.entry(user.to_owned()).or_insert(until_unix);
+        *entry = (*entry).max(until_unix);
+    }
+
+    pub fn is_revoked(&self, user: &str) -> bool {
+        self.revoked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(user)
+    }
+
+    /// Forgets revocations of credentials that expired by `unix_now`.
+    pub fn forget_expired_revocations(&self, unix_now: u64) {
+        let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        revoked.retain(|_, until| *until > unix_now);
     }
 
     /// A nonce valid from `now` for the nonce lifetime.
@@ -150,20 +235,35 @@ impl Authenticator {
         if !self.nonce_valid(nonce, now) {
             return Err(AuthReject::StaleNonce);
         }
-        let (key, user) = self.key_for(username, unix_now)?;
+        let (key, user, kind, expiry) = self.key_for(username, unix_now)?;
         if !msg.check_integrity(&key) {
             return Err(AuthReject::Unauthorized("wrong credentials"));
         }
+        if kind == CredentialKind::Sfu && self.is_revoked(&user) {
+            return Err(AuthReject::Unauthorized("credentials revoked"));
+        }
+        let sfu = (kind == CredentialKind::Sfu).then(|| SfuGrant {
+            peers: self.sfu_peers.clone(),
+            valid_for: Duration::from_secs(expiry.saturating_sub(unix_now)),
+        });
         Ok(Authenticated {
             username: username.to_owned(),
             user,
             key,
+            kind,
+            sfu,
         })
     }
 
-    fn key_for(&self, username: &str, unix_now: u64) -> Result<([u8; 16], String), AuthReject> {
+    /// The key, the user, the kind and the expiry (Unix seconds; `u64::MAX` for static
+    /// users) of `username`.
+    fn key_for(
+        &self,
+        username: &str,
+        unix_now: u64,
+    ) -> Result<([u8; 16], String, CredentialKind, u64), AuthReject> {
         if let Some(key) = self.users.get(username) {
-            return Ok((*key, username.to_owned()));
+            return Ok((*key, username.to_owned(), CredentialKind::Static, u64::MAX));
         }
         let Some(secret) = &self.rest_secret else {
             return Err(AuthReject::Unauthorized("unknown user"));
@@ -177,10 +277,16 @@ impl Authenticator {
         if expiry <= unix_now {
             return Err(AuthReject::Unauthorized("credentials expired"));
         }
+        let (secret, kind) = match (user.starts_with(SFU_USER_PREFIX), &self.sfu_secret) {
+            (true, Some(sfu)) => (sfu, CredentialKind::Sfu),
+            _ => (secret, CredentialKind::Rest),
+        };
         let password = rest_password(secret, username);
         Ok((
             long_term_key(username, &self.realm, &password),
             user.to_owned(),
+            kind,
+            expiry,
         ))
     }
 
@@ -353,6 +459,65 @@ mod tests {
             a.check(&Message::parse(&bytes).unwrap(), t0, 2_000),
             Err(AuthReject::Unauthorized("credentials expired"))
         );
+    }
+
+    #[test]
+    fn sfu_credentials_are_their_own_kind_and_can_be_revoked() {
+        let t0 = Instant::now();
+        let mut a = auth(t0);
+        let sfu: SocketAddr = "81.2.3.4:7882".parse().unwrap();
+        a.set_sfu_peers(&[sfu]);
+        let check = |username: &str, password: &str, unix_now: u64| {
+            let key = long_term_key(username, "hearth", password);
+            let bytes = request(username, "hearth", &a.nonce(t0), &key);
+            a.check(&Message::parse(&bytes).unwrap(), t0, unix_now)
+        };
+        let (username, password) = a.sfu_credentials("PA_1", 2_000).unwrap();
+        assert_eq!(username, "2000:sfu:PA_1");
+        let ok = check(&username, &password, 1_000).unwrap();
+        assert_eq!(
+            (ok.kind, ok.user.as_str()),
+            (CredentialKind::Sfu, "sfu:PA_1")
+        );
+        assert_eq!(
+            ok.sfu,
+            Some(SfuGrant {
+                peers: vec![sfu],
+                valid_for: Duration::from_secs(1_000)
+            })
+        );
+        // Not a REST password: the SFU's key is not the shared secret.
+        assert_ne!(password, rest_password(b"northwind", &username));
+        assert!(check(&username, &rest_password(b"northwind", &username), 1_000).is_err());
+        // Editing the username (to a REST form, or a later expiry) breaks the password.
+        for edited in ["2000:PA_1", "9000:sfu:PA_1", "2000:sfu:PA_2"] {
+            assert_eq!(
+                check(edited, &password, 1_000).map(|_| ()),
+                Err(AuthReject::Unauthorized("wrong credentials")),
+                "{edited}"
+            );
+        }
+        // Operator REST credentials are unrestricted, as before.
+        let (rest_user, rest_pass) = ephemeral_credentials(b"northwind", "bob", 2_000);
+        let rest = check(&rest_user, &rest_pass, 1_000).unwrap();
+        assert_eq!((rest.kind, rest.sfu), (CredentialKind::Rest, None));
+        // Expired, then revoked.
+        assert_eq!(
+            check(&username, &password, 2_000).map(|_| ()),
+            Err(AuthReject::Unauthorized("credentials expired"))
+        );
+        a.revoke("sfu:PA_1", 2_000);
+        assert_eq!(
+            check(&username, &password, 1_000).map(|_| ()),
+            Err(AuthReject::Unauthorized("credentials revoked"))
+        );
+        // Others are unaffected; the revocation is forgotten once the credential expired.
+        let (other, other_pass) = a.sfu_credentials("PA_2", 2_000).unwrap();
+        assert!(check(&other, &other_pass, 1_000).is_ok());
+        a.forget_expired_revocations(1_999);
+        assert!(a.is_revoked("sfu:PA_1"));
+        a.forget_expired_revocations(2_000);
+        assert!(!a.is_revoked("sfu:PA_1"));
     }
 
     #[test]

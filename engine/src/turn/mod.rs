@@ -33,6 +33,9 @@ pub struct Lifetimes {
     pub permission: Duration,
     /// Channel binding lifetime: 600 s.
     pub channel: Duration,
+    /// After a channel binding expires, its number and its peer stay reserved for this
+    /// long before either may be bound otherwise: 300 s (RFC 8656 §12).
+    pub channel_hold: Duration,
 }
 
 impl Default for Lifetimes {
@@ -42,6 +45,7 @@ impl Default for Lifetimes {
             max: Duration::from_secs(3600),
             permission: Duration::from_secs(300),
             channel: Duration::from_secs(600),
+            channel_hold: Duration::from_secs(300),
         }
     }
 }

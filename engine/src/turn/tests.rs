@@ -49,10 +49,21 @@ impl Fixture {
         tid: u8,
         fill: impl FnOnce(MessageBuilder) -> MessageBuilder,
     ) -> Vec<u8> {
+        self.signed_at(self.t0, m, tid, fill)
+    }
+
+    /// Signed with a nonce fresh at `at`.
+    fn signed_at(
+        &self,
+        at: Instant,
+        m: u16,
+        tid: u8,
+        fill: impl FnOnce(MessageBuilder) -> MessageBuilder,
+    ) -> Vec<u8> {
         fill(MessageBuilder::new(m, Class::Request, [tid; 12]))
             .attr(attr::USERNAME, b"alice")
             .attr(attr::REALM, REALM.as_bytes())
-            .attr(attr::NONCE, self.auth.nonce(self.t0).as_bytes())
+            .attr(attr::NONCE, self.auth.nonce(at).as_bytes())
             .integrity(&self.key)
             .fingerprint()
             .build()
@@ -504,4 +515,339 @@ proptest! {
             prop_assert!(!framed || out.len() % 4 == 0);
         }
     }
+}
+
+#[test]
+fn bypass_forms_get_403_and_send_indications_to_them_are_dropped() {
+    let mut f = fixture();
+    f.policy = PeerPolicy::new();
+    let (mut a, _) = f.allocate();
+    let public = addr("[64:ff9b::808:808]:6000");
+    for (i, form) in super::policy::BYPASS_FORMS.iter().enumerate() {
+        let peer = SocketAddr::new(form.parse().unwrap(), 6000);
+        let tid = i as u8;
+        let r = f.send(
+            &mut a,
+            f.t0,
+            &f.signed(method::CREATE_PERMISSION, tid, |b| {
+                b.xor_address(attr::XOR_PEER_ADDRESS, peer)
+            }),
+        );
+        assert_eq!(code_of(&r), Some(403), "CreatePermission {form}");
+        let r = f.send(
+            &mut a,
+            f.t0,
+            &f.signed(method::CHANNEL_BIND, tid, |b| {
+                b.attr(attr::CHANNEL_NUMBER, &[0x40, tid, 0, 0])
+                    .xor_address(attr::XOR_PEER_ADDRESS, peer)
+            }),
+        );
+        assert_eq!(code_of(&r), Some(403), "ChannelBind {form}");
+        let send = MessageBuilder::new(method::SEND, Class::Indication, [tid; 12])
+            .xor_address(attr::XOR_PEER_ADDRESS, peer)
+            .attr(attr::DATA, b"x")
+            .build();
+        let msg = Message::parse(&send).unwrap();
+        assert!(
+            matches!(
+                a.handle(f.t0, &msg, &f.auth, &f.policy, 0),
+                Reply::Ignore(_)
+            ),
+            "Send {form}"
+        );
+        assert!(!a.permits(f.t0, peer.ip()), "{form}");
+    }
+    // A NAT64 form of a public address is fine.
+    let r = f.send(
+        &mut a,
+        f.t0,
+        &f.signed(method::CREATE_PERMISSION, 200, |b| {
+            b.xor_address(attr::XOR_PEER_ADDRESS, public)
+        }),
+    );
+    assert_eq!(code_of(&r), None);
+}
+
+fn bind(
+    f: &Fixture,
+    a: &mut Allocation,
+    at: Instant,
+    tid: u8,
+    number: u16,
+    peer: &str,
+) -> Option<u16> {
+    let peer = addr(peer);
+    let r = f.send(
+        a,
+        at,
+        &f.signed_at(at, method::CHANNEL_BIND, tid, |b| {
+            b.attr(
+                attr::CHANNEL_NUMBER,
+                &[(number >> 8) as u8, number as u8, 0, 0],
+            )
+            .xor_address(attr::XOR_PEER_ADDRESS, peer)
+        }),
+    );
+    code_of(&r)
+}
+
+#[test]
+fn channel_numbers_and_peers_are_held_five_minutes_after_expiry() {
+    let f = fixture();
+    let (mut a, _) = f.allocate();
+    let s = |n: u64| f.t0 + Duration::from_secs(n);
+    let p1 = "192.0.2.1:7000";
+    let p2 = "192.0.2.2:7000";
+    let r = f.send(
+        &mut a,
+        s(0),
+        &f.signed(method::REFRESH, 9, |b| b.u32_attr(attr::LIFETIME, 3600)),
+    );
+    assert_eq!(code_of(&r), None);
+    assert_eq!(bind(&f, &mut a, s(0), 1, 0x4001, p1), None);
+    // Refreshed at 500 s: bound until 1100 s, held until 1400 s.
+    assert_eq!(bind(&f, &mut a, s(500), 2, 0x4001, p1), None);
+    for t in [600, 1_099, 1_100, 1_200, 1_399] {
+        assert!(a.handle_timeout(s(t)), "timers run at {t} s");
+        assert_eq!(
+            bind(&f, &mut a, s(t), 3, 0x4001, p2),
+            Some(400),
+            "number rebound at {t} s"
+        );
+        assert_eq!(
+            bind(&f, &mut a, s(t), 4, 0x4002, p1),
+            Some(400),
+            "peer rebound at {t} s"
+        );
+    }
+    // Expired (1100 s): the data paths no longer use it, though it is still held.
+    let frame = [0x40, 0x01, 0x00, 0x01, b'a', 0, 0, 0];
+    assert_eq!(a.view().route_channel_data(s(1_100), &frame), None);
+    // Once the hold ends both may be bound otherwise, with or without a timer having run.
+    assert_eq!(bind(&f, &mut a, s(1_400), 5, 0x4001, p2), None);
+    assert_eq!(bind(&f, &mut a, s(1_400), 6, 0x4002, p1), None);
+    assert_eq!(
+        a.view().route_channel_data(s(1_400), &frame),
+        Some((addr(p2), &b"a"[..]))
+    );
+}
+
+#[test]
+fn the_same_binding_may_be_renewed_during_its_hold_and_timers_follow_the_hold() {
+    let f = fixture();
+    let (mut a, _) = f.allocate();
+    let s = |n: u64| f.t0 + Duration::from_secs(n);
+    // Keep the allocation itself alive across the test.
+    let r = f.send(
+        &mut a,
+        s(0),
+        &f.signed(method::REFRESH, 9, |b| b.u32_attr(attr::LIFETIME, 3600)),
+    );
+    assert_eq!(code_of(&r), None);
+    assert_eq!(bind(&f, &mut a, s(0), 1, 0x4001, "192.0.2.1:7000"), None);
+    // Permission expires at 300 s, the channel at 600 s, its hold at 900 s.
+    assert_eq!(a.poll_timeout(), s(300));
+    assert!(a.handle_timeout(s(300)));
+    assert_eq!(a.poll_timeout(), s(900));
+    assert!(a.handle_timeout(s(700)));
+    assert_eq!(
+        a.poll_timeout(),
+        s(900),
+        "no busy wake-ups after the expiry"
+    );
+    assert_eq!(bind(&f, &mut a, s(700), 2, 0x4001, "192.0.2.1:7000"), None);
+    let frame = [0x40, 0x01, 0x00, 0x01, b'a', 0, 0, 0];
+    assert!(a.view().route_channel_data(s(701), &frame).is_some());
+    assert!(a.handle_timeout(s(1_600)));
+    assert_eq!(a.poll_timeout(), s(1_600) + Duration::from_secs(2_000));
+}
+
+#[test]
+fn channel_bind_respects_the_permission_cap() {
+    let f = fixture();
+    let (mut a, _) = f.allocate();
+    let max = AllocationLimits::default().max_permissions;
+    for i in 0..max {
+        let peer: SocketAddr = format!("192.0.2.{i}:1").parse().unwrap();
+        let r = f.send(
+            &mut a,
+            f.t0,
+            &f.signed(method::CREATE_PERMISSION, i as u8, |b| {
+                b.xor_address(attr::XOR_PEER_ADDRESS, peer)
+            }),
+        );
+        assert_eq!(code_of(&r), None);
+    }
+    // A new peer's address would be one permission too many.
+    assert_eq!(
+        bind(&f, &mut a, f.t0, 1, 0x4001, "192.0.2.200:1"),
+        Some(508)
+    );
+    assert!(!a.permits(f.t0, addr("192.0.2.200:1").ip()));
+    // A peer whose address has a permission binds fine.
+    assert_eq!(bind(&f, &mut a, f.t0, 2, 0x4002, "192.0.2.3:9"), None);
+    // Once permissions expire there is room again.
+    let later = f.t0 + Duration::from_secs(301);
+    assert_eq!(bind(&f, &mut a, later, 3, 0x4003, "192.0.2.200:1"), None);
+    // Repeated addresses in one CreatePermission count once.
+    let (mut b, _) = f.allocate();
+    let r = f.send(
+        &mut b,
+        f.t0,
+        &f.signed(method::CREATE_PERMISSION, 7, |m| {
+            (0..max).fold(m, |m, _| {
+                m.xor_address(attr::XOR_PEER_ADDRESS, addr("192.0.2.1:1"))
+            })
+        }),
+    );
+    assert_eq!(code_of(&r), None);
+}
+
+#[test]
+fn sfu_credentials_relay_only_to_the_sfu_and_end_with_their_expiry() {
+    let mut f = fixture();
+    let sfu = addr("192.0.2.50:7882");
+    f.auth.set_rest_secret(b"northwind");
+    f.auth.set_sfu_peers(&[sfu]);
+    let (username, password) = f.auth.sfu_credentials("PA_x", 1_000 + 300).unwrap();
+    let key = long_term_key(&username, REALM, &password);
+    let signed = |m: u16, tid: u8, fill: &dyn Fn(MessageBuilder) -> MessageBuilder| {
+        fill(MessageBuilder::new(m, Class::Request, [tid; 12]))
+            .attr(attr::USERNAME, username.as_bytes())
+            .attr(attr::REALM, REALM.as_bytes())
+            .attr(attr::NONCE, f.auth.nonce(f.t0).as_bytes())
+            .integrity(&key)
+            .fingerprint()
+            .build()
+    };
+    let bytes = signed(method::ALLOCATE, 1, &|b| {
+        b.u32_attr(attr::REQUESTED_TRANSPORT, 17 << 24)
+    });
+    let FrontAction::Allocate(req) = front::handle(
+        &Message::parse(&bytes).unwrap(),
+        addr(CLIENT),
+        &f.auth,
+        f.t0,
+        1_000,
+        false,
+        None,
+    ) else {
+        panic!("allocate refused");
+    };
+    let (mut a, response) = Allocation::new(
+        f.t0,
+        AllocateParams {
+            relay: addr(RELAY),
+            client: addr(CLIENT),
+            auth: req.auth,
+            requested_lifetime: None,
+            transaction_id: req.transaction_id,
+            lifetimes: Lifetimes::default(),
+            limits: AllocationLimits::default(),
+            software: None,
+            reservation_token: None,
+        },
+    );
+    // The allocation lasts as long as the credential: 300 s, not the default 600 s.
+    assert_eq!(
+        Message::parse(&response).unwrap().u32_attr(attr::LIFETIME),
+        Some(300)
+    );
+    assert_eq!(a.expires(), f.t0 + Duration::from_secs(300));
+    let mut send = |bytes: Vec<u8>, unix_now: u64| {
+        let msg = Message::parse(&bytes).unwrap();
+        match a.handle(f.t0, &msg, &f.auth, &f.policy, unix_now) {
+            Reply::Respond(r) => code_of(&r),
+            other => panic!("{other:?}"),
+        }
+    };
+    // Another address, even one the policy allows: 403. The SFU's address: fine.
+    let peer = |p: SocketAddr| move |b: MessageBuilder| b.xor_address(attr::XOR_PEER_ADDRESS, p);
+    assert_eq!(
+        send(
+            signed(method::CREATE_PERMISSION, 2, &peer(addr(PEER))),
+            1_000
+        ),
+        Some(403)
+    );
+    assert_eq!(
+        send(signed(method::CREATE_PERMISSION, 3, &peer(sfu)), 1_000),
+        None
+    );
+    let bind = |n: u8, p: SocketAddr| {
+        move |b: MessageBuilder| {
+            b.attr(attr::CHANNEL_NUMBER, &[0x40, n, 0, 0])
+                .xor_address(attr::XOR_PEER_ADDRESS, p)
+        }
+    };
+    assert_eq!(
+        send(
+            signed(method::CHANNEL_BIND, 4, &bind(1, addr("192.0.2.50:80"))),
+            1_000
+        ),
+        Some(403),
+        "another port of the SFU's address"
+    );
+    assert_eq!(
+        send(signed(method::CHANNEL_BIND, 5, &bind(2, sfu)), 1_000),
+        None
+    );
+    // Refresh: capped at what is left of the credential.
+    let r = signed(method::REFRESH, 6, &|b| b.u32_attr(attr::LIFETIME, 3600));
+    let msg = Message::parse(&r).unwrap();
+    let Reply::Respond(resp) = a.handle(f.t0, &msg, &f.auth, &f.policy, 1_100) else {
+        panic!()
+    };
+    assert_eq!(
+        Message::parse(&resp).unwrap().u32_attr(attr::LIFETIME),
+        Some(200)
+    );
+    // The data paths: Send to another port of the SFU's address is dropped, and so is
+    // what another port sends.
+    let indication = |to: SocketAddr| {
+        MessageBuilder::new(method::SEND, Class::Indication, [9; 12])
+            .xor_address(attr::XOR_PEER_ADDRESS, to)
+            .attr(attr::DATA, b"x")
+            .build()
+    };
+    let other_port = addr("192.0.2.50:80");
+    let bytes = indication(other_port);
+    assert!(matches!(
+        a.handle(
+            f.t0,
+            &Message::parse(&bytes).unwrap(),
+            &f.auth,
+            &f.policy,
+            1_000
+        ),
+        Reply::Ignore(_)
+    ));
+    let bytes = indication(sfu);
+    assert!(matches!(
+        a.handle(
+            f.t0,
+            &Message::parse(&bytes).unwrap(),
+            &f.auth,
+            &f.policy,
+            1_000
+        ),
+        Reply::Relay { .. }
+    ));
+    let view = a.view();
+    let mut out = Vec::new();
+    assert!(view.frame_peer_data(f.t0, sfu, b"m", false, [0; 12], &mut out));
+    assert!(!view.frame_peer_data(f.t0, other_port, b"m", false, [0; 12], &mut out));
+    assert!(!view.permits_peer(f.t0, other_port));
+    // Revoked or expired: 401.
+    let r = signed(method::REFRESH, 7, &|b| b.u32_attr(attr::LIFETIME, 600));
+    let code = |a: &mut Allocation, unix_now: u64| {
+        let msg = Message::parse(&r).unwrap();
+        match a.handle(f.t0, &msg, &f.auth, &f.policy, unix_now) {
+            Reply::Respond(r) => code_of(&r),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(code(&mut a, 1_300), Some(401), "expired");
+    f.auth.revoke("sfu:PA_x", 1_300);
+    assert_eq!(code(&mut a, 1_000), Some(401), "revoked");
 }
