@@ -32,6 +32,8 @@ pub const MAX_INTERVAL: std::time::Duration = std::time::Duration::from_secs(86_
 
 pub mod codec;
 pub mod forwarder;
+#[cfg(test)]
+mod fuzz;
 pub mod keyframe;
 pub mod media;
 pub mod nack;

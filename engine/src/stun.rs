@@ -257,6 +257,11 @@ impl<'a> Message<'a> {
         let Some(at) = self.integrity_at else {
             return false;
         };
+        // Its value is exactly 20 bytes: a longer length field would let the attribute
+        // swallow what follows it (FINGERPRINT) unnoticed.
+        if self.raw.get(at + 2..at + 4) != Some(&[0, 20]) {
+            return false;
+        }
         let Some(received) = self.raw.get(at + 4..at + 24) else {
             return false;
         };

@@ -27,7 +27,7 @@ mod fuzz;
 
 /// Property-test cases: `HEARTH_PROPTEST_CASES` when set (the long-running mode), else 256.
 #[cfg(test)]
-fn proptest_cases() -> u32 {
+pub(crate) fn proptest_cases() -> u32 {
     std::env::var("HEARTH_PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
