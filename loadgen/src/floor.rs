@@ -295,6 +295,7 @@ pub async fn run(
         started,
         out,
         counts: true,
+        watch: false,
         link: Link::Floor {
             server,
             meeting: plan.meeting,

@@ -160,6 +160,7 @@ async fn add_peer(
         started,
         out,
         counts,
+        watch: false,
         link: Link::WebRtc,
         reply,
     });

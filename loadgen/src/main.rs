@@ -10,15 +10,22 @@
 //! codec headers, not real audio or video), adapt bitrate to congestion (no REMB/TWCC-driven
 //! encoder), simulcast, or data channels.
 //!
+//! `--reconnect` makes participants that lose their session join again as the web client
+//! does, and reports disconnects and the time back ([`reconnect`]); `--chaos-every` kills
+//! random participant and meeting actors of the run during the hold through the node's
+//! admin API and reports who noticed ([`chaos`]).
+//!
 //! `--target janus` runs the same participants against Janus's VideoRoom ([`janus`]);
 //! `--target floor` sends the same packets, without any protocol, through the floor
 //! forwarder of `deploy/bench/` ([`floor`]), to measure the machine's floor for the traffic.
 
+mod chaos;
 mod floor;
 mod janus;
 mod jwt;
 mod media;
 mod peer;
+mod reconnect;
 mod report;
 mod scenario;
 mod server;
@@ -125,6 +132,18 @@ struct Args {
     /// The floor forwarder's UDP address (with --target floor).
     #[arg(long, default_value = "127.0.0.1:37990")]
     floor_addr: SocketAddr,
+    /// Participants that lose their session (told to reconnect, socket closed, peer
+    /// connection failed) join again as the web client does, until the run ends; the report
+    /// counts disconnects and the time until media flowed again.
+    #[arg(long)]
+    reconnect: bool,
+    /// During the hold, kill a random participant or meeting actor of the run this often
+    /// (gRPC AdminService.KillActor) and report who noticed (needs --reconnect).
+    #[arg(long, value_parser = parse_duration, requires = "reconnect")]
+    chaos_every: Option<Duration>,
+    /// What --chaos-every kills: participant, meeting (comma-separated).
+    #[arg(long, default_value = "participant,meeting")]
+    chaos_kinds: String,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -144,6 +163,23 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("out of range: {s}"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// Checks the chaos and reconnect flags fit the run; the kinds chaos kills.
+fn chaos_kinds(args: &Args) -> Result<Vec<chaos::Kind>, String> {
+    if args.reconnect && args.target != "hearth" {
+        return Err("--reconnect works with --target hearth only".into());
+    }
+    if args.chaos_every.is_some() && args.find_max {
+        return Err("--chaos-every runs one hold, not --find-max stages".into());
+    }
+    if args
+        .chaos_every
+        .is_some_and(|d| d < Duration::from_millis(100))
+    {
+        return Err("--chaos-every: at least 100ms".into());
+    }
+    chaos::parse_kinds(&args.chaos_kinds).map_err(|e| format!("--chaos-kinds: {e}"))
 }
 
 fn scenario(args: &Args) -> Result<Scenario, String> {
@@ -208,7 +244,7 @@ pub struct Run {
     next_id: AtomicU32,
     planned: AtomicUsize,
     server: tokio::sync::Mutex<server::ServerProbe>,
-    ws_url: String,
+    ctx: Arc<signal::Ctx>,
     run_tag: String,
     janus_http: Option<janus::Http>,
 }
@@ -243,19 +279,6 @@ impl Run {
                     tokio::time::sleep_until(next).await;
                     continue;
                 }
-                let identity = format!("lg{id}");
-                let token = jwt::mint(
-                    &self.args.api_key,
-                    &self.args.api_secret,
-                    &meeting,
-                    &identity,
-                    jwt::Grants {
-                        publish: sending.audio || sending.video.is_some(),
-                        subscribe: true,
-                        admin: false,
-                    },
-                    24 * 3600,
-                );
                 if let Some(http) = &self.janus_http {
                     let n = self.shards.len();
                     let (p, q) = (2 * id, 2 * id + 1);
@@ -287,13 +310,22 @@ impl Run {
                 let plan = Plan {
                     id,
                     meeting: meeting.clone(),
-                    token,
+                    identity: format!("lg{id}"),
+                    grants: jwt::Grants {
+                        publish: sending.audio || sending.video.is_some(),
+                        subscribe: true,
+                        admin: false,
+                    },
                     sending,
                     ip: participant_ip(self.args.local_net, id),
+                    expects_media: s.others_send(i),
                 };
+                if let Some(t) = &self.ctx.tracker {
+                    t.planned(id, &meeting);
+                }
                 tokio::spawn(signal::run(
                     plan,
-                    self.ws_url.clone(),
+                    Arc::clone(&self.ctx),
                     shard,
                     Arc::clone(&self.counters),
                     self.stop.subscribe(),
@@ -302,6 +334,20 @@ impl Run {
                 next += every;
                 tokio::time::sleep_until(next).await;
             }
+        }
+    }
+
+    /// Moves the gaps the shards saw into the tracker (with `--reconnect`).
+    fn collect_gaps(&self) {
+        let Some(tracker) = &self.ctx.tracker else {
+            return;
+        };
+        for shard in &self.shards {
+            let gaps = match shard.totals.lock() {
+                Ok(mut t) => std::mem::take(&mut t.gaps),
+                Err(_) => continue,
+            };
+            tracker.gaps(gaps);
         }
     }
 
@@ -316,6 +362,7 @@ impl Run {
         tick.tick().await;
         loop {
             tick.tick().await;
+            self.collect_gaps();
             let sample = report::sample(self, prev).await;
             report::progress(&sample, self.planned.load(Ordering::Relaxed));
             samples.push(sample);
@@ -369,12 +416,47 @@ async fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let kinds = match chaos_kinds(&args) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let server = if !hearth {
         server::ServerProbe::pid_only(args.server_pid)
     } else {
         server::ServerProbe::new(&args.url, &args.api_key, &args.api_secret, args.server_pid).await
     };
     let (stop, _) = watch::channel(false);
+    let tracker = (hearth && args.reconnect).then(|| Arc::new(reconnect::Tracker::default()));
+    let run_tag = format!("{:x}", s.seed ^ u64::from(std::process::id()));
+    let chaos = match (args.chaos_every, &tracker) {
+        (Some(_), Some(tracker)) => match chaos::Chaos::connect(
+            &args.url,
+            &args.api_key,
+            &args.api_secret,
+            kinds.clone(),
+            s.seed,
+            format!("lg-{run_tag}-"),
+            Arc::clone(tracker),
+        )
+        .await
+        {
+            Ok(mut c) => match c.check().await {
+                Ok(_) => Some(c),
+                Err(e) => {
+                    eprintln!("error: --chaos-every needs the node's admin API: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+            Err(e) => {
+                eprintln!("error: --chaos-every: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
     let run = Run {
         shards,
         counters: Arc::new(Counters::default()),
@@ -383,8 +465,13 @@ async fn main() -> ExitCode {
         next_id: AtomicU32::new(0),
         planned: AtomicUsize::new(0),
         server: tokio::sync::Mutex::new(server),
-        ws_url,
-        run_tag: format!("{:x}", s.seed ^ u64::from(std::process::id())),
+        ctx: Arc::new(signal::Ctx {
+            ws_url,
+            api_key: args.api_key.clone(),
+            api_secret: args.api_secret.clone(),
+            tracker,
+        }),
+        run_tag,
         janus_http: janus.then(janus::http),
         args,
     };
@@ -404,6 +491,7 @@ async fn main() -> ExitCode {
     let mut samples = Vec::new();
     let mut prev = report::Cumulative::default();
     let mut stages = Vec::new();
+    let mut kills = Vec::new();
     let started = Instant::now();
     if run.args.find_max {
         let step = run.args.step.unwrap_or(s.meetings).max(1);
@@ -434,13 +522,25 @@ async fn main() -> ExitCode {
     } else {
         // Joins ramp up while progress shows; then the full load holds for the duration.
         let ramp_time = Duration::from_secs_f64(s.total_participants() as f64 / s.ramp);
-        let until = tokio::time::Instant::now() + ramp_time + s.duration;
-        tokio::join!(
+        let t0 = tokio::time::Instant::now();
+        let until = t0 + ramp_time + s.duration;
+        let drill = async {
+            match (chaos, run.args.chaos_every) {
+                (Some(c), Some(every)) => c.run(t0 + ramp_time + every, until, every).await,
+                _ => Vec::new(),
+            }
+        };
+        let ((), (), k) = tokio::join!(
             run.launch(&s, 0, s.meetings),
-            run.observe(until, &mut samples, &mut prev)
+            run.observe(until, &mut samples, &mut prev),
+            drill
         );
+        kills = k;
     }
     let _ = run.stop.send(true);
+    if let Some(t) = &run.ctx.tracker {
+        t.stop(Instant::now());
+    }
     // Let participants leave.
     let deadline = Instant::now() + Duration::from_secs(10);
     while run.counters.left.load(Ordering::Relaxed) < run.counters.joined.load(Ordering::Relaxed)
@@ -448,9 +548,20 @@ async fn main() -> ExitCode {
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let report = Report::build(&s, &run, &samples, stages, started.elapsed()).await;
+    // Gaps still open when participants left (clipped to the end of the run).
+    tokio::task::yield_now().await;
+    run.collect_gaps();
+    let chaos = run
+        .args
+        .chaos_every
+        .zip(run.ctx.tracker.as_deref())
+        .map(|(every, t)| chaos::ChaosReport::build(&kills, every, &kinds, t, run.epoch));
+    let report = Report::build(&s, &run, &samples, stages, started.elapsed(), chaos).await;
     eprintln!();
     println!("{}", report.table());
+    if let Some(c) = &report.chaos {
+        println!("\n{}", c.table());
+    }
     if let Some(path) = &run.args.json
         && let Err(e) = std::fs::write(path, report.json())
     {

@@ -36,6 +36,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use rtc::{rtcp, rtp};
 
 use crate::media::{self, Trailer, VideoProfile};
+use crate::reconnect::{GAP, Gap};
 use crate::stats::{Arrival, StreamRx};
 
 pub const OPUS_PT: u8 = 111;
@@ -51,6 +52,8 @@ pub enum PeerOut {
     Connected,
     /// The peer connection failed or a description did not apply.
     Failed(String),
+    /// The first media packet arrived (only for peers added with `watch`).
+    FirstMedia(Instant),
 }
 
 /// What a peer sends.
@@ -81,6 +84,10 @@ pub struct Reception {
     pub first_media: Option<Instant>,
     pub observed: Observed,
     epoch: Instant,
+    /// With `--reconnect`: when the last packet from each sender (trailer id) arrived, to
+    /// find gaps in a sender's media.
+    pub track_gaps: bool,
+    last_from: Vec<(u32, Instant)>,
 }
 
 impl Reception {
@@ -90,7 +97,38 @@ impl Reception {
             first_media: None,
             observed: Observed::default(),
             epoch,
+            track_gaps: false,
+            last_from: Vec::new(),
         }
+    }
+
+    /// Notes a packet from `sender`: a silence longer than [`GAP`] before it is a gap.
+    fn heard_from(&mut self, sender: u32, now: Instant) {
+        match self.last_from.iter_mut().find(|(s, _)| *s == sender) {
+            Some((_, last)) => {
+                if now.saturating_duration_since(*last) > GAP {
+                    self.observed.gaps.push(Gap {
+                        sender,
+                        start: *last,
+                        end: now,
+                    });
+                }
+                *last = now;
+            }
+            None => self.last_from.push((sender, now)),
+        }
+    }
+
+    /// Senders silent for more than [`GAP`] at `now` (the receiver goes away).
+    pub fn open_gaps(&self, now: Instant) -> impl Iterator<Item = Gap> + '_ {
+        self.last_from
+            .iter()
+            .filter(move |(_, last)| now.saturating_duration_since(*last) > GAP)
+            .map(move |(sender, last)| Gap {
+                sender: *sender,
+                start: *last,
+                end: now,
+            })
     }
 
     /// Microseconds since the run's epoch (the clock of the payload trailers).
@@ -122,10 +160,13 @@ impl Reception {
         if clock == 90_000 && media::vp8_is_keyframe(payload) {
             self.observed.keyframes_in += 1;
         }
-        if let Some(t) = media::trailer(payload)
-            && now_us >= t.sent_us
-        {
-            self.observed.latencies_us.push(now_us - t.sent_us);
+        if let Some(t) = media::trailer(payload) {
+            if now_us >= t.sent_us {
+                self.observed.latencies_us.push(now_us - t.sent_us);
+            }
+            if self.track_gaps {
+                self.heard_from(t.sender, now);
+            }
         }
     }
 }
@@ -142,6 +183,8 @@ pub struct Observed {
     pub keyframe_requests: u64,
     /// Video keyframes received (each starts with a keyframe packet).
     pub keyframes_in: u64,
+    /// Gaps in senders' media (with `track_gaps`).
+    pub gaps: Vec<Gap>,
 }
 
 pub struct Peer {
@@ -646,5 +689,67 @@ fn rtp_packet(out: &Outgoing, payload_type: u8, marker: bool, payload: Bytes) ->
             ..Default::default()
         },
         payload,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn packet(rx: &mut Reception, sender: u32, ssrc: u32, seq: u16, at: Instant) {
+        let header = rtp::Header {
+            payload_type: OPUS_PT,
+            sequence_number: seq,
+            ssrc,
+            ..Default::default()
+        };
+        let payload = media::opus_frame(false, Trailer { sender, sent_us: 0 });
+        rx.on_rtp(&header, &payload, at);
+    }
+
+    #[test]
+    fn a_silence_over_500ms_in_one_senders_media_is_a_gap() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut rx = Reception::new(t0);
+        rx.track_gaps = true;
+        // Sender 1 every 20 ms throughout; sender 2 stops at 100 ms and comes back at 900 ms
+        // with a new SSRC (it rejoined); sender 3 stops at 200 ms for good.
+        for i in 0..60u16 {
+            let at = ms(u64::from(i) * 20);
+            packet(&mut rx, 1, 11, i, at);
+            if at <= ms(100) {
+                packet(&mut rx, 2, 22, i, at);
+            } else if at >= ms(900) {
+                packet(&mut rx, 2, 23, i, at);
+            }
+            if at <= ms(200) {
+                packet(&mut rx, 3, 33, i, at);
+            }
+        }
+        assert_eq!(
+            rx.observed.gaps,
+            [Gap {
+                sender: 2,
+                start: ms(100),
+                end: ms(900)
+            }]
+        );
+        let open: Vec<Gap> = rx.open_gaps(ms(1200)).collect();
+        assert_eq!(
+            open,
+            [Gap {
+                sender: 3,
+                start: ms(200),
+                end: ms(1200)
+            }]
+        );
+        // Without --reconnect nothing is tracked.
+        let mut quiet = Reception::new(t0);
+        packet(&mut quiet, 1, 11, 0, ms(0));
+        packet(&mut quiet, 1, 11, 1, ms(2000));
+        assert!(quiet.observed.gaps.is_empty() && quiet.open_gaps(ms(5000)).next().is_none());
     }
 }

@@ -9,6 +9,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::Run;
+use crate::chaos::ChaosReport;
+use crate::reconnect::ReconnectReport;
 use crate::scenario::Scenario;
 use crate::stats::latency_histogram;
 
@@ -53,6 +55,9 @@ pub struct Sample {
     /// The load generator's own CPU (100% = one core): near its core count, the generator
     /// is the bottleneck, not the server.
     pub loadgen_cpu_pct: Option<f64>,
+    /// With --reconnect: participants down now (lost their session, not back yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconnecting: Option<usize>,
 }
 
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
@@ -122,6 +127,7 @@ pub async fn sample(run: &Run, prev: &mut Cumulative) -> Sample {
             (Some(now_s), Some(before)) => Some((now_s - before).max(0.0) * 100.0 / dt),
             _ => None,
         },
+        reconnecting: run.ctx.tracker.as_ref().map(|t| t.down()),
     };
     *prev = Cumulative {
         packets_in: pin,
@@ -146,7 +152,10 @@ pub fn progress(s: &Sample, planned: usize) {
     let own = s
         .loadgen_cpu_pct
         .map(|c| format!(" | loadgen cpu {c:.0}%"))
-        .unwrap_or_default();
+        .unwrap_or_default()
+        + &s.reconnecting
+            .map(|n| format!(" | reconnecting {n}"))
+            .unwrap_or_default();
     let line = format!(
         "[{:>5.0}s] joined {}/{planned} connected {} | in {:.1}k pkt/s {:.1} Mbit/s | out {:.1}k pkt/s | loss {:.3}% | p50 {:.2} ms p99 {:.2} ms{server}",
         s.t_s,
@@ -171,6 +180,10 @@ pub struct Slo {
     pub loss_ok: bool,
     pub latency_ok: bool,
     pub join_ok: bool,
+    /// With --reconnect: every participant that lost its session came back, nobody else
+    /// noticed anything (and, with --chaos-every, no bystander of a kill did). Always true
+    /// without --reconnect.
+    pub reconnect_ok: bool,
     pub held: bool,
 }
 
@@ -183,8 +196,17 @@ impl Slo {
             loss_ok,
             latency_ok,
             join_ok,
+            reconnect_ok: true,
             held: loss_ok && latency_ok && join_ok,
         }
+    }
+
+    /// Accounts for the participants' losses and returns.
+    fn with_reconnect(mut self, r: Option<&ReconnectReport>, c: Option<&ChaosReport>) -> Slo {
+        let back = r.is_none_or(|r| r.not_back == 0 && r.others_noticed == 0);
+        self.reconnect_ok = back && c.is_none_or(ChaosReport::held);
+        self.held &= self.reconnect_ok;
+        self
     }
 }
 
@@ -340,6 +362,12 @@ pub struct Report {
     pub slo: Slo,
     pub stages: Vec<Stage>,
     pub max_held: Option<Stage>,
+    /// With --reconnect: disconnects, reconnects and the time back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconnect: Option<ReconnectReport>,
+    /// With --chaos-every: every kill, who was inside, who noticed, when all were back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chaos: Option<ChaosReport>,
     pub timeline: Vec<Sample>,
 }
 
@@ -350,6 +378,7 @@ impl Report {
         samples: &[Sample],
         stages: Vec<Stage>,
         wall: Duration,
+        chaos: Option<ChaosReport>,
     ) -> Report {
         let mut latency = latency_histogram();
         let join = join_histogram(run);
@@ -390,12 +419,14 @@ impl Report {
         let joined = run.counters.joined.load(Ordering::Relaxed);
         let planned = run.planned.load(Ordering::Relaxed);
         let cpu: Vec<f64> = steady.iter().filter_map(|x| x.server_cpu_pct).collect();
+        let reconnect = run.ctx.tracker.as_ref().map(|t| t.report());
         let slo = Slo::of(
             loss_pct,
             latency_ms.p99,
             join_ms.p95 as u64,
             joined as usize >= planned,
-        );
+        )
+        .with_reconnect(reconnect.as_ref(), chaos.as_ref());
         let max_held = stages.iter().rfind(|st| st.slo.held).cloned();
         Report {
             target: run.args.target.clone(),
@@ -463,6 +494,8 @@ impl Report {
             slo,
             stages,
             max_held,
+            reconnect,
+            chaos,
             timeline: samples.to_vec(),
         }
     }
@@ -556,6 +589,34 @@ impl Report {
                 .collect();
             rows.push(("errors".into(), errors.join(", ")));
         }
+        if let Some(r) = &self.reconnect {
+            rows.push((
+                "disconnected participants / disconnects / back".into(),
+                format!(
+                    "{} / {} / {} ({} not back, {} failed rejoin attempts)",
+                    r.participants_disconnected,
+                    r.disconnects,
+                    r.reconnects,
+                    r.not_back,
+                    r.failed_attempts
+                ),
+            ));
+            rows.push((
+                "time back p50 / p95 / max".into(),
+                format!(
+                    "{:.0} / {:.0} / {:.0} ms",
+                    r.time_back_ms.p50, r.time_back_ms.p95, r.time_back_ms.max
+                ),
+            ));
+            rows.push((
+                "others that noticed (error, gap > 500 ms)".into(),
+                if r.others_noticed_ids.is_empty() {
+                    "0".to_owned()
+                } else {
+                    format!("{} (lg{:?})", r.others_noticed, r.others_noticed_ids)
+                },
+            ));
+        }
         if let Some(m) = &self.max_held {
             rows.push((
                 "largest load that held the SLO".into(),
@@ -567,18 +628,32 @@ impl Report {
         } else if !self.stages.is_empty() {
             rows.push(("largest load that held the SLO".into(), "none".into()));
         }
-        rows.push((
-            "SLO (loss < 0.5%, p99 < 50 ms, join p95 < 1 s)".into(),
-            if self.slo.held {
-                "held".into()
-            } else {
+        let ok = |b: bool| if b { "ok" } else { "FAIL" };
+        let (slo_name, why) = if self.reconnect.is_some() {
+            (
+                "SLO (loss < 0.5%, p99 < 50 ms, join p95 < 1 s, all back, no one else noticed)",
+                format!(
+                    "broken (loss {}, latency {}, joins {}, reconnects {})",
+                    ok(self.slo.loss_ok),
+                    ok(self.slo.latency_ok),
+                    ok(self.slo.join_ok),
+                    ok(self.slo.reconnect_ok)
+                ),
+            )
+        } else {
+            (
+                "SLO (loss < 0.5%, p99 < 50 ms, join p95 < 1 s)",
                 format!(
                     "broken (loss {}, latency {}, joins {})",
-                    if self.slo.loss_ok { "ok" } else { "FAIL" },
-                    if self.slo.latency_ok { "ok" } else { "FAIL" },
-                    if self.slo.join_ok { "ok" } else { "FAIL" }
-                )
-            },
+                    ok(self.slo.loss_ok),
+                    ok(self.slo.latency_ok),
+                    ok(self.slo.join_ok)
+                ),
+            )
+        };
+        rows.push((
+            slo_name.into(),
+            if self.slo.held { "held".into() } else { why },
         ));
         let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         rows.iter()

@@ -98,6 +98,14 @@ impl Scenario {
         }
     }
 
+    /// True if someone else in the meeting of participant `index` sends media.
+    pub fn others_send(&self, index: usize) -> bool {
+        (0..self.participants).any(|j| {
+            let s = self.sending(j);
+            j != index && (s.audio || s.video.is_some())
+        })
+    }
+
     pub fn total_participants(&self) -> usize {
         self.meetings * self.participants
     }
@@ -137,5 +145,7 @@ mod tests {
         let b = preset("big-audio-room", Some(30)).expect("preset");
         assert!(b.sending(9).speaking && !b.sending(10).audio);
         assert!(preset("nope", None).is_err());
+        assert!(l.others_send(1) && !l.others_send(0));
+        assert!(a.others_send(0) && a.others_send(3));
     }
 }

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::floor::FloorPeer;
 use crate::peer::{Peer, PeerOut, Reception, Sending};
+use crate::reconnect::Gap;
 use crate::stats::latency_histogram;
 
 const TICK: Duration = Duration::from_millis(2);
@@ -41,8 +42,11 @@ pub enum ShardCmd {
         started: Instant,
         out: mpsc::UnboundedSender<PeerOut>,
         /// Counts as a participant (connected, join time): false for the extra
-        /// publishing connection a Janus participant has.
+        /// publishing connection a Janus participant has, and for a rejoin.
         counts: bool,
+        /// `--reconnect` bookkeeping: report the first media packet (`PeerOut::FirstMedia`)
+        /// and gaps in senders' media.
+        watch: bool,
         link: Link,
         reply: oneshot::Sender<Result<(), String>>,
     },
@@ -183,6 +187,9 @@ pub struct Totals {
     pub duplicates: u64,
     pub jitter_ms_sum: f64,
     pub streams: u64,
+    /// Gaps in senders' media seen by watched peers: (receiver, gap); drained by the
+    /// orchestrator.
+    pub gaps: Vec<(u32, Gap)>,
     expected_done: u64,
     received_done: u64,
     duplicates_done: u64,
@@ -208,6 +215,7 @@ impl Totals {
             duplicates: 0,
             jitter_ms_sum: 0.0,
             streams: 0,
+            gaps: Vec::new(),
             expected_done: 0,
             received_done: 0,
             duplicates_done: 0,
@@ -222,6 +230,8 @@ struct Entry {
     started: Instant,
     counts: bool,
     joined: bool,
+    watch: bool,
+    first_media_told: bool,
     next_timeout: Option<Instant>,
     next_audio: Instant,
     next_video: Option<Instant>,
@@ -377,6 +387,7 @@ impl Shard {
                 started,
                 out,
                 counts,
+                watch,
                 link,
                 reply,
             } => {
@@ -388,7 +399,8 @@ impl Shard {
                     ))),
                 };
                 match conn {
-                    Ok(peer) => {
+                    Ok(mut peer) => {
+                        peer.rx_mut().track_gaps = watch;
                         let video_every = sending.video.map_or(Duration::from_secs(1), |v| {
                             Duration::from_micros(1_000_000 / u64::from(v.fps.max(1)))
                         });
@@ -402,6 +414,8 @@ impl Shard {
                                 started,
                                 counts,
                                 joined: !counts,
+                                watch,
+                                first_media_told: false,
                                 next_timeout: None,
                                 next_audio: now + Duration::from_secs(3600),
                                 next_video: sending.video.map(|_| now + Duration::from_secs(3600)),
@@ -436,6 +450,12 @@ impl Shard {
                     self.by_ip.remove(&e.ip);
                     e.peer.close();
                     if let Ok(mut t) = self.totals.lock() {
+                        if e.watch {
+                            let rx = e.peer.rx_mut();
+                            let mut gaps = std::mem::take(&mut rx.observed.gaps);
+                            gaps.extend(rx.open_gaps(now));
+                            t.gaps.extend(gaps.into_iter().map(|g| (id, g)));
+                        }
                         for s in e.peer.rx().streams.values() {
                             t.expected_done += s.expected();
                             t.received_done += s.received;
@@ -538,7 +558,19 @@ impl Shard {
         let Ok(mut t) = self.totals.lock() else {
             return;
         };
-        for e in self.peers.values_mut() {
+        for (id, e) in self.peers.iter_mut() {
+            if e.watch {
+                let rx = e.peer.rx_mut();
+                if !rx.observed.gaps.is_empty() {
+                    t.gaps.extend(rx.observed.gaps.drain(..).map(|g| (*id, g)));
+                }
+                if !e.first_media_told
+                    && let Some(first) = rx.first_media
+                {
+                    e.first_media_told = true;
+                    let _ = e.out.send(PeerOut::FirstMedia(first));
+                }
+            }
             let o = &mut e.peer.rx_mut().observed;
             t.packets_in += std::mem::take(&mut o.packets_in);
             t.bytes_in += std::mem::take(&mut o.bytes_in);

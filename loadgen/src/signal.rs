@@ -1,10 +1,11 @@
 //! One simulated participant's signaling against Hearth: a WebSocket at `/v1/signal`
-//! speaking the `proto/` messages as proto3 JSON, exactly as a browser does.
+//! speaking the `proto/` messages as proto3 JSON, exactly as a browser does. With
+//! `--reconnect` a participant whose session is lost joins again ([`crate::reconnect`]).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
@@ -15,7 +16,9 @@ use rtc::peer_connection::transport::RTCIceCandidateInit;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::jwt;
 use crate::peer::{PeerOut, Sending};
+use crate::reconnect::{Backoff, Tracker};
 use crate::shard::{Link, ShardCmd, ShardHandle};
 
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,10 +53,26 @@ impl Counters {
 pub struct Plan {
     pub id: u32,
     pub meeting: String,
-    pub token: String,
+    pub identity: String,
+    pub grants: jwt::Grants,
     pub sending: Sending,
     pub ip: IpAddr,
+    /// Others in its meeting send media: with `--reconnect` it is back at the first media
+    /// packet after a rejoin (else once joined and connected).
+    pub expects_media: bool,
 }
+
+/// What every participant task shares.
+pub struct Ctx {
+    pub ws_url: String,
+    pub api_key: String,
+    pub api_secret: String,
+    /// With `--reconnect`: lost sessions rejoin, and what participants notice is recorded.
+    pub tracker: Option<Arc<Tracker>>,
+}
+
+/// Fatal errors after which the web client joins again (others end its session).
+const RETRYABLE: [&str; 3] = ["TIMEOUT", "NODE_UNAVAILABLE", "INTERNAL"];
 
 fn encode(m: C) -> Message {
     let msg = pb::ClientMessage { message: Some(m) };
@@ -66,53 +85,169 @@ fn error_name(code: i32) -> String {
         .unwrap_or_else(|_| format!("CODE_{code}"))
 }
 
-/// Runs one participant until `stop` flips (then it leaves) or the server ends it.
+/// How a session ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// The run ended: it left (or never got to join).
+    Stopped,
+    /// For good: the first join failed, the meeting ended, a fatal error.
+    Final,
+    /// The session was lost (noticed at `at`) while the run goes on; with `--reconnect`
+    /// it joins again. A rejoin attempt that failed is `Lost` too.
+    Lost { at: Instant, reason: String },
+}
+
+/// What a participant carries from one session to the next.
+#[derive(Default)]
+struct Life {
+    /// A join was accepted once (counted in `joined`, and `left` at the end).
+    joined: bool,
+    /// Its peer connected once (later sessions are not counted again).
+    connected: bool,
+    /// Down since it noticed a loss, until it is back.
+    down_since: Option<Instant>,
+    /// The last session's join was accepted.
+    in_session: bool,
+}
+
+/// Runs one participant until `stop` flips (then it leaves) or the server ends it; with
+/// `--reconnect`, a lost session is joined again until the run ends.
 pub async fn run(
     plan: Plan,
-    ws_url: String,
+    ctx: Arc<Ctx>,
     shard: ShardHandle,
-    counters: std::sync::Arc<Counters>,
+    counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let started = Instant::now();
-    let connect =
-        tokio::time::timeout(JOIN_TIMEOUT, tokio_tungstenite::connect_async(&ws_url)).await;
-    let ws = match connect {
-        Ok(Ok((ws, _))) => ws,
-        Ok(Err(_)) => return counters.error("TRANSPORT"),
-        Err(_) => return counters.error("CONNECT_TIMEOUT"),
+    let mut life = Life::default();
+    let mut backoff = Backoff::default();
+    loop {
+        let end = session(&plan, &ctx, &shard, &counters, &mut stop, &mut life).await;
+        if life.in_session {
+            // A join was accepted since the last loss: back to the first delay.
+            life.in_session = false;
+            backoff.reset();
+        }
+        let (at, reason) = match end {
+            End::Stopped => break,
+            End::Final => {
+                if let Some(t) = &ctx.tracker
+                    && life.joined
+                {
+                    t.ended(plan.id);
+                }
+                break;
+            }
+            End::Lost { at, reason } => (at, reason),
+        };
+        let Some(tracker) = &ctx.tracker else {
+            break;
+        };
+        // Noticed now, or a rejoin attempt failed (the outage goes on from the first
+        // notice; a session it joined meanwhile is gone).
+        if life.down_since.is_none() {
+            life.down_since = Some(at);
+        } else {
+            tracker.attempt_failed(plan.id);
+        }
+        tracker.lost(plan.id, at, &reason);
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stopped(&mut stop) => break,
+        }
+        if *stop.borrow() {
+            break;
+        }
+    }
+    if life.joined {
+        counters.left.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One session: a WebSocket, a join, a peer connection, until it ends.
+async fn session(
+    plan: &Plan,
+    ctx: &Ctx,
+    shard: &ShardHandle,
+    counters: &Counters,
+    stop: &mut watch::Receiver<bool>,
+    life: &mut Life,
+) -> End {
+    let rejoin = life.down_since.is_some();
+    // Failures before the join is accepted: a first join counts them as errors and gives
+    // up (as before); a rejoin tries again.
+    let fail = |code: &str| {
+        if rejoin {
+            End::Lost {
+                at: Instant::now(),
+                reason: code.to_owned(),
+            }
+        } else {
+            counters.error(code);
+            End::Final
+        }
     };
-    let (mut tx, mut rx) = ws.split();
-    if tx
-        .send(encode(C::Join(pb::JoinRequest {
-            token: plan.token.clone(),
+    let token = jwt::mint(
+        &ctx.api_key,
+        &ctx.api_secret,
+        &plan.meeting,
+        &plan.identity,
+        plan.grants,
+        24 * 3600,
+    );
+    let started = Instant::now();
+    let joining = async {
+        let ws =
+            match tokio::time::timeout(JOIN_TIMEOUT, tokio_tungstenite::connect_async(&ctx.ws_url))
+                .await
+            {
+                Ok(Ok((ws, _))) => ws,
+                Ok(Err(_)) => return Err("TRANSPORT".to_owned()),
+                Err(_) => return Err("CONNECT_TIMEOUT".to_owned()),
+            };
+        let (mut tx, mut rx) = ws.split();
+        tx.send(encode(C::Join(pb::JoinRequest {
+            token,
             meeting: plan.meeting.clone(),
         })))
         .await
-        .is_err()
-    {
-        return counters.error("TRANSPORT");
-    }
-    let joined = tokio::time::timeout(JOIN_TIMEOUT, async {
-        while let Some(frame) = rx.next().await {
-            let Ok(Message::Text(text)) = frame else {
-                continue;
-            };
-            match serde_json::from_str::<pb::ServerMessage>(text.as_str()).map(|m| m.message) {
-                Ok(Some(S::Join(_))) => return Ok(()),
-                Ok(Some(S::Error(e))) => return Err(error_name(e.code)),
-                _ => continue,
+        .map_err(|_| "TRANSPORT".to_owned())?;
+        let joined = tokio::time::timeout(JOIN_TIMEOUT, async {
+            while let Some(frame) = rx.next().await {
+                let Ok(Message::Text(text)) = frame else {
+                    continue;
+                };
+                match serde_json::from_str::<pb::ServerMessage>(text.as_str()).map(|m| m.message) {
+                    Ok(Some(S::Join(j))) => return Ok(j.participant_id),
+                    Ok(Some(S::Error(e))) => return Err(error_name(e.code)),
+                    _ => continue,
+                }
             }
+            Err("TRANSPORT".to_owned())
+        })
+        .await;
+        match joined {
+            Ok(Ok(pid)) => Ok((tx, rx, pid)),
+            Ok(Err(code)) => Err(code),
+            Err(_) => Err("JOIN_TIMEOUT".to_owned()),
         }
-        Err("TRANSPORT".to_owned())
-    })
-    .await;
-    match joined {
-        Ok(Ok(())) => {}
-        Ok(Err(code)) => return counters.error(&code),
-        Err(_) => return counters.error("JOIN_TIMEOUT"),
+    };
+    let (mut tx, mut rx, participant_id) = tokio::select! {
+        r = joining => match r {
+            Ok(j) => j,
+            Err(code) => return fail(&code),
+        },
+        _ = stopped(stop) => return End::Stopped,
+    };
+    life.in_session = true;
+    if !life.joined {
+        life.joined = true;
+        counters.joined.fetch_add(1, Ordering::Relaxed);
     }
-    counters.joined.fetch_add(1, Ordering::Relaxed);
+    if let Some(t) = &ctx.tracker {
+        t.joined(plan.id, &participant_id);
+    }
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     let (reply_tx, reply_rx) = oneshot::channel();
     let _ = shard.cmds.send(ShardCmd::Add {
@@ -121,24 +256,31 @@ pub async fn run(
         sending: plan.sending,
         started,
         out: out_tx,
-        counts: true,
+        counts: !life.connected,
+        watch: ctx.tracker.is_some(),
         link: Link::WebRtc,
         reply: reply_tx,
     });
     match reply_rx.await {
         Ok(Ok(())) => {}
-        _ => return counters.error("PEER_SETUP"),
+        _ => return fail("PEER_SETUP"),
     }
     let id = plan.id;
+    let reconnect = ctx.tracker.is_some();
+    let tracker = ctx.tracker.as_deref();
+    let lost = |reason: &str| End::Lost {
+        at: Instant::now(),
+        reason: reason.to_owned(),
+    };
     let mut ping = tokio::time::interval(Duration::from_secs(10));
     ping.tick().await;
-    loop {
+    let end = loop {
         tokio::select! {
             frame = rx.next() => {
                 let text = match frame {
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(_)) => continue,
-                    _ => { counters.error("SOCKET_CLOSED"); break; }
+                    _ => { counters.error("SOCKET_CLOSED"); break lost("SOCKET_CLOSED"); }
                 };
                 let Ok(msg) = serde_json::from_str::<pb::ServerMessage>(text.as_str()) else {
                     counters.error("UNDECODABLE");
@@ -158,9 +300,20 @@ pub async fn run(
                             ..Default::default()
                         },
                     }),
-                    Some(S::Error(e)) => { counters.error(&error_name(e.code)); None }
-                    Some(S::Reconnect(_)) => { counters.error("RECONNECT"); break; }
-                    Some(S::MeetingEnded(_)) => { counters.error("MEETING_ENDED"); break; }
+                    Some(S::Error(e)) => {
+                        let code = error_name(e.code);
+                        counters.error(&code);
+                        if let Some(t) = tracker {
+                            t.error(id, Instant::now(), &code);
+                        }
+                        if reconnect && e.fatal {
+                            // The server closes the socket after a fatal error.
+                            break if RETRYABLE.contains(&code.as_str()) { lost(&code) } else { End::Final };
+                        }
+                        None
+                    }
+                    Some(S::Reconnect(_)) => { counters.error("RECONNECT"); break lost("RECONNECT"); }
+                    Some(S::MeetingEnded(_)) => { counters.error("MEETING_ENDED"); break End::Final; }
                     _ => None,
                 };
                 if let Some(cmd) = cmd {
@@ -177,28 +330,53 @@ pub async fn run(
                         sdp_m_line_index: u32::from(c.sdp_mline_index.unwrap_or(0)),
                         username_fragment: c.username_fragment.unwrap_or_default(),
                     })),
-                    Some(PeerOut::Connected) => None,
+                    Some(PeerOut::Connected) => {
+                        life.connected = true;
+                        if !plan.expects_media {
+                            is_back(tracker, id, life, Instant::now());
+                        }
+                        None
+                    }
+                    Some(PeerOut::FirstMedia(at)) => {
+                        is_back(tracker, id, life, at);
+                        None
+                    }
                     Some(PeerOut::Failed(why)) => {
                         counters.error("PEER_FAILED");
                         counters.example(format!("participant {id}: {why}"));
+                        if reconnect {
+                            break lost("PEER_FAILED");
+                        }
                         None
                     }
-                    None => break,
+                    None => break End::Final,
                 };
                 if let Some(m) = msg && tx.send(encode(m)).await.is_err() {
                     counters.error("SOCKET_CLOSED");
-                    break;
+                    break lost("SOCKET_CLOSED");
                 }
             }
             _ = ping.tick() => {
                 let _ = tx.send(encode(C::Ping(pb::Ping { timestamp: 0 }))).await;
             }
-            _ = stop.changed() => {
+            _ = stopped(stop) => {
                 let _ = tx.send(encode(C::Leave(pb::LeaveRequest {}))).await;
-                break;
+                break End::Stopped;
             }
         }
-    }
+    };
     let _ = shard.cmds.send(ShardCmd::Remove { id });
-    counters.left.fetch_add(1, Ordering::Relaxed);
+    end
+}
+
+/// Returns once the run ends (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Media flows again after a rejoin: the outage ends.
+fn is_back(tracker: Option<&Tracker>, id: u32, life: &mut Life, at: Instant) {
+    if let (Some(t), Some(_)) = (tracker, life.down_since.take()) {
+        t.back(id, at);
+    }
 }

@@ -1240,3 +1240,35 @@ async fn grpc_health_answers_serving() {
     }
     server.shutdown().await;
 }
+
+/// A gRPC client's connection outlives quiet spells longer than the header deadline (the
+/// deadline is for HTTP/1 headers and a connection's first request, not for idle HTTP/2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_grpc_connection_stays_open() {
+    let server = TestServer::start_with(|c| {
+        c.http_limits.header_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let api = Api::connect(&server).await;
+    let opened = server
+        .metric(r#"hearth_connections{listener="http"}"#)
+        .await;
+    api.admin()
+        .stats(api.req(pb::StatsRequest {}))
+        .await
+        .expect("first call");
+    // Idleness is the stimulus here: three header deadlines of silence.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    api.admin()
+        .stats(api.req(pb::StatsRequest {}))
+        .await
+        .expect("a call after a quiet spell, on the same connection");
+    assert_eq!(
+        server
+            .metric(r#"hearth_connections{listener="http"}"#)
+            .await,
+        opened,
+        "the client had to reconnect"
+    );
+    server.shutdown().await;
+}

@@ -3,7 +3,9 @@
 //!
 //! The connection floods run against a real `hearth` process whose open-file limit is set to
 //! 1,024 (soft and hard) before it starts, as from a default shell, while a meeting of three
-//! participants keeps flowing beside them and `/readyz` is probed throughout.
+//! participants keeps flowing beside them and `/readyz` is probed throughout. The benchmark
+//! form (a release node, figures printed):
+//! `HEARTH_BIN=target/release/hearth cargo test -p hearth-tests --test hostile connection_floods -- --nocapture`
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -355,7 +357,10 @@ async fn http_status(addr: SocketAddr, path: &str) -> Option<(u16, Duration)> {
 async fn connection_floods_do_not_take_the_node_offline() {
     // The flood's own sockets: this process needs more than the node gets.
     hearth_actors::limits::raise_nofile_limit();
-    let hearth = hearth_tests::workspace_bin("hearth");
+    // HEARTH_BIN=target/release/hearth measures a release node (BENCHMARKS.md).
+    let hearth = std::env::var_os("HEARTH_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| hearth_tests::workspace_bin("hearth"));
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")

@@ -1,6 +1,7 @@
 //! `hearth-loadgen` against a real node process: a short run of 20 meetings of 3, over
 //! signaling and real WebRTC, must carry media with under 1% loss, and its JSON report must
-//! have every field. Both binaries come from `cargo build --workspace`.
+//! have every field; and `--reconnect` against an in-process node whose participant actor
+//! is killed. The binaries come from `cargo build --workspace`.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -102,4 +103,188 @@ async fn a_short_run_carries_media_and_reports_every_field() {
     assert!(stdout.contains("added latency"), "{stdout}");
     let _ = node.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--reconnect` against an in-process node: one participant's actor is made to fail (the
+/// drill hook), its simulated participant is told to reconnect, joins again with the same
+/// identity and gets media again; the report counts exactly that one disconnect and return,
+/// and no other participant noticed anything (no error, no gap in anyone else's media).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_participant_comes_back_and_nobody_else_notices() {
+    let server = hearth_tests::TestServer::start().await;
+    let dir = std::env::temp_dir().join(format!(
+        "hearth-loadgen-reconnect-{}",
+        server.server.http_addr.port()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let json = dir.join("report.json");
+    let run = Command::new(bin("hearth-loadgen"))
+        .args(["--url", &format!("http://{}", server.server.http_addr)])
+        .args([
+            "--api-key",
+            hearth_tests::API_KEY,
+            "--api-secret",
+            hearth_tests::API_SECRET,
+        ])
+        .args(["--meetings", "2", "--participants", "3", "--speakers", "1"])
+        .args(["--ramp", "30", "--duration", "12s", "--reconnect"])
+        .arg("--json")
+        .arg(&json)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("loadgen starts");
+    // Everyone joined and publishes, and media flows (bounded polling).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (meeting, victim) = loop {
+        let meetings = server.node().meetings().await;
+        let publishing = meetings
+            .iter()
+            .flat_map(|m| &m.participants)
+            .filter(|p| !p.info.tracks.is_empty())
+            .count();
+        if meetings.len() == 2 && publishing == 6 {
+            let m = &meetings[0];
+            break (m.id.as_str().to_owned(), m.participants[0].info.clone());
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the 6 participants never all published"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // 6 receivers x 2 streams x 50 packets/s: about 2 s of media.
+    server
+        .wait_metric(
+            "hearth_media_packets_out_total",
+            Duration::from_secs(20),
+            |v| v > 1200.0,
+        )
+        .await;
+    assert!(server.inject_participant_fault(&meeting, victim.id.as_str()));
+    // It is back: the same identity, a new participant id, publishing again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let back = server
+            .node()
+            .meetings()
+            .await
+            .into_iter()
+            .filter(|m| m.id.as_str() == meeting)
+            .flat_map(|m| m.participants)
+            .any(|p| {
+                p.info.identity == victim.identity
+                    && p.info.id != victim.id
+                    && !p.info.tracks.is_empty()
+            });
+        if back {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never rejoined",
+            victim.identity
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), run.wait_with_output())
+        .await
+        .expect("the run ends in time")
+        .expect("loadgen runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let text = std::fs::read_to_string(&json)
+        .unwrap_or_else(|e| panic!("no JSON report ({e}):\n{stdout}\n{stderr}"));
+    let r: serde_json::Value = serde_json::from_str(&text).expect("the report is JSON");
+    let rc = &r["reconnect"];
+    assert_eq!(rc["participants_disconnected"], 1, "{stdout}\n{stderr}");
+    assert_eq!(rc["disconnects"], 1, "{stdout}");
+    assert_eq!(rc["reconnects"], 1, "{stdout}");
+    assert_eq!(rc["not_back"], 0, "{stdout}");
+    assert_eq!(rc["others_noticed"], 0, "bystanders noticed: {stdout}");
+    assert_eq!(rc["time_back_ms"]["count"], 1);
+    let back_ms = rc["time_back_ms"]["max"].as_f64().unwrap_or(0.0);
+    assert!(back_ms > 0.0 && back_ms < 5000.0, "time back {back_ms} ms");
+    assert_eq!(r["errors"]["RECONNECT"], 1, "{stdout}");
+    assert_eq!(r["participants_joined"], 6, "rejoins are not new joins");
+    assert_eq!(r["slo"]["reconnect_ok"], true, "{stdout}");
+    assert!(stdout.contains("time back"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+    server.shutdown().await;
+}
+
+/// `--chaos-every` against an in-process node: the load generator itself finds actors of
+/// its run in the supervision tree and kills them over gRPC (`AdminService.KillActor`);
+/// every kill's participants come back, and no bystander notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_kills_only_disturb_the_killed_actors_participants() {
+    let server = hearth_tests::TestServer::start().await;
+    let dir = std::env::temp_dir().join(format!(
+        "hearth-loadgen-chaos-{}",
+        server.server.http_addr.port()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let json = dir.join("report.json");
+    // Kills 3 s into the hold and every 3 s after, while a kill's 5 s window fits in the
+    // 12 s hold: two kills, one of each kind at most (the kind is drawn per kill).
+    let run = Command::new(bin("hearth-loadgen"))
+        .args(["--url", &format!("http://{}", server.server.http_addr)])
+        .args([
+            "--api-key",
+            hearth_tests::API_KEY,
+            "--api-secret",
+            hearth_tests::API_SECRET,
+        ])
+        .args(["--meetings", "3", "--participants", "3", "--speakers", "1"])
+        .args(["--ramp", "30", "--duration", "12s", "--reconnect"])
+        .args([
+            "--chaos-every",
+            "3s",
+            "--chaos-kinds",
+            "participant,meeting",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("the run ends in time")
+        .expect("loadgen runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let text = std::fs::read_to_string(&json)
+        .unwrap_or_else(|e| panic!("no JSON report ({e}):\n{stdout}\n{stderr}"));
+    let r: serde_json::Value = serde_json::from_str(&text).expect("the report is JSON");
+    let chaos = &r["chaos"];
+    assert_eq!(chaos["kills"], 2, "{stdout}\n{stderr}");
+    assert_eq!(chaos["failed_kills"], 0, "{stdout}\n{stderr}");
+    assert_eq!(chaos["bystanders_noticed"], 0, "{stdout}");
+    assert_eq!(chaos["affected_not_back"], 0, "{stdout}");
+    let kills = chaos["per_kill"].as_array().expect("per-kill records");
+    let mut affected = 0;
+    for k in kills {
+        let n = k["affected"].as_array().map_or(0, Vec::len);
+        match k["kind"].as_str() {
+            Some("participant") => assert_eq!(n, 1, "{k}"),
+            Some("meeting") => assert_eq!(n, 3, "{k}"),
+            other => panic!("unexpected kind {other:?}"),
+        }
+        assert_eq!(k["affected_noticed"].as_u64(), Some(n as u64), "{k}");
+        assert!(k["all_back_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{k}");
+        affected += n;
+    }
+    // Every affected participant lost its session once and came back; nobody else did.
+    let rc = &r["reconnect"];
+    assert_eq!(rc["disconnects"], affected, "{stdout}");
+    assert_eq!(rc["reconnects"], rc["disconnects"], "{stdout}");
+    assert_eq!(rc["not_back"], 0, "{stdout}");
+    assert_eq!(rc["others_noticed"], 0, "{stdout}");
+    assert_eq!(r["slo"]["reconnect_ok"], true, "{stdout}");
+    assert!(stdout.contains("bystanders"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+    server.shutdown().await;
 }
