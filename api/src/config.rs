@@ -154,6 +154,12 @@ pub struct TurnArgs {
     /// Allocations per user at most [default: 100].
     #[arg(long, env = "HEARTH_TURN_MAX_ALLOCATIONS_PER_USER", value_name = "N")]
     pub turn_max_allocations_per_user: Option<usize>,
+    /// TURN over TCP/TLS: connections open at once per listener [default: 10000].
+    #[arg(long, env = "HEARTH_TURN_MAX_CONNECTIONS", value_name = "N")]
+    pub turn_max_connections: Option<usize>,
+    /// TURN over TCP/TLS: connections open at once from one address [default: 128].
+    #[arg(long, env = "HEARTH_TURN_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub turn_max_connections_per_ip: Option<usize>,
     /// Bandwidth per allocation and direction in bytes/s, with k/M/G suffixes allowed
     /// [default: 0, unlimited].
     #[arg(long, env = "HEARTH_TURN_BANDWIDTH", value_name = "BYTES_PER_SEC")]
@@ -254,6 +260,8 @@ pub struct FileTurn {
     pub tls_port: Option<u16>,
     pub max_allocations: Option<usize>,
     pub max_allocations_per_user: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
     pub bandwidth: Option<String>,
 }
 
@@ -551,6 +559,21 @@ fn resolve_turn(
         .or(file.secret.clone())
         .or_else(|| (!turn_only).then(|| hearth_actors::ids::random_string(32)));
     let defaults = TurnConfig::default();
+    let stream_limits = hearth_actors::limits::GateLimits {
+        max_connections: args
+            .turn_max_connections
+            .or(file.max_connections)
+            .unwrap_or(defaults.stream_limits.max_connections),
+        max_per_source: args
+            .turn_max_connections_per_ip
+            .or(file.max_connections_per_ip)
+            .unwrap_or(defaults.stream_limits.max_per_source),
+    };
+    if stream_limits.max_connections == 0 || stream_limits.max_per_source == 0 {
+        return Err(ConfigError::Invalid(
+            "turn max_connections and max_connections_per_ip must be at least 1".into(),
+        ));
+    }
     Ok(Some(TurnConfig {
         listen: SocketAddr::new(bind, port),
         tls,
@@ -575,6 +598,7 @@ fn resolve_turn(
             .or(file.max_allocations_per_user)
             .unwrap_or(defaults.max_allocations_per_user),
         bandwidth,
+        stream_limits,
         ..defaults
     }))
 }
