@@ -101,6 +101,9 @@ pub struct ServeArgs {
     /// Time a client has to send an HTTP request's headers, e.g. 10s [default: 10s].
     #[arg(long, env = "HEARTH_HEADER_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub header_timeout: Option<Duration>,
+    /// Time a new connection may stay silent before it is closed, e.g. 60s [default: 60s].
+    #[arg(long, env = "HEARTH_FIRST_BYTE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub first_byte_timeout: Option<Duration>,
     #[command(flatten)]
     pub turn: TurnArgs,
 }
@@ -175,9 +178,9 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, Args)]
 pub struct TokenArgs {
-    /// Meeting the token is for.
+    /// Meeting the token is for; without it (and with --admin) a node-wide admin token.
     #[arg(long)]
-    pub meeting: String,
+    pub meeting: Option<String>,
     /// The participant's identity (your application's user id).
     #[arg(long)]
     pub identity: String,
@@ -233,6 +236,7 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
     pub header_timeout: Option<String>,
+    pub first_byte_timeout: Option<String>,
     /// API keys: `key = "secret"`.
     #[serde(default)]
     pub keys: BTreeMap<String, String>,
@@ -432,7 +436,19 @@ pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
         }
         (None, None) => defaults.header_timeout,
     };
+    let first_byte_timeout = match (&args.first_byte_timeout, &file.first_byte_timeout) {
+        (Some(d), _) => *d,
+        (None, Some(s)) => parse_duration(s)
+            .map_err(|e| ConfigError::Invalid(format!("first_byte_timeout: {e}")))?,
+        (None, None) => defaults.first_byte_timeout,
+    };
+    if first_byte_timeout.is_zero() || first_byte_timeout > Duration::from_secs(3600) {
+        return Err(ConfigError::Invalid(
+            "first_byte_timeout must be between 1ms and 1h".into(),
+        ));
+    }
     let http_limits = HttpLimits {
+        first_byte_timeout,
         max_connections: args
             .max_connections
             .or(file.max_connections)

@@ -4,10 +4,12 @@
 //!
 //! - Admission through a [`ConnGate`]: caps in total and per source address, the process's
 //!   open-file budget; a refused connection gets a one-line 503 and is closed at once.
-//! - A deadline for the first request (`header_timeout`): it covers the bytes before HTTP/1
-//!   headers or the HTTP/2 preface, which hyper's own header timer does not see; after the
-//!   first request hyper's timer covers every next request's headers, so an idle HTTP/1
-//!   keep-alive connection closes after the same time.
+//! - A deadline for a silent connection's first byte (`first_byte_timeout`, 60 s: gRPC
+//!   channels connect eagerly and say nothing until their first call), and for request
+//!   headers once bytes flow (`header_timeout`, hyper's own timer, which also closes an idle
+//!   HTTP/1 keep-alive connection). An HTTP/2 connection may idle (keep-alive pings close a
+//!   dead peer). Until its first request a connection is unproven, so the gate evicts it
+//!   first when the listener is full: silent floods churn among themselves.
 //! - A connection is *unproven* until its first request arrives (for `/v1/signal`, until the
 //!   participant's `join` is accepted): the gate evicts the oldest unproven connection when
 //!   the listener is full, so a flood of silent connections cannot lock out `/readyz`.
@@ -39,6 +41,10 @@ pub struct HttpLimits {
     /// Time for a connection's request headers (the first ones, and each next one on a
     /// kept-alive HTTP/1 connection).
     pub header_timeout: Duration,
+    /// Time a new connection may stay silent (no byte at all). Longer than `header_timeout`:
+    /// gRPC channels connect eagerly and may say nothing until their first call; under
+    /// pressure silent connections are evicted first anyway.
+    pub first_byte_timeout: Duration,
     /// HTTP/2 streams open at once per connection.
     pub h2_max_streams: u32,
     /// HTTP/2 header list size in bytes.
@@ -51,6 +57,7 @@ impl Default for HttpLimits {
             max_connections: 10_000,
             max_per_source: 256,
             header_timeout: Duration::from_secs(10),
+            first_byte_timeout: Duration::from_secs(60),
             h2_max_streams: 256,
             h2_max_header_list: 16 * 1024,
         }
@@ -138,7 +145,7 @@ pub async fn serve(
             app: app.clone(),
             builder: Arc::clone(&builder),
             gate: Arc::clone(&gate),
-            header_timeout: limits.header_timeout,
+            first_byte_timeout: limits.first_byte_timeout,
             shutdown: shutdown.clone(),
             _alive: alive.clone(),
         };
@@ -152,7 +159,7 @@ struct Connection {
     app: Router,
     builder: Arc<auto::Builder<TokioExecutor>>,
     gate: Arc<ConnGate>,
-    header_timeout: Duration,
+    first_byte_timeout: Duration,
     shutdown: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
 }
@@ -179,11 +186,16 @@ impl Connection {
                 app.clone().oneshot(req.map(Body::new))
             })
         };
+        let spoke = Arc::new(AtomicBool::new(false));
+        let stream = FirstBytes {
+            inner: stream,
+            spoke: Arc::clone(&spoke),
+        };
         let conn = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service);
         tokio::pin!(conn);
-        let first_deadline = tokio::time::sleep(self.header_timeout);
+        let first_deadline = tokio::time::sleep(self.first_byte_timeout);
         tokio::pin!(first_deadline);
         let mut draining = false;
         loop {
@@ -196,8 +208,12 @@ impl Connection {
                     }
                     break;
                 }
-                _ = &mut first_deadline, if !first_request.load(Ordering::Acquire) => {
-                    self.gate.count_closed("header_timeout");
+                // Silence from the start: closed at the deadline. Once bytes came, hyper's
+                // own timer covers HTTP/1 headers, and an HTTP/2 client (a gRPC channel that
+                // connects eagerly and calls later) may idle with its preface sent; it stays
+                // evictable until its first request.
+                _ = &mut first_deadline, if !spoke.load(Ordering::Acquire) => {
+                    self.gate.count_closed("silent");
                     break;
                 }
                 _ = permit.evicted(), if !first_request.load(Ordering::Acquire) => break,
@@ -207,5 +223,63 @@ impl Connection {
                 }
             }
         }
+    }
+}
+
+/// The TCP stream, noting whether the client has sent anything yet.
+struct FirstBytes {
+    inner: tokio::net::TcpStream,
+    spoke: Arc<AtomicBool>,
+}
+
+impl tokio::io::AsyncRead for FirstBytes {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before && !this.spoke.load(Ordering::Relaxed) {
+            this.spoke.store(true, Ordering::Release);
+        }
+        result
+    }
+}
+
+impl tokio::io::AsyncWrite for FirstBytes {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

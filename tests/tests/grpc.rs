@@ -1241,8 +1241,9 @@ async fn grpc_health_answers_serving() {
     server.shutdown().await;
 }
 
-/// A gRPC client's connection outlives quiet spells longer than the header deadline (the
-/// deadline is for HTTP/1 headers and a connection's first request, not for idle HTTP/2).
+/// A gRPC client's connection outlives quiet spells longer than the header deadline, before
+/// its first call (channels connect eagerly) and between calls: the deadline is for a silent
+/// connection and for HTTP/1 headers, not for an idle HTTP/2 connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_grpc_connection_stays_open() {
     let server = TestServer::start_with(|c| {
@@ -1253,11 +1254,13 @@ async fn an_idle_grpc_connection_stays_open() {
     let opened = server
         .metric(r#"hearth_connections{listener="http"}"#)
         .await;
+    // Idleness is the stimulus: three header deadlines before the first call...
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     api.admin()
         .stats(api.req(pb::StatsRequest {}))
         .await
-        .expect("first call");
-    // Idleness is the stimulus here: three header deadlines of silence.
+        .expect("first call, on the eagerly opened connection");
+    // ... and between calls.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     api.admin()
         .stats(api.req(pb::StatsRequest {}))
@@ -1269,6 +1272,16 @@ async fn an_idle_grpc_connection_stays_open() {
             .await,
         opened,
         "the client had to reconnect"
+    );
+    assert_eq!(
+        server
+            .metric_opt(
+                r#"hearth_connections_closed_total{listener="http",reason="header_timeout"}"#
+            )
+            .await
+            .unwrap_or(0.0),
+        0.0,
+        "the node closed the idle gRPC connection"
     );
     server.shutdown().await;
 }

@@ -371,7 +371,7 @@ async fn connection_floods_do_not_take_the_node_offline() {
         .arg(r#"ulimit -n 1024 && exec "$0" "$@""#)
         .arg(&hearth);
     let mut node = hearth_tests::node_args(&mut cmd, port, (API_KEY, API_SECRET), &data)
-        .args(["--header-timeout", "2s"])
+        .args(["--header-timeout", "2s", "--first-byte-timeout", "2s"])
         .spawn()
         .expect("the node starts");
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -535,7 +535,7 @@ async fn connection_floods_do_not_take_the_node_offline() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    for reason in ["per_source", "evicted_unproven", "header_timeout"] {
+    for reason in ["per_source", "evicted_unproven", "header_timeout", "silent"] {
         let refused = parse_metric(
             &metrics,
             &format!(r#"hearth_connections_refused_total{{listener="http",reason="{reason}"}}"#),
