@@ -43,7 +43,14 @@ fn mint(args: &TokenArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if hearth_actors::MeetingId::parse(&args.meeting).is_none() {
+    // No meeting (or an empty one) is an admin token for the whole node.
+    let meeting = args.meeting.as_deref().unwrap_or_default();
+    if meeting.is_empty() {
+        if !args.admin {
+            eprintln!("error: --meeting is required unless the token is an --admin token");
+            return ExitCode::from(2);
+        }
+    } else if hearth_actors::MeetingId::parse(meeting).is_none() {
         eprintln!("error: --meeting: 1 to 128 characters of A-Z a-z 0-9 . _ ~ -");
         return ExitCode::from(2);
     }
@@ -57,7 +64,7 @@ fn mint(args: &TokenArgs) -> ExitCode {
     let name = args.name.clone().unwrap_or_else(|| args.identity.clone());
     let claims = token::claims_for(
         &key,
-        &args.meeting,
+        meeting,
         &args.identity,
         &name,
         grants,
