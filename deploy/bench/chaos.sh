@@ -26,9 +26,10 @@
 # Needs release builds (cargo build --release --bin hearth --bin hearth-loadgen), taskset,
 # curl. Results: OUT_DIR/{chaos,restart}.{txt,json,progress} and OUT_DIR/hearth-*.log.
 # Exit status: 0 if every drill's SLO held (including "all back, no one else noticed").
-# The node inherits the environment: with RUST_BACKTRACE=1 its first killed actor (a panic)
-# symbolizes a backtrace, which on this 2-core machine stalled forwarding for everyone for
-# about 400 ms and added about 130 MB of RSS; run with RUST_BACKTRACE=0 to drill without it.
+# The first drills found that with RUST_BACKTRACE=1 (inherited by the node) the default
+# panic hook symbolized a backtrace on the killed actor's Tokio worker: about 400 ms of
+# stalled forwarding and 130 MB of RSS. `hearth` now installs its own one-line panic hook
+# (HEARTH_PANIC_BACKTRACE=1 for backtraces), so the drill runs with the shell's setting.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-target/bench-chaos}; shift || true
