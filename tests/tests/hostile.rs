@@ -572,3 +572,90 @@ fn clients_stats(clients: &[TestClient], ids: &[String]) -> PairStats {
 async fn fetch_metrics(addr: SocketAddr) -> String {
     hearth_tests::http_get(addr, "/metrics").await
 }
+
+/// HTTP/2 "rapid reset" (CVE-2023-44487): a client that opens streams and resets them at once,
+/// as fast as it can, loses its connection; everyone else is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_reset_flood_ends_that_connection_only() {
+    let server = TestServer::start().await;
+    let addr = server.server.http_addr;
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let driver = tokio::spawn(connection);
+    let mut sent = 0u32;
+    let mut refused = None;
+    for _ in 0..20_000 {
+        let request = http::Request::get(format!("http://{addr}/readyz"))
+            .body(())
+            .expect("a request");
+        let ready = match client.clone().ready().await {
+            Ok(ready) => ready,
+            Err(e) => {
+                refused = Some(e.to_string());
+                break;
+            }
+        };
+        client = ready;
+        match client.send_request(request, false) {
+            Ok((_response, mut stream)) => {
+                stream.send_reset(h2::Reason::CANCEL);
+                sent += 1;
+            }
+            Err(e) => {
+                refused = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("the node ended the flooding connection");
+    eprintln!("reset flood: connection ended after {sent} resets: {refused}");
+    assert!(sent < 20_000);
+    let ended = tokio::time::timeout(T, driver)
+        .await
+        .expect("the connection ends");
+    assert!(
+        ended.map(|r| r.is_err()).unwrap_or(true),
+        "the node ends a flooding connection with an error (GOAWAY)"
+    );
+    // Everyone else: served as before.
+    assert_eq!(hearth_tests::http_get(addr, "/readyz").await, "ready");
+    server.shutdown().await;
+}
+
+/// An HTTP/1 keep-alive connection that goes quiet after a request is closed after the
+/// header deadline, not held forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http1_keep_alive_connection_is_closed() {
+    let server = TestServer::start_with(|c| {
+        c.http_limits.header_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(server.server.http_addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("send");
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(T, stream.read(&mut buf)).await {
+            Err(_) => panic!("the idle keep-alive connection was never closed"),
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let held = started.elapsed();
+    assert!(
+        held >= Duration::from_millis(400) && held < Duration::from_secs(5),
+        "closed after {held:?}"
+    );
+    server.shutdown().await;
+}
