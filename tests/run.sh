@@ -101,6 +101,20 @@ fi
 "$grpc_venv/bin/python" tests/grpc_python/grpc_interop.py target/debug/hearth
 # ---- end of gRPC interop ------------------------------------------------------------
 
+step "REST API: /v1/openapi.json through an independent OpenAPI 3.1 validator"
+# openapi-spec-validator (pinned in tests/rest_openapi/requirements.txt) in its own venv.
+rest_venv=target/rest-openapi-venv
+rest_req=tests/rest_openapi/requirements.txt
+if ! "$rest_venv/bin/python" -m pip --version >/dev/null 2>&1; then
+  rm -rf "$rest_venv"
+  python3 -m venv "$rest_venv"
+fi
+if ! cmp -s "$rest_req" "$rest_venv/requirements.installed"; then
+  "$rest_venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$rest_req"
+  cp "$rest_req" "$rest_venv/requirements.installed"
+fi
+"$rest_venv/bin/python" tests/rest_openapi/validate.py target/debug/hearth
+
 if [ "$quick" = 1 ]; then
   echo; echo "quick run: browser tests skipped"; exit 0
 fi

@@ -10,6 +10,7 @@ pub mod config;
 pub mod convert;
 pub mod grpc;
 pub mod listen;
+pub mod rest;
 pub mod server;
 pub mod signaling;
 pub mod token;

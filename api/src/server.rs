@@ -16,6 +16,7 @@ use hearth_actors::{Grants, Node, NodeConfig};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tower::ServiceExt;
 
 use crate::config::Config;
 use crate::listen::ConnInfo;
@@ -273,7 +274,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         )
     };
     let (app, grpc_task) = match grpc_listener {
-        None => (router(Arc::clone(&state)).merge(grpc), None),
+        None => (router_with_grpc(Arc::clone(&state), grpc), None),
         Some(listener) => {
             let task = tokio::spawn(crate::listen::serve(
                 listener,
@@ -303,8 +304,40 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     })
 }
 
-/// All HTTP routes.
+/// All HTTP routes: pages, signaling, probes, metrics and the REST API. A path no route
+/// serves gets a 404 and a method a path does not serve a 405, both problem+json.
 pub fn router(state: Arc<AppState>) -> Router {
+    routes(&state)
+        .fallback(crate::rest::not_found)
+        .with_state(state)
+}
+
+/// [`router`] with the gRPC services on the same port: a request goes to gRPC only if it is
+/// one (`content-type: application/grpc...`) and no HTTP route serves its path; anything
+/// else unknown is the HTTP 404.
+pub fn router_with_grpc(state: Arc<AppState>, grpc: Router) -> Router {
+    let dispatch = tower::service_fn(move |request: axum::extract::Request| {
+        let grpc = grpc.clone();
+        async move {
+            if is_grpc(&request) {
+                grpc.oneshot(request).await
+            } else {
+                Ok(crate::rest::not_found(request).await)
+            }
+        }
+    });
+    routes(&state).fallback_service(dispatch).with_state(state)
+}
+
+fn is_grpc(request: &axum::extract::Request) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
     let mut app = Router::new()
         .route("/", get(web::index))
         .route("/app.js", get(web::app_js))
@@ -316,7 +349,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     if state.config.dev {
         app = app.route("/v1/dev/token", get(dev_token));
     }
-    app.with_state(state)
+    app.merge(crate::rest::router(Arc::clone(state)))
+        .method_not_allowed_fallback(crate::rest::method_not_allowed)
 }
 
 async fn signal(

@@ -28,6 +28,8 @@ const PING_INTERVAL: Duration = Duration::from_secs(10);
 const RATE_PER_SEC: f64 = 50.0;
 const RATE_BURST: f64 = 200.0;
 const SIGNAL_QUEUE: usize = 1024;
+/// A client that takes no message for this long is gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames a socket may send before its join is accepted (pings, refused attempts).
 const MAX_FRAMES_BEFORE_JOIN: u32 = 32;
 
@@ -75,25 +77,31 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, conn: Option<ConnInfo>
                 let text = match frame {
                     Message::Text(t) => t,
                     Message::Binary(_) => {
-                        send_error(&mut tx, &SignalError::new(SignalErrorCode::MalformedMessage,
-                            "binary frames are not part of the protocol; send JSON text")).await;
+                        if !send_error(&mut tx, &SignalError::new(SignalErrorCode::MalformedMessage,
+                            "binary frames are not part of the protocol; send JSON text")).await {
+                            break "socket closed";
+                        }
                         continue;
                     }
                     Message::Close(_) => break "socket closed",
                     Message::Ping(_) | Message::Pong(_) => continue,
                 };
                 if !limiter.allow(Instant::now()) {
-                    send_error(&mut tx, &SignalError::new(SignalErrorCode::RateLimited,
-                        "more than 50 messages per second; message dropped")).await;
+                    if !send_error(&mut tx, &SignalError::new(SignalErrorCode::RateLimited,
+                        "more than 50 messages per second; message dropped")).await {
+                        break "socket closed";
+                    }
                     continue;
                 }
                 match convert::decode_client(text.as_str()) {
                     Ok(Incoming::Ping(ts)) => {
-                        send(&mut tx, S::Pong(pb::Pong { timestamp: ts })).await;
+                        if !send(&mut tx, S::Pong(pb::Pong { timestamp: ts })).await {
+                            break "socket closed";
+                        }
                     }
                     Ok(Incoming::Join(_)) => {
-                        send_error(&mut tx, &SignalError::new(SignalErrorCode::AlreadyJoined,
-                            "this socket has joined already")).await;
+                        if !send_error(&mut tx, &SignalError::new(SignalErrorCode::AlreadyJoined,
+                            "this socket has joined already")).await { break "socket closed"; }
                     }
                     Ok(Incoming::Signal(signal)) => {
                         let leaving = matches!(signal, ClientSignal::Leave);
@@ -107,7 +115,7 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, conn: Option<ConnInfo>
                             break "left";
                         }
                     }
-                    Err(e) => send_error(&mut tx, &e).await,
+                    Err(e) => if !send_error(&mut tx, &e).await { break "socket closed"; },
                 }
             }
             signal = signals.rx.recv() => {
@@ -288,15 +296,24 @@ pub fn authorize(state: &AppState, join: &pb::JoinRequest) -> Result<JoinRequest
     })
 }
 
+/// Sends one message; false when the socket is gone or the client has not taken a message
+/// for [`WRITE_TIMEOUT`] (a client that stops reading cannot hold its session, or the
+/// connection, forever).
 async fn send(tx: &mut Tx, msg: S) -> bool {
     let text = convert::encode(msg);
-    tx.send(Message::Text(Utf8Bytes::from(text))).await.is_ok()
+    match tokio::time::timeout(WRITE_TIMEOUT, tx.send(Message::Text(Utf8Bytes::from(text)))).await {
+        Ok(sent) => sent.is_ok(),
+        Err(_) => {
+            metrics::counter!("hearth_signal_write_timeouts_total").increment(1);
+            false
+        }
+    }
 }
 
-async fn send_error(tx: &mut Tx, e: &SignalError) {
+async fn send_error(tx: &mut Tx, e: &SignalError) -> bool {
     metrics::counter!("hearth_signal_errors_total", "code" => convert::error_code(e.code).as_str_name())
         .increment(1);
-    send(tx, convert::error_message(e)).await;
+    send(tx, convert::error_message(e)).await
 }
 
 /// Token bucket per socket.

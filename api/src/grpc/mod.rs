@@ -120,25 +120,29 @@ impl Caller {
 
 /// Checks the bearer token of a request: valid, signed by a known key, admin grant.
 pub fn authorize<T>(state: &AppState, request: &Request<T>) -> Result<Caller, Status> {
-    let result = authorize_metadata(state, request.metadata());
+    let value = request
+        .metadata()
+        .get("authorization")
+        .map(|v| v.as_encoded_bytes());
+    let result = authorize_header(state, value);
     if result.is_err() {
         metrics::counter!("hearth_grpc_auth_failures_total").increment(1);
     }
     result
 }
 
-fn authorize_metadata(
-    state: &AppState,
-    metadata: &tonic::metadata::MetadataMap,
-) -> Result<Caller, Status> {
-    let Some(value) = metadata.get("authorization") else {
+/// The one check of an `authorization: Bearer <token>` value, for gRPC metadata and REST
+/// headers alike: a valid token, signed by a known key, with the admin grant.
+pub fn authorize_header(state: &AppState, value: Option<&[u8]>) -> Result<Caller, Status> {
+    let Some(value) = value else {
         return Err(Status::unauthenticated(
-            "missing `authorization: Bearer <token>` metadata",
+            "missing `authorization: Bearer <token>`",
         ));
     };
-    let value = value
-        .to_str()
-        .map_err(|_| Status::unauthenticated("the authorization metadata is not ASCII"))?;
+    let value = std::str::from_utf8(value)
+        .ok()
+        .filter(|v| v.is_ascii())
+        .ok_or_else(|| Status::unauthenticated("the authorization value is not ASCII"))?;
     let token = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))

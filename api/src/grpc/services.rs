@@ -1,17 +1,18 @@
-//! MeetingService, ParticipantService, TokenService and EventService.
+//! MeetingService, ParticipantService, TokenService and EventService, and the operations
+//! behind them that the REST API ([`crate::rest`]) calls too.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::Stream;
-use hearth_actors::{Grants, MeetingSettings, ParticipantId, TrackId};
+use hearth_actors::{Grants, MeetingId, MeetingSettings, ParticipantId, TrackId};
 use hearth_proto::v1 as pb;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{authorize, authorize_meeting, convert, meeting_id, status};
+use super::{Caller, authorize, authorize_meeting, convert, meeting_id, status};
 use crate::server::AppState;
 use crate::token;
 
@@ -66,6 +67,245 @@ fn track_id(value: &str) -> Result<TrackId, Status> {
     Ok(TrackId::from_string(value))
 }
 
+// ----- Operations shared by the gRPC services and the REST API ------------------------------
+//
+// Both gateways authorize the caller, then call these: one implementation of each operation
+// (validation, the node call, the answer as a `hearth.v1` message).
+
+/// Starts an empty meeting.
+pub async fn create_meeting(
+    state: &AppState,
+    id: &MeetingId,
+    settings: Option<&pb::MeetingSettings>,
+) -> Result<pb::Meeting, Status> {
+    let settings = merge_settings(state.node.default_settings(), settings)?;
+    let snapshot = state
+        .node
+        .create_meeting(id, settings)
+        .await
+        .map_err(status)?;
+    Ok(convert::meeting(&snapshot, true))
+}
+
+/// One meeting with its participants.
+pub async fn get_meeting(state: &AppState, id: &MeetingId) -> Result<pb::Meeting, Status> {
+    let snapshot = state
+        .node
+        .meeting(id)
+        .await
+        .ok_or_else(|| Status::not_found(format!("meeting {id} not found")))?;
+    Ok(convert::meeting(&snapshot, true))
+}
+
+/// The live meetings in the caller's scope, sorted by name, without their participants: at
+/// most `limit` of them after `after`; the flag says whether more follow.
+pub async fn list_meetings(
+    state: &AppState,
+    caller: &Caller,
+    after: Option<&MeetingId>,
+    limit: usize,
+) -> (Vec<pb::Meeting>, bool) {
+    let mut ids: Vec<MeetingId> = state
+        .node
+        .meeting_ids()
+        .into_iter()
+        .filter(|id| after.is_none_or(|a| id > a))
+        .filter(|id| caller.may_manage(id.as_str()).is_ok())
+        .collect();
+    ids.sort();
+    let mut out = Vec::with_capacity(limit.min(ids.len()));
+    let mut more = false;
+    for id in ids {
+        if out.len() == limit {
+            more = true;
+            break;
+        }
+        // A meeting that ended since the ids were read is skipped.
+        if let Some(snapshot) = state.node.meeting(&id).await {
+            out.push(convert::meeting(&snapshot, false));
+        }
+    }
+    (out, more)
+}
+
+/// Ends a meeting now; returns how many participants it had.
+pub async fn end_meeting(state: &AppState, id: &MeetingId) -> Result<u32, Status> {
+    let n = state.node.end_meeting(id).await.map_err(status)?;
+    Ok(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// Changes a live meeting's settings; zero fields keep their current value.
+pub async fn update_meeting(
+    state: &AppState,
+    id: &MeetingId,
+    settings: Option<&pb::MeetingSettings>,
+) -> Result<pb::Meeting, Status> {
+    // Validate with the same rules as Create; zero keeps the current value.
+    let s = settings.cloned().unwrap_or_default();
+    merge_settings(state.node.default_settings(), Some(&s))?;
+    state
+        .node
+        .update_meeting(
+            id,
+            (s.max_participants > 0).then_some(s.max_participants as usize),
+            (s.empty_timeout_seconds > 0)
+                .then(|| Duration::from_secs(u64::from(s.empty_timeout_seconds))),
+        )
+        .await
+        .map_err(status)?;
+    get_meeting(state, id).await
+}
+
+/// Everyone in a meeting, in join order.
+pub async fn list_participants(
+    state: &AppState,
+    meeting: &MeetingId,
+) -> Result<Vec<pb::Participant>, Status> {
+    let snapshot = state
+        .node
+        .meeting(meeting)
+        .await
+        .ok_or_else(|| Status::not_found(format!("meeting {meeting} not found")))?;
+    Ok(snapshot
+        .participants
+        .iter()
+        .map(convert::participant)
+        .collect())
+}
+
+/// One participant.
+pub async fn get_participant(
+    state: &AppState,
+    meeting: &MeetingId,
+    participant: &str,
+) -> Result<pb::Participant, Status> {
+    let pid = participant_id(participant)?;
+    let view = state
+        .node
+        .participant(meeting, &pid)
+        .await
+        .map_err(status)?;
+    Ok(convert::participant(&view))
+}
+
+/// Removes a participant (it is told so and disconnected).
+pub async fn remove_participant(
+    state: &AppState,
+    meeting: &MeetingId,
+    participant: &str,
+) -> Result<(), Status> {
+    let pid = participant_id(participant)?;
+    state
+        .node
+        .remove_participant(meeting, &pid)
+        .await
+        .map_err(status)
+}
+
+/// Mutes or unmutes one of a participant's tracks for everyone.
+pub async fn mute_track(
+    state: &AppState,
+    meeting: &MeetingId,
+    participant: &str,
+    track: &str,
+    muted: bool,
+) -> Result<pb::Track, Status> {
+    let pid = participant_id(participant)?;
+    let track = track_id(track)?;
+    let info = state
+        .node
+        .mute_track(meeting, &pid, &track, muted)
+        .await
+        .map_err(status)?;
+    Ok(convert::track(pid.as_str(), &info))
+}
+
+/// Changes what a participant may do (both permissions are applied).
+pub async fn update_permissions(
+    state: &AppState,
+    meeting: &MeetingId,
+    participant: &str,
+    permissions: Option<pb::Permissions>,
+) -> Result<pb::Participant, Status> {
+    let pid = participant_id(participant)?;
+    let perms = permissions.ok_or_else(|| Status::invalid_argument("permissions: required"))?;
+    let view = state
+        .node
+        .update_permissions(meeting, &pid, perms.publish, perms.subscribe)
+        .await
+        .map_err(status)?;
+    Ok(convert::participant(&view))
+}
+
+/// Mints an access token signed with the caller's API key.
+pub fn mint_token(
+    state: &AppState,
+    caller: &Caller,
+    req: &pb::MintTokenRequest,
+) -> Result<pb::MintTokenResponse, Status> {
+    if !req.meeting.is_empty() {
+        meeting_id("meeting", &req.meeting)?;
+    }
+    caller.may_manage(&req.meeting)?;
+    let grants = match req.grants {
+        Some(g) => Grants {
+            join: g.join,
+            publish: g.publish,
+            subscribe: g.subscribe,
+            create: g.create,
+            admin: g.admin,
+        },
+        None => Grants::default(),
+    };
+    if req.meeting.is_empty() && !grants.admin {
+        return Err(Status::invalid_argument(
+            "meeting: required unless the token is an admin token",
+        ));
+    }
+    if req.identity.is_empty() || req.identity.len() > 256 {
+        return Err(Status::invalid_argument("identity: 1 to 256 bytes"));
+    }
+    if req.name.len() > 256 {
+        return Err(Status::invalid_argument("name: at most 256 bytes"));
+    }
+    let ttl = match req.ttl_seconds {
+        0 => Duration::from_secs(3600),
+        s => Duration::from_secs(u64::from(s)),
+    };
+    if ttl > MAX_TTL {
+        return Err(Status::invalid_argument("ttl_seconds: at most 30 days"));
+    }
+    let secret = state
+        .keys
+        .secret(&caller.claims.iss)
+        .ok_or_else(|| Status::unauthenticated("the token's API key is gone"))?;
+    let now = SystemTime::now();
+    let name = if req.name.is_empty() {
+        req.identity.clone()
+    } else {
+        req.name.clone()
+    };
+    let mut claims = token::claims_for(
+        &caller.claims.iss,
+        &req.meeting,
+        &req.identity,
+        &name,
+        grants,
+        now,
+        ttl,
+    );
+    // A minted token never outlives the token that minted it: otherwise a short-lived
+    // admin token could mint itself a month-long successor.
+    claims.exp = claims.exp.min(caller.claims.exp);
+    let expires_at = UNIX_EPOCH + Duration::from_secs(claims.exp);
+    Ok(pb::MintTokenResponse {
+        token: token::mint(&claims, secret),
+        expires_at: Some(convert::timestamp(expires_at)),
+    })
+}
+
+// ----- The gRPC services ---------------------------------------------------------------------
+
 #[tonic::async_trait]
 impl pb::meeting_service_server::MeetingService for Meetings {
     async fn create(
@@ -74,14 +314,8 @@ impl pb::meeting_service_server::MeetingService for Meetings {
     ) -> Result<Response<pb::Meeting>, Status> {
         let id = authorize_meeting(&self.0, &request, "id", &request.get_ref().id)?;
         let req = request.into_inner();
-        let settings = merge_settings(self.0.node.default_settings(), req.settings.as_ref())?;
-        let snapshot = self
-            .0
-            .node
-            .create_meeting(&id, settings)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(convert::meeting(&snapshot, true)))
+        let meeting = create_meeting(&self.0, &id, req.settings.as_ref()).await?;
+        Ok(Response::new(meeting))
     }
 
     async fn get(
@@ -89,13 +323,7 @@ impl pb::meeting_service_server::MeetingService for Meetings {
         request: Request<pb::GetMeetingRequest>,
     ) -> Result<Response<pb::Meeting>, Status> {
         let id = authorize_meeting(&self.0, &request, "id", &request.get_ref().id)?;
-        let snapshot = self
-            .0
-            .node
-            .meeting(&id)
-            .await
-            .ok_or_else(|| Status::not_found(format!("meeting {id} not found")))?;
-        Ok(Response::new(convert::meeting(&snapshot, true)))
+        Ok(Response::new(get_meeting(&self.0, &id).await?))
     }
 
     async fn list(
@@ -103,15 +331,7 @@ impl pb::meeting_service_server::MeetingService for Meetings {
         request: Request<pb::ListMeetingsRequest>,
     ) -> Result<Response<pb::ListMeetingsResponse>, Status> {
         let caller = authorize(&self.0, &request)?;
-        let meetings = self
-            .0
-            .node
-            .meetings()
-            .await
-            .iter()
-            .filter(|m| caller.may_manage(m.id.as_str()).is_ok())
-            .map(|m| convert::meeting(m, false))
-            .collect();
+        let (meetings, _) = list_meetings(&self.0, &caller, None, usize::MAX).await;
         Ok(Response::new(pb::ListMeetingsResponse { meetings }))
     }
 
@@ -120,10 +340,8 @@ impl pb::meeting_service_server::MeetingService for Meetings {
         request: Request<pb::EndMeetingRequest>,
     ) -> Result<Response<pb::EndMeetingResponse>, Status> {
         let id = authorize_meeting(&self.0, &request, "id", &request.get_ref().id)?;
-        let n = self.0.node.end_meeting(&id).await.map_err(status)?;
-        Ok(Response::new(pb::EndMeetingResponse {
-            participants: u32::try_from(n).unwrap_or(u32::MAX),
-        }))
+        let participants = end_meeting(&self.0, &id).await?;
+        Ok(Response::new(pb::EndMeetingResponse { participants }))
     }
 
     async fn update(
@@ -132,26 +350,8 @@ impl pb::meeting_service_server::MeetingService for Meetings {
     ) -> Result<Response<pb::Meeting>, Status> {
         let id = authorize_meeting(&self.0, &request, "id", &request.get_ref().id)?;
         let req = request.into_inner();
-        // Validate with the same rules as Create; zero keeps the current value.
-        let s = req.settings.unwrap_or_default();
-        merge_settings(self.0.node.default_settings(), Some(&s))?;
-        self.0
-            .node
-            .update_meeting(
-                &id,
-                (s.max_participants > 0).then_some(s.max_participants as usize),
-                (s.empty_timeout_seconds > 0)
-                    .then(|| Duration::from_secs(u64::from(s.empty_timeout_seconds))),
-            )
-            .await
-            .map_err(status)?;
-        let snapshot = self
-            .0
-            .node
-            .meeting(&id)
-            .await
-            .ok_or_else(|| Status::not_found(format!("meeting {id} not found")))?;
-        Ok(Response::new(convert::meeting(&snapshot, true)))
+        let meeting = update_meeting(&self.0, &id, req.settings.as_ref()).await?;
+        Ok(Response::new(meeting))
     }
 }
 
@@ -162,18 +362,8 @@ impl pb::participant_service_server::ParticipantService for Participants {
         request: Request<pb::ListParticipantsRequest>,
     ) -> Result<Response<pb::ListParticipantsResponse>, Status> {
         let id = authorize_meeting(&self.0, &request, "meeting", &request.get_ref().meeting)?;
-        let snapshot = self
-            .0
-            .node
-            .meeting(&id)
-            .await
-            .ok_or_else(|| Status::not_found(format!("meeting {id} not found")))?;
         Ok(Response::new(pb::ListParticipantsResponse {
-            participants: snapshot
-                .participants
-                .iter()
-                .map(convert::participant)
-                .collect(),
+            participants: list_participants(&self.0, &id).await?,
         }))
     }
 
@@ -183,14 +373,8 @@ impl pb::participant_service_server::ParticipantService for Participants {
     ) -> Result<Response<pb::Participant>, Status> {
         let meeting = authorize_meeting(&self.0, &request, "meeting", &request.get_ref().meeting)?;
         let req = request.into_inner();
-        let pid = participant_id(&req.participant_id)?;
-        let view = self
-            .0
-            .node
-            .participant(&meeting, &pid)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(convert::participant(&view)))
+        let participant = get_participant(&self.0, &meeting, &req.participant_id).await?;
+        Ok(Response::new(participant))
     }
 
     async fn remove(
@@ -199,12 +383,7 @@ impl pb::participant_service_server::ParticipantService for Participants {
     ) -> Result<Response<pb::RemoveParticipantResponse>, Status> {
         let meeting = authorize_meeting(&self.0, &request, "meeting", &request.get_ref().meeting)?;
         let req = request.into_inner();
-        let pid = participant_id(&req.participant_id)?;
-        self.0
-            .node
-            .remove_participant(&meeting, &pid)
-            .await
-            .map_err(status)?;
+        remove_participant(&self.0, &meeting, &req.participant_id).await?;
         Ok(Response::new(pb::RemoveParticipantResponse {}))
     }
 
@@ -214,15 +393,15 @@ impl pb::participant_service_server::ParticipantService for Participants {
     ) -> Result<Response<pb::Track>, Status> {
         let meeting = authorize_meeting(&self.0, &request, "meeting", &request.get_ref().meeting)?;
         let req = request.into_inner();
-        let pid = participant_id(&req.participant_id)?;
-        let track = track_id(&req.track_id)?;
-        let info = self
-            .0
-            .node
-            .mute_track(&meeting, &pid, &track, req.muted)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(convert::track(pid.as_str(), &info)))
+        let track = mute_track(
+            &self.0,
+            &meeting,
+            &req.participant_id,
+            &req.track_id,
+            req.muted,
+        )
+        .await?;
+        Ok(Response::new(track))
     }
 
     async fn update_permissions(
@@ -231,17 +410,9 @@ impl pb::participant_service_server::ParticipantService for Participants {
     ) -> Result<Response<pb::Participant>, Status> {
         let meeting = authorize_meeting(&self.0, &request, "meeting", &request.get_ref().meeting)?;
         let req = request.into_inner();
-        let pid = participant_id(&req.participant_id)?;
-        let perms = req
-            .permissions
-            .ok_or_else(|| Status::invalid_argument("permissions: required"))?;
-        let view = self
-            .0
-            .node
-            .update_permissions(&meeting, &pid, perms.publish, perms.subscribe)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(convert::participant(&view)))
+        let participant =
+            update_permissions(&self.0, &meeting, &req.participant_id, req.permissions).await?;
+        Ok(Response::new(participant))
     }
 }
 
@@ -252,67 +423,11 @@ impl pb::token_service_server::TokenService for Tokens {
         request: Request<pb::MintTokenRequest>,
     ) -> Result<Response<pb::MintTokenResponse>, Status> {
         let caller = authorize(&self.0, &request)?;
-        let req = request.into_inner();
-        if !req.meeting.is_empty() {
-            meeting_id("meeting", &req.meeting)?;
-        }
-        caller.may_manage(&req.meeting)?;
-        let grants = match req.grants {
-            Some(g) => Grants {
-                join: g.join,
-                publish: g.publish,
-                subscribe: g.subscribe,
-                create: g.create,
-                admin: g.admin,
-            },
-            None => Grants::default(),
-        };
-        if req.meeting.is_empty() && !grants.admin {
-            return Err(Status::invalid_argument(
-                "meeting: required unless the token is an admin token",
-            ));
-        }
-        if req.identity.is_empty() || req.identity.len() > 256 {
-            return Err(Status::invalid_argument("identity: 1 to 256 bytes"));
-        }
-        if req.name.len() > 256 {
-            return Err(Status::invalid_argument("name: at most 256 bytes"));
-        }
-        let ttl = match req.ttl_seconds {
-            0 => Duration::from_secs(3600),
-            s => Duration::from_secs(u64::from(s)),
-        };
-        if ttl > MAX_TTL {
-            return Err(Status::invalid_argument("ttl_seconds: at most 30 days"));
-        }
-        let secret = self
-            .0
-            .keys
-            .secret(&caller.claims.iss)
-            .ok_or_else(|| Status::unauthenticated("the token's API key is gone"))?;
-        let now = SystemTime::now();
-        let name = if req.name.is_empty() {
-            req.identity.clone()
-        } else {
-            req.name.clone()
-        };
-        let mut claims = token::claims_for(
-            &caller.claims.iss,
-            &req.meeting,
-            &req.identity,
-            &name,
-            grants,
-            now,
-            ttl,
-        );
-        // A minted token never outlives the token that minted it: otherwise a short-lived
-        // admin token could mint itself a month-long successor.
-        claims.exp = claims.exp.min(caller.claims.exp);
-        let expires_at = UNIX_EPOCH + Duration::from_secs(claims.exp);
-        Ok(Response::new(pb::MintTokenResponse {
-            token: token::mint(&claims, secret),
-            expires_at: Some(convert::timestamp(expires_at)),
-        }))
+        Ok(Response::new(mint_token(
+            &self.0,
+            &caller,
+            request.get_ref(),
+        )?))
     }
 }
 
