@@ -258,7 +258,24 @@ pub enum ServerSignal {
     /// The node is going away for maintenance: it accepts no new joins and ends this
     /// meeting at the latest after this long.
     NodeDraining(Duration),
+    /// A message from the app (the API) to the participants.
+    AppMessage(AppMessage),
 }
+
+/// A message the app sends to a meeting's participants (REST/gRPC), delivered over
+/// signaling.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AppMessage {
+    /// The message id (`MS_...`), the same for every recipient.
+    pub id: String,
+    pub text: String,
+    /// Who the app says it is from (a display name; empty: the app itself).
+    pub from: String,
+    pub sent_at: SystemTime,
+}
+
+/// Longest app message, in bytes.
+pub const MAX_APP_MESSAGE: usize = 4096;
 
 impl ServerSignal {
     /// True if the gateway should close the socket after sending this message.

@@ -135,6 +135,13 @@ pub enum MeetingMsg {
         subscribe: bool,
         reply: RpcReplyPort<Result<MemberView, ApiError>>,
     },
+    /// Deliver an app message to every participant, or to the named ones (API); replies
+    /// with the number of participants it reached, or the first unknown participant.
+    SendMessage {
+        message: crate::domain::AppMessage,
+        to: Vec<ParticipantId>,
+        reply: RpcReplyPort<Result<usize, ParticipantId>>,
+    },
     /// Change the meeting's settings (API); replies with the effective ones.
     UpdateSettings {
         max_participants: Option<usize>,
@@ -357,6 +364,9 @@ impl Actor for MeetingActor {
                 reply,
             } => {
                 let _ = reply.send(state.update_permissions(&participant, publish, subscribe));
+            }
+            MeetingMsg::SendMessage { message, to, reply } => {
+                let _ = reply.send(state.send_app_message(message, &to));
             }
             MeetingMsg::UpdateSettings {
                 max_participants,
@@ -939,6 +949,28 @@ impl MeetingState {
     }
 
     /// Changes a participant's publish and subscribe rights (API).
+    /// Delivers `message` to `to` (everyone when empty; virtual participants have no
+    /// signaling and are skipped). Nothing is sent if a named participant is unknown.
+    fn send_app_message(
+        &self,
+        message: crate::domain::AppMessage,
+        to: &[ParticipantId],
+    ) -> Result<usize, ParticipantId> {
+        if let Some(unknown) = to.iter().find(|p| !self.members.contains_key(*p)) {
+            return Err(unknown.clone());
+        }
+        let mut delivered = 0;
+        for member in self.members.values().filter(|m| !m.is_virtual) {
+            if to.is_empty() || to.contains(&member.info.id) {
+                member
+                    .signal
+                    .send(ServerSignal::AppMessage(message.clone()));
+                delivered += 1;
+            }
+        }
+        Ok(delivered)
+    }
+
     fn update_permissions(
         &mut self,
         participant: &ParticipantId,

@@ -1001,6 +1001,44 @@ impl Node {
         }
     }
 
+    /// Sends an app message to a meeting's participants (all, or the named ones); returns
+    /// how many it reached.
+    pub async fn send_message(
+        &self,
+        meeting: &MeetingId,
+        text: &str,
+        from: &str,
+        to: Vec<ParticipantId>,
+    ) -> Result<(crate::domain::AppMessage, usize), ApiError> {
+        if text.is_empty() || text.len() > crate::domain::MAX_APP_MESSAGE {
+            return Err(ApiError::Invalid(format!(
+                "text: 1 to {} bytes",
+                crate::domain::MAX_APP_MESSAGE
+            )));
+        }
+        if from.len() > 256 {
+            return Err(ApiError::Invalid("from: at most 256 bytes".into()));
+        }
+        if to.len() > 1000 {
+            return Err(ApiError::Invalid("to: at most 1000 participants".into()));
+        }
+        let record = self.record(meeting)?;
+        let message = crate::domain::AppMessage {
+            id: format!("MS_{}", crate::ids::random_string(12)),
+            text: text.to_owned(),
+            from: from.to_owned(),
+            sent_at: SystemTime::now(),
+        };
+        let delivered = ractor::call!(record.actor, |reply| MeetingMsg::SendMessage {
+            message: message.clone(),
+            to,
+            reply,
+        })
+        .map_err(|_| ApiError::NotFound(format!("meeting {meeting}")))?
+        .map_err(|p| ApiError::NotFound(format!("participant {p}")))?;
+        Ok((message, delivered))
+    }
+
     /// Mutes or unmutes a participant's track for everyone.
     pub async fn mute_track(
         &self,

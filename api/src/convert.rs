@@ -293,6 +293,16 @@ pub fn server_message(signal: ServerSignal) -> S {
         ServerSignal::NodeDraining(deadline) => S::NodeDraining(pb::NodeDraining {
             deadline_seconds: u32::try_from(deadline.as_secs()).unwrap_or(u32::MAX),
         }),
+        ServerSignal::AppMessage(m) => S::AppMessage(pb::AppMessage {
+            id: m.id,
+            text: m.text,
+            from: m.from,
+            sent_at_ms: m
+                .sent_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or(0),
+        }),
     }
 }
 

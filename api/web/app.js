@@ -22,7 +22,7 @@
     meetingInput: $('join-meeting'), nameInput: $('join-name'),
     tokenRow: $('token-row'), tokenInput: $('join-token'), tokenToggle: $('token-toggle'),
     meetingView: $('meeting-view'), grid: $('grid'), list: $('participant-list'),
-    count: $('participant-count'), mediaNote: $('media-note'),
+    count: $('participant-count'), mediaNote: $('media-note'), chat: $('chat-list'),
     micButton: $('mic-button'), cameraButton: $('camera-button'), leaveButton: $('leave-button'),
   };
 
@@ -190,8 +190,27 @@
     reconnect: (conn, m) => restart(m.reason || 'server asked to reconnect'),
     nodeDraining: (conn, m) => showNotice(
       `The server is going down for maintenance; this meeting ends within ${Math.ceil((m.deadlineSeconds || 0) / 60)} min.`),
+    appMessage: onAppMessage,
     pong: () => {},
   };
+
+  // A message from the app (REST/gRPC): appended to the chat panel, newest last, the
+  // panel bounded to the last CHAT_KEEP messages.
+  const CHAT_KEEP = 200;
+  const messages = [];
+  function onAppMessage(conn, m) {
+    const at = m.sentAtMs ? new Date(Number(m.sentAtMs)) : new Date();
+    const entry = { id: m.id || '', from: m.from || 'App', text: m.text || '', at };
+    messages.push(entry);
+    if (messages.length > CHAT_KEEP) messages.shift();
+    const time = at.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+    const item = el('li', 'chat-item',
+      el('span', 'chat-meta', `${entry.from} · ${time}`), el('span', 'chat-text', entry.text));
+    item.dataset.messageId = entry.id;
+    ui.chat.append(item);
+    while (ui.chat.children.length > CHAT_KEEP) ui.chat.firstElementChild.remove();
+    item.scrollIntoView({ block: 'nearest' });
+  }
 
   // JoinResponse: our id, the others with their tracks, ICE servers, ping interval.
   function onJoined(conn, m) {
@@ -706,6 +725,7 @@
       get lastError() { return lastError; },
       get activeSpeakers() { return activeSpeakers.slice(); },
       get participantId() { return selfId; },
+      get messages() { return messages.map((m) => ({ ...m, at: m.at.getTime() })); },
       stats, leave, setMicMuted, setCameraMuted, selectedCandidateTypes,
       // Test hook: closes the peer connection (DTLS close_notify) without a signaling leave.
       closeMediaOnly: () => { if (current && current.pc) current.pc.close(); },

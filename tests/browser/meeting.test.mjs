@@ -3,6 +3,7 @@
 //
 //   node tests/browser/meeting.test.mjs <path to hearth binary>
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { counter, launchBrowser, openParticipant, startServer, until } from './lib.mjs';
 
 const binary = process.argv[2] || 'target/debug/hearth';
@@ -93,6 +94,31 @@ try {
     await until(`${p.name} receives dave`, async () =>
       counter(await p.stats(), daveId, 'video', 'framesDecoded') > 0, 20000);
   }
+
+  // The app sends a message over REST (an admin token minted offline with the dev node's
+  // generated key pair); every page shows it in its chat panel, as text.
+  const out = server.output.join('');
+  const key = out.match(/API key\s+(\S+)/)?.[1];
+  const secret = out.match(/API secret\s+(\S+)/)?.[1];
+  assert.ok(key && secret, 'the dev node prints its generated key pair');
+  const admin = execFileSync(binary, ['token', '--admin', '--identity', 'e2e-app',
+    '--api-key', key, '--api-secret', secret], { encoding: 'utf8' }).trim().split('\n').pop();
+  const text = 'Break in 5 minutes <b>not bold</b>';
+  const res = await fetch(`${server.base}/v1/meetings/${MEETING}/messages`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${admin}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ text, from: 'Host' }),
+  });
+  assert.equal(res.status, 202, await res.clone().text());
+  assert.equal((await res.json()).delivered, 3);
+  for (const p of [alice, bob, dave]) {
+    await until(`${p.name} shows the message`, () => p.page.evaluate((t) => {
+      const items = [...document.querySelectorAll('#chat-list .chat-item')];
+      return items.some((li) => li.querySelector('.chat-text').textContent === t
+        && li.querySelector('b') === null && li.textContent.includes('Host'));
+    }, text));
+  }
+  log('app message shown in every chat panel');
 
   // The server's metrics agree: one meeting, three participants.
   const metrics = await (await fetch(`${server.base}/metrics`)).text();

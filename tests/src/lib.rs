@@ -527,6 +527,8 @@ pub struct ClientStats {
     /// Messages that did not decode as `ServerMessage`.
     pub protocol_errors: Vec<String>,
     pub reconnect: Option<String>,
+    /// Every `appMessage` (from the REST/gRPC messages call), in order.
+    pub app_messages: Vec<pb::AppMessage>,
     /// `nodeDraining`'s deadline in seconds, once the node said it drains.
     pub draining: Option<u32>,
     pub meeting_ended: Option<String>,
@@ -1759,6 +1761,10 @@ fn record_event(s: &mut ClientStats, me: &str, message: S) {
             s.events
                 .push(format!("nodeDraining {}", d.deadline_seconds));
             s.draining = Some(d.deadline_seconds);
+        }
+        S::AppMessage(m) => {
+            s.events.push(format!("appMessage {}", m.id));
+            s.app_messages.push(m);
         }
         S::Join(_) => s
             .protocol_errors

@@ -1285,3 +1285,39 @@ async fn an_idle_grpc_connection_stays_open() {
     );
     server.shutdown().await;
 }
+
+/// MeetingService.SendMessage: the same delivery as REST's messages endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_message_reaches_the_participants() {
+    let server = TestServer::start().await;
+    let api = Api::connect(&server).await;
+    let ada = TestClient::join(&server, "grpc-chat", "ada", ClientOptions::receive_only())
+        .await
+        .expect("ada");
+    let sent = api
+        .meetings()
+        .send_message(api.req(pb::SendMessageRequest {
+            meeting: "grpc-chat".into(),
+            text: "hello from the app".into(),
+            from: String::new(),
+            participant_ids: vec![ada.participant_id().into()],
+        }))
+        .await
+        .expect("SendMessage")
+        .into_inner();
+    assert_eq!(sent.delivered, 1);
+    let stats = ada
+        .wait_until("the message", T, |s| !s.app_messages.is_empty())
+        .await;
+    assert_eq!(stats.app_messages[0].id, sent.id);
+    assert_eq!(stats.app_messages[0].text, "hello from the app");
+    let empty = api
+        .meetings()
+        .send_message(api.req(pb::SendMessageRequest {
+            meeting: "grpc-chat".into(),
+            ..Default::default()
+        }))
+        .await;
+    assert_eq!(code(empty), Code::InvalidArgument);
+    server.shutdown().await;
+}

@@ -1035,3 +1035,107 @@ async fn a_request_past_its_deadline_gets_504() {
     serving.abort();
     server.shutdown().await;
 }
+
+/// `POST /v1/meetings/{id}/messages` reaches every participant over signaling, or only the
+/// named ones; a named participant who is not there means nobody gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_reach_the_participants_over_signaling() {
+    let server = TestServer::start().await;
+    let api = Api::admin(&server);
+    let ada = TestClient::join(&server, "chat", "ada", ClientOptions::receive_only())
+        .await
+        .expect("ada");
+    let bob = TestClient::join(&server, "chat", "bob", ClientOptions::receive_only())
+        .await
+        .expect("bob");
+
+    let sent = api
+        .json(
+            Method::POST,
+            "/v1/meetings/chat/messages",
+            json!({"text": "The meeting ends in 5 minutes.", "from": "Host"}),
+        )
+        .await;
+    let body = sent.ok(202).clone();
+    assert_eq!(body["delivered"], 2);
+    let id = body["id"].as_str().expect("an id").to_owned();
+    assert!(id.starts_with("MS_"), "{id}");
+    for client in [&ada, &bob] {
+        let stats = client
+            .wait_until("the app message", T, |s| !s.app_messages.is_empty())
+            .await;
+        let m = &stats.app_messages[0];
+        assert_eq!(
+            (m.id.as_str(), m.text.as_str(), m.from.as_str()),
+            (id.as_str(), "The meeting ends in 5 minutes.", "Host")
+        );
+        assert!(m.sent_at_ms > 0);
+    }
+
+    // Only to ada.
+    let only = api
+        .json(
+            Method::POST,
+            "/v1/meetings/chat/messages",
+            json!({"text": "just you", "to": [ada.participant_id()]}),
+        )
+        .await;
+    assert_eq!(only.ok(202)["delivered"], 1);
+    ada.wait_until("the second message", T, |s| s.app_messages.len() == 2)
+        .await;
+    assert_eq!(ada.stats().app_messages[1].from, "", "from the app itself");
+
+    // A named participant who is not there: 404, and nobody gets anything.
+    api.json(
+        Method::POST,
+        "/v1/meetings/chat/messages",
+        json!({"text": "lost", "to": [ada.participant_id(), "PA_nobodyhere0"]}),
+    )
+    .await
+    .problem(404, "NOT_FOUND");
+    // Refused bodies.
+    for (body, status, code) in [
+        (json!({"text": ""}), 400, "INVALID_ARGUMENT"),
+        (json!({"text": "x".repeat(4097)}), 400, "INVALID_ARGUMENT"),
+        (
+            json!({"text": "hi", "from": "x".repeat(257)}),
+            400,
+            "INVALID_ARGUMENT",
+        ),
+        (json!({"text": 5}), 400, "INVALID_ARGUMENT"),
+        (json!({"text": "hi", "unknown": 1}), 400, "INVALID_ARGUMENT"),
+    ] {
+        api.json(Method::POST, "/v1/meetings/chat/messages", body.clone())
+            .await
+            .problem(status, code);
+    }
+    api.json(
+        Method::POST,
+        "/v1/meetings/nomeeting/messages",
+        json!({"text": "hi"}),
+    )
+    .await
+    .problem(404, "NOT_FOUND");
+    // Only the messages that were accepted arrived: bob's one, ada's two. A last message
+    // to both is the marker that nothing refused slipped in before it.
+    api.json(
+        Method::POST,
+        "/v1/meetings/chat/messages",
+        json!({"text": "marker"}),
+    )
+    .await
+    .ok(202);
+    let bob_seen = bob
+        .wait_until("the marker", T, |s| {
+            s.app_messages.last().is_some_and(|m| m.text == "marker")
+        })
+        .await;
+    assert_eq!(bob_seen.app_messages.len(), 2);
+    let ada_seen = ada
+        .wait_until("the marker", T, |s| {
+            s.app_messages.last().is_some_and(|m| m.text == "marker")
+        })
+        .await;
+    assert_eq!(ada_seen.app_messages.len(), 3);
+    server.shutdown().await;
+}

@@ -156,6 +156,29 @@ pub async fn update_meeting(
     get_meeting(state, id).await
 }
 
+/// Sends an app message to a meeting's participants (all, or the named ones).
+pub async fn send_message(
+    state: &AppState,
+    meeting: &MeetingId,
+    text: &str,
+    from: &str,
+    to: &[String],
+) -> Result<pb::SendMessageResponse, Status> {
+    let to = to
+        .iter()
+        .map(|p| participant_id(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (message, delivered) = state
+        .node
+        .send_message(meeting, text, from, to)
+        .await
+        .map_err(status)?;
+    Ok(pb::SendMessageResponse {
+        id: message.id,
+        delivered: u32::try_from(delivered).unwrap_or(u32::MAX),
+    })
+}
+
 /// Everyone in a meeting, in join order.
 pub async fn list_participants(
     state: &AppState,
@@ -352,6 +375,16 @@ impl pb::meeting_service_server::MeetingService for Meetings {
         let req = request.into_inner();
         let meeting = update_meeting(&self.0, &id, req.settings.as_ref()).await?;
         Ok(Response::new(meeting))
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        let id = authorize_meeting(&self.0, &request, "meeting", &request.get_ref().meeting)?;
+        let req = request.into_inner();
+        let sent = send_message(&self.0, &id, &req.text, &req.from, &req.participant_ids).await?;
+        Ok(Response::new(sent))
     }
 }
 

@@ -79,6 +79,7 @@ fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(get_participant, remove_participant))
         .routes(routes!(update_track))
         .routes(routes!(set_permissions))
+        .routes(routes!(send_message))
         .routes(routes!(mint_token))
 }
 
@@ -516,6 +517,53 @@ async fn set_permissions(
     };
     let participant = services::update_permissions(&app, &id, &pid, Some(perms)).await?;
     Ok(axum::Json(participant.into()))
+}
+
+/// Send a message to the participants.
+///
+/// Delivered over signaling (`appMessage`) to everyone in the meeting, or only to the named
+/// participants; the web client shows it in its chat panel. If a named participant is not
+/// in the meeting, nobody gets it (404).
+#[utoipa::path(
+    post,
+    path = "/v1/meetings/{id}/messages",
+    tag = "meetings",
+    operation_id = "sendMessage",
+    params(("id" = String, Path, description = "The meeting's name.")),
+    request_body = SendMessage,
+    responses(
+        (status = 202, description = "Delivered to the participants' signaling queues.", body = SentMessage),
+        (status = 400, description = "Malformed request (empty or too long text, bad ids).", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No admin grant, or another meeting's token.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown meeting or participant.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than 64 KiB.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    )
+)]
+async fn send_message(
+    State(app): Shared,
+    auth: Auth,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<SendMessage>,
+) -> Result<(StatusCode, axum::Json<SentMessage>), Problem> {
+    let id = meeting_in_scope(&auth, &id)?;
+    let sent = services::send_message(
+        &app,
+        &id,
+        &body.text,
+        body.from.as_deref().unwrap_or_default(),
+        &body.to.unwrap_or_default(),
+    )
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(SentMessage {
+            id: sent.id,
+            delivered: sent.delivered,
+        }),
+    ))
 }
 
 // ----- Tokens --------------------------------------------------------------------------------

@@ -145,6 +145,34 @@ pub struct Grants {
     pub admin: bool,
 }
 
+/// `POST /v1/meetings/{id}/messages`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SendMessage {
+    /// The text (1 to 4096 bytes of UTF-8).
+    #[schema(
+        example = "The meeting ends in 5 minutes.",
+        min_length = 1,
+        max_length = 4096
+    )]
+    pub text: String,
+    /// Who it is from, as the participants see it (at most 256 bytes; absent: the app).
+    #[schema(example = "Host")]
+    pub from: Option<String>,
+    /// Only these participants (`PA_...`, at most 1000); absent or empty: everyone.
+    pub to: Option<Vec<String>>,
+}
+
+/// A message handed to the participants.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SentMessage {
+    /// The message id (`MS_...`), as the participants receive it.
+    pub id: String,
+    /// How many participants it was delivered to.
+    pub delivered: u32,
+}
+
 /// `POST /v1/tokens`.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
