@@ -88,32 +88,26 @@ if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/d
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv
 fi
-grpc_venv=target/grpc-venv
-grpc_req=tests/grpc_python/requirements.txt
-if ! "$grpc_venv/bin/python" -m pip --version >/dev/null 2>&1; then
-  rm -rf "$grpc_venv"
-  python3 -m venv "$grpc_venv"
-fi
-if ! cmp -s "$grpc_req" "$grpc_venv/requirements.installed"; then
-  "$grpc_venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$grpc_req"
-  cp "$grpc_req" "$grpc_venv/requirements.installed"
-fi
-"$grpc_venv/bin/python" tests/grpc_python/grpc_interop.py target/debug/hearth
+# A venv in target/ per pinned requirements file, reused while the file is unchanged.
+venv() { # dir requirements
+  local dir=$1 req=$2
+  if ! "$dir/bin/python" -m pip --version >/dev/null 2>&1; then
+    rm -rf "$dir"
+    python3 -m venv "$dir"
+  fi
+  if ! cmp -s "$req" "$dir/requirements.installed"; then
+    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
+    cp "$req" "$dir/requirements.installed"
+  fi
+}
+venv target/grpc-venv tests/grpc_python/requirements.txt
+target/grpc-venv/bin/python tests/grpc_python/grpc_interop.py target/debug/hearth
 # ---- end of gRPC interop ------------------------------------------------------------
 
 step "REST API: /v1/openapi.json through an independent OpenAPI 3.1 validator"
 # openapi-spec-validator (pinned in tests/rest_openapi/requirements.txt) in its own venv.
-rest_venv=target/rest-openapi-venv
-rest_req=tests/rest_openapi/requirements.txt
-if ! "$rest_venv/bin/python" -m pip --version >/dev/null 2>&1; then
-  rm -rf "$rest_venv"
-  python3 -m venv "$rest_venv"
-fi
-if ! cmp -s "$rest_req" "$rest_venv/requirements.installed"; then
-  "$rest_venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$rest_req"
-  cp "$rest_req" "$rest_venv/requirements.installed"
-fi
-"$rest_venv/bin/python" tests/rest_openapi/validate.py target/debug/hearth
+venv target/rest-openapi-venv tests/rest_openapi/requirements.txt
+target/rest-openapi-venv/bin/python tests/rest_openapi/validate.py target/debug/hearth
 
 if [ "$quick" = 1 ]; then
   echo; echo "quick run: browser tests skipped"; exit 0
