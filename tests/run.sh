@@ -109,6 +109,12 @@ step "REST API: /v1/openapi.json through an independent OpenAPI 3.1 validator"
 venv target/rest-openapi-venv tests/rest_openapi/requirements.txt
 target/rest-openapi-venv/bin/python tests/rest_openapi/validate.py target/debug/hearth
 
+step "REST API: a client generated from /v1/openapi.json (openapi-python-client) drives the main flows"
+target/rest-openapi-venv/bin/python tests/rest_openapi/generated_client.py target/debug/hearth
+
+step "REST API: property-based tests from /v1/openapi.json (schemathesis: no 5xx, responses match the document)"
+target/rest-openapi-venv/bin/python tests/rest_openapi/schemathesis_run.py target/debug/hearth
+
 if [ "$quick" = 1 ]; then
   echo; echo "quick run: browser tests skipped"; exit 0
 fi

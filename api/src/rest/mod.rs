@@ -198,6 +198,7 @@ struct ListParams {
         (status = 403, description = "No admin grant, or another meeting's token.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The meeting is live already (ALREADY_EXISTS), the node drains (FAILED_PRECONDITION), or the same Idempotency-Key is in flight (ABORTED).", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body larger than 64 KiB.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json`.", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Idempotency-Key reused with another request.", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait."))),
@@ -303,6 +304,7 @@ async fn get_meeting(
         (status = 403, description = "No admin grant, or another meeting's token.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "The meeting is not live.", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body larger than 64 KiB.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json`.", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait."))),
     )
@@ -464,6 +466,7 @@ async fn remove_participant(
         (status = 403, description = "No admin grant, or another meeting's token.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown meeting, participant or track.", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body larger than 64 KiB.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json`.", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait."))),
     )
@@ -500,6 +503,7 @@ async fn update_track(
         (status = 403, description = "No admin grant, or another meeting's token.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown meeting or participant.", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body larger than 64 KiB.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json`.", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait."))),
     )
@@ -538,6 +542,7 @@ async fn set_permissions(
         (status = 403, description = "No admin grant, or another meeting's token.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown meeting or participant.", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body larger than 64 KiB.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json`.", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait."))),
     )
@@ -585,6 +590,7 @@ async fn send_message(
         (status = 401, description = "No valid token.", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "No admin grant, or another meeting's token.", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body larger than 64 KiB.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json`.", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Idempotency-Key reused with another request.", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait."))),
