@@ -391,7 +391,7 @@ def run_checks(checks, server, m):
         svc = next((s for s in fd.service if s.name == "MeetingService"), None)
         assert svc is not None, f"{fd.name} has no MeetingService"
         methods = sorted(x.name for x in svc.method)
-        assert methods == ["Create", "End", "Get", "List", "Update"], f"methods {methods}"
+        assert methods == ["Create", "End", "Get", "List", "SendMessage", "Update"], f"methods {methods}"
 
     # 6. drain
     with checks.case("6 NodeInfo before Drain: not draining, one meeting"):
