@@ -103,6 +103,8 @@ pub struct ParticipantInfo {
 pub struct MeetingInfo {
     pub id: MeetingId,
     pub started_at: SystemTime,
+    /// The app's metadata of the meeting (API).
+    pub metadata: String,
 }
 
 /// An ICE candidate as carried by signaling.
@@ -260,6 +262,10 @@ pub enum ServerSignal {
     NodeDraining(Duration),
     /// A message from the app (the API) to the participants.
     AppMessage(AppMessage),
+    /// The app changed the meeting's metadata.
+    MeetingUpdated {
+        metadata: String,
+    },
 }
 
 /// A message the app sends to a meeting's participants (REST/gRPC), delivered over

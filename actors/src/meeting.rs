@@ -74,6 +74,8 @@ pub struct MeetingSnapshot {
     pub id: MeetingId,
     pub started_at: SystemTime,
     pub settings: MeetingSettings,
+    /// The app's metadata of the meeting.
+    pub metadata: String,
     /// Participants in join order.
     pub participants: Vec<MemberView>,
     pub actor: ActorId,
@@ -135,6 +137,8 @@ pub enum MeetingMsg {
         subscribe: bool,
         reply: RpcReplyPort<Result<MemberView, ApiError>>,
     },
+    /// The app changed the meeting's metadata (already in the record): tell everyone.
+    MetadataChanged(String),
     /// Deliver an app message to every participant, or to the named ones (API); replies
     /// with the number of participants it reached, or the first unknown participant.
     SendMessage {
@@ -365,6 +369,13 @@ impl Actor for MeetingActor {
             } => {
                 let _ = reply.send(state.update_permissions(&participant, publish, subscribe));
             }
+            MeetingMsg::MetadataChanged(metadata) => {
+                for member in state.members.values() {
+                    member.signal.send(ServerSignal::MeetingUpdated {
+                        metadata: metadata.clone(),
+                    });
+                }
+            }
             MeetingMsg::SendMessage { message, to, reply } => {
                 let _ = reply.send(state.send_app_message(message, &to));
             }
@@ -422,6 +433,7 @@ impl Actor for MeetingActor {
                     id: state.id.clone(),
                     started_at: state.started_at,
                     settings: state.settings,
+                    metadata: state.metadata(),
                     participants,
                     actor: myself.get_id(),
                 });
@@ -647,6 +659,7 @@ impl MeetingState {
                 meeting: MeetingInfo {
                     id: self.id.clone(),
                     started_at: self.started_at,
+                    metadata: self.metadata(),
                 },
                 others,
                 ice_servers: Vec::new(),
@@ -951,6 +964,15 @@ impl MeetingState {
     /// Changes a participant's publish and subscribe rights (API).
     /// Delivers `message` to `to` (everyone when empty; virtual participants have no
     /// signaling and are skipped). Nothing is sent if a named participant is unknown.
+    /// The app's metadata of this meeting (kept in its record across restarts).
+    fn metadata(&self) -> String {
+        self.node
+            .registry
+            .get(&self.id)
+            .map(|r| r.metadata.get())
+            .unwrap_or_default()
+    }
+
     fn send_app_message(
         &self,
         message: crate::domain::AppMessage,

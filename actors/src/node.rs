@@ -134,9 +134,34 @@ pub struct MeetingRecord {
     pub started_at: SystemTime,
     /// Current settings (the meeting actor keeps them up to date).
     pub settings: SharedSettings,
+    /// The app's metadata of the meeting (API); kept here so a restarted meeting has it.
+    pub metadata: SharedMetadata,
     /// Restarts so far.
     pub restarts: u32,
 }
+
+/// A meeting's metadata, shared between its record and the API.
+#[derive(Clone, Default)]
+pub struct SharedMetadata(Arc<Mutex<String>>);
+
+impl SharedMetadata {
+    pub fn new(metadata: String) -> Self {
+        Self(Arc::new(Mutex::new(metadata)))
+    }
+
+    pub fn get(&self) -> String {
+        self.0.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    pub fn set(&self, metadata: String) {
+        if let Ok(mut m) = self.0.lock() {
+            *m = metadata;
+        }
+    }
+}
+
+/// Longest meeting metadata, in bytes.
+pub const MAX_MEETING_METADATA: usize = 16 * 1024;
 
 /// Settings shared between a meeting actor and its record.
 #[derive(Clone)]
@@ -207,6 +232,7 @@ pub enum MeetingSupervisorMsg {
     Create {
         id: MeetingId,
         settings: MeetingSettings,
+        metadata: String,
         reply: RpcReplyPort<Result<ActorRef<MeetingMsg>, ApiError>>,
     },
     /// Drill: fail as a bug would.
@@ -255,6 +281,7 @@ impl Actor for MeetingSupervisor {
             MeetingSupervisorMsg::Create {
                 id,
                 settings,
+                metadata,
                 reply,
             } => {
                 if state.node.draining.load(Ordering::Acquire) {
@@ -270,7 +297,7 @@ impl Actor for MeetingSupervisor {
                     &state.node,
                     id,
                     SystemTime::now(),
-                    settings,
+                    (settings, SharedMetadata::new(metadata)),
                     0,
                     None,
                 )
@@ -303,7 +330,7 @@ impl Actor for MeetingSupervisor {
                     &state.node,
                     id,
                     SystemTime::now(),
-                    settings,
+                    (settings, SharedMetadata::default()),
                     0,
                     None,
                 )
@@ -345,7 +372,7 @@ impl Actor for MeetingSupervisor {
                     &state.node,
                     id.clone(),
                     record.started_at,
-                    settings,
+                    (settings, record.metadata.clone()),
                     record.restarts + 1,
                     Some(error.to_string()),
                 )
@@ -371,7 +398,7 @@ async fn spawn_meeting(
     node: &Arc<NodeShared>,
     id: MeetingId,
     started_at: SystemTime,
-    settings: MeetingSettings,
+    (settings, metadata): (MeetingSettings, SharedMetadata),
     restarts: u32,
     last_failure: Option<String>,
 ) -> Result<ActorRef<MeetingMsg>, String> {
@@ -397,6 +424,7 @@ async fn spawn_meeting(
             actor: actor.clone(),
             started_at,
             settings: SharedSettings::new(settings),
+            metadata,
             restarts,
         },
     );
@@ -636,8 +664,24 @@ impl Node {
             .ok_or_else(|| err("no TURN supervisor".into()))?;
         let counters = Arc::new(FrontCounters::new());
         let config = &turn.config;
+        // UDP and TCP share one port. An ephemeral one is picked free for both: a port the
+        // kernel gives UDP may be held by some TCP socket (a busy machine's outgoing
+        // connections use the same range), and binding TCP there would fail.
+        let listen = if config.listen.port() == 0 {
+            SocketAddr::new(
+                config.listen.ip(),
+                shared_ephemeral_port(config.listen.ip()).map_err(|e| {
+                    err(format!(
+                        "no free UDP+TCP port on {}: {e}",
+                        config.listen.ip()
+                    ))
+                })?,
+            )
+        } else {
+            config.listen
+        };
         let udp = listener::start_udp(
-            config.listen,
+            listen,
             config.workers,
             Arc::clone(turn),
             supervisor.clone(),
@@ -899,12 +943,15 @@ impl Node {
         &self,
         id: &MeetingId,
         settings: MeetingSettings,
+        metadata: String,
     ) -> Result<MeetingSnapshot, ApiError> {
         self.no_sfu()?;
+        check_metadata(&metadata)?;
         let supervisor = self.meeting_supervisor().await?;
         ractor::call!(supervisor, |reply| MeetingSupervisorMsg::Create {
             id: id.clone(),
             settings,
+            metadata,
             reply,
         })
         .map_err(|e| ApiError::Internal(format!("node: {e}")))??;
@@ -952,8 +999,19 @@ impl Node {
         id: &MeetingId,
         max_participants: Option<usize>,
         empty_timeout: Option<Duration>,
+        metadata: Option<String>,
     ) -> Result<MeetingSettings, ApiError> {
         let record = self.record(id)?;
+        if let Some(metadata) = metadata {
+            check_metadata(&metadata)?;
+            if metadata != record.metadata.get() {
+                record.metadata.set(metadata.clone());
+                // Participants learn it (`meetingUpdated`); joins read the record.
+                let _ = record
+                    .actor
+                    .send_message(MeetingMsg::MetadataChanged(metadata));
+            }
+        }
         ractor::call!(record.actor, |reply| MeetingMsg::UpdateSettings {
             max_participants,
             empty_timeout,
@@ -1224,4 +1282,27 @@ impl Node {
             .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
             .await;
     }
+}
+
+fn check_metadata(metadata: &str) -> Result<(), ApiError> {
+    if metadata.len() > MAX_MEETING_METADATA {
+        return Err(ApiError::Invalid(format!(
+            "metadata: at most {MAX_MEETING_METADATA} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// A port free for both UDP and TCP on `ip` (checked by binding both, then released).
+fn shared_ephemeral_port(ip: std::net::IpAddr) -> std::io::Result<u16> {
+    let mut last = std::io::Error::other("no attempt");
+    for _ in 0..64 {
+        let tcp = std::net::TcpListener::bind((ip, 0))?;
+        let port = tcp.local_addr()?.port();
+        match std::net::UdpSocket::bind((ip, port)) {
+            Ok(_) => return Ok(port),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }

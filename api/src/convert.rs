@@ -216,6 +216,7 @@ pub fn join_response(accepted: &hearth_actors::JoinAccepted, ping_interval_secon
         meeting: Some(pb::MeetingInfo {
             name: accepted.meeting.id.to_string(),
             started_at_ms: ms(accepted.meeting.started_at),
+            metadata: accepted.meeting.metadata.clone(),
         }),
         participant: Some(participant(&accepted.participant)),
         others: accepted.others.iter().map(participant).collect(),
@@ -293,6 +294,9 @@ pub fn server_message(signal: ServerSignal) -> S {
         ServerSignal::NodeDraining(deadline) => S::NodeDraining(pb::NodeDraining {
             deadline_seconds: u32::try_from(deadline.as_secs()).unwrap_or(u32::MAX),
         }),
+        ServerSignal::MeetingUpdated { metadata } => {
+            S::MeetingUpdated(pb::MeetingUpdated { metadata })
+        }
         ServerSignal::AppMessage(m) => S::AppMessage(pb::AppMessage {
             id: m.id,
             text: m.text,

@@ -501,6 +501,10 @@ pub struct ClientStats {
     pub meeting: String,
     /// `MeetingInfo.startedAtMs` from the join response.
     pub meeting_started_at_ms: i64,
+    /// The meeting's metadata: from the join response, then each `meetingUpdated`.
+    pub meeting_metadata: String,
+    /// How many `meetingUpdated` arrived.
+    pub meeting_updates: usize,
     /// ICE and DTLS are up.
     pub connected: bool,
     /// The server's ICE ufrag, from its latest session description.
@@ -709,6 +713,11 @@ impl TestClient {
             participant_id: participant_id.clone(),
             meeting: meeting_name.clone(),
             meeting_started_at_ms: response.meeting.as_ref().map_or(0, |m| m.started_at_ms),
+            meeting_metadata: response
+                .meeting
+                .as_ref()
+                .map(|m| m.metadata.clone())
+                .unwrap_or_default(),
             participants: response.others.iter().map(|p| p.id.clone()).collect(),
             ..ClientStats::default()
         };
@@ -1765,6 +1774,11 @@ fn record_event(s: &mut ClientStats, me: &str, message: S) {
         S::AppMessage(m) => {
             s.events.push(format!("appMessage {}", m.id));
             s.app_messages.push(m);
+        }
+        S::MeetingUpdated(m) => {
+            s.events.push("meetingUpdated".into());
+            s.meeting_metadata = m.metadata;
+            s.meeting_updates += 1;
         }
         S::Join(_) => s
             .protocol_errors

@@ -269,6 +269,7 @@ async fn calls_without_a_valid_admin_token_are_refused_with_the_right_codes() {
         .create(scoped.req(pb::CreateMeetingRequest {
             id: "room-a".into(),
             settings: None,
+            metadata: String::new(),
         }))
         .await
         .expect("its own meeting");
@@ -277,6 +278,7 @@ async fn calls_without_a_valid_admin_token_are_refused_with_the_right_codes() {
         .create(scoped.req(pb::CreateMeetingRequest {
             id: "room-b".into(),
             settings: None,
+            metadata: String::new(),
         }))
         .await;
     assert_eq!(code(other), Code::PermissionDenied);
@@ -377,6 +379,7 @@ async fn meetings_are_created_listed_updated_and_ended_over_grpc() {
                 max_participants: 2,
                 empty_timeout_seconds: 60,
             }),
+            metadata: String::new(),
         }))
         .await
         .expect("Create")
@@ -394,6 +397,7 @@ async fn meetings_are_created_listed_updated_and_ended_over_grpc() {
         .create(api.req(pb::CreateMeetingRequest {
             id: "standup".into(),
             settings: None,
+            metadata: String::new(),
         }))
         .await;
     assert_eq!(code(again), Code::AlreadyExists);
@@ -401,6 +405,7 @@ async fn meetings_are_created_listed_updated_and_ended_over_grpc() {
         .create(api.req(pb::CreateMeetingRequest {
             id: "no spaces!".into(),
             settings: None,
+            metadata: String::new(),
         }))
         .await;
     assert_eq!(code(bad), Code::InvalidArgument);
@@ -437,6 +442,7 @@ async fn meetings_are_created_listed_updated_and_ended_over_grpc() {
                 max_participants: 3,
                 empty_timeout_seconds: 0,
             }),
+            metadata: Some("board: Q3".into()),
         }))
         .await
         .expect("Update")
@@ -450,6 +456,11 @@ async fn meetings_are_created_listed_updated_and_ended_over_grpc() {
     let c = TestClient::join(&server, "standup", "cy", ClientOptions::receive_only())
         .await
         .expect("room for a third now");
+    assert_eq!(
+        c.stats().meeting_metadata,
+        "board: Q3",
+        "gRPC Update set the metadata"
+    );
 
     let list = meetings
         .list(api.req(pb::ListMeetingsRequest {}))
@@ -1178,6 +1189,7 @@ async fn a_drain_refuses_joins_tells_clients_and_ends_meetings_at_the_deadline()
         .create(api.req(pb::CreateMeetingRequest {
             id: "new".into(),
             settings: None,
+            metadata: String::new(),
         }))
         .await;
     assert_eq!(code(create), Code::FailedPrecondition);

@@ -930,6 +930,7 @@ async fn grpc_still_answers_on_the_http_port() {
     let mut request = tonic::Request::new(pb::CreateMeetingRequest {
         id: "g".into(),
         settings: None,
+        metadata: String::new(),
     });
     request.metadata_mut().insert(
         "authorization",
@@ -1137,5 +1138,75 @@ async fn messages_reach_the_participants_over_signaling() {
         })
         .await;
     assert_eq!(ada_seen.app_messages.len(), 3);
+    server.shutdown().await;
+}
+
+/// A meeting's metadata: set at create, read back, given to joiners, changed with PATCH
+/// (participants get `meetingUpdated`), bounded in size, and kept when the meeting actor
+/// restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meeting_metadata_is_set_updated_and_told_to_participants() {
+    let server = TestServer::start().await;
+    let api = Api::admin(&server);
+    let created = api
+        .json(
+            Method::POST,
+            "/v1/meetings",
+            json!({"id": "meta", "metadata": "{\"topic\":\"standup\"}"}),
+        )
+        .await;
+    assert_eq!(created.ok(201)["metadata"], "{\"topic\":\"standup\"}");
+    let ada = TestClient::join(&server, "meta", "ada", ClientOptions::receive_only())
+        .await
+        .expect("ada");
+    assert_eq!(ada.stats().meeting_metadata, "{\"topic\":\"standup\"}");
+
+    // Settings alone leave the metadata as it is and tell nobody.
+    let same = api
+        .json(
+            Method::PATCH,
+            "/v1/meetings/meta",
+            json!({"settings": {"maxParticipants": 10}}),
+        )
+        .await;
+    assert_eq!(same.ok(200)["metadata"], "{\"topic\":\"standup\"}");
+    let updated = api
+        .json(
+            Method::PATCH,
+            "/v1/meetings/meta",
+            json!({"metadata": "retro"}),
+        )
+        .await;
+    assert_eq!(updated.ok(200)["metadata"], "retro");
+    let seen = ada
+        .wait_until("meetingUpdated", T, |s| s.meeting_metadata == "retro")
+        .await;
+    assert_eq!(seen.meeting_updates, 1);
+    assert_eq!(
+        api.get("/v1/meetings/meta").await.ok(200)["metadata"],
+        "retro"
+    );
+
+    // Too big: refused, nothing changes.
+    api.json(
+        Method::PATCH,
+        "/v1/meetings/meta",
+        json!({"metadata": "x".repeat(16 * 1024 + 1)}),
+    )
+    .await
+    .problem(400, "INVALID_ARGUMENT");
+    assert_eq!(
+        api.get("/v1/meetings/meta").await.ok(200)["metadata"],
+        "retro"
+    );
+
+    // A restarted meeting keeps it.
+    assert!(server.inject_meeting_fault("meta"));
+    let after = api
+        .get_until("/v1/meetings/meta", "the restarted meeting", |a| {
+            a.status == StatusCode::OK && a.body["actorId"] != updated.body["actorId"]
+        })
+        .await;
+    assert_eq!(after.ok(200)["metadata"], "retro");
     server.shutdown().await;
 }

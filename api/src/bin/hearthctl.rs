@@ -955,6 +955,7 @@ async fn meetings(ctl: &Ctl, cmd: &MeetingsCommand) -> Outcome {
                         max_participants: max_participants.unwrap_or(0),
                         empty_timeout_seconds,
                     }),
+                    metadata: String::new(),
                 }))
                 .await?;
             if ctl.json {

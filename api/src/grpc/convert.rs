@@ -70,6 +70,7 @@ pub fn meeting(m: &MeetingSnapshot, with_participants: bool) -> pb::Meeting {
             Vec::new()
         },
         actor_id: m.actor.to_string(),
+        metadata: m.metadata.clone(),
     }
 }
 

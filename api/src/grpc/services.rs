@@ -77,11 +77,12 @@ pub async fn create_meeting(
     state: &AppState,
     id: &MeetingId,
     settings: Option<&pb::MeetingSettings>,
+    metadata: &str,
 ) -> Result<pb::Meeting, Status> {
     let settings = merge_settings(state.node.default_settings(), settings)?;
     let snapshot = state
         .node
-        .create_meeting(id, settings)
+        .create_meeting(id, settings, metadata.to_owned())
         .await
         .map_err(status)?;
     Ok(convert::meeting(&snapshot, true))
@@ -134,11 +135,13 @@ pub async fn end_meeting(state: &AppState, id: &MeetingId) -> Result<u32, Status
     Ok(u32::try_from(n).unwrap_or(u32::MAX))
 }
 
-/// Changes a live meeting's settings; zero fields keep their current value.
+/// Changes a live meeting's settings (zero fields keep their current value) and, when
+/// given, its metadata.
 pub async fn update_meeting(
     state: &AppState,
     id: &MeetingId,
     settings: Option<&pb::MeetingSettings>,
+    metadata: Option<&str>,
 ) -> Result<pb::Meeting, Status> {
     // Validate with the same rules as Create; zero keeps the current value.
     let s = settings.cloned().unwrap_or_default();
@@ -150,6 +153,7 @@ pub async fn update_meeting(
             (s.max_participants > 0).then_some(s.max_participants as usize),
             (s.empty_timeout_seconds > 0)
                 .then(|| Duration::from_secs(u64::from(s.empty_timeout_seconds))),
+            metadata.map(str::to_owned),
         )
         .await
         .map_err(status)?;
@@ -337,7 +341,7 @@ impl pb::meeting_service_server::MeetingService for Meetings {
     ) -> Result<Response<pb::Meeting>, Status> {
         let id = authorize_meeting(&self.0, &request, "id", &request.get_ref().id)?;
         let req = request.into_inner();
-        let meeting = create_meeting(&self.0, &id, req.settings.as_ref()).await?;
+        let meeting = create_meeting(&self.0, &id, req.settings.as_ref(), &req.metadata).await?;
         Ok(Response::new(meeting))
     }
 
@@ -373,7 +377,8 @@ impl pb::meeting_service_server::MeetingService for Meetings {
     ) -> Result<Response<pb::Meeting>, Status> {
         let id = authorize_meeting(&self.0, &request, "id", &request.get_ref().id)?;
         let req = request.into_inner();
-        let meeting = update_meeting(&self.0, &id, req.settings.as_ref()).await?;
+        let meeting =
+            update_meeting(&self.0, &id, req.settings.as_ref(), req.metadata.as_deref()).await?;
         Ok(Response::new(meeting))
     }
 

@@ -211,7 +211,13 @@ async fn create_meeting(
 ) -> Result<Response, Problem> {
     let id = meeting_in_scope(&auth, &body.id)?;
     let settings = body.settings.map(pb::MeetingSettings::from);
-    let meeting = services::create_meeting(&app, &id, settings.as_ref()).await?;
+    let meeting = services::create_meeting(
+        &app,
+        &id,
+        settings.as_ref(),
+        body.metadata.as_deref().unwrap_or_default(),
+    )
+    .await?;
     let location = HeaderValue::try_from(format!("/v1/meetings/{id}"))
         .unwrap_or_else(|_| HeaderValue::from_static("/v1/meetings"));
     Ok((
@@ -317,7 +323,8 @@ async fn update_meeting(
 ) -> Result<axum::Json<Meeting>, Problem> {
     let id = meeting_in_scope(&auth, &id)?;
     let settings = body.settings.map(pb::MeetingSettings::from);
-    let meeting = services::update_meeting(&app, &id, settings.as_ref()).await?;
+    let meeting =
+        services::update_meeting(&app, &id, settings.as_ref(), body.metadata.as_deref()).await?;
     Ok(axum::Json(meeting.into()))
 }
 

@@ -95,6 +95,10 @@ pub struct CreateMeeting {
     pub id: String,
     /// Its settings; absent fields take the node's defaults.
     pub settings: Option<MeetingSettingsInput>,
+    /// The app's metadata (any text, at most 16 KiB): participants get it in their join
+    /// response, and `meetingUpdated` when it changes.
+    #[schema(example = "{\"topic\":\"Weekly standup\"}")]
+    pub metadata: Option<String>,
 }
 
 /// `PATCH /v1/meetings/{id}`.
@@ -103,6 +107,8 @@ pub struct CreateMeeting {
 pub struct UpdateMeeting {
     /// New settings; absent fields keep their current value.
     pub settings: Option<MeetingSettingsInput>,
+    /// New metadata (at most 16 KiB); absent keeps it. Participants get `meetingUpdated`.
+    pub metadata: Option<String>,
 }
 
 /// `PATCH /v1/meetings/{id}/participants/{pid}/tracks/{tid}`.
@@ -290,6 +296,8 @@ pub struct Meeting {
     pub participants: Vec<Participant>,
     /// The meeting actor's id.
     pub actor_id: String,
+    /// The app's metadata (empty when none was set).
+    pub metadata: String,
 }
 
 /// A page of meetings.
@@ -393,6 +401,7 @@ impl From<pb::Meeting> for Meeting {
             settings: m.settings.unwrap_or_default().into(),
             participants: m.participants.into_iter().map(Participant::from).collect(),
             actor_id: m.actor_id,
+            metadata: m.metadata,
         }
     }
 }
