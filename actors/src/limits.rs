@@ -207,19 +207,6 @@ impl ConnGate {
         })
     }
 
-    pub fn limits(&self) -> GateLimits {
-        self.limits
-    }
-
-    pub fn listener(&self) -> &'static str {
-        self.listener
-    }
-
-    /// Connections open on this listener.
-    pub fn open(&self) -> usize {
-        self.lock().open
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -355,10 +342,6 @@ impl ConnPermit {
 
     pub fn is_evicted(&self) -> bool {
         self.eviction.evicted.load(Ordering::Acquire)
-    }
-
-    pub fn listener(&self) -> &'static str {
-        self.gate.listener
     }
 }
 

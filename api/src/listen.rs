@@ -81,12 +81,6 @@ impl ConnInfo {
     pub async fn evicted(&self) {
         self.permit.evicted().await
     }
-
-    /// Keeps the connection's place in the gate for as long as the returned value lives
-    /// (an upgraded WebSocket outlives the HTTP connection task).
-    pub fn hold(&self) -> Arc<ConnPermit> {
-        Arc::clone(&self.permit)
-    }
 }
 
 /// Binds a listener with a deep accept queue (4,096, or the kernel's `somaxconn` if lower):
