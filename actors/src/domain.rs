@@ -74,6 +74,9 @@ pub struct JoinRequest {
     /// When the join's token expires (None: no token). Credentials handed to the
     /// participant (TURN) expire with it.
     pub token_expires_at: Option<SystemTime>,
+    /// The API key (tenant) the usage of this participant is billed to: the token's issuer,
+    /// or the API caller's.
+    pub tenant: String,
 }
 
 /// A published track, as the meeting describes it.
@@ -86,6 +89,19 @@ pub struct TrackInfo {
     pub muted: bool,
     /// The publisher's SDP mid of this track.
     pub mid: String,
+    /// What the track carries (a screen share is metered apart from cameras).
+    pub source: TrackSource,
+}
+
+/// What a track carries, as its publisher declared it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TrackSource {
+    /// Not declared: a microphone for audio, a camera for video.
+    #[default]
+    Unknown,
+    Camera,
+    Microphone,
+    Screen,
 }
 
 /// A participant, as the meeting describes it.

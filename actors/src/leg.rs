@@ -18,7 +18,7 @@
 //! datagram, no logging.
 
 use std::net::SocketAddr;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -27,12 +27,15 @@ use hearth_engine::media::MediaPacket;
 use hearth_engine::stats::SendStats;
 use hearth_engine::transport::RtpSealer;
 
+use crate::billing::UsageInterval;
 use crate::ids::ParticipantId;
 
 /// One (subscriber, track) stream's data side.
 pub struct SendLeg {
     pub subscriber: ParticipantId,
     state: Mutex<LegState>,
+    /// The subscriber's usage interval: every datagram sent on the leg counts as its bytes out.
+    usage: Option<Arc<UsageInterval>>,
 }
 
 /// What the lock guards.
@@ -71,7 +74,14 @@ impl SendLeg {
                 open: true,
                 sent: 0,
             }),
+            usage: None,
         }
+    }
+
+    /// Counts what the leg sends into the subscriber's usage.
+    pub fn with_usage(mut self, usage: Arc<UsageInterval>) -> Self {
+        self.usage = Some(usage);
+        self
     }
 
     /// The state, or None if a panic poisoned it (the leg is then dead for everyone).
@@ -100,10 +110,14 @@ impl SendLeg {
     pub fn forward(&self, now: Instant, pkt: &MediaPacket, retransmission: bool) -> Forwarded {
         // A panic in here must not take the publisher's actor down with it (see the module
         // docs): it poisons this leg only.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.forward_locked(now, pkt, retransmission)
         }))
-        .unwrap_or(Forwarded::Skipped)
+        .unwrap_or(Forwarded::Skipped);
+        if let (Forwarded::Send(datagram, _), Some(usage)) = (&result, &self.usage) {
+            usage.add_out(datagram.len() as u64);
+        }
+        result
     }
 
     fn forward_locked(&self, now: Instant, pkt: &MediaPacket, retransmission: bool) -> Forwarded {

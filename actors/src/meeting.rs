@@ -21,9 +21,11 @@ use std::time::{Instant, SystemTime};
 use hearth_engine::speaker::ActiveSpeakerDetector;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
+use crate::billing::{Attribution, IntervalKind, UsageHandle};
 use crate::domain::{
     ApiError, EndReason, Grants, JoinAccepted, JoinRequest, LeaveReason, MeetingInfo,
     MeetingSettings, ParticipantInfo, ServerSignal, SignalError, SignalErrorCode, TrackInfo,
+    TrackSource,
 };
 use crate::events::EventKind;
 use crate::ids::{MeetingId, ParticipantId, TrackId};
@@ -198,12 +200,16 @@ struct Member {
     actor: ActorRef<ParticipantMsg>,
     signal: SignalSender,
     media: InboxSender<MediaItem, ParticipantMsg>,
+    /// The member's usage interval (ends when the member is dropped).
+    usage: UsageHandle,
 }
 
 struct Track {
     published: PublishedTrack,
     /// Muted by the API: nothing of it is forwarded.
     server_muted: bool,
+    /// The track's usage interval.
+    usage: UsageHandle,
 }
 
 /// A copy of a track for the embedding API.
@@ -572,8 +578,19 @@ impl MeetingState {
             ));
         };
         let id = ParticipantId::random();
+        let usage = self.node.usage.open(
+            IntervalKind::Participant,
+            Attribution {
+                api_key: request.tenant.clone(),
+                meeting: self.id.to_string(),
+                participant: id.to_string(),
+                identity: request.identity.clone(),
+            },
+            id.as_str(),
+        );
         let (link_tx, link_rx) = tokio::sync::oneshot::channel();
         let args = ParticipantArgs {
+            usage: Arc::clone(usage.interval()),
             id: id.clone(),
             meeting: myself.clone(),
             signal: signal.clone(),
@@ -623,6 +640,7 @@ impl MeetingState {
                 actor: actor.clone(),
                 signal,
                 media,
+                usage,
             },
         );
         self.node
@@ -709,11 +727,25 @@ impl MeetingState {
             },
         );
         let id = info.id.clone();
+        let kind = match info.kind {
+            hearth_engine::media::MediaKind::Audio => IntervalKind::AudioTrack,
+            hearth_engine::media::MediaKind::Video if info.source == TrackSource::Screen => {
+                IntervalKind::ScreenTrack
+            }
+            hearth_engine::media::MediaKind::Video => IntervalKind::VideoTrack,
+        };
+        let who = self
+            .members
+            .get(&participant)
+            .map(|m| m.usage.interval().who.clone())
+            .unwrap_or_default();
+        let usage = self.node.usage.open(kind, who, id.as_str());
         self.tracks.insert(
             id.clone(),
             Track {
                 published,
                 server_muted: false,
+                usage,
             },
         );
         self.rebuild_fanout(&id);
@@ -726,7 +758,9 @@ impl MeetingState {
         if &t.published.publisher != participant {
             return;
         }
-        self.tracks.remove(track);
+        if let Some(t) = self.tracks.remove(track) {
+            t.usage.end_with("unpublished");
+        }
         self.stop_taps(track);
         self.node.events.append(
             &self.id,
@@ -840,6 +874,8 @@ impl MeetingState {
         let Some(member) = self.members.remove(id) else {
             return;
         };
+        // Tracks first, then the participant (the order webhooks see them end in).
+        let member_usage = Arc::clone(member.usage.interval());
         self.speakers.remove(id);
         let theirs: Vec<TrackId> = self
             .tracks
@@ -848,7 +884,9 @@ impl MeetingState {
             .map(|(k, _)| k.clone())
             .collect();
         for track in &theirs {
-            self.tracks.remove(track);
+            if let Some(t) = self.tracks.remove(track) {
+                t.usage.end_with(reason.as_str());
+            }
             self.stop_taps(track);
             self.node.events.append(
                 &self.id,
@@ -881,6 +919,7 @@ impl MeetingState {
                 reason,
             });
         }
+        member_usage.finish(reason.as_str());
         self.node.events.append(
             &self.id,
             EventKind::ParticipantLeft {
@@ -920,6 +959,18 @@ impl MeetingState {
             return;
         }
         self.ended = true;
+        // Usage ends now, in webhook order: tracks, participants, the meeting.
+        for t in self.tracks.values() {
+            t.usage.interval().finish("meeting_ended");
+        }
+        for m in self.members.values() {
+            m.usage.interval().finish("meeting_ended");
+        }
+        if let Some(record) = self.node.registry.get(&self.id)
+            && record.actor.get_id() == myself.get_id()
+        {
+            record.usage.interval().finish(reason.as_str());
+        }
         self.node.registry.remove_if_same(&self.id, myself);
         self.node
             .events
@@ -1077,6 +1128,7 @@ impl MeetingState {
             mime_type: track.codec.mime_type.clone(),
             muted: false,
             mid: String::new(),
+            source: TrackSource::Unknown,
         };
         let (events_tx, events_rx) = tokio::sync::mpsc::channel(16);
         let (link_tx, link_rx) = tokio::sync::oneshot::channel();
@@ -1109,7 +1161,7 @@ impl MeetingState {
         let (signal, _) = crate::signal::signal_channel(1);
         let participant = ParticipantInfo {
             id: id.clone(),
-            identity: request.identity,
+            identity: request.identity.clone(),
             name: request.name,
             tracks: Vec::new(),
             joined_at: SystemTime::now(),
@@ -1136,6 +1188,16 @@ impl MeetingState {
                 actor: actor.clone(),
                 signal,
                 media,
+                usage: self.node.usage.open(
+                    IntervalKind::Participant,
+                    Attribution {
+                        api_key: request.tenant.clone(),
+                        meeting: self.id.to_string(),
+                        participant: id.to_string(),
+                        identity: request.identity.clone(),
+                    },
+                    id.as_str(),
+                ),
             },
         );
         self.node

@@ -21,6 +21,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::billing::webhook::{WebhookActor, WebhookMsg, Webhooks};
+use crate::billing::{
+    Attribution, Billing, BillingActor, BillingMsg, IntervalKind, UsageHandle, UsageMeter,
+};
 use crate::domain::{
     ApiError, EndReason, JoinAccepted, JoinRequest, MeetingSettings, SignalError, SignalErrorCode,
 };
@@ -59,6 +63,29 @@ pub struct NodeConfig {
     pub sfu: bool,
     /// The embedded TURN server, if enabled.
     pub turn: Option<TurnConfig>,
+    /// The usage ledger and webhooks (None: usage is not metered).
+    pub billing: Option<BillingSetup>,
+}
+
+/// What the node needs to meter usage and send webhooks.
+#[derive(Clone)]
+pub struct BillingSetup {
+    pub ledger: crate::billing::store::Ledger,
+    /// Stable across restarts (the ledger's open intervals are closed by their own node).
+    pub node_id: String,
+    /// How often open intervals are checkpointed.
+    pub tick: Duration,
+    pub webhooks: crate::billing::webhook::WebhookConfig,
+}
+
+impl std::fmt::Debug for BillingSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BillingSetup")
+            .field("ledger", &self.ledger.display_url)
+            .field("node_id", &self.node_id)
+            .field("tick", &self.tick)
+            .finish()
+    }
 }
 
 impl Default for NodeConfig {
@@ -75,6 +102,7 @@ impl Default for NodeConfig {
             speaker: SpeakerConfig::default(),
             sfu: true,
             turn: None,
+            billing: None,
         }
     }
 }
@@ -93,6 +121,8 @@ pub enum NodeError {
     Spawn(String),
     #[error("cannot start the TURN server: {0}")]
     Turn(String),
+    #[error("the usage ledger: {0}")]
+    Ledger(String),
 }
 
 /// What every actor of the node shares (read-only).
@@ -115,6 +145,12 @@ pub struct NodeShared {
     pub draining: AtomicBool,
     /// Participants removed by an operator: their old tokens cannot rejoin.
     pub removals: crate::removals::Removals,
+    /// Where usage intervals open (disabled without a ledger).
+    pub usage: UsageMeter,
+    /// The billing actor's state, if usage is metered.
+    pub billing: Option<Arc<Billing>>,
+    /// The webhook sender's state, if usage is metered.
+    pub webhooks: Option<Arc<Webhooks>>,
 }
 
 impl NodeShared {
@@ -138,6 +174,10 @@ pub struct MeetingRecord {
     pub metadata: SharedMetadata,
     /// Restarts so far.
     pub restarts: u32,
+    /// The API key the meeting is billed to.
+    pub tenant: String,
+    /// The meeting's usage interval: ends when the last copy of the record goes.
+    pub usage: Arc<UsageHandle>,
 }
 
 /// A meeting's metadata, shared between its record and the API.
@@ -226,11 +266,14 @@ pub enum MeetingSupervisorMsg {
     GetOrCreate {
         id: MeetingId,
         create: bool,
+        /// Billed for the meeting if this creates it.
+        tenant: String,
         reply: RpcReplyPort<Result<ActorRef<MeetingMsg>, SignalError>>,
     },
     /// Starts a meeting with settings (API); fails if it runs already.
     Create {
         id: MeetingId,
+        tenant: String,
         settings: MeetingSettings,
         metadata: String,
         reply: RpcReplyPort<Result<ActorRef<MeetingMsg>, ApiError>>,
@@ -280,6 +323,7 @@ impl Actor for MeetingSupervisor {
             }
             MeetingSupervisorMsg::Create {
                 id,
+                tenant,
                 settings,
                 metadata,
                 reply,
@@ -292,12 +336,14 @@ impl Actor for MeetingSupervisor {
                     let _ = reply.send(Err(ApiError::AlreadyExists(format!("meeting {id}"))));
                     return Ok(());
                 }
+                let usage = open_meeting_usage(&state.node, &id, &tenant);
                 let result = spawn_meeting(
                     &myself,
                     &state.node,
                     id,
                     SystemTime::now(),
                     (settings, SharedMetadata::new(metadata)),
+                    (tenant, usage),
                     0,
                     None,
                 )
@@ -305,7 +351,12 @@ impl Actor for MeetingSupervisor {
                 .map_err(ApiError::Internal);
                 let _ = reply.send(result);
             }
-            MeetingSupervisorMsg::GetOrCreate { id, create, reply } => {
+            MeetingSupervisorMsg::GetOrCreate {
+                id,
+                create,
+                tenant,
+                reply,
+            } => {
                 if let Some(record) = state.node.registry.get(&id) {
                     let _ = reply.send(Ok(record.actor));
                     return Ok(());
@@ -325,12 +376,14 @@ impl Actor for MeetingSupervisor {
                     return Ok(());
                 }
                 let settings = state.node.default_settings();
+                let usage = open_meeting_usage(&state.node, &id, &tenant);
                 let result = spawn_meeting(
                     &myself,
                     &state.node,
                     id,
                     SystemTime::now(),
                     (settings, SharedMetadata::default()),
+                    (tenant, usage),
                     0,
                     None,
                 )
@@ -373,6 +426,7 @@ impl Actor for MeetingSupervisor {
                     id.clone(),
                     record.started_at,
                     (settings, record.metadata.clone()),
+                    (record.tenant.clone(), Arc::clone(&record.usage)),
                     record.restarts + 1,
                     Some(error.to_string()),
                 )
@@ -399,6 +453,7 @@ async fn spawn_meeting(
     id: MeetingId,
     started_at: SystemTime,
     (settings, metadata): (MeetingSettings, SharedMetadata),
+    (tenant, usage): (String, Arc<UsageHandle>),
     restarts: u32,
     last_failure: Option<String>,
 ) -> Result<ActorRef<MeetingMsg>, String> {
@@ -426,9 +481,24 @@ async fn spawn_meeting(
             settings: SharedSettings::new(settings),
             metadata,
             restarts,
+            tenant,
+            usage,
         },
     );
     Ok(actor)
+}
+
+/// Opens a meeting's usage interval (it ends when its record is gone).
+fn open_meeting_usage(node: &NodeShared, id: &MeetingId, tenant: &str) -> Arc<UsageHandle> {
+    Arc::new(node.usage.open(
+        IntervalKind::Meeting,
+        Attribution {
+            api_key: tenant.to_owned(),
+            meeting: id.to_string(),
+            ..Attribution::default()
+        },
+        id.as_str(),
+    ))
 }
 
 // ----- NodeSupervisor ----------------------------------------------------------------------
@@ -447,7 +517,47 @@ pub struct NodeSupervisorState {
     node: Arc<NodeShared>,
     meetings: ActorRef<MeetingSupervisorMsg>,
     turn: Option<ActorRef<TurnSupervisorMsg>>,
+    billing: Option<ActorRef<BillingMsg>>,
+    webhooks: Option<ActorRef<WebhookMsg>>,
     reg: Registration,
+}
+
+async fn spawn_billing(
+    node: &Arc<NodeShared>,
+    myself: &ActorRef<NodeMsg>,
+) -> Result<Option<ActorRef<BillingMsg>>, ActorProcessingErr> {
+    let Some(billing) = &node.billing else {
+        return Ok(None);
+    };
+    let (actor, _) = Actor::spawn_linked(
+        None,
+        BillingActor,
+        (
+            Arc::clone(billing),
+            Arc::clone(&node.actors),
+            myself.get_id(),
+        ),
+        myself.get_cell(),
+    )
+    .await?;
+    Ok(Some(actor))
+}
+
+async fn spawn_webhooks(
+    node: &Arc<NodeShared>,
+    myself: &ActorRef<NodeMsg>,
+) -> Result<Option<ActorRef<WebhookMsg>>, ActorProcessingErr> {
+    let Some(hooks) = &node.webhooks else {
+        return Ok(None);
+    };
+    let (actor, _) = Actor::spawn_linked(
+        None,
+        WebhookActor,
+        (Arc::clone(hooks), Arc::clone(&node.actors), myself.get_id()),
+        myself.get_cell(),
+    )
+    .await?;
+    Ok(Some(actor))
 }
 
 impl Actor for NodeSupervisor {
@@ -481,10 +591,14 @@ impl Actor for NodeSupervisor {
             ),
             None => None,
         };
+        let billing = spawn_billing(&node, &myself).await?;
+        let webhooks = spawn_webhooks(&node, &myself).await?;
         Ok(NodeSupervisorState {
             node,
             meetings,
             turn,
+            billing,
+            webhooks,
             reg,
         })
     }
@@ -513,6 +627,34 @@ impl Actor for NodeSupervisor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, error) = &event
+            && state
+                .billing
+                .as_ref()
+                .is_some_and(|b| b.get_id() == cell.get_id())
+        {
+            // Its state (open intervals, the channel) lives in `Billing`: the new actor
+            // resumes it; what the failed tick did not commit is written by the next one.
+            metrics::counter!("hearth_actor_failures_total", "kind" => "billing").increment(1);
+            tracing::error!(%error, "billing actor failed; restarting");
+            state.reg.failure(format!("billing failed: {error}"));
+            state.billing = spawn_billing(&state.node, &myself).await?;
+            metrics::counter!("hearth_actor_restarts_total", "kind" => "billing").increment(1);
+            return Ok(());
+        }
+        if let SupervisionEvent::ActorFailed(cell, error) = &event
+            && state
+                .webhooks
+                .as_ref()
+                .is_some_and(|w| w.get_id() == cell.get_id())
+        {
+            metrics::counter!("hearth_actor_failures_total", "kind" => "webhooks").increment(1);
+            tracing::error!(%error, "webhook sender failed; restarting");
+            state.reg.failure(format!("webhooks failed: {error}"));
+            state.webhooks = spawn_webhooks(&state.node, &myself).await?;
+            metrics::counter!("hearth_actor_restarts_total", "kind" => "webhooks").increment(1);
+            return Ok(());
+        }
         if let SupervisionEvent::ActorFailed(cell, error) = &event
             && state
                 .turn
@@ -614,6 +756,29 @@ impl Node {
             Certificate::generate().map_err(|e| NodeError::Certificate(e.to_string()))?;
         let media_port = mux.as_ref().map_or(0, |m| m.local_addr().port());
         let advertised = SocketAddr::new(config.public_ip, media_port);
+        let (usage, billing, webhooks) = match &config.billing {
+            Some(setup) => {
+                // What a previous run of this node left open ends at its last checkpoint.
+                let closed = crate::billing::recover(&setup.ledger, &setup.node_id)
+                    .await
+                    .map_err(|e| NodeError::Ledger(e.to_string()))?;
+                if closed > 0 {
+                    tracing::warn!(
+                        intervals = closed,
+                        "closed the usage intervals the last run left open, at their last checkpoint"
+                    );
+                }
+                let (meter, billing) =
+                    Billing::new(setup.node_id.clone(), setup.ledger.clone(), setup.tick);
+                let hooks = Webhooks::new(
+                    setup.ledger.clone(),
+                    setup.webhooks.clone(),
+                    Arc::clone(&billing.committed_wake),
+                );
+                (meter, Some(billing), Some(hooks))
+            }
+            None => (UsageMeter::disabled(), None, None),
+        };
         let actors = Arc::new(ActorRegistry::default());
         let turn = config.turn.take().map(|mut turn| {
             if mux.is_some() {
@@ -622,10 +787,14 @@ impl Node {
             }
             let mut shared = TurnShared::new(turn, rand::random());
             shared.actors = Arc::clone(&actors);
+            shared.meter = usage.clone();
             Arc::new(shared)
         });
         let shared = Arc::new(NodeShared {
             config,
+            usage,
+            billing,
+            webhooks,
             mux,
             turn,
             certificate,
@@ -848,7 +1017,7 @@ impl Node {
         // then creates a fresh meeting.
         for _ in 0..2 {
             let meeting = self
-                .meeting_ref(&request.meeting, request.grants.create)
+                .meeting_ref(&request.meeting, request.grants.create, &request.tenant)
                 .await?;
             let result = ractor::call!(meeting, |reply| MeetingMsg::Join {
                 request: request.clone(),
@@ -876,6 +1045,7 @@ impl Node {
         &self,
         id: &MeetingId,
         create: bool,
+        tenant: &str,
     ) -> Result<ActorRef<MeetingMsg>, SignalError> {
         if let Some(record) = self.shared.registry.get(id) {
             return Ok(record.actor);
@@ -887,6 +1057,7 @@ impl Node {
         ractor::call!(supervisor, |reply| MeetingSupervisorMsg::GetOrCreate {
             id: id.clone(),
             create,
+            tenant: tenant.to_owned(),
             reply,
         })
         .map_err(|e| internal(e.to_string()))?
@@ -942,6 +1113,7 @@ impl Node {
     pub async fn create_meeting(
         &self,
         id: &MeetingId,
+        tenant: &str,
         settings: MeetingSettings,
         metadata: String,
     ) -> Result<MeetingSnapshot, ApiError> {
@@ -950,6 +1122,7 @@ impl Node {
         let supervisor = self.meeting_supervisor().await?;
         ractor::call!(supervisor, |reply| MeetingSupervisorMsg::Create {
             id: id.clone(),
+            tenant: tenant.to_owned(),
             settings,
             metadata,
             reply,
@@ -1144,7 +1317,7 @@ impl Node {
             return Err(ApiError::Unavailable("the node is draining".into()));
         }
         let meeting = self
-            .meeting_ref(&request.meeting, request.grants.create)
+            .meeting_ref(&request.meeting, request.grants.create, &request.tenant)
             .await
             .map_err(|e| match e.code {
                 SignalErrorCode::MeetingNotFound => {

@@ -174,6 +174,8 @@ pub struct ParticipantArgs {
     /// The actor registry (for the operator's tree) and our supervisor.
     pub actors: Arc<crate::registry::ActorRegistry>,
     pub parent: ractor::ActorId,
+    /// The participant's usage interval: bytes in and out are added to it.
+    pub usage: Arc<crate::billing::UsageInterval>,
 }
 
 pub struct ParticipantActor;
@@ -229,6 +231,8 @@ enum SubOp {
 
 pub struct ParticipantState {
     reg: crate::registry::Registration,
+    /// Bytes in and out of this participant, for the usage ledger.
+    usage: Arc<crate::billing::UsageInterval>,
     id: ParticipantId,
     meeting: ActorRef<MeetingMsg>,
     signal: SignalSender,
@@ -356,6 +360,7 @@ impl Actor for ParticipantActor {
             .media_queue(move || media_depth.depth()),
         );
         Ok(ParticipantState {
+            usage: args.usage,
             reg,
             id: args.id,
             meeting: args.meeting,
@@ -698,9 +703,12 @@ impl ParticipantState {
     fn on_datagrams(&mut self, myself: &ActorRef<ParticipantMsg>) {
         let mut batch = std::mem::take(&mut self.scratch_datagrams);
         self.ingress.drain(&mut batch, DRAIN_BATCH);
+        let mut bytes = 0u64;
         for d in batch.drain(..) {
+            bytes += d.data.len() as u64;
             self.peer.handle_datagram(d.at, d.from, d.data);
         }
+        self.usage.add_in(bytes);
         self.scratch_datagrams = batch;
         if self.ingress.has_pending() {
             let _ = myself.send_message(ParticipantMsg::DatagramsReady);
@@ -799,6 +807,7 @@ impl ParticipantState {
             mime_type: track.codec.mime_type.clone(),
             muted: false,
             mid: track.mid.clone(),
+            source: crate::domain::TrackSource::Unknown,
         };
         let published = Published {
             key: TrackKey::next(),
@@ -937,6 +946,7 @@ impl ParticipantState {
             // The same leg the publisher forwards on: one forwarder, one SRTP context.
             match sub.leg.forward(now, &item.packet, item.retransmission) {
                 Forwarded::Send(datagram, to) => {
+                    // (The leg counted these bytes into our usage.)
                     self.mux.send_to(&datagram, to, self.mux_hint);
                     if !item.retransmission {
                         self.fanned_out += 1;
@@ -1124,11 +1134,14 @@ impl ParticipantState {
                                 forwarder.pause();
                             }
                             self.by_out_ssrc.insert(sender.ssrc.0, track.key);
-                            let leg = Arc::new(SendLeg::new(
-                                self.id.clone(),
-                                forwarder,
-                                SendStats::new(sender.ssrc, track.codec.clock_rate),
-                            ));
+                            let leg = Arc::new(
+                                SendLeg::new(
+                                    self.id.clone(),
+                                    forwarder,
+                                    SendStats::new(sender.ssrc, track.codec.clock_rate),
+                                )
+                                .with_usage(Arc::clone(&self.usage)),
+                            );
                             // The publisher forwards on it once it is ready (closed legs and
                             // legs without a sealer are skipped there).
                             let _ = track.publisher_ref.send_message(ParticipantMsg::AttachLeg {
@@ -1289,8 +1302,13 @@ impl ParticipantState {
     }
 
     fn flush(&mut self) {
+        let mut bytes = 0u64;
         while let Some((to, data)) = self.peer.poll_datagram() {
+            bytes += data.len() as u64;
             self.mux.send_to(&data, to, self.mux_hint);
+        }
+        if bytes > 0 {
+            self.usage.add_out(bytes);
         }
     }
 

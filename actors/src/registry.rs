@@ -24,6 +24,8 @@ pub enum ActorKind {
     TrackTap,
     TurnSupervisor,
     Allocation,
+    Billing,
+    Webhooks,
 }
 
 impl ActorKind {
@@ -37,6 +39,8 @@ impl ActorKind {
             ActorKind::TrackTap => "track_tap",
             ActorKind::TurnSupervisor => "turn_supervisor",
             ActorKind::Allocation => "allocation",
+            ActorKind::Billing => "billing",
+            ActorKind::Webhooks => "webhooks",
         }
     }
 
@@ -51,6 +55,8 @@ impl ActorKind {
             ActorKind::TrackTap => "stopped; its gRPC stream ends",
             ActorKind::TurnSupervisor => "restarted by the node; allocations keep relaying",
             ActorKind::Allocation => "stopped; its port is freed, the client re-allocates",
+            ActorKind::Billing => "restarted by the node; resumes the open intervals it kept",
+            ActorKind::Webhooks => "restarted by the node; resumes from the outbox",
         }
     }
 }

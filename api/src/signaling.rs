@@ -290,6 +290,7 @@ pub fn authorize(state: &AppState, join: &pb::JoinRequest) -> Result<JoinRequest
             claims.name
         },
         identity: claims.sub,
+        tenant: claims.iss,
         grants,
         token_issued_at: UNIX_EPOCH.checked_add(Duration::from_secs(claims.iat)),
         token_expires_at: UNIX_EPOCH.checked_add(Duration::from_secs(claims.exp)),

@@ -63,6 +63,8 @@ pub struct AllocationState {
     published: u64,
     started: SystemTime,
     end_reason: &'static str,
+    /// The allocation's usage interval (relayed bytes, billed to its user's tenant).
+    usage: crate::billing::UsageHandle,
 }
 
 impl Actor for AllocationActor {
@@ -132,7 +134,16 @@ impl Actor for AllocationActor {
         let wakeup = Wakeup::spawn(myself, || AllocationMsg::Tick);
         wakeup.arm(allocation.poll_timeout());
         tracing::debug!(client = %args.key.addr, %relay, transport = args.key.transport.as_str(), "allocation created");
+        let usage = shared.meter.open(
+            crate::billing::IntervalKind::Turn,
+            crate::billing::Attribution::default(),
+            &format!("{}#{}", entry.user, args.id),
+        );
+        usage
+            .interval()
+            .attach(Arc::clone(&entry) as Arc<dyn crate::billing::ByteSource>);
         Ok(AllocationState {
+            usage,
             reg,
             id: args.id,
             key: args.key,
@@ -262,6 +273,7 @@ impl Drop for AllocationState {
         self.entry.flush_metrics();
         let c = &self.entry.counters;
         let reason = self.end_reason;
+        self.usage.interval().finish(reason);
         let _ = self.shared.usage.send(UsageEvent {
             id: format!(
                 "turn-{}-{}",

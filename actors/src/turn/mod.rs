@@ -402,6 +402,25 @@ pub struct RelayCounters {
     pub no_permission: AtomicU64,
 }
 
+impl std::fmt::Debug for AllocationEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AllocationEntry")
+            .field("id", &self.id)
+            .field("user", &self.user)
+            .finish()
+    }
+}
+
+impl crate::billing::ByteSource for AllocationEntry {
+    /// (client to peer, peer to client): every relayed byte.
+    fn bytes(&self) -> (u64, u64) {
+        (
+            self.counters.to_peer_bytes.load(Ordering::Relaxed),
+            self.counters.to_client_bytes.load(Ordering::Relaxed),
+        )
+    }
+}
+
 impl RelayCounters {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
@@ -438,6 +457,8 @@ pub struct TurnShared {
     next_id: AtomicU64,
     /// The node's actor registry (allocations and their supervisor show in the tree).
     pub actors: Arc<crate::registry::ActorRegistry>,
+    /// Where allocations meter their relayed bytes.
+    pub meter: crate::billing::UsageMeter,
     /// The node supervisor, parent of the TURN supervisor in the tree.
     pub parent: std::sync::OnceLock<ractor::ActorId>,
     /// Drill and test hooks of the listener tasks.
@@ -486,6 +507,7 @@ impl TurnShared {
             epoch_wall: (now, SystemTime::now()),
             next_id: AtomicU64::new(1),
             actors: Arc::default(),
+            meter: crate::billing::UsageMeter::disabled(),
             parent: std::sync::OnceLock::new(),
             faults: FaultHooks::default(),
             sfu_issued: DashMap::new(),

@@ -167,6 +167,7 @@ impl pb::media_service_server::MediaService for Media {
         };
         let meeting = meeting_id("start.meeting", &start.meeting)?;
         caller.may_manage(meeting.as_str())?;
+        let tenant = caller.claims.iss.clone();
         if start.identity.is_empty() || start.identity.len() > 256 {
             return Err(Status::invalid_argument("start.identity: 1 to 256 bytes"));
         }
@@ -196,6 +197,7 @@ impl pb::media_service_server::MediaService for Media {
                     },
                     token_issued_at: None,
                     token_expires_at: None,
+                    tenant: tenant.clone(),
                 },
                 track,
             )

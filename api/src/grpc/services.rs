@@ -75,6 +75,7 @@ fn track_id(value: &str) -> Result<TrackId, Status> {
 /// Starts an empty meeting.
 pub async fn create_meeting(
     state: &AppState,
+    tenant: &str,
     id: &MeetingId,
     settings: Option<&pb::MeetingSettings>,
     metadata: &str,
@@ -82,7 +83,7 @@ pub async fn create_meeting(
     let settings = merge_settings(state.node.default_settings(), settings)?;
     let snapshot = state
         .node
-        .create_meeting(id, settings, metadata.to_owned())
+        .create_meeting(id, tenant, settings, metadata.to_owned())
         .await
         .map_err(status)?;
     Ok(convert::meeting(&snapshot, true))
@@ -340,8 +341,10 @@ impl pb::meeting_service_server::MeetingService for Meetings {
         request: Request<pb::CreateMeetingRequest>,
     ) -> Result<Response<pb::Meeting>, Status> {
         let id = authorize_meeting(&self.0, &request, "id", &request.get_ref().id)?;
+        let tenant = authorize(&self.0, &request)?.claims.iss;
         let req = request.into_inner();
-        let meeting = create_meeting(&self.0, &id, req.settings.as_ref(), &req.metadata).await?;
+        let meeting =
+            create_meeting(&self.0, &tenant, &id, req.settings.as_ref(), &req.metadata).await?;
         Ok(Response::new(meeting))
     }
 

@@ -213,6 +213,7 @@ async fn create_meeting(
     let settings = body.settings.map(pb::MeetingSettings::from);
     let meeting = services::create_meeting(
         &app,
+        &auth.0.claims.iss,
         &id,
         settings.as_ref(),
         body.metadata.as_deref().unwrap_or_default(),
