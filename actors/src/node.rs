@@ -1454,6 +1454,33 @@ impl Node {
             .supervisor
             .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
             .await;
+        // Every interval has ended with its actor: write the last of them.
+        if let Some(billing) = &self.shared.billing {
+            match tokio::time::timeout(Duration::from_secs(5), billing.tick_once()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot write the last usage at shutdown; the next start closes it at its checkpoint")
+                }
+                Err(_) => tracing::error!(
+                    "the ledger did not answer at shutdown; the next start closes open usage at its checkpoint"
+                ),
+            }
+        }
+    }
+
+    /// The billing state, if usage is metered.
+    pub fn billing(&self) -> Option<&Arc<Billing>> {
+        self.shared.billing.as_ref()
+    }
+
+    /// The webhook sender's state, if usage is metered.
+    pub fn webhooks(&self) -> Option<&Arc<Webhooks>> {
+        self.shared.webhooks.as_ref()
+    }
+
+    /// Intervals refused because the billing actor fell behind.
+    pub fn usage_dropped(&self) -> u64 {
+        self.shared.usage.dropped()
     }
 }
 

@@ -104,8 +104,40 @@ pub struct ServeArgs {
     /// Time a new connection may stay silent before it is closed, e.g. 60s [default: 60s].
     #[arg(long, env = "HEARTH_FIRST_BYTE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub first_byte_timeout: Option<Duration>,
+    /// The usage ledger and webhook outbox: `sqlite://FILE` or `postgres://USER:PASS@HOST/DB`
+    /// [default: sqlite://DATA_DIR/hearth.db].
+    #[arg(long, env = "HEARTH_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Do not meter usage (no ledger, no webhooks).
+    #[arg(long, env = "HEARTH_NO_LEDGER", conflicts_with = "database_url")]
+    pub no_ledger: bool,
+    /// This node's id in the ledger [default: generated once, kept in DATA_DIR/node-id].
+    #[arg(long, env = "HEARTH_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Webhooks: delay after a failed delivery, doubled per attempt up to an hour [default: 5s].
+    #[arg(long, env = "HEARTH_WEBHOOK_RETRY_BASE", value_name = "DURATION", value_parser = parse_duration)]
+    pub webhook_retry_base: Option<Duration>,
+    /// Webhooks: attempts per delivery before it is marked failed [default: 12].
+    #[arg(long, env = "HEARTH_WEBHOOK_MAX_ATTEMPTS", value_name = "N")]
+    pub webhook_max_attempts: Option<u32>,
+    /// Webhooks: consecutive failed attempts that pause an endpoint [default: 50].
+    #[arg(long, env = "HEARTH_WEBHOOK_PAUSE_AFTER", value_name = "N")]
+    pub webhook_pause_after: Option<u32>,
+    /// Webhooks: time an endpoint has to answer [default: 10s].
+    #[arg(long, env = "HEARTH_WEBHOOK_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub webhook_timeout: Option<Duration>,
     #[command(flatten)]
     pub turn: TurnArgs,
+}
+
+/// Where usage is metered and webhooks come from.
+#[derive(Debug, Clone)]
+pub struct LedgerConfig {
+    /// `sqlite://...` or `postgres://...`.
+    pub url: String,
+    /// None: kept in the data dir.
+    pub node_id: Option<String>,
+    pub webhooks: hearth_actors::billing::webhook::WebhookConfig,
 }
 
 /// The embedded TURN server's flags (coturn's names where there is one).
@@ -237,6 +269,10 @@ pub struct FileConfig {
     pub max_connections_per_ip: Option<usize>,
     pub header_timeout: Option<String>,
     pub first_byte_timeout: Option<String>,
+    pub database_url: Option<String>,
+    /// false: do not meter usage.
+    pub ledger: Option<bool>,
+    pub node_id: Option<String>,
     /// API keys: `key = "secret"`.
     #[serde(default)]
     pub keys: BTreeMap<String, String>,
@@ -306,6 +342,8 @@ pub struct Config {
     pub turn_only: bool,
     /// Connection limits of the HTTP and gRPC listeners.
     pub http_limits: HttpLimits,
+    /// The usage ledger (None: usage is not metered).
+    pub ledger: Option<LedgerConfig>,
 }
 
 impl Config {
@@ -336,6 +374,7 @@ impl Config {
             }),
             turn_only: false,
             http_limits: HttpLimits::default(),
+            ledger: None,
         }
     }
 }
@@ -470,6 +509,64 @@ pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
             "header_timeout must be between 1ms and 10m".into(),
         ));
     }
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("./data"));
+    let no_ledger = args.no_ledger || file.ledger == Some(false);
+    let ledger = if no_ledger && args.database_url.is_none() {
+        None
+    } else {
+        let url = args
+            .database_url
+            .clone()
+            .or(file.database_url.clone())
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("hearth.db").display()));
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "database_url must start with sqlite:// or postgres:// (got {})",
+                hearth_actors::billing::store::redact(&url)
+            )));
+        }
+        let defaults = hearth_actors::billing::webhook::WebhookConfig::default();
+        let webhooks = hearth_actors::billing::webhook::WebhookConfig {
+            retry_base: args.webhook_retry_base.unwrap_or(defaults.retry_base),
+            max_attempts: args.webhook_max_attempts.unwrap_or(defaults.max_attempts),
+            pause_after: args.webhook_pause_after.unwrap_or(defaults.pause_after),
+            timeout: args.webhook_timeout.unwrap_or(defaults.timeout),
+            ..defaults
+        };
+        if webhooks.retry_base.is_zero()
+            || webhooks.max_attempts == 0
+            || webhooks.pause_after == 0
+            || webhooks.timeout.is_zero()
+        {
+            return Err(ConfigError::Invalid(
+                "webhook retry base, attempts, pause-after and timeout must be above zero".into(),
+            ));
+        }
+        let node_id = args.node_id.clone().or(file.node_id.clone());
+        if let Some(id) = &node_id
+            && (id.is_empty()
+                || id.len() > 64
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        {
+            return Err(ConfigError::Invalid(
+                "node_id: 1 to 64 of A-Z a-z 0-9 - _ .".into(),
+            ));
+        }
+        Some(LedgerConfig {
+            url,
+            node_id,
+            webhooks,
+        })
+    };
     let turn_only = args.turn.turn_only || file.turn.only.unwrap_or(false);
     let turn = resolve_turn(&args.turn, &file.turn, public_ip, http.port(), turn_only)?;
     Ok(Config {
@@ -477,11 +574,7 @@ pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
         grpc: args.grpc.or(file.grpc),
         media_bind: SocketAddr::new(media_ip, media_port),
         public_ip,
-        data_dir: args
-            .data_dir
-            .clone()
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from("./data")),
+        data_dir,
         dev,
         log_format: args
             .log_format
@@ -495,6 +588,7 @@ pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
         turn,
         turn_only,
         http_limits,
+        ledger,
     })
 }
 

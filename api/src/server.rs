@@ -66,6 +66,59 @@ impl AppState {
     }
 }
 
+/// The ledger could not be opened at start (the binary exits with its own code).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LedgerStartError(pub String);
+
+/// Opens the ledger (None when usage is not metered) and this node's id.
+async fn ledger_setup(
+    config: &Config,
+) -> anyhow::Result<Option<hearth_actors::node::BillingSetup>> {
+    let Some(ledger) = &config.ledger else {
+        return Ok(None);
+    };
+    let node_id = match &ledger.node_id {
+        Some(id) => id.clone(),
+        None => node_id_from(&config.data_dir).map_err(|e| {
+            LedgerStartError(format!("the node id in {}: {e}", config.data_dir.display()))
+        })?,
+    };
+    let db = hearth_actors::billing::store::Ledger::connect(&ledger.url)
+        .await
+        .map_err(|e| {
+            LedgerStartError(format!(
+                "{e} (start with --no-ledger to run without usage metering)"
+            ))
+        })?;
+    tracing::info!(db = %db.display_url, backend = db.backend().as_str(), node_id = %node_id, "usage ledger open");
+    Ok(Some(hearth_actors::node::BillingSetup {
+        ledger: db,
+        node_id,
+        tick: Duration::from_secs(1),
+        webhooks: ledger.webhooks.clone(),
+    }))
+}
+
+/// The node id kept in `dir/node-id`, made on first use.
+fn node_id_from(dir: &std::path::Path) -> std::io::Result<String> {
+    let path = dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir_all(dir)?;
+    let bytes: [u8; 6] = rand::random();
+    let id = format!(
+        "node-{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    std::fs::write(&path, format!("{id}\n"))?;
+    Ok(id)
+}
+
 /// A running server.
 pub struct RunningServer {
     pub http_addr: SocketAddr,
@@ -237,7 +290,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         Some(l) => Some(l.local_addr()?),
         None => None,
     };
+    let billing = ledger_setup(&config).await?;
     let node = Node::start(NodeConfig {
+        billing,
         media_bind: config.media_bind,
         public_ip: config.public_ip,
         media_workers: config.media_workers,
@@ -247,7 +302,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         turn: config.turn.clone(),
         ..NodeConfig::default()
     })
-    .await?;
+    .await
+    .map_err(|e| match e {
+        hearth_actors::NodeError::Ledger(m) => anyhow::Error::new(LedgerStartError(m)),
+        e => e.into(),
+    })?;
     let media_addr = node.media_addr();
     let state = Arc::new(AppState {
         node,

@@ -107,6 +107,10 @@ fn serve(args: &ServeArgs, started: Instant) -> ExitCode {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("error: {e}");
+                // A ledger that cannot be opened has an exit code of its own.
+                if e.downcast_ref::<server::LedgerStartError>().is_some() {
+                    return ExitCode::from(3);
+                }
                 return ExitCode::FAILURE;
             }
         };
@@ -136,6 +140,13 @@ fn serve(args: &ServeArgs, started: Instant) -> ExitCode {
             hearth_actors::limits::FdBudget::global().capacity(),
             c.http_limits.max_per_source,
         );
+        match &c.ledger {
+            Some(l) => println!(
+                "  ledger      {} (usage metering and webhooks)",
+                hearth_actors::billing::store::redact(&l.url)
+            ),
+            None => println!("  ledger      off (--no-ledger): usage is not metered"),
+        }
         if c.dev {
             println!("  dev mode    GET /v1/dev/token is enabled; do not expose this node");
         }

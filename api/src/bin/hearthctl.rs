@@ -106,6 +106,29 @@ enum Command {
     Token(TokenArgs),
     /// A live view of the node, refreshed every second.
     Top(TopArgs),
+    /// Usage of the API key from the node's ledger (the REST API's `GET /v1/usage`):
+    /// participant, track and meeting time, bytes, TURN-relayed bytes, per hour or day.
+    Usage(UsageArgs),
+}
+
+#[derive(Debug, Args)]
+struct UsageArgs {
+    /// Start: RFC 3339 time or date (default: today for hourly windows, 30 days back for
+    /// daily ones).
+    #[arg(long)]
+    from: Option<String>,
+    /// End (exclusive): RFC 3339 time or date (default: now).
+    #[arg(long)]
+    to: Option<String>,
+    /// Meters, comma-separated (default: all).
+    #[arg(long)]
+    meter: Option<String>,
+    /// Totals per `api_key`, `meeting`, `participant` or `identity`.
+    #[arg(long)]
+    group_by: Option<String>,
+    /// `hour` or `day`.
+    #[arg(long, default_value = "day")]
+    window: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -649,6 +672,29 @@ struct Auth {
     secret: Arc<str>,
 }
 
+impl Auth {
+    /// A fresh node-wide admin token.
+    fn bearer(&self) -> String {
+        let grants = Grants {
+            join: false,
+            publish: false,
+            subscribe: false,
+            create: false,
+            admin: true,
+        };
+        let claims = token::claims_for(
+            &self.key,
+            "",
+            "hearthctl",
+            "hearthctl",
+            grants,
+            SystemTime::now(),
+            TOKEN_TTL,
+        );
+        token::mint(&claims, &self.secret)
+    }
+}
+
 impl Interceptor for Auth {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
         let grants = Grants {
@@ -816,6 +862,97 @@ async fn run(cli: &Cli) -> Outcome {
         Command::Events(args) => events(&ctl, args).await,
         Command::Token(args) => mint(&ctl, args).await,
         Command::Top(args) => top(&ctl, args).await,
+        Command::Usage(args) => usage(&ctl, args).await,
+    }
+}
+
+/// `usage`: the REST API's totals, over the node's HTTP port (`--url`).
+async fn usage(ctl: &Ctl, args: &UsageArgs) -> Outcome {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .timeout(ctl.timeout)
+        .build()
+        .map_err(|e| Failure::Other(format!("HTTP client: {e}")))?;
+    let mut query: Vec<(&str, &str)> = vec![("window", args.window.as_str())];
+    for (k, v) in [
+        ("from", &args.from),
+        ("to", &args.to),
+        ("meter", &args.meter),
+        ("group_by", &args.group_by),
+    ] {
+        if let Some(v) = v {
+            query.push((k, v.as_str()));
+        }
+    }
+    let url = format!("{}/v1/usage", ctl.url.trim_end_matches('/'));
+    let response = client
+        .get(&url)
+        .query(&query)
+        .bearer_auth(ctl.auth.bearer())
+        .send()
+        .await
+        .map_err(|e| {
+            let mut text = String::new();
+            push_chain(&mut text, &e);
+            Failure::Unreachable(text)
+        })?;
+    let status = response.status();
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|e| Failure::Other(format!("the node's answer is not JSON: {e}")))?;
+    if !status.is_success() {
+        let detail = body["detail"].as_str().unwrap_or("").to_owned();
+        let code = match status.as_u16() {
+            401 => tonic::Code::Unauthenticated,
+            403 => tonic::Code::PermissionDenied,
+            400 => tonic::Code::InvalidArgument,
+            503 => tonic::Code::Unavailable,
+            _ => tonic::Code::Unknown,
+        };
+        return Err(Failure::from_status(Status::new(code, detail)));
+    }
+    if ctl.json {
+        return emit_json(&body);
+    }
+    let grouped = body["groupBy"].is_string();
+    let mut header = vec!["window"];
+    if grouped {
+        header.push(body["groupBy"].as_str().unwrap_or("group"));
+    }
+    header.extend(["meter", "quantity", "as"]);
+    let right = if grouped { vec![3, 4] } else { vec![2, 3] };
+    let mut t = Table::new(&header).right(&right);
+    for row in body["totals"].as_array().into_iter().flatten() {
+        let meter = row["meter"].as_str().unwrap_or("");
+        let q = row["quantity"].as_i64().unwrap_or(0);
+        let mut cells = vec![row["windowStart"].as_str().unwrap_or("").to_owned()];
+        if grouped {
+            cells.push(row["group"].as_str().unwrap_or("").to_owned());
+        }
+        cells.push(meter.to_owned());
+        cells.push(q.to_string());
+        cells.push(human_quantity(meter, q));
+        t.row(cells);
+    }
+    if t.is_empty() {
+        return emit(&format!(
+            "no usage from {} to {}",
+            body["from"].as_str().unwrap_or("?"),
+            body["to"].as_str().unwrap_or("?")
+        ));
+    }
+    emit_lines(&t.render())
+}
+
+/// `61000` ms as `1.02 min`, bytes as `MB`/`GB`.
+fn human_quantity(meter: &str, q: i64) -> String {
+    if meter.ends_with("_ms") {
+        format!("{:.2} min", q as f64 / 60_000.0)
+    } else if q >= 1_000_000_000 {
+        format!("{:.3} GB", q as f64 / 1e9)
+    } else {
+        format!("{:.3} MB", q as f64 / 1e6)
     }
 }
 

@@ -15,6 +15,7 @@ pub mod extract;
 pub mod guard;
 pub mod model;
 pub mod problem;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -42,7 +43,7 @@ use self::problem::{ErrorCode, Problem};
 use crate::grpc::services;
 use crate::server::AppState;
 
-type Shared = State<Arc<AppState>>;
+pub(crate) type Shared = State<Arc<AppState>>;
 
 /// The REST routes with the default [`Limits`].
 pub fn router(app: Arc<AppState>) -> Router<Arc<AppState>> {
@@ -81,6 +82,16 @@ fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(set_permissions))
         .routes(routes!(send_message))
         .routes(routes!(mint_token))
+        .routes(routes!(usage::get_usage))
+        .routes(routes!(usage::list_usage_events))
+        .routes(routes!(usage::create_webhook, usage::list_webhooks))
+        .routes(routes!(
+            usage::get_webhook,
+            usage::update_webhook,
+            usage::delete_webhook
+        ))
+        .routes(routes!(usage::list_deliveries))
+        .routes(routes!(usage::redeliver))
 }
 
 #[derive(OpenApi)]
@@ -104,6 +115,8 @@ with the same body gets the first answer, a different body 422. Request bodies a
         (name = "meetings", description = "Live meetings on the node."),
         (name = "participants", description = "The people (and bots) in a meeting."),
         (name = "tokens", description = "Access tokens signed with the caller's API key."),
+        (name = "usage", description = "What the caller's API key used: totals and the raw ledger."),
+        (name = "webhooks", description = "Signed event deliveries to the app's backend."),
     ),
     components(schemas(Problem, ErrorCode))
 )]
