@@ -76,6 +76,8 @@ pub struct BillingSetup {
     /// How often open intervals are checkpointed.
     pub tick: Duration,
     pub webhooks: crate::billing::webhook::WebhookConfig,
+    /// Renders webhook bodies (the gateway's wire format).
+    pub encode: crate::billing::EventEncoder,
 }
 
 impl std::fmt::Debug for BillingSetup {
@@ -759,7 +761,7 @@ impl Node {
         let (usage, billing, webhooks) = match &config.billing {
             Some(setup) => {
                 // What a previous run of this node left open ends at its last checkpoint.
-                let closed = crate::billing::recover(&setup.ledger, &setup.node_id)
+                let closed = crate::billing::recover(&setup.ledger, &setup.node_id, setup.encode)
                     .await
                     .map_err(|e| NodeError::Ledger(e.to_string()))?;
                 if closed > 0 {
@@ -768,8 +770,12 @@ impl Node {
                         "closed the usage intervals the last run left open, at their last checkpoint"
                     );
                 }
-                let (meter, billing) =
-                    Billing::new(setup.node_id.clone(), setup.ledger.clone(), setup.tick);
+                let (meter, billing) = Billing::new(
+                    setup.node_id.clone(),
+                    setup.ledger.clone(),
+                    setup.tick,
+                    setup.encode,
+                );
                 let hooks = Webhooks::new(
                     setup.ledger.clone(),
                     setup.webhooks.clone(),

@@ -126,6 +126,14 @@ pub struct ServeArgs {
     /// Webhooks: time an endpoint has to answer [default: 10s].
     #[arg(long, env = "HEARTH_WEBHOOK_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub webhook_timeout: Option<Duration>,
+    /// Webhooks: the only hosts endpoints may name, comma-separated (default: any).
+    #[arg(
+        long,
+        env = "HEARTH_WEBHOOK_ALLOWED_HOSTS",
+        value_name = "HOSTS",
+        value_delimiter = ','
+    )]
+    pub webhook_allowed_hosts: Vec<String>,
     #[command(flatten)]
     pub turn: TurnArgs,
 }
@@ -538,6 +546,12 @@ pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
             max_attempts: args.webhook_max_attempts.unwrap_or(defaults.max_attempts),
             pause_after: args.webhook_pause_after.unwrap_or(defaults.pause_after),
             timeout: args.webhook_timeout.unwrap_or(defaults.timeout),
+            allowed_hosts: args
+                .webhook_allowed_hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
             ..defaults
         };
         if webhooks.retry_base.is_zero()

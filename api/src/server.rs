@@ -97,6 +97,7 @@ async fn ledger_setup(
         node_id,
         tick: Duration::from_secs(1),
         webhooks: ledger.webhooks.clone(),
+        encode: crate::rest::usage::webhook_body,
     }))
 }
 

@@ -324,6 +324,8 @@ pub struct Billing {
     pub committed_wake: Arc<tokio::sync::Notify>,
     /// How often the actor writes.
     pub tick: Duration,
+    /// Renders webhook bodies.
+    encode: EventEncoder,
 }
 
 #[derive(Default)]
@@ -355,7 +357,12 @@ struct OpenEntry {
 
 impl Billing {
     /// A meter and the billing state behind it.
-    pub fn new(node_id: String, ledger: Ledger, tick: Duration) -> (UsageMeter, Arc<Billing>) {
+    pub fn new(
+        node_id: String,
+        ledger: Ledger,
+        tick: Duration,
+        encode: EventEncoder,
+    ) -> (UsageMeter, Arc<Billing>) {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let billing = Arc::new(Billing {
             node_id,
@@ -366,6 +373,7 @@ impl Billing {
             fault: Default::default(),
             committed_wake: Arc::new(tokio::sync::Notify::new()),
             tick,
+            encode,
         });
         let meter = UsageMeter {
             inner: Some(Arc::new(MeterInner {
@@ -409,7 +417,7 @@ impl Billing {
                     open.entries.insert(id, entry);
                 }
             }
-            build_batch(&self.node_id, &open, now)
+            build_batch(&self.node_id, self.encode, &open, now)
         };
         let rows = batch.batch.usage.len();
         let has_events = !batch.batch.outbox.is_empty();
@@ -577,9 +585,31 @@ fn slice(
     (start, billed_in, billed_out)
 }
 
+/// A lifecycle event, for a webhook (the gateway renders its payload: [`EventEncoder`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LifecycleEvent {
+    /// `meeting.started`, `participant.left`, ...
+    pub event_type: &'static str,
+    pub meeting: String,
+    /// Empty for meeting events.
+    pub participant: String,
+    pub identity: String,
+    /// Track events: the track id and `audio`, `video` or `screen`.
+    pub track: Option<(String, &'static str)>,
+    pub started_ms: i64,
+    /// End events.
+    pub ended_ms: Option<i64>,
+    pub reason: Option<String>,
+}
+
+/// Renders a webhook's body (the gateway owns the wire format).
+pub type EventEncoder = fn(&LifecycleEvent) -> String;
+
+#[allow(clippy::too_many_arguments)]
 fn outbox_event(
+    encode: EventEncoder,
     kind: IntervalKind,
-    ty: &str,
+    ty: &'static str,
     who: &Attribution,
     subject: &str,
     started_ms: i64,
@@ -596,51 +626,32 @@ fn outbox_event(
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     );
-    let at = ended_ms.unwrap_or(started_ms);
-    let mut data = serde_json::json!({
-        "meeting": who.meeting,
-        "started_at": rfc3339_ms(started_ms),
-    });
-    let obj = data.as_object_mut().expect("object");
-    if !who.participant.is_empty() {
-        obj.insert("participant".into(), who.participant.clone().into());
-        obj.insert("identity".into(), who.identity.clone().into());
-    }
-    match kind {
-        IntervalKind::AudioTrack => {
-            obj.insert("track".into(), subject.into());
-            obj.insert("kind".into(), "audio".into());
-        }
-        IntervalKind::VideoTrack => {
-            obj.insert("track".into(), subject.into());
-            obj.insert("kind".into(), "video".into());
-        }
-        IntervalKind::ScreenTrack => {
-            obj.insert("track".into(), subject.into());
-            obj.insert("kind".into(), "screen".into());
-        }
-        _ => {}
-    }
-    if let Some(end) = ended_ms {
-        obj.insert("ended_at".into(), rfc3339_ms(end).into());
-        obj.insert("duration_ms".into(), (end - started_ms).max(0).into());
-        obj.insert("reason".into(), reason.unwrap_or("ended").into());
-    }
-    let payload = serde_json::json!({
-        "type": ty,
-        "timestamp": rfc3339_ms(at),
-        "data": data,
-    });
+    let track_kind = match kind {
+        IntervalKind::AudioTrack => Some("audio"),
+        IntervalKind::VideoTrack => Some("video"),
+        IntervalKind::ScreenTrack => Some("screen"),
+        _ => None,
+    };
+    let event = LifecycleEvent {
+        event_type: ty,
+        meeting: who.meeting.clone(),
+        participant: who.participant.clone(),
+        identity: who.identity.clone(),
+        track: track_kind.map(|k| (subject.to_owned(), k)),
+        started_ms,
+        ended_ms,
+        reason: ended_ms.map(|_| reason.unwrap_or("ended").to_owned()),
+    };
     OutboxEvent {
         id,
         api_key: who.api_key.clone(),
         kind: ty.to_owned(),
-        payload: payload.to_string(),
+        payload: encode(&event),
         created_ms: now_ms(),
     }
 }
 
-fn build_batch(node: &str, open: &OpenSet, now: i64) -> Built {
+fn build_batch(node: &str, encode: EventEncoder, open: &OpenSet, now: i64) -> Built {
     let mut batch = Batch::default();
     let mut advance = Vec::with_capacity(open.entries.len());
     let mut ends: Vec<(i64, u8, OutboxEvent)> = Vec::new();
@@ -672,6 +683,7 @@ fn build_batch(node: &str, open: &OpenSet, now: i64) -> Built {
             && let Some((started, _)) = iv.kind.lifecycle()
         {
             batch.outbox.push(outbox_event(
+                encode,
                 iv.kind,
                 started,
                 who,
@@ -703,6 +715,7 @@ fn build_batch(node: &str, open: &OpenSet, now: i64) -> Built {
                         end,
                         iv.kind.end_rank(),
                         outbox_event(
+                            encode,
                             iv.kind,
                             ended,
                             who,
@@ -760,7 +773,11 @@ fn build_batch(node: &str, open: &OpenSet, now: i64) -> Built {
 
 /// Closes the intervals a previous run of `node` left open, at their last checkpoint (so a
 /// crash loses at most the time since that checkpoint). Returns how many were closed.
-pub async fn recover(ledger: &Ledger, node: &str) -> Result<usize, store::LedgerError> {
+pub async fn recover(
+    ledger: &Ledger,
+    node: &str,
+    encode: EventEncoder,
+) -> Result<usize, store::LedgerError> {
     let rows = ledger.open_rows(node).await?;
     if rows.is_empty() {
         return Ok(0);
@@ -799,6 +816,7 @@ pub async fn recover(ledger: &Ledger, node: &str) -> Result<usize, store::Ledger
                 end,
                 kind.end_rank(),
                 outbox_event(
+                    encode,
                     kind,
                     ended,
                     &who,

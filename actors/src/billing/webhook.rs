@@ -40,6 +40,19 @@ pub struct WebhookConfig {
     pub poll: Duration,
     /// The `User-Agent`.
     pub user_agent: String,
+    /// Hosts endpoints may name (empty: any); lowercase host names or IP literals.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl WebhookConfig {
+    /// Whether an endpoint may name `host`.
+    pub fn host_allowed(&self, host: &str) -> bool {
+        self.allowed_hosts.is_empty()
+            || self
+                .allowed_hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(host.trim_start_matches('[').trim_end_matches(']')))
+    }
 }
 
 impl Default for WebhookConfig {
@@ -53,6 +66,7 @@ impl Default for WebhookConfig {
             concurrency: 16,
             poll: Duration::from_millis(500),
             user_agent: format!("hearth-webhooks/{}", env!("CARGO_PKG_VERSION")),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -539,6 +553,21 @@ impl Webhooks {
     }
 
     async fn send(&self, d: &Due) -> Outcome {
+        let host = d
+            .url
+            .parse::<reqwest::Url>()
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        if !self.config.host_allowed(&host) {
+            return Outcome {
+                ok: false,
+                status: 0,
+                error: format!(
+                    "host {host:?} is not allowed by this node (--webhook-allowed-hosts)"
+                ),
+            };
+        }
         let Some(key) = secret_key(&d.secret) else {
             return Outcome {
                 ok: false,

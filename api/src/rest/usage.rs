@@ -523,6 +523,36 @@ fn negotiate(headers: &HeaderMap) -> Result<Format, Problem> {
 
 // ----- Webhooks ---------------------------------------------------------------------------
 
+/// A webhook's body, as Standard Webhooks lays it out: `{"type", "timestamp", "data"}`;
+/// `data` in snake_case like the usage rows' columns.
+pub fn webhook_body(e: &hearth_actors::billing::LifecycleEvent) -> String {
+    let mut data = serde_json::Map::new();
+    data.insert("meeting".into(), e.meeting.clone().into());
+    if !e.participant.is_empty() {
+        data.insert("participant".into(), e.participant.clone().into());
+        data.insert("identity".into(), e.identity.clone().into());
+    }
+    if let Some((track, kind)) = &e.track {
+        data.insert("track".into(), track.clone().into());
+        data.insert("kind".into(), (*kind).into());
+    }
+    data.insert("started_at".into(), rfc3339_ms(e.started_ms).into());
+    if let Some(end) = e.ended_ms {
+        data.insert("ended_at".into(), rfc3339_ms(end).into());
+        data.insert("duration_ms".into(), (end - e.started_ms).max(0).into());
+        data.insert(
+            "reason".into(),
+            e.reason.clone().unwrap_or_else(|| "ended".into()).into(),
+        );
+    }
+    serde_json::json!({
+        "type": e.event_type,
+        "timestamp": rfc3339_ms(e.ended_ms.unwrap_or(e.started_ms)),
+        "data": data,
+    })
+    .to_string()
+}
+
 /// A webhook endpoint.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -697,6 +727,14 @@ fn check_url(app: &AppState, url: &str) -> Result<(), Problem> {
         .trim_end_matches(']');
     if host.is_empty() {
         return Err(Problem::invalid("url: needs a host"));
+    }
+    if let Some(l) = &app.config.ledger
+        && !l.webhooks.host_allowed(host)
+    {
+        return Err(Problem::invalid(format!(
+            "url: this node delivers webhooks only to {}",
+            l.webhooks.allowed_hosts.join(", ")
+        )));
     }
     let port = authority
         .port_u16()

@@ -88,12 +88,16 @@ const TTL = 12 * 3600;
 const tokens = keys.map(([k, s]) => mint(adminClaims(k, 'bench', TTL), s, k));
 writeFileSync(join(work, 'tokens.txt'), tokens.join('\n') + '\n');
 
+// Hearth runs on its flags and the generated config only: no HEARTH_* from the caller.
+const cleanEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('HEARTH_')));
+
 // The setup token comes from Hearth's own minting (`hearth token`), which both servers must
 // accept as well.
 let setupToken = tokens[0];
 if (servers.includes('hearth')) {
   setupToken = execFileSync(hearthBin, ['token', '--admin', `--api-key=${API_KEY}`,
-    `--api-secret=${keys[0][1]}`, '--identity', 'bench', '--ttl', '12h']).toString().trim();
+    `--api-secret=${keys[0][1]}`, '--identity', 'bench', '--ttl', '12h'], { env: cleanEnv })
+    .toString().trim();
 }
 
 // ----- Processes, CPU time -----------------------------------------------------------------
@@ -160,7 +164,11 @@ async function http(port, method, path, token, body) {
 }
 
 let hearthHelp = '';
-let versions = {};
+const versions = {};
+// Servers still running if the driver dies: stopped on the way out.
+const running = new Set();
+process.on('exit', () => { for (const c of running) c.kill('SIGKILL'); });
+for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => process.exit(130));
 
 async function startServer(name, port, round) {
   const logFile = join(work, `${name}-${round}.log`);
@@ -179,9 +187,11 @@ async function startServer(name, port, round) {
     cmd = [process.execPath, join(here, 'server.mjs'), '--port', String(port),
       '--keys', join(work, 'keys.json'), '--empty-timeout', '3600', '--max-participants', '100'];
   }
-  const child = spawn('taskset', ['-c', serverCpu, ...cmd], { stdio: ['ignore', fd, fd] });
+  const child = spawn('taskset', ['-c', serverCpu, ...cmd],
+    { stdio: ['ignore', fd, fd], env: name === 'hearth' ? cleanEnv : process.env });
   let exited = null;
-  child.on('exit', (code, signal) => { exited = { code, signal }; });
+  running.add(child);
+  child.on('exit', (code, signal) => { exited = { code, signal }; running.delete(child); });
   for (let i = 0; i < 300; i++) {
     if (exited) throw new Error(`${name} exited at start (${JSON.stringify(exited)}); see ${logFile}`);
     try {
@@ -322,16 +332,26 @@ async function measureServer(name, round) {
     const max = await measured(s.pid, () => wrk(port, duration));
     max.ok = max.requests - max.status_errors;
     max.rps = max.ok / (max.duration_us / 1e6);
-    max.req_per_cpu_s = max.ok / max.server_cpu_s;
+    // CPU time comes in clock ticks (10 ms): too few of them say nothing.
+    max.req_per_cpu_s = max.server_cpu_s >= 0.05 ? max.ok / max.server_cpu_s : null;
     const rate = Math.max(1, Math.floor(max.rps * fraction));
     const half = await measured(s.pid, () => fixed(port, rate, duration));
-    half.req_per_cpu_s = half.status_2xx / half.server_cpu_s;
+    half.req_per_cpu_s = half.server_cpu_s >= 0.05 ? half.status_2xx / half.server_cpu_s : null;
     if (s.exited()) throw new Error(`${name} died during the run; see ${s.logFile}`);
     return { round, server: name, max, half };
   } finally {
     await stopServer(s);
   }
 }
+
+const ms = (us) => (us / 1000).toFixed(3);
+const int = (x) => (Number.isFinite(x) ? Math.round(x).toLocaleString('en-US') : '-');
+const pct = (x) => `${Math.round(x * 100)}%`;
+const median = (xs) => {
+  const v = [...xs].sort((a, b) => a - b);
+  const m = v.length >> 1;
+  return v.length % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
+};
 
 // ----- The run -----------------------------------------------------------------------------
 
@@ -354,7 +374,7 @@ for (let round = 1; round <= (o['check-only'] ? 1 : runs); round++) {
     const r = await measureServer(name, round);
     if (r === null) continue;
     log(`round ${round}: ${name}: ${r.max.rps.toFixed(0)} req/s at most, ` +
-      `${r.max.req_per_cpu_s.toFixed(0)} req per CPU-s; at ${r.half.target_rate} req/s p99 ` +
+      `${int(r.max.req_per_cpu_s)} req per CPU-s; at ${r.half.target_rate} req/s p99 ` +
       `${(r.half.p99_us / 1000).toFixed(3)} ms`);
     results.push(r);
   }
@@ -364,15 +384,6 @@ writeFileSync(join(work, 'results.json'), JSON.stringify({ versions, options: o,
   checks: { hearth: conformanceOf('hearth'), fastify: conformanceOf('fastify') } }, null, 2));
 
 // ----- Report ------------------------------------------------------------------------------
-
-const ms = (us) => (us / 1000).toFixed(3);
-const int = (x) => Math.round(x).toLocaleString('en-US');
-const pct = (x) => `${Math.round(x * 100)}%`;
-const median = (xs) => {
-  const v = [...xs].sort((a, b) => a - b);
-  const m = v.length >> 1;
-  return v.length % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
-};
 
 const cpuModel = (readFileSync('/proc/cpuinfo', 'utf8').match(/model name\s*:\s*(.*)/) ?? [])[1] ?? '?';
 const lines = [];

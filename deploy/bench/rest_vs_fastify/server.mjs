@@ -46,7 +46,7 @@ const TITLES = { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404:
   429: 'Too Many Requests', 500: 'Internal Server Error' };
 
 function problem(reply, status, code, detail) {
-  reply.code(status).type('application/problem+json');
+  reply.code(status).header('content-type', 'application/problem+json');
   if (code === 'UNAUTHENTICATED') reply.header('www-authenticate', 'Bearer realm="hearth"');
   return reply.send(
     JSON.stringify({ type: 'about:blank', title: TITLES[status], status, detail, code }),
@@ -191,7 +191,10 @@ const meetingSchema = {
     'metadata'],
 };
 
-const app = Fastify({ logger: false });
+// No request logging (Hearth logs none either); unknown body fields refused, not dropped
+// (Hearth's `deny_unknown_fields`).
+const app = Fastify({ logger: false, ajv: { customOptions: { removeAdditional: false } } });
+app.decorateRequest('claims', null); // set by the guard; declared for V8's object shapes
 
 app.get('/healthz', async () => 'ok');
 
@@ -239,7 +242,7 @@ app.register(async (v1) => {
       metadata: request.body.metadata ?? '',
     };
     meetings.set(id, meeting);
-    reply.code(201).header('location', `/v1/meetings/${id}`).type('application/json');
+    reply.code(201).header('location', `/v1/meetings/${id}`).header('content-type', 'application/json');
     return meeting;
   });
 
@@ -252,7 +255,7 @@ app.register(async (v1) => {
     if (meeting === undefined) {
       return problem(reply, 404, 'NOT_FOUND', `meeting ${id} not found`);
     }
-    reply.type('application/json');
+    reply.header('content-type', 'application/json');
     return meeting;
   });
 });
