@@ -72,6 +72,33 @@ echo "ok"
 step "build"
 cargo build --workspace --all-targets
 
+step "PostgreSQL for the ledger tests (a throwaway cluster on loopback, removed at exit)"
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+if [ -z "$pg_bin" ] || [ ! -x "$pg_bin/initdb" ]; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+  pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+fi
+# initdb refuses to run as root: the cluster belongs to Debian's `postgres` user then.
+pg_as() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+pg_dir=$(mktemp -d /tmp/hearth-pg.XXXXXX)
+[ "$(id -u)" = 0 ] && chown postgres "$pg_dir"
+pg_as "$pg_bin/initdb" -D "$pg_dir/data" -A trust -U hearth -E UTF8 --no-sync >/dev/null
+pg_stop() { pg_as "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$pg_dir"; }
+trap pg_stop EXIT
+for attempt in 1 2 3 4 5; do
+  pg_port=$((20000 + RANDOM % 30000))
+  if pg_as "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w -t 30 \
+      -o "-c listen_addresses=127.0.0.1 -p $pg_port -k $pg_dir -c fsync=off -c max_connections=400" \
+      start >/dev/null; then
+    break
+  fi
+  [ "$attempt" = 5 ] && { cat "$pg_dir/log"; exit 1; }
+done
+export HEARTH_TEST_PG_URL="postgres://hearth@127.0.0.1:$pg_port/postgres"
+export HEARTH_TEST_REQUIRE_PG=1
+echo "ok: $("$pg_bin/postgres" --version) on 127.0.0.1:$pg_port"
+
 step "unit, property and integration tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast

@@ -449,6 +449,7 @@ impl Actor for MeetingSupervisor {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn spawn_meeting(
     supervisor: &ActorRef<MeetingSupervisorMsg>,
     node: &Arc<NodeShared>,

@@ -126,6 +126,18 @@ pub struct ServeArgs {
     /// Webhooks: time an endpoint has to answer [default: 10s].
     #[arg(long, env = "HEARTH_WEBHOOK_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub webhook_timeout: Option<Duration>,
+    /// REST API: requests per second per API key, sustained [default: 50].
+    #[arg(long, env = "HEARTH_REST_RATE", value_name = "N")]
+    pub rest_rate: Option<f64>,
+    /// REST API: requests per API key in a burst [default: 100].
+    #[arg(long, env = "HEARTH_REST_BURST", value_name = "N")]
+    pub rest_burst: Option<u32>,
+    /// REST API: time a request may take [default: 10s].
+    #[arg(long, env = "HEARTH_REST_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub rest_timeout: Option<Duration>,
+    /// REST API: largest request body in bytes [default: 65536].
+    #[arg(long, env = "HEARTH_REST_MAX_BODY", value_name = "BYTES")]
+    pub rest_max_body: Option<usize>,
     /// Webhooks: the only hosts endpoints may name, comma-separated (default: any).
     #[arg(
         long,
@@ -352,6 +364,8 @@ pub struct Config {
     pub http_limits: HttpLimits,
     /// The usage ledger (None: usage is not metered).
     pub ledger: Option<LedgerConfig>,
+    /// The REST API's limits.
+    pub rest: crate::rest::Limits,
 }
 
 impl Config {
@@ -383,6 +397,7 @@ impl Config {
             turn_only: false,
             http_limits: HttpLimits::default(),
             ledger: None,
+            rest: crate::rest::Limits::default(),
         }
     }
 }
@@ -581,6 +596,24 @@ pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
             webhooks,
         })
     };
+    let rest_defaults = crate::rest::Limits::default();
+    let rest = crate::rest::Limits {
+        rate_per_second: args.rest_rate.unwrap_or(rest_defaults.rate_per_second),
+        rate_burst: args.rest_burst.unwrap_or(rest_defaults.rate_burst),
+        request_timeout: args.rest_timeout.unwrap_or(rest_defaults.request_timeout),
+        max_body: args.rest_max_body.unwrap_or(rest_defaults.max_body),
+        ..rest_defaults
+    };
+    if !(rest.rate_per_second.is_finite() && rest.rate_per_second > 0.0)
+        || rest.rate_burst == 0
+        || rest.request_timeout.is_zero()
+        || !(1024..=16 * 1024 * 1024).contains(&rest.max_body)
+    {
+        return Err(ConfigError::Invalid(
+            "REST limits: rate and burst above 0, a timeout above 0, a body limit of 1 KiB to 16 MiB"
+                .into(),
+        ));
+    }
     let turn_only = args.turn.turn_only || file.turn.only.unwrap_or(false);
     let turn = resolve_turn(&args.turn, &file.turn, public_ip, http.port(), turn_only)?;
     Ok(Config {
@@ -603,6 +636,7 @@ pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
         turn_only,
         http_limits,
         ledger,
+        rest,
     })
 }
 

@@ -265,6 +265,8 @@ fn describe_metrics() {
 
 /// Starts the node and the gateway; returns once both accept connections.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    // One TLS provider for the process (ring): TURN over TLS, webhook deliveries.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = metrics_handle();
     // Every connection and socket is a file: take what the hard limit allows, and keep the
     // connection budget below it so the node refuses clients before `accept` starts failing.
@@ -409,8 +411,11 @@ fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
     if state.config.dev {
         app = app.route("/v1/dev/token", get(dev_token));
     }
-    app.merge(crate::rest::router(Arc::clone(state)))
-        .method_not_allowed_fallback(crate::rest::method_not_allowed)
+    app.merge(crate::rest::router_with(
+        Arc::clone(state),
+        state.config.rest,
+    ))
+    .method_not_allowed_fallback(crate::rest::method_not_allowed)
 }
 
 async fn signal(

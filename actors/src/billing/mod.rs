@@ -555,15 +555,13 @@ fn slice(
             s.bytes_out.saturating_sub(billed_out),
         );
         match s.kind {
-            IntervalKind::Turn => {
-                if din + dout > 0 {
-                    out.push(row(
-                        "turn_relayed_bytes",
-                        (din + dout) as i64,
-                        start,
-                        to.max(start),
-                    ));
-                }
+            IntervalKind::Turn if din + dout > 0 => {
+                out.push(row(
+                    "turn_relayed_bytes",
+                    (din + dout) as i64,
+                    start,
+                    to.max(start),
+                ));
             }
             IntervalKind::Participant => {
                 if din > 0 {
