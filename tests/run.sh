@@ -139,6 +139,9 @@ target/rest-openapi-venv/bin/python tests/rest_openapi/validate.py target/debug/
 step "REST API: a client generated from /v1/openapi.json (openapi-python-client) drives the main flows"
 target/rest-openapi-venv/bin/python tests/rest_openapi/generated_client.py target/debug/hearth
 
+step "Webhooks: signed deliveries verified by the Standard Webhooks reference library (Python standardwebhooks)"
+target/rest-openapi-venv/bin/python tests/rest_openapi/webhooks_standard.py target/debug/hearth
+
 step "REST API: property-based tests from /v1/openapi.json (schemathesis: no 5xx, responses match the document)"
 target/rest-openapi-venv/bin/python tests/rest_openapi/schemathesis_run.py target/debug/hearth
 

@@ -120,7 +120,9 @@ def main() -> int:
         st = Path(st_path)
 
     started = time.monotonic()
-    with HearthServer(Path(args.binary), API_KEY, API_SECRET) as server, tempfile.TemporaryDirectory() as work:
+    # Webhook endpoints the fuzzer creates may name only loopback: no test traffic leaves it.
+    extra = ("--webhook-allowed-hosts", "127.0.0.1")
+    with HearthServer(Path(args.binary), API_KEY, API_SECRET, extra) as server, tempfile.TemporaryDirectory() as work:
         admin = server.token("fuzz", admin=True)
         for m in MEETINGS:
             status, body = server.request("POST", "/v1/meetings", admin, {"id": m, "settings": {"emptyTimeoutSeconds": 3600}})

@@ -146,9 +146,27 @@ pub struct UsageParams {
     /// video_track_ms, screen_track_ms, bytes_in, bytes_out, turn_relayed_bytes.
     pub meter: Option<String>,
     /// Totals per `api_key`, `meeting`, `participant` or `identity` (default: none).
-    pub group_by: Option<String>,
+    pub group_by: Option<UsageGroup>,
     /// `hour` or `day` (default: `day`, UTC).
-    pub window: Option<String>,
+    pub window: Option<UsageWindow>,
+}
+
+/// How totals are grouped.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageGroup {
+    ApiKey,
+    Meeting,
+    Participant,
+    Identity,
+}
+
+/// The window of a total (UTC).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageWindow {
+    Hour,
+    Day,
 }
 
 /// One total.
@@ -174,7 +192,7 @@ pub struct UsageReport {
     /// `hour` or `day`.
     pub window: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub group_by: Option<String>,
+    pub group_by: Option<UsageGroup>,
     pub totals: Vec<UsageTotal>,
 }
 
@@ -206,14 +224,9 @@ pub async fn get_usage(
     auth: Auth,
     ApiQuery(params): ApiQuery<UsageParams>,
 ) -> Result<axum::Json<UsageReport>, Problem> {
-    let (window_name, window_ms) = match params.window.as_deref().unwrap_or("day") {
-        "hour" => ("hour", HOUR_MS),
-        "day" => ("day", DAY_MS),
-        other => {
-            return Err(Problem::invalid(format!(
-                "window: `hour` or `day` (got {other:?})"
-            )));
-        }
+    let (window_name, window_ms) = match params.window.unwrap_or(UsageWindow::Day) {
+        UsageWindow::Hour => ("hour", HOUR_MS),
+        UsageWindow::Day => ("day", DAY_MS),
     };
     let now = now_ms();
     let to = match &params.to {
@@ -249,18 +262,12 @@ pub async fn get_usage(
             out
         }
     };
-    let group_by = match params.group_by.as_deref() {
-        None => None,
-        Some("api_key") => Some(GroupBy::ApiKey),
-        Some("meeting") => Some(GroupBy::Meeting),
-        Some("participant") => Some(GroupBy::Participant),
-        Some("identity") => Some(GroupBy::Identity),
-        Some(other) => {
-            return Err(Problem::invalid(format!(
-                "group_by: api_key, meeting, participant or identity (got {other:?})"
-            )));
-        }
-    };
+    let group_by = params.group_by.map(|g| match g {
+        UsageGroup::ApiKey => GroupBy::ApiKey,
+        UsageGroup::Meeting => GroupBy::Meeting,
+        UsageGroup::Participant => GroupBy::Participant,
+        UsageGroup::Identity => GroupBy::Identity,
+    });
     let claims = &auth.0.claims;
     let query = UsageQuery {
         from_ms: from,
@@ -276,7 +283,7 @@ pub async fn get_usage(
         from: rfc3339_ms(from),
         to: rfc3339_ms(to),
         window: window_name.to_owned(),
-        group_by: params.group_by.clone(),
+        group_by: params.group_by,
         totals: rows
             .into_iter()
             .map(|r| UsageTotal {
