@@ -40,6 +40,8 @@ pub struct WebhookConfig {
     pub poll: Duration,
     /// The `User-Agent`.
     pub user_agent: String,
+    /// How long events and finished deliveries are kept (the delivery log's horizon).
+    pub retention: Duration,
     /// Hosts endpoints may name (empty: any); lowercase host names or IP literals.
     pub allowed_hosts: Vec<String>,
 }
@@ -67,6 +69,7 @@ impl Default for WebhookConfig {
             poll: Duration::from_millis(500),
             user_agent: format!("hearth-webhooks/{}", env!("CARGO_PKG_VERSION")),
             allowed_hosts: Vec::new(),
+            retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -357,6 +360,26 @@ impl Ledger {
         Ok(n > 0)
     }
 
+    /// Forgets finished deliveries and events older than `before_ms` (an event with a
+    /// pending delivery stays). Returns the events removed.
+    pub async fn prune_outbox(&self, before_ms: i64) -> Result<u64, LedgerError> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM webhook_deliveries WHERE status <> 'pending' AND updated_ms < $1")
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await?;
+        let n = sqlx::query(
+            "DELETE FROM webhook_events WHERE created_ms < $1 AND id NOT IN \
+             (SELECT event_id FROM webhook_deliveries)",
+        )
+        .bind(before_ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
     async fn due(&self, now: i64, limit: i64) -> Result<Vec<Due>, LedgerError> {
         let rows = sqlx::query(
             "SELECT d.id, d.event_id, d.attempts, p.url, p.secret, e.payload, p.id \
@@ -639,7 +662,12 @@ pub struct WebhookState {
     reg: Registration,
     waker: tokio::task::JoinHandle<()>,
     failing: bool,
+    /// When the outbox was last pruned.
+    pruned: std::time::Instant,
 }
+
+/// How often old events are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 impl Actor for WebhookActor {
     type Msg = WebhookMsg;
@@ -674,6 +702,7 @@ impl Actor for WebhookActor {
             reg,
             waker,
             failing: false,
+            pruned: std::time::Instant::now(),
         })
     }
 
@@ -695,6 +724,15 @@ impl Actor for WebhookActor {
         state.reg.handled();
         if state.hooks.fault.swap(false, Ordering::AcqRel) {
             panic!("fault injected into the webhook sender");
+        }
+        if state.pruned.elapsed() >= PRUNE_EVERY {
+            state.pruned = std::time::Instant::now();
+            let before = now_ms() - state.hooks.config.retention.as_millis() as i64;
+            match state.hooks.ledger.prune_outbox(before).await {
+                Ok(n) if n > 0 => tracing::info!(events = n, "pruned old webhook events"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot prune old webhook events"),
+            }
         }
         // Keep going while a round is full: a backlog drains without waiting for wake-ups.
         loop {
