@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// Serve the gRPC API on its own listener [default: on the HTTP port].
     #[arg(long, env = "HEARTH_GRPC", value_name = "ADDR")]
     pub grpc: Option<SocketAddr>,
+    /// A listener of its own for `/healthz`, `/readyz` and `/metrics`, served by a thread of
+    /// its own, so probes answer fast while the main port is flooded (e.g. 0.0.0.0:7881).
+    #[arg(long, env = "HEARTH_PROBE_HTTP", value_name = "ADDR")]
+    pub probe_http: Option<SocketAddr>,
     /// UDP port for all media (ICE, DTLS, SRTP) [default: 7882; 0 picks a free port].
     #[arg(long, env = "HEARTH_MEDIA_PORT", value_name = "PORT")]
     pub media_port: Option<u16>,
@@ -345,6 +349,8 @@ pub struct Config {
     pub http: SocketAddr,
     /// A listener of its own for gRPC (None: gRPC shares the HTTP port).
     pub grpc: Option<SocketAddr>,
+    /// A listener of its own for probes and metrics (None: on the HTTP port only).
+    pub probe_http: Option<SocketAddr>,
     pub media_bind: SocketAddr,
     pub public_ip: IpAddr,
     pub data_dir: PathBuf,
@@ -376,6 +382,7 @@ impl Config {
         Config {
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
             grpc: None,
+            probe_http: None,
             media_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             public_ip: IpAddr::from([127, 0, 0, 1]),
             data_dir: std::env::temp_dir().join("hearth-test-data"),
@@ -619,6 +626,7 @@ pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
     Ok(Config {
         http,
         grpc: args.grpc.or(file.grpc),
+        probe_http: args.probe_http,
         media_bind: SocketAddr::new(media_ip, media_port),
         public_ip,
         data_dir,

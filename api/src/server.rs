@@ -123,6 +123,8 @@ fn node_id_from(dir: &std::path::Path) -> std::io::Result<String> {
 /// A running server.
 pub struct RunningServer {
     pub http_addr: SocketAddr,
+    /// The probe listener (`--probe-http`), if any.
+    pub probe_addr: Option<SocketAddr>,
     /// The gRPC listener when it has its own (`--grpc`); else gRPC is on `http_addr`.
     pub grpc_addr: Option<SocketAddr>,
     /// The SFU media port (None on a TURN-only node).
@@ -355,7 +357,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         limits,
         shutdown_rx,
     ));
+    let probe_addr = match state.config.probe_http {
+        Some(addr) => Some(start_probe_listener(addr, &state, shutdown.subscribe())?),
+        None => None,
+    };
     Ok(RunningServer {
+        probe_addr,
         http_addr,
         grpc_addr,
         media_addr,
@@ -364,6 +371,56 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         task,
         grpc_task,
     })
+}
+
+/// `/healthz`, `/readyz` and `/metrics` on a listener of their own, served by a thread of
+/// their own (a current-thread runtime): a flood of connections on the main port keeps the
+/// node's workers busy, not this thread, so orchestrators' probes still answer fast.
+fn start_probe_listener(
+    addr: SocketAddr,
+    state: &Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (probes): {e}"))?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(crate::rest::not_found)
+        .with_state(Arc::clone(state));
+    std::thread::Builder::new()
+        .name("hearth-probes".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "the probe listener cannot start");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                let stop = async move {
+                    while !*shutdown.borrow() {
+                        if shutdown.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await;
+            });
+        })?;
+    Ok(local)
 }
 
 /// All HTTP routes: pages, signaling, probes, metrics and the REST API. A path no route

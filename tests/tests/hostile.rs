@@ -365,6 +365,10 @@ async fn connection_floods_do_not_take_the_node_offline() {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
+    let probe_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
     let data = std::env::temp_dir().join(format!("hearth-hostile-{port}"));
     let mut cmd = Command::new("bash");
     cmd.arg("-c")
@@ -372,9 +376,11 @@ async fn connection_floods_do_not_take_the_node_offline() {
         .arg(&hearth);
     let mut node = hearth_tests::node_args(&mut cmd, port, (API_KEY, API_SECRET), &data)
         .args(["--header-timeout", "2s", "--first-byte-timeout", "2s"])
+        .args(["--probe-http", &format!("127.0.0.1:{probe_port}")])
         .spawn()
         .expect("the node starts");
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let probe_addr = SocketAddr::from(([127, 0, 0, 1], probe_port));
     let deadline = Instant::now() + T;
     while http_status(addr, "/readyz").await.map(|r| r.0) != Some(200) {
         assert!(Instant::now() < deadline, "the node never became ready");
@@ -414,14 +420,15 @@ async fn connection_floods_do_not_take_the_node_offline() {
         client.wait_for_media_from(&others, 20, 0, T).await;
     }
 
-    // /readyz probed every 20 ms throughout, from an address the floods do not use.
+    // /readyz probed every 20 ms throughout, from an address the floods do not use: on the
+    // flooded port and on the probe listener (`--probe-http`, a thread of its own).
     let probing = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let probe = {
+    let probe_task = |target: SocketAddr| {
         let probing = Arc::clone(&probing);
         tokio::spawn(async move {
             let (mut times, mut failures) = (Vec::new(), 0u32);
             while probing.load(Ordering::Relaxed) {
-                match http_status(addr, "/readyz").await {
+                match http_status(target, "/readyz").await {
                     Some((200, took)) => times.push(took),
                     _ => failures += 1,
                 }
@@ -431,6 +438,8 @@ async fn connection_floods_do_not_take_the_node_offline() {
             (times, failures)
         })
     };
+    let probe = probe_task(addr);
+    let probe_own = probe_task(probe_addr);
 
     let one = [IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))];
     let several: Vec<IpAddr> = (3..=10)
@@ -486,10 +495,20 @@ async fn connection_floods_do_not_take_the_node_offline() {
         }
     }
     probing.store(false, Ordering::Relaxed);
+    let (own_times, own_failures) = probe_own.await.expect("the probe task");
+    let own_at = |q: f64| own_times[((own_times.len() - 1) as f64 * q) as usize];
+    eprintln!(
+        "/readyz on --probe-http: {} probes, {own_failures} failed, p50 {:?}, p99 {:?}, slowest {:?}",
+        own_times.len(),
+        own_at(0.5),
+        own_at(0.99),
+        own_at(1.0)
+    );
+    assert_eq!(own_failures, 0, "/readyz on the probe listener failed");
     let (times, failures) = probe.await.expect("the probe task");
     let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
     eprintln!(
-        "/readyz: {} probes, {failures} failed, p50 {:?}, p99 {:?}, slowest {:?}",
+        "/readyz on the flooded port: {} probes, {failures} failed, p50 {:?}, p99 {:?}, slowest {:?}",
         times.len(),
         at(0.5),
         at(0.99),

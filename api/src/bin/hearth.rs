@@ -129,6 +129,9 @@ fn serve(args: &ServeArgs, started: Instant) -> ExitCode {
             println!("  turn        udp {}, tcp {}{tls}", turn.udp, turn.tcp);
         }
         println!("  metrics     http://{}/metrics", server.http_addr);
+        if let Some(probe) = server.probe_addr {
+            println!("  probes      http://{probe}/readyz, /healthz, /metrics (own thread)");
+        }
         if let Some(grpc) = server.grpc_addr {
             println!("  grpc        {grpc}");
         } else {
