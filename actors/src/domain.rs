@@ -135,11 +135,20 @@ pub struct Candidate {
 /// One message from a joined client, already decoded from the wire.
 #[derive(Clone, Debug)]
 pub enum ClientSignal {
-    Offer(String),
+    /// An offer, with what the client's sending mids carry.
+    Offer {
+        sdp: String,
+        sources: Vec<(String, TrackSource)>,
+    },
     Answer(String),
     Candidate(Candidate),
-    Mute { track: TrackId, muted: bool },
-    Unpublish { track: TrackId },
+    Mute {
+        track: TrackId,
+        muted: bool,
+    },
+    Unpublish {
+        track: TrackId,
+    },
     Leave,
 }
 

@@ -231,6 +231,8 @@ enum SubOp {
 
 pub struct ParticipantState {
     reg: crate::registry::Registration,
+    /// What the client's sending mids carry (declared with its offers).
+    sources: HashMap<String, crate::domain::TrackSource>,
     /// Bytes in and out of this participant, for the usage ledger.
     usage: Arc<crate::billing::UsageInterval>,
     id: ParticipantId,
@@ -360,6 +362,7 @@ impl Actor for ParticipantActor {
             .media_queue(move || media_depth.depth()),
         );
         Ok(ParticipantState {
+            sources: HashMap::new(),
             usage: args.usage,
             reg,
             id: args.id,
@@ -582,7 +585,13 @@ impl ParticipantState {
 
     fn on_signal(&mut self, now: Instant, signal: ClientSignal, myself: &ActorRef<ParticipantMsg>) {
         match signal {
-            ClientSignal::Offer(sdp) => {
+            ClientSignal::Offer { sdp, sources } => {
+                // Declared per offer; a mid keeps what it was declared as.
+                for (mid, source) in sources {
+                    if self.sources.len() < 64 || self.sources.contains_key(&mid) {
+                        self.sources.insert(mid, source);
+                    }
+                }
                 if self.peer.has_local_offer() {
                     tracing::debug!(participant = %self.id, "client offer ignored (glare)");
                     // Glare: we are the impolite peer and ignore the client's offer; the
@@ -807,7 +816,7 @@ impl ParticipantState {
             mime_type: track.codec.mime_type.clone(),
             muted: false,
             mid: track.mid.clone(),
-            source: crate::domain::TrackSource::Unknown,
+            source: self.sources.get(&track.mid).copied().unwrap_or_default(),
         };
         let published = Published {
             key: TrackKey::next(),

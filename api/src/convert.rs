@@ -82,7 +82,13 @@ pub fn decode_client(text: &str) -> Result<Incoming, SignalError> {
     Ok(match message {
         C::Join(join) => Incoming::Join(join),
         C::Ping(ping) => Incoming::Ping(ping.timestamp),
-        C::Offer(desc) => Incoming::Signal(ClientSignal::Offer(sdp(desc, "offer")?)),
+        C::Offer(desc) => {
+            let sources = sources(&desc.sources)?;
+            Incoming::Signal(ClientSignal::Offer {
+                sdp: sdp(desc, "offer")?,
+                sources,
+            })
+        }
         C::Answer(desc) => Incoming::Signal(ClientSignal::Answer(sdp(desc, "answer")?)),
         C::Trickle(c) => Incoming::Signal(ClientSignal::Candidate(Candidate {
             candidate: c.candidate,
@@ -99,6 +105,42 @@ pub fn decode_client(text: &str) -> Result<Incoming, SignalError> {
         }),
         C::Leave(_) => Incoming::Signal(ClientSignal::Leave),
     })
+}
+
+/// An offer's declared sources: at most 64, mids of at most 32 bytes, known values.
+fn sources(
+    map: &std::collections::HashMap<String, i32>,
+) -> Result<Vec<(String, hearth_actors::TrackSource)>, SignalError> {
+    use hearth_actors::TrackSource as S;
+    if map.len() > 64 {
+        return Err(SignalError::new(
+            SignalErrorCode::MalformedMessage,
+            "sources: at most 64 entries",
+        ));
+    }
+    map.iter()
+        .map(|(mid, v)| {
+            if mid.is_empty() || mid.len() > 32 {
+                return Err(SignalError::new(
+                    SignalErrorCode::MalformedMessage,
+                    "sources: a mid is 1 to 32 bytes",
+                ));
+            }
+            let source = match pb::TrackSource::try_from(*v) {
+                Ok(pb::TrackSource::Unspecified) => S::Unknown,
+                Ok(pb::TrackSource::Camera) => S::Camera,
+                Ok(pb::TrackSource::Microphone) => S::Microphone,
+                Ok(pb::TrackSource::Screen) => S::Screen,
+                Err(_) => {
+                    return Err(SignalError::new(
+                        SignalErrorCode::MalformedMessage,
+                        format!("sources: unknown track source {v}"),
+                    ));
+                }
+            };
+            Ok((mid.clone(), source))
+        })
+        .collect()
 }
 
 fn sdp(desc: pb::SessionDescription, expected: &str) -> Result<String, SignalError> {
@@ -188,6 +230,12 @@ pub fn track(t: &TrackInfo) -> pb::TrackInfo {
         mime_type: t.mime_type.clone(),
         muted: t.muted,
         mid: t.mid.clone(),
+        source: match t.source {
+            hearth_actors::TrackSource::Unknown => pb::TrackSource::Unspecified,
+            hearth_actors::TrackSource::Camera => pb::TrackSource::Camera,
+            hearth_actors::TrackSource::Microphone => pb::TrackSource::Microphone,
+            hearth_actors::TrackSource::Screen => pb::TrackSource::Screen,
+        } as i32,
     }
 }
 
@@ -239,10 +287,12 @@ pub fn server_message(signal: ServerSignal) -> S {
         ServerSignal::Offer(sdp) => S::Offer(pb::SessionDescription {
             r#type: "offer".into(),
             sdp,
+            ..Default::default()
         }),
         ServerSignal::Answer(sdp) => S::Answer(pb::SessionDescription {
             r#type: "answer".into(),
             sdp,
+            ..Default::default()
         }),
         ServerSignal::Candidate(c) => S::Trickle(candidate(c)),
         ServerSignal::ParticipantJoined(p) => S::ParticipantJoined(pb::ParticipantJoined {

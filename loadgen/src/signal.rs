@@ -322,8 +322,8 @@ async fn session(
             }
             out = out_rx.recv() => {
                 let msg = match out {
-                    Some(PeerOut::Offer(sdp)) => Some(C::Offer(pb::SessionDescription { r#type: "offer".into(), sdp })),
-                    Some(PeerOut::Answer(sdp)) => Some(C::Answer(pb::SessionDescription { r#type: "answer".into(), sdp })),
+                    Some(PeerOut::Offer(sdp)) => Some(C::Offer(pb::SessionDescription { r#type: "offer".into(), sdp, ..Default::default() })),
+                    Some(PeerOut::Answer(sdp)) => Some(C::Answer(pb::SessionDescription { r#type: "answer".into(), sdp, ..Default::default() })),
                     Some(PeerOut::Candidate(c)) => Some(C::Trickle(pb::IceCandidate {
                         candidate: c.candidate,
                         sdp_mid: c.sdp_mid.unwrap_or_default(),

@@ -56,6 +56,7 @@ mod tests {
                     mime_type: "video/VP8".into(),
                     muted: false,
                     mid: "1".into(),
+                    source: 0,
                 }),
             })),
         };

@@ -394,6 +394,8 @@ impl Kind {
 pub struct ClientOptions {
     pub publish_audio: bool,
     pub publish_video: bool,
+    /// The video track is declared a screen share (`SessionDescription.sources`).
+    pub screen: bool,
 }
 
 impl ClientOptions {
@@ -402,6 +404,7 @@ impl ClientOptions {
         Self {
             publish_audio: true,
             publish_video: true,
+            screen: false,
         }
     }
 
@@ -752,6 +755,7 @@ impl TestClient {
             dirty: false,
             media_cut: false,
             loss: Loss::default(),
+            video_is_screen: opts.screen,
         });
         if opts.publish_audio {
             driver.add_outgoing(Kind::Audio);
@@ -963,6 +967,27 @@ struct Outgoing {
     sending: bool,
 }
 
+/// The mids of an SDP's sending m-lines of `kind` (`audio` or `video`).
+pub fn sending_mids(sdp: &str, kind: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for section in sdp.split("\nm=").skip(1) {
+        if !section.starts_with(kind) {
+            continue;
+        }
+        let sends = section
+            .lines()
+            .any(|l| matches!(l.trim(), "a=sendonly" | "a=sendrecv"));
+        let mid = section
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("a=mid:"))
+            .map(str::to_owned);
+        if let (true, Some(mid)) = (sends, mid) {
+            out.push(mid);
+        }
+    }
+    out
+}
+
 struct Driver {
     pc: RTCPeerConnection,
     socket: UdpSocket,
@@ -993,6 +1018,8 @@ struct Driver {
     media_cut: bool,
     /// Simulated video loss (see [`TestClient::video_loss`]).
     loss: Loss,
+    /// Our video is declared a screen share in our offers.
+    video_is_screen: bool,
 }
 
 #[derive(Default)]
@@ -1434,6 +1461,7 @@ impl Driver {
             Ok(answer) => {
                 self.after_negotiation(ufrag, false);
                 let msg = C::Answer(pb::SessionDescription {
+                    sources: HashMap::new(),
                     r#type: "answer".into(),
                     sdp: answer,
                 });
@@ -1518,9 +1546,16 @@ impl Driver {
             Ok(sdp) => {
                 self.have_local_offer = true;
                 self.shared.update(|s| s.offers_sent += 1);
+                let mut sources = HashMap::new();
+                if self.video_is_screen {
+                    for mid in sending_mids(&sdp, "video") {
+                        sources.insert(mid, pb::TrackSource::Screen as i32);
+                    }
+                }
                 let msg = C::Offer(pb::SessionDescription {
                     r#type: "offer".into(),
                     sdp,
+                    sources,
                 });
                 let _ = self.ws_tx.send(encode(msg)).await;
             }

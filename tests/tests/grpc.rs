@@ -718,6 +718,7 @@ async fn minted_tokens_join_and_events_stream_and_resume() {
         ClientOptions {
             publish_audio: true,
             publish_video: false,
+            screen: false,
         },
     )
     .await
@@ -828,6 +829,7 @@ async fn an_app_pulls_rtp_out_of_a_meeting_and_pushes_a_track_into_it() {
         ClientOptions {
             publish_audio: true,
             publish_video: false,
+            screen: false,
         },
     )
     .await

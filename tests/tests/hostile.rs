@@ -400,6 +400,7 @@ async fn connection_floods_do_not_take_the_node_offline() {
             ClientOptions {
                 publish_audio: true,
                 publish_video: false,
+                screen: false,
             },
         )
         .await

@@ -1001,3 +1001,77 @@ async fn the_ledger_catches_up_after_the_database_comes_back() {
     assert!(sum(&rows, "meeting_ms", "meeting", "outage") > 1500);
     server.shutdown().await;
 }
+
+// ----- Screen shares ------------------------------------------------------------------------
+
+/// A video track declared a screen share (`SessionDescription.sources`) is metered as
+/// `screen_track_ms`, not as camera video; undeclared or bad declarations are refused or
+/// default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_screen_share_is_metered_apart_from_cameras() {
+    let server = TestServer::start_with(|c| {
+        c.ledger = Some(ledger_config(
+            sqlite_url("screen"),
+            WebhookConfig::default(),
+        ));
+        c.empty_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let api = Api::new(
+        format!("http://{}", server.server.http_addr),
+        API_KEY,
+        API_SECRET,
+    );
+    let sharer = TestClient::join(
+        &server,
+        "screens",
+        "sharer",
+        ClientOptions {
+            publish_audio: true,
+            publish_video: true,
+            screen: true,
+        },
+    )
+    .await
+    .expect("joins");
+    let viewer = TestClient::join(&server, "screens", "viewer", ClientOptions::receive_only())
+        .await
+        .expect("joins");
+    let sharer_id = sharer.participant_id().to_owned();
+    viewer.wait_for_media_from(&[&sharer_id], 50, 20, T).await;
+    sharer.leave().await;
+    viewer.leave().await;
+    server.wait_meeting_count(T, |n| n == 0).await;
+    server
+        .node()
+        .billing()
+        .unwrap()
+        .tick_once()
+        .await
+        .expect("written");
+    let rows = api.all_events().await;
+    assert!(
+        sum(&rows, "screen_track_ms", "participant", &sharer_id) > 500,
+        "{rows:#?}"
+    );
+    assert_eq!(sum(&rows, "video_track_ms", "participant", &sharer_id), 0);
+    assert!(sum(&rows, "audio_track_ms", "participant", &sharer_id) > 500);
+
+    // Bad declarations are refused with a clear error.
+    for bad in [
+        r#"{"offer": {"type": "offer", "sdp": "v=0\r\n", "sources": {"0": "BOGUS"}}}"#,
+        r#"{"offer": {"type": "offer", "sdp": "v=0\r\n", "sources": {"0": 99}}}"#,
+    ] {
+        let mut raw = hearth_tests::RawSignal::connect(&server).await;
+        raw.send_join(
+            &server.token("screens", "raw", Grants::default()),
+            "screens",
+        )
+        .await;
+        let _ = raw.next_message(T).await; // the join answer
+        raw.send_text(bad).await;
+        let err = raw.expect_error(T).await;
+        assert_eq!(err.code, "MALFORMED_MESSAGE", "{bad}: {err:?}");
+    }
+    server.shutdown().await;
+}
