@@ -11,6 +11,12 @@
       interval. After the load: the same for three minutes of idle, compared with the idle
       values before the load. Writes DIR/soak.csv and DIR/soak.txt.
 
+  deploy/bench/soak.py billing [--rounds 3] [--repeats 2] [--pg-url URL] [--out DIR]
+      The node's media CPU with usage metering on (SQLite; PostgreSQL too with --pg-url)
+      versus off (--no-ledger), the same binary, in alternation: ROUNDS rounds of 40
+      four-person audio meetings and ROUNDS of 8 four-person video meetings, the server's
+      CPU per forwarded packet for each, and the ledger rows written. Writes DIR/billing.txt.
+
   deploy/bench/soak.py alloc [--rounds 4] [--out DIR] BIN...
       For each binary (e.g. target/alloc/hearth-system, -jemalloc, -mimalloc), twice in
       alternation: idle RSS, ROUNDS rounds of 40 four-person audio meetings (160
@@ -42,14 +48,14 @@ def parse_duration(s):
 
 
 class Node:
-    def __init__(self, binary, port, out, empty_timeout="5s"):
+    def __init__(self, binary, port, out, empty_timeout="5s", extra=(), data="data"):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log = open(os.path.join(out, f"node-{port}.log"), "w")
         self.proc = subprocess.Popen(
             ["taskset", "-c", "0", binary, "--http", f"127.0.0.1:{port}", "--media-port", "0",
              "--turn-port", "0", "--api-key", KEY, "--api-secret", SECRET,
-             "--empty-timeout", empty_timeout, "--data-dir", os.path.join(out, "data")],
+             "--empty-timeout", empty_timeout, "--data-dir", os.path.join(out, data), *extra],
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 10
         while time.time() < deadline:
@@ -273,6 +279,56 @@ def alloc(a):
         f.write(text + "\n")
 
 
+def billing(a):
+    os.makedirs(a.out, exist_ok=True)
+    variants = [("ledger off", ["--no-ledger"]), ("ledger SQLite", [])]
+    if a.pg_url:
+        variants.append(("ledger PostgreSQL", ["--database-url", a.pg_url]))
+    scenarios = [("audio 40x4", ["--preset", "audio-rooms", "--meetings", "40"]),
+                 ("video 8x4", ["--preset", "video-meeting", "--meetings", "8",
+                                "--participants", "4"])]
+    results = []
+    for repeat in range(a.repeats):
+        for label, extra in variants:
+            port = 38950 + repeat * 10 + len(results) % 10
+            node = Node(a.hearth, port, a.out, empty_timeout="2s", extra=extra,
+                        data=f"data-{repeat}-{label.replace(' ', '-')}")
+            time.sleep(1)
+            for name, args in scenarios:
+                costs = []
+                for rnd in range(a.rounds):
+                    path = os.path.join(a.out, f"{label}-{repeat}-{name}-{rnd}.json".replace(" ", "_"))
+                    loadgen(node, args + ["--duration", "20s"], 1000 * repeat + rnd + 1,
+                            json_path=path)
+                    try:
+                        with open(path) as f:
+                            r = json.load(f)
+                        cpu, pps = r["server"].get("cpu_pct_avg") or 0, r["throughput"]["pps_in"] or 0
+                        if cpu and pps:
+                            costs.append(cpu * 10000 / pps)
+                    except (OSError, ValueError, KeyError):
+                        pass
+                rows = node.metrics().get("hearth_usage_rows_written_total", 0)
+                cost = sum(costs) / len(costs) if costs else float("nan")
+                print((label, repeat + 1, name, round(cost, 2), len(costs), int(rows)), flush=True)
+                results.append((label, repeat + 1, name, cost, len(costs), int(rows)))
+            node.stop()
+    lines = [f"usage metering on vs off: {a.rounds} rounds of 20 s per scenario, "
+             f"{a.repeats} runs per variant in alternation (server on CPU 0, loadgen on CPU 1)",
+             f"{'variant':<20}{'run':>4}  {'scenario':<12}{'µs/pkt':>8}{'rounds':>7}{'rows':>8}"]
+    for label, run, name, cost, n, rows in results:
+        lines.append(f"{label:<20}{run:>4}  {name:<12}{cost:>8.2f}{n:>7}{rows:>8}")
+    for name, _ in scenarios:
+        for label, _ in variants:
+            cs = [c for (l, _, s, c, n, _) in results if l == label and s == name and n]
+            if cs:
+                lines.append(f"mean {label:<15} {name:<12}{sum(cs) / len(cs):>8.2f}")
+    text = "\n".join(lines)
+    print(text)
+    with open(os.path.join(a.out, "billing.txt"), "w") as f:
+        f.write(text + "\n")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -281,6 +337,12 @@ def main():
     s.add_argument("--sample", type=int, default=60)
     s.add_argument("--out", default="target/bench-soak")
     s.add_argument("--hearth", default="target/release/hearth")
+    b = sub.add_parser("billing")
+    b.add_argument("--rounds", type=int, default=3)
+    b.add_argument("--repeats", type=int, default=2)
+    b.add_argument("--pg-url")
+    b.add_argument("--out", default="target/bench-billing")
+    b.add_argument("--hearth", default="target/release/hearth")
     al = sub.add_parser("alloc")
     al.add_argument("--rounds", type=int, default=4)
     al.add_argument("--repeats", type=int, default=2)
@@ -290,7 +352,7 @@ def main():
     for tool in (LOADGEN, HEARTHCTL):
         if not os.access(tool, os.X_OK):
             sys.exit(f"{tool} missing: cargo build --release --bin hearth-loadgen --bin hearthctl")
-    soak(a) if a.cmd == "soak" else alloc(a)
+    {"soak": soak, "alloc": alloc, "billing": billing}[a.cmd](a)
 
 
 if __name__ == "__main__":
