@@ -697,25 +697,8 @@ impl Auth {
 
 impl Interceptor for Auth {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        let grants = Grants {
-            join: false,
-            publish: false,
-            subscribe: false,
-            create: false,
-            admin: true,
-        };
-        let claims = token::claims_for(
-            &self.key,
-            "",
-            "hearthctl",
-            "hearthctl",
-            grants,
-            SystemTime::now(),
-            TOKEN_TTL,
-        );
-        let value =
-            MetadataValue::try_from(format!("Bearer {}", token::mint(&claims, &self.secret)))
-                .map_err(|_| Status::invalid_argument("the API key cannot be sent in metadata"))?;
+        let value = MetadataValue::try_from(format!("Bearer {}", self.bearer()))
+            .map_err(|_| Status::invalid_argument("the API key cannot be sent in metadata"))?;
         request.metadata_mut().insert("authorization", value);
         Ok(request)
     }
