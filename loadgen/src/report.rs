@@ -184,11 +184,14 @@ pub struct Slo {
     /// noticed anything (and, with --chaos-every, no bystander of a kill did). Always true
     /// without --reconnect.
     pub reconnect_ok: bool,
+    /// Media was measured: some packets were expected at the receivers. A run where nothing
+    /// flowed (nobody published, or nobody connected) cannot hold an SLO.
+    pub measured: bool,
     pub held: bool,
 }
 
 impl Slo {
-    fn of(loss_pct: f64, p99_ms: f64, join_p95_ms: u64, joined_all: bool) -> Slo {
+    fn of(loss_pct: f64, p99_ms: f64, join_p95_ms: u64, joined_all: bool, measured: bool) -> Slo {
         let loss_ok = loss_pct < SLO_LOSS_PCT;
         let latency_ok = p99_ms < SLO_P99_MS;
         let join_ok = join_p95_ms < SLO_JOIN_P95_MS && joined_all;
@@ -197,7 +200,8 @@ impl Slo {
             latency_ok,
             join_ok,
             reconnect_ok: true,
-            held: loss_ok && latency_ok && join_ok,
+            measured,
+            held: measured && loss_ok && latency_ok && join_ok,
         }
     }
 
@@ -271,7 +275,13 @@ pub fn stage(samples: &[Sample], meetings: usize, participants: usize, run: &Run
             .iter()
             .filter_map(|s| s.server_rss_mb)
             .reduce(f64::max),
-        slo: Slo::of(loss, p99, join_p95, joined as usize >= total),
+        slo: Slo::of(
+            loss,
+            p99,
+            join_p95,
+            joined as usize >= total,
+            steady.iter().any(|s| s.pps_in > 0.0 || s.pps_out > 0.0),
+        ),
     }
 }
 
@@ -425,6 +435,7 @@ impl Report {
             latency_ms.p99,
             join_ms.p95 as u64,
             joined as usize >= planned,
+            expected > 0,
         )
         .with_reconnect(reconnect.as_ref(), chaos.as_ref());
         let max_held = stages.iter().rfind(|st| st.slo.held).cloned();
@@ -651,10 +662,14 @@ impl Report {
                 ),
             )
         };
-        rows.push((
-            slo_name.into(),
-            if self.slo.held { "held".into() } else { why },
-        ));
+        let verdict = if self.slo.held {
+            "held".into()
+        } else if !self.slo.measured {
+            "NOT MEASURED: no media flowed (nobody published, or nobody connected)".into()
+        } else {
+            why
+        };
+        rows.push((slo_name.into(), verdict));
         let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         rows.iter()
             .map(|(k, v)| format!("{k:<w$}  {v}"))

@@ -288,3 +288,59 @@ async fn chaos_kills_only_disturb_the_killed_actors_participants() {
     let _ = std::fs::remove_dir_all(&dir);
     server.shutdown().await;
 }
+
+/// A run where nothing can be measured (nobody publishes) must not pass its SLO: the report
+/// says so and the exit status is non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_with_no_media_does_not_pass_its_slo() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let dir = std::env::temp_dir().join(format!("hearth-loadgen-silent-{port}"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut node = Command::new(bin("hearth"));
+    let mut node = hearth_tests::node_args(&mut node, port, (KEY, SECRET), &dir.join("data"))
+        .spawn()
+        .expect("node starts");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let json = dir.join("report.json");
+    let run = Command::new(bin("hearth-loadgen"))
+        .args(["--url", &format!("http://127.0.0.1:{port}")])
+        .args(["--api-key", KEY, "--api-secret", SECRET])
+        .args(["--meetings", "2", "--participants", "4"])
+        .args(["--audio-publishers", "0", "--speakers", "0"])
+        .args(["--duration", "3s"])
+        .arg("--json")
+        .arg(&json)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the run ends in time")
+        .expect("loadgen runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "a run with no media exits non-zero:\n{stdout}"
+    );
+    assert!(stdout.contains("NOT MEASURED"), "{stdout}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("a JSON report"))
+            .expect("JSON");
+    assert_eq!(r["slo"]["held"], false);
+    assert_eq!(r["slo"]["measured"], false);
+    node.start_kill().expect("kill");
+    let _ = node.wait().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
