@@ -8,19 +8,22 @@
 //      --duration seconds: requests/s, p50/p99 from wrk;
 //   2. half of that rate (--fraction): build/fixedrate (open loop, latency from when each
 //      request was due) for --duration seconds: p50/p99;
+//   3. with --pipeline N (N > 0): the maximum rate again, wrk pipelining N requests per write
+//      on each connection (HTTP/1.1), for --duration seconds: requests/s; first a probe
+//      checks that one batch of N pipelined requests gets N answers 200 in order;
 // and around each the server's CPU time (utime+stime of /proc/PID/stat, all its threads),
 // so each gets requests per CPU-second. Then the Markdown tables and the targets.
 //
-// The API keys: Hearth limits REST requests to 50/s per API key (burst 100), hard-coded
-// (api/src/rest/guard.rs, Limits::default), so one key cannot carry a load test; the load
-// spreads over --keys keys (a [keys] table in a config file), one token each, used in
-// turn. Every request still goes through the token check and the rate limiter; Fastify
-// does both the same way. See README.md.
+// The API keys: Hearth limits REST requests to 50/s per API key (burst 100) by default
+// (--rest-rate, --rest-burst; kept at the defaults, which server.mjs has too), so one key
+// cannot carry a load test; the load spreads over --keys keys (a [keys] table in a config
+// file), one token each, used in turn. Every request still goes through the token check
+// and the rate limiter; Fastify does both the same way. See README.md.
 
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
 import { mkdtempSync, mkdirSync, openSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { cpus, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -37,6 +40,7 @@ const { values: o } = parseArgs({
     'fixed-connections': { type: 'string', default: '32' },
     fraction: { type: 'string', default: '0.5' },
     keys: { type: 'string', default: '5000' },
+    pipeline: { type: 'string', default: '0' },
     only: { type: 'string', default: 'both' },
     out: { type: 'string' },
     'check-only': { type: 'boolean' },
@@ -45,8 +49,8 @@ const { values: o } = parseArgs({
 });
 if (o.help) {
   console.log(`usage: run.sh [--duration S] [--runs N] [--warmup S] [--connections N]
-       [--fixed-connections N] [--fraction F] [--keys N] [--only hearth|fastify] [--out DIR]
-       [--check-only]
+       [--fixed-connections N] [--fraction F] [--keys N] [--pipeline N]
+       [--only hearth|fastify] [--out DIR] [--check-only]
 env: HEARTH_BIN, HEARTH_EXTRA_ARGS, SERVER_CPU (0), LOAD_CPU (1)`);
   process.exit(0);
 }
@@ -55,6 +59,9 @@ const runs = Number(o.runs);
 const warmup = Number(o.warmup);
 const fraction = Number(o.fraction);
 const nkeys = Math.max(1, Number(o.keys));
+// Requests per write in the pipelined maximum-rate phase; 0: no such phase.
+const depth = Number(o.pipeline);
+if (!Number.isInteger(depth) || depth < 0) throw new Error(`--pipeline: a whole number >= 0, not ${o.pipeline}`);
 const servers = o.only === 'both' ? ['hearth', 'fastify'] : [o.only];
 for (const s of servers) {
   if (s !== 'hearth' && s !== 'fastify') throw new Error(`--only: hearth or fastify, not ${s}`);
@@ -105,9 +112,15 @@ if (servers.includes('hearth')) {
 const TICK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
 
 function cpuSeconds(pid) {
+  const { user, sys } = cpuSplit(pid);
+  return user + sys;
+}
+
+/** The process's user and system CPU seconds (utime, stime: fields 14 and 15). */
+function cpuSplit(pid) {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[11]) + Number(f[12])) / TICK; // utime, stime (fields 14 and 15)
+  return { user: Number(f[11]) / TICK, sys: Number(f[12]) / TICK };
 }
 
 /** Busy and total jiffies of each CPU (/proc/stat). */
@@ -216,10 +229,52 @@ const url = (port) => `http://127.0.0.1:${port}`;
 const PATH = '/v1/meetings/bench';
 const tokensFile = join(work, 'tokens.txt');
 
-async function wrk(port, seconds) {
+async function wrk(port, seconds, pipeline = 0) {
   const out = await run('taskset', ['-c', loadCpu, 'wrk', '-t1', `-c${o.connections}`,
-    `-d${Math.max(1, Math.round(seconds))}s`, '--latency', '-s', join(here, 'wrk.lua'), url(port), '--', tokensFile, PATH]);
+    `-d${Math.max(1, Math.round(seconds))}s`, '--latency', '-s', join(here, 'wrk.lua'), url(port), '--', tokensFile, PATH,
+    ...(pipeline > 0 ? [String(pipeline)] : [])]);
   return lastJson(out);
+}
+
+/**
+ * Writes `n` GET requests (the first `n` load tokens) in one write on one connection and
+ * reads the answers: their statuses in order. Throws if fewer than `n` come back.
+ */
+function pipelineProbe(port, n) {
+  const batch = Array.from({ length: n }, (_, k) =>
+    `GET ${PATH} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n` +
+    `Authorization: Bearer ${tokens[k % tokens.length]}\r\n\r\n`).join('');
+  return new Promise((res, rej) => {
+    const sock = connect(port, '127.0.0.1');
+    let buf = Buffer.alloc(0);
+    const statuses = [];
+    const fail = (why) => { sock.destroy(); rej(new Error(`pipelined probe: ${why} (${statuses.length} of ${n} answers)`)); };
+    const timer = setTimeout(() => fail('timed out'), 10000);
+    sock.setNoDelay(true);
+    sock.on('connect', () => sock.write(batch));
+    sock.on('error', (e) => { clearTimeout(timer); fail(e.message); });
+    sock.on('end', () => { clearTimeout(timer); if (statuses.length < n) fail('connection closed'); });
+    sock.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      for (;;) {
+        const head = buf.indexOf('\r\n\r\n');
+        if (head < 0) return;
+        const lines = buf.subarray(0, head).toString('latin1').split('\r\n');
+        const status = /^HTTP\/1\.1 (\d{3}) /.exec(lines[0]);
+        const length = lines.map((l) => /^content-length:\s*(\d+)\s*$/i.exec(l)).find(Boolean);
+        if (!status || !length) return fail(`cannot read answer ${statuses.length + 1}: ${lines[0]}`);
+        const end = head + 4 + Number(length[1]);
+        if (buf.length < end) return;
+        statuses.push(Number(status[1]));
+        buf = buf.subarray(end);
+        if (statuses.length === n) {
+          clearTimeout(timer);
+          sock.destroy();
+          return res(statuses);
+        }
+      }
+    });
+  });
 }
 
 async function fixed(port, rate, seconds) {
@@ -230,13 +285,17 @@ async function fixed(port, rate, seconds) {
 
 /** Runs `load` and measures the server's CPU time and both CPUs' busy share around it. */
 async function measured(pid, load) {
-  const c0 = cpuSeconds(pid);
+  const c0 = cpuSplit(pid);
   const t0 = cpuTimes();
   const result = await load();
-  const cpu = cpuSeconds(pid) - c0;
+  const c1 = cpuSplit(pid);
   const t1 = cpuTimes();
-  return { ...result, server_cpu_s: cpu, server_core_busy: busyShare(t0, t1, serverCpu),
-    load_core_busy: busyShare(t0, t1, loadCpu) };
+  const user = c1.user - c0.user;
+  const sys = c1.sys - c0.sys;
+  // System time includes the softirq work done while the server runs (loopback TCP: its
+  // writes' delivery into the peer's socket); no CONFIG_IRQ_TIME_ACCOUNTING assumed.
+  return { ...result, server_cpu_s: user + sys, server_user_s: user, server_sys_s: sys,
+    server_core_busy: busyShare(t0, t1, serverCpu), load_core_busy: busyShare(t0, t1, loadCpu) };
 }
 
 const samples = { hearth: {}, fastify: {} };
@@ -337,8 +396,22 @@ async function measureServer(name, round) {
     const rate = Math.max(1, Math.floor(max.rps * fraction));
     const half = await measured(s.pid, () => fixed(port, rate, duration));
     half.req_per_cpu_s = half.server_cpu_s >= 0.05 ? half.status_2xx / half.server_cpu_s : null;
+    let pipe = null;
+    if (depth > 0) {
+      // After both phases above, so they run just as they do without --pipeline.
+      // Fewer than `depth` answers (pipelining not served) stops the run; answers other
+      // than 200 (429s with too few --keys) are a warning, as in wrk's count.
+      const probe = await pipelineProbe(port, depth);
+      pipe = await measured(s.pid, () => wrk(port, duration, depth));
+      pipe.depth = depth;
+      pipe.probe_statuses = [...new Set(probe)];
+      pipe.probe_not_200 = probe.filter((st) => st !== 200).length;
+      pipe.ok = pipe.requests - pipe.status_errors;
+      pipe.rps = pipe.ok / (pipe.duration_us / 1e6);
+      pipe.req_per_cpu_s = pipe.server_cpu_s >= 0.05 ? pipe.ok / pipe.server_cpu_s : null;
+    }
     if (s.exited()) throw new Error(`${name} died during the run; see ${s.logFile}`);
-    return { round, server: name, max, half };
+    return { round, server: name, max, half, ...(pipe ? { pipe } : {}) };
   } finally {
     await stopServer(s);
   }
@@ -375,7 +448,8 @@ for (let round = 1; round <= (o['check-only'] ? 1 : runs); round++) {
     if (r === null) continue;
     log(`round ${round}: ${name}: ${r.max.rps.toFixed(0)} req/s at most, ` +
       `${int(r.max.req_per_cpu_s)} req per CPU-s; at ${r.half.target_rate} req/s p99 ` +
-      `${(r.half.p99_us / 1000).toFixed(3)} ms`);
+      `${(r.half.p99_us / 1000).toFixed(3)} ms` +
+      (r.pipe ? `; pipelined x${depth}: ${r.pipe.rps.toFixed(0)} req/s, ${int(r.pipe.req_per_cpu_s)} req per CPU-s` : ''));
     results.push(r);
   }
 }
@@ -396,7 +470,9 @@ p(`${new Date().toISOString()}; ${cpus().length} CPUs (${cpuModel}), Linux ` +
 if (!o['check-only']) p(`Server on CPU ${serverCpu}, load on CPU ${loadCpu}. Max: wrk, 1 thread, ${o.connections} ` +
   `connections, ${duration} s after ${warmup} s warm-up. Half: build/fixedrate, open loop at ` +
   `${fraction} x that server's max, ${o['fixed-connections']} connections, ${duration} s. ` +
-  `${nkeys} API key(s), one token each, used in turn.`);
+  `${nkeys} API key(s), one token each, used in turn.` +
+  (depth > 0 ? ` Pipelined: wrk as in Max, ${depth} requests per write on each connection, ` +
+    `${duration} s, after the half run.` : ''));
 if (results.length) {
   p();
   p('| round | server | max req/s | p50 / p99 at max (ms) | server CPU-s | req per CPU-s | ' +
@@ -414,6 +490,27 @@ if (results.length) {
   }
   p();
   p('Core busy columns: max run / half run, from /proc/stat (anything running on that CPU).');
+  const piped = results.filter((r) => r.pipe);
+  const sysShare = (x) => (x.server_cpu_s > 0 ? pct(x.server_sys_s / x.server_cpu_s) : '-');
+  if (piped.length) {
+    p();
+    p(`Pipelined maximum rate, ${depth} requests per write (wrk, ${o.connections} connections):`);
+    p();
+    p('| round | server | pipelined req/s | server CPU-s | req per CPU-s | ' +
+      'req per CPU-s without pipelining | server system time share, without / with | ' +
+      'non-2xx | other errors | server core busy | load core busy |');
+    p('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+    for (const r of piped) {
+      const other = r.pipe.connect_errors + r.pipe.read_errors + r.pipe.write_errors + r.pipe.timeouts;
+      p(`| ${r.round} | ${r.server} | ${int(r.pipe.rps)} | ${r.pipe.server_cpu_s.toFixed(2)} | ` +
+        `${int(r.pipe.req_per_cpu_s)} | ${int(r.max.req_per_cpu_s)} | ` +
+        `${sysShare(r.max)} / ${sysShare(r.pipe)} | ${r.pipe.status_errors} | ${other} | ` +
+        `${pct(r.pipe.server_core_busy)} | ${pct(r.pipe.load_core_busy)} |`);
+    }
+    p();
+    p('System time share: stime / (utime + stime) of the server in the max run and the pipelined ' +
+      'run; the kernel\'s part, loopback TCP and its softirq work included.');
+  }
 
   const by = (name) => results.filter((r) => r.server === name);
   if (servers.length === 2) {
@@ -430,10 +527,27 @@ if (results.length) {
     p(`| max req/s | ${int(hRps)} | ${int(fRps)} | ${(hRps / fRps).toFixed(2)} |`);
     p(`| req per CPU-second (max run) | ${int(hEff)} | ${int(fEff)} | ${(hEff / fEff).toFixed(2)} |`);
     p(`| p99 at half of own max (ms) | ${ms(hP99)} | ${ms(median(f.map((r) => r.half.p99_us)))} | |`);
+    let pipeRatio = null;
+    if (depth > 0) {
+      const hPipe = median(h.map((r) => r.pipe.rps));
+      const fPipe = median(f.map((r) => r.pipe.rps));
+      const hPipeCpu = median(h.map((r) => r.pipe.server_cpu_s));
+      const fPipeCpu = median(f.map((r) => r.pipe.server_cpu_s));
+      const hPipeEff = median(h.map((r) => r.pipe.req_per_cpu_s));
+      const fPipeEff = median(f.map((r) => r.pipe.req_per_cpu_s));
+      pipeRatio = hPipeEff / fPipeEff;
+      p(`| pipelined x${depth}: req/s | ${int(hPipe)} | ${int(fPipe)} | ${(hPipe / fPipe).toFixed(2)} |`);
+      p(`| pipelined x${depth}: server CPU-s | ${hPipeCpu.toFixed(2)} | ${fPipeCpu.toFixed(2)} | |`);
+      p(`| pipelined x${depth}: req per CPU-second | ${int(hPipeEff)} | ${int(fPipeEff)} | ${pipeRatio.toFixed(2)} |`);
+    }
     p();
     p(`Targets: requests per CPU-second at least 5x Fastify's: ${(hEff / fEff).toFixed(2)}x, ` +
       `${hEff >= 5 * fEff ? 'met' : 'NOT met'}; p99 under 1 ms at half the maximum rate: ` +
       `${ms(hP99)} ms, ${hP99 < 1000 ? 'met' : 'NOT met'}.`);
+    if (pipeRatio !== null) {
+      p(`Pipelined (${depth} requests per write): ${pipeRatio.toFixed(2)}x Fastify's requests ` +
+        `per CPU-second.`);
+    }
   }
 
   const warnings = [];
@@ -458,6 +572,31 @@ if (results.length) {
     if (r.max.server_core_busy - own > 0.1) {
       warnings.push(`round ${r.round} ${r.server}: something else used the server CPU during the ` +
         `max run (the server ${pct(own)} of it, the CPU busy ${pct(r.max.server_core_busy)})`);
+    }
+    if (r.pipe) {
+      const q = r.pipe;
+      if (q.probe_not_200 > 0) {
+        warnings.push(`round ${r.round} ${r.server}: the pipelined probe (${depth} requests in one write) ` +
+          `got ${q.probe_not_200} answers other than 200 (${q.probe_statuses.join(', ')})`);
+      }
+      if (q.status_errors > 0) {
+        warnings.push(`round ${r.round} ${r.server}: ${q.status_errors} non-2xx answers in the pipelined run; ` +
+          `429s mean too few --keys for this rate (each key: 50/s, burst 100)`);
+      }
+      const other = q.connect_errors + q.read_errors + q.write_errors + q.timeouts;
+      if (other > 0) {
+        warnings.push(`round ${r.round} ${r.server}: pipelined run: ${q.connect_errors} connect, ` +
+          `${q.read_errors} read, ${q.write_errors} write errors, ${q.timeouts} timeouts`);
+      }
+      if (q.load_core_busy > 0.97) {
+        warnings.push(`round ${r.round} ${r.server}: the load core was saturated during the pipelined run ` +
+          `(${pct(q.load_core_busy)}): the rate may be wrk's`);
+      }
+      const ownPipe = q.server_cpu_s / (q.duration_us / 1e6);
+      if (q.server_core_busy - ownPipe > 0.1) {
+        warnings.push(`round ${r.round} ${r.server}: something else used the server CPU during the ` +
+          `pipelined run (the server ${pct(ownPipe)} of it, the CPU busy ${pct(q.server_core_busy)})`);
+      }
     }
   }
   if (warnings.length) {

@@ -5,7 +5,7 @@
 #
 #   deploy/bench/rest_vs_fastify/run.sh [--duration 10] [--runs 2] [--warmup 3]
 #       [--connections 64] [--fixed-connections 32] [--fraction 0.5] [--keys 5000]
-#       [--only hearth|fastify] [--out DIR]
+#       [--pipeline N] [--only hearth|fastify] [--out DIR]
 #
 # Hearth binary: $HEARTH_BIN, else /tmp/soakbin/hearth, else target/release/hearth
 # (cargo build --release --bin hearth). $HEARTH_EXTRA_ARGS is appended to its flags.
