@@ -24,6 +24,7 @@
     meetingView: $('meeting-view'), grid: $('grid'), list: $('participant-list'),
     count: $('participant-count'), mediaNote: $('media-note'), chat: $('chat-list'),
     micButton: $('mic-button'), cameraButton: $('camera-button'), leaveButton: $('leave-button'),
+    screenButton: $('screen-button'),
   };
 
   // ---- State -------------------------------------------------------------------------
@@ -37,9 +38,13 @@
   let selfId = '';             // our participant id while joined
   let localMedia = null;       // Promise<MediaStream|null>, kept across reconnects
   let localStream = null, micMuted = false, cameraMuted = false;
+  // Our screen share: { stream, track, transceiver, conn, tile }, kept across reconnects.
+  let screen = null, screenPending = false;
+  const canShareScreen = Boolean(navigator.mediaDevices && navigator.mediaDevices.getDisplayMedia);
   const participants = new Map();  // participant id -> model (see upsertParticipant)
   const departed = new Set();      // ids that left: late tracks must not resurrect tiles
   const remoteTracks = new Map();  // MediaStreamTrack.id -> { participant, track, transceiver, stream }
+  const screenTrackIds = new Set(); // server track ids published as screen shares
 
   // ---- Session lifecycle -------------------------------------------------------------
 
@@ -227,6 +232,7 @@
     showNotice('');
     showMeeting(true, session.meeting);
     publishLocalMedia(conn);
+    publishScreen(conn);
   }
 
   function onParticipantLeft(conn, m) {
@@ -240,7 +246,7 @@
     const p = upsertParticipant({ id: m.participantId });
     if (!p) return;
     p.tracks.set(track.id, track);
-    if (track.kind === 'VIDEO') p.videoWithdrawn = false;
+    if (track.kind === 'VIDEO' && track.source !== 'SCREEN') p.videoWithdrawn = false;
     if (p.isSelf) syncOwnMute(conn, track);
     renderParticipant(p);
   }
@@ -250,7 +256,7 @@
     const [p, track] = knownTrack(m);
     if (!track) return;
     p.tracks.delete(m.trackId);
-    if (track.kind === 'VIDEO' && !tracksOfKind(p, 'VIDEO').length) p.videoWithdrawn = true;
+    if (track.kind === 'VIDEO' && track.source !== 'SCREEN' && !cameraTracks(p).length) p.videoWithdrawn = true;
     renderParticipant(p);
   }
 
@@ -328,7 +334,20 @@
     if (conn !== current || !pc || !conn.wantOffer || pc.signalingState !== 'stable') return;
     conn.wantOffer = false;
     await pc.setLocalDescription();
-    send(conn, { offer: { type: 'offer', sdp: pc.localDescription.sdp } });
+    // Mids are assigned by setLocalDescription: declare what each sending m-line carries.
+    send(conn, { offer: { type: 'offer', sdp: pc.localDescription.sdp, sources: declaredSources(pc) } });
+  }
+
+  // SessionDescription.sources: our sending transceivers' mids -> TrackSource.
+  function declaredSources(pc) {
+    const sources = {};
+    for (const t of pc.getTransceivers()) {
+      const track = t.sender.track;
+      if (!t.mid || !track || !['sendonly', 'sendrecv'].includes(t.direction)) continue;
+      if (screen && t === screen.transceiver) sources[t.mid] = 'SCREEN';
+      else sources[t.mid] = track.kind === 'audio' ? 'MICROPHONE' : 'CAMERA';
+    }
+    return sources;
   }
 
   // Server offer. As the polite peer we always take it. If our own offer is outstanding,
@@ -346,6 +365,7 @@
       await flushCandidates(conn);
       await pc.setLocalDescription();
       send(conn, { answer: { type: 'answer', sdp: pc.localDescription.sdp } });
+      participants.forEach(renderParticipant); // the m-lines may carry other tracks now
     });
   }
 
@@ -394,11 +414,39 @@
     };
     stream.onaddtrack = ev.track.onmute = ev.track.onunmute = ev.track.onended = refresh;
     const p = upsertParticipant({ id });
-    if (ev.track.kind === 'video') p.videoWithdrawn = false;
+    if (ev.track.kind === 'video' && !isRemoteScreen(remoteTracks.get(ev.track.id))) p.videoWithdrawn = false;
     p.stream = stream;
-    attachStream(p);
     renderParticipant(p);
   }
+
+  // The server's track id (`TR_...`) a received track carries now: the `a=msid` of its
+  // m-line in the remote description (a receiver's own MediaStreamTrack.id is the
+  // browser's, and the server may reuse an m-line for another track).
+  let msidCache = { sdp: null, ids: new Map() };
+  function serverTrackId(entry) {
+    const pc = current && current.pc;
+    const mid = entry && entry.transceiver.mid;
+    if (!pc || mid == null) return '';
+    const sdp = (pc.remoteDescription && pc.remoteDescription.sdp) || '';
+    if (sdp !== msidCache.sdp) {
+      const ids = new Map();
+      for (const section of sdp.split(/\r?\nm=/).slice(1)) {
+        const m = /^a=mid:(\S+)/m.exec(section), msid = /^a=msid:\S+ (\S+)/m.exec(section);
+        if (m && msid) ids.set(m[1], msid[1]);
+      }
+      msidCache = { sdp, ids };
+    }
+    return msidCache.ids.get(mid) || '';
+  }
+
+  // TrackInfo of a received track, if announced (and not withdrawn).
+  function remoteTrackInfo(entry) {
+    const p = entry && participants.get(entry.participant);
+    return (p && p.tracks.get(serverTrackId(entry))) || null;
+  }
+
+  // A screen share stays one after `trackUnpublished`, so it never lands in the camera tile.
+  const isRemoteScreen = (entry) => Boolean(entry) && screenTrackIds.has(serverTrackId(entry));
 
   // ---- Local media -------------------------------------------------------------------
 
@@ -453,6 +501,7 @@
   }
 
   function stopLocalMedia() {
+    stopScreenShare();
     if (localStream) localStream.getTracks().forEach((t) => t.stop());
     localStream = localMedia = null;
     micMuted = cameraMuted = false;
@@ -482,10 +531,77 @@
     const sender = transceiver && transceiver.sender.track;
     const kind = sender ? sender.kind : { AUDIO: 'audio', VIDEO: 'video' }[track.kind];
     if (!kind) return;
-    const muted = kind === 'audio' ? micMuted : cameraMuted;
+    const isScreen = track.source === 'SCREEN' || Boolean(screen && transceiver && transceiver === screen.transceiver);
+    const muted = kind === 'audio' ? micMuted : !isScreen && cameraMuted;
     if (track.muted === muted) return;
     track.muted = muted;
     send(conn, { mute: { trackId: track.id, muted } });
+  }
+
+  // ---- Screen share ------------------------------------------------------------------
+
+  // Asks the browser for a screen (it shows its own picker) and publishes it on its own
+  // m-line, declared SCREEN in our offers.
+  async function startScreenShare() {
+    if (screen || screenPending || !current || !current.pc || !canShareScreen) return;
+    screenPending = true;
+    renderControls();
+    let stream = null;
+    try {
+      stream = await navigator.mediaDevices.getDisplayMedia({ video: true });
+    } catch (err) {
+      if (err.name !== 'NotAllowedError') showNotice(`Could not share the screen (${err.name}).`, 'warn');
+    } finally {
+      screenPending = false;
+    }
+    const track = stream && stream.getVideoTracks()[0];
+    const conn = current;
+    if (!track || !conn || !conn.pc || screen) {
+      if (stream) stream.getTracks().forEach((t) => t.stop());
+      return renderControls();
+    }
+    stream.getAudioTracks().forEach((t) => { t.stop(); stream.removeTrack(t); }); // video only
+    const tile = createTile(false, true);
+    tile.video.srcObject = stream;
+    tile.video.play().catch(() => {});
+    screen = { stream, track, transceiver: null, conn: null, tile };
+    track.onended = () => stopScreenShare(); // the browser's own "Stop sharing"
+    publishScreen(conn);
+    renderControls();
+    const self = participants.get(selfId);
+    if (self) renderParticipant(self);
+  }
+
+  function publishScreen(conn) {
+    if (!screen || screen.track.readyState !== 'live' || !conn.pc || screen.conn === conn) return;
+    screen.conn = conn;
+    screen.transceiver = conn.pc.addTransceiver(screen.track, { direction: 'sendonly', streams: [screen.stream] });
+    const self = participants.get(selfId);
+    if (self) renderParticipant(self);
+  }
+
+  // Withdraws the share: `unpublish` with the server's id of its track (from
+  // `trackPublished`, by mid), and the transceiver stops (the next offer drops its m-line).
+  function stopScreenShare() {
+    const s = screen;
+    if (!s) return;
+    screen = null;
+    s.track.onended = null;
+    s.track.stop();
+    s.tile.video.srcObject = null;
+    s.tile.root.remove();
+    const conn = s.conn, pc = conn && conn.pc;
+    if (conn && conn === current && pc && pc.signalingState !== 'closed') {
+      const self = participants.get(selfId);
+      const mid = s.transceiver.mid;
+      const published = self && mid != null && [...self.tracks.values()].find((t) => t.mid === mid);
+      if (published) {
+        send(conn, { unpublish: { trackId: published.id } });
+        self.tracks.delete(published.id);
+      }
+      try { s.transceiver.stop(); } catch (err) { console.debug('hearth: stopping the screen transceiver', err); }
+    }
+    renderControls();
   }
 
   const hasLocal = (kind) => Boolean(localStream && localStream.getTracks().some((t) => t.kind === kind));
@@ -499,6 +615,9 @@
     if (!p) {
       p = {
         id: info.id, isSelf, name: '', identity: '', tracks: new Map(), stream: isSelf ? localStream : null,
+        // Remote: what the camera tile plays (the received stream minus screen shares),
+        // and the screen share's own tile while there is one.
+        view: isSelf ? null : new MediaStream(), screen: null,
         videoWithdrawn: false, tile: createTile(isSelf), item: createListItem(),
       };
       participants.set(p.id, p);
@@ -514,9 +633,15 @@
     return p;
   }
 
-  const normalizeTrack = (t) => ({
-    id: t.id || '', kind: t.kind || 'TRACK_KIND_UNSPECIFIED', muted: Boolean(t.muted), mid: t.mid || '',
-  });
+  // Also remembers which track ids are screen shares (see isRemoteScreen).
+  const normalizeTrack = (t) => {
+    const track = {
+      id: t.id || '', kind: t.kind || 'TRACK_KIND_UNSPECIFIED', muted: Boolean(t.muted), mid: t.mid || '',
+      source: t.source || 'TRACK_SOURCE_UNSPECIFIED',
+    };
+    if (track.source === 'SCREEN') screenTrackIds.add(track.id);
+    return track;
+  };
 
   function removeParticipant(id) {
     departed.add(id);
@@ -525,6 +650,8 @@
     if (!p) return;
     p.tile.video.srcObject = null;
     p.tile.root.remove();
+    setScreenTile(p, null);
+    if (p.isSelf && screen) screen.tile.root.remove(); // put back next to the new self tile
     p.item.root.remove();
     participants.delete(id);
     renderCount();
@@ -534,17 +661,19 @@
     for (const id of [...participants.keys()]) removeParticipant(id);
     remoteTracks.clear();
     departed.clear();
+    screenTrackIds.clear();
   }
 
-  function createTile(isSelf) {
+  function createTile(isSelf, isScreen = false) {
     // Remote tiles also play the audio; our own is muted (never play our microphone back).
-    const video = Object.assign(el('video'), { autoplay: true, playsInline: true, muted: isSelf });
+    // Screen tiles carry video only.
+    const video = Object.assign(el('video'), { autoplay: true, playsInline: true, muted: isSelf || isScreen });
     const avatar = el('div', 'avatar');
     avatar.setAttribute('aria-hidden', 'true');
     const mic = el('span', 'mic-state');
     const name = el('span', 'name');
     const caption = el('figcaption', 'tile-label', mic, name);
-    const root = el('figure', isSelf ? 'tile self' : 'tile', video, avatar, caption);
+    const root = el('figure', isScreen ? 'tile screen' : isSelf ? 'tile self' : 'tile', video, avatar, caption);
     return { root, video, avatar, mic, name };
   }
 
@@ -555,14 +684,18 @@
   }
 
   function attachStream(p) {
-    const video = p.tile.video;
-    if (!p.stream || video.srcObject === p.stream) return;
-    video.srcObject = p.stream;
+    const stream = p.isSelf ? p.stream : p.view;
+    if (stream && stream.getTracks().length) playIn(p.tile.video, stream);
+  }
+
+  function playIn(video, stream) {
+    if (video.srcObject === stream) return;
+    video.srcObject = stream;
     video.play().catch((err) => {
       if (err.name !== 'NotAllowedError') return; // AbortError: a newer srcObject replaced it
       showNotice('The browser blocked audio playback: click anywhere to enable it.');
       document.addEventListener('click', () => {
-        participants.forEach((other) => other.tile.video.play().catch(() => {}));
+        document.querySelectorAll('#grid video').forEach((v) => v.play().catch(() => {}));
         showNotice('');
       }, { once: true });
     });
@@ -571,6 +704,7 @@
   // Draws one participant's tile and list entry from the model.
   function renderParticipant(p) {
     if (!p) return;
+    syncRemoteMedia(p);
     const label = p.isSelf ? `${displayName(p)} (you)` : displayName(p);
     const micOff = p.isSelf ? (!hasLocal('audio') || micMuted) : allMuted(tracksOfKind(p, 'AUDIO'));
     const camOff = p.isSelf ? (!hasLocal('video') || cameraMuted) : remoteVideoOff(p);
@@ -590,12 +724,54 @@
   }
 
   function remoteVideoOff(p) {
-    const live = p.stream && p.stream.getVideoTracks().some((t) => t.readyState === 'live');
-    const video = tracksOfKind(p, 'VIDEO');
+    const live = p.view.getVideoTracks().some((t) => t.readyState === 'live');
+    const video = cameraTracks(p);
     return !live || p.videoWithdrawn || (video.length > 0 && allMuted(video));
   }
 
+  // Splits a remote participant's received stream: its screen share (if announced and
+  // live) gets its own tile; everything else plays in the participant's tile.
+  function syncRemoteMedia(p) {
+    if (p.isSelf) {
+      if (screen) {
+        screen.tile.name.textContent = `${displayName(p)} (you, screen)`;
+        if (!screen.tile.root.isConnected) p.tile.root.after(screen.tile.root);
+      }
+      return;
+    }
+    const received = p.stream ? p.stream.getTracks() : [];
+    const entries = received.map((t) => remoteTracks.get(t.id));
+    const shown = received.filter((t, i) => !isRemoteScreen(entries[i]));
+    const share = received.find((t, i) => isRemoteScreen(entries[i]) && t.kind === 'video'
+      && t.readyState === 'live' && remoteTrackInfo(entries[i]));
+    for (const t of p.view.getTracks()) if (!shown.includes(t)) p.view.removeTrack(t);
+    for (const t of shown) if (!p.view.getTrackById(t.id)) p.view.addTrack(t);
+    attachStream(p);
+    setScreenTile(p, share || null);
+  }
+
+  function setScreenTile(p, track) {
+    if (!track) {
+      if (p.screen) {
+        p.screen.tile.video.srcObject = null;
+        p.screen.tile.root.remove();
+        p.screen = null;
+      }
+      return;
+    }
+    if (!p.screen || p.screen.track !== track) {
+      setScreenTile(p, null);
+      const tile = createTile(false, true);
+      tile.root.dataset.participant = p.id;
+      p.screen = { track, tile };
+      p.tile.root.after(tile.root);
+      playIn(tile.video, new MediaStream([track]));
+    }
+    p.screen.tile.name.textContent = `${displayName(p)} (screen)`;
+  }
+
   const tracksOfKind = (p, kind) => [...p.tracks.values()].filter((t) => t.kind === kind);
+  const cameraTracks = (p) => tracksOfKind(p, 'VIDEO').filter((t) => t.source !== 'SCREEN');
   const allMuted = (tracks) => tracks.every((t) => t.muted); // true when there is none
   const displayName = (p) => p.name || p.identity || p.id;
 
@@ -618,6 +794,10 @@
       button.disabled = !available;
       button.setAttribute('aria-pressed', String(muted));
     }
+    ui.screenButton.hidden = !canShareScreen;
+    ui.screenButton.disabled = screenPending;
+    ui.screenButton.textContent = screen ? 'Stop sharing' : 'Share screen';
+    ui.screenButton.setAttribute('aria-pressed', String(Boolean(screen)));
   }
 
   // ---- Page chrome -------------------------------------------------------------------
@@ -674,8 +854,11 @@
     const codecs = new Map(report.filter((s) => s.type === 'codec').map((c) => [c.id, c.mimeType]));
     for (const entry of remoteTracks.values()) {
       if (!isReceiving(entry)) continue;
+      const info = remoteTrackInfo(entry);
       result.remote.push({
-        participant: entry.participant, kind: entry.track.kind, ...countersOf(entry, inbound, codecs),
+        participant: entry.participant, kind: entry.track.kind,
+        source: isRemoteScreen(entry) ? 'SCREEN' : (info ? info.source : ''),
+        ...countersOf(entry, inbound, codecs),
       });
     }
     return result;
@@ -726,7 +909,8 @@
       get activeSpeakers() { return activeSpeakers.slice(); },
       get participantId() { return selfId; },
       get messages() { return messages.map((m) => ({ ...m, at: m.at.getTime() })); },
-      stats, leave, setMicMuted, setCameraMuted, selectedCandidateTypes,
+      get sharingScreen() { return Boolean(screen); },
+      stats, leave, setMicMuted, setCameraMuted, selectedCandidateTypes, startScreenShare, stopScreenShare,
       // Test hook: closes the peer connection (DTLS close_notify) without a signaling leave.
       closeMediaOnly: () => { if (current && current.pc) current.pc.close(); },
       join: (meeting, name, token) => startSession({ meeting, name, token }),
@@ -762,6 +946,7 @@
     });
     ui.micButton.addEventListener('click', () => setMicMuted(!micMuted));
     ui.cameraButton.addEventListener('click', () => setCameraMuted(!cameraMuted));
+    ui.screenButton.addEventListener('click', () => (screen ? stopScreenShare() : startScreenShare()));
     ui.leaveButton.addEventListener('click', leave);
     // Tell the others right away when the tab closes.
     window.addEventListener('pagehide', () => { if (current) send(current, { leave: {} }); });
