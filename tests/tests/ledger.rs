@@ -226,6 +226,32 @@ async fn usage_truth(url: String) {
     // About three seconds of audio (50 packets/s) reach Bob: a duration that is measured,
     // not slept.
     bob.wait_for_packets(&alice_id, Kind::Audio, 150, T).await;
+    // Live usage: the open intervals count up to their last checkpoint.
+    server
+        .node()
+        .billing()
+        .unwrap()
+        .tick_once()
+        .await
+        .expect("a checkpoint");
+    let live = api
+        .get("/v1/usage?window=hour&group_by=participant&meter=participant_ms")
+        .await;
+    let live_alice: i64 = live["totals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["group"] == alice_id.as_str())
+        .map(|t| t["quantity"].as_i64().unwrap())
+        .sum();
+    assert!(live_alice >= 2500, "open intervals count: {live}");
+    let final_only = api
+        .get("/v1/usage?window=hour&meter=participant_ms&include_open=false")
+        .await;
+    assert!(
+        final_only["totals"].as_array().unwrap().is_empty(),
+        "nothing has ended yet: {final_only}"
+    );
     let t2 = now_ms();
     alice.leave().await;
     bob.wait_until("alice left", T, |s| s.saw_left(&alice_id, "left"))

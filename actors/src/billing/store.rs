@@ -452,6 +452,84 @@ impl Ledger {
             .collect()
     }
 
+    /// What open intervals used since their last written row, up to their last checkpoint,
+    /// as aggregates of the same query (slices never cross an hour, so each falls in one
+    /// window).
+    pub async fn open_usage(&self, q: &UsageQuery) -> Result<Vec<Aggregate>, LedgerError> {
+        let mut sql = String::from(
+            "SELECT kind, api_key, meeting, participant, identity, slice_ms, checkpoint_ms, \
+             bytes_in - billed_in, bytes_out - billed_out FROM usage_open \
+             WHERE slice_ms >= $1 AND slice_ms < $2",
+        );
+        let mut binds: Vec<String> = Vec::new();
+        let mut n = 2;
+        if let Some(key) = &q.api_key {
+            n += 1;
+            sql.push_str(&format!(" AND api_key = ${n}"));
+            binds.push(key.clone());
+        }
+        if let Some(meeting) = &q.meeting {
+            n += 1;
+            sql.push_str(&format!(" AND meeting = ${n}"));
+            binds.push(meeting.clone());
+        }
+        let mut query = sqlx::query(&sql).bind(q.from_ms).bind(q.to_ms);
+        for b in &binds {
+            query = query.bind(b.as_str());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        let mut out: std::collections::BTreeMap<(i64, Option<String>, String), i64> =
+            Default::default();
+        for r in &rows {
+            let kind: String = r.try_get(0)?;
+            let group = match q.group_by {
+                None => None,
+                Some(GroupBy::ApiKey) => Some(r.try_get::<String, _>(1)?),
+                Some(GroupBy::Meeting) => Some(r.try_get::<String, _>(2)?),
+                Some(GroupBy::Participant) => Some(r.try_get::<String, _>(3)?),
+                Some(GroupBy::Identity) => Some(r.try_get::<String, _>(4)?),
+            };
+            let slice: i64 = r.try_get(5)?;
+            let checkpoint: i64 = r.try_get(6)?;
+            let (din, dout): (i64, i64) = (r.try_get(7)?, r.try_get(8)?);
+            let window = slice.div_euclid(q.window_ms) * q.window_ms;
+            let time_meter = match kind.as_str() {
+                "meeting" => Some("meeting_ms"),
+                "participant" => Some("participant_ms"),
+                "audio_track" => Some("audio_track_ms"),
+                "video_track" => Some("video_track_ms"),
+                "screen_track" => Some("screen_track_ms"),
+                _ => None,
+            };
+            let mut add = |meter: &str, quantity: i64| {
+                if quantity > 0 && (q.meters.is_empty() || q.meters.iter().any(|m| m == meter)) {
+                    *out.entry((window, group.clone(), meter.to_owned()))
+                        .or_default() += quantity;
+                }
+            };
+            if let Some(meter) = time_meter {
+                add(meter, checkpoint - slice);
+            }
+            match kind.as_str() {
+                "participant" => {
+                    add("bytes_in", din);
+                    add("bytes_out", dout);
+                }
+                "turn" => add("turn_relayed_bytes", din + dout),
+                _ => {}
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|((window_start_ms, group, meter), quantity)| Aggregate {
+                window_start_ms,
+                group,
+                meter,
+                quantity,
+            })
+            .collect())
+    }
+
     /// Raw usage rows after `after` (ledger order).
     pub async fn events(
         &self,

@@ -149,6 +149,9 @@ pub struct UsageParams {
     pub group_by: Option<UsageGroup>,
     /// `hour` or `day` (default: `day`, UTC).
     pub window: Option<UsageWindow>,
+    /// Include what open intervals used up to their last checkpoint (default: true; at most
+    /// a second behind). `false`: only what is final in the ledger.
+    pub include_open: Option<bool>,
 }
 
 /// How totals are grouped.
@@ -201,8 +204,8 @@ pub struct UsageReport {
 /// What the caller's API key used, from the ledger: integer milliseconds and bytes per
 /// window (hour or day, UTC), optionally per API key, meeting, participant or identity. A
 /// row belongs to the window its slice starts in; slices never cross an hour, so hour- and
-/// day-aligned ranges are exact. Usage of intervals still open appears up to their last
-/// full hour; the rest follows when they end or the hour closes.
+/// day-aligned ranges are exact. Intervals still open count up to their last checkpoint (at
+/// most a second old) unless `include_open=false`.
 #[utoipa::path(
     get,
     path = "/v1/usage",
@@ -278,7 +281,23 @@ pub async fn get_usage(
         api_key: Some(claims.iss.clone()),
         meeting: (!claims.meeting.is_empty()).then(|| claims.meeting.clone()),
     };
-    let rows = ledger(&app)?.aggregate(&query).await.map_err(db_problem)?;
+    let ledger = ledger(&app)?;
+    let mut rows = ledger.aggregate(&query).await.map_err(db_problem)?;
+    if params.include_open.unwrap_or(true) {
+        // Open intervals up to their last checkpoint (at most a second old), merged in.
+        let open = ledger.open_usage(&query).await.map_err(db_problem)?;
+        for o in open {
+            match rows.iter_mut().find(|r| {
+                r.window_start_ms == o.window_start_ms && r.group == o.group && r.meter == o.meter
+            }) {
+                Some(r) => r.quantity += o.quantity,
+                None => rows.push(o),
+            }
+        }
+        rows.sort_by(|a, b| {
+            (a.window_start_ms, &a.group, &a.meter).cmp(&(b.window_start_ms, &b.group, &b.meter))
+        });
+    }
     Ok(axum::Json(UsageReport {
         from: rfc3339_ms(from),
         to: rfc3339_ms(to),
