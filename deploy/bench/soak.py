@@ -287,6 +287,7 @@ def billing(a):
     scenarios = [("audio 40x4", ["--preset", "audio-rooms", "--meetings", "40"]),
                  ("video 8x4", ["--preset", "video-meeting", "--meetings", "8",
                                 "--participants", "4"])]
+    scenarios = [s for s in scenarios if s[0].split()[0] in a.scenarios.split(",")]
     results = []
     for repeat in range(a.repeats):
         for label, extra in variants:
@@ -341,6 +342,7 @@ def main():
     b.add_argument("--rounds", type=int, default=3)
     b.add_argument("--repeats", type=int, default=2)
     b.add_argument("--pg-url")
+    b.add_argument("--scenarios", default="audio,video", help="audio, video or both")
     b.add_argument("--out", default="target/bench-billing")
     b.add_argument("--hearth", default="target/release/hearth")
     al = sub.add_parser("alloc")
