@@ -1101,3 +1101,106 @@ async fn a_screen_share_is_metered_apart_from_cameras() {
     }
     server.shutdown().await;
 }
+
+// ----- Bad input ----------------------------------------------------------------------------
+
+/// The usage API's refusals: each a problem with a clear detail; a meeting-scoped token sees
+/// only its meeting; a node without a ledger says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_queries_refuse_bad_input() {
+    let server = TestServer::start_with(|c| {
+        c.ledger = Some(ledger_config(sqlite_url("bad"), WebhookConfig::default()));
+    })
+    .await;
+    let api = Api::new(
+        format!("http://{}", server.server.http_addr),
+        API_KEY,
+        API_SECRET,
+    );
+    for (path, what) in [
+        ("/v1/usage?from=2026-12-06&to=2026-12-05", "before"),
+        ("/v1/usage?from=2026-12-06&to=2026-12-06", "before"),
+        ("/v1/usage?from=yesterday", "RFC 3339"),
+        ("/v1/usage?to=2026-02-30", "RFC 3339"),
+        ("/v1/usage?from=2020-01-01&to=2026-01-01", "400 days"),
+        ("/v1/usage?meter=minutes", "unknown meter"),
+        ("/v1/usage?meter=participant_ms,", "unknown meter"),
+        ("/v1/usage?window=week", "window"),
+        ("/v1/usage?group_by=node", "group_by"),
+        ("/v1/usage?colour=blue", "colour"),
+        ("/v1/usage/events?after=-1", "after"),
+        ("/v1/usage/events?limit=0", "limit"),
+        ("/v1/usage/events?limit=10001", "limit"),
+        ("/v1/usage/events?after=x", "after"),
+        ("/v1/webhooks/..%2Fx", "id"),
+    ] {
+        let (status, p) = api.call(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 400, "{path}: {p}");
+        assert!(
+            p["detail"].as_str().unwrap_or("").contains(what),
+            "{path}: {what} not in {p}"
+        );
+        assert_eq!(p["code"], "INVALID_ARGUMENT");
+    }
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/usage/events", api.base))
+        .bearer_auth(&api.token)
+        .header("accept", "image/png")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 406);
+    // Forged and missing tokens.
+    let forged = admin_token(API_KEY, "not-the-secret-0123456789");
+    for token in [forged.as_str(), ""] {
+        let resp = reqwest::Client::new()
+            .get(format!("{}/v1/usage", api.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+    }
+    // A meeting-scoped admin token: that meeting's usage, and no webhooks.
+    let scoped = {
+        let claims = token::claims_for(
+            API_KEY,
+            "only-this",
+            "ops",
+            "ops",
+            Grants {
+                admin: true,
+                ..Grants::default()
+            },
+            SystemTime::now(),
+            Duration::from_secs(600),
+        );
+        token::mint(&claims, API_SECRET)
+    };
+    let scoped_api = Api {
+        base: api.base.clone(),
+        token: scoped,
+        http: reqwest::Client::new(),
+    };
+    let (status, _) = scoped_api
+        .call(reqwest::Method::GET, "/v1/usage", None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, p) = scoped_api
+        .call(reqwest::Method::GET, "/v1/webhooks", None)
+        .await;
+    assert_eq!(status, 403, "{p}");
+    server.shutdown().await;
+
+    // No ledger: 503 with the reason.
+    let server = TestServer::start().await;
+    let api = Api::new(
+        format!("http://{}", server.server.http_addr),
+        API_KEY,
+        API_SECRET,
+    );
+    let (status, p) = api.call(reqwest::Method::GET, "/v1/usage", None).await;
+    assert_eq!(status, 503, "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("--no-ledger"), "{p}");
+    server.shutdown().await;
+}
