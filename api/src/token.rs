@@ -203,10 +203,12 @@ impl KeyStore {
 
 /// Signs `claims` with `secret` (HS256).
 pub fn mint(claims: &Claims, secret: &str) -> String {
+    // `kid` names the signing key (the issuer's API key), as verifiers with several keys
+    // expect; Hearth checks it matches `iss`.
     let header = Header {
         alg: "HS256".into(),
         typ: Some("JWT".into()),
-        kid: None,
+        kid: Some(claims.iss.clone()),
     };
     // Serializing these plain structs cannot fail.
     let header = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap_or_default());
