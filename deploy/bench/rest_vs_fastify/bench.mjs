@@ -619,8 +619,9 @@ if (servers.length === 2) {
     p(`fastify: ${samples.fastify.got.body}`);
     p('```');
   }
-  const hc = samples.hearth.conformance;
-  const fc = samples.fastify.conformance;
+  const hc = samples.hearth.conformance || [];
+  const fc = samples.fastify.conformance || [];
+  if (!hc.length || !fc.length) p('(the refused and edge-case requests were not recorded in this run)');
   const differ = hc.filter((c, i) => JSON.stringify(c) !== JSON.stringify(fc[i]));
   p(`Same answers to ${hc.length} refused or edge-case requests (status, WWW-Authenticate, ` +
     `body): ${differ.length === 0 ? 'yes' : `NO, ${differ.length} differ`}`);
