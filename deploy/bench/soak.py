@@ -281,19 +281,21 @@ def alloc(a):
 
 def billing(a):
     os.makedirs(a.out, exist_ok=True)
-    variants = [("ledger off", ["--no-ledger"]), ("ledger SQLite", [])]
+    known = {"off": ("ledger off", ["--no-ledger"]), "sqlite": ("ledger SQLite", [])}
     if a.pg_url:
-        variants.append(("ledger PostgreSQL", ["--database-url", a.pg_url]))
+        known["postgres"] = ("ledger PostgreSQL", ["--database-url", a.pg_url])
+    # The order of one repeat, e.g. off,sqlite,sqlite,off (ABBA: drift cancels).
+    variants = [known[v] for v in a.order.split(",") if v in known]
     scenarios = [("audio 40x4", ["--preset", "audio-rooms", "--meetings", "40"]),
                  ("video 8x4", ["--preset", "video-meeting", "--meetings", "8",
                                 "--participants", "4"])]
     scenarios = [s for s in scenarios if s[0].split()[0] in a.scenarios.split(",")]
     results = []
     for repeat in range(a.repeats):
-        for label, extra in variants:
-            port = 38950 + repeat * 10 + len(results) % 10
+        for i, (label, extra) in enumerate(variants):
+            port = 38950 + repeat * 10 + i
             node = Node(a.hearth, port, a.out, empty_timeout="2s", extra=extra,
-                        data=f"data-{repeat}-{label.replace(' ', '-')}")
+                        data=f"data-{repeat}-{i}-{label.replace(' ', '-')}")
             time.sleep(1)
             for name, args in scenarios:
                 costs = []
@@ -320,7 +322,7 @@ def billing(a):
     for label, run, name, cost, n, rows in results:
         lines.append(f"{label:<20}{run:>4}  {name:<12}{cost:>8.2f}{n:>7}{rows:>8}")
     for name, _ in scenarios:
-        for label, _ in variants:
+        for label in dict(variants):
             cs = [c for (l, _, s, c, n, _) in results if l == label and s == name and n]
             if cs:
                 lines.append(f"mean {label:<15} {name:<12}{sum(cs) / len(cs):>8.2f}")
@@ -343,6 +345,8 @@ def main():
     b.add_argument("--repeats", type=int, default=2)
     b.add_argument("--pg-url")
     b.add_argument("--scenarios", default="audio,video", help="audio, video or both")
+    b.add_argument("--order", default="off,sqlite,postgres",
+                   help="variants of one repeat, in order (off, sqlite, postgres; e.g. off,sqlite,sqlite,off)")
     b.add_argument("--out", default="target/bench-billing")
     b.add_argument("--hearth", default="target/release/hearth")
     al = sub.add_parser("alloc")
