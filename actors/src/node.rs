@@ -1484,11 +1484,6 @@ impl Node {
     pub fn webhooks(&self) -> Option<&Arc<Webhooks>> {
         self.shared.webhooks.as_ref()
     }
-
-    /// Intervals refused because the billing actor fell behind.
-    pub fn usage_dropped(&self) -> u64 {
-        self.shared.usage.dropped()
-    }
 }
 
 fn check_metadata(metadata: &str) -> Result<(), ApiError> {

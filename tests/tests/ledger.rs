@@ -1204,3 +1204,81 @@ async fn usage_queries_refuse_bad_input() {
     assert!(p["detail"].as_str().unwrap().contains("--no-ledger"), "{p}");
     server.shutdown().await;
 }
+
+// ----- Supervision ------------------------------------------------------------------------
+
+/// The billing actor and the webhook sender fail as a bug would: the node supervisor restarts
+/// them (the tree shows the restart), and the new actors resume: usage opened before the
+/// failure is written, webhooks still go out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_billing_and_webhook_actors_are_restarted_and_resume() {
+    let server = TestServer::start_with(|c| {
+        c.ledger = Some(ledger_config(sqlite_url("restart"), fast_webhooks()));
+        c.empty_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let api = Api::new(
+        format!("http://{}", server.server.http_addr),
+        API_KEY,
+        API_SECRET,
+    );
+    let (recv, addr) = start_receiver(0).await;
+    let (status, ep) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/webhooks",
+            Some(json!({ "url": format!("http://{addr}/hook"), "events": ["meeting.ended"] })),
+        )
+        .await;
+    assert_eq!(status, 201, "{ep}");
+    let node = server.node();
+    let restarts = |kind: hearth_actors::registry::ActorKind| {
+        node.actor_tree()
+            .iter()
+            .filter(|a| a.kind == kind)
+            .map(|a| a.restarts)
+            .max()
+    };
+    // A meeting opens its interval, then both actors fail.
+    let (status, _) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/meetings",
+            Some(json!({ "id": "r1" })),
+        )
+        .await;
+    assert_eq!(status, 201);
+    node.billing().unwrap().inject_fault();
+    node.webhooks().unwrap().inject_fault();
+    let deadline = tokio::time::Instant::now() + T;
+    while restarts(hearth_actors::registry::ActorKind::Billing) != Some(1)
+        || restarts(hearth_actors::registry::ActorKind::Webhooks) != Some(1)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not restarted: {:?}",
+            node.actor_tree()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The meeting ends (empty): its usage and its webhook come through the new actors.
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let rows = api.all_events().await;
+        let delivered = recv
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.1 == "meeting.ended");
+        if sum(&rows, "meeting_ms", "meeting", "r1") > 0 && delivered {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the restarted actors did not resume: {rows:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.shutdown().await;
+}

@@ -188,12 +188,6 @@ impl UsageInterval {
         self.bytes_out.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Sets the byte counters to absolute values (for owners that keep their own).
-    pub fn set_bytes(&self, bytes_in: u64, bytes_out: u64) {
-        self.bytes_in.fetch_max(bytes_in, Ordering::Relaxed);
-        self.bytes_out.fetch_max(bytes_out, Ordering::Relaxed);
-    }
-
     /// Reads the byte counters from `source` from now on.
     pub fn attach(&self, source: Arc<dyn ByteSource>) {
         let _ = self.source.set(source);
@@ -256,7 +250,6 @@ pub struct UsageMeter {
 
 struct MeterInner {
     tx: mpsc::Sender<Arc<UsageInterval>>,
-    dropped: AtomicU64,
 }
 
 impl UsageMeter {
@@ -296,18 +289,9 @@ impl UsageMeter {
         if let Some(inner) = &self.inner
             && inner.tx.try_send(Arc::clone(&interval)).is_err()
         {
-            inner.dropped.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("hearth_usage_intervals_dropped_total").increment(1);
         }
         UsageHandle(interval)
-    }
-
-    /// Intervals lost because the billing actor fell behind.
-    pub fn dropped(&self) -> u64 {
-        self.inner
-            .as_ref()
-            .map(|i| i.dropped.load(Ordering::Relaxed))
-            .unwrap_or(0)
     }
 }
 
@@ -376,10 +360,7 @@ impl Billing {
             encode,
         });
         let meter = UsageMeter {
-            inner: Some(Arc::new(MeterInner {
-                tx,
-                dropped: AtomicU64::new(0),
-            })),
+            inner: Some(Arc::new(MeterInner { tx })),
         };
         (meter, billing)
     }
@@ -850,7 +831,7 @@ pub fn rfc3339_ms(ms: i64) -> String {
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's
 /// algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

@@ -300,11 +300,6 @@ impl Ledger {
         Ok(())
     }
 
-    /// Whether the database answers.
-    pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
-    }
-
     /// Writes a batch in one transaction.
     pub async fn write(&self, batch: &Batch) -> Result<(), LedgerError> {
         if batch.is_empty() {
