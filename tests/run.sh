@@ -14,6 +14,12 @@ quick=0
 step() { printf '\n== %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# A fresh target/ (CI's clean clone) gains nothing from incremental compilation, which
+# roughly doubles what the workspace's own crates leave on disk.
+[ -d target ] || export CARGO_INCREMENTAL=0
+disk() { df -h --output=avail,target . | tail -1 | awk '{print "disk: " $1 " free on " $2}'; }
+disk
+
 step "system packages"
 need=()
 command -v chromium >/dev/null || need+=(chromium)
@@ -71,6 +77,7 @@ echo "ok"
 
 step "build"
 cargo build --workspace --all-targets
+disk; du -sh target 2>/dev/null || true
 
 step "PostgreSQL for the ledger tests (a throwaway cluster on loopback, removed at exit)"
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
@@ -161,4 +168,5 @@ for t in tests/browser/*.test.mjs; do
   ns_run "$(basename "$t")" target/debug/hearth
 done
 
+disk
 echo; echo "all tests passed"

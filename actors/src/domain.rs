@@ -22,6 +22,8 @@ pub struct Grants {
     pub create: bool,
     /// Operator rights (admin API).
     pub admin: bool,
+    /// Turn the meeting's live captions on and off.
+    pub captions: bool,
 }
 
 impl Default for Grants {
@@ -32,6 +34,7 @@ impl Default for Grants {
             subscribe: true,
             create: true,
             admin: false,
+            captions: false,
         }
     }
 }
@@ -43,6 +46,143 @@ pub struct MeetingSettings {
     pub max_participants: usize,
     /// How long the meeting lives on with nobody in it.
     pub empty_timeout: Duration,
+    /// Live captions.
+    pub transcription: TranscriptionSettings,
+}
+
+/// A meeting's live transcription.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TranscriptionSettings {
+    /// Transcribe every audio track.
+    pub enabled: bool,
+    /// Spoken language; None: the node's default.
+    pub language: Option<Language>,
+    /// The engine; None: the node's default.
+    pub engine: Option<EngineKind>,
+}
+
+/// Speech-to-text engines a node can be configured with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EngineKind {
+    /// Whisper in Hearth's own worker processes (`hearth-stt`), on this machine's CPU.
+    Embedded,
+    /// An OpenAI-compatible `POST /v1/audio/transcriptions` server, one request per
+    /// utterance (finals only).
+    OpenAi,
+    /// A streaming engine over WebSocket (the contract of Jitsi's opus-transcriber-proxy).
+    Streaming,
+}
+
+impl EngineKind {
+    pub const ALL: [EngineKind; 3] = [
+        EngineKind::Embedded,
+        EngineKind::OpenAi,
+        EngineKind::Streaming,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Embedded => "embedded",
+            EngineKind::OpenAi => "openai",
+            EngineKind::Streaming => "streaming",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EngineKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A spoken language: an ISO 639-1 code (`en`), optionally with a region (`en-us`),
+/// lowercase ASCII, at most 8 bytes. Copy, so settings stay Copy.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Language {
+    bytes: [u8; 8],
+    len: u8,
+}
+
+impl Language {
+    /// English, the default of the embedded engine's model.
+    pub const EN: Language = Language {
+        bytes: *b"en\0\0\0\0\0\0",
+        len: 2,
+    };
+
+    /// Parses `en`, `EN`, `pt-BR` (lowercased); None for anything else.
+    pub fn parse(s: &str) -> Option<Language> {
+        let s = s.trim();
+        let b = s.as_bytes();
+        if b.len() < 2 || b.len() > 8 {
+            return None;
+        }
+        let (primary, rest) = s.split_once('-').unwrap_or((s, ""));
+        let letters = |p: &str| p.bytes().all(|c| c.is_ascii_alphabetic());
+        if !(2..=3).contains(&primary.len())
+            || !letters(primary)
+            || (s.contains('-')
+                && (rest.is_empty() || !rest.bytes().all(|c| c.is_ascii_alphanumeric())))
+        {
+            return None;
+        }
+        let mut bytes = [0u8; 8];
+        for (d, c) in bytes.iter_mut().zip(b) {
+            *d = c.to_ascii_lowercase();
+        }
+        Some(Language {
+            bytes,
+            len: b.len() as u8,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("en")
+    }
+
+    /// The primary language subtag (`pt` of `pt-br`).
+    pub fn primary(&self) -> &str {
+        self.as_str().split('-').next().unwrap_or("en")
+    }
+}
+
+impl std::fmt::Debug for Language {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.as_str())
+    }
+}
+
+impl std::fmt::Display for Language {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A meeting's captions as participants see them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaptionsState {
+    pub enabled: bool,
+    pub language: Language,
+    pub engine: EngineKind,
+    /// Why captions do not work (engine unavailable); None when they do.
+    pub unavailable: Option<String>,
+    /// Who changed them last; None: the app or the settings.
+    pub changed_by: Option<ParticipantId>,
+}
+
+/// One transcribed utterance (interim or final).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transcript {
+    pub participant: ParticipantId,
+    pub identity: String,
+    pub name: String,
+    pub track: TrackId,
+    /// `SG_...`, stable from interim to final.
+    pub segment: String,
+    pub text: String,
+    pub is_final: bool,
+    /// Milliseconds since the meeting started.
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub language: Language,
 }
 
 /// Why a management request about a meeting was refused.
@@ -148,6 +288,11 @@ pub enum ClientSignal {
     },
     Unpublish {
         track: TrackId,
+    },
+    /// Turn captions on or off (needs the captions grant).
+    SetCaptions {
+        enabled: bool,
+        language: Option<Language>,
     },
     Leave,
 }
@@ -291,6 +436,10 @@ pub enum ServerSignal {
     MeetingUpdated {
         metadata: String,
     },
+    /// Live captions: an interim or final transcript.
+    Transcript(Transcript),
+    /// The meeting's captions changed.
+    Captions(CaptionsState),
 }
 
 /// A message the app sends to a meeting's participants (REST/gRPC), delivered over
@@ -327,6 +476,8 @@ pub struct JoinAccepted {
     pub others: Vec<ParticipantInfo>,
     /// STUN/TURN servers for the client's peer connection.
     pub ice_servers: Vec<IceServer>,
+    /// The meeting's captions now.
+    pub captions: CaptionsState,
 }
 
 /// One entry of a client's `iceServers`.

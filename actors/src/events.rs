@@ -57,6 +57,17 @@ pub enum EventKind {
         muted: bool,
     },
     ActiveSpeakers(Vec<(ParticipantId, f32)>),
+    /// A final transcript segment (live captions).
+    Transcript(crate::domain::Transcript),
+    /// Captions were turned on or off.
+    CaptionsChanged(crate::domain::CaptionsState),
+    /// An utterance was not transcribed (`overloaded`, `engine_error`, `unavailable`).
+    TranscriptionDropped {
+        participant: ParticipantId,
+        track: TrackId,
+        segment: String,
+        reason: &'static str,
+    },
 }
 
 impl EventKind {

@@ -22,6 +22,7 @@ pub mod registry;
 pub mod removals;
 pub mod signal;
 pub mod timer;
+pub mod transcription;
 pub mod turn;
 pub mod udp_mux;
 pub mod virtual_participant;

@@ -23,9 +23,9 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 
 use crate::billing::{Attribution, IntervalKind, UsageHandle};
 use crate::domain::{
-    ApiError, EndReason, Grants, JoinAccepted, JoinRequest, LeaveReason, MeetingInfo,
-    MeetingSettings, ParticipantInfo, ServerSignal, SignalError, SignalErrorCode, TrackInfo,
-    TrackSource,
+    ApiError, CaptionsState, EndReason, EngineKind, Grants, JoinAccepted, JoinRequest, Language,
+    LeaveReason, MeetingInfo, MeetingSettings, ParticipantInfo, ServerSignal, SignalError,
+    SignalErrorCode, TrackInfo, TrackSource, Transcript,
 };
 use crate::events::EventKind;
 use crate::ids::{MeetingId, ParticipantId, TrackId};
@@ -38,6 +38,7 @@ use crate::participant::{
 use crate::registry::{ActorKind, ActorSpec, Registration};
 use crate::signal::SignalSender;
 use crate::timer::Wakeup;
+use crate::transcription::transcriber::{Transcriber, TranscriberArgs, TranscriberMsg};
 use crate::virtual_participant::{
     TapArgs, TapStart, VirtualArgs, VirtualParticipant, VirtualPublisher, VirtualRole, VirtualTrack,
 };
@@ -152,6 +153,7 @@ pub enum MeetingMsg {
     UpdateSettings {
         max_participants: Option<usize>,
         empty_timeout: Option<std::time::Duration>,
+        transcription: Option<crate::domain::TranscriptionSettings>,
         reply: RpcReplyPort<MeetingSettings>,
     },
     /// A virtual participant publishing one track fed by the embedding API.
@@ -166,6 +168,26 @@ pub enum MeetingMsg {
         queue: usize,
         reply: RpcReplyPort<Result<TapStart, ApiError>>,
     },
+    /// Turn captions on or off: by a participant (needs the captions grant; refused ones
+    /// get a signaling error) or by the app (`by` None, replies).
+    SetCaptions {
+        by: Option<ParticipantId>,
+        enabled: bool,
+        language: Option<Language>,
+        engine: Option<EngineKind>,
+        reply: Option<RpcReplyPort<Result<CaptionsState, ApiError>>>,
+    },
+    /// A transcriber's result, for everyone.
+    Transcript(Transcript),
+    /// A transcriber could not transcribe an utterance.
+    TranscriptionDropped {
+        participant: ParticipantId,
+        track: TrackId,
+        segment: String,
+        reason: &'static str,
+    },
+    /// Drill and test hook: make the transcriber of a track fail.
+    InjectTranscriberFault(TrackId),
     /// The node drains: tell every client, end at the deadline.
     Drain(std::time::Duration),
     /// End the meeting now.
@@ -236,6 +258,15 @@ pub struct MeetingState {
     empty_since: Option<Instant>,
     wakeup: Wakeup,
     ended: bool,
+    /// Who changed the captions last (None: the app or the settings).
+    captions_by: Option<ParticipantId>,
+    /// One transcriber per transcribed audio track while captions are on.
+    transcribers: HashMap<TrackId, ActorRef<TranscriberMsg>>,
+    transcriber_actors: HashMap<ActorId, TrackId>,
+    /// Restarts of each track's transcriber (the last minute's count, and since when).
+    transcriber_restarts: HashMap<TrackId, (u32, Instant, Option<String>)>,
+    /// Tracks or captions changed: transcribers to start or stop.
+    transcribers_dirty: bool,
 }
 
 impl Actor for MeetingActor {
@@ -282,6 +313,11 @@ impl Actor for MeetingActor {
             empty_since: Some(now),
             wakeup,
             ended: false,
+            captions_by: None,
+            transcribers: HashMap::new(),
+            transcriber_actors: HashMap::new(),
+            transcriber_restarts: HashMap::new(),
+            transcribers_dirty: true,
         })
     }
 
@@ -388,6 +424,7 @@ impl Actor for MeetingActor {
             MeetingMsg::UpdateSettings {
                 max_participants,
                 empty_timeout,
+                transcription,
                 reply,
             } => {
                 if let Some(max) = max_participants {
@@ -395,6 +432,9 @@ impl Actor for MeetingActor {
                 }
                 if let Some(timeout) = empty_timeout {
                     state.settings.empty_timeout = timeout;
+                }
+                if let Some(t) = transcription {
+                    state.apply_transcription(t, None);
                 }
                 if let Some(record) = state.node.registry.get(&state.id) {
                     record.settings.store(state.settings);
@@ -416,6 +456,47 @@ impl Actor for MeetingActor {
             } => {
                 let result = state.tap(&myself, &track, queue).await;
                 let _ = reply.send(result);
+            }
+            MeetingMsg::SetCaptions {
+                by,
+                enabled,
+                language,
+                engine,
+                reply,
+            } => {
+                let result = state.set_captions(by.clone(), enabled, language, engine);
+                if let (Err((code, e)), Some(by)) = (&result, &by)
+                    && let Some(member) = state.members.get(by)
+                {
+                    member
+                        .signal
+                        .send(ServerSignal::Error(SignalError::new(*code, e.to_string())));
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(result.map_err(|(_, e)| e));
+                }
+            }
+            MeetingMsg::Transcript(t) => state.on_transcript(t),
+            MeetingMsg::TranscriptionDropped {
+                participant,
+                track,
+                segment,
+                reason,
+            } => {
+                state.node.events.append(
+                    &state.id,
+                    EventKind::TranscriptionDropped {
+                        participant,
+                        track,
+                        segment,
+                        reason,
+                    },
+                );
+            }
+            MeetingMsg::InjectTranscriberFault(track) => {
+                if let Some(t) = state.transcribers.get(&track) {
+                    let _ = t.send_message(TranscriberMsg::InjectFault);
+                }
             }
             MeetingMsg::Drain(deadline) => {
                 for member in state.members.values() {
@@ -445,6 +526,9 @@ impl Actor for MeetingActor {
                 });
             }
         }
+        if state.transcribers_dirty && !state.ended {
+            state.sync_transcribers(&myself).await;
+        }
         state.arm(now);
         Ok(())
     }
@@ -457,6 +541,37 @@ impl Actor for MeetingActor {
     ) -> Result<(), ActorProcessingErr> {
         let now = Instant::now();
         match event {
+            SupervisionEvent::ActorTerminated(cell, _, _)
+                if state.transcriber_actors.contains_key(&cell.get_id()) =>
+            {
+                if let Some(track) = state.transcriber_actors.remove(&cell.get_id()) {
+                    state.transcribers.remove(&track);
+                }
+            }
+            SupervisionEvent::ActorFailed(cell, error)
+                if state.transcriber_actors.contains_key(&cell.get_id()) =>
+            {
+                if let Some(track) = state.transcriber_actors.remove(&cell.get_id()) {
+                    state.transcribers.remove(&track);
+                    metrics::counter!("hearth_actor_failures_total", "kind" => "transcriber")
+                        .increment(1);
+                    tracing::warn!(meeting = %state.id, %track, %error,
+                        "transcriber failed; restarting it for its track");
+                    state
+                        .reg
+                        .failure(format!("transcriber of {track} failed: {error}"));
+                    let entry = state
+                        .transcriber_restarts
+                        .entry(track)
+                        .or_insert((0, now, None));
+                    if now.duration_since(entry.1) > std::time::Duration::from_secs(60) {
+                        *entry = (0, now, None);
+                    }
+                    entry.0 += 1;
+                    entry.2 = Some(error.to_string());
+                    state.transcribers_dirty = true;
+                }
+            }
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 if let Some(track) = state.tap_actors.remove(&cell.get_id()) {
                     state.remove_tap(&track, cell.get_id());
@@ -500,8 +615,10 @@ impl Actor for MeetingActor {
             }
             _ => {}
         }
+        if state.transcribers_dirty && !state.ended {
+            state.sync_transcribers(&myself).await;
+        }
         state.arm(now);
-        let _ = myself;
         Ok(())
     }
 
@@ -681,6 +798,7 @@ impl MeetingState {
                 },
                 others,
                 ice_servers: Vec::new(),
+                captions: self.captions(),
             },
             ParticipantHandle {
                 id,
@@ -749,6 +867,7 @@ impl MeetingState {
             },
         );
         self.rebuild_fanout(&id);
+        self.transcribers_dirty = true;
     }
 
     fn track_unpublished(&mut self, participant: &ParticipantId, track: &TrackId) {
@@ -762,6 +881,7 @@ impl MeetingState {
             t.usage.end_with("unpublished");
         }
         self.stop_taps(track);
+        self.transcribers_dirty = true;
         self.node.events.append(
             &self.id,
             EventKind::TrackUnpublished {
@@ -981,8 +1101,267 @@ impl MeetingState {
                 .actor
                 .send_message(ParticipantMsg::Leave(LeaveReason::MeetingEnded));
         }
+        for (_, t) in self.transcribers.drain() {
+            t.stop(Some("meeting_ended".into()));
+        }
         tracing::info!(meeting = %self.id, reason = reason.as_str(), "meeting ended");
         myself.stop(Some(reason.as_str().to_owned()));
+    }
+
+    /// The meeting's captions as participants see them.
+    fn captions(&self) -> CaptionsState {
+        let t = &self.node.transcription;
+        let s = self.settings.transcription;
+        let engine = s.engine.unwrap_or(t.config.default_engine);
+        CaptionsState {
+            enabled: s.enabled,
+            language: s.language.unwrap_or(t.config.default_language),
+            engine,
+            unavailable: t.unavailable(engine),
+            changed_by: self.captions_by.clone(),
+        }
+    }
+
+    /// Turns captions on or off; tells everyone; transcribers follow (sync_transcribers).
+    fn set_captions(
+        &mut self,
+        by: Option<ParticipantId>,
+        enabled: bool,
+        language: Option<Language>,
+        engine: Option<EngineKind>,
+    ) -> Result<CaptionsState, (SignalErrorCode, ApiError)> {
+        if let Some(by) = &by {
+            let Some(member) = self.members.get(by) else {
+                return Err((
+                    SignalErrorCode::NotJoined,
+                    ApiError::NotFound(format!("participant {by}")),
+                ));
+            };
+            if !(member.grants.captions || member.grants.admin) {
+                return Err((
+                    SignalErrorCode::PermissionDenied,
+                    ApiError::Invalid(
+                        "turning captions on or off needs the token's captions grant".into(),
+                    ),
+                ));
+            }
+        }
+        if let Some(engine) = engine
+            && !self.node.transcription.engines().contains(&engine)
+        {
+            return Err((
+                SignalErrorCode::MalformedMessage,
+                ApiError::Invalid(format!(
+                    "the {} engine is not configured on this node",
+                    engine.as_str()
+                )),
+            ));
+        }
+        let before = self.settings.transcription;
+        let mut s = before;
+        s.enabled = enabled;
+        if language.is_some() {
+            s.language = language;
+        }
+        if engine.is_some() {
+            s.engine = engine;
+        }
+        self.apply_transcription(s, by);
+        Ok(self.captions())
+    }
+
+    /// New transcription settings (from a participant, the app or a settings update).
+    fn apply_transcription(
+        &mut self,
+        s: crate::domain::TranscriptionSettings,
+        by: Option<ParticipantId>,
+    ) {
+        let before = self.settings.transcription;
+        if before == s {
+            return;
+        }
+        self.settings.transcription = s;
+        self.captions_by = by;
+        if let Some(record) = self.node.registry.get(&self.id) {
+            record.settings.store(self.settings);
+        }
+        let state = self.captions();
+        if s.enabled && !before.enabled {
+            self.node.transcription.warm(state.engine);
+        }
+        for t in self.transcribers.values() {
+            let _ = t.send_message(TranscriberMsg::Settings {
+                language: state.language,
+                engine: state.engine,
+            });
+        }
+        tracing::info!(meeting = %self.id, enabled = s.enabled, language = %state.language,
+            engine = state.engine.as_str(), "captions changed");
+        for member in self.members.values() {
+            member.signal.send(ServerSignal::Captions(state.clone()));
+        }
+        self.node
+            .events
+            .append(&self.id, EventKind::CaptionsChanged(state));
+        self.transcribers_dirty = true;
+    }
+
+    /// A transcriber's result: to every participant; a final one also to the event stream,
+    /// the database and webhooks.
+    fn on_transcript(&mut self, t: Transcript) {
+        if !self.settings.transcription.enabled && !t.is_final {
+            return;
+        }
+        for member in self.members.values() {
+            if !member.is_virtual {
+                member.signal.send(ServerSignal::Transcript(t.clone()));
+            }
+        }
+        if !t.is_final || t.text.is_empty() {
+            return;
+        }
+        if let Some(billing) = &self.node.billing {
+            let started_ms = self
+                .started_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            billing.record_transcript(crate::billing::store::TranscriptRow {
+                segment_id: t.segment.clone(),
+                node: billing.node_id.clone(),
+                api_key: self.tenant(),
+                meeting: self.id.to_string(),
+                meeting_started_ms: started_ms,
+                participant: t.participant.to_string(),
+                identity: t.identity.clone(),
+                name: t.name.clone(),
+                track: t.track.to_string(),
+                language: t.language.to_string(),
+                start_ms: t.start_ms as i64,
+                end_ms: t.end_ms as i64,
+                text: t.text.clone(),
+                created_ms: crate::billing::store::now_ms(),
+            });
+        }
+        self.node.events.append(&self.id, EventKind::Transcript(t));
+    }
+
+    /// The API key the meeting is billed to.
+    fn tenant(&self) -> String {
+        self.node
+            .registry
+            .get(&self.id)
+            .map(|r| r.tenant.clone())
+            .unwrap_or_default()
+    }
+
+    /// Starts a transcriber for every audio track that should have one, stops the others.
+    async fn sync_transcribers(&mut self, myself: &ActorRef<MeetingMsg>) {
+        self.transcribers_dirty = false;
+        let enabled = self.settings.transcription.enabled;
+        let wanted: Vec<TrackId> = if enabled {
+            self.tracks
+                .values()
+                .filter(|t| {
+                    t.published.info.kind == hearth_engine::media::MediaKind::Audio
+                        && t.published
+                            .info
+                            .mime_type
+                            .eq_ignore_ascii_case("audio/opus")
+                })
+                .map(|t| t.published.info.id.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let stale: Vec<TrackId> = self
+            .transcribers
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .cloned()
+            .collect();
+        for track in stale {
+            if let Some(t) = self.transcribers.remove(&track) {
+                t.stop(Some("captions_off".into()));
+            }
+        }
+        let captions = self.captions();
+        for track in wanted {
+            if self.transcribers.contains_key(&track) {
+                continue;
+            }
+            let (restarts, last_failure) = match self.transcriber_restarts.get(&track) {
+                // A transcriber failing over and over for one track stops being restarted
+                // (for a minute): its track stays untranscribed, the meeting goes on.
+                Some((n, since, _)) if *n > 5 && since.elapsed().as_secs() < 60 => continue,
+                Some((n, _, why)) => (*n, why.clone()),
+                None => (0, None),
+            };
+            if let Err(e) = self
+                .start_transcriber(myself, &track, &captions, restarts, last_failure)
+                .await
+            {
+                tracing::warn!(meeting = %self.id, %track, error = %e, "cannot start a transcriber");
+            }
+        }
+    }
+
+    async fn start_transcriber(
+        &mut self,
+        myself: &ActorRef<MeetingMsg>,
+        track: &TrackId,
+        captions: &CaptionsState,
+        restarts: u32,
+        last_failure: Option<String>,
+    ) -> Result<(), ApiError> {
+        let queue = self.node.transcription.config.queue;
+        let tap = self.tap(myself, track, queue).await?;
+        let Some(member) = self.members.get(&tap.publisher) else {
+            tap.actor.stop(None);
+            return Err(ApiError::NotFound(format!("publisher of {track}")));
+        };
+        let who = member.usage.interval().who.clone();
+        let usage = self
+            .node
+            .usage
+            .open(IntervalKind::Transcription, who, track.as_str());
+        let args = TranscriberArgs {
+            meeting: myself.clone(),
+            transcription: Arc::clone(&self.node.transcription),
+            actors: Arc::clone(&self.node.actors),
+            parent: myself.get_id(),
+            track: track.clone(),
+            participant: tap.publisher.clone(),
+            identity: member.info.identity.clone(),
+            name: member.info.name.clone(),
+            language: captions.language,
+            engine: captions.engine,
+            meeting_started: self.started_at,
+            packets: tap.packets,
+            tap_dropped: tap.dropped,
+            tap_actor: tap.actor.clone(),
+            restarts,
+            last_failure,
+            usage,
+        };
+        match Actor::spawn_linked(None, Transcriber, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                self.transcriber_actors
+                    .insert(actor.get_id(), track.clone());
+                self.transcribers.insert(track.clone(), actor);
+                if restarts > 0 {
+                    metrics::counter!("hearth_actor_restarts_total", "kind" => "transcriber")
+                        .increment(1);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tap.actor.stop(None);
+                Err(ApiError::Internal(format!(
+                    "cannot start the transcriber: {e}"
+                )))
+            }
+        }
     }
 
     /// Mutes or unmutes a track for everyone (API): while muted its fan-out list is empty.
@@ -1182,6 +1561,7 @@ impl MeetingState {
                     subscribe: false,
                     create: false,
                     admin: false,
+                    captions: false,
                 },
                 token_expires_at: None,
                 is_virtual: true,

@@ -65,6 +65,8 @@ pub struct NodeConfig {
     pub turn: Option<TurnConfig>,
     /// The usage ledger and webhooks (None: usage is not metered).
     pub billing: Option<BillingSetup>,
+    /// Live transcription (engines, limits).
+    pub transcription: crate::transcription::TranscriptionConfig,
 }
 
 /// What the node needs to meter usage and send webhooks.
@@ -105,6 +107,7 @@ impl Default for NodeConfig {
             sfu: true,
             turn: None,
             billing: None,
+            transcription: Default::default(),
         }
     }
 }
@@ -153,6 +156,8 @@ pub struct NodeShared {
     pub billing: Option<Arc<Billing>>,
     /// The webhook sender's state, if usage is metered.
     pub webhooks: Option<Arc<Webhooks>>,
+    /// Live transcription: engines, the worker pool's handle, counters.
+    pub transcription: Arc<crate::transcription::Transcription>,
 }
 
 impl NodeShared {
@@ -161,6 +166,7 @@ impl NodeShared {
         MeetingSettings {
             max_participants: self.config.max_participants,
             empty_timeout: self.config.empty_timeout,
+            transcription: Default::default(),
         }
     }
 }
@@ -522,7 +528,32 @@ pub struct NodeSupervisorState {
     turn: Option<ActorRef<TurnSupervisorMsg>>,
     billing: Option<ActorRef<BillingMsg>>,
     webhooks: Option<ActorRef<WebhookMsg>>,
+    transcription: Option<ActorRef<crate::transcription::supervisor::SupervisorMsg>>,
+    transcription_restarts: u32,
     reg: Registration,
+}
+
+async fn spawn_transcription(
+    node: &Arc<NodeShared>,
+    myself: &ActorRef<NodeMsg>,
+    restarts: u32,
+) -> Result<Option<ActorRef<crate::transcription::supervisor::SupervisorMsg>>, ActorProcessingErr> {
+    if !node.config.sfu {
+        return Ok(None);
+    }
+    let (actor, _) = Actor::spawn_linked(
+        None,
+        crate::transcription::supervisor::TranscriptionSupervisor,
+        (
+            Arc::clone(&node.transcription),
+            Arc::clone(&node.actors),
+            myself.get_id(),
+            restarts,
+        ),
+        myself.get_cell(),
+    )
+    .await?;
+    Ok(Some(actor))
 }
 
 async fn spawn_billing(
@@ -596,12 +627,15 @@ impl Actor for NodeSupervisor {
         };
         let billing = spawn_billing(&node, &myself).await?;
         let webhooks = spawn_webhooks(&node, &myself).await?;
+        let transcription = spawn_transcription(&node, &myself, 0).await?;
         Ok(NodeSupervisorState {
             node,
             meetings,
             turn,
             billing,
             webhooks,
+            transcription,
+            transcription_restarts: 0,
             reg,
         })
     }
@@ -643,6 +677,27 @@ impl Actor for NodeSupervisor {
             state.reg.failure(format!("billing failed: {error}"));
             state.billing = spawn_billing(&state.node, &myself).await?;
             metrics::counter!("hearth_actor_restarts_total", "kind" => "billing").increment(1);
+            return Ok(());
+        }
+        if let SupervisionEvent::ActorFailed(cell, error) = &event
+            && state
+                .transcription
+                .as_ref()
+                .is_some_and(|t| t.get_id() == cell.get_id())
+        {
+            // Its workers were its linked children and went with it; queued utterances were
+            // answered (unavailable). The new supervisor starts workers on the next one.
+            metrics::counter!("hearth_actor_failures_total", "kind" => "transcription_supervisor")
+                .increment(1);
+            tracing::error!(%error, "transcription supervisor failed; restarting");
+            state
+                .reg
+                .failure(format!("transcription supervisor failed: {error}"));
+            state.transcription_restarts += 1;
+            state.transcription =
+                spawn_transcription(&state.node, &myself, state.transcription_restarts).await?;
+            metrics::counter!("hearth_actor_restarts_total", "kind" => "transcription_supervisor")
+                .increment(1);
             return Ok(());
         }
         if let SupervisionEvent::ActorFailed(cell, error) = &event
@@ -797,7 +852,9 @@ impl Node {
             shared.meter = usage.clone();
             Arc::new(shared)
         });
+        let transcription = crate::transcription::Transcription::new(config.transcription.clone());
         let shared = Arc::new(NodeShared {
+            transcription,
             config,
             usage,
             billing,
@@ -1126,6 +1183,14 @@ impl Node {
     ) -> Result<MeetingSnapshot, ApiError> {
         self.no_sfu()?;
         check_metadata(&metadata)?;
+        if let Some(engine) = settings.transcription.engine
+            && !self.shared.transcription.engines().contains(&engine)
+        {
+            return Err(ApiError::Invalid(format!(
+                "the {} engine is not configured on this node",
+                engine.as_str()
+            )));
+        }
         let supervisor = self.meeting_supervisor().await?;
         ractor::call!(supervisor, |reply| MeetingSupervisorMsg::Create {
             id: id.clone(),
@@ -1138,6 +1203,88 @@ impl Node {
         self.meeting(id)
             .await
             .ok_or_else(|| ApiError::NotFound(format!("meeting {id}")))
+    }
+
+    /// Live transcription: engines, availability, counters.
+    pub fn transcription(&self) -> &Arc<crate::transcription::Transcription> {
+        &self.shared.transcription
+    }
+
+    /// Turns a meeting's captions on or off (the app); None keeps language and engine.
+    pub async fn set_captions(
+        &self,
+        id: &MeetingId,
+        enabled: bool,
+        language: Option<crate::domain::Language>,
+        engine: Option<crate::domain::EngineKind>,
+    ) -> Result<crate::domain::CaptionsState, ApiError> {
+        let record = self.record(id)?;
+        ractor::call!(record.actor, |reply| MeetingMsg::SetCaptions {
+            by: None,
+            enabled,
+            language,
+            engine,
+            reply: Some(reply),
+        })
+        .map_err(|_| ApiError::NotFound(format!("meeting {id}")))?
+    }
+
+    /// A meeting's stored transcript: the sessions that have one (start times, newest
+    /// first) and the final segments of `session` (default: the newest).
+    pub async fn transcript(
+        &self,
+        meeting: &str,
+        api_key: Option<&str>,
+        session: Option<i64>,
+    ) -> Result<
+        (
+            Vec<i64>,
+            Option<i64>,
+            Vec<crate::billing::store::TranscriptRow>,
+        ),
+        ApiError,
+    > {
+        let Some(billing) = &self.shared.billing else {
+            return Err(ApiError::Unavailable(
+                "transcripts are kept in the node's database, and this node runs without one \
+                 (--no-ledger)"
+                    .into(),
+            ));
+        };
+        // Segments still queued for the database are written first.
+        let _ = billing.tick_once().await;
+        let sessions = billing
+            .ledger
+            .transcript_sessions(meeting, api_key)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("the database: {e}")))?;
+        let chosen = match session {
+            Some(s) if sessions.contains(&s) => Some(s),
+            Some(s) => {
+                return Err(ApiError::NotFound(format!(
+                    "a transcript of meeting {meeting} started at {s}"
+                )));
+            }
+            None => sessions.first().copied(),
+        };
+        let rows = match chosen {
+            Some(s) => billing
+                .ledger
+                .transcript(meeting, api_key, s)
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("the database: {e}")))?,
+            None => Vec::new(),
+        };
+        Ok((sessions, chosen, rows))
+    }
+
+    /// Drill and test hook: makes the transcriber of a track fail.
+    pub fn inject_transcriber_fault(&self, meeting: &MeetingId, track: &TrackId) -> bool {
+        self.shared.registry.get(meeting).is_some_and(|r| {
+            r.actor
+                .send_message(MeetingMsg::InjectTranscriberFault(track.clone()))
+                .is_ok()
+        })
     }
 
     /// Every live meeting, sorted by name.
@@ -1179,8 +1326,17 @@ impl Node {
         id: &MeetingId,
         max_participants: Option<usize>,
         empty_timeout: Option<Duration>,
+        transcription: Option<crate::domain::TranscriptionSettings>,
         metadata: Option<String>,
     ) -> Result<MeetingSettings, ApiError> {
+        if let Some(engine) = transcription.and_then(|t| t.engine)
+            && !self.shared.transcription.engines().contains(&engine)
+        {
+            return Err(ApiError::Invalid(format!(
+                "the {} engine is not configured on this node",
+                engine.as_str()
+            )));
+        }
         let record = self.record(id)?;
         if let Some(metadata) = metadata {
             check_metadata(&metadata)?;
@@ -1195,6 +1351,7 @@ impl Node {
         ractor::call!(record.actor, |reply| MeetingMsg::UpdateSettings {
             max_participants,
             empty_timeout,
+            transcription,
             reply,
         })
         .map_err(|_| ApiError::NotFound(format!("meeting {id}")))

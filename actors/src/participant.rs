@@ -648,6 +648,16 @@ impl ParticipantState {
                 };
                 self.unpublish(index);
             }
+            ClientSignal::SetCaptions { enabled, language } => {
+                // The meeting checks the grant and answers errors on our signaling.
+                let _ = self.meeting.send_message(MeetingMsg::SetCaptions {
+                    by: Some(self.id.clone()),
+                    enabled,
+                    language,
+                    engine: None,
+                    reply: None,
+                });
+            }
             ClientSignal::Leave => self.leave(LeaveReason::Left, myself),
         }
     }

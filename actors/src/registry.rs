@@ -26,6 +26,9 @@ pub enum ActorKind {
     Allocation,
     Billing,
     Webhooks,
+    TranscriptionSupervisor,
+    SttWorker,
+    Transcriber,
 }
 
 impl ActorKind {
@@ -41,6 +44,9 @@ impl ActorKind {
             ActorKind::Allocation => "allocation",
             ActorKind::Billing => "billing",
             ActorKind::Webhooks => "webhooks",
+            ActorKind::TranscriptionSupervisor => "transcription_supervisor",
+            ActorKind::SttWorker => "stt_worker",
+            ActorKind::Transcriber => "transcriber",
         }
     }
 
@@ -57,6 +63,15 @@ impl ActorKind {
             ActorKind::Allocation => "stopped; its port is freed, the client re-allocates",
             ActorKind::Billing => "restarted by the node; resumes the open intervals it kept",
             ActorKind::Webhooks => "restarted by the node; resumes from the outbox",
+            ActorKind::TranscriptionSupervisor => {
+                "restarted by the node; its workers restart, queued utterances are dropped"
+            }
+            ActorKind::SttWorker => {
+                "its process is killed; restarted with backoff, the utterance it held is dropped"
+            }
+            ActorKind::Transcriber => {
+                "restarted by its meeting for the same track; the meeting never notices"
+            }
         }
     }
 }

@@ -150,8 +150,183 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub webhook_allowed_hosts: Vec<String>,
+    /// Live captions: the engine meetings use unless they name one: `embedded` (Whisper on
+    /// this machine's CPU) or `openai` (the server of --openai-stt-url) [default: embedded].
+    #[arg(long, env = "HEARTH_TRANSCRIPTION_ENGINE", value_name = "ENGINE")]
+    pub transcription_engine: Option<String>,
+    /// Live captions: the spoken language meetings use unless they name one [default: en].
+    #[arg(long, env = "HEARTH_TRANSCRIPTION_LANGUAGE", value_name = "LANG")]
+    pub transcription_language: Option<String>,
+    /// Live captions: CPU cores the embedded engine may take, one single-threaded worker
+    /// process each; media never waits for them [default: 1].
+    #[arg(long, env = "HEARTH_TRANSCRIPTION_THREADS", value_name = "N")]
+    pub transcription_threads: Option<usize>,
+    /// Live captions: longest wait of a finished utterance for an engine before it is
+    /// dropped (the engine is behind real time) [default: 5s].
+    #[arg(long, env = "HEARTH_TRANSCRIPTION_MAX_WAIT", value_name = "DURATION", value_parser = parse_duration)]
+    pub transcription_max_wait: Option<Duration>,
+    /// The embedded engine's model directory (installed by deploy/models/install-whisper.sh)
+    /// [default: DATA_DIR/models/whisper-tiny.en].
+    #[arg(long, env = "HEARTH_STT_MODEL", value_name = "DIR")]
+    pub stt_model: Option<PathBuf>,
+    /// The embedded engine's worker program [default: hearth-stt next to this binary].
+    #[arg(long, env = "HEARTH_STT_WORKER", value_name = "PATH")]
+    pub stt_worker: Option<PathBuf>,
+    /// An OpenAI-compatible transcription endpoint (whisper.cpp's server, speaches, ...),
+    /// e.g. http://gpu-box:8000/v1/audio/transcriptions: enables the `openai` engine.
+    #[arg(long, env = "HEARTH_OPENAI_STT_URL", value_name = "URL")]
+    pub openai_stt_url: Option<String>,
+    /// Bearer key for --openai-stt-url.
+    #[arg(
+        long,
+        env = "HEARTH_OPENAI_STT_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub openai_stt_key: Option<String>,
+    /// The `model` field sent to --openai-stt-url [default: whisper-1].
+    #[arg(long, env = "HEARTH_OPENAI_STT_MODEL", value_name = "NAME")]
+    pub openai_stt_model: Option<String>,
+    /// Time one request to --openai-stt-url may take; one retry after a failure [default: 10s].
+    #[arg(long, env = "HEARTH_OPENAI_STT_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub openai_stt_timeout: Option<Duration>,
+    /// Requests to --openai-stt-url at once [default: 4].
+    #[arg(long, env = "HEARTH_OPENAI_STT_CONCURRENCY", value_name = "N")]
+    pub openai_stt_concurrency: Option<usize>,
     #[command(flatten)]
     pub turn: TurnArgs,
+}
+
+/// Live transcription settings of a node.
+#[derive(Debug, Clone)]
+pub struct SttConfig {
+    pub engine: hearth_actors::EngineKind,
+    pub language: hearth_actors::Language,
+    pub threads: usize,
+    pub max_wait: Duration,
+    pub model: PathBuf,
+    pub worker: PathBuf,
+    pub openai: Option<OpenAiSttConfig>,
+}
+
+/// An OpenAI-compatible transcription server.
+#[derive(Clone)]
+pub struct OpenAiSttConfig {
+    pub url: String,
+    pub key: Option<String>,
+    pub model: String,
+    pub timeout: Duration,
+    pub concurrency: usize,
+}
+
+impl std::fmt::Debug for OpenAiSttConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiSttConfig")
+            .field("url", &self.url)
+            .field("key", &self.key.as_ref().map(|_| "***"))
+            .field("model", &self.model)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl SttConfig {
+    /// Defaults under `data_dir`.
+    pub fn defaults(data_dir: &Path) -> SttConfig {
+        SttConfig {
+            engine: hearth_actors::EngineKind::Embedded,
+            language: hearth_actors::Language::EN,
+            threads: 1,
+            max_wait: Duration::from_secs(5),
+            model: data_dir.join("models").join("whisper-tiny.en"),
+            worker: default_worker(),
+            openai: None,
+        }
+    }
+}
+
+/// `hearth-stt` next to the running binary (cargo puts both in target/<profile>/).
+pub fn default_worker() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("hearth-stt")))
+        .unwrap_or_else(|| PathBuf::from("hearth-stt"))
+}
+
+fn resolve_stt(args: &ServeArgs, data_dir: &Path) -> Result<SttConfig, ConfigError> {
+    let mut c = SttConfig::defaults(data_dir);
+    if let Some(e) = &args.transcription_engine {
+        c.engine = hearth_actors::EngineKind::parse(e.trim()).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "transcription_engine: `embedded` or `openai` (got {e:?})"
+            ))
+        })?;
+    }
+    if let Some(l) = &args.transcription_language {
+        c.language = hearth_actors::Language::parse(l).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "transcription_language: an ISO 639-1 code such as `en` (got {l:?})"
+            ))
+        })?;
+    }
+    if let Some(n) = args.transcription_threads {
+        if !(1..=256).contains(&n) {
+            return Err(ConfigError::Invalid(
+                "transcription_threads: 1 to 256".into(),
+            ));
+        }
+        c.threads = n;
+    }
+    if let Some(w) = args.transcription_max_wait {
+        if w.is_zero() || w > Duration::from_secs(300) {
+            return Err(ConfigError::Invalid(
+                "transcription_max_wait: above 0 and at most 5m".into(),
+            ));
+        }
+        c.max_wait = w;
+    }
+    if let Some(m) = &args.stt_model {
+        c.model = m.clone();
+    }
+    if let Some(w) = &args.stt_worker {
+        c.worker = w.clone();
+    }
+    if let Some(url) = &args.openai_stt_url {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| ConfigError::Invalid(format!("openai_stt_url: not a URL ({e})")))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+            return Err(ConfigError::Invalid(
+                "openai_stt_url: an http:// or https:// URL".into(),
+            ));
+        }
+        let timeout = args.openai_stt_timeout.unwrap_or(Duration::from_secs(10));
+        let concurrency = args.openai_stt_concurrency.unwrap_or(4);
+        if timeout.is_zero() || !(1..=1024).contains(&concurrency) {
+            return Err(ConfigError::Invalid(
+                "openai_stt_timeout above 0, openai_stt_concurrency 1 to 1024".into(),
+            ));
+        }
+        c.openai = Some(OpenAiSttConfig {
+            url: url.clone(),
+            key: args.openai_stt_key.clone().filter(|k| !k.is_empty()),
+            model: args
+                .openai_stt_model
+                .clone()
+                .unwrap_or_else(|| "whisper-1".into()),
+            timeout,
+            concurrency,
+        });
+    } else if c.engine == hearth_actors::EngineKind::OpenAi {
+        return Err(ConfigError::Invalid(
+            "transcription_engine openai needs --openai-stt-url".into(),
+        ));
+    }
+    if c.engine == hearth_actors::EngineKind::Streaming {
+        return Err(ConfigError::Invalid(
+            "transcription_engine: the streaming engine is not available in this build".into(),
+        ));
+    }
+    Ok(c)
 }
 
 /// Where usage is metered and webhooks come from.
@@ -255,6 +430,9 @@ pub struct TokenArgs {
     /// Grant operator (admin) rights.
     #[arg(long)]
     pub admin: bool,
+    /// Grant `captions`: turn the meeting's live captions on and off.
+    #[arg(long)]
+    pub captions: bool,
     /// Validity, e.g. 90s, 15m, 1h, 2d.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub ttl: Duration,
@@ -372,6 +550,8 @@ pub struct Config {
     pub ledger: Option<LedgerConfig>,
     /// The REST API's limits.
     pub rest: crate::rest::Limits,
+    /// Live transcription.
+    pub stt: SttConfig,
 }
 
 impl Config {
@@ -405,6 +585,7 @@ impl Config {
             http_limits: HttpLimits::default(),
             ledger: None,
             rest: crate::rest::Limits::default(),
+            stt: SttConfig::defaults(&std::env::temp_dir().join("hearth-test-data")),
         }
     }
 }
@@ -621,6 +802,7 @@ pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
                 .into(),
         ));
     }
+    let stt = resolve_stt(args, &data_dir)?;
     let turn_only = args.turn.turn_only || file.turn.only.unwrap_or(false);
     let turn = resolve_turn(&args.turn, &file.turn, public_ip, http.port(), turn_only)?;
     Ok(Config {
@@ -645,6 +827,7 @@ pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
         http_limits,
         ledger,
         rest,
+        stt,
     })
 }
 

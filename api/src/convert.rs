@@ -55,6 +55,7 @@ pub fn decode_client(text: &str) -> Result<Incoming, SignalError> {
         "leave",
         "ping",
         "unpublish",
+        "setCaptions",
     ];
     let known: Vec<&String> = object
         .keys()
@@ -104,7 +105,51 @@ pub fn decode_client(text: &str) -> Result<Incoming, SignalError> {
             track: track_id(&u.track_id)?,
         }),
         C::Leave(_) => Incoming::Signal(ClientSignal::Leave),
+        C::SetCaptions(c) => Incoming::Signal(ClientSignal::SetCaptions {
+            enabled: c.enabled,
+            language: if c.language.is_empty() {
+                None
+            } else {
+                Some(hearth_actors::Language::parse(&c.language).ok_or_else(|| {
+                    SignalError::new(
+                        SignalErrorCode::MalformedMessage,
+                        "setCaptions.language: an ISO 639-1 code such as \"en\" (optionally with a region, \"pt-BR\")",
+                    )
+                })?)
+            },
+        }),
     })
+}
+
+/// The meeting's captions for the wire.
+pub fn captions(c: &hearth_actors::CaptionsState) -> pb::CaptionsState {
+    pb::CaptionsState {
+        enabled: c.enabled,
+        language: c.language.to_string(),
+        engine: c.engine.as_str().to_owned(),
+        unavailable: c.unavailable.clone().unwrap_or_default(),
+        changed_by: c
+            .changed_by
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+    }
+}
+
+/// A transcript for the wire.
+pub fn transcript(t: hearth_actors::Transcript) -> pb::Transcript {
+    pb::Transcript {
+        participant_id: t.participant.to_string(),
+        identity: t.identity,
+        name: t.name,
+        track_id: t.track.to_string(),
+        segment_id: t.segment,
+        text: t.text,
+        r#final: t.is_final,
+        start_ms: i64::try_from(t.start_ms).unwrap_or(i64::MAX),
+        end_ms: i64::try_from(t.end_ms).unwrap_or(i64::MAX),
+        language: t.language.to_string(),
+    }
 }
 
 /// An offer's declared sources: at most 64, mids of at most 32 bytes, known values.
@@ -278,6 +323,7 @@ pub fn join_response(accepted: &hearth_actors::JoinAccepted, ping_interval_secon
             })
             .collect(),
         ping_interval_seconds,
+        captions: Some(captions(&accepted.captions)),
     })
 }
 
@@ -347,6 +393,8 @@ pub fn server_message(signal: ServerSignal) -> S {
         ServerSignal::MeetingUpdated { metadata } => {
             S::MeetingUpdated(pb::MeetingUpdated { metadata })
         }
+        ServerSignal::Transcript(t) => S::Transcript(transcript(t)),
+        ServerSignal::Captions(c) => S::Captions(captions(&c)),
         ServerSignal::AppMessage(m) => S::AppMessage(pb::AppMessage {
             id: m.id,
             text: m.text,

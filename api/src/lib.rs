@@ -13,5 +13,6 @@ pub mod listen;
 pub mod rest;
 pub mod server;
 pub mod signaling;
+pub mod stt;
 pub mod token;
 pub mod web;

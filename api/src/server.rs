@@ -305,6 +305,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         max_participants: config.max_participants,
         sfu: !config.turn_only,
         turn: config.turn.clone(),
+        transcription: crate::stt::transcription_config(&config.stt),
         ..NodeConfig::default()
     })
     .await
@@ -556,7 +557,11 @@ async fn dev_token(State(state): State<Arc<AppState>>, Query(q): Query<DevTokenQ
         &q.meeting,
         &identity,
         &name,
-        Grants::default(),
+        // Everyone may turn captions on in dev mode (the page's captions toggle).
+        Grants {
+            captions: true,
+            ..Grants::default()
+        },
         SystemTime::now(),
         Duration::from_secs(6 * 3600),
     );

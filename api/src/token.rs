@@ -60,6 +60,9 @@ pub struct GrantClaims {
     pub create: bool,
     #[serde(default)]
     pub admin: bool,
+    /// Turn the meeting's captions on and off (written only when granted).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub captions: bool,
 }
 
 impl From<GrantClaims> for Grants {
@@ -70,6 +73,7 @@ impl From<GrantClaims> for Grants {
             subscribe: g.subscribe,
             create: g.create,
             admin: g.admin,
+            captions: g.captions,
         }
     }
 }
@@ -82,6 +86,7 @@ impl From<Grants> for GrantClaims {
             subscribe: g.subscribe,
             create: g.create,
             admin: g.admin,
+            captions: g.captions,
         }
     }
 }

@@ -30,6 +30,7 @@
 /// so deadline arithmetic (`Instant + Duration`) cannot overflow on any input.
 pub const MAX_INTERVAL: std::time::Duration = std::time::Duration::from_secs(86_400);
 
+pub mod audio;
 pub mod codec;
 pub mod forwarder;
 #[cfg(test)]
@@ -41,6 +42,7 @@ pub mod rtp;
 pub mod seq;
 pub mod speaker;
 pub mod stats;
+pub mod stt_wire;
 pub mod stun;
 pub mod transport;
 pub mod turn;

@@ -536,6 +536,10 @@ pub struct ClientStats {
     pub reconnect: Option<String>,
     /// Every `appMessage` (from the REST/gRPC messages call), in order.
     pub app_messages: Vec<pb::AppMessage>,
+    /// Every `transcript` (live captions), in order.
+    pub transcripts: Vec<pb::Transcript>,
+    /// The meeting's captions: from the join response, then each `captions` message.
+    pub captions: Option<pb::CaptionsState>,
     /// `nodeDraining`'s deadline in seconds, once the node said it drains.
     pub draining: Option<u32>,
     pub meeting_ended: Option<String>,
@@ -722,6 +726,7 @@ impl TestClient {
                 .map(|m| m.metadata.clone())
                 .unwrap_or_default(),
             participants: response.others.iter().map(|p| p.id.clone()).collect(),
+            captions: response.captions.clone(),
             ..ClientStats::default()
         };
         let shared = Arc::new(Shared {
@@ -812,6 +817,17 @@ impl TestClient {
     /// one (0 = none), as a lossy network would; the stacks' NACKs should repair it.
     pub async fn video_loss(&self, incoming: u32, outgoing: u32) {
         let _ = self.commands.send(Command::Loss { incoming, outgoing });
+    }
+
+    /// Turns the meeting's captions on or off (`setCaptions`; needs the captions grant).
+    pub async fn set_captions(&self, enabled: bool, language: &str) {
+        let msg = C::SetCaptions(pb::SetCaptionsRequest {
+            enabled,
+            language: language.to_owned(),
+        });
+        let msg = pb::ClientMessage { message: Some(msg) };
+        let text = serde_json::to_string(&msg).expect("client messages serialize");
+        let _ = self.commands.send(Command::SendRaw(text));
     }
 
     /// Sends one raw text frame on the signaling socket.
@@ -1741,6 +1757,17 @@ fn record_event(s: &mut ClientStats, me: &str, message: S) {
         kind,
     };
     match message {
+        S::Transcript(t) => {
+            s.events.push(format!(
+                "transcript {} {} final={}",
+                t.participant_id, t.segment_id, t.r#final
+            ));
+            s.transcripts.push(t);
+        }
+        S::Captions(c) => {
+            s.events.push(format!("captions {}", c.enabled));
+            s.captions = Some(c);
+        }
         S::ParticipantJoined(j) => {
             let id = j.participant.map(|p| p.id).unwrap_or_default();
             s.events.push(format!("participantJoined {id}"));

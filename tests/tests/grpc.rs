@@ -315,6 +315,7 @@ async fn calls_without_a_valid_admin_token_are_refused_with_the_right_codes() {
                     subscribe: g.subscribe,
                     create: g.create,
                     admin: g.admin,
+                    captions: g.captions,
                 }),
                 ..Default::default()
             }))
@@ -378,6 +379,7 @@ async fn meetings_are_created_listed_updated_and_ended_over_grpc() {
             settings: Some(pb::MeetingSettings {
                 max_participants: 2,
                 empty_timeout_seconds: 60,
+                transcription: None,
             }),
             metadata: String::new(),
         }))
@@ -441,6 +443,7 @@ async fn meetings_are_created_listed_updated_and_ended_over_grpc() {
             settings: Some(pb::MeetingSettings {
                 max_participants: 3,
                 empty_timeout_seconds: 0,
+                transcription: None,
             }),
             metadata: Some("board: Q3".into()),
         }))

@@ -22,8 +22,9 @@
 //! counted) and the next successful tick writes everything they accumulated.
 //!
 //! Meters (integers): `meeting_ms`, `participant_ms`, `audio_track_ms`, `video_track_ms`,
-//! `screen_track_ms`, `bytes_in`, `bytes_out` (per participant, as the node's media socket
-//! saw them), `turn_relayed_bytes` (per TURN user, both directions).
+//! `screen_track_ms`, `transcription_ms` (per audio track, while captions transcribe it),
+//! `bytes_in`, `bytes_out` (per participant, as the node's media socket saw them),
+//! `turn_relayed_bytes` (per TURN user, both directions).
 
 pub mod store;
 pub mod webhook;
@@ -46,6 +47,7 @@ pub const METERS: &[&str] = &[
     "audio_track_ms",
     "video_track_ms",
     "screen_track_ms",
+    "transcription_ms",
     "bytes_in",
     "bytes_out",
     "turn_relayed_bytes",
@@ -59,7 +61,12 @@ pub const EVENT_TYPES: &[&str] = &[
     "participant.left",
     "track.published",
     "track.unpublished",
+    "transcript.segment",
 ];
+
+/// Final transcript segments kept in memory while the database is unreachable; beyond it
+/// new ones are dropped and counted.
+pub const MAX_PENDING_TRANSCRIPTS: usize = 20_000;
 
 /// Intervals opened but not yet taken by the billing actor.
 pub const CHANNEL_CAPACITY: usize = 65_536;
@@ -75,6 +82,8 @@ pub enum IntervalKind {
     AudioTrack,
     VideoTrack,
     ScreenTrack,
+    /// An audio track being transcribed (live captions).
+    Transcription,
     Turn,
 }
 
@@ -86,6 +95,7 @@ impl IntervalKind {
             IntervalKind::AudioTrack => "audio_track",
             IntervalKind::VideoTrack => "video_track",
             IntervalKind::ScreenTrack => "screen_track",
+            IntervalKind::Transcription => "transcription",
             IntervalKind::Turn => "turn",
         }
     }
@@ -97,6 +107,7 @@ impl IntervalKind {
             "audio_track" => IntervalKind::AudioTrack,
             "video_track" => IntervalKind::VideoTrack,
             "screen_track" => IntervalKind::ScreenTrack,
+            "transcription" => IntervalKind::Transcription,
             "turn" => IntervalKind::Turn,
             _ => return None,
         })
@@ -110,6 +121,7 @@ impl IntervalKind {
             IntervalKind::AudioTrack => Some("audio_track_ms"),
             IntervalKind::VideoTrack => Some("video_track_ms"),
             IntervalKind::ScreenTrack => Some("screen_track_ms"),
+            IntervalKind::Transcription => Some("transcription_ms"),
             IntervalKind::Turn => None,
         }
     }
@@ -122,14 +134,17 @@ impl IntervalKind {
             IntervalKind::AudioTrack | IntervalKind::VideoTrack | IntervalKind::ScreenTrack => {
                 Some(("track.published", "track.unpublished"))
             }
-            IntervalKind::Turn => None,
+            IntervalKind::Transcription | IntervalKind::Turn => None,
         }
     }
 
     /// Order of end events in one tick: tracks, then participants, then meetings.
     fn end_rank(self) -> u8 {
         match self {
-            IntervalKind::AudioTrack | IntervalKind::VideoTrack | IntervalKind::ScreenTrack => 0,
+            IntervalKind::AudioTrack
+            | IntervalKind::VideoTrack
+            | IntervalKind::ScreenTrack
+            | IntervalKind::Transcription => 0,
             IntervalKind::Turn => 1,
             IntervalKind::Participant => 2,
             IntervalKind::Meeting => 3,
@@ -310,10 +325,14 @@ pub struct Billing {
     pub tick: Duration,
     /// Renders webhook bodies.
     encode: EventEncoder,
+    /// Final transcript segments not yet written.
+    transcripts: Mutex<std::collections::VecDeque<store::TranscriptRow>>,
 }
 
 #[derive(Default)]
 pub struct BillingStats {
+    /// Transcript segments dropped because too many waited for the database.
+    pub lost_transcripts: AtomicU64,
     pub ticks: AtomicU64,
     pub write_errors: AtomicU64,
     pub rows_written: AtomicU64,
@@ -358,6 +377,7 @@ impl Billing {
             committed_wake: Arc::new(tokio::sync::Notify::new()),
             tick,
             encode,
+            transcripts: Mutex::new(Default::default()),
         });
         let meter = UsageMeter {
             inner: Some(Arc::new(MeterInner { tx })),
@@ -368,6 +388,18 @@ impl Billing {
     /// Makes the next tick fail as a bug would (drills and tests).
     pub fn inject_fault(&self) {
         self.fault.store(true, Ordering::Release);
+    }
+
+    /// Queues a final transcript segment for the next write (with its webhook event). Never
+    /// waits; when too many wait for the database, the segment is dropped and counted.
+    pub fn record_transcript(&self, row: store::TranscriptRow) {
+        let mut q = self.transcripts.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= MAX_PENDING_TRANSCRIPTS {
+            self.stats.lost_transcripts.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("hearth_transcripts_lost_total").increment(1);
+            return;
+        }
+        q.push_back(row);
     }
 
     /// Intervals open (or ended and not yet written).
@@ -400,10 +432,24 @@ impl Billing {
             }
             build_batch(&self.node_id, self.encode, &open, now)
         };
+        let mut batch = batch;
+        let taken_transcripts = {
+            let q = self.transcripts.lock().unwrap_or_else(|e| e.into_inner());
+            for row in q.iter().take(store::MAX_TRANSCRIPTS_PER_BATCH) {
+                batch.batch.outbox.push(transcript_event(self.encode, row));
+                batch.batch.transcripts.push(row.clone());
+            }
+            batch.batch.transcripts.len()
+        };
         let rows = batch.batch.usage.len();
         let has_events = !batch.batch.outbox.is_empty();
         self.ledger.write(&batch.batch).await?;
         // Committed: advance what was written.
+        if taken_transcripts > 0 {
+            let mut q = self.transcripts.lock().unwrap_or_else(|e| e.into_inner());
+            let n = taken_transcripts.min(q.len());
+            q.drain(..n);
+        }
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         for (key, adv) in batch.advance {
             match adv {
@@ -579,6 +625,31 @@ pub struct LifecycleEvent {
     /// End events.
     pub ended_ms: Option<i64>,
     pub reason: Option<String>,
+    /// `transcript.segment`: the final segment.
+    pub transcript: Option<store::TranscriptRow>,
+}
+
+/// The webhook event of a final transcript segment (its id derives from the segment's, so a
+/// rewrite after a failed commit is the same event).
+fn transcript_event(encode: EventEncoder, row: &store::TranscriptRow) -> OutboxEvent {
+    let event = LifecycleEvent {
+        event_type: "transcript.segment",
+        meeting: row.meeting.clone(),
+        participant: row.participant.clone(),
+        identity: row.identity.clone(),
+        track: Some((row.track.clone(), "audio")),
+        started_ms: row.meeting_started_ms + row.start_ms,
+        ended_ms: Some(row.meeting_started_ms + row.end_ms),
+        reason: None,
+        transcript: Some(row.clone()),
+    };
+    OutboxEvent {
+        id: format!("msg_{}", row.segment_id.trim_start_matches("SG_")),
+        api_key: row.api_key.clone(),
+        kind: "transcript.segment".into(),
+        payload: encode(&event),
+        created_ms: row.created_ms,
+    }
 }
 
 /// Renders a webhook's body (the gateway owns the wire format).
@@ -620,6 +691,7 @@ fn outbox_event(
         started_ms,
         ended_ms,
         reason: ended_ms.map(|_| reason.unwrap_or("ended").to_owned()),
+        transcript: None,
     };
     OutboxEvent {
         id,

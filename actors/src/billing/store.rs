@@ -45,11 +45,44 @@ impl Backend {
 }
 
 /// Migrations, in order: (version, SQLite, PostgreSQL).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    include_str!("../../migrations/0001_ledger.sqlite.sql"),
-    include_str!("../../migrations/0001_ledger.postgres.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        include_str!("../../migrations/0001_ledger.sqlite.sql"),
+        include_str!("../../migrations/0001_ledger.postgres.sql"),
+    ),
+    (
+        2,
+        include_str!("../../migrations/0002_transcripts.sqlite.sql"),
+        include_str!("../../migrations/0002_transcripts.postgres.sql"),
+    ),
+];
+
+/// One final transcript segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TranscriptRow {
+    pub segment_id: String,
+    pub node: String,
+    pub api_key: String,
+    pub meeting: String,
+    pub meeting_started_ms: i64,
+    pub participant: String,
+    pub identity: String,
+    pub name: String,
+    pub track: String,
+    pub language: String,
+    /// Since the meeting's start.
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub text: String,
+    pub created_ms: i64,
+}
+
+/// Most transcript segments one write takes (the rest wait for the next tick).
+pub const MAX_TRANSCRIPTS_PER_BATCH: usize = 2_000;
+
+/// Most segments one transcript query returns.
+pub const MAX_TRANSCRIPT_ROWS: i64 = 50_000;
 
 /// One immutable usage row.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -107,6 +140,7 @@ pub struct Batch {
     pub checkpoints: Vec<OpenRow>,
     pub closed: Vec<String>,
     pub outbox: Vec<OutboxEvent>,
+    pub transcripts: Vec<TranscriptRow>,
 }
 
 impl Batch {
@@ -115,6 +149,7 @@ impl Batch {
             && self.checkpoints.is_empty()
             && self.closed.is_empty()
             && self.outbox.is_empty()
+            && self.transcripts.is_empty()
     }
 }
 
@@ -324,6 +359,35 @@ impl Ledger {
             }
             q.execute(&mut *tx).await?;
         }
+        for chunk in batch.transcripts.chunks(CHUNK) {
+            let mut sql = String::from(
+                "INSERT INTO transcripts (segment_id, node, api_key, meeting, meeting_started_ms, \
+                 participant, identity, name, track, language, start_ms, end_ms, text, created_ms) \
+                 VALUES ",
+            );
+            push_rows(&mut sql, chunk.len(), 14);
+            sql.push_str(" ON CONFLICT (segment_id) DO NOTHING");
+            let sql = bulk_sql(b, sql);
+            let mut q = sqlx::query(&sql);
+            for t in chunk {
+                q = q
+                    .bind(t.segment_id.as_str())
+                    .bind(t.node.as_str())
+                    .bind(t.api_key.as_str())
+                    .bind(t.meeting.as_str())
+                    .bind(t.meeting_started_ms)
+                    .bind(t.participant.as_str())
+                    .bind(t.identity.as_str())
+                    .bind(t.name.as_str())
+                    .bind(t.track.as_str())
+                    .bind(t.language.as_str())
+                    .bind(t.start_ms)
+                    .bind(t.end_ms)
+                    .bind(t.text.as_str())
+                    .bind(t.created_ms);
+            }
+            q.execute(&mut *tx).await?;
+        }
         for chunk in batch.outbox.chunks(CHUNK) {
             let mut sql = String::from(
                 "INSERT INTO webhook_events (id, api_key, type, payload, created_ms) VALUES ",
@@ -362,6 +426,64 @@ impl Ledger {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The sessions (start times) of a meeting that have transcripts, newest first.
+    pub async fn transcript_sessions(
+        &self,
+        meeting: &str,
+        api_key: Option<&str>,
+    ) -> Result<Vec<i64>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT meeting_started_ms FROM transcripts WHERE meeting = $1 \
+             AND ($2 = '' OR api_key = $2) ORDER BY meeting_started_ms DESC LIMIT 1000",
+        )
+        .bind(meeting)
+        .bind(api_key.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    /// A meeting session's final segments in spoken order (None: the latest session).
+    pub async fn transcript(
+        &self,
+        meeting: &str,
+        api_key: Option<&str>,
+        session_started_ms: i64,
+    ) -> Result<Vec<TranscriptRow>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT segment_id, node, api_key, meeting, meeting_started_ms, participant, \
+             identity, name, track, language, start_ms, end_ms, text, created_ms \
+             FROM transcripts WHERE meeting = $1 AND meeting_started_ms = $2 \
+             AND ($3 = '' OR api_key = $3) ORDER BY start_ms, seq LIMIT $4",
+        )
+        .bind(meeting)
+        .bind(session_started_ms)
+        .bind(api_key.unwrap_or(""))
+        .bind(MAX_TRANSCRIPT_ROWS)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TranscriptRow {
+                    segment_id: r.try_get(0)?,
+                    node: r.try_get(1)?,
+                    api_key: r.try_get(2)?,
+                    meeting: r.try_get(3)?,
+                    meeting_started_ms: r.try_get(4)?,
+                    participant: r.try_get(5)?,
+                    identity: r.try_get(6)?,
+                    name: r.try_get(7)?,
+                    track: r.try_get(8)?,
+                    language: r.try_get(9)?,
+                    start_ms: r.try_get(10)?,
+                    end_ms: r.try_get(11)?,
+                    text: r.try_get(12)?,
+                    created_ms: r.try_get(13)?,
+                })
+            })
+            .collect()
     }
 
     /// The open intervals a node left behind (it closes them at start).
@@ -494,6 +616,7 @@ impl Ledger {
                 "audio_track" => Some("audio_track_ms"),
                 "video_track" => Some("video_track_ms"),
                 "screen_track" => Some("screen_track_ms"),
+                "transcription" => Some("transcription_ms"),
                 _ => None,
             };
             let mut add = |meter: &str, quantity: i64| {

@@ -60,6 +60,7 @@ fn mint(args: &TokenArgs) -> ExitCode {
         subscribe: !args.no_subscribe,
         create: !args.no_create,
         admin: args.admin,
+        captions: args.captions,
     };
     let name = args.name.clone().unwrap_or_else(|| args.identity.clone());
     let claims = token::claims_for(

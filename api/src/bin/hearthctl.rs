@@ -236,6 +236,9 @@ struct TokenArgs {
     /// Grant `admin` (manage meetings over the API).
     #[arg(long)]
     admin: bool,
+    /// Grant `captions` (turn the meeting's live captions on and off).
+    #[arg(long)]
+    captions: bool,
     /// Do not grant `publish`.
     #[arg(long)]
     no_publish: bool,
@@ -681,6 +684,7 @@ impl Auth {
             subscribe: false,
             create: false,
             admin: true,
+            captions: false,
         };
         let claims = token::claims_for(
             &self.key,
@@ -1074,6 +1078,7 @@ async fn meetings(ctl: &Ctl, cmd: &MeetingsCommand) -> Outcome {
                     settings: Some(pb::MeetingSettings {
                         max_participants: max_participants.unwrap_or(0),
                         empty_timeout_seconds,
+                        transcription: None,
                     }),
                     metadata: String::new(),
                 }))
@@ -1471,6 +1476,30 @@ fn event_line(e: &pb::Event) -> String {
             "track_muted",
             format!("{} by {} muted={}", m.track_id, m.participant_id, m.muted),
         ),
+        Some(Kind::Transcript(t)) => (
+            "transcript",
+            format!(
+                "{} by {} [{}-{} ms] {:?}",
+                t.segment_id, t.participant_id, t.start_ms, t.end_ms, t.text
+            ),
+        ),
+        Some(Kind::CaptionsChanged(c)) => (
+            "captions_changed",
+            format!(
+                "enabled={} language={} engine={} by={}",
+                c.enabled,
+                c.language,
+                c.engine,
+                or_dash(&c.changed_by)
+            ),
+        ),
+        Some(Kind::TranscriptionDropped(d)) => (
+            "transcription_dropped",
+            format!(
+                "{} of {} track {} reason={}",
+                d.segment_id, d.participant_id, d.track_id, d.reason
+            ),
+        ),
         Some(Kind::ActiveSpeakers(a)) => (
             "active_speakers",
             if a.speakers.is_empty() {
@@ -1548,6 +1577,7 @@ async fn mint(ctl: &Ctl, args: &TokenArgs) -> Outcome {
                 subscribe: !args.no_subscribe,
                 create: !args.no_create,
                 admin: args.admin,
+                captions: args.captions,
             }),
             ttl_seconds,
         }))

@@ -28,6 +28,19 @@ pub fn settings(s: MeetingSettings) -> pb::MeetingSettings {
     pb::MeetingSettings {
         max_participants: u32::try_from(s.max_participants).unwrap_or(u32::MAX),
         empty_timeout_seconds: u32::try_from(s.empty_timeout.as_secs()).unwrap_or(u32::MAX),
+        transcription: Some(pb::TranscriptionSettings {
+            enabled: s.transcription.enabled,
+            language: s
+                .transcription
+                .language
+                .map(|l| l.to_string())
+                .unwrap_or_default(),
+            engine: s
+                .transcription
+                .engine
+                .map(|e| e.as_str().to_owned())
+                .unwrap_or_default(),
+        }),
     }
 }
 
@@ -142,6 +155,37 @@ pub fn event(e: &NodeEvent) -> pb::Event {
                     level: *level,
                 })
                 .collect(),
+        }),
+        EventKind::Transcript(t) => Kind::Transcript(pb::TranscriptSegment {
+            participant_id: t.participant.to_string(),
+            identity: t.identity.clone(),
+            track_id: t.track.to_string(),
+            segment_id: t.segment.clone(),
+            text: t.text.clone(),
+            start_ms: i64::try_from(t.start_ms).unwrap_or(i64::MAX),
+            end_ms: i64::try_from(t.end_ms).unwrap_or(i64::MAX),
+            language: t.language.to_string(),
+        }),
+        EventKind::CaptionsChanged(c) => Kind::CaptionsChanged(pb::CaptionsChanged {
+            enabled: c.enabled,
+            language: c.language.to_string(),
+            engine: c.engine.as_str().to_owned(),
+            changed_by: c
+                .changed_by
+                .as_ref()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+        }),
+        EventKind::TranscriptionDropped {
+            participant,
+            track,
+            segment,
+            reason,
+        } => Kind::TranscriptionDropped(pb::TranscriptionDropped {
+            participant_id: participant.to_string(),
+            track_id: track.to_string(),
+            segment_id: segment.clone(),
+            reason: (*reason).to_owned(),
         }),
     };
     pb::Event {

@@ -194,6 +194,7 @@ impl pb::media_service_server::MediaService for Media {
                         subscribe: false,
                         create: start.create,
                         admin: false,
+                        captions: false,
                     },
                     token_issued_at: None,
                     token_expires_at: None,

@@ -47,8 +47,40 @@ fn merge_settings(
         if s.empty_timeout_seconds > 0 {
             out.empty_timeout = Duration::from_secs(u64::from(s.empty_timeout_seconds));
         }
+        if let Some(t) = &s.transcription {
+            out.transcription = transcription_settings(t)?;
+        }
     }
     Ok(out)
+}
+
+/// Validates the wire's transcription settings.
+pub fn transcription_settings(
+    t: &pb::TranscriptionSettings,
+) -> Result<hearth_actors::TranscriptionSettings, Status> {
+    let language = if t.language.is_empty() {
+        None
+    } else {
+        Some(hearth_actors::Language::parse(&t.language).ok_or_else(|| {
+            Status::invalid_argument(
+                "settings.transcription.language: an ISO 639-1 code such as \"en\" (optionally with a region, \"pt-BR\")",
+            )
+        })?)
+    };
+    let engine = if t.engine.is_empty() {
+        None
+    } else {
+        Some(hearth_actors::EngineKind::parse(&t.engine).ok_or_else(|| {
+            Status::invalid_argument(
+                "settings.transcription.engine: one of \"embedded\", \"openai\", \"streaming\"",
+            )
+        })?)
+    };
+    Ok(hearth_actors::TranscriptionSettings {
+        enabled: t.enabled,
+        language,
+        engine,
+    })
 }
 
 fn participant_id(value: &str) -> Result<ParticipantId, Status> {
@@ -147,6 +179,11 @@ pub async fn update_meeting(
     // Validate with the same rules as Create; zero keeps the current value.
     let s = settings.cloned().unwrap_or_default();
     merge_settings(state.node.default_settings(), Some(&s))?;
+    let transcription = s
+        .transcription
+        .as_ref()
+        .map(transcription_settings)
+        .transpose()?;
     state
         .node
         .update_meeting(
@@ -154,6 +191,7 @@ pub async fn update_meeting(
             (s.max_participants > 0).then_some(s.max_participants as usize),
             (s.empty_timeout_seconds > 0)
                 .then(|| Duration::from_secs(u64::from(s.empty_timeout_seconds))),
+            transcription,
             metadata.map(str::to_owned),
         )
         .await
@@ -282,6 +320,7 @@ pub fn mint_token(
             subscribe: g.subscribe,
             create: g.create,
             admin: g.admin,
+            captions: g.captions,
         },
         None => Grants::default(),
     };

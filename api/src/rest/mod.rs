@@ -15,6 +15,7 @@ pub mod extract;
 pub mod guard;
 pub mod model;
 pub mod problem;
+pub mod transcript;
 pub mod usage;
 
 use std::sync::Arc;
@@ -81,6 +82,7 @@ fn api() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(update_track))
         .routes(routes!(set_permissions))
         .routes(routes!(send_message))
+        .routes(routes!(transcript::get_transcript))
         .routes(routes!(mint_token))
         .routes(routes!(usage::get_usage))
         .routes(routes!(usage::list_usage_events))
@@ -156,7 +158,7 @@ pub async fn method_not_allowed(request: Request) -> Response {
 // ----- Helpers -------------------------------------------------------------------------------
 
 /// The meeting of a path, within the caller's scope.
-fn meeting_in_scope(auth: &Auth, value: &str) -> Result<MeetingId, Problem> {
+pub(crate) fn meeting_in_scope(auth: &Auth, value: &str) -> Result<MeetingId, Problem> {
     let id = crate::grpc::meeting_id("id", value)?;
     auth.0.may_manage(id.as_str())?;
     Ok(id)

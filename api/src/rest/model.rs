@@ -52,7 +52,7 @@ mod tests {
 
 /// Settings given to a meeting; an absent or zero field takes the node's default (on create)
 /// or keeps the current value (on update).
-#[derive(Clone, Copy, Debug, Default, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeetingSettingsInput {
     /// Most participants at once (at most 10000).
@@ -61,6 +61,27 @@ pub struct MeetingSettingsInput {
     /// How long the meeting lives on with nobody in it, in seconds (at most 86400).
     #[schema(maximum = 86400)]
     pub empty_timeout_seconds: Option<u32>,
+    /// Live captions (transcription of every audio track); unset keeps them as they are.
+    pub transcription: Option<TranscriptionSettings>,
+}
+
+/// A meeting's live transcription.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TranscriptionSettings {
+    /// Transcribe every audio track: participants see captions, the app gets transcripts
+    /// (`GET /v1/meetings/{id}/transcript`, `transcript.segment` webhooks).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Spoken language, ISO 639-1 (`en`); empty: the node's default.
+    #[serde(default)]
+    #[schema(max_length = 8)]
+    pub language: String,
+    /// `embedded`, `openai` or `streaming` (an engine the node is configured with); empty:
+    /// the node's default.
+    #[serde(default)]
+    #[schema(max_length = 16)]
+    pub engine: String,
 }
 
 impl From<MeetingSettingsInput> for pb::MeetingSettings {
@@ -68,6 +89,11 @@ impl From<MeetingSettingsInput> for pb::MeetingSettings {
         pb::MeetingSettings {
             max_participants: s.max_participants.unwrap_or(0),
             empty_timeout_seconds: s.empty_timeout_seconds.unwrap_or(0),
+            transcription: s.transcription.map(|t| pb::TranscriptionSettings {
+                enabled: t.enabled,
+                language: t.language,
+                engine: t.engine,
+            }),
         }
     }
 }
@@ -140,6 +166,9 @@ pub struct Grants {
     /// Manage meetings over the gRPC and REST APIs.
     #[serde(default)]
     pub admin: bool,
+    /// Turn the meeting's live captions on and off (signaling `setCaptions`).
+    #[serde(default)]
+    pub captions: bool,
 }
 
 /// `POST /v1/meetings/{id}/messages`.
@@ -204,6 +233,7 @@ impl From<MintToken> for pb::MintTokenRequest {
                 subscribe: g.subscribe,
                 create: g.create,
                 admin: g.admin,
+                captions: g.captions,
             }),
             ttl_seconds: t.ttl_seconds.unwrap_or(0),
         }
@@ -213,13 +243,15 @@ impl From<MintToken> for pb::MintTokenRequest {
 // ----- Responses -----------------------------------------------------------------------------
 
 /// A meeting's effective settings (node defaults filled in).
-#[derive(Clone, Copy, Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MeetingSettings {
     /// Most participants at once.
     pub max_participants: u32,
     /// How long the meeting lives on with nobody in it, in seconds.
     pub empty_timeout_seconds: u32,
+    /// Live captions.
+    pub transcription: TranscriptionSettings,
 }
 
 /// Audio or video.
@@ -340,9 +372,15 @@ impl From<pb::MintTokenResponse> for Token {
 
 impl From<pb::MeetingSettings> for MeetingSettings {
     fn from(s: pb::MeetingSettings) -> Self {
+        let t = s.transcription.unwrap_or_default();
         MeetingSettings {
             max_participants: s.max_participants,
             empty_timeout_seconds: s.empty_timeout_seconds,
+            transcription: TranscriptionSettings {
+                enabled: t.enabled,
+                language: t.language,
+                engine: t.engine,
+            },
         }
     }
 }

@@ -552,6 +552,29 @@ fn negotiate(headers: &HeaderMap) -> Result<Format, Problem> {
 /// A webhook's body, as Standard Webhooks lays it out: `{"type", "timestamp", "data"}`;
 /// `data` in snake_case like the usage rows' columns.
 pub fn webhook_body(e: &hearth_actors::billing::LifecycleEvent) -> String {
+    if let Some(t) = &e.transcript {
+        // `transcript.segment`: one final segment of live captions.
+        return serde_json::json!({
+            "type": e.event_type,
+            "timestamp": rfc3339_ms(t.meeting_started_ms + t.end_ms),
+            "data": {
+                "meeting": t.meeting,
+                "meeting_started_at": rfc3339_ms(t.meeting_started_ms),
+                "participant": t.participant,
+                "identity": t.identity,
+                "name": t.name,
+                "track": t.track,
+                "segment_id": t.segment_id,
+                "text": t.text,
+                "language": t.language,
+                "start_ms": t.start_ms,
+                "end_ms": t.end_ms,
+                "started_at": rfc3339_ms(t.meeting_started_ms + t.start_ms),
+                "ended_at": rfc3339_ms(t.meeting_started_ms + t.end_ms),
+            },
+        })
+        .to_string();
+    }
     let mut data = serde_json::Map::new();
     data.insert("meeting".into(), e.meeting.clone().into());
     if !e.participant.is_empty() {

@@ -1,0 +1,351 @@
+//! Hearth's embedded speech-to-text engine: Whisper (tiny.en by default) through
+//! CTranslate2 (`ct2rs`), driven at the `ct2rs::sys::Whisper` level.
+//!
+//! Why not `ct2rs::Whisper::generate`: it always prompts with a language token and
+//! `<|transcribe|>`, which English-only (`.en`) models never saw and which wrecks their
+//! output. Here the prompt is `<|startoftranscript|><|notimestamps|>` for `.en` models
+//! (`<|startoftranscript|><|en|><|transcribe|><|notimestamps|>` for multilingual ones), the
+//! log-mel features come from [`mel`] (Whisper's own front end) and token ids are decoded
+//! with the model's vocabulary ([`tokens`]).
+//!
+//! The engine runs inside the `hearth-stt` worker process (see `main.rs`), never inside the
+//! node: native code that aborts takes down only the worker.
+
+pub mod mel;
+pub mod tokens;
+pub mod wav;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ct2rs::sys::{StorageView, Whisper, WhisperOptions};
+use ct2rs::{ComputeType, Config, Device};
+use thiserror::Error;
+
+use crate::mel::{HOP, MelFrontEnd, N_FRAMES, SAMPLE_RATE};
+use crate::tokens::{VocabError, Vocabulary};
+
+/// Longest input: Whisper's 30-second window.
+pub const MAX_SAMPLES: usize = N_FRAMES * HOP;
+
+/// Why a model cannot be loaded.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error(
+        "model directory {0} does not exist (install it with deploy/models/install-whisper.sh)"
+    )]
+    NoDirectory(PathBuf),
+    #[error("{0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("{0} is missing (install the model with deploy/models/install-whisper.sh)")]
+    NoModelFile(PathBuf),
+    #[error("vocabulary: {0}")]
+    Vocabulary(#[from] VocabError),
+    #[error("CTranslate2 cannot load {path}: {reason}")]
+    Model { path: PathBuf, reason: String },
+    #[error("unsupported model in {path}: {reason}")]
+    Unsupported { path: PathBuf, reason: String },
+}
+
+/// Why one transcription failed (the engine stays usable).
+#[derive(Debug, Error)]
+pub enum TranscribeError {
+    #[error("{0} samples is more than Whisper's 30-second window ({MAX_SAMPLES})")]
+    TooLong(usize),
+    #[error("CTranslate2: {0}")]
+    Model(String),
+}
+
+/// How much audio the encoder sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Window {
+    /// Always Whisper's 30-second window (3000 frames), zero padded: what the model was
+    /// trained on.
+    Full,
+    /// Only the audio plus `pad_ms` of silence (at most 30 s). CTranslate2 accepts any
+    /// length up to 3000 frames and the encoder's cost is linear to quadratic in it, but
+    /// Whisper never saw short windows in training: see `TRANSCRIPTION.md`-style notes in
+    /// the crate README for the measured trade-off.
+    Fit { pad_ms: u32 },
+}
+
+/// Engine settings beyond the model directory.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Intra-op threads of CTranslate2 (0: CTranslate2's default).
+    pub threads: usize,
+    pub window: Window,
+    /// Beam width for final results.
+    pub final_beam: usize,
+    /// Beam width for interim results (1: greedy).
+    pub interim_beam: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            threads: 1,
+            window: Window::Full,
+            final_beam: 5,
+            interim_beam: 1,
+        }
+    }
+}
+
+/// A transcript with what the decoder said about it.
+#[derive(Clone, Debug, Default)]
+pub struct Transcript {
+    pub text: String,
+    /// Probability of `<|nocaptions|>` at the first step (no speech).
+    pub no_speech_prob: f32,
+    /// Length-normalised log probability of the chosen hypothesis.
+    pub avg_logprob: f32,
+    /// Text tokens generated.
+    pub tokens: usize,
+    /// Mel frames the encoder saw.
+    pub frames: usize,
+    /// Whether the no-speech gate dropped the text.
+    pub gated: bool,
+}
+
+/// Peak below which input is digital silence and not decoded at all (-80 dBFS).
+const SILENCE_PEAK: f32 = 1e-4;
+/// Whisper's own no-speech rule: drop a result whose no-speech probability is above this
+/// while its average log probability is below [`GATE_LOGPROB`].
+const GATE_NO_SPEECH: f32 = 0.6;
+const GATE_LOGPROB: f32 = -1.0;
+
+/// A loaded Whisper model.
+pub struct Engine {
+    whisper: Whisper,
+    vocab: Vocabulary,
+    front_end: MelFrontEnd,
+    prompt: Vec<String>,
+    options: EngineOptions,
+    name: String,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("name", &self.name)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Loads the CTranslate2 Whisper model in `model_dir` (`model.bin`, `config.json`,
+    /// `vocabulary.txt` or `tokenizer.json`) for the CPU, int8, with `threads` intra-op
+    /// threads.
+    pub fn load(model_dir: impl AsRef<Path>, threads: usize) -> Result<Self, LoadError> {
+        Self::load_with(
+            model_dir,
+            EngineOptions {
+                threads,
+                ..EngineOptions::default()
+            },
+        )
+    }
+
+    pub fn load_with(
+        model_dir: impl AsRef<Path>,
+        options: EngineOptions,
+    ) -> Result<Self, LoadError> {
+        let dir = model_dir.as_ref();
+        match std::fs::metadata(dir) {
+            Err(_) => return Err(LoadError::NoDirectory(dir.to_owned())),
+            Ok(m) if !m.is_dir() => return Err(LoadError::NotADirectory(dir.to_owned())),
+            Ok(_) => {}
+        }
+        let bin = dir.join("model.bin");
+        if !bin.is_file() {
+            return Err(LoadError::NoModelFile(bin));
+        }
+        let vocab = Vocabulary::load(dir)?;
+        let config = Config {
+            device: Device::CPU,
+            // The weights are fp16; on the CPU anything but int8 means fp32 (2x the memory
+            // and slower).
+            compute_type: ComputeType::INT8,
+            device_indices: vec![0],
+            tensor_parallel: false,
+            num_threads_per_replica: options.threads,
+            max_queued_batches: 0,
+            cpu_core_offset: -1,
+        };
+        // C++ exceptions (bad header, truncated file, wrong spec) come back as errors.
+        let whisper = Whisper::new(dir, config).map_err(|e| LoadError::Model {
+            path: dir.to_owned(),
+            reason: format!("{e:#}"),
+        })?;
+        let unsupported = |reason: String| LoadError::Unsupported {
+            path: dir.to_owned(),
+            reason,
+        };
+        let n_mels = whisper.n_mels();
+        if n_mels != 80 && n_mels != 128 {
+            return Err(unsupported(format!("{n_mels} mel bins")));
+        }
+        let prompt: Vec<String> = if whisper.is_multilingual() {
+            [
+                "<|startoftranscript|>",
+                "<|en|>",
+                "<|transcribe|>",
+                "<|notimestamps|>",
+            ]
+        } else {
+            ["<|startoftranscript|>", "<|notimestamps|>", "", ""]
+        }
+        .into_iter()
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+        for t in &prompt {
+            if vocab.id(t).is_none() {
+                return Err(unsupported(format!("the vocabulary has no {t}")));
+            }
+        }
+        let name = format!(
+            "{} (CTranslate2 {}, int8, {} thread{})",
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "whisper".into()),
+            if whisper.is_multilingual() {
+                "whisper"
+            } else {
+                "whisper, English-only"
+            },
+            options.threads,
+            if options.threads == 1 { "" } else { "s" }
+        );
+        Ok(Self {
+            whisper,
+            vocab,
+            front_end: MelFrontEnd::new(n_mels),
+            prompt,
+            options,
+            name,
+        })
+    }
+
+    /// What was loaded, for the worker's Hello.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn is_multilingual(&self) -> bool {
+        self.whisper.is_multilingual()
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// The vocabulary of the loaded model.
+    pub fn vocabulary(&self) -> &Vocabulary {
+        &self.vocab
+    }
+
+    /// Text of `samples_16k` (16 kHz mono, at most 30 s). `interim` results are decoded
+    /// greedily, finals with beam search.
+    pub fn transcribe(
+        &self,
+        samples_16k: &[f32],
+        interim: bool,
+    ) -> Result<String, TranscribeError> {
+        self.transcribe_detailed(samples_16k, interim)
+            .map(|t| t.text)
+    }
+
+    /// [`Engine::transcribe`] with the decoder's scores.
+    pub fn transcribe_detailed(
+        &self,
+        samples_16k: &[f32],
+        interim: bool,
+    ) -> Result<Transcript, TranscribeError> {
+        if samples_16k.len() > MAX_SAMPLES {
+            return Err(TranscribeError::TooLong(samples_16k.len()));
+        }
+        let peak = samples_16k.iter().fold(0.0f32, |m, s| m.max(s.abs()));
+        if peak < SILENCE_PEAK {
+            // Whisper invents text for silence ("you", "Thank you."): do not ask it.
+            return Ok(Transcript::default());
+        }
+        let frames = self.frames_for(samples_16k.len());
+        let started = Instant::now();
+        let mut features = self.front_end.compute(samples_16k, frames);
+        let mel_us = started.elapsed().as_micros();
+        let n_mels = self.front_end.n_mels();
+        let view = StorageView::new(&[1, n_mels, frames], &mut features, Device::CPU)
+            .map_err(|e| TranscribeError::Model(format!("{e:#}")))?;
+        let secs = samples_16k.len() as f32 / SAMPLE_RATE as f32;
+        // Bound a runaway (looping) decode: ~10 tokens a second of speech is fast talk; the
+        // model's own limit is 448 positions, half of them for generation.
+        let max_new = 24 + (secs * 10.0).ceil() as usize;
+        let options = WhisperOptions {
+            beam_size: if interim {
+                self.options.interim_beam
+            } else {
+                self.options.final_beam
+            }
+            .max(1),
+            max_length: (2 * max_new).min(448),
+            return_scores: true,
+            return_no_speech_prob: true,
+            suppress_blank: true,
+            // -1: the model's own suppress list (config.json `suppress_ids`).
+            suppress_tokens: vec![-1],
+            ..WhisperOptions::default()
+        };
+        let results = self
+            .whisper
+            .generate(&view, &[self.prompt.clone()], &options)
+            .map_err(|e| TranscribeError::Model(format!("{e:#}")))?;
+        let Some(result) = results.into_iter().next() else {
+            return Err(TranscribeError::Model("no result".into()));
+        };
+        let ids = result.sequences_ids.first().cloned().unwrap_or_default();
+        let avg_logprob = result.scores.first().copied().unwrap_or(0.0);
+        let text = self.vocab.decode(&ids);
+        let gated = result.no_speech_prob > GATE_NO_SPEECH && avg_logprob < GATE_LOGPROB;
+        tracing_debug(|| {
+            format!(
+                "decode: {:.2} s audio, {frames} frames, mel {mel_us} us, total {} us, {} tokens, no_speech {:.2}, logprob {:.2}{}",
+                secs,
+                started.elapsed().as_micros(),
+                ids.len(),
+                result.no_speech_prob,
+                avg_logprob,
+                if gated { " (gated)" } else { "" }
+            )
+        });
+        Ok(Transcript {
+            text: if gated { String::new() } else { text },
+            no_speech_prob: result.no_speech_prob,
+            avg_logprob,
+            tokens: ids.iter().filter(|&&id| !self.vocab.is_special(id)).count(),
+            frames,
+            gated,
+        })
+    }
+
+    /// Mel frames the encoder gets for `n` samples.
+    pub fn frames_for(&self, n: usize) -> usize {
+        match self.options.window {
+            Window::Full => N_FRAMES,
+            Window::Fit { pad_ms } => {
+                let pad = pad_ms as usize * SAMPLE_RATE / 1000;
+                n.saturating_add(pad).div_ceil(HOP).clamp(2, N_FRAMES)
+            }
+        }
+    }
+}
+
+/// Debug lines on stderr when `HEARTH_STT_DEBUG` is set (stdout is the worker's protocol).
+fn tracing_debug(line: impl FnOnce() -> String) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("HEARTH_STT_DEBUG").is_some()) {
+        eprintln!("hearth-stt: {}", line());
+    }
+}
