@@ -30,6 +30,10 @@ command -v npm >/dev/null || need+=(npm)
 command -v curl >/dev/null || need+=(curl)
 command -v turnutils_uclient >/dev/null || need+=(coturn)   # coturn's TURN test clients
 command -v firefox-esr >/dev/null || need+=(firefox-esr)     # the cross-browser test
+command -v cmake >/dev/null || need+=(cmake)                 # builds CTranslate2 (hearth-stt)
+command -v g++ >/dev/null || need+=(g++)
+command -v espeak-ng >/dev/null || need+=(espeak-ng)         # speech with known words
+command -v sox >/dev/null || need+=(sox)
 if [ ${#need[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
@@ -105,6 +109,11 @@ done
 export HEARTH_TEST_PG_URL="postgres://hearth@127.0.0.1:$pg_port/postgres"
 export HEARTH_TEST_REQUIRE_PG=1
 echo "ok: $("$pg_bin/postgres" --version) on 127.0.0.1:$pg_port"
+
+step "speech model for the transcription tests (deploy/models/install-whisper.sh, sha256-verified)"
+deploy/models/install-whisper.sh data/models/whisper-tiny.en
+export HEARTH_STT_MODEL="$PWD/data/models/whisper-tiny.en"
+export HEARTH_TEST_REQUIRE_STT=1
 
 step "unit, property and integration tests"
 if cargo nextest --version >/dev/null 2>&1; then

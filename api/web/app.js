@@ -24,7 +24,7 @@
     meetingView: $('meeting-view'), grid: $('grid'), list: $('participant-list'),
     count: $('participant-count'), mediaNote: $('media-note'), chat: $('chat-list'),
     micButton: $('mic-button'), cameraButton: $('camera-button'), leaveButton: $('leave-button'),
-    screenButton: $('screen-button'),
+    screenButton: $('screen-button'), captionsButton: $('captions-button'),
   };
 
   // ---- State -------------------------------------------------------------------------
@@ -45,6 +45,13 @@
   const departed = new Set();      // ids that left: late tracks must not resurrect tiles
   const remoteTracks = new Map();  // MediaStreamTrack.id -> { participant, track, transceiver, stream }
   const screenTrackIds = new Set(); // server track ids published as screen shares
+  // Live captions: the meeting's CaptionsState, and every segment received (latest text per
+  // segment id, in arrival order, bounded), for the page and for window.hearth.captions().
+  let captions = { enabled: false, language: '', engine: '', unavailable: '' };
+  let wantCaptions = false;        // &captions=1: turn them on once joined
+  let meetingStartedAt = 0;        // ms since the epoch (transcript times count from it)
+  const CAPTIONS_KEEP = 500, CAPTION_LINES = 3, CAPTION_LINGER_MS = 8000;
+  const captionSegments = new Map(); // segment id -> { participant, segmentId, text, final, start, end }
 
   // ---- Session lifecycle -------------------------------------------------------------
 
@@ -196,8 +203,59 @@
     nodeDraining: (conn, m) => showNotice(
       `The server is going down for maintenance; this meeting ends within ${Math.ceil((m.deadlineSeconds || 0) / 60)} min.`),
     appMessage: onAppMessage,
+    transcript: onTranscript,
+    captions: (conn, m) => setCaptionsState(m),
     pong: () => {},
   };
+
+  // ---- Live captions -------------------------------------------------------------------
+
+  function setCaptionsState(m) {
+    captions = {
+      enabled: Boolean(m.enabled), language: m.language || '', engine: m.engine || '',
+      unavailable: m.unavailable || '',
+    };
+    if (captions.enabled && captions.unavailable) {
+      showNotice(`Captions are on, but ${captions.unavailable}.`, 'warn');
+    }
+    renderControls();
+  }
+
+  function toggleCaptions(enabled = !captions.enabled) {
+    if (current && current.joined) send(current, { setCaptions: { enabled } });
+  }
+
+  // A Transcript: interim text replaces the segment's line; the final one settles it (or
+  // removes it when empty: nothing was understood) and fades after a while.
+  function onTranscript(conn, m) {
+    const segmentId = m.segmentId || '';
+    if (!segmentId) return;
+    const entry = {
+      participant: m.participantId || '', segmentId, text: m.text || '', final: Boolean(m.final),
+      start: Number(m.startMs || 0), end: Number(m.endMs || 0),
+    };
+    // When this page first saw the segment and its final (wall clock, ms), for latency.
+    const seen = captionSegments.get(segmentId);
+    entry.firstAt = seen ? seen.firstAt : Date.now();
+    entry.finalAt = entry.final ? Date.now() : 0;
+    captionSegments.delete(segmentId); // re-inserted last: arrival order
+    captionSegments.set(segmentId, entry);
+    while (captionSegments.size > CAPTIONS_KEEP) captionSegments.delete(captionSegments.keys().next().value);
+    const p = participants.get(entry.participant);
+    if (!p) return;
+    const box = p.tile.captions;
+    let line = box.querySelector(`[data-segment="${CSS.escape(segmentId)}"]`);
+    if (!entry.text) { if (line) line.remove(); return; }
+    if (!line) {
+      line = el('div', 'caption-line');
+      line.dataset.segment = segmentId;
+      box.append(line);
+      while (box.children.length > CAPTION_LINES) box.firstElementChild.remove();
+    }
+    line.textContent = entry.text;
+    line.className = `caption-line ${entry.final ? 'final' : 'interim'}`;
+    if (entry.final) setTimeout(() => line.remove(), CAPTION_LINGER_MS);
+  }
 
   // A message from the app (REST/gRPC): appended to the chat panel, newest last, the
   // panel bounded to the last CHAT_KEEP messages.
@@ -222,10 +280,14 @@
     conn.joined = true;
     reconnectAttempts = 0;
     selfId = m.participantId || '';
+    meetingStartedAt = Number((m.meeting && m.meeting.startedAtMs) || 0);
     if (m.meeting && m.meeting.name) session.meeting = m.meeting.name;
     upsertParticipant({ name: session.name, ...(m.participant || {}), id: selfId }, true);
     for (const other of m.others || []) upsertParticipant(other);
     conn.pc = createPeerConnection(conn, m.iceServers || []);
+    setCaptionsState(m.captions || {});
+    if (wantCaptions && !captions.enabled) toggleCaptions(true);
+    wantCaptions = false;
     const seconds = m.pingIntervalSeconds || DEFAULT_PING_SECONDS;
     conn.pingTimer = setInterval(() => send(conn, { ping: { timestamp: String(Date.now()) } }), seconds * 1000);
     setState('joined');
@@ -673,8 +735,10 @@
     const mic = el('span', 'mic-state');
     const name = el('span', 'name');
     const caption = el('figcaption', 'tile-label', mic, name);
-    const root = el('figure', isScreen ? 'tile screen' : isSelf ? 'tile self' : 'tile', video, avatar, caption);
-    return { root, video, avatar, mic, name };
+    const captions = el('div', 'captions');
+    captions.setAttribute('aria-live', 'polite');
+    const root = el('figure', isScreen ? 'tile screen' : isSelf ? 'tile self' : 'tile', video, avatar, captions, caption);
+    return { root, video, avatar, mic, name, captions };
   }
 
   function createListItem() {
@@ -798,6 +862,8 @@
     ui.screenButton.disabled = screenPending;
     ui.screenButton.textContent = screen ? 'Stop sharing' : 'Share screen';
     ui.screenButton.setAttribute('aria-pressed', String(Boolean(screen)));
+    ui.captionsButton.setAttribute('aria-pressed', String(captions.enabled));
+    ui.captionsButton.textContent = captions.enabled ? 'Captions on' : 'Captions';
   }
 
   // ---- Page chrome -------------------------------------------------------------------
@@ -910,6 +976,11 @@
       get participantId() { return selfId; },
       get messages() { return messages.map((m) => ({ ...m, at: m.at.getTime() })); },
       get sharingScreen() { return Boolean(screen); },
+      get captionsState() { return { ...captions }; },
+      get meetingStartedAt() { return meetingStartedAt; },
+      // The caption segments received so far, latest text of each, in arrival order.
+      captions: () => Promise.resolve([...captionSegments.values()].map((c) => ({ ...c }))),
+      setCaptions: (enabled) => toggleCaptions(Boolean(enabled)),
       stats, leave, setMicMuted, setCameraMuted, selectedCandidateTypes, startScreenShare, stopScreenShare,
       // Test hook: closes the peer connection (DTLS close_notify) without a signaling leave.
       closeMediaOnly: () => { if (current && current.pc) current.pc.close(); },
@@ -947,11 +1018,13 @@
     ui.micButton.addEventListener('click', () => setMicMuted(!micMuted));
     ui.cameraButton.addEventListener('click', () => setCameraMuted(!cameraMuted));
     ui.screenButton.addEventListener('click', () => (screen ? stopScreenShare() : startScreenShare()));
+    ui.captionsButton.addEventListener('click', () => toggleCaptions());
     ui.leaveButton.addEventListener('click', leave);
     // Tell the others right away when the tab closes.
     window.addEventListener('pagehide', () => { if (current) send(current, { leave: {} }); });
     renderControls();
     setState('idle');
+    wantCaptions = params.get('captions') === '1';
     if (params.get('autojoin') === '1') {
       startSession({ meeting: ui.meetingInput.value.trim(), name: ui.nameInput.value.trim(), token });
     }
