@@ -3,7 +3,9 @@
 //! It receives the track's RTP like a subscriber would (a track tap with its own bounded
 //! queue: when the transcriber falls behind, the tap drops and counts, the publisher and the
 //! other subscribers never wait), runs [`TrackAudio`] (Opus decode, 16 kHz, voice activity,
-//! utterances) and sends each utterance to the engine. Results go back to the meeting as
+//! utterances) on a thread of its own at low priority (nice 10: never on the Tokio workers
+//! that carry media, and the media threads win when the CPU is short), and sends each
+//! utterance to the engine. Results go back to the meeting as
 //! [`Transcript`]s: interim ones while the person speaks (an interim job runs only when the
 //! previous one of this track is done and the engine has a free worker), then a final one
 //! with the same segment id. A final that could not be transcribed is still announced, with
@@ -26,15 +28,14 @@ use crate::ids::{ParticipantId, TrackId, random_string};
 use crate::meeting::MeetingMsg;
 use crate::participant::ParticipantMsg;
 use crate::registry::{ActorKind, ActorRegistry, ActorSpec, Registration};
-use crate::timer::Wakeup;
 
 pub enum TranscriberMsg {
-    /// RTP packets from the tap.
-    Rtp(Vec<Bytes>),
-    /// The tap ended (the track went away).
+    /// An utterance (interim or final) from the audio thread.
+    Utterance(UtteranceEvent),
+    /// The tap ended (the track went away) and the audio thread flushed.
     TapEnded,
-    /// A timer (utterance end by wall clock).
-    Tick,
+    /// The audio thread died (a bug): the transcriber fails and is restarted.
+    AudioFailed(String),
     /// An engine answered.
     Result {
         segment: u32,
@@ -87,6 +88,9 @@ struct Segment {
     end_ms: u64,
 }
 
+/// Packets the audio thread buffers; beyond it they are dropped (counted in the tap's drops).
+const AUDIO_QUEUE: usize = 256;
+
 pub struct TranscriberState {
     args_meeting: ActorRef<MeetingMsg>,
     t: Arc<Transcription>,
@@ -96,16 +100,12 @@ pub struct TranscriberState {
     name: String,
     language: Language,
     engine: EngineKind,
-    audio: TrackAudio,
-    /// Wall-clock origin for the pipeline's `now_ms`.
-    epoch: Instant,
-    /// Milliseconds from the meeting's start to this track's first packet.
-    offset_ms: Option<u64>,
-    meeting_started: SystemTime,
+    /// Milliseconds from the meeting's start to this track's first packet (set by the
+    /// audio thread when the first packet arrives).
+    offset_ms: Arc<AtomicU64>,
     segments: HashMap<u32, Segment>,
     tap_actor: ActorRef<ParticipantMsg>,
     tap_dropped: Arc<AtomicU64>,
-    wakeup: Wakeup,
     reg: Registration,
     _usage: UsageHandle,
 }
@@ -129,26 +129,37 @@ impl Actor for Transcriber {
             .parent(args.parent)
             .restarted(args.restarts, args.last_failure),
         );
-        // The pump: tap channel -> actor, in batches (what arrived since the last wake).
+        // The pump (a task): tap channel -> the audio thread's bounded queue.
+        let (to_audio, from_pump) = std::sync::mpsc::sync_channel::<Bytes>(AUDIO_QUEUE);
         let mut packets = args.packets;
-        let me = myself.clone();
+        let dropped = Arc::clone(&args.tap_dropped);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(16);
             while packets.recv_many(&mut batch, 64).await > 0 {
-                if me
-                    .send_message(TranscriberMsg::Rtp(std::mem::take(&mut batch)))
-                    .is_err()
-                {
-                    return;
+                for packet in batch.drain(..) {
+                    match to_audio.try_send(packet) {
+                        Ok(()) => {}
+                        Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                            dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return,
+                    }
                 }
             }
-            let _ = me.send_message(TranscriberMsg::TapEnded);
+            // Dropping `to_audio` tells the audio thread the track ended.
         });
-        let wakeup = Wakeup::spawn(myself.clone(), || TranscriberMsg::Tick);
+        let offset_ms = Arc::new(AtomicU64::new(u64::MAX));
+        let audio = TrackAudio::new(args.transcription.config.segmenter.clone());
+        let me = myself.clone();
+        let offset = Arc::clone(&offset_ms);
+        let started = args.meeting_started;
+        std::thread::Builder::new()
+            .name(format!("hearth-audio-{}", args.track))
+            .spawn(move || audio_thread(audio, from_pump, me, offset, started))
+            .map_err(|e| format!("cannot start the audio thread: {e}"))?;
         args.transcription.warm(args.engine);
         Ok(TranscriberState {
             args_meeting: args.meeting,
-            audio: TrackAudio::new(args.transcription.config.segmenter.clone()),
             t: args.transcription,
             track: args.track,
             participant: args.participant,
@@ -156,13 +167,10 @@ impl Actor for Transcriber {
             name: args.name,
             language: args.language,
             engine: args.engine,
-            epoch: Instant::now(),
-            offset_ms: None,
-            meeting_started: args.meeting_started,
+            offset_ms,
             segments: HashMap::new(),
             tap_actor: args.tap_actor,
             tap_dropped: args.tap_dropped,
-            wakeup,
             reg,
             _usage: args.usage,
         })
@@ -188,32 +196,15 @@ impl Actor for Transcriber {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.reg.handled();
-        let now_ms = state.epoch.elapsed().as_millis() as u64;
         match msg {
-            TranscriberMsg::Rtp(batch) => {
-                if state.offset_ms.is_none() {
-                    let since = SystemTime::now()
-                        .duration_since(state.meeting_started)
-                        .unwrap_or_default();
-                    state.offset_ms = Some(since.as_millis() as u64);
-                }
-                for packet in batch {
-                    // The tap hands whole RTP packets; anything unparsable is skipped.
-                    if let Ok(rtp) = hearth_engine::rtp::parse(&packet) {
-                        state
-                            .audio
-                            .handle_rtp(now_ms, rtp.seq, rtp.timestamp, &rtp.payload);
-                    }
-                }
-            }
+            TranscriberMsg::Utterance(ev) => state.on_utterance(ev, &myself),
             TranscriberMsg::TapEnded => {
-                // Flush: whatever was being said ends now.
-                state.audio.handle_timeout(u64::MAX / 2);
-                state.drain_events(&myself);
                 myself.stop(Some("track_ended".into()));
                 return Ok(());
             }
-            TranscriberMsg::Tick => state.audio.handle_timeout(now_ms),
+            TranscriberMsg::AudioFailed(why) => {
+                return Err(format!("the audio thread of {} failed: {why}", state.track).into());
+            }
             TranscriberMsg::Result {
                 segment,
                 interim,
@@ -229,25 +220,91 @@ impl Actor for Transcriber {
                 panic!("fault injected into transcriber {}", state.track)
             }
         }
-        state.drain_events(&myself);
-        if let Some(at) = state.audio.poll_timeout() {
-            state
-                .wakeup
-                .arm(state.epoch + Duration::from_millis(at.max(now_ms)));
-        }
         Ok(())
     }
 }
 
-impl TranscriberState {
-    fn drain_events(&mut self, myself: &ActorRef<TranscriberMsg>) {
-        while let Some(ev) = self.audio.poll_event() {
-            self.on_utterance(ev, myself);
+/// Tells the actor when the audio thread ends by a panic.
+struct PanicGuard(ActorRef<TranscriberMsg>);
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self
+                .0
+                .send_message(TranscriberMsg::AudioFailed("panicked".into()));
         }
     }
+}
 
+/// The audio thread: RTP -> [`TrackAudio`] -> utterances to the actor. Ends (after flushing
+/// the utterance in progress) when the pump goes away.
+fn audio_thread(
+    mut audio: TrackAudio,
+    packets: std::sync::mpsc::Receiver<Bytes>,
+    actor: ActorRef<TranscriberMsg>,
+    offset_ms: Arc<AtomicU64>,
+    meeting_started: SystemTime,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let _guard = PanicGuard(actor.clone());
+    // Below the media threads: when the CPU is short, media wins (Linux: per thread).
+    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10);
+    let epoch = Instant::now();
+    let now_ms = || epoch.elapsed().as_millis() as u64;
+    let feed = |audio: &mut TrackAudio, packet: &Bytes| {
+        // The tap hands whole RTP packets; anything unparsable is skipped.
+        if let Ok(rtp) = hearth_engine::rtp::parse(packet) {
+            audio.handle_rtp(now_ms(), rtp.seq, rtp.timestamp, &rtp.payload);
+        }
+    };
+    loop {
+        let wait = audio
+            .poll_timeout()
+            .map(|at| Duration::from_millis(at.saturating_sub(now_ms())))
+            .unwrap_or(Duration::from_secs(3600));
+        match packets.recv_timeout(wait) {
+            Ok(packet) => {
+                if offset_ms.load(std::sync::atomic::Ordering::Relaxed) == u64::MAX {
+                    let since = SystemTime::now()
+                        .duration_since(meeting_started)
+                        .unwrap_or_default();
+                    offset_ms.store(
+                        since.as_millis() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                }
+                feed(&mut audio, &packet);
+                // Whatever else is queued, before looking for events.
+                while let Ok(packet) = packets.try_recv() {
+                    feed(&mut audio, &packet);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => audio.handle_timeout(now_ms()),
+            Err(RecvTimeoutError::Disconnected) => {
+                // The track ended: whatever was being said ends now.
+                audio.handle_timeout(u64::MAX / 2);
+                while let Some(ev) = audio.poll_event() {
+                    let _ = actor.send_message(TranscriberMsg::Utterance(ev));
+                }
+                let _ = actor.send_message(TranscriberMsg::TapEnded);
+                return;
+            }
+        }
+        while let Some(ev) = audio.poll_event() {
+            if actor.send_message(TranscriberMsg::Utterance(ev)).is_err() {
+                return; // the transcriber is gone
+            }
+        }
+    }
+}
+
+impl TranscriberState {
     fn meeting_ms(&self, track_ms: u64) -> u64 {
-        self.offset_ms.unwrap_or(0) + track_ms
+        match self.offset_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            u64::MAX => track_ms,
+            offset => offset + track_ms,
+        }
     }
 
     fn on_utterance(&mut self, ev: UtteranceEvent, myself: &ActorRef<TranscriberMsg>) {

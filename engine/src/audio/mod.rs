@@ -5,7 +5,7 @@
 //! RTP (seq, timestamp, Opus payload)
 //!   -> opus::parse_packet + OpusMonoDecoder   48 kHz mono, gaps/DTX/loss filled, timeline
 //!   -> Resampler48To16                         16 kHz mono (153-tap Kaiser FIR, 80 dB)
-//!   -> Vad (10 ms frames)                      energy vs adaptive noise floor, hangover
+//!   -> Vad (10 ms frames)                      high-passed energy vs adaptive noise floor
 //!   -> Segmenter                               interim and final UtteranceEvents
 //! ```
 //!
@@ -53,8 +53,8 @@
 //! `pre_roll_ms` 200 (keeps weak onsets, e.g. fricatives, the energy VAD misses),
 //! `silence_end_ms` 500 (longer than most pauses inside a sentence, short enough for live
 //! captions), `max_utterance_ms` 15000 (half of Whisper's 30 s window: latency and memory
-//! stay bounded, cuts are rare), `interim_every_ms` 700, `trailing_ms` 200. VAD: 10 dB above
-//! the noise floor and above -50 dBFS, 100 ms hangover (see [`vad`]).
+//! stay bounded, cuts are rare), `interim_every_ms` 700, `trailing_ms` 200. VAD: 150 Hz high-pass,
+//! 10 dB above the adaptive noise floor and above -50 dBFS, 100 ms hangover (see [`vad`]).
 //!
 //! # Robustness
 //!

@@ -648,7 +648,8 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig {
-            cases: 40,
+            // 32 by default; HEARTH_PROPTEST_CASES scales it like the crate's other fuzzers.
+            cases: (crate::transport::proptest_cases() / 8).max(1),
             failure_persistence: None,
             ..ProptestConfig::default()
         })]

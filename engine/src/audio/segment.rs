@@ -454,7 +454,10 @@ impl Segmenter {
             return;
         }
         let end = self.last_voiced_end.max(self.speech_start);
-        let audio_end = self.pos.min(end + self.trailing).max(self.audio_start);
+        let audio_end = self
+            .pos
+            .min(end.saturating_add(self.trailing))
+            .max(self.audio_start);
         let keep = ((audio_end - self.audio_start) as usize).min(self.utt.len());
         self.keep_tail_as_pre_roll(self.utt.len());
         self.utt.truncate(keep);
@@ -506,6 +509,7 @@ fn next_id(id: u32) -> u32 {
 pub(crate) mod tests {
     use super::*;
     use crate::audio::vad::tests::noise;
+    use proptest::prelude::*;
 
     pub(crate) const SR: f64 = 16_000.0;
 
@@ -726,6 +730,67 @@ pub(crate) mod tests {
         assert_eq!(f.len(), 1);
         assert!(f[0].start_ms.abs_diff(before / 16 + 60_000) <= 100);
         assert_eq!(f[0].segment, 3);
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Push(Vec<f32>),
+        Speech(u16, u8),
+        Skip(u64),
+        Finish,
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: (crate::transport::proptest_cases() / 8).max(1),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// Any samples (NaN, huge), skips (up to u64::MAX) and finishes in any order: no panic,
+        /// bounded buffers, ids in order, finals well-formed.
+        #[test]
+        fn audio_segmenter_arbitrary_input_never_panics(
+            ops in proptest::collection::vec(
+                prop_oneof![
+                    proptest::collection::vec(proptest::num::f32::ANY, 0..2_000)
+                        .prop_map(Op::Push),
+                    (0u16..1_500, any::<u8>()).prop_map(|(ms, s)| Op::Speech(ms, s)),
+                    any::<u64>().prop_map(Op::Skip),
+                    (0u64..40_000).prop_map(Op::Skip),
+                    Just(Op::Finish),
+                ],
+                1..20,
+            ),
+            max_utterance_ms in 0u32..40_000,
+            interim_every_ms in 0u32..2_000,
+        ) {
+            let cfg = SegmenterConfig {
+                max_utterance_ms,
+                interim_every_ms,
+                ..SegmenterConfig::default()
+            };
+            let mut seg = Segmenter::new(cfg);
+            let max = seg.max_samples;
+            let mut last = 0u32;
+            for op in ops {
+                match op {
+                    Op::Push(x) => seg.push(&x),
+                    Op::Speech(ms, s) => seg.push(&speech_like(u32::from(ms), 0.3, u32::from(s))),
+                    Op::Skip(n) => seg.skip(n),
+                    Op::Finish => seg.finish(),
+                }
+                prop_assert!(seg.utt.len() <= max && seg.ring.len() <= seg.ring_cap);
+                prop_assert!(seg.events.len() <= MAX_QUEUED_EVENTS);
+                while let Some(e) = seg.poll_event() {
+                    prop_assert!(e.segment >= last && e.segment >= 1);
+                    prop_assert!(e.audio.len() <= max);
+                    prop_assert!(e.start_ms <= e.end_ms && e.audio_start_ms <= e.start_ms);
+                    prop_assert!(e.audio.iter().all(|s| s.is_finite()));
+                    last = e.segment;
+                }
+            }
+        }
     }
 
     #[test]

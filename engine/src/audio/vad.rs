@@ -3,7 +3,10 @@
 //!
 //! Per frame ([`VAD_FRAME_SAMPLES`] = 160 samples):
 //!
-//! 1. A DC blocker (one-pole high-pass, about 40 Hz) removes offsets and rumble.
+//! 1. A high-pass filter (2nd-order Butterworth at [`VadConfig::highpass_hz`], default
+//!    150 Hz) removes DC, hum and rumble: wind, traffic and brown-ish noise have most of their
+//!    energy there and fluctuate enough to pass for syllables, while speech keeps its
+//!    harmonics and formants above it.
 //! 2. The frame energy is its mean square in dBFS (a full-scale sine is -3 dBFS).
 //! 3. **Digital silence** (energy at or below [`VadConfig::digital_silence_db`], e.g. a muted
 //!    microphone, DTX filler or concealment zeros) is never speech and says little about the
@@ -39,6 +42,9 @@ const MAX_WINDOW_FRAMES: usize = 200;
 /// sine is -3 dBFS, conversational speech from a browser with AGC is about -35..-15 dBFS).
 #[derive(Clone, Debug, PartialEq)]
 pub struct VadConfig {
+    /// Cut-off of the high-pass applied before measuring energy, Hz (clamped to 20..=1000).
+    /// Default 150 Hz.
+    pub highpass_hz: f32,
     /// A frame must be this far above the noise floor to be voiced. Default 10 dB.
     pub margin_db: f32,
     /// A frame must also be louder than this to be voiced, whatever the floor: keeps comfort
@@ -62,6 +68,7 @@ pub struct VadConfig {
 impl Default for VadConfig {
     fn default() -> Self {
         Self {
+            highpass_hz: 150.0,
             margin_db: 10.0,
             min_energy_db: -50.0,
             digital_silence_db: -80.0,
@@ -91,9 +98,9 @@ pub struct VadFrame {
 #[derive(Clone, Debug)]
 pub struct Vad {
     cfg: VadConfig,
-    /// DC blocker state: previous input and output.
-    hp_x: f32,
-    hp_y: f32,
+    /// High-pass biquad: coefficients (b0, b1, b2, a1, a2, normalised) and state.
+    hp: [f64; 5],
+    hp_state: [f64; 4],
     noise_db: Option<f32>,
     rise_slow: f32,
     rise_fast: f32,
@@ -106,9 +113,27 @@ pub struct Vad {
     hangover_left: u32,
 }
 
-/// DC blocker pole: about 40 Hz at 16 kHz.
-const HP_POLE: f32 = 0.984;
 const FLOOR_DB: f32 = -120.0;
+
+/// Butterworth (Q = 1/sqrt 2) high-pass biquad at `hz` for 16 kHz (RBJ's cookbook).
+fn highpass(hz: f32) -> [f64; 5] {
+    let hz = if hz.is_finite() {
+        hz.clamp(20.0, 1_000.0)
+    } else {
+        150.0
+    };
+    let w0 = 2.0 * std::f64::consts::PI * f64::from(hz) / 16_000.0;
+    let (sin, cos) = w0.sin_cos();
+    let alpha = sin / std::f64::consts::SQRT_2;
+    let a0 = 1.0 + alpha;
+    [
+        (1.0 + cos) / 2.0 / a0,
+        -(1.0 + cos) / a0,
+        (1.0 + cos) / 2.0 / a0,
+        -2.0 * cos / a0,
+        (1.0 - alpha) / a0,
+    ]
+}
 
 impl Vad {
     /// A detector with no history.
@@ -124,9 +149,9 @@ impl Vad {
             rise_fast: per_frame(cfg.noise_rise_fast_ms),
             hangover_frames: cfg.hangover_ms / VAD_FRAME_MS,
             window_frames,
+            hp: highpass(cfg.highpass_hz),
+            hp_state: [0.0; 4],
             cfg,
-            hp_x: 0.0,
-            hp_y: 0.0,
             noise_db: None,
             recent: [0.0; MAX_WINDOW_FRAMES],
             recent_len: 0,
@@ -149,23 +174,26 @@ impl Vad {
     /// empty frame is silence).
     pub fn process(&mut self, frame: &[f32]) -> VadFrame {
         let mut sum = 0.0f64;
+        let [b0, b1, b2, a1, a2] = self.hp;
+        let [mut x1, mut x2, mut y1, mut y2] = self.hp_state;
         for &x in frame {
-            let x = if x.is_finite() { x } else { 0.0 };
-            let y = x - self.hp_x + HP_POLE * self.hp_y;
-            self.hp_x = x;
-            self.hp_y = y;
-            sum += f64::from(y) * f64::from(y);
+            // Non-finite and absurd samples count as silence (decoded audio is within +-1).
+            let x = if x.is_finite() && x.abs() <= 16.0 {
+                f64::from(x)
+            } else {
+                0.0
+            };
+            let y = b0 * x + b1 * x1 + b2 * x2 - a1 * y1 - a2 * y2;
+            (x2, x1, y2, y1) = (x1, x, y1, y);
+            sum += y * y;
         }
-        if !self.hp_y.is_finite() {
-            self.hp_x = 0.0;
-            self.hp_y = 0.0;
-        }
+        self.hp_state = [x1, x2, y1, y2];
         let mean_square = if frame.is_empty() {
             0.0
         } else {
             sum / frame.len() as f64
         };
-        let energy_db = if mean_square > 1e-12 {
+        let energy_db = if mean_square > 1e-12 && mean_square.is_finite() {
             ((10.0 * mean_square.log10()) as f32).max(FLOOR_DB)
         } else {
             FLOOR_DB
@@ -232,8 +260,7 @@ impl Vad {
         self.hangover_left = 0;
         self.recent_len = 0;
         self.recent_at = 0;
-        self.hp_x = 0.0;
-        self.hp_y = 0.0;
+        self.hp_state = [0.0; 4];
     }
 }
 
@@ -278,6 +305,25 @@ pub(crate) mod tests {
         let voiced = f2.iter().filter(|f| f.voiced).count();
         assert!(voiced < 150, "{voiced} voiced frames of steady noise");
         assert!(f2[300..].iter().all(|f| !f.speech));
+    }
+
+    #[test]
+    fn audio_vad_ignores_rumble() {
+        // Brown-ish noise (leaky random walk): loud, strongly fluctuating, all below 150 Hz
+        // in energy terms; the high-pass keeps it from passing for syllables.
+        let mut seed = 11;
+        let white = noise(16_000 * 60, 1.0, &mut seed);
+        let mut acc = 0.0f32;
+        let rumble: Vec<f32> = white
+            .iter()
+            .map(|w| {
+                acc = 0.998 * acc + 0.02 * w;
+                acc
+            })
+            .collect();
+        let mut seg = crate::audio::Segmenter::new(crate::audio::SegmenterConfig::default());
+        seg.push(&rumble);
+        assert!(seg.poll_event().is_none());
     }
 
     #[test]

@@ -57,15 +57,30 @@ pub enum TranscribeError {
 }
 
 /// How much audio the encoder sees.
+///
+/// CTranslate2 accepts fewer than 3000 frames (`WhisperEncoder` only checks
+/// `frames <= 2 * num_positions`; position encodings are sliced), and a short window makes the
+/// encoder, the bulk of the cost for short utterances, several times cheaper. But Whisper
+/// was trained on 30-second windows only, and measured on espeak-ng Harvard sentences
+/// (tiny.en, int8, 120 utterances, 1 core):
+///
+/// | window | final RTF 1 s / 3 s / 8.6 s | WER | runaway outputs |
+/// |---|---|---|---|
+/// | full (3000 frames) | 0.76 / 0.29 / 0.15 | 27.8 % | 0 of 120 |
+/// | audio + 8 s | 0.34 / 0.13 / 0.10 | 25.9 % | 2 of 120 (sentence said twice) |
+/// | audio + 6 s | | 26.9 % | 5 of 120 |
+/// | audio + 2 s | | 34 to 131 % | loops on most sets |
+/// | audio only | | 124 to 218 % | loops everywhere |
+///
+/// The runaway outputs come with good scores (avg log prob about -0.2), so no confidence
+/// gate catches them. [`Window::Full`] is therefore the default; `Fit` stays for
+/// measurement (`hearth-stt --bench --window fit --pad-ms MS`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Window {
     /// Always Whisper's 30-second window (3000 frames), zero padded: what the model was
     /// trained on.
     Full,
-    /// Only the audio plus `pad_ms` of silence (at most 30 s). CTranslate2 accepts any
-    /// length up to 3000 frames and the encoder's cost is linear to quadratic in it, but
-    /// Whisper never saw short windows in training: see `TRANSCRIPTION.md`-style notes in
-    /// the crate README for the measured trade-off.
+    /// Only the audio plus `pad_ms` of silence (at most 30 s).
     Fit { pad_ms: u32 },
 }
 
@@ -300,7 +315,7 @@ impl Engine {
         };
         let results = self
             .whisper
-            .generate(&view, &[self.prompt.clone()], &options)
+            .generate(&view, std::slice::from_ref(&self.prompt), &options)
             .map_err(|e| TranscribeError::Model(format!("{e:#}")))?;
         let Some(result) = results.into_iter().next() else {
             return Err(TranscribeError::Model("no result".into()));
@@ -309,7 +324,7 @@ impl Engine {
         let avg_logprob = result.scores.first().copied().unwrap_or(0.0);
         let text = self.vocab.decode(&ids);
         let gated = result.no_speech_prob > GATE_NO_SPEECH && avg_logprob < GATE_LOGPROB;
-        tracing_debug(|| {
+        debug_log(|| {
             format!(
                 "decode: {:.2} s audio, {frames} frames, mel {mel_us} us, total {} us, {} tokens, no_speech {:.2}, logprob {:.2}{}",
                 secs,
@@ -343,7 +358,7 @@ impl Engine {
 }
 
 /// Debug lines on stderr when `HEARTH_STT_DEBUG` is set (stdout is the worker's protocol).
-fn tracing_debug(line: impl FnOnce() -> String) {
+fn debug_log(line: impl FnOnce() -> String) {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if *ON.get_or_init(|| std::env::var_os("HEARTH_STT_DEBUG").is_some()) {
         eprintln!("hearth-stt: {}", line());

@@ -33,7 +33,7 @@ fn worker_hello_request_result_and_exit_0_on_eof() {
     let Some(model) = common::model_dir(test) else {
         return;
     };
-    let Some(samples) = common::synth(test, "The birch canoe slid on the smooth planks.") else {
+    let Some(samples) = common::synth(test, "The box was thrown beside the parked truck.") else {
         return;
     };
     let mut w = Worker::spawn(&["--model", model.to_str().unwrap(), "--threads", "1"]);
@@ -60,7 +60,7 @@ fn worker_hello_request_result_and_exit_0_on_eof() {
                 assert_eq!(id, want);
                 assert!(decode_us > 0);
                 let (errors, words) =
-                    common::word_errors("the birch canoe slid on the smooth planks", &text);
+                    common::word_errors("the box was thrown beside the parked truck", &text);
                 assert!(errors * 4 <= words, "{text:?}");
             }
             other => panic!("expected a Result, got {other:?}"),
