@@ -402,6 +402,8 @@ pub struct WorkerState {
     frames: FrameReader,
     next_id: u64,
     buf: Vec<u8>,
+    /// Read buffer of the worker's stdout.
+    chunk: Vec<u8>,
     reg: Registration,
 }
 
@@ -469,6 +471,7 @@ impl Actor for SttWorker {
             frames: FrameReader::new(),
             next_id: 1,
             buf: Vec::new(),
+            chunk: Vec::new(),
             reg,
         })
     }
@@ -603,7 +606,14 @@ impl Actor for SttWorker {
 impl WorkerState {
     /// The next whole message from the worker's stdout.
     async fn read_message(&mut self) -> Result<SttMessage, String> {
-        let mut chunk = [0u8; 16 * 1024];
+        let mut chunk = std::mem::take(&mut self.chunk);
+        chunk.resize(16 * 1024, 0);
+        let result = self.read_into(&mut chunk).await;
+        self.chunk = chunk;
+        result
+    }
+
+    async fn read_into(&mut self, chunk: &mut [u8]) -> Result<SttMessage, String> {
         loop {
             match self.frames.poll_message() {
                 Ok(Some(msg)) => return Ok(msg),
@@ -612,7 +622,7 @@ impl WorkerState {
             }
             let n = self
                 .stdout
-                .read(&mut chunk)
+                .read(chunk)
                 .await
                 .map_err(|e| format!("reading from the worker: {e}"))?;
             if n == 0 {
