@@ -188,6 +188,8 @@ pub enum MeetingMsg {
     },
     /// Drill and test hook: make the transcriber of a track fail.
     InjectTranscriberFault(TrackId),
+    /// Look again at which tracks need a transcriber (a parked one's minute is over).
+    ResyncTranscribers,
     /// The node drains: tell every client, end at the deadline.
     Drain(std::time::Duration),
     /// End the meeting now.
@@ -267,6 +269,8 @@ pub struct MeetingState {
     transcriber_restarts: HashMap<TrackId, (u32, Instant, Option<String>)>,
     /// Tracks or captions changed: transcribers to start or stop.
     transcribers_dirty: bool,
+    /// The engine's unavailability last told to participants (re-told when it changes).
+    announced_unavailable: Option<String>,
 }
 
 impl Actor for MeetingActor {
@@ -318,6 +322,7 @@ impl Actor for MeetingActor {
             transcriber_actors: HashMap::new(),
             transcriber_restarts: HashMap::new(),
             transcribers_dirty: true,
+            announced_unavailable: None,
         })
     }
 
@@ -476,13 +481,18 @@ impl Actor for MeetingActor {
                     let _ = reply.send(result.map_err(|(_, e)| e));
                 }
             }
-            MeetingMsg::Transcript(t) => state.on_transcript(t),
+            MeetingMsg::Transcript(t) => {
+                state.on_transcript(t);
+                state.refresh_captions();
+            }
+            MeetingMsg::ResyncTranscribers => state.transcribers_dirty = true,
             MeetingMsg::TranscriptionDropped {
                 participant,
                 track,
                 segment,
                 reason,
             } => {
+                state.refresh_captions();
                 state.node.events.append(
                     &state.id,
                     EventKind::TranscriptionDropped {
@@ -1197,6 +1207,7 @@ impl MeetingState {
         }
         tracing::info!(meeting = %self.id, enabled = s.enabled, language = %state.language,
             engine = state.engine.as_str(), "captions changed");
+        self.announced_unavailable = state.unavailable.clone();
         for member in self.members.values() {
             member.signal.send(ServerSignal::Captions(state.clone()));
         }
@@ -1204,6 +1215,22 @@ impl MeetingState {
             .events
             .append(&self.id, EventKind::CaptionsChanged(state));
         self.transcribers_dirty = true;
+    }
+
+    /// Tells everyone when the engine became unavailable or available again while captions
+    /// are on (a worker that cannot load its model, a model installed meanwhile).
+    fn refresh_captions(&mut self) {
+        if !self.settings.transcription.enabled {
+            return;
+        }
+        let state = self.captions();
+        if state.unavailable == self.announced_unavailable {
+            return;
+        }
+        self.announced_unavailable = state.unavailable.clone();
+        for member in self.members.values() {
+            member.signal.send(ServerSignal::Captions(state.clone()));
+        }
     }
 
     /// A transcriber's result: to every participant; a final one also to the event stream,
@@ -1293,7 +1320,11 @@ impl MeetingState {
             let (restarts, last_failure) = match self.transcriber_restarts.get(&track) {
                 // A transcriber failing over and over for one track stops being restarted
                 // (for a minute): its track stays untranscribed, the meeting goes on.
-                Some((n, since, _)) if *n > 5 && since.elapsed().as_secs() < 60 => continue,
+                Some((n, since, _)) if *n > 5 && since.elapsed().as_secs() < 60 => {
+                    let left = std::time::Duration::from_secs(60).saturating_sub(since.elapsed());
+                    myself.send_after(left, || MeetingMsg::ResyncTranscribers);
+                    continue;
+                }
                 Some((n, _, why)) => (*n, why.clone()),
                 None => (0, None),
             };
@@ -1315,16 +1346,19 @@ impl MeetingState {
         last_failure: Option<String>,
     ) -> Result<(), ApiError> {
         let queue = self.node.transcription.config.queue;
-        let tap = self.tap(myself, track, queue).await?;
+        let tap = self.tap_with(myself, track, queue, true).await?;
         let Some(member) = self.members.get(&tap.publisher) else {
             tap.actor.stop(None);
             return Err(ApiError::NotFound(format!("publisher of {track}")));
         };
+        // Metered while the engine can transcribe (not while, say, the model is missing).
         let who = member.usage.interval().who.clone();
-        let usage = self
-            .node
-            .usage
-            .open(IntervalKind::Transcription, who, track.as_str());
+        let meter = if captions.unavailable.is_none() {
+            self.node.usage.clone()
+        } else {
+            crate::billing::UsageMeter::disabled()
+        };
+        let usage = meter.open(IntervalKind::Transcription, who, track.as_str());
         let args = TranscriberArgs {
             meeting: myself.clone(),
             transcription: Arc::clone(&self.node.transcription),
@@ -1602,6 +1636,17 @@ impl MeetingState {
         track: &TrackId,
         queue: usize,
     ) -> Result<TapStart, ApiError> {
+        self.tap_with(myself, track, queue, false).await
+    }
+
+    /// A tap; `with_level`: packets carry the publisher's audio level (transcribers).
+    async fn tap_with(
+        &mut self,
+        myself: &ActorRef<MeetingMsg>,
+        track: &TrackId,
+        queue: usize,
+        with_level: bool,
+    ) -> Result<TapStart, ApiError> {
         let Some(t) = self.tracks.get(track) else {
             return Err(ApiError::NotFound(format!("track {track}")));
         };
@@ -1616,6 +1661,7 @@ impl MeetingState {
                 track: track.clone(),
                 out,
                 dropped: Arc::clone(&dropped),
+                with_level,
             }),
             media_queue: self.node.config.media_queue,
             actors: Arc::clone(&self.node.actors),

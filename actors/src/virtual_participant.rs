@@ -82,6 +82,9 @@ pub struct TapArgs {
     pub track: TrackId,
     pub out: mpsc::Sender<Bytes>,
     pub dropped: Arc<AtomicU64>,
+    /// Write the publisher's RFC 6464 audio level into each packet (a one-byte header
+    /// extension, `hearth_engine::rtp::write_with_level`): the transcriber's tap.
+    pub with_level: bool,
 }
 
 pub struct VirtualArgs {
@@ -260,14 +263,25 @@ impl VirtualState {
         if let VirtualRole::Tap(tap) = &self.role {
             for item in batch.drain(..) {
                 let p = &item.packet;
-                let rtp = hearth_engine::rtp::write(
-                    p.marker,
-                    p.payload_type,
-                    p.seq,
-                    p.timestamp,
-                    p.ssrc,
-                    &p.payload,
-                );
+                let rtp = match p.audio_level {
+                    Some(level) if tap.with_level => hearth_engine::rtp::write_with_level(
+                        p.marker,
+                        p.payload_type,
+                        p.seq,
+                        p.timestamp,
+                        p.ssrc,
+                        level,
+                        &p.payload,
+                    ),
+                    _ => hearth_engine::rtp::write(
+                        p.marker,
+                        p.payload_type,
+                        p.seq,
+                        p.timestamp,
+                        p.ssrc,
+                        &p.payload,
+                    ),
+                };
                 match tap.out.try_send(rtp) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {

@@ -551,10 +551,14 @@
       return null;
     }
     let reason = '';
-    try { return await devices.getUserMedia(MEDIA); } catch (err) { reason = err.name; }
+    // `&video=0`: join with the microphone only (audio calls, captions tests).
+    const audioOnlyWanted = new URLSearchParams(location.search).get('video') === '0';
+    if (!audioOnlyWanted) {
+      try { return await devices.getUserMedia(MEDIA); } catch (err) { reason = err.name; }
+    }
     try {
       const audioOnly = await devices.getUserMedia({ audio: true });
-      setMediaNote(`Camera unavailable (${reason}): joined with audio only.`);
+      if (!audioOnlyWanted) setMediaNote(`Camera unavailable (${reason}): joined with audio only.`);
       return audioOnly;
     } catch (err) {
       setMediaNote(`Camera and microphone unavailable (${err.name}): receive-only.`);

@@ -104,10 +104,79 @@ pub fn write(
     out.freeze()
 }
 
+/// Writes a minimal RTP packet carrying an RFC 6464 audio level as a one-byte header
+/// extension (RFC 8285) with id [`LEVEL_EXT_ID`] (used on the node's internal track taps).
+pub fn write_with_level(
+    marker: bool,
+    payload_type: u8,
+    seq: u16,
+    timestamp: u32,
+    ssrc: Ssrc,
+    level: crate::media::AudioLevel,
+    payload: &[u8],
+) -> Bytes {
+    let mut out = BytesMut::with_capacity(20 + payload.len());
+    out.put_u8(0x90);
+    out.put_u8(u8::from(marker) << 7 | (payload_type & 0x7f));
+    out.put_u16(seq);
+    out.put_u32(timestamp);
+    out.put_u32(ssrc.0);
+    out.put_slice(&[0xbe, 0xde, 0, 1, LEVEL_EXT_ID << 4, level.to_byte(), 0, 0]);
+    out.put_slice(payload);
+    out.freeze()
+}
+
+/// Extension id of [`write_with_level`].
+pub const LEVEL_EXT_ID: u8 = 1;
+
+/// The RFC 6464 audio level in a packet written by [`write_with_level`] (a one-byte header
+/// extension with id [`LEVEL_EXT_ID`]), if any. Bounds-checked; None on anything else.
+pub fn audio_level(packet: &[u8]) -> Option<crate::media::AudioLevel> {
+    let first = *packet.first()?;
+    if first & 0x10 == 0 {
+        return None;
+    }
+    let csrcs = usize::from(first & 0x0f) * 4;
+    let ext = packet.get(12 + csrcs..)?;
+    if ext.get(..2)? != [0xbe, 0xde] {
+        return None;
+    }
+    let words = usize::from(u16::from_be_bytes([*ext.get(2)?, *ext.get(3)?]));
+    let body = ext.get(4..4 + words * 4)?;
+    let mut i = 0;
+    while i < body.len() {
+        let b = body[i];
+        if b == 0 {
+            i += 1; // padding
+            continue;
+        }
+        let (id, len) = (b >> 4, usize::from(b & 0x0f) + 1);
+        if id == 15 {
+            return None;
+        }
+        if id == LEVEL_EXT_ID && len == 1 {
+            return Some(crate::media::AudioLevel::from_byte(*body.get(i + 1)?));
+        }
+        i += 1 + len;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn audio_level_round_trips_and_minimal_packets_have_none() {
+        let level = crate::media::AudioLevel::from_byte(0x80 | 42);
+        let p = write_with_level(false, 111, 7, 960, Ssrc(1), level, &[0xfc, 1, 2]);
+        assert_eq!(audio_level(&p), Some(level));
+        let parsed = parse(&p).expect("valid");
+        assert_eq!(parsed.payload.as_ref(), &[0xfc, 1, 2]);
+        assert_eq!(audio_level(&write(false, 111, 7, 960, Ssrc(1), &[1])), None);
+        assert_eq!(audio_level(&[0x90, 0, 0]), None);
+    }
 
     #[test]
     fn round_trips_a_minimal_packet() {

@@ -219,7 +219,7 @@ struct ExternalSlot {
 /// The node's transcription service, shared by every transcriber.
 pub struct Transcription {
     pub config: TranscriptionConfig,
-    pub stats: TranscriptionStats,
+    pub stats: Arc<TranscriptionStats>,
     supervisor: Mutex<Option<ActorRef<supervisor::SupervisorMsg>>>,
     /// Why the embedded workers cannot start (set by the pool, cleared when one starts).
     embedded_failure: Mutex<Option<String>>,
@@ -239,7 +239,7 @@ impl Transcription {
             .collect();
         Arc::new(Transcription {
             config,
-            stats: TranscriptionStats::default(),
+            stats: Arc::default(),
             supervisor: Mutex::new(None),
             embedded_failure: Mutex::new(None),
             external,
@@ -359,6 +359,7 @@ impl Transcription {
         let permit = match Arc::clone(&slot.permits).try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) if job.interim => {
+                self.stats.interims_skipped.fetch_add(1, Ordering::Relaxed);
                 let _ = tx.send(Err(SttError::Overloaded));
                 return rx;
             }
@@ -371,6 +372,7 @@ impl Transcription {
         let engine = Arc::clone(&slot.engine);
         let permits = Arc::clone(&slot.permits);
         let waiting = Arc::clone(&slot.waiting);
+        let stats = Arc::clone(&self.stats);
         tokio::spawn(async move {
             let _permit = match permit {
                 Some(p) => p,
@@ -388,7 +390,15 @@ impl Transcription {
                     }
                 }
             };
+            let samples = job.audio.len();
+            let interim = job.interim;
             let result = engine.transcribe(job).await;
+            match &result {
+                Ok(out) => stats.record(samples, interim, out),
+                Err(_) => {
+                    stats.engine_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             let _ = tx.send(result);
         });
         rx
@@ -396,14 +406,21 @@ impl Transcription {
 
     /// Counts a finished job.
     pub(crate) fn record(&self, audio_samples: usize, interim: bool, out: &SttOutput) {
-        let s = &self.stats;
+        self.stats.record(audio_samples, interim, out);
+    }
+}
+
+impl TranscriptionStats {
+    /// Counts a finished job.
+    pub fn record(&self, audio_samples: usize, interim: bool, out: &SttOutput) {
+        let s = self;
         if interim {
             s.interims.fetch_add(1, Ordering::Relaxed);
         } else {
             s.finals.fetch_add(1, Ordering::Relaxed);
         }
         let audio_us = audio_samples as u64 * 1_000_000 / 16_000;
-        s.audio_us.fetch_add(audio_us, Ordering::Relaxed);
+        let total_us = s.audio_us.fetch_add(audio_us, Ordering::Relaxed) + audio_us;
         s.decode_us
             .fetch_add(out.decode.as_micros() as u64, Ordering::Relaxed);
         let kind = if interim { "interim" } else { "final" };
@@ -411,7 +428,7 @@ impl Transcription {
         metrics::histogram!("hearth_transcription_decode_seconds", "kind" => kind)
             .record(out.decode.as_secs_f64());
         metrics::counter!("hearth_transcription_audio_seconds_total")
-            .increment(audio_us / 1_000_000);
+            .absolute(total_us / 1_000_000);
     }
 }
 

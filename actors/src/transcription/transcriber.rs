@@ -3,7 +3,7 @@
 //! It receives the track's RTP like a subscriber would (a track tap with its own bounded
 //! queue: when the transcriber falls behind, the tap drops and counts, the publisher and the
 //! other subscribers never wait), runs [`TrackAudio`] (Opus decode, 16 kHz, voice activity,
-//! utterances) on a thread of its own at low priority (nice 10: never on the Tokio workers
+//! utterances) on a thread of its own at lower priority (nice 5: never on the Tokio workers
 //! that carry media, and the media threads win when the CPU is short), and sends each
 //! utterance to the engine. Results go back to the meeting as
 //! [`Transcript`]s: interim ones while the person speaks (an interim job runs only when the
@@ -104,7 +104,7 @@ pub struct TranscriberState {
     /// audio thread when the first packet arrives).
     offset_ms: Arc<AtomicU64>,
     segments: HashMap<u32, Segment>,
-    tap_actor: ActorRef<ParticipantMsg>,
+    tap_actor: TapGuard,
     tap_dropped: Arc<AtomicU64>,
     reg: Registration,
     _usage: UsageHandle,
@@ -158,6 +158,7 @@ impl Actor for Transcriber {
             .spawn(move || audio_thread(audio, from_pump, me, offset, started))
             .map_err(|e| format!("cannot start the audio thread: {e}"))?;
         args.transcription.warm(args.engine);
+        tracing::debug!(track = %args.track, "transcriber started");
         Ok(TranscriberState {
             args_meeting: args.meeting,
             t: args.transcription,
@@ -169,7 +170,7 @@ impl Actor for Transcriber {
             engine: args.engine,
             offset_ms,
             segments: HashMap::new(),
-            tap_actor: args.tap_actor,
+            tap_actor: TapGuard(args.tap_actor),
             tap_dropped: args.tap_dropped,
             reg,
             _usage: args.usage,
@@ -181,7 +182,7 @@ impl Actor for Transcriber {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        state.tap_actor.stop(Some("transcriber_stopped".into()));
+        state.tap_actor.0.stop(Some("transcriber_stopped".into()));
         let dropped = state.tap_dropped.load(std::sync::atomic::Ordering::Relaxed);
         if dropped > 0 {
             tracing::info!(track = %state.track, dropped, "transcriber's tap dropped packets");
@@ -224,6 +225,16 @@ impl Actor for Transcriber {
     }
 }
 
+/// Stops the tap when the transcriber's state goes, however it goes (ractor skips
+/// `post_stop` after a failure): the pump then ends, and the audio thread with it.
+struct TapGuard(ActorRef<ParticipantMsg>);
+
+impl Drop for TapGuard {
+    fn drop(&mut self) {
+        self.0.stop(Some("transcriber_gone".into()));
+    }
+}
+
 /// Tells the actor when the audio thread ends by a panic.
 struct PanicGuard(ActorRef<TranscriberMsg>);
 
@@ -249,18 +260,26 @@ fn audio_thread(
     use std::sync::mpsc::RecvTimeoutError;
     let _guard = PanicGuard(actor.clone());
     // Below the media threads: when the CPU is short, media wins (Linux: per thread).
-    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10);
+    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 5);
     let epoch = Instant::now();
     let now_ms = || epoch.elapsed().as_millis() as u64;
     let feed = |audio: &mut TrackAudio, packet: &Bytes| {
         // The tap hands whole RTP packets; anything unparsable is skipped.
         if let Ok(rtp) = hearth_engine::rtp::parse(packet) {
-            audio.handle_rtp(now_ms(), rtp.seq, rtp.timestamp, &rtp.payload);
+            let level = hearth_engine::rtp::audio_level(packet);
+            audio.handle_rtp_with_level(now_ms(), rtp.seq, rtp.timestamp, &rtp.payload, level);
         }
     };
+    let mut last_log = Instant::now();
+    tracing::debug!("audio thread started");
     loop {
+        if last_log.elapsed() >= Duration::from_secs(5) {
+            last_log = Instant::now();
+            tracing::debug!(stats = ?audio.stats(), "audio thread");
+        }
         let wait = audio
             .poll_timeout()
+            .map(|at| at.min(now_ms() + 5000))
             .map(|at| Duration::from_millis(at.saturating_sub(now_ms())))
             .unwrap_or(Duration::from_secs(3600));
         match packets.recv_timeout(wait) {
@@ -275,13 +294,18 @@ fn audio_thread(
                     );
                 }
                 feed(&mut audio, &packet);
-                // Whatever else is queued, before looking for events.
-                while let Ok(packet) = packets.try_recv() {
+                // What else is queued (bounded: events and timeouts must not wait behind
+                // a queue that a slow decode never empties).
+                for _ in 0..32 {
+                    let Ok(packet) = packets.try_recv() else {
+                        break;
+                    };
                     feed(&mut audio, &packet);
                 }
             }
             Err(RecvTimeoutError::Timeout) => audio.handle_timeout(now_ms()),
             Err(RecvTimeoutError::Disconnected) => {
+                tracing::debug!(stats = ?audio.stats(), "audio thread: track ended");
                 // The track ended: whatever was being said ends now.
                 audio.handle_timeout(u64::MAX / 2);
                 while let Some(ev) = audio.poll_event() {
@@ -308,6 +332,8 @@ impl TranscriberState {
     }
 
     fn on_utterance(&mut self, ev: UtteranceEvent, myself: &ActorRef<TranscriberMsg>) {
+        tracing::debug!(track = %self.track, segment = ev.segment, is_final = ev.is_final,
+            start_ms = ev.start_ms, end_ms = ev.end_ms, samples = ev.audio.len(), "utterance");
         let start_ms = self.meeting_ms(ev.start_ms);
         let end_ms = self.meeting_ms(ev.end_ms);
         let seg = self.segments.entry(ev.segment).or_insert_with(|| Segment {
@@ -374,13 +400,7 @@ impl TranscriberState {
                     let t = self.transcript(segment, out.text, false);
                     let _ = self.args_meeting.send_message(MeetingMsg::Transcript(t));
                 }
-                Ok(_) => {}
-                Err(SttError::Overloaded) => {
-                    self.t
-                        .stats
-                        .interims_skipped
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
+                Ok(_) | Err(SttError::Overloaded) => {} // counted where it was skipped
                 Err(e) => tracing::debug!(track = %self.track, error = %e, "interim failed"),
             }
             return;

@@ -56,9 +56,14 @@ const MAX_INTERVAL_MS: u64 = crate::MAX_INTERVAL.as_secs() * 1_000;
 /// Chunk of silence fed at a time.
 static ZEROS: [f32; 960] = [0.0; 960];
 
+/// Packets whose sender-measured level is this quiet (-dBov) or quieter are not decoded.
+pub const SILENT_LEVEL_DBOV: u8 = 60;
+
 /// Counters of a [`TrackAudio`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AudioStats {
+    /// Packets taken as silence by their audio level, without decoding.
+    pub level_silent_packets: u64,
     /// Calls to [`TrackAudio::handle_rtp`].
     pub packets: u64,
     /// Packets decoded to audio.
@@ -153,6 +158,20 @@ impl TrackAudio {
     /// One received RTP packet of the track: `seq` and `rtp_timestamp` from its header,
     /// `payload` the Opus packet, `now_ms` the caller's wall clock. Never panics.
     pub fn handle_rtp(&mut self, now_ms: u64, seq: u16, rtp_timestamp: u32, payload: &[u8]) {
+        self.handle_rtp_with_level(now_ms, seq, rtp_timestamp, payload, None);
+    }
+
+    /// [`Self::handle_rtp`] with the sender's RFC 6464 audio level: a packet the sender
+    /// measured at [`SILENT_LEVEL_DBOV`] or quieter is taken as silence without decoding it
+    /// (decoding is most of the pipeline's cost, and most of a meeting's audio is silence).
+    pub fn handle_rtp_with_level(
+        &mut self,
+        now_ms: u64,
+        seq: u16,
+        rtp_timestamp: u32,
+        payload: &[u8],
+        level: Option<crate::media::AudioLevel>,
+    ) {
         self.stats.packets += 1;
         let mut st = match self.rtp {
             None => RtpState {
@@ -224,6 +243,14 @@ impl TrackAudio {
         self.rtp = Some(st);
 
         self.pcm48.clear();
+        if level.is_some_and(|l| l.level >= SILENT_LEVEL_DBOV) {
+            self.stats.level_silent_packets += 1;
+            self.stats.silence_ms += u64::from(info.samples()) / RATE_PER_MS;
+            self.pcm48.resize(info.samples() as usize, 0.0);
+            self.feed_pcm48();
+            self.last_audio_wall_ms = Some(now_ms);
+            return;
+        }
         match self.decoder.decode(payload, &info, &mut self.pcm48) {
             DecodeOutcome::Decoded => self.stats.decoded_packets += 1,
             DecodeOutcome::Dtx => {
