@@ -6,9 +6,10 @@
 //! Each worker decodes one utterance at a time on one thread; the number of workers is the
 //! CPU transcription may take (`--transcription-threads`).
 //!
-//! Queue policy (load shedding): an interim job runs only on an idle worker, else it is
-//! skipped; a final job goes to an idle worker or waits in a queue of at most `max_queue`,
-//! and is dropped when it cannot start before its deadline.
+//! Queue policy (load shedding): an interim job runs only on an idle worker, and with more
+//! than one worker only if another stays idle for finals; else it is skipped. A final job
+//! goes to an idle worker or waits in a queue of at most `max_queue`, and is dropped when it
+//! cannot start before its deadline.
 //!
 //! Supervision: a worker whose process dies, hangs past `decode_timeout` or speaks garbage
 //! fails; its utterance is answered with an engine error; the supervisor restarts it with
@@ -148,7 +149,11 @@ impl Actor for TranscriptionSupervisor {
                 state.last_work = now;
                 state.wanted = true;
                 state.ensure_started(&myself, now).await;
-                if let Some(i) = state.idle_slot() {
+                // With more than one worker, one is kept free of interims: a final (what
+                // everyone keeps) never waits behind an interim (what the next one replaces).
+                let idle = state.slots.iter().filter(|s| s.state == SlotState::Idle).count();
+                let interim_ok = state.slots.len() == 1 || idle >= 2;
+                if let Some(i) = state.idle_slot().filter(|_| !job.interim || interim_ok) {
                     state.dispatch(i, job, reply);
                 } else if job.interim {
                     state
