@@ -114,6 +114,9 @@ step "speech model for the transcription tests (deploy/models/install-whisper.sh
 deploy/models/install-whisper.sh data/models/whisper-tiny.en
 export HEARTH_STT_MODEL="$PWD/data/models/whisper-tiny.en"
 export HEARTH_TEST_REQUIRE_STT=1
+# espeak-ng, sox and target/transcription-venv (faster-whisper behind an OpenAI-compatible
+# server: the real third-party engine tests/tests/transcription.rs talks to).
+tests/transcription/setup.sh
 
 step "unit, property and integration tests"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -36,7 +36,7 @@ die() { echo "install-whisper: error: $*" >&2; exit 1; }
 log() { echo "install-whisper: $*" >&2; }
 
 case "${1:-}" in
-  -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 esac
 [ $# -le 1 ] || die "usage: $0 [DIR]"
 DIR=${1:-./data/models/whisper-tiny.en}
@@ -67,8 +67,9 @@ if verify_dir "$DIR"; then
 fi
 [ -n "$VERIFY_BAD" ] && log "existing files do not verify ($VERIFY_BAD); reinstalling"
 
-mkdir -p "$DIR" || die "cannot create $DIR"
-PARENT=$(cd "$DIR/.." && pwd)
+PARENT=$(dirname -- "$DIR")
+mkdir -p -- "$PARENT" || die "cannot create $PARENT"
+PARENT=$(cd -- "$PARENT" && pwd)
 TMP=$(mktemp -d "$PARENT/.install-whisper.XXXXXX") || die "cannot create a temporary directory in $PARENT"
 trap 'rm -rf "$TMP"' EXIT
 
@@ -130,6 +131,7 @@ done
 # 4. Verify every extracted file, then move them into place (model.bin last).
 VERIFY_BAD=
 verify_dir "$TMP/model" || die "extracted files do not verify: ${VERIFY_BAD:-a file is missing}"
+mkdir -p -- "$DIR" || die "cannot create $DIR"
 for name in config.json tokenizer.json vocabulary.txt model.bin; do
   mv -f "$TMP/model/$name" "$DIR/$name" || die "cannot move $name into $DIR"
 done

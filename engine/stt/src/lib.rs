@@ -35,6 +35,11 @@ pub enum LoadError {
         "model directory {0} does not exist (install it with deploy/models/install-whisper.sh)"
     )]
     NoDirectory(PathBuf),
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0} is not a directory")]
     NotADirectory(PathBuf),
     #[error("{0} is missing (install the model with deploy/models/install-whisper.sh)")]
@@ -52,6 +57,8 @@ pub enum LoadError {
 pub enum TranscribeError {
     #[error("{0} samples is more than Whisper's 30-second window ({MAX_SAMPLES})")]
     TooLong(usize),
+    #[error("the model cannot transcribe language {0:?} (English-only, or no such language)")]
+    Language(String),
     #[error("CTranslate2: {0}")]
     Model(String),
 }
@@ -59,22 +66,24 @@ pub enum TranscribeError {
 /// How much audio the encoder sees.
 ///
 /// CTranslate2 accepts fewer than 3000 frames (`WhisperEncoder` only checks
-/// `frames <= 2 * num_positions`; position encodings are sliced), and a short window makes the
-/// encoder, the bulk of the cost for short utterances, several times cheaper. But Whisper
-/// was trained on 30-second windows only, and measured on espeak-ng Harvard sentences
-/// (tiny.en, int8, 120 utterances, 1 core):
+/// `frames <= 2 * num_positions` and slices the position encodings), and a short window
+/// makes the encoder, the bulk of the cost for short utterances, several times cheaper.
+/// But Whisper was trained on 30-second windows only. Measured with tiny.en, int8, one
+/// core, on espeak-ng Harvard sentences (WER over 40 utterances in 4 voices; runaway
+/// outputs over 120 utterances in 12 voices, finals and interims):
 ///
-/// | window | final RTF 1 s / 3 s / 8.6 s | WER | runaway outputs |
+/// | window | RTF of finals, 1 s / 3 s / 8.6 s | WER | runaway outputs |
 /// |---|---|---|---|
-/// | full (3000 frames) | 0.76 / 0.29 / 0.15 | 27.8 % | 0 of 120 |
-/// | audio + 8 s | 0.34 / 0.13 / 0.10 | 25.9 % | 2 of 120 (sentence said twice) |
-/// | audio + 6 s | | 26.9 % | 5 of 120 |
-/// | audio + 2 s | | 34 to 131 % | loops on most sets |
-/// | audio only | | 124 to 218 % | loops everywhere |
+/// | full (3000 frames) | 0.79 / 0.30 / 0.15 | 27.8 % | none |
+/// | audio + 8 s | 0.34 / 0.13 / 0.10 | 25.9 % | 2 finals, 2 interims (sentence said twice) |
+/// | audio + 6 s | | 26.9 % | 5 finals, 3 interims |
+/// | audio + 4 s | | 36.9 % | |
+/// | audio + 2 s | | 34 to 131 % per voice | loops on most voices |
+/// | audio only | | 124 to 218 % per voice | loops everywhere |
 ///
-/// The runaway outputs come with good scores (avg log prob about -0.2), so no confidence
-/// gate catches them. [`Window::Full`] is therefore the default; `Fit` stays for
-/// measurement (`hearth-stt --bench --window fit --pad-ms MS`).
+/// The repeated sentences come with good scores (average log probability about -0.2), so
+/// no confidence gate catches them. [`Window::Full`] is therefore the default; `Fit` stays
+/// for measurement (`hearth-stt --bench ... --window fit --pad-ms MS`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Window {
     /// Always Whisper's 30-second window (3000 frames), zero padded: what the model was
@@ -123,6 +132,10 @@ pub struct Transcript {
     pub gated: bool,
 }
 
+const SOT: &str = "<|startoftranscript|>";
+const NO_TIMESTAMPS: &str = "<|notimestamps|>";
+const TRANSCRIBE: &str = "<|transcribe|>";
+
 /// Peak below which input is digital silence and not decoded at all (-80 dBFS).
 const SILENCE_PEAK: f32 = 1e-4;
 /// Whisper's own no-speech rule: drop a result whose no-speech probability is above this
@@ -135,7 +148,6 @@ pub struct Engine {
     whisper: Whisper,
     vocab: Vocabulary,
     front_end: MelFrontEnd,
-    prompt: Vec<String>,
     options: EngineOptions,
     name: String,
 }
@@ -169,7 +181,15 @@ impl Engine {
     ) -> Result<Self, LoadError> {
         let dir = model_dir.as_ref();
         match std::fs::metadata(dir) {
-            Err(_) => return Err(LoadError::NoDirectory(dir.to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(LoadError::NoDirectory(dir.to_owned()));
+            }
+            Err(source) => {
+                return Err(LoadError::Io {
+                    path: dir.to_owned(),
+                    source,
+                });
+            }
             Ok(m) if !m.is_dir() => return Err(LoadError::NotADirectory(dir.to_owned())),
             Ok(_) => {}
         }
@@ -202,21 +222,11 @@ impl Engine {
         if n_mels != 80 && n_mels != 128 {
             return Err(unsupported(format!("{n_mels} mel bins")));
         }
-        let prompt: Vec<String> = if whisper.is_multilingual() {
-            [
-                "<|startoftranscript|>",
-                "<|en|>",
-                "<|transcribe|>",
-                "<|notimestamps|>",
-            ]
-        } else {
-            ["<|startoftranscript|>", "<|notimestamps|>", "", ""]
+        let mut needed = vec![SOT, NO_TIMESTAMPS];
+        if whisper.is_multilingual() {
+            needed.extend(["<|en|>", TRANSCRIBE]);
         }
-        .into_iter()
-        .filter(|t| !t.is_empty())
-        .map(str::to_owned)
-        .collect();
-        for t in &prompt {
+        for t in needed {
             if vocab.id(t).is_none() {
                 return Err(unsupported(format!("the vocabulary has no {t}")));
             }
@@ -238,7 +248,6 @@ impl Engine {
             whisper,
             vocab,
             front_end: MelFrontEnd::new(n_mels),
-            prompt,
             options,
             name,
         })
@@ -262,26 +271,57 @@ impl Engine {
         &self.vocab
     }
 
-    /// Text of `samples_16k` (16 kHz mono, at most 30 s). `interim` results are decoded
-    /// greedily, finals with beam search.
+    /// Text of `samples_16k` (16 kHz mono, at most 30 s), in English. `interim` results
+    /// are decoded greedily, finals with beam search.
     pub fn transcribe(
         &self,
         samples_16k: &[f32],
         interim: bool,
     ) -> Result<String, TranscribeError> {
-        self.transcribe_detailed(samples_16k, interim)
+        self.transcribe_detailed(samples_16k, interim, "")
             .map(|t| t.text)
     }
 
-    /// [`Engine::transcribe`] with the decoder's scores.
+    /// The decoder prompt for `language` (BCP 47 or ISO 639; empty: English).
+    fn prompt(&self, language: &str) -> Result<Vec<String>, TranscribeError> {
+        let primary = language
+            .split(['-', '_'])
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let english = language.is_empty() || primary == "en" || primary == "eng";
+        if !self.is_multilingual() {
+            return if english {
+                Ok(vec![SOT.into(), NO_TIMESTAMPS.into()])
+            } else {
+                Err(TranscribeError::Language(language.to_owned()))
+            };
+        }
+        let code = if english { "en" } else { primary.as_str() };
+        let token = format!("<|{code}|>");
+        if self.vocab.id(&token).is_none() {
+            return Err(TranscribeError::Language(language.to_owned()));
+        }
+        Ok(vec![
+            SOT.into(),
+            token,
+            TRANSCRIBE.into(),
+            NO_TIMESTAMPS.into(),
+        ])
+    }
+
+    /// [`Engine::transcribe`] in `language` (BCP 47 or ISO 639-1, empty: English), with the
+    /// decoder's scores. English-only models refuse other languages.
     pub fn transcribe_detailed(
         &self,
         samples_16k: &[f32],
         interim: bool,
+        language: &str,
     ) -> Result<Transcript, TranscribeError> {
         if samples_16k.len() > MAX_SAMPLES {
             return Err(TranscribeError::TooLong(samples_16k.len()));
         }
+        let prompt = self.prompt(language)?;
         let peak = samples_16k.iter().fold(0.0f32, |m, s| m.max(s.abs()));
         if peak < SILENCE_PEAK {
             // Whisper invents text for silence ("you", "Thank you."): do not ask it.
@@ -315,7 +355,7 @@ impl Engine {
         };
         let results = self
             .whisper
-            .generate(&view, std::slice::from_ref(&self.prompt), &options)
+            .generate(&view, std::slice::from_ref(&prompt), &options)
             .map_err(|e| TranscribeError::Model(format!("{e:#}")))?;
         let Some(result) = results.into_iter().next() else {
             return Err(TranscribeError::Model("no result".into()));

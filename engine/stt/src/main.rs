@@ -1,8 +1,9 @@
 //! `hearth-stt`: the speech-to-text worker process of a Hearth node.
 //!
 //! ```text
-//! hearth-stt --model DIR [--threads N]                 serve the node over stdin/stdout
-//! hearth-stt --model DIR [--threads N] --bench FILE.wav...  [--interim] [--repeat K]
+//! hearth-stt --model DIR [--threads N] [--interim-beam N]       serve the node (stdin/stdout)
+//! hearth-stt --model DIR [--threads N] --bench FILE.wav... [--interim] [--repeat K]
+//!            [--window full|fit] [--pad-ms MS]                  measure
 //! ```
 //!
 //! Serving: loads the model, writes `Hello{model}` (or `Failure{id: 0}` and exits 2), then
@@ -44,16 +45,21 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 1)]
     threads: usize,
     /// Encoder window: `full` (Whisper's 30 s, the default) or `fit` (the audio plus
-    /// --pad-ms of silence; faster for short utterances, see the crate docs).
+    /// --pad-ms of silence: 2-3x faster on short utterances, but tiny.en then sometimes
+    /// repeats a sentence; for measurements only, see `hearth_stt::Window`).
     #[arg(long, value_name = "full|fit", default_value = "full")]
     window: String,
     /// Silence appended to the audio with --window fit.
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    #[arg(long, value_name = "MS", default_value_t = 8000)]
     pad_ms: u32,
+    /// Beam width for interim results (1: greedy). With CTranslate2 + ruy greedy decoding is
+    /// not faster than beam 5 (the encoder dominates), only less accurate.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    interim_beam: usize,
     /// Transcribe these WAV files (16-bit PCM, 16 kHz, mono), print JSON lines, exit.
     #[arg(long, value_name = "FILE.wav", num_args = 1..)]
     bench: Vec<PathBuf>,
-    /// With --bench: decode as interim results (greedy) instead of finals (beam 5).
+    /// With --bench: decode as interim results (--interim-beam) instead of finals (beam 5).
     #[arg(long, requires = "bench")]
     interim: bool,
     /// With --bench: decode each file K times and report the median time.
@@ -91,6 +97,7 @@ fn main() -> ExitCode {
     let options = EngineOptions {
         threads: args.threads,
         window,
+        interim_beam: args.interim_beam.max(1),
         ..EngineOptions::default()
     };
     let started = Instant::now();
@@ -206,23 +213,17 @@ fn malformed(out: &mut impl Write, why: &str) -> u8 {
 
 /// The reply to one request.
 fn answer(engine: &Engine, id: u64, interim: bool, language: &str, samples: &[f32]) -> SttMessage {
-    if !engine.is_multilingual() && !is_english(language) {
-        return SttMessage::Failure {
-            id,
-            message: format!("the model is English-only; cannot transcribe language {language:?}"),
-        };
-    }
     let started = Instant::now();
     // A panic in our own code (the front end) fails the request, not the worker.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        engine.transcribe(samples, interim)
+        engine.transcribe_detailed(samples, interim, language)
     }));
     let decode_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
     match result {
-        Ok(Ok(text)) => SttMessage::Result {
+        Ok(Ok(t)) => SttMessage::Result {
             id,
             decode_us,
-            text,
+            text: t.text,
         },
         Ok(Err(e)) => {
             eprintln!("hearth-stt: request {id}: {e}");
@@ -236,12 +237,6 @@ fn answer(engine: &Engine, id: u64, interim: bool, language: &str, samples: &[f3
             message: "internal error (panic) while transcribing".into(),
         },
     }
-}
-
-/// Empty (the model's default) or an English tag: `en`, `en-US`, `EN_gb`...
-fn is_english(language: &str) -> bool {
-    let primary = language.split(['-', '_']).next().unwrap_or("");
-    language.is_empty() || primary.eq_ignore_ascii_case("en") || primary.eq_ignore_ascii_case("eng")
 }
 
 fn bench(engine: &Engine, args: &Args) -> u8 {
@@ -269,7 +264,7 @@ fn bench(engine: &Engine, args: &Args) -> u8 {
         let mut last = None;
         for _ in 0..args.repeat.max(1) {
             let t = Instant::now();
-            let r = engine.transcribe_detailed(&samples, args.interim);
+            let r = engine.transcribe_detailed(&samples, args.interim, "");
             times.push(t.elapsed().as_secs_f64());
             last = Some(r);
         }

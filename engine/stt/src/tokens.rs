@@ -25,6 +25,7 @@ pub enum VocabError {
 /// Token strings by id.
 pub struct Vocabulary {
     tokens: Vec<String>,
+    ids: HashMap<String, usize>,
     /// Ids at or above this are special (`<|endoftext|>` and later).
     first_special: usize,
     byte_of: HashMap<char, u8>,
@@ -63,8 +64,15 @@ impl Vocabulary {
             .enumerate()
             .map(|(b, &c)| (c, b as u8))
             .collect();
+        let ids = tokens
+            .iter()
+            .enumerate()
+            .rev() // the first of duplicate strings wins
+            .map(|(i, t)| (t.clone(), i))
+            .collect();
         Ok(Self {
             tokens,
+            ids,
             first_special,
             byte_of,
         })
@@ -113,7 +121,7 @@ impl Vocabulary {
 
     /// The id of the token string `token`.
     pub fn id(&self, token: &str) -> Option<usize> {
-        self.tokens.iter().position(|t| t == token)
+        self.ids.get(token).copied()
     }
 
     pub fn is_special(&self, id: usize) -> bool {

@@ -101,3 +101,30 @@ fn too_long_input_is_an_error_and_the_engine_survives() {
     let text = e.transcribe(&samples, true).unwrap();
     assert!(text.to_lowercase().contains("truck"), "{text:?}");
 }
+
+#[test]
+fn english_only_model_takes_english_tags_and_refuses_other_languages() {
+    let test = "english_only_model_takes_english_tags_and_refuses_other_languages";
+    let Some(e) = engine(test) else { return };
+    assert!(!e.is_multilingual());
+    let Some(samples) = common::synth(test, HARVARD[2]) else {
+        return;
+    };
+    for tag in ["", "en", "en-US", "EN_gb"] {
+        let t = e.transcribe_detailed(&samples, true, tag).unwrap();
+        assert!(
+            t.text.to_lowercase().contains("truck"),
+            "{tag}: {:?}",
+            t.text
+        );
+    }
+    for tag in ["fr", "de-DE", "zz"] {
+        assert!(
+            matches!(
+                e.transcribe_detailed(&samples, true, tag),
+                Err(hearth_stt::TranscribeError::Language(_))
+            ),
+            "{tag}"
+        );
+    }
+}
