@@ -120,7 +120,13 @@ with the same body gets the first answer, a different body 422. Request bodies a
         (name = "usage", description = "What the caller's API key used: totals and the raw ledger."),
         (name = "webhooks", description = "Signed event deliveries to the app's backend."),
     ),
-    components(schemas(Problem, ErrorCode, usage::UsageWindow, usage::UsageGroup))
+    components(schemas(
+        Problem,
+        ErrorCode,
+        usage::UsageWindow,
+        usage::UsageGroup,
+        transcript::TranscriptFormat
+    ))
 )]
 struct ApiDoc;
 
