@@ -86,7 +86,12 @@ pub struct Transcript {
     operation_id = "getTranscript",
     params(("id" = String, Path, description = "The meeting's name."), TranscriptParams),
     responses(
-        (status = 200, description = "The transcript (JSON; `format=vtt`: text/vtt; `format=srt`: application/x-subrip).", body = Transcript),
+        (status = 200, description = "The transcript: JSON, or with `format=vtt` WebVTT, with `format=srt` SubRip.",
+            content(
+                (Transcript = "application/json"),
+                (String = "text/vtt"),
+                (String = "application/x-subrip"),
+            )),
         (status = 400, description = "Malformed name, format or session.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token.", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "No admin grant, or another meeting's token.", body = Problem, content_type = "application/problem+json"),
