@@ -151,7 +151,11 @@ impl Actor for TranscriptionSupervisor {
                 state.ensure_started(&myself, now).await;
                 // With more than one worker, one is kept free of interims: a final (what
                 // everyone keeps) never waits behind an interim (what the next one replaces).
-                let idle = state.slots.iter().filter(|s| s.state == SlotState::Idle).count();
+                let idle = state
+                    .slots
+                    .iter()
+                    .filter(|s| s.state == SlotState::Idle)
+                    .count();
                 let interim_ok = state.slots.len() == 1 || idle >= 2;
                 if let Some(i) = state.idle_slot().filter(|_| !job.interim || interim_ok) {
                     state.dispatch(i, job, reply);
