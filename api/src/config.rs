@@ -253,23 +253,52 @@ pub fn default_worker() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("hearth-stt"))
 }
 
-fn resolve_stt(args: &ServeArgs, data_dir: &Path) -> Result<SttConfig, ConfigError> {
+fn resolve_stt(
+    args: &ServeArgs,
+    file: &FileTranscription,
+    data_dir: &Path,
+) -> Result<SttConfig, ConfigError> {
     let mut c = SttConfig::defaults(data_dir);
-    if let Some(e) = &args.transcription_engine {
+    let duration = |flag: Option<Duration>, text: &Option<String>, name: &str| match (flag, text) {
+        (Some(d), _) => Ok(Some(d)),
+        (None, Some(s)) => parse_duration(s)
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid(format!("transcription.{name}: {e}"))),
+        (None, None) => Ok(None),
+    };
+    let engine = args.transcription_engine.clone().or(file.engine.clone());
+    let language = args
+        .transcription_language
+        .clone()
+        .or(file.language.clone());
+    let threads = args.transcription_threads.or(file.threads);
+    let max_wait = duration(args.transcription_max_wait, &file.max_wait, "max_wait")?;
+    let model = args.stt_model.clone().or(file.model.clone());
+    let worker = args.stt_worker.clone().or(file.worker.clone());
+    let openai_url = args.openai_stt_url.clone().or(file.openai_url.clone());
+    let openai_key = args.openai_stt_key.clone().or(file.openai_key.clone());
+    let openai_model = args.openai_stt_model.clone().or(file.openai_model.clone());
+    let openai_timeout = duration(
+        args.openai_stt_timeout,
+        &file.openai_timeout,
+        "openai_timeout",
+    )?;
+    let openai_concurrency = args.openai_stt_concurrency.or(file.openai_concurrency);
+    if let Some(e) = &engine {
         c.engine = hearth_actors::EngineKind::parse(e.trim()).ok_or_else(|| {
             ConfigError::Invalid(format!(
                 "transcription_engine: `embedded` or `openai` (got {e:?})"
             ))
         })?;
     }
-    if let Some(l) = &args.transcription_language {
+    if let Some(l) = &language {
         c.language = hearth_actors::Language::parse(l).ok_or_else(|| {
             ConfigError::Invalid(format!(
                 "transcription_language: an ISO 639-1 code such as `en` (got {l:?})"
             ))
         })?;
     }
-    if let Some(n) = args.transcription_threads {
+    if let Some(n) = threads {
         if !(1..=256).contains(&n) {
             return Err(ConfigError::Invalid(
                 "transcription_threads: 1 to 256".into(),
@@ -277,7 +306,7 @@ fn resolve_stt(args: &ServeArgs, data_dir: &Path) -> Result<SttConfig, ConfigErr
         }
         c.threads = n;
     }
-    if let Some(w) = args.transcription_max_wait {
+    if let Some(w) = max_wait {
         if w.is_zero() || w > Duration::from_secs(300) {
             return Err(ConfigError::Invalid(
                 "transcription_max_wait: above 0 and at most 5m".into(),
@@ -285,13 +314,13 @@ fn resolve_stt(args: &ServeArgs, data_dir: &Path) -> Result<SttConfig, ConfigErr
         }
         c.max_wait = w;
     }
-    if let Some(m) = &args.stt_model {
-        c.model = m.clone();
+    if let Some(m) = model {
+        c.model = m;
     }
-    if let Some(w) = &args.stt_worker {
-        c.worker = w.clone();
+    if let Some(w) = worker {
+        c.worker = w;
     }
-    if let Some(url) = &args.openai_stt_url {
+    if let Some(url) = &openai_url {
         let parsed = reqwest::Url::parse(url)
             .map_err(|e| ConfigError::Invalid(format!("openai_stt_url: not a URL ({e})")))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
@@ -299,8 +328,8 @@ fn resolve_stt(args: &ServeArgs, data_dir: &Path) -> Result<SttConfig, ConfigErr
                 "openai_stt_url: an http:// or https:// URL".into(),
             ));
         }
-        let timeout = args.openai_stt_timeout.unwrap_or(Duration::from_secs(10));
-        let concurrency = args.openai_stt_concurrency.unwrap_or(4);
+        let timeout = openai_timeout.unwrap_or(Duration::from_secs(10));
+        let concurrency = openai_concurrency.unwrap_or(4);
         if timeout.is_zero() || !(1..=1024).contains(&concurrency) {
             return Err(ConfigError::Invalid(
                 "openai_stt_timeout above 0, openai_stt_concurrency 1 to 1024".into(),
@@ -308,11 +337,8 @@ fn resolve_stt(args: &ServeArgs, data_dir: &Path) -> Result<SttConfig, ConfigErr
         }
         c.openai = Some(OpenAiSttConfig {
             url: url.clone(),
-            key: args.openai_stt_key.clone().filter(|k| !k.is_empty()),
-            model: args
-                .openai_stt_model
-                .clone()
-                .unwrap_or_else(|| "whisper-1".into()),
+            key: openai_key.filter(|k| !k.is_empty()),
+            model: openai_model.unwrap_or_else(|| "whisper-1".into()),
             timeout,
             concurrency,
         });
@@ -481,6 +507,27 @@ pub struct FileConfig {
     /// The `[turn]` table.
     #[serde(default)]
     pub turn: FileTurn,
+    /// The `[transcription]` table (live captions).
+    #[serde(default)]
+    pub transcription: FileTranscription,
+}
+
+/// `[transcription]` in hearth.toml: the same settings as the `--transcription-*`,
+/// `--stt-*` and `--openai-stt-*` flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTranscription {
+    pub engine: Option<String>,
+    pub language: Option<String>,
+    pub threads: Option<usize>,
+    pub max_wait: Option<String>,
+    pub model: Option<PathBuf>,
+    pub worker: Option<PathBuf>,
+    pub openai_url: Option<String>,
+    pub openai_key: Option<String>,
+    pub openai_model: Option<String>,
+    pub openai_timeout: Option<String>,
+    pub openai_concurrency: Option<usize>,
 }
 
 /// `[turn]` in hearth.toml.
@@ -802,7 +849,7 @@ pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
                 .into(),
         ));
     }
-    let stt = resolve_stt(args, &data_dir)?;
+    let stt = resolve_stt(args, &file.transcription, &data_dir)?;
     let turn_only = args.turn.turn_only || file.turn.only.unwrap_or(false);
     let turn = resolve_turn(&args.turn, &file.turn, public_ip, http.port(), turn_only)?;
     Ok(Config {
@@ -1071,6 +1118,47 @@ mod tests {
         assert_eq!(c.media_bind.port(), 9100);
         assert_eq!(c.empty_timeout, Duration::from_secs(60));
         assert_eq!(c.keys.secret("APIfile"), Some("file-secret-0123456789"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn transcription_settings_come_from_the_file_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("hearth-cfg-stt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("hearth.toml");
+        std::fs::write(
+            &path,
+            "[transcription]\nengine = \"openai\"\nlanguage = \"de\"\nthreads = 3\n\
+             max_wait = \"2s\"\nopenai_url = \"http://127.0.0.1:8000/v1/audio/transcriptions\"\n\
+             openai_timeout = \"3s\"\n",
+        )
+        .unwrap();
+        let c = resolve(&ServeArgs {
+            config: Some(path.clone()),
+            transcription_threads: Some(2),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.stt.engine, hearth_actors::EngineKind::OpenAi);
+        assert_eq!(c.stt.language.as_str(), "de");
+        assert_eq!(c.stt.threads, 2, "the flag beats the file");
+        assert_eq!(c.stt.max_wait, Duration::from_secs(2));
+        let openai = c.stt.openai.expect("the openai engine is configured");
+        assert_eq!(openai.timeout, Duration::from_secs(3));
+        std::fs::write(&path, "[transcription]\nengine = \"streaming\"\n").unwrap();
+        let err = resolve(&ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("streaming"), "{err}");
+        std::fs::write(&path, "[transcription]\nengine = \"openai\"\n").unwrap();
+        let err = resolve(&ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("--openai-stt-url"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
     }
 
