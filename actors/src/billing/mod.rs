@@ -327,6 +327,9 @@ pub struct Billing {
     encode: EventEncoder,
     /// Final transcript segments not yet written.
     transcripts: Mutex<std::collections::VecDeque<store::TranscriptRow>>,
+    /// One tick at a time: the actor, shutdown and the transcript API all call
+    /// [`Billing::tick_once`], which advances what it wrote only after the commit.
+    tick_lock: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -378,6 +381,7 @@ impl Billing {
             tick,
             encode,
             transcripts: Mutex::new(Default::default()),
+            tick_lock: tokio::sync::Mutex::new(()),
         });
         let meter = UsageMeter {
             inner: Some(Arc::new(MeterInner { tx })),
@@ -409,6 +413,9 @@ impl Billing {
 
     /// One tick: takes new intervals, builds the batch, writes it, and on success advances.
     pub async fn tick_once(&self) -> Result<usize, store::LedgerError> {
+        // Two ticks at once would write the same rows and then both advance past them
+        // (dropping transcript segments queued in between).
+        let _one_at_a_time = self.tick_lock.lock().await;
         let now = now_ms();
         let batch = {
             let mut rx_slot = self.rx.lock().unwrap_or_else(|e| e.into_inner());

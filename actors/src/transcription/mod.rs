@@ -403,11 +403,6 @@ impl Transcription {
         });
         rx
     }
-
-    /// Counts a finished job.
-    pub(crate) fn record(&self, audio_samples: usize, interim: bool, out: &SttOutput) {
-        self.stats.record(audio_samples, interim, out);
-    }
 }
 
 impl TranscriptionStats {

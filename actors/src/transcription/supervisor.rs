@@ -580,7 +580,7 @@ impl Actor for SttWorker {
                 .await;
                 match outcome {
                     Ok(Ok(Ok(out))) => {
-                        state.t.record(samples, job.interim, &out);
+                        state.t.stats.record(samples, job.interim, &out);
                         let _ = reply.send(Ok(out));
                     }
                     Ok(Ok(Err(message))) => {

@@ -519,6 +519,35 @@ mod tests {
     }
 
     #[test]
+    fn audio_pipeline_packets_the_sender_measured_silent_are_not_decoded() {
+        let packets = stream(SPEECH_SILK, 960);
+        let silent = crate::media::AudioLevel::from_byte(SILENT_LEVEL_DBOV);
+        let loud = crate::media::AudioLevel::from_byte(0x80 | 20);
+        // Every packet marked silent: nothing decoded, the timeline still advances.
+        let mut track = TrackAudio::new(SegmenterConfig::default());
+        for &(now, seq, ts, payload) in &packets {
+            track.handle_rtp_with_level(now, seq, ts, payload, Some(silent));
+        }
+        track.handle_timeout(1_000_000);
+        assert!(track.poll_event().is_none(), "silence gives no utterance");
+        let s = track.stats();
+        assert_eq!(s.decoded_packets, 0);
+        assert_eq!(s.level_silent_packets, packets.len() as u64);
+        assert_eq!(track.position_ms(), packets.len() as u64 * 20);
+        // Marked loud: decoded as without a level, the same utterance comes out.
+        let mut track = TrackAudio::new(SegmenterConfig::default());
+        let mut events = Vec::new();
+        for &(now, seq, ts, payload) in &packets {
+            track.handle_rtp_with_level(now, seq, ts, payload, Some(loud));
+            while let Some(e) = track.poll_event() {
+                events.push(e);
+            }
+        }
+        assert_eq!(finals(&events).len(), 1);
+        assert_eq!(track.stats().level_silent_packets, 0);
+    }
+
+    #[test]
     fn audio_pipeline_long_gap_is_skipped_not_filled() {
         let mut track = TrackAudio::new(SegmenterConfig::default());
         let mut packets = stream(SPEECH_SILK, 960);
