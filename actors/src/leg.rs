@@ -14,14 +14,13 @@
 //! its subscriber's actor fails on its next tick ([`SendLeg::is_poisoned`]): its supervisor
 //! removes that participant alone and its client reconnects. A closed leg is skipped too.
 //!
-//! PERFORMANCE-CRITICAL PATH: [`SendLeg::forward`]. No allocation besides the sealed
-//! datagram, no logging.
+//! PERFORMANCE-CRITICAL PATH: [`SendLeg::forward`]. No allocation (the copy is sealed straight
+//! into the caller's [`SendBatch`], whose buffer is reused), no logging.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use bytes::BytesMut;
 use hearth_engine::forwarder::{Drop as ForwardDrop, ForwardedHeader, Forwarder};
 use hearth_engine::media::MediaPacket;
 use hearth_engine::stats::SendStats;
@@ -29,6 +28,7 @@ use hearth_engine::transport::RtpSealer;
 
 use crate::billing::UsageInterval;
 use crate::ids::ParticipantId;
+use crate::udp_mux::SendBatch;
 
 /// One (subscriber, track) stream's data side.
 pub struct SendLeg {
@@ -54,8 +54,8 @@ pub struct LegState {
 
 /// What [`SendLeg::forward`] did with a packet.
 pub enum Forwarded {
-    /// Send this datagram to this address.
-    Send(BytesMut, SocketAddr),
+    /// A datagram of this many bytes was sealed into the batch.
+    Sent(usize),
     /// Video waits for a keyframe: the publisher should ask its client for one.
     NeedsKeyframe,
     /// Not for this leg now (closed, not ready, paused, too old, duplicate, or failed).
@@ -106,21 +106,34 @@ impl SendLeg {
     }
 
     /// Rewrites and seals one packet of the publisher's track for this subscriber
-    /// (`retransmission`: an answer to its NACK, mapped like the original).
-    pub fn forward(&self, now: Instant, pkt: &MediaPacket, retransmission: bool) -> Forwarded {
+    /// (`retransmission`: an answer to its NACK, mapped like the original), into `batch`.
+    pub fn forward(
+        &self,
+        now: Instant,
+        pkt: &MediaPacket,
+        retransmission: bool,
+        batch: &mut SendBatch,
+    ) -> Forwarded {
         // A panic in here must not take the publisher's actor down with it (see the module
-        // docs): it poisons this leg only.
+        // docs): it poisons this leg only. (The batch stays consistent: a datagram is only
+        // queued once it was sealed whole.)
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.forward_locked(now, pkt, retransmission)
+            self.forward_locked(now, pkt, retransmission, batch)
         }))
         .unwrap_or(Forwarded::Skipped);
-        if let (Forwarded::Send(datagram, _), Some(usage)) = (&result, &self.usage) {
-            usage.add_out(datagram.len() as u64);
+        if let (Forwarded::Sent(len), Some(usage)) = (&result, &self.usage) {
+            usage.add_out(*len as u64);
         }
         result
     }
 
-    fn forward_locked(&self, now: Instant, pkt: &MediaPacket, retransmission: bool) -> Forwarded {
+    fn forward_locked(
+        &self,
+        now: Instant,
+        pkt: &MediaPacket,
+        retransmission: bool,
+        batch: &mut SendBatch,
+    ) -> Forwarded {
         let Some(mut st) = self.lock() else {
             return Forwarded::Skipped;
         };
@@ -143,16 +156,25 @@ impl SendLeg {
                 Err(_) => return Forwarded::Skipped,
             }
         };
-        match sealer.seal(header.seq, header.timestamp, header.marker, &pkt.payload) {
-            Ok(datagram) => {
-                st.sent += 1;
-                if !retransmission {
-                    st.stats.on_sent(now, header.timestamp, pkt.payload.len());
-                }
-                Forwarded::Send(datagram, dest)
-            }
-            Err(_) => Forwarded::Skipped,
+        let len = batch.push_with(dest, |buf| {
+            sealer
+                .seal_into(
+                    header.seq,
+                    header.timestamp,
+                    header.marker,
+                    &pkt.payload,
+                    buf,
+                )
+                .is_ok()
+        });
+        if len == 0 {
+            return Forwarded::Skipped;
         }
+        st.sent += 1;
+        if !retransmission {
+            st.stats.on_sent(now, header.timestamp, pkt.payload.len());
+        }
+        Forwarded::Sent(len)
     }
 }
 
@@ -186,10 +208,12 @@ mod tests {
     #[test]
     fn a_leg_without_sealer_or_path_skips() {
         let l = leg();
+        let mut batch = SendBatch::default();
         assert!(matches!(
-            l.forward(Instant::now(), &packet(), false),
+            l.forward(Instant::now(), &packet(), false, &mut batch),
             Forwarded::Skipped
         ));
+        assert!(batch.is_empty());
         l.close();
         assert!(!l.is_open());
     }
@@ -207,8 +231,9 @@ mod tests {
         assert!(caught.is_err());
         assert!(l.is_poisoned());
         assert!(!l.is_open());
+        let mut batch = SendBatch::default();
         assert!(matches!(
-            l.forward(Instant::now(), &packet(), false),
+            l.forward(Instant::now(), &packet(), false, &mut batch),
             Forwarded::Skipped
         ));
         let other = leg();

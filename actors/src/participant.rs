@@ -46,7 +46,7 @@ use crate::inbox::{Inbox, InboxSender, Pushed};
 use crate::leg::{Forwarded, SendLeg};
 use crate::meeting::MeetingMsg;
 use crate::signal::SignalSender;
-use crate::udp_mux::{Datagram, DatagramSink, MuxRegistration, UdpMux};
+use crate::udp_mux::{Datagram, DatagramSink, MuxRegistration, SEND_CHUNK, SendBatch, UdpMux};
 use crate::webrtc::{
     Certificate, CodecParams, Feedback, Inbound, PeerError, PeerEvent, PeerSetup, SenderKey,
     WebRtcPeer,
@@ -267,6 +267,9 @@ pub struct ParticipantState {
     transport_reported: crate::webrtc::PeerStats,
     scratch_datagrams: Vec<Datagram>,
     scratch_media: Vec<MediaItem>,
+    /// Copies sealed for subscribers (as a publisher on their legs, or as a subscriber from
+    /// its queue), sent together at the end of the burst that produced them.
+    out_batch: SendBatch,
     /// Socket-arrival times of the sampled packets forwarded in the current media batch.
     forwarded_arrivals: Vec<Instant>,
     /// Copies this participant's actor sealed and sent (as a publisher on subscribers' legs,
@@ -289,6 +292,9 @@ impl DatagramSink for IngressSink {
 }
 
 const DRAIN_BATCH: usize = 256;
+/// Sealed copies sent early, before the end of their burst, once they reach this many bytes
+/// (or [`SEND_CHUNK`] datagrams): bounds the batch buffer of a big room's publisher.
+const BATCH_BYTES: usize = 256 * 1024;
 /// Starting capacity of the per-message scratch vectors: they grow to the largest batch seen
 /// (at most [`DRAIN_BATCH`]) and keep it; most participants never need the full batch, and
 /// 256 items of each kind up front were about 45 KiB per participant.
@@ -395,6 +401,7 @@ impl Actor for ParticipantActor {
             drops_reported: (0, 0),
             transport_reported: Default::default(),
             scratch_datagrams: Vec::with_capacity(SCRATCH_START),
+            out_batch: SendBatch::default(),
             scratch_media: Vec::with_capacity(SCRATCH_START),
             forwarded_arrivals: Vec::with_capacity(SCRATCH_START),
             fanned_out: 0,
@@ -898,14 +905,13 @@ impl ParticipantState {
         let mut wants_keyframe = false;
         for target in &p.targets {
             match target {
-                Target::Leg(leg) => match leg.forward(packet.arrival, &packet, false) {
-                    Forwarded::Send(datagram, to) => {
-                        self.mux.send_to(&datagram, to, self.mux_hint);
-                        sent += 1;
+                Target::Leg(leg) => {
+                    match leg.forward(packet.arrival, &packet, false, &mut self.out_batch) {
+                        Forwarded::Sent(_) => sent += 1,
+                        Forwarded::NeedsKeyframe => wants_keyframe = true,
+                        Forwarded::Skipped => {}
                     }
-                    Forwarded::NeedsKeyframe => wants_keyframe = true,
-                    Forwarded::Skipped => {}
-                },
+                }
                 Target::Queue(queue) => {
                     queue.push(MediaItem {
                         track: p.key,
@@ -926,6 +932,15 @@ impl ParticipantState {
             if before / FORWARD_DELAY_SAMPLE_EVERY != self.fanned_out / FORWARD_DELAY_SAMPLE_EVERY {
                 self.forwarded_arrivals.push(packet.arrival);
             }
+        }
+        self.send_batch_if_full();
+    }
+
+    /// Sends the copies sealed so far once the batch is big (a long burst); otherwise they
+    /// wait for the end of the burst ([`Self::flush`]).
+    fn send_batch_if_full(&mut self) {
+        if self.out_batch.len() >= SEND_CHUNK || self.out_batch.bytes() >= BATCH_BYTES {
+            self.mux.send_batch(&mut self.out_batch, self.mux_hint);
         }
     }
 
@@ -963,10 +978,12 @@ impl ParticipantState {
                 continue;
             };
             // The same leg the publisher forwards on: one forwarder, one SRTP context.
-            match sub.leg.forward(now, &item.packet, item.retransmission) {
-                Forwarded::Send(datagram, to) => {
+            match sub
+                .leg
+                .forward(now, &item.packet, item.retransmission, &mut self.out_batch)
+            {
+                Forwarded::Sent(_) => {
                     // (The leg counted these bytes into our usage.)
-                    self.mux.send_to(&datagram, to, self.mux_hint);
                     if !item.retransmission {
                         self.fanned_out += 1;
                         if self.fanned_out.is_multiple_of(FORWARD_DELAY_SAMPLE_EVERY) {
@@ -1320,6 +1337,7 @@ impl ParticipantState {
         }
     }
 
+    /// Sends what the transport has to send and the copies sealed in this burst.
     fn flush(&mut self) {
         let mut bytes = 0u64;
         while let Some((to, data)) = self.peer.poll_datagram() {
@@ -1329,6 +1347,7 @@ impl ParticipantState {
         if bytes > 0 {
             self.usage.add_out(bytes);
         }
+        self.mux.send_batch(&mut self.out_batch, self.mux_hint);
     }
 
     fn arm_timer(&mut self, now: Instant) {

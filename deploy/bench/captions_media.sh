@@ -50,7 +50,7 @@ metric() { curl -sf "http://127.0.0.1:$PORT/metrics" | awk -v m="$1" '$1 ~ "^"m 
 
 for round in $(seq "$rounds"); do
   for mode in off on; do
-    taskset -c 0 "$hearth" --http 127.0.0.1:$PORT --media-port 0 --turn-port 0 --no-ledger \
+    taskset -c 0 "$hearth" --http 127.0.0.1:$PORT --media-port 0 --turn-port 0 --max-connections-per-ip 100000 --no-ledger \
       --api-key $KEY --api-secret $SECRET --data-dir "$out/data" --stt-model "$model" \
       --transcription-threads 1 >"$out/$round-$mode.log" 2>&1 &
     pid=$!

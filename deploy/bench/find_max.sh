@@ -8,7 +8,7 @@ out=${1:-target/bench-findmax}; shift || true
 mkdir -p "$out"
 KEY=APIbench; SECRET=bench-secret-0123456789abcdef; PORT=37890
 args=(--preset audio-rooms --meetings 10 --step 10 --ramp 100 --duration 15s --find-max "$@")
-taskset -c 0 target/release/hearth --http 127.0.0.1:$PORT --media-port 0 --turn-port 0 \
+taskset -c 0 target/release/hearth --http 127.0.0.1:$PORT --media-port 0 --turn-port 0 --max-connections-per-ip 100000 \
   --api-key $KEY --api-secret $SECRET --data-dir "$out/data" >"$out/hearth.log" 2>&1 &
 pid=$!
 for _ in $(seq 200); do curl -sf http://127.0.0.1:$PORT/readyz >/dev/null && break; sleep 0.05; done

@@ -47,7 +47,7 @@ wanted=" ${SCENARIOS:-${scenarios[*]%%|*}} "
 
 run_hearth() { # name args
   local name=$1; shift
-  taskset -c 0 "$hearth" --http 127.0.0.1:$PORT --media-port 0 --turn-port 0 \
+  taskset -c 0 "$hearth" --http 127.0.0.1:$PORT --media-port 0 --turn-port 0 --max-connections-per-ip 100000 \
     --api-key $KEY --api-secret $SECRET --data-dir "$out/data" >"$out/$name-hearth.log" 2>&1 &
   local pid=$!
   for _ in $(seq 200); do curl -sf http://127.0.0.1:$PORT/readyz >/dev/null && break; sleep 0.05; done

@@ -20,7 +20,7 @@ lg=target/release/hearth-loadgen
 [ -x "$hearth" ] && [ -x "$lg" ] || { echo "build first: cargo build --release --bin hearth --bin hearth-loadgen"; exit 2; }
 command -v perf >/dev/null || { echo "install perf: apt-get install -y linux-perf"; exit 2; }
 KEY=APIbench; SECRET=bench-secret-0123456789abcdef; PORT=37895
-taskset -c 0 "$hearth" --http 127.0.0.1:$PORT --media-port 0 --turn-port 0 \
+taskset -c 0 "$hearth" --http 127.0.0.1:$PORT --media-port 0 --turn-port 0 --max-connections-per-ip 100000 \
   --api-key $KEY --api-secret $SECRET --data-dir "$out/data" >"$out/hearth.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
