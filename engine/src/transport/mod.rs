@@ -4,9 +4,10 @@
 //! |---|---|
 //! | [`ice`] | ICE-lite: checks answered (USERNAME, MESSAGE-INTEGRITY, FINGERPRINT), nomination, consent freshness |
 //! | [`dtls`] | DTLS 1.2 server on `rtc-dtls`: node identity, fingerprint check, SRTP key export |
-//! | [`srtp`] | SRTP/SRTCP contexts on `rtc-srtp` (replay window on receive) |
+//! | [`srtp`] | SRTP/SRTCP: AES-GCM sealed and opened in place by Hearth (replay window on receive), SRTCP and AES-CM on `rtc-srtp` |
 //! | [`sdp`] | offer/answer on `rtc-sdp`: BUNDLE, codecs, extensions, SSRCs, m-line recycling, limits |
 //! | [`rtcp`] | RTCP parsing with abuse limits, and builders |
+//! | [`rtp_view`] | RTP headers and their extensions read in place |
 //! | [`twcc`] | transport-wide congestion control feedback toward publishers |
 //! | [`peer`] | one participant's transport: RFC 7983 demux and everything above together |
 //!
@@ -18,6 +19,7 @@ pub mod dtls;
 pub mod ice;
 pub mod peer;
 pub mod rtcp;
+pub mod rtp_view;
 pub mod sdp;
 pub mod srtp;
 pub mod twcc;

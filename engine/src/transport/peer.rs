@@ -14,11 +14,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
-use rtc_shared::marshal::{MarshalSize, Unmarshal};
 
 use super::dtls::{DtlsEvent, DtlsIdentity, DtlsServer};
 use super::ice::{IceLite, StunOutcome};
 use super::rtcp::{self, Feedback};
+use super::rtp_view::RtpView;
 use super::sdp::{
     self, AUDIO_LEVEL_URI, CodecParams, LocalParams, MID_URI, Negotiator, SdpError, Sender,
     TRANSPORT_CC_URI,
@@ -692,8 +692,8 @@ impl Peer {
         self.feedback_scratch = out;
     }
 
-    fn on_srtp(&mut self, now: Instant, data: BytesMut) {
-        let Ok(header) = rtc_rtp::header::Header::unmarshal(&mut &data[..]) else {
+    fn on_srtp(&mut self, now: Instant, mut data: BytesMut) {
+        let Some(header) = RtpView::parse(&data) else {
             self.stats.malformed_rtp += 1;
             return;
         };
@@ -708,13 +708,33 @@ impl Peer {
                 }
             },
         };
+        let (offset, seq, pt, marker, timestamp, padding) = (
+            header.header_len,
+            header.sequence_number,
+            header.payload_type,
+            header.marker,
+            header.timestamp,
+            header.padding,
+        );
+        // Extension values, read before the packet is decrypted in place (the header is
+        // authenticated, not encrypted; a packet that fails authentication is dropped below).
+        let twcc_seq = stream
+            .twcc_ext
+            .and_then(|id| header.extension(id))
+            .filter(|ext| ext.len() >= 2)
+            .map(|ext| u16::from_be_bytes([ext[0], ext[1]]));
+        let level_byte = stream
+            .level_ext
+            .and_then(|id| header.extension(id))
+            .and_then(|ext| ext.first().copied());
         let Some(srtp) = self.srtp.as_mut() else {
             return;
         };
-        let Ok(plain) = srtp.decrypt_rtp(&data, &header) else {
+        if srtp.open_rtp(&mut data, offset, ssrc, seq).is_err() {
             self.stats.srtp_failed += 1;
             return;
-        };
+        }
+        let plain = data;
         if learned {
             // Only an authenticated packet teaches a new SSRC.
             self.streams.insert(ssrc, stream.clone());
@@ -723,16 +743,11 @@ impl Peer {
         let Some(section) = sections.get(stream.section) else {
             return;
         };
-        if let Some(id) = stream.twcc_ext
-            && let Some(ext) = header.get_extension(id)
-            && ext.len() >= 2
-        {
-            self.twcc
-                .on_packet(now, ssrc, u16::from_be_bytes([ext[0], ext[1]]));
+        if let Some(twcc_seq) = twcc_seq {
+            self.twcc.on_packet(now, ssrc, twcc_seq);
         }
-        let offset = header.marshal_size();
         let mut end = plain.len();
-        if header.padding {
+        if padding {
             let pad = usize::from(plain.last().copied().unwrap_or(0));
             end = end.saturating_sub(pad);
         }
@@ -751,29 +766,20 @@ impl Peer {
                 let Some(apt) = section
                     .codecs
                     .iter()
-                    .find(|c| c.rtx_pt == Some(header.payload_type))
+                    .find(|c| c.rtx_pt == Some(pt))
                     .map(|c| c.pt)
                 else {
                     return;
                 };
                 (primary, osn, apt, plain.slice(offset + 2..end))
             }
-            None => (
-                ssrc,
-                header.sequence_number,
-                header.payload_type,
-                plain.slice(offset..end),
-            ),
+            None => (ssrc, seq, pt, plain.slice(offset..end)),
         };
         let Some(codec) = section.codecs.iter().find(|c| c.pt == pt) else {
             self.stats.malformed_rtp += 1;
             return;
         };
-        let audio_level = stream
-            .level_ext
-            .and_then(|id| header.get_extension(id))
-            .and_then(|ext| ext.first().copied())
-            .map(AudioLevel::from_byte);
+        let audio_level = level_byte.map(AudioLevel::from_byte);
         let keyframe = codec::is_keyframe(codec.params.codec, &payload);
         if stream.rtx_of.is_none() && !stream.opened {
             let Some(kind) = section.kind.media_kind() else {
@@ -794,8 +800,8 @@ impl Peer {
         self.inbound.push_back(Inbound::Rtp(MediaPacket {
             ssrc: Ssrc(ssrc),
             seq,
-            timestamp: header.timestamp,
-            marker: header.marker,
+            timestamp,
+            marker,
             payload_type: pt,
             payload,
             arrival: now,
@@ -806,9 +812,9 @@ impl Peer {
 
     /// An SSRC not in any `a=ssrc` line, identified by the mid header extension (Firefox
     /// and simulcast senders announce no SSRCs).
-    fn learn_by_mid(&mut self, header: &rtc_rtp::header::Header) -> Option<InboundStream> {
+    fn learn_by_mid(&mut self, header: &RtpView<'_>) -> Option<InboundStream> {
         let id = self.mid_ext?;
-        let mid = header.get_extension(id)?;
+        let mid = header.extension(id)?;
         if self.streams.len() >= MAX_INBOUND_STREAMS {
             return None;
         }
@@ -817,7 +823,7 @@ impl Peer {
             .sections()
             .iter()
             .enumerate()
-            .find(|(_, s)| s.mid.as_bytes() == &mid[..] && !s.rejected && s.remote_sends)?;
+            .find(|(_, s)| s.mid.as_bytes() == mid && !s.rejected && s.remote_sends)?;
         // Only sections that announced no SSRCs learn them this way.
         if !section.remote_ssrcs.is_empty() {
             return None;

@@ -226,6 +226,10 @@ pub struct Negotiator {
     pts: Vec<(String, u8)>,
     session_id: u64,
     version: u64,
+    /// [`Self::needs_offer`], kept up to date by everything that changes senders or the
+    /// agreed sections (it is asked after every message a participant handles, and computing
+    /// it walks senders x sections).
+    offer_due: bool,
 }
 
 impl Negotiator {
@@ -242,6 +246,7 @@ impl Negotiator {
             pts: Vec::new(),
             session_id: session_id & 0x7fff_ffff_ffff_ffff,
             version: 1,
+            offer_due: false,
         }
     }
 
@@ -267,6 +272,7 @@ impl Negotiator {
         let key = self.next_sender;
         self.next_sender += 1;
         self.senders.insert(key, sender);
+        self.offer_due = self.compute_needs_offer();
         key
     }
 
@@ -285,10 +291,17 @@ impl Negotiator {
         if !offered {
             self.senders.remove(&key);
         }
+        self.offer_due = self.compute_needs_offer();
     }
 
     /// True when senders changed since the last agreed description.
     pub fn needs_offer(&self) -> bool {
+        // Every test run checks the kept value against the walk it replaces.
+        debug_assert_eq!(self.offer_due, self.compute_needs_offer());
+        self.offer_due
+    }
+
+    fn compute_needs_offer(&self) -> bool {
         self.senders.iter().any(|(key, s)| {
             let placed = self
                 .sections
@@ -362,6 +375,7 @@ impl Negotiator {
         }
         self.sections = next;
         self.sync_sender_pts();
+        self.offer_due = self.compute_needs_offer();
         self.version += 1;
         let answer = self.write(&self.sections, "passive");
         Ok((answer, Applied { remote, stopped }))
@@ -670,6 +684,7 @@ impl Negotiator {
                     .any(|s| s.sender == Some(*key) && !s.rejected)
         });
         self.sync_sender_pts();
+        self.offer_due = self.compute_needs_offer();
         Ok(Applied { remote, stopped })
     }
 
