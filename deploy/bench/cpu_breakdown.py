@@ -15,12 +15,15 @@ import sys
 
 RULES = [
     ("kernel: loopback delivery to the receiving socket (charged to the sender)",
-     lambda s: has(s, "__sys_sendto", "__sys_sendmsg") and has(s, "net_rx_action")),
+     lambda s: has(s, "__sys_sendto", "__sys_sendmsg", "__sys_sendmmsg") and has(s, "net_rx_action")),
     ("kernel: UDP send (syscall, routing, loopback xmit)",
-     lambda s: has(s, "__sys_sendto", "__sys_sendmsg")),
+     lambda s: has(s, "__sys_sendto", "__sys_sendmsg", "__sys_sendmmsg")),
     ("kernel: UDP receive", lambda s: has(s, "__sys_recvfrom", "__sys_recvmsg", "recvmmsg")),
-    ("SRTP/SRTCP encrypt (cipher)", lambda s: has(s, "encrypt_rtp", "encrypt_rtcp")),
-    ("SRTP/SRTCP decrypt (cipher)", lambda s: has(s, "decrypt_rtp", "decrypt_rtcp")),
+    # (Hearth's own AES-GCM sealer and opener call the provider's AEAD directly.)
+    ("SRTP/SRTCP encrypt (cipher)",
+     lambda s: has(s, "encrypt_rtp", "encrypt_rtcp", "AeadCipher>::seal_in_place")),
+    ("SRTP/SRTCP decrypt (cipher)",
+     lambda s: has(s, "decrypt_rtp", "decrypt_rtcp", "AeadCipher>::open_in_place")),
     # Hearth's own transport (engine/src/transport) and the send legs.
     ("hearth transport: RTP header parse, demux, TWCC, RTCP",
      lambda s: has(s, "transport::peer::Peer::handle_datagram", "Peer::on_srtp", "Peer::on_srtcp",
