@@ -857,6 +857,9 @@ impl ParticipantState {
             info: published.info.clone(),
             codec: published.codec.clone(),
         });
+        // One slot at a time: a published track's state is large, and `Vec`'s first growth
+        // would make room for four (most participants publish one or two).
+        self.published.reserve_exact(1);
         self.published.push(published);
     }
 

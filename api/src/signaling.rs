@@ -118,7 +118,7 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, conn: Option<ConnInfo>
                     Err(e) => if !send_error(&mut tx, &e).await { break "socket closed"; },
                 }
             }
-            signal = signals.rx.recv() => {
+            signal = signals.recv() => {
                 let Some(signal) = signal else {
                     send(&mut tx, S::Reconnect(pb::Reconnect { reason: "session ended".into() })).await;
                     break "participant gone";

@@ -95,7 +95,8 @@ impl TwccRecorder {
             epoch: None,
             highest: None,
             probe: None,
-            pending: VecDeque::with_capacity(2 * FEEDBACK_AFTER_PACKETS),
+            // Grows with the arrivals of a publishing participant; nothing for one that only listens.
+            pending: VecDeque::new(),
             next_base: None,
             feedback_count: 0,
             deadline: None,
