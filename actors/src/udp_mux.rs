@@ -279,46 +279,30 @@ impl UdpMux {
         }
     }
 
-    /// Sends every datagram of `batch` without waiting, with as few system calls as the
-    /// kernel allows (`sendmmsg`, up to [`SEND_CHUNK`] datagrams per call), and empties it.
-    /// A datagram the kernel refuses (an unreachable destination) is dropped alone and the
-    /// rest still go out; a full socket buffer drops what is left of the batch. Each drop is
-    /// counted.
+    /// Sends the datagrams of `batch` without waiting, with as few system calls as the
+    /// kernel allows (`sendmmsg`, up to [`SEND_CHUNK`] datagrams per call). A datagram the
+    /// kernel refuses (an unreachable destination) is dropped alone and the rest still go.
+    /// When the socket's buffer is full, what is left stays in the batch, in order, and goes
+    /// with the next call (the actor's next message or tick), up to [`MAX_PENDING_BYTES`]:
+    /// beyond that the oldest are dropped. Drops are counted.
     pub fn send_batch(&self, batch: &mut SendBatch, hint: usize) {
-        match batch.items.len() {
-            0 => return,
-            1 => {
-                let (range, to) = batch.items[0].clone();
-                self.send_to(&batch.buf[range], to, hint);
-                batch.clear();
-                return;
-            }
-            _ => {}
+        if batch.is_empty() {
+            return;
         }
         let socket = self.sockets[hint % self.sockets.len()].load();
-        let mut next = 0;
-        while next < batch.items.len() {
-            let chunk = &batch.items[next..batch.items.len().min(next + SEND_CHUNK)];
-            match send_chunk(&socket, &batch.buf, chunk) {
-                Ok((sent, bytes)) if sent > 0 => {
-                    self.counters.packets_out.increment(sent as u64);
-                    self.counters.bytes_out.increment(bytes);
-                    next += sent;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // The first datagram of the chunk was refused (or nothing was sent): drop
-                // that one and go on with the next.
-                _ => {
-                    self.counters.send_dropped.increment(1);
-                    next += 1;
-                }
-            }
+        let done = batch.drain_with(|buf, chunk| match chunk {
+            [(range, to)] => socket
+                .try_send_to(&buf[range.clone()], *to)
+                .map(|n| (1, n as u64)),
+            _ => send_chunk(&socket, buf, chunk),
+        });
+        if done.sent > 0 {
+            self.counters.packets_out.increment(done.sent as u64);
+            self.counters.bytes_out.increment(done.bytes);
         }
-        let left = batch.items.len() - next;
-        if left > 0 {
-            self.counters.send_dropped.increment(left as u64);
+        if done.dropped > 0 {
+            self.counters.send_dropped.increment(done.dropped as u64);
         }
-        batch.clear();
     }
 
     /// Receives until the socket is dead (the error is returned).
@@ -440,6 +424,74 @@ impl SendBatch {
     /// The queued datagrams, in order.
     pub fn datagrams(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> {
         self.items.iter().map(|(r, to)| (&self.buf[r.clone()], *to))
+    }
+}
+
+/// Bytes a [`SendBatch`] keeps for a socket whose buffer is full, before it drops its oldest
+/// datagrams.
+pub const MAX_PENDING_BYTES: usize = 256 * 1024;
+
+/// What [`SendBatch::drain_with`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Drained {
+    pub sent: usize,
+    pub bytes: u64,
+    pub dropped: usize,
+}
+
+impl SendBatch {
+    /// Hands the datagrams to `send` in chunks of at most [`SEND_CHUNK`] (`send` returns how
+    /// many of the chunk's first datagrams it sent and their bytes, an error for the first
+    /// one, or `WouldBlock`). A refused datagram is dropped alone; on `WouldBlock` the rest
+    /// are kept, in order, within [`MAX_PENDING_BYTES`].
+    pub fn drain_with(
+        &mut self,
+        mut send: impl FnMut(&[u8], &[(std::ops::Range<usize>, SocketAddr)]) -> io::Result<(usize, u64)>,
+    ) -> Drained {
+        let mut done = Drained::default();
+        let mut next = 0;
+        let mut blocked = false;
+        while next < self.items.len() {
+            let chunk = &self.items[next..self.items.len().min(next + SEND_CHUNK)];
+            match send(&self.buf, chunk) {
+                Ok((sent, bytes)) if sent > 0 => {
+                    done.sent += sent;
+                    done.bytes += bytes;
+                    next += sent.min(chunk.len());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    blocked = true;
+                    break;
+                }
+                // The chunk's first datagram was refused (or nothing was sent): drop that
+                // one and go on with the next.
+                _ => {
+                    done.dropped += 1;
+                    next += 1;
+                }
+            }
+        }
+        if !blocked {
+            self.clear();
+            return done;
+        }
+        // Keep what is left, oldest first, within the bound.
+        let total = self.buf.len();
+        while next < self.items.len() && total - self.items[next].0.start > MAX_PENDING_BYTES {
+            done.dropped += 1;
+            next += 1;
+        }
+        if next == self.items.len() {
+            self.clear();
+            return done;
+        }
+        let start = self.items[next].0.start;
+        self.buf.drain(..start);
+        self.items.drain(..next);
+        for (range, _) in &mut self.items {
+            *range = range.start - start..range.end - start;
+        }
+        done
     }
 }
 
@@ -667,6 +719,77 @@ mod tests {
                 assert_eq!((&buf[..n], from), (&data[..], mux.local_addr()));
             }
         }
+    }
+
+    /// A full socket keeps the rest of the batch, in order, for the next call instead of
+    /// dropping it; a refused datagram drops alone; beyond the bound the oldest go.
+    #[test]
+    fn a_full_socket_keeps_the_rest_of_the_batch() {
+        let to: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut batch = SendBatch::default();
+        for i in 0..10u8 {
+            batch.push(to, &[i; 100]);
+        }
+        // The kernel takes three, then the socket is full.
+        let mut log = Vec::new();
+        let mut calls = 0;
+        let done = batch.drain_with(|buf, chunk| {
+            calls += 1;
+            if calls > 1 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            for (r, _) in &chunk[..3] {
+                log.push(buf[r.start]);
+            }
+            Ok((3, 300))
+        });
+        assert_eq!(
+            done,
+            Drained {
+                sent: 3,
+                bytes: 300,
+                dropped: 0
+            }
+        );
+        assert_eq!(batch.len(), 7);
+        // New copies queue behind the kept ones; the next call sends all in order, and the
+        // fifth datagram is refused by the kernel (dropped alone).
+        batch.push(to, &[10; 100]);
+        let done = batch.drain_with(|buf, chunk| {
+            if buf[chunk[0].0.start] == 5 {
+                return Err(io::ErrorKind::InvalidInput.into());
+            }
+            for (r, _) in chunk {
+                if buf[r.start] == 5 {
+                    break;
+                }
+                log.push(buf[r.start]);
+            }
+            let n = chunk.iter().take_while(|(r, _)| buf[r.start] != 5).count();
+            Ok((n, 100 * n as u64))
+        });
+        assert_eq!(
+            done,
+            Drained {
+                sent: 7,
+                bytes: 700,
+                dropped: 1
+            }
+        );
+        assert!(batch.is_empty() && batch.bytes() == 0);
+        assert_eq!(log, vec![0, 1, 2, 3, 4, 6, 7, 8, 9, 10]);
+        // Blocked with more than the bound queued: the oldest are dropped down to it.
+        let n = MAX_PENDING_BYTES / 1000 + 10;
+        for i in 0..n {
+            batch.push(to, &[(i % 250) as u8; 1000]);
+        }
+        let done = batch.drain_with(|_, _| Err(io::ErrorKind::WouldBlock.into()));
+        assert_eq!(done.dropped, n - MAX_PENDING_BYTES / 1000);
+        assert!(batch.bytes() <= MAX_PENDING_BYTES);
+        assert_eq!(
+            batch.datagrams().next().unwrap().0[0],
+            (done.dropped % 250) as u8
+        );
     }
 
     #[test]
