@@ -58,7 +58,8 @@ pub struct ServeArgs {
     /// UDP port for all media (ICE, DTLS, SRTP) [default: 7882; 0 picks a free port].
     #[arg(long, env = "HEARTH_MEDIA_PORT", value_name = "PORT")]
     pub media_port: Option<u16>,
-    /// Address the media socket binds to [default: 0.0.0.0].
+    /// Address the media socket binds to [default: the advertised address (--public-ip) if it
+    /// is this host's, so replies leave from it; else 0.0.0.0].
     #[arg(long, env = "HEARTH_MEDIA_BIND", value_name = "IP")]
     pub media_bind: Option<IpAddr>,
     /// Address advertised in ICE candidates [default: the HTTP address if it is a loopback
@@ -673,6 +674,17 @@ pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
             "--public-ip {public_ip}: an unspecified address cannot be advertised to clients"
         )));
     }
+    // Replies must leave from the address clients were told to use: a socket bound to the
+    // unspecified address answers from whatever address the route back picks, which on a
+    // host with several addresses may not be the advertised one (and clients drop those).
+    // So when the operator did not choose a bind address and the advertised one belongs to
+    // this host, the media sockets bind to it. (Behind a NAT the advertised address is not
+    // local and the unspecified bind stays.)
+    let media_ip = if args.media_bind.or(file.media_bind).is_none() && is_local_address(public_ip) {
+        public_ip
+    } else {
+        media_ip
+    };
     let empty_timeout = match (&args.empty_timeout, &file.empty_timeout) {
         (Some(d), _) => *d,
         (None, Some(s)) => {
@@ -1052,6 +1064,11 @@ fn check_key_pair(key: &str, secret: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// True if `ip` is assigned to this host (a socket can bind to it).
+fn is_local_address(ip: IpAddr) -> bool {
+    UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
 /// What to advertise when the operator did not say: a specific HTTP or media bind address
 /// if there is one, else the address of the interface that routes outward, else loopback.
 fn default_public_ip(http_ip: IpAddr, media_ip: IpAddr) -> IpAddr {
@@ -1079,7 +1096,11 @@ mod tests {
     fn defaults_serve_one_machine() {
         let c = resolve(&ServeArgs::default()).unwrap();
         assert_eq!(c.http, "127.0.0.1:7880".parse::<SocketAddr>().unwrap());
-        assert_eq!(c.media_bind, "0.0.0.0:7882".parse::<SocketAddr>().unwrap());
+        // The advertised address is local: media binds to it, so replies leave from it.
+        assert_eq!(
+            c.media_bind,
+            "127.0.0.1:7882".parse::<SocketAddr>().unwrap()
+        );
         assert_eq!(c.public_ip, IpAddr::from([127, 0, 0, 1]));
         assert!(!c.dev);
         assert!(c.keys.is_empty());
@@ -1096,6 +1117,33 @@ mod tests {
         let (k, s) = c.keys.first().unwrap();
         assert!(k.starts_with("APIdev"));
         assert_eq!(s.len(), 32);
+    }
+
+    /// Media binds to the advertised address when it is this host's and the operator chose
+    /// no bind address; an explicit bind (even 0.0.0.0) and a non-local advertised address
+    /// (behind a NAT) keep what they say.
+    #[test]
+    fn media_binds_to_the_advertised_address_when_it_is_local() {
+        let nat = resolve(&ServeArgs {
+            public_ip: Some(IpAddr::from([192, 0, 2, 7])),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(nat.media_bind.ip(), IpAddr::from([0, 0, 0, 0]));
+        let explicit = resolve(&ServeArgs {
+            media_bind: Some(IpAddr::from([0, 0, 0, 0])),
+            public_ip: Some(IpAddr::from([127, 0, 0, 1])),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(explicit.media_bind.ip(), IpAddr::from([0, 0, 0, 0]));
+        let local = resolve(&ServeArgs {
+            http: Some("0.0.0.0:7880".parse().unwrap()),
+            public_ip: Some(IpAddr::from([127, 0, 0, 1])),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(local.media_bind.ip(), IpAddr::from([127, 0, 0, 1]));
     }
 
     #[test]
