@@ -193,9 +193,16 @@ fn vtt_text(s: &str) -> String {
         .join("\n")
 }
 
-/// Text for SubRip: no blank lines (they end an entry).
+/// Text for SubRip: no blank lines (they end an entry) and no markup. SubRip has no escape,
+/// and players render `<b>`, `<i>`, `<font ...>` and ASS overrides such as `{\an8}` from
+/// the text, so angle brackets and braces become look-alikes that nothing interprets (which
+/// also keeps `-->` out of a cue's text).
 fn srt_text(s: &str) -> String {
-    s.lines()
+    s.replace('<', "\u{2039}")
+        .replace('>', "\u{203a}")
+        .replace('{', "\u{ff5b}")
+        .replace('}', "\u{ff5d}")
+        .lines()
         .filter(|l| !l.trim().is_empty())
         .collect::<Vec<_>>()
         .join("\n")
@@ -280,6 +287,21 @@ mod tests {
         assert!(
             vtt.contains("<v Alice>a &lt;b&gt; &amp; c --&gt; d\nnext\n\n"),
             "{vtt}"
+        );
+    }
+
+    #[test]
+    fn srt_renders_no_markup_from_names_or_words() {
+        let out = srt(&[row(0, 900, "<b>Eve</b>", "say {\\an8}<i>hi</i> --> x")]);
+        assert_eq!(
+            out,
+            "1\n00:00:00,000 --> 00:00:00,900\n\u{2039}b\u{203a}Eve\u{2039}/b\u{203a}: \
+             say \u{ff5b}\\an8\u{ff5d}\u{2039}i\u{203a}hi\u{2039}/i\u{203a} --\u{203a} x\n\n"
+        );
+        assert_eq!(
+            out.matches("-->").count(),
+            1,
+            "only the timing line has an arrow"
         );
     }
 
