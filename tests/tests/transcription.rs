@@ -1905,7 +1905,7 @@ async fn stored_transcripts_are_served_as_json_webvtt_and_srt() {
         srt,
         "1\n00:00:01,000 --> 00:00:02,500\nAlice: First sentence.\n\n\
          2\n00:00:05,000 --> 00:00:06,500\nAlice: Second sentence.\n\n\
-         3\n00:01:02,250 --> 00:01:03,750\nalice-1: Third <b> & -->\n\n"
+         3\n00:01:02,250 --> 00:01:03,750\nalice-1: Third \u{2039}b\u{203a} & --\u{203a}\n\n"
     );
 
     // A meeting with no transcript: empty, not an error.
