@@ -486,10 +486,12 @@ impl SendBatch {
             return done;
         }
         let start = self.items[next].0.start;
-        self.buf.drain(..start);
-        self.items.drain(..next);
-        for (range, _) in &mut self.items {
-            *range = range.start - start..range.end - start;
+        if start > 0 {
+            self.buf.drain(..start);
+            self.items.drain(..next);
+            for (range, _) in &mut self.items {
+                *range = range.start - start..range.end - start;
+            }
         }
         done
     }

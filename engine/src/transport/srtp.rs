@@ -380,15 +380,19 @@ const REPLAY_WORDS: usize = REPLAY_WINDOW / 64;
 struct ReplayState {
     highest: u64,
     seen: [u64; REPLAY_WORDS],
+    /// When the stream last authenticated a packet (the opener's packet counter): the
+    /// least recent gives way when the opener is full.
+    used: u64,
 }
 
 impl ReplayState {
-    fn new(index: u64) -> Self {
+    fn new(index: u64, used: u64) -> Self {
         let mut seen = [0; REPLAY_WORDS];
         seen[0] = 1;
         Self {
             highest: index,
             seen,
+            used,
         }
     }
 
@@ -432,7 +436,9 @@ impl ReplayState {
 }
 
 /// Most SSRCs one transport's opener keeps state for (the caller only hands it negotiated
-/// or mid-announced SSRCs, and state is created only for authenticated packets).
+/// or mid-announced SSRCs, and state is created only for authenticated packets). A new
+/// authenticated SSRC beyond it replaces the stream that was quiet longest, so a long
+/// session whose tracks come and go (new SSRCs each time) never runs out.
 const MAX_OPEN_STREAMS: usize = 64;
 
 /// SRTP with AES-GCM on receive (RFC 7714), authenticated and decrypted in place, with a
@@ -441,6 +447,8 @@ struct GcmOpener {
     aead: Box<dyn rtc_crypto::AeadCipher>,
     salt: [u8; 12],
     streams: std::collections::HashMap<u32, ReplayState>,
+    /// Packets authenticated so far (the streams' recency clock).
+    opened: u64,
 }
 
 impl GcmOpener {
@@ -455,6 +463,7 @@ impl GcmOpener {
             aead,
             salt,
             streams: std::collections::HashMap::new(),
+            opened: 0,
         })
     }
 
@@ -478,9 +487,6 @@ impl GcmOpener {
         if state.is_some_and(|st| st.is_replay(index)) {
             return Err(SrtpError("replayed or too old".into()));
         }
-        if state.is_none() && self.streams.len() >= MAX_OPEN_STREAMS {
-            return Err(SrtpError("too many SSRCs".into()));
-        }
         let iv = gcm_iv(&self.salt, ssrc, (index >> 16) as u32, seq);
         let tag_at = packet.len() - GCM_TAG_LEN;
         let (head, tag) = packet.split_at_mut(tag_at);
@@ -489,10 +495,24 @@ impl GcmOpener {
             .open_in_place(&iv, aad, body, tag)
             .map_err(|_| SrtpError("authentication failed".into()))?;
         packet.truncate(tag_at);
+        self.opened += 1;
         match self.streams.get_mut(&ssrc) {
-            Some(st) => st.accept(index),
+            Some(st) => {
+                st.accept(index);
+                st.used = self.opened;
+            }
             None => {
-                self.streams.insert(ssrc, ReplayState::new(index));
+                if self.streams.len() >= MAX_OPEN_STREAMS
+                    && let Some(quietest) = self
+                        .streams
+                        .iter()
+                        .min_by_key(|(_, st)| st.used)
+                        .map(|(ssrc, _)| *ssrc)
+                {
+                    self.streams.remove(&quietest);
+                }
+                self.streams
+                    .insert(ssrc, ReplayState::new(index, self.opened));
             }
         }
         Ok(())
@@ -803,11 +823,43 @@ mod tests {
         assert!(open(&mut rx, &sealed[..20], *seq).is_err());
     }
 
+    /// More SSRCs than the opener keeps, one after another (tracks that come and go): each
+    /// new one still opens, the quietest stream gives way, and a live stream keeps its
+    /// replay protection.
+    #[test]
+    fn new_ssrcs_beyond_the_limit_replace_the_quietest() {
+        let k = keys(ProtectionProfile::AeadAes128Gcm);
+        let mut rx = SrtpSession::new(&k, crypto()).unwrap();
+        let mut seal = |ssrc: u32, seq: u16| {
+            let mut ctx =
+                Context::new(&k.local_key, &k.local_salt, k.profile, None, None, crypto()).unwrap();
+            reference_encrypt(&mut ctx, ssrc, 111, seq, 0, false, b"x")
+        };
+        let live = seal(1, 10);
+        let open = |rx: &mut SrtpSession, p: &[u8], ssrc: u32, seq: u16| {
+            rx.open_rtp(&mut BytesMut::from(p), 12, ssrc, seq)
+        };
+        open(&mut rx, &live, 1, 10).unwrap();
+        for ssrc in 100..100 + 3 * MAX_OPEN_STREAMS as u32 {
+            open(&mut rx, &seal(ssrc, 5), ssrc, 5).unwrap();
+            // The live stream keeps sending, so it is never the quietest.
+            let seq = 11 + (ssrc - 100) as u16;
+            open(&mut rx, &seal(1, seq), 1, seq).unwrap();
+        }
+        let streams = &rx.rx_gcm.as_ref().unwrap().streams;
+        assert_eq!(streams.len(), MAX_OPEN_STREAMS);
+        assert!(streams.contains_key(&1));
+        assert!(
+            open(&mut rx, &live, 1, 10).is_err(),
+            "replay on the live stream"
+        );
+    }
+
     /// The replay window's bookkeeping against a set of seen indices, for shifts of every
     /// size (within a word, across words, beyond the window).
     #[test]
     fn replay_window_matches_a_model() {
-        let mut st = ReplayState::new(1_000);
+        let mut st = ReplayState::new(1_000, 0);
         let mut seen = std::collections::BTreeSet::from([1_000u64]);
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         for _ in 0..20_000 {
