@@ -830,7 +830,7 @@ mod tests {
     fn new_ssrcs_beyond_the_limit_replace_the_quietest() {
         let k = keys(ProtectionProfile::AeadAes128Gcm);
         let mut rx = SrtpSession::new(&k, crypto()).unwrap();
-        let mut seal = |ssrc: u32, seq: u16| {
+        let seal = |ssrc: u32, seq: u16| {
             let mut ctx =
                 Context::new(&k.local_key, &k.local_salt, k.profile, None, None, crypto()).unwrap();
             reference_encrypt(&mut ctx, ssrc, 111, seq, 0, false, b"x")
