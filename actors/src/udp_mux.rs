@@ -396,6 +396,7 @@ impl SendBatch {
     }
 
     /// Queues a copy of `data`.
+    #[cfg(test)]
     pub fn push(&mut self, to: SocketAddr, data: &[u8]) {
         self.push_with(to, |buf| {
             buf.extend_from_slice(data);
@@ -422,6 +423,7 @@ impl SendBatch {
     }
 
     /// The queued datagrams, in order.
+    #[cfg(test)]
     pub fn datagrams(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> {
         self.items.iter().map(|(r, to)| (&self.buf[r.clone()], *to))
     }

@@ -238,19 +238,6 @@ impl RtpSealer {
         }
         result
     }
-
-    /// [`Self::seal_into`] a buffer of its own.
-    pub fn seal(
-        &mut self,
-        seq: u16,
-        timestamp: u32,
-        marker: bool,
-        payload: &[u8],
-    ) -> Result<BytesMut, SrtpError> {
-        let mut out = Vec::with_capacity(SEALED_HEADER_LEN + payload.len() + GCM_TAG_LEN);
-        self.seal_into(seq, timestamp, marker, payload, &mut out)?;
-        Ok(BytesMut::from(&out[..]))
-    }
 }
 
 /// SRTP with AES-GCM for one outgoing SSRC (RFC 7714), sealing in place.
