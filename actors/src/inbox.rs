@@ -99,6 +99,17 @@ impl<T, M: Message> InboxSender<T, M> {
         Pushed::Queued
     }
 
+    /// Wakes the consumer without queueing anything (it drains an empty queue and runs its
+    /// after-message work), unless a wake is already on its way. False if the consumer is
+    /// gone.
+    pub fn wake(&self) -> bool {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        self.shared.scheduled.swap(true, Ordering::AcqRel)
+            || self.actor.send_message((self.wake)()).is_ok()
+    }
+
     /// Items dropped because this inbox was full, since it was created.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)

@@ -197,6 +197,8 @@ pub enum MeetingMsg {
     /// Drill and test hook: make a participant (or, with None, the meeting) fail.
     InjectFault {
         participant: Option<ParticipantId>,
+        /// With a participant: fail it on a UDP driver's fast path instead of in its actor.
+        on_media_path: bool,
     },
     Snapshot(RpcReplyPort<MeetingSnapshot>),
 }
@@ -296,7 +298,10 @@ impl Actor for MeetingActor {
                 .restarted(args.restarts, args.last_failure)
                 .kill(move || {
                     kill_ref
-                        .send_message(MeetingMsg::InjectFault { participant: None })
+                        .send_message(MeetingMsg::InjectFault {
+                            participant: None,
+                            on_media_path: false,
+                        })
                         .is_ok()
                 }),
         );
@@ -514,11 +519,18 @@ impl Actor for MeetingActor {
                 }
             }
             MeetingMsg::End(reason) => state.end(reason, &myself),
-            MeetingMsg::InjectFault { participant } => match participant {
+            MeetingMsg::InjectFault {
+                participant,
+                on_media_path,
+            } => match participant {
                 None => panic!("fault injected into meeting {}", state.id),
                 Some(id) => {
                     if let Some(member) = state.members.get(&id) {
-                        let _ = member.actor.send_message(ParticipantMsg::InjectFault);
+                        let _ = member.actor.send_message(if on_media_path {
+                            ParticipantMsg::InjectMediaFault
+                        } else {
+                            ParticipantMsg::InjectFault
+                        });
                     }
                 }
             },

@@ -1587,10 +1587,31 @@ impl Node {
         meeting: &MeetingId,
         participant: &ParticipantId,
     ) -> bool {
+        self.inject_into_participant(meeting, participant, false)
+    }
+
+    /// Drill and test hook: the next media datagram of a participant that a UDP driver
+    /// handles on its fast path panics there. The driver carries on; the participant fails
+    /// alone, as with [`Self::inject_participant_fault`].
+    pub fn inject_participant_media_fault(
+        &self,
+        meeting: &MeetingId,
+        participant: &ParticipantId,
+    ) -> bool {
+        self.inject_into_participant(meeting, participant, true)
+    }
+
+    fn inject_into_participant(
+        &self,
+        meeting: &MeetingId,
+        participant: &ParticipantId,
+        on_media_path: bool,
+    ) -> bool {
         self.shared.registry.get(meeting).is_some_and(|r| {
             r.actor
                 .send_message(MeetingMsg::InjectFault {
                     participant: Some(participant.clone()),
+                    on_media_path,
                 })
                 .is_ok()
         })
@@ -1600,7 +1621,10 @@ impl Node {
     pub fn inject_meeting_fault(&self, meeting: &MeetingId) -> bool {
         self.shared.registry.get(meeting).is_some_and(|r| {
             r.actor
-                .send_message(MeetingMsg::InjectFault { participant: None })
+                .send_message(MeetingMsg::InjectFault {
+                    participant: None,
+                    on_media_path: false,
+                })
                 .is_ok()
         })
     }

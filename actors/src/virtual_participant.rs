@@ -184,7 +184,10 @@ impl Actor for VirtualParticipant {
             }
             ParticipantMsg::KeyframeRequest { .. } => state.request_keyframe(),
             ParticipantMsg::Leave(reason) => myself.stop(Some(reason.as_str().to_owned())),
-            ParticipantMsg::InjectFault => panic!("fault injected into {}", state.id),
+            // No driver fast path here: a media fault fails the actor at once.
+            ParticipantMsg::InjectFault | ParticipantMsg::InjectMediaFault => {
+                panic!("fault injected into {}", state.id)
+            }
             ParticipantMsg::Stats(reply) => {
                 let _ = reply.send(Default::default());
             }

@@ -253,6 +253,11 @@ impl WebRtcPeer {
         self.peer.poll_inbound()
     }
 
+    /// True while events wait for [`Self::poll_event`].
+    pub fn has_events(&self) -> bool {
+        self.peer.has_events()
+    }
+
     /// Sends DTLS `close_notify` and stops the transport.
     pub fn close(&mut self) {
         self.peer.close(Instant::now());

@@ -209,6 +209,14 @@ impl TestServer {
             .inject_participant_fault(&meeting, &ParticipantId::from_string(participant))
     }
 
+    /// Makes a participant panic on a UDP driver's fast path, the next time one handles its
+    /// media (drill hook).
+    pub fn inject_participant_media_fault(&self, meeting: &str, participant: &str) -> bool {
+        let meeting = MeetingId::parse(meeting).expect("valid meeting name");
+        self.node()
+            .inject_participant_media_fault(&meeting, &ParticipantId::from_string(participant))
+    }
+
     /// Makes a meeting's actor panic (drill hook).
     pub fn inject_meeting_fault(&self, meeting: &str) -> bool {
         let meeting = MeetingId::parse(meeting).expect("valid meeting name");

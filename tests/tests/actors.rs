@@ -272,6 +272,24 @@ async fn empty_meeting_ends_after_its_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_participant_is_isolated() {
+    crashed_participant_is_isolated(Fault::InActor).await;
+}
+
+/// A participant whose media handling panics on a UDP driver's fast path (the driver
+/// handles an idle publisher's SRTP itself): the driver carries on for everyone else, the
+/// participant fails alone exactly as if its actor had panicked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_crashed_on_the_media_driver_is_isolated() {
+    crashed_participant_is_isolated(Fault::OnMediaDriver).await;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    InActor,
+    OnMediaDriver,
+}
+
+async fn crashed_participant_is_isolated(fault: Fault) {
     let server = TestServer::start().await;
     let a1 = join(&server, "A", "a1").await;
     let a2 = join(&server, "A", "a2").await;
@@ -298,7 +316,14 @@ async fn a_crashed_participant_is_isolated() {
     let participants = server.metric("hearth_participants").await;
     assert_eq!(participants, 5.0);
     let crashed = a3.participant_id().to_owned();
-    assert!(server.inject_participant_fault("A", &crashed));
+    let driver_restarts = r#"hearth_actor_restarts_total{kind="udp-mux"}"#;
+    let driver_restarts_before = server.metric_opt(driver_restarts).await;
+    match fault {
+        Fault::InActor => assert!(server.inject_participant_fault("A", &crashed)),
+        Fault::OnMediaDriver => {
+            assert!(server.inject_participant_media_fault("A", &crashed))
+        }
+    }
 
     a3.wait_until("reconnect after the crash", T, |s| s.reconnect.is_some())
         .await;
@@ -369,6 +394,13 @@ async fn a_crashed_participant_is_isolated() {
         ),
         None => eprintln!("{restarts} is not exported; its check is skipped"),
     }
+
+    // The media socket's driver was not restarted: the panic stayed with the participant.
+    assert_eq!(
+        server.metric_opt(driver_restarts).await,
+        driver_restarts_before,
+        "{fault:?}: the media driver restarted"
+    );
 
     // The crashed client joins again and is a full participant.
     let a3b = join(&server, "A", "a3-again").await;

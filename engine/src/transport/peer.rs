@@ -918,6 +918,12 @@ impl Peer {
         self.events.pop_front()
     }
 
+    /// True while events wait for [`Self::poll_event`] (callers that handle inbound media
+    /// on a fast path hand over to their full loop then, so events keep their order).
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     pub fn poll_inbound(&mut self) -> Option<Inbound> {
         self.inbound.pop_front()
     }
