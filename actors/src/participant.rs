@@ -5,7 +5,8 @@
 //! (policy: stop and remove, never restart — a participant's state lives in the client).
 //!
 //! Roles, both in one actor:
-//! * **Publisher**: datagrams from the UDP mux go into the transport; each received RTP
+//! * **Publisher**: datagrams from the UDP mux go into the transport (SRTP mostly right on
+//!   the driver that received it, see [`IngressSink`]; the rest through the actor); each received RTP
 //!   packet is checked (duplicates, losses → NACK, keyframes, audio level), cached for
 //!   retransmission, and fanned out: onto each subscriber's send leg (rewritten, encrypted
 //!   and sent right here, `crate::leg`), or, for a subscriber without a leg yet or a gRPC
@@ -20,7 +21,7 @@
 //! tracks; subscription changes are queued and applied only when signaling is stable,
 //! immediately followed by our offer, so a client offer never meets half-applied changes.
 //!
-//! PERFORMANCE-CRITICAL PATH: `on_media`, `on_datagrams`, `publish_packet`. No logging,
+//! PERFORMANCE-CRITICAL PATH: `on_datagram_inline`, `on_media`, `on_datagrams`, `publish_packet`. No logging,
 //! no allocation per packet beyond the sealed datagram, payloads only as `Bytes` clones.
 
 use std::collections::HashMap;
@@ -42,7 +43,7 @@ use crate::domain::{
     ClientSignal, LeaveReason, ServerSignal, SignalError, SignalErrorCode, TrackInfo,
 };
 use crate::ids::{ParticipantId, TrackId, random_string};
-use crate::inbox::{Inbox, InboxSender, Pushed};
+use crate::inbox::{Inbox, InboxSender};
 use crate::leg::{Forwarded, SendLeg};
 use crate::meeting::MeetingMsg;
 use crate::signal::SignalSender;
@@ -352,8 +353,28 @@ impl IngressSink {
 impl DatagramSink for IngressSink {
     fn deliver(&self, datagram: Datagram) -> bool {
         match self.try_inline(datagram) {
-            Some(datagram) => self.inbox.push(datagram) != Pushed::Closed,
+            Some(datagram) => {
+                self.inbox.push(datagram);
+                false
+            }
             None => true,
+        }
+    }
+
+    /// Sends the copies the batch's datagrams produced. If the actor holds the lock now, it
+    /// took it after our datagrams were handled, and every message it handles ends with a
+    /// flush: the copies leave with it.
+    fn end_of_batch(&self) {
+        let Some(core) = self.core.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if let Ok(mut state) = core.try_lock() {
+                state.finish_inline();
+            }
+        }));
+        if outcome.is_err() {
+            self.inbox.wake();
         }
     }
 }
@@ -817,7 +838,8 @@ impl ParticipantState {
     }
 
     /// The driver's fast path (see [`IngressSink`]): one SRTP or SRTCP datagram, handled
-    /// as the actor would, then sent. True if the transport raised an event: the actor must
+    /// as the actor would; the copies wait in the send batch for [`Self::finish_inline`] at
+    /// the end of the driver's batch. True if the transport raised an event: the actor must
     /// run (its full loop handles the event first, then the media the event held back).
     fn on_datagram_inline(&mut self, d: Datagram) -> bool {
         if self.media_fault {
@@ -826,7 +848,6 @@ impl ParticipantState {
                 self.id
             );
         }
-        let now = Instant::now();
         self.usage.add_in(d.data.len() as u64);
         self.peer.handle_datagram(d.at, d.from, d.data);
         if self.peer.has_events() {
@@ -835,14 +856,20 @@ impl ParticipantState {
         while let Some(inbound) = self.peer.poll_inbound() {
             match inbound {
                 Inbound::Rtp(packet) => self.publish_packet(packet),
-                Inbound::Feedback(feedback) => self.on_feedback(now, feedback),
+                Inbound::Feedback(feedback) => self.on_feedback(d.at, feedback),
             }
         }
+        false
+    }
+
+    /// The end of a driver's batch that [`Self::on_datagram_inline`] took part in: what an
+    /// actor message ends with (feedback due, the batch sent, the timer).
+    fn finish_inline(&mut self) {
+        let now = Instant::now();
         self.send_feedback(now);
         self.flush();
         self.record_forward_delays();
         self.arm_timer(now);
-        false
     }
 
     fn on_datagrams(&mut self, myself: &ActorRef<ParticipantMsg>) {

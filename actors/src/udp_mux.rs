@@ -1,8 +1,9 @@
 //! The shared UDP media port: receive drivers and the demux table.
 //!
 //! One UDP socket per worker, all bound to the same port with `SO_REUSEPORT`; the kernel
-//! spreads clients over them by address hash. Each driver task receives datagrams and hands
-//! them to the owning participant through its bounded [`InboxSender`]:
+//! spreads clients over them by address hash. Each driver task receives datagrams in batches
+//! (`recvmmsg`) and hands each to the owning participant's [`DatagramSink`] (which handles
+//! media right there when the participant is idle, or queues it for its actor):
 //!
 //! 1. by source address (5-tuple; one map lookup per packet), else
 //! 2. if the datagram is a STUN Binding request, by the server ufrag in its USERNAME
@@ -46,8 +47,13 @@ pub struct Datagram {
 
 /// Where the mux delivers a participant's datagrams.
 pub trait DatagramSink: Send + Sync + 'static {
-    /// Queues the datagram; false if the receiver is gone.
+    /// Takes the datagram (queues it, handles it in place, or drops it if the receiver is
+    /// gone). True if it was handled in place and the sink wants [`Self::end_of_batch`]
+    /// once the rest of the driver's current batch is routed.
     fn deliver(&self, datagram: Datagram) -> bool;
+
+    /// The driver routed its whole batch: send what the in-place handling produced.
+    fn end_of_batch(&self) {}
 }
 
 struct Entry {
@@ -61,6 +67,7 @@ struct MuxCounters {
     bytes_in: Counter,
     unroutable: Counter,
     send_dropped: Counter,
+    oversized: Counter,
     packets_out: Counter,
     bytes_out: Counter,
 }
@@ -202,6 +209,7 @@ impl UdpMux {
                 bytes_in: metrics::counter!("hearth_media_bytes_in_total"),
                 unroutable: metrics::counter!("hearth_media_dropped_total", "reason" => "unroutable"),
                 send_dropped: metrics::counter!("hearth_media_dropped_total", "reason" => "socket_full"),
+                oversized: metrics::counter!("hearth_media_dropped_total", "reason" => "oversized"),
                 packets_out: metrics::counter!("hearth_media_packets_out_total"),
                 bytes_out: metrics::counter!("hearth_media_bytes_out_total"),
             },
@@ -306,62 +314,92 @@ impl UdpMux {
     }
 
     /// Receives until the socket is dead (the error is returned).
+    ///
+    /// Up to [`RECV_BATCH`] datagrams per `recvmmsg` call, each in its own
+    /// [`MAX_DATAGRAM`]-byte slot of one shared buffer: every datagram becomes a `BytesMut`
+    /// view of its slot (no copy), and the buffer is replaced once its slots are used up.
     async fn drive(&self, socket: Arc<UdpSocket>) -> io::Error {
-        const CHUNK: usize = 64 * 1024;
-        const MAX_DATAGRAM: usize = 2048;
-        let mut buf = BytesMut::with_capacity(CHUNK);
+        let mut buf = BytesMut::new();
+        let mut received: Vec<Received> = Vec::with_capacity(RECV_BATCH);
+        // Participants that handled datagrams of this batch in place.
+        let mut touched: Vec<Arc<Entry>> = Vec::with_capacity(RECV_BATCH);
         let mut errors = 0u32;
         loop {
-            if buf.capacity() < MAX_DATAGRAM {
-                buf = BytesMut::with_capacity(CHUNK);
+            if buf.len() < RECV_BATCH * MAX_DATAGRAM {
+                buf = BytesMut::zeroed(RECV_BATCH * MAX_DATAGRAM);
             }
-            let (len, from) = match socket.recv_buf_from(&mut buf).await {
-                Ok(r) => r,
-                Err(e) => {
-                    // ICMP errors (ECONNREFUSED from an earlier send) surface here; keep
-                    // going unless the socket does nothing but fail.
-                    tracing::trace!(error = %e, "media socket receive error");
-                    errors += 1;
-                    if errors >= DEAD_SOCKET_ERRORS {
-                        return e;
-                    }
-                    continue;
+            received.clear();
+            let result = socket
+                .async_io(tokio::io::Interest::READABLE, || {
+                    recv_batch(&socket, &mut buf, &mut received)
+                })
+                .await;
+            if let Err(e) = result {
+                // ICMP errors (ECONNREFUSED from an earlier send) surface here; keep going
+                // unless the socket does nothing but fail.
+                tracing::trace!(error = %e, "media socket receive error");
+                errors += 1;
+                if errors >= DEAD_SOCKET_ERRORS {
+                    return e;
                 }
-            };
+                continue;
+            }
             errors = 0;
             if self.fault.load(Ordering::Relaxed) && self.fault.swap(false, Ordering::AcqRel) {
                 panic!("fault injected into a media socket driver");
             }
-            let data = buf.split_to(len);
-            self.counters.packets_in.increment(1);
-            self.counters.bytes_in.increment(len as u64);
-            self.route(Datagram {
-                from,
-                at: Instant::now(),
-                data,
-            });
+            let at = Instant::now();
+            let mut slots = buf.split_to(received.len() * MAX_DATAGRAM);
+            touched.clear();
+            for r in &received {
+                let mut data = slots.split_to(MAX_DATAGRAM);
+                if r.truncated {
+                    // Longer than any datagram the transport accepts.
+                    self.counters.oversized.increment(1);
+                    continue;
+                }
+                data.truncate(r.len);
+                self.counters.packets_in.increment(1);
+                self.counters.bytes_in.increment(r.len as u64);
+                if let Some(entry) = self.route(Datagram {
+                    from: r.from,
+                    at,
+                    data,
+                }) && !touched.iter().any(|t| Arc::ptr_eq(t, &entry))
+                {
+                    touched.push(entry);
+                }
+            }
+            // Copies of the whole batch leave together, per participant (one sendmmsg each).
+            for entry in touched.drain(..) {
+                entry.sink.end_of_batch();
+            }
         }
     }
 
-    /// Delivers a datagram to its participant, or drops it (counted).
-    pub fn route(&self, datagram: Datagram) {
-        if let Some(entry) = self
+    /// Delivers a datagram to its participant, or drops it (counted). Returns the
+    /// participant's entry if it handled the datagram in place and waits for the end of
+    /// the batch.
+    fn route(&self, datagram: Datagram) -> Option<Arc<Entry>> {
+        let entry = match self
             .by_addr
             .get(&datagram.from)
             .map(|e| Arc::clone(e.value()))
         {
-            entry.sink.deliver(datagram);
-            return;
-        }
-        let Some(ufrag) = stun_server_ufrag(&datagram.data) else {
-            self.counters.unroutable.increment(1);
-            return;
+            Some(entry) => entry,
+            None => {
+                let Some(ufrag) = stun_server_ufrag(&datagram.data) else {
+                    self.counters.unroutable.increment(1);
+                    return None;
+                };
+                let Some(entry) = self.by_ufrag.get(ufrag).map(|e| Arc::clone(e.value())) else {
+                    self.counters.unroutable.increment(1);
+                    return None;
+                };
+                entry
+            }
         };
-        let Some(entry) = self.by_ufrag.get(ufrag).map(|e| Arc::clone(e.value())) else {
-            self.counters.unroutable.increment(1);
-            return;
-        };
-        entry.sink.deliver(datagram);
+        entry.sink.deliver(datagram).then_some(entry)
     }
 
     /// Number of routes (for tests and stats).
@@ -499,6 +537,60 @@ impl SendBatch {
     }
 }
 
+/// Datagrams one `recvmmsg` call takes at most.
+const RECV_BATCH: usize = 32;
+/// A receive slot: datagrams longer than this are dropped (counted); the transport refuses
+/// anything over its MTU limit anyway.
+const MAX_DATAGRAM: usize = 2048;
+
+/// One datagram of a `recvmmsg` batch: its length in its slot and its source.
+struct Received {
+    len: usize,
+    from: SocketAddr,
+    truncated: bool,
+}
+
+/// One non-blocking `recvmmsg` into `buf`'s first [`RECV_BATCH`] slots (Tokio's readiness
+/// around it: `WouldBlock` when nothing is waiting). Appends what arrived to `out`, in
+/// order; slot `i` holds datagram `i`.
+fn recv_batch(socket: &UdpSocket, buf: &mut [u8], out: &mut Vec<Received>) -> io::Result<()> {
+    use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
+    use std::io::IoSliceMut;
+    use std::os::fd::AsRawFd;
+    let mut chunks = buf.chunks_mut(MAX_DATAGRAM);
+    let mut slices: [[IoSliceMut<'_>; 1]; RECV_BATCH] =
+        std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
+    // Holds raw pointers (not `Send`), so it lives for one call: two small allocations per
+    // batch, not per datagram.
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(RECV_BATCH, None);
+    let results = recvmmsg(
+        socket.as_raw_fd(),
+        &mut headers,
+        slices.iter_mut(),
+        MsgFlags::MSG_DONTWAIT,
+        None,
+    )
+    .map_err(io::Error::from)?;
+    for msg in results {
+        let from = msg.address.as_ref().and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+                .or_else(|| {
+                    a.as_sockaddr_in6()
+                        .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+                })
+        });
+        // Every slot is consumed in order, even one without a usable source (a family we
+        // do not serve), so slot i stays datagram i.
+        out.push(Received {
+            len: msg.bytes,
+            from: from.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+            truncated: msg.flags.contains(MsgFlags::MSG_TRUNC) || from.is_none(),
+        });
+    }
+    Ok(())
+}
+
 /// One `sendmmsg` call for `items` (at most [`SEND_CHUNK`]): how many datagrams the kernel
 /// took and their bytes. Goes through Tokio's readiness, so a full socket reports
 /// `WouldBlock` until the reactor sees it writable again.
@@ -614,7 +706,7 @@ mod tests {
     impl DatagramSink for Count {
         fn deliver(&self, _datagram: Datagram) -> bool {
             self.0.fetch_add(1, Ordering::Relaxed);
-            true
+            false
         }
     }
 
