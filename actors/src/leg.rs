@@ -30,6 +30,10 @@ use crate::billing::UsageInterval;
 use crate::ids::ParticipantId;
 use crate::udp_mux::SendBatch;
 
+/// Retransmissions sent to subscribers (answers to their NACKs), by the stream they went
+/// on: `rtx` (RFC 4588, where the subscriber accepted it) or `primary`.
+pub const RETRANSMISSIONS_METRIC: &str = "hearth_retransmissions_sent_total";
+
 /// One (subscriber, track) stream's data side.
 pub struct SendLeg {
     pub subscriber: ParticipantId,
@@ -44,12 +48,23 @@ pub struct LegState {
     pub stats: SendStats,
     /// Set once the stream is negotiated and the transport connected.
     pub sealer: Option<RtpSealer>,
+    /// The RTX stream (RFC 4588), when the subscriber accepted RTX for this stream's codec:
+    /// retransmissions go there, each with its own sequence number and the original one
+    /// in front of the payload. Without it they go on the primary SSRC.
+    pub rtx: Option<RtxStream>,
     /// The subscriber's selected path.
     pub dest: Option<SocketAddr>,
     /// False once the subscription ended or the subscriber left.
     pub open: bool,
     /// Packets sent on this leg (first sends and retransmissions).
     pub sent: u64,
+}
+
+/// A send leg's retransmission stream.
+pub struct RtxStream {
+    pub sealer: RtpSealer,
+    /// The next RTX sequence number (its own series, starting at a random point).
+    pub next_seq: u16,
 }
 
 /// What [`SendLeg::forward`] did with a packet.
@@ -70,6 +85,7 @@ impl SendLeg {
                 forwarder,
                 stats,
                 sealer: None,
+                rtx: None,
                 dest: None,
                 open: true,
                 sent: 0,
@@ -156,21 +172,48 @@ impl SendLeg {
                 Err(_) => return Forwarded::Skipped,
             }
         };
-        let len = batch.push_with(dest, |buf| {
-            sealer
-                .seal_into(
-                    header.seq,
-                    header.timestamp,
-                    header.marker,
-                    &pkt.payload,
-                    buf,
-                )
-                .is_ok()
-        });
+        let len = match (&mut st.rtx, retransmission) {
+            (Some(rtx), true) => {
+                // RFC 4588 §4: the RTX stream's own sequence number, the original (as the
+                // subscriber saw it) first in the payload.
+                let seq = rtx.next_seq;
+                let len = batch.push_with(dest, |buf| {
+                    rtx.sealer
+                        .seal_with_prefix(
+                            seq,
+                            header.timestamp,
+                            header.marker,
+                            &header.seq.to_be_bytes(),
+                            &pkt.payload,
+                            buf,
+                        )
+                        .is_ok()
+                });
+                if len > 0 {
+                    rtx.next_seq = seq.wrapping_add(1);
+                    metrics::counter!(RETRANSMISSIONS_METRIC, "stream" => "rtx").increment(1);
+                }
+                len
+            }
+            _ => batch.push_with(dest, |buf| {
+                sealer
+                    .seal_into(
+                        header.seq,
+                        header.timestamp,
+                        header.marker,
+                        &pkt.payload,
+                        buf,
+                    )
+                    .is_ok()
+            }),
+        };
         if len == 0 {
             return Forwarded::Skipped;
         }
         st.sent += 1;
+        if retransmission && st.rtx.is_none() {
+            metrics::counter!(RETRANSMISSIONS_METRIC, "stream" => "primary").increment(1);
+        }
         if !retransmission {
             st.stats.on_sent(now, header.timestamp, pkt.payload.len());
         }

@@ -1429,6 +1429,21 @@ impl ParticipantState {
                 (None, Some(_)) => leg.sealer = self.peer.take_sealer(sender),
                 _ => {}
             }
+            match (&mut leg.rtx, self.peer.sender_rtx_payload_type(sender)) {
+                (Some(rtx), Some(pt)) => rtx.sealer.payload_type = pt,
+                (None, Some(_)) => {
+                    leg.rtx =
+                        self.peer
+                            .take_rtx_sealer(sender)
+                            .map(|sealer| crate::leg::RtxStream {
+                                sealer,
+                                next_seq: rand::random(),
+                            });
+                }
+                // Declined in a later exchange: retransmissions go on the primary SSRC.
+                (Some(_), None) => leg.rtx = None,
+                (None, None) => {}
+            }
             sub.leg_ready = leg.sealer.is_some() && leg.dest.is_some();
         }
     }

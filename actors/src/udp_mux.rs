@@ -320,20 +320,30 @@ impl UdpMux {
     /// view of its slot (no copy), and the buffer is replaced once its slots are used up.
     async fn drive(&self, socket: Arc<UdpSocket>) -> io::Error {
         let mut buf = BytesMut::new();
+        // Slots asked for in the next call: grows while calls come back full (datagrams are
+        // queueing), shrinks to what arrived plus one when they do not, so a quiet socket
+        // pays for two headers per call, not for RECV_BATCH.
+        let mut want = 2usize;
         let mut received: Vec<Received> = Vec::with_capacity(RECV_BATCH);
         // Participants that handled datagrams of this batch in place.
         let mut touched: Vec<Arc<Entry>> = Vec::with_capacity(RECV_BATCH);
         let mut errors = 0u32;
         loop {
-            if buf.len() < RECV_BATCH * MAX_DATAGRAM {
-                buf = BytesMut::zeroed(RECV_BATCH * MAX_DATAGRAM);
+            if buf.len() < MAX_DATAGRAM {
+                buf = BytesMut::zeroed(RECV_CHUNK_SLOTS * MAX_DATAGRAM);
             }
+            let slots = want.min(buf.len() / MAX_DATAGRAM);
             received.clear();
             let result = socket
                 .async_io(tokio::io::Interest::READABLE, || {
-                    recv_batch(&socket, &mut buf, &mut received)
+                    recv_batch(&socket, &mut buf[..slots * MAX_DATAGRAM], &mut received)
                 })
                 .await;
+            want = if received.len() == slots {
+                (slots * 2).clamp(2, RECV_BATCH)
+            } else {
+                (received.len() + 1).clamp(2, RECV_BATCH)
+            };
             if let Err(e) = result {
                 // ICMP errors (ECONNREFUSED from an earlier send) surface here; keep going
                 // unless the socket does nothing but fail.
@@ -539,6 +549,9 @@ impl SendBatch {
 
 /// Datagrams one `recvmmsg` call takes at most.
 const RECV_BATCH: usize = 32;
+/// Receive slots per buffer allocation: datagrams are views of their slots, and a buffer
+/// is replaced once all its slots are handed out.
+const RECV_CHUNK_SLOTS: usize = 64;
 /// A receive slot: datagrams longer than this are dropped (counted); the transport refuses
 /// anything over its MTU limit anyway.
 const MAX_DATAGRAM: usize = 2048;
@@ -550,23 +563,24 @@ struct Received {
     truncated: bool,
 }
 
-/// One non-blocking `recvmmsg` into `buf`'s first [`RECV_BATCH`] slots (Tokio's readiness
-/// around it: `WouldBlock` when nothing is waiting). Appends what arrived to `out`, in
-/// order; slot `i` holds datagram `i`.
+/// One non-blocking `recvmmsg` into `buf`'s [`MAX_DATAGRAM`]-byte slots (at most
+/// [`RECV_BATCH`]; Tokio's readiness around it: `WouldBlock` when nothing is waiting).
+/// Appends what arrived to `out`, in order; slot `i` holds datagram `i`.
 fn recv_batch(socket: &UdpSocket, buf: &mut [u8], out: &mut Vec<Received>) -> io::Result<()> {
     use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
     use std::io::IoSliceMut;
     use std::os::fd::AsRawFd;
+    let slots = (buf.len() / MAX_DATAGRAM).clamp(1, RECV_BATCH);
     let mut chunks = buf.chunks_mut(MAX_DATAGRAM);
     let mut slices: [[IoSliceMut<'_>; 1]; RECV_BATCH] =
         std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
     // Holds raw pointers (not `Send`), so it lives for one call: two small allocations per
-    // batch, not per datagram.
-    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(RECV_BATCH, None);
+    // call, sized to the slots asked for.
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slots, None);
     let results = recvmmsg(
         socket.as_raw_fd(),
         &mut headers,
-        slices.iter_mut(),
+        slices[..slots].iter_mut(),
         MsgFlags::MSG_DONTWAIT,
         None,
     )

@@ -149,9 +149,14 @@ impl WebRtcPeer {
         stream_id: &str,
         track_id: &str,
     ) -> Result<SenderKey, PeerError> {
-        Ok(self
-            .peer
-            .add_sender(kind, codec, stream_id, track_id, rand::random()))
+        Ok(self.peer.add_sender(
+            kind,
+            codec,
+            stream_id,
+            track_id,
+            rand::random(),
+            rand::random(),
+        ))
     }
 
     pub fn remove_sender(&mut self, key: SenderKey) -> Result<(), PeerError> {
@@ -172,6 +177,16 @@ impl WebRtcPeer {
     /// The sealer of a sender's stream, for its send leg (see `crate::leg`).
     pub fn take_sealer(&mut self, key: SenderKey) -> Option<RtpSealer> {
         self.peer.take_sealer(key)
+    }
+
+    /// The agreed RTX payload type of a sender (None: no RTX for it).
+    pub fn sender_rtx_payload_type(&self, key: SenderKey) -> Option<u8> {
+        self.peer.sender_rtx_payload_type(key)
+    }
+
+    /// The sealer of a sender's RTX stream, if RTX was agreed for it.
+    pub fn take_rtx_sealer(&mut self, key: SenderKey) -> Option<RtpSealer> {
+        self.peer.take_rtx_sealer(key)
     }
 
     pub fn send_rtp(

@@ -1457,6 +1457,8 @@ fn captured_offers_negotiate_and_mutated_ones_change_nothing_when_refused() {
                 stream_id: "s".into(),
                 track_id: "t".into(),
                 pt: None,
+                rtx_ssrc: 6,
+                rtx_pt: None,
                 removed: false,
             });
             if let Ok(ours) = n.create_offer() {

@@ -40,7 +40,7 @@ use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
+    MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8, MediaEngine,
 };
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::RTCMessage;
@@ -76,6 +76,7 @@ const KEYFRAME_EVERY: u64 = 30;
 const AUDIO_PAYLOAD: usize = 60;
 const OPUS_PT: u8 = 111;
 const VP8_PT: u8 = 96;
+const VP8_RTX_PT: u8 = 97;
 
 // ----- Server ------------------------------------------------------------------------------
 
@@ -404,6 +405,10 @@ pub struct ClientOptions {
     pub publish_video: bool,
     /// The video track is declared a screen share (`SessionDescription.sources`).
     pub screen: bool,
+    /// Accept RTX for VP8 (RFC 4588): the server's retransmissions then come on their own
+    /// stream, which `rtc` puts back into the VP8 stream. Off by default: `rtc`'s NACK
+    /// generator does not see packets recovered from RTX and keeps asking for them.
+    pub accept_rtx: bool,
 }
 
 impl ClientOptions {
@@ -413,6 +418,7 @@ impl ClientOptions {
             publish_audio: true,
             publish_video: true,
             screen: false,
+            accept_rtx: false,
         }
     }
 
@@ -745,7 +751,7 @@ impl TestClient {
             .await
             .map_err(|e| transport(&e))?;
         let local_addr = socket.local_addr().map_err(|e| transport(&e))?;
-        let pc = new_peer_connection(local_addr).map_err(|e| transport(&e))?;
+        let pc = new_peer_connection(local_addr, opts.accept_rtx).map_err(|e| transport(&e))?;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let mut driver = Box::new(Driver {
             pc,
@@ -1948,6 +1954,21 @@ pub fn vp8() -> RTCRtpCodecParameters {
     }
 }
 
+/// RTX for VP8 (RFC 4588): the test client accepts the server's retransmissions on their
+/// own stream (and `rtc` puts them back into the VP8 stream).
+pub fn vp8_rtx() -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_RTX.to_owned(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: format!("apt={VP8_PT}"),
+            rtcp_feedback: vec![],
+        },
+        payload_type: VP8_RTX_PT,
+    }
+}
+
 /// Adds a send-only transceiver carrying one stream (`ssrc`, `codec`) of MediaStream
 /// `stream_id` to `pc`: how the test client publishes, and how in-memory tests do.
 pub fn add_send_only(
@@ -1986,12 +2007,13 @@ pub fn add_send_only(
 /// The test client's peer connection (see [`new_peer_connection`]), for benchmarks that
 /// drive a Hearth peer in memory.
 pub fn rtc_client(local_addr: SocketAddr) -> Result<RTCPeerConnection, String> {
-    new_peer_connection(local_addr)
+    new_peer_connection(local_addr, false)
 }
 
-/// A peer connection with Opus and VP8, the default interceptors, one host candidate at
-/// `local_addr`, and inbound PLI/FIR/NACK delivered to us.
-fn new_peer_connection(local_addr: SocketAddr) -> Result<RTCPeerConnection, String> {
+/// A peer connection with Opus and VP8 (and RTX for it with `rtx`), the default
+/// interceptors, one host candidate at `local_addr`, and inbound PLI/FIR/NACK delivered to
+/// us.
+fn new_peer_connection(local_addr: SocketAddr, rtx: bool) -> Result<RTCPeerConnection, String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
     let mut media_engine = MediaEngine::default();
     media_engine
@@ -2000,6 +2022,11 @@ fn new_peer_connection(local_addr: SocketAddr) -> Result<RTCPeerConnection, Stri
     media_engine
         .register_codec(vp8(), RtpCodecKind::Video)
         .map_err(|e| err(&e))?;
+    if rtx {
+        media_engine
+            .register_codec(vp8_rtx(), RtpCodecKind::Video)
+            .map_err(|e| err(&e))?;
+    }
     let registry = Registry::new().with(Slot::from(14_000), DeliverRtcp::default());
     let registry =
         register_default_interceptors(registry, &mut media_engine).map_err(|e| err(&e))?;

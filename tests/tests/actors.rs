@@ -651,6 +651,14 @@ async fn lost_video_is_retransmitted() {
         .await;
     let v = repaired.stream_from(&pid, Kind::Video);
     assert!(v.lost <= repaired.lost_in + 2, "{v:?}");
+    // This client did not accept RTX: the repairs went on the primary stream.
+    let on_primary = server
+        .metric(r#"hearth_retransmissions_sent_total{stream="primary"}"#)
+        .await;
+    assert!(
+        on_primary >= 5.0,
+        "retransmissions on the primary stream: {on_primary}"
+    );
     s.video_loss(0, 0).await;
 
     // Leg 1: publisher -> node. Every 20th video packet p sends is lost on the way.
@@ -675,6 +683,57 @@ async fn lost_video_is_retransmitted() {
     );
     assert_clean(&p);
     assert_clean(&s);
+    p.leave().await;
+    s.leave().await;
+    server.shutdown().await;
+}
+
+/// A subscriber that accepted RTX (RFC 4588) gets its repairs on the RTX stream: its own
+/// SSRC, payload type and sequence numbers, the original sequence number in front of the
+/// payload. The client (`rtc`) puts each back into the VP8 stream by that number, so the
+/// holes fill only if it is right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retransmissions_go_on_the_rtx_stream_where_accepted() {
+    let server = TestServer::start().await;
+    let p = join(&server, "rtx", "pub").await;
+    let s = TestClient::join(
+        &server,
+        "rtx",
+        "sub",
+        ClientOptions {
+            accept_rtx: true,
+            ..ClientOptions::av()
+        },
+    )
+    .await
+    .expect("join");
+    everyone_gets_everyone(&[&p, &s]).await;
+    let pid = p.participant_id().to_owned();
+    assert_eq!(s.stats().stream_from(&pid, Kind::Video).lost, 0);
+
+    s.video_loss(20, 0).await;
+    let repaired = s
+        .wait_until("repaired losses from the RTX stream", T, |st| {
+            let v = st.stream_from(&pid, Kind::Video);
+            st.lost_in >= 5 && v.reordered >= 5 && v.reordered + 2 >= v.lost
+        })
+        .await;
+    let v = repaired.stream_from(&pid, Kind::Video);
+    assert!(v.lost <= repaired.lost_in + 2, "{v:?}");
+    let on_rtx = server
+        .metric(r#"hearth_retransmissions_sent_total{stream="rtx"}"#)
+        .await;
+    assert!(on_rtx >= 5.0, "retransmissions on the RTX stream: {on_rtx}");
+    let on_primary = server
+        .metric_opt(r#"hearth_retransmissions_sent_total{stream="primary"}"#)
+        .await
+        .unwrap_or(0.0);
+    assert_eq!(
+        on_primary, 0.0,
+        "nothing retransmitted on the primary stream"
+    );
+    s.video_loss(0, 0).await;
+    assert_clean(&p);
     p.leave().await;
     s.leave().await;
     server.shutdown().await;

@@ -722,6 +722,7 @@ async fn minted_tokens_join_and_events_stream_and_resume() {
             publish_audio: true,
             publish_video: false,
             screen: false,
+            accept_rtx: false,
         },
     )
     .await
@@ -833,6 +834,7 @@ async fn an_app_pulls_rtp_out_of_a_meeting_and_pushes_a_track_into_it() {
             publish_audio: true,
             publish_video: false,
             screen: false,
+            accept_rtx: false,
         },
     )
     .await

@@ -401,6 +401,7 @@ async fn connection_floods_do_not_take_the_node_offline() {
                 publish_audio: true,
                 publish_video: false,
                 screen: false,
+                accept_rtx: false,
             },
         )
         .await

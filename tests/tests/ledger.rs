@@ -1056,6 +1056,7 @@ async fn a_screen_share_is_metered_apart_from_cameras() {
             publish_audio: true,
             publish_video: true,
             screen: true,
+            accept_rtx: false,
         },
     )
     .await

@@ -227,6 +227,8 @@ proptest! {
             stream_id: "s".into(),
             track_id: "t".into(),
             pt: None,
+            rtx_ssrc: 6,
+            rtx_pt: None,
             removed: false,
         });
         if let Ok(ours) = n.create_offer() {

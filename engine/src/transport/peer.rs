@@ -441,8 +441,9 @@ impl Peer {
 
     // ---- senders -------------------------------------------------------------------------
 
-    /// Adds an outgoing stream (offered with the next [`Self::create_offer`]). `ssrc` is
-    /// random from the caller.
+    /// Adds an outgoing stream (offered with the next [`Self::create_offer`]). `ssrc` and
+    /// `rtx_ssrc` (its retransmissions' stream, offered for video) are random from the
+    /// caller.
     pub fn add_sender(
         &mut self,
         kind: MediaKind,
@@ -450,6 +451,7 @@ impl Peer {
         stream_id: &str,
         track_id: &str,
         ssrc: u32,
+        rtx_ssrc: u32,
     ) -> SenderKey {
         let index = self.negotiator.add_sender(Sender {
             kind,
@@ -458,6 +460,8 @@ impl Peer {
             stream_id: stream_id.to_owned(),
             track_id: track_id.to_owned(),
             pt: None,
+            rtx_ssrc: if rtx_ssrc == ssrc { ssrc ^ 1 } else { rtx_ssrc },
+            rtx_pt: None,
             removed: false,
         });
         SenderKey {
@@ -486,6 +490,20 @@ impl Peer {
             self.sealed_outside.push(key.index);
         }
         Some(sealer)
+    }
+
+    /// The agreed RTX payload type of a sender (None: not negotiated, or declined).
+    pub fn sender_rtx_payload_type(&self, key: SenderKey) -> Option<u8> {
+        self.negotiator.sender(key.index).and_then(|s| s.rtx_pt)
+    }
+
+    /// The sealer of `key`'s RTX stream (its SSRC and the agreed RTX payload type), if the
+    /// client accepted RTX for the stream's codec; retransmissions go there (RFC 4588).
+    pub fn take_rtx_sealer(&mut self, key: SenderKey) -> Option<RtpSealer> {
+        let sender = self.negotiator.sender(key.index)?;
+        let (rtx_ssrc, rtx_pt) = (sender.rtx_ssrc, sender.rtx_pt?);
+        let keys = self.keys.as_ref()?;
+        RtpSealer::new(keys, self.dtls.crypto(), rtx_ssrc, rtx_pt).ok()
     }
 
     /// Sends one forwarded RTP packet on `key`'s stream.

@@ -171,6 +171,12 @@ pub struct Sender {
     pub track_id: String,
     /// Payload type agreed for `codec`, once negotiated.
     pub pt: Option<u8>,
+    /// The SSRC of this stream's retransmissions (RFC 4588 RTX, `ssrc-group:FID`); offered
+    /// for video.
+    pub rtx_ssrc: u32,
+    /// The RTX payload type agreed for `pt`: None until negotiated, or if the answer
+    /// declined RTX (retransmissions then go on the primary SSRC).
+    pub rtx_pt: Option<u8>,
     /// Removed by the application: its section is rejected in the next offer.
     pub removed: bool,
 }
@@ -281,6 +287,7 @@ impl Negotiator {
         if let Some(s) = self.senders.get_mut(&key) {
             s.removed = true;
             s.pt = None;
+            s.rtx_pt = None;
         }
         // Never offered: forget it at once.
         let offered = self
@@ -575,11 +582,24 @@ impl Negotiator {
                 }
             };
             used.push(pt);
+            // RTX for video (RFC 4588): the payload type this connection already uses for
+            // this codec's RTX, else pt + 1 when free (what browsers pick), else any free.
+            let rtx_pt = if sender.kind == MediaKind::Video {
+                let key = rtx_key(pt);
+                let rtx = match self.pts.iter().find(|(k, _)| *k == key) {
+                    Some((_, rtx)) => Some(*rtx),
+                    None => free_pt(pt.saturating_add(1).min(127), &used),
+                };
+                used.extend(rtx);
+                rtx
+            } else {
+                None
+            };
             let feedback = default_feedback(sender.kind);
             out.push(NegotiatedCodec {
                 pt,
                 params,
-                rtx_pt: None,
+                rtx_pt,
                 feedback,
             });
         }
@@ -602,6 +622,12 @@ impl Negotiator {
             let key = codec_key(&c.params);
             if !self.pts.iter().any(|(k, pt)| *k == key || *pt == c.pt) {
                 self.pts.push((key, c.pt));
+            }
+            if let Some(rtx) = c.rtx_pt {
+                let key = rtx_key(c.pt);
+                if !self.pts.iter().any(|(k, pt)| *k == key || *pt == rtx) {
+                    self.pts.push((key, rtx));
+                }
             }
         }
     }
@@ -648,7 +674,20 @@ impl Negotiator {
                     .codecs
                     .iter()
                     .filter(|c| answered.codecs.iter().any(|a| a.pt == c.pt))
-                    .cloned()
+                    .map(|c| {
+                        let mut c = c.clone();
+                        // RTX stays only if the answer kept it, for this codec.
+                        c.rtx_pt = c.rtx_pt.filter(|rtx| {
+                            answered.codecs.iter().any(|a| {
+                                a.pt == *rtx
+                                    && a.name.eq_ignore_ascii_case("rtx")
+                                    && fmtp_param(&a.fmtp, "apt")
+                                        .and_then(|apt| apt.parse::<u8>().ok())
+                                        == Some(c.pt)
+                            })
+                        });
+                        c
+                    })
                     .collect();
                 s.codecs = accepted;
                 s.local_sends = answered.direction.remote_receives() && !s.codecs.is_empty();
@@ -697,7 +736,7 @@ impl Negotiator {
     /// Each sender's payload type from the agreed sections.
     fn sync_sender_pts(&mut self) {
         for (key, snd) in self.senders.iter_mut() {
-            snd.pt = self
+            let agreed = self
                 .sections
                 .iter()
                 .find(|s| s.sender == Some(*key) && !s.rejected && s.local_sends)
@@ -712,8 +751,10 @@ impl Negotiator {
                                     .eq_ignore_ascii_case(&snd.codec.mime_type)
                             })
                         })
-                        .map(|c| c.pt)
+                        .map(|c| (c.pt, c.rtx_pt))
                 });
+            snd.pt = agreed.map(|(pt, _)| pt);
+            snd.rtx_pt = agreed.and_then(|(_, rtx)| rtx);
         }
     }
 
@@ -863,11 +904,21 @@ impl Negotiator {
             && !snd.removed
         {
             a.push(attr("msid", format!("{} {}", snd.stream_id, snd.track_id)));
-            a.push(attr("ssrc", format!("{} cname:hearth", snd.ssrc)));
-            a.push(attr(
-                "ssrc",
-                format!("{} msid:{} {}", snd.ssrc, snd.stream_id, snd.track_id),
-            ));
+            let rtx = s.codecs.iter().any(|c| c.rtx_pt.is_some());
+            if rtx {
+                a.push(attr(
+                    "ssrc-group",
+                    format!("FID {} {}", snd.ssrc, snd.rtx_ssrc),
+                ));
+            }
+            let ssrcs = std::iter::once(snd.ssrc).chain(rtx.then_some(snd.rtx_ssrc));
+            for ssrc in ssrcs {
+                a.push(attr("ssrc", format!("{ssrc} cname:hearth")));
+                a.push(attr(
+                    "ssrc",
+                    format!("{} msid:{} {}", ssrc, snd.stream_id, snd.track_id),
+                ));
+            }
         }
         a.push(attr(
             "candidate",
@@ -1217,6 +1268,11 @@ fn default_pt(c: &CodecParams) -> u8 {
         Codec::H264 => 102,
         _ => 98,
     }
+}
+
+/// The payload-type table's key for the RTX of payload type `apt`.
+fn rtx_key(apt: u8) -> String {
+    format!("rtx/{apt}")
 }
 
 fn free_pt(preferred: u8, used: &[u8]) -> Option<u8> {

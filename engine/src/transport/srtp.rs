@@ -202,6 +202,20 @@ impl RtpSealer {
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), SrtpError> {
+        self.seal_with_prefix(seq, timestamp, marker, &[], payload, out)
+    }
+
+    /// [`Self::seal_into`] with `prefix` written before `payload` (an RTX packet's original
+    /// sequence number, RFC 4588 §4).
+    pub fn seal_with_prefix(
+        &mut self,
+        seq: u16,
+        timestamp: u32,
+        marker: bool,
+        prefix: &[u8],
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SrtpError> {
         let start = out.len();
         let mut header = [0u8; SEALED_HEADER_LEN];
         header[0] = 0x80;
@@ -210,9 +224,10 @@ impl RtpSealer {
         header[4..8].copy_from_slice(&timestamp.to_be_bytes());
         header[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
         let result = match &mut self.cipher {
-            SealerCipher::Gcm(gcm) => gcm.seal(&header, self.ssrc, seq, payload, out),
+            SealerCipher::Gcm(gcm) => gcm.seal(&header, self.ssrc, seq, prefix, payload, out),
             SealerCipher::Context(ctx) => {
                 out.extend_from_slice(&header);
+                out.extend_from_slice(prefix);
                 out.extend_from_slice(payload);
                 let parsed = rtc_rtp::header::Header {
                     version: 2,
@@ -283,14 +298,16 @@ impl GcmSealer {
         header: &[u8; SEALED_HEADER_LEN],
         ssrc: u32,
         seq: u16,
+        prefix: &[u8],
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), SrtpError> {
         let roc = self.rollover_for(seq)?;
         let iv = gcm_iv(&self.salt, ssrc, roc, seq);
         let start = out.len();
-        out.reserve(SEALED_HEADER_LEN + payload.len() + GCM_TAG_LEN);
+        out.reserve(SEALED_HEADER_LEN + prefix.len() + payload.len() + GCM_TAG_LEN);
         out.extend_from_slice(header);
+        out.extend_from_slice(prefix);
         out.extend_from_slice(payload);
         let (aad, body) = out[start..].split_at_mut(SEALED_HEADER_LEN);
         let mut tag = [0u8; GCM_TAG_LEN];
@@ -647,6 +664,50 @@ mod tests {
                     .unwrap();
                 let opened = rx.decrypt_rtp(sealed, &header).unwrap();
                 assert_eq!(&opened[12..], &payload[..]);
+            }
+        }
+    }
+
+    /// An RTX packet (RFC 4588): the original sequence number sealed in front of the
+    /// payload, byte for byte what `rtc-srtp` makes of the same plain packet, for both
+    /// cipher paths (AES-GCM in place, AES-CM through `rtc-srtp`).
+    #[test]
+    fn sealing_with_a_prefix_is_sealing_the_joined_payload() {
+        for profile in [
+            ProtectionProfile::AeadAes128Gcm,
+            ProtectionProfile::Aes128CmHmacSha1_80,
+        ] {
+            let k = keys(profile);
+            let mut ours = RtpSealer::new(&k, crypto(), 0x0bad_cafe, 97).unwrap();
+            let mut reference =
+                Context::new(&k.local_key, &k.local_salt, profile, None, None, crypto()).unwrap();
+            let payload: Vec<u8> = (0..40u8).collect();
+            for (n, (seq, osn)) in [(7u16, 1000u16), (8, 1003), (9, 65_535)]
+                .into_iter()
+                .enumerate()
+            {
+                let mut out = Vec::new();
+                ours.seal_with_prefix(
+                    seq,
+                    90 * n as u32,
+                    true,
+                    &osn.to_be_bytes(),
+                    &payload,
+                    &mut out,
+                )
+                .unwrap();
+                let mut joined = osn.to_be_bytes().to_vec();
+                joined.extend_from_slice(&payload);
+                let expected = reference_encrypt(
+                    &mut reference,
+                    0x0bad_cafe,
+                    97,
+                    seq,
+                    90 * n as u32,
+                    true,
+                    &joined,
+                );
+                assert_eq!(out, expected, "{profile:?} seq {seq}");
             }
         }
     }

@@ -132,6 +132,8 @@ fn removed_senders_are_rejected_then_their_slots_recycled() {
         stream_id: "s".into(),
         track_id: format!("t{ssrc}"),
         pt: None,
+        rtx_ssrc: 0x0bad_cafe,
+        rtx_pt: None,
         removed: false,
     };
     let answer_all = |offer: &str| {
@@ -168,4 +170,118 @@ a=rtcp-mux\r\na=recvonly\r\na=rtpmap:111 opus/48000/2\r\n"
         );
     }
     assert!(!n.needs_offer());
+}
+
+/// Answers every section of `offer` recvonly with the offer's own codec lines, dropping the
+/// RTX ones when `keep_rtx` is false.
+fn answer_video(offer: &str, keep_rtx: bool) -> String {
+    let mut out = SESSION.replace("a=ice-ufrag", "a=setup:active\r\na=ice-ufrag");
+    for block in offer.split("m=").skip(1) {
+        let mut lines = block.lines();
+        let m_line = lines.next().unwrap();
+        let rtx_pts: Vec<&str> = block
+            .lines()
+            .filter_map(|l| l.strip_prefix("a=rtpmap:"))
+            .filter(|l| l.contains(" rtx/"))
+            .map(|l| l.split(' ').next().unwrap())
+            .collect();
+        let mut fields: Vec<&str> = m_line.split(' ').collect();
+        if !keep_rtx {
+            fields.retain(|f| !rtx_pts.contains(f));
+        }
+        out.push_str(&format!("m={}\r\nc=IN IP4 0.0.0.0\r\n", fields.join(" ")));
+        for l in block.lines().skip(1) {
+            let codec_line = l.starts_with("a=rtpmap:")
+                || l.starts_with("a=fmtp:")
+                || l.starts_with("a=rtcp-fb:");
+            let is_rtx = rtx_pts.iter().any(|pt| {
+                l.starts_with(&format!("a=rtpmap:{pt} ")) || l.starts_with(&format!("a=fmtp:{pt} "))
+            });
+            if l.starts_with("a=mid:") || l == "a=rtcp-mux" || (codec_line && (keep_rtx || !is_rtx))
+            {
+                out.push_str(l);
+                out.push_str("\r\n");
+            }
+        }
+        out.push_str("a=recvonly\r\n");
+    }
+    out
+}
+
+fn vp8_sender(ssrc: u32) -> Sender {
+    let vp8 = codec_table()
+        .into_iter()
+        .find(|c| c.codec == Codec::Vp8)
+        .unwrap();
+    Sender {
+        kind: MediaKind::Video,
+        codec: vp8,
+        ssrc,
+        stream_id: "s".into(),
+        track_id: format!("t{ssrc}"),
+        pt: None,
+        rtx_ssrc: ssrc + 1000,
+        rtx_pt: None,
+        removed: false,
+    }
+}
+
+/// Video senders are offered with RTX (RFC 4588): an `rtx` payload type per codec with its
+/// `apt`, the same in every section of the connection, and an FID group naming the RTX
+/// SSRC; an answer that keeps RTX agrees it, one that drops it leaves the sender without.
+#[test]
+fn video_senders_offer_rtx_and_follow_the_answer() {
+    let mut n = negotiator();
+    let a = n.add_sender(vp8_sender(1));
+    let b = n.add_sender(vp8_sender(2));
+    let offer = n.create_offer().unwrap();
+    assert!(offer.contains("a=ssrc-group:FID 1 1001"), "{offer}");
+    assert!(offer.contains("a=ssrc-group:FID 2 1002"), "{offer}");
+    assert!(offer.contains("a=ssrc:1001 cname:hearth"), "{offer}");
+    n.apply_answer(&answer_video(&offer, true)).unwrap();
+    let (sa, sb) = (n.sender(a).unwrap(), n.sender(b).unwrap());
+    let vp8_pt = sa.pt.unwrap();
+    let rtx_pt = sa.rtx_pt.expect("RTX agreed");
+    assert_ne!(rtx_pt, vp8_pt);
+    assert!(
+        offer.contains(&format!("a=fmtp:{rtx_pt} apt={vp8_pt}")),
+        "{offer}"
+    );
+    assert_eq!(
+        (sb.pt, sb.rtx_pt),
+        (Some(vp8_pt), Some(rtx_pt)),
+        "one mapping per connection"
+    );
+
+    // A later sender reuses the agreed mapping; an answer without RTX declines it.
+    let c = n.add_sender(vp8_sender(3));
+    let offer = n.create_offer().unwrap();
+    assert!(
+        offer.contains(&format!("a=fmtp:{rtx_pt} apt={vp8_pt}")),
+        "{offer}"
+    );
+    n.apply_answer(&answer_video(&offer, false)).unwrap();
+    assert_eq!(n.sender(c).unwrap().pt, Some(vp8_pt));
+    assert_eq!(n.sender(c).unwrap().rtx_pt, None, "declined");
+}
+
+/// Audio is offered without RTX (browsers do not retransmit or expect retransmitted Opus).
+#[test]
+fn audio_senders_offer_no_rtx() {
+    let mut n = negotiator();
+    let opus = codec_table().remove(0);
+    n.add_sender(Sender {
+        kind: MediaKind::Audio,
+        codec: opus,
+        ssrc: 7,
+        stream_id: "s".into(),
+        track_id: "t".into(),
+        pt: None,
+        rtx_ssrc: 8,
+        rtx_pt: None,
+        removed: false,
+    });
+    let offer = n.create_offer().unwrap();
+    assert!(!offer.contains("rtx/"), "{offer}");
+    assert!(!offer.contains("FID"), "{offer}");
 }
