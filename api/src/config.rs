@@ -372,7 +372,8 @@ pub struct TurnArgs {
     /// TURN over UDP and TCP on this port [default: 3478; 0 turns TURN off].
     #[arg(long, env = "HEARTH_TURN_PORT", value_name = "PORT")]
     pub turn_port: Option<u16>,
-    /// Address the TURN listeners bind [default: 0.0.0.0].
+    /// Address the TURN listeners and relayed sockets bind [default: the advertised address
+    /// if it is this host's, else 0.0.0.0].
     #[arg(long, env = "HEARTH_TURN_BIND", value_name = "IP")]
     pub turn_bind: Option<IpAddr>,
     /// Realm of TURN's long-term credentials [default: hearth].
@@ -907,10 +908,16 @@ fn resolve_turn(
         return Ok(None);
     }
     let invalid = |m: String| ConfigError::Invalid(m);
-    let bind = args
-        .turn_bind
-        .or(file.bind)
-        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    // As for media: with no bind address chosen and an advertised address of this host's,
+    // the listeners and relayed sockets bind to it, so answers and relayed data leave from
+    // the address clients and peers were given (a socket on the unspecified address answers
+    // from whatever address the route back picks, which a multi-homed host may not have
+    // advertised; TURN clients and peers drop those).
+    let bind = match args.turn_bind.or(file.bind) {
+        Some(ip) => ip,
+        None if is_local_address(public_ip) => public_ip,
+        None => IpAddr::from([0, 0, 0, 0]),
+    };
     let mut users = Vec::new();
     for u in args.turn_users.iter().chain(&file.users) {
         let (user, pass) = u
@@ -1144,6 +1151,34 @@ mod tests {
         })
         .unwrap();
         assert_eq!(local.media_bind.ip(), IpAddr::from([127, 0, 0, 1]));
+    }
+
+    /// TURN follows media: its listeners and relayed sockets bind to the advertised address
+    /// when it is this host's and no bind was chosen; an explicit bind and a non-local
+    /// advertised address (behind a NAT) keep what they say.
+    #[test]
+    fn turn_binds_to_the_advertised_address_when_it_is_local() {
+        let turn = |args: ServeArgs| resolve(&args).unwrap().turn.expect("TURN on");
+        let local = turn(ServeArgs {
+            public_ip: Some(IpAddr::from([127, 0, 0, 1])),
+            ..Default::default()
+        });
+        assert_eq!(local.listen.ip(), IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(local.relay_bind, IpAddr::from([127, 0, 0, 1]));
+        let nat = turn(ServeArgs {
+            public_ip: Some(IpAddr::from([192, 0, 2, 7])),
+            ..Default::default()
+        });
+        assert_eq!(nat.listen.ip(), IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(nat.relay_ip, IpAddr::from([192, 0, 2, 7]));
+        let mut explicit = ServeArgs {
+            public_ip: Some(IpAddr::from([127, 0, 0, 1])),
+            ..Default::default()
+        };
+        explicit.turn.turn_bind = Some(IpAddr::from([0, 0, 0, 0]));
+        let explicit = turn(explicit);
+        assert_eq!(explicit.listen.ip(), IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(explicit.relay_bind, IpAddr::from([0, 0, 0, 0]));
     }
 
     #[test]
