@@ -60,11 +60,15 @@ pub struct LegState {
     pub sent: u64,
 }
 
-/// A send leg's retransmission stream.
+/// A send leg's retransmission stream. Kept for the leg's lifetime once created, even
+/// while a later exchange turns RTX off: a new sealer for the same SSRC would restart its
+/// rollover counter and sequence series, and could seal two packets with one SRTP IV.
 pub struct RtxStream {
     pub sealer: RtpSealer,
     /// The next RTX sequence number (its own series, starting at a random point).
     pub next_seq: u16,
+    /// RTX is agreed now (off: retransmissions go on the primary SSRC).
+    pub enabled: bool,
 }
 
 /// What [`SendLeg::forward`] did with a packet.
@@ -173,7 +177,7 @@ impl SendLeg {
             }
         };
         let len = match (&mut st.rtx, retransmission) {
-            (Some(rtx), true) => {
+            (Some(rtx), true) if rtx.enabled => {
                 // RFC 4588 §4: the RTX stream's own sequence number, the original (as the
                 // subscriber saw it) first in the payload.
                 let seq = rtx.next_seq;
@@ -211,7 +215,7 @@ impl SendLeg {
             return Forwarded::Skipped;
         }
         st.sent += 1;
-        if retransmission && st.rtx.is_none() {
+        if retransmission && !st.rtx.as_ref().is_some_and(|r| r.enabled) {
             metrics::counter!(RETRANSMISSIONS_METRIC, "stream" => "primary").increment(1);
         }
         if !retransmission {

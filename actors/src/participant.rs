@@ -530,13 +530,17 @@ impl Actor for ParticipantActor {
             ParticipantMsg::VirtualRtpReady => {}
             ParticipantMsg::DatagramsReady => state.on_datagrams(&myself),
             ParticipantMsg::MediaReady => {
-                // The hot path: forwarded packets only go out. Nothing here can produce a
-                // stack event, an inbound packet, feedback or an earlier timer, so the rest
-                // of `after_message` (which walks every handler of the stack) is skipped;
-                // the next other message or tick runs it.
+                // The hot path: forwarded packets only go out. Nothing here produces a stack
+                // event or an inbound packet, so the rest of `after_message` (which walks
+                // every handler of the stack) is skipped; the next other message or tick runs
+                // it. Feedback and the timer are seen to, though: a driver may have handled
+                // our media inline just before and left its end-of-batch work to us (it
+                // found the lock taken).
                 state.on_media(now, &myself);
+                state.send_feedback(now);
                 state.flush();
                 state.record_forward_delays();
+                state.arm_timer(now);
                 return Ok(());
             }
             ParticipantMsg::Tick => {
@@ -1430,7 +1434,10 @@ impl ParticipantState {
                 _ => {}
             }
             match (&mut leg.rtx, self.peer.sender_rtx_payload_type(sender)) {
-                (Some(rtx), Some(pt)) => rtx.sealer.payload_type = pt,
+                (Some(rtx), Some(pt)) => {
+                    rtx.sealer.payload_type = pt;
+                    rtx.enabled = true;
+                }
                 (None, Some(_)) => {
                     leg.rtx =
                         self.peer
@@ -1438,10 +1445,13 @@ impl ParticipantState {
                             .map(|sealer| crate::leg::RtxStream {
                                 sealer,
                                 next_seq: rand::random(),
+                                enabled: true,
                             });
                 }
-                // Declined in a later exchange: retransmissions go on the primary SSRC.
-                (Some(_), None) => leg.rtx = None,
+                // Declined in a later exchange: retransmissions go on the primary SSRC. The
+                // stream (its sealer's rollover state, its sequence) stays for a later
+                // exchange that agrees RTX again.
+                (Some(rtx), None) => rtx.enabled = false,
                 (None, None) => {}
             }
             sub.leg_ready = leg.sealer.is_some() && leg.dest.is_some();

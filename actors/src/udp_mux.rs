@@ -339,10 +339,13 @@ impl UdpMux {
                     recv_batch(&socket, &mut buf[..slots * MAX_DATAGRAM], &mut received)
                 })
                 .await;
-            want = if received.len() == slots {
-                (slots * 2).clamp(2, RECV_BATCH)
-            } else {
+            want = if received.len() < slots {
                 (received.len() + 1).clamp(2, RECV_BATCH)
+            } else if slots == want {
+                (want * 2).min(RECV_BATCH)
+            } else {
+                // Full, but cut short by the buffer's end: keep the size.
+                want
             };
             if let Err(e) = result {
                 // ICMP errors (ECONNREFUSED from an earlier send) surface here; keep going
@@ -366,6 +369,11 @@ impl UdpMux {
                 if r.truncated {
                     // Longer than any datagram the transport accepts.
                     self.counters.oversized.increment(1);
+                    continue;
+                }
+                if r.from.port() == 0 {
+                    // No usable source address (a family this socket does not serve).
+                    self.counters.unroutable.increment(1);
                     continue;
                 }
                 data.truncate(r.len);
@@ -549,9 +557,10 @@ impl SendBatch {
 
 /// Datagrams one `recvmmsg` call takes at most.
 const RECV_BATCH: usize = 32;
-/// Receive slots per buffer allocation: datagrams are views of their slots, and a buffer
-/// is replaced once all its slots are handed out.
-const RECV_CHUNK_SLOTS: usize = 64;
+/// Receive slots per buffer allocation (64 KiB): datagrams are views of their slots, and a
+/// buffer is replaced once all its slots are handed out. A payload kept for retransmission
+/// keeps its buffer alive, so buffers stay small.
+const RECV_CHUNK_SLOTS: usize = 32;
 /// A receive slot: datagrams longer than this are dropped (counted); the transport refuses
 /// anything over its MTU limit anyway.
 const MAX_DATAGRAM: usize = 2048;
@@ -598,8 +607,9 @@ fn recv_batch(socket: &UdpSocket, buf: &mut [u8], out: &mut Vec<Received>) -> io
         // do not serve), so slot i stays datagram i.
         out.push(Received {
             len: msg.bytes,
+            // (Port 0: no usable source, dropped by the caller.)
             from: from.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
-            truncated: msg.flags.contains(MsgFlags::MSG_TRUNC) || from.is_none(),
+            truncated: msg.flags.contains(MsgFlags::MSG_TRUNC),
         });
     }
     Ok(())
