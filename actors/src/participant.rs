@@ -27,7 +27,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use hearth_engine::forwarder::Forwarder;
@@ -310,7 +310,7 @@ pub struct ParticipantCell {
 /// removes it and tells its client to reconnect), as if it had panicked itself.
 struct IngressSink {
     inbox: InboxSender<Datagram, ParticipantMsg>,
-    core: Arc<OnceLock<Weak<Mutex<ParticipantState>>>>,
+    core: Weak<Mutex<ParticipantState>>,
 }
 
 impl IngressSink {
@@ -320,7 +320,7 @@ impl IngressSink {
         if !matches!(datagram.data.first(), Some(128..=191)) || self.inbox.depth() > 0 {
             return Some(datagram);
         }
-        let Some(core) = self.core.get().and_then(Weak::upgrade) else {
+        let Some(core) = self.core.upgrade() else {
             return Some(datagram);
         };
         let mut slot = Some(datagram);
@@ -365,7 +365,7 @@ impl DatagramSink for IngressSink {
     /// took it after our datagrams were handled, and every message it handles ends with a
     /// flush: the copies leave with it.
     fn end_of_batch(&self) {
-        let Some(core) = self.core.get().and_then(Weak::upgrade) else {
+        let Some(core) = self.core.upgrade() else {
             return;
         };
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -437,76 +437,76 @@ impl Actor for ParticipantActor {
         let (media, media_tx) = Inbox::new(args.media_queue, myself.clone(), || {
             ParticipantMsg::MediaReady
         });
-        let core_slot = Arc::new(OnceLock::new());
-        let registration = args.mux.register(
-            ufrag,
-            Box::new(IngressSink {
-                inbox: ingress_tx,
-                core: Arc::clone(&core_slot),
-            }),
-        );
-        // The meeting waits for this right after spawning us; if it is gone, so are we.
-        let _ = args.link.send(media_tx.clone());
-        let wakeup = crate::timer::Wakeup::spawn(myself.clone(), || ParticipantMsg::Tick);
-        let mux_hint = rand::random::<u32>() as usize;
-        metrics::gauge!("hearth_participants").increment(1.0);
-        let kill_ref = myself.clone();
-        let media_depth = media_tx.clone();
-        let reg = args.actors.register(
-            crate::registry::ActorSpec::new(
-                myself.get_id(),
-                crate::registry::ActorKind::Participant,
-                args.id.as_str(),
-            )
-            .parent(args.parent)
-            .kill(move || kill_ref.send_message(ParticipantMsg::InjectFault).is_ok())
-            .media_queue(move || media_depth.depth()),
-        );
-        let state = ParticipantState {
-            sources: HashMap::new(),
-            usage: args.usage,
-            reg,
-            id: args.id,
-            meeting: args.meeting,
-            signal: args.signal,
-            mux: args.mux,
-            mux_hint,
-            registration,
-            peer,
-            can_publish: args.can_publish,
-            refused_mids: Vec::new(),
-            ingress,
-            media,
-            media_tx,
-            wakeup,
-            published: Vec::new(),
-            subscriptions: HashMap::new(),
-            by_out_ssrc: HashMap::new(),
-            pending_ops: Vec::new(),
-            reoffer: false,
-            offer_sent_at: None,
-            reports: {
-                let mut timer = ReportTimer::new(Duration::from_secs(1));
-                timer.handle_timeout(now);
-                timer
-            },
-            speaker: args.speaker,
-            wall_epoch: args.wall_epoch,
-            stats: ParticipantStats::default(),
-            drops_reported: (0, 0),
-            transport_reported: Default::default(),
-            scratch_datagrams: Vec::with_capacity(SCRATCH_START),
-            out_batch: SendBatch::default(),
-            scratch_media: Vec::with_capacity(SCRATCH_START),
-            forwarded_arrivals: Vec::with_capacity(SCRATCH_START),
-            fanned_out: 0,
-            leg_dest: None,
-            forward_delay: metrics::histogram!(FORWARD_DELAY_METRIC),
-            leaving: false,
-            media_fault: false,
-        };
-        let core = Arc::new(Mutex::new(state));
-        let _ = core_slot.set(Arc::downgrade(&core));
+        // The sink holds the state weakly: the state owns the mux registration that owns it.
+        let core = Arc::new_cyclic(|weak: &Weak<Mutex<ParticipantState>>| {
+            let registration = args.mux.register(
+                ufrag,
+                Box::new(IngressSink {
+                    inbox: ingress_tx,
+                    core: weak.clone(),
+                }),
+            );
+            // The meeting waits for this right after spawning us; if it is gone, so are we.
+            let _ = args.link.send(media_tx.clone());
+            let wakeup = crate::timer::Wakeup::spawn(myself.clone(), || ParticipantMsg::Tick);
+            let mux_hint = rand::random::<u32>() as usize;
+            metrics::gauge!("hearth_participants").increment(1.0);
+            let kill_ref = myself.clone();
+            let media_depth = media_tx.clone();
+            let reg = args.actors.register(
+                crate::registry::ActorSpec::new(
+                    myself.get_id(),
+                    crate::registry::ActorKind::Participant,
+                    args.id.as_str(),
+                )
+                .parent(args.parent)
+                .kill(move || kill_ref.send_message(ParticipantMsg::InjectFault).is_ok())
+                .media_queue(move || media_depth.depth()),
+            );
+            Mutex::new(ParticipantState {
+                sources: HashMap::new(),
+                usage: args.usage,
+                reg,
+                id: args.id,
+                meeting: args.meeting,
+                signal: args.signal,
+                mux: args.mux,
+                mux_hint,
+                registration,
+                peer,
+                can_publish: args.can_publish,
+                refused_mids: Vec::new(),
+                ingress,
+                media,
+                media_tx,
+                wakeup,
+                published: Vec::new(),
+                subscriptions: HashMap::new(),
+                by_out_ssrc: HashMap::new(),
+                pending_ops: Vec::new(),
+                reoffer: false,
+                offer_sent_at: None,
+                reports: {
+                    let mut timer = ReportTimer::new(Duration::from_secs(1));
+                    timer.handle_timeout(now);
+                    timer
+                },
+                speaker: args.speaker,
+                wall_epoch: args.wall_epoch,
+                stats: ParticipantStats::default(),
+                drops_reported: (0, 0),
+                transport_reported: Default::default(),
+                scratch_datagrams: Vec::with_capacity(SCRATCH_START),
+                out_batch: SendBatch::default(),
+                scratch_media: Vec::with_capacity(SCRATCH_START),
+                forwarded_arrivals: Vec::with_capacity(SCRATCH_START),
+                fanned_out: 0,
+                leg_dest: None,
+                forward_delay: metrics::histogram!(FORWARD_DELAY_METRIC),
+                leaving: false,
+                media_fault: false,
+            })
+        });
         Ok(ParticipantCell { core })
     }
 

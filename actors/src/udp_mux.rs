@@ -34,6 +34,9 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use dashmap::DashMap;
+// A receive slot is the largest datagram the transport accepts: longer ones are dropped at
+// the driver (counted).
+use hearth_engine::transport::peer::MAX_DATAGRAM;
 use metrics::Counter;
 use tokio::net::UdpSocket;
 
@@ -371,19 +374,15 @@ impl UdpMux {
                     self.counters.oversized.increment(1);
                     continue;
                 }
-                if r.from.port() == 0 {
-                    // No usable source address (a family this socket does not serve).
+                let Some(from) = r.from else {
                     self.counters.unroutable.increment(1);
                     continue;
-                }
+                };
                 data.truncate(r.len);
                 self.counters.packets_in.increment(1);
                 self.counters.bytes_in.increment(r.len as u64);
-                if let Some(entry) = self.route(Datagram {
-                    from: r.from,
-                    at,
-                    data,
-                }) && !touched.iter().any(|t| Arc::ptr_eq(t, &entry))
+                if let Some(entry) = self.route(Datagram { from, at, data })
+                    && !touched.iter().any(|t| Arc::ptr_eq(t, &entry))
                 {
                     touched.push(entry);
                 }
@@ -561,14 +560,12 @@ const RECV_BATCH: usize = 32;
 /// buffer is replaced once all its slots are handed out. A payload kept for retransmission
 /// keeps its buffer alive, so buffers stay small.
 const RECV_CHUNK_SLOTS: usize = 32;
-/// A receive slot: datagrams longer than this are dropped (counted); the transport refuses
-/// anything over its MTU limit anyway.
-const MAX_DATAGRAM: usize = 2048;
 
-/// One datagram of a `recvmmsg` batch: its length in its slot and its source.
+/// One datagram of a `recvmmsg` batch: its length in its slot and its source (None: a
+/// family this socket does not serve).
 struct Received {
     len: usize,
-    from: SocketAddr,
+    from: Option<SocketAddr>,
     truncated: bool,
 }
 
@@ -607,8 +604,7 @@ fn recv_batch(socket: &UdpSocket, buf: &mut [u8], out: &mut Vec<Received>) -> io
         // do not serve), so slot i stays datagram i.
         out.push(Received {
             len: msg.bytes,
-            // (Port 0: no usable source, dropped by the caller.)
-            from: from.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+            from,
             truncated: msg.flags.contains(MsgFlags::MSG_TRUNC),
         });
     }

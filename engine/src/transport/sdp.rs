@@ -677,15 +677,9 @@ impl Negotiator {
                     .map(|c| {
                         let mut c = c.clone();
                         // RTX stays only if the answer kept it, for this codec.
-                        c.rtx_pt = c.rtx_pt.filter(|rtx| {
-                            answered.codecs.iter().any(|a| {
-                                a.pt == *rtx
-                                    && a.name.eq_ignore_ascii_case("rtx")
-                                    && fmtp_param(&a.fmtp, "apt")
-                                        .and_then(|apt| apt.parse::<u8>().ok())
-                                        == Some(c.pt)
-                            })
-                        });
+                        c.rtx_pt = c
+                            .rtx_pt
+                            .filter(|rtx| rtx_of(&answered.codecs, c.pt) == Some(*rtx));
                         c
                     })
                     .collect();
@@ -1365,14 +1359,7 @@ fn supported_codecs(offered: &OfferedSection, want: Option<&CodecParams>) -> Vec
         if out.iter().any(|o| o.pt == c.pt) {
             continue;
         }
-        let rtx_pt = offered
-            .codecs
-            .iter()
-            .find(|r| {
-                r.name.eq_ignore_ascii_case("rtx")
-                    && fmtp_param(&r.fmtp, "apt").and_then(|a| a.parse::<u8>().ok()) == Some(c.pt)
-            })
-            .map(|r| r.pt);
+        let rtx_pt = rtx_of(&offered.codecs, c.pt);
         let ours = default_feedback(kind);
         let mut feedback: Vec<String> = c
             .feedback
@@ -1395,6 +1382,17 @@ fn supported_codecs(offered: &OfferedSection, want: Option<&CodecParams>) -> Vec
         out.insert(0, first);
     }
     out
+}
+
+/// The payload type of the `rtx` codec that repairs payload type `apt` (its `apt=`).
+fn rtx_of(codecs: &[OfferedCodec], apt: u8) -> Option<u8> {
+    codecs
+        .iter()
+        .find(|r| {
+            r.name.eq_ignore_ascii_case("rtx")
+                && fmtp_param(&r.fmtp, "apt").and_then(|a| a.parse::<u8>().ok()) == Some(apt)
+        })
+        .map(|r| r.pt)
 }
 
 fn offered_twcc(offered: &OfferedSection) -> bool {
