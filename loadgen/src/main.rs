@@ -23,6 +23,7 @@ mod chaos;
 mod floor;
 mod janus;
 mod jwt;
+mod lean;
 mod media;
 mod peer;
 mod reconnect;
@@ -141,6 +142,18 @@ struct Args {
     /// (gRPC AdminService.KillActor) and report who noticed (needs --reconnect).
     #[arg(long, value_parser = parse_duration, requires = "reconnect")]
     chaos_every: Option<Duration>,
+    /// The WebRTC client of simulated participants towards Hearth: `full` (webrtc-rs's
+    /// `rtc` peer connection, a conformance client: trickle ICE, NACK, TWCC feedback, ...),
+    /// `lean` (the generator's own lean client: ICE-lite servers only, a fraction of the CPU
+    /// per packet; see `lean.rs` for what it leaves out), or `auto`: lean for runs of 500
+    /// participants or more and for --find-max, full otherwise. Janus always gets `full`.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "full", "lean"])]
+    client: String,
+    /// With the lean client: authenticate and decrypt one received packet in this many per
+    /// participant (1: every packet). Loss and jitter come from every packet's clear RTP
+    /// header; latency only from the decrypted ones.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    decrypt_every: u32,
     /// What --chaos-every kills: participant, meeting (comma-separated).
     #[arg(long, default_value = "participant,meeting")]
     chaos_kinds: String,
@@ -250,6 +263,15 @@ pub struct Run {
 }
 
 impl Run {
+    /// The participants' client, for reports.
+    fn client_name(&self) -> &'static str {
+        if self.args.target == "floor" {
+            "floor"
+        } else {
+            self.ctx.link.client_name()
+        }
+    }
+
     /// Starts the participants of meetings `from..to` at the ramp rate.
     async fn launch(&self, s: &Scenario, from: usize, to: usize) {
         let every = Duration::from_secs_f64(1.0 / s.ramp);
@@ -410,6 +432,19 @@ async fn main() -> ExitCode {
     }
     let janus = args.target == "janus";
     let hearth = args.target == "hearth";
+    let lean = hearth
+        && match args.client.as_str() {
+            "lean" => true,
+            "full" => false,
+            _ => args.find_max || s.meetings * s.participants >= 500,
+        };
+    let link = if lean {
+        shard::Link::Lean {
+            decrypt_every: args.decrypt_every,
+        }
+    } else {
+        shard::Link::WebRtc
+    };
     if hearth && (args.api_key.is_empty() || args.api_secret.is_empty()) {
         eprintln!(
             "error: --api-key and --api-secret (or HEARTH_API_KEY/HEARTH_API_SECRET) are required"
@@ -466,6 +501,7 @@ async fn main() -> ExitCode {
         planned: AtomicUsize::new(0),
         server: tokio::sync::Mutex::new(server),
         ctx: Arc::new(signal::Ctx {
+            link,
             ws_url,
             api_key: args.api_key.clone(),
             api_secret: args.api_secret.clone(),
@@ -476,7 +512,7 @@ async fn main() -> ExitCode {
         args,
     };
     eprintln!(
-        "hearth-loadgen: {} meetings x {} participants ({} audio, {} speaking, {} video at {} kbit/s, {} receive-only), ramp {}/s, hold {:?}, {} shards",
+        "hearth-loadgen: {} meetings x {} participants ({} audio, {} speaking, {} video at {} kbit/s, {} receive-only), ramp {}/s, hold {:?}, {} shards, {} client",
         s.meetings,
         s.participants,
         s.audio_publishers,
@@ -486,7 +522,8 @@ async fn main() -> ExitCode {
         s.subscribers_only,
         s.ramp,
         s.duration,
-        run.shards.len()
+        run.shards.len(),
+        run.client_name()
     );
     let mut samples = Vec::new();
     let mut prev = report::Cumulative::default();

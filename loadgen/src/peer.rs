@@ -138,25 +138,51 @@ impl Reception {
 
     /// Accounts one received RTP packet (its header and payload, after decryption).
     pub fn on_rtp(&mut self, header: &rtp::Header, payload: &[u8], now: Instant) {
+        let fields = RtpFields {
+            payload_type: header.payload_type,
+            seq: header.sequence_number,
+            timestamp: header.timestamp,
+            ssrc: header.ssrc,
+            clock: None,
+        };
+        self.on_rtp_parts(&fields, Some(payload), payload.len(), now);
+    }
+
+    /// Accounts one received RTP packet: its header fields, and its payload when it was
+    /// decrypted (else only its length: loss and jitter come from the clear header; latency,
+    /// senders and keyframes only from decrypted payloads).
+    pub fn on_rtp_parts(
+        &mut self,
+        header: &RtpFields,
+        payload: Option<&[u8]>,
+        payload_len: usize,
+        now: Instant,
+    ) {
         let now_us = self.now_us(now);
         self.observed.packets_in += 1;
-        self.observed.bytes_in += payload.len() as u64;
+        self.observed.bytes_in += payload_len as u64;
         if self.first_media.is_none() {
             self.first_media = Some(now);
         }
-        let clock = if header.payload_type == OPUS_PT || payload.len() < 100 {
-            48_000
-        } else {
-            90_000
-        };
+        let clock =
+            header
+                .clock
+                .unwrap_or(if header.payload_type == OPUS_PT || payload_len < 100 {
+                    48_000
+                } else {
+                    90_000
+                });
         let stream = self
             .streams
             .entry(header.ssrc)
             .or_insert_with(|| StreamRx::new(clock));
-        let arrival = stream.on_packet(header.sequence_number, header.timestamp, now_us);
+        let arrival = stream.on_packet(header.seq, header.timestamp, now_us);
         if arrival == Arrival::Duplicate {
             return;
         }
+        let Some(payload) = payload else {
+            return;
+        };
         if clock == 90_000 && media::vp8_is_keyframe(payload) {
             self.observed.keyframes_in += 1;
         }
@@ -169,6 +195,17 @@ impl Reception {
             }
         }
     }
+}
+
+/// The fields of an RTP header the accounting reads.
+pub struct RtpFields {
+    pub payload_type: u8,
+    pub seq: u16,
+    pub timestamp: u32,
+    pub ssrc: u32,
+    /// The stream's clock rate when the receiver knows it (else guessed from the payload
+    /// type and size).
+    pub clock: Option<u32>,
 }
 
 /// What a peer observed, drained by its shard into the shard's totals.
@@ -185,6 +222,9 @@ pub struct Observed {
     pub keyframes_in: u64,
     /// Gaps in senders' media (with `track_gaps`).
     pub gaps: Vec<Gap>,
+    /// Received packets that failed authentication or decryption, and DTLS records that
+    /// did not parse (the lean client counts them; the full one drops them inside `rtc`).
+    pub media_errors: u64,
 }
 
 pub struct Peer {

@@ -325,6 +325,8 @@ pub struct Packets {
     pub keyframe_requests: u64,
     pub keyframes_received: u64,
     pub send_drops: u64,
+    /// Received packets that failed authentication or decryption (lean client).
+    pub media_errors: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -349,6 +351,8 @@ pub struct ServerUsage {
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub target: String,
+    /// The participants' WebRTC client: full (`rtc`), lean, or floor (no protocol).
+    pub client: &'static str,
     pub url: String,
     pub scenario: Scenario,
     pub wall_s: f64,
@@ -395,6 +399,7 @@ impl Report {
         let (mut sent, mut received, mut expected, mut dups, mut kf, mut drops) =
             (0, 0, 0, 0, 0, 0);
         let mut keyframes_in = 0;
+        let mut media_errors = 0;
         let (mut connected, mut failed, mut jitter, mut streams) = (0, 0, 0.0, 0u64);
         for shard in &run.shards {
             if let Ok(t) = shard.totals.lock() {
@@ -405,6 +410,7 @@ impl Report {
                 dups += t.duplicates;
                 kf += t.keyframe_requests;
                 keyframes_in += t.keyframes_in;
+                media_errors += t.media_errors;
                 drops += t.send_drops;
                 connected += t.connected;
                 failed += t.failed;
@@ -441,6 +447,7 @@ impl Report {
         let max_held = stages.iter().rfind(|st| st.slo.held).cloned();
         Report {
             target: run.args.target.clone(),
+            client: run.client_name(),
             url: match run.args.target.as_str() {
                 "floor" => format!("udp://{}", run.args.floor_addr),
                 _ => run.args.url.clone(),
@@ -463,6 +470,7 @@ impl Report {
                 keyframe_requests: kf,
                 keyframes_received: keyframes_in,
                 send_drops: drops,
+                media_errors,
             },
             throughput: Throughput {
                 pps_in: mean(steady.iter().map(|x| x.pps_in)),
@@ -539,8 +547,18 @@ impl Report {
             (
                 "loss".into(),
                 format!(
-                    "{:.3}% ({} of {} packets)",
-                    self.loss_pct, self.packets.lost, self.packets.expected
+                    "{:.3}% ({} of {} packets){}",
+                    self.loss_pct,
+                    self.packets.lost,
+                    self.packets.expected,
+                    if self.packets.media_errors > 0 {
+                        format!(
+                            "; {} failed authentication or decryption",
+                            self.packets.media_errors
+                        )
+                    } else {
+                        String::new()
+                    }
                 ),
             ),
             (

@@ -26,6 +26,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::floor::FloorPeer;
+use crate::lean::LeanPeer;
 use crate::peer::{Peer, PeerOut, Reception, Sending};
 use crate::reconnect::Gap;
 use crate::stats::latency_histogram;
@@ -70,10 +71,25 @@ pub enum ShardCmd {
 /// What a participant speaks to the server.
 #[derive(Clone, Copy, Debug)]
 pub enum Link {
-    /// Signaling-negotiated WebRTC (ICE, DTLS, SRTP): Hearth, Janus.
+    /// Signaling-negotiated WebRTC (ICE, DTLS, SRTP) on the full `rtc` peer connection:
+    /// Hearth, Janus.
     WebRtc,
+    /// The same towards an ICE-lite server (Hearth) on the lean client ([`LeanPeer`]),
+    /// decrypting one received packet in `decrypt_every`.
+    Lean { decrypt_every: u32 },
     /// Plain RTP to the floor forwarder at `server`, registered in `meeting`.
     Floor { server: SocketAddr, meeting: u32 },
+}
+
+impl Link {
+    /// The client's name in reports.
+    pub fn client_name(&self) -> &'static str {
+        match self {
+            Link::WebRtc => "full",
+            Link::Lean { .. } => "lean",
+            Link::Floor { .. } => "floor",
+        }
+    }
 }
 
 /// A participant's connection, by [`Link`].
@@ -82,21 +98,39 @@ pub enum Link {
 #[allow(clippy::large_enum_variant)]
 enum Conn {
     WebRtc(Peer),
+    Lean(Box<LeanPeer>),
     Floor(FloorPeer),
 }
 
 impl Conn {
-    /// The WebRTC peer (signaling applies only to it).
-    fn webrtc(&mut self) -> Option<&mut Peer> {
+    fn on_remote_offer(&mut self, sdp: String) {
         match self {
-            Conn::WebRtc(p) => Some(p),
-            Conn::Floor(_) => None,
+            Conn::WebRtc(p) => p.on_remote_offer(sdp),
+            Conn::Lean(p) => p.on_remote_offer(sdp),
+            Conn::Floor(_) => {}
+        }
+    }
+
+    fn on_remote_answer(&mut self, sdp: String) {
+        match self {
+            Conn::WebRtc(p) => p.on_remote_answer(sdp),
+            Conn::Lean(p) => p.on_remote_answer(sdp),
+            Conn::Floor(_) => {}
+        }
+    }
+
+    /// Trickled candidates: the lean client talks to ICE-lite servers only, whose
+    /// candidates are in their descriptions.
+    fn on_remote_candidate(&mut self, c: RTCIceCandidateInit) {
+        if let Conn::WebRtc(p) = self {
+            p.on_remote_candidate(c);
         }
     }
 
     fn rx(&self) -> &Reception {
         match self {
             Conn::WebRtc(p) => &p.rx,
+            Conn::Lean(p) => &p.rx,
             Conn::Floor(p) => &p.rx,
         }
     }
@@ -104,6 +138,7 @@ impl Conn {
     fn rx_mut(&mut self) -> &mut Reception {
         match self {
             Conn::WebRtc(p) => &mut p.rx,
+            Conn::Lean(p) => &mut p.rx,
             Conn::Floor(p) => &mut p.rx,
         }
     }
@@ -111,6 +146,7 @@ impl Conn {
     fn pump(&mut self, now: Instant, send: impl FnMut(SocketAddr, &[u8])) {
         match self {
             Conn::WebRtc(p) => p.pump(now, send),
+            Conn::Lean(p) => p.pump(now, send),
             Conn::Floor(p) => p.pump(now, send),
         }
     }
@@ -118,6 +154,7 @@ impl Conn {
     fn take_out(&mut self) -> Vec<PeerOut> {
         match self {
             Conn::WebRtc(p) => p.take_out(),
+            Conn::Lean(p) => p.take_out(),
             Conn::Floor(p) => p.take_out(),
         }
     }
@@ -125,6 +162,7 @@ impl Conn {
     fn poll_timeout(&mut self) -> Option<Instant> {
         match self {
             Conn::WebRtc(p) => p.poll_timeout(),
+            Conn::Lean(p) => p.poll_timeout(),
             Conn::Floor(p) => p.poll_timeout(),
         }
     }
@@ -132,6 +170,7 @@ impl Conn {
     fn on_timeout(&mut self, now: Instant) {
         match self {
             Conn::WebRtc(p) => p.on_timeout(now),
+            Conn::Lean(p) => p.on_timeout(now),
             Conn::Floor(p) => p.on_timeout(now),
         }
     }
@@ -139,6 +178,7 @@ impl Conn {
     fn on_datagram(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
         match self {
             Conn::WebRtc(p) => p.on_datagram(from, data, now),
+            Conn::Lean(p) => p.on_datagram(from, data, now),
             Conn::Floor(p) => p.on_datagram(from, data, now),
         }
     }
@@ -146,6 +186,7 @@ impl Conn {
     fn send_audio(&mut self, now: Instant) {
         match self {
             Conn::WebRtc(p) => p.send_audio(now),
+            Conn::Lean(p) => p.send_audio(now),
             Conn::Floor(p) => p.send_audio(now),
         }
     }
@@ -153,13 +194,16 @@ impl Conn {
     fn send_video(&mut self, now: Instant) {
         match self {
             Conn::WebRtc(p) => p.send_video(now),
+            Conn::Lean(p) => p.send_video(now),
             Conn::Floor(p) => p.send_video(now),
         }
     }
 
     fn close(&mut self) {
-        if let Conn::WebRtc(p) = self {
-            p.close();
+        match self {
+            Conn::WebRtc(p) => p.close(),
+            Conn::Lean(p) => p.close(),
+            Conn::Floor(_) => {}
         }
     }
 }
@@ -173,6 +217,8 @@ pub struct Totals {
     pub send_drops: u64,
     pub keyframe_requests: u64,
     pub keyframes_in: u64,
+    /// Received packets or records that failed authentication, decryption or parsing.
+    pub media_errors: u64,
     /// Latency of packets received since the last reset (µs).
     pub latency_interval: Histogram<u64>,
     /// Latency of every packet (µs).
@@ -205,6 +251,7 @@ impl Totals {
             send_drops: 0,
             keyframe_requests: 0,
             keyframes_in: 0,
+            media_errors: 0,
             latency_interval: latency_histogram(),
             latency_total: latency_histogram(),
             join_ms: latency_histogram(),
@@ -394,6 +441,10 @@ impl Shard {
                 let local = SocketAddr::new(ip, self.port);
                 let conn = match link {
                     Link::WebRtc => Peer::new(id, local, sending, self.epoch).map(Conn::WebRtc),
+                    Link::Lean { decrypt_every } => {
+                        LeanPeer::new(id, local, sending, self.epoch, decrypt_every)
+                            .map(|p| Conn::Lean(Box::new(p)))
+                    }
                     Link::Floor { server, meeting } => Ok(Conn::Floor(FloorPeer::new(
                         id, server, meeting, sending, self.epoch,
                     ))),
@@ -430,21 +481,11 @@ impl Shard {
                     }
                 }
             }
-            ShardCmd::Offer { id, sdp } => self.with_peer(id, now, |c| {
-                if let Some(p) = c.webrtc() {
-                    p.on_remote_offer(sdp)
-                }
-            }),
-            ShardCmd::Answer { id, sdp } => self.with_peer(id, now, |c| {
-                if let Some(p) = c.webrtc() {
-                    p.on_remote_answer(sdp)
-                }
-            }),
-            ShardCmd::Candidate { id, candidate } => self.with_peer(id, now, |c| {
-                if let Some(p) = c.webrtc() {
-                    p.on_remote_candidate(candidate)
-                }
-            }),
+            ShardCmd::Offer { id, sdp } => self.with_peer(id, now, |c| c.on_remote_offer(sdp)),
+            ShardCmd::Answer { id, sdp } => self.with_peer(id, now, |c| c.on_remote_answer(sdp)),
+            ShardCmd::Candidate { id, candidate } => {
+                self.with_peer(id, now, |c| c.on_remote_candidate(candidate))
+            }
             ShardCmd::Remove { id } => {
                 if let Some(mut e) = self.peers.remove(&id) {
                     self.by_ip.remove(&e.ip);
@@ -578,6 +619,7 @@ impl Shard {
             t.bytes_out += std::mem::take(&mut o.bytes_out);
             t.keyframe_requests += std::mem::take(&mut o.keyframe_requests);
             t.keyframes_in += std::mem::take(&mut o.keyframes_in);
+            t.media_errors += std::mem::take(&mut o.media_errors);
             for us in o.latencies_us.drain(..) {
                 let us = us.max(1);
                 let _ = t.latency_interval.record(us);

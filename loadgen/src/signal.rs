@@ -64,6 +64,8 @@ pub struct Plan {
 
 /// What every participant task shares.
 pub struct Ctx {
+    /// The client participants use (full `rtc` or lean).
+    pub link: Link,
     pub ws_url: String,
     pub api_key: String,
     pub api_secret: String,
@@ -258,7 +260,7 @@ async fn session(
         out: out_tx,
         counts: !life.connected,
         watch: ctx.tracker.is_some(),
-        link: Link::WebRtc,
+        link: ctx.link,
         reply: reply_tx,
     });
     match reply_rx.await {

@@ -146,9 +146,18 @@ impl StreamRx {
     }
 
     /// Packets never received (so far; late ones may still come).
-    #[cfg(test)]
     pub fn lost(&self) -> u64 {
         self.expected().saturating_sub(self.received)
+    }
+
+    /// The extended highest sequence number received (as a receiver report writes it).
+    pub fn highest_extended(&self) -> u64 {
+        self.highest
+    }
+
+    /// Interarrival jitter in RTP timestamp units (as a receiver report writes it).
+    pub fn jitter_units(&self) -> f64 {
+        self.jitter
     }
 
     /// Jitter in milliseconds.

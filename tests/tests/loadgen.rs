@@ -16,8 +16,23 @@ fn bin(name: &str) -> PathBuf {
     hearth_tests::workspace_bin(name)
 }
 
+/// The full `rtc` client: besides media and the report, no error of any kind (the
+/// generator's trickled candidates were once refused as INVALID_CANDIDATE by the server).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_run_carries_media_and_reports_every_field() {
+    short_run("full", &[]).await;
+}
+
+/// The lean client, with one video publisher per meeting: the same checks, plus keyframes
+/// and no packet that failed authentication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_run_on_the_lean_client_carries_media_and_reports_every_field() {
+    let r = short_run("lean", &["--video-publishers", "1", "--video-kbps", "300"]).await;
+    assert!(r["packets"]["keyframes_received"].as_u64().unwrap_or(0) > 0, "{r}");
+    assert_eq!(r["packets"]["media_errors"], 0, "{r}");
+}
+
+async fn short_run(client: &str, extra: &[&str]) -> serde_json::Value {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -47,6 +62,8 @@ async fn a_short_run_carries_media_and_reports_every_field() {
         .args(["--api-key", KEY, "--api-secret", SECRET])
         .args(["--meetings", "20", "--participants", "3", "--speakers", "1"])
         .args(["--ramp", "30", "--duration", "10s"])
+        .args(["--client", client])
+        .args(extra)
         .args(["--server-pid", &pid.to_string()])
         .arg("--json")
         .arg(&json)
@@ -101,8 +118,15 @@ async fn a_short_run_carries_media_and_reports_every_field() {
     let chart = std::fs::read_to_string(&svg).expect("an SVG chart");
     assert!(chart.starts_with("<svg") && chart.contains("polyline"));
     assert!(stdout.contains("added latency"), "{stdout}");
+    assert_eq!(r["client"], client, "{stdout}");
+    assert_eq!(
+        r["errors"].as_object().map(|e| e.len()),
+        Some(0),
+        "no error of any kind: {stdout}"
+    );
     let _ = node.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
+    r
 }
 
 /// `--reconnect` against an in-process node: one participant's actor is made to fail (the
