@@ -313,6 +313,7 @@ pub async fn run(
             out = out_rx.recv() => match out {
                 Some(PeerOut::Failed(why)) => {
                     counters.error("FLOOR_NO_ANSWER");
+                    counters.failed_in("transport");
                     counters.example(format!("participant {}: {why}", plan.id));
                 }
                 Some(_) => {}

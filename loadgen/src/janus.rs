@@ -341,7 +341,7 @@ pub async fn run(
                     Some(PeerOut::Candidate(c)) => {
                         let _ = api.post(&format!("/{}/{hp}", api.session), json!({"janus": "trickle", "candidate": trickle(&c)})).await;
                     }
-                    Some(PeerOut::Failed(why)) => { counters.error("PEER_FAILED"); counters.example(why); }
+                    Some(PeerOut::Failed(why)) => { counters.error("PEER_FAILED"); counters.failed_in(crate::signal::phase_of(&why)); counters.example(why); }
                     Some(_) => {}
                     None => pub_out = None,
                 }
@@ -358,7 +358,7 @@ pub async fn run(
                     Some(PeerOut::Candidate(c)) => {
                         let _ = api.post(&format!("/{}/{hs}", api.session), json!({"janus": "trickle", "candidate": trickle(&c)})).await;
                     }
-                    Some(PeerOut::Failed(why)) => { counters.error("PEER_FAILED"); counters.example(why); }
+                    Some(PeerOut::Failed(why)) => { counters.error("PEER_FAILED"); counters.failed_in(crate::signal::phase_of(&why)); counters.example(why); }
                     Some(_) => {}
                     None => break,
                 }

@@ -21,7 +21,7 @@ use rtc::peer_connection::configuration::media_engine::{
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
 use rtc::peer_connection::transport::{
     CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
 };
@@ -236,6 +236,8 @@ pub struct Peer {
     need_offer: bool,
     pub connected: bool,
     pub failed: bool,
+    /// ICE connected (a failure after it is DTLS's or later).
+    ice_up: bool,
     audio: Option<Outgoing>,
     video: Option<Outgoing>,
     sending: Sending,
@@ -371,6 +373,7 @@ impl Peer {
             need_offer: false,
             connected: false,
             failed: false,
+            ice_up: false,
             audio: None,
             video: None,
             sending,
@@ -683,11 +686,19 @@ impl Peer {
                     self.out.push(PeerOut::Connected);
                 }
                 RTCPeerConnectionState::Failed => {
+                    let why = match (self.ice_up, self.connected) {
+                        (false, _) => "ICE: the peer connection failed before ICE connected",
+                        (true, false) => "DTLS: the peer connection failed after ICE connected",
+                        (true, true) => "transport: the connected peer connection failed",
+                    };
                     self.connected = false;
-                    self.fail("peer connection failed".into());
+                    self.fail(why.into());
                 }
                 _ => {}
             },
+            RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
+                RTCIceConnectionState::Connected | RTCIceConnectionState::Completed,
+            ) => self.ice_up = true,
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(_)) => {}
             _ => {}
         }

@@ -187,11 +187,21 @@ pub struct Slo {
     /// Media was measured: some packets were expected at the receivers. A run where nothing
     /// flowed (nobody published, or nobody connected) cannot hold an SLO.
     pub measured: bool,
+    /// Every participant connected, and every one whose meeting had publishers received
+    /// media (no connection failure in any phase).
+    pub connections_ok: bool,
     pub held: bool,
 }
 
 impl Slo {
-    fn of(loss_pct: f64, p99_ms: f64, join_p95_ms: u64, joined_all: bool, measured: bool) -> Slo {
+    fn of(
+        loss_pct: f64,
+        p99_ms: f64,
+        join_p95_ms: u64,
+        joined_all: bool,
+        measured: bool,
+        connections_ok: bool,
+    ) -> Slo {
         let loss_ok = loss_pct < SLO_LOSS_PCT;
         let latency_ok = p99_ms < SLO_P99_MS;
         let join_ok = join_p95_ms < SLO_JOIN_P95_MS && joined_all;
@@ -201,7 +211,8 @@ impl Slo {
             join_ok,
             reconnect_ok: true,
             measured,
-            held: measured && loss_ok && latency_ok && join_ok,
+            connections_ok,
+            held: measured && loss_ok && latency_ok && join_ok && connections_ok,
         }
     }
 
@@ -281,6 +292,7 @@ pub fn stage(samples: &[Sample], meetings: usize, participants: usize, run: &Run
             join_p95,
             joined as usize >= total,
             steady.iter().any(|s| s.pps_in > 0.0 || s.pps_out > 0.0),
+            run.counters.connection_failures() == 0,
         ),
     }
 }
@@ -373,6 +385,9 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// The first few failure reasons, verbatim.
     pub error_examples: Vec<String>,
+    /// Participants whose connection failed, by phase (signaling, ice, dtls, transport,
+    /// first_media).
+    pub connection_failures: BTreeMap<String, u64>,
     pub slo: Slo,
     pub stages: Vec<Stage>,
     pub max_held: Option<Stage>,
@@ -442,6 +457,7 @@ impl Report {
             join_ms.p95 as u64,
             joined as usize >= planned,
             expected > 0,
+            connected as usize >= planned && run.counters.connection_failures() == 0,
         )
         .with_reconnect(reconnect.as_ref(), chaos.as_ref());
         let max_held = stages.iter().rfind(|st| st.slo.held).cloned();
@@ -503,6 +519,12 @@ impl Report {
                 .examples
                 .lock()
                 .map(|e| e.clone())
+                .unwrap_or_default(),
+            connection_failures: run
+                .counters
+                .phases
+                .lock()
+                .map(|p| p.clone())
                 .unwrap_or_default(),
             errors: run
                 .counters
@@ -618,6 +640,17 @@ impl Report {
                 .collect();
             rows.push(("errors".into(), errors.join(", ")));
         }
+        if !self.connection_failures.is_empty() {
+            let phases: Vec<String> = self
+                .connection_failures
+                .iter()
+                .map(|(k, v)| format!("{k} x{v}"))
+                .collect();
+            rows.push(("connection failures by phase".into(), phases.join(", ")));
+        }
+        for example in &self.error_examples {
+            rows.push(("  e.g.".into(), example.clone()));
+        }
         if let Some(r) = &self.reconnect {
             rows.push((
                 "disconnected participants / disconnects / back".into(),
@@ -662,10 +695,11 @@ impl Report {
             (
                 "SLO (loss < 0.5%, p99 < 50 ms, join p95 < 1 s, all back, no one else noticed)",
                 format!(
-                    "broken (loss {}, latency {}, joins {}, reconnects {})",
+                    "broken (loss {}, latency {}, joins {}, connections {}, reconnects {})",
                     ok(self.slo.loss_ok),
                     ok(self.slo.latency_ok),
                     ok(self.slo.join_ok),
+                    ok(self.slo.connections_ok),
                     ok(self.slo.reconnect_ok)
                 ),
             )
@@ -673,10 +707,11 @@ impl Report {
             (
                 "SLO (loss < 0.5%, p99 < 50 ms, join p95 < 1 s)",
                 format!(
-                    "broken (loss {}, latency {}, joins {})",
+                    "broken (loss {}, latency {}, joins {}, connections {})",
                     ok(self.slo.loss_ok),
                     ok(self.slo.latency_ok),
-                    ok(self.slo.join_ok)
+                    ok(self.slo.join_ok),
+                    ok(self.slo.connections_ok)
                 ),
             )
         };

@@ -600,17 +600,15 @@ impl Shard {
             return;
         };
         for (id, e) in self.peers.iter_mut() {
-            if e.watch {
-                let rx = e.peer.rx_mut();
-                if !rx.observed.gaps.is_empty() {
-                    t.gaps.extend(rx.observed.gaps.drain(..).map(|g| (*id, g)));
-                }
-                if !e.first_media_told
-                    && let Some(first) = rx.first_media
-                {
-                    e.first_media_told = true;
-                    let _ = e.out.send(PeerOut::FirstMedia(first));
-                }
+            let rx = e.peer.rx_mut();
+            if e.watch && !rx.observed.gaps.is_empty() {
+                t.gaps.extend(rx.observed.gaps.drain(..).map(|g| (*id, g)));
+            }
+            if !e.first_media_told
+                && let Some(first) = rx.first_media
+            {
+                e.first_media_told = true;
+                let _ = e.out.send(PeerOut::FirstMedia(first));
             }
             let o = &mut e.peer.rx_mut().observed;
             t.packets_in += std::mem::take(&mut o.packets_in);

@@ -22,6 +22,20 @@ use crate::reconnect::{Backoff, Tracker};
 use crate::shard::{Link, ShardCmd, ShardHandle};
 
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A participant connected this long before its session ended, in a meeting where others
+/// publish, should have received media.
+const FIRST_MEDIA_GRACE: Duration = Duration::from_secs(5);
+
+/// The phase a peer failure (`PeerOut::Failed`) happened in, from its reason's prefix.
+pub fn phase_of(why: &str) -> &'static str {
+    if why.starts_with("ICE") {
+        "ice"
+    } else if why.starts_with("DTLS") {
+        "dtls"
+    } else {
+        "transport"
+    }
+}
 
 /// Counters shared by every participant task.
 #[derive(Default)]
@@ -31,6 +45,11 @@ pub struct Counters {
     pub errors: Mutex<BTreeMap<String, u64>>,
     /// The first few failure reasons, for the report.
     pub examples: Mutex<Vec<String>>,
+    /// Participants whose connection failed, by phase: `signaling` (the join),
+    /// `ice`, `dtls`, `transport` (the full client's peer connection failed after both),
+    /// `not_connected` (joined, never connected, no failure reported by the client),
+    /// `first_media` (connected, others published, nothing arrived).
+    pub phases: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Counters {
@@ -38,6 +57,17 @@ impl Counters {
         if let Ok(mut e) = self.errors.lock() {
             *e.entry(code.to_owned()).or_insert(0) += 1;
         }
+    }
+
+    pub fn failed_in(&self, phase: &str) {
+        if let Ok(mut p) = self.phases.lock() {
+            *p.entry(phase.to_owned()).or_insert(0) += 1;
+        }
+    }
+
+    /// Connection failures in every phase so far.
+    pub fn connection_failures(&self) -> u64 {
+        self.phases.lock().map_or(0, |p| p.values().sum())
     }
 
     pub fn example(&self, why: String) {
@@ -187,6 +217,8 @@ async fn session(
             }
         } else {
             counters.error(code);
+            counters.failed_in("signaling");
+            counters.example(format!("participant {}: join failed: {code}", plan.id));
             End::Final
         }
     };
@@ -276,6 +308,10 @@ async fn session(
     };
     let mut ping = tokio::time::interval(Duration::from_secs(10));
     ping.tick().await;
+    let mut connected_at = None;
+    let mut got_media = false;
+    // A connection failure of this session was counted (by phase).
+    let mut phase_counted = false;
     let end = loop {
         tokio::select! {
             frame = rx.next() => {
@@ -334,17 +370,24 @@ async fn session(
                     })),
                     Some(PeerOut::Connected) => {
                         life.connected = true;
+                        connected_at = Some(Instant::now());
                         if !plan.expects_media {
                             is_back(tracker, id, life, Instant::now());
                         }
                         None
                     }
                     Some(PeerOut::FirstMedia(at)) => {
+                        got_media = true;
                         is_back(tracker, id, life, at);
                         None
                     }
                     Some(PeerOut::Failed(why)) => {
                         counters.error("PEER_FAILED");
+                        if connected_at.is_none() && !rejoin {
+                            // A connection that never came up (a later loss is not one).
+                            counters.failed_in(phase_of(&why));
+                            phase_counted = true;
+                        }
                         counters.example(format!("participant {id}: {why}"));
                         if reconnect {
                             break lost("PEER_FAILED");
@@ -367,6 +410,30 @@ async fn session(
             }
         }
     };
+    if connected_at.is_none() && !phase_counted && !rejoin {
+        // Joined, but the media connection never came up and the client reported no failure
+        // (the server gave up first, or the run ended).
+        counters.failed_in("not_connected");
+        let ended = match &end {
+            End::Stopped => "the run ended",
+            End::Final => "ended for good",
+            End::Lost { reason, .. } => reason.as_str(),
+        };
+        counters.example(format!(
+            "participant {id}: joined, but its media never connected (session: {ended})"
+        ));
+    }
+    if end == End::Stopped
+        && plan.expects_media
+        && !got_media
+        && connected_at.is_some_and(|t| t.elapsed() >= FIRST_MEDIA_GRACE)
+    {
+        counters.error("NO_MEDIA");
+        counters.failed_in("first_media");
+        counters.example(format!(
+            "participant {id}: connected, others published, no media arrived"
+        ));
+    }
     let _ = shard.cmds.send(ShardCmd::Remove { id });
     end
 }

@@ -28,7 +28,10 @@ async fn a_short_run_carries_media_and_reports_every_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_run_on_the_lean_client_carries_media_and_reports_every_field() {
     let r = short_run("lean", &["--video-publishers", "1", "--video-kbps", "300"]).await;
-    assert!(r["packets"]["keyframes_received"].as_u64().unwrap_or(0) > 0, "{r}");
+    assert!(
+        r["packets"]["keyframes_received"].as_u64().unwrap_or(0) > 0,
+        "{r}"
+    );
     assert_eq!(r["packets"]["media_errors"], 0, "{r}");
 }
 
