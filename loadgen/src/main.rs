@@ -19,6 +19,7 @@
 //! `--target floor` sends the same packets, without any protocol, through the floor
 //! forwarder of `deploy/bench/` ([`floor`]), to measure the machine's floor for the traffic.
 
+mod agent;
 mod chaos;
 mod floor;
 mod janus;
@@ -50,7 +51,26 @@ use crate::signal::{Counters, Plan};
 
 /// Simulates meetings against a Hearth node and reports what it held.
 #[derive(Parser, Debug)]
-#[command(name = "hearth-loadgen", version)]
+#[command(name = "hearth-loadgen", version, args_override_self = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    args: Args,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Runs as an agent: a controller (`hearth-loadgen --agents ...`) places whole meetings
+    /// on it and reads its progress and results over TCP (one run at a time).
+    Agent {
+        /// Address to listen on for controllers.
+        #[arg(long, default_value = "0.0.0.0:7999")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(clap::Args, Debug, Clone)]
 struct Args {
     /// The node's HTTP URL.
     #[arg(long, env = "HEARTH_URL", default_value = "http://127.0.0.1:7880")]
@@ -154,6 +174,20 @@ struct Args {
     /// header; latency only from the decrypted ones.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     decrypt_every: u32,
+    /// Run the scenario across these agents (`hearth-loadgen agent` on each, comma-separated
+    /// host:port): whole meetings are placed on one agent each, the start is synchronised,
+    /// progress is merged live and the report covers all agents, with a row per agent.
+    #[arg(long, value_delimiter = ',')]
+    agents: Vec<String>,
+    /// (Set by a controller for its agents.) Index of this agent's first meeting.
+    #[arg(long, hide = true, default_value_t = 0)]
+    meeting_offset: usize,
+    /// (Set by a controller.) The run's tag, part of every meeting name.
+    #[arg(long, hide = true)]
+    run_tag: Option<String>,
+    /// (Set by a controller.) Start launching participants at this Unix time (ms).
+    #[arg(long, hide = true)]
+    start_at_ms: Option<u64>,
     /// What --chaos-every kills: participant, meeting (comma-separated).
     #[arg(long, default_value = "participant,meeting")]
     chaos_kinds: String,
@@ -260,6 +294,8 @@ pub struct Run {
     ctx: Arc<signal::Ctx>,
     run_tag: String,
     janus_http: Option<janus::Http>,
+    /// As an agent: progress and results go to the controller, as JSON lines.
+    stream: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 impl Run {
@@ -387,6 +423,9 @@ impl Run {
             self.collect_gaps();
             let sample = report::sample(self, prev).await;
             report::progress(&sample, self.planned.load(Ordering::Relaxed));
+            if let Some(tx) = &self.stream {
+                let _ = tx.send(agent::sample_line(&sample));
+            }
             samples.push(sample);
             if tokio::time::Instant::now() >= until {
                 break;
@@ -397,7 +436,19 @@ impl Run {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Agent { listen }) => agent::serve(listen).await,
+        None => run_main(cli.args, None).await,
+    }
+}
+
+/// One run: standalone (prints the report), as a controller of agents (`--agents`), or as
+/// an agent (`stream`: progress and results go to the controller).
+async fn run_main(
+    args: Args,
+    stream: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+) -> ExitCode {
     let s = match scenario(&args) {
         Ok(s) => s,
         Err(e) => {
@@ -416,10 +467,23 @@ async fn main() -> ExitCode {
         },
     };
     let epoch = Instant::now();
-    let n_shards = args
-        .shards
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
+    let controller = !args.agents.is_empty();
+    if controller && (args.find_max || args.reconnect || args.chaos_every.is_some()) {
+        eprintln!("error: --agents runs one hold (no --find-max, --reconnect or --chaos-every)");
+        return ExitCode::from(2);
+    }
+    if controller && args.agents.len() > s.meetings.max(1) {
+        eprintln!("error: --agents: more agents than meetings (meetings are placed whole)");
+        return ExitCode::from(2);
+    }
+    // A controller runs no participants itself.
+    let n_shards = if controller {
+        0
+    } else {
+        args.shards
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
+    };
     let mut shards = Vec::new();
     for _ in 0..n_shards {
         match Shard::spawn(SocketAddr::from(([0, 0, 0, 0], 0)), epoch) {
@@ -465,7 +529,10 @@ async fn main() -> ExitCode {
     };
     let (stop, _) = watch::channel(false);
     let tracker = (hearth && args.reconnect).then(|| Arc::new(reconnect::Tracker::default()));
-    let run_tag = format!("{:x}", s.seed ^ u64::from(std::process::id()));
+    let run_tag = args
+        .run_tag
+        .clone()
+        .unwrap_or_else(|| format!("{:x}", s.seed ^ u64::from(std::process::id())));
     let chaos = match (args.chaos_every, &tracker) {
         (Some(_), Some(tracker)) => match chaos::Chaos::connect(
             &args.url,
@@ -497,7 +564,8 @@ async fn main() -> ExitCode {
         counters: Arc::new(Counters::default()),
         stop,
         epoch,
-        next_id: AtomicU32::new(0),
+        // Agents number their participants from their first meeting (distinct addresses).
+        next_id: AtomicU32::new((args.meeting_offset * s.participants) as u32),
         planned: AtomicUsize::new(0),
         server: tokio::sync::Mutex::new(server),
         ctx: Arc::new(signal::Ctx {
@@ -509,10 +577,11 @@ async fn main() -> ExitCode {
         }),
         run_tag,
         janus_http: janus.then(janus::http),
+        stream,
         args,
     };
     eprintln!(
-        "hearth-loadgen: {} meetings x {} participants ({} audio, {} speaking, {} video at {} kbit/s, {} receive-only), ramp {}/s, hold {:?}, {} shards, {} client",
+        "hearth-loadgen: {} meetings x {} participants ({} audio, {} speaking, {} video at {} kbit/s, {} receive-only), ramp {}/s, hold {:?}, {}, {} client",
         s.meetings,
         s.participants,
         s.audio_publishers,
@@ -522,7 +591,11 @@ async fn main() -> ExitCode {
         s.subscribers_only,
         s.ramp,
         s.duration,
-        run.shards.len(),
+        if controller {
+            format!("{} agents", run.args.agents.len())
+        } else {
+            format!("{} shards", run.shards.len())
+        },
         run.client_name()
     );
     let mut samples = Vec::new();
@@ -530,7 +603,17 @@ async fn main() -> ExitCode {
     let mut stages = Vec::new();
     let mut kills = Vec::new();
     let started = Instant::now();
-    if run.args.find_max {
+    if let Some(at) = run.args.start_at_ms {
+        // A controller's synchronised start (agents' clocks agree, e.g. by NTP).
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms).min(60_000))).await;
+    }
+    let mut agent_results = None;
+    if controller {
+        agent_results = Some(agent::drive(&run, &s, &mut samples, &mut prev).await);
+    } else if run.args.find_max {
         let step = run.args.step.unwrap_or(s.meetings).max(1);
         let mut meetings = 0;
         let mut target = s.meetings;
@@ -567,8 +650,9 @@ async fn main() -> ExitCode {
                 _ => Vec::new(),
             }
         };
+        let first = run.args.meeting_offset;
         let ((), (), k) = tokio::join!(
-            run.launch(&s, 0, s.meetings),
+            run.launch(&s, first, first + s.meetings),
             run.observe(until, &mut samples, &mut prev),
             drill
         );
@@ -593,7 +677,25 @@ async fn main() -> ExitCode {
         .chaos_every
         .zip(run.ctx.tracker.as_deref())
         .map(|(every, t)| chaos::ChaosReport::build(&kills, every, &kinds, t, run.epoch));
-    let report = Report::build(&s, &run, &samples, stages, started.elapsed(), chaos).await;
+    let (parts, agent_rows) = match agent_results {
+        Some((parts, rows)) => (parts, rows),
+        None => (report::Parts::local(&run), Vec::new()),
+    };
+    if let Some(tx) = &run.stream {
+        let _ = tx.send(agent::result_line(&parts, &samples, s.duration));
+        return ExitCode::SUCCESS;
+    }
+    let report = Report::build(
+        &s,
+        &run,
+        &parts,
+        &samples,
+        stages,
+        started.elapsed(),
+        chaos,
+        agent_rows,
+    )
+    .await;
     eprintln!();
     println!("{}", report.table());
     if let Some(c) = &report.chaos {

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Run;
 use crate::chaos::ChaosReport;
@@ -34,7 +34,7 @@ pub struct Cumulative {
 }
 
 /// One second of the run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Sample {
     pub t_s: f64,
     pub joined: u64,
@@ -190,6 +190,8 @@ pub struct Slo {
     /// Every participant connected, and every one whose meeting had publishers received
     /// media (no connection failure in any phase).
     pub connections_ok: bool,
+    /// With --agents: every agent delivered its results (always true without agents).
+    pub agents_ok: bool,
     pub held: bool,
 }
 
@@ -212,6 +214,7 @@ impl Slo {
             reconnect_ok: true,
             measured,
             connections_ok,
+            agents_ok: true,
             held: measured && loss_ok && latency_ok && join_ok && connections_ok,
         }
     }
@@ -223,6 +226,23 @@ impl Slo {
         self.held &= self.reconnect_ok;
         self
     }
+}
+
+/// One agent of a distributed run (`--agents`).
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentRow {
+    pub agent: String,
+    /// First meeting index and meetings placed on it (whole meetings).
+    pub first_meeting: usize,
+    pub meetings: usize,
+    pub participants_planned: usize,
+    pub participants_connected: u64,
+    pub loss_pct: f64,
+    pub latency_p99_ms: f64,
+    pub loadgen_cpu_pct_avg: Option<f64>,
+    pub errors: BTreeMap<String, u64>,
+    /// `done`, or why the agent's results are missing (it died or was unreachable).
+    pub status: String,
 }
 
 /// One stage of `--find-max`.
@@ -389,6 +409,9 @@ pub struct Report {
     /// first_media).
     pub connection_failures: BTreeMap<String, u64>,
     pub slo: Slo,
+    /// With --agents: one row per agent (an agent lost mid-run breaks the SLO).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<AgentRow>,
     pub stages: Vec<Stage>,
     pub max_held: Option<Stage>,
     /// With --reconnect: disconnects, reconnects and the time back.
@@ -400,39 +423,186 @@ pub struct Report {
     pub timeline: Vec<Sample>,
 }
 
+/// What a run measured at its receivers, summed over shards (and, for a controller, over
+/// agents): the parts of a report that do not come from the per-second samples.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Parts {
+    pub planned: usize,
+    pub joined: u64,
+    pub connected: u64,
+    pub failed: u64,
+    pub sent: u64,
+    pub received: u64,
+    pub expected: u64,
+    pub duplicates: u64,
+    pub keyframe_requests: u64,
+    pub keyframes_in: u64,
+    pub media_errors: u64,
+    pub send_drops: u64,
+    pub jitter_ms_sum: f64,
+    pub streams: u64,
+    /// Latency of every packet (µs) and join times (ms), as serialized HdrHistograms
+    /// (V2, base64), so that agents' histograms merge exactly.
+    pub latency_us: String,
+    pub join_ms: String,
+    pub errors: BTreeMap<String, u64>,
+    pub connection_failures: BTreeMap<String, u64>,
+    pub examples: Vec<String>,
+}
+
+fn encode_histogram(h: &Histogram<u64>) -> String {
+    use base64::Engine as _;
+    use hdrhistogram::serialization::Serializer as _;
+    let mut out = Vec::new();
+    let _ = hdrhistogram::serialization::V2Serializer::new().serialize(h, &mut out);
+    base64::engine::general_purpose::STANDARD.encode(out)
+}
+
+fn decode_histogram(s: &str) -> Option<Histogram<u64>> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
+    hdrhistogram::serialization::Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .ok()
+}
+
+/// The 99th percentile (ms) of a serialized latency histogram (µs).
+pub fn p99_ms(serialized: &str) -> f64 {
+    decode_histogram(serialized).map_or(0.0, |h| ms(&h, 0.99))
+}
+
+impl Parts {
+    /// This process's shards and counters.
+    pub fn local(run: &Run) -> Parts {
+        let mut latency = latency_histogram();
+        let join = join_histogram(run);
+        let mut p = Parts {
+            planned: run.planned.load(Ordering::Relaxed),
+            joined: run.counters.joined.load(Ordering::Relaxed),
+            connected: 0,
+            failed: 0,
+            sent: 0,
+            received: 0,
+            expected: 0,
+            duplicates: 0,
+            keyframe_requests: 0,
+            keyframes_in: 0,
+            media_errors: 0,
+            send_drops: 0,
+            jitter_ms_sum: 0.0,
+            streams: 0,
+            latency_us: String::new(),
+            join_ms: String::new(),
+            errors: run
+                .counters
+                .errors
+                .lock()
+                .map(|e| e.clone())
+                .unwrap_or_default(),
+            connection_failures: run
+                .counters
+                .phases
+                .lock()
+                .map(|p| p.clone())
+                .unwrap_or_default(),
+            examples: run
+                .counters
+                .examples
+                .lock()
+                .map(|e| e.clone())
+                .unwrap_or_default(),
+        };
+        for shard in &run.shards {
+            if let Ok(t) = shard.totals.lock() {
+                let _ = latency.add(&t.latency_total);
+                p.sent += t.packets_out;
+                p.received += t.received;
+                p.expected += t.expected;
+                p.duplicates += t.duplicates;
+                p.keyframe_requests += t.keyframe_requests;
+                p.keyframes_in += t.keyframes_in;
+                p.media_errors += t.media_errors;
+                p.send_drops += t.send_drops;
+                p.connected += t.connected;
+                p.failed += t.failed;
+                p.jitter_ms_sum += t.jitter_ms_sum;
+                p.streams += t.streams;
+            }
+        }
+        p.latency_us = encode_histogram(&latency);
+        p.join_ms = encode_histogram(&join);
+        p
+    }
+
+    /// Adds another agent's parts (histograms merged exactly).
+    pub fn add(&mut self, o: &Parts) {
+        self.planned += o.planned;
+        self.joined += o.joined;
+        self.connected += o.connected;
+        self.failed += o.failed;
+        self.sent += o.sent;
+        self.received += o.received;
+        self.expected += o.expected;
+        self.duplicates += o.duplicates;
+        self.keyframe_requests += o.keyframe_requests;
+        self.keyframes_in += o.keyframes_in;
+        self.media_errors += o.media_errors;
+        self.send_drops += o.send_drops;
+        self.jitter_ms_sum += o.jitter_ms_sum;
+        self.streams += o.streams;
+        for (mine, theirs) in [
+            (&mut self.latency_us, &o.latency_us),
+            (&mut self.join_ms, &o.join_ms),
+        ] {
+            let mut h = decode_histogram(mine).unwrap_or_else(latency_histogram);
+            if let Some(t) = decode_histogram(theirs) {
+                let _ = h.add(&t);
+            }
+            *mine = encode_histogram(&h);
+        }
+        for (k, v) in &o.errors {
+            *self.errors.entry(k.clone()).or_insert(0) += v;
+        }
+        for (k, v) in &o.connection_failures {
+            *self.connection_failures.entry(k.clone()).or_insert(0) += v;
+        }
+        for e in &o.examples {
+            if self.examples.len() < 5 {
+                self.examples.push(e.clone());
+            }
+        }
+    }
+}
+
 impl Report {
+    #[allow(clippy::too_many_arguments)]
     pub async fn build(
         s: &Scenario,
         run: &Run,
+        parts: &Parts,
         samples: &[Sample],
         stages: Vec<Stage>,
         wall: Duration,
         chaos: Option<ChaosReport>,
+        agents: Vec<AgentRow>,
     ) -> Report {
-        let mut latency = latency_histogram();
-        let join = join_histogram(run);
-        let (mut sent, mut received, mut expected, mut dups, mut kf, mut drops) =
-            (0, 0, 0, 0, 0, 0);
-        let mut keyframes_in = 0;
-        let mut media_errors = 0;
-        let (mut connected, mut failed, mut jitter, mut streams) = (0, 0, 0.0, 0u64);
-        for shard in &run.shards {
-            if let Ok(t) = shard.totals.lock() {
-                let _ = latency.add(&t.latency_total);
-                sent += t.packets_out;
-                received += t.received;
-                expected += t.expected;
-                dups += t.duplicates;
-                kf += t.keyframe_requests;
-                keyframes_in += t.keyframes_in;
-                media_errors += t.media_errors;
-                drops += t.send_drops;
-                connected += t.connected;
-                failed += t.failed;
-                jitter += t.jitter_ms_sum;
-                streams += t.streams;
-            }
-        }
+        let latency = decode_histogram(&parts.latency_us).unwrap_or_else(latency_histogram);
+        let join = decode_histogram(&parts.join_ms).unwrap_or_else(latency_histogram);
+        let (sent, received, expected, dups, kf, drops) = (
+            parts.sent,
+            parts.received,
+            parts.expected,
+            parts.duplicates,
+            parts.keyframe_requests,
+            parts.send_drops,
+        );
+        let (keyframes_in, media_errors) = (parts.keyframes_in, parts.media_errors);
+        let (connected, failed, jitter, streams) = (
+            parts.connected,
+            parts.failed,
+            parts.jitter_ms_sum,
+            parts.streams,
+        );
         let hold = (s.duration.as_secs() as usize).min(samples.len());
         let steady = &samples[samples.len() - hold..];
         let steady = if steady.len() > 3 {
@@ -447,8 +617,7 @@ impl Report {
         };
         let latency_ms = percentiles(&latency, 1000.0);
         let join_ms = percentiles(&join, 1.0);
-        let joined = run.counters.joined.load(Ordering::Relaxed);
-        let planned = run.planned.load(Ordering::Relaxed);
+        let (joined, planned) = (parts.joined, parts.planned);
         let cpu: Vec<f64> = steady.iter().filter_map(|x| x.server_cpu_pct).collect();
         let reconnect = run.ctx.tracker.as_ref().map(|t| t.report());
         let slo = Slo::of(
@@ -457,9 +626,12 @@ impl Report {
             join_ms.p95 as u64,
             joined as usize >= planned,
             expected > 0,
-            connected as usize >= planned && run.counters.connection_failures() == 0,
+            connected as usize >= planned && parts.connection_failures.values().sum::<u64>() == 0,
         )
         .with_reconnect(reconnect.as_ref(), chaos.as_ref());
+        let mut slo = slo;
+        slo.agents_ok = agents.iter().all(|a| a.status == "done");
+        slo.held &= slo.agents_ok;
         let max_held = stages.iter().rfind(|st| st.slo.held).cloned();
         Report {
             target: run.args.target.clone(),
@@ -514,25 +686,11 @@ impl Report {
                     (!own.is_empty()).then(|| mean(own.into_iter()))
                 },
             },
-            error_examples: run
-                .counters
-                .examples
-                .lock()
-                .map(|e| e.clone())
-                .unwrap_or_default(),
-            connection_failures: run
-                .counters
-                .phases
-                .lock()
-                .map(|p| p.clone())
-                .unwrap_or_default(),
-            errors: run
-                .counters
-                .errors
-                .lock()
-                .map(|e| e.clone())
-                .unwrap_or_default(),
+            error_examples: parts.examples.clone(),
+            connection_failures: parts.connection_failures.clone(),
+            errors: parts.errors.clone(),
             slo,
+            agents,
             stages,
             max_held,
             reconnect,
@@ -648,6 +806,34 @@ impl Report {
                 .collect();
             rows.push(("connection failures by phase".into(), phases.join(", ")));
         }
+        for a in &self.agents {
+            rows.push((
+                format!("agent {}", a.agent),
+                format!(
+                    "meetings {}..{}: {} / {} connected, loss {:.3}%, p99 {:.2} ms, loadgen cpu {}, {}{}",
+                    a.first_meeting,
+                    a.first_meeting + a.meetings,
+                    a.participants_connected,
+                    a.participants_planned,
+                    a.loss_pct,
+                    a.latency_p99_ms,
+                    opt(a.loadgen_cpu_pct_avg, "%"),
+                    a.status,
+                    if a.errors.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            ", errors {}",
+                            a.errors
+                                .iter()
+                                .map(|(k, v)| format!("{k} x{v}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }
+                ),
+            ));
+        }
         for example in &self.error_examples {
             rows.push(("  e.g.".into(), example.clone()));
         }
@@ -717,6 +903,8 @@ impl Report {
         };
         let verdict = if self.slo.held {
             "held".into()
+        } else if !self.slo.agents_ok {
+            "BROKEN: an agent's results are missing (see its row)".into()
         } else if !self.slo.measured {
             "NOT MEASURED: no media flowed (nobody published, or nobody connected)".into()
         } else {

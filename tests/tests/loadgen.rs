@@ -371,3 +371,138 @@ async fn a_run_with_no_media_does_not_pass_its_slo() {
     let _ = node.wait().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Starts `hearth-loadgen agent` on a free loopback port; returns it and its address.
+async fn agent() -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = Command::new(bin("hearth-loadgen"))
+        .args(["agent", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("agent starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("the agent says where it listens")
+        .expect("read")
+        .expect("a line");
+    let addr = first.rsplit(' ').next().expect("an address").to_owned();
+    (child, addr)
+}
+
+/// Two agents and a controller: meetings are placed whole on each agent, and one merged
+/// report counts everyone, with a row per agent. Then a second run loses an agent
+/// mid-run: the report names it as lost and the run fails its SLO.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_share_a_run_and_a_dead_agent_is_reported() {
+    use tokio::io::AsyncBufReadExt;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let dir = std::env::temp_dir().join(format!("hearth-loadgen-agents-{port}"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut node = Command::new(bin("hearth"));
+    let mut node = hearth_tests::node_args(&mut node, port, (KEY, SECRET), &dir.join("data"))
+        .spawn()
+        .expect("node starts");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_a1, addr1) = agent().await;
+    let (mut a2, addr2) = agent().await;
+    let controller = |json: &std::path::Path, hold: &str| {
+        let mut c = Command::new(bin("hearth-loadgen"));
+        c.args(["--url", &format!("http://127.0.0.1:{port}")])
+            .args(["--api-key", KEY, "--api-secret", SECRET])
+            .args(["--agents", &format!("{addr1},{addr2}")])
+            .args(["--meetings", "4", "--participants", "3", "--client", "lean"])
+            .args(["--duration", hold])
+            .arg("--json")
+            .arg(json)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        c
+    };
+    let json = dir.join("agents.json");
+    let out = tokio::time::timeout(Duration::from_secs(90), controller(&json, "4s").output())
+        .await
+        .expect("the run ends in time")
+        .expect("the controller runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("a JSON report"))
+            .expect("JSON");
+    assert!(out.status.success(), "{stdout}");
+    assert_eq!(r["participants_connected"], 12, "{stdout}");
+    let agents = r["agents"].as_array().expect("agent rows");
+    assert_eq!(agents.len(), 2);
+    for (a, first) in agents.iter().zip([0, 2]) {
+        assert_eq!(a["status"], "done", "{a}");
+        assert_eq!(a["first_meeting"], first, "{a}");
+        assert_eq!(a["meetings"], 2, "{a}");
+        assert_eq!(a["participants_connected"], 6, "{a}");
+    }
+    assert!(
+        r["packets"]["received"].as_u64().unwrap_or(0) > 1000,
+        "{stdout}"
+    );
+    assert!(r["loss_pct"].as_f64().unwrap_or(100.0) < 1.0, "{stdout}");
+    assert_eq!(r["slo"]["held"], true, "{stdout}");
+
+    // Second run: kill the second agent once everyone is connected.
+    let json = dir.join("lost.json");
+    let mut run = controller(&json, "8s")
+        .spawn()
+        .expect("the controller runs");
+    let stderr = run.stderr.take().expect("stderr");
+    let mut progress = tokio::io::BufReader::new(stderr).lines();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = progress.next_line().await {
+            if line.contains("connected 12 ") {
+                return;
+            }
+        }
+        panic!("the run ended before everyone connected");
+    })
+    .await
+    .expect("everyone connects");
+    a2.start_kill().expect("kill the agent");
+    let drain = tokio::spawn(async move { while let Ok(Some(_)) = progress.next_line().await {} });
+    let out = tokio::time::timeout(Duration::from_secs(90), run.wait_with_output())
+        .await
+        .expect("the run ends in time")
+        .expect("the controller runs");
+    let _ = drain.await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "a lost agent fails the run:\n{stdout}"
+    );
+    assert!(stdout.contains("lost"), "{stdout}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("a JSON report"))
+            .expect("JSON");
+    assert_eq!(r["agents"][0]["status"], "done", "{stdout}");
+    assert!(
+        r["agents"][1]["status"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("lost")),
+        "{stdout}"
+    );
+    assert_eq!(r["slo"]["agents_ok"], false);
+    assert_eq!(r["slo"]["held"], false);
+    node.start_kill().expect("kill");
+    let _ = node.wait().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
