@@ -77,7 +77,7 @@ pub fn result_line(parts: &Parts, samples: &[Sample], hold: Duration) -> String 
 // ---- the agent -----------------------------------------------------------------------------
 
 /// Serves controllers, one run at a time (a second controller waits for the first's run).
-pub async fn serve(listen: SocketAddr) -> ExitCode {
+pub async fn serve(listen: SocketAddr, local_net: Option<std::net::Ipv4Addr>) -> ExitCode {
     let listener = match TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -96,7 +96,7 @@ pub async fn serve(listen: SocketAddr) -> ExitCode {
         match listener.accept().await {
             Ok((socket, peer)) => {
                 eprintln!("agent: controller {peer} connected");
-                job(socket).await;
+                job(socket, local_net).await;
                 eprintln!("agent: controller {peer} done");
             }
             Err(e) => eprintln!("agent: accept failed: {e}"),
@@ -104,7 +104,7 @@ pub async fn serve(listen: SocketAddr) -> ExitCode {
     }
 }
 
-async fn job(socket: TcpStream) {
+async fn job(socket: TcpStream, local_net: Option<std::net::Ipv4Addr>) {
     let (read, mut write) = socket.into_split();
     let mut lines = BufReader::new(read).lines();
     let refuse = |why: String| line(&Line::Error(why));
@@ -123,7 +123,13 @@ async fn job(socket: TcpStream) {
     let args = match <Cli as clap::Parser>::try_parse_from(
         std::iter::once("hearth-loadgen".to_owned()).chain(job.args),
     ) {
-        Ok(cli) if cli.command.is_none() && cli.args.agents.is_empty() => cli.args,
+        Ok(cli) if cli.command.is_none() && cli.args.agents.is_empty() => {
+            let mut args = cli.args;
+            if let Some(net) = local_net {
+                args.local_net = net;
+            }
+            args
+        }
         Ok(_) => {
             let _ = write
                 .write_all(refuse("an agent runs a plain scenario".into()).as_bytes())

@@ -67,6 +67,10 @@ enum Command {
         /// Address to listen on for controllers.
         #[arg(long, default_value = "0.0.0.0:7999")]
         listen: SocketAddr,
+        /// This machine's range of participant addresses (overrides the controller's
+        /// `--local-net`; each machine routes its own range).
+        #[arg(long)]
+        local_net: Option<Ipv4Addr>,
     },
 }
 
@@ -438,7 +442,7 @@ impl Run {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Agent { listen }) => agent::serve(listen).await,
+        Some(Command::Agent { listen, local_net }) => agent::serve(listen, local_net).await,
         None => run_main(cli.args, None).await,
     }
 }
