@@ -378,6 +378,11 @@ impl Actor for MeetingActor {
             } => {
                 let found = match state.members.get(&participant) {
                     Some(member) => {
+                        // The actor is told first: the session, once it has passed the
+                        // error below to the client, ends with a `Leave` of its own into
+                        // the same mailbox, which must not overtake this one (it would
+                        // turn a removal into an ordinary leave for everyone else).
+                        let _ = member.actor.send_message(ParticipantMsg::Leave(reason));
                         if reason == LeaveReason::Removed {
                             let now = SystemTime::now();
                             let until = member
@@ -389,14 +394,14 @@ impl Actor for MeetingActor {
                                 now,
                                 until,
                             );
-                            // Ahead of the session's end in the same queue: the client
-                            // learns it was removed, and does not reconnect.
+                            // Ahead of the session's end in the same queue (the meeting
+                            // still holds a sender of it): the client learns it was
+                            // removed, and does not reconnect.
                             member.signal.send(ServerSignal::Error(SignalError::fatal(
                                 SignalErrorCode::Removed,
                                 "you were removed from the meeting",
                             )));
                         }
-                        let _ = member.actor.send_message(ParticipantMsg::Leave(reason));
                         true
                     }
                     None => false,
