@@ -254,7 +254,8 @@ pub struct ParticipantState {
     media_tx: InboxSender<MediaItem, ParticipantMsg>,
     wakeup: crate::timer::Wakeup,
     published: Vec<Published>,
-    subscriptions: HashMap<TrackKey, Subscription>,
+    /// Boxed: a map's table holds several slots per entry, and a subscription is large.
+    subscriptions: HashMap<TrackKey, Box<Subscription>>,
     by_out_ssrc: HashMap<u32, TrackKey>,
     pending_ops: Vec<SubOp>,
     /// Offer again even without new subscription changes (a failed exchange).
@@ -1339,7 +1340,7 @@ impl ParticipantState {
                             });
                             self.subscriptions.insert(
                                 track.key,
-                                Subscription {
+                                Box::new(Subscription {
                                     key: track.key,
                                     track: track.info.id.clone(),
                                     publisher_ref: track.publisher_ref.clone(),
@@ -1353,7 +1354,7 @@ impl ParticipantState {
                                         RETRANSMIT_RATE,
                                         RETRANSMIT_BURST,
                                     ),
-                                },
+                                }),
                             );
                             changed = true;
                         }

@@ -489,9 +489,9 @@ async fn signal(
     // Frames up to 1 MiB reach the decoder, which answers MESSAGE_TOO_LARGE above 64 KiB;
     // bigger ones end the connection at the transport.
     // The read buffer is allocated up front for every connection (128 KiB by default, the
-    // largest single item of a participant's memory); signaling messages are a few KiB, and
-    // the buffer grows for a larger one.
-    ws.read_buffer_size(8 * 1024)
+    // largest single item of a participant's memory); signaling messages are a few KiB and
+    // mostly arrive before the media starts, and a larger one is read in several chunks.
+    ws.read_buffer_size(2 * 1024)
         .max_message_size(1 << 20)
         .max_frame_size(1 << 20)
         .on_upgrade(move |socket| crate::signaling::run(socket, state, conn.map(|c| c.0)))
