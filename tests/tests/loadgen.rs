@@ -16,6 +16,32 @@ fn bin(name: &str) -> PathBuf {
     hearth_tests::workspace_bin(name)
 }
 
+/// A node process on a free port with its own data directory, ready (`/readyz`).
+async fn start_node(tag: &str) -> (tokio::process::Child, u16, PathBuf) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let dir = std::env::temp_dir().join(format!("hearth-loadgen-{tag}-{port}"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut node = Command::new(bin("hearth"));
+    let node = hearth_tests::node_args(&mut node, port, (KEY, SECRET), &dir.join("data"))
+        .spawn()
+        .expect("node starts");
+    // Ready when /readyz answers (bounded polling; the node starts in milliseconds).
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(hearth_tests::http_get(addr, "/readyz").await, "ready");
+    (node, port, dir)
+}
+
 /// The full `rtc` client: besides media and the report, no error of any kind (the
 /// generator's trickled candidates were once refused as INVALID_CANDIDATE by the server).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,28 +62,8 @@ async fn a_short_run_on_the_lean_client_carries_media_and_reports_every_field() 
 }
 
 async fn short_run(client: &str, extra: &[&str]) -> serde_json::Value {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let dir = std::env::temp_dir().join(format!("hearth-loadgen-test-{port}"));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let mut node = Command::new(bin("hearth"));
-    let mut node = hearth_tests::node_args(&mut node, port, (KEY, SECRET), &dir.join("data"))
-        .spawn()
-        .expect("node starts");
+    let (mut node, port, dir) = start_node("test").await;
     let pid = node.id().expect("pid");
-    // Ready when /readyz answers (bounded polling; the node starts in milliseconds).
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the node never listened"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(hearth_tests::http_get(addr, "/readyz").await, "ready");
     let json = dir.join("report.json");
     let svg = dir.join("report.svg");
     let run = Command::new(bin("hearth-loadgen"))
@@ -320,25 +326,7 @@ async fn chaos_kills_only_disturb_the_killed_actors_participants() {
 /// says so and the exit status is non-zero.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_with_no_media_does_not_pass_its_slo() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let dir = std::env::temp_dir().join(format!("hearth-loadgen-silent-{port}"));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let mut node = Command::new(bin("hearth"));
-    let mut node = hearth_tests::node_args(&mut node, port, (KEY, SECRET), &dir.join("data"))
-        .spawn()
-        .expect("node starts");
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the node never listened"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (mut node, port, dir) = start_node("silent").await;
     let json = dir.join("report.json");
     let run = Command::new(bin("hearth-loadgen"))
         .args(["--url", &format!("http://127.0.0.1:{port}")])
@@ -399,25 +387,7 @@ async fn agent() -> (tokio::process::Child, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_share_a_run_and_a_dead_agent_is_reported() {
     use tokio::io::AsyncBufReadExt;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let dir = std::env::temp_dir().join(format!("hearth-loadgen-agents-{port}"));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let mut node = Command::new(bin("hearth"));
-    let mut node = hearth_tests::node_args(&mut node, port, (KEY, SECRET), &dir.join("data"))
-        .spawn()
-        .expect("node starts");
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the node never listened"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (mut node, port, dir) = start_node("agents").await;
     let (_a1, addr1) = agent().await;
     let (mut a2, addr2) = agent().await;
     let controller = |json: &std::path::Path, hold: &str| {
