@@ -12,10 +12,13 @@
 //! second and `{"result": ...}` at the end (its counters and serialized latency and join
 //! histograms, merged exactly by the controller), or `{"error": "..."}`.
 //!
-//! An agent whose connection closes before its result (it died, or its machine did) is
-//! reported as lost with the reason, and the run cannot pass its SLO. Live progress merges
-//! counts exactly; its per-second latency percentiles are the worst agent's (the report's
-//! whole-run percentiles are exact). Server CPU and memory come from the controller's own
+//! An agent whose connection closes before its result (it died), or that says nothing for
+//! 30 s (its machine did), is reported as lost with the reason, and the run cannot pass its
+//! SLO. Live progress sums each agent's latest second (counts, rates) and takes the worst
+//! agent's latency percentiles; the report's totals and whole-run percentiles are exact.
+//! An agent listens on loopback unless told otherwise; on a network, give it `--token` and
+//! the controller `--agent-token` (the job carries the node's API secret in clear: keep the
+//! agents on a trusted network). Server CPU and memory come from the controller's own
 //! probe (gRPC `AdminService.Stats`, or `/proc` with `--server-pid` on the node's machine).
 
 use std::net::SocketAddr;
@@ -50,6 +53,9 @@ struct AgentResult {
 #[derive(Serialize, Deserialize)]
 struct Job {
     args: Vec<String>,
+    /// The agent's `--token`, if it has one.
+    #[serde(default)]
+    token: Option<String>,
 }
 
 /// One wire line, newline included.
@@ -77,7 +83,11 @@ pub fn result_line(parts: &Parts, samples: &[Sample], hold: Duration) -> String 
 // ---- the agent -----------------------------------------------------------------------------
 
 /// Serves controllers, one run at a time (a second controller waits for the first's run).
-pub async fn serve(listen: SocketAddr, local_net: Option<std::net::Ipv4Addr>) -> ExitCode {
+pub async fn serve(
+    listen: SocketAddr,
+    local_net: Option<std::net::Ipv4Addr>,
+    token: Option<String>,
+) -> ExitCode {
     let listener = match TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -96,7 +106,7 @@ pub async fn serve(listen: SocketAddr, local_net: Option<std::net::Ipv4Addr>) ->
         match listener.accept().await {
             Ok((socket, peer)) => {
                 eprintln!("agent: controller {peer} connected");
-                job(socket, local_net).await;
+                job(socket, local_net, token.as_deref()).await;
                 eprintln!("agent: controller {peer} done");
             }
             Err(e) => eprintln!("agent: accept failed: {e}"),
@@ -104,7 +114,7 @@ pub async fn serve(listen: SocketAddr, local_net: Option<std::net::Ipv4Addr>) ->
     }
 }
 
-async fn job(socket: TcpStream, local_net: Option<std::net::Ipv4Addr>) {
+async fn job(socket: TcpStream, local_net: Option<std::net::Ipv4Addr>, token: Option<&str>) {
     let (read, mut write) = socket.into_split();
     let mut lines = BufReader::new(read).lines();
     let refuse = |why: String| line(&Line::Error(why));
@@ -120,6 +130,12 @@ async fn job(socket: TcpStream, local_net: Option<std::net::Ipv4Addr>) {
         },
         _ => return,
     };
+    if token.is_some() && job.token.as_deref() != token {
+        let _ = write
+            .write_all(refuse("wrong or missing --agent-token".into()).as_bytes())
+            .await;
+        return;
+    }
     let args = match <Cli as clap::Parser>::try_parse_from(
         std::iter::once("hearth-loadgen".to_owned()).chain(job.args),
     ) {
@@ -176,11 +192,15 @@ async fn job(socket: TcpStream, local_net: Option<std::net::Ipv4Addr>) {
 
 // ---- the controller ------------------------------------------------------------------------
 
-/// The agent's command line for its share of the run.
+/// The agent's command line for its share of the run (`client`: the controller's choice,
+/// `auto` resolved on the whole run).
+#[allow(clippy::too_many_arguments)]
 fn agent_args(
     args: &Args,
+    client: &str,
     first: usize,
     meetings: usize,
+    total_meetings: usize,
     tag: &str,
     start_at_ms: u64,
 ) -> Vec<String> {
@@ -192,13 +212,20 @@ fn agent_args(
             continue;
         }
         let flag = a.split('=').next().unwrap_or_default();
-        if matches!(flag, "--agents" | "--json" | "--svg" | "--server-pid") {
+        if matches!(
+            flag,
+            "--agents" | "--agent-token" | "--json" | "--svg" | "--server-pid"
+        ) {
             skip_value = !a.contains('=');
             continue;
         }
         out.push(a);
     }
+    let ramp = (args.ramp * meetings as f64 / total_meetings.max(1) as f64).max(0.01);
     for (k, v) in [
+        ("--client", client.to_owned()),
+        // Each agent joins its share at its share of the rate: together, the run's rate.
+        ("--ramp", format!("{ramp}")),
         ("--url", args.url.clone()),
         ("--api-key", args.api_key.clone()),
         ("--api-secret", args.api_secret.clone()),
@@ -212,6 +239,9 @@ fn agent_args(
     }
     out
 }
+
+/// How long a controller waits for an agent's next line.
+const SILENT_AGENT: Duration = Duration::from_secs(30);
 
 enum Event {
     Line(Box<Line>),
@@ -239,7 +269,16 @@ async fn talk(i: usize, addr: String, job: Job, tx: mpsc::UnboundedSender<(usize
     }
     let mut lines = BufReader::new(read).lines();
     loop {
-        match lines.next_line().await {
+        // An agent sends a line every second while it runs; its leave phase lasts at most
+        // 10 s. Silence beyond that is a dead agent or machine (no FIN ever came).
+        let Ok(next) = tokio::time::timeout(SILENT_AGENT, lines.next_line()).await else {
+            let _ = tx.send((
+                i,
+                Event::Lost(format!("no word from it for {}s", SILENT_AGENT.as_secs())),
+            ));
+            return;
+        };
+        match next {
             Ok(Some(text)) => match serde_json::from_str::<Line>(&text) {
                 Ok(l) => {
                     let last = matches!(l, Line::Result(_) | Line::Error(_));
@@ -329,7 +368,16 @@ pub async fn drive(
             status: "running".into(),
         });
         let job = Job {
-            args: agent_args(&run.args, first, meetings, &run.run_tag, start_at_ms),
+            args: agent_args(
+                &run.args,
+                run.ctx.link.client_name(),
+                first,
+                meetings,
+                s.meetings,
+                &run.run_tag,
+                start_at_ms,
+            ),
+            token: run.args.agent_token.clone(),
         };
         tokio::spawn(talk(i, addr.clone(), job, tx.clone()));
         first += meetings;
@@ -344,6 +392,7 @@ pub async fn drive(
     tick.tick().await;
     let started = Instant::now();
     let mut open = n;
+    let mut fresh = false;
     while open > 0 {
         tokio::select! {
             ev = rx.recv() => {
@@ -353,13 +402,17 @@ pub async fn drive(
                     Event::Lost(why) => Line::Error(why),
                 };
                 match ev {
-                    Line::Sample(smp) => latest[i] = Some(smp),
+                    Line::Sample(smp) => {
+                        latest[i] = Some(smp);
+                        fresh = true;
+                    }
                     Line::Result(r) => {
                         rows[i].status = "done".into();
                         results[i] = Some(r);
                         open -= 1;
                     }
                     Line::Error(why) => {
+                        latest[i] = None;
                         if rows[i].status == "running" {
                             rows[i].status = format!("lost: {why}");
                             eprintln!("\nagent {}: {}", rows[i].agent, rows[i].status);
@@ -369,11 +422,15 @@ pub async fn drive(
                 }
             }
             _ = tick.tick() => {
-                let mut smp = report::sample(run, prev).await;
-                merge(&mut smp, &latest);
-                report::progress(&smp, planned);
-                samples.push(smp);
-                latest = vec![None; n];
+                // A second is recorded when some agent reported since the last one (each
+                // agent's latest sample stands in for one that is a little late); once the
+                // agents' holds are over they stop sampling, and so does the controller.
+                if std::mem::take(&mut fresh) {
+                    let mut smp = report::sample(run, prev).await;
+                    merge(&mut smp, &latest);
+                    report::progress(&smp, planned);
+                    samples.push(smp);
+                }
             }
             _ = tokio::time::sleep_until(deadline) => {
                 for r in rows.iter_mut().filter(|r| r.status == "running") {

@@ -216,7 +216,11 @@ fn parse_desc(sdp: &str) -> Result<RemoteDesc, String> {
                 let Ok(pt) = pt.parse() else { continue };
                 let mut parts = enc.split('/');
                 let name = parts.next().unwrap_or_default().to_owned();
-                let clock = parts.next().and_then(|c| c.parse().ok()).unwrap_or(90_000);
+                let clock = parts
+                    .next()
+                    .and_then(|c| c.parse().ok())
+                    .filter(|&c| c > 0)
+                    .unwrap_or(90_000);
                 let channels = parts.next().and_then(|c| c.parse().ok());
                 s.codecs.push(Codec {
                     pt,
@@ -251,6 +255,8 @@ struct Section {
     ours: Option<Kind>,
     /// The server sends on it (it is one of the server's tracks and live).
     receives: bool,
+    /// Ours and the server receives it (an answer follows the offer's direction).
+    sends: bool,
     /// The codec in use (ours: as answered; the server's: the one we accepted).
     codec: Option<Codec>,
 }
@@ -457,9 +463,13 @@ pub struct LeanPeer {
     keyframe_due: bool,
     frame: u64,
     next_report: Instant,
-    /// Decrypt one received packet in this many (1: all).
+    /// Decrypt one received packet in this many per stream (1: all); the first packet of a
+    /// stream always (the SRTP context learns its rollover counter from it).
     decrypt_every: u32,
-    received: u32,
+    /// Packets received per SSRC, for the sampling.
+    received: std::collections::HashMap<u32, u32>,
+    /// Our SSRC in receiver reports when we send nothing.
+    report_ssrc: u32,
     pub rx: Reception,
     pub connected: bool,
     pub failed: bool,
@@ -502,7 +512,8 @@ impl LeanPeer {
             frame: 0,
             next_report: now + REPORT_EVERY,
             decrypt_every: decrypt_every.max(1),
-            received: 0,
+            received: std::collections::HashMap::new(),
+            report_ssrc: rand::random(),
             rx: Reception::new(epoch),
             connected: false,
             failed: false,
@@ -579,7 +590,7 @@ impl LeanPeer {
                 "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\na=fingerprint:sha-256 {}\r\na=setup:{setup}\r\n",
                 self.ufrag, self.pwd, id.fingerprint
             ));
-            let direction = match (sec.ours.is_some(), sec.receives) {
+            let direction = match (sec.ours.is_some() && sec.sends, sec.receives) {
                 (true, _) => "sendonly",
                 (false, true) => "recvonly",
                 (false, false) => "inactive",
@@ -641,6 +652,7 @@ impl LeanPeer {
                 rejected: false,
                 ours: Some(o.kind),
                 receives: false,
+                sends: true,
                 codec: Some(o.codec()),
             });
         }
@@ -720,6 +732,8 @@ impl LeanPeer {
                 receives: !rejected
                     && ours.is_none()
                     && matches!(r.direction, Direction::SendOnly | Direction::SendRecv),
+                // Our track goes out only where the server receives.
+                sends: matches!(r.direction, Direction::RecvOnly | Direction::SendRecv),
                 codec: if rejected { None } else { codec },
             });
         }
@@ -760,6 +774,7 @@ impl LeanPeer {
                 continue;
             }
             if let Some(kind) = s.ours {
+                s.sends = matches!(r.direction, Direction::RecvOnly | Direction::SendRecv);
                 let want = if kind == Kind::Audio { "opus" } else { "VP8" };
                 match r.codecs.iter().find(|c| c.name.eq_ignore_ascii_case(want)) {
                     Some(c) => s.codec = Some(c.clone()),
@@ -783,7 +798,7 @@ impl LeanPeer {
             o.pt = self
                 .sections
                 .iter()
-                .find(|s| s.mid == o.mid && s.ours.is_some())
+                .find(|s| s.mid == o.mid && s.ours.is_some() && s.sends)
                 .and_then(|s| s.codec.as_ref())
                 .map(|c| c.pt);
         }
@@ -811,7 +826,14 @@ impl LeanPeer {
         let txid: [u8; 12] = rand::random();
         let username = format!("{}:{}", remote.ufrag, self.ufrag);
         let request = binding_request(&txid, &username, &remote.pwd, self.tie_breaker, true);
-        if self.outstanding.len() >= 8 {
+        // Before ICE succeeds every check stays answerable (a loaded server may answer late);
+        // consent checks keep the last few.
+        let keep = if self.ice_up {
+            8
+        } else {
+            CHECKS_BEFORE_FAILING as usize
+        };
+        if self.outstanding.len() >= keep {
             self.outstanding.remove(0);
         }
         self.outstanding.push(txid);
@@ -836,6 +858,7 @@ impl LeanPeer {
         self.last_response = Some(now);
         if !self.ice_up {
             self.ice_up = true;
+            self.outstanding.clear();
             self.next_check = now + CONSENT_EVERY;
             self.start_dtls(now);
         }
@@ -866,8 +889,15 @@ impl LeanPeer {
         let Some(d) = &mut self.dtls else { return };
         let events = match d.read(now, DTLS_PEER, None, BytesMut::from(data)) {
             Ok(events) => events,
-            Err(_) => {
-                self.rx.observed.media_errors += 1;
+            Err(e) => {
+                if self.srtp.is_none() {
+                    // During the handshake an error is fatal (an alert from the server, a
+                    // record that breaks the handshake): send what the endpoint queued.
+                    self.drain_dtls();
+                    self.fail(format!("DTLS: the handshake failed: {e}"));
+                } else {
+                    self.rx.observed.media_errors += 1;
+                }
                 return;
             }
         };
@@ -966,8 +996,9 @@ impl LeanPeer {
             return;
         }
         let clock = self.clock_of(head.pt);
-        self.received = self.received.wrapping_add(1);
-        let decrypt = self.received.is_multiple_of(self.decrypt_every);
+        let seen = self.received.entry(head.ssrc).or_insert(0);
+        let decrypt = seen.is_multiple_of(self.decrypt_every);
+        *seen = seen.wrapping_add(1);
         let Some(srtp) = self.srtp.as_mut() else {
             return;
         };
@@ -1011,6 +1042,9 @@ impl LeanPeer {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.failed {
+            return None;
+        }
         let ice = self.remote.as_ref().map(|_| self.next_check);
         let dtls = match (&self.dtls, self.srtp.is_some()) {
             (Some(d), false) => d.poll_timeout(&DTLS_PEER),
@@ -1059,7 +1093,7 @@ impl LeanPeer {
         let Some(srtp) = self.srtp.as_mut() else {
             return;
         };
-        let sender_ssrc = self.outgoing.first().map_or(self.id, |o| o.ssrc);
+        let sender_ssrc = self.outgoing.first().map_or(self.report_ssrc, |o| o.ssrc);
         let blocks: Vec<[u8; 24]> = self
             .rx
             .streams

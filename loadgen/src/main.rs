@@ -64,9 +64,13 @@ enum Command {
     /// Runs as an agent: a controller (`hearth-loadgen --agents ...`) places whole meetings
     /// on it and reads its progress and results over TCP (one run at a time).
     Agent {
-        /// Address to listen on for controllers.
-        #[arg(long, default_value = "0.0.0.0:7999")]
+        /// Address to listen on for controllers (loopback by default: pass e.g.
+        /// 0.0.0.0:7999, with --token, for controllers on other machines).
+        #[arg(long, default_value = "127.0.0.1:7999")]
         listen: SocketAddr,
+        /// A secret controllers must send (`--agent-token`) for a job to run.
+        #[arg(long, env = "HEARTH_LOADGEN_AGENT_TOKEN")]
+        token: Option<String>,
         /// This machine's range of participant addresses (overrides the controller's
         /// `--local-net`; each machine routes its own range).
         #[arg(long)]
@@ -183,6 +187,9 @@ struct Args {
     /// progress is merged live and the report covers all agents, with a row per agent.
     #[arg(long, value_delimiter = ',')]
     agents: Vec<String>,
+    /// The agents' `--token`.
+    #[arg(long, env = "HEARTH_LOADGEN_AGENT_TOKEN")]
+    agent_token: Option<String>,
     /// (Set by a controller for its agents.) Index of this agent's first meeting.
     #[arg(long, hide = true, default_value_t = 0)]
     meeting_offset: usize,
@@ -442,7 +449,11 @@ impl Run {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Agent { listen, local_net }) => agent::serve(listen, local_net).await,
+        Some(Command::Agent {
+            listen,
+            local_net,
+            token,
+        }) => agent::serve(listen, local_net, token).await,
         None => run_main(cli.args, None).await,
     }
 }
@@ -474,6 +485,21 @@ async fn run_main(
     let controller = !args.agents.is_empty();
     if controller && (args.find_max || args.reconnect || args.chaos_every.is_some()) {
         eprintln!("error: --agents runs one hold (no --find-max, --reconnect or --chaos-every)");
+        return ExitCode::from(2);
+    }
+    if controller
+        && args
+            .agents
+            .iter()
+            .enumerate()
+            .any(|(i, a)| args.agents[..i].contains(a))
+    {
+        eprintln!("error: --agents: an agent is named twice (it runs one job at a time)");
+        return ExitCode::from(2);
+    }
+    if args.reconnect && args.decrypt_every > 1 {
+        // Senders are recognised from decrypted payloads: sampling would invent gaps.
+        eprintln!("error: --reconnect needs every packet decrypted (--decrypt-every 1)");
         return ExitCode::from(2);
     }
     if controller && args.agents.len() > s.meetings.max(1) {

@@ -292,6 +292,11 @@ pub fn stage(samples: &[Sample], meetings: usize, participants: usize, run: &Run
     };
     let joined = run.counters.joined.load(Ordering::Relaxed);
     let total = meetings * participants;
+    let connected: u64 = run
+        .shards
+        .iter()
+        .filter_map(|sh| sh.totals.lock().ok().map(|t| t.connected))
+        .sum();
     let cpu: Vec<f64> = steady.iter().filter_map(|s| s.server_cpu_pct).collect();
     Stage {
         meetings,
@@ -312,7 +317,9 @@ pub fn stage(samples: &[Sample], meetings: usize, participants: usize, run: &Run
             join_p95,
             joined as usize >= total,
             steady.iter().any(|s| s.pps_in > 0.0 || s.pps_out > 0.0),
-            run.counters.connection_failures() == 0,
+            // Participants that never connected are counted at the end of their session,
+            // which is the run's: a stage checks they all connected by now.
+            connected as usize >= total && run.counters.connection_failures() == 0,
         ),
     }
 }
@@ -620,7 +627,7 @@ impl Report {
         let (joined, planned) = (parts.joined, parts.planned);
         let cpu: Vec<f64> = steady.iter().filter_map(|x| x.server_cpu_pct).collect();
         let reconnect = run.ctx.tracker.as_ref().map(|t| t.report());
-        let slo = Slo::of(
+        let mut slo = Slo::of(
             loss_pct,
             latency_ms.p99,
             join_ms.p95 as u64,
@@ -629,7 +636,6 @@ impl Report {
             connected as usize >= planned && parts.connection_failures.values().sum::<u64>() == 0,
         )
         .with_reconnect(reconnect.as_ref(), chaos.as_ref());
-        let mut slo = slo;
         slo.agents_ok = agents.iter().all(|a| a.status == "done");
         slo.held &= slo.agents_ok;
         let max_held = stages.iter().rfind(|st| st.slo.held).cloned();

@@ -28,10 +28,13 @@ const FIRST_MEDIA_GRACE: Duration = Duration::from_secs(5);
 
 /// The phase a peer failure (`PeerOut::Failed`) happened in, from its reason's prefix.
 pub fn phase_of(why: &str) -> &'static str {
+    const SDP: [&str; 4] = ["server offer", "server answer", "cannot offer", "rollback"];
     if why.starts_with("ICE") {
         "ice"
-    } else if why.starts_with("DTLS") {
+    } else if why.starts_with("DTLS") || why.starts_with("SRTP") {
         "dtls"
+    } else if SDP.iter().any(|p| why.starts_with(p)) {
+        "sdp"
     } else {
         "transport"
     }
@@ -45,8 +48,9 @@ pub struct Counters {
     pub errors: Mutex<BTreeMap<String, u64>>,
     /// The first few failure reasons, for the report.
     pub examples: Mutex<Vec<String>>,
-    /// Participants whose connection failed, by phase: `signaling` (the join),
-    /// `ice`, `dtls`, `transport` (the full client's peer connection failed after both),
+    /// Participants whose connection failed, by phase: `signaling` (the join), `setup`
+    /// (the local peer could not be created), `sdp` (a description did not apply), `ice`,
+    /// `dtls`, `transport` (the full client's peer connection failed after both),
     /// `not_connected` (joined, never connected, no failure reported by the client),
     /// `first_media` (connected, others published, nothing arrived).
     pub phases: Mutex<BTreeMap<String, u64>>,
@@ -217,7 +221,11 @@ async fn session(
             }
         } else {
             counters.error(code);
-            counters.failed_in("signaling");
+            counters.failed_in(if code == "PEER_SETUP" {
+                "setup"
+            } else {
+                "signaling"
+            });
             counters.example(format!("participant {}: join failed: {code}", plan.id));
             End::Final
         }
@@ -447,5 +455,23 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 fn is_back(tracker: Option<&Tracker>, id: u32, life: &mut Life, at: Instant) {
     if let (Some(t), Some(_)) = (tracker, life.down_since.take()) {
         t.back(id, at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::phase_of;
+
+    #[test]
+    fn peer_failures_are_booked_by_phase() {
+        assert_eq!(phase_of("ICE: no answer to 200 binding requests"), "ice");
+        assert_eq!(phase_of("DTLS: the handshake timed out"), "dtls");
+        assert_eq!(phase_of("SRTP keys: bad length"), "dtls");
+        assert_eq!(phase_of("server offer: malformed m-line"), "sdp");
+        assert_eq!(phase_of("cannot offer: no codec"), "sdp");
+        assert_eq!(
+            phase_of("transport: the connected peer connection failed"),
+            "transport"
+        );
     }
 }

@@ -150,9 +150,10 @@ impl StreamRx {
         self.expected().saturating_sub(self.received)
     }
 
-    /// The extended highest sequence number received (as a receiver report writes it).
+    /// The extended highest sequence number received (as a receiver report writes it: the
+    /// first cycle is 0; internally cycles start at one, so a backward wrap stays positive).
     pub fn highest_extended(&self) -> u64 {
-        self.highest
+        self.highest.saturating_sub(1 << 16)
     }
 
     /// Interarrival jitter in RTP timestamp units (as a receiver report writes it).
