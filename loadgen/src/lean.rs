@@ -1209,10 +1209,13 @@ impl LeanPeer {
         }
     }
 
+    /// Ends the association with a DTLS `close_notify` (queued for [`Self::pump`]).
     pub fn close(&mut self) {
         if let Some(d) = &mut self.dtls {
             let _ = d.stop(Instant::now(), DTLS_PEER);
         }
+        self.drain_dtls();
+        self.connected = false;
     }
 }
 

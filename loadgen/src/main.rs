@@ -656,12 +656,25 @@ async fn run_main(
             let stage = report::stage(&samples[stage_start..], meetings, s.participants, &run);
             let held = stage.slo.held;
             eprintln!(
-                "\nstage: {meetings} meetings, {} participants joined: loss {:.3}%, p99 {:.2} ms, join p95 {} ms -> {}",
+                "\nstage: {meetings} meetings, {} participants joined: loss {:.3}%, p99 {:.2} ms, join p95 {} ms -> {}{}",
                 stage.participants_joined,
                 stage.loss_pct,
                 stage.latency_p99_ms,
                 stage.join_p95_ms,
-                if held { "held" } else { "SLO broken" }
+                if held { "held" } else { "SLO broken" },
+                if stage.errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (errors so far: {})",
+                        stage
+                            .errors
+                            .iter()
+                            .map(|(k, v)| format!("{k} x{v}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
             );
             stages.push(stage);
             if !held || meetings * s.participants >= 2_000_000 {

@@ -257,6 +257,10 @@ pub struct Stage {
     pub pps_out: f64,
     pub server_cpu_pct: Option<f64>,
     pub server_rss_mb: Option<f64>,
+    /// Errors by code so far (cumulative over the stages up to this one).
+    pub errors: BTreeMap<String, u64>,
+    /// Connection failures by phase so far (cumulative).
+    pub connection_failures: BTreeMap<String, u64>,
     pub slo: Slo,
 }
 
@@ -311,6 +315,18 @@ pub fn stage(samples: &[Sample], meetings: usize, participants: usize, run: &Run
             .iter()
             .filter_map(|s| s.server_rss_mb)
             .reduce(f64::max),
+        errors: run
+            .counters
+            .errors
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default(),
+        connection_failures: run
+            .counters
+            .phases
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default(),
         slo: Slo::of(
             loss,
             p99,

@@ -490,6 +490,13 @@ impl Shard {
                 if let Some(mut e) = self.peers.remove(&id) {
                     self.by_ip.remove(&e.ip);
                     e.peer.close();
+                    // What closing queued (the lean client's DTLS close_notify) still goes,
+                    // as a closing tab's does.
+                    let ip = e.ip;
+                    let (socket, udp) = (&self.socket, &self.udp);
+                    e.peer.pump(now, |to, data| {
+                        let _ = Self::send_datagram(socket, udp, ip, to, data);
+                    });
                     if let Ok(mut t) = self.totals.lock() {
                         if e.watch {
                             let rx = e.peer.rx_mut();
