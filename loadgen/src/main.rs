@@ -170,6 +170,11 @@ struct Args {
     /// (gRPC AdminService.KillActor) and report who noticed (needs --reconnect).
     #[arg(long, value_parser = parse_duration, requires = "reconnect")]
     chaos_every: Option<Duration>,
+    /// A soak: hold the load this long (instead of --duration), print a row per minute
+    /// (server RSS and CPU, loss, p99, joins, errors) and flag the server's RSS growing over
+    /// the hold (a leak).
+    #[arg(long, value_parser = parse_duration, conflicts_with_all = ["find_max", "agents"])]
+    soak: Option<Duration>,
     /// The WebRTC client of simulated participants towards Hearth: `full` (webrtc-rs's
     /// `rtc` peer connection, a conformance client: trickle ICE, NACK, TWCC feedback, ...),
     /// `lean` (the generator's own lean client: ICE-lite servers only, a fraction of the CPU
@@ -265,7 +270,7 @@ fn scenario(args: &Args) -> Result<Scenario, String> {
     };
     s.meetings = args.meetings;
     s.ramp = args.ramp;
-    s.duration = args.duration;
+    s.duration = args.soak.unwrap_or(args.duration);
     s.seed = args.seed;
     if let Some(v) = args.audio_publishers {
         s.audio_publishers = v;
@@ -307,6 +312,8 @@ pub struct Run {
     janus_http: Option<janus::Http>,
     /// As an agent: progress and results go to the controller, as JSON lines.
     stream: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// With --soak: one row per minute of the run.
+    soak_rows: std::sync::Mutex<Vec<report::SoakRow>>,
 }
 
 impl Run {
@@ -438,6 +445,14 @@ impl Run {
                 let _ = tx.send(agent::sample_line(&sample));
             }
             samples.push(sample);
+            if self.args.soak.is_some() && samples.len().is_multiple_of(60) {
+                let errors = self.counters.errors.lock().map_or(0, |e| e.values().sum());
+                let row = report::SoakRow::of(&samples[samples.len() - 60..], errors);
+                eprintln!("\n{}", row.line());
+                if let Ok(mut rows) = self.soak_rows.lock() {
+                    rows.push(row);
+                }
+            }
             if tokio::time::Instant::now() >= until {
                 break;
             }
@@ -608,6 +623,7 @@ async fn run_main(
         run_tag,
         janus_http: janus.then(janus::http),
         stream,
+        soak_rows: std::sync::Mutex::new(Vec::new()),
         args,
     };
     eprintln!(

@@ -228,6 +228,88 @@ impl Slo {
     }
 }
 
+/// One minute of a soak (`--soak`).
+#[derive(Clone, Debug, Serialize)]
+pub struct SoakRow {
+    /// Minutes since the start of the run (ramp included).
+    pub minute: usize,
+    pub server_rss_mb: Option<f64>,
+    pub server_cpu_pct: Option<f64>,
+    pub loss_pct: f64,
+    pub latency_p99_ms: f64,
+    pub joined: u64,
+    /// Errors of every code since the start.
+    pub errors: u64,
+}
+
+impl SoakRow {
+    /// The row of one minute's samples.
+    pub fn of(minute: &[Sample], errors: u64) -> SoakRow {
+        let cpu: Vec<f64> = minute.iter().filter_map(|s| s.server_cpu_pct).collect();
+        SoakRow {
+            minute: minute.last().map_or(0, |s| (s.t_s / 60.0).round() as usize),
+            server_rss_mb: minute.iter().rev().find_map(|s| s.server_rss_mb),
+            server_cpu_pct: (!cpu.is_empty()).then(|| mean(cpu.into_iter())),
+            loss_pct: mean(minute.iter().map(|s| s.loss_pct)),
+            latency_p99_ms: minute.iter().map(|s| s.latency_p99_ms).fold(0.0, f64::max),
+            joined: minute.last().map_or(0, |s| s.joined),
+            errors,
+        }
+    }
+
+    pub fn line(&self) -> String {
+        let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".into(), |v| format!("{v:.1}{unit}"));
+        format!(
+            "[{:>4}m] server rss {} cpu {} | loss {:.3}% | p99 {:.2} ms | joined {} | errors {}",
+            self.minute,
+            opt(self.server_rss_mb, " MB"),
+            opt(self.server_cpu_pct, "%"),
+            self.loss_pct,
+            self.latency_p99_ms,
+            self.joined,
+            self.errors
+        )
+    }
+}
+
+/// A soak's verdict on the server's memory.
+#[derive(Clone, Debug, Serialize)]
+pub struct SoakReport {
+    pub rows: Vec<SoakRow>,
+    /// RSS at the end of the first minute of the hold, and at the end.
+    pub rss_start_mb: Option<f64>,
+    pub rss_end_mb: Option<f64>,
+    pub rss_growth_pct: Option<f64>,
+    /// RSS grew by more than [`SOAK_GROWTH_PCT`] over the hold: a leak is suspected.
+    pub rss_growing: bool,
+}
+
+/// RSS growth over a soak's hold that is flagged.
+pub const SOAK_GROWTH_PCT: f64 = 10.0;
+
+impl SoakReport {
+    /// From the run's minute rows; the hold starts `ramp_s` into the run.
+    pub fn of(rows: Vec<SoakRow>, ramp_s: f64) -> SoakReport {
+        let hold: Vec<&SoakRow> = rows
+            .iter()
+            .filter(|r| r.minute as f64 * 60.0 >= ramp_s + 60.0)
+            .collect();
+        let start = hold.first().and_then(|r| r.server_rss_mb);
+        let end = hold.last().and_then(|r| r.server_rss_mb);
+        let growth = match (start, end) {
+            (Some(a), Some(b)) if a > 0.0 && hold.len() >= 2 => Some((b - a) * 100.0 / a),
+            _ => None,
+        };
+        SoakReport {
+            rss_start_mb: start,
+            rss_end_mb: end,
+            rss_growth_pct: growth,
+            rss_growing: growth.is_some_and(|g| g > SOAK_GROWTH_PCT),
+            rows,
+        }
+    }
+}
+
 /// One agent of a distributed run (`--agents`).
 #[derive(Clone, Debug, Serialize)]
 pub struct AgentRow {
@@ -432,6 +514,9 @@ pub struct Report {
     /// first_media).
     pub connection_failures: BTreeMap<String, u64>,
     pub slo: Slo,
+    /// With --soak: a row per minute and the server's RSS over the hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soak: Option<SoakReport>,
     /// With --agents: one row per agent (an agent lost mid-run breaks the SLO).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub agents: Vec<AgentRow>,
@@ -712,6 +797,10 @@ impl Report {
             connection_failures: parts.connection_failures.clone(),
             errors: parts.errors.clone(),
             slo,
+            soak: run.args.soak.map(|_| {
+                let rows = run.soak_rows.lock().map(|r| r.clone()).unwrap_or_default();
+                SoakReport::of(rows, s.total_participants() as f64 / s.ramp)
+            }),
             agents,
             stages,
             max_held,
@@ -827,6 +916,25 @@ impl Report {
                 .map(|(k, v)| format!("{k} x{v}"))
                 .collect();
             rows.push(("connection failures by phase".into(), phases.join(", ")));
+        }
+        if let Some(soak) = &self.soak {
+            for r in &soak.rows {
+                rows.push((format!("soak minute {}", r.minute), r.line()));
+            }
+            rows.push((
+                "soak: server RSS over the hold".into(),
+                match (soak.rss_start_mb, soak.rss_end_mb, soak.rss_growth_pct) {
+                    (Some(a), Some(b), Some(g)) => format!(
+                        "{a:.1} -> {b:.1} MB ({g:+.1}%){}",
+                        if soak.rss_growing {
+                            format!(", GROWING (over {SOAK_GROWTH_PCT}%): a leak is suspected")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    _ => "n/a (a hold of at least two minutes after the first)".into(),
+                },
+            ));
         }
         for a in &self.agents {
             rows.push((
@@ -1027,4 +1135,44 @@ pub fn svg(samples: &[Sample]) -> String {
         w / 2.0,
         2.0 * h - 8.0
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(minute: usize, rss: f64) -> SoakRow {
+        SoakRow {
+            minute,
+            server_rss_mb: Some(rss),
+            server_cpu_pct: Some(50.0),
+            loss_pct: 0.0,
+            latency_p99_ms: 1.0,
+            joined: 10,
+            errors: 0,
+        }
+    }
+
+    #[test]
+    fn a_soak_flags_rss_that_keeps_growing_over_the_hold() {
+        // The ramp (90 s) is left out: the hold's first row is minute 3 (2.5 min and more).
+        let steady = SoakReport::of(
+            vec![
+                row(1, 50.0),
+                row(2, 200.0),
+                row(3, 250.0),
+                row(4, 255.0),
+                row(5, 260.0),
+            ],
+            90.0,
+        );
+        assert_eq!(steady.rss_start_mb, Some(250.0));
+        assert_eq!(steady.rss_end_mb, Some(260.0));
+        assert!(!steady.rss_growing, "{:?}", steady.rss_growth_pct);
+        let leaking = SoakReport::of(vec![row(1, 100.0), row(2, 120.0), row(3, 140.0)], 0.0);
+        assert!(leaking.rss_growing, "{:?}", leaking.rss_growth_pct);
+        let short = SoakReport::of(vec![row(1, 100.0)], 0.0);
+        assert_eq!(short.rss_growth_pct, None);
+        assert!(!short.rss_growing);
+    }
 }

@@ -476,3 +476,53 @@ async fn agents_share_a_run_and_a_dead_agent_is_reported() {
     let _ = node.wait().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The lean client and the full one measure the same thing: one node, the same scenario
+/// run with each, loss within 0.1 % of each other and the steady receive rate within 1 %.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lean_and_the_full_client_agree() {
+    let (mut node, port, dir) = start_node("agree").await;
+    let mut reports = Vec::new();
+    for client in ["full", "lean"] {
+        let json = dir.join(format!("{client}.json"));
+        let out = Command::new(bin("hearth-loadgen"))
+            .args(["--url", &format!("http://127.0.0.1:{port}")])
+            .args(["--api-key", KEY, "--api-secret", SECRET])
+            .args(["--meetings", "10", "--participants", "3", "--speakers", "1"])
+            .args(["--ramp", "30", "--duration", "8s", "--client", client])
+            .arg("--json")
+            .arg(&json)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(90), out)
+            .await
+            .expect("the run ends in time")
+            .expect("loadgen runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{client}:\n{stdout}");
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).expect("a JSON report"))
+                .expect("JSON");
+        reports.push((r, stdout));
+    }
+    let (full, lean) = (&reports[0], &reports[1]);
+    let loss = |r: &serde_json::Value| r["loss_pct"].as_f64().expect("loss");
+    let rate = |r: &serde_json::Value| r["throughput"]["pps_in"].as_f64().expect("rate");
+    assert!(
+        (loss(&full.0) - loss(&lean.0)).abs() < 0.1,
+        "loss: full {} lean {}\n{}\n{}",
+        loss(&full.0),
+        loss(&lean.0),
+        full.1,
+        lean.1
+    );
+    // 30 participants, each receiving 2 audio streams of 50 packets/s: 3,000 packets/s.
+    let (f, l) = (rate(&full.0), rate(&lean.0));
+    assert!(f > 2_500.0, "{}", full.1);
+    assert!((f - l).abs() / f < 0.01, "receive rate: full {f} lean {l}");
+    node.start_kill().expect("kill");
+    let _ = node.wait().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
