@@ -221,7 +221,13 @@ fn agent_args(
         }
         out.push(a);
     }
-    let ramp = (args.ramp * meetings as f64 / total_meetings.max(1) as f64).max(0.01);
+    let share = meetings as f64 / total_meetings.max(1) as f64;
+    let ramp = (args.ramp * share).max(0.01);
+    if let Some(churn) = args.churn {
+        // Each agent churns its share: together, the run's rate.
+        out.push("--churn".to_owned());
+        out.push(format!("{}", (churn * share).max(0.001)));
+    }
     for (k, v) in [
         ("--client", client.to_owned()),
         // Each agent joins its share at its share of the rate: together, the run's rate.

@@ -296,6 +296,7 @@ pub async fn run(
         out,
         counts: true,
         watch: false,
+        churn: false,
         link: Link::Floor {
             server,
             meeting: plan.meeting,

@@ -161,6 +161,7 @@ async fn add_peer(
         out,
         counts,
         watch: false,
+        churn: false,
         link: Link::WebRtc,
         reply,
     });

@@ -170,6 +170,11 @@ struct Args {
     /// (gRPC AdminService.KillActor) and report who noticed (needs --reconnect).
     #[arg(long, value_parser = parse_duration, requires = "reconnect")]
     chaos_every: Option<Duration>,
+    /// During the hold, this many participants per second leave and as many new ones join
+    /// in their place (same meeting, same role), as in real meetings; the report gives their
+    /// join times apart.
+    #[arg(long, conflicts_with_all = ["find_max", "reconnect"])]
+    churn: Option<f64>,
     /// A soak: hold the load this long (instead of --duration), print a row per minute
     /// (server RSS and CPU, loss, p99, joins, errors) and flag the server's RSS growing over
     /// the hold (a leak).
@@ -298,6 +303,18 @@ fn participant_ip(base: Ipv4Addr, n: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(b.wrapping_add(host)))
 }
 
+/// A live participant `--churn` may pick.
+struct Live {
+    meeting: usize,
+    role: usize,
+    started: Instant,
+    leave: watch::Sender<bool>,
+}
+
+/// `--churn` picks participants that have been in their meeting at least this long (joined
+/// and connected: a leave then is a real meeting's leave, not a failed join).
+const CHURN_MIN_AGE: Duration = Duration::from_secs(10);
+
 pub struct Run {
     args: Args,
     shards: Vec<ShardHandle>,
@@ -314,6 +331,10 @@ pub struct Run {
     stream: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     /// With --soak: one row per minute of the run.
     soak_rows: std::sync::Mutex<Vec<report::SoakRow>>,
+    /// Hearth participants running, for --churn.
+    live: std::sync::Mutex<Vec<Live>>,
+    /// Participants --churn made leave.
+    churned: std::sync::atomic::AtomicU64,
 }
 
 impl Run {
@@ -327,11 +348,90 @@ impl Run {
     }
 
     /// Starts the participants of meetings `from..to` at the ramp rate.
+    /// Starts one participant against Hearth: role `i` of meeting `m`, as participant `id`
+    /// (`churn`: a replacement joining during the hold). It leaves when the run ends, or
+    /// earlier when `--churn` picks it.
+    fn launch_hearth(&self, s: &Scenario, m: usize, i: usize, id: u32, churn: bool) {
+        let meeting = format!("lg-{}-{m}", self.run_tag);
+        let sending = s.sending(i);
+        let shard = self.shards[id as usize % self.shards.len()].clone();
+        let plan = Plan {
+            id,
+            meeting: meeting.clone(),
+            identity: format!("lg{id}"),
+            grants: jwt::Grants {
+                publish: sending.audio || sending.video.is_some(),
+                subscribe: true,
+                admin: false,
+            },
+            sending,
+            ip: participant_ip(self.args.local_net, id),
+            expects_media: s.others_send(i),
+            churn,
+        };
+        if let Some(t) = &self.ctx.tracker {
+            t.planned(id, &meeting);
+        }
+        // Its own stop: the run's end, or a churn leave.
+        let (leave, stop) = watch::channel(false);
+        let mut run_end = self.stop.subscribe();
+        let forward = leave.clone();
+        tokio::spawn(async move {
+            let _ = run_end.wait_for(|s| *s).await;
+            let _ = forward.send(true);
+        });
+        if let Ok(mut live) = self.live.lock() {
+            live.push(Live {
+                meeting: m,
+                role: i,
+                started: Instant::now(),
+                leave,
+            });
+        }
+        tokio::spawn(signal::run(
+            plan,
+            Arc::clone(&self.ctx),
+            shard,
+            Arc::clone(&self.counters),
+            stop,
+        ));
+        self.planned.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `--churn`: until `until`, `rate` times a second one participant that has been in
+    /// its meeting for at least [`CHURN_MIN_AGE`] leaves and a new one takes its role.
+    async fn churn(&self, s: &Scenario, rate: f64, until: tokio::time::Instant) {
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(until) => return,
+            }
+            let picked = self.live.lock().ok().and_then(|mut live| {
+                let now = Instant::now();
+                let eligible: Vec<usize> = (0..live.len())
+                    .filter(|&k| now.duration_since(live[k].started) >= CHURN_MIN_AGE)
+                    .collect();
+                if eligible.is_empty() {
+                    return None;
+                }
+                let k = eligible[rand::random::<u32>() as usize % eligible.len()];
+                Some(live.swap_remove(k))
+            });
+            let Some(gone) = picked else { continue };
+            let _ = gone.leave.send(true);
+            self.churned.fetch_add(1, Ordering::Relaxed);
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            self.launch_hearth(s, gone.meeting, gone.role, id, true);
+        }
+    }
+
     async fn launch(&self, s: &Scenario, from: usize, to: usize) {
         let every = Duration::from_secs_f64(1.0 / s.ramp);
         let mut next = tokio::time::Instant::now();
         for m in from..to {
-            let meeting = format!("lg-{}-{m}", self.run_tag);
             for i in 0..s.participants {
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 let sending = s.sending(i);
@@ -382,31 +482,7 @@ impl Run {
                     tokio::time::sleep_until(next).await;
                     continue;
                 }
-                let shard = self.shards[id as usize % self.shards.len()].clone();
-                let plan = Plan {
-                    id,
-                    meeting: meeting.clone(),
-                    identity: format!("lg{id}"),
-                    grants: jwt::Grants {
-                        publish: sending.audio || sending.video.is_some(),
-                        subscribe: true,
-                        admin: false,
-                    },
-                    sending,
-                    ip: participant_ip(self.args.local_net, id),
-                    expects_media: s.others_send(i),
-                };
-                if let Some(t) = &self.ctx.tracker {
-                    t.planned(id, &meeting);
-                }
-                tokio::spawn(signal::run(
-                    plan,
-                    Arc::clone(&self.ctx),
-                    shard,
-                    Arc::clone(&self.counters),
-                    self.stop.subscribe(),
-                ));
-                self.planned.fetch_add(1, Ordering::Relaxed);
+                self.launch_hearth(s, m, i, id, false);
                 next += every;
                 tokio::time::sleep_until(next).await;
             }
@@ -624,6 +700,8 @@ async fn run_main(
         janus_http: janus.then(janus::http),
         stream,
         soak_rows: std::sync::Mutex::new(Vec::new()),
+        live: std::sync::Mutex::new(Vec::new()),
+        churned: std::sync::atomic::AtomicU64::new(0),
         args,
     };
     eprintln!(
@@ -710,10 +788,18 @@ async fn run_main(
             }
         };
         let first = run.args.meeting_offset;
-        let ((), (), k) = tokio::join!(
+        let churn = async {
+            if let Some(rate) = run.args.churn.filter(|r| *r > 0.0) {
+                tokio::time::sleep_until(t0 + ramp_time).await;
+                // Up to 3 s before the end: the last replacements' joins are measured too.
+                run.churn(&s, rate, until - Duration::from_secs(3)).await;
+            }
+        };
+        let ((), (), k, ()) = tokio::join!(
             run.launch(&s, first, first + s.meetings),
             run.observe(until, &mut samples, &mut prev),
-            drill
+            drill,
+            churn
         );
         kills = k;
     }

@@ -228,6 +228,18 @@ impl Slo {
     }
 }
 
+/// `--churn`: participants replaced during the hold.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChurnReport {
+    pub rate_per_s: f64,
+    /// Participants that left (picked by the churn).
+    pub left: u64,
+    /// Replacements that joined and got media.
+    pub joined: u64,
+    /// The replacements' join times (token to first media, ms).
+    pub join_ms: Percentiles,
+}
+
 /// One minute of a soak (`--soak`).
 #[derive(Clone, Debug, Serialize)]
 pub struct SoakRow {
@@ -514,6 +526,9 @@ pub struct Report {
     /// first_media).
     pub connection_failures: BTreeMap<String, u64>,
     pub slo: Slo,
+    /// With --churn: leaves and joins during the hold, and the replacements' join times.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn: Option<ChurnReport>,
     /// With --soak: a row per minute and the server's RSS over the hold.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub soak: Option<SoakReport>,
@@ -553,6 +568,12 @@ pub struct Parts {
     /// (V2, base64), so that agents' histograms merge exactly.
     pub latency_us: String,
     pub join_ms: String,
+    /// Join times of `--churn` replacements (serialized like `join_ms`).
+    #[serde(default)]
+    pub join_ms_churn: String,
+    /// Participants `--churn` made leave.
+    #[serde(default)]
+    pub churned: u64,
     pub errors: BTreeMap<String, u64>,
     pub connection_failures: BTreeMap<String, u64>,
     pub examples: Vec<String>,
@@ -601,6 +622,8 @@ impl Parts {
             streams: 0,
             latency_us: String::new(),
             join_ms: String::new(),
+            join_ms_churn: String::new(),
+            churned: run.churned.load(Ordering::Relaxed),
             errors: run
                 .counters
                 .errors
@@ -620,9 +643,11 @@ impl Parts {
                 .map(|e| e.clone())
                 .unwrap_or_default(),
         };
+        let mut churn_joins = latency_histogram();
         for shard in &run.shards {
             if let Ok(t) = shard.totals.lock() {
                 let _ = latency.add(&t.latency_total);
+                let _ = churn_joins.add(&t.join_ms_churn);
                 p.sent += t.packets_out;
                 p.received += t.received;
                 p.expected += t.expected;
@@ -639,6 +664,7 @@ impl Parts {
         }
         p.latency_us = encode_histogram(&latency);
         p.join_ms = encode_histogram(&join);
+        p.join_ms_churn = encode_histogram(&churn_joins);
         p
     }
 
@@ -658,9 +684,11 @@ impl Parts {
         self.send_drops += o.send_drops;
         self.jitter_ms_sum += o.jitter_ms_sum;
         self.streams += o.streams;
+        self.churned += o.churned;
         for (mine, theirs) in [
             (&mut self.latency_us, &o.latency_us),
             (&mut self.join_ms, &o.join_ms),
+            (&mut self.join_ms_churn, &o.join_ms_churn),
         ] {
             let mut h = decode_histogram(mine).unwrap_or_else(latency_histogram);
             if let Some(t) = decode_histogram(theirs) {
@@ -749,7 +777,8 @@ impl Report {
             },
             scenario: s.clone(),
             wall_s: wall.as_secs_f64(),
-            meetings: planned / s.participants.max(1),
+            // Churn replacements take the place of those who left, in the same meetings.
+            meetings: (planned - parts.churned as usize) / s.participants.max(1),
             participants_planned: planned,
             participants_joined: joined,
             participants_connected: connected,
@@ -797,6 +826,16 @@ impl Report {
             connection_failures: parts.connection_failures.clone(),
             errors: parts.errors.clone(),
             slo,
+            churn: run.args.churn.map(|rate| {
+                let joins =
+                    decode_histogram(&parts.join_ms_churn).unwrap_or_else(latency_histogram);
+                ChurnReport {
+                    rate_per_s: rate,
+                    left: parts.churned,
+                    joined: joins.len(),
+                    join_ms: percentiles(&joins, 1.0),
+                }
+            }),
             soak: run.args.soak.map(|_| {
                 let rows = run.soak_rows.lock().map(|r| r.clone()).unwrap_or_default();
                 SoakReport::of(rows, s.total_participants() as f64 / s.ramp)
@@ -916,6 +955,15 @@ impl Report {
                 .map(|(k, v)| format!("{k} x{v}"))
                 .collect();
             rows.push(("connection failures by phase".into(), phases.join(", ")));
+        }
+        if let Some(c) = &self.churn {
+            rows.push((
+                format!("churn ({}/s): left / joined with media", c.rate_per_s),
+                format!(
+                    "{} / {}; their join p50 / p95 / max {:.0} / {:.0} / {:.0} ms",
+                    c.left, c.joined, c.join_ms.p50, c.join_ms.p95, c.join_ms.max
+                ),
+            ));
         }
         if let Some(soak) = &self.soak {
             for r in &soak.rows {

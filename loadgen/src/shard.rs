@@ -48,6 +48,8 @@ pub enum ShardCmd {
         /// `--reconnect` bookkeeping: report the first media packet (`PeerOut::FirstMedia`)
         /// and gaps in senders' media.
         watch: bool,
+        /// A `--churn` replacement: its join time also goes to the churn histogram.
+        churn: bool,
         link: Link,
         reply: oneshot::Sender<Result<(), String>>,
     },
@@ -225,6 +227,8 @@ pub struct Totals {
     pub latency_total: Histogram<u64>,
     /// Join times (token to first media received, ms).
     pub join_ms: Histogram<u64>,
+    /// Join times of `--churn` replacements (ms), also in `join_ms`.
+    pub join_ms_churn: Histogram<u64>,
     pub connected: u64,
     pub failed: u64,
     /// Streams of live peers (refreshed every second) plus those of removed ones.
@@ -255,6 +259,7 @@ impl Totals {
             latency_interval: latency_histogram(),
             latency_total: latency_histogram(),
             join_ms: latency_histogram(),
+            join_ms_churn: latency_histogram(),
             connected: 0,
             failed: 0,
             expected: 0,
@@ -278,6 +283,7 @@ struct Entry {
     counts: bool,
     joined: bool,
     watch: bool,
+    churn: bool,
     first_media_told: bool,
     next_timeout: Option<Instant>,
     next_audio: Instant,
@@ -435,6 +441,7 @@ impl Shard {
                 out,
                 counts,
                 watch,
+                churn,
                 link,
                 reply,
             } => {
@@ -466,6 +473,7 @@ impl Shard {
                                 counts,
                                 joined: !counts,
                                 watch,
+                                churn,
                                 first_media_told: false,
                                 next_timeout: None,
                                 next_audio: now + Duration::from_secs(3600),
@@ -636,6 +644,9 @@ impl Shard {
                 e.joined = true;
                 let ms = first.saturating_duration_since(e.started).as_millis() as u64;
                 let _ = t.join_ms.record(ms.max(1));
+                if e.churn {
+                    let _ = t.join_ms_churn.record(ms.max(1));
+                }
             }
         }
     }

@@ -94,6 +94,8 @@ pub struct Plan {
     /// Others in its meeting send media: with `--reconnect` it is back at the first media
     /// packet after a rejoin (else once joined and connected).
     pub expects_media: bool,
+    /// Joins during the hold in place of one that left (`--churn`).
+    pub churn: bool,
 }
 
 /// What every participant task shares.
@@ -300,6 +302,7 @@ async fn session(
         out: out_tx,
         counts: !life.connected,
         watch: ctx.tracker.is_some(),
+        churn: plan.churn,
         link: ctx.link,
         reply: reply_tx,
     });

@@ -526,3 +526,46 @@ async fn the_lean_and_the_full_client_agree() {
     let _ = node.wait().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--churn`: during the hold participants leave and others join in their place; every
+/// replacement joins and gets media, and the run still holds its SLO.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_replaces_participants_during_the_hold() {
+    let (mut node, port, dir) = start_node("churn").await;
+    let json = dir.join("churn.json");
+    let out = Command::new(bin("hearth-loadgen"))
+        .args(["--url", &format!("http://127.0.0.1:{port}")])
+        .args(["--api-key", KEY, "--api-secret", SECRET])
+        .args(["--meetings", "6", "--participants", "3", "--speakers", "1"])
+        .args(["--ramp", "30", "--duration", "14s", "--churn", "2"])
+        .args(["--client", "lean"])
+        .arg("--json")
+        .arg(&json)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), out)
+        .await
+        .expect("the run ends in time")
+        .expect("loadgen runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("a JSON report"))
+            .expect("JSON");
+    // Participants are eligible after 10 s in their meeting: the last 4 s or so of the hold
+    // churn at 2/s.
+    let left = r["churn"]["left"].as_u64().expect("churn.left");
+    assert!(left >= 3, "{stdout}");
+    assert_eq!(
+        r["churn"]["joined"], left,
+        "every replacement got media: {stdout}"
+    );
+    assert_eq!(r["meetings"], 6, "{stdout}");
+    assert_eq!(r["slo"]["held"], true, "{stdout}");
+    assert!(stdout.contains("churn (2/s)"), "{stdout}");
+    node.start_kill().expect("kill");
+    let _ = node.wait().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
