@@ -365,7 +365,8 @@ pub async fn drive(
             agent: addr.clone(),
             first_meeting: first,
             meetings,
-            participants_planned: meetings * s.participants,
+            participants_planned: s.participants_before(first + meetings)
+                - s.participants_before(first),
             participants_connected: 0,
             loss_pct: 0.0,
             latency_p99_ms: 0.0,
@@ -389,7 +390,7 @@ pub async fn drive(
         first += meetings;
     }
     drop(tx);
-    let planned = s.meetings * s.participants;
+    let planned = s.total_participants();
     let ramp = Duration::from_secs_f64(planned as f64 / s.ramp);
     let deadline = tokio::time::Instant::now() + ramp + s.duration + Duration::from_secs(60);
     let mut latest: Vec<Option<Sample>> = vec![None; n];

@@ -94,9 +94,15 @@ struct Args {
         hide_env_values = true
     )]
     api_secret: String,
-    /// A named scenario: audio-rooms, big-audio-room, video-meeting, livestream.
+    /// A named scenario: audio-rooms, big-audio-room, video-meeting, livestream, or mixed
+    /// (kinds of meeting in the proportions of --mix).
     #[arg(long)]
     preset: Option<String>,
+    /// With `--preset mixed`: the kinds of meeting and their shares in percent, each at its
+    /// preset's default size (audio-rooms 4, video-meeting 8, livestream 100, big-audio-room
+    /// 100).
+    #[arg(long, default_value = scenario::DEFAULT_MIX)]
+    mix: String,
     /// Meetings to simulate (with --find-max: the first stage).
     #[arg(long, default_value_t = 10)]
     meetings: usize,
@@ -292,6 +298,26 @@ fn scenario(args: &Args) -> Result<Scenario, String> {
     if let Some(v) = args.subscribers_only {
         s.subscribers_only = v;
     }
+    if !s.mix.is_empty() {
+        let shaped = args.participants.is_some()
+            || args.audio_publishers.is_some()
+            || args.speakers.is_some()
+            || args.video_publishers.is_some()
+            || args.video_kbps.is_some()
+            || args.subscribers_only.is_some();
+        if shaped {
+            return Err("--preset mixed takes its meetings' shapes from --mix".into());
+        }
+        s.mix = scenario::parse_mix(&args.mix)?;
+        // Every meeting index this run can reach: an agent's share starts at its offset, and
+        // --find-max grows (up to its cap of 2 million participants).
+        let reach = if args.find_max {
+            (args.meeting_offset + s.meetings).max(200_000)
+        } else {
+            args.meeting_offset + s.meetings
+        };
+        s.place(reach);
+    }
     s.check()?;
     Ok(s)
 }
@@ -353,7 +379,8 @@ impl Run {
     /// earlier when `--churn` picks it.
     fn launch_hearth(&self, s: &Scenario, m: usize, i: usize, id: u32, churn: bool) {
         let meeting = format!("lg-{}-{m}", self.run_tag);
-        let sending = s.sending(i);
+        let shape = s.meeting(m);
+        let sending = shape.sending(i);
         let shard = self.shards[id as usize % self.shards.len()].clone();
         let plan = Plan {
             id,
@@ -366,7 +393,7 @@ impl Run {
             },
             sending,
             ip: participant_ip(self.args.local_net, id),
-            expects_media: s.others_send(i),
+            expects_media: shape.others_send(i),
             churn,
         };
         if let Some(t) = &self.ctx.tracker {
@@ -432,9 +459,10 @@ impl Run {
         let every = Duration::from_secs_f64(1.0 / s.ramp);
         let mut next = tokio::time::Instant::now();
         for m in from..to {
-            for i in 0..s.participants {
+            let shape = s.meeting(m);
+            for i in 0..shape.participants {
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                let sending = s.sending(i);
+                let sending = shape.sending(i);
                 if self.args.target == "floor" {
                     let shard = self.shards[id as usize % self.shards.len()].clone();
                     let plan = floor::FloorPlan {
@@ -462,7 +490,7 @@ impl Run {
                         pub_peer: (p, participant_ip(self.args.local_net, p)),
                         sub_peer: (q, participant_ip(self.args.local_net, q)),
                         room: 1000 + m as u64,
-                        room_size: s.participants,
+                        room_size: shape.participants,
                         display: format!("lg{id}"),
                         sending,
                     };
@@ -621,7 +649,7 @@ async fn run_main(
         && match args.client.as_str() {
             "lean" => true,
             "full" => false,
-            _ => args.find_max || s.meetings * s.participants >= 500,
+            _ => args.find_max || s.total_participants() >= 500,
         };
     let link = if lean {
         shard::Link::Lean {
@@ -686,7 +714,7 @@ async fn run_main(
         stop,
         epoch,
         // Agents number their participants from their first meeting (distinct addresses).
-        next_id: AtomicU32::new((args.meeting_offset * s.participants) as u32),
+        next_id: AtomicU32::new(s.participants_before(args.meeting_offset) as u32),
         planned: AtomicUsize::new(0),
         server: tokio::sync::Mutex::new(server),
         ctx: Arc::new(signal::Ctx {
@@ -705,14 +733,26 @@ async fn run_main(
         args,
     };
     eprintln!(
-        "hearth-loadgen: {} meetings x {} participants ({} audio, {} speaking, {} video at {} kbit/s, {} receive-only), ramp {}/s, hold {:?}, {}, {} client",
-        s.meetings,
-        s.participants,
-        s.audio_publishers,
-        s.speakers,
-        s.video_publishers,
-        s.video.bitrate_bps / 1000,
-        s.subscribers_only,
+        "hearth-loadgen: {}, ramp {}/s, hold {:?}, {}, {} client",
+        if s.mix.is_empty() {
+            format!(
+                "{} meetings x {} participants ({} audio, {} speaking, {} video at {} kbit/s, {} receive-only)",
+                s.meetings,
+                s.participants,
+                s.audio_publishers,
+                s.speakers,
+                s.video_publishers,
+                s.video.bitrate_bps / 1000,
+                s.subscribers_only,
+            )
+        } else {
+            format!(
+                "{} meetings mixed as {} ({} participants)",
+                s.meetings,
+                run.args.mix,
+                s.total_participants()
+            )
+        },
         s.ramp,
         s.duration,
         if controller {
@@ -747,7 +787,12 @@ async fn run_main(
             let stage_start = samples.len();
             let until = tokio::time::Instant::now() + s.duration;
             run.observe(until, &mut samples, &mut prev).await;
-            let stage = report::stage(&samples[stage_start..], meetings, s.participants, &run);
+            let stage = report::stage(
+                &samples[stage_start..],
+                meetings,
+                s.participants_before(meetings),
+                &run,
+            );
             let held = stage.slo.held;
             eprintln!(
                 "\nstage: {meetings} meetings, {} participants joined: loss {:.3}%, p99 {:.2} ms, join p95 {} ms -> {}{}",
@@ -771,14 +816,18 @@ async fn run_main(
                 }
             );
             stages.push(stage);
-            if !held || meetings * s.participants >= 2_000_000 {
+            if !held || s.participants_before(meetings) >= 2_000_000 {
                 break;
             }
             target = meetings + step;
         }
     } else {
         // Joins ramp up while progress shows; then the full load holds for the duration.
-        let ramp_time = Duration::from_secs_f64(s.total_participants() as f64 / s.ramp);
+        let first = run.args.meeting_offset;
+        let ramp_time = Duration::from_secs_f64(
+            (s.participants_before(first + s.meetings) - s.participants_before(first)) as f64
+                / s.ramp,
+        );
         let t0 = tokio::time::Instant::now();
         let until = t0 + ramp_time + s.duration;
         let drill = async {
@@ -787,7 +836,6 @@ async fn run_main(
                 _ => Vec::new(),
             }
         };
-        let first = run.args.meeting_offset;
         let churn = async {
             if let Some(rate) = run.args.churn.filter(|r| *r > 0.0) {
                 tokio::time::sleep_until(t0 + ramp_time).await;

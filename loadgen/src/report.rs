@@ -373,7 +373,8 @@ fn mean(xs: impl Iterator<Item = f64>) -> f64 {
     if n == 0 { 0.0 } else { sum / n as f64 }
 }
 
-pub fn stage(samples: &[Sample], meetings: usize, participants: usize, run: &Run) -> Stage {
+/// One `--find-max` stage: `meetings` meetings holding `total` participants.
+pub fn stage(samples: &[Sample], meetings: usize, total: usize, run: &Run) -> Stage {
     // The stage's steady part: skip its first two seconds (joins in flight).
     let steady = if samples.len() > 3 {
         &samples[2..]
@@ -389,7 +390,6 @@ pub fn stage(samples: &[Sample], meetings: usize, participants: usize, run: &Run
         join.value_at_quantile(0.95)
     };
     let joined = run.counters.joined.load(Ordering::Relaxed);
-    let total = meetings * participants;
     let connected: u64 = run
         .shards
         .iter()
@@ -777,8 +777,7 @@ impl Report {
             },
             scenario: s.clone(),
             wall_s: wall.as_secs_f64(),
-            // Churn replacements take the place of those who left, in the same meetings.
-            meetings: (planned - parts.churned as usize) / s.participants.max(1),
+            meetings: stages.last().map_or(s.meetings, |st| st.meetings),
             participants_planned: planned,
             participants_joined: joined,
             participants_connected: connected,
@@ -838,7 +837,10 @@ impl Report {
             }),
             soak: run.args.soak.map(|_| {
                 let rows = run.soak_rows.lock().map(|r| r.clone()).unwrap_or_default();
-                SoakReport::of(rows, s.total_participants() as f64 / s.ramp)
+                let first = run.args.meeting_offset;
+                let joining = s.participants_before(first + s.meetings)
+                    - s.participants_before(first);
+                SoakReport::of(rows, joining as f64 / s.ramp)
             }),
             agents,
             stages,

@@ -25,7 +25,26 @@ pub struct Scenario {
     #[serde(with = "secs")]
     pub duration: Duration,
     pub seed: u64,
+    /// The `mixed` preset: meeting shapes and their shares (percent); empty for a uniform
+    /// scenario. Meeting `m`'s shape is `mix[kinds[m]]`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mix: Vec<MixPart>,
+    #[serde(skip)]
+    kinds: Vec<u8>,
+    /// Participants of the meetings before each meeting (mixed scenarios), and the total.
+    #[serde(skip)]
+    before: Vec<usize>,
 }
+
+/// One kind of meeting in a `mixed` scenario.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MixPart {
+    pub share_pct: u32,
+    pub shape: Scenario,
+}
+
+/// The default proportions of `--preset mixed`.
+pub const DEFAULT_MIX: &str = "audio-rooms:70,video-meeting:25,livestream:5";
 
 mod secs {
     pub fn serialize<S: serde::Serializer>(
@@ -59,6 +78,9 @@ pub fn preset(name: &str, participants: Option<usize>) -> Result<Scenario, Strin
         ramp: 100.0,
         duration: Duration::from_secs(60),
         seed: 1,
+        mix: Vec::new(),
+        kinds: Vec::new(),
+        before: Vec::new(),
     };
     match name {
         // Many small meetings, one speaker each, everyone's microphone on.
@@ -81,13 +103,94 @@ pub fn preset(name: &str, participants: Option<usize>) -> Result<Scenario, Strin
             let p = participants.unwrap_or(100).max(2);
             Ok(s(p, 1, 1, 1, hd, p - 1))
         }
+        "mixed" => {
+            let mut m = s(1, 0, 0, 0, sd, 0);
+            m.mix = parse_mix(DEFAULT_MIX)?;
+            Ok(m)
+        }
         other => Err(format!(
-            "unknown preset {other:?}: audio-rooms, big-audio-room, video-meeting, livestream"
+            "unknown preset {other:?}: audio-rooms, big-audio-room, video-meeting, livestream, mixed"
         )),
     }
 }
 
+/// Parses `--mix`: `preset:percent,...` (each preset at its default size), shares adding
+/// up to 100.
+pub fn parse_mix(text: &str) -> Result<Vec<MixPart>, String> {
+    let mut parts = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (name, share) = item
+            .split_once(':')
+            .ok_or_else(|| format!("--mix: {item:?} is not preset:percent"))?;
+        if name == "mixed" {
+            return Err("--mix: a mix cannot contain itself".into());
+        }
+        let share: u32 = share
+            .parse()
+            .map_err(|_| format!("--mix: {share:?} is not a whole percentage"))?;
+        if share > 0 {
+            parts.push(MixPart {
+                share_pct: share,
+                shape: preset(name, None)?,
+            });
+        }
+    }
+    if parts.iter().map(|p| p.share_pct).sum::<u32>() != 100 {
+        return Err("--mix: the shares must add up to 100".into());
+    }
+    Ok(parts)
+}
+
 impl Scenario {
+    /// Places the first `count` meetings of a mixed scenario: kinds spread evenly in their
+    /// proportions (smooth weighted round robin), so any first N meetings have about the
+    /// stated mix, and a meeting's kind does not depend on the run's size (an agent's share,
+    /// a `--find-max` stage).
+    pub fn place(&mut self, count: usize) {
+        if self.mix.is_empty() {
+            return;
+        }
+        let total: i64 = self.mix.iter().map(|p| i64::from(p.share_pct)).sum();
+        let mut current = vec![0i64; self.mix.len()];
+        self.kinds = Vec::with_capacity(count);
+        self.before = Vec::with_capacity(count + 1);
+        let mut sum = 0;
+        for _ in 0..count {
+            for (c, p) in current.iter_mut().zip(&self.mix) {
+                *c += i64::from(p.share_pct);
+            }
+            let (k, _) = current
+                .iter()
+                .enumerate()
+                .max_by_key(|(k, c)| (**c, std::cmp::Reverse(*k)))
+                .unwrap_or((0, &0));
+            current[k] -= total;
+            self.kinds.push(k as u8);
+            self.before.push(sum);
+            sum += self.mix[k].shape.participants;
+        }
+        self.before.push(sum);
+    }
+
+    /// The shape of meeting `m` (itself, unless mixed).
+    pub fn meeting(&self, m: usize) -> &Scenario {
+        match self.kinds.get(m) {
+            Some(&k) => &self.mix[usize::from(k)].shape,
+            None => self,
+        }
+    }
+
+    /// Participants in the meetings before meeting `m`.
+    pub fn participants_before(&self, m: usize) -> usize {
+        if self.mix.is_empty() {
+            return m * self.participants;
+        }
+        self.before
+            .get(m)
+            .copied()
+            .unwrap_or_else(|| self.before.last().copied().unwrap_or(0))
+    }
+
     /// What participant `index` of a meeting sends.
     pub fn sending(&self, index: usize) -> Sending {
         let receive_only = index >= self.participants.saturating_sub(self.subscribers_only);
@@ -107,10 +210,13 @@ impl Scenario {
     }
 
     pub fn total_participants(&self) -> usize {
-        self.meetings * self.participants
+        self.participants_before(self.meetings)
     }
 
     pub fn check(&self) -> Result<(), String> {
+        for part in &self.mix {
+            part.shape.check()?;
+        }
         if self.participants == 0 || self.meetings == 0 {
             return Err("--meetings and --participants must be at least 1".into());
         }
@@ -147,5 +253,30 @@ mod tests {
         assert!(preset("nope", None).is_err());
         assert!(l.others_send(1) && !l.others_send(0));
         assert!(a.others_send(0) && a.others_send(3));
+    }
+
+    #[test]
+    fn a_mix_places_meetings_in_its_proportions() {
+        let mut m = preset("mixed", None).expect("preset");
+        m.mix = parse_mix("audio-rooms:70,video-meeting:25,livestream:5").expect("mix");
+        m.meetings = 1000;
+        m.place(1000);
+        let count = |p: &str| {
+            (0..1000)
+                .filter(|&i| m.meeting(i).preset.as_deref() == Some(p))
+                .count()
+        };
+        assert_eq!(
+            (count("audio-rooms"), count("video-meeting"), count("livestream")),
+            (700, 250, 50)
+        );
+        // Any prefix is close to the mix: the first 20 meetings hold a livestream.
+        assert!((0..25).any(|i| m.meeting(i).preset.as_deref() == Some("livestream")));
+        assert_eq!(m.total_participants(), 700 * 4 + 250 * 8 + 50 * 100);
+        assert_eq!(m.participants_before(1), m.meeting(0).participants);
+        assert!(m.check().is_ok());
+        for bad in ["audio-rooms:50", "nope:100", "audio-rooms:x", "mixed:100", "audio-rooms"] {
+            assert!(parse_mix(bad).is_err(), "{bad}");
+        }
     }
 }
