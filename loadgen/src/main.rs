@@ -259,25 +259,7 @@ fn chaos_kinds(args: &Args) -> Result<Vec<chaos::Kind>, String> {
 fn scenario(args: &Args) -> Result<Scenario, String> {
     let mut s = match &args.preset {
         Some(p) => scenario::preset(p, args.participants)?,
-        None => {
-            let p = args.participants.unwrap_or(4);
-            Scenario {
-                preset: None,
-                meetings: args.meetings,
-                participants: p,
-                audio_publishers: p,
-                speakers: 1.min(p),
-                video_publishers: 0,
-                video: media::VideoProfile {
-                    bitrate_bps: 300_000,
-                    fps: 30,
-                },
-                subscribers_only: 0,
-                ramp: args.ramp,
-                duration: args.duration,
-                seed: args.seed,
-            }
-        }
+        None => Scenario::custom(args.participants.unwrap_or(4)),
     };
     s.meetings = args.meetings;
     s.ramp = args.ramp;

@@ -838,8 +838,8 @@ impl Report {
             soak: run.args.soak.map(|_| {
                 let rows = run.soak_rows.lock().map(|r| r.clone()).unwrap_or_default();
                 let first = run.args.meeting_offset;
-                let joining = s.participants_before(first + s.meetings)
-                    - s.participants_before(first);
+                let joining =
+                    s.participants_before(first + s.meetings) - s.participants_before(first);
                 SoakReport::of(rows, joining as f64 / s.ramp)
             }),
             agents,

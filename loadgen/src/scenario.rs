@@ -142,6 +142,29 @@ pub fn parse_mix(text: &str) -> Result<Vec<MixPart>, String> {
 }
 
 impl Scenario {
+    /// No preset: `participants` per meeting, everyone's microphone on, one speaking.
+    pub fn custom(participants: usize) -> Scenario {
+        Scenario {
+            preset: None,
+            meetings: 1,
+            participants,
+            audio_publishers: participants,
+            speakers: 1.min(participants),
+            video_publishers: 0,
+            video: VideoProfile {
+                bitrate_bps: 300_000,
+                fps: 30,
+            },
+            subscribers_only: 0,
+            ramp: 100.0,
+            duration: Duration::from_secs(60),
+            seed: 1,
+            mix: Vec::new(),
+            kinds: Vec::new(),
+            before: Vec::new(),
+        }
+    }
+
     /// Places the first `count` meetings of a mixed scenario: kinds spread evenly in their
     /// proportions (smooth weighted round robin), so any first N meetings have about the
     /// stated mix, and a meeting's kind does not depend on the run's size (an agent's share,
@@ -267,7 +290,11 @@ mod tests {
                 .count()
         };
         assert_eq!(
-            (count("audio-rooms"), count("video-meeting"), count("livestream")),
+            (
+                count("audio-rooms"),
+                count("video-meeting"),
+                count("livestream")
+            ),
             (700, 250, 50)
         );
         // Any prefix is close to the mix: the first 20 meetings hold a livestream.
@@ -275,7 +302,13 @@ mod tests {
         assert_eq!(m.total_participants(), 700 * 4 + 250 * 8 + 50 * 100);
         assert_eq!(m.participants_before(1), m.meeting(0).participants);
         assert!(m.check().is_ok());
-        for bad in ["audio-rooms:50", "nope:100", "audio-rooms:x", "mixed:100", "audio-rooms"] {
+        for bad in [
+            "audio-rooms:50",
+            "nope:100",
+            "audio-rooms:x",
+            "mixed:100",
+            "audio-rooms",
+        ] {
             assert!(parse_mix(bad).is_err(), "{bad}");
         }
     }
