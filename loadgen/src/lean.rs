@@ -419,6 +419,15 @@ fn keyframe_requests(mut p: &[u8]) -> Vec<u32> {
     out
 }
 
+/// Whether to decrypt this packet of stream `ssrc`: one in `every` per stream, always its
+/// first (the SRTP context learns the stream's rollover counter from it).
+fn sampled(seen: &mut std::collections::HashMap<u32, u32>, ssrc: u32, every: u32) -> bool {
+    let n = seen.entry(ssrc).or_insert(0);
+    let decrypt = n.is_multiple_of(every.max(1));
+    *n = n.wrapping_add(1);
+    decrypt
+}
+
 // ---- the peer ----------------------------------------------------------------------------
 
 struct Srtp {
@@ -996,9 +1005,7 @@ impl LeanPeer {
             return;
         }
         let clock = self.clock_of(head.pt);
-        let seen = self.received.entry(head.ssrc).or_insert(0);
-        let decrypt = seen.is_multiple_of(self.decrypt_every);
-        *seen = seen.wrapping_add(1);
+        let decrypt = sampled(&mut self.received, head.ssrc, self.decrypt_every);
         let Some(srtp) = self.srtp.as_mut() else {
             return;
         };
@@ -1282,6 +1289,30 @@ mod tests {
         p.extend_from_slice(&[0x55, 0x66, 0x77, 0x88, 1, 0, 0, 0]);
         p.extend_from_slice(&[0x81, 206, 0, 200, 0, 0]);
         assert_eq!(keyframe_requests(&p), [0x1122_3344, 0x5566_7788]);
+    }
+
+    #[test]
+    fn sampling_decrypts_each_streams_first_packet_then_one_in_n() {
+        let mut seen = std::collections::HashMap::new();
+        // Two streams interleaved: a per-participant counter would lock onto one of them.
+        let picks: Vec<(u32, bool)> = (0..12)
+            .map(|i| {
+                let ssrc = if i % 2 == 0 { 7 } else { 9 };
+                (ssrc, sampled(&mut seen, ssrc, 3))
+            })
+            .collect();
+        let of = |ssrc: u32| -> Vec<bool> {
+            picks
+                .iter()
+                .filter(|(s, _)| *s == ssrc)
+                .map(|(_, d)| *d)
+                .collect()
+        };
+        assert_eq!(of(7), [true, false, false, true, false, false]);
+        assert_eq!(of(9), [true, false, false, true, false, false]);
+        // Every packet when N is 1 (or 0, read as 1).
+        assert!((0..5).all(|_| sampled(&mut seen, 11, 1)));
+        assert!((0..5).all(|_| sampled(&mut seen, 12, 0)));
     }
 
     #[test]
