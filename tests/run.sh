@@ -164,13 +164,13 @@ target/rest-openapi-venv/bin/python tests/rest_openapi/webhooks_standard.py targ
 step "REST API: property-based tests from /v1/openapi.json (schemathesis: no 5xx, responses match the document)"
 target/rest-openapi-venv/bin/python tests/rest_openapi/schemathesis_run.py target/debug/hearth
 
+if [ "$quick" = 1 ]; then
+  echo; echo "quick run: namespace and browser tests skipped"; exit 0
+fi
+
 step "load generator: two agents, each in a network namespace of its own, drive one node"
 if [ "$(id -u)" = 0 ]; then unshare --net -- tests/loadgen/agents_netns.sh target/debug; else
   unshare --user --map-root-user --net -- tests/loadgen/agents_netns.sh target/debug
-fi
-
-if [ "$quick" = 1 ]; then
-  echo; echo "quick run: browser tests skipped"; exit 0
 fi
 
 step "browser end-to-end tests (headless Chromium and Firefox, in private network namespaces)"

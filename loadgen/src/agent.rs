@@ -200,7 +200,7 @@ fn agent_args(
     client: &str,
     first: usize,
     meetings: usize,
-    total_meetings: usize,
+    scenario: &Scenario,
     tag: &str,
     start_at_ms: u64,
 ) -> Vec<String> {
@@ -221,7 +221,10 @@ fn agent_args(
         }
         out.push(a);
     }
-    let share = meetings as f64 / total_meetings.max(1) as f64;
+    // Shares by participants (a mixed scenario's meetings differ in size).
+    let share = (scenario.participants_before(first + meetings)
+        - scenario.participants_before(first)) as f64
+        / scenario.total_participants().max(1) as f64;
     let ramp = (args.ramp * share).max(0.01);
     if let Some(churn) = args.churn {
         // Each agent churns its share: together, the run's rate.
@@ -380,7 +383,7 @@ pub async fn drive(
                 run.ctx.link.client_name(),
                 first,
                 meetings,
-                s.meetings,
+                s,
                 &run.run_tag,
                 start_at_ms,
             ),
@@ -454,6 +457,7 @@ pub async fn drive(
         };
         let p = &r.parts;
         row.participants_connected = p.connected;
+        row.participants_planned += p.churned as usize;
         row.loss_pct = if p.expected == 0 {
             0.0
         } else {
@@ -468,8 +472,9 @@ pub async fn drive(
         }
     }
     let mut parts = parts.unwrap_or_else(|| Parts::local(run));
-    // Participants of lost agents were planned too.
-    parts.planned = planned;
+    // Participants of lost agents were planned too, and every churn leave planned a
+    // replacement.
+    parts.planned = planned + parts.churned as usize;
     (parts, rows)
 }
 

@@ -101,8 +101,9 @@ struct Args {
     /// With `--preset mixed`: the kinds of meeting and their shares in percent, each at its
     /// preset's default size (audio-rooms 4, video-meeting 8, livestream 100, big-audio-room
     /// 100).
-    #[arg(long, default_value = scenario::DEFAULT_MIX)]
-    mix: String,
+    /// [default: audio-rooms:70,video-meeting:25,livestream:5]
+    #[arg(long)]
+    mix: Option<String>,
     /// Meetings to simulate (with --find-max: the first stage).
     #[arg(long, default_value_t = 10)]
     meetings: usize,
@@ -290,15 +291,10 @@ fn scenario(args: &Args) -> Result<Scenario, String> {
         if shaped {
             return Err("--preset mixed takes its meetings' shapes from --mix".into());
         }
-        s.mix = scenario::parse_mix(&args.mix)?;
-        // Every meeting index this run can reach: an agent's share starts at its offset, and
-        // --find-max grows (up to its cap of 2 million participants).
-        let reach = if args.find_max {
-            (args.meeting_offset + s.meetings).max(200_000)
-        } else {
-            args.meeting_offset + s.meetings
-        };
-        s.place(reach);
+        s.mix = scenario::parse_mix(args.mix.as_deref().unwrap_or(scenario::DEFAULT_MIX))?;
+        s.place();
+    } else if args.mix.is_some() {
+        return Err("--mix goes with --preset mixed".into());
     }
     s.check()?;
     Ok(s)
@@ -317,6 +313,10 @@ struct Live {
     role: usize,
     started: Instant,
     leave: watch::Sender<bool>,
+    /// `signal::STATE_*`, kept by its session.
+    state: Arc<std::sync::atomic::AtomicU8>,
+    /// Fires when its task has ended.
+    done: tokio::sync::oneshot::Receiver<()>,
 }
 
 /// `--churn` picks participants that have been in their meeting at least this long (joined
@@ -355,7 +355,6 @@ impl Run {
         }
     }
 
-    /// Starts the participants of meetings `from..to` at the ramp rate.
     /// Starts one participant against Hearth: role `i` of meeting `m`, as participant `id`
     /// (`churn`: a replacement joining during the hold). It leaves when the run ends, or
     /// earlier when `--churn` picks it.
@@ -377,34 +376,56 @@ impl Run {
             ip: participant_ip(self.args.local_net, id),
             expects_media: shape.others_send(i),
             churn,
+            state: None,
         };
         if let Some(t) = &self.ctx.tracker {
             t.planned(id, &meeting);
         }
-        // Its own stop: the run's end, or a churn leave.
+        self.planned.fetch_add(1, Ordering::Relaxed);
+        let ctx = Arc::clone(&self.ctx);
+        let counters = Arc::clone(&self.counters);
+        if self.args.churn.is_none() {
+            tokio::spawn(signal::run(
+                plan,
+                ctx,
+                shard,
+                counters,
+                self.stop.subscribe(),
+            ));
+            return;
+        }
+        // With --churn, its own stop (the run's end, or being picked), its state for the
+        // picking (connected, ended) and a signal when its task is over.
         let (leave, stop) = watch::channel(false);
         let mut run_end = self.stop.subscribe();
         let forward = leave.clone();
         tokio::spawn(async move {
-            let _ = run_end.wait_for(|s| *s).await;
-            let _ = forward.send(true);
+            tokio::select! {
+                _ = run_end.wait_for(|s| *s) => { let _ = forward.send(true); }
+                _ = forward.closed() => {}
+            }
         });
+        let state = Arc::new(std::sync::atomic::AtomicU8::new(signal::STATE_JOINING));
+        let (done_tx, done) = tokio::sync::oneshot::channel();
         if let Ok(mut live) = self.live.lock() {
+            live.retain(|l| l.state.load(Ordering::Relaxed) != signal::STATE_ENDED);
             live.push(Live {
                 meeting: m,
                 role: i,
                 started: Instant::now(),
                 leave,
+                state: Arc::clone(&state),
+                done,
             });
         }
-        tokio::spawn(signal::run(
-            plan,
-            Arc::clone(&self.ctx),
-            shard,
-            Arc::clone(&self.counters),
-            stop,
-        ));
-        self.planned.fetch_add(1, Ordering::Relaxed);
+        let plan = Plan {
+            state: Some(state),
+            ..plan
+        };
+        tokio::spawn(async move {
+            signal::run(plan, ctx, shard, counters, stop).await;
+            let _ = done_tx.send(());
+        });
     }
 
     /// `--churn`: until `until`, `rate` times a second one participant that has been in
@@ -420,8 +441,13 @@ impl Run {
             }
             let picked = self.live.lock().ok().and_then(|mut live| {
                 let now = Instant::now();
+                live.retain(|l| l.state.load(Ordering::Relaxed) != signal::STATE_ENDED);
+                // Connected, in its meeting long enough: a leave, not a failed join.
                 let eligible: Vec<usize> = (0..live.len())
-                    .filter(|&k| now.duration_since(live[k].started) >= CHURN_MIN_AGE)
+                    .filter(|&k| {
+                        live[k].state.load(Ordering::Relaxed) == signal::STATE_CONNECTED
+                            && now.duration_since(live[k].started) >= CHURN_MIN_AGE
+                    })
                     .collect();
                 if eligible.is_empty() {
                     return None;
@@ -432,11 +458,14 @@ impl Run {
             let Some(gone) = picked else { continue };
             let _ = gone.leave.send(true);
             self.churned.fetch_add(1, Ordering::Relaxed);
+            // Its seat is free once it has left (a full meeting would refuse the newcomer).
+            let _ = tokio::time::timeout(Duration::from_secs(5), gone.done).await;
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             self.launch_hearth(s, gone.meeting, gone.role, id, true);
         }
     }
 
+    /// Starts the participants of meetings `from..to` at the ramp rate.
     async fn launch(&self, s: &Scenario, from: usize, to: usize) {
         let every = Duration::from_secs_f64(1.0 / s.ramp);
         let mut next = tokio::time::Instant::now();
@@ -598,6 +627,12 @@ async fn run_main(
         eprintln!("error: --agents: an agent is named twice (it runs one job at a time)");
         return ExitCode::from(2);
     }
+    if let Some(rate) = args.churn
+        && (args.target != "hearth" || !(rate > 0.0 && rate <= 1000.0))
+    {
+        eprintln!("error: --churn: a rate above 0 and up to 1000 per second, against Hearth");
+        return ExitCode::from(2);
+    }
     if args.reconnect && args.decrypt_every > 1 {
         // Senders are recognised from decrypted payloads: sampling would invent gaps.
         eprintln!("error: --reconnect needs every packet decrypted (--decrypt-every 1)");
@@ -731,7 +766,7 @@ async fn run_main(
             format!(
                 "{} meetings mixed as {} ({} participants)",
                 s.meetings,
-                run.args.mix,
+                run.args.mix.as_deref().unwrap_or(scenario::DEFAULT_MIX),
                 s.total_participants()
             )
         },

@@ -192,6 +192,8 @@ pub struct Slo {
     pub connections_ok: bool,
     /// With --agents: every agent delivered its results (always true without agents).
     pub agents_ok: bool,
+    /// With --soak: the server's RSS did not keep growing over the hold.
+    pub memory_ok: bool,
     pub held: bool,
 }
 
@@ -215,6 +217,7 @@ impl Slo {
             measured,
             connections_ok,
             agents_ok: true,
+            memory_ok: true,
             held: measured && loss_ok && latency_ok && join_ok && connections_ok,
         }
     }
@@ -767,6 +770,15 @@ impl Report {
         .with_reconnect(reconnect.as_ref(), chaos.as_ref());
         slo.agents_ok = agents.iter().all(|a| a.status == "done");
         slo.held &= slo.agents_ok;
+        let soak = run.args.soak.map(|_| {
+            let rows = run.soak_rows.lock().map(|r| r.clone()).unwrap_or_default();
+            let first = run.args.meeting_offset;
+            let joining = s.participants_before(first + s.meetings) - s.participants_before(first);
+            SoakReport::of(rows, joining as f64 / s.ramp)
+        });
+        // A soak whose server keeps growing does not pass (a leak).
+        slo.memory_ok = !soak.as_ref().is_some_and(|k| k.rss_growing);
+        slo.held &= slo.memory_ok;
         let max_held = stages.iter().rfind(|st| st.slo.held).cloned();
         Report {
             target: run.args.target.clone(),
@@ -835,13 +847,7 @@ impl Report {
                     join_ms: percentiles(&joins, 1.0),
                 }
             }),
-            soak: run.args.soak.map(|_| {
-                let rows = run.soak_rows.lock().map(|r| r.clone()).unwrap_or_default();
-                let first = run.args.meeting_offset;
-                let joining =
-                    s.participants_before(first + s.meetings) - s.participants_before(first);
-                SoakReport::of(rows, joining as f64 / s.ramp)
-            }),
+            soak,
             agents,
             stages,
             max_held,
@@ -1085,6 +1091,8 @@ impl Report {
             "held".into()
         } else if !self.slo.agents_ok {
             "BROKEN: an agent's results are missing (see its row)".into()
+        } else if !self.slo.memory_ok {
+            "BROKEN: the server's RSS kept growing over the soak (see its rows)".into()
         } else if !self.slo.measured {
             "NOT MEASURED: no media flowed (nobody published, or nobody connected)".into()
         } else {

@@ -165,20 +165,21 @@ impl Scenario {
         }
     }
 
-    /// Places the first `count` meetings of a mixed scenario: kinds spread evenly in their
-    /// proportions (smooth weighted round robin), so any first N meetings have about the
-    /// stated mix, and a meeting's kind does not depend on the run's size (an agent's share,
-    /// a `--find-max` stage).
-    pub fn place(&mut self, count: usize) {
+    /// Places a mixed scenario's meetings: kinds spread evenly in their proportions (smooth
+    /// weighted round robin), so any first N meetings have about the stated mix. The order
+    /// repeats every 100 meetings (the shares add up to 100), so one period is kept and a
+    /// meeting's kind does not depend on the run's size (an agent's share, a `--find-max`
+    /// stage): any index works.
+    pub fn place(&mut self) {
         if self.mix.is_empty() {
             return;
         }
         let total: i64 = self.mix.iter().map(|p| i64::from(p.share_pct)).sum();
         let mut current = vec![0i64; self.mix.len()];
-        self.kinds = Vec::with_capacity(count);
-        self.before = Vec::with_capacity(count + 1);
+        self.kinds = Vec::with_capacity(total as usize);
+        self.before = Vec::with_capacity(total as usize + 1);
         let mut sum = 0;
-        for _ in 0..count {
+        for _ in 0..total {
             for (c, p) in current.iter_mut().zip(&self.mix) {
                 *c += i64::from(p.share_pct);
             }
@@ -197,21 +198,20 @@ impl Scenario {
 
     /// The shape of meeting `m` (itself, unless mixed).
     pub fn meeting(&self, m: usize) -> &Scenario {
-        match self.kinds.get(m) {
-            Some(&k) => &self.mix[usize::from(k)].shape,
-            None => self,
+        if self.kinds.is_empty() {
+            return self;
         }
+        &self.mix[usize::from(self.kinds[m % self.kinds.len()])].shape
     }
 
     /// Participants in the meetings before meeting `m`.
     pub fn participants_before(&self, m: usize) -> usize {
-        if self.mix.is_empty() {
+        if self.kinds.is_empty() {
             return m * self.participants;
         }
-        self.before
-            .get(m)
-            .copied()
-            .unwrap_or_else(|| self.before.last().copied().unwrap_or(0))
+        let period = self.kinds.len();
+        let per_period = self.before[period];
+        (m / period) * per_period + self.before[m % period]
     }
 
     /// What participant `index` of a meeting sends.
@@ -283,7 +283,7 @@ mod tests {
         let mut m = preset("mixed", None).expect("preset");
         m.mix = parse_mix("audio-rooms:70,video-meeting:25,livestream:5").expect("mix");
         m.meetings = 1000;
-        m.place(1000);
+        m.place();
         let count = |p: &str| {
             (0..1000)
                 .filter(|&i| m.meeting(i).preset.as_deref() == Some(p))
@@ -301,6 +301,11 @@ mod tests {
         assert!((0..25).any(|i| m.meeting(i).preset.as_deref() == Some("livestream")));
         assert_eq!(m.total_participants(), 700 * 4 + 250 * 8 + 50 * 100);
         assert_eq!(m.participants_before(1), m.meeting(0).participants);
+        // Past the first period, the same order and the same sums.
+        assert_eq!(
+            m.participants_before(12_345) - m.participants_before(12_300),
+            m.participants_before(45) - m.participants_before(0)
+        );
         assert!(m.check().is_ok());
         for bad in [
             "audio-rooms:50",

@@ -96,7 +96,13 @@ pub struct Plan {
     pub expects_media: bool,
     /// Joins during the hold in place of one that left (`--churn`).
     pub churn: bool,
+    /// With `--churn`: where it is (`STATE_*`), for the churn to pick connected ones.
+    pub state: Option<Arc<std::sync::atomic::AtomicU8>>,
 }
+
+pub const STATE_JOINING: u8 = 0;
+pub const STATE_CONNECTED: u8 = 1;
+pub const STATE_ENDED: u8 = 2;
 
 /// What every participant task shares.
 pub struct Ctx {
@@ -200,6 +206,9 @@ pub async fn run(
     }
     if life.joined {
         counters.left.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(state) = &plan.state {
+        state.store(STATE_ENDED, Ordering::Relaxed);
     }
 }
 
@@ -382,6 +391,9 @@ async fn session(
                     Some(PeerOut::Connected) => {
                         life.connected = true;
                         connected_at = Some(Instant::now());
+                        if let Some(state) = &plan.state {
+                            state.store(STATE_CONNECTED, Ordering::Relaxed);
+                        }
                         if !plan.expects_media {
                             is_back(tracker, id, life, Instant::now());
                         }

@@ -13,7 +13,12 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  # Bounded: whatever ignores SIGTERM for 5 s is killed.
+  for _ in $(seq 100); do
+    alive=0; for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break; sleep 0.05
+  done
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -22,12 +27,17 @@ fail() { echo "agents_netns: $*" >&2; for f in "$work"/*.log "$work"/*.txt "$wor
 until_true() { local secs=$1; shift; for _ in $(seq $((secs * 20))); do "$@" && return 0; sleep 0.05; done; return 1; }
 
 KEY=APIagents; SECRET=agents-secret-0123456789abcdef; TOKEN=agents-token-0123
+# Only in a namespace of its own (made for this test: just `lo`), never on a host.
+[ "$(ip -o link | wc -l)" = 1 ] || fail "run me in a fresh network namespace (unshare --net)"
 ip link set lo up
 agents=()
 for i in 1 2; do
   unshare --net -- sleep 600 &
   ns_pid=$!; pids+=("$ns_pid")
-  other_ns() { [ "$(readlink "/proc/$ns_pid/ns/net")" != "$(readlink /proc/self/ns/net)" ]; }
+  other_ns() {
+    [ -e "/proc/$ns_pid/ns/net" ] &&
+      [ "$(readlink "/proc/$ns_pid/ns/net")" != "$(readlink /proc/self/ns/net)" ]
+  }
   until_true 5 other_ns || fail "namespace $i did not come up"
   in_ns() { nsenter --net="/proc/$ns_pid/ns/net" -- "$@"; }
   ip link add "h$i" type veth peer name "a$i"
@@ -41,8 +51,10 @@ for i in 1 2; do
   # The agent's participants: a range local to its namespace, routed to it from the node's.
   in_ns ip route add local "10.80.$i.0/24" dev lo
   ip route add "10.80.$i.0/24" via "10.79.$i.2"
-  in_ns "$bin/hearth-loadgen" agent --listen "10.79.$i.2:7999" --local-net "10.80.$i.0" \
-    --token "$TOKEN" >"$work/agent$i.txt" 2>"$work/agent$i.log" &
+  # exec: $! is the agent itself (a backgrounded function would leave it orphaned).
+  (exec nsenter --net="/proc/$ns_pid/ns/net" -- "$bin/hearth-loadgen" agent \
+    --listen "10.79.$i.2:7999" --local-net "10.80.$i.0" --token "$TOKEN" \
+    >"$work/agent$i.txt" 2>"$work/agent$i.log") &
   pids+=("$!")
   agents+=("10.79.$i.2:7999")
 done
@@ -58,7 +70,8 @@ for i in 1 2; do
 done
 "$bin/hearth-loadgen" --url "http://10.79.1.1:$port" --api-key "$KEY" --api-secret "$SECRET" \
   --agents "$(IFS=,; echo "${agents[*]}")" --agent-token "$TOKEN" \
-  --meetings 6 --participants 3 --speakers 1 --ramp 30 --duration 6s --client lean \
+  --preset mixed --mix audio-rooms:50,video-meeting:50 --meetings 4 --ramp 30 --duration 6s \
+  --client lean \
   --json "$work/report.json" >"$work/report.txt" 2>"$work/progress" \
   || fail "the controller's run failed"
 python3 - "$work/report.json" <<'PY' || fail "the report does not add up"
@@ -66,11 +79,14 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 agents = r["agents"]
 assert len(agents) == 2 and all(a["status"] == "done" for a in agents), agents
-assert [a["meetings"] for a in agents] == [3, 3], agents
-assert sum(a["participants_planned"] for a in agents) == r["participants_planned"] == 18, r
-assert sum(a["participants_connected"] for a in agents) == r["participants_connected"] == 18, r
+# A mixed run (an audio room of 4, then a video meeting of 8, and again): 2 meetings and
+# 12 participants per agent.
+assert [a["meetings"] for a in agents] == [2, 2], agents
+assert [a["participants_planned"] for a in agents] == [12, 12], agents
+assert sum(a["participants_planned"] for a in agents) == r["participants_planned"] == 24, r
+assert sum(a["participants_connected"] for a in agents) == r["participants_connected"] == 24, r
 assert r["packets"]["received"] > 1000, r["packets"]
 assert r["loss_pct"] < 1.0 and r["slo"]["held"], (r["loss_pct"], r["slo"])
-print("ok: 2 agents in 2 network namespaces, 18 participants connected, "
+print("ok: 2 agents in 2 network namespaces, a mixed run, 24 participants connected, "
       f"{r['packets']['received']} packets received, loss {r['loss_pct']:.3f} %")
 PY
