@@ -412,18 +412,8 @@ pub fn stage(samples: &[Sample], meetings: usize, total: usize, run: &Run) -> St
             .iter()
             .filter_map(|s| s.server_rss_mb)
             .reduce(f64::max),
-        errors: run
-            .counters
-            .errors
-            .lock()
-            .map(|e| e.clone())
-            .unwrap_or_default(),
-        connection_failures: run
-            .counters
-            .phases
-            .lock()
-            .map(|p| p.clone())
-            .unwrap_or_default(),
+        errors: run.counters.errors_now(),
+        connection_failures: run.counters.phases_now(),
         slo: Slo::of(
             loss,
             p99,
@@ -627,18 +617,8 @@ impl Parts {
             join_ms: String::new(),
             join_ms_churn: String::new(),
             churned: run.churned.load(Ordering::Relaxed),
-            errors: run
-                .counters
-                .errors
-                .lock()
-                .map(|e| e.clone())
-                .unwrap_or_default(),
-            connection_failures: run
-                .counters
-                .phases
-                .lock()
-                .map(|p| p.clone())
-                .unwrap_or_default(),
+            errors: run.counters.errors_now(),
+            connection_failures: run.counters.phases_now(),
             examples: run
                 .counters
                 .examples

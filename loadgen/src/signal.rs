@@ -69,6 +69,16 @@ impl Counters {
         }
     }
 
+    /// Errors by code so far.
+    pub fn errors_now(&self) -> BTreeMap<String, u64> {
+        self.errors.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// Connection failures by phase so far.
+    pub fn phases_now(&self) -> BTreeMap<String, u64> {
+        self.phases.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
     /// Connection failures in every phase so far.
     pub fn connection_failures(&self) -> u64 {
         self.phases.lock().map_or(0, |p| p.values().sum())
