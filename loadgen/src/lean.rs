@@ -582,15 +582,17 @@ impl LeanPeer {
         }
         s.push_str("a=msid-semantic: WMS *\r\n");
         for sec in sections {
-            let pt = sec.codec.as_ref().map_or(0, |c| c.pt);
-            if sec.rejected || sec.codec.is_none() {
-                s.push_str(&format!(
-                    "m={} 0 UDP/TLS/RTP/SAVPF {pt}\r\nc=IN IP4 0.0.0.0\r\na=mid:{}\r\na=inactive\r\n",
-                    sec.media, sec.mid
-                ));
-                continue;
-            }
-            let Some(c) = &sec.codec else { continue };
+            let c = match &sec.codec {
+                Some(c) if !sec.rejected => c,
+                _ => {
+                    s.push_str(&format!(
+                        "m={} 0 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\na=mid:{}\r\na=inactive\r\n",
+                        sec.media, sec.mid
+                    ));
+                    continue;
+                }
+            };
+            let pt = c.pt;
             s.push_str(&format!(
                 "m={} 9 UDP/TLS/RTP/SAVPF {pt}\r\nc=IN IP4 0.0.0.0\r\na=mid:{}\r\n",
                 sec.media, sec.mid
@@ -1191,9 +1193,7 @@ impl LeanPeer {
             sender: self.id,
             sent_us: self.rx.now_us(now),
         };
-        let jitter = ((self.frame.wrapping_mul(2_654_435_761)) % 1000) as f64 / 1000.0;
-        self.frame += 1;
-        let payloads = media::vp8_frame(profile, keyframe, jitter, t);
+        let payloads = media::next_vp8_frame(profile, keyframe, &mut self.frame, t);
         let last = payloads.len().saturating_sub(1);
         for (n, payload) in payloads.iter().enumerate() {
             if self.send_rtp(i, n == last, payload) {

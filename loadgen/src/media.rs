@@ -110,6 +110,20 @@ pub fn vp8_frame(profile: VideoProfile, keyframe: bool, jitter: f64, t: Trailer)
 }
 
 /// True if a VP8 payload starts a keyframe (our descriptor has no extensions).
+/// The next frame of a video sender: its packets' payloads (a keyframe if `keyframe`), with
+/// the size jitter of frame number `*frame` (then counted) and the trailer `t`. Shared by
+/// every kind of simulated participant, so all send the same frames.
+pub fn next_vp8_frame(
+    profile: VideoProfile,
+    keyframe: bool,
+    frame: &mut u64,
+    t: Trailer,
+) -> Vec<Bytes> {
+    let jitter = ((frame.wrapping_mul(2_654_435_761)) % 1000) as f64 / 1000.0;
+    *frame += 1;
+    vp8_frame(profile, keyframe, jitter, t)
+}
+
 pub fn vp8_is_keyframe(payload: &[u8]) -> bool {
     matches!(payload, [d, tag, ..] if d & 0x10 != 0 && tag & 0x01 == 0)
 }

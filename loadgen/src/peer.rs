@@ -618,9 +618,7 @@ impl Peer {
             sender: self.id,
             sent_us: self.rx.now_us(now),
         };
-        let jitter = ((self.frame.wrapping_mul(2_654_435_761)) % 1000) as f64 / 1000.0;
-        self.frame += 1;
-        let payloads = media::vp8_frame(profile, keyframe, jitter, t);
+        let payloads = media::next_vp8_frame(profile, keyframe, &mut self.frame, t);
         let Some(out) = self.video.as_mut() else {
             return;
         };

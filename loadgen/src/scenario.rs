@@ -68,19 +68,12 @@ pub fn preset(name: &str, participants: Option<usize>) -> Result<Scenario, Strin
     };
     let s = |participants, audio, speakers, video_pubs, video, subs| Scenario {
         preset: Some(name.to_owned()),
-        meetings: 1,
-        participants,
         audio_publishers: audio,
         speakers,
         video_publishers: video_pubs,
         video,
         subscribers_only: subs,
-        ramp: 100.0,
-        duration: Duration::from_secs(60),
-        seed: 1,
-        mix: Vec::new(),
-        kinds: Vec::new(),
-        before: Vec::new(),
+        ..Scenario::custom(participants)
     };
     match name {
         // Many small meetings, one speaker each, everyone's microphone on.

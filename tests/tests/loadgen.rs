@@ -16,6 +16,18 @@ fn bin(name: &str) -> PathBuf {
     hearth_tests::workspace_bin(name)
 }
 
+/// `hearth-loadgen` against the node on `port` with the tests' key pair; output captured,
+/// killed with the test.
+fn loadgen(port: u16) -> Command {
+    let mut c = Command::new(bin("hearth-loadgen"));
+    c.args(["--url", &format!("http://127.0.0.1:{port}")])
+        .args(["--api-key", KEY, "--api-secret", SECRET])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    c
+}
+
 /// A node process on a free port with its own data directory, ready (`/readyz`).
 async fn start_node(tag: &str) -> (tokio::process::Child, u16, PathBuf) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -66,9 +78,7 @@ async fn short_run(client: &str, extra: &[&str]) -> serde_json::Value {
     let pid = node.id().expect("pid");
     let json = dir.join("report.json");
     let svg = dir.join("report.svg");
-    let run = Command::new(bin("hearth-loadgen"))
-        .args(["--url", &format!("http://127.0.0.1:{port}")])
-        .args(["--api-key", KEY, "--api-secret", SECRET])
+    let run = loadgen(port)
         .args(["--meetings", "20", "--participants", "3", "--speakers", "1"])
         .args(["--ramp", "30", "--duration", "10s"])
         .args(["--client", client])
@@ -78,9 +88,6 @@ async fn short_run(client: &str, extra: &[&str]) -> serde_json::Value {
         .arg(&json)
         .arg("--svg")
         .arg(&svg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(120), run)
         .await
@@ -328,17 +335,12 @@ async fn chaos_kills_only_disturb_the_killed_actors_participants() {
 async fn a_run_with_no_media_does_not_pass_its_slo() {
     let (mut node, port, dir) = start_node("silent").await;
     let json = dir.join("report.json");
-    let run = Command::new(bin("hearth-loadgen"))
-        .args(["--url", &format!("http://127.0.0.1:{port}")])
-        .args(["--api-key", KEY, "--api-secret", SECRET])
+    let run = loadgen(port)
         .args(["--meetings", "2", "--participants", "4"])
         .args(["--audio-publishers", "0", "--speakers", "0"])
         .args(["--duration", "3s"])
         .arg("--json")
         .arg(&json)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(60), run)
         .await
@@ -391,17 +393,12 @@ async fn agents_share_a_run_and_a_dead_agent_is_reported() {
     let (_a1, addr1) = agent().await;
     let (mut a2, addr2) = agent().await;
     let controller = |json: &std::path::Path, hold: &str| {
-        let mut c = Command::new(bin("hearth-loadgen"));
-        c.args(["--url", &format!("http://127.0.0.1:{port}")])
-            .args(["--api-key", KEY, "--api-secret", SECRET])
-            .args(["--agents", &format!("{addr1},{addr2}")])
+        let mut c = loadgen(port);
+        c.args(["--agents", &format!("{addr1},{addr2}")])
             .args(["--meetings", "4", "--participants", "3", "--client", "lean"])
             .args(["--duration", hold])
             .arg("--json")
-            .arg(json)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .arg(json);
         c
     };
     let json = dir.join("agents.json");
@@ -485,16 +482,11 @@ async fn the_lean_and_the_full_client_agree() {
     let mut reports = Vec::new();
     for client in ["full", "lean"] {
         let json = dir.join(format!("{client}.json"));
-        let out = Command::new(bin("hearth-loadgen"))
-            .args(["--url", &format!("http://127.0.0.1:{port}")])
-            .args(["--api-key", KEY, "--api-secret", SECRET])
+        let out = loadgen(port)
             .args(["--meetings", "10", "--participants", "3", "--speakers", "1"])
             .args(["--ramp", "30", "--duration", "8s", "--client", client])
             .arg("--json")
             .arg(&json)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .output();
         let out = tokio::time::timeout(Duration::from_secs(90), out)
             .await
@@ -533,17 +525,12 @@ async fn the_lean_and_the_full_client_agree() {
 async fn churn_replaces_participants_during_the_hold() {
     let (mut node, port, dir) = start_node("churn").await;
     let json = dir.join("churn.json");
-    let out = Command::new(bin("hearth-loadgen"))
-        .args(["--url", &format!("http://127.0.0.1:{port}")])
-        .args(["--api-key", KEY, "--api-secret", SECRET])
+    let out = loadgen(port)
         .args(["--meetings", "6", "--participants", "3", "--speakers", "1"])
         .args(["--ramp", "30", "--duration", "20s", "--churn", "2"])
         .args(["--client", "lean"])
         .arg("--json")
         .arg(&json)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(90), out)
         .await
