@@ -217,6 +217,55 @@ pub struct JoinRequest {
     /// The API key (tenant) the usage of this participant is billed to: the token's issuer,
     /// or the API caller's.
     pub tenant: String,
+    /// How the session exchanges descriptions and what it receives.
+    pub session: SessionKind,
+}
+
+/// How a participant's session negotiates.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SessionKind {
+    /// WebSocket signaling: both sides offer (the server offers the subscriptions).
+    #[default]
+    Signaling,
+    /// One HTTP offer/answer exchange (WHIP, RFC 9725, and WHEP): the client offers, the
+    /// server only answers; subscriptions ride in the client's receiving sections, and the
+    /// session lives as long as its media connection.
+    Http {
+        /// Receive only this participant's or track's media (WHEP); None: everything the
+        /// grants allow.
+        receive: Option<ReceiveFilter>,
+    },
+}
+
+impl SessionKind {
+    pub fn client_offers_only(&self) -> bool {
+        matches!(self, SessionKind::Http { .. })
+    }
+
+    pub fn receive_filter(&self) -> Option<&ReceiveFilter> {
+        match self {
+            SessionKind::Http { receive } => receive.as_ref(),
+            SessionKind::Signaling => None,
+        }
+    }
+}
+
+/// Which published tracks a session receives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReceiveFilter {
+    /// Every track of one participant.
+    Participant(ParticipantId),
+    /// One track.
+    Track(TrackId),
+}
+
+impl ReceiveFilter {
+    pub fn admits(&self, publisher: &ParticipantId, track: &TrackId) -> bool {
+        match self {
+            ReceiveFilter::Participant(p) => p == publisher,
+            ReceiveFilter::Track(t) => t == track,
+        }
+    }
 }
 
 /// A published track, as the meeting describes it.

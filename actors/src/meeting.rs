@@ -24,8 +24,8 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use crate::billing::{Attribution, IntervalKind, UsageHandle};
 use crate::domain::{
     ApiError, CaptionsState, EndReason, EngineKind, Grants, JoinAccepted, JoinRequest, Language,
-    LeaveReason, MeetingInfo, MeetingSettings, ParticipantInfo, ServerSignal, SignalError,
-    SignalErrorCode, TrackInfo, TrackSource, Transcript,
+    LeaveReason, MeetingInfo, MeetingSettings, ParticipantInfo, ReceiveFilter, ServerSignal,
+    SignalError, SignalErrorCode, TrackInfo, TrackSource, Transcript,
 };
 use crate::events::EventKind;
 use crate::ids::{MeetingId, ParticipantId, TrackId};
@@ -228,6 +228,8 @@ struct Member {
     media: InboxSender<MediaItem, ParticipantMsg>,
     /// The member's usage interval (ends when the member is dropped).
     usage: UsageHandle,
+    /// Receives only these tracks (WHEP); None: every track, as the grants allow.
+    receive: Option<ReceiveFilter>,
 }
 
 struct Track {
@@ -660,6 +662,16 @@ impl Actor for MeetingActor {
 }
 
 impl Member {
+    /// This member receives `track` (its grants and its filter allow it).
+    fn receives(&self, track: &PublishedTrack) -> bool {
+        self.grants.subscribe
+            && track.publisher != self.info.id
+            && self
+                .receive
+                .as_ref()
+                .is_none_or(|f| f.admits(&track.publisher, &track.info.id))
+    }
+
     fn view(&self) -> MemberView {
         MemberView {
             info: self.info.clone(),
@@ -742,6 +754,7 @@ impl MeetingState {
             advertised: self.node.advertised,
             certificate: self.node.certificate.clone(),
             can_publish: request.grants.publish,
+            client_offers_only: request.session.client_offers_only(),
             media_queue: self.node.config.media_queue,
             speaker: self.node.config.speaker,
             wall_epoch: self.node.wall_epoch,
@@ -785,6 +798,7 @@ impl MeetingState {
                 signal,
                 media,
                 usage,
+                receive: request.session.receive_filter().cloned(),
             },
         );
         self.node
@@ -799,13 +813,16 @@ impl MeetingState {
                 .signal
                 .send(ServerSignal::ActiveSpeakers(self.last_speakers.clone()));
         }
-        if request.grants.subscribe {
-            let existing: Vec<TrackId> = self
+        let existing: Vec<TrackId> = match self.members.get(&id) {
+            Some(member) => self
                 .tracks
                 .values()
-                .filter(|t| t.published.publisher != id)
+                .filter(|t| member.receives(&t.published))
                 .map(|t| t.published.info.id.clone())
-                .collect();
+                .collect(),
+            None => Vec::new(),
+        };
+        {
             for track in existing {
                 if let Some(t) = self.tracks.get(&track) {
                     let _ = actor
@@ -858,7 +875,7 @@ impl MeetingState {
                 participant: participant.clone(),
                 track: info.clone(),
             });
-            if member.info.id != participant && member.grants.subscribe {
+            if member.receives(&published) {
                 let _ = member
                     .actor
                     .send_message(ParticipantMsg::Subscribe(Box::new(published.clone())));
@@ -997,7 +1014,7 @@ impl MeetingState {
         } else {
             self.members
                 .values()
-                .filter(|m| m.info.id != t.published.publisher && m.grants.subscribe)
+                .filter(|m| m.receives(&t.published))
                 .map(|m| SubscriberLink {
                     participant: m.info.id.clone(),
                     media: m.media.clone(),
@@ -1515,6 +1532,7 @@ impl MeetingState {
             for track in others {
                 if let (Some(t), Some(member)) =
                     (self.tracks.get(&track), self.members.get(participant))
+                    && (!subscribe || member.receives(&t.published))
                 {
                     let msg = if subscribe {
                         ParticipantMsg::Subscribe(Box::new(t.published.clone()))
@@ -1629,6 +1647,7 @@ impl MeetingState {
                     },
                     id.as_str(),
                 ),
+                receive: None,
             },
         );
         self.node

@@ -169,6 +169,8 @@ pub struct ParticipantArgs {
     pub advertised: SocketAddr,
     pub certificate: Certificate,
     pub can_publish: bool,
+    /// WHIP/WHEP: the client offers, we only answer (see [`crate::SessionKind::Http`]).
+    pub client_offers_only: bool,
     pub media_queue: usize,
     pub speaker: SpeakerConfig,
     /// Wall clock at `epoch`, for NTP timestamps in sender reports.
@@ -247,6 +249,8 @@ pub struct ParticipantState {
     registration: MuxRegistration,
     peer: WebRtcPeer,
     can_publish: bool,
+    /// We never offer: subscriptions ride in the client's offers (WHIP, WHEP).
+    client_offers_only: bool,
     /// Mids of tracks refused for lack of the publish grant (told once each).
     refused_mids: Vec<String>,
     ingress: Inbox<Datagram>,
@@ -424,7 +428,7 @@ impl Actor for ParticipantActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let now = Instant::now();
         let ufrag = random_string(16);
-        let peer = WebRtcPeer::new(
+        let mut peer = WebRtcPeer::new(
             PeerSetup {
                 advertised: args.advertised,
                 certificate: args.certificate,
@@ -433,6 +437,7 @@ impl Actor for ParticipantActor {
             },
             now,
         )?;
+        peer.set_bind_senders_to_offers(args.client_offers_only);
         let (ingress, ingress_tx) =
             Inbox::new(1024, myself.clone(), || ParticipantMsg::DatagramsReady);
         let (media, media_tx) = Inbox::new(args.media_queue, myself.clone(), || {
@@ -476,6 +481,7 @@ impl Actor for ParticipantActor {
                 registration,
                 peer,
                 can_publish: args.can_publish,
+                client_offers_only: args.client_offers_only,
                 refused_mids: Vec::new(),
                 ingress,
                 media,
@@ -726,6 +732,10 @@ impl ParticipantState {
                     Ok(answer) => {
                         tracing::trace!(participant = %self.id, %answer, "our answer");
                         self.legs_renegotiated();
+                        if self.client_offers_only {
+                            // Our senders placed in the client's sections are agreed now.
+                            self.subscriptions_negotiated();
+                        }
                         tracing::debug!(participant = %self.id, "answered client offer");
                         self.signal.send(ServerSignal::Answer(answer));
                     }
@@ -791,17 +801,7 @@ impl ParticipantState {
                 tracing::debug!(participant = %self.id, "client answered");
                 self.legs_renegotiated();
                 self.offer_sent_at = None;
-                for sub in self.subscriptions.values_mut() {
-                    if sub.sender.is_some() && !sub.negotiated {
-                        sub.negotiated = true;
-                        sub.leg_ready = false;
-                        if sub.leg.lock().is_some_and(|l| l.forwarder.needs_keyframe()) {
-                            sub.publisher_ref
-                                .send_message(ParticipantMsg::KeyframeRequest { track: sub.key })
-                                .ok();
-                        }
-                    }
-                }
+                self.subscriptions_negotiated();
             }
             Err(e) => {
                 self.signal_error(&e);
@@ -812,6 +812,28 @@ impl ParticipantState {
                     self.offer_sent_at = None;
                     self.reoffer = true;
                 }
+            }
+        }
+    }
+
+    /// Subscriptions whose sender the last exchange agreed start forwarding (from a
+    /// keyframe).
+    fn subscriptions_negotiated(&mut self) {
+        for sub in self.subscriptions.values_mut() {
+            let Some(sender) = sub.sender else { continue };
+            // Client-offers-only: a sender no client section took yet waits for the next
+            // offer.
+            if sub.negotiated
+                || (self.client_offers_only && self.peer.sender_payload_type(sender).is_none())
+            {
+                continue;
+            }
+            sub.negotiated = true;
+            sub.leg_ready = false;
+            if sub.leg.lock().is_some_and(|l| l.forwarder.needs_keyframe()) {
+                sub.publisher_ref
+                    .send_message(ParticipantMsg::KeyframeRequest { track: sub.key })
+                    .ok();
             }
         }
     }
@@ -1387,7 +1409,7 @@ impl ParticipantState {
                 }
             }
         }
-        if changed {
+        if changed && !self.client_offers_only {
             match self.peer.create_offer(now) {
                 Ok(offer) => {
                     tracing::trace!(participant = %self.id, %offer, "our offer");

@@ -133,6 +133,11 @@ impl WebRtcPeer {
         self.peer.apply_answer(now, &sdp)
     }
 
+    /// WHIP/WHEP sessions: see [`Peer::set_bind_senders_to_offers`].
+    pub fn set_bind_senders_to_offers(&mut self, on: bool) {
+        self.peer.set_bind_senders_to_offers(on);
+    }
+
     pub fn rollback(&mut self, now: Instant) {
         self.peer.rollback(now);
     }

@@ -16,3 +16,4 @@ pub mod signaling;
 pub mod stt;
 pub mod token;
 pub mod web;
+pub mod whip;

@@ -35,6 +35,8 @@ pub struct AppState {
     addrs: OnceLock<(SocketAddr, Option<SocketAddr>)>,
     /// gRPC health: NOT_SERVING once the node drains.
     pub(crate) health: OnceLock<tonic_health::server::HealthReporter>,
+    /// Live WHIP and WHEP sessions (their resources).
+    pub http_sessions: crate::whip::Sessions,
 }
 
 impl AppState {
@@ -323,6 +325,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         metrics,
         addrs: OnceLock::new(),
         health: OnceLock::new(),
+        http_sessions: Default::default(),
     });
     let _ = state.addrs.set((http_addr, grpc_addr));
     let grpc = crate::grpc::routes(&state).await.into_axum_router();
@@ -465,7 +468,8 @@ fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/v1/signal", get(signal))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text));
+        .route("/metrics", get(metrics_text))
+        .merge(crate::whip::routes());
     if state.config.dev {
         app = app.route("/v1/dev/token", get(dev_token));
     }

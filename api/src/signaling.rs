@@ -294,6 +294,7 @@ pub fn authorize(state: &AppState, join: &pb::JoinRequest) -> Result<JoinRequest
         grants,
         token_issued_at: UNIX_EPOCH.checked_add(Duration::from_secs(claims.iat)),
         token_expires_at: UNIX_EPOCH.checked_add(Duration::from_secs(claims.exp)),
+        session: hearth_actors::SessionKind::Signaling,
     })
 }
 

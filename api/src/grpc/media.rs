@@ -199,6 +199,7 @@ impl pb::media_service_server::MediaService for Media {
                     token_issued_at: None,
                     token_expires_at: None,
                     tenant: tenant.clone(),
+                    session: hearth_actors::SessionKind::Signaling,
                 },
                 track,
             )

@@ -320,6 +320,11 @@ impl Peer {
         }
     }
 
+    /// See [`sdp::Negotiator::set_bind_senders_to_offers`] (WHIP/WHEP sessions).
+    pub fn set_bind_senders_to_offers(&mut self, on: bool) {
+        self.negotiator.set_bind_senders_to_offers(on);
+    }
+
     pub fn rollback(&mut self, _now: Instant) {
         self.negotiator.rollback();
     }

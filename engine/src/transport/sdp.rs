@@ -236,6 +236,9 @@ pub struct Negotiator {
     /// agreed sections (it is asked after every message a participant handles, and computing
     /// it walks senders x sections).
     offer_due: bool,
+    /// Client-offers-only sessions (WHIP, WHEP): our senders ride in the client's
+    /// receiving sections instead of offers of our own.
+    bind_senders: bool,
 }
 
 impl Negotiator {
@@ -253,7 +256,17 @@ impl Negotiator {
             session_id: session_id & 0x7fff_ffff_ffff_ffff,
             version: 1,
             offer_due: false,
+            bind_senders: false,
         }
+    }
+
+    /// For sessions that never receive our offers (WHEP, RFC 9725-style HTTP exchanges):
+    /// each new section of a client's offer that receives media takes one of our senders
+    /// not yet placed, of its kind and with a codec the client offered, and is answered
+    /// `sendonly` with that sender's SSRCs. Senders that find no section wait for the next
+    /// client offer.
+    pub fn set_bind_senders_to_offers(&mut self, on: bool) {
+        self.bind_senders = on;
     }
 
     pub fn is_stable(&self) -> bool {
@@ -357,7 +370,10 @@ impl Negotiator {
                     {
                         return Err(invalid(format!("duplicate mid {:?}", offered.mid)));
                     }
-                    let s = self.answer_new_remote(&offered);
+                    let mut s = self.answer_new_remote(&offered);
+                    if self.bind_senders && !s.rejected && offered.direction.remote_receives() {
+                        self.bind_sender(&mut s, &offered, &next);
+                    }
                     if s.remote_sends {
                         new_published += 1;
                     }
@@ -442,6 +458,52 @@ impl Negotiator {
             s.local_sends = false;
         }
         s
+    }
+
+    /// Places one of our unplaced senders in a new section the client receives on (see
+    /// [`Self::set_bind_senders_to_offers`]); leaves the section alone if none fits.
+    fn bind_sender(&self, s: &mut Section, offered: &OfferedSection, next: &[Section]) {
+        let placed = |key: usize| {
+            next.iter()
+                .chain(self.sections.iter())
+                .any(|sec| sec.sender == Some(key) && !sec.rejected)
+        };
+        let mut free: Vec<(&usize, &Sender)> = self
+            .senders
+            .iter()
+            .filter(|(k, snd)| {
+                !snd.removed && Some(snd.kind) == s.kind.media_kind() && !placed(**k)
+            })
+            .collect();
+        free.sort_unstable_by_key(|(k, _)| **k);
+        for (key, snd) in free {
+            let codecs = supported_codecs(offered, Some(&snd.codec));
+            let Some(codec) = codecs
+                .iter()
+                .find(|c| same_codec(&c.params, &snd.codec))
+                .or_else(|| {
+                    codecs.iter().find(|c| {
+                        c.params
+                            .mime_type
+                            .eq_ignore_ascii_case(&snd.codec.mime_type)
+                    })
+                })
+            else {
+                continue;
+            };
+            s.local = true;
+            s.sender = Some(*key);
+            s.local_sends = true;
+            s.remote_sends = false;
+            // Only what this sender sends (and its retransmissions).
+            s.codecs = vec![codec.clone()];
+            s.extmap = Vec::new();
+            s.remote_ssrcs = Vec::new();
+            s.remote_rtx = Vec::new();
+            s.rids = Vec::new();
+            s.simulcast = None;
+            return;
+        }
     }
 
     fn answer_new_remote(&self, offered: &OfferedSection) -> Section {

@@ -285,3 +285,78 @@ fn audio_senders_offer_no_rtx() {
     assert!(!offer.contains("rtx/"), "{offer}");
     assert!(!offer.contains("FID"), "{offer}");
 }
+
+/// A WHEP viewer's offer: receive-only sections, like a browser's
+/// `addTransceiver(kind, {direction: 'recvonly'})`.
+fn whep_offer(video_codec: &str) -> String {
+    format!(
+        "{SESSION}a=group:BUNDLE 0 1\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=setup:actpass\r\n\
+a=rtcp-mux\r\na=recvonly\r\na=rtpmap:111 opus/48000/2\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=setup:actpass\r\n\
+a=rtcp-mux\r\na=recvonly\r\na=rtpmap:96 {video_codec}/90000\r\na=rtcp-fb:96 nack\r\n\
+a=rtcp-fb:96 nack pli\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n"
+    )
+}
+
+fn opus_sender(ssrc: u32) -> Sender {
+    Sender {
+        kind: MediaKind::Audio,
+        codec: codec_table().remove(0),
+        ssrc,
+        stream_id: "s".into(),
+        track_id: format!("t{ssrc}"),
+        pt: None,
+        rtx_ssrc: ssrc + 1000,
+        rtx_pt: None,
+        removed: false,
+    }
+}
+
+/// WHEP: senders ride in the client's receiving sections, answered sendonly with their
+/// SSRCs and the client's payload types; no offer of ours is due afterwards.
+#[test]
+fn client_offers_only_sessions_place_senders_in_receiving_sections() {
+    let mut n = negotiator();
+    n.set_bind_senders_to_offers(true);
+    let video = n.add_sender(vp8_sender(5));
+    let audio = n.add_sender(opus_sender(7));
+    let (answer, _) = n.apply_offer(&whep_offer("VP8")).unwrap();
+    let s = n.sections();
+    assert_eq!((s[0].sender, s[1].sender), (Some(audio), Some(video)));
+    assert!(
+        s.iter()
+            .all(|s| s.local_sends && !s.remote_sends && !s.rejected)
+    );
+    assert_eq!(answer.matches("a=sendonly").count(), 2, "{answer}");
+    assert!(answer.contains("a=ssrc:7 cname:hearth"), "{answer}");
+    assert!(answer.contains("a=ssrc-group:FID 5 1005"), "{answer}");
+    assert_eq!(n.sender(video).unwrap().pt, Some(96));
+    assert_eq!(n.sender(video).unwrap().rtx_pt, Some(97));
+    assert_eq!(n.sender(audio).unwrap().pt, Some(111));
+    assert!(!n.needs_offer());
+
+    // The same offer again (an ICE restart, a re-offer) keeps the placement.
+    let offer = whep_offer("VP8").replace("o=- 1 1", "o=- 1 2");
+    let (answer, _) = n.apply_offer(&offer).unwrap();
+    assert_eq!(answer.matches("a=sendonly").count(), 2, "{answer}");
+}
+
+/// A sender whose codec the client cannot receive stays unplaced; its section is inactive.
+/// Without the mode, receiving sections never carry our senders (they get our offers).
+#[test]
+fn senders_are_placed_only_where_their_codec_is_offered_and_only_in_that_mode() {
+    let mut n = negotiator();
+    n.set_bind_senders_to_offers(true);
+    n.add_sender(vp8_sender(5));
+    let (answer, _) = n.apply_offer(&whep_offer("H264")).unwrap();
+    assert_eq!(n.sections()[1].sender, None);
+    assert!(answer.contains("a=inactive"), "{answer}");
+    assert!(n.needs_offer());
+
+    let mut n = negotiator();
+    n.add_sender(vp8_sender(5));
+    let (answer, _) = n.apply_offer(&whep_offer("VP8")).unwrap();
+    assert!(!answer.contains("a=sendonly"), "{answer}");
+    assert!(n.needs_offer());
+}
