@@ -362,6 +362,15 @@ async fn start(
     offer: String,
     location: impl Fn(&ParticipantId) -> String,
 ) -> Response {
+    // A bad offer is refused before anything exists for it (no participant, no meeting).
+    if let Err(e) = hearth_engine::transport::sdp::check_first_offer(&offer) {
+        metrics::counter!("hearth_signal_errors_total", "code" => "INVALID_SDP").increment(1);
+        return problem(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidArgument,
+            format!("the offer: {e}"),
+        );
+    }
     let identity = request.identity.clone();
     let remote_ufrag = offer
         .lines()

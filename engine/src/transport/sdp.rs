@@ -1043,6 +1043,36 @@ struct OfferedSection {
     simulcast: Option<String>,
 }
 
+/// Checks a client's first offer without any negotiation state: it parses, carries ICE
+/// credentials and a fingerprint, offers to be the DTLS client or either role, and every
+/// section is well formed; at most [`MAX_PUBLISHED`] sections send media. For gateways
+/// that must refuse a bad offer before they create anything for it (WHIP, WHEP).
+pub fn check_first_offer(sdp: &str) -> Result<(), SdpError> {
+    let desc = parse(sdp)?;
+    let remote = remote_params(&desc)?;
+    if remote.ufrag.is_empty() {
+        return Err(invalid("every section is rejected: nothing to connect"));
+    }
+    if remote.remote_passive {
+        return Err(negotiation(
+            "an offer must say setup:actpass or setup:active",
+        ));
+    }
+    let mut sending = 0;
+    for md in &desc.media_descriptions {
+        let offered = parse_section(md)?;
+        if !offered.port0 && offered.direction.remote_sends() {
+            sending += 1;
+        }
+    }
+    if sending > MAX_PUBLISHED {
+        return Err(negotiation(format!(
+            "at most {MAX_PUBLISHED} published tracks per participant"
+        )));
+    }
+    Ok(())
+}
+
 fn parse(sdp: &str) -> Result<SessionDescription, SdpError> {
     if sdp.len() > MAX_SDP_BYTES {
         return Err(invalid(format!("SDP larger than {MAX_SDP_BYTES} bytes")));
