@@ -2,7 +2,8 @@
 # The README's test command: installs what the tests need (idempotent), then runs every
 # check CI runs: formatting, lints, architecture rules, unit/property/integration tests
 # (including coturn's TURN clients, hearthctl and a short hearth-loadgen run), the Python
-# grpcio interop test, and the browser end-to-end tests in a private network namespace.
+# grpcio interop test, and the browser end-to-end tests (with aiortc for WHIP/WHEP) in
+# private network namespaces.
 #
 #   tests/run.sh            everything
 #   tests/run.sh --quick    skip the browser tests
@@ -172,6 +173,11 @@ step "load generator: two agents, each in a network namespace of its own, drive 
 if [ "$(id -u)" = 0 ]; then unshare --net -- tests/loadgen/agents_netns.sh target/debug; else
   unshare --user --map-root-user --net -- tests/loadgen/agents_netns.sh target/debug
 fi
+
+# aiortc (pinned in tests/whip/requirements.txt): the WHIP publisher and WHEP player of
+# tests/browser/whip.test.mjs, a WebRTC stack independent of the browsers'.
+venv target/whip-venv tests/whip/requirements.txt
+export HEARTH_WHIP_PYTHON="$PWD/target/whip-venv/bin/python"
 
 step "browser end-to-end tests (headless Chromium and Firefox, in private network namespaces)"
 ns_run() {

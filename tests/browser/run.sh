@@ -12,7 +12,7 @@ test=$1
 binary=$(realpath "$2")
 setup="ip link set lo up"
 case "$(basename "$test")" in
-  firefox*)
+  firefox*|whip*)
     setup="$setup && ip link add v0 type veth peer name v1 && ip addr add 10.77.0.1/24 dev v0 \
       && ip link set v0 up && ip link set v1 up && ip route add default dev v0"
     export HEARTH_TEST_IP=10.77.0.1
