@@ -9,12 +9,15 @@
 //! | [`rtcp`] | RTCP parsing with abuse limits, and builders |
 //! | [`rtp_view`] | RTP headers and their extensions read in place |
 //! | [`twcc`] | transport-wide congestion control feedback toward publishers |
+//! | [`datachannel`] | data channels: SCTP (`rtc-sctp`) over DTLS, DCEP opens, limits and back-pressure |
 //! | [`peer`] | one participant's transport: RFC 7983 demux and everything above together |
 //!
 //! Like the rest of the engine it owns no socket, task or clock: datagrams and `Instant`s
 //! come in, datagrams and events go out. One exception to the engine's determinism: the
-//! DTLS handshake draws its randoms from the crypto provider, as TLS must.
+//! DTLS handshake draws its randoms from the crypto provider, as TLS must, and SCTP its
+//! verification tags.
 
+pub mod datachannel;
 pub mod dtls;
 pub mod ice;
 pub mod peer;
