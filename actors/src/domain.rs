@@ -219,6 +219,8 @@ pub struct JoinRequest {
     pub tenant: String,
     /// How the session exchanges descriptions and what it receives.
     pub session: SessionKind,
+    /// The server offers an SCTP section for data channels.
+    pub data_channels: bool,
 }
 
 /// How a participant's session negotiates.

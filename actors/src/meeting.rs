@@ -142,6 +142,14 @@ pub enum MeetingMsg {
     },
     /// The app changed the meeting's metadata (already in the record): tell everyone.
     MetadataChanged(String),
+    /// A data channel message from a participant: to every other participant's channel of
+    /// the same label.
+    Data {
+        from: ParticipantId,
+        label: String,
+        binary: bool,
+        data: bytes::Bytes,
+    },
     /// Deliver an app message to every participant, or to the named ones (API); replies
     /// with the number of participants it reached, or the first unknown participant.
     SendMessage {
@@ -435,6 +443,12 @@ impl Actor for MeetingActor {
                     });
                 }
             }
+            MeetingMsg::Data {
+                from,
+                label,
+                binary,
+                data,
+            } => state.relay_data(from, label, binary, &data),
             MeetingMsg::SendMessage { message, to, reply } => {
                 let _ = reply.send(state.send_app_message(message, &to));
             }
@@ -755,6 +769,7 @@ impl MeetingState {
             certificate: self.node.certificate.clone(),
             can_publish: request.grants.publish,
             client_offers_only: request.session.client_offers_only(),
+            data_channels: request.data_channels,
             media_queue: self.node.config.media_queue,
             speaker: self.node.config.speaker,
             wall_epoch: self.node.wall_epoch,
@@ -1471,6 +1486,32 @@ impl MeetingState {
             .unwrap_or_default()
     }
 
+    fn relay_data(&self, from: ParticipantId, label: String, binary: bool, data: &[u8]) {
+        let Some(sender) = self.members.get(&from) else {
+            return;
+        };
+        let envelope = crate::data::envelope(
+            &from,
+            &sender.info.identity,
+            &sender.info.name,
+            binary,
+            data,
+        );
+        let message = crate::data::DataMessage {
+            from,
+            label,
+            binary,
+            envelope,
+        };
+        for member in self.members.values() {
+            if member.info.id != message.from && !member.is_virtual {
+                let _ = member
+                    .actor
+                    .send_message(ParticipantMsg::Data(Box::new(message.clone())));
+            }
+        }
+    }
+
     fn send_app_message(
         &self,
         message: crate::domain::AppMessage,
@@ -1485,6 +1526,23 @@ impl MeetingState {
                 member
                     .signal
                     .send(ServerSignal::AppMessage(message.clone()));
+                // And on the participant's app channel, if it opened one.
+                let app = ParticipantId::from_string("");
+                let data = crate::data::DataMessage {
+                    envelope: crate::data::envelope(
+                        &app,
+                        "",
+                        &message.from,
+                        false,
+                        message.text.as_bytes(),
+                    ),
+                    from: app,
+                    label: crate::data::APP_LABEL.to_owned(),
+                    binary: false,
+                };
+                let _ = member
+                    .actor
+                    .send_message(ParticipantMsg::Data(Box::new(data)));
                 delivered += 1;
             }
         }

@@ -107,6 +107,13 @@ pub struct ParticipantStats {
     pub keyframe_requests_sent: u64,
     pub nacks_sent: u64,
     pub retransmissions_sent: u64,
+    /// Data channels open now.
+    pub data_channels: usize,
+    /// Data channel messages from the client relayed, to the client delivered, and dropped
+    /// (over the size or rate limit, or the client not keeping up).
+    pub data_in: u64,
+    pub data_out: u64,
+    pub data_dropped: u64,
 }
 
 pub enum ParticipantMsg {
@@ -155,6 +162,9 @@ pub enum ParticipantMsg {
     },
     /// The API changed whether this participant may publish.
     SetCanPublish(bool),
+    /// A data channel message from another participant or the app, for our channel of its
+    /// label.
+    Data(Box<crate::data::DataMessage>),
     /// Packets wait in a virtual publisher's bounded ingress queue (embedding API; others
     /// ignore it).
     VirtualRtpReady,
@@ -171,6 +181,8 @@ pub struct ParticipantArgs {
     pub can_publish: bool,
     /// WHIP/WHEP: the client offers, we only answer (see [`crate::SessionKind::Http`]).
     pub client_offers_only: bool,
+    /// Offer the client an SCTP section for data channels.
+    pub data_channels: bool,
     pub media_queue: usize,
     pub speaker: SpeakerConfig,
     /// Wall clock at `epoch`, for NTP timestamps in sender reports.
@@ -251,6 +263,9 @@ pub struct ParticipantState {
     can_publish: bool,
     /// We never offer: subscriptions ride in the client's offers (WHIP, WHEP).
     client_offers_only: bool,
+    /// The client's open data channels: (stream id, label).
+    channels: Vec<(u16, String)>,
+    data_limiter: crate::data::DataLimiter,
     /// Mids of tracks refused for lack of the publish grant (told once each).
     refused_mids: Vec<String>,
     ingress: Inbox<Datagram>,
@@ -438,6 +453,9 @@ impl Actor for ParticipantActor {
             now,
         )?;
         peer.set_bind_senders_to_offers(args.client_offers_only);
+        if args.data_channels && !args.client_offers_only {
+            peer.offer_data_channels();
+        }
         let (ingress, ingress_tx) =
             Inbox::new(1024, myself.clone(), || ParticipantMsg::DatagramsReady);
         let (media, media_tx) = Inbox::new(args.media_queue, myself.clone(), || {
@@ -482,6 +500,8 @@ impl Actor for ParticipantActor {
                 peer,
                 can_publish: args.can_publish,
                 client_offers_only: args.client_offers_only,
+                channels: Vec::new(),
+                data_limiter: crate::data::DataLimiter::new(now),
                 refused_mids: Vec::new(),
                 ingress,
                 media,
@@ -614,6 +634,7 @@ impl Actor for ParticipantActor {
                 panic!("fault injected into participant {}", state.id);
             }
             ParticipantMsg::InjectMediaFault => state.media_fault = true,
+            ParticipantMsg::Data(message) => state.deliver_data(now, &message),
             ParticipantMsg::Stats(reply) => {
                 let mut stats = state.stats.clone();
                 stats.connected = state.peer.is_connected();
@@ -627,6 +648,7 @@ impl Actor for ParticipantActor {
                 stats.media_dropped = state.media.dropped();
                 stats.ingress_dropped = state.ingress.dropped();
                 stats.media_queue_depth = state.media.depth();
+                stats.data_channels = state.channels.len();
                 let _ = reply.send(stats);
             }
         }
@@ -947,12 +969,77 @@ impl ParticipantState {
                         self.unpublish(index);
                     }
                 }
+                PeerEvent::ChannelOpened { id, label } => {
+                    tracing::debug!(participant = %self.id, id, %label, "data channel opened");
+                    self.channels.retain(|(c, _)| *c != id);
+                    self.channels.push((id, label));
+                }
+                PeerEvent::ChannelClosed { id } => self.channels.retain(|(c, _)| *c != id),
+                PeerEvent::ChannelMessage { id, binary, data } => {
+                    self.relay_data(now, id, binary, data)
+                }
             }
         }
         while let Some(inbound) = self.peer.poll_inbound() {
             match inbound {
                 Inbound::Rtp(packet) => self.publish_packet(packet),
                 Inbound::Feedback(feedback) => self.on_feedback(now, feedback),
+            }
+        }
+    }
+
+    /// A message the client sent on a data channel: to the meeting, which relays it to the
+    /// others' channels of the same label, if within the limits (see [`crate::data`]).
+    fn relay_data(&mut self, now: Instant, id: u16, binary: bool, data: bytes::Bytes) {
+        let Some((_, label)) = self.channels.iter().find(|(c, _)| *c == id) else {
+            return;
+        };
+        let reason = if data.len() > crate::data::MAX_RELAYED_BYTES {
+            Some("too_large")
+        } else if !self.data_limiter.allow(now, data.len()) {
+            Some("rate")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            self.stats.data_dropped += 1;
+            metrics::counter!("hearth_data_dropped_total", "reason" => reason).increment(1);
+            return;
+        }
+        self.stats.data_in += 1;
+        metrics::counter!("hearth_data_messages_total", "direction" => "in").increment(1);
+        let _ = self.meeting.send_message(MeetingMsg::Data {
+            from: self.id.clone(),
+            label: label.clone(),
+            binary,
+            data,
+        });
+    }
+
+    /// A relayed message for our channel of its label (none: not for us).
+    fn deliver_data(&mut self, now: Instant, message: &crate::data::DataMessage) {
+        if message.from == self.id {
+            return;
+        }
+        let Some((id, _)) = self.channels.iter().find(|(_, l)| *l == message.label) else {
+            return;
+        };
+        match self
+            .peer
+            .send_data(now, *id, message.binary, &message.envelope)
+        {
+            Ok(()) => {
+                self.stats.data_out += 1;
+                metrics::counter!("hearth_data_messages_total", "direction" => "out").increment(1);
+            }
+            Err(e) => {
+                self.stats.data_dropped += 1;
+                let reason = match e {
+                    transport::ChannelSendError::Backpressure(_) => "backpressure",
+                    transport::ChannelSendError::TooLarge(_) => "too_large",
+                    _ => "closed",
+                };
+                metrics::counter!("hearth_data_dropped_total", "reason" => reason).increment(1);
             }
         }
     }

@@ -199,7 +199,8 @@ impl Actor for VirtualParticipant {
             | ParticipantMsg::Unsubscribe { .. }
             | ParticipantMsg::RemoteTrackMuted { .. }
             | ParticipantMsg::Retransmit { .. }
-            | ParticipantMsg::SetCanPublish(_) => {}
+            | ParticipantMsg::SetCanPublish(_)
+            | ParticipantMsg::Data(_) => {}
             // Subscribers' send legs: a virtual publisher fans out through their media
             // queues (each subscriber forwards on its own leg from there).
             ParticipantMsg::AttachLeg { .. } | ParticipantMsg::DetachLeg { .. } => {}

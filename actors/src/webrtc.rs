@@ -72,6 +72,12 @@ pub enum PeerEvent {
     PathValidated(SocketAddr),
     /// This address's consent ran out: stop routing it.
     PathExpired(SocketAddr),
+    /// The client opened a data channel.
+    ChannelOpened { id: u16, label: String },
+    /// A data channel closed.
+    ChannelClosed { id: u16 },
+    /// A message on a data channel.
+    ChannelMessage { id: u16, binary: bool, data: Bytes },
 }
 
 /// One participant's transport.
@@ -131,6 +137,11 @@ impl WebRtcPeer {
 
     pub fn apply_answer(&mut self, now: Instant, sdp: String) -> Result<(), PeerError> {
         self.peer.apply_answer(now, &sdp)
+    }
+
+    /// Our next offer carries an SCTP section for data channels.
+    pub fn offer_data_channels(&mut self) {
+        self.peer.offer_data_channels();
     }
 
     /// WHIP/WHEP sessions: see [`Peer::set_bind_senders_to_offers`].
@@ -266,7 +277,25 @@ impl WebRtcPeer {
             transport::PeerEvent::TrackClosed { stack_id } => PeerEvent::TrackClosed { stack_id },
             transport::PeerEvent::PathValidated(a) => PeerEvent::PathValidated(a),
             transport::PeerEvent::PathExpired(a) => PeerEvent::PathExpired(a),
+            transport::PeerEvent::ChannelOpened { id, label, .. } => {
+                PeerEvent::ChannelOpened { id, label }
+            }
+            transport::PeerEvent::ChannelClosed { id } => PeerEvent::ChannelClosed { id },
+            transport::PeerEvent::ChannelMessage { id, binary, data } => {
+                PeerEvent::ChannelMessage { id, binary, data }
+            }
         })
+    }
+
+    /// Sends a message on the client's data channel `id`.
+    pub fn send_data(
+        &mut self,
+        now: Instant,
+        id: u16,
+        binary: bool,
+        data: &Bytes,
+    ) -> Result<(), transport::ChannelSendError> {
+        self.peer.send_data(now, id, binary, data)
     }
 
     pub fn poll_inbound(&mut self) -> Option<Inbound> {

@@ -295,6 +295,7 @@ pub fn authorize(state: &AppState, join: &pb::JoinRequest) -> Result<JoinRequest
         token_issued_at: UNIX_EPOCH.checked_add(Duration::from_secs(claims.iat)),
         token_expires_at: UNIX_EPOCH.checked_add(Duration::from_secs(claims.exp)),
         session: hearth_actors::SessionKind::Signaling,
+        data_channels: join.data_channels,
     })
 }
 

@@ -246,6 +246,7 @@ fn authorize(
         &pb::JoinRequest {
             token: token.to_owned(),
             meeting: meeting.to_owned(),
+            data_channels: false,
         },
     )
     .map_err(|e| {

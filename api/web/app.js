@@ -25,6 +25,7 @@
     count: $('participant-count'), mediaNote: $('media-note'), chat: $('chat-list'),
     micButton: $('mic-button'), cameraButton: $('camera-button'), leaveButton: $('leave-button'),
     screenButton: $('screen-button'), captionsButton: $('captions-button'),
+    chatForm: $('chat-form'), chatInput: $('chat-input'),
   };
 
   // ---- State -------------------------------------------------------------------------
@@ -80,7 +81,7 @@
     current = conn;
     // JoinRequest.meeting is optional; with a pasted token only send what the user typed.
     const meeting = (sess.devToken ? sess.meeting : sess.userMeeting) || undefined;
-    conn.ws.onopen = () => send(conn, { join: compact({ token, meeting }) });
+    conn.ws.onopen = () => send(conn, { join: compact({ token, meeting, dataChannels: true }) });
     conn.ws.onmessage = (ev) => onFrame(conn, ev.data);
     conn.ws.onclose = () => onSocketClosed(conn);
   }
@@ -263,7 +264,77 @@
   const messages = [];
   function onAppMessage(conn, m) {
     const at = m.sentAtMs ? new Date(Number(m.sentAtMs)) : new Date();
-    const entry = { id: m.id || '', from: m.from || 'App', text: m.text || '', at };
+    showChat({ id: m.id || '', from: m.from || 'App', text: m.text || '', at });
+  }
+
+  // ---- Data channels -------------------------------------------------------------------
+  // Two channels on the media connection: `chat` (reliable, ordered: the chat panel, and
+  // the app's messages) and `lossy` (unordered, no retransmission: for app data where the
+  // latest value matters). The server relays what we send to everyone's channel of the same
+  // label, wrapped: text as JSON {from, identity, name, text}, binary as one length byte,
+  // the sender's participant id, then the payload.
+  const DATA_KEEP = 500;
+  const dataReceived = [];
+  // The join asks for data channels: the server's first offer carries their SCTP section
+  // (our own offer never adds it: Chromium cannot offer it again after such an offer is
+  // rolled back in glare). Once that is agreed, the channels open in-band.
+  function maybeOpenDataChannels(conn) {
+    const pc = conn.pc;
+    if (conn.channels || !pc || !pc.sctp || pc.signalingState !== 'stable') return;
+    openDataChannels(conn, pc);
+  }
+
+  function openDataChannels(conn, pc) {
+    conn.channels = {
+      chat: pc.createDataChannel('chat'),
+      lossy: pc.createDataChannel('lossy', { ordered: false, maxRetransmits: 0 }),
+    };
+    for (const [label, channel] of Object.entries(conn.channels)) {
+      channel.binaryType = 'arraybuffer';
+      channel.onmessage = (ev) => onData(label, ev.data);
+    }
+  }
+
+  function onData(label, data) {
+    let entry;
+    if (typeof data === 'string') {
+      let m;
+      try { m = JSON.parse(data); } catch { return console.warn('hearth: unreadable data message'); }
+      entry = { label, from: m.from || '', identity: m.identity || '', name: m.name || '', text: m.text || '' };
+      if (label === 'chat' && m.from) {
+        showChat({ id: '', from: m.name || m.identity || 'someone', text: entry.text, at: new Date() });
+      }
+    } else {
+      const bytes = new Uint8Array(data);
+      const n = bytes[0] || 0;
+      entry = {
+        label, from: new TextDecoder().decode(bytes.subarray(1, 1 + n)), binary: true,
+        bytes: [...bytes.subarray(1 + n)],
+      };
+    }
+    dataReceived.push(entry);
+    if (dataReceived.length > DATA_KEEP) dataReceived.shift();
+  }
+
+  // Sends on our channel `label`; false if it is not open.
+  function sendData(label, data) {
+    const channel = current && current.channels && current.channels[label];
+    if (!channel || channel.readyState !== 'open') return false;
+    channel.send(data);
+    return true;
+  }
+
+  function onChatSubmit(ev) {
+    ev.preventDefault();
+    const text = ui.chatInput.value.trim();
+    if (!text) return;
+    if (!sendData('chat', text)) return showNotice('Messages are not connected yet', 'warn');
+    showChat({ id: '', from: 'You', text, at: new Date() });
+    ui.chatInput.value = '';
+  }
+
+  function showChat(entry) {
+    const at = entry.at;
     messages.push(entry);
     if (messages.length > CHAT_KEEP) messages.shift();
     const time = at.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
@@ -427,6 +498,7 @@
       await flushCandidates(conn);
       await pc.setLocalDescription();
       send(conn, { answer: { type: 'answer', sdp: pc.localDescription.sdp } });
+      maybeOpenDataChannels(conn);
       participants.forEach(renderParticipant); // the m-lines may carry other tracks now
     });
   }
@@ -986,6 +1058,13 @@
       captions: () => Promise.resolve([...captionSegments.values()].map((c) => ({ ...c }))),
       setCaptions: (enabled) => toggleCaptions(Boolean(enabled)),
       stats, leave, setMicMuted, setCameraMuted, selectedCandidateTypes, startScreenShare, stopScreenShare,
+      // Data channels: send on `chat` or `lossy` (string or ArrayBuffer); what arrived.
+      sendData,
+      get dataReceived() { return dataReceived.map((d) => ({ ...d })); },
+      get dataChannelsOpen() {
+        const c = current && current.channels;
+        return c ? Object.keys(c).filter((l) => c[l].readyState === 'open') : [];
+      },
       // Test hook: closes the peer connection (DTLS close_notify) without a signaling leave.
       closeMediaOnly: () => { if (current && current.pc) current.pc.close(); },
       join: (meeting, name, token) => startSession({ meeting, name, token }),
@@ -1024,6 +1103,7 @@
     ui.screenButton.addEventListener('click', () => (screen ? stopScreenShare() : startScreenShare()));
     ui.captionsButton.addEventListener('click', () => toggleCaptions());
     ui.leaveButton.addEventListener('click', leave);
+    ui.chatForm.addEventListener('submit', onChatSubmit);
     // Tell the others right away when the tab closes.
     window.addEventListener('pagehide', () => { if (current) send(current, { leave: {} }); });
     renderControls();

@@ -273,6 +273,7 @@ async fn session(
         tx.send(encode(C::Join(pb::JoinRequest {
             token,
             meeting: plan.meeting.clone(),
+            data_channels: false,
         })))
         .await
         .map_err(|_| "TRANSPORT".to_owned())?;

@@ -37,6 +37,7 @@ mod tests {
             message: Some(client_message::Message::Join(JoinRequest {
                 token: "t".into(),
                 meeting: "m".into(),
+                data_channels: false,
             })),
         };
         let json = serde_json::to_string(&msg).unwrap();

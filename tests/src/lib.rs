@@ -687,6 +687,7 @@ impl TestClient {
         let join = C::Join(pb::JoinRequest {
             token: token.to_owned(),
             meeting: meeting.to_owned(),
+            data_channels: false,
         });
         tx.send(encode(join)).await.map_err(|e| transport(&e))?;
         let response = tokio::time::timeout(JOIN_TIMEOUT, async {
@@ -2095,6 +2096,7 @@ impl RawSignal {
             .send(encode(C::Join(pb::JoinRequest {
                 token: token.to_owned(),
                 meeting: meeting.to_owned(),
+                data_channels: false,
             })))
             .await
             .expect("send join");

@@ -200,6 +200,7 @@ impl pb::media_service_server::MediaService for Media {
                     token_expires_at: None,
                     tenant: tenant.clone(),
                     session: hearth_actors::SessionKind::Signaling,
+                    data_channels: false,
                 },
                 track,
             )

@@ -224,7 +224,9 @@ impl DataChannels {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.association.as_ref().and_then(|(_, a)| a.poll_timeout())
+        self.association
+            .as_ref()
+            .and_then(|(_, a)| a.poll_timeout())
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -258,10 +260,10 @@ impl DataChannels {
                 // its stream id.
                 Event::Stream(StreamEvent::Stopped { id, .. })
                 | Event::Stream(StreamEvent::Finished { id })
-                | Event::AssociationLost { id, .. } => {
-                    if self.channels.remove(&id).is_some() {
-                        self.events.push_back(ChannelEvent::Closed { id });
-                    }
+                | Event::AssociationLost { id, .. }
+                    if self.channels.remove(&id).is_some() =>
+                {
+                    self.events.push_back(ChannelEvent::Closed { id });
                 }
                 Event::HandshakeFailed { .. } => lost = true,
                 _ => {}
@@ -278,28 +280,11 @@ impl DataChannels {
             }
         }
         for id in readable {
-            loop {
-                let Some((_, association)) = &mut self.association else {
-                    break;
-                };
-                let Ok(mut stream) = association.stream(id) else {
-                    break;
-                };
-                let chunks = match stream.read_sctp() {
-                    Ok(Some(chunks)) => chunks,
-                    Ok(None) => break,
-                    // A closed (reset) stream: nothing more to read.
-                    Err(_) => break,
-                };
-                let ppi = chunks.ppi;
-                let payload = match chunks.to_payload(MAX_MESSAGE_BYTES) {
-                    Ok(p) => p,
-                    Err(_) => {
-                        self.stats.oversize += 1;
-                        continue;
-                    }
-                };
-                self.on_message(now, id, ppi, payload);
+            while let Some(read) = self.read_message(id) {
+                match read {
+                    Some((ppi, payload)) => self.on_message(now, id, ppi, payload),
+                    None => self.stats.oversize += 1,
+                }
             }
         }
         if lost {
@@ -321,6 +306,20 @@ impl DataChannels {
         }
     }
 
+    /// The next complete message on stream `id`: None when there is none (or the stream is
+    /// closed), Some(None) for one over [`MAX_MESSAGE_BYTES`] (dropped).
+    fn read_message(&mut self, id: u16) -> Option<Option<(Ppi, BytesMut)>> {
+        let (_, association) = self.association.as_mut()?;
+        let mut stream = association.stream(id).ok()?;
+        let chunks = stream.read_sctp().ok()??;
+        Some(
+            chunks
+                .to_payload(MAX_MESSAGE_BYTES)
+                .ok()
+                .map(|payload| (chunks.ppi, payload)),
+        )
+    }
+
     fn on_message(&mut self, now: Instant, id: u16, ppi: Ppi, payload: BytesMut) {
         match ppi {
             Ppi::Dcep => self.on_dcep(now, id, payload),
@@ -334,7 +333,11 @@ impl DataChannels {
                 self.events.push_back(ChannelEvent::Message {
                     id,
                     binary: matches!(ppi, Ppi::Binary | Ppi::BinaryEmpty),
-                    data: if empty { Bytes::new() } else { payload.freeze() },
+                    data: if empty {
+                        Bytes::new()
+                    } else {
+                        payload.freeze()
+                    },
                 });
             }
             _ => self.stats.malformed += 1,

@@ -162,6 +162,8 @@ pub struct DtlsServer {
     remote_fingerprints: Vec<String>,
     crypto: Arc<dyn rtc_crypto::RTCCryptoProvider>,
     events: Vec<DtlsEvent>,
+    /// Application data (SCTP packets) received once connected and verified.
+    app_data: std::collections::VecDeque<BytesMut>,
     /// Records that failed to parse or authenticate.
     rejected: u64,
 }
@@ -181,6 +183,7 @@ impl DtlsServer {
             remote_fingerprints: Vec::new(),
             crypto: Arc::clone(&identity.crypto),
             events: Vec::new(),
+            app_data: std::collections::VecDeque::new(),
             rejected: 0,
         }
     }
@@ -249,7 +252,15 @@ impl DtlsServer {
                             self.phase = Phase::Done;
                             self.events.push(DtlsEvent::Closed);
                         }
-                        // Data channels are not negotiated (no SCTP yet): ignore.
+                        // Data channel packets: only from a verified peer, and a bounded
+                        // backlog (the caller drains it after every record).
+                        EndpointEvent::ApplicationData(data) => {
+                            if self.phase == Phase::Connected && self.app_data.len() < 64 {
+                                self.app_data.push_back(data);
+                            } else {
+                                self.rejected += 1;
+                            }
+                        }
                         _ => {}
                     }
                 }
@@ -296,6 +307,16 @@ impl DtlsServer {
         } else {
             Some(self.events.remove(0))
         }
+    }
+
+    /// The next application data (an SCTP packet) received.
+    pub fn poll_app_data(&mut self) -> Option<BytesMut> {
+        self.app_data.pop_front()
+    }
+
+    /// Encrypts application data (an SCTP packet) into a record for [`Self::poll_transmit`].
+    pub fn send_app_data(&mut self, now: Instant, data: &[u8]) -> bool {
+        self.phase == Phase::Connected && self.endpoint.write(now, PEER, data).is_ok()
     }
 
     /// The next record to send (to the selected ICE path).

@@ -39,6 +39,7 @@ pub(crate) fn proptest_cases() -> u32 {
         .unwrap_or(256)
 }
 
+pub use datachannel::{ChannelStats, SendError as ChannelSendError};
 pub use dtls::DtlsIdentity;
 pub use peer::{
     CLOSED_BY_PEER, Inbound, InboundTrack, Peer, PeerConfig, PeerError, PeerEvent, PeerStats,

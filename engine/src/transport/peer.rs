@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 
+use super::datachannel::{ChannelEvent, ChannelStats, DataChannels, SendError};
 use super::dtls::{DtlsEvent, DtlsIdentity, DtlsServer};
 use super::ice::{IceLite, StunOutcome};
 use super::rtcp::{self, Feedback};
@@ -110,6 +111,22 @@ pub enum PeerEvent {
     PathValidated(SocketAddr),
     /// A path's consent ran out: stop routing it.
     PathExpired(SocketAddr),
+    /// The client opened a data channel.
+    ChannelOpened {
+        id: u16,
+        label: String,
+        ordered: bool,
+    },
+    /// A data channel closed.
+    ChannelClosed {
+        id: u16,
+    },
+    /// A message on a data channel.
+    ChannelMessage {
+        id: u16,
+        binary: bool,
+        data: bytes::Bytes,
+    },
 }
 
 /// Media and feedback from the client, drained with [`Peer::poll_inbound`].
@@ -189,6 +206,10 @@ pub struct Peer {
     /// Set by the first completed offer/answer: DTLS roles never change afterwards.
     dtls_role_settled: bool,
     stats: PeerStats,
+    /// Data channels (SCTP over DTLS), once a section for them is agreed.
+    data: DataChannels,
+    /// The newest instant a caller gave us (SCTP timers run on it inside DTLS draining).
+    latest: Instant,
 }
 
 impl Peer {
@@ -229,6 +250,67 @@ impl Peer {
             dtls_client_selected: None,
             rtcp_ssrcs: Vec::new(),
             stats: PeerStats::default(),
+            data: DataChannels::new(),
+            latest: now,
+        }
+    }
+
+    /// What the data channels refused or dropped.
+    pub fn channel_stats(&self) -> ChannelStats {
+        self.data.stats()
+    }
+
+    /// Our next offer carries an SCTP section for data channels (once; see
+    /// [`sdp::Negotiator::offer_data_channels`]).
+    pub fn offer_data_channels(&mut self) {
+        self.negotiator.offer_data_channels();
+    }
+
+    /// Whether the client may open data channels (on by default; off: their section is
+    /// rejected in our answers).
+    pub fn set_data_channels(&mut self, on: bool) {
+        self.negotiator.set_data_channels(on);
+    }
+
+    /// Sends a message on the client's data channel `id`.
+    pub fn send_data(
+        &mut self,
+        now: Instant,
+        id: u16,
+        binary: bool,
+        data: &bytes::Bytes,
+    ) -> Result<(), SendError> {
+        if self.gone || !self.dtls.is_connected() {
+            return Err(SendError::NoChannel(id));
+        }
+        self.latest = self.latest.max(now);
+        self.data.send(now, id, binary, data)?;
+        self.flush_data();
+        Ok(())
+    }
+
+    /// Data channel packets out through DTLS, and their events up.
+    fn flush_data(&mut self) {
+        while let Some(packet) = self.data.poll_transmit() {
+            if !self.dtls.send_app_data(self.latest, &packet) {
+                break;
+            }
+        }
+        while let Some(event) = self.data.poll_event() {
+            self.events.push_back(match event {
+                ChannelEvent::Opened { id, label, ordered } => {
+                    PeerEvent::ChannelOpened { id, label, ordered }
+                }
+                ChannelEvent::Closed { id } => PeerEvent::ChannelClosed { id },
+                ChannelEvent::Message { id, binary, data } => {
+                    PeerEvent::ChannelMessage { id, binary, data }
+                }
+            });
+        }
+        while let Some(record) = self.dtls.poll_transmit() {
+            if let Some(to) = self.ice.selected() {
+                self.transmits.push_back((to, record));
+            }
         }
     }
 
@@ -603,6 +685,7 @@ impl Peer {
         if self.gone {
             return;
         }
+        self.latest = now;
         if data.len() > MAX_DATAGRAM {
             self.stats.oversized += 1;
             return;
@@ -673,6 +756,18 @@ impl Peer {
                 DtlsEvent::Closed => self.mark_gone(CLOSED_BY_PEER),
                 DtlsEvent::Failed(_) => self.mark_gone("DTLS failed"),
             }
+        }
+        let mut fed = false;
+        while let Some(packet) = self.dtls.poll_app_data() {
+            if self.negotiator.has_data_channels() {
+                self.data.handle_packet(self.latest, packet);
+                fed = true;
+            } else {
+                self.stats.dtls_rejected += 1;
+            }
+        }
+        if fed {
+            self.flush_data();
         }
         while let Some(record) = self.dtls.poll_transmit() {
             if let Some(to) = self.ice.selected() {
@@ -903,6 +998,7 @@ impl Peer {
         }
         if self.srtp.is_some() {
             consider(self.twcc.poll_timeout());
+            consider(self.data.poll_timeout());
         }
         if !self.connected && !self.gone {
             consider(Some(self.created + CONNECT_TIMEOUT));
@@ -927,9 +1023,14 @@ impl Peer {
             self.mark_gone("ICE/DTLS did not connect in time");
             return;
         }
+        self.latest = self.latest.max(now);
         self.start_dtls_client(now);
         self.dtls.handle_timeout(now);
         self.drain_dtls();
+        if self.srtp.is_some() && self.negotiator.has_data_channels() {
+            self.data.handle_timeout(now);
+            self.flush_data();
+        }
         if self.srtp.is_some() {
             while let Some(fb) = self.twcc.poll_feedback(now) {
                 let _ = self.send_rtcp(&fb);
@@ -953,6 +1054,11 @@ impl Peer {
 
     /// Sends DTLS `close_notify` and stops.
     pub fn close(&mut self, now: Instant) {
+        if self.negotiator.has_data_channels() && self.dtls.is_connected() {
+            self.latest = self.latest.max(now);
+            self.data.close(now);
+            self.flush_data();
+        }
         self.dtls.close(now);
         while let Some(record) = self.dtls.poll_transmit() {
             if let Some(to) = self.ice.selected() {

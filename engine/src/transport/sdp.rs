@@ -121,7 +121,10 @@ pub struct Section {
 pub enum SectionKind {
     Audio,
     Video,
-    /// application, text...: always rejected (no data channels yet).
+    /// `m=application ... UDP/DTLS/SCTP webrtc-datachannel`: the data channels' SCTP
+    /// association (one per connection; any other is rejected).
+    Application,
+    /// text, message, ...: always rejected.
     Other(String),
 }
 
@@ -130,6 +133,7 @@ impl SectionKind {
         match media {
             "audio" => Self::Audio,
             "video" => Self::Video,
+            "application" => Self::Application,
             other => Self::Other(other.chars().take(32).collect()),
         }
     }
@@ -138,6 +142,7 @@ impl SectionKind {
         match self {
             Self::Audio => "audio",
             Self::Video => "video",
+            Self::Application => "application",
             Self::Other(s) => s,
         }
     }
@@ -146,7 +151,7 @@ impl SectionKind {
         match self {
             Self::Audio => Some(MediaKind::Audio),
             Self::Video => Some(MediaKind::Video),
-            Self::Other(_) => None,
+            Self::Application | Self::Other(_) => None,
         }
     }
 }
@@ -239,6 +244,10 @@ pub struct Negotiator {
     /// Client-offers-only sessions (WHIP, WHEP): our senders ride in the client's
     /// receiving sections instead of offers of our own.
     bind_senders: bool,
+    /// Data channel sections are accepted.
+    data_channels: bool,
+    /// Our next offer adds a data channel section (asked for, not offered yet).
+    data_section_due: bool,
 }
 
 impl Negotiator {
@@ -257,6 +266,8 @@ impl Negotiator {
             version: 1,
             offer_due: false,
             bind_senders: false,
+            data_channels: true,
+            data_section_due: false,
         }
     }
 
@@ -267,6 +278,42 @@ impl Negotiator {
     /// client offer.
     pub fn set_bind_senders_to_offers(&mut self, on: bool) {
         self.bind_senders = on;
+    }
+
+    /// Whether a client's data channel section is accepted (on by default).
+    pub fn set_data_channels(&mut self, on: bool) {
+        self.data_channels = on;
+    }
+
+    /// Our next offer adds an SCTP section for data channels, unless one exists: a client
+    /// that will open data channels gets it from us, so its own offer never has to add it
+    /// (an offer that adds it and is rolled back in glare leaves Chromium unable to offer it
+    /// again). Offered once: a client that rejects it is not asked again.
+    pub fn offer_data_channels(&mut self) {
+        self.data_section_due = self.data_channels
+            && !self
+                .sections
+                .iter()
+                .any(|s| s.kind == SectionKind::Application);
+        self.offer_due = self.compute_needs_offer();
+    }
+
+    /// A data channel section was agreed (or refused): no more to offer.
+    fn settle_data_section(&mut self) {
+        if self
+            .sections
+            .iter()
+            .any(|s| s.kind == SectionKind::Application)
+        {
+            self.data_section_due = false;
+        }
+    }
+
+    /// True when an agreed section carries data channels.
+    pub fn has_data_channels(&self) -> bool {
+        self.sections
+            .iter()
+            .any(|s| s.kind == SectionKind::Application && !s.rejected)
     }
 
     pub fn is_stable(&self) -> bool {
@@ -322,13 +369,14 @@ impl Negotiator {
     }
 
     fn compute_needs_offer(&self) -> bool {
-        self.senders.iter().any(|(key, s)| {
-            let placed = self
-                .sections
-                .iter()
-                .any(|sec| sec.sender == Some(*key) && !sec.rejected);
-            s.removed == placed
-        })
+        self.data_section_due
+            || self.senders.iter().any(|(key, s)| {
+                let placed = self
+                    .sections
+                    .iter()
+                    .any(|sec| sec.sender == Some(*key) && !sec.rejected);
+                s.removed == placed
+            })
     }
 
     /// Applies the client's offer and returns our answer.
@@ -371,6 +419,14 @@ impl Negotiator {
                         return Err(invalid(format!("duplicate mid {:?}", offered.mid)));
                     }
                     let mut s = self.answer_new_remote(&offered);
+                    if offered.kind == SectionKind::Application {
+                        let taken = next
+                            .iter()
+                            .chain(self.sections.iter())
+                            .any(|x| x.kind == SectionKind::Application && !x.rejected);
+                        s.rejected =
+                            offered.port0 || !offered.datachannel || taken || !self.data_channels;
+                    }
                     if self.bind_senders && !s.rejected && offered.direction.remote_receives() {
                         self.bind_sender(&mut s, &offered, &next);
                     }
@@ -397,6 +453,7 @@ impl Negotiator {
             self.learn_pts(&s.codecs);
         }
         self.sections = next;
+        self.settle_data_section();
         self.sync_sender_pts();
         self.offer_due = self.compute_needs_offer();
         self.version += 1;
@@ -411,6 +468,11 @@ impl Negotiator {
         stopped: &mut Vec<String>,
     ) -> Section {
         let mut s = old.clone();
+        if s.kind == SectionKind::Application && offered.kind == SectionKind::Application {
+            // The data channel section: kept while offered (it carries no media).
+            s.rejected = s.rejected || offered.port0 || !offered.datachannel;
+            return s;
+        }
         if offered.port0 || s.kind != offered.kind || s.kind.media_kind().is_none() {
             if s.remote_sends {
                 stopped.push(s.mid.clone());
@@ -596,6 +658,24 @@ impl Negotiator {
                 None => next.push(section),
             }
         }
+        if self.data_section_due && !next.iter().any(|s| s.kind == SectionKind::Application) {
+            let mid = self.fresh_mid(&next);
+            next.push(Section {
+                mid,
+                kind: SectionKind::Application,
+                rejected: false,
+                local: true,
+                sender: None,
+                remote_sends: false,
+                local_sends: false,
+                codecs: Vec::new(),
+                extmap: Vec::new(),
+                remote_ssrcs: Vec::new(),
+                remote_rtx: Vec::new(),
+                rids: Vec::new(),
+                simulcast: None,
+            });
+        }
         if next.len() > MAX_SECTIONS {
             return Err(negotiation(format!(
                 "more than {MAX_SECTIONS} sections on one connection"
@@ -730,6 +810,10 @@ impl Negotiator {
                 s.local_sends = false;
                 continue;
             }
+            if s.kind == SectionKind::Application {
+                // Data channels: no media either way.
+                continue;
+            }
             if s.local {
                 // Keep only the codecs the answer accepted, with our payload types.
                 let accepted: Vec<NegotiatedCodec> = s
@@ -770,6 +854,7 @@ impl Negotiator {
         self.sections = next;
         self.pending = None;
         self.signaling = Signaling::Stable;
+        self.settle_data_section();
         // Senders rejected and agreed are gone for good.
         let sections = &self.sections;
         self.senders.retain(|key, snd| {
@@ -866,7 +951,7 @@ impl Negotiator {
     fn write_section(&self, s: &Section, setup: &str) -> MediaDescription {
         let formats: Vec<String> = if s.rejected || s.codecs.is_empty() {
             vec![match s.kind {
-                SectionKind::Other(_) => "webrtc-datachannel".to_owned(),
+                SectionKind::Other(_) | SectionKind::Application => "webrtc-datachannel".to_owned(),
                 _ => "0".to_owned(),
             }]
         } else {
@@ -877,7 +962,9 @@ impl Negotiator {
                 .collect()
         };
         let protos = match s.kind {
-            SectionKind::Other(_) => vec!["UDP".into(), "DTLS".into(), "SCTP".into()],
+            SectionKind::Other(_) | SectionKind::Application => {
+                vec!["UDP".into(), "DTLS".into(), "SCTP".into()]
+            }
             _ => vec!["UDP".into(), "TLS".into(), "RTP".into(), "SAVPF".into()],
         };
         let mut md = MediaDescription {
@@ -917,6 +1004,22 @@ impl Negotiator {
             format!("sha-256 {}", self.local.fingerprint),
         ));
         a.push(attr("setup", setup.to_owned()));
+        if s.kind == SectionKind::Application {
+            a.push(attr("sctp-port", super::datachannel::SCTP_PORT.to_string()));
+            a.push(attr(
+                "max-message-size",
+                super::datachannel::MAX_MESSAGE_BYTES.to_string(),
+            ));
+            a.push(attr(
+                "candidate",
+                self.local
+                    .candidate
+                    .trim_start_matches("candidate:")
+                    .to_owned(),
+            ));
+            a.push(flag("end-of-candidates"));
+            return md;
+        }
         for (id, uri) in &s.extmap {
             a.push(attr("extmap", format!("{id} {uri}")));
         }
@@ -1041,6 +1144,8 @@ struct OfferedSection {
     fid: Vec<(u32, u32)>,
     rids: Vec<String>,
     simulcast: Option<String>,
+    /// An application section that offers WebRTC data channels over SCTP.
+    datachannel: bool,
 }
 
 /// Checks a client's first offer without any negotiation state: it parses, carries ICE
@@ -1061,7 +1166,8 @@ pub fn check_first_offer(sdp: &str) -> Result<(), SdpError> {
     let mut sending = 0;
     for md in &desc.media_descriptions {
         let offered = parse_section(md)?;
-        if !offered.port0 && offered.direction.remote_sends() {
+        if !offered.port0 && offered.kind.media_kind().is_some() && offered.direction.remote_sends()
+        {
             sending += 1;
         }
     }
@@ -1281,7 +1387,19 @@ fn parse_section(md: &MediaDescription) -> Result<OfferedSection, SdpError> {
             feedback: fb,
         });
     }
+    let datachannel = kind == SectionKind::Application
+        && md
+            .media_name
+            .formats
+            .iter()
+            .any(|f| f == "webrtc-datachannel")
+        && md
+            .media_name
+            .protos
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case("SCTP"));
     Ok(OfferedSection {
+        datachannel,
         mid,
         kind,
         port0,

@@ -360,3 +360,86 @@ fn senders_are_placed_only_where_their_codec_is_offered_and_only_in_that_mode() 
     assert!(!answer.contains("a=sendonly"), "{answer}");
     assert!(n.needs_offer());
 }
+
+/// The browser's answer to an offer of ours: every section mirrored, `application` kept
+/// (or rejected with port 0).
+fn answer_all(offer: &str, reject_data: bool) -> String {
+    let mut out = String::from(SESSION);
+    for part in offer.split("m=").skip(1) {
+        let mid = part
+            .lines()
+            .find_map(|l| l.strip_prefix("a=mid:"))
+            .unwrap()
+            .trim();
+        if part.starts_with("application") {
+            let port = if reject_data { 0 } else { 9 };
+            out.push_str(&format!(
+                "m=application {port} UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n\
+a=mid:{mid}\r\na=setup:active\r\na=sctp-port:5000\r\na=max-message-size:262144\r\n"
+            ));
+        } else {
+            out.push_str(&format!(
+                "m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:{mid}\r\n\
+a=setup:active\r\na=rtcp-mux\r\na=recvonly\r\na=rtpmap:96 VP8/90000\r\n"
+            ));
+        }
+    }
+    out
+}
+
+/// A client that asked for data channels gets their SCTP section in our next offer (alone
+/// if there is nothing else to offer), once; agreed, later offers keep it, and a client's
+/// own data channel section is answered with our SCTP parameters.
+#[test]
+fn data_channel_sections_are_offered_once_and_answered() {
+    let mut n = negotiator();
+    assert!(!n.needs_offer());
+    n.offer_data_channels();
+    assert!(n.needs_offer(), "the section alone is worth an offer");
+    let offer = n.create_offer().unwrap();
+    assert!(
+        offer.contains("m=application 9 UDP/DTLS/SCTP webrtc-datachannel"),
+        "{offer}"
+    );
+    assert!(offer.contains("a=sctp-port:5000"), "{offer}");
+    assert!(offer.contains("a=max-message-size:65536"), "{offer}");
+    n.apply_answer(&answer_all(&offer, false)).unwrap();
+    assert!(n.has_data_channels());
+    assert!(!n.needs_offer());
+    n.add_sender(vp8_sender(1));
+    let offer = n.create_offer().unwrap();
+    assert_eq!(offer.matches("m=application").count(), 1, "{offer}");
+    n.apply_answer(&answer_all(&offer, false)).unwrap();
+    assert!(n.has_data_channels());
+
+    // Refused by the client: not offered again.
+    let mut n = negotiator();
+    n.offer_data_channels();
+    let offer = n.create_offer().unwrap();
+    n.apply_answer(&answer_all(&offer, true)).unwrap();
+    assert!(!n.has_data_channels());
+    n.offer_data_channels();
+    assert!(!n.needs_offer());
+
+    // The client's own section (an offerer that opens channels first).
+    let mut n = negotiator();
+    let client = format!(
+        "{SESSION}a=group:BUNDLE 0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n\
+c=IN IP4 0.0.0.0\r\na=mid:0\r\na=setup:actpass\r\na=sctp-port:5000\r\n"
+    );
+    let (answer, _) = n.apply_offer(&client).unwrap();
+    assert!(n.has_data_channels());
+    assert!(
+        answer.contains("m=application 9 UDP/DTLS/SCTP webrtc-datachannel"),
+        "{answer}"
+    );
+    assert!(answer.contains("a=setup:passive"), "{answer}");
+    // A second one in the same connection is rejected.
+    let two = format!(
+        "{client}m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n\
+a=mid:1\r\na=setup:actpass\r\n"
+    )
+    .replace("BUNDLE 0", "BUNDLE 0 1");
+    let (answer, _) = n.apply_offer(&two).unwrap();
+    assert!(answer.contains("m=application 0 "), "{answer}");
+}
