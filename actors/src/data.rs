@@ -26,6 +26,42 @@ pub const RATE_PER_SEC: f64 = 100.0;
 pub const BYTES_PER_SEC: f64 = 256.0 * 1024.0;
 /// The label of the channels app messages (the messages endpoint) are delivered on.
 pub const APP_LABEL: &str = "chat";
+/// Copies one meeting relays per second (bursts of twice as many): every sender within its
+/// own limit still cannot make a large meeting relay N x N messages.
+pub const MEETING_COPIES_PER_SEC: f64 = 5_000.0;
+/// Largest envelope sent (the transport's limit; escaping can grow text).
+pub const MAX_ENVELOPE_BYTES: usize = 64 * 1024;
+
+/// The meeting-wide budget of relayed copies.
+#[derive(Debug)]
+pub struct CopyBudget {
+    tokens: f64,
+    last: Instant,
+}
+
+impl CopyBudget {
+    pub fn new(now: Instant) -> Self {
+        Self {
+            tokens: 2.0 * MEETING_COPIES_PER_SEC,
+            last: now,
+        }
+    }
+
+    /// True if `copies` may go now (and takes them).
+    pub fn allow(&mut self, now: Instant, copies: usize) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        self.tokens =
+            (self.tokens + elapsed * MEETING_COPIES_PER_SEC).min(2.0 * MEETING_COPIES_PER_SEC);
+        let copies = copies as f64;
+        if self.tokens >= copies {
+            self.tokens -= copies;
+            true
+        } else {
+            false
+        }
+    }
+}
 
 /// One relayed message, ready for every receiver (the envelope is built once).
 #[derive(Clone, Debug)]

@@ -333,6 +333,13 @@ pub enum ClientSignal {
     },
     Answer(String),
     Candidate(Candidate),
+    /// An ICE restart outside SDP (WHIP/WHEP `PATCH`): our new credentials, chosen by the
+    /// gateway (which answers with them), and the client's new ufrag.
+    IceRestart {
+        local_ufrag: String,
+        local_pwd: String,
+        remote_ufrag: String,
+    },
     Mute {
         track: TrackId,
         muted: bool,

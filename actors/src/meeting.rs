@@ -142,6 +142,11 @@ pub enum MeetingMsg {
     },
     /// The app changed the meeting's metadata (already in the record): tell everyone.
     MetadataChanged(String),
+    /// A participant's open data channel labels changed.
+    DataLabels {
+        participant: ParticipantId,
+        labels: Vec<String>,
+    },
     /// A data channel message from a participant: to every other participant's channel of
     /// the same label.
     Data {
@@ -238,6 +243,8 @@ struct Member {
     usage: UsageHandle,
     /// Receives only these tracks (WHEP); None: every track, as the grants allow.
     receive: Option<ReceiveFilter>,
+    /// Labels of the member's open data channels (what it can receive).
+    data_labels: Vec<String>,
 }
 
 struct Track {
@@ -255,6 +262,8 @@ struct Tap {
 }
 
 pub struct MeetingState {
+    /// Data channel copies this meeting may still relay (see [`crate::data::CopyBudget`]).
+    data_budget: crate::data::CopyBudget,
     id: MeetingId,
     started_at: SystemTime,
     node: Arc<NodeShared>,
@@ -317,6 +326,7 @@ impl Actor for MeetingActor {
         );
         args.node.events.append(&args.id, EventKind::MeetingStarted);
         Ok(MeetingState {
+            data_budget: crate::data::CopyBudget::new(std::time::Instant::now()),
             id: args.id,
             started_at: args.started_at,
             node: args.node,
@@ -449,6 +459,14 @@ impl Actor for MeetingActor {
                 binary,
                 data,
             } => state.relay_data(from, label, binary, &data),
+            MeetingMsg::DataLabels {
+                participant,
+                labels,
+            } => {
+                if let Some(member) = state.members.get_mut(&participant) {
+                    member.data_labels = labels;
+                }
+            }
             MeetingMsg::SendMessage { message, to, reply } => {
                 let _ = reply.send(state.send_app_message(message, &to));
             }
@@ -814,6 +832,7 @@ impl MeetingState {
                 media,
                 usage,
                 receive: request.session.receive_filter().cloned(),
+                data_labels: Vec::new(),
             },
         );
         self.node
@@ -1486,10 +1505,23 @@ impl MeetingState {
             .unwrap_or_default()
     }
 
-    fn relay_data(&self, from: ParticipantId, label: String, binary: bool, data: &[u8]) {
+    fn relay_data(&mut self, from: ParticipantId, label: String, binary: bool, data: &[u8]) {
         let Some(sender) = self.members.get(&from) else {
             return;
         };
+        let receivers = self
+            .members
+            .values()
+            .filter(|m| m.info.id != from && m.data_labels.contains(&label))
+            .count();
+        if receivers == 0 {
+            return;
+        }
+        if !self.data_budget.allow(std::time::Instant::now(), receivers) {
+            metrics::counter!("hearth_data_dropped_total", "reason" => "meeting_rate")
+                .increment(receivers as u64);
+            return;
+        }
         let envelope = crate::data::envelope(
             &from,
             &sender.info.identity,
@@ -1497,6 +1529,10 @@ impl MeetingState {
             binary,
             data,
         );
+        if envelope.len() > crate::data::MAX_ENVELOPE_BYTES {
+            metrics::counter!("hearth_data_dropped_total", "reason" => "too_large").increment(1);
+            return;
+        }
         let message = crate::data::DataMessage {
             from,
             label,
@@ -1504,7 +1540,7 @@ impl MeetingState {
             envelope,
         };
         for member in self.members.values() {
-            if member.info.id != message.from && !member.is_virtual {
+            if member.info.id != message.from && member.data_labels.contains(&message.label) {
                 let _ = member
                     .actor
                     .send_message(ParticipantMsg::Data(Box::new(message.clone())));
@@ -1706,6 +1742,7 @@ impl MeetingState {
                     id.as_str(),
                 ),
                 receive: None,
+                data_labels: Vec::new(),
             },
         );
         self.node

@@ -453,6 +453,9 @@ impl Actor for ParticipantActor {
             now,
         )?;
         peer.set_bind_senders_to_offers(args.client_offers_only);
+        // WHIP/WHEP sessions have no data channels (nothing would relay their messages
+        // under a grant they were not given).
+        peer.set_data_channels(!args.client_offers_only);
         if args.data_channels && !args.client_offers_only {
             peer.offer_data_channels();
         }
@@ -773,6 +776,22 @@ impl ParticipantState {
                     self.signal_error(&e);
                 }
             }
+            ClientSignal::IceRestart {
+                local_ufrag,
+                local_pwd,
+                remote_ufrag,
+            } => {
+                // Signaling clients restart ICE with an offer; this is for WHIP/WHEP.
+                if !self.client_offers_only {
+                    return;
+                }
+                if !self.registration.add_ufrag(local_ufrag.clone()) {
+                    tracing::warn!(participant = %self.id, "too many ICE restarts; ignored");
+                    return;
+                }
+                tracing::debug!(participant = %self.id, "ICE restart");
+                self.peer.restart_ice(local_ufrag, local_pwd, &remote_ufrag);
+            }
             ClientSignal::Mute { track, muted } => {
                 let Some(p) = self.published.iter_mut().find(|p| p.info.id == track) else {
                     self.signal.send(ServerSignal::Error(SignalError::new(
@@ -973,8 +992,12 @@ impl ParticipantState {
                     tracing::debug!(participant = %self.id, id, %label, "data channel opened");
                     self.channels.retain(|(c, _)| *c != id);
                     self.channels.push((id, label));
+                    self.report_data_labels();
                 }
-                PeerEvent::ChannelClosed { id } => self.channels.retain(|(c, _)| *c != id),
+                PeerEvent::ChannelClosed { id } => {
+                    self.channels.retain(|(c, _)| *c != id);
+                    self.report_data_labels();
+                }
                 PeerEvent::ChannelMessage { id, binary, data } => {
                     self.relay_data(now, id, binary, data)
                 }
@@ -988,13 +1011,27 @@ impl ParticipantState {
         }
     }
 
+    /// Tells the meeting which labels we can receive on.
+    fn report_data_labels(&self) {
+        let mut labels: Vec<String> = self.channels.iter().map(|(_, l)| l.clone()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        let _ = self.meeting.send_message(MeetingMsg::DataLabels {
+            participant: self.id.clone(),
+            labels,
+        });
+    }
+
     /// A message the client sent on a data channel: to the meeting, which relays it to the
-    /// others' channels of the same label, if within the limits (see [`crate::data`]).
+    /// others' channels of the same label, if within the limits (see [`crate::data`]). Sending
+    /// needs the publish grant.
     fn relay_data(&mut self, now: Instant, id: u16, binary: bool, data: bytes::Bytes) {
         let Some((_, label)) = self.channels.iter().find(|(c, _)| *c == id) else {
             return;
         };
-        let reason = if data.len() > crate::data::MAX_RELAYED_BYTES {
+        let reason = if !self.can_publish {
+            Some("not_permitted")
+        } else if data.len() > crate::data::MAX_RELAYED_BYTES {
             Some("too_large")
         } else if !self.data_limiter.allow(now, data.len()) {
             Some("rate")

@@ -144,14 +144,21 @@ where
 pub struct MuxRegistration {
     mux: Arc<UdpMux>,
     ufrag: String,
+    /// Ufrags added by ICE restarts (see [`Self::add_ufrag`]).
+    more_ufrags: Vec<String>,
     entry: Arc<Entry>,
 }
 
+/// Most ICE restarts one registration takes (each adds a ufrag).
+pub const MAX_UFRAGS_PER_PARTICIPANT: usize = 8;
+
 impl Drop for MuxRegistration {
     fn drop(&mut self) {
-        self.mux
-            .by_ufrag
-            .remove_if(&self.ufrag, |_, e| Arc::ptr_eq(e, &self.entry));
+        for ufrag in std::iter::once(&self.ufrag).chain(&self.more_ufrags) {
+            self.mux
+                .by_ufrag
+                .remove_if(ufrag, |_, e| Arc::ptr_eq(e, &self.entry));
+        }
         let addrs = match self.entry.addrs.lock() {
             Ok(addrs) => addrs.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -180,6 +187,19 @@ impl MuxRegistration {
         }
         addrs.push(addr);
         self.mux.by_addr.insert(addr, Arc::clone(&self.entry));
+    }
+
+    /// Also routes checks for `ufrag` here (an ICE restart gave us new credentials); false
+    /// once [`MAX_UFRAGS_PER_PARTICIPANT`] are registered.
+    pub fn add_ufrag(&mut self, ufrag: String) -> bool {
+        if self.more_ufrags.len() + 1 >= MAX_UFRAGS_PER_PARTICIPANT {
+            return false;
+        }
+        self.mux
+            .by_ufrag
+            .insert(ufrag.clone(), Arc::clone(&self.entry));
+        self.more_ufrags.push(ufrag);
+        true
     }
 
     /// Stops routing `addr` to this participant (its consent expired).
@@ -274,6 +294,7 @@ impl UdpMux {
         MuxRegistration {
             mux: Arc::clone(self),
             ufrag,
+            more_ufrags: Vec::new(),
             entry,
         }
     }

@@ -139,6 +139,16 @@ impl WebRtcPeer {
         self.peer.apply_answer(now, &sdp)
     }
 
+    /// Whether the client's data channel section is accepted.
+    pub fn set_data_channels(&mut self, on: bool) {
+        self.peer.set_data_channels(on);
+    }
+
+    /// An ICE restart outside SDP (see [`Peer::restart_ice`]).
+    pub fn restart_ice(&mut self, local_ufrag: String, local_pwd: String, remote_ufrag: &str) {
+        self.peer.restart_ice(local_ufrag, local_pwd, remote_ufrag);
+    }
+
     /// Our next offer carries an SCTP section for data channels.
     pub fn offer_data_channels(&mut self) {
         self.peer.offer_data_channels();

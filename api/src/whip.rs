@@ -11,8 +11,9 @@
 //!   participant's identity) in the offer's receiving sections, and publishes nothing.
 //! * The resource (`Location`): `PATCH` with `application/trickle-ice-sdpfrag` takes trickled
 //!   candidates (`204`; Hearth is ICE-lite, so it learns the client's address from its
-//!   checks anyway) and answers an ICE restart with `422` (a restart is a new `POST`);
-//!   `DELETE` leaves the meeting. Both need a token of the same meeting.
+//!   checks anyway) and ICE restarts (a new `a=ice-ufrag`: `200` with our new credentials
+//!   and candidate, and a new `ETag`; media keeps flowing meanwhile); `DELETE` leaves the
+//!   meeting. Both need a token of the same meeting.
 //!
 //! The participant is like any other (lists, the operator's tree, usage, webhooks); it lives
 //! as long as its media connection (ICE consent, DTLS close), or until `DELETE`, a removal,
@@ -51,6 +52,8 @@ const MAX_FRAGMENT_BYTES: usize = 16 * 1024;
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Server messages queued for a session nobody reads (only its end matters).
 const SIGNAL_QUEUE: usize = 64;
+/// ICE restarts one session may make (each registers new credentials).
+const MAX_ICE_RESTARTS: u32 = 6;
 
 const SDP: &str = "application/sdp";
 const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
@@ -71,6 +74,10 @@ struct Session {
     etag: String,
     /// The client's ICE ufrag from its offer: a PATCH with another one is an ICE restart.
     remote_ufrag: Option<String>,
+    /// Our candidate lines and the first mid, from the answer (for restart answers).
+    candidates: Vec<String>,
+    first_mid: String,
+    restarts: u32,
 }
 
 /// The live sessions of this node, by participant id.
@@ -255,27 +262,41 @@ fn authorize(
     })
 }
 
+/// The token (with the grant the protocol needs) and the offer of a `POST`.
+async fn offer_request(
+    state: &AppState,
+    headers: &HeaderMap,
+    meeting: &str,
+    body: Body,
+    kind: Kind,
+) -> Result<(JoinRequest, String), Response> {
+    let request = authorize(state, headers, meeting)?;
+    let (granted, what) = match kind {
+        Kind::Whip => (request.grants.publish, "publishing"),
+        Kind::Whep => (request.grants.subscribe, "receiving media"),
+    };
+    if !granted {
+        return Err(problem(
+            StatusCode::FORBIDDEN,
+            ErrorCode::PermissionDenied,
+            format!("the token does not grant {what}"),
+        ));
+    }
+    let offer = body_text(headers, body, SDP, MAX_OFFER_BYTES).await?;
+    Ok((request, offer))
+}
+
 async fn whip_post(
     State(state): State<Arc<AppState>>,
     Path(meeting): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut request = match authorize(&state, &headers, &meeting) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    if !request.grants.publish {
-        return problem(
-            StatusCode::FORBIDDEN,
-            ErrorCode::PermissionDenied,
-            "the token does not grant publishing",
-        );
-    }
-    let offer = match body_text(&headers, body, SDP, MAX_OFFER_BYTES).await {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
+    let (mut request, offer) =
+        match offer_request(&state, &headers, &meeting, body, Kind::Whip).await {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
     request.grants.subscribe = false;
     request.session = SessionKind::Http { receive: None };
     let location = |id: &ParticipantId| format!("/whip/{meeting}/{id}");
@@ -288,24 +309,19 @@ async fn whep_post(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut request = match authorize(&state, &headers, &meeting) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    if !request.grants.subscribe {
-        return problem(
-            StatusCode::FORBIDDEN,
-            ErrorCode::PermissionDenied,
-            "the token does not grant receiving media",
-        );
-    }
-    let offer = match body_text(&headers, body, SDP, MAX_OFFER_BYTES).await {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
+    let (mut request, offer) =
+        match offer_request(&state, &headers, &meeting, body, Kind::Whep).await {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
     let filter = match resolve_source(&state, &request.meeting, &source).await {
         Ok(f) => f,
         Err(r) => return r,
+    };
+    // The resource names what was resolved (an identity may hold characters a path cannot).
+    let source = match &filter {
+        ReceiveFilter::Participant(p) => p.to_string(),
+        ReceiveFilter::Track(t) => t.to_string(),
     };
     request.grants.publish = false;
     // Watching never creates a meeting.
@@ -407,7 +423,18 @@ async fn start(
             ));
         }
     };
-    let etag = format!("\"{}\"", hearth_actors::ids::random_string(16));
+    let etag = new_etag();
+    let candidates = answer
+        .lines()
+        .filter(|l| l.starts_with("a=candidate:"))
+        .take(1)
+        .map(|l| l.trim().to_owned())
+        .collect();
+    let first_mid = answer
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("a=mid:"))
+        .unwrap_or("0")
+        .to_owned();
     state.http_sessions.lock().insert(
         id.clone(),
         Session {
@@ -416,6 +443,9 @@ async fn start(
             identity,
             etag: etag.clone(),
             remote_ufrag,
+            candidates,
+            first_mid,
+            restarts: 0,
         },
     );
     metrics::counter!("hearth_http_sessions_total", "protocol" => kind.as_str()).increment(1);
@@ -440,6 +470,10 @@ async fn start(
     }
     tracing::info!(participant = %id, protocol = kind.as_str(), "HTTP media session started");
     cors(response)
+}
+
+fn new_etag() -> String {
+    format!("\"{}\"", hearth_actors::ids::random_string(16))
 }
 
 impl Kind {
@@ -620,9 +654,9 @@ async fn whep_patch(
     patch(&state, &headers, body, Kind::Whep, &meeting, &id).await
 }
 
-/// Trickle ICE (RFC 9725 §4.3): candidates are taken (ICE-lite needs none, but a wrong one
-/// is still refused); an ICE restart is refused with 422, as the RFC asks of a resource that
-/// supports trickle but not restarts.
+/// Trickle ICE and ICE restarts (RFC 9725 §4.3): candidates are passed on (ICE-lite needs
+/// none, but a wrong one is still refused); a fragment with a new `a=ice-ufrag` restarts
+/// ICE: we take new credentials and answer them (200, a new ETag).
 async fn patch(
     state: &AppState,
     headers: &HeaderMap,
@@ -653,14 +687,10 @@ async fn patch(
         .lines()
         .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
         .map(|u| u.trim().to_owned());
-    if let (Some(new), Some(old)) = (&ufrag, &remote_ufrag)
-        && new != old
+    if let Some(new) = &ufrag
+        && remote_ufrag.as_ref() != Some(new)
     {
-        return problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::FailedPrecondition,
-            "ICE restarts are not supported on this resource: DELETE it and POST a new offer",
-        );
+        return ice_restart(state, &id, new, &fragment);
     }
     let handle = state
         .http_sessions
@@ -688,4 +718,75 @@ async fn patch(
         }
     }
     cors(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A `PATCH` whose fragment carries a new client ufrag: an ICE restart.
+fn ice_restart(
+    state: &AppState,
+    id: &ParticipantId,
+    remote_ufrag: &str,
+    fragment: &str,
+) -> Response {
+    let legal = hearth_engine::transport::sdp::legal_ice_credential;
+    let pwd = fragment
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("a=ice-pwd:"))
+        .map(str::trim);
+    if !legal(remote_ufrag, 4) || !pwd.is_some_and(|p| legal(p, 22)) {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidArgument,
+            "an ICE restart needs a valid a=ice-ufrag (4+ ice-chars) and a=ice-pwd (22+)",
+        );
+    }
+    let mut sessions = state.http_sessions.lock();
+    let Some(session) = sessions.get_mut(id) else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "the session ended",
+        );
+    };
+    if session.restarts >= MAX_ICE_RESTARTS {
+        return problem(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::ResourceExhausted,
+            format!("at most {MAX_ICE_RESTARTS} ICE restarts per session: POST a new offer"),
+        );
+    }
+    let local_ufrag = hearth_actors::ids::random_string(16);
+    let local_pwd = hearth_actors::ids::random_string(32);
+    if !session.handle.send(ClientSignal::IceRestart {
+        local_ufrag: local_ufrag.clone(),
+        local_pwd: local_pwd.clone(),
+        remote_ufrag: remote_ufrag.to_owned(),
+    }) {
+        return problem(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "the session ended",
+        );
+    }
+    session.restarts += 1;
+    session.remote_ufrag = Some(remote_ufrag.to_owned());
+    session.etag = new_etag();
+    metrics::counter!("hearth_http_ice_restarts_total", "protocol" => session.kind.as_str())
+        .increment(1);
+    let mut body = format!(
+        "a=ice-lite\r\na=ice-ufrag:{local_ufrag}\r\na=ice-pwd:{local_pwd}\r\n\
+m=audio 9 RTP/AVP 0\r\na=mid:{}\r\n",
+        session.first_mid
+    );
+    for c in &session.candidates {
+        body.push_str(c);
+        body.push_str("\r\n");
+    }
+    body.push_str("a=end-of-candidates\r\n");
+    let mut response = (StatusCode::OK, body).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDPFRAG));
+    if let Ok(v) = HeaderValue::from_str(&session.etag) {
+        h.insert(header::ETAG, v);
+    }
+    cors(response)
 }

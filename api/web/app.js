@@ -24,7 +24,7 @@
     meetingView: $('meeting-view'), grid: $('grid'), list: $('participant-list'),
     count: $('participant-count'), mediaNote: $('media-note'), chat: $('chat-list'),
     micButton: $('mic-button'), cameraButton: $('camera-button'), leaveButton: $('leave-button'),
-    screenButton: $('screen-button'), captionsButton: $('captions-button'),
+    screenButton: $('screen-button'), captionsButton: $('captions-button'), statsButton: $('stats-button'),
     chatForm: $('chat-form'), chatInput: $('chat-input'),
   };
 
@@ -813,8 +813,10 @@
     const caption = el('figcaption', 'tile-label', mic, name);
     const captions = el('div', 'captions');
     captions.setAttribute('aria-live', 'polite');
-    const root = el('figure', isScreen ? 'tile screen' : isSelf ? 'tile self' : 'tile', video, avatar, captions, caption);
-    return { root, video, avatar, mic, name, captions };
+    const stats = el('pre', 'tile-stats');
+    stats.hidden = true;
+    const root = el('figure', isScreen ? 'tile screen' : isSelf ? 'tile self' : 'tile', video, avatar, captions, caption, stats);
+    return { root, video, avatar, mic, name, captions, stats };
   }
 
   function createListItem() {
@@ -1011,6 +1013,61 @@
     return track.readyState === 'live' && !['inactive', 'sendonly', 'stopped'].includes(direction);
   }
 
+  // ---- Stats overlay: per tile, what is received (resolution, codec, bitrate, loss) and the
+  // connection's round-trip time, refreshed every second while the Stats button is on.
+  const statsOverlay = { on: false, timer: null, last: new Map(), lines: new Map() };
+
+  function setStatsOverlay(on) {
+    statsOverlay.on = on;
+    ui.statsButton.setAttribute('aria-pressed', String(on));
+    clearInterval(statsOverlay.timer);
+    statsOverlay.timer = on ? setInterval(() => refreshStatsOverlay().catch(() => {}), 1000) : null;
+    if (on) refreshStatsOverlay().catch(() => {});
+    document.querySelectorAll('#grid .tile-stats').forEach((s) => { s.hidden = !on; });
+  }
+
+  async function refreshStatsOverlay() {
+    const pc = current && current.pc;
+    if (!pc || !statsOverlay.on) return;
+    const report = [...(await pc.getStats()).values()];
+    const byId = new Map(report.map((s) => [s.id, s]));
+    const transport = report.find((s) => s.type === 'transport' && s.selectedCandidatePairId);
+    const pair = transport && byId.get(transport.selectedCandidatePairId);
+    const rtt = pair && pair.currentRoundTripTime !== undefined ? `${Math.round(pair.currentRoundTripTime * 1000)} ms` : '-';
+    const now = performance.now();
+    const lines = new Map(); // tile -> text lines
+    for (const entry of remoteTracks.values()) {
+      if (!isReceiving(entry)) continue;
+      const p = participants.get(entry.participant);
+      if (!p) continue;
+      const tile = isRemoteScreen(entry) && p.screen ? p.screen.tile : p.tile;
+      const s = report.find((r) => r.type === 'inbound-rtp' && r.trackIdentifier === entry.track.id)
+        || report.find((r) => r.type === 'inbound-rtp' && r.mid === entry.transceiver.mid && r.kind === entry.track.kind);
+      if (!s) continue;
+      const prev = statsOverlay.last.get(s.id);
+      statsOverlay.last.set(s.id, { bytes: s.bytesReceived || 0, at: now });
+      const kbps = prev && now > prev.at ? Math.round(((s.bytesReceived - prev.bytes) * 8) / (now - prev.at)) : 0;
+      const lost = Math.max(0, s.packetsLost || 0);
+      const loss = s.packetsReceived ? ((100 * lost) / (lost + s.packetsReceived)).toFixed(1) : '0.0';
+      const codec = ((byId.get(s.codecId) || {}).mimeType || '').split('/')[1] || '?';
+      const what = entry.track.kind === 'video'
+        ? `video ${s.frameWidth || 0}x${s.frameHeight || 0} ${Math.round(s.framesPerSecond || 0)} fps`
+        : 'audio';
+      const line = { kind: entry.track.kind, codec, kbps, loss: Number(loss), width: s.frameWidth || 0, height: s.frameHeight || 0, rtt };
+      const text = `${what} ${codec} ${kbps} kbit/s loss ${loss}%`;
+      if (!lines.has(tile)) lines.set(tile, { text: [], data: [] });
+      lines.get(tile).text.push(text);
+      lines.get(tile).data.push({ participant: entry.participant, ...line });
+    }
+    statsOverlay.lines = new Map();
+    document.querySelectorAll('#grid .tile-stats').forEach((el) => { el.textContent = ''; });
+    for (const [tile, { text, data }] of lines) {
+      tile.stats.textContent = [...text, `rtt ${rtt}`].join('\n');
+      tile.stats.hidden = false;
+      statsOverlay.lines.set(tile, data);
+    }
+  }
+
   // Inbound-rtp stats of one track: by track identifier, else by mid. Summed, since a
   // reused receiver keeps the stats of its previous SSRC for a while.
   function countersOf({ track, transceiver }, inbound, codecs) {
@@ -1056,6 +1113,9 @@
       get meetingStartedAt() { return meetingStartedAt; },
       // The caption segments received so far, latest text of each, in arrival order.
       captions: () => Promise.resolve([...captionSegments.values()].map((c) => ({ ...c }))),
+      // The stats overlay: turn it on or off; what its tiles show now.
+      setStatsOverlay,
+      statsOverlay: () => [...statsOverlay.lines.values()].flat().map((l) => ({ ...l })),
       setCaptions: (enabled) => toggleCaptions(Boolean(enabled)),
       stats, leave, setMicMuted, setCameraMuted, selectedCandidateTypes, startScreenShare, stopScreenShare,
       // Data channels: send on `chat` or `lossy` (string or ArrayBuffer); what arrived.
@@ -1102,6 +1162,7 @@
     ui.cameraButton.addEventListener('click', () => setCameraMuted(!cameraMuted));
     ui.screenButton.addEventListener('click', () => (screen ? stopScreenShare() : startScreenShare()));
     ui.captionsButton.addEventListener('click', () => toggleCaptions());
+    ui.statsButton.addEventListener('click', () => setStatsOverlay(!statsOverlay.on));
     ui.leaveButton.addEventListener('click', leave);
     ui.chatForm.addEventListener('submit', onChatSubmit);
     // Tell the others right away when the tab closes.

@@ -1,9 +1,10 @@
 // Data channels through Hearth: two Chromium participants (the web client) exchange
 // ordered text on `chat` (every message, in order, attributed to its sender) and unordered
 // binary on `lossy`; a chat message typed into the page shows in the other's chat panel; a
-// message the app sends over REST arrives on both pages' `chat` channel; a flood over the
-// per-participant rate limit is cut (counted by the server), and the other participant
-// keeps receiving afterwards.
+// message the app sends over REST arrives on both pages' `chat` channel; an oversize message
+// and a flood over the per-participant rate limit are cut (counted by the server), and the
+// other participant keeps receiving afterwards. Also the web client's stats overlay: each
+// tile shows the resolution, codec, bitrate and loss it receives.
 // Run inside a network namespace with only loopback (tests/browser/run.sh does that).
 //
 //   node tests/browser/datachannel.test.mjs <path to hearth binary>
@@ -92,6 +93,16 @@ try {
   }
   log('the app\'s message arrived on both data channels');
 
+  // Oversize: 20 KiB is over the 16 KiB relay limit: dropped and counted, not relayed.
+  const tooLargeBefore = await metric('hearth_data_dropped_total{reason="too_large"}');
+  await alice.page.evaluate(() => window.hearth.sendData('chat', `big${'x'.repeat(20 * 1024)}`));
+  await until('the server drops the oversize message', async () =>
+    (await metric('hearth_data_dropped_total{reason="too_large"}')) === tooLargeBefore + 1);
+  await alice.page.evaluate(() => window.hearth.sendData('chat', 'small again'));
+  await until('the next message is relayed', async () => (await received(bob)).some((d) => d.text === 'small again'));
+  assert.ok(!(await received(bob)).some((d) => d.text && d.text.startsWith('big')));
+  log('an oversize message was dropped and counted; the next one was relayed');
+
   // A flood: 1,000 messages at once; the server relays its burst and drops the rest.
   const droppedBefore = await metric('hearth_data_dropped_total{reason="rate"}');
   await alice.page.evaluate(() => {
@@ -110,6 +121,18 @@ try {
     return (await received(bob)).some((d) => d.text === 'after the flood');
   }, 10000, 500);
   log('relayed again once the rate limit refilled');
+
+  // The stats overlay on bob's page: alice's tile shows her video as bob receives it.
+  await bob.page.evaluate(() => window.hearth.setStatsOverlay(true));
+  const overlay = await until('the stats overlay shows alice\'s video', async () => {
+    const lines = await bob.page.evaluate(() => window.hearth.statsOverlay());
+    const video = lines.find((l) => l.participant === aliceId && l.kind === 'video');
+    return video && video.width > 0 && video.kbps > 0 ? video : null;
+  });
+  const shown = await bob.page.evaluate(() =>
+    [...document.querySelectorAll('#grid .tile-stats')].filter((s) => !s.hidden).map((s) => s.textContent));
+  assert.ok(shown.some((t) => t.includes('kbit/s') && t.includes('rtt')), JSON.stringify(shown));
+  log('stats overlay:', JSON.stringify(overlay));
   assert.deepEqual(logs.filter((l) => l.includes('pageerror')), []);
 } catch (e) {
   failed = true;

@@ -1,6 +1,7 @@
 // WHIP ingest and WHEP playback from two independent WebRTC stacks, into and out of a
 // meeting whose Chromium participant (the web client) watches:
-//  1. a Chromium page publishes with plain RTCPeerConnection and fetch (RFC 9725's exchange);
+//  1. a Chromium page publishes with plain RTCPeerConnection and fetch (RFC 9725's exchange),
+//     then restarts ICE with a PATCH (new credentials both ways) and keeps publishing;
 //  2. aiortc (Python) publishes a test pattern and audio the same way;
 //     the web client decodes both;
 //  3. a Chromium page plays the web client's camera and microphone over WHEP, and aiortc
@@ -138,6 +139,43 @@ try {
   const chromePublisherId = idOf(whip.location);
   await decodes(viewer, chromePublisherId, "Chromium's WHIP stream");
   log('the web client decodes the Chromium WHIP publisher', chromePublisherId);
+
+  // ICE restart over PATCH: new credentials both ways; the media moves to the new session.
+  const restart = await publisher.page.evaluate(async (location) => {
+    const pc = window.__pc;
+    pc.restartIce();
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    const pick = (sdp, key) => sdp.match(new RegExp(`a=${key}:(.*)\r\n`))[1];
+    const ufrag = pick(offer.sdp, 'ice-ufrag');
+    const res = await fetch(location, {
+      method: 'PATCH',
+      headers: {
+        'content-type': 'application/trickle-ice-sdpfrag', 'if-match': '*',
+        authorization: `Bearer ${window.__token}`,
+      },
+      body: `a=ice-ufrag:${ufrag}\r\na=ice-pwd:${pick(offer.sdp, 'ice-pwd')}\r\n`,
+    });
+    const body = await res.text();
+    if (res.status !== 200) return { status: res.status, body };
+    const [serverUfrag, serverPwd] = [pick(body, 'ice-ufrag'), pick(body, 'ice-pwd')];
+    const answer = pc.currentRemoteDescription.sdp
+      .replace(/a=ice-ufrag:.*\r\n/g, `a=ice-ufrag:${serverUfrag}\r\n`)
+      .replace(/a=ice-pwd:.*\r\n/g, `a=ice-pwd:${serverPwd}\r\n`);
+    await pc.setRemoteDescription({ type: 'answer', sdp: answer });
+    return { status: res.status, ufrag, serverUfrag, etag: res.headers.get('etag') };
+  }, whip.location);
+  assert.equal(restart.status, 200, JSON.stringify(restart));
+  await until('the publisher\'s media runs on the restarted ICE session', () => publisher.page.evaluate(async (ufrag) => {
+    const report = [...(await window.__pc.getStats()).values()];
+    const byId = new Map(report.map((s) => [s.id, s]));
+    const transport = report.find((s) => s.type === 'transport' && s.selectedCandidatePairId);
+    const pair = transport && byId.get(transport.selectedCandidatePairId);
+    const local = pair && byId.get(pair.localCandidateId);
+    return Boolean(local && local.usernameFragment === ufrag && pair.state === 'succeeded');
+  }, restart.ufrag), 20000);
+  await decodes(viewer, chromePublisherId, "Chromium's WHIP stream after the ICE restart");
+  log('ICE restarted over PATCH (server ufrag', restart.serverUfrag + '); the viewer still decodes');
 
   // 2. aiortc publishes over WHIP.
   const aiortcPublisher = aiortc('publish', `${server.base}/whip/${MEETING}`, await devToken('aiortc-whip'));

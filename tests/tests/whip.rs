@@ -1,5 +1,5 @@
 //! WHIP (RFC 9725) and WHEP over plain HTTP (reqwest): the exchange, the resource (trickle,
-//! ICE restart refused, If-Match, DELETE), WHEP placing a publisher's tracks into the
+//! ICE restart, If-Match, DELETE), WHEP placing a publisher's tracks into the
 //! viewer's receiving sections, the session ending with what it watches, and bad input of
 //! every kind refused before anything exists for it. Media through these sessions is
 //! exercised with aiortc and Chromium in `tests/browser/whip.test.mjs`.
@@ -226,7 +226,7 @@ async fn a_whip_publisher_is_a_participant_until_its_resource_is_deleted() {
     let id = location.rsplit('/').next().unwrap().to_owned();
     assert_eq!(members(&server, "stage").await, vec![id.clone()]);
 
-    // Trickle: taken (204); If-Match must name the session; an ICE restart is refused.
+    // Trickle: taken (204); If-Match must name the session.
     let frag = "a=ice-ufrag:cliu\r\na=ice-pwd:clientpassword0123456789\r\na=mid:0\r\n\
 a=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host\r\n";
     let r = http
@@ -237,9 +237,50 @@ a=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host\r\n";
         .patch(&location, &token, frag, &[("if-match", "\"other\"")])
         .await;
     r.problem(412, "FAILED_PRECONDITION");
-    let restart = frag.replace("cliu", "newu");
-    let r = http.patch(&location, &token, &restart, &[]).await;
-    r.problem(422, "FAILED_PRECONDITION");
+    // An ICE restart: our new credentials and candidate come back with a new ETag; the old
+    // ETag no longer matches; a fragment without a password is refused; restarts are bounded.
+    let restart = frag
+        .replace("cliu", "newu")
+        .replace("clientpassword", "newclientpasswrd");
+    let r = http
+        .patch(&location, &token, &restart, &[("if-match", "*")])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.header("content-type"), "application/trickle-ice-sdpfrag");
+    let new_etag = r.header("etag").to_owned();
+    assert_ne!(new_etag, etag);
+    let ufrag_line = |sdp: &str| {
+        sdp.lines()
+            .find(|l| l.starts_with("a=ice-ufrag:"))
+            .map(str::to_owned)
+    };
+    assert!(
+        r.body.contains("a=ice-pwd:") && r.body.contains("a=candidate:"),
+        "{}",
+        r.body
+    );
+    assert_ne!(
+        ufrag_line(&r.body),
+        ufrag_line(&created.body),
+        "new credentials"
+    );
+    let r = http
+        .patch(&location, &token, frag, &[("if-match", &etag)])
+        .await;
+    r.problem(412, "FAILED_PRECONDITION");
+    let no_pwd = "a=ice-ufrag:other1\r\na=mid:0\r\n";
+    http.patch(&location, &token, no_pwd, &[])
+        .await
+        .problem(400, "INVALID_ARGUMENT");
+    for i in 0..5 {
+        let again = restart.replace("newu", &format!("nu{i}x"));
+        let r = http.patch(&location, &token, &again, &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "restart {i}: {r:?}");
+    }
+    let r = http
+        .patch(&location, &token, &restart.replace("newu", "last"), &[])
+        .await;
+    r.problem(429, "RESOURCE_EXHAUSTED");
     let r = http
         .send(
             reqwest::Method::PATCH,

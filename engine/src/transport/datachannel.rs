@@ -96,6 +96,30 @@ pub struct DataChannels {
     transmits: VecDeque<Bytes>,
     stats: ChannelStats,
     closed: bool,
+    /// Streams with data waiting (readable events are edge-triggered: kept until read).
+    readable: Vec<u16>,
+    /// Streams the peer created, live (at most [`MAX_STREAMS`]).
+    accepted: Vec<u16>,
+}
+
+/// Stream ids a channel may use (`max_num_inbound_streams`).
+const MAX_STREAM_ID: usize = MAX_CHANNELS * 4;
+/// Live streams one peer may create (channels, and streams closing).
+const MAX_STREAMS: usize = MAX_CHANNELS * 2;
+
+fn new_endpoint() -> Endpoint {
+    let transport = TransportConfig::default()
+        .with_sctp_port(SCTP_PORT)
+        .with_max_message_size(MAX_MESSAGE_BYTES as u32)
+        .with_max_num_inbound_streams(MAX_STREAM_ID as u16)
+        .with_max_num_outbound_streams(MAX_STREAM_ID as u16)
+        .with_max_receive_buffer_size(256 * 1024);
+    Endpoint::new(
+        PEER,
+        rtc_shared::TransportProtocol::UDP,
+        Arc::new(EndpointConfig::new()),
+        Some(Arc::new(ServerConfig::new(transport))),
+    )
 }
 
 impl Default for DataChannels {
@@ -106,20 +130,10 @@ impl Default for DataChannels {
 
 impl DataChannels {
     pub fn new() -> Self {
-        let transport = TransportConfig::default()
-            .with_sctp_port(SCTP_PORT)
-            .with_max_message_size(MAX_MESSAGE_BYTES as u32)
-            .with_max_num_inbound_streams(MAX_CHANNELS as u16 * 4)
-            .with_max_num_outbound_streams(MAX_CHANNELS as u16 * 4)
-            .with_max_receive_buffer_size(256 * 1024);
-        let endpoint = Endpoint::new(
-            PEER,
-            rtc_shared::TransportProtocol::UDP,
-            Arc::new(EndpointConfig::new()),
-            Some(Arc::new(ServerConfig::new(transport))),
-        );
         Self {
-            endpoint,
+            endpoint: new_endpoint(),
+            readable: Vec::new(),
+            accepted: Vec::new(),
             association: None,
             channels: HashMap::new(),
             events: VecDeque::new(),
@@ -140,6 +154,11 @@ impl DataChannels {
             .is_some_and(|(_, a)| !a.is_handshaking() && !a.is_closed())
     }
 
+    /// True while an association exists or channels are open.
+    pub fn in_use(&self) -> bool {
+        self.association.is_some() || !self.channels.is_empty()
+    }
+
     /// The open channels: (id, label).
     pub fn channels(&self) -> impl Iterator<Item = (u16, &str)> {
         self.channels.iter().map(|(id, c)| (*id, c.label.as_str()))
@@ -156,11 +175,8 @@ impl DataChannels {
         };
         match event {
             DatagramEvent::NewAssociation(association) => {
-                if self.association.is_some() {
-                    // One association per transport (RFC 8831 §6.1).
-                    self.stats.malformed += 1;
-                    return;
-                }
+                // One association per transport (RFC 8831 §6.1): the endpoint takes no more.
+                self.endpoint.reject_new_associations();
                 self.association = Some((handle, association));
             }
             DatagramEvent::AssociationEvent(event) => match &mut self.association {
@@ -236,12 +252,17 @@ impl DataChannels {
         self.process(now);
     }
 
-    /// Aborts the association (the transport is closing).
+    /// Aborts the association (the transport is closing, or the data section was
+    /// rejected); every channel closes.
     pub fn close(&mut self, now: Instant) {
         if let Some((_, a)) = &mut self.association {
             let _ = a.abort();
         }
         self.flush(now);
+        for id in self.channels.keys().copied().collect::<Vec<_>>() {
+            self.events.push_back(ChannelEvent::Closed { id });
+        }
+        self.channels.clear();
         self.closed = true;
     }
 
@@ -251,39 +272,57 @@ impl DataChannels {
             return;
         };
         let handle = *handle;
-        let mut readable = Vec::new();
         let mut lost = false;
         while let Some(event) = association.poll() {
             match event {
-                Event::Stream(StreamEvent::Readable { id }) => readable.push(id),
+                Event::Stream(StreamEvent::Readable { id }) if !self.readable.contains(&id) => {
+                    self.readable.push(id);
+                }
                 // A stream reset by the peer (a closed channel) is reported as "lost" with
                 // its stream id.
                 Event::Stream(StreamEvent::Stopped { id, .. })
                 | Event::Stream(StreamEvent::Finished { id })
-                | Event::AssociationLost { id, .. }
-                    if self.channels.remove(&id).is_some() =>
-                {
-                    self.events.push_back(ChannelEvent::Closed { id });
+                | Event::AssociationLost { id, .. } => {
+                    self.readable.retain(|r| *r != id);
+                    self.accepted.retain(|a| *a != id);
+                    if self.channels.remove(&id).is_some() {
+                        self.events.push_back(ChannelEvent::Closed { id });
+                    }
                 }
                 Event::HandshakeFailed { .. } => lost = true,
                 _ => {}
             }
         }
-        // The reassembly queue gives complete messages; read every stream that has any
-        // (a stream that was readable before the handshake finished too).
-        lost |= association.is_closed();
-        if !association.is_handshaking() {
-            for id in association.stream_ids() {
-                if !readable.contains(&id) {
-                    readable.push(id);
-                }
+        // Streams the peer created (any stream id that carries data): at most
+        // MAX_STREAMS live ones; a stream beyond that, or with an id no channel may have,
+        // is reset at once (its channel closes) and its data is never read.
+        let mut refused = Vec::new();
+        while let Some(stream) = association.accept_stream() {
+            let id = stream.stream_identifier();
+            if usize::from(id) >= MAX_STREAM_ID || self.accepted.len() >= MAX_STREAMS {
+                refused.push(id);
+            } else if !self.accepted.contains(&id) {
+                self.accepted.push(id);
             }
         }
-        for id in readable {
-            while let Some(read) = self.read_message(id) {
-                match read {
-                    Some((ppi, payload)) => self.on_message(now, id, ppi, payload),
-                    None => self.stats.oversize += 1,
+        for id in refused {
+            self.stats.too_many_channels += 1;
+            self.readable.retain(|r| *r != id);
+            if let Ok(mut stream) = association.stream(id) {
+                let _ = stream.close(now);
+            }
+        }
+        // (A server association is "closed" until the peer's COOKIE ECHO establishes it.)
+        lost |= association.is_closed() && !association.is_handshaking();
+        // Complete messages of the streams that have some (held back while the handshake
+        // finishes: a DATA chunk can arrive with its last step).
+        if !association.is_handshaking() {
+            for id in std::mem::take(&mut self.readable) {
+                while let Some(read) = self.read_message(id) {
+                    match read {
+                        Some((ppi, payload)) => self.on_message(now, id, ppi, payload),
+                        None => self.stats.oversize += 1,
+                    }
                 }
             }
         }
@@ -293,16 +332,21 @@ impl DataChannels {
             }
             self.channels.clear();
         }
-        if let Some((_, association)) = &mut self.association {
-            let mut drained = false;
-            while let Some(event) = association.poll_endpoint_event() {
-                self.endpoint.handle_event(handle, event);
-                drained = true;
-            }
-            self.flush(now);
-            if drained {
-                self.association = None;
-            }
+        let Some((_, association)) = &mut self.association else {
+            return;
+        };
+        let mut drained = false;
+        while let Some(event) = association.poll_endpoint_event() {
+            self.endpoint.handle_event(handle, event);
+            drained = true;
+        }
+        self.flush(now);
+        if drained || lost {
+            // Gone (an ABORT, a failed handshake): a new association may start afresh.
+            self.association = None;
+            self.readable.clear();
+            self.accepted.clear();
+            self.endpoint = new_endpoint();
         }
     }
 
@@ -325,7 +369,13 @@ impl DataChannels {
             Ppi::Dcep => self.on_dcep(now, id, payload),
             Ppi::String | Ppi::Binary | Ppi::StringEmpty | Ppi::BinaryEmpty => {
                 if !self.channels.contains_key(&id) {
+                    // Data on a stream no DCEP open named: reset it (no channel there).
                     self.stats.unknown_channel += 1;
+                    if let Some((_, association)) = &mut self.association
+                        && let Ok(mut stream) = association.stream(id)
+                    {
+                        let _ = stream.close(now);
+                    }
                     return;
                 }
                 let empty = matches!(ppi, Ppi::StringEmpty | Ppi::BinaryEmpty);
@@ -345,6 +395,12 @@ impl DataChannels {
     }
 
     fn on_dcep(&mut self, now: Instant, id: u16, payload: BytesMut) {
+        // Only DATA_CHANNEL_OPEN (3) and ACK (2) are DCEP on the wire; the codec also knows
+        // internal message types whose parsers trust the length.
+        if !matches!(payload.first(), Some(2 | 3)) {
+            self.stats.malformed += 1;
+            return;
+        }
         let mut buf = &payload[..];
         let Ok(message) = Dcep::unmarshal(&mut buf) else {
             self.stats.malformed += 1;
@@ -629,14 +685,27 @@ mod tests {
         let open = opened[0];
         assert_eq!(server.stats().too_many_channels, 3);
 
-        // Garbage as SCTP, and a message on a stream no DCEP opened: counted, nothing else.
+        // Garbage as SCTP, a message on a stream no DCEP opened, data on a stream id no
+        // channel may use, and a DCEP message that is not an open: counted, nothing else.
         server.handle_packet(now, BytesMut::from(&b"not sctp at all"[..]));
         assert_eq!(server.stats().malformed, 1);
-        let mut s = client.association.open_stream(200, Ppi::String).unwrap();
+        let mut s = client.association.open_stream(40, Ppi::String).unwrap();
         s.write_chunk_with_ppi(now, &Bytes::from_static(b"sneaky"), Ppi::String)
+            .unwrap();
+        let mut s = client.association.open_stream(200, Ppi::String).unwrap();
+        s.write_chunk_with_ppi(now, &Bytes::from_static(b"far"), Ppi::String)
+            .unwrap();
+        let mut s = client.association.open_stream(42, Ppi::Dcep).unwrap();
+        s.write_chunk_with_ppi(now, &Bytes::from_static(&[0]), Ppi::Dcep)
             .unwrap();
         pump(now, &mut client, &mut server);
         assert_eq!(server.stats().unknown_channel, 1);
+        assert_eq!(server.stats().malformed, 2, "{:?}", server.stats());
+        assert!(
+            server.stats().too_many_channels >= 3,
+            "{:?}",
+            server.stats()
+        );
         assert!(events(&mut server).is_empty());
 
         // A client that stops acknowledging: sends are refused once a megabyte waits.
@@ -657,5 +726,42 @@ mod tests {
         assert!(n >= MAX_BUFFERED_BYTES / chunk.len(), "refused after {n}");
         // Time passes; nothing breaks (retransmission timers run).
         server.handle_timeout(now + Duration::from_secs(5));
+    }
+
+    /// One association at a time: a second INIT is refused; after an ABORT the channels
+    /// close and a new association may start.
+    #[test]
+    fn an_aborted_association_closes_its_channels_and_a_new_one_may_start() {
+        let now = Instant::now();
+        let mut server = DataChannels::new();
+        let mut client = Client::new(now);
+        pump(now, &mut client, &mut server);
+        client.open(now, 1, "chat", ChannelType::Reliable);
+        pump(now, &mut client, &mut server);
+        assert_eq!(events(&mut server).len(), 1);
+
+        let mut intruder = Client::new(now);
+        for p in intruder.outgoing(now) {
+            server.handle_packet(now, BytesMut::from(&p[..]));
+        }
+        assert!(
+            server.poll_transmit().is_none(),
+            "no INIT ACK for a second association"
+        );
+
+        client.association.abort().unwrap();
+        pump(now, &mut client, &mut server);
+        assert_eq!(events(&mut server), vec![ChannelEvent::Closed { id: 1 }]);
+        assert!(!server.is_connected());
+
+        let mut again = Client::new(now);
+        pump(now, &mut again, &mut server);
+        assert!(server.is_connected());
+        again.open(now, 1, "chat", ChannelType::Reliable);
+        pump(now, &mut again, &mut server);
+        assert!(matches!(
+            events(&mut server).as_slice(),
+            [ChannelEvent::Opened { id: 1, .. }]
+        ));
     }
 }

@@ -103,6 +103,15 @@ impl IceLite {
         }
     }
 
+    /// An ICE restart (RFC 8445 §9): new local credentials and the remote's new ufrag.
+    /// Validated paths stay (media keeps flowing) until their consent, now checked with
+    /// the new credentials, runs out.
+    pub fn restart(&mut self, local_ufrag: String, local_pwd: String, remote_ufrag: &str) {
+        self.local_ufrag = local_ufrag;
+        self.local_pwd = local_pwd;
+        self.remote_ufrag = Some(remote_ufrag.to_owned());
+    }
+
     /// The nominated address: where every datagram goes.
     pub fn selected(&self) -> Option<SocketAddr> {
         self.selected

@@ -260,6 +260,15 @@ impl Peer {
         self.data.stats()
     }
 
+    /// An ICE restart outside SDP (WHIP/WHEP `PATCH`): our new credentials and the
+    /// client's new ufrag. Media keeps flowing on the validated paths meanwhile.
+    pub fn restart_ice(&mut self, local_ufrag: String, local_pwd: String, remote_ufrag: &str) {
+        self.ice
+            .restart(local_ufrag.clone(), local_pwd.clone(), remote_ufrag);
+        self.negotiator
+            .set_local_credentials(local_ufrag, local_pwd);
+    }
+
     /// Our next offer carries an SCTP section for data channels (once; see
     /// [`sdp::Negotiator::offer_data_channels`]).
     pub fn offer_data_channels(&mut self) {
@@ -280,13 +289,18 @@ impl Peer {
         binary: bool,
         data: &bytes::Bytes,
     ) -> Result<(), SendError> {
-        if self.gone || !self.dtls.is_connected() {
+        if self.gone || !self.dtls.is_connected() || !self.data_active() {
             return Err(SendError::NoChannel(id));
         }
         self.latest = self.latest.max(now);
         self.data.send(now, id, binary, data)?;
         self.flush_data();
         Ok(())
+    }
+
+    /// The data channels run: keys exist and a data section is agreed (or offered).
+    fn data_active(&self) -> bool {
+        self.srtp.is_some() && self.negotiator.data_channels_live()
     }
 
     /// Data channel packets out through DTLS, and their events up.
@@ -421,6 +435,11 @@ impl Peer {
                 .set_remote_fingerprints(applied.remote.fingerprints);
         }
         self.drain_dtls();
+        // The data section rejected after it was agreed: its channels close for good.
+        if !self.negotiator.data_channels_live() && self.data.in_use() {
+            self.data.close(self.latest);
+            self.flush_data();
+        }
         for mid in applied.stopped {
             self.events
                 .push_back(PeerEvent::TrackClosed { stack_id: mid });
@@ -759,7 +778,7 @@ impl Peer {
         }
         let mut fed = false;
         while let Some(packet) = self.dtls.poll_app_data() {
-            if self.negotiator.has_data_channels() {
+            if self.negotiator.data_channels_live() {
                 self.data.handle_packet(self.latest, packet);
                 fed = true;
             } else {
@@ -998,6 +1017,8 @@ impl Peer {
         }
         if self.srtp.is_some() {
             consider(self.twcc.poll_timeout());
+        }
+        if self.data_active() {
             consider(self.data.poll_timeout());
         }
         if !self.connected && !self.gone {
@@ -1027,7 +1048,7 @@ impl Peer {
         self.start_dtls_client(now);
         self.dtls.handle_timeout(now);
         self.drain_dtls();
-        if self.srtp.is_some() && self.negotiator.has_data_channels() {
+        if self.data_active() {
             self.data.handle_timeout(now);
             self.flush_data();
         }
@@ -1054,7 +1075,7 @@ impl Peer {
 
     /// Sends DTLS `close_notify` and stops.
     pub fn close(&mut self, now: Instant) {
-        if self.negotiator.has_data_channels() && self.dtls.is_connected() {
+        if self.data_active() && self.dtls.is_connected() {
             self.latest = self.latest.max(now);
             self.data.close(now);
             self.flush_data();

@@ -280,6 +280,12 @@ impl Negotiator {
         self.bind_senders = on;
     }
 
+    /// New local ICE credentials (an ICE restart): every later description carries them.
+    pub fn set_local_credentials(&mut self, ufrag: String, pwd: String) {
+        self.local.ufrag = ufrag;
+        self.local.pwd = pwd;
+    }
+
     /// Whether a client's data channel section is accepted (on by default).
     pub fn set_data_channels(&mut self, on: bool) {
         self.data_channels = on;
@@ -316,6 +322,17 @@ impl Negotiator {
             .any(|s| s.kind == SectionKind::Application && !s.rejected)
     }
 
+    /// True when an agreed section, or our outstanding offer, carries data channels (a
+    /// client starts SCTP as soon as it has applied our offer and its answer).
+    pub fn data_channels_live(&self) -> bool {
+        self.has_data_channels()
+            || self
+                .pending
+                .iter()
+                .flatten()
+                .any(|s| s.kind == SectionKind::Application && !s.rejected)
+    }
+
     pub fn is_stable(&self) -> bool {
         self.signaling == Signaling::Stable
     }
@@ -342,8 +359,18 @@ impl Negotiator {
         key
     }
 
-    /// Removes a sender; its section is rejected with the next offer.
+    /// Removes a sender; its section is rejected with the next offer (client-offers-only
+    /// sessions, which get no offer: it goes quiet at once and is forgotten).
     pub fn remove_sender(&mut self, key: usize) {
+        if self.bind_senders {
+            for s in self.sections.iter_mut().filter(|s| s.sender == Some(key)) {
+                s.sender = None;
+                s.local_sends = false;
+            }
+            self.senders.remove(&key);
+            self.offer_due = self.compute_needs_offer();
+            return;
+        }
         if let Some(s) = self.senders.get_mut(&key) {
             s.removed = true;
             s.pt = None;
@@ -1010,14 +1037,7 @@ impl Negotiator {
                 "max-message-size",
                 super::datachannel::MAX_MESSAGE_BYTES.to_string(),
             ));
-            a.push(attr(
-                "candidate",
-                self.local
-                    .candidate
-                    .trim_start_matches("candidate:")
-                    .to_owned(),
-            ));
-            a.push(flag("end-of-candidates"));
+            self.push_candidate(a);
             return md;
         }
         for (id, uri) in &s.extmap {
@@ -1079,6 +1099,12 @@ impl Negotiator {
                 ));
             }
         }
+        self.push_candidate(a);
+        md
+    }
+
+    /// Our one candidate, and the end of candidates.
+    fn push_candidate(&self, a: &mut Vec<Attribute>) {
         a.push(attr(
             "candidate",
             self.local
@@ -1087,7 +1113,6 @@ impl Negotiator {
                 .to_owned(),
         ));
         a.push(flag("end-of-candidates"));
-        md
     }
 }
 
@@ -1250,15 +1275,17 @@ fn remote_params(desc: &SessionDescription) -> Result<RemoteParams, SdpError> {
     }
     out.ufrag = ufrag.ok_or_else(|| invalid("no a=ice-ufrag"))?;
     out.pwd = pwd.ok_or_else(|| invalid("no a=ice-pwd"))?;
-    let legal = |s: &str, min: usize| {
-        (min..=256).contains(&s.len())
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
-    };
-    if !legal(&out.ufrag, 4) || !legal(&out.pwd, 22) {
+    if !legal_ice_credential(&out.ufrag, 4) || !legal_ice_credential(&out.pwd, 22) {
         return Err(invalid("malformed ICE credentials"));
     }
     Ok(out)
+}
+
+/// An ICE ufrag (at least 4) or password (at least 22): up to 256 ice-chars (RFC 8839).
+pub fn legal_ice_credential(s: &str, min: usize) -> bool {
+    (min..=256).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
 fn parse_section(md: &MediaDescription) -> Result<OfferedSection, SdpError> {
