@@ -347,6 +347,13 @@ pub enum ClientSignal {
     Unpublish {
         track: TrackId,
     },
+    /// How the client shows a track it receives (adaptive streaming): hidden tiles get
+    /// nothing, simulcast tracks the layer that fits `height` (device pixels, 0: unknown).
+    TrackSettings {
+        track: TrackId,
+        visible: bool,
+        height: u32,
+    },
     /// Turn captions on or off (needs the captions grant).
     SetCaptions {
         enabled: bool,

@@ -138,11 +138,20 @@ pub enum ParticipantMsg {
     },
     /// A subscriber of our track asks for a keyframe.
     KeyframeRequest { track: TrackKey },
-    /// A subscriber lost these packets (our source sequence numbers) of our track.
+    /// A subscriber lost these packets (our source sequence numbers, of our stream `ssrc`:
+    /// a simulcast layer) of our track.
     Retransmit {
         track: TrackKey,
+        ssrc: Ssrc,
         seqs: Vec<u16>,
         to: InboxSender<MediaItem, ParticipantMsg>,
+    },
+    /// A subscriber's tile for our simulcast track `track` is this many pixels high: the
+    /// layer it gets is chosen from that.
+    LayerPreference {
+        track: TrackKey,
+        subscriber: ParticipantId,
+        max_height: u32,
     },
     /// The meeting asks us to go (kick, meeting ended).
     Leave(LeaveReason),
@@ -201,6 +210,12 @@ pub struct ParticipantActor;
 struct Published {
     info: TrackInfo,
     key: TrackKey,
+    /// The track as the meeting knows it: `key` itself, or for a simulcast layer the key of
+    /// the track's first layer (the others are ours alone).
+    group: TrackKey,
+    /// Simulcast: this entry's layer (lowest first), and the frame size its keyframes say.
+    layer: Option<u8>,
+    dims: Option<(u16, u16)>,
     ssrc: Ssrc,
     stack_id: String,
     codec: CodecParams,
@@ -216,6 +231,32 @@ struct Published {
     keyframes: KeyframeRequester,
     level: Option<AudioLevelMeter>,
     last_loudness: f32,
+}
+
+/// Tile settings kept per participant (one per received track).
+const MAX_TRACK_PREFS: usize = 256;
+
+/// Where one subscriber's leg of our simulcast track is.
+struct LayerChoice {
+    leg: Arc<SendLeg>,
+    /// The layer its forwarder follows now (None before the first packet).
+    current: Option<u8>,
+    /// The layer it should get; while it differs from `current` the leg gets both, and the
+    /// forwarder switches at the target's next keyframe (make before break).
+    target: u8,
+    /// The subscriber's tile height in pixels (`u32::MAX`: not told, the best layer).
+    max_height: u32,
+}
+
+/// The layer for a tile `max_height` pixels high: the lowest whose keyframes are at least
+/// that high, else the highest (a layer whose size is not known yet counts as higher than
+/// the known ones below it).
+fn pick_layer(layers: &[(u8, Option<u16>)], max_height: u32) -> u8 {
+    layers
+        .iter()
+        .find(|(_, h)| h.is_some_and(|h| u32::from(h) >= max_height))
+        .or(layers.last())
+        .map_or(0, |(l, _)| *l)
 }
 
 struct Subscription {
@@ -234,6 +275,11 @@ struct Subscription {
     last_client_keyframe_request: Option<Instant>,
     /// The client's NACKs: a retransmission budget, repeats within a round trip suppressed.
     retransmit: RetransmitLimiter,
+    /// The publisher muted the track; the client hides its tile (both pause the forwarder).
+    remote_muted: bool,
+    hidden: bool,
+    /// The tile height the publisher was last told (simulcast layer choice).
+    told_height: u32,
 }
 
 /// One copy of a published packet: straight onto a subscriber's leg, or into its queue.
@@ -275,6 +321,11 @@ pub struct ParticipantState {
     published: Vec<Published>,
     /// Boxed: a map's table holds several slots per entry, and a subscription is large.
     subscriptions: HashMap<TrackKey, Box<Subscription>>,
+    /// Simulcast tracks we publish: each subscriber's leg and the layer it gets.
+    layer_choices: HashMap<TrackKey, HashMap<ParticipantId, LayerChoice>>,
+    /// How our client shows the tracks it receives (visible, height): kept for tracks it
+    /// heard of before their subscription exists here (at most [`MAX_TRACK_PREFS`]).
+    track_prefs: HashMap<TrackId, (bool, u32)>,
     by_out_ssrc: HashMap<u32, TrackKey>,
     pending_ops: Vec<SubOp>,
     /// Offer again even without new subscription changes (a failed exchange).
@@ -512,6 +563,8 @@ impl Actor for ParticipantActor {
                 wakeup,
                 published: Vec::new(),
                 subscriptions: HashMap::new(),
+                layer_choices: HashMap::new(),
+                track_prefs: HashMap::new(),
                 by_out_ssrc: HashMap::new(),
                 pending_ops: Vec::new(),
                 reoffer: false,
@@ -588,47 +641,106 @@ impl Actor for ParticipantActor {
             ParticipantMsg::Unsubscribe { track } => state.pending_ops.push(SubOp::Remove(track)),
             ParticipantMsg::RemoteTrackMuted { track, muted } => {
                 for sub in state.subscriptions.values_mut() {
-                    if sub.track == track
-                        && let Some(mut leg) = sub.leg.lock()
-                    {
-                        if muted {
-                            leg.forwarder.pause();
-                        } else {
-                            leg.forwarder.resume();
+                    if sub.track == track {
+                        sub.remote_muted = muted;
+                        if let Some(mut leg) = sub.leg.lock() {
+                            if muted || sub.hidden {
+                                leg.forwarder.pause();
+                            } else {
+                                leg.forwarder.resume();
+                            }
                         }
                     }
                 }
             }
             ParticipantMsg::SetFanout { track, subscribers } => {
-                if let Some(p) = state.published.iter_mut().find(|p| p.info.id == track) {
-                    p.fanout = subscribers;
-                    p.rebuild_targets();
+                let mut group = None;
+                for p in state.published.iter_mut().filter(|p| p.info.id == track) {
+                    p.fanout = Arc::clone(&subscribers);
                     if p.info.kind == MediaKind::Video {
                         // New subscribers need a keyframe to start decoding.
                         p.keyframes.request(now);
                     }
+                    if p.layer.is_some() {
+                        group = Some(p.group);
+                    } else {
+                        p.rebuild_targets();
+                    }
+                }
+                if let Some(group) = group {
+                    state.sync_layers(group);
                 }
             }
             ParticipantMsg::AttachLeg { track, leg } => {
-                if let Some(p) = state.published.iter_mut().find(|p| p.key == track) {
+                if state.is_layered(track) {
+                    let choice = LayerChoice {
+                        leg,
+                        current: None,
+                        target: 0,
+                        max_height: u32::MAX,
+                    };
+                    let subscriber = choice.leg.subscriber.clone();
+                    state
+                        .layer_choices
+                        .entry(track)
+                        .or_default()
+                        .insert(subscriber, choice);
+                    state.choose_layers(now, track);
+                } else if let Some(p) = state.published.iter_mut().find(|p| p.key == track) {
                     p.legs.insert(leg.subscriber.clone(), leg);
                     p.rebuild_targets();
                 }
             }
             ParticipantMsg::DetachLeg { track, subscriber } => {
-                if let Some(p) = state.published.iter_mut().find(|p| p.key == track) {
+                if state.is_layered(track) {
+                    if let Some(choices) = state.layer_choices.get_mut(&track) {
+                        choices.remove(&subscriber);
+                    }
+                    state.sync_layers(track);
+                } else if let Some(p) = state.published.iter_mut().find(|p| p.key == track) {
                     p.legs.remove(&subscriber);
                     p.rebuild_targets();
                 }
             }
-            ParticipantMsg::KeyframeRequest { track } => {
-                if let Some(p) = state.published.iter_mut().find(|p| p.key == track) {
-                    p.keyframes.request(now);
+            ParticipantMsg::LayerPreference {
+                track,
+                subscriber,
+                max_height,
+            } => {
+                if let Some(choice) = state
+                    .layer_choices
+                    .get_mut(&track)
+                    .and_then(|c| c.get_mut(&subscriber))
+                {
+                    choice.max_height = max_height;
+                    state.choose_layers(now, track);
                 }
             }
-            ParticipantMsg::Retransmit { track, seqs, to } => {
-                state.on_retransmit(now, track, &seqs, &to)
+            ParticipantMsg::KeyframeRequest { track } => {
+                // A simulcast track: the layers its subscribers are on (or moving to).
+                let wanted: Vec<u8> = state
+                    .layer_choices
+                    .get(&track)
+                    .map(|c| {
+                        c.values()
+                            .flat_map(|c| c.current.into_iter().chain([c.target]))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for p in state.published.iter_mut().filter(|p| p.group == track) {
+                    if p.layer
+                        .is_none_or(|l| wanted.is_empty() || wanted.contains(&l))
+                    {
+                        p.keyframes.request(now);
+                    }
+                }
             }
+            ParticipantMsg::Retransmit {
+                track,
+                ssrc,
+                seqs,
+                to,
+            } => state.on_retransmit(now, track, ssrc, &seqs, &to),
             ParticipantMsg::Leave(reason) => {
                 state.leave(reason, &myself);
                 return Ok(());
@@ -641,7 +753,8 @@ impl Actor for ParticipantActor {
             ParticipantMsg::Stats(reply) => {
                 let mut stats = state.stats.clone();
                 stats.connected = state.peer.is_connected();
-                stats.published_tracks = state.published.len();
+                stats.published_tracks =
+                    state.published.iter().filter(|p| p.key == p.group).count();
                 stats.subscriptions = state.subscriptions.len();
                 stats.packets_sent = state
                     .subscriptions
@@ -793,18 +906,25 @@ impl ParticipantState {
                 self.peer.restart_ice(local_ufrag, local_pwd, &remote_ufrag);
             }
             ClientSignal::Mute { track, muted } => {
-                let Some(p) = self.published.iter_mut().find(|p| p.info.id == track) else {
+                if !self.published.iter().any(|p| p.info.id == track) {
                     self.signal.send(ServerSignal::Error(SignalError::new(
                         SignalErrorCode::TrackNotFound,
                         format!("{track} is not one of your tracks"),
                     )));
                     return;
-                };
-                if p.info.muted != muted {
-                    p.info.muted = muted;
-                    if !muted && p.info.kind == MediaKind::Video {
-                        p.keyframes.request(now);
+                }
+                let mut changed = false;
+                // Every simulcast layer of the track.
+                for p in self.published.iter_mut().filter(|p| p.info.id == track) {
+                    if p.info.muted != muted {
+                        p.info.muted = muted;
+                        changed = true;
+                        if !muted && p.info.kind == MediaKind::Video {
+                            p.keyframes.request(now);
+                        }
                     }
+                }
+                if changed {
                     let _ = self.meeting.send_message(MeetingMsg::TrackMuted {
                         participant: self.id.clone(),
                         track,
@@ -822,6 +942,11 @@ impl ParticipantState {
                 };
                 self.unpublish(index);
             }
+            ClientSignal::TrackSettings {
+                track,
+                visible,
+                height,
+            } => self.track_settings(&track, visible, height),
             ClientSignal::SetCaptions { enabled, language } => {
                 // The meeting checks the grant and answers errors on our signaling.
                 let _ = self.meeting.send_message(MeetingMsg::SetCaptions {
@@ -1011,6 +1136,60 @@ impl ParticipantState {
         }
     }
 
+    /// The client shows `track` (or not) in a tile `height` pixels high: a hidden one is
+    /// paused (nothing is sent for it), shown again it resumes from a keyframe; a simulcast
+    /// publisher is told the height to pick the layer.
+    fn track_settings(&mut self, track: &TrackId, visible: bool, height: u32) {
+        if self.track_prefs.len() >= MAX_TRACK_PREFS && !self.track_prefs.contains_key(track) {
+            return;
+        }
+        tracing::trace!(participant = %self.id, %track, visible, height, "track settings");
+        self.track_prefs.insert(track.clone(), (visible, height));
+        self.apply_track_settings(track);
+    }
+
+    /// Applies the client's settings of `track` to its subscription, if it has one yet.
+    fn apply_track_settings(&mut self, track: &TrackId) {
+        let Some(&(visible, height)) = self.track_prefs.get(track) else {
+            return;
+        };
+        let id = self.id.clone();
+        let Some(sub) = self.subscriptions.values_mut().find(|s| s.track == *track) else {
+            return;
+        };
+        let hidden = !visible;
+        if hidden != sub.hidden {
+            sub.hidden = hidden;
+            if let Some(mut leg) = sub.leg.lock() {
+                if hidden || sub.remote_muted {
+                    leg.forwarder.pause();
+                } else {
+                    leg.forwarder.resume();
+                }
+            }
+            if !hidden && !sub.remote_muted {
+                let _ = sub
+                    .publisher_ref
+                    .send_message(ParticipantMsg::KeyframeRequest { track: sub.key });
+            }
+        }
+        let height = if height == 0 {
+            u32::MAX
+        } else {
+            height.min(16_384)
+        };
+        if height != sub.told_height {
+            sub.told_height = height;
+            let _ = sub
+                .publisher_ref
+                .send_message(ParticipantMsg::LayerPreference {
+                    track: sub.key,
+                    subscriber: id,
+                    max_height: height,
+                });
+        }
+    }
+
     /// Tells the meeting which labels we can receive on.
     fn report_data_labels(&self) {
         let mut labels: Vec<String> = self.channels.iter().map(|(_, l)| l.clone()).collect();
@@ -1091,7 +1270,7 @@ impl ParticipantState {
         self.can_publish = allowed;
         if allowed {
             self.refused_mids.clear();
-            for p in &self.published {
+            for p in self.published.iter().filter(|p| p.key == p.group) {
                 let _ = self.meeting.send_message(MeetingMsg::TrackPublished {
                     participant: self.id.clone(),
                     key: p.key,
@@ -1115,25 +1294,50 @@ impl ParticipantState {
             }
             return;
         }
-        if let Some(existing) = self.published.iter_mut().find(|p| p.info.mid == track.mid) {
-            // Same transceiver, new SSRC (the browser restarted its encoder or replaced the
-            // track): keep the track id; subscribers' forwarders see a source switch.
+        let layer = track.layer.map(|(l, _)| l);
+        if let Some(existing) = self
+            .published
+            .iter_mut()
+            .find(|p| p.info.mid == track.mid && p.layer == layer)
+        {
+            // Same transceiver (and layer), new SSRC (the browser restarted its encoder or
+            // replaced the track): keep the track id; subscribers' forwarders see a source
+            // switch.
             existing.ssrc = track.ssrc;
             existing.stack_id = track.stack_id;
             existing.recv = ReceiveStats::new(track.ssrc, track.codec.clock_rate);
             return;
         }
+        // Another layer of a simulcast track we publish already: ours alone (the meeting
+        // knows the track by its first layer).
+        let sibling = self
+            .published
+            .iter()
+            .find(|p| p.info.mid == track.mid && p.layer.is_some() && layer.is_some())
+            .map(|p| (p.group, p.info.clone(), Arc::clone(&p.fanout)));
         let video = track.kind == MediaKind::Video;
-        let info = TrackInfo {
-            id: TrackId::random(),
-            kind: track.kind,
-            mime_type: track.codec.mime_type.clone(),
-            muted: false,
-            mid: track.mid.clone(),
-            source: self.sources.get(&track.mid).copied().unwrap_or_default(),
+        let (group, info, fanout, announce) = match sibling {
+            Some((group, info, fanout)) => (Some(group), info, fanout, false),
+            None => (
+                None,
+                TrackInfo {
+                    id: TrackId::random(),
+                    kind: track.kind,
+                    mime_type: track.codec.mime_type.clone(),
+                    muted: false,
+                    mid: track.mid.clone(),
+                    source: self.sources.get(&track.mid).copied().unwrap_or_default(),
+                },
+                Arc::from(Vec::new()),
+                true,
+            ),
         };
+        let key = TrackKey::next();
         let published = Published {
-            key: TrackKey::next(),
+            key,
+            group: group.unwrap_or(key),
+            layer,
+            dims: None,
             ssrc: track.ssrc,
             stack_id: track.stack_id,
             recv: ReceiveStats::new(track.ssrc, track.codec.clock_rate),
@@ -1142,30 +1346,144 @@ impl ParticipantState {
             keyframes: KeyframeRequester::new(Duration::from_millis(500)),
             level: (!video).then(|| AudioLevelMeter::new(self.speaker, now)),
             last_loudness: 0.0,
-            fanout: Arc::from(Vec::new()),
+            fanout,
             legs: HashMap::new(),
             targets: Vec::new(),
             codec: track.codec,
             info,
         };
-        let _ = self.meeting.send_message(MeetingMsg::TrackPublished {
-            participant: self.id.clone(),
-            key: published.key,
-            info: published.info.clone(),
-            codec: published.codec.clone(),
-        });
+        let group = published.group;
+        if announce {
+            let _ = self.meeting.send_message(MeetingMsg::TrackPublished {
+                participant: self.id.clone(),
+                key: published.key,
+                info: published.info.clone(),
+                codec: published.codec.clone(),
+            });
+        }
         // One slot at a time: a published track's state is large, and `Vec`'s first growth
         // would make room for four (most participants publish one or two).
         self.published.reserve_exact(1);
         self.published.push(published);
+        if layer.is_some() {
+            self.choose_layers(now, group);
+        }
     }
 
+    /// Withdraws the track of `published[index]` (every layer of a simulcast track).
     fn unpublish(&mut self, index: usize) {
-        let p = self.published.swap_remove(index);
+        let group = self.published[index].group;
+        let track = self.published[index].info.id.clone();
+        self.published.retain(|p| p.group != group);
+        self.layer_choices.remove(&group);
         let _ = self.meeting.send_message(MeetingMsg::TrackUnpublished {
             participant: self.id.clone(),
-            track: p.info.id,
+            track,
         });
+    }
+
+    /// True if `track` is one of our simulcast tracks.
+    fn is_layered(&self, track: TrackKey) -> bool {
+        self.published
+            .iter()
+            .any(|p| p.group == track && p.layer.is_some())
+    }
+
+    /// Chooses each subscriber's layer of simulcast track `group` again (a tile changed, a
+    /// layer appeared or told its size); a keyframe is asked of every layer switched to.
+    fn choose_layers(&mut self, now: Instant, group: TrackKey) {
+        let mut layers: Vec<(u8, Option<u16>)> = self
+            .published
+            .iter()
+            .filter(|p| p.group == group)
+            .filter_map(|p| p.layer.map(|l| (l, p.dims.map(|d| d.1))))
+            .collect();
+        layers.sort_unstable_by_key(|(l, _)| *l);
+        let mut keyframes = Vec::new();
+        if let Some(choices) = self.layer_choices.get_mut(&group) {
+            for choice in choices.values_mut() {
+                let target = pick_layer(&layers, choice.max_height);
+                tracing::trace!(participant = %self.id, subscriber = %choice.leg.subscriber, ?layers, max_height = choice.max_height, target, current = ?choice.current, "simulcast layer");
+                if choice.target != target || choice.current.is_none() {
+                    choice.target = target;
+                    if choice.current != Some(target) {
+                        keyframes.push(target);
+                    }
+                }
+            }
+        }
+        for p in self.published.iter_mut().filter(|p| p.group == group) {
+            if p.layer.is_some_and(|l| keyframes.contains(&l)) {
+                p.keyframes.request(now);
+            }
+        }
+        self.sync_layers(group);
+    }
+
+    /// Puts each subscriber's leg on the layers it is on or moving to, and rebuilds the
+    /// layers' targets: a subscriber with a leg on another layer (or paused between) is
+    /// not queued anywhere; one without a leg yet is queued on the first layer only.
+    fn sync_layers(&mut self, group: TrackKey) {
+        let empty = HashMap::new();
+        let choices = self.layer_choices.get(&group).unwrap_or(&empty);
+        for p in self
+            .published
+            .iter_mut()
+            .filter(|p| p.group == group && p.layer.is_some())
+        {
+            let layer = p.layer;
+            p.legs = choices
+                .iter()
+                .filter(|(_, c)| c.leg.is_open() && (c.current == layer || Some(c.target) == layer))
+                .map(|(id, c)| (id.clone(), Arc::clone(&c.leg)))
+                .collect();
+            let leader = p.key == p.group;
+            p.targets = p
+                .fanout
+                .iter()
+                .filter_map(|link| match p.legs.get(&link.participant) {
+                    Some(leg) => Some(Target::Leg(Arc::clone(leg))),
+                    None if choices.contains_key(&link.participant) => None,
+                    None if leader => Some(Target::Queue(link.media.clone())),
+                    None => None,
+                })
+                .collect();
+        }
+    }
+
+    /// After a packet of layer `layer` (stream `ssrc`) of simulcast track `group`: legs
+    /// whose forwarder now follows it have switched (they leave their old layer); a new
+    /// frame size chooses layers again.
+    fn after_layer_packet(
+        &mut self,
+        now: Instant,
+        group: TrackKey,
+        layer: u8,
+        ssrc: Ssrc,
+        sized: bool,
+    ) {
+        if sized {
+            self.choose_layers(now, group);
+        }
+        let Some(choices) = self.layer_choices.get_mut(&group) else {
+            return;
+        };
+        let mut switched = false;
+        for choice in choices.values_mut() {
+            if choice.target == layer
+                && choice.current != Some(layer)
+                && choice
+                    .leg
+                    .lock()
+                    .is_some_and(|l| l.forwarder.current_source() == Some(ssrc))
+            {
+                choice.current = Some(layer);
+                switched = true;
+            }
+        }
+        if switched {
+            self.sync_layers(group);
+        }
     }
 
     /// A packet from our client: account, cache, fan out.
@@ -1174,6 +1492,16 @@ impl ParticipantState {
             return;
         };
         self.stats.packets_received += 1;
+        // A simulcast layer's keyframes tell its frame size (layers are chosen by it).
+        let mut sized = false;
+        if packet.keyframe
+            && p.layer.is_some()
+            && let Some(dims) = hearth_engine::codec::vp8_keyframe_size(&packet.payload)
+            && p.dims != Some(dims)
+        {
+            p.dims = Some(dims);
+            sized = true;
+        }
         if !p.recv.on_rtp(
             packet.arrival,
             packet.seq,
@@ -1214,7 +1542,7 @@ impl ParticipantState {
                 }
                 Target::Queue(queue) => {
                     queue.push(MediaItem {
-                        track: p.key,
+                        track: p.group,
                         packet: packet.clone(),
                         retransmission: false,
                     });
@@ -1233,7 +1561,11 @@ impl ParticipantState {
                 self.forwarded_arrivals.push(packet.arrival);
             }
         }
+        let layered = p.layer.map(|l| (p.group, l, p.ssrc));
         self.send_batch_if_full();
+        if let Some((group, layer, ssrc)) = layered {
+            self.after_layer_packet(packet.arrival, group, layer, ssrc, sized);
+        }
     }
 
     /// Sends the copies sealed so far once the batch is big (a long burst); otherwise they
@@ -1248,10 +1580,16 @@ impl ParticipantState {
         &mut self,
         now: Instant,
         track: TrackKey,
+        ssrc: Ssrc,
         seqs: &[u16],
         to: &InboxSender<MediaItem, ParticipantMsg>,
     ) {
-        let Some(p) = self.published.iter().find(|p| p.key == track) else {
+        // The layer the lost packets came from (of a simulcast track).
+        let Some(p) = self
+            .published
+            .iter()
+            .find(|p| p.group == track && (p.layer.is_none() || p.ssrc == ssrc))
+        else {
             return;
         };
         let Some(cache) = &p.cache else {
@@ -1339,16 +1677,24 @@ impl ParticipantState {
                     return;
                 };
                 let rtt = leg.stats.rtt();
-                let source: Vec<u16> = seqs
+                // Source numbers by source stream (a simulcast switch spans two).
+                let mut by_source: Vec<(Ssrc, Vec<u16>)> = Vec::new();
+                for (ssrc, seq) in seqs
                     .iter()
                     .filter(|s| sub.retransmit.allow(now, **s, rtt))
-                    .filter_map(|s| leg.forwarder.source_of(*s).map(|(_, seq)| seq))
-                    .collect();
+                    .filter_map(|s| leg.forwarder.source_of(*s))
+                {
+                    match by_source.iter_mut().find(|(s, _)| *s == ssrc) {
+                        Some((_, list)) => list.push(seq),
+                        None => by_source.push((ssrc, vec![seq])),
+                    }
+                }
                 drop(leg);
-                if !source.is_empty() {
+                for (ssrc, seqs) in by_source {
                     let _ = sub.publisher_ref.send_message(ParticipantMsg::Retransmit {
                         track: *key,
-                        seqs: source,
+                        ssrc,
+                        seqs,
                         to: self.media_tx.clone(),
                     });
                 }
@@ -1500,9 +1846,13 @@ impl ParticipantState {
                                         RETRANSMIT_RATE,
                                         RETRANSMIT_BURST,
                                     ),
+                                    remote_muted: track.info.muted,
+                                    hidden: false,
+                                    told_height: u32::MAX,
                                 }),
                             );
                             changed = true;
+                            self.apply_track_settings(&track.info.id);
                         }
                         Err(e) => {
                             tracing::warn!(participant = %self.id, error = %e, "cannot add a sender");
@@ -1510,6 +1860,7 @@ impl ParticipantState {
                     }
                 }
                 SubOp::Remove(track) => {
+                    self.track_prefs.remove(&track);
                     let key = self
                         .subscriptions
                         .iter()
@@ -1690,5 +2041,32 @@ impl ParticipantState {
             consider(p.level.as_ref().map(AudioLevelMeter::poll_timeout));
         }
         self.wakeup.arm(next.max(now));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_layer;
+
+    #[test]
+    fn a_tile_gets_the_lowest_layer_at_least_its_height() {
+        let layers = [(0, Some(90)), (1, Some(180)), (2, Some(360))];
+        assert_eq!(pick_layer(&layers, 80), 0);
+        assert_eq!(pick_layer(&layers, 90), 0);
+        assert_eq!(pick_layer(&layers, 170), 1);
+        assert_eq!(pick_layer(&layers, 300), 2);
+        assert_eq!(
+            pick_layer(&layers, 1080),
+            2,
+            "bigger than every layer: the best"
+        );
+        assert_eq!(pick_layer(&layers, u32::MAX), 2);
+        // Sizes not known yet: the highest layer.
+        let unknown = [(0, None), (1, None), (2, None)];
+        assert_eq!(pick_layer(&unknown, 100), 2);
+        let partly = [(0, Some(90)), (1, None), (2, None)];
+        assert_eq!(pick_layer(&partly, 80), 0);
+        assert_eq!(pick_layer(&partly, 200), 2);
+        assert_eq!(pick_layer(&[], 100), 0);
     }
 }

@@ -200,7 +200,8 @@ impl Actor for VirtualParticipant {
             | ParticipantMsg::RemoteTrackMuted { .. }
             | ParticipantMsg::Retransmit { .. }
             | ParticipantMsg::SetCanPublish(_)
-            | ParticipantMsg::Data(_) => {}
+            | ParticipantMsg::Data(_)
+            | ParticipantMsg::LayerPreference { .. } => {}
             // Subscribers' send legs: a virtual publisher fans out through their media
             // queues (each subscriber forwards on its own leg from there).
             ParticipantMsg::AttachLeg { .. } | ParticipantMsg::DetachLeg { .. } => {}

@@ -56,6 +56,7 @@ pub fn decode_client(text: &str) -> Result<Incoming, SignalError> {
         "ping",
         "unpublish",
         "setCaptions",
+        "trackSettings",
     ];
     let known: Vec<&String> = object
         .keys()
@@ -105,6 +106,11 @@ pub fn decode_client(text: &str) -> Result<Incoming, SignalError> {
             track: track_id(&u.track_id)?,
         }),
         C::Leave(_) => Incoming::Signal(ClientSignal::Leave),
+        C::TrackSettings(t) => Incoming::Signal(ClientSignal::TrackSettings {
+            track: track_id(&t.track_id)?,
+            visible: t.visible,
+            height: t.height,
+        }),
         C::SetCaptions(c) => Incoming::Signal(ClientSignal::SetCaptions {
             enabled: c.enabled,
             language: if c.language.is_empty() {
@@ -468,6 +474,14 @@ mod tests {
         assert!(matches!(
             decode_client(r#"{"mute":{"trackId":"TR_1","muted":true}}"#),
             Ok(Incoming::Signal(ClientSignal::Mute { muted: true, .. }))
+        ));
+        assert!(matches!(
+            decode_client(r#"{"trackSettings":{"trackId":"TR_1","visible":true,"height":180}}"#),
+            Ok(Incoming::Signal(ClientSignal::TrackSettings {
+                visible: true,
+                height: 180,
+                ..
+            }))
         ));
     }
 

@@ -349,6 +349,7 @@
   // JoinResponse: our id, the others with their tracks, ICE servers, ping interval.
   function onJoined(conn, m) {
     conn.joined = true;
+    sentSettings.clear(); // a new session: tell it every tile
     reconnectAttempts = 0;
     selfId = m.participantId || '';
     meetingStartedAt = Number((m.meeting && m.meeting.startedAtMs) || 0);
@@ -382,6 +383,7 @@
     if (track.kind === 'VIDEO' && track.source !== 'SCREEN') p.videoWithdrawn = false;
     if (p.isSelf) syncOwnMute(conn, track);
     renderParticipant(p);
+    reportTiles(p);
   }
 
   // The media stops now (hide it at once); the server's next offer removes the m-line.
@@ -584,6 +586,54 @@
 
   // ---- Local media -------------------------------------------------------------------
 
+  const SIMULCAST = new URLSearchParams(location.search).get('simulcast') !== '0';
+  const SIMULCAST_LAYERS = [
+    { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+    { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+    { rid: 'f', maxBitrate: 1_500_000 },
+  ];
+
+  // ---- Adaptive streaming: each remote tile's visibility and height, told to the server
+  // (trackSettings) whenever they change, so hidden tiles cost nothing and simulcast
+  // tracks come in the layer that fits.
+  const tileState = new WeakMap(); // tile root -> { p, visible, height }
+  const sentSettings = new Map(); // track id -> what was last sent
+  const intersection = new IntersectionObserver((entries) => {
+    for (const e of entries) {
+      const st = tileState.get(e.target);
+      if (st) { st.visible = e.isIntersecting; reportTiles(st.p); }
+    }
+  });
+  const resize = new ResizeObserver((entries) => {
+    for (const e of entries) {
+      const st = tileState.get(e.target);
+      if (st) { st.height = Math.round(e.contentRect.height * (window.devicePixelRatio || 1)); reportTiles(st.p); }
+    }
+  });
+
+  function observeTile(p, tile) {
+    if (p.isSelf || tileState.has(tile.root)) return;
+    tileState.set(tile.root, { p, visible: true, height: 0 });
+    intersection.observe(tile.root);
+    resize.observe(tile.root);
+  }
+
+  function reportTiles(p) {
+    if (!current || !current.joined || p.isSelf) return;
+    for (const t of p.tracks.values()) {
+      if (t.kind !== 'VIDEO') continue;
+      const tile = t.source === 'SCREEN' ? p.screen && p.screen.tile : p.tile;
+      const st = tile && tileState.get(tile.root);
+      if (!st) continue;
+      const visible = st.visible && tile.root.isConnected && !document.hidden;
+      const key = `${visible}:${st.height}`;
+      if (sentSettings.get(t.id) === key) continue;
+      sentSettings.set(t.id, key);
+      send(current, { trackSettings: { trackId: t.id, visible, height: st.height } });
+    }
+  }
+  document.addEventListener('visibilitychange', () => participants.forEach(reportTiles));
+
   async function publishLocalMedia(conn) {
     const pending = localMedia || (localMedia = acquireLocalMedia());
     const stream = await pending;
@@ -593,7 +643,11 @@
     // addTransceiver, not addTrack: addTrack would reuse one of the server's receive-only
     // m-lines (a subscription) and mix our track into it. Publishing gets its own m-lines.
     for (const track of stream.getTracks()) {
-      const transceiver = conn.pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+      const init = { direction: 'sendonly', streams: [stream] };
+      // The camera in three simulcast layers (a quarter, half and full size): each
+      // subscriber gets the one that fits its tile. `?simulcast=0` sends one.
+      if (track.kind === 'video' && SIMULCAST) init.sendEncodings = SIMULCAST_LAYERS;
+      const transceiver = conn.pc.addTransceiver(track, init);
       if (track.kind === 'video') preferVideoCodec(transceiver);
     }
     const self = participants.get(selfId);
@@ -762,11 +816,13 @@
       ui.grid.append(p.tile.root);
       ui.list.append(p.item.root);
       attachStream(p);
+      observeTile(p, p.tile);
     }
     if (info.name) p.name = info.name;
     if (info.identity) p.identity = info.identity;
     for (const track of info.tracks || []) p.tracks.set(track.id, normalizeTrack(track));
     renderParticipant(p);
+    reportTiles(p);
     renderCount();
     return p;
   }
@@ -908,6 +964,7 @@
       p.screen = { track, tile };
       p.tile.root.after(tile.root);
       playIn(tile.video, new MediaStream([track]));
+      observeTile(p, tile);
     }
     p.screen.tile.name.textContent = `${displayName(p)} (screen)`;
   }
@@ -1127,6 +1184,14 @@
       },
       // Test hook: closes the peer connection (DTLS close_notify) without a signaling leave.
       closeMediaOnly: () => { if (current && current.pc) current.pc.close(); },
+      // What our camera sends, per simulcast layer.
+      outboundLayers: async () => {
+        const pc = current && current.pc;
+        if (!pc) return [];
+        return [...(await pc.getStats()).values()]
+          .filter((s) => s.type === 'outbound-rtp' && s.kind === 'video')
+          .map((s) => ({ rid: s.rid || '', width: s.frameWidth || 0, height: s.frameHeight || 0, bytesSent: s.bytesSent || 0, active: s.active !== false }));
+      },
       join: (meeting, name, token) => startSession({ meeting, name, token }),
     }),
   });

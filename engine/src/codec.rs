@@ -64,6 +64,37 @@ pub fn vp8_is_keyframe(payload: &[u8]) -> bool {
     payload.get(i).is_some_and(|&header| header & 0x01 == 0)
 }
 
+/// The frame size a VP8 keyframe packet announces (RFC 6386 §9.1: after the 3-byte frame
+/// tag, the start code `9d 01 2a`, then 14-bit width and height, little-endian); None for
+/// anything else. Simulcast layers are told apart by it.
+pub fn vp8_keyframe_size(payload: &[u8]) -> Option<(u16, u16)> {
+    if !vp8_is_keyframe(payload) {
+        return None;
+    }
+    let b0 = *payload.first()?;
+    let mut i = 1;
+    if b0 & 0x80 != 0 {
+        let x = *payload.get(i)?;
+        i += 1;
+        if x & 0x80 != 0 {
+            i += if *payload.get(i)? & 0x80 != 0 { 2 } else { 1 };
+        }
+        if x & 0x40 != 0 {
+            i += 1;
+        }
+        if x & 0x30 != 0 {
+            i += 1;
+        }
+    }
+    let frame = payload.get(i..i + 10)?;
+    if frame[3..6] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    let width = u16::from_le_bytes([frame[6], frame[7]]) & 0x3fff;
+    let height = u16::from_le_bytes([frame[8], frame[9]]) & 0x3fff;
+    (width > 0 && height > 0).then_some((width, height))
+}
+
 /// VP9 (payload descriptor of RFC 9628 §4.2). The first byte is `|I|P|L|F|B|E|V|Z|`.
 ///
 /// Kept simple: a packet starts a keyframe when P (inter-picture predicted) is 0 and B
@@ -292,5 +323,22 @@ mod tests {
             }
             let _ = h264_is_keyframe(&bytes);
         }
+    }
+
+    #[test]
+    fn vp8_keyframes_announce_their_size() {
+        // Descriptor: X and S set, I with a 15-bit picture id; then the frame tag (keyframe),
+        // the start code, 640 x 360.
+        let packet = [
+            0x90, 0x80, 0x81, 0x23, 0x50, 0x42, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01,
+        ];
+        assert_eq!(vp8_keyframe_size(&packet), Some((640, 360)));
+        assert_eq!(vp8_keyframe_size(&packet[..12]), None, "truncated");
+        let mut delta = packet;
+        delta[4] |= 0x01;
+        assert_eq!(vp8_keyframe_size(&delta), None, "not a keyframe");
+        let mut bad = packet;
+        bad[8] = 0;
+        assert_eq!(vp8_keyframe_size(&bad), None, "no start code");
     }
 }

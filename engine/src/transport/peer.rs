@@ -21,8 +21,8 @@ use super::ice::{IceLite, StunOutcome};
 use super::rtcp::{self, Feedback};
 use super::rtp_view::RtpView;
 use super::sdp::{
-    self, AUDIO_LEVEL_URI, CodecParams, LocalParams, MID_URI, Negotiator, SdpError, Sender,
-    TRANSPORT_CC_URI,
+    self, AUDIO_LEVEL_URI, CodecParams, LocalParams, MID_URI, Negotiator, REPAIRED_RID_URI,
+    RID_URI, SdpError, Sender, TRANSPORT_CC_URI,
 };
 use super::srtp::{RtpSealer, SrtpSession};
 use super::twcc::TwccRecorder;
@@ -89,6 +89,8 @@ pub struct InboundTrack {
     pub mid: String,
     /// Key for [`PeerEvent::TrackClosed`] (the section's mid).
     pub stack_id: String,
+    /// Simulcast: this stream's layer and how many the section has (lowest first).
+    pub layer: Option<(u8, u8)>,
 }
 
 /// State changes, drained with [`Peer::poll_event`].
@@ -170,6 +172,8 @@ struct InboundStream {
     level_ext: Option<u8>,
     /// For an RTX stream: the primary SSRC.
     rtx_of: Option<u32>,
+    /// Simulcast: the layer (index in the section's rids, lowest first).
+    layer: Option<u8>,
     opened: bool,
 }
 
@@ -496,6 +500,7 @@ impl Peer {
                         twcc_ext,
                         level_ext,
                         rtx_of: None,
+                        layer: None,
                         opened,
                     },
                 );
@@ -508,6 +513,7 @@ impl Peer {
                         twcc_ext,
                         level_ext,
                         rtx_of: Some(*primary),
+                        layer: None,
                         opened: true,
                     },
                 );
@@ -928,6 +934,9 @@ impl Peer {
                 codec: codec.params.clone(),
                 mid: section.mid.clone(),
                 stack_id: section.mid.clone(),
+                layer: stream
+                    .layer
+                    .map(|l| (l, section.rids.len().min(u8::MAX as usize) as u8)),
             };
             if let Some(st) = self.streams.get_mut(&ssrc) {
                 st.opened = true;
@@ -965,17 +974,27 @@ impl Peer {
         if !section.remote_ssrcs.is_empty() {
             return None;
         }
-        // An RTX payload type on a section without SSRCs: the repair stream of the section's
-        // one learned primary.
-        let rtx_of = if section
+        let is_rtx = section
             .codecs
             .iter()
-            .any(|c| c.rtx_pt == Some(header.payload_type))
-        {
+            .any(|c| c.rtx_pt == Some(header.payload_type));
+        // Simulcast: the layer from the rid (repaired rid for RTX) header extension; a
+        // stream of a simulcast section without one is not learned.
+        let layer = if section.rids.is_empty() {
+            None
+        } else {
+            let uri = if is_rtx { REPAIRED_RID_URI } else { RID_URI };
+            let rid = header.extension(section.extension_id(uri)?)?;
+            let layer = section.rids.iter().position(|r| r.as_bytes() == rid)?;
+            Some(layer as u8)
+        };
+        // An RTX payload type on a section without SSRCs: the repair stream of the section's
+        // learned primary (of the same layer).
+        let rtx_of = if is_rtx {
             let primary = self
                 .streams
                 .iter()
-                .find(|(_, st)| st.section == index && st.rtx_of.is_none())
+                .find(|(_, st)| st.section == index && st.rtx_of.is_none() && st.layer == layer)
                 .map(|(ssrc, _)| *ssrc)?;
             Some(primary)
         } else {
@@ -986,6 +1005,7 @@ impl Peer {
             twcc_ext: section.extension_id(TRANSPORT_CC_URI),
             level_ext: section.extension_id(AUDIO_LEVEL_URI),
             rtx_of,
+            layer,
             opened: rtx_of.is_some(),
         })
     }

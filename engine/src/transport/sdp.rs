@@ -111,11 +111,15 @@ pub struct Section {
     pub remote_ssrcs: Vec<u32>,
     /// (rtx, primary) pairs from `ssrc-group:FID`.
     pub remote_rtx: Vec<(u32, u32)>,
-    /// `a=rid` lines, raw (simulcast).
+    /// Simulcast (RFC 8853): the rids the client sends, lowest layer first as its
+    /// `a=simulcast:send` lists them (at most [`MAX_LAYERS`]); empty without simulcast.
     pub rids: Vec<String>,
     /// `a=simulcast` value, raw.
     pub simulcast: Option<String>,
 }
+
+/// Most simulcast layers taken from one section.
+pub const MAX_LAYERS: usize = 3;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SectionKind {
@@ -523,7 +527,7 @@ impl Negotiator {
                 .and_then(|k| self.senders.get(&k))
                 .map(|x| x.codec.clone());
             s.codecs = supported_codecs(offered, want.as_ref());
-            s.extmap = Vec::new();
+            s.extmap = local_extmap_from(offered);
         } else {
             let sends = offered.direction.remote_sends();
             if s.remote_sends && !sends {
@@ -535,7 +539,7 @@ impl Negotiator {
             s.extmap = accepted_extmap(offered);
             s.remote_ssrcs = offered.ssrcs.clone();
             s.remote_rtx = offered.fid.clone();
-            s.rids = offered.rids.clone();
+            s.rids = simulcast_rids(offered);
             s.simulcast = offered.simulcast.clone();
         }
         if s.codecs.is_empty() {
@@ -586,7 +590,7 @@ impl Negotiator {
             s.remote_sends = false;
             // Only what this sender sends (and its retransmissions).
             s.codecs = vec![codec.clone()];
-            s.extmap = Vec::new();
+            s.extmap = local_extmap_from(offered);
             s.remote_ssrcs = Vec::new();
             s.remote_rtx = Vec::new();
             s.rids = Vec::new();
@@ -614,7 +618,7 @@ impl Negotiator {
             },
             remote_ssrcs: offered.ssrcs.clone(),
             remote_rtx: offered.fid.clone(),
-            rids: offered.rids.clone(),
+            rids: simulcast_rids(offered),
             simulcast: offered.simulcast.clone(),
         }
     }
@@ -653,6 +657,7 @@ impl Negotiator {
             };
             let mid = self.fresh_mid(&next);
             let codecs = self.offer_codecs(&sender);
+            let extmap = bundle_extmap(&next, sender.kind);
             let section = Section {
                 mid,
                 kind: match sender.kind {
@@ -665,7 +670,7 @@ impl Negotiator {
                 remote_sends: false,
                 local_sends: true,
                 codecs,
-                extmap: Vec::new(),
+                extmap,
                 remote_ssrcs: Vec::new(),
                 remote_rtx: Vec::new(),
                 rids: Vec::new(),
@@ -1050,6 +1055,12 @@ impl Negotiator {
             (false, false) => "inactive",
         };
         a.push(flag(direction));
+        if !s.local && s.remote_sends && !s.rids.is_empty() {
+            for rid in &s.rids {
+                a.push(attr("rid", format!("{rid} recv")));
+            }
+            a.push(attr("simulcast", format!("recv {}", s.rids.join(";"))));
+        }
         a.push(flag("rtcp-mux"));
         a.push(flag("rtcp-rsize"));
         for c in &s.codecs {
@@ -1279,6 +1290,53 @@ fn remote_params(desc: &SessionDescription) -> Result<RemoteParams, SdpError> {
         return Err(invalid("malformed ICE credentials"));
     }
     Ok(out)
+}
+
+/// The simulcast layers a section offers: the `a=simulcast:send` list (first of each
+/// alternative, paused `~` ones too), each named by an `a=rid:<id> send` line, rids of
+/// 1 to 16 characters of A-Z a-z 0-9 - _, no duplicates, at most [`MAX_LAYERS`]. Anything
+/// else (no simulcast line, a rid that is not declared or not valid): no simulcast, and the
+/// client falls back to one stream.
+fn simulcast_rids(offered: &OfferedSection) -> Vec<String> {
+    let Some(value) = offered.simulcast.as_deref() else {
+        return Vec::new();
+    };
+    let mut parts = value.split_whitespace();
+    let (Some("send"), Some(list)) = (parts.next(), parts.next()) else {
+        return Vec::new();
+    };
+    let declared: Vec<&str> = offered
+        .rids
+        .iter()
+        .filter_map(|r| {
+            let mut f = r.split_whitespace();
+            match (f.next(), f.next()) {
+                (Some(id), Some("send")) => Some(id),
+                _ => None,
+            }
+        })
+        .collect();
+    let valid = |id: &str| {
+        (1..=16).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    let mut out: Vec<String> = Vec::new();
+    for alternative in list.split(';') {
+        let Some(id) = alternative.split(',').next() else {
+            continue;
+        };
+        let id = id.trim_start_matches('~');
+        if !valid(id) || !declared.contains(&id) || out.iter().any(|o| o == id) {
+            return Vec::new();
+        }
+        out.push(id.to_owned());
+    }
+    if out.len() > MAX_LAYERS {
+        out.truncate(MAX_LAYERS);
+    }
+    out
 }
 
 /// An ICE ufrag (at least 4) or password (at least 22): up to 256 ice-chars (RFC 8839).
@@ -1634,6 +1692,57 @@ fn rtx_of(codecs: &[OfferedCodec], apt: u8) -> Option<u8> {
 
 fn offered_twcc(offered: &OfferedSection) -> bool {
     offered.extmap.iter().any(|(_, u)| u == TRANSPORT_CC_URI)
+}
+
+/// Extensions our sending sections carry in SDP (we do not write them into forwarded
+/// packets): the mid, and for video the rid pair. Chromium offers a later section only the
+/// extensions the BUNDLE group has negotiated, and refuses its own simulcast offer when the
+/// rid extension is not among them.
+fn local_extensions(kind: MediaKind) -> &'static [(&'static str, u8)] {
+    match kind {
+        MediaKind::Audio => &[(MID_URI, 4)],
+        MediaKind::Video => &[(MID_URI, 4), (RID_URI, 10), (REPAIRED_RID_URI, 11)],
+    }
+}
+
+/// The extensions of a new sending section, with the ids the BUNDLE group already uses for
+/// them (one id per URI across the group), else Chromium's defaults when free, else the
+/// lowest free id.
+fn bundle_extmap(sections: &[Section], kind: MediaKind) -> Vec<(u8, String)> {
+    let used: Vec<&(u8, String)> = sections
+        .iter()
+        .filter(|s| !s.rejected)
+        .flat_map(|s| s.extmap.iter())
+        .collect();
+    let mut out: Vec<(u8, String)> = Vec::new();
+    for (uri, default) in local_extensions(kind) {
+        let taken = |id: u8, out: &[(u8, String)]| {
+            used.iter().any(|(i, u)| *i == id && u != uri) || out.iter().any(|(i, _)| *i == id)
+        };
+        let id = used
+            .iter()
+            .find(|(_, u)| u == uri)
+            .map(|(i, _)| *i)
+            .or_else(|| (!taken(*default, &out)).then_some(*default))
+            .or_else(|| (1..=14).find(|i| !taken(*i, &out)));
+        if let Some(id) = id {
+            out.push((id, (*uri).to_owned()));
+        }
+    }
+    out
+}
+
+/// Our sending section's extensions as the client's offer names them.
+fn local_extmap_from(offered: &OfferedSection) -> Vec<(u8, String)> {
+    let Some(kind) = offered.kind.media_kind() else {
+        return Vec::new();
+    };
+    offered
+        .extmap
+        .iter()
+        .filter(|(_, uri)| local_extensions(kind).iter().any(|(u, _)| u == uri))
+        .cloned()
+        .collect()
 }
 
 fn accepted_extmap(offered: &OfferedSection) -> Vec<(u8, String)> {

@@ -443,3 +443,55 @@ a=mid:1\r\na=setup:actpass\r\n"
     let (answer, _) = n.apply_offer(&two).unwrap();
     assert!(answer.contains("m=application 0 "), "{answer}");
 }
+
+/// A Chromium camera with three simulcast encodings.
+fn simulcast_offer(rids: &str, simulcast: &str) -> String {
+    format!(
+        "{SESSION}a=group:BUNDLE 0\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=setup:actpass\r\n\
+a=rtcp-mux\r\na=sendonly\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:97 rtx/90000\r\n\
+a=fmtp:97 apt=96\r\na=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
+a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n\
+a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n{rids}{simulcast}"
+    )
+}
+
+/// Simulcast offers are answered with the layers received, lowest first as offered; bad
+/// ones (a rid not declared, duplicates, invalid names) fall back to one stream.
+#[test]
+fn simulcast_offers_are_answered_with_their_layers() {
+    let rids = "a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\n";
+    let mut n = negotiator();
+    let (answer, _) = n
+        .apply_offer(&simulcast_offer(rids, "a=simulcast:send q;h;f\r\n"))
+        .unwrap();
+    assert_eq!(n.sections()[0].rids, vec!["q", "h", "f"]);
+    for line in [
+        "a=rid:q recv",
+        "a=rid:h recv",
+        "a=rid:f recv",
+        "a=simulcast:recv q;h;f",
+    ] {
+        assert!(answer.contains(line), "{line} in {answer}");
+    }
+    assert!(answer.contains("rtp-stream-id"), "{answer}");
+
+    for (rids, simulcast) in [
+        (rids, "a=simulcast:send q;h;x\r\n"),
+        (rids, "a=simulcast:send q;q\r\n"),
+        ("a=rid:q! send\r\n", "a=simulcast:send q!\r\n"),
+        (rids, ""),
+        ("a=rid:q recv\r\n", "a=simulcast:send q\r\n"),
+    ] {
+        let mut n = negotiator();
+        let (answer, _) = n.apply_offer(&simulcast_offer(rids, simulcast)).unwrap();
+        assert!(n.sections()[0].rids.is_empty(), "{simulcast}");
+        assert!(!answer.contains("a=simulcast"), "{answer}");
+    }
+    // More than three layers: the first three.
+    let four = "a=rid:a send\r\na=rid:b send\r\na=rid:c send\r\na=rid:d send\r\n";
+    let mut n = negotiator();
+    n.apply_offer(&simulcast_offer(four, "a=simulcast:send a;b;c;d\r\n"))
+        .unwrap();
+    assert_eq!(n.sections()[0].rids, vec!["a", "b", "c"]);
+}

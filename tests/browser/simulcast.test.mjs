@@ -1,0 +1,114 @@
+// Simulcast and adaptive streaming: Alice's camera goes out in simulcast layers (the web
+// client's default); Bob's large tile receives the top layer while Carol's small tile
+// receives a smaller one; when Carol's tiles grow, she moves up; when she hides Alice's
+// tile, nothing of Alice's video is sent to her (her audio still is), and showing it again
+// brings the picture back.
+// Run inside a network namespace with only loopback (tests/browser/run.sh does that).
+//
+//   node tests/browser/simulcast.test.mjs <path to hearth binary>
+import assert from 'node:assert/strict';
+import { counter, launchBrowser, openParticipant, startServer, until } from './lib.mjs';
+
+const binary = process.argv[2] || 'target/debug/hearth';
+const MEETING = 'e2e-simulcast';
+const logs = [];
+const server = await startServer(binary, ['--dev', '--media-port', '7882', '--empty-timeout', '2s']);
+const chromium = await launchBrowser();
+let failed = false;
+
+function log(...args) {
+  console.log(`[${new Date().toISOString().slice(11, 23)}]`, ...args);
+}
+
+/** The width at which `viewer` receives `from`'s camera now (0 if none). */
+async function receivedWidth(viewer, from) {
+  const lines = await viewer.page.evaluate(() => window.hearth.statsOverlay());
+  const video = lines.find((l) => l.participant === from && l.kind === 'video');
+  return video ? video.width : 0;
+}
+
+/** Small tiles: a narrow grid of thumbnails. */
+const SMALL = '#grid { grid-template-columns: repeat(auto-fill, 96px) !important; } #grid .tile { width: 96px !important; }';
+
+try {
+  const alice = await openParticipant(chromium.browser, server.base, MEETING, 'alice', logs);
+  const bob = await openParticipant(chromium.browser, server.base, MEETING, 'bob', logs);
+  const carol = await openParticipant(chromium.browser, server.base, MEETING, 'carol', logs);
+  const aliceId = await until('alice joined', async () => (await alice.stats()).participantId);
+  const smallStyle = await carol.page.addStyleTag({ content: SMALL });
+  for (const p of [bob, carol]) {
+    await p.page.evaluate(() => window.hearth.setStatsOverlay(true));
+    await until(`${p.name} decodes alice`, async () =>
+      counter(await p.stats(), aliceId, 'video', 'framesDecoded') > 0, 30000);
+  }
+  const tileHeight = (p) => p.page.evaluate((id) => {
+    const tile = [...document.querySelectorAll('#grid .tile')].find((t) => t.querySelector('video').srcObject
+      && t.querySelector('.name').textContent.startsWith('alice'));
+    return tile ? Math.round(tile.getBoundingClientRect().height) : 0;
+  }, aliceId);
+  log(`alice's tile: ${await tileHeight(bob)} px high at bob, ${await tileHeight(carol)} px at carol`);
+  const layers = await until('alice sends her layers', async () => {
+    const l = await alice.page.evaluate(() => window.hearth.outboundLayers());
+    return l.filter((x) => x.bytesSent > 0).length >= 2 ? l : null;
+  }, 20000);
+  log('alice sends', JSON.stringify(layers));
+  // Chromium sends as many layers as the camera's size allows (two of three at 640x360).
+  const top = Math.max(...layers.filter((x) => x.bytesSent > 0).map((x) => x.width));
+
+  // Bob's large tile: the full layer. Carol's thumbnail: a smaller one.
+  let seen = 0;
+  const full = await until('bob receives alice\'s top layer', async () => {
+    const w = await receivedWidth(bob, aliceId);
+    if (w !== seen) log(`bob receives alice at ${(seen = w)} px wide`);
+    return w >= top ? w : null;
+  }, 30000);
+  const small = await until('carol receives a smaller layer', async () => {
+    const w = await receivedWidth(carol, aliceId);
+    return w > 0 && w < full ? w : null;
+  }, 30000);
+  log(`bob receives alice at ${full} px wide, carol at ${small}`);
+
+  // Carol's tiles grow: she moves up to the full layer.
+  await smallStyle.evaluate((el) => el.remove());
+  const grown = await until('carol moves up to the top layer', async () => {
+    const w = await receivedWidth(carol, aliceId);
+    return w >= full ? w : null;
+  }, 20000);
+  log(`carol's tile grew: she now receives ${grown} px wide`);
+
+  // Carol hides Alice's tile: no video is sent to her; audio goes on.
+  await carol.page.addStyleTag({ content: '#grid .tile:not(.self) { display: none !important; }' });
+  let last = -1;
+  await until('no more of alice\'s video reaches carol', async () => {
+    const bytes = counter(await carol.stats(), aliceId, 'video', 'bytesReceived');
+    const still = bytes === last;
+    last = bytes;
+    return still;
+  }, 10000, 400);
+  const before = await carol.stats();
+  await until('alice\'s audio keeps flowing to carol', async () =>
+    counter(await carol.stats(), aliceId, 'audio', 'packetsReceived') > counter(before, aliceId, 'audio', 'packetsReceived') + 100);
+  const after = await carol.stats();
+  const videoBytes = counter(after, aliceId, 'video', 'bytesReceived') - counter(before, aliceId, 'video', 'bytesReceived');
+  log(`hidden tile: ${videoBytes} video bytes while 100+ audio packets arrived`);
+  assert.ok(videoBytes < 20_000, `a hidden tile costs (almost) nothing: ${videoBytes} bytes`);
+
+  // Shown again: the picture comes back.
+  await carol.page.evaluate(() => document.querySelectorAll('style').forEach((s) => {
+    if (s.textContent.includes('display: none')) s.remove();
+  }));
+  const resumed = counter(await carol.stats(), aliceId, 'video', 'framesDecoded');
+  await until('carol decodes alice again', async () =>
+    counter(await carol.stats(), aliceId, 'video', 'framesDecoded') > resumed + 20, 20000);
+  log('shown again: carol decodes alice\'s video again');
+  assert.deepEqual(logs.filter((l) => l.includes('pageerror')), []);
+} catch (e) {
+  failed = true;
+  console.error('FAILED:', e);
+  console.error(logs.join('\n'));
+  console.error(server.output.join('').slice(-6000));
+} finally {
+  await chromium.close();
+  await server.stop();
+}
+process.exit(failed ? 1 : 0);
