@@ -136,8 +136,12 @@ pub enum ParticipantMsg {
         track: TrackId,
         subscribers: Arc<[SubscriberLink]>,
     },
-    /// A subscriber of our track asks for a keyframe.
-    KeyframeRequest { track: TrackKey },
+    /// A subscriber of our track asks for a keyframe (of the layers it is on, for a
+    /// simulcast track).
+    KeyframeRequest {
+        track: TrackKey,
+        from: ParticipantId,
+    },
     /// A subscriber lost these packets (our source sequence numbers, of our stream `ssrc`:
     /// a simulcast layer) of our track.
     Retransmit {
@@ -216,6 +220,8 @@ struct Published {
     /// Simulcast: this entry's layer (lowest first), and the frame size its keyframes say.
     layer: Option<u8>,
     dims: Option<(u16, u16)>,
+    /// When the layer last sent (a layer the publisher stopped is not chosen).
+    last_packet: Option<Instant>,
     ssrc: Ssrc,
     stack_id: String,
     codec: CodecParams,
@@ -235,6 +241,8 @@ struct Published {
 
 /// Tile settings kept per participant (one per received track).
 const MAX_TRACK_PREFS: usize = 256;
+/// A simulcast layer that has not sent for this long is not chosen for anyone.
+const LAYER_SILENT: Duration = Duration::from_secs(1);
 
 /// Where one subscriber's leg of our simulcast track is.
 struct LayerChoice {
@@ -326,6 +334,8 @@ pub struct ParticipantState {
     /// How our client shows the tracks it receives (visible, height): kept for tracks it
     /// heard of before their subscription exists here (at most [`MAX_TRACK_PREFS`]).
     track_prefs: HashMap<TrackId, (bool, u32)>,
+    /// Simulcast transceivers whose track the client withdrew (their late layers too).
+    withdrawn_mids: Vec<String>,
     by_out_ssrc: HashMap<u32, TrackKey>,
     pending_ops: Vec<SubOp>,
     /// Offer again even without new subscription changes (a failed exchange).
@@ -565,6 +575,7 @@ impl Actor for ParticipantActor {
                 subscriptions: HashMap::new(),
                 layer_choices: HashMap::new(),
                 track_prefs: HashMap::new(),
+                withdrawn_mids: Vec::new(),
                 by_out_ssrc: HashMap::new(),
                 pending_ops: Vec::new(),
                 reoffer: false,
@@ -716,16 +727,13 @@ impl Actor for ParticipantActor {
                     state.choose_layers(now, track);
                 }
             }
-            ParticipantMsg::KeyframeRequest { track } => {
-                // A simulcast track: the layers its subscribers are on (or moving to).
+            ParticipantMsg::KeyframeRequest { track, from } => {
+                // A simulcast track: the layers that subscriber is on (or moving to).
                 let wanted: Vec<u8> = state
                     .layer_choices
                     .get(&track)
-                    .map(|c| {
-                        c.values()
-                            .flat_map(|c| c.current.into_iter().chain([c.target]))
-                            .collect()
-                    })
+                    .and_then(|c| c.get(&from))
+                    .map(|c| c.current.into_iter().chain([c.target]).collect())
                     .unwrap_or_default();
                 for p in state.published.iter_mut().filter(|p| p.group == track) {
                     if p.layer
@@ -998,7 +1006,10 @@ impl ParticipantState {
             sub.leg_ready = false;
             if sub.leg.lock().is_some_and(|l| l.forwarder.needs_keyframe()) {
                 sub.publisher_ref
-                    .send_message(ParticipantMsg::KeyframeRequest { track: sub.key })
+                    .send_message(ParticipantMsg::KeyframeRequest {
+                        track: sub.key,
+                        from: self.id.clone(),
+                    })
                     .ok();
             }
         }
@@ -1141,7 +1152,13 @@ impl ParticipantState {
     /// publisher is told the height to pick the layer.
     fn track_settings(&mut self, track: &TrackId, visible: bool, height: u32) {
         if self.track_prefs.len() >= MAX_TRACK_PREFS && !self.track_prefs.contains_key(track) {
-            return;
+            // Full: keep only the settings of tracks we receive.
+            let subscriptions = &self.subscriptions;
+            self.track_prefs
+                .retain(|t, _| subscriptions.values().any(|s| s.track == *t));
+            if self.track_prefs.len() >= MAX_TRACK_PREFS {
+                return;
+            }
         }
         tracing::trace!(participant = %self.id, %track, visible, height, "track settings");
         self.track_prefs.insert(track.clone(), (visible, height));
@@ -1170,7 +1187,10 @@ impl ParticipantState {
             if !hidden && !sub.remote_muted {
                 let _ = sub
                     .publisher_ref
-                    .send_message(ParticipantMsg::KeyframeRequest { track: sub.key });
+                    .send_message(ParticipantMsg::KeyframeRequest {
+                        track: sub.key,
+                        from: self.id.clone(),
+                    });
             }
         }
         let height = if height == 0 {
@@ -1295,6 +1315,9 @@ impl ParticipantState {
             return;
         }
         let layer = track.layer.map(|(l, _)| l);
+        if layer.is_some() && self.withdrawn_mids.contains(&track.mid) {
+            return;
+        }
         if let Some(existing) = self
             .published
             .iter_mut()
@@ -1338,6 +1361,7 @@ impl ParticipantState {
             group: group.unwrap_or(key),
             layer,
             dims: None,
+            last_packet: None,
             ssrc: track.ssrc,
             stack_id: track.stack_id,
             recv: ReceiveStats::new(track.ssrc, track.codec.clock_rate),
@@ -1374,6 +1398,14 @@ impl ParticipantState {
     fn unpublish(&mut self, index: usize) {
         let group = self.published[index].group;
         let track = self.published[index].info.id.clone();
+        if self.published[index].layer.is_some() {
+            // Layers of this transceiver that start later stay withdrawn.
+            let mid = self.published[index].info.mid.clone();
+            if self.withdrawn_mids.len() >= 16 {
+                self.withdrawn_mids.remove(0);
+            }
+            self.withdrawn_mids.push(mid);
+        }
         self.published.retain(|p| p.group != group);
         self.layer_choices.remove(&group);
         let _ = self.meeting.send_message(MeetingMsg::TrackUnpublished {
@@ -1392,15 +1424,11 @@ impl ParticipantState {
     /// Chooses each subscriber's layer of simulcast track `group` again (a tile changed, a
     /// layer appeared or told its size); a keyframe is asked of every layer switched to.
     fn choose_layers(&mut self, now: Instant, group: TrackKey) {
-        let mut layers: Vec<(u8, Option<u16>)> = self
-            .published
-            .iter()
-            .filter(|p| p.group == group)
-            .filter_map(|p| p.layer.map(|l| (l, p.dims.map(|d| d.1))))
-            .collect();
-        layers.sort_unstable_by_key(|(l, _)| *l);
+        let layers = self.live_layers(group, now);
         let mut keyframes = Vec::new();
         if let Some(choices) = self.layer_choices.get_mut(&group) {
+            // Subscribers gone (their leg closed) are forgotten.
+            choices.retain(|_, c| c.leg.is_open());
             for choice in choices.values_mut() {
                 let target = pick_layer(&layers, choice.max_height);
                 tracing::trace!(participant = %self.id, subscriber = %choice.leg.subscriber, ?layers, max_height = choice.max_height, target, current = ?choice.current, "simulcast layer");
@@ -1420,10 +1448,41 @@ impl ParticipantState {
         self.sync_layers(group);
     }
 
+    /// The layers of simulcast track `group` that send (a layer silent for
+    /// [`LAYER_SILENT`] while another sends is left out), smallest first: by the height
+    /// their keyframes announce, unknown ones last, then by rid order.
+    fn live_layers(&self, group: TrackKey, now: Instant) -> Vec<(u8, Option<u16>)> {
+        let entries: Vec<&Published> = self
+            .published
+            .iter()
+            .filter(|p| p.group == group && p.layer.is_some())
+            .collect();
+        let alive = |p: &Published| {
+            p.last_packet
+                .is_some_and(|t| now.saturating_duration_since(t) < LAYER_SILENT)
+        };
+        let any_alive = entries.iter().any(|p| alive(p));
+        let mut layers: Vec<(u8, Option<u16>)> = entries
+            .iter()
+            .filter(|p| !any_alive || alive(p))
+            .filter_map(|p| p.layer.map(|l| (l, p.dims.map(|d| d.1))))
+            .collect();
+        layers.sort_unstable_by_key(|(l, h)| (h.unwrap_or(u16::MAX), *l));
+        layers
+    }
+
     /// Puts each subscriber's leg on the layers it is on or moving to, and rebuilds the
     /// layers' targets: a subscriber with a leg on another layer (or paused between) is
-    /// not queued anywhere; one without a leg yet is queued on the first layer only.
+    /// not queued anywhere; one without a leg yet (and taps) is queued on the best layer
+    /// that sends.
     fn sync_layers(&mut self, group: TrackKey) {
+        let queue_layer = self
+            .published
+            .iter()
+            .filter(|p| p.group == group)
+            .filter_map(|p| p.last_packet)
+            .max()
+            .and_then(|newest| self.live_layers(group, newest).last().map(|(l, _)| *l));
         let empty = HashMap::new();
         let choices = self.layer_choices.get(&group).unwrap_or(&empty);
         for p in self
@@ -1437,7 +1496,10 @@ impl ParticipantState {
                 .filter(|(_, c)| c.leg.is_open() && (c.current == layer || Some(c.target) == layer))
                 .map(|(id, c)| (id.clone(), Arc::clone(&c.leg)))
                 .collect();
-            let leader = p.key == p.group;
+            let leader = match queue_layer {
+                Some(q) => layer == Some(q),
+                None => p.key == p.group,
+            };
             p.targets = p
                 .fanout
                 .iter()
@@ -1494,8 +1556,12 @@ impl ParticipantState {
         self.stats.packets_received += 1;
         // A simulcast layer's keyframes tell its frame size (layers are chosen by it).
         let mut sized = false;
+        if p.layer.is_some() {
+            p.last_packet = Some(packet.arrival);
+        }
         if packet.keyframe
             && p.layer.is_some()
+            && p.codec.codec == hearth_engine::media::Codec::Vp8
             && let Some(dims) = hearth_engine::codec::vp8_keyframe_size(&packet.payload)
             && p.dims != Some(dims)
         {
@@ -1637,7 +1703,10 @@ impl ParticipantState {
                         sub.last_keyframe_request = Some(now);
                         let _ = sub
                             .publisher_ref
-                            .send_message(ParticipantMsg::KeyframeRequest { track: item.track });
+                            .send_message(ParticipantMsg::KeyframeRequest {
+                                track: item.track,
+                                from: self.id.clone(),
+                            });
                     }
                 }
                 Forwarded::Skipped => {}
@@ -1662,7 +1731,10 @@ impl ParticipantState {
                         sub.last_client_keyframe_request = Some(now);
                         let _ = sub
                             .publisher_ref
-                            .send_message(ParticipantMsg::KeyframeRequest { track: *key });
+                            .send_message(ParticipantMsg::KeyframeRequest {
+                                track: *key,
+                                from: self.id.clone(),
+                            });
                     }
                 }
             }
@@ -1728,6 +1800,11 @@ impl ParticipantState {
 
     fn on_tick(&mut self, now: Instant) {
         self.peer.handle_timeout(now);
+        // Simulcast: a layer that stopped sending is left for one that sends.
+        let groups: Vec<TrackKey> = self.layer_choices.keys().copied().collect();
+        for group in groups {
+            self.choose_layers(now, group);
+        }
         let ntp = self.ntp(now);
         // Loss recovery and keyframe requests toward our client.
         for p in &mut self.published {

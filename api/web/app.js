@@ -391,6 +391,7 @@
     const [p, track] = knownTrack(m);
     if (!track) return;
     p.tracks.delete(m.trackId);
+    sentSettings.delete(m.trackId); // a track that comes back (same id) is told again
     if (track.kind === 'VIDEO' && track.source !== 'SCREEN' && !cameraTracks(p).length) p.videoWithdrawn = true;
     renderParticipant(p);
   }
@@ -587,8 +588,10 @@
   // ---- Local media -------------------------------------------------------------------
 
   const SIMULCAST = new URLSearchParams(location.search).get('simulcast') !== '0';
+  // Lowest first. Two, not three: Chromium sends only as many layers as the capture size
+  // allows (two at 640x360, and it drops the top one), so a third, smaller layer would cost
+  // the full-size one at common webcam sizes.
   const SIMULCAST_LAYERS = [
-    { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
     { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
     { rid: 'f', maxBitrate: 1_500_000 },
   ];
@@ -644,8 +647,8 @@
     // m-lines (a subscription) and mix our track into it. Publishing gets its own m-lines.
     for (const track of stream.getTracks()) {
       const init = { direction: 'sendonly', streams: [stream] };
-      // The camera in three simulcast layers (a quarter, half and full size): each
-      // subscriber gets the one that fits its tile. `?simulcast=0` sends one.
+      // The camera in two simulcast layers (half and full size): each subscriber gets the
+      // one that fits its tile. `?simulcast=0` sends one.
       if (track.kind === 'video' && SIMULCAST) init.sendEncodings = SIMULCAST_LAYERS;
       const transceiver = conn.pc.addTransceiver(track, init);
       if (track.kind === 'video') preferVideoCodec(transceiver);

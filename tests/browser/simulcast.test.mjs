@@ -52,8 +52,14 @@ try {
     return l.filter((x) => x.bytesSent > 0).length >= 2 ? l : null;
   }, 20000);
   log('alice sends', JSON.stringify(layers));
-  // Chromium sends as many layers as the camera's size allows (two of three at 640x360).
+  // Both layers go out, the top one at the camera's own size.
+  assert.equal(layers.filter((x) => x.bytesSent > 0).length, 2, JSON.stringify(layers));
+  const capture = await alice.page.evaluate(() => {
+    const v = [...document.querySelectorAll('#grid .tile.self video')][0];
+    return v ? v.videoWidth : 0;
+  });
   const top = Math.max(...layers.filter((x) => x.bytesSent > 0).map((x) => x.width));
+  assert.equal(top, capture, `the top layer is the camera's size (${capture})`);
 
   // Bob's large tile: the full layer. Carol's thumbnail: a smaller one.
   let seen = 0;

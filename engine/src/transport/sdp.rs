@@ -1294,13 +1294,19 @@ fn remote_params(desc: &SessionDescription) -> Result<RemoteParams, SdpError> {
 
 /// The simulcast layers a section offers: the `a=simulcast:send` list (first of each
 /// alternative, paused `~` ones too), each named by an `a=rid:<id> send` line, rids of
-/// 1 to 16 characters of A-Z a-z 0-9 - _, no duplicates, at most [`MAX_LAYERS`]. Anything
-/// else (no simulcast line, a rid that is not declared or not valid): no simulcast, and the
-/// client falls back to one stream.
+/// 1 to 16 characters of A-Z a-z 0-9 - _, no duplicates, at most [`MAX_LAYERS`], with the
+/// rid header extension offered and no `a=ssrc` lines. Anything else (no simulcast line, a
+/// rid that is not declared or not valid): no simulcast, and the client falls back to one
+/// stream.
 fn simulcast_rids(offered: &OfferedSection) -> Vec<String> {
     let Some(value) = offered.simulcast.as_deref() else {
         return Vec::new();
     };
+    // Layers are told apart by the rid header extension; a section that also lists SSRCs
+    // (Firefox) would have them registered without their layer: one stream then.
+    if !offered.ssrcs.is_empty() || !offered.extmap.iter().any(|(_, u)| u == RID_URI) {
+        return Vec::new();
+    }
     let mut parts = value.split_whitespace();
     let (Some("send"), Some(list)) = (parts.next(), parts.next()) else {
         return Vec::new();

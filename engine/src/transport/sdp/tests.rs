@@ -474,7 +474,10 @@ fn simulcast_offers_are_answered_with_their_layers() {
     ] {
         assert!(answer.contains(line), "{line} in {answer}");
     }
-    assert!(answer.contains("rtp-stream-id"), "{answer}");
+    assert!(
+        answer.contains("a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"),
+        "{answer}"
+    );
 
     for (rids, simulcast) in [
         (rids, "a=simulcast:send q;h;x\r\n"),
@@ -488,10 +491,72 @@ fn simulcast_offers_are_answered_with_their_layers() {
         assert!(n.sections()[0].rids.is_empty(), "{simulcast}");
         assert!(!answer.contains("a=simulcast"), "{answer}");
     }
+    // Without the rid extension, or with SSRCs listed (Firefox): one stream.
+    let no_ext = simulcast_offer(rids, "a=simulcast:send q;h;f\r\n").replace(
+        "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n",
+        "",
+    );
+    let with_ssrcs = simulcast_offer(rids, "a=simulcast:send q;h;f\r\na=ssrc:1 cname:x\r\n");
+    for offer in [no_ext, with_ssrcs] {
+        let mut n = negotiator();
+        let (answer, _) = n.apply_offer(&offer).unwrap();
+        assert!(n.sections()[0].rids.is_empty());
+        assert!(!answer.contains("a=simulcast"), "{answer}");
+    }
     // More than three layers: the first three.
     let four = "a=rid:a send\r\na=rid:b send\r\na=rid:c send\r\na=rid:d send\r\n";
     let mut n = negotiator();
     n.apply_offer(&simulcast_offer(four, "a=simulcast:send a;b;c;d\r\n"))
         .unwrap();
     assert_eq!(n.sections()[0].rids, vec!["a", "b", "c"]);
+}
+
+/// Our sending sections carry the mid and (video) rid extensions with the ids the BUNDLE
+/// group already uses, so a client can later offer simulcast on the same connection.
+#[test]
+fn sending_sections_carry_mid_and_rid_extensions_with_bundle_ids() {
+    let rids = "a=rid:q send\r\na=rid:h send\r\n";
+    let mut n = negotiator();
+    // The client's own section names rid 10, mid 4 (Chromium's ids)...
+    n.apply_offer(&simulcast_offer(rids, "a=simulcast:send q;h\r\n"))
+        .unwrap();
+    n.add_sender(vp8_sender(1));
+    n.add_sender(opus_sender(7));
+    let offer = n.create_offer().unwrap();
+    let sections: Vec<&str> = offer.split("m=").skip(2).collect();
+    let video = sections.iter().find(|s| s.starts_with("video")).unwrap();
+    let audio = sections.iter().find(|s| s.starts_with("audio")).unwrap();
+    assert!(
+        video.contains("a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid"),
+        "{video}"
+    );
+    assert!(video.contains("a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"));
+    assert!(video.contains("a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"));
+    assert!(
+        audio.contains("a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid"),
+        "{audio}"
+    );
+    assert!(!audio.contains("rtp-stream-id"), "{audio}");
+
+    // ...a client that uses other ids gets those, and a default id taken by another
+    // extension is not reused.
+    let mut n = negotiator();
+    let offer = simulcast_offer(rids, "a=simulcast:send q;h\r\n")
+        .replace(
+            "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid",
+            "a=extmap:7 urn:ietf:params:rtp-hdrext:sdes:mid",
+        )
+        .replace("a=extmap:11 urn", "a=extmap:4 urn");
+    n.apply_offer(&offer).unwrap();
+    n.add_sender(vp8_sender(1));
+    let ours = n.create_offer().unwrap();
+    let video = ours.split("m=").last().unwrap();
+    assert!(
+        video.contains("a=extmap:7 urn:ietf:params:rtp-hdrext:sdes:mid"),
+        "{video}"
+    );
+    assert!(
+        video.contains("a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"),
+        "{video}"
+    );
 }
