@@ -211,7 +211,8 @@ pub struct Peer {
     dtls_role_settled: bool,
     stats: PeerStats,
     /// Data channels (SCTP over DTLS), once a section for them is agreed.
-    data: DataChannels,
+    /// Created on first use (a few KiB per participant otherwise).
+    data: Option<Box<DataChannels>>,
     /// The newest instant a caller gave us (SCTP timers run on it inside DTLS draining).
     latest: Instant,
 }
@@ -254,14 +255,14 @@ impl Peer {
             dtls_client_selected: None,
             rtcp_ssrcs: Vec::new(),
             stats: PeerStats::default(),
-            data: DataChannels::new(),
+            data: None,
             latest: now,
         }
     }
 
     /// What the data channels refused or dropped.
     pub fn channel_stats(&self) -> ChannelStats {
-        self.data.stats()
+        self.data.as_ref().map(|d| d.stats()).unwrap_or_default()
     }
 
     /// An ICE restart outside SDP (WHIP/WHEP `PATCH`): our new credentials and the
@@ -297,7 +298,10 @@ impl Peer {
             return Err(SendError::NoChannel(id));
         }
         self.latest = self.latest.max(now);
-        self.data.send(now, id, binary, data)?;
+        let Some(channels) = self.data.as_mut() else {
+            return Err(SendError::NoChannel(id));
+        };
+        channels.send(now, id, binary, data)?;
         self.flush_data();
         Ok(())
     }
@@ -309,12 +313,15 @@ impl Peer {
 
     /// Data channel packets out through DTLS, and their events up.
     fn flush_data(&mut self) {
-        while let Some(packet) = self.data.poll_transmit() {
+        let Some(channels) = self.data.as_mut() else {
+            return;
+        };
+        while let Some(packet) = channels.poll_transmit() {
             if !self.dtls.send_app_data(self.latest, &packet) {
                 break;
             }
         }
-        while let Some(event) = self.data.poll_event() {
+        while let Some(event) = channels.poll_event() {
             self.events.push_back(match event {
                 ChannelEvent::Opened { id, label, ordered } => {
                     PeerEvent::ChannelOpened { id, label, ordered }
@@ -440,8 +447,11 @@ impl Peer {
         }
         self.drain_dtls();
         // The data section rejected after it was agreed: its channels close for good.
-        if !self.negotiator.data_channels_live() && self.data.in_use() {
-            self.data.close(self.latest);
+        if !self.negotiator.data_channels_live()
+            && let Some(channels) = self.data.as_mut()
+            && channels.in_use()
+        {
+            channels.close(self.latest);
             self.flush_data();
         }
         for mid in applied.stopped {
@@ -785,7 +795,9 @@ impl Peer {
         let mut fed = false;
         while let Some(packet) = self.dtls.poll_app_data() {
             if self.negotiator.data_channels_live() {
-                self.data.handle_packet(self.latest, packet);
+                self.data
+                    .get_or_insert_with(Box::default)
+                    .handle_packet(self.latest, packet);
                 fed = true;
             } else {
                 self.stats.dtls_rejected += 1;
@@ -1039,7 +1051,7 @@ impl Peer {
             consider(self.twcc.poll_timeout());
         }
         if self.data_active() {
-            consider(self.data.poll_timeout());
+            consider(self.data.as_ref().and_then(|d| d.poll_timeout()));
         }
         if !self.connected && !self.gone {
             consider(Some(self.created + CONNECT_TIMEOUT));
@@ -1069,7 +1081,9 @@ impl Peer {
         self.dtls.handle_timeout(now);
         self.drain_dtls();
         if self.data_active() {
-            self.data.handle_timeout(now);
+            if let Some(channels) = self.data.as_mut() {
+                channels.handle_timeout(now);
+            }
             self.flush_data();
         }
         if self.srtp.is_some() {
@@ -1097,7 +1111,9 @@ impl Peer {
     pub fn close(&mut self, now: Instant) {
         if self.data_active() && self.dtls.is_connected() {
             self.latest = self.latest.max(now);
-            self.data.close(now);
+            if let Some(channels) = self.data.as_mut() {
+                channels.close(now);
+            }
             self.flush_data();
         }
         self.dtls.close(now);
