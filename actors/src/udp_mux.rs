@@ -582,8 +582,8 @@ impl SendBatch {
 /// at the same CPU per packet (at 150,000 packets/s too).
 const RECV_BATCH: usize = 8;
 /// Receive slots per buffer allocation (64 KiB): datagrams are views of their slots, and a
-/// buffer is replaced once all its slots are handed out. A payload kept for retransmission
-/// keeps its buffer alive, so buffers stay small.
+/// buffer is replaced once all its slots are handed out. A view kept alive keeps its whole
+/// buffer: the retransmission cache therefore copies what it keeps (`hearth_engine::nack`).
 const RECV_CHUNK_SLOTS: usize = 32;
 
 /// One datagram of a `recvmmsg` batch: its length in its slot and its source (None: a
