@@ -15,6 +15,7 @@
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use hearth_engine::turn::rate::RateLimiter;
 
 use crate::ids::ParticipantId;
 
@@ -34,32 +35,17 @@ pub const MAX_ENVELOPE_BYTES: usize = 64 * 1024;
 
 /// The meeting-wide budget of relayed copies.
 #[derive(Debug)]
-pub struct CopyBudget {
-    tokens: f64,
-    last: Instant,
-}
+pub struct CopyBudget(RateLimiter);
 
 impl CopyBudget {
     pub fn new(now: Instant) -> Self {
-        Self {
-            tokens: 2.0 * MEETING_COPIES_PER_SEC,
-            last: now,
-        }
+        let rate = MEETING_COPIES_PER_SEC as u64;
+        Self(RateLimiter::exact(rate, 2 * rate, now))
     }
 
     /// True if `copies` may go now (and takes them).
     pub fn allow(&mut self, now: Instant, copies: usize) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = self.last.max(now);
-        self.tokens =
-            (self.tokens + elapsed * MEETING_COPIES_PER_SEC).min(2.0 * MEETING_COPIES_PER_SEC);
-        let copies = copies as f64;
-        if self.tokens >= copies {
-            self.tokens -= copies;
-            true
-        } else {
-            false
-        }
+        self.0.allow(now, copies)
     }
 }
 
@@ -123,34 +109,23 @@ fn json_string(out: &mut String, s: &str) {
 /// Token buckets of one sender: messages and bytes.
 #[derive(Debug)]
 pub struct DataLimiter {
-    messages: f64,
-    bytes: f64,
-    last: Instant,
+    messages: RateLimiter,
+    bytes: RateLimiter,
 }
 
 impl DataLimiter {
     pub fn new(now: Instant) -> Self {
+        let (messages, bytes) = (RATE_PER_SEC as u64, BYTES_PER_SEC as u64);
         Self {
-            messages: 2.0 * RATE_PER_SEC,
-            bytes: 2.0 * BYTES_PER_SEC,
-            last: now,
+            messages: RateLimiter::exact(messages, 2 * messages, now),
+            bytes: RateLimiter::exact(bytes, 2 * bytes, now),
         }
     }
 
-    /// True if a message of `len` bytes may go now (and takes its tokens).
+    /// True if a message of `len` bytes may go now (and takes its tokens; a message
+    /// refused for its bytes still spends its message token).
     pub fn allow(&mut self, now: Instant, len: usize) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = self.last.max(now);
-        self.messages = (self.messages + elapsed * RATE_PER_SEC).min(2.0 * RATE_PER_SEC);
-        self.bytes = (self.bytes + elapsed * BYTES_PER_SEC).min(2.0 * BYTES_PER_SEC);
-        let len = len as f64;
-        if self.messages >= 1.0 && self.bytes >= len {
-            self.messages -= 1.0;
-            self.bytes -= len;
-            true
-        } else {
-            false
-        }
+        self.messages.allow(now, 1) && self.bytes.allow(now, len)
     }
 }
 

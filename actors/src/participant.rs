@@ -1035,7 +1035,7 @@ impl ParticipantState {
             sub.leg.close();
         }
         self.flush_drop_counters();
-        tracing::debug!(participant = %self.id, reason = reason.as_str(), transport = ?self.peer.stats(), "leaving");
+        tracing::debug!(participant = %self.id, reason = reason.as_str(), transport = ?self.peer.stats(), channels = ?self.peer.channel_stats(), "leaving");
         self.peer.close();
         self.flush();
         myself.stop(Some(reason.as_str().to_owned()));

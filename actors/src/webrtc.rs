@@ -297,6 +297,11 @@ impl WebRtcPeer {
         })
     }
 
+    /// What the data channels refused or dropped (malformed SCTP/DCEP, extra channels...).
+    pub fn channel_stats(&self) -> transport::ChannelStats {
+        self.peer.channel_stats()
+    }
+
     /// Sends a message on the client's data channel `id`.
     pub fn send_data(
         &mut self,

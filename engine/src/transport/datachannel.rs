@@ -13,7 +13,7 @@
 //! Inbound: SCTP packets come from DTLS application data ([`DataChannels::handle_packet`]);
 //! outbound packets are polled with [`DataChannels::poll_transmit`] for DTLS to encrypt.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -82,16 +82,12 @@ pub struct ChannelStats {
     pub messages_out: u64,
 }
 
-#[derive(Debug)]
-struct Channel {
-    label: String,
-}
-
 /// The data channels of one participant.
 pub struct DataChannels {
     endpoint: Endpoint,
     association: Option<(AssociationHandle, Association)>,
-    channels: HashMap<u16, Channel>,
+    /// Open channels (stream ids); their labels travel up in [`ChannelEvent::Opened`].
+    channels: HashSet<u16>,
     events: VecDeque<ChannelEvent>,
     transmits: VecDeque<Bytes>,
     stats: ChannelStats,
@@ -135,7 +131,7 @@ impl DataChannels {
             readable: Vec::new(),
             accepted: Vec::new(),
             association: None,
-            channels: HashMap::new(),
+            channels: HashSet::new(),
             events: VecDeque::new(),
             transmits: VecDeque::new(),
             stats: ChannelStats::default(),
@@ -157,11 +153,6 @@ impl DataChannels {
     /// True while an association exists or channels are open.
     pub fn in_use(&self) -> bool {
         self.association.is_some() || !self.channels.is_empty()
-    }
-
-    /// The open channels: (id, label).
-    pub fn channels(&self) -> impl Iterator<Item = (u16, &str)> {
-        self.channels.iter().map(|(id, c)| (*id, c.label.as_str()))
     }
 
     /// One SCTP packet from DTLS application data.
@@ -202,7 +193,7 @@ impl DataChannels {
         if data.len() > MAX_MESSAGE_BYTES {
             return Err(SendError::TooLarge(data.len()));
         }
-        if !self.channels.contains_key(&id) {
+        if !self.channels.contains(&id) {
             return Err(SendError::NoChannel(id));
         }
         let Some((_, association)) = &mut self.association else {
@@ -259,7 +250,7 @@ impl DataChannels {
             let _ = a.abort();
         }
         self.flush(now);
-        for id in self.channels.keys().copied().collect::<Vec<_>>() {
+        for id in self.channels.iter().copied().collect::<Vec<_>>() {
             self.events.push_back(ChannelEvent::Closed { id });
         }
         self.channels.clear();
@@ -285,7 +276,7 @@ impl DataChannels {
                 | Event::AssociationLost { id, .. } => {
                     self.readable.retain(|r| *r != id);
                     self.accepted.retain(|a| *a != id);
-                    if self.channels.remove(&id).is_some() {
+                    if self.channels.remove(&id) {
                         self.events.push_back(ChannelEvent::Closed { id });
                     }
                 }
@@ -327,7 +318,7 @@ impl DataChannels {
             }
         }
         if lost {
-            for id in self.channels.keys().copied().collect::<Vec<_>>() {
+            for id in self.channels.iter().copied().collect::<Vec<_>>() {
                 self.events.push_back(ChannelEvent::Closed { id });
             }
             self.channels.clear();
@@ -368,7 +359,7 @@ impl DataChannels {
         match ppi {
             Ppi::Dcep => self.on_dcep(now, id, payload),
             Ppi::String | Ppi::Binary | Ppi::StringEmpty | Ppi::BinaryEmpty => {
-                if !self.channels.contains_key(&id) {
+                if !self.channels.contains(&id) {
                     // Data on a stream no DCEP open named: reset it (no channel there).
                     self.stats.unknown_channel += 1;
                     if let Some((_, association)) = &mut self.association
@@ -410,7 +401,7 @@ impl DataChannels {
             // An ACK to an open of ours (we open none) or anything else: ignored.
             return;
         };
-        if self.channels.contains_key(&id) {
+        if self.channels.contains(&id) {
             self.stats.malformed += 1;
             return;
         }
@@ -448,12 +439,7 @@ impl DataChannels {
             .chars()
             .take(MAX_LABEL)
             .collect();
-        self.channels.insert(
-            id,
-            Channel {
-                label: label.clone(),
-            },
-        );
+        self.channels.insert(id);
         self.events.push_back(ChannelEvent::Opened {
             id,
             label,

@@ -1,4 +1,5 @@
-//! Bandwidth quota of one allocation: a token bucket in bytes.
+//! A token bucket: the bandwidth quota of one TURN allocation (in bytes), and any other
+//! rate limit counted in units (data channel messages, relayed copies).
 
 use std::time::Instant;
 
@@ -20,6 +21,18 @@ impl RateLimiter {
             rate: rate_bytes_per_sec as f64,
             burst,
             tokens: burst,
+            last: now,
+            dropped: 0,
+        }
+    }
+
+    /// Exactly `rate` units per second with bursts of `burst` (no minimum burst; `rate` 0
+    /// means unlimited).
+    pub fn exact(rate: u64, burst: u64, now: Instant) -> Self {
+        Self {
+            rate: rate as f64,
+            burst: burst as f64,
+            tokens: burst as f64,
             last: now,
             dropped: 0,
         }
