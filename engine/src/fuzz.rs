@@ -1107,7 +1107,7 @@ fn check_rtcp(data: &[u8]) -> Result<(), TestCaseError> {
     let mut out = Vec::new();
     let stats = rtcp::parse_compound(data, &mut out);
     let mut keyframes = Vec::new();
-    let (mut seqs, mut reports) = (0, 0);
+    let (mut seqs, mut reports, mut twcc_feedbacks) = (0, 0, 0);
     for f in &out {
         match f {
             rtcp::Feedback::KeyframeRequest { media_ssrc } => {
@@ -1123,8 +1123,17 @@ fn check_rtcp(data: &[u8]) -> Result<(), TestCaseError> {
             }
             rtcp::Feedback::Report(_) => reports += 1,
             rtcp::Feedback::SenderReport { .. } => {}
+            rtcp::Feedback::TransportCc(fb) => {
+                twcc_feedbacks += 1;
+                prop_assert!(fb.received.len() <= usize::from(fb.status_count));
+                prop_assert!(fb.received.len() <= data.len());
+                for (seq, _) in &fb.received {
+                    prop_assert!(seq.wrapping_sub(fb.base_seq) < fb.status_count);
+                }
+            }
         }
     }
+    prop_assert!(twcc_feedbacks <= 4);
     prop_assert!(keyframes.len() <= rtcp::MAX_KEYFRAME_SSRCS_PER_DATAGRAM);
     prop_assert!(seqs <= rtcp::MAX_NACK_SEQS_PER_DATAGRAM);
     prop_assert!(reports <= rtcp::MAX_REPORT_BLOCKS_PER_DATAGRAM);

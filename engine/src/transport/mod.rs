@@ -47,4 +47,4 @@ pub use peer::{
 };
 pub use rtcp::Feedback;
 pub use sdp::CodecParams;
-pub use srtp::RtpSealer;
+pub use srtp::{RtpSealer, SealFields};

@@ -20,6 +20,8 @@ use crate::media::Ssrc;
 use crate::nack::nack_pairs;
 use crate::stats::{NtpTime, ReportBlock, SenderInfo};
 
+use super::twcc::{TwccFeedback, parse_feedback};
+
 /// Datagrams longer than this are rejected whole (counted as malformed).
 pub const MAX_RTCP_DATAGRAM: usize = 1500;
 /// NACKed sequence numbers kept per datagram, over all media SSRCs, after de-duplication.
@@ -58,6 +60,9 @@ const PT_RANGE: std::ops::RangeInclusive<u8> = 192..=223;
 const FMT_NACK: u8 = 1;
 const FMT_PLI: u8 = 1;
 const FMT_FIR: u8 = 4;
+const FMT_TWCC: u8 = 15;
+/// TWCC feedback packets read per datagram (a receiver sends one per 50 to 100 ms).
+const MAX_TWCC_PER_DATAGRAM: u32 = 4;
 
 /// RTCP from the remote, translated for the SFU.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +80,9 @@ pub enum Feedback {
         ntp: NtpTime,
         rtp_ts: u32,
     },
+    /// Transport-wide congestion control feedback about the packets we sent (boxed: it is
+    /// large and rare next to the other kinds).
+    TransportCc(Box<TwccFeedback>),
 }
 
 /// What [`parse_compound`] saw in one datagram.
@@ -258,6 +266,7 @@ struct DatagramState {
     nacked: [u64; MAX_NACK_SEQS_PER_DATAGRAM],
     nacked_len: usize,
     report_blocks: usize,
+    transport_cc: u32,
 }
 
 impl DatagramState {
@@ -269,6 +278,7 @@ impl DatagramState {
             nacked: [0; MAX_NACK_SEQS_PER_DATAGRAM],
             nacked_len: 0,
             report_blocks: 0,
+            transport_cc: 0,
         }
     }
 }
@@ -320,7 +330,15 @@ fn read_packet(
             }
             read_nack(media, entries, state, out, stats)
         }
-        // SDES, BYE, APP, XR, other feedback (REMB, TWCC, SLI, RPSI, RRR, CCFB, ...) and
+        (PT_RTPFB, FMT_TWCC) => {
+            if state.transport_cc >= MAX_TWCC_PER_DATAGRAM {
+                return Some(());
+            }
+            state.transport_cc += 1;
+            out.push(Feedback::TransportCc(Box::new(parse_feedback(body)?)));
+            Some(())
+        }
+        // SDES, BYE, APP, XR, other feedback (REMB, SLI, RPSI, RRR, CCFB, ...) and
         // unassigned types in the RTCP range: well-formed by their header, not needed.
         _ => Some(()),
     }
@@ -560,7 +578,7 @@ mod tests {
             0x00, 0x00, 0x00, 0x00, // media SSRC (unused by FIR)
             0x55, 0x66, 0x77, 0x88, 0x07, 0x00, 0x00, 0x00, // entry: SSRC, seq nr 7
             0xaa, 0xbb, 0xcc, 0xdd, 0x08, 0x00, 0x00, 0x00, // entry: PLI'd above: coalesced
-            // TWCC, skipped
+            // TWCC
             0x8f, 0xcd, 0x00, 0x05, // FMT=15, PT=205, length 5
             0x11, 0x22, 0x33, 0x44, // sender SSRC
             0xaa, 0xbb, 0xcc, 0xdd, // media SSRC
@@ -593,6 +611,13 @@ mod tests {
                 Feedback::KeyframeRequest {
                     media_ssrc: Ssrc(0x5566_7788)
                 },
+                // Reference time 1 (64 ms) plus one small delta of 4 x 250 µs.
+                Feedback::TransportCc(Box::new(TwccFeedback {
+                    base_seq: 1,
+                    feedback_count: 0,
+                    status_count: 1,
+                    received: vec![(1, 65_000)],
+                })),
             ]
         );
         assert_eq!(

@@ -769,7 +769,8 @@ impl Negotiator {
             } else {
                 None
             };
-            let feedback = default_feedback(sender.kind);
+            let mut feedback = default_feedback(sender.kind);
+            feedback.push("transport-cc".into());
             out.push(NegotiatedCodec {
                 pt,
                 params,
@@ -1700,14 +1701,20 @@ fn offered_twcc(offered: &OfferedSection) -> bool {
     offered.extmap.iter().any(|(_, u)| u == TRANSPORT_CC_URI)
 }
 
-/// Extensions our sending sections carry in SDP (we do not write them into forwarded
-/// packets): the mid, and for video the rid pair. Chromium offers a later section only the
-/// extensions the BUNDLE group has negotiated, and refuses its own simulcast offer when the
-/// rid extension is not among them.
+/// Extensions our sending sections carry in SDP. Forwarded packets carry one of them, the
+/// transport-wide sequence number (the subscriber's TWCC feedback drives our send-side
+/// bandwidth estimate); the mid and, for video, the rid pair are named only: Chromium offers
+/// a later section only the extensions the BUNDLE group has negotiated, and refuses its own
+/// simulcast offer when the rid extension is not among them.
 fn local_extensions(kind: MediaKind) -> &'static [(&'static str, u8)] {
     match kind {
-        MediaKind::Audio => &[(MID_URI, 4)],
-        MediaKind::Video => &[(MID_URI, 4), (RID_URI, 10), (REPAIRED_RID_URI, 11)],
+        MediaKind::Audio => &[(TRANSPORT_CC_URI, 3), (MID_URI, 4)],
+        MediaKind::Video => &[
+            (TRANSPORT_CC_URI, 3),
+            (MID_URI, 4),
+            (RID_URI, 10),
+            (REPAIRED_RID_URI, 11),
+        ],
     }
 }
 

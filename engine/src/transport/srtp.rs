@@ -157,6 +157,8 @@ impl std::fmt::Debug for RtpSealer {
 
 /// RTP header written by the sealer: no CSRCs, no extensions.
 const SEALED_HEADER_LEN: usize = 12;
+/// ...and with the transport-wide sequence number extension (one 32-bit word).
+const MAX_SEALED_HEADER_LEN: usize = 20;
 /// AES-GCM's authentication tag (RFC 7714: 16 octets).
 const GCM_TAG_LEN: usize = 16;
 
@@ -216,29 +218,67 @@ impl RtpSealer {
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), SrtpError> {
+        self.seal_packet(
+            &SealFields {
+                seq,
+                timestamp,
+                marker,
+                ..SealFields::default()
+            },
+            prefix,
+            payload,
+            out,
+        )
+    }
+
+    /// Appends one SRTP packet with everything [`SealFields`] can say: the transport-wide
+    /// sequence number in a one-byte header extension (RFC 8285), and RTP padding (a probe
+    /// packet is padding only).
+    pub fn seal_packet(
+        &mut self,
+        fields: &SealFields,
+        prefix: &[u8],
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SrtpError> {
         let start = out.len();
-        let mut header = [0u8; SEALED_HEADER_LEN];
-        header[0] = 0x80;
-        header[1] = (u8::from(marker) << 7) | (self.payload_type & 0x7f);
-        header[2..4].copy_from_slice(&seq.to_be_bytes());
-        header[4..8].copy_from_slice(&timestamp.to_be_bytes());
+        let mut header = [0u8; MAX_SEALED_HEADER_LEN];
+        let padded = fields.padding > 0;
+        header[0] = 0x80 | if padded { 0x20 } else { 0 };
+        header[1] = (u8::from(fields.marker) << 7) | (self.payload_type & 0x7f);
+        header[2..4].copy_from_slice(&fields.seq.to_be_bytes());
+        header[4..8].copy_from_slice(&fields.timestamp.to_be_bytes());
         header[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
+        let header_len = match fields.transport_seq {
+            Some((id, tseq)) if (1..=14).contains(&id) => {
+                header[0] |= 0x10;
+                // One-byte header profile, one 32-bit word: id/len, the 16-bit sequence, pad.
+                header[12..16].copy_from_slice(&[0xBE, 0xDE, 0x00, 0x01]);
+                header[16] = (id << 4) | 0x01;
+                header[17..19].copy_from_slice(&tseq.to_be_bytes());
+                MAX_SEALED_HEADER_LEN
+            }
+            _ => SEALED_HEADER_LEN,
+        };
+        let mut pad = [0u8; 255];
+        let pad = if padded {
+            let n = usize::from(fields.padding);
+            pad[n - 1] = fields.padding;
+            &pad[..n]
+        } else {
+            &pad[..0]
+        };
+        let header = &header[..header_len];
         let result = match &mut self.cipher {
-            SealerCipher::Gcm(gcm) => gcm.seal(&header, self.ssrc, seq, prefix, payload, out),
+            SealerCipher::Gcm(gcm) => {
+                gcm.seal(header, self.ssrc, fields.seq, [prefix, payload, pad], out)
+            }
             SealerCipher::Context(ctx) => {
-                out.extend_from_slice(&header);
+                out.extend_from_slice(header);
                 out.extend_from_slice(prefix);
                 out.extend_from_slice(payload);
-                let parsed = rtc_rtp::header::Header {
-                    version: 2,
-                    marker,
-                    payload_type: self.payload_type,
-                    sequence_number: seq,
-                    timestamp,
-                    ssrc: self.ssrc,
-                    ..Default::default()
-                };
-                match ctx.encrypt_rtp_with_header(&out[start..], &parsed) {
+                out.extend_from_slice(pad);
+                match ctx.encrypt_rtp(&out[start..]) {
                     Ok(sealed) => {
                         out.truncate(start);
                         out.extend_from_slice(&sealed);
@@ -253,6 +293,18 @@ impl RtpSealer {
         }
         result
     }
+}
+
+/// What [`RtpSealer::seal_packet`] writes besides the payload.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SealFields {
+    pub seq: u16,
+    pub timestamp: u32,
+    pub marker: bool,
+    /// (extension id, transport-wide sequence number); ids outside 1..=14 write nothing.
+    pub transport_seq: Option<(u8, u16)>,
+    /// Octets of RTP padding after the payload (0: none; the last one holds the count).
+    pub padding: u8,
 }
 
 /// SRTP with AES-GCM for one outgoing SSRC (RFC 7714), sealing in place.
@@ -295,21 +347,22 @@ impl GcmSealer {
 
     fn seal(
         &mut self,
-        header: &[u8; SEALED_HEADER_LEN],
+        header: &[u8],
         ssrc: u32,
         seq: u16,
-        prefix: &[u8],
-        payload: &[u8],
+        parts: [&[u8]; 3],
         out: &mut Vec<u8>,
     ) -> Result<(), SrtpError> {
         let roc = self.rollover_for(seq)?;
         let iv = gcm_iv(&self.salt, ssrc, roc, seq);
         let start = out.len();
-        out.reserve(SEALED_HEADER_LEN + prefix.len() + payload.len() + GCM_TAG_LEN);
+        let body_len: usize = parts.iter().map(|p| p.len()).sum();
+        out.reserve(header.len() + body_len + GCM_TAG_LEN);
         out.extend_from_slice(header);
-        out.extend_from_slice(prefix);
-        out.extend_from_slice(payload);
-        let (aad, body) = out[start..].split_at_mut(SEALED_HEADER_LEN);
+        for part in parts {
+            out.extend_from_slice(part);
+        }
+        let (aad, body) = out[start..].split_at_mut(header.len());
         let mut tag = [0u8; GCM_TAG_LEN];
         self.aead
             .seal_in_place(&iv, aad, body, &mut tag)
@@ -958,5 +1011,63 @@ mod tests {
         let mut p = BytesMut::from(sealed);
         rx.open_rtp(&mut p, 12, 7, 1).unwrap();
         assert_eq!(&p[12..], &[9; 40][..]);
+    }
+
+    /// The transport-wide sequence number goes into a one-byte header extension that
+    /// `rtc-rtp` reads back under its id, and a padding-only probe is a valid padded
+    /// packet, for both cipher paths.
+    #[test]
+    fn transport_sequence_extension_and_padding_open_with_rtc_srtp() {
+        for profile in [
+            ProtectionProfile::AeadAes128Gcm,
+            ProtectionProfile::Aes128CmHmacSha1_80,
+        ] {
+            let k = keys(profile);
+            let mut ours = RtpSealer::new(&k, crypto(), 0x0bad_cafe, 96).unwrap();
+            let mut rx = SrtpSession::new(&k, crypto()).unwrap();
+            for (seq, tseq, padding, payload) in [
+                (1u16, 65_535u16, 0u8, vec![7u8; 30]),
+                (2, 0, 200, Vec::new()),
+                (3, 1, 1, vec![1, 2, 3]),
+            ] {
+                let mut out = Vec::new();
+                let fields = SealFields {
+                    seq,
+                    timestamp: 90,
+                    marker: false,
+                    transport_seq: Some((3, tseq)),
+                    padding,
+                };
+                ours.seal_packet(&fields, &[], &payload, &mut out).unwrap();
+                let mut reader = &out[..];
+                let header =
+                    <rtc_rtp::header::Header as rtc_shared::marshal::Unmarshal>::unmarshal(
+                        &mut reader,
+                    )
+                    .unwrap();
+                assert_eq!(
+                    header.get_extension(3).map(|b| b.to_vec()),
+                    Some(tseq.to_be_bytes().to_vec()),
+                    "{profile:?}"
+                );
+                assert_eq!(header.padding, padding > 0);
+                let opened = rx.decrypt_rtp(&out, &header).unwrap();
+                let body = &opened[20..];
+                assert_eq!(body.len(), payload.len() + usize::from(padding));
+                assert_eq!(&body[..payload.len()], &payload[..]);
+                if padding > 0 {
+                    assert_eq!(body[body.len() - 1], padding);
+                }
+            }
+            // An id a one-byte header cannot carry writes no extension.
+            let mut out = Vec::new();
+            let fields = SealFields {
+                seq: 9,
+                transport_seq: Some((15, 1)),
+                ..SealFields::default()
+            };
+            ours.seal_packet(&fields, &[], &[1], &mut out).unwrap();
+            assert_eq!(out[0] & 0x10, 0);
+        }
     }
 }

@@ -428,6 +428,123 @@ fn two_bit_chunk(symbols: &[u8]) -> u16 {
         })
 }
 
+/// A TWCC feedback packet a receiver sent about our packets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TwccFeedback {
+    pub base_seq: u16,
+    pub feedback_count: u8,
+    /// Sequence numbers covered, from `base_seq` (received or not).
+    pub status_count: u16,
+    /// The received ones, in order: sequence number and arrival in µs on the receiver's
+    /// clock (reference time x 64 ms plus the deltas).
+    pub received: Vec<(u16, i64)>,
+}
+
+impl TwccFeedback {
+    /// Sequence numbers covered and reported not received.
+    pub fn lost(&self) -> usize {
+        usize::from(self.status_count).saturating_sub(self.received.len())
+    }
+}
+
+/// Reads the FCI of a TransportLayerCC packet: `body` is the RTCP packet after its 4-byte
+/// header (sender SSRC first). None if anything is out of bounds, a run is empty or a
+/// reserved symbol is used. Never panics; work and memory are bounded by `body`'s length
+/// (a run of 8,191 lost packets is counted, not listed).
+pub fn parse_feedback(body: &[u8]) -> Option<TwccFeedback> {
+    let fixed = body.get(..16)?;
+    let base_seq = u16::from_be_bytes([fixed[8], fixed[9]]);
+    let status_count = u16::from_be_bytes([fixed[10], fixed[11]]);
+    if status_count == 0 {
+        return None;
+    }
+    let reference = i64::from(u32::from_be_bytes([0, fixed[12], fixed[13], fixed[14]]));
+    let feedback_count = fixed[15];
+    let count = usize::from(status_count);
+    // Chunks first, then the deltas: find where the chunks end.
+    let mut chunks_len = 0;
+    let mut covered = 0usize;
+    let mut with_delta = 0usize;
+    let mut delta_bytes = 0usize;
+    while covered < count {
+        let chunk = body.get(16 + chunks_len..18 + chunks_len)?;
+        chunks_len += 2;
+        let chunk = u16::from_be_bytes([chunk[0], chunk[1]]);
+        let mut fail = false;
+        let left = count - covered;
+        for_each_symbol(chunk, left, |symbol, n| {
+            match symbol {
+                0 => {}
+                1 | 2 => {
+                    with_delta += n;
+                    delta_bytes += n * usize::from(symbol);
+                }
+                _ => fail = true,
+            }
+            covered += n;
+        });
+        if fail {
+            return None;
+        }
+    }
+    let deltas = body.get(16 + chunks_len..16 + chunks_len + delta_bytes)?;
+    let mut received = Vec::with_capacity(with_delta);
+    let mut time = reference * 64_000;
+    let mut at = 0usize;
+    let mut seq = base_seq;
+    let mut covered = 0usize;
+    for chunk in body[16..16 + chunks_len].chunks_exact(2) {
+        let chunk = u16::from_be_bytes([chunk[0], chunk[1]]);
+        let left = count - covered;
+        for_each_symbol(chunk, left, |symbol, n| {
+            if symbol == 0 {
+                seq = seq.wrapping_add(n as u16);
+            } else {
+                for _ in 0..n {
+                    let ticks = if symbol == 1 {
+                        i64::from(deltas[at])
+                    } else {
+                        i64::from(i16::from_be_bytes([deltas[at], deltas[at + 1]]))
+                    };
+                    at += usize::from(symbol);
+                    time += ticks * TICK_US as i64;
+                    received.push((seq, time));
+                    seq = seq.wrapping_add(1);
+                }
+            }
+            covered += n;
+        });
+    }
+    Some(TwccFeedback {
+        base_seq,
+        feedback_count,
+        status_count,
+        received,
+    })
+}
+
+/// Calls `f(symbol, n)` for the statuses of one packet status chunk, in order, covering at
+/// most `left` of them (runs are passed whole; an empty run is symbol 3, refused by the
+/// caller).
+fn for_each_symbol(chunk: u16, left: usize, mut f: impl FnMut(u8, usize)) {
+    if chunk & 0x8000 == 0 {
+        let run = usize::from(chunk & 0x1fff);
+        if run == 0 {
+            f(3, 0);
+        } else {
+            f(((chunk >> 13) & 0b11) as u8, run.min(left));
+        }
+    } else if chunk & 0x4000 == 0 {
+        for i in 0..ONE_BIT_CAPACITY.min(left) {
+            f(((chunk >> (13 - i)) & 1) as u8, 1);
+        }
+    } else {
+        for i in 0..TWO_BIT_CAPACITY.min(left) {
+            f(((chunk >> (12 - 2 * i)) & 0b11) as u8, 1);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,6 +644,17 @@ mod tests {
         }
         assert!(deltas.next().is_none());
         assert_eq!(cc.sender_ssrc, 0x5e5e_5e5e);
+        // Hearth's own reader (the send side's) reads the same.
+        let ours = parse_feedback(&bytes[4..])
+            .unwrap_or_else(|| panic!("parse_feedback reads it: count {count} chunks {:?}", cc.packet_chunks.len()));
+        assert_eq!(ours.base_seq, cc.base_sequence_number);
+        assert_eq!(ours.feedback_count, cc.fb_pkt_count);
+        assert_eq!(usize::from(ours.status_count), count);
+        let received: Vec<(u16, i64)> = statuses
+            .iter()
+            .filter_map(|&(s, t)| Some((s, t?)))
+            .collect();
+        assert_eq!(ours.received, received);
         Decoded {
             base: cc.base_sequence_number,
             count: cc.fb_pkt_count,
@@ -950,5 +1078,51 @@ mod tests {
                 prop_assert!(reported.contains_key(s), "seq {} never reported", s);
             }
         }
+    }
+
+    /// Feedback that lies is refused whole, never trusted for more than its bytes: an
+    /// empty run, a reserved symbol, deltas missing; a claim of 65,535 lost packets is
+    /// counted without listing them; a sequence wrap and negative deltas read as such.
+    #[test]
+    fn lying_feedback_is_refused_or_bounded() {
+        let fixed = |base: u16, count: u16| {
+            let mut b = vec![0x11, 0x22, 0x33, 0x44, 0xaa, 0xbb, 0xcc, 0xdd];
+            b.extend_from_slice(&base.to_be_bytes());
+            b.extend_from_slice(&count.to_be_bytes());
+            b.extend_from_slice(&[0x00, 0x00, 0x02, 0x07]); // reference 2 (128 ms), count 7
+            b
+        };
+        // Empty run.
+        let mut b = fixed(1, 1);
+        b.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+        assert_eq!(parse_feedback(&b), None);
+        // Reserved symbol (two-bit vector: 0b11 first).
+        let mut b = fixed(1, 1);
+        b.extend_from_slice(&[0xf0, 0x00, 0x00, 0x00]);
+        assert_eq!(parse_feedback(&b), None);
+        // Run of 8,191 small deltas with 2 bytes of deltas.
+        let mut b = fixed(1, 8191);
+        b.extend_from_slice(&[0x3f, 0xff, 0x01, 0x01]);
+        assert_eq!(parse_feedback(&b), None);
+        // Chunks cut short.
+        assert_eq!(parse_feedback(&fixed(1, 20)), None);
+        assert_eq!(parse_feedback(&fixed(1, 0)), None);
+        assert_eq!(parse_feedback(&[0; 15]), None);
+        // 65,535 statuses, all lost: nine runs, nothing listed.
+        let mut b = fixed(5, 65_535);
+        for _ in 0..9 {
+            b.extend_from_slice(&[0x1f, 0xff]);
+        }
+        let fb = parse_feedback(&b).unwrap();
+        assert_eq!(fb.lost(), 65_535);
+        assert!(fb.received.is_empty());
+        // Across the wrap: 65535 received (+1 ms), 0 lost, 1 received 2 ms before it.
+        let mut b = fixed(65_535, 3);
+        b.extend_from_slice(&[0xd2, 0x00]); // two-bit vector: small, none, large
+        b.extend_from_slice(&[0x04, 0xff, 0xf8, 0x00]); // +4 ticks, -8 ticks, pad
+        let fb = parse_feedback(&b).unwrap();
+        assert_eq!(fb.received, vec![(65_535, 129_000), (1, 127_000)]);
+        assert_eq!(fb.lost(), 1);
+        assert_eq!(fb.feedback_count, 7);
     }
 }
