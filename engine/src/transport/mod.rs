@@ -8,7 +8,8 @@
 //! | [`sdp`] | offer/answer on `rtc-sdp`: BUNDLE, codecs, extensions, SSRCs, m-line recycling, limits |
 //! | [`rtcp`] | RTCP parsing with abuse limits, and builders |
 //! | [`rtp_view`] | RTP headers and their extensions read in place |
-//! | [`twcc`] | transport-wide congestion control feedback toward publishers |
+//! | [`twcc`] | transport-wide congestion control feedback toward publishers, and its reader |
+//! | [`bwe`] | send-side bandwidth estimate per subscriber from its TWCC feedback: delay trend, loss, probing |
 //! | [`datachannel`] | data channels: SCTP (`rtc-sctp`) over DTLS, DCEP opens, limits and back-pressure |
 //! | [`peer`] | one participant's transport: RFC 7983 demux and everything above together |
 //!
@@ -17,6 +18,7 @@
 //! DTLS handshake draws its randoms from the crypto provider, as TLS must, and SCTP its
 //! verification tags.
 
+pub mod bwe;
 pub mod datachannel;
 pub mod dtls;
 pub mod ice;
