@@ -35,6 +35,7 @@ command -v cmake >/dev/null || need+=(cmake)                 # builds CTranslate
 command -v g++ >/dev/null || need+=(g++)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)         # speech with known words
 command -v sox >/dev/null || need+=(sox)
+command -v nft >/dev/null || need+=(nftables)                # random loss on a shaped link
 if [ ${#need[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"

@@ -24,7 +24,8 @@ use std::time::Instant;
 use hearth_engine::forwarder::{Drop as ForwardDrop, ForwardedHeader, Forwarder};
 use hearth_engine::media::MediaPacket;
 use hearth_engine::stats::SendStats;
-use hearth_engine::transport::RtpSealer;
+use hearth_engine::transport::bwe::SendHistory;
+use hearth_engine::transport::{RtpSealer, SealFields};
 
 use crate::billing::UsageInterval;
 use crate::ids::ParticipantId;
@@ -56,9 +57,39 @@ pub struct LegState {
     pub dest: Option<SocketAddr>,
     /// False once the subscription ended or the subscriber left.
     pub open: bool,
-    /// Packets sent on this leg (first sends and retransmissions).
+    /// Packets sent on this leg (first sends and retransmissions), and their bytes.
     pub sent: u64,
+    pub sent_bytes: u64,
+    /// The subscriber's transport-wide sequence numbers (its send history, shared by all
+    /// its legs), once the extension is agreed: every packet sent carries the next one.
+    pub twcc: Option<TwccLeg>,
+    /// Simulcast: the layers of the track this subscriber's tile can use (up to the one its
+    /// height asks for), smallest first, with the rate each arrives at (bits/s). Written by
+    /// the publisher, read by the subscriber's bandwidth allocation.
+    pub layers: Vec<(u8, u32)>,
 }
+
+/// A leg's handle on its subscriber's transport-wide sequence.
+#[derive(Clone)]
+pub struct TwccLeg {
+    pub history: Arc<Mutex<SendHistory>>,
+    /// The extension id agreed for it.
+    pub ext: u8,
+}
+
+impl TwccLeg {
+    /// The next transport-wide sequence number, for a packet of about `size` bytes sent
+    /// at `now` (None if the history's lock is poisoned).
+    fn next(&self, now: Instant, size: usize) -> Option<(u8, u16)> {
+        let mut history = self.history.lock().ok()?;
+        let probe = history.active_probe;
+        Some((self.ext, history.on_sent(now, size, probe)))
+    }
+}
+
+/// Bytes a sealed packet adds around its payload: header with the transport-wide
+/// extension, and the AES-GCM tag.
+const SEAL_OVERHEAD: usize = 20 + 16;
 
 /// A send leg's retransmission stream. Kept for the leg's lifetime once created, even
 /// while a later exchange turns RTX off: a new sealer for the same SSRC would restart its
@@ -93,6 +124,9 @@ impl SendLeg {
                 dest: None,
                 open: true,
                 sent: 0,
+                sent_bytes: 0,
+                twcc: None,
+                layers: Vec::new(),
             }),
             usage: None,
         }
@@ -147,6 +181,39 @@ impl SendLeg {
         result
     }
 
+    /// Sends `size` bytes of padding (at most 255) on the leg's RTX stream: one packet of a
+    /// bandwidth probe, counted by the client's transport (its TWCC feedback names it) and
+    /// never seen by its decoder. Returns the datagram's length; 0 when the leg has no RTX
+    /// stream, no transport-wide sequence or is not ready.
+    pub fn send_padding(&self, now: Instant, size: usize, batch: &mut SendBatch) -> usize {
+        let Some(mut st) = self.lock() else {
+            return 0;
+        };
+        let st = &mut *st;
+        let (true, Some(dest), Some(twcc)) = (st.open, st.dest, st.twcc.clone()) else {
+            return 0;
+        };
+        let timestamp = st.stats.last_timestamp().unwrap_or(0);
+        let Some(rtx) = st.rtx.as_mut().filter(|r| r.enabled) else {
+            return 0;
+        };
+        let padding = size.clamp(1, 255) as u8;
+        let fields = SealFields {
+            seq: rtx.next_seq,
+            timestamp,
+            marker: false,
+            transport_seq: twcc.next(now, SEAL_OVERHEAD + usize::from(padding)),
+            padding,
+        };
+        let len = batch.push_with(dest, |buf| {
+            rtx.sealer.seal_packet(&fields, &[], &[], buf).is_ok()
+        });
+        if len > 0 {
+            rtx.next_seq = rtx.next_seq.wrapping_add(1);
+        }
+        len
+    }
+
     fn forward_locked(
         &self,
         now: Instant,
@@ -176,21 +243,23 @@ impl SendLeg {
                 Err(_) => return Forwarded::Skipped,
             }
         };
+        let twcc = st.twcc.clone();
         let len = match (&mut st.rtx, retransmission) {
             (Some(rtx), true) if rtx.enabled => {
                 // RFC 4588 §4: the RTX stream's own sequence number, the original (as the
                 // subscriber saw it) first in the payload.
                 let seq = rtx.next_seq;
+                let fields = SealFields {
+                    seq,
+                    timestamp: header.timestamp,
+                    marker: header.marker,
+                    transport_seq: twcc
+                        .and_then(|t| t.next(now, SEAL_OVERHEAD + 2 + pkt.payload.len())),
+                    padding: 0,
+                };
                 let len = batch.push_with(dest, |buf| {
                     rtx.sealer
-                        .seal_with_prefix(
-                            seq,
-                            header.timestamp,
-                            header.marker,
-                            &header.seq.to_be_bytes(),
-                            &pkt.payload,
-                            buf,
-                        )
+                        .seal_packet(&fields, &header.seq.to_be_bytes(), &pkt.payload, buf)
                         .is_ok()
                 });
                 if len > 0 {
@@ -199,22 +268,25 @@ impl SendLeg {
                 }
                 len
             }
-            _ => batch.push_with(dest, |buf| {
-                sealer
-                    .seal_into(
-                        header.seq,
-                        header.timestamp,
-                        header.marker,
-                        &pkt.payload,
-                        buf,
-                    )
-                    .is_ok()
-            }),
+            _ => {
+                let fields = SealFields {
+                    seq: header.seq,
+                    timestamp: header.timestamp,
+                    marker: header.marker,
+                    transport_seq: twcc
+                        .and_then(|t| t.next(now, SEAL_OVERHEAD + pkt.payload.len())),
+                    padding: 0,
+                };
+                batch.push_with(dest, |buf| {
+                    sealer.seal_packet(&fields, &[], &pkt.payload, buf).is_ok()
+                })
+            }
         };
         if len == 0 {
             return Forwarded::Skipped;
         }
         st.sent += 1;
+        st.sent_bytes += len as u64;
         if retransmission && !st.rtx.as_ref().is_some_and(|r| r.enabled) {
             metrics::counter!(RETRANSMISSIONS_METRIC, "stream" => "primary").increment(1);
         }

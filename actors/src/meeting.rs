@@ -1143,10 +1143,15 @@ impl MeetingState {
             self.node
                 .events
                 .append(&self.id, EventKind::ActiveSpeakers(list.clone()));
+            let loudest = list.first().map(|(id, _)| id.clone());
             for member in self.members.values() {
                 member
                     .signal
                     .send(ServerSignal::ActiveSpeakers(list.clone()));
+                // Its bandwidth allocation favours the speaker's camera.
+                let _ = member
+                    .actor
+                    .send_message(ParticipantMsg::ActiveSpeaker(loudest.clone()));
             }
             self.last_speakers = list;
         }

@@ -114,6 +114,14 @@ pub struct ParticipantStats {
     pub data_in: u64,
     pub data_out: u64,
     pub data_dropped: u64,
+    /// Congestion control of what this participant receives: the estimate of its path
+    /// (bits/s), whether feedback has limited it (else it is the optimistic start), the
+    /// rate its client acknowledged, and probes sent and the padding they took.
+    pub bwe_estimate_bps: u64,
+    pub bwe_limited: bool,
+    pub bwe_acked_bps: u64,
+    pub bwe_probes: u64,
+    pub bwe_padding_bytes: u64,
 }
 
 pub enum ParticipantMsg {
@@ -156,7 +164,11 @@ pub enum ParticipantMsg {
         track: TrackKey,
         subscriber: ParticipantId,
         max_height: u32,
+        /// The subscriber's bandwidth allocation caps it at this layer (None: no cap).
+        max_layer: Option<u8>,
     },
+    /// The meeting's loudest speaker now (the bandwidth allocation favours their camera).
+    ActiveSpeaker(Option<ParticipantId>),
     /// The meeting asks us to go (kick, meeting ended).
     Leave(LeaveReason),
     /// Drill and test hook: fail like a bug would.
@@ -222,6 +234,8 @@ struct Published {
     dims: Option<(u16, u16)>,
     /// When the layer last sent (a layer the publisher stopped is not chosen).
     last_packet: Option<Instant>,
+    /// Its incoming rate (subscribers' bandwidth allocation weighs layers by it).
+    rate: RateWindow,
     ssrc: Ssrc,
     stack_id: String,
     codec: CodecParams,
@@ -254,6 +268,30 @@ struct LayerChoice {
     target: u8,
     /// The subscriber's tile height in pixels (`u32::MAX`: not told, the best layer).
     max_height: u32,
+    /// The subscriber's bandwidth allocation caps it at this layer.
+    max_layer: Option<u8>,
+}
+
+/// The rate a stream arrives or leaves at, over windows of a second.
+#[derive(Clone, Copy, Debug, Default)]
+struct RateWindow {
+    start: Option<Instant>,
+    bytes: u64,
+    bps: u32,
+}
+
+impl RateWindow {
+    fn on_bytes(&mut self, now: Instant, bytes: u64) {
+        let start = *self.start.get_or_insert(now);
+        self.bytes += bytes;
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= Duration::from_secs(1) {
+            self.bps =
+                (self.bytes as f64 * 8.0 / elapsed.as_secs_f64()).min(f64::from(u32::MAX)) as u32;
+            self.start = Some(now);
+            self.bytes = 0;
+        }
+    }
 }
 
 /// The layer for a tile `max_height` pixels high: the lowest whose keyframes are at least
@@ -288,6 +326,17 @@ struct Subscription {
     hidden: bool,
     /// The tile height the publisher was last told (simulcast layer choice).
     told_height: u32,
+    /// The layer cap the publisher was last told (bandwidth allocation).
+    told_cap: Option<u8>,
+    /// Whose track it is, its kind, and whether it is a screen share (allocation).
+    publisher: ParticipantId,
+    audio: bool,
+    screen: bool,
+    /// Paused by the bandwidth allocation (its lowest layer does not fit our path now).
+    bw_paused: bool,
+    /// The leg's bytes sent at the last allocation, and the rate since.
+    sent_seen: u64,
+    rate: RateWindow,
 }
 
 /// One copy of a published packet: straight onto a subscriber's leg, or into its queue.
@@ -365,6 +414,10 @@ pub struct ParticipantState {
     /// `hearth_forward_delay_seconds`: socket arrival → forwarded packet handed to the kernel.
     forward_delay: metrics::Histogram,
     leaving: bool,
+    /// Congestion control of what we receive: estimate, probes, allocation.
+    cc: crate::congestion::Congestion,
+    /// The meeting's loudest speaker.
+    active_speaker: Option<ParticipantId>,
     /// Drill hook: the next datagram on the driver's fast path panics.
     media_fault: bool,
 }
@@ -574,6 +627,8 @@ impl Actor for ParticipantActor {
                 published: Vec::new(),
                 subscriptions: HashMap::new(),
                 layer_choices: HashMap::new(),
+                cc: crate::congestion::Congestion::new(),
+                active_speaker: None,
                 track_prefs: HashMap::new(),
                 withdrawn_mids: Vec::new(),
                 by_out_ssrc: HashMap::new(),
@@ -655,7 +710,7 @@ impl Actor for ParticipantActor {
                     if sub.track == track {
                         sub.remote_muted = muted;
                         if let Some(mut leg) = sub.leg.lock() {
-                            if muted || sub.hidden {
+                            if muted || sub.hidden || sub.bw_paused {
                                 leg.forwarder.pause();
                             } else {
                                 leg.forwarder.resume();
@@ -689,6 +744,7 @@ impl Actor for ParticipantActor {
                         current: None,
                         target: 0,
                         max_height: u32::MAX,
+                        max_layer: None,
                     };
                     let subscriber = choice.leg.subscriber.clone();
                     state
@@ -717,6 +773,7 @@ impl Actor for ParticipantActor {
                 track,
                 subscriber,
                 max_height,
+                max_layer,
             } => {
                 if let Some(choice) = state
                     .layer_choices
@@ -724,7 +781,16 @@ impl Actor for ParticipantActor {
                     .and_then(|c| c.get_mut(&subscriber))
                 {
                     choice.max_height = max_height;
+                    choice.max_layer = max_layer;
                     state.choose_layers(now, track);
+                }
+            }
+            ParticipantMsg::ActiveSpeaker(speaker) => {
+                if state.active_speaker != speaker {
+                    state.active_speaker = speaker;
+                    if state.cc.limited() {
+                        state.allocate_bandwidth(now);
+                    }
                 }
             }
             ParticipantMsg::KeyframeRequest { track, from } => {
@@ -773,6 +839,12 @@ impl Actor for ParticipantActor {
                 stats.ingress_dropped = state.ingress.dropped();
                 stats.media_queue_depth = state.media.depth();
                 stats.data_channels = state.channels.len();
+                let bwe = state.cc.stats();
+                stats.bwe_estimate_bps = bwe.estimate_bps;
+                stats.bwe_limited = bwe.limited;
+                stats.bwe_acked_bps = bwe.acked_bps.unwrap_or(0);
+                stats.bwe_probes = bwe.probes;
+                stats.bwe_padding_bytes = state.cc.padding_bytes;
                 let _ = reply.send(stats);
             }
         }
@@ -1178,13 +1250,13 @@ impl ParticipantState {
         if hidden != sub.hidden {
             sub.hidden = hidden;
             if let Some(mut leg) = sub.leg.lock() {
-                if hidden || sub.remote_muted {
+                if hidden || sub.remote_muted || sub.bw_paused {
                     leg.forwarder.pause();
                 } else {
                     leg.forwarder.resume();
                 }
             }
-            if !hidden && !sub.remote_muted {
+            if !hidden && !sub.remote_muted && !sub.bw_paused {
                 let _ = sub
                     .publisher_ref
                     .send_message(ParticipantMsg::KeyframeRequest {
@@ -1206,6 +1278,7 @@ impl ParticipantState {
                     track: sub.key,
                     subscriber: id,
                     max_height: height,
+                    max_layer: sub.told_cap,
                 });
         }
     }
@@ -1362,6 +1435,7 @@ impl ParticipantState {
             layer,
             dims: None,
             last_packet: None,
+            rate: RateWindow::default(),
             ssrc: track.ssrc,
             stack_id: track.stack_id,
             recv: ReceiveStats::new(track.ssrc, track.codec.clock_rate),
@@ -1425,12 +1499,34 @@ impl ParticipantState {
     /// layer appeared or told its size); a keyframe is asked of every layer switched to.
     fn choose_layers(&mut self, now: Instant, group: TrackKey) {
         let layers = self.live_layers(group, now);
+        let rates: Vec<(u8, u32)> = self
+            .published
+            .iter()
+            .filter(|p| p.group == group)
+            .filter_map(|p| Some((p.layer?, p.rate.bps)))
+            .collect();
         let mut keyframes = Vec::new();
         if let Some(choices) = self.layer_choices.get_mut(&group) {
             // Subscribers gone (their leg closed) are forgotten.
             choices.retain(|_, c| c.leg.is_open());
             for choice in choices.values_mut() {
-                let target = pick_layer(&layers, choice.max_height);
+                let by_height = pick_layer(&layers, choice.max_height);
+                let position = |l: u8| layers.iter().position(|(x, _)| *x == l);
+                // The subscriber's bandwidth cap, if it is below what the tile asks for.
+                let target = match (choice.max_layer.and_then(position), position(by_height)) {
+                    (Some(cap), Some(want)) if cap < want => layers[cap].0,
+                    _ => by_height,
+                };
+                // What the subscriber's allocation may choose from: up to the tile's layer.
+                if let (Some(want), Some(mut leg)) = (position(by_height), choice.leg.lock()) {
+                    leg.layers.clear();
+                    leg.layers.extend(layers[..=want].iter().map(|(l, _)| {
+                        (
+                            *l,
+                            rates.iter().find(|(x, _)| x == l).map_or(0, |(_, r)| *r),
+                        )
+                    }));
+                }
                 tracing::trace!(participant = %self.id, subscriber = %choice.leg.subscriber, ?layers, max_height = choice.max_height, target, current = ?choice.current, "simulcast layer");
                 if choice.target != target || choice.current.is_none() {
                     choice.target = target;
@@ -1558,6 +1654,10 @@ impl ParticipantState {
         let mut sized = false;
         if p.layer.is_some() {
             p.last_packet = Some(packet.arrival);
+            p.rate.on_bytes(
+                packet.arrival,
+                packet.payload.len() as u64 + crate::congestion::WIRE_OVERHEAD,
+            );
         }
         if packet.keyframe
             && p.layer.is_some()
@@ -1785,6 +1885,138 @@ impl ParticipantState {
                     p.recv.on_sender_report(now, ntp, rtp_ts);
                 }
             }
+            Feedback::TransportCc(feedback) => {
+                self.cc.on_feedback(now, &feedback);
+                if self.cc.allocation_due(now) {
+                    self.allocate_bandwidth(now);
+                }
+            }
+        }
+    }
+
+    /// Splits our path's estimate across what we receive (see `crate::congestion`): tells
+    /// each simulcast publisher the layer it may send us where that changed, and pauses
+    /// (or resumes) the video that does not fit.
+    fn allocate_bandwidth(&mut self, now: Instant) {
+        use crate::congestion::{Demand, Grant, Priority, allocate};
+        let limited = self.cc.limited();
+        let mut keys = Vec::with_capacity(self.subscriptions.len());
+        let mut demands = Vec::with_capacity(self.subscriptions.len());
+        for (key, sub) in &mut self.subscriptions {
+            let Some(leg) = sub.leg.lock() else {
+                continue;
+            };
+            // On the wire: UDP and IPv4 headers on top of the sealed packets.
+            let bytes = leg.sent_bytes + leg.sent * 28;
+            let layers = leg.layers.clone();
+            drop(leg);
+            // A paused track keeps the rate it had (what resuming it would cost). The first
+            // look only notes the count (what was sent before it is no rate).
+            if !sub.bw_paused && sub.rate.start.is_some() {
+                sub.rate.on_bytes(now, bytes.saturating_sub(sub.sent_seen));
+            } else if sub.rate.start.is_none() {
+                sub.rate.start = Some(now);
+            }
+            sub.sent_seen = bytes;
+            if sub.hidden || sub.remote_muted {
+                continue;
+            }
+            let priority = if sub.screen {
+                Priority::Screen
+            } else if self.active_speaker.as_ref() == Some(&sub.publisher) {
+                Priority::Speaker
+            } else {
+                Priority::Camera
+            };
+            let current = if sub.bw_paused {
+                Grant::Pause
+            } else {
+                sub.told_cap.map_or(Grant::Full, Grant::Cap)
+            };
+            keys.push(*key);
+            demands.push(Demand {
+                audio: sub.audio,
+                priority,
+                layers,
+                rate: sub.rate.bps,
+                current,
+            });
+        }
+        let (grants, desired) = allocate(self.cc.estimate(), &demands);
+        tracing::trace!(participant = %self.id, ?demands, ?grants, desired, bwe = ?self.cc.stats(), "bandwidth allocation");
+        self.cc.allocated(now, desired);
+        let estimate = self.cc.estimate();
+        for (key, grant) in keys.into_iter().zip(grants) {
+            let grant = if limited { grant } else { Grant::Full };
+            let Some(sub) = self.subscriptions.get_mut(&key) else {
+                continue;
+            };
+            let pause = grant == Grant::Pause;
+            if pause != sub.bw_paused {
+                sub.bw_paused = pause;
+                tracing::debug!(participant = %self.id, track = %sub.track, paused = pause, estimate, "bandwidth pause");
+                metrics::counter!("hearth_bwe_pauses_total", "change" => if pause { "paused" } else { "resumed" })
+                    .increment(1);
+                if let Some(mut leg) = sub.leg.lock() {
+                    if pause {
+                        leg.forwarder.pause();
+                    } else {
+                        leg.forwarder.resume();
+                    }
+                }
+            }
+            let cap = match grant {
+                Grant::Cap(layer) => Some(layer),
+                // Paused: when it resumes, it starts from the lowest layer offered.
+                Grant::Pause => sub.told_cap,
+                Grant::Full => None,
+            };
+            if sub.told_cap != cap {
+                sub.told_cap = cap;
+                tracing::debug!(participant = %self.id, track = %sub.track, ?cap, estimate, "bandwidth cap");
+                let _ = sub
+                    .publisher_ref
+                    .send_message(ParticipantMsg::LayerPreference {
+                        track: sub.key,
+                        subscriber: self.id.clone(),
+                        max_height: sub.told_height,
+                        max_layer: cap,
+                    });
+            }
+        }
+    }
+
+    /// Sends the padding of a bandwidth probe that is due, on the RTX stream of one of our
+    /// video legs (a probe needs one: without RTX there is no probing).
+    fn send_probe_padding(&mut self, now: Instant) {
+        if self.cc.poll_timeout().is_none_or(|t| t > now) {
+            return;
+        }
+        // What reaches the client now (the feedback's acknowledged rate) is what the probe
+        // adds its padding to.
+        let media_bps = self.cc.stats().acked_bps.unwrap_or(0);
+        let Some(leg) = self
+            .subscriptions
+            .values()
+            .filter(|s| s.leg_ready)
+            .find(|s| {
+                s.leg
+                    .lock()
+                    .is_some_and(|l| l.rtx.as_ref().is_some_and(|r| r.enabled))
+            })
+            .map(|s| Arc::clone(&s.leg))
+        else {
+            // Keep the probe's clock going, so it ends and is judged.
+            while self.cc.poll_padding(now, media_bps).is_some() {}
+            return;
+        };
+        let mut bytes = 0u64;
+        while let Some(size) = self.cc.poll_padding(now, media_bps) {
+            bytes += leg.send_padding(now, size, &mut self.out_batch) as u64;
+        }
+        if bytes > 0 {
+            self.cc.padding_bytes += bytes;
+            metrics::counter!("hearth_bwe_padding_bytes_total").increment(bytes);
         }
     }
 
@@ -1800,6 +2032,11 @@ impl ParticipantState {
 
     fn on_tick(&mut self, now: Instant) {
         self.peer.handle_timeout(now);
+        // Congestion control: a probe's padding, and the allocation when it is due.
+        self.send_probe_padding(now);
+        if self.cc.allocation_due(now) {
+            self.allocate_bandwidth(now);
+        }
         // Simulcast: a layer that stopped sending is left for one that sends.
         let groups: Vec<TrackKey> = self.layer_choices.keys().copied().collect();
         for group in groups {
@@ -1826,6 +2063,7 @@ impl ParticipantState {
         }
         if self.reports.handle_timeout(now) {
             self.flush_drop_counters();
+            self.cc.flush_metrics();
             let blocks: Vec<_> = self
                 .published
                 .iter_mut()
@@ -1926,6 +2164,13 @@ impl ParticipantState {
                                     remote_muted: track.info.muted,
                                     hidden: false,
                                     told_height: u32::MAX,
+                                    told_cap: None,
+                                    publisher: track.publisher.clone(),
+                                    audio: track.info.kind == MediaKind::Audio,
+                                    screen: track.info.source == crate::domain::TrackSource::Screen,
+                                    bw_paused: false,
+                                    sent_seen: 0,
+                                    rate: RateWindow::default(),
                                 }),
                             );
                             changed = true;
@@ -1986,6 +2231,7 @@ impl ParticipantState {
     /// Opens each negotiated subscription's leg once the transport is connected (its sealer,
     /// our selected path) and follows path changes and renegotiated payload types.
     fn refresh_legs(&mut self) {
+        self.cc.set_extension(self.peer.send_transport_cc_id());
         let dest = self.peer.selected_path();
         let moved = dest != self.leg_dest;
         self.leg_dest = dest;
@@ -2003,6 +2249,7 @@ impl ParticipantState {
                 continue;
             };
             leg.dest = dest;
+            leg.twcc = self.cc.leg_handle();
             match (&mut leg.sealer, self.peer.sender_payload_type(sender)) {
                 (Some(sealer), Some(pt)) => sealer.payload_type = pt,
                 (None, Some(_)) => leg.sealer = self.peer.take_sealer(sender),
@@ -2112,6 +2359,7 @@ impl ParticipantState {
             }
         };
         consider(self.peer.poll_timeout());
+        consider(self.cc.poll_timeout());
         for p in &self.published {
             consider(p.nack.as_ref().and_then(NackGenerator::poll_timeout));
             consider(p.keyframes.poll_timeout());

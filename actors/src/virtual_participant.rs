@@ -201,7 +201,8 @@ impl Actor for VirtualParticipant {
             | ParticipantMsg::Retransmit { .. }
             | ParticipantMsg::SetCanPublish(_)
             | ParticipantMsg::Data(_)
-            | ParticipantMsg::LayerPreference { .. } => {}
+            | ParticipantMsg::LayerPreference { .. }
+            | ParticipantMsg::ActiveSpeaker(_) => {}
             // Subscribers' send legs: a virtual publisher fans out through their media
             // queues (each subscriber forwards on its own leg from there).
             ParticipantMsg::AttachLeg { .. } | ParticipantMsg::DetachLeg { .. } => {}

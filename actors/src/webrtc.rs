@@ -205,6 +205,11 @@ impl WebRtcPeer {
         self.peer.take_sealer(key)
     }
 
+    /// The agreed transport-wide sequence extension id of our sending sections.
+    pub fn send_transport_cc_id(&self) -> Option<u8> {
+        self.peer.send_transport_cc_id()
+    }
+
     /// The agreed RTX payload type of a sender (None: no RTX for it).
     pub fn sender_rtx_payload_type(&self, key: SenderKey) -> Option<u8> {
         self.peer.sender_rtx_payload_type(key)

@@ -590,9 +590,11 @@
   const SIMULCAST = new URLSearchParams(location.search).get('simulcast') !== '0';
   // Lowest first. Two, not three: Chromium sends only as many layers as the capture size
   // allows (two at 640x360, and it drops the top one), so a third, smaller layer would cost
-  // the full-size one at common webcam sizes.
+  // the full-size one at common webcam sizes. The small layer is what a subscriber on a poor
+  // link gets: capped at 200 kbit/s (LiveKit's 180p preset is 160), so it fits a 300 kbit/s
+  // path with audio.
   const SIMULCAST_LAYERS = [
-    { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+    { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 200_000 },
     { rid: 'f', maxBitrate: 1_500_000 },
   ];
 
@@ -680,6 +682,11 @@
       return null;
     }
     let reason = '';
+    // `&media=0`: join as a viewer that sends nothing (webinars, constrained-link tests).
+    if (new URLSearchParams(location.search).get('media') === '0') {
+      setMediaNote('Joined as a viewer: nothing is sent.');
+      return null;
+    }
     // `&video=0`: join with the microphone only (audio calls, captions tests).
     const audioOnlyWanted = new URLSearchParams(location.search).get('video') === '0';
     if (!audioOnlyWanted) {
@@ -1140,6 +1147,10 @@
       bytesReceived: sum('bytesReceived'),
       packetsReceived: sum('packetsReceived'),
       framesDecoded: track.kind === 'video' ? sum('framesDecoded') : 0,
+      freezeCount: sum('freezeCount'),
+      totalFreezesDuration: sum('totalFreezesDuration'),
+      frameWidth: Math.max(0, ...matches.map((s) => s.frameWidth || 0)),
+      frameHeight: Math.max(0, ...matches.map((s) => s.frameHeight || 0)),
       codec: (matches.map((s) => codecs.get(s.codecId)).find(Boolean) || ''),
     };
   }

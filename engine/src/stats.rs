@@ -373,6 +373,11 @@ impl SendStats {
     }
 
     /// Counts a packet sent at `now` with RTP `timestamp` and `payload_len` payload bytes.
+    /// The RTP timestamp of the last packet sent (padding reuses it).
+    pub fn last_timestamp(&self) -> Option<u32> {
+        self.last.map(|(ts, _)| ts)
+    }
+
     pub fn on_sent(&mut self, now: Instant, timestamp: u32, payload_len: usize) {
         self.packets += 1;
         self.octets += payload_len as u64;

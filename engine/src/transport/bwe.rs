@@ -3,8 +3,9 @@
 //! Google Congestion Control reads it (draft-ietf-rmcat-gcc-02), in three parts:
 //!
 //! - [`SendHistory`]: every packet sent on the subscriber's transport gets the next
-//!   transport-wide sequence number, and its send time and size are kept (a ring of
-//!   [`HISTORY_LEN`] slots) until the subscriber's feedback names it.
+//!   transport-wide sequence number, and its send time and size are kept (for
+//!   [`HISTORY_AGE`], at most [`HISTORY_LEN`] packets) until the subscriber's feedback
+//!   names it.
 //! - [`SendSideBwe`]: feedback turned into an estimate of the path's capacity:
 //!   - *delay-based*: packets are grouped by send time (5 ms bursts); the change of one-way
 //!     delay between groups is accumulated, smoothed and its trend fitted by least squares
@@ -35,8 +36,10 @@ use std::time::{Duration, Instant};
 
 use super::twcc::TwccFeedback;
 
-/// Sent packets remembered for feedback (about 2.7 s at 3,000 packets/s).
-pub const HISTORY_LEN: usize = 8192;
+/// Sent packets remembered for feedback, at most (about 1.4 s at 3,000 packets/s)...
+pub const HISTORY_LEN: usize = 4096;
+/// ...and for at most this long (feedback comes every 50 to 100 ms).
+pub const HISTORY_AGE: Duration = Duration::from_secs(2);
 /// How long a probe cluster lasts.
 pub const PROBE_DURATION: Duration = Duration::from_millis(200);
 /// After a probe that did not raise the estimate, the next waits this long.
@@ -79,6 +82,8 @@ const MAX_DELAY_DELTA_MS: f64 = 2_000.0;
 const MIN_PADDING: usize = 64;
 /// A probe needs this many of its packets acknowledged to be judged.
 const PROBE_MIN_PACKETS: u32 = 5;
+/// Arrivals of a probe's packets kept for judging it.
+const PROBE_MAX_TRACKED: usize = 512;
 
 /// One sent packet, as the history remembers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,12 +114,17 @@ struct Slot {
     lost: bool,
 }
 
-/// The transport-wide sequence numbers and send records of one transport.
+/// The transport-wide sequence numbers and send records of one transport. Grows with the
+/// packets of the last [`HISTORY_AGE`] (at most [`HISTORY_LEN`]), so a listener to one
+/// audio stream keeps a few kilobytes.
 #[derive(Debug)]
 pub struct SendHistory {
     /// The next extended sequence number.
     next: u64,
-    slots: Vec<Option<Slot>>,
+    /// Consecutive sequence numbers, oldest first.
+    slots: VecDeque<Slot>,
+    /// The probe cluster packets sent now belong to (set by the estimator's owner).
+    pub active_probe: Option<u32>,
     /// Feedback statuses that named nothing we remember (never sent, too old, repeats).
     pub unknown_reports: u64,
 }
@@ -128,9 +138,9 @@ impl Default for SendHistory {
 impl SendHistory {
     pub fn new() -> Self {
         Self {
-            // Sequence numbers start at a small random-free point; the wire value wraps.
             next: 1,
-            slots: Vec::new(),
+            slots: VecDeque::new(),
+            active_probe: None,
             unknown_reports: 0,
         }
     }
@@ -140,10 +150,15 @@ impl SendHistory {
     pub fn on_sent(&mut self, now: Instant, size: usize, probe: Option<u32>) -> u16 {
         let seq = self.next;
         self.next += 1;
-        if self.slots.is_empty() {
-            self.slots = vec![None; HISTORY_LEN];
+        while self.slots.len() >= HISTORY_LEN
+            || self
+                .slots
+                .front()
+                .is_some_and(|s| now.saturating_duration_since(s.packet.at) > HISTORY_AGE)
+        {
+            self.slots.pop_front();
         }
-        self.slots[(seq as usize) % HISTORY_LEN] = Some(Slot {
+        self.slots.push_back(Slot {
             packet: SentPacket {
                 seq,
                 at: now,
@@ -166,6 +181,14 @@ impl SendHistory {
         let back = (self.next as u16).wrapping_sub(wire);
         let back = if back == 0 { 65_536 } else { u64::from(back) };
         self.next.checked_sub(back).filter(|s| *s >= 1)
+    }
+
+    fn slot_mut(&mut self, seq: u64) -> Option<&mut Slot> {
+        let first = self.slots.front()?.packet.seq;
+        let slot = self
+            .slots
+            .get_mut(usize::try_from(seq.checked_sub(first)?).ok()?)?;
+        (slot.packet.seq == seq).then_some(slot)
     }
 
     /// Appends to `out` what `feedback` says of packets we remember, in sequence order:
@@ -193,10 +216,7 @@ impl SendHistory {
                 }
                 break;
             }
-            let slot = self.extend(wire).and_then(|seq| {
-                let slot = self.slots.get_mut((seq as usize) % HISTORY_LEN)?.as_mut()?;
-                (slot.packet.seq == seq).then_some(slot)
-            });
+            let slot = self.extend(wire).and_then(|seq| self.slot_mut(seq));
             let Some(slot) = slot else {
                 self.unknown_reports += 1;
                 continue;
@@ -332,7 +352,8 @@ impl DelayDetector {
         }
         self.deltas = self.deltas.saturating_add(1);
         self.accumulated += delta;
-        self.smoothed = TREND_SMOOTHING * self.smoothed + (1.0 - TREND_SMOOTHING) * self.accumulated;
+        self.smoothed =
+            TREND_SMOOTHING * self.smoothed + (1.0 - TREND_SMOOTHING) * self.accumulated;
         let first = *self.first_arrival.get_or_insert(cur.last_arrival);
         let x = (cur.last_arrival - first) as f64 / 1e3;
         if self.window.len() == TREND_WINDOW {
@@ -420,7 +441,11 @@ struct AckedRate {
 
 impl AckedRate {
     fn on_packet(&mut self, arrival: i64, size: u32) {
-        if self.recent.back().is_some_and(|(t, _)| arrival < *t - ACKED_WINDOW_US) {
+        if self
+            .recent
+            .back()
+            .is_some_and(|(t, _)| arrival < *t - ACKED_WINDOW_US)
+        {
             // The receiver's clock went back (or lied): start over.
             self.recent.clear();
             self.bytes = 0;
@@ -468,7 +493,7 @@ impl Default for BweConfig {
 }
 
 /// A probe cluster being sent or waiting for its feedback.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Probe {
     id: u32,
     target_bps: u64,
@@ -483,11 +508,8 @@ struct Probe {
     last_send: Option<Instant>,
     sent_bytes: u64,
     last_sent_size: u32,
-    first_arrival: Option<i64>,
-    last_arrival: Option<i64>,
-    received_bytes: u64,
-    first_received_size: u32,
-    received: u32,
+    /// (arrival µs, bytes) of its received packets (at most [`PROBE_MAX_TRACKED`]).
+    arrivals: Vec<(i64, u32)>,
     lost: u32,
 }
 
@@ -533,6 +555,8 @@ pub struct SendSideBwe {
     judging: Vec<Probe>,
     next_probe_id: u32,
     next_probe_at: Option<Instant>,
+    /// The send time of the newest packet feedback has named.
+    latest_reported: Option<Instant>,
     stats: BweStats,
     scratch: Vec<PacketResult>,
 }
@@ -557,6 +581,7 @@ impl SendSideBwe {
             judging: Vec::new(),
             next_probe_id: 1,
             next_probe_at: None,
+            latest_reported: None,
             stats: BweStats {
                 estimate_bps: start,
                 threshold: THRESHOLD_START,
@@ -597,6 +622,9 @@ impl SendSideBwe {
             return;
         }
         for r in results {
+            if self.latest_reported.is_none_or(|t| r.sent.at > t) {
+                self.latest_reported = Some(r.sent.at);
+            }
             self.loss_total += 1;
             match r.arrival_us {
                 Some(t) => {
@@ -677,7 +705,9 @@ impl SendSideBwe {
                     // Well above the capacity seen before: it moved.
                     self.capacity = None;
                 }
-                let near = self.capacity.is_some_and(|c| est < 1.3 * c && est > 0.5 * c);
+                let near = self
+                    .capacity
+                    .is_some_and(|c| est < 1.3 * c && est > 0.5 * c);
                 let increased = if near {
                     // One 1,200-byte packet per 200 ms round trip, per second.
                     est + 48_000.0 * dt
@@ -718,13 +748,17 @@ impl SendSideBwe {
         {
             return;
         }
-        let target = (self.estimate * 2).min(self.desired).min(self.config.max_bps);
+        let target = (self.estimate * 2)
+            .min(self.desired)
+            .min(self.config.max_bps);
         let padding_bps = target.saturating_sub(media_bps.min(self.estimate));
         let bytes = (padding_bps as u128 * PROBE_DURATION.as_micros() / 8_000_000) as usize;
         if bytes < MIN_PADDING * PROBE_MIN_PACKETS as usize {
             return;
         }
-        let packets = bytes.div_ceil(MAX_PADDING).max(PROBE_MIN_PACKETS as usize * 2);
+        let packets = bytes
+            .div_ceil(MAX_PADDING)
+            .max(PROBE_MIN_PACKETS as usize * 2);
         let packet = (bytes / packets).clamp(MIN_PADDING, MAX_PADDING);
         let id = self.next_probe_id;
         self.next_probe_id = self.next_probe_id.wrapping_add(1);
@@ -742,11 +776,7 @@ impl SendSideBwe {
             last_send: None,
             sent_bytes: 0,
             last_sent_size: 0,
-            first_arrival: None,
-            last_arrival: None,
-            received_bytes: 0,
-            first_received_size: 0,
-            received: 0,
+            arrivals: Vec::new(),
             lost: 0,
         });
     }
@@ -766,9 +796,9 @@ impl SendSideBwe {
         self.maybe_start_probe(now, media_bps);
         let probe = self.probe.as_mut()?;
         if probe.padding_left == 0 || now >= probe.start + PROBE_DURATION {
-            let done = *probe;
-            self.probe = None;
-            self.judging.push(done);
+            if let Some(done) = self.probe.take() {
+                self.judging.push(done);
+            }
             return None;
         }
         if now < probe.next_send {
@@ -810,39 +840,45 @@ impl SendSideBwe {
         }
         p.sent_bytes += u64::from(r.sent.size);
         match r.arrival_us {
-            Some(t) => {
-                if p.first_arrival.is_none_or(|f| t < f) {
-                    p.first_arrival = Some(t);
-                    p.first_received_size = r.sent.size;
-                }
-                p.last_arrival = Some(p.last_arrival.map_or(t, |l| l.max(t)));
-                p.received_bytes += u64::from(r.sent.size);
-                p.received += 1;
-            }
+            Some(t) if p.arrivals.len() < PROBE_MAX_TRACKED => p.arrivals.push((t, r.sent.size)),
+            Some(_) => {}
             None => p.lost += 1,
         }
     }
 
-    /// Judges the probes sent whose packets have been reported.
+    /// Judges the probes whose packets have all been reported (feedback names a packet sent
+    /// after the probe ended). The receive rate is taken over the later half of the
+    /// arrivals: a link's token bucket lets the first packets through at line rate, and
+    /// judged on them a probe sees a faster link than there is.
     fn judge_probes(&mut self) {
         let mut raised = None;
-        self.judging.retain(|p| {
-            if p.received + p.lost < PROBE_MIN_PACKETS * 2 {
-                // Not reported yet; forgotten after a few newer probes.
+        let latest = self.latest_reported;
+        self.judging.retain_mut(|p| {
+            let complete = latest.is_some_and(|t| t > p.start + PROBE_DURATION);
+            if !complete {
+                // Not all reported yet; forgotten after a few newer probes.
                 return true;
             }
-            let (Some(fs), Some(ls), Some(fa), Some(la)) =
-                (p.first_send, p.last_send, p.first_arrival, p.last_arrival)
-            else {
+            let received = p.arrivals.len() as u32;
+            if received + p.lost < PROBE_MIN_PACKETS * 2 || received < PROBE_MIN_PACKETS {
+                // Too few of its packets were reported to judge it.
+                return false;
+            }
+            let (Some(fs), Some(ls)) = (p.first_send, p.last_send) else {
+                return false;
+            };
+            p.arrivals.sort_unstable_by_key(|(t, _)| *t);
+            let half = &p.arrivals[p.arrivals.len() / 2..];
+            let (Some(first), Some(last)) = (half.first(), half.last()) else {
                 return false;
             };
             let send_us = micros(ls.saturating_duration_since(fs)).max(1_000);
-            let recv_us = (la - fa).max(1_000);
-            let send_bps = (p.sent_bytes - u64::from(p.last_sent_size)) * 8_000_000 / send_us as u64;
-            let recv_bps =
-                (p.received_bytes.saturating_sub(u64::from(p.first_received_size))) * 8_000_000
-                    / recv_us as u64;
-            let lossy = p.lost * 10 > p.received + p.lost;
+            let recv_us = (last.0 - first.0).max(1_000);
+            let send_bps =
+                (p.sent_bytes - u64::from(p.last_sent_size)) * 8_000_000 / send_us as u64;
+            let half_bytes: u64 = half.iter().skip(1).map(|(_, b)| u64::from(*b)).sum();
+            let recv_bps = half_bytes * 8_000_000 / recv_us as u64;
+            let lossy = p.lost * 10 > received + p.lost;
             let measured = if recv_bps * 10 < send_bps * 9 || lossy {
                 // The path could not take it: what arrived is the capacity.
                 recv_bps * 95 / 100

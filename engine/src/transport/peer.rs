@@ -614,6 +614,18 @@ impl Peer {
         Some(sealer)
     }
 
+    /// The id our sending sections agreed for the transport-wide sequence number extension
+    /// (one per BUNDLE group): forwarded packets carry it, and the client's TWCC feedback
+    /// about them drives the send-side bandwidth estimate. None: not agreed.
+    pub fn send_transport_cc_id(&self) -> Option<u8> {
+        self.negotiator
+            .sections()
+            .iter()
+            .filter(|s| !s.rejected && s.local_sends)
+            .find_map(|s| s.extension_id(TRANSPORT_CC_URI))
+            .filter(|id| (1..=14).contains(id))
+    }
+
     /// The agreed RTX payload type of a sender (None: not negotiated, or declined).
     pub fn sender_rtx_payload_type(&self, key: SenderKey) -> Option<u8> {
         self.negotiator.sender(key.index).and_then(|s| s.rtx_pt)

@@ -645,8 +645,12 @@ mod tests {
         assert!(deltas.next().is_none());
         assert_eq!(cc.sender_ssrc, 0x5e5e_5e5e);
         // Hearth's own reader (the send side's) reads the same.
-        let ours = parse_feedback(&bytes[4..])
-            .unwrap_or_else(|| panic!("parse_feedback reads it: count {count} chunks {:?}", cc.packet_chunks.len()));
+        let ours = parse_feedback(&bytes[4..]).unwrap_or_else(|| {
+            panic!(
+                "parse_feedback reads it: count {count} chunks {:?}",
+                cc.packet_chunks.len()
+            )
+        });
         assert_eq!(ours.base_seq, cc.base_sequence_number);
         assert_eq!(ours.feedback_count, cc.fb_pkt_count);
         assert_eq!(usize::from(ours.status_count), count);

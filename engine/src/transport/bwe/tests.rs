@@ -35,6 +35,9 @@ struct Link {
     /// Extra random delay per packet, uniform in [0, jitter) (no reordering: FIFO).
     jitter: Duration,
     busy_until: Option<Instant>,
+    /// A token bucket's depth (bytes): a burst this big passes at once (tc tbf's `burst`).
+    burst: f64,
+    tokens: f64,
     in_flight: VecDeque<(Instant, u16)>,
     rng: Rng,
     dropped: u64,
@@ -49,6 +52,8 @@ impl Link {
             loss: 0.0,
             jitter: Duration::ZERO,
             busy_until: None,
+            burst: 0.0,
+            tokens: 0.0,
             in_flight: VecDeque::new(),
             rng: Rng(0x9e37_79b9_7f4a_7c15),
             dropped: 0,
@@ -61,7 +66,16 @@ impl Link {
             self.dropped += 1;
             return;
         }
-        let service = Duration::from_nanos((size as u64 * 8 * 1_000_000_000) / self.capacity_bps);
+        let bytes_per_s = self.capacity_bps as f64 / 8.0;
+        // Tokens gathered while the link idled (none while it was busy).
+        if let Some(b) = self.busy_until
+            && now > b
+        {
+            self.tokens = (self.tokens + (now - b).as_secs_f64() * bytes_per_s).min(self.burst);
+        }
+        let from_bucket = self.tokens.min(size as f64);
+        self.tokens -= from_bucket;
+        let service = Duration::from_secs_f64((size as f64 - from_bucket) / bytes_per_s);
         self.busy_until = Some(start + service);
         if self.rng.next_f64() < self.loss {
             self.dropped += 1;
@@ -240,7 +254,10 @@ fn constrained_link(queue: Duration) {
             s.bwe.estimate() <= 330_000 && s.layer == 0
         })
         .unwrap_or_else(|| panic!("never converged: {:?}", sim.bwe.stats()));
-    assert!(took < Duration::from_secs(5), "converged after {took:?} ({queue:?} queue)");
+    assert!(
+        took < Duration::from_secs(5),
+        "converged after {took:?} ({queue:?} queue)"
+    );
     let switches = sim.switches;
     let dropped = sim.link.dropped;
     let sent_before = sim.history.sent();
@@ -276,6 +293,29 @@ fn a_link_that_opens_is_found_by_probing() {
     assert!(took <= Duration::from_secs(10), "took {took:?}");
     assert!(sim.bwe.stats().probes_raised >= 1);
     assert!(sim.padding_bytes > 0);
+}
+
+/// A token bucket that lets 3,000 bytes through at once (like `tc tbf ... burst 3000`)
+/// does not make probes think the link is faster than it is: the estimate stays near the
+/// link's 300 kbit/s for 30 s.
+#[test]
+fn a_token_bucket_burst_does_not_fool_the_probes() {
+    let mut sim = Sim::new(300_000);
+    sim.link.burst = 3_000.0;
+    sim.link.tokens = 3_000.0;
+    sim.run_for(Duration::from_secs(10));
+    let mut highest = 0;
+    for _ in 0..300 {
+        sim.run_for(ms(100));
+        highest = highest.max(sim.bwe.estimate());
+    }
+    let stats = sim.bwe.stats();
+    assert!(stats.probes >= 3, "{stats:?}");
+    assert!(
+        highest <= 360_000,
+        "the estimate reached {highest}: {stats:?}"
+    );
+    assert_eq!(sim.layer, 0);
 }
 
 /// Heavy random loss (20 %) on a wide link lowers the estimate; 1 % does not.
@@ -414,4 +454,3 @@ proptest! {
         }
     }
 }
-

@@ -1,0 +1,254 @@
+// Congestion control on a real constrained link. Alice publishes her camera in simulcast
+// (the web client's default) and her microphone; Bob and Carol watch (receive-only pages).
+// Carol's browser runs in a network namespace of its own, behind a veth pair whose egress
+// toward her is shaped (300 kbit/s through a token bucket with a 300 ms queue, 1 % random
+// loss; this kernel has no netem, so no added propagation delay): her
+// path's estimate (Hearth's send-side TWCC estimator) drops, she gets Alice's small layer
+// and keeps decoding without a freeze of a second or more, while Bob keeps the full layer;
+// when the shaping is lifted she is back on the full layer within 10 s. Then, shaped again,
+// Alice shares her screen: the share has priority, it plays whole at Carol while her camera
+// makes room for it.
+// The numbers the run prints (convergence time, throughput as a fraction of the link,
+// freezes) are the ones BENCHMARKS.md quotes.
+// Run inside a network namespace (tests/browser/run.sh); needs ip, tc (iproute2) and nft.
+//
+//   node tests/browser/congestion.test.mjs <path to hearth binary>
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+import { CHROMIUM, counter, launchBrowser, startServer, until } from './lib.mjs';
+
+const binary = process.argv[2] || 'target/debug/hearth';
+const MEETING = 'e2e-congestion';
+const NS = `hearth-cc-${process.pid}`;
+const SERVER_IP = '10.78.0.1';
+const BASE = `http://${SERVER_IP}:7880`;
+const LINK_KBPS = 300;
+// This kernel has no netem (CONFIG_NET_SCH_NETEM is not set): the rate and a bounded queue
+// come from a token bucket (tbf), the loss from an nftables rule; no propagation delay is
+// added (the queue adds up to 300 ms of its own).
+const SHAPE = `tbf ${LINK_KBPS} kbit/s, queue <= 300 ms, 1 % random loss`;
+function shape() {
+  sh('tc', ['qdisc', 'add', 'dev', 'c0', 'root', 'tbf', 'rate', `${LINK_KBPS}kbit`, 'burst', '3000', 'latency', '300ms']);
+  sh('nft', ['add', 'table', 'inet', 'hearthcc']);
+  sh('nft', ['add', 'chain', 'inet', 'hearthcc', 'out', '{ type filter hook postrouting priority 0; }']);
+  sh('nft', ['add', 'rule', 'inet', 'hearthcc', 'out', 'oifname', 'c0', 'meta', 'l4proto', 'udp',
+    'numgen', 'random', 'mod', '100', '<', '1', 'drop']);
+}
+function unshape() {
+  sh('tc', ['qdisc', 'del', 'dev', 'c0', 'root']);
+  sh('nft', ['delete', 'table', 'inet', 'hearthcc']);
+}
+const logs = [];
+let failed = false;
+
+function log(...args) {
+  console.log(`[${new Date().toISOString().slice(11, 23)}]`, ...args);
+}
+
+const sh = (cmd, args) => execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }).toString();
+const inNs = (args) => sh('ip', ['netns', 'exec', NS, ...args]);
+
+// Carol's namespace: a veth pair, c0 (10.78.0.1, ours: the server listens there) and c1
+// (10.78.0.2, hers). What the server sends her leaves through c0, where the shaping goes.
+sh('ip', ['netns', 'add', NS]);
+const tmp = mkdtempSync(join(tmpdir(), 'hearth-cc-'));
+let server = null;
+let near = null;
+let far = null;
+try {
+  sh('ip', ['link', 'add', 'c0', 'type', 'veth', 'peer', 'name', 'c1']);
+  sh('ip', ['link', 'set', 'c1', 'netns', NS]);
+  sh('ip', ['addr', 'add', `${SERVER_IP}/24`, 'dev', 'c0']);
+  sh('ip', ['link', 'set', 'c0', 'up']);
+  inNs(['ip', 'link', 'set', 'lo', 'up']);
+  inNs(['ip', 'addr', 'add', '10.78.0.2/24', 'dev', 'c1']);
+  inNs(['ip', 'link', 'set', 'c1', 'up']);
+  inNs(['ip', 'route', 'add', 'default', 'via', SERVER_IP]);
+
+  server = await startServer(binary, [
+    '--dev', '--media-port', '7882', '--public-ip', SERVER_IP, '--empty-timeout', '5s',
+  ], { http: `${SERVER_IP}:7880` });
+  // Pages come from http://10.78.0.1: not a secure context unless Chromium is told so.
+  const secure = [`--unsafely-treat-insecure-origin-as-secure=${BASE}`];
+  near = await launchBrowser(secure);
+  // Carol's Chromium runs in her namespace (Playwright talks to it over a pipe).
+  const wrapper = join(tmp, 'chromium-in-ns');
+  writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${NS} ${CHROMIUM} "$@"\n`);
+  chmodSync(wrapper, 0o755);
+  const farUserData = mkdtempSync(join(tmpdir(), 'hearth-chromium-'));
+  const farBrowser = await chromium.launch({
+    executablePath: wrapper,
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--use-fake-ui-for-media-stream',
+      '--autoplay-policy=no-user-gesture-required', ...secure],
+  });
+  far = {
+    async close() {
+      await farBrowser.close().catch(() => {});
+      rmSync(farUserData, { recursive: true, force: true });
+    },
+  };
+
+  const open = async (browser, name, query = '') => {
+    const context = await browser.newContext({ permissions: ['camera', 'microphone'] });
+    const page = await context.newPage();
+    page.on('console', (m) => {
+      if (m.type() === 'error') logs.push(`[${name}] ${m.type()}: ${m.text()}`);
+    });
+    page.on('pageerror', (e) => logs.push(`[${name}] pageerror: ${e.message}`));
+    await page.goto(`${BASE}/?meeting=${MEETING}&name=${name}&autojoin=1${query}`);
+    return { name, page, stats: () => page.evaluate(() => window.hearth.stats()) };
+  };
+  const alice = await open(near.browser, 'alice');
+  const bob = await open(near.browser, 'bob', '&media=0');
+  const carol = await open(farBrowser, 'carol', '&media=0');
+  const aliceId = await until('alice joined', async () => (await alice.stats()).participantId);
+
+  /** What `viewer` receives of Alice's camera (the non-screen video) now. */
+  const camera = async (viewer) => {
+    const s = await viewer.stats();
+    const v = s.remote.find((r) => r.participant === aliceId && r.kind === 'video' && r.source !== 'SCREEN');
+    const bytes = s.remote.reduce((sum, r) => sum + (r.bytesReceived || 0), 0);
+    return { ...(v || { frameWidth: 0, framesDecoded: 0, freezeCount: 0, totalFreezesDuration: 0 }), allBytes: bytes, stats: s };
+  };
+
+  // Unshaped: both get the full layer.
+  for (const p of [bob, carol]) {
+    await until(`${p.name} receives alice's full layer`, async () => (await camera(p)).frameWidth >= 640, 45000);
+  }
+  log('unshaped: bob and carol receive alice at 640 px wide');
+
+  // Shaped: Carol's path falls to 300 kbit/s.
+  shape();
+  const shapedAt = Date.now();
+  const converged = await until('carol is moved to the small layer', async () => {
+    const c = await camera(carol);
+    return c.frameWidth > 0 && c.frameWidth <= 320 ? Date.now() - shapedAt : null;
+  }, 30000, 200);
+  log(`shaped (${SHAPE}): carol on the small layer after ${converged} ms`);
+
+  // Held for 20 s: Carol keeps decoding (no gap of a second without a new frame), Bob keeps
+  // the full layer; throughput is measured over the window.
+  const start = await camera(carol);
+  const startAt = Date.now();
+  let lastFrames = start.framesDecoded;
+  let lastNewFrameAt = Date.now();
+  let longestGap = 0;
+  const widths = new Set();
+  while (Date.now() - startAt < 20000) {
+    const c = await camera(carol);
+    widths.add(c.frameWidth);
+    if (c.framesDecoded > lastFrames) {
+      longestGap = Math.max(longestGap, Date.now() - lastNewFrameAt);
+      lastFrames = c.framesDecoded;
+      lastNewFrameAt = Date.now();
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  longestGap = Math.max(longestGap, Date.now() - lastNewFrameAt);
+  const end = await camera(carol);
+  const seconds = (Date.now() - startAt) / 1000;
+  const kbps = ((end.allBytes - start.allBytes) * 8) / seconds / 1000;
+  const frames = end.framesDecoded - start.framesDecoded;
+  const freezes = end.freezeCount - start.freezeCount;
+  const frozen = end.totalFreezesDuration - start.totalFreezesDuration;
+  log(`constrained ${seconds.toFixed(1)} s: ${kbps.toFixed(0)} kbit/s received (${(kbps / LINK_KBPS * 100).toFixed(0)} % of the link), `
+    + `${frames} frames decoded (${(frames / seconds).toFixed(1)} fps), longest gap ${longestGap} ms, `
+    + `Chromium freezes ${freezes} (${frozen.toFixed(2)} s), widths seen ${JSON.stringify([...widths])}`);
+  assert.ok(longestGap < 1000, `no freeze of a second or more (longest gap ${longestGap} ms)`);
+  assert.ok(frames / seconds >= 5, `carol keeps decoding (${frames} frames in ${seconds} s)`);
+  assert.ok(kbps <= LINK_KBPS * 1.05, `what carol gets fits her link (${kbps} kbit/s)`);
+  assert.ok(!widths.has(640), 'carol stayed off the full layer while shaped');
+  assert.ok((await camera(bob)).frameWidth >= 640, 'bob keeps the full layer');
+
+  // Unshaped again: back on the full layer within 10 s.
+  unshape();
+  const liftedAt = Date.now();
+  const recovered = await until('carol is back on the full layer', async () =>
+    ((await camera(carol)).frameWidth >= 640 ? Date.now() - liftedAt : null), 20000, 200);
+  log(`shaping lifted: carol back on the full layer after ${recovered} ms`);
+  assert.ok(recovered <= 10000, `recovered within 10 s (${recovered} ms)`);
+
+  // Shaped again, and Alice shares her screen (a slide deck: a new slide every 5 s, a
+  // clock ticking on it 5 times a second): the share plays whole at Carol, her camera
+  // makes room.
+  shape();
+  await until('carol is moved off the full layer again', async () => {
+    const c = await camera(carol);
+    return c.frameWidth > 0 && c.frameWidth <= 320;
+  }, 30000, 200);
+  await alice.page.evaluate(() => {
+    navigator.mediaDevices.getDisplayMedia = async () => {
+      const canvas = Object.assign(document.createElement('canvas'), { width: 800, height: 600 });
+      const ctx = canvas.getContext('2d');
+      let n = 0;
+      setInterval(() => {
+        n += 1;
+        if (n % 25 === 1) {
+          ctx.fillStyle = `hsl(${(n * 37) % 360} 40% 90%)`;
+          ctx.fillRect(0, 0, 800, 600);
+          ctx.fillStyle = '#222';
+          ctx.font = '40px sans-serif';
+          ctx.fillText(`Slide ${Math.ceil(n / 25)}`, 60, 120);
+        }
+        ctx.fillStyle = '#fff';
+        ctx.fillRect(600, 540, 180, 40);
+        ctx.fillStyle = '#000';
+        ctx.font = '24px monospace';
+        ctx.fillText(`${(n / 5).toFixed(1)} s`, 610, 570);
+      }, 200);
+      return canvas.captureStream(5);
+    };
+  });
+  await alice.page.click('#screen-button');
+  const screenOf = async (viewer) => (await viewer.stats()).remote
+    .find((r) => r.participant === aliceId && r.kind === 'video' && r.source === 'SCREEN');
+  await until('carol decodes alice\'s screen', async () => ((await screenOf(carol)) || {}).framesDecoded > 0, 30000);
+  const s0 = await screenOf(carol);
+  const c0 = await camera(carol);
+  const t0 = Date.now();
+  let screenGap = 0;
+  let screenFrames = s0.framesDecoded;
+  let screenNewAt = Date.now();
+  while (Date.now() - t0 < 15000) {
+    const s = await screenOf(carol);
+    if (s && s.framesDecoded > screenFrames) {
+      screenGap = Math.max(screenGap, Date.now() - screenNewAt);
+      screenFrames = s.framesDecoded;
+      screenNewAt = Date.now();
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  screenGap = Math.max(screenGap, Date.now() - screenNewAt);
+  const s1 = await screenOf(carol);
+  const c1 = await camera(carol);
+  const span = (Date.now() - t0) / 1000;
+  const screenFps = (s1.framesDecoded - s0.framesDecoded) / span;
+  const cameraKbps = ((c1.bytesReceived - c0.bytesReceived) * 8) / span / 1000;
+  const screenKbps = ((s1.bytesReceived - s0.bytesReceived) * 8) / span / 1000;
+  log(`shaped with a screen share: screen ${s1.frameWidth}x${s1.frameHeight} at ${screenFps.toFixed(1)} fps, `
+    + `${screenKbps.toFixed(0)} kbit/s, longest gap ${screenGap} ms; camera ${cameraKbps.toFixed(0)} kbit/s at ${c1.frameWidth} px`);
+  assert.equal(s1.frameWidth, 800, 'the share arrives whole');
+  assert.ok(screenGap < 1500, `the share keeps playing (longest gap ${screenGap} ms)`);
+  assert.ok(screenKbps > cameraKbps, `the share gets more than the camera (${screenKbps} vs ${cameraKbps} kbit/s)`);
+  assert.deepEqual(logs.filter((l) => l.includes('pageerror')), []);
+} catch (e) {
+  failed = true;
+  console.error('FAILED:', e);
+  console.error(logs.join('\n'));
+  if (server) console.error(server.output.join('').slice(-8000));
+  // The whole server log, when asked for (HEARTH_SERVER_LOG=<file>).
+  if (server && process.env.HEARTH_SERVER_LOG) writeFileSync(process.env.HEARTH_SERVER_LOG, server.output.join(''));
+} finally {
+  if (far) await far.close();
+  if (near) await near.close();
+  if (server) await server.stop();
+  try { sh('ip', ['netns', 'del', NS]); } catch { /* already gone */ }
+  try { sh('ip', ['link', 'del', 'c0']); } catch { /* went with the namespace */ }
+  rmSync(tmp, { recursive: true, force: true });
+}
+process.exit(failed ? 1 : 0);
