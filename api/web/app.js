@@ -1196,6 +1196,8 @@
         const c = current && current.channels;
         return c ? Object.keys(c).filter((l) => c[l].readyState === 'open') : [];
       },
+      // The session's RTCPeerConnection (benchmarks read its getStats directly).
+      peerConnection: () => (current && current.pc) || null,
       // Test hook: closes the peer connection (DTLS close_notify) without a signaling leave.
       closeMediaOnly: () => { if (current && current.pc) current.pc.close(); },
       // What our camera sends, per simulcast layer.

@@ -14,34 +14,14 @@
 //
 //   node tests/browser/congestion.test.mjs <path to hearth binary>
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { chromium } from 'playwright-core';
-import { CHROMIUM, counter, launchBrowser, startServer, until } from './lib.mjs';
+import { writeFileSync } from 'node:fs';
+import { farNamespace, launchBrowser, startServer, until } from './lib.mjs';
 
 const binary = process.argv[2] || 'target/debug/hearth';
 const MEETING = 'e2e-congestion';
-const NS = `hearth-cc-${process.pid}`;
 const SERVER_IP = '10.78.0.1';
 const BASE = `http://${SERVER_IP}:7880`;
-const LINK_KBPS = 300;
-// This kernel has no netem (CONFIG_NET_SCH_NETEM is not set): the rate and a bounded queue
-// come from a token bucket (tbf), the loss from an nftables rule; no propagation delay is
-// added (the queue adds up to 300 ms of its own).
-const SHAPE = `tbf ${LINK_KBPS} kbit/s, queue <= 300 ms, 1 % random loss`;
-function shape() {
-  sh('tc', ['qdisc', 'add', 'dev', 'c0', 'root', 'tbf', 'rate', `${LINK_KBPS}kbit`, 'burst', '3000', 'latency', '300ms']);
-  sh('nft', ['add', 'table', 'inet', 'hearthcc']);
-  sh('nft', ['add', 'chain', 'inet', 'hearthcc', 'out', '{ type filter hook postrouting priority 0; }']);
-  sh('nft', ['add', 'rule', 'inet', 'hearthcc', 'out', 'oifname', 'c0', 'meta', 'l4proto', 'udp',
-    'numgen', 'random', 'mod', '100', '<', '1', 'drop']);
-}
-function unshape() {
-  sh('tc', ['qdisc', 'del', 'dev', 'c0', 'root']);
-  sh('nft', ['delete', 'table', 'inet', 'hearthcc']);
-}
+const LINK = { kbps: 300, queueMs: 300, lossPercent: 1 };
 const logs = [];
 let failed = false;
 
@@ -49,49 +29,17 @@ function log(...args) {
   console.log(`[${new Date().toISOString().slice(11, 23)}]`, ...args);
 }
 
-const sh = (cmd, args) => execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }).toString();
-const inNs = (args) => sh('ip', ['netns', 'exec', NS, ...args]);
-
-// Carol's namespace: a veth pair, c0 (10.78.0.1, ours: the server listens there) and c1
-// (10.78.0.2, hers). What the server sends her leaves through c0, where the shaping goes.
-sh('ip', ['netns', 'add', NS]);
-const tmp = mkdtempSync(join(tmpdir(), 'hearth-cc-'));
+const far = farNamespace(SERVER_IP);
 let server = null;
 let near = null;
-let far = null;
 try {
-  sh('ip', ['link', 'add', 'c0', 'type', 'veth', 'peer', 'name', 'c1']);
-  sh('ip', ['link', 'set', 'c1', 'netns', NS]);
-  sh('ip', ['addr', 'add', `${SERVER_IP}/24`, 'dev', 'c0']);
-  sh('ip', ['link', 'set', 'c0', 'up']);
-  inNs(['ip', 'link', 'set', 'lo', 'up']);
-  inNs(['ip', 'addr', 'add', '10.78.0.2/24', 'dev', 'c1']);
-  inNs(['ip', 'link', 'set', 'c1', 'up']);
-  inNs(['ip', 'route', 'add', 'default', 'via', SERVER_IP]);
-
   server = await startServer(binary, [
     '--dev', '--media-port', '7882', '--public-ip', SERVER_IP, '--empty-timeout', '5s',
   ], { http: `${SERVER_IP}:7880` });
   // Pages come from http://10.78.0.1: not a secure context unless Chromium is told so.
   const secure = [`--unsafely-treat-insecure-origin-as-secure=${BASE}`];
   near = await launchBrowser(secure);
-  // Carol's Chromium runs in her namespace (Playwright talks to it over a pipe).
-  const wrapper = join(tmp, 'chromium-in-ns');
-  writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${NS} ${CHROMIUM} "$@"\n`);
-  chmodSync(wrapper, 0o755);
-  const farUserData = mkdtempSync(join(tmpdir(), 'hearth-chromium-'));
-  const farBrowser = await chromium.launch({
-    executablePath: wrapper,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--use-fake-ui-for-media-stream',
-      '--autoplay-policy=no-user-gesture-required', ...secure],
-  });
-  far = {
-    async close() {
-      await farBrowser.close().catch(() => {});
-      rmSync(farUserData, { recursive: true, force: true });
-    },
-  };
+  const farBrowser = await far.launch(secure);
 
   const open = async (browser, name, query = '') => {
     const context = await browser.newContext({ permissions: ['camera', 'microphone'] });
@@ -123,13 +71,13 @@ try {
   log('unshaped: bob and carol receive alice at 640 px wide');
 
   // Shaped: Carol's path falls to 300 kbit/s.
-  shape();
+  far.shape(LINK);
   const shapedAt = Date.now();
   const converged = await until('carol is moved to the small layer', async () => {
     const c = await camera(carol);
     return c.frameWidth > 0 && c.frameWidth <= 320 ? Date.now() - shapedAt : null;
   }, 30000, 200);
-  log(`shaped (${SHAPE}): carol on the small layer after ${converged} ms`);
+  log(`shaped (${far.shaped}): carol on the small layer after ${converged} ms`);
 
   // Held for 20 s: Carol keeps decoding (no gap of a second without a new frame), Bob keeps
   // the full layer; throughput is measured over the window.
@@ -156,17 +104,17 @@ try {
   const frames = end.framesDecoded - start.framesDecoded;
   const freezes = end.freezeCount - start.freezeCount;
   const frozen = end.totalFreezesDuration - start.totalFreezesDuration;
-  log(`constrained ${seconds.toFixed(1)} s: ${kbps.toFixed(0)} kbit/s received (${(kbps / LINK_KBPS * 100).toFixed(0)} % of the link), `
+  log(`constrained ${seconds.toFixed(1)} s: ${kbps.toFixed(0)} kbit/s received (${(kbps / LINK.kbps * 100).toFixed(0)} % of the link), `
     + `${frames} frames decoded (${(frames / seconds).toFixed(1)} fps), longest gap ${longestGap} ms, `
     + `Chromium freezes ${freezes} (${frozen.toFixed(2)} s), widths seen ${JSON.stringify([...widths])}`);
   assert.ok(longestGap < 1000, `no freeze of a second or more (longest gap ${longestGap} ms)`);
   assert.ok(frames / seconds >= 5, `carol keeps decoding (${frames} frames in ${seconds} s)`);
-  assert.ok(kbps <= LINK_KBPS * 1.05, `what carol gets fits her link (${kbps} kbit/s)`);
+  assert.ok(kbps <= LINK.kbps * 1.05, `what carol gets fits her link (${kbps} kbit/s)`);
   assert.ok(!widths.has(640), 'carol stayed off the full layer while shaped');
   assert.ok((await camera(bob)).frameWidth >= 640, 'bob keeps the full layer');
 
   // Unshaped again: back on the full layer within 10 s.
-  unshape();
+  far.unshape();
   const liftedAt = Date.now();
   const recovered = await until('carol is back on the full layer', async () =>
     ((await camera(carol)).frameWidth >= 640 ? Date.now() - liftedAt : null), 20000, 200);
@@ -176,7 +124,7 @@ try {
   // Shaped again, and Alice shares her screen (a slide deck: a new slide every 5 s, a
   // clock ticking on it 5 times a second): the share plays whole at Carol, her camera
   // makes room.
-  shape();
+  far.shape(LINK);
   await until('carol is moved off the full layer again', async () => {
     const c = await camera(carol);
     return c.frameWidth > 0 && c.frameWidth <= 320;
@@ -244,11 +192,8 @@ try {
   // The whole server log, when asked for (HEARTH_SERVER_LOG=<file>).
   if (server && process.env.HEARTH_SERVER_LOG) writeFileSync(process.env.HEARTH_SERVER_LOG, server.output.join(''));
 } finally {
-  if (far) await far.close();
   if (near) await near.close();
+  await far.cleanup();
   if (server) await server.stop();
-  try { sh('ip', ['netns', 'del', NS]); } catch { /* already gone */ }
-  try { sh('ip', ['link', 'del', 'c0']); } catch { /* went with the namespace */ }
-  rmSync(tmp, { recursive: true, force: true });
 }
 process.exit(failed ? 1 : 0);

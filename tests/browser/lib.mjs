@@ -1,7 +1,7 @@
 // Shared helpers for the browser tests: start a Hearth server, launch Chromium, poll with
 // deadlines (never sleep-and-hope).
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -108,4 +108,75 @@ export function counter(stats, from, kind, field) {
   return stats.remote
     .filter((r) => r.participant === from && r.kind === kind)
     .reduce((sum, r) => sum + (r[field] || 0), 0);
+}
+
+/**
+ * A second network namespace for a browser on a shaped link: a veth pair, c0 (`serverIp`,
+ * in our namespace, where the server listens) and c1 (10.78.0.2, in the new one). What
+ * we send toward it leaves through c0, where `shape` puts a token bucket (tc tbf: the rate
+ * and a queue of at most `queueMs`) and an nftables rule dropping `lossPercent` at
+ * random. This kernel has no netem (CONFIG_NET_SCH_NETEM is not set), so no propagation
+ * delay is added. Needs root (ip netns, tc, nft); call `cleanup` in a finally.
+ */
+export function farNamespace(serverIp = '10.78.0.1') {
+  const sh = (cmd, args) => execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }).toString();
+  const ns = `hearth-far-${process.pid}`;
+  const inNs = (args) => sh('ip', ['netns', 'exec', ns, ...args]);
+  const tmp = mkdtempSync(join(tmpdir(), 'hearth-far-'));
+  const browsers = [];
+  sh('ip', ['netns', 'add', ns]);
+  const far = {
+    ns,
+    serverIp,
+    shaped: null,
+    shape({ kbps, queueMs = 300, lossPercent = 1 }) {
+      sh('tc', ['qdisc', 'add', 'dev', 'c0', 'root', 'tbf', 'rate', `${kbps}kbit`, 'burst', '3000', 'latency', `${queueMs}ms`]);
+      sh('nft', ['add', 'table', 'inet', 'hearthfar']);
+      sh('nft', ['add', 'chain', 'inet', 'hearthfar', 'out', '{ type filter hook postrouting priority 0; }']);
+      if (lossPercent > 0) {
+        sh('nft', ['add', 'rule', 'inet', 'hearthfar', 'out', 'oifname', 'c0', 'meta', 'l4proto', 'udp',
+          'numgen', 'random', 'mod', '1000', '<', String(Math.round(lossPercent * 10)), 'drop']);
+      }
+      far.shaped = `tbf ${kbps} kbit/s, queue <= ${queueMs} ms, ${lossPercent} % random loss`;
+    },
+    unshape() {
+      sh('tc', ['qdisc', 'del', 'dev', 'c0', 'root']);
+      sh('nft', ['delete', 'table', 'inet', 'hearthfar']);
+      far.shaped = null;
+    },
+    /** Launches Chromium inside the namespace (Playwright drives it over a pipe). */
+    async launch(extraArgs = []) {
+      const wrapper = join(tmp, 'chromium-in-ns');
+      writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${ns} ${CHROMIUM} "$@"\n`);
+      chmodSync(wrapper, 0o755);
+      const browser = await chromium.launch({
+        executablePath: wrapper,
+        headless: true,
+        args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--use-fake-device-for-media-stream',
+          '--use-fake-ui-for-media-stream', '--autoplay-policy=no-user-gesture-required', ...extraArgs],
+      });
+      browsers.push(browser);
+      return browser;
+    },
+    async cleanup() {
+      for (const b of browsers) await b.close().catch(() => {});
+      try { sh('ip', ['netns', 'del', ns]); } catch { /* gone */ }
+      try { sh('ip', ['link', 'del', 'c0']); } catch { /* went with the namespace */ }
+      rmSync(tmp, { recursive: true, force: true });
+    },
+  };
+  try {
+    sh('ip', ['link', 'add', 'c0', 'type', 'veth', 'peer', 'name', 'c1']);
+    sh('ip', ['link', 'set', 'c1', 'netns', ns]);
+    sh('ip', ['addr', 'add', `${serverIp}/24`, 'dev', 'c0']);
+    sh('ip', ['link', 'set', 'c0', 'up']);
+    inNs(['ip', 'link', 'set', 'lo', 'up']);
+    inNs(['ip', 'addr', 'add', '10.78.0.2/24', 'dev', 'c1']);
+    inNs(['ip', 'link', 'set', 'c1', 'up']);
+    inNs(['ip', 'route', 'add', 'default', 'via', serverIp]);
+  } catch (e) {
+    far.cleanup();
+    throw e;
+  }
+  return far;
 }

@@ -2138,7 +2138,8 @@ impl RawSignal {
         }
     }
 
-    /// Reads until an error arrives and returns it, skipping the server's ICE candidates;
+    /// Reads until an error arrives and returns it, skipping the server's ICE candidates
+    /// and what others in the meeting do meanwhile (joins, leaves, tracks, speakers);
     /// panics on anything else or a timeout.
     pub async fn expect_error(&mut self, timeout: Duration) -> ServerError {
         loop {
@@ -2150,7 +2151,14 @@ impl RawSignal {
                         fatal: e.fatal,
                     };
                 }
-                Some(S::Trickle(_)) => continue,
+                Some(
+                    S::Trickle(_)
+                    | S::ParticipantJoined(_)
+                    | S::ParticipantLeft(_)
+                    | S::TrackPublished(_)
+                    | S::TrackUnpublished(_)
+                    | S::ActiveSpeakers(_),
+                ) => continue,
                 other => panic!("expected an error message, got {other:?}"),
             }
         }

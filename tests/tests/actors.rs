@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use hearth_tests::{ClientOptions, ClientStats, Kind, TestClient, TestServer, parse_metric};
 
+/// The metrics recorder is one per process, shared by the servers of tests running in
+/// parallel: tests that assert on the retransmission counters by stream take turns.
+static RETRANSMISSION_COUNTERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Generous: a debug build on a small CI machine sets up DTLS in well under this.
 const T: Duration = Duration::from_secs(20);
 
@@ -633,6 +637,7 @@ async fn a_client_whose_media_dies_is_removed() {
 /// publisher's stack and forwarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_video_is_retransmitted() {
+    let _turn = RETRANSMISSION_COUNTERS.lock().await;
     let server = TestServer::start().await;
     let p = join(&server, "lossy", "pub").await;
     let s = join(&server, "lossy", "sub").await;
@@ -642,6 +647,8 @@ async fn lost_video_is_retransmitted() {
     assert_eq!(before.lost, 0, "no loss before we cause it: {before:?}");
 
     // Leg 2: the node -> subscriber. Every 20th video packet never arrives.
+    let primary = r#"hearth_retransmissions_sent_total{stream="primary"}"#;
+    let primary_before = server.metric(primary).await;
     s.video_loss(20, 0).await;
     let repaired = s
         .wait_until("repaired losses on the subscriber's leg", T, |st| {
@@ -652,9 +659,7 @@ async fn lost_video_is_retransmitted() {
     let v = repaired.stream_from(&pid, Kind::Video);
     assert!(v.lost <= repaired.lost_in + 2, "{v:?}");
     // This client did not accept RTX: the repairs went on the primary stream.
-    let on_primary = server
-        .metric(r#"hearth_retransmissions_sent_total{stream="primary"}"#)
-        .await;
+    let on_primary = server.metric(primary).await - primary_before;
     assert!(
         on_primary >= 5.0,
         "retransmissions on the primary stream: {on_primary}"
@@ -694,6 +699,7 @@ async fn lost_video_is_retransmitted() {
 /// holes fill only if it is right.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retransmissions_go_on_the_rtx_stream_where_accepted() {
+    let _turn = RETRANSMISSION_COUNTERS.lock().await;
     let server = TestServer::start().await;
     let p = join(&server, "rtx", "pub").await;
     let s = TestClient::join(
@@ -711,6 +717,18 @@ async fn retransmissions_go_on_the_rtx_stream_where_accepted() {
     let pid = p.participant_id().to_owned();
     assert_eq!(s.stats().stream_from(&pid, Kind::Video).lost, 0);
 
+    let counter = |stream: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .metric_opt(&format!(
+                    r#"hearth_retransmissions_sent_total{{stream="{stream}"}}"#
+                ))
+                .await
+                .unwrap_or(0.0)
+        }
+    };
+    let (rtx_before, primary_before) = (counter("rtx").await, counter("primary").await);
     s.video_loss(20, 0).await;
     let repaired = s
         .wait_until("repaired losses from the RTX stream", T, |st| {
@@ -720,14 +738,9 @@ async fn retransmissions_go_on_the_rtx_stream_where_accepted() {
         .await;
     let v = repaired.stream_from(&pid, Kind::Video);
     assert!(v.lost <= repaired.lost_in + 2, "{v:?}");
-    let on_rtx = server
-        .metric(r#"hearth_retransmissions_sent_total{stream="rtx"}"#)
-        .await;
+    let on_rtx = counter("rtx").await - rtx_before;
     assert!(on_rtx >= 5.0, "retransmissions on the RTX stream: {on_rtx}");
-    let on_primary = server
-        .metric_opt(r#"hearth_retransmissions_sent_total{stream="primary"}"#)
-        .await
-        .unwrap_or(0.0);
+    let on_primary = counter("primary").await - primary_before;
     assert_eq!(
         on_primary, 0.0,
         "nothing retransmitted on the primary stream"

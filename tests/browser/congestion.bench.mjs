@@ -1,0 +1,177 @@
+// Benchmark: a receiver on a constrained link, through Hearth and directly.
+//
+// Two runs over the same shaped link (farNamespace: tbf rate, bounded queue, random loss),
+// back to back:
+//   hearth: Alice (camera in simulcast + microphone) publishes into a meeting; Carol, in the
+//           shaped namespace, receives through Hearth (its send-side estimate and layer
+//           choice do the adapting);
+//   p2p:    Alice's page and Carol's page connect directly (plain RTCPeerConnection, one
+//           camera encoding + microphone): Chromium's own congestion control adapts the
+//           encoder, the peer the issue names.
+// For each: the time until Carol's received rate settles at or under the link, the average
+// received rate as a fraction of the link (after that), frames decoded per second, the
+// longest gap between decoded frames, and Chromium's freeze count and frozen time.
+//
+//   tests/browser/run.sh congestion.bench.mjs target/release/hearth  (deploy/bench/constrained_link.sh)
+// Env: LINK_KBPS (300), LOSS_PERCENT (1), QUEUE_MS (300), HOLD_S (30).
+import { farNamespace, launchBrowser, startServer, until } from './lib.mjs';
+
+const binary = process.argv[2] || 'target/release/hearth';
+const SERVER_IP = '10.78.0.1';
+const BASE = `http://${SERVER_IP}:7880`;
+const LINK = {
+  kbps: Number(process.env.LINK_KBPS || 300),
+  lossPercent: Number(process.env.LOSS_PERCENT || 1),
+  queueMs: Number(process.env.QUEUE_MS || 300),
+};
+const HOLD_MS = Number(process.env.HOLD_S || 30) * 1000;
+const secure = [`--unsafely-treat-insecure-origin-as-secure=${BASE}`,
+  '--disable-features=WebRtcHideLocalIpsWithMdns'];
+
+function log(...args) {
+  console.log(`[${new Date().toISOString().slice(11, 23)}]`, ...args);
+}
+
+/** What the page's peer connection receives now: total bytes, and its video's counters. */
+async function inbound(page, pcExpr) {
+  return page.evaluate(async (expr) => {
+    // eslint-disable-next-line no-eval
+    const pc = eval(expr);
+    const report = [...(await pc.getStats()).values()].filter((s) => s.type === 'inbound-rtp');
+    const video = report.filter((s) => s.kind === 'video');
+    const sum = (list, f) => list.reduce((t, s) => t + (s[f] || 0), 0);
+    return {
+      bytes: sum(report, 'bytesReceived') + sum(report, 'headerBytesReceived'),
+      frames: sum(video, 'framesDecoded'),
+      freezes: sum(video, 'freezeCount'),
+      frozen: sum(video, 'totalFreezesDuration'),
+      width: Math.max(0, ...video.map((s) => s.frameWidth || 0)),
+    };
+  }, pcExpr);
+}
+
+/** Shapes the link, samples Carol's reception every 100 ms for HOLD_MS, unshapes. */
+async function measure(far, page, pcExpr) {
+  const samples = [];
+  far.shape(LINK);
+  const t0 = Date.now();
+  try {
+    while (Date.now() - t0 < HOLD_MS) {
+      samples.push({ t: Date.now() - t0, ...(await inbound(page, pcExpr)) });
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  } finally {
+    far.unshape();
+  }
+  // Received rate per second of the run; converged once it stays at or under the link.
+  const rates = [];
+  for (let s = 1; s * 1000 <= HOLD_MS; s++) {
+    const a = samples.filter((x) => x.t <= (s - 1) * 1000).at(-1) || samples[0];
+    const b = samples.filter((x) => x.t <= s * 1000).at(-1);
+    rates.push(((b.bytes - a.bytes) * 8) / ((b.t - a.t) / 1000) / 1000);
+  }
+  let settled = rates.length;
+  for (let i = rates.length - 1; i >= 0 && rates[i] <= LINK.kbps * 1.05; i--) settled = i;
+  const after = samples.filter((x) => x.t >= settled * 1000);
+  const first = after[0] || samples.at(-1);
+  const last = samples.at(-1);
+  const secs = Math.max(0.001, (last.t - first.t) / 1000);
+  let gap = 0;
+  for (let i = 1, lastNew = samples[0].t; i < samples.length; i++) {
+    if (samples[i].frames > samples[i - 1].frames) {
+      gap = Math.max(gap, samples[i].t - lastNew);
+      lastNew = samples[i].t;
+    } else if (i === samples.length - 1) {
+      gap = Math.max(gap, samples[i].t - lastNew);
+    }
+  }
+  return {
+    convergedS: settled < rates.length ? settled : null,
+    throughput: ((last.bytes - first.bytes) * 8) / secs / 1000 / LINK.kbps,
+    fps: (last.frames - first.frames) / secs,
+    framesDecoded: last.frames - samples[0].frames,
+    longestGapMs: gap,
+    freezes: last.freezes - samples[0].freezes,
+    frozenS: last.frozen - samples[0].frozen,
+    widths: [...new Set(samples.map((x) => x.width))],
+    rates: rates.map((r) => Math.round(r)),
+  };
+}
+
+const far = farNamespace(SERVER_IP);
+let server = null;
+let near = null;
+const results = {};
+try {
+  server = await startServer(binary, [
+    '--dev', '--media-port', '7882', '--public-ip', SERVER_IP, '--empty-timeout', '5s',
+  ], { http: `${SERVER_IP}:7880` });
+  near = await launchBrowser(secure);
+  const farBrowser = await far.launch(secure);
+
+  // ---- Through Hearth.
+  const alice = await (await near.browser.newContext()).newPage();
+  await alice.goto(`${BASE}/?meeting=bench-cc&name=alice&autojoin=1`);
+  const carol = await (await farBrowser.newContext()).newPage();
+  await carol.goto(`${BASE}/?meeting=bench-cc&name=carol&autojoin=1&media=0`);
+  await until('carol receives alice\'s full layer', async () =>
+    (await carol.evaluate(() => window.hearth.stats())).remote
+      .some((r) => r.kind === 'video' && r.frameWidth >= 640), 45000);
+  log('hearth: carol receives alice at 640 px; shaping');
+  results.hearth = await measure(far, carol, 'window.hearth.peerConnection()');
+  log('hearth', JSON.stringify(results.hearth));
+  await carol.close();
+  await alice.close();
+
+  // ---- Directly between two Chromium pages (the same fake camera and microphone).
+  const a = await (await near.browser.newContext()).newPage();
+  const c = await (await farBrowser.newContext()).newPage();
+  for (const p of [a, c]) await p.goto(`${BASE}/healthz`).catch(() => p.goto(`${BASE}/`));
+  await a.evaluate(async () => {
+    window.pc = new RTCPeerConnection();
+    const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 360 } });
+    for (const t of stream.getTracks()) window.pc.addTrack(t, stream);
+    window.ice = [];
+    window.pc.onicecandidate = (e) => { if (e.candidate) window.ice.push(e.candidate.toJSON()); };
+  });
+  await c.evaluate(() => {
+    window.pc = new RTCPeerConnection();
+    window.ice = [];
+    window.pc.onicecandidate = (e) => { if (e.candidate) window.ice.push(e.candidate.toJSON()); };
+  });
+  const offer = await a.evaluate(async () => {
+    await window.pc.setLocalDescription();
+    return window.pc.localDescription.toJSON();
+  });
+  const answer = await c.evaluate(async (o) => {
+    await window.pc.setRemoteDescription(o);
+    await window.pc.setLocalDescription();
+    return window.pc.localDescription.toJSON();
+  }, offer);
+  await a.evaluate((ans) => window.pc.setRemoteDescription(ans), answer);
+  // Trickle what each gathered (host candidates on c0/c1 and loopback).
+  await until('candidates gathered', async () =>
+    (await a.evaluate(() => window.ice.length)) > 0 && (await c.evaluate(() => window.ice.length)) > 0);
+  await new Promise((r) => setTimeout(r, 500));
+  const [ai, ci] = [await a.evaluate(() => window.ice), await c.evaluate(() => window.ice)];
+  await c.evaluate(async (list) => { for (const x of list) await window.pc.addIceCandidate(x).catch(() => {}); }, ai);
+  await a.evaluate(async (list) => { for (const x of list) await window.pc.addIceCandidate(x).catch(() => {}); }, ci);
+  await until('carol decodes alice directly at 640 px', async () => (await inbound(c, 'window.pc')).width >= 640, 45000);
+  log('p2p: carol receives alice at 640 px; shaping');
+  results.p2p = await measure(far, c, 'window.pc');
+  log('p2p', JSON.stringify(results.p2p));
+} finally {
+  if (near) await near.close();
+  await far.cleanup();
+  if (server) await server.stop();
+}
+
+const row = (name, r) => `| ${name} | ${r.convergedS === null ? 'never' : `${r.convergedS} s`} | `
+  + `${(r.throughput * 100).toFixed(0)} % | ${r.fps.toFixed(1)} | ${r.framesDecoded} | ${r.longestGapMs} ms | `
+  + `${r.freezes} (${r.frozenS.toFixed(2)} s) | ${r.widths.filter((w) => w).join(', ')} |`;
+console.log(`\nlink: ${far.shaped || `tbf ${LINK.kbps} kbit/s, queue <= ${LINK.queueMs} ms, ${LINK.lossPercent} % loss`}, held ${HOLD_MS / 1000} s`);
+console.log('| receiver | settles under the link after | received / link rate, after | fps | frames decoded | longest gap | Chromium freezes | widths seen |');
+console.log('|---|---|---|---|---|---|---|---|');
+console.log(row('Carol through Hearth', results.hearth));
+console.log(row('Carol directly from Alice (Chromium GCC)', results.p2p));
+process.exit(0);
