@@ -5,7 +5,7 @@
 //! Allocation ([`allocate`]): audio always gets what it sends. Video goes in priority
 //! order, screen shares first, then the active speaker's camera, then the other cameras:
 //! each gets its lowest layer (single-layer video: what it sends) while that fits, and is
-//! paused when it does not (a screen share, like audio, never is); what is left lifts simulcast tracks to better layers in the same
+//! paused when a quarter of it does not (a screen share, like audio, never is); what is left lifts simulcast tracks to better layers in the same
 //! order, each up to the layer its tile's height asks for (the publisher offers no more:
 //! `SendLeg::layers`). Hidden tiles cost nothing (their forwarders are paused). A layer cap
 //! is told to the track's publisher, which switches the subscriber's forwarder on the capped
@@ -97,9 +97,16 @@ pub fn allocate(estimate: u64, demands: &[Demand]) -> (Vec<Grant>, u64) {
     for &i in &order {
         let d = &demands[i];
         let min = i64::from(d.layers.first().map_or(d.rate, |(_, r)| *r));
-        let resuming = if d.current == Grant::Pause { margin } else { 0 };
+        // Hysteresis both ways: a paused track resumes with the margin to spare; a playing
+        // one is paused only when a quarter of its lowest layer is missing (a dip of the
+        // estimate after a probe or a keyframe must not freeze a picture for seconds).
+        let needed = if d.current == Grant::Pause {
+            min + margin
+        } else {
+            min - min / 4
+        };
         // A screen share is what the meeting looks at: like audio, never paused.
-        if d.priority == Priority::Screen || min + resuming <= left {
+        if d.priority == Priority::Screen || needed <= left {
             left -= min;
         } else {
             grants[i] = Grant::Pause;
@@ -167,8 +174,9 @@ impl Congestion {
         }
     }
 
-    pub fn set_extension(&mut self, ext: Option<u8>) {
-        self.ext = ext;
+    /// The extension id agreed now; true if it changed.
+    pub fn set_extension(&mut self, ext: Option<u8>) -> bool {
+        std::mem::replace(&mut self.ext, ext) != ext
     }
 
     /// What each of the subscriber's legs writes its transport-wide sequence with.
@@ -355,8 +363,15 @@ mod tests {
         d.current = Grant::Pause;
         let (grants, _) = allocate(230_000, &[d.clone(), a.clone()]);
         assert_eq!(grants[0], Grant::Pause);
-        let (grants, _) = allocate(280_000, &[d, a]);
+        let (grants, _) = allocate(280_000, &[d.clone(), a.clone()]);
         assert_eq!(grants[0], Grant::Cap(0));
+        // A playing track rides out a dip: 95 % of 190k - 62k = 118.5k is short of its 140k
+        // by less than a quarter; 95 % of 160k - 62k = 90k is not.
+        d.current = Grant::Cap(0);
+        let (grants, _) = allocate(190_000, &[d.clone(), a.clone()]);
+        assert_eq!(grants[0], Grant::Cap(0));
+        let (grants, _) = allocate(160_000, &[d, a]);
+        assert_eq!(grants[0], Grant::Pause);
     }
 
     #[test]

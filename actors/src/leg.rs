@@ -78,9 +78,12 @@ pub struct TwccLeg {
 }
 
 impl TwccLeg {
-    /// The next transport-wide sequence number, for a packet of about `size` bytes sent
-    /// at `now` (None if the history's lock is poisoned).
-    fn next(&self, now: Instant, size: usize) -> Option<(u8, u16)> {
+    /// The next transport-wide sequence number, for a packet of about `size` bytes sealed
+    /// now (None if the history's lock is poisoned). The clock is read here, not taken from
+    /// the caller: a publisher forwards with its packet's arrival time, and the time spent
+    /// in the node would read as path delay.
+    fn next(&self, size: usize) -> Option<(u8, u16)> {
+        let now = Instant::now();
         let mut history = self.history.lock().ok()?;
         let probe = history.active_probe;
         Some((self.ext, history.on_sent(now, size, probe)))
@@ -185,7 +188,7 @@ impl SendLeg {
     /// bandwidth probe, counted by the client's transport (its TWCC feedback names it) and
     /// never seen by its decoder. Returns the datagram's length; 0 when the leg has no RTX
     /// stream, no transport-wide sequence or is not ready.
-    pub fn send_padding(&self, now: Instant, size: usize, batch: &mut SendBatch) -> usize {
+    pub fn send_padding(&self, size: usize, batch: &mut SendBatch) -> usize {
         let Some(mut st) = self.lock() else {
             return 0;
         };
@@ -202,7 +205,7 @@ impl SendLeg {
             seq: rtx.next_seq,
             timestamp,
             marker: false,
-            transport_seq: twcc.next(now, SEAL_OVERHEAD + usize::from(padding)),
+            transport_seq: twcc.next(SEAL_OVERHEAD + usize::from(padding)),
             padding,
         };
         let len = batch.push_with(dest, |buf| {
@@ -253,8 +256,7 @@ impl SendLeg {
                     seq,
                     timestamp: header.timestamp,
                     marker: header.marker,
-                    transport_seq: twcc
-                        .and_then(|t| t.next(now, SEAL_OVERHEAD + 2 + pkt.payload.len())),
+                    transport_seq: twcc.and_then(|t| t.next(SEAL_OVERHEAD + 2 + pkt.payload.len())),
                     padding: 0,
                 };
                 let len = batch.push_with(dest, |buf| {
@@ -273,8 +275,7 @@ impl SendLeg {
                     seq: header.seq,
                     timestamp: header.timestamp,
                     marker: header.marker,
-                    transport_seq: twcc
-                        .and_then(|t| t.next(now, SEAL_OVERHEAD + pkt.payload.len())),
+                    transport_seq: twcc.and_then(|t| t.next(SEAL_OVERHEAD + pkt.payload.len())),
                     padding: 0,
                 };
                 batch.push_with(dest, |buf| {

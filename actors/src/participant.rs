@@ -1513,8 +1513,13 @@ impl ParticipantState {
                 let by_height = pick_layer(&layers, choice.max_height);
                 let position = |l: u8| layers.iter().position(|(x, _)| *x == l);
                 // The subscriber's bandwidth cap, if it is below what the tile asks for.
-                let target = match (choice.max_layer.and_then(position), position(by_height)) {
-                    (Some(cap), Some(want)) if cap < want => layers[cap].0,
+                let target = match (choice.max_layer, position(by_height)) {
+                    (Some(cap), Some(want)) => match position(cap) {
+                        Some(cap) if cap < want => layers[cap].0,
+                        Some(_) => by_height,
+                        // The capped layer does not send now: the smallest one that does.
+                        None => layers[0].0,
+                    },
                     _ => by_height,
                 };
                 // What the subscriber's allocation may choose from: up to the tile's layer.
@@ -1902,6 +1907,7 @@ impl ParticipantState {
         let limited = self.cc.limited();
         let mut keys = Vec::with_capacity(self.subscriptions.len());
         let mut demands = Vec::with_capacity(self.subscriptions.len());
+        let mut lowest: HashMap<TrackKey, Option<u8>> = HashMap::new();
         for (key, sub) in &mut self.subscriptions {
             let Some(leg) = sub.leg.lock() else {
                 continue;
@@ -1934,6 +1940,10 @@ impl ParticipantState {
                 sub.told_cap.map_or(Grant::Full, Grant::Cap)
             };
             keys.push(*key);
+            lowest.insert(
+                *key,
+                layers.first().filter(|_| layers.len() > 1).map(|(l, _)| *l),
+            );
             demands.push(Demand {
                 audio: sub.audio,
                 priority,
@@ -1942,7 +1952,29 @@ impl ParticipantState {
                 current,
             });
         }
-        let (grants, desired) = allocate(self.cc.estimate(), &demands);
+        // Probes need an RTX stream; without one the estimate cannot climb back past what
+        // is being sent, so a paused video would never resume: nothing is paused then (the
+        // lowest layer is kept).
+        let can_probe = self.subscriptions.values().any(|s| {
+            s.leg_ready
+                && s.leg
+                    .lock()
+                    .is_some_and(|l| l.rtx.as_ref().is_some_and(|r| r.enabled))
+        });
+        let (mut grants, desired) = allocate(self.cc.estimate(), &demands);
+        if !can_probe {
+            for (grant, d) in grants.iter_mut().zip(&demands) {
+                if *grant == Grant::Pause {
+                    *grant = d.layers.first().map_or(Grant::Full, |(l, _)| {
+                        if d.layers.len() > 1 {
+                            Grant::Cap(*l)
+                        } else {
+                            Grant::Full
+                        }
+                    });
+                }
+            }
+        }
         tracing::trace!(participant = %self.id, ?demands, ?grants, desired, bwe = ?self.cc.stats(), "bandwidth allocation");
         self.cc.allocated(now, desired);
         let estimate = self.cc.estimate();
@@ -1960,15 +1992,20 @@ impl ParticipantState {
                 if let Some(mut leg) = sub.leg.lock() {
                     if pause {
                         leg.forwarder.pause();
-                    } else {
+                    } else if !sub.hidden && !sub.remote_muted {
                         leg.forwarder.resume();
                     }
+                }
+                if !pause {
+                    // The rate it resumes at is measured afresh (not spread over the pause).
+                    sub.rate.start = None;
                 }
             }
             let cap = match grant {
                 Grant::Cap(layer) => Some(layer),
-                // Paused: when it resumes, it starts from the lowest layer offered.
-                Grant::Pause => sub.told_cap,
+                // Paused: when it resumes, it starts from the lowest layer offered (its
+                // keyframe is the smallest), not from the one it had.
+                Grant::Pause => lowest.get(&key).copied().flatten().or(sub.told_cap),
                 Grant::Full => None,
             };
             if sub.told_cap != cap {
@@ -2012,7 +2049,7 @@ impl ParticipantState {
         };
         let mut bytes = 0u64;
         while let Some(size) = self.cc.poll_padding(now, media_bps) {
-            bytes += leg.send_padding(now, size, &mut self.out_batch) as u64;
+            bytes += leg.send_padding(size, &mut self.out_batch) as u64;
         }
         if bytes > 0 {
             self.cc.padding_bytes += bytes;
@@ -2231,7 +2268,10 @@ impl ParticipantState {
     /// Opens each negotiated subscription's leg once the transport is connected (its sealer,
     /// our selected path) and follows path changes and renegotiated payload types.
     fn refresh_legs(&mut self) {
-        self.cc.set_extension(self.peer.send_transport_cc_id());
+        if self.cc.set_extension(self.peer.send_transport_cc_id()) {
+            // Agreed, dropped or renumbered: every leg takes the new handle.
+            self.legs_renegotiated();
+        }
         let dest = self.peer.selected_path();
         let moved = dest != self.leg_dest;
         self.leg_dest = dest;

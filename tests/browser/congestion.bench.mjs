@@ -8,9 +8,10 @@
 //   p2p:    Alice's page and Carol's page connect directly (plain RTCPeerConnection, one
 //           camera encoding + microphone): Chromium's own congestion control adapts the
 //           encoder, the peer the issue names.
-// For each: the time until Carol's received rate settles at or under the link, the average
-// received rate as a fraction of the link (after that), frames decoded per second, the
-// longest gap between decoded frames, and Chromium's freeze count and frozen time.
+// For each: the time until Carol's loss settles (the link caps the rate, so overshoot shows
+// as the queue overflowing), the average received rate as a fraction of the link and the
+// loss after that, frames decoded per second, the longest gap between decoded frames, and
+// Chromium's freeze count and frozen time.
 //
 //   tests/browser/run.sh congestion.bench.mjs target/release/hearth  (deploy/bench/constrained_link.sh)
 // Env: LINK_KBPS (300), LOSS_PERCENT (1), QUEUE_MS (300), HOLD_S (30).
@@ -42,6 +43,8 @@ async function inbound(page, pcExpr) {
     const sum = (list, f) => list.reduce((t, s) => t + (s[f] || 0), 0);
     return {
       bytes: sum(report, 'bytesReceived') + sum(report, 'headerBytesReceived'),
+      packets: sum(report, 'packetsReceived'),
+      lost: sum(report, 'packetsLost'),
       frames: sum(video, 'framesDecoded'),
       freezes: sum(video, 'freezeCount'),
       frozen: sum(video, 'totalFreezesDuration'),
@@ -63,27 +66,42 @@ async function measure(far, page, pcExpr) {
   } finally {
     far.unshape();
   }
-  // Received rate per second of the run; converged once it stays at or under the link.
+  // Per second of the run: the received rate, and the share of packets lost. The link
+  // caps the rate, so overshoot shows as loss (the queue overflowing) above the random
+  // loss: converged once loss stays under three times the link's random loss (at least 3 %).
+  // (Both stacks repair losses with NACK and RTX; packetsLost counts what stayed lost.)
   const rates = [];
+  const losses = [];
   for (let s = 1; s * 1000 <= HOLD_MS; s++) {
     const a = samples.filter((x) => x.t <= (s - 1) * 1000).at(-1) || samples[0];
     const b = samples.filter((x) => x.t <= s * 1000).at(-1);
     rates.push(((b.bytes - a.bytes) * 8) / ((b.t - a.t) / 1000) / 1000);
+    const got = b.packets - a.packets;
+    const lost = Math.max(0, b.lost - a.lost);
+    losses.push(got + lost > 0 ? lost / (got + lost) : 0);
   }
-  let settled = rates.length;
-  for (let i = rates.length - 1; i >= 0 && rates[i] <= LINK.kbps * 1.05; i--) settled = i;
+  // Judged over 3-second windows: a second holds some 60 packets, and two random losses
+  // in one are already 3 %.
+  const lossBound = Math.max(0.03, (3 * LINK.lossPercent) / 100);
+  const windowed = losses.map((_, i) => {
+    const w = losses.slice(i, i + 3);
+    return w.reduce((a, b) => a + b, 0) / w.length;
+  });
+  let settled = windowed.length;
+  for (let i = windowed.length - 1; i >= 0 && windowed[i] <= lossBound; i--) settled = i;
   const after = samples.filter((x) => x.t >= settled * 1000);
   const first = after[0] || samples.at(-1);
   const last = samples.at(-1);
   const secs = Math.max(0.001, (last.t - first.t) / 1000);
   let gap = 0;
+  let gapAt = 0;
   for (let i = 1, lastNew = samples[0].t; i < samples.length; i++) {
-    if (samples[i].frames > samples[i - 1].frames) {
-      gap = Math.max(gap, samples[i].t - lastNew);
-      lastNew = samples[i].t;
-    } else if (i === samples.length - 1) {
-      gap = Math.max(gap, samples[i].t - lastNew);
+    const ends = samples[i].frames > samples[i - 1].frames || i === samples.length - 1;
+    if (ends && samples[i].t - lastNew > gap) {
+      gap = samples[i].t - lastNew;
+      gapAt = lastNew;
     }
+    if (samples[i].frames > samples[i - 1].frames) lastNew = samples[i].t;
   }
   return {
     convergedS: settled < rates.length ? settled : null,
@@ -91,10 +109,19 @@ async function measure(far, page, pcExpr) {
     fps: (last.frames - first.frames) / secs,
     framesDecoded: last.frames - samples[0].frames,
     longestGapMs: gap,
+    // When the longest gap began: ms after the shaping, and the wall clock (for server logs).
+    gapAtMs: gapAt,
+    gapAtClock: new Date(t0 + gapAt).toISOString().slice(11, 23),
     freezes: last.freezes - samples[0].freezes,
     frozenS: last.frozen - samples[0].frozen,
     widths: [...new Set(samples.map((x) => x.width))],
+    lossAfter: (() => {
+      const got = last.packets - first.packets;
+      const lost = Math.max(0, last.lost - first.lost);
+      return got + lost > 0 ? lost / (got + lost) : 0;
+    })(),
     rates: rates.map((r) => Math.round(r)),
+    losses: losses.map((l) => Math.round(l * 1000) / 10),
   };
 }
 
@@ -161,17 +188,21 @@ try {
   results.p2p = await measure(far, c, 'window.pc');
   log('p2p', JSON.stringify(results.p2p));
 } finally {
+  // The whole server log, when asked for (HEARTH_SERVER_LOG=<file>; HEARTH_LOG sets its filter).
+  if (server && process.env.HEARTH_SERVER_LOG) {
+    (await import('node:fs')).writeFileSync(process.env.HEARTH_SERVER_LOG, server.output.join(''));
+  }
   if (near) await near.close();
   await far.cleanup();
   if (server) await server.stop();
 }
 
 const row = (name, r) => `| ${name} | ${r.convergedS === null ? 'never' : `${r.convergedS} s`} | `
-  + `${(r.throughput * 100).toFixed(0)} % | ${r.fps.toFixed(1)} | ${r.framesDecoded} | ${r.longestGapMs} ms | `
+  + `${(r.throughput * 100).toFixed(0)} % | ${(r.lossAfter * 100).toFixed(1)} % | ${r.fps.toFixed(1)} | ${r.framesDecoded} | ${r.longestGapMs} ms | `
   + `${r.freezes} (${r.frozenS.toFixed(2)} s) | ${r.widths.filter((w) => w).join(', ')} |`;
 console.log(`\nlink: ${far.shaped || `tbf ${LINK.kbps} kbit/s, queue <= ${LINK.queueMs} ms, ${LINK.lossPercent} % loss`}, held ${HOLD_MS / 1000} s`);
-console.log('| receiver | settles under the link after | received / link rate, after | fps | frames decoded | longest gap | Chromium freezes | widths seen |');
-console.log('|---|---|---|---|---|---|---|---|');
+console.log('| receiver | loss settles after | received / link rate, after | loss, after | fps | frames decoded | longest gap | Chromium freezes | widths seen |');
+console.log('|---|---|---|---|---|---|---|---|---|');
 console.log(row('Carol through Hearth', results.hearth));
 console.log(row('Carol directly from Alice (Chromium GCC)', results.p2p));
 process.exit(0);

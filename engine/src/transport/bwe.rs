@@ -44,8 +44,13 @@ pub const HISTORY_AGE: Duration = Duration::from_secs(2);
 pub const PROBE_DURATION: Duration = Duration::from_millis(200);
 /// After a probe that did not raise the estimate, the next waits this long.
 pub const PROBE_BACKOFF: Duration = Duration::from_secs(4);
+/// ...and after one that found nothing (a full link), this long: the probe interval bounds
+/// how soon a freed link is noticed.
+pub const PROBE_BACKOFF_AFTER_FAILURE: Duration = Duration::from_secs(5);
 /// After a probe that did, the next may follow this soon (the estimate climbs in steps).
 pub const PROBE_AGAIN: Duration = Duration::from_millis(1500);
+/// A probe whose feedback has not come after this long is forgotten.
+const PROBE_FORGET: Duration = Duration::from_secs(5);
 /// The largest padding one packet carries (RFC 3550's one-octet count).
 pub const MAX_PADDING: usize = 255;
 
@@ -103,6 +108,8 @@ pub struct PacketResult {
     pub sent: SentPacket,
     /// Arrival on the receiver's clock, µs; None: reported lost.
     pub arrival_us: Option<i64>,
+    /// Reported lost before, received now (late or reordered): its loss is taken back.
+    pub recovered: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -228,6 +235,7 @@ impl SendHistory {
                     out.push(PacketResult {
                         sent: slot.packet,
                         arrival_us: Some(t),
+                        recovered: slot.lost,
                     });
                 }
                 None if slot.acked || slot.lost => {}
@@ -236,6 +244,7 @@ impl SendHistory {
                     out.push(PacketResult {
                         sent: slot.packet,
                         arrival_us: None,
+                        recovered: false,
                     });
                 }
             }
@@ -437,6 +446,8 @@ struct AckedRate {
     /// (arrival µs, bytes), in arrival order as reported.
     recent: VecDeque<(i64, u32)>,
     bytes: u64,
+    /// The newest arrival in `recent`.
+    newest: i64,
 }
 
 impl AckedRate {
@@ -450,9 +461,12 @@ impl AckedRate {
             self.recent.clear();
             self.bytes = 0;
         }
+        if self.recent.is_empty() || arrival > self.newest {
+            self.newest = arrival;
+        }
         self.recent.push_back((arrival, size));
         self.bytes += u64::from(size);
-        let newest = self.recent.iter().map(|(t, _)| *t).max().unwrap_or(arrival);
+        let newest = self.newest;
         while self
             .recent
             .front()
@@ -532,6 +546,9 @@ pub struct BweStats {
     /// Delay trend (ms/ms x gain) and the threshold it is compared with.
     pub trend: f64,
     pub threshold: f64,
+    /// The last probe judged: the rate its packets were sent at, the rate the later half
+    /// arrived at, and what was concluded (bits/s).
+    pub last_probe: Option<(u64, u64, u64)>,
 }
 
 /// The send-side estimate of one subscriber's path.
@@ -555,6 +572,8 @@ pub struct SendSideBwe {
     judging: Vec<Probe>,
     next_probe_id: u32,
     next_probe_at: Option<Instant>,
+    /// Probes in a row that did not raise the estimate.
+    failed_probes: u32,
     /// The send time of the newest packet feedback has named.
     latest_reported: Option<Instant>,
     stats: BweStats,
@@ -581,6 +600,7 @@ impl SendSideBwe {
             judging: Vec::new(),
             next_probe_id: 1,
             next_probe_at: None,
+            failed_probes: 0,
             latest_reported: None,
             stats: BweStats {
                 estimate_bps: start,
@@ -625,7 +645,12 @@ impl SendSideBwe {
             if self.latest_reported.is_none_or(|t| r.sent.at > t) {
                 self.latest_reported = Some(r.sent.at);
             }
-            self.loss_total += 1;
+            if r.recovered {
+                // Counted once, as lost: take that back.
+                self.loss_lost = self.loss_lost.saturating_sub(1);
+            } else {
+                self.loss_total += 1;
+            }
             match r.arrival_us {
                 Some(t) => {
                     self.delay.on_packet(r.sent.at, t);
@@ -740,15 +765,26 @@ impl SendSideBwe {
 
     /// Starts a probe cluster if one is due. `media_bps`: what is being sent now.
     fn maybe_start_probe(&mut self, now: Instant, media_bps: u64) {
+        // Probes whose feedback never came (the receiver went quiet) are forgotten.
+        self.judging
+            .retain(|p| now.saturating_duration_since(p.start) < PROBE_FORGET);
         if self.probe.is_some()
             || self.desired <= self.estimate + self.estimate / 10
             || !self.stats.limited
             || self.next_probe_at.is_some_and(|t| now < t)
-            || self.judging.len() >= 4
         {
             return;
         }
-        let target = (self.estimate * 2)
+        // Due, whatever follows: the next chance is a backoff away (a deadline left in the
+        // past would wake the caller again at once, for ever).
+        self.next_probe_at = Some(now + PROBE_BACKOFF);
+        if self.judging.len() >= 4 {
+            return;
+        }
+        // Twice the estimate; after a probe that found nothing, half as much more, so a
+        // link that is full anyway is not flooded every few seconds.
+        let factor = if self.failed_probes > 0 { 3 } else { 4 };
+        let target = (self.estimate * factor / 2)
             .min(self.desired)
             .min(self.config.max_bps);
         let padding_bps = target.saturating_sub(media_bps.min(self.estimate));
@@ -763,7 +799,13 @@ impl SendSideBwe {
         let id = self.next_probe_id;
         self.next_probe_id = self.next_probe_id.wrapping_add(1);
         self.stats.probes += 1;
-        self.next_probe_at = Some(now + PROBE_BACKOFF);
+        self.next_probe_at = Some(
+            now + if self.failed_probes > 0 {
+                PROBE_BACKOFF_AFTER_FAILURE
+            } else {
+                PROBE_BACKOFF
+            },
+        );
         self.probe = Some(Probe {
             id,
             target_bps: target,
@@ -831,6 +873,16 @@ impl SendSideBwe {
             return;
         };
         let at = r.sent.at;
+        if r.recovered {
+            // Its send was counted when it was reported lost.
+            p.lost = p.lost.saturating_sub(1);
+            if let Some(t) = r.arrival_us
+                && p.arrivals.len() < PROBE_MAX_TRACKED
+            {
+                p.arrivals.push((t, r.sent.size));
+            }
+            return;
+        }
         if p.first_send.is_none_or(|f| at < f) {
             p.first_send = Some(at);
         }
@@ -852,6 +904,7 @@ impl SendSideBwe {
     /// judged on them a probe sees a faster link than there is.
     fn judge_probes(&mut self) {
         let mut raised = None;
+        let mut last_probe = None;
         let latest = self.latest_reported;
         self.judging.retain_mut(|p| {
             let complete = latest.is_some_and(|t| t > p.start + PROBE_DURATION);
@@ -886,15 +939,22 @@ impl SendSideBwe {
                 send_bps.min(recv_bps)
             };
             raised = Some(raised.unwrap_or(0).max(measured.min(p.target_bps)));
+            last_probe = Some((send_bps, recv_bps, measured.min(p.target_bps)));
             false
         });
+        if last_probe.is_some() {
+            self.stats.last_probe = last_probe;
+        }
         if self.judging.len() > 4 {
             self.judging.remove(0);
         }
-        if let Some(measured) = raised
-            && measured > self.estimate
-            && self.delay.usage != Usage::Overusing
-        {
+        let Some(measured) = raised else {
+            return;
+        };
+        if measured <= self.estimate || self.delay.usage == Usage::Overusing {
+            self.failed_probes = self.failed_probes.saturating_add(1);
+        } else {
+            self.failed_probes = 0;
             self.stats.probes_raised += 1;
             let climbing = measured >= self.estimate + self.estimate / 2;
             self.set_estimate(measured);

@@ -411,6 +411,49 @@ fn history_follows_the_wrap() {
     );
 }
 
+/// A receiver that reports heavy loss once and then goes quiet (no more feedback): every
+/// wake-up the estimator asks for is in the future once its work is done, probes waiting
+/// for feedback are forgotten, and probing goes on at its pace.
+#[test]
+fn a_quiet_receiver_does_not_spin_the_caller() {
+    let t0 = Instant::now();
+    let mut h = sent_history(t0, 40);
+    let mut bwe = SendSideBwe::new(BweConfig {
+        start_bps: 1_000_000,
+        ..BweConfig::default()
+    });
+    let fb = TwccFeedback {
+        base_seq: 1,
+        feedback_count: 0,
+        status_count: 40,
+        received: (1..=10).map(|s| (s, i64::from(s) * 1_000)).collect(),
+    };
+    bwe.on_feedback(t0 + ms(100), &mut h, &fb);
+    assert!(bwe.stats().limited, "{:?}", bwe.stats());
+    bwe.set_desired(t0 + ms(100), 5_000_000);
+    let mut now = t0 + ms(100);
+    let mut wakeups = 0;
+    while now < t0 + Duration::from_secs(60) {
+        match bwe.poll_timeout() {
+            Some(t) if t <= now => {
+                wakeups += 1;
+                while bwe.poll_padding(now, 0).is_some() {}
+                assert!(
+                    bwe.poll_timeout().is_none_or(|t| t > now),
+                    "due again at once at {:?}",
+                    now - t0
+                );
+            }
+            _ => {}
+        }
+        now += ms(10);
+    }
+    // Probes every 4 s, each with its packets at up to one per ~10 ms tick.
+    let probes = bwe.stats().probes;
+    assert!((10..=16).contains(&probes), "{probes} probes");
+    assert!(wakeups < 2_000, "{wakeups} wake-ups");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(super::super::proptest_cases()))]
 
