@@ -248,6 +248,11 @@ impl Congestion {
         self.bwe.poll_timeout()
     }
 
+    /// A probe is due but cannot be sent (nothing to pad on): the next one waits.
+    pub fn defer_probe(&mut self, now: Instant) {
+        self.bwe.defer_probe(now);
+    }
+
     /// Adds what happened since the last call to the node's metrics.
     pub fn flush_metrics(&mut self) {
         let s = self.bwe.stats();

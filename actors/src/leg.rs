@@ -193,7 +193,7 @@ impl SendLeg {
             return 0;
         };
         let st = &mut *st;
-        let (true, Some(dest), Some(twcc)) = (st.open, st.dest, st.twcc.clone()) else {
+        let (true, Some(dest), Some(twcc)) = (st.open, st.dest, st.twcc.as_ref()) else {
             return 0;
         };
         let timestamp = st.stats.last_timestamp().unwrap_or(0);
@@ -246,7 +246,7 @@ impl SendLeg {
                 Err(_) => return Forwarded::Skipped,
             }
         };
-        let twcc = st.twcc.clone();
+        let twcc = st.twcc.as_ref();
         let len = match (&mut st.rtx, retransmission) {
             (Some(rtx), true) if rtx.enabled => {
                 // RFC 4588 §4: the RTX stream's own sequence number, the original (as the

@@ -2043,8 +2043,8 @@ impl ParticipantState {
             })
             .map(|s| Arc::clone(&s.leg))
         else {
-            // Keep the probe's clock going, so it ends and is judged.
-            while self.cc.poll_padding(now, media_bps).is_some() {}
+            // Nothing to probe on (no RTX stream): no probe now; ask again later.
+            self.cc.defer_probe(now);
             return;
         };
         let mut bytes = 0u64;

@@ -39,7 +39,7 @@ use super::twcc::TwccFeedback;
 /// Sent packets remembered for feedback, at most (about 1.4 s at 3,000 packets/s)...
 pub const HISTORY_LEN: usize = 4096;
 /// ...and for at most this long (feedback comes every 50 to 100 ms).
-pub const HISTORY_AGE: Duration = Duration::from_secs(2);
+pub const HISTORY_AGE: Duration = Duration::from_secs(1);
 /// How long a probe cluster lasts.
 pub const PROBE_DURATION: Duration = Duration::from_millis(200);
 /// After a probe that did not raise the estimate, the next waits this long.
@@ -112,9 +112,13 @@ pub struct PacketResult {
     pub recovered: bool,
 }
 
+/// One sent packet in the history (32 bytes: its sequence number is its place).
 #[derive(Clone, Copy, Debug)]
 struct Slot {
-    packet: SentPacket,
+    at: Instant,
+    size: u32,
+    /// Its probe cluster; 0: none (cluster ids start at 1).
+    probe: u32,
     /// Feedback named it received (a later report is a repeat).
     acked: bool,
     /// Feedback named it lost (counted once; a later "received" still gives its delay).
@@ -161,17 +165,14 @@ impl SendHistory {
             || self
                 .slots
                 .front()
-                .is_some_and(|s| now.saturating_duration_since(s.packet.at) > HISTORY_AGE)
+                .is_some_and(|s| now.saturating_duration_since(s.at) > HISTORY_AGE)
         {
             self.slots.pop_front();
         }
         self.slots.push_back(Slot {
-            packet: SentPacket {
-                seq,
-                at: now,
-                size: size.min(u32::MAX as usize) as u32,
-                probe,
-            },
+            at: now,
+            size: size.min(u32::MAX as usize) as u32,
+            probe: probe.unwrap_or(0),
             acked: false,
             lost: false,
         });
@@ -190,12 +191,12 @@ impl SendHistory {
         self.next.checked_sub(back).filter(|s| *s >= 1)
     }
 
+    /// The slot of extended sequence number `seq`, if still kept (the slots hold the
+    /// last `len` numbers before `next`, in order).
     fn slot_mut(&mut self, seq: u64) -> Option<&mut Slot> {
-        let first = self.slots.front()?.packet.seq;
-        let slot = self
-            .slots
-            .get_mut(usize::try_from(seq.checked_sub(first)?).ok()?)?;
-        (slot.packet.seq == seq).then_some(slot)
+        let first = self.next - self.slots.len() as u64;
+        self.slots
+            .get_mut(usize::try_from(seq.checked_sub(first)?).ok()?)
     }
 
     /// Appends to `out` what `feedback` says of packets we remember, in sequence order:
@@ -223,17 +224,25 @@ impl SendHistory {
                 }
                 break;
             }
-            let slot = self.extend(wire).and_then(|seq| self.slot_mut(seq));
-            let Some(slot) = slot else {
+            let Some((seq, slot)) = self
+                .extend(wire)
+                .and_then(|seq| Some((seq, self.slot_mut(seq)?)))
+            else {
                 self.unknown_reports += 1;
                 continue;
+            };
+            let packet = SentPacket {
+                seq,
+                at: slot.at,
+                size: slot.size,
+                probe: (slot.probe != 0).then_some(slot.probe),
             };
             match arrival {
                 Some(_) if slot.acked => self.unknown_reports += 1,
                 Some(t) => {
                     slot.acked = true;
                     out.push(PacketResult {
-                        sent: slot.packet,
+                        sent: packet,
                         arrival_us: Some(t),
                         recovered: slot.lost,
                     });
@@ -242,7 +251,7 @@ impl SendHistory {
                 None => {
                     slot.lost = true;
                     out.push(PacketResult {
-                        sent: slot.packet,
+                        sent: packet,
                         arrival_us: None,
                         recovered: false,
                     });
@@ -797,7 +806,8 @@ impl SendSideBwe {
             .max(PROBE_MIN_PACKETS as usize * 2);
         let packet = (bytes / packets).clamp(MIN_PADDING, MAX_PADDING);
         let id = self.next_probe_id;
-        self.next_probe_id = self.next_probe_id.wrapping_add(1);
+        // Never 0: the history's "no cluster".
+        self.next_probe_id = self.next_probe_id.wrapping_add(1).max(1);
         self.stats.probes += 1;
         self.next_probe_at = Some(
             now + if self.failed_probes > 0 {
@@ -850,6 +860,14 @@ impl SendSideBwe {
         probe.padding_left = probe.padding_left.saturating_sub(size);
         probe.next_send += probe.interval;
         Some((probe.id, size))
+    }
+
+    /// The caller cannot send padding now (no stream to pad on): no probe starts, and the
+    /// next chance is a backoff away.
+    pub fn defer_probe(&mut self, now: Instant) {
+        if self.probe.is_none() {
+            self.next_probe_at = Some(now + PROBE_BACKOFF);
+        }
     }
 
     /// When [`Self::poll_padding`] has something next.

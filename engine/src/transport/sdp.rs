@@ -863,6 +863,10 @@ impl Negotiator {
                     })
                     .collect();
                 s.codecs = accepted;
+                // Extensions: only those the answer kept (the transport-wide sequence is
+                // written into every packet we send only if the client agreed to it).
+                s.extmap
+                    .retain(|(id, uri)| answered.extmap.iter().any(|(a, u)| a == id && u == uri));
                 s.local_sends = answered.direction.remote_receives() && !s.codecs.is_empty();
                 if s.codecs.is_empty() {
                     // No codec in common: the slot is rejected; a live sender is placed again

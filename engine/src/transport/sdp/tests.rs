@@ -560,3 +560,32 @@ fn sending_sections_carry_mid_and_rid_extensions_with_bundle_ids() {
         "{video}"
     );
 }
+
+/// Our sending sections offer the transport-wide sequence extension and `transport-cc`
+/// feedback; the extension is kept only if the answer keeps it (forwarded packets carry it
+/// only then).
+#[test]
+fn the_transport_wide_sequence_follows_the_answer() {
+    let mut n = negotiator();
+    n.add_sender(vp8_sender(1));
+    let offer = n.create_offer().unwrap();
+    let ext = format!("a=extmap:3 {TRANSPORT_CC_URI}");
+    assert!(offer.contains(&ext), "{offer}");
+    assert!(offer.contains("transport-cc"), "{offer}");
+    // An answer that keeps it.
+    let kept =
+        answer_video(&offer, true).replace("a=recvonly\r\n", &format!("{ext}\r\na=recvonly\r\n"));
+    n.apply_answer(&kept).unwrap();
+    assert_eq!(n.sections()[0].extension_id(TRANSPORT_CC_URI), Some(3));
+    // A later exchange whose answer drops it: gone.
+    n.add_sender(vp8_sender(2));
+    let offer = n.create_offer().unwrap();
+    n.apply_answer(&answer_video(&offer, true)).unwrap();
+    assert!(
+        n.sections()
+            .iter()
+            .all(|s| s.extension_id(TRANSPORT_CC_URI).is_none()),
+        "{:?}",
+        n.sections()
+    );
+}
