@@ -38,8 +38,10 @@ use super::twcc::TwccFeedback;
 
 /// Sent packets remembered for feedback, at most (about 1.4 s at 3,000 packets/s)...
 pub const HISTORY_LEN: usize = 4096;
-/// ...and for at most this long (feedback comes every 50 to 100 ms).
-pub const HISTORY_AGE: Duration = Duration::from_secs(1);
+/// ...and for at most this long. Feedback comes every 50 to 100 ms after a packet arrives,
+/// but a bloated queue can hold packets for seconds: with 1 s the estimator went blind on
+/// a 5 s queue before it saw the delay grow (the virtual-time test).
+pub const HISTORY_AGE: Duration = Duration::from_secs(2);
 /// How long a probe cluster lasts.
 pub const PROBE_DURATION: Duration = Duration::from_millis(200);
 /// After a probe that did not raise the estimate, the next waits this long.
