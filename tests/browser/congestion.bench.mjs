@@ -125,7 +125,7 @@ async function measure(far, page, pcExpr) {
   };
 }
 
-const far = farNamespace(SERVER_IP);
+const far = await farNamespace(SERVER_IP);
 let server = null;
 let near = null;
 const results = {};

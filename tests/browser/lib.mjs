@@ -1,7 +1,7 @@
 // Shared helpers for the browser tests: start a Hearth server, launch Chromium, poll with
 // deadlines (never sleep-and-hope).
 import { execFileSync, spawn } from 'node:child_process';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -116,17 +116,24 @@ export function counter(stats, from, kind, field) {
  * we send toward it leaves through c0, where `shape` puts a token bucket (tc tbf: the rate
  * and a queue of at most `queueMs`) and an nftables rule dropping `lossPercent` at
  * random. This kernel has no netem (CONFIG_NET_SCH_NETEM is not set), so no propagation
- * delay is added. Needs root (ip netns, tc, nft); call `cleanup` in a finally.
+ * delay is added. The namespace is held by a process of its own (`unshare --net`) and
+ * entered with nsenter, not named with `ip netns add` (which needs to mount /run/netns):
+ * so it works as root and in the user namespace tests/run.sh uses without root. Needs ip,
+ * tc, nft and nsenter; call `cleanup` in a finally.
  */
-export function farNamespace(serverIp = '10.78.0.1') {
+export async function farNamespace(serverIp = '10.78.0.1') {
   const sh = (cmd, args) => execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }).toString();
-  const ns = `hearth-far-${process.pid}`;
-  const inNs = (args) => sh('ip', ['netns', 'exec', ns, ...args]);
+  const holder = spawn('unshare', ['--net', 'sleep', 'infinity'], { stdio: 'ignore' });
+  const netns = `/proc/${holder.pid}/ns/net`;
+  const ours = readlinkSync('/proc/self/ns/net');
+  await until('the far namespace exists', () => {
+    if (holder.exitCode !== null) throw new Error('unshare --net failed');
+    try { return readlinkSync(netns) !== ours; } catch { return false; }
+  }, 5000, 10);
+  const inNs = (args) => sh('nsenter', [`--net=${netns}`, ...args]);
   const tmp = mkdtempSync(join(tmpdir(), 'hearth-far-'));
   const browsers = [];
-  sh('ip', ['netns', 'add', ns]);
   const far = {
-    ns,
     serverIp,
     shaped: null,
     shape({ kbps, queueMs = 300, lossPercent = 1 }) {
@@ -147,7 +154,7 @@ export function farNamespace(serverIp = '10.78.0.1') {
     /** Launches Chromium inside the namespace (Playwright drives it over a pipe). */
     async launch(extraArgs = []) {
       const wrapper = join(tmp, 'chromium-in-ns');
-      writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${ns} ${CHROMIUM} "$@"\n`);
+      writeFileSync(wrapper, `#!/bin/sh\nexec nsenter --net=${netns} ${CHROMIUM} "$@"\n`);
       chmodSync(wrapper, 0o755);
       const browser = await chromium.launch({
         executablePath: wrapper,
@@ -160,14 +167,18 @@ export function farNamespace(serverIp = '10.78.0.1') {
     },
     async cleanup() {
       for (const b of browsers) await b.close().catch(() => {});
-      try { sh('ip', ['netns', 'del', ns]); } catch { /* gone */ }
-      try { sh('ip', ['link', 'del', 'c0']); } catch { /* went with the namespace */ }
+      if (far.shaped) {
+        try { far.unshape(); } catch { /* half shaped */ }
+      }
+      try { sh('nft', ['delete', 'table', 'inet', 'hearthfar']); } catch { /* not there */ }
+      // The veth pair goes with the namespace, and the namespace with its holder.
+      holder.kill('SIGKILL');
+      try { sh('ip', ['link', 'del', 'c0']); } catch { /* already gone */ }
       rmSync(tmp, { recursive: true, force: true });
     },
   };
   try {
-    sh('ip', ['link', 'add', 'c0', 'type', 'veth', 'peer', 'name', 'c1']);
-    sh('ip', ['link', 'set', 'c1', 'netns', ns]);
+    sh('ip', ['link', 'add', 'c0', 'type', 'veth', 'peer', 'name', 'c1', 'netns', String(holder.pid)]);
     sh('ip', ['addr', 'add', `${serverIp}/24`, 'dev', 'c0']);
     sh('ip', ['link', 'set', 'c0', 'up']);
     inNs(['ip', 'link', 'set', 'lo', 'up']);
@@ -175,7 +186,7 @@ export function farNamespace(serverIp = '10.78.0.1') {
     inNs(['ip', 'link', 'set', 'c1', 'up']);
     inNs(['ip', 'route', 'add', 'default', 'via', serverIp]);
   } catch (e) {
-    far.cleanup();
+    await far.cleanup();
     throw e;
   }
   return far;

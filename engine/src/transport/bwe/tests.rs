@@ -110,7 +110,8 @@ impl Sim {
     fn new(capacity_bps: u64) -> Self {
         let t0 = Instant::now();
         let mut bwe = SendSideBwe::new(BweConfig::default());
-        bwe.set_desired(t0, LAYERS[2]);
+        // As the allocator asks: the top layer with its headroom and climbing margin.
+        bwe.set_desired(t0, LAYERS[2] * 4 / 3);
         Self {
             t0,
             now: t0,
