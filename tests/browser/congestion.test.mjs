@@ -29,6 +29,27 @@ function log(...args) {
   console.log(`[${new Date().toISOString().slice(11, 23)}]`, ...args);
 }
 
+/**
+ * Samples `frames()` (a decoded-frame counter) every 100 ms for `ms`: the longest time
+ * without a new frame, counted to the end of the window (a measurement window, not a wait).
+ */
+async function longestFrameGap(frames, ms) {
+  const startAt = Date.now();
+  let last = await frames();
+  let lastNewAt = startAt;
+  let longest = 0;
+  while (Date.now() - startAt < ms) {
+    await new Promise((r) => setTimeout(r, 100));
+    const n = await frames();
+    if (n > last) {
+      longest = Math.max(longest, Date.now() - lastNewAt);
+      last = n;
+      lastNewAt = Date.now();
+    }
+  }
+  return Math.max(longest, Date.now() - lastNewAt);
+}
+
 const far = await farNamespace(SERVER_IP);
 let server = null;
 let near = null;
@@ -83,21 +104,12 @@ try {
   // the full layer; throughput is measured over the window.
   const start = await camera(carol);
   const startAt = Date.now();
-  let lastFrames = start.framesDecoded;
-  let lastNewFrameAt = Date.now();
-  let longestGap = 0;
   const widths = new Set();
-  while (Date.now() - startAt < 20000) {
+  const longestGap = await longestFrameGap(async () => {
     const c = await camera(carol);
     widths.add(c.frameWidth);
-    if (c.framesDecoded > lastFrames) {
-      longestGap = Math.max(longestGap, Date.now() - lastNewFrameAt);
-      lastFrames = c.framesDecoded;
-      lastNewFrameAt = Date.now();
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  longestGap = Math.max(longestGap, Date.now() - lastNewFrameAt);
+    return c.framesDecoded;
+  }, 20000);
   const end = await camera(carol);
   const seconds = (Date.now() - startAt) / 1000;
   const kbps = ((end.allBytes - start.allBytes) * 8) / seconds / 1000;
@@ -159,19 +171,7 @@ try {
   const s0 = await screenOf(carol);
   const c0 = await camera(carol);
   const t0 = Date.now();
-  let screenGap = 0;
-  let screenFrames = s0.framesDecoded;
-  let screenNewAt = Date.now();
-  while (Date.now() - t0 < 15000) {
-    const s = await screenOf(carol);
-    if (s && s.framesDecoded > screenFrames) {
-      screenGap = Math.max(screenGap, Date.now() - screenNewAt);
-      screenFrames = s.framesDecoded;
-      screenNewAt = Date.now();
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  screenGap = Math.max(screenGap, Date.now() - screenNewAt);
+  const screenGap = await longestFrameGap(async () => ((await screenOf(carol)) || {}).framesDecoded || 0, 15000);
   const s1 = await screenOf(carol);
   const c1 = await camera(carol);
   const span = (Date.now() - t0) / 1000;
