@@ -36,6 +36,7 @@ command -v g++ >/dev/null || need+=(g++)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)         # speech with known words
 command -v sox >/dev/null || need+=(sox)
 command -v nft >/dev/null || need+=(nftables)                # random loss on a shaped link
+command -v redis-server >/dev/null || need+=(redis-server)   # the cluster tests (their own servers)
 if [ ${#need[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
@@ -110,6 +111,8 @@ for attempt in 1 2 3 4 5; do
 done
 export HEARTH_TEST_PG_URL="postgres://hearth@127.0.0.1:$pg_port/postgres"
 export HEARTH_TEST_REQUIRE_PG=1
+# tests/tests/cluster.rs starts a redis-server of its own per test (unix socket, no data).
+export HEARTH_TEST_REQUIRE_REDIS=1
 echo "ok: $("$pg_bin/postgres" --version) on 127.0.0.1:$pg_port"
 
 step "speech model for the transcription tests (deploy/models/install-whisper.sh, sha256-verified)"

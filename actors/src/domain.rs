@@ -396,6 +396,9 @@ pub enum EndReason {
     Empty,
     EndedByApi,
     NodeShutdown,
+    /// Another node of the cluster holds the meeting's lease: its participants are told to
+    /// reconnect (and land on that node).
+    Moved,
 }
 
 impl EndReason {
@@ -405,6 +408,7 @@ impl EndReason {
             EndReason::Empty => "empty",
             EndReason::EndedByApi => "ended_by_api",
             EndReason::NodeShutdown => "node_shutdown",
+            EndReason::Moved => "moved",
         }
     }
 }

@@ -9,6 +9,7 @@
 //! Entry point: [`Node::start`], then [`Node::join`] per participant.
 
 pub mod billing;
+pub mod cluster;
 pub mod congestion;
 pub mod data;
 pub mod domain;

@@ -1179,7 +1179,11 @@ impl MeetingState {
             .events
             .append(&self.id, EventKind::MeetingEnded(reason));
         for member in self.members.values() {
-            member.signal.send(ServerSignal::MeetingEnded(reason));
+            member.signal.send(if reason == EndReason::Moved {
+                ServerSignal::Reconnect("the meeting moved to another node of the cluster".into())
+            } else {
+                ServerSignal::MeetingEnded(reason)
+            });
             let _ = member
                 .actor
                 .send_message(ParticipantMsg::Leave(LeaveReason::MeetingEnded));

@@ -25,6 +25,7 @@ use crate::billing::webhook::{WebhookActor, WebhookMsg, Webhooks};
 use crate::billing::{
     Attribution, Billing, BillingActor, BillingMsg, IntervalKind, UsageHandle, UsageMeter,
 };
+use crate::cluster::{Cluster, ClusterActor, ClusterMsg, Placement};
 use crate::domain::{
     ApiError, EndReason, JoinAccepted, JoinRequest, MeetingSettings, SignalError, SignalErrorCode,
 };
@@ -67,6 +68,8 @@ pub struct NodeConfig {
     pub billing: Option<BillingSetup>,
     /// Live transcription (engines, limits).
     pub transcription: crate::transcription::TranscriptionConfig,
+    /// Membership of a cluster on Redis (None: a node on its own).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// What the node needs to meter usage and send webhooks.
@@ -108,6 +111,7 @@ impl Default for NodeConfig {
             turn: None,
             billing: None,
             transcription: Default::default(),
+            cluster: None,
         }
     }
 }
@@ -128,6 +132,8 @@ pub enum NodeError {
     Turn(String),
     #[error("the usage ledger: {0}")]
     Ledger(String),
+    #[error("the cluster: {0}")]
+    Cluster(String),
 }
 
 /// What every actor of the node shares (read-only).
@@ -158,6 +164,8 @@ pub struct NodeShared {
     pub webhooks: Option<Arc<Webhooks>>,
     /// Live transcription: engines, the worker pool's handle, counters.
     pub transcription: Arc<crate::transcription::Transcription>,
+    /// The cluster this node belongs to, if any.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl NodeShared {
@@ -530,7 +538,30 @@ pub struct NodeSupervisorState {
     webhooks: Option<ActorRef<WebhookMsg>>,
     transcription: Option<ActorRef<crate::transcription::supervisor::SupervisorMsg>>,
     transcription_restarts: u32,
+    cluster: Option<ActorRef<ClusterMsg>>,
     reg: Registration,
+}
+
+async fn spawn_cluster(
+    node: &Arc<NodeShared>,
+    myself: &ActorRef<NodeMsg>,
+) -> Result<Option<ActorRef<ClusterMsg>>, ActorProcessingErr> {
+    let Some(cluster) = &node.cluster else {
+        return Ok(None);
+    };
+    let (actor, _) = Actor::spawn_linked(
+        None,
+        ClusterActor,
+        (
+            Arc::clone(cluster),
+            Arc::clone(node),
+            Arc::clone(&node.actors),
+            myself.get_id(),
+        ),
+        myself.get_cell(),
+    )
+    .await?;
+    Ok(Some(actor))
 }
 
 async fn spawn_transcription(
@@ -628,7 +659,9 @@ impl Actor for NodeSupervisor {
         let billing = spawn_billing(&node, &myself).await?;
         let webhooks = spawn_webhooks(&node, &myself).await?;
         let transcription = spawn_transcription(&node, &myself, 0).await?;
+        let cluster = spawn_cluster(&node, &myself).await?;
         Ok(NodeSupervisorState {
+            cluster,
             node,
             meetings,
             turn,
@@ -698,6 +731,21 @@ impl Actor for NodeSupervisor {
                 spawn_transcription(&state.node, &myself, state.transcription_restarts).await?;
             metrics::counter!("hearth_actor_restarts_total", "kind" => "transcription_supervisor")
                 .increment(1);
+            return Ok(());
+        }
+        if let SupervisionEvent::ActorFailed(cell, error) = &event
+            && state
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.get_id() == cell.get_id())
+        {
+            // Leases and the registry entry live in Redis with their TTLs; the new actor's
+            // first tick renews them.
+            metrics::counter!("hearth_actor_failures_total", "kind" => "cluster").increment(1);
+            tracing::error!(%error, "cluster actor failed; restarting");
+            state.reg.failure(format!("cluster failed: {error}"));
+            state.cluster = spawn_cluster(&state.node, &myself).await?;
+            metrics::counter!("hearth_actor_restarts_total", "kind" => "cluster").increment(1);
             return Ok(());
         }
         if let SupervisionEvent::ActorFailed(cell, error) = &event
@@ -853,7 +901,21 @@ impl Node {
             Arc::new(shared)
         });
         let transcription = crate::transcription::Transcription::new(config.transcription.clone());
+        let cluster = match config.cluster.take() {
+            Some(_) if mux.is_none() => {
+                tracing::warn!("a TURN-only node hosts no meetings: it does not join the cluster");
+                None
+            }
+            Some(mut c) => {
+                if c.media.is_empty() {
+                    c.media = advertised.to_string();
+                }
+                Some(Cluster::new(c).map_err(NodeError::Cluster)?)
+            }
+            None => None,
+        };
         let shared = Arc::new(NodeShared {
+            cluster,
             transcription,
             config,
             usage,
@@ -1066,6 +1128,50 @@ impl Node {
     /// the join's token (`JoinRequest::token_expires_at`; [`DEFAULT_TURN_CREDENTIAL_TTL`]
     /// when there is none).
     pub async fn join(
+        &self,
+        request: JoinRequest,
+        signal: SignalSender,
+    ) -> Result<(JoinAccepted, ParticipantHandle), SignalError> {
+        if let Placement::Remote { node_id, http_url } =
+            self.place(&request.meeting, request.grants.create).await?
+        {
+            return Err(SignalError::fatal(
+                SignalErrorCode::NodeUnavailable,
+                format!(
+                    "meeting {} is hosted by node {node_id} ({http_url}); join there",
+                    request.meeting
+                ),
+            ));
+        }
+        self.join_placed(request, signal).await
+    }
+
+    /// Where `meeting` is hosted: here (always, on a node without a cluster) or on another
+    /// node. A meeting that runs nowhere is placed by load if `create` allows.
+    pub async fn place(&self, meeting: &MeetingId, create: bool) -> Result<Placement, SignalError> {
+        let Some(cluster) = &self.shared.cluster else {
+            return Ok(Placement::Local);
+        };
+        // Its own meetings are answered here, also while Redis is unreachable; not once
+        // the node has left the cluster (shutting down: its meetings move).
+        if self.shared.registry.get(meeting).is_some() && !cluster.has_left() {
+            return Ok(Placement::Local);
+        }
+        // A draining node places nothing on itself; meetings hosted elsewhere are answered
+        // (the client goes there).
+        cluster
+            .place(meeting, create, self.is_draining())
+            .await
+            .map_err(place_error)
+    }
+
+    /// The cluster, if this node is part of one.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.shared.cluster.as_ref()
+    }
+
+    /// Joins a meeting [`Node::place`] found here.
+    pub async fn join_placed(
         &self,
         request: JoinRequest,
         signal: SignalSender,
@@ -1631,11 +1737,19 @@ impl Node {
 
     /// Ends every meeting and stops the tree.
     pub async fn shutdown(&self) {
+        // In a cluster the meetings move: the leases go first (so the clients, told to
+        // reconnect, are placed on other nodes), then the participants are told.
+        let reason = match &self.shared.cluster {
+            Some(cluster) => {
+                self.shared.draining.store(true, Ordering::Release);
+                cluster.leave(&self.shared.registry.ids()).await;
+                crate::domain::EndReason::Moved
+            }
+            None => crate::domain::EndReason::NodeShutdown,
+        };
         for id in self.shared.registry.ids() {
             if let Some(record) = self.shared.registry.get(&id) {
-                let _ = record
-                    .actor
-                    .send_message(MeetingMsg::End(crate::domain::EndReason::NodeShutdown));
+                let _ = record.actor.send_message(MeetingMsg::End(reason));
             }
         }
         let _ = self
@@ -1688,4 +1802,16 @@ fn shared_ephemeral_port(ip: std::net::IpAddr) -> std::io::Result<u16> {
         }
     }
     Err(last)
+}
+
+/// A placement failure as the client sees it.
+fn place_error(e: crate::cluster::PlaceError) -> SignalError {
+    use crate::cluster::PlaceError;
+    match e {
+        PlaceError::NotFound => SignalError::fatal(
+            SignalErrorCode::MeetingNotFound,
+            "the meeting does not exist and the token may not create it",
+        ),
+        e => SignalError::fatal(SignalErrorCode::NodeUnavailable, e.to_string()),
+    }
 }

@@ -29,6 +29,7 @@ pub enum ActorKind {
     TranscriptionSupervisor,
     SttWorker,
     Transcriber,
+    Cluster,
 }
 
 impl ActorKind {
@@ -47,6 +48,7 @@ impl ActorKind {
             ActorKind::TranscriptionSupervisor => "transcription_supervisor",
             ActorKind::SttWorker => "stt_worker",
             ActorKind::Transcriber => "transcriber",
+            ActorKind::Cluster => "cluster",
         }
     }
 
@@ -71,6 +73,9 @@ impl ActorKind {
             }
             ActorKind::Transcriber => {
                 "restarted by its meeting for the same track; the meeting never notices"
+            }
+            ActorKind::Cluster => {
+                "restarted by the node; reconnects to Redis, leases are renewed on its first tick"
             }
         }
     }

@@ -85,6 +85,8 @@ pub struct UdpMux {
     /// Drill and test hook: the next datagram a driver receives panics it.
     fault: AtomicBool,
     restarts: AtomicU64,
+    /// Datagrams sent (the cluster reports the rate as this node's load).
+    sent: AtomicU64,
 }
 
 /// A UDP socket that a supervisor may replace with a fresh one on the same address.
@@ -238,6 +240,7 @@ impl UdpMux {
             },
             fault: AtomicBool::new(false),
             restarts: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
         }))
     }
 
@@ -299,11 +302,17 @@ impl UdpMux {
         }
     }
 
+    /// Datagrams sent since the port opened.
+    pub fn packets_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
     /// Sends one datagram without waiting; `hint` spreads senders over the sockets.
     pub fn send_to(&self, data: &[u8], to: SocketAddr, hint: usize) {
         let socket = self.sockets[hint % self.sockets.len()].load();
         match socket.try_send_to(data, to) {
             Ok(n) => {
+                self.sent.fetch_add(1, Ordering::Relaxed);
                 self.counters.packets_out.increment(1);
                 self.counters.bytes_out.increment(n as u64);
             }
@@ -329,6 +338,7 @@ impl UdpMux {
             _ => send_chunk(&socket, buf, chunk),
         });
         if done.sent > 0 {
+            self.sent.fetch_add(done.sent as u64, Ordering::Relaxed);
             self.counters.packets_out.increment(done.sent as u64);
             self.counters.bytes_out.increment(done.bytes);
         }

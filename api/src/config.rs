@@ -116,9 +116,25 @@ pub struct ServeArgs {
     /// Do not meter usage (no ledger, no webhooks).
     #[arg(long, env = "HEARTH_NO_LEDGER", conflicts_with = "database_url")]
     pub no_ledger: bool,
-    /// This node's id in the ledger [default: generated once, kept in DATA_DIR/node-id].
+    /// This node's id in the ledger and the cluster [default: generated once, kept in
+    /// DATA_DIR/node-id].
     #[arg(long, env = "HEARTH_NODE_ID", value_name = "ID")]
     pub node_id: Option<String>,
+    /// Join a cluster of nodes that share this Redis, e.g. `redis://10.0.0.5:6379/0`
+    /// [default: no cluster, the node is on its own].
+    #[arg(long, env = "HEARTH_REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// Cluster: this node's region label (the `region-first` placement prefers it).
+    #[arg(long, env = "HEARTH_REGION", value_name = "NAME")]
+    pub region: Option<String>,
+    /// Cluster: the base URL clients and other nodes reach this node's HTTP port at, e.g.
+    /// `https://node-2.example.com` [default: http://PUBLIC_IP:HTTP_PORT].
+    #[arg(long, env = "HEARTH_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Cluster: how a new meeting's node is chosen: least-loaded, fewest-participants or
+    /// region-first [default: least-loaded].
+    #[arg(long, env = "HEARTH_PLACEMENT", value_name = "SELECTOR")]
+    pub placement: Option<String>,
     /// Webhooks: delay after a failed delivery, doubled per attempt up to an hour [default: 5s].
     #[arg(long, env = "HEARTH_WEBHOOK_RETRY_BASE", value_name = "DURATION", value_parser = parse_duration)]
     pub webhook_retry_base: Option<Duration>,
@@ -503,6 +519,9 @@ pub struct FileConfig {
     /// false: do not meter usage.
     pub ledger: Option<bool>,
     pub node_id: Option<String>,
+    /// The `[cluster]` table.
+    #[serde(default)]
+    pub cluster: FileCluster,
     /// API keys: `key = "secret"`.
     #[serde(default)]
     pub keys: BTreeMap<String, String>,
@@ -530,6 +549,27 @@ pub struct FileTranscription {
     pub openai_model: Option<String>,
     pub openai_timeout: Option<String>,
     pub openai_concurrency: Option<usize>,
+}
+
+/// `[cluster]` in hearth.toml: the same settings as `--redis-url`, `--region`,
+/// `--public-url` and `--placement`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCluster {
+    pub redis_url: Option<String>,
+    pub region: Option<String>,
+    pub public_url: Option<String>,
+    pub placement: Option<String>,
+}
+
+/// Membership of a cluster (resolved).
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub redis_url: String,
+    pub region: String,
+    /// None: `http://PUBLIC_IP:HTTP_PORT` once the port is bound.
+    pub public_url: Option<String>,
+    pub selector: hearth_actors::cluster::Selector,
 }
 
 /// `[turn]` in hearth.toml.
@@ -601,6 +641,10 @@ pub struct Config {
     pub rest: crate::rest::Limits,
     /// Live transcription.
     pub stt: SttConfig,
+    /// This node's id (None: kept in the data dir).
+    pub node_id: Option<String>,
+    /// Membership of a cluster on Redis (None: on its own).
+    pub cluster: Option<ClusterSettings>,
 }
 
 impl Config {
@@ -635,6 +679,8 @@ impl Config {
             ledger: None,
             rest: crate::rest::Limits::default(),
             stt: SttConfig::defaults(&std::env::temp_dir().join("hearth-test-data")),
+            node_id: None,
+            cluster: None,
         }
     }
 }
@@ -786,6 +832,18 @@ pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
         .or(file.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("./data"));
     let no_ledger = args.no_ledger || file.ledger == Some(false);
+    let node_id = args.node_id.clone().or(file.node_id.clone());
+    if let Some(id) = &node_id
+        && (id.is_empty()
+            || id.len() > 64
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+    {
+        return Err(ConfigError::Invalid(
+            "node_id: 1 to 64 of A-Z a-z 0-9 - _ .".into(),
+        ));
+    }
     let ledger = if no_ledger && args.database_url.is_none() {
         None
     } else {
@@ -826,21 +884,9 @@ pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
                 "webhook retry base, attempts, pause-after and timeout must be above zero".into(),
             ));
         }
-        let node_id = args.node_id.clone().or(file.node_id.clone());
-        if let Some(id) = &node_id
-            && (id.is_empty()
-                || id.len() > 64
-                || !id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
-        {
-            return Err(ConfigError::Invalid(
-                "node_id: 1 to 64 of A-Z a-z 0-9 - _ .".into(),
-            ));
-        }
         Some(LedgerConfig {
             url,
-            node_id,
+            node_id: node_id.clone(),
             webhooks,
         })
     };
@@ -863,6 +909,7 @@ pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
         ));
     }
     let stt = resolve_stt(args, &file.transcription, &data_dir)?;
+    let cluster = resolve_cluster(args, &file.cluster, generated_key)?;
     let turn_only = args.turn.turn_only || file.turn.only.unwrap_or(false);
     let turn = resolve_turn(&args.turn, &file.turn, public_ip, http.port(), turn_only)?;
     Ok(Config {
@@ -888,7 +935,67 @@ pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
         ledger,
         rest,
         stt,
+        node_id,
+        cluster,
     })
+}
+
+fn resolve_cluster(
+    args: &ServeArgs,
+    file: &FileCluster,
+    generated_key: bool,
+) -> Result<Option<ClusterSettings>, ConfigError> {
+    let Some(redis_url) = args.redis_url.clone().or(file.redis_url.clone()) else {
+        return Ok(None);
+    };
+    if !["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|s| redis_url.starts_with(s))
+    {
+        return Err(ConfigError::Invalid(format!(
+            "--redis-url must start with redis://, rediss:// or redis+unix:// (got `{redis_url}`)"
+        )));
+    }
+    if generated_key {
+        return Err(ConfigError::Invalid(
+            "a cluster needs the same API key pair on every node (a token minted by one node \
+             is checked by another): set --api-key and --api-secret, or [keys] in the config file"
+                .into(),
+        ));
+    }
+    let placement = args.placement.clone().or(file.placement.clone());
+    let selector = match placement.as_deref() {
+        None => hearth_actors::cluster::Selector::default(),
+        Some(s) => hearth_actors::cluster::Selector::parse(s).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "--placement `{s}`: one of least-loaded, fewest-participants, region-first"
+            ))
+        })?,
+    };
+    let public_url = args.public_url.clone().or(file.public_url.clone());
+    if let Some(url) = &public_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return Err(ConfigError::Invalid(format!(
+            "--public-url must start with http:// or https:// (got `{url}`)"
+        )));
+    }
+    let region = args
+        .region
+        .clone()
+        .or(file.region.clone())
+        .unwrap_or_default();
+    if region.len() > 64 || region.contains('|') {
+        return Err(ConfigError::Invalid(
+            "--region: at most 64 bytes, no `|`".into(),
+        ));
+    }
+    Ok(Some(ClusterSettings {
+        redis_url,
+        region,
+        public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
+        selector,
+    }))
 }
 
 fn resolve_turn(
@@ -1261,6 +1368,44 @@ mod tests {
             turn.secret.is_some(),
             "a secret is generated for the SFU's participants"
         );
+    }
+
+    #[test]
+    fn cluster_flags_are_checked() {
+        let keyed = |f: &dyn Fn(&mut ServeArgs)| {
+            let mut args = ServeArgs {
+                api_key: Some("k".into()),
+                api_secret: Some("a-secret-of-enough-length".into()),
+                redis_url: Some("redis://127.0.0.1:6379/0".into()),
+                ..Default::default()
+            };
+            f(&mut args);
+            resolve(&args)
+        };
+        let ok = keyed(&|_| {}).unwrap();
+        let c = ok.cluster.expect("a cluster");
+        assert_eq!(c.selector, hearth_actors::cluster::Selector::LeastLoaded);
+        assert!(c.public_url.is_none());
+        let err = keyed(&|a| a.redis_url = Some("http://redis".into())).unwrap_err();
+        assert!(err.to_string().contains("redis://"), "{err}");
+        let err = keyed(&|a| a.placement = Some("random".into())).unwrap_err();
+        assert!(err.to_string().contains("least-loaded"), "{err}");
+        let err = keyed(&|a| a.public_url = Some("node-2:7880".into())).unwrap_err();
+        assert!(err.to_string().contains("http://"), "{err}");
+        let trimmed = keyed(&|a| a.public_url = Some("https://n2.example.com/".into())).unwrap();
+        assert_eq!(
+            trimmed.cluster.and_then(|c| c.public_url).as_deref(),
+            Some("https://n2.example.com")
+        );
+        // A generated dev key differs per node: tokens would not verify across the cluster.
+        let err = resolve(&ServeArgs {
+            redis_url: Some("redis://127.0.0.1:6379/0".into()),
+            dev: true,
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("same API key"), "{err}");
+        assert!(resolve(&ServeArgs::default()).unwrap().cluster.is_none());
     }
 
     #[test]

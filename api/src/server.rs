@@ -80,7 +80,7 @@ async fn ledger_setup(
     let Some(ledger) = &config.ledger else {
         return Ok(None);
     };
-    let node_id = match &ledger.node_id {
+    let node_id = match ledger.node_id.as_ref().or(config.node_id.as_ref()) {
         Some(id) => id.clone(),
         None => node_id_from(&config.data_dir).map_err(|e| {
             LedgerStartError(format!("the node id in {}: {e}", config.data_dir.display()))
@@ -101,6 +101,40 @@ async fn ledger_setup(
         webhooks: ledger.webhooks.clone(),
         encode: crate::rest::usage::webhook_body,
     }))
+}
+
+/// This node's part in a cluster: its id and the URLs other nodes and clients use.
+fn cluster_config(
+    config: &Config,
+    c: &crate::config::ClusterSettings,
+    http_addr: SocketAddr,
+    grpc_addr: Option<SocketAddr>,
+) -> anyhow::Result<hearth_actors::cluster::ClusterConfig> {
+    let node_id = match &config.node_id {
+        Some(id) => id.clone(),
+        None => node_id_from(&config.data_dir)
+            .map_err(|e| anyhow::anyhow!("the node id in {}: {e}", config.data_dir.display()))?,
+    };
+    let host = |port: u16| SocketAddr::new(config.public_ip, port);
+    let http_url = c
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", host(http_addr.port())));
+    let mut cluster = hearth_actors::cluster::ClusterConfig::new(&c.redis_url, node_id);
+    cluster.region = c.region.clone();
+    cluster.grpc_url = match grpc_addr {
+        Some(addr) => format!("http://{}", host(addr.port())),
+        None => http_url.clone(),
+    };
+    cluster.http_url = http_url;
+    cluster.turn = config
+        .turn
+        .as_ref()
+        .filter(|t| t.listen.port() != 0)
+        .map(|t| host(t.listen.port()).to_string())
+        .unwrap_or_default();
+    cluster.selector = c.selector;
+    Ok(cluster)
 }
 
 /// The node id kept in `dir/node-id`, made on first use.
@@ -298,8 +332,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         None => None,
     };
     let billing = ledger_setup(&config).await?;
+    let cluster = match &config.cluster {
+        Some(c) => Some(cluster_config(&config, c, http_addr, grpc_addr)?),
+        None => None,
+    };
     let node = Node::start(NodeConfig {
         billing,
+        cluster,
         media_bind: config.media_bind,
         public_ip: config.public_ip,
         media_workers: config.media_workers,

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures::{SinkExt, StreamExt};
+use hearth_actors::cluster::Placement;
 use hearth_actors::{
     ClientSignal, Grants, JoinRequest, MeetingId, ParticipantHandle, SignalError, SignalErrorCode,
     signal_channel,
@@ -220,8 +221,31 @@ async fn join_phase(
         };
         match authorize(state, &join) {
             Ok(request) => {
+                match state
+                    .node
+                    .place(&request.meeting, request.grants.create)
+                    .await
+                {
+                    Ok(Placement::Local) => {}
+                    Ok(Placement::Remote { node_id, http_url }) => {
+                        metrics::counter!("hearth_signal_redirects_total").increment(1);
+                        send(
+                            tx,
+                            S::Redirect(pb::Redirect {
+                                url: signal_url(&http_url),
+                                node_id,
+                            }),
+                        )
+                        .await;
+                        return None;
+                    }
+                    Err(e) => {
+                        send_error(tx, &e).await;
+                        return None;
+                    }
+                }
                 let (signal_tx, signal_rx) = signal_channel(SIGNAL_QUEUE);
-                match state.node.join(request, signal_tx).await {
+                match state.node.join_placed(request, signal_tx).await {
                     Ok((accepted, handle)) => {
                         let response =
                             convert::join_response(&accepted, PING_INTERVAL.as_secs() as u32);
@@ -246,6 +270,19 @@ async fn join_phase(
             }
         }
     }
+}
+
+/// The signaling endpoint of the node whose HTTP port is at `http_url`.
+pub fn signal_url(http_url: &str) -> String {
+    let base = http_url.trim_end_matches('/');
+    let ws = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_owned()
+    };
+    format!("{ws}/v1/signal")
 }
 
 /// Checks the token of a join and builds the domain request.

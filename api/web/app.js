@@ -9,6 +9,9 @@
   'use strict';
 
   const RECONNECT_ATTEMPTS = 5, RECONNECT_BASE_MS = 500; // backoff 0.5 s, 1 s, 2 s, ...
+  // A cluster node that does not host the meeting redirects the join to the one that does;
+  // more redirects in a row than this mean the cluster is changing: start over after a backoff.
+  const MAX_REDIRECTS = 3;
   const DEFAULT_PING_SECONDS = 10;
   const MEDIA = { audio: true, video: { width: 640, height: 360 } };
   // Fatal server errors after which joining again may succeed.
@@ -58,7 +61,7 @@
 
   function startSession({ meeting = '', name = '', token = '' }) {
     if (ACTIVE_STATES.includes(state)) return;
-    session = { meeting, name, token, devToken: !token, userMeeting: meeting };
+    session = { meeting, name, token, devToken: !token, userMeeting: meeting, redirects: 0, node: '' };
     reconnectAttempts = 0;
     lastError = null;
     showNotice('');
@@ -66,14 +69,15 @@
     connect();
   }
 
-  // Gets a token, opens the socket and sends `join` once it is open.
-  async function connect() {
+  // Gets a token, opens the socket and sends `join` once it is open. `url` is the hosting
+  // node's signaling endpoint after a redirect; reconnects start over at this page's node.
+  async function connect(url) {
     const sess = session;
     const token = await obtainToken(sess).catch((err) => { if (sess === session) tokenFailed(err); });
     if (token === undefined || sess !== session) return; // failed, or left meanwhile
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const conn = {
-      ws: new WebSocket(`${scheme}//${location.host}/v1/signal`),
+      ws: new WebSocket(url || `${scheme}//${location.host}/v1/signal`),
       pc: null, pingTimer: null, joined: false,
       inbox: Promise.resolve(),   // server messages are handled strictly in order
       chain: Promise.resolve(), wantOffer: false, pendingCandidates: [],
@@ -130,6 +134,7 @@
     setState('reconnecting');
     showNotice(`Reconnecting (${reason}), attempt ${reconnectAttempts} of ${RECONNECT_ATTEMPTS}…`);
     clearTimeout(reconnectTimer);
+    if (session) session.redirects = 0;
     reconnectTimer = setTimeout(() => { reconnectTimer = null; connect(); }, delay);
   }
 
@@ -201,6 +206,7 @@
     meetingEnded: (conn, m) => endSession('ended', `The meeting ended${m.reason ? ` (${m.reason})` : ''}.`),
     error: onServerError,
     reconnect: (conn, m) => restart(m.reason || 'server asked to reconnect'),
+    redirect: followRedirect,
     nodeDraining: (conn, m) => showNotice(
       `The server is going down for maintenance; this meeting ends within ${Math.ceil((m.deadlineSeconds || 0) / 60)} min.`),
     appMessage: onAppMessage,
@@ -347,8 +353,26 @@
   }
 
   // JoinResponse: our id, the others with their tracks, ICE servers, ping interval.
+  // The meeting is hosted by another node: join there (same token, same join message).
+  function followRedirect(conn, m) {
+    const url = m.url || '';
+    if (!/^wss?:\/\/[^/]+\/v1\/signal$/.test(url)) return restart(`an invalid redirect (${url})`);
+    if (session.redirects >= MAX_REDIRECTS) return restart('redirected too many times');
+    session.redirects += 1;
+    session.node = m.nodeId || '';
+    if (location.protocol === 'https:' && url.startsWith('ws:')) return restart('a redirect to an unencrypted node');
+    const keep = current;
+    current = null;
+    if (keep) {
+      keep.ws.onopen = keep.ws.onmessage = keep.ws.onclose = null;
+      if (keep.ws.readyState <= WebSocket.OPEN) keep.ws.close(1000);
+    }
+    connect(url);
+  }
+
   function onJoined(conn, m) {
     conn.joined = true;
+    session.redirects = 0;
     sentSettings.clear(); // a new session: tell it every tile
     reconnectAttempts = 0;
     selfId = m.participantId || '';
@@ -1182,6 +1206,8 @@
       get sharingScreen() { return Boolean(screen); },
       get captionsState() { return { ...captions }; },
       get meetingStartedAt() { return meetingStartedAt; },
+      // The signaling endpoint of the node this page is joined at (after redirects).
+      get signalUrl() { return (current && current.ws.url) || ''; },
       // The caption segments received so far, latest text of each, in arrival order.
       captions: () => Promise.resolve([...captionSegments.values()].map((c) => ({ ...c }))),
       // The stats overlay: turn it on or off; what its tiles show now.

@@ -17,6 +17,7 @@
 //! lock): the Prometheus recorder is global to the process, so metric deltas are only
 //! meaningful when no other server shares it.
 
+pub mod cluster;
 pub mod turn;
 
 use std::collections::VecDeque;
@@ -65,6 +66,8 @@ use tokio::time::MissedTickBehavior;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// Redirects a client follows in a row (as the web client).
+pub const MAX_REDIRECTS: usize = 3;
 /// How long a client waits for the answer to its `join`.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The protocol's keep-alive interval.
@@ -653,6 +656,62 @@ pub struct TestClient {
     shared: Arc<Shared>,
     commands: mpsc::UnboundedSender<Command>,
     task: Option<JoinHandle<()>>,
+    /// The signaling URL the client joined at (after redirects).
+    url: String,
+    /// The node ids of the redirects followed, in order.
+    redirects: Vec<String>,
+}
+
+/// What a node answered to `join`.
+enum JoinAnswer {
+    Joined(Box<pb::JoinResponse>),
+    Redirect(pb::Redirect),
+}
+
+/// Reads until the join response, a redirect or an error (pongs skipped).
+async fn read_join_response(
+    rx: &mut SplitStream<WebSocketStream<MaybeTlsStream<TcpStream>>>,
+) -> Result<JoinAnswer, JoinError> {
+    let transport = |e: &dyn std::fmt::Display| JoinError {
+        code: "TRANSPORT".into(),
+        message: e.to_string(),
+        fatal: true,
+    };
+    tokio::time::timeout(JOIN_TIMEOUT, async {
+        loop {
+            match rx.next().await {
+                None => break Err(transport(&"socket closed before the join response")),
+                Some(Err(e)) => break Err(transport(&e)),
+                Some(Ok(Message::Text(text))) => match decode(text.as_str()) {
+                    Ok(S::Join(join)) => break Ok(JoinAnswer::Joined(Box::new(join))),
+                    Ok(S::Redirect(r)) => break Ok(JoinAnswer::Redirect(r)),
+                    Ok(S::Error(e)) => break Err(join_error(&e)),
+                    Ok(S::Pong(_)) => continue,
+                    Ok(other) => {
+                        break Err(JoinError {
+                            code: "PROTOCOL".into(),
+                            message: format!("expected the join response, got {other:?}"),
+                            fatal: true,
+                        });
+                    }
+                    Err(e) => {
+                        break Err(JoinError {
+                            code: "PROTOCOL".into(),
+                            message: e,
+                            fatal: true,
+                        });
+                    }
+                },
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await
+    .map_err(|_| JoinError {
+        code: "CLIENT_TIMEOUT".into(),
+        message: format!("no join response within {JOIN_TIMEOUT:?}"),
+        fatal: true,
+    })?
 }
 
 impl TestClient {
@@ -680,51 +739,59 @@ impl TestClient {
             message: e.to_string(),
             fatal: true,
         };
-        let (ws, _) = tokio_tungstenite::connect_async(ws_url)
-            .await
-            .map_err(|e| transport(&e))?;
-        let (mut tx, mut rx) = ws.split();
-        let join = C::Join(pb::JoinRequest {
-            token: token.to_owned(),
-            meeting: meeting.to_owned(),
-            data_channels: false,
-        });
-        tx.send(encode(join)).await.map_err(|e| transport(&e))?;
-        let response = tokio::time::timeout(JOIN_TIMEOUT, async {
-            loop {
-                match rx.next().await {
-                    None => break Err(transport(&"socket closed before the join response")),
-                    Some(Err(e)) => break Err(transport(&e)),
-                    Some(Ok(Message::Text(text))) => match decode(text.as_str()) {
-                        Ok(S::Join(join)) => break Ok(join),
-                        Ok(S::Error(e)) => break Err(join_error(&e)),
-                        Ok(S::Pong(_)) => continue,
-                        Ok(other) => {
-                            break Err(JoinError {
-                                code: "PROTOCOL".into(),
-                                message: format!("expected the join response, got {other:?}"),
-                                fatal: true,
-                            });
-                        }
-                        Err(e) => {
-                            break Err(JoinError {
-                                code: "PROTOCOL".into(),
-                                message: e,
-                                fatal: true,
-                            });
-                        }
-                    },
-                    Some(Ok(_)) => continue,
+        // A node of a cluster that does not host the meeting answers `redirect`: follow it,
+        // at most MAX_REDIRECTS times in a row, as the web client does.
+        let mut url = ws_url.to_owned();
+        let mut redirects = Vec::new();
+        let (tx, rx, response) = loop {
+            let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
+                .await
+                .map_err(|e| transport(&e))?;
+            let (mut tx, mut rx) = ws.split();
+            let join = C::Join(pb::JoinRequest {
+                token: token.to_owned(),
+                meeting: meeting.to_owned(),
+                data_channels: false,
+            });
+            tx.send(encode(join)).await.map_err(|e| transport(&e))?;
+            match read_join_response(&mut rx).await? {
+                JoinAnswer::Joined(response) => break (tx, rx, *response),
+                JoinAnswer::Redirect(r) => {
+                    if redirects.len() >= MAX_REDIRECTS {
+                        return Err(JoinError {
+                            code: "TOO_MANY_REDIRECTS".into(),
+                            message: format!("redirected {} times: {redirects:?}", redirects.len()),
+                            fatal: true,
+                        });
+                    }
+                    if !(r.url.starts_with("ws://") || r.url.starts_with("wss://")) {
+                        return Err(JoinError {
+                            code: "PROTOCOL".into(),
+                            message: format!("redirect to a non-WebSocket URL `{}`", r.url),
+                            fatal: true,
+                        });
+                    }
+                    redirects.push(r.node_id.clone());
+                    url = r.url;
                 }
             }
-        })
-        .await
-        .map_err(|_| JoinError {
-            code: "CLIENT_TIMEOUT".into(),
-            message: format!("no join response within {JOIN_TIMEOUT:?}"),
-            fatal: true,
-        })??;
+        };
+        Self::start_session(tx, rx, response, url, redirects, opts).await
+    }
 
+    async fn start_session(
+        tx: SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>,
+        rx: SplitStream<WebSocketStream<MaybeTlsStream<TcpStream>>>,
+        response: pb::JoinResponse,
+        url: String,
+        redirects: Vec<String>,
+        opts: ClientOptions,
+    ) -> Result<TestClient, JoinError> {
+        let transport = |e: &dyn std::fmt::Display| JoinError {
+            code: "TRANSPORT".into(),
+            message: e.to_string(),
+            fatal: true,
+        };
         let participant_id = response.participant_id.clone();
         let meeting_name = response
             .meeting
@@ -790,7 +857,19 @@ impl TestClient {
             shared,
             commands,
             task: Some(task),
+            url,
+            redirects,
         })
+    }
+
+    /// The signaling URL this client joined at (the hosting node's, after redirects).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The node ids of the redirects followed to join, in order.
+    pub fn redirects(&self) -> &[String] {
+        &self.redirects
     }
 
     pub fn participant_id(&self) -> &str {
@@ -1860,6 +1939,9 @@ fn record_event(s: &mut ClientStats, me: &str, message: S) {
         S::Join(_) => s
             .protocol_errors
             .push("a second join response arrived".into()),
+        S::Redirect(r) => s
+            .protocol_errors
+            .push(format!("a redirect to {} after the join", r.url)),
         S::Offer(_) | S::Answer(_) | S::Trickle(_) | S::Pong(_) | S::ActiveSpeakers(_) => {}
     }
 }

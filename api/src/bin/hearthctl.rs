@@ -91,7 +91,14 @@ enum Command {
     #[command(subcommand)]
     Participants(ParticipantsCommand),
     /// The supervision tree: every actor, its restarts, load and last failure.
-    Tree,
+    Tree {
+        /// Another node of the cluster (its id, as `nodes` shows it): asked directly at
+        /// the gRPC URL it registered.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// The nodes of the cluster: state, load, meetings and participants per node.
+    Nodes,
     /// Makes an actor fail as a panic would (a drill); its supervisor's policy applies.
     Kill {
         /// The actor's id (`0.12`), as `tree` shows it.
@@ -731,24 +738,7 @@ impl Ctl {
             .filter(|s| !s.is_empty())
             .ok_or_else(|| Failure::NoCredentials("no API secret (--api-secret)".into()))?;
         let url = normalize_url(&cli.url)?;
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| Failure::Usage(format!("--url {:?}: {e}", cli.url)))?
-            .connect_timeout(cli.timeout)
-            .tcp_nodelay(true);
-        let channel = match tokio::time::timeout(cli.timeout, endpoint.connect()).await {
-            Ok(Ok(channel)) => channel,
-            Ok(Err(e)) => {
-                let mut text = String::new();
-                push_chain(&mut text, &e);
-                return Err(Failure::Unreachable(text));
-            }
-            Err(_) => {
-                return Err(Failure::Unreachable(format!(
-                    "no connection within {:?}",
-                    cli.timeout
-                )));
-            }
-        };
+        let channel = open_channel(&url, cli.timeout).await?;
         Ok(Ctl {
             channel,
             auth: Auth {
@@ -757,6 +747,18 @@ impl Ctl {
             },
             json: cli.json,
             timeout: cli.timeout,
+            url,
+        })
+    }
+
+    /// The same credentials and settings, against another node.
+    async fn at(&self, url: &str) -> Outcome<Ctl> {
+        let url = normalize_url(url)?;
+        Ok(Ctl {
+            channel: open_channel(&url, self.timeout).await?,
+            auth: self.auth.clone(),
+            json: self.json,
+            timeout: self.timeout,
             url,
         })
     }
@@ -819,6 +821,25 @@ impl Ctl {
     }
 }
 
+/// A gRPC channel to `url` (already normalized), bounded by `timeout`.
+async fn open_channel(url: &str, timeout: Duration) -> Outcome<Channel> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| Failure::Usage(format!("--url {url:?}: {e}")))?
+        .connect_timeout(timeout)
+        .tcp_nodelay(true);
+    match tokio::time::timeout(timeout, endpoint.connect()).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(e)) => {
+            let mut text = String::new();
+            push_chain(&mut text, &e);
+            Err(Failure::Unreachable(text))
+        }
+        Err(_) => Err(Failure::Unreachable(format!(
+            "no connection within {timeout:?}"
+        ))),
+    }
+}
+
 /// Accepts `host:port` as `http://host:port`; refuses TLS, which this build does not speak.
 fn normalize_url(url: &str) -> Outcome<String> {
     let url = url.trim();
@@ -843,7 +864,11 @@ async fn run(cli: &Cli) -> Outcome {
         Command::Status => status(&ctl).await,
         Command::Meetings(cmd) => meetings(&ctl, cmd).await,
         Command::Participants(cmd) => participants(&ctl, cmd).await,
-        Command::Tree => tree(&ctl).await,
+        Command::Tree { node: None } => tree(&ctl).await,
+        Command::Tree { node: Some(id) } => {
+            tree(&ctl.at(&node_grpc_url(&ctl, id).await?).await?).await
+        }
+        Command::Nodes => nodes(&ctl).await,
         Command::Kill { actor_id } => kill(&ctl, actor_id).await,
         Command::Drain(args) => drain(&ctl, args).await,
         Command::Events(args) => events(&ctl, args).await,
@@ -1311,6 +1336,70 @@ fn render_tree(actors: &[pb::ActorInfo], color: bool) -> Vec<String> {
 
 fn use_color() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// Where node `id` of the cluster serves gRPC.
+async fn node_grpc_url(ctl: &Ctl, id: &str) -> Outcome<String> {
+    let list = ctl
+        .call(ctl.admin().list_nodes(pb::ListNodesRequest {}))
+        .await?;
+    list.nodes
+        .iter()
+        .find(|n| n.id == id)
+        .map(|n| n.grpc_url.clone())
+        .ok_or_else(|| {
+            Failure::Refused(Status::not_found(format!(
+                "no live node `{id}` in the cluster (nodes: {})",
+                list.nodes
+                    .iter()
+                    .map(|n| n.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        })
+}
+
+async fn nodes(ctl: &Ctl) -> Outcome {
+    let list = ctl
+        .call(ctl.admin().list_nodes(pb::ListNodesRequest {}))
+        .await?;
+    if ctl.json {
+        return emit_json(&list);
+    }
+    let mut table = Table::new(&[
+        "NODE",
+        "STATE",
+        "REGION",
+        "CPU",
+        "MEETINGS",
+        "PARTICIPANTS",
+        "PKT/S",
+        "UP",
+        "URL",
+    ])
+    .right(&[3, 4, 5, 6]);
+    for n in &list.nodes {
+        let me = if n.id == list.self_id { " *" } else { "" };
+        table.row(vec![
+            format!("{}{me}", n.id),
+            n.state.clone(),
+            or_dash(&n.region),
+            format!("{:.0}%", n.cpu * 100.0),
+            n.meetings.to_string(),
+            n.participants.to_string(),
+            n.packets_per_second.to_string(),
+            fmt_age(n.started_at.as_ref()),
+            n.http_url.clone(),
+        ]);
+    }
+    let mut lines = table.render();
+    if list.nodes.is_empty() {
+        lines.push("no live nodes".into());
+    }
+    if !list.problem.is_empty() {
+        lines.push(format!("this node ({}): {}", list.self_id, list.problem));
+    }
+    emit_lines(&lines)
 }
 
 async fn tree(ctl: &Ctl) -> Outcome {

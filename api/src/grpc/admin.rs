@@ -166,6 +166,44 @@ impl pb::admin_service_server::AdminService for Admin {
                 .unwrap_or(0.0),
         }))
     }
+
+    async fn list_nodes(
+        &self,
+        request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        authorize(&self.0, &request)?.node_wide()?;
+        let Some(cluster) = self.0.node.cluster() else {
+            return Err(Status::failed_precondition(
+                "this node is not part of a cluster (start it with --redis-url)",
+            ));
+        };
+        Ok(Response::new(pb::ListNodesResponse {
+            nodes: cluster.nodes().iter().map(cluster_node).collect(),
+            self_id: cluster.config.node_id.clone(),
+            problem: cluster.problem().to_owned(),
+        }))
+    }
+}
+
+fn cluster_node(n: &hearth_actors::cluster::NodeInfo) -> pb::ClusterNode {
+    pb::ClusterNode {
+        id: n.id.clone(),
+        boot_id: n.boot.clone(),
+        region: n.region.clone(),
+        http_url: n.http_url.clone(),
+        grpc_url: n.grpc_url.clone(),
+        media_addr: n.media.clone(),
+        turn_addr: n.turn.clone(),
+        state: if n.draining { "draining" } else { "active" }.to_owned(),
+        cpu: n.cpu,
+        participants: n.participants,
+        meetings: n.meetings,
+        packets_per_second: n.packets_per_sec,
+        started_at: Some(convert::timestamp(
+            std::time::UNIX_EPOCH + Duration::from_millis(n.started_at_ms),
+        )),
+        version: n.version.clone(),
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,1053 @@
+//! A cluster of nodes on one Redis: this node's entry in the registry, the leases by which
+//! a node hosts a meeting, and placement.
+//!
+//! ```text
+//! {prefix}nodes            SET   of node ids (members whose hash expired are swept)
+//! {prefix}node:{id}        HASH  boot, region, http, grpc, media, turn, state, cpu, ...
+//!                                expires node_ttl after the node's last heartbeat
+//! {prefix}meeting:{id}     STRING "{node id}|{boot id}": the host's lease, expires `lease`
+//!                                after the host last renewed it
+//! ```
+//!
+//! Rules, all enforced inside Redis by Lua scripts (each runs atomically, so two nodes
+//! racing on one meeting end with one host):
+//! - A node registers under its stable id and a boot id made at each start. A second
+//!   process with an id that is alive in Redis is refused until that entry expires.
+//! - A meeting is hosted where its lease points, if that node's entry is alive with the same
+//!   boot id. Otherwise the lease is stale (the node died, or came back as a new boot) and
+//!   the next join places the meeting again.
+//! - Placement picks a candidate from this node's view of the cluster (pluggable
+//!   [`Selector`]); the script takes it only if the candidate is alive and active.
+//! - The host renews the leases of the meetings it runs every heartbeat, re-claims a lease
+//!   that vanished (Redis restarted empty), and gives up a meeting whose lease another node
+//!   holds (its participants are told to reconnect and land on the real host).
+//! - Expiry is Redis's clock alone: nodes' clocks may disagree without effect.
+//!
+//! Redis unreachable: the node keeps serving its meetings and refuses to place new ones
+//! (`NODE_UNAVAILABLE`, "the cluster store is unreachable"); the [`ClusterActor`] reconnects
+//! every heartbeat and counts it.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Script};
+
+use crate::domain::EndReason;
+use crate::ids::MeetingId;
+use crate::meeting::MeetingMsg;
+use crate::node::NodeShared;
+use crate::registry::{ActorKind, ActorRegistry, ActorSpec, Registration};
+
+/// How this node takes part in a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// `redis://host:port/db` (or `rediss://`, `redis+unix://`).
+    pub redis_url: String,
+    /// Prefix of every key (several clusters can share one Redis).
+    pub prefix: String,
+    /// Stable across restarts (the data directory's node id).
+    pub node_id: String,
+    /// A label; [`Selector::RegionFirst`] prefers nodes of the entry node's region.
+    pub region: String,
+    /// Base URL of this node's HTTP port as clients reach it (`http://10.0.0.2:7880`).
+    pub http_url: String,
+    /// Where other nodes and `hearthctl` reach this node's gRPC API.
+    pub grpc_url: String,
+    /// The media address advertised in ICE candidates.
+    pub media: String,
+    /// The TURN address, or empty.
+    pub turn: String,
+    pub selector: Selector,
+    /// How often the node refreshes its entry and renews its leases.
+    pub heartbeat: Duration,
+    /// A node that has not refreshed its entry for this long is gone.
+    pub node_ttl: Duration,
+    /// A meeting whose host has not renewed its lease for this long can be placed again.
+    pub lease: Duration,
+}
+
+impl ClusterConfig {
+    /// Defaults for everything but the addresses: 1 s heartbeat, 3 s node TTL, 10 s lease.
+    pub fn new(redis_url: impl Into<String>, node_id: impl Into<String>) -> Self {
+        Self {
+            redis_url: redis_url.into(),
+            prefix: "hearth:".into(),
+            node_id: node_id.into(),
+            region: String::new(),
+            http_url: String::new(),
+            grpc_url: String::new(),
+            media: String::new(),
+            turn: String::new(),
+            selector: Selector::default(),
+            heartbeat: Duration::from_secs(1),
+            node_ttl: Duration::from_secs(3),
+            lease: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How a new meeting's node is chosen among the live, active nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Selector {
+    /// CPU (in 10 % steps), then meetings (placed but not yet reported count too), then
+    /// participants.
+    #[default]
+    LeastLoaded,
+    /// Participants, then meetings.
+    FewestParticipants,
+    /// Nodes of this node's region first, then [`Selector::LeastLoaded`].
+    RegionFirst,
+}
+
+impl Selector {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "least-loaded" => Some(Selector::LeastLoaded),
+            "fewest-participants" => Some(Selector::FewestParticipants),
+            "region-first" => Some(Selector::RegionFirst),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Selector::LeastLoaded => "least-loaded",
+            Selector::FewestParticipants => "fewest-participants",
+            Selector::RegionFirst => "region-first",
+        }
+    }
+
+    /// The best of `nodes` for a new meeting, skipping `excluded` and draining nodes.
+    pub fn pick<'a>(
+        self,
+        nodes: &'a [NodeInfo],
+        own_region: &str,
+        excluded: &[String],
+    ) -> Option<&'a NodeInfo> {
+        let usable = nodes
+            .iter()
+            .filter(|n| !n.draining && !excluded.contains(&n.id));
+        let least_loaded = |n: &NodeInfo| {
+            (
+                (n.cpu * 10.0).floor() as u64,
+                n.meetings + n.pending,
+                n.participants,
+            )
+        };
+        match self {
+            Selector::LeastLoaded => usable.min_by_key(|n| (least_loaded(n), n.id.clone())),
+            Selector::FewestParticipants => usable.min_by_key(|n| {
+                (
+                    n.participants + n.pending,
+                    n.meetings + n.pending,
+                    n.id.clone(),
+                )
+            }),
+            Selector::RegionFirst => {
+                usable.min_by_key(|n| (n.region != own_region, least_loaded(n), n.id.clone()))
+            }
+        }
+    }
+}
+
+/// One node as the registry shows it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeInfo {
+    pub id: String,
+    /// Made at each start: an entry with another boot id is another life of the node.
+    pub boot: String,
+    pub region: String,
+    pub http_url: String,
+    pub grpc_url: String,
+    pub media: String,
+    pub turn: String,
+    /// Takes no new meetings.
+    pub draining: bool,
+    /// Process CPU over the last heartbeat, as a fraction of the machine (0..1).
+    pub cpu: f64,
+    pub participants: u64,
+    pub meetings: u64,
+    /// Meetings placed on the node since its last heartbeat (by any node).
+    pub pending: u64,
+    pub packets_per_sec: u64,
+    /// Unix milliseconds (the node's own clock; shown, never compared).
+    pub started_at_ms: u64,
+    pub version: String,
+}
+
+impl NodeInfo {
+    fn from_fields(fields: &[(String, String)]) -> Option<NodeInfo> {
+        let mut n = NodeInfo::default();
+        for (k, v) in fields {
+            let num = || v.parse::<u64>().unwrap_or(0);
+            match k.as_str() {
+                "id" => n.id = v.clone(),
+                "boot" => n.boot = v.clone(),
+                "region" => n.region = v.clone(),
+                "http" => n.http_url = v.clone(),
+                "grpc" => n.grpc_url = v.clone(),
+                "media" => n.media = v.clone(),
+                "turn" => n.turn = v.clone(),
+                "state" => n.draining = v != "active",
+                "cpu_permille" => n.cpu = num() as f64 / 1000.0,
+                "participants" => n.participants = num(),
+                "meetings" => n.meetings = num(),
+                "pending" => n.pending = num(),
+                "pps" => n.packets_per_sec = num(),
+                "started_ms" => n.started_at_ms = num(),
+                "version" => n.version = v.clone(),
+                _ => {}
+            }
+        }
+        (!n.id.is_empty() && !n.boot.is_empty()).then_some(n)
+    }
+}
+
+/// Where a meeting is hosted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Here.
+    Local,
+    /// On another node: its id and the base URL of its HTTP port.
+    Remote { node_id: String, http_url: String },
+}
+
+/// Why a meeting could not be placed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlaceError {
+    #[error("the cluster store (Redis) is unreachable: new meetings cannot be placed")]
+    Unavailable,
+    #[error("this node is not registered in the cluster yet ({0})")]
+    NotRegistered(&'static str),
+    #[error("no node of the cluster takes new meetings (all draining or gone)")]
+    NoCapacity,
+    #[error("the meeting does not run anywhere in the cluster")]
+    NotFound,
+}
+
+/// Counters shown on `/metrics` and by `hearthctl nodes`.
+#[derive(Default)]
+pub struct ClusterStats {
+    pub heartbeats: AtomicU64,
+    pub redis_errors: AtomicU64,
+    pub connects: AtomicU64,
+    pub placed: AtomicU64,
+    pub moved: AtomicU64,
+    pub redirects: AtomicU64,
+    pub lost_leases: AtomicU64,
+    pub actor_starts: AtomicU64,
+}
+
+/// What the node and its actors share about the cluster.
+pub struct Cluster {
+    pub config: ClusterConfig,
+    /// This life of the node.
+    pub boot: String,
+    client: redis::Client,
+    conn: Mutex<Option<MultiplexedConnection>>,
+    /// Live nodes at the last heartbeat (this one included once registered).
+    nodes: ArcSwap<Vec<NodeInfo>>,
+    registered: AtomicBool,
+    /// Set at shutdown: no more heartbeats.
+    left: AtomicBool,
+    /// Why the last heartbeat did not register (empty when it did).
+    problem: Mutex<&'static str>,
+    pub stats: ClusterStats,
+    /// Drill: the actor's next message panics.
+    fault: AtomicBool,
+    started_at: SystemTime,
+}
+
+const PLACE: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local sep = string.find(cur, '|', 1, true)
+  if sep then
+    local id = string.sub(cur, 1, sep - 1)
+    local boot = string.sub(cur, sep + 1)
+    local node = redis.call('HMGET', ARGV[5] .. id, 'boot', 'http')
+    if node[1] == boot then return {'owner', id, boot, node[2] or ''} end
+  end
+end
+if (not cur) and ARGV[4] ~= '1' then return {'none'} end
+local cand = redis.call('HMGET', ARGV[5] .. ARGV[1], 'boot', 'http', 'state')
+if cand[1] ~= ARGV[2] or cand[3] ~= 'active' then return {'badcandidate'} end
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])
+redis.call('HINCRBY', ARGV[5] .. ARGV[1], 'pending', 1)
+if cur then return {'moved', ARGV[1], ARGV[2], cand[2] or ''} end
+return {'placed', ARGV[1], ARGV[2], cand[2] or ''}
+"#;
+
+const RENEW: &str = r#"
+local lost = {}
+for i, key in ipairs(KEYS) do
+  local cur = redis.call('GET', key)
+  if cur == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+  elseif not cur then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+  else
+    table.insert(lost, i)
+  end
+end
+return lost
+"#;
+
+const RELEASE: &str = r#"
+local n = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then n = n + redis.call('DEL', key) end
+end
+return n
+"#;
+
+const REGISTER: &str = r#"
+local cur = redis.call('HGET', KEYS[1], 'boot')
+if cur and cur ~= ARGV[2] then return 0 end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"#;
+
+const UNREGISTER: &str = r#"
+if redis.call('HGET', KEYS[1], 'boot') == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  redis.call('SREM', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"#;
+
+static PLACE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PLACE));
+static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW));
+static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
+static REGISTER_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(REGISTER));
+
+/// Bounds every Redis command (a paused Redis must not stall a join for long).
+const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Cluster {
+    /// Checks the URL; connects later (the actor does, every heartbeat until it works).
+    pub fn new(config: ClusterConfig) -> Result<Arc<Cluster>, String> {
+        let client = redis::Client::open(config.redis_url.as_str())
+            .map_err(|e| format!("--redis-url {}: {e}", config.redis_url))?;
+        if config.node_id.is_empty() || config.node_id.contains('|') {
+            return Err(format!(
+                "the node id `{}` cannot be used in a cluster (empty or contains `|`)",
+                config.node_id
+            ));
+        }
+        let boot: [u8; 8] = rand::random();
+        Ok(Arc::new(Cluster {
+            boot: boot.iter().map(|b| format!("{b:02x}")).collect(),
+            client,
+            conn: Mutex::new(None),
+            nodes: ArcSwap::from_pointee(Vec::new()),
+            registered: AtomicBool::new(false),
+            left: AtomicBool::new(false),
+            problem: Mutex::new("not connected yet"),
+            stats: ClusterStats::default(),
+            fault: AtomicBool::new(false),
+            started_at: SystemTime::now(),
+            config,
+        }))
+    }
+
+    fn node_key(&self, id: &str) -> String {
+        format!("{}node:{id}", self.config.prefix)
+    }
+
+    fn meeting_key(&self, id: &str) -> String {
+        format!("{}meeting:{id}", self.config.prefix)
+    }
+
+    fn nodes_key(&self) -> String {
+        format!("{}nodes", self.config.prefix)
+    }
+
+    /// `{node id}|{boot id}`: what this node's leases hold.
+    fn owner_value(&self) -> String {
+        format!("{}|{}", self.config.node_id, self.boot)
+    }
+
+    /// Live nodes as of the last heartbeat.
+    pub fn nodes(&self) -> Arc<Vec<NodeInfo>> {
+        self.nodes.load_full()
+    }
+
+    /// Whether the last heartbeat registered this node.
+    pub fn is_registered(&self) -> bool {
+        self.registered.load(Ordering::Acquire)
+    }
+
+    /// Whether the node left the cluster (it is shutting down).
+    pub fn has_left(&self) -> bool {
+        self.left.load(Ordering::Acquire)
+    }
+
+    /// Empty when registered; else why not.
+    pub fn problem(&self) -> &'static str {
+        self.problem.lock().map(|p| *p).unwrap_or("")
+    }
+
+    /// Drill: the cluster actor fails on its next message.
+    pub fn inject_fault(&self) {
+        self.fault.store(true, Ordering::Release);
+    }
+
+    fn connection(&self) -> Option<MultiplexedConnection> {
+        self.conn.lock().ok().and_then(|c| c.clone())
+    }
+
+    /// A command failed: the connection is dropped (the actor makes a new one).
+    fn failed(&self, e: &redis::RedisError) {
+        self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("hearth_cluster_redis_errors_total").increment(1);
+        if e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_unrecoverable_error()
+        {
+            if let Ok(mut c) = self.conn.lock() {
+                *c = None;
+            }
+            self.registered.store(false, Ordering::Release);
+            self.set_problem("the cluster store (Redis) is unreachable");
+        }
+    }
+
+    fn set_problem(&self, p: &'static str) {
+        if let Ok(mut cur) = self.problem.lock() {
+            *cur = p;
+        }
+    }
+
+    async fn connect(&self) -> Result<(), redis::RedisError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT));
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("hearth_cluster_redis_connects_total").increment(1);
+        if let Ok(mut c) = self.conn.lock() {
+            *c = Some(conn);
+        }
+        Ok(())
+    }
+
+    /// Where `meeting` is hosted, placing it if it runs nowhere (and `create` allows) or
+    /// if its host is gone (whatever `create` says: the meeting existed).
+    /// A draining node (`draining`) never picks itself.
+    pub async fn place(
+        &self,
+        meeting: &MeetingId,
+        create: bool,
+        draining: bool,
+    ) -> Result<Placement, PlaceError> {
+        let Some(mut conn) = self.connection() else {
+            return Err(PlaceError::Unavailable);
+        };
+        let script = &*PLACE_SCRIPT;
+        let mut excluded = Vec::new();
+        if draining {
+            excluded.push(self.config.node_id.clone());
+        }
+        let nodes = self.nodes();
+        for _ in 0..4 {
+            let (cand_id, cand_boot) =
+                match self
+                    .config
+                    .selector
+                    .pick(&nodes, &self.config.region, &excluded)
+                {
+                    Some(n) => (n.id.clone(), n.boot.clone()),
+                    // Not listed yet (the first heartbeat lists): this node, if registered.
+                    None if excluded.is_empty() && self.is_registered() => {
+                        (self.config.node_id.clone(), self.boot.clone())
+                    }
+                    None => break,
+                };
+            let reply: Vec<String> = script
+                .key(self.meeting_key(meeting.as_str()))
+                .arg(&cand_id)
+                .arg(&cand_boot)
+                .arg(self.config.lease.as_millis() as u64)
+                .arg(if create { "1" } else { "0" })
+                .arg(self.node_key(""))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| {
+                    self.failed(&e);
+                    PlaceError::Unavailable
+                })?;
+            match reply.first().map(String::as_str) {
+                Some("none") => return Err(PlaceError::NotFound),
+                Some("badcandidate") => excluded.push(cand_id),
+                Some(kind @ ("owner" | "placed" | "moved")) if reply.len() >= 4 => {
+                    if kind != "owner" {
+                        self.count_placement(kind, &reply[1]);
+                    }
+                    return Ok(self.placement(&reply[1], &reply[2], &reply[3]));
+                }
+                _ => {
+                    tracing::error!(?reply, "unexpected answer of the placement script");
+                    return Err(PlaceError::Unavailable);
+                }
+            }
+        }
+        if !self.is_registered() {
+            return Err(PlaceError::NotRegistered(self.problem()));
+        }
+        Err(PlaceError::NoCapacity)
+    }
+
+    fn count_placement(&self, kind: &str, node: &str) {
+        let moved = kind == "moved";
+        let stat = if moved {
+            &self.stats.moved
+        } else {
+            &self.stats.placed
+        };
+        stat.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("hearth_cluster_placements_total", "kind" => if moved { "moved" } else { "new" })
+            .increment(1);
+        // Our own view counts it until the next listing (a ramp spreads at once).
+        let mut nodes = (*self.nodes()).clone();
+        if let Some(n) = nodes.iter_mut().find(|n| n.id == node) {
+            n.pending += 1;
+            self.nodes.store(Arc::new(nodes));
+        }
+    }
+
+    fn placement(&self, id: &str, boot: &str, http_url: &str) -> Placement {
+        if id == self.config.node_id && boot == self.boot {
+            Placement::Local
+        } else {
+            self.stats.redirects.fetch_add(1, Ordering::Relaxed);
+            Placement::Remote {
+                node_id: id.to_owned(),
+                http_url: http_url.to_owned(),
+            }
+        }
+    }
+
+    /// Who holds `meeting`'s lease now (`node id`, `boot id`), if anyone.
+    pub async fn owner(&self, meeting: &MeetingId) -> Result<Option<(String, String)>, PlaceError> {
+        let mut conn = self.connection().ok_or(PlaceError::Unavailable)?;
+        let value: Option<String> = redis::cmd("GET")
+            .arg(self.meeting_key(meeting.as_str()))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| {
+                self.failed(&e);
+                PlaceError::Unavailable
+            })?;
+        Ok(value.and_then(|v| {
+            v.split_once('|')
+                .map(|(id, boot)| (id.to_owned(), boot.to_owned()))
+        }))
+    }
+
+    /// One heartbeat: connect if needed, refresh this node's entry, renew leases, list the
+    /// cluster. Returns the meetings whose lease another node holds now.
+    async fn heartbeat(
+        &self,
+        load: &Load,
+        draining: bool,
+        hosted: &[MeetingId],
+        released: &[MeetingId],
+    ) -> Result<Vec<MeetingId>, redis::RedisError> {
+        if self.left.load(Ordering::Acquire) {
+            return Ok(Vec::new());
+        }
+        if self.connection().is_none() {
+            self.connect().await?;
+        }
+        let Some(mut conn) = self.connection() else {
+            return Ok(Vec::new());
+        };
+        let result = self
+            .heartbeat_on(&mut conn, load, draining, hosted, released)
+            .await;
+        if let Err(e) = &result {
+            self.failed(e);
+        }
+        result
+    }
+
+    async fn heartbeat_on(
+        &self,
+        conn: &mut MultiplexedConnection,
+        load: &Load,
+        draining: bool,
+        hosted: &[MeetingId],
+        released: &[MeetingId],
+    ) -> Result<Vec<MeetingId>, redis::RedisError> {
+        let c = &self.config;
+        let started_ms = self
+            .started_at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis()
+            .to_string();
+        let fields: [(&str, String); 15] = [
+            ("id", c.node_id.clone()),
+            ("boot", self.boot.clone()),
+            ("region", c.region.clone()),
+            ("http", c.http_url.clone()),
+            ("grpc", c.grpc_url.clone()),
+            ("media", c.media.clone()),
+            ("turn", c.turn.clone()),
+            (
+                "state",
+                if draining { "draining" } else { "active" }.to_owned(),
+            ),
+            (
+                "cpu_permille",
+                ((load.cpu * 1000.0).round() as u64).to_string(),
+            ),
+            ("participants", load.participants.to_string()),
+            ("meetings", load.meetings.to_string()),
+            ("pending", "0".to_owned()),
+            ("pps", load.packets_per_sec.to_string()),
+            ("started_ms", started_ms),
+            ("version", env!("CARGO_PKG_VERSION").to_owned()),
+        ];
+        let register = &*REGISTER_SCRIPT;
+        let mut call = register.key(self.node_key(&c.node_id));
+        call.key(self.nodes_key())
+            .arg(&c.node_id)
+            .arg(&self.boot)
+            .arg(c.node_ttl.as_millis() as u64);
+        for (k, v) in &fields {
+            call.arg(*k).arg(v);
+        }
+        let registered: i64 = call.invoke_async(conn).await?;
+        let registered = registered == 1;
+        if registered != self.registered.swap(registered, Ordering::AcqRel) {
+            if registered {
+                tracing::info!(node = %c.node_id, boot = %self.boot, "registered in the cluster");
+            } else {
+                tracing::error!(node = %c.node_id, "another process holds this node id in the cluster; waiting for its entry to expire");
+            }
+        }
+        self.set_problem(if registered {
+            ""
+        } else {
+            "another live process holds this node id"
+        });
+        self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+
+        let me = self.owner_value();
+        let mut lost = Vec::new();
+        if registered && !hosted.is_empty() {
+            let renew = &*RENEW_SCRIPT;
+            let mut call = renew.prepare_invoke();
+            for m in hosted {
+                call.key(self.meeting_key(m.as_str()));
+            }
+            call.arg(&me).arg(c.lease.as_millis() as u64);
+            let indexes: Vec<usize> = call.invoke_async(conn).await?;
+            for i in indexes {
+                if let Some(m) = i.checked_sub(1).and_then(|i| hosted.get(i)) {
+                    lost.push(m.clone());
+                }
+            }
+        }
+        if !released.is_empty() {
+            let release = &*RELEASE_SCRIPT;
+            let mut call = release.prepare_invoke();
+            for m in released {
+                call.key(self.meeting_key(m.as_str()));
+            }
+            call.arg(&me);
+            let _: i64 = call.invoke_async(conn).await?;
+        }
+        self.list(conn).await?;
+        Ok(lost)
+    }
+
+    /// Reads every live node (and sweeps expired ids from the set).
+    async fn list(&self, conn: &mut MultiplexedConnection) -> Result<(), redis::RedisError> {
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.nodes_key())
+            .query_async(conn)
+            .await?;
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HGETALL").arg(self.node_key(id));
+        }
+        let hashes: Vec<Vec<(String, String)>> = pipe.query_async(conn).await?;
+        let mut nodes = Vec::with_capacity(ids.len());
+        let mut gone = Vec::new();
+        for (id, fields) in ids.iter().zip(hashes) {
+            match NodeInfo::from_fields(&fields) {
+                Some(n) => nodes.push(n),
+                None => gone.push(id.clone()),
+            }
+        }
+        if !gone.is_empty() {
+            let _: i64 = redis::cmd("SREM")
+                .arg(self.nodes_key())
+                .arg(&gone)
+                .query_async(conn)
+                .await?;
+        }
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        self.nodes.store(Arc::new(nodes));
+        Ok(())
+    }
+
+    /// Leaves the cluster at shutdown: this node's entry and leases go at once, so its
+    /// meetings can be placed again without waiting for expiry.
+    pub async fn leave(&self, hosted: &[MeetingId]) {
+        self.left.store(true, Ordering::Release);
+        let Some(mut conn) = self.connection() else {
+            return;
+        };
+        let me = self.owner_value();
+        if !hosted.is_empty() {
+            let release = &*RELEASE_SCRIPT;
+            let mut call = release.prepare_invoke();
+            for m in hosted {
+                call.key(self.meeting_key(m.as_str()));
+            }
+            call.arg(&me);
+            let _: Result<i64, _> = call.invoke_async(&mut conn).await;
+        }
+        let _: Result<i64, _> = Script::new(UNREGISTER)
+            .key(self.node_key(&self.config.node_id))
+            .key(self.nodes_key())
+            .arg(&self.config.node_id)
+            .arg(&self.boot)
+            .invoke_async(&mut conn)
+            .await;
+        self.registered.store(false, Ordering::Release);
+    }
+}
+
+/// This node's load, reported every heartbeat.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Load {
+    pub cpu: f64,
+    pub participants: u64,
+    pub meetings: u64,
+    pub packets_per_sec: u64,
+}
+
+/// Process CPU time between two samples, from `/proc/self/stat`.
+struct CpuSampler {
+    last: Option<(Instant, f64)>,
+    cores: f64,
+}
+
+impl CpuSampler {
+    fn new() -> Self {
+        Self {
+            last: None,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
+        }
+    }
+
+    /// CPU used since the last call, as a fraction of the machine.
+    fn sample(&mut self) -> f64 {
+        let now = Instant::now();
+        let Some(total) = process_cpu_seconds() else {
+            return 0.0;
+        };
+        let fraction = match self.last {
+            Some((at, before)) => {
+                let wall = now.duration_since(at).as_secs_f64();
+                if wall > 0.0 {
+                    ((total - before) / wall / self.cores).clamp(0.0, 1.0)
+                } else {
+                    0.0
+                }
+            }
+            None => 0.0,
+        };
+        self.last = Some((now, total));
+        fraction
+    }
+}
+
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; fields after its ')' are plain.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    // After ')': state is field 3; utime and stime are fields 14 and 15.
+    let utime: f64 = fields.nth(11)?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    Some((utime + stime) / ticks)
+}
+
+// ----- ClusterActor ------------------------------------------------------------------------
+
+/// Owns the Redis connection: connects, heartbeats, renews and releases leases, gives up
+/// meetings another node holds. Restarted by the node supervisor when it fails.
+pub struct ClusterActor;
+
+pub enum ClusterMsg {
+    Tick,
+}
+
+pub struct ClusterState {
+    cluster: Arc<Cluster>,
+    node: Arc<NodeShared>,
+    /// Meetings whose leases this node held at the last heartbeat.
+    hosted: HashSet<MeetingId>,
+    cpu: CpuSampler,
+    packets: (Instant, u64),
+    failing_since: Option<Instant>,
+    reg: Registration,
+}
+
+impl Actor for ClusterActor {
+    type Msg = ClusterMsg;
+    type State = ClusterState;
+    type Arguments = (
+        Arc<Cluster>,
+        Arc<NodeShared>,
+        Arc<ActorRegistry>,
+        ractor::ActorId,
+    );
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        (cluster, node, actors, parent): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let restarts = cluster.stats.actor_starts.fetch_add(1, Ordering::Relaxed) as u32;
+        let kill = Arc::clone(&cluster);
+        let tick = myself.clone();
+        let reg = actors.register(
+            ActorSpec::new(myself.get_id(), ActorKind::Cluster, "cluster")
+                .parent(parent)
+                .restarted(restarts, None)
+                .kill(move || {
+                    kill.inject_fault();
+                    tick.send_message(ClusterMsg::Tick).is_ok()
+                }),
+        );
+        myself.send_interval(cluster.config.heartbeat, || ClusterMsg::Tick);
+        // The first heartbeat now: a node joins the cluster as it starts.
+        let _ = myself.send_message(ClusterMsg::Tick);
+        let packets = node.mux.as_ref().map_or(0, |m| m.packets_sent());
+        Ok(ClusterState {
+            cluster,
+            node,
+            hosted: HashSet::new(),
+            cpu: CpuSampler::new(),
+            packets: (Instant::now(), packets),
+            failing_since: None,
+            reg,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.reg.handled();
+        if state.cluster.fault.swap(false, Ordering::AcqRel) {
+            panic!("fault injected into the cluster actor");
+        }
+        match msg {
+            ClusterMsg::Tick => tick(state).await,
+        }
+        Ok(())
+    }
+}
+
+async fn tick(state: &mut ClusterState) {
+    let node = &state.node;
+    let now = Instant::now();
+    let sent = node.mux.as_ref().map_or(0, |m| m.packets_sent());
+    let elapsed = now.duration_since(state.packets.0).as_secs_f64();
+    let pps = if elapsed > 0.0 {
+        (sent.saturating_sub(state.packets.1) as f64 / elapsed) as u64
+    } else {
+        0
+    };
+    state.packets = (now, sent);
+    let load = Load {
+        cpu: state.cpu.sample(),
+        participants: (node.actors.count(ActorKind::Participant)
+            + node.actors.count(ActorKind::VirtualParticipant)) as u64,
+        meetings: node.registry.len() as u64,
+        packets_per_sec: pps,
+    };
+    let hosted: Vec<MeetingId> = node.registry.ids();
+    let now_hosted: HashSet<MeetingId> = hosted.iter().cloned().collect();
+    let released: Vec<MeetingId> = state.hosted.difference(&now_hosted).cloned().collect();
+    let draining = node.draining.load(Ordering::Acquire);
+    match state
+        .cluster
+        .heartbeat(&load, draining, &hosted, &released)
+        .await
+    {
+        Ok(lost) => {
+            if let Some(since) = state.failing_since.take() {
+                tracing::info!(down_for = ?since.elapsed(), "the cluster store (Redis) is back");
+            }
+            metrics::gauge!("hearth_cluster_nodes").set(state.cluster.nodes().len() as f64);
+            state.hosted = now_hosted;
+            for id in lost {
+                state
+                    .cluster
+                    .stats
+                    .lost_leases
+                    .fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("hearth_cluster_lost_leases_total").increment(1);
+                tracing::warn!(meeting = %id, "another node hosts this meeting now; its participants move there");
+                state.hosted.remove(&id);
+                if let Some(record) = node.registry.get(&id) {
+                    let _ = record.actor.send_message(MeetingMsg::End(EndReason::Moved));
+                }
+            }
+        }
+        Err(e) => {
+            if state.failing_since.is_none() {
+                state.failing_since = Some(Instant::now());
+                tracing::error!(error = %e, "the cluster store (Redis) failed; this node serves its meetings and places no new ones until it is back");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, region: &str, cpu: f64, meetings: u64, participants: u64) -> NodeInfo {
+        NodeInfo {
+            id: id.into(),
+            boot: "b".into(),
+            region: region.into(),
+            cpu,
+            meetings,
+            participants,
+            ..NodeInfo::default()
+        }
+    }
+
+    #[test]
+    fn least_loaded_goes_by_cpu_steps_then_meetings() {
+        let nodes = [
+            node("a", "", 0.52, 1, 10),
+            node("b", "", 0.31, 9, 90),
+            node("c", "", 0.35, 3, 5),
+        ];
+        // b and c are in the same 10 % step: fewer meetings wins.
+        let pick = Selector::LeastLoaded
+            .pick(&nodes, "", &[])
+            .map(|n| n.id.as_str());
+        assert_eq!(pick, Some("c"));
+        let pick = Selector::LeastLoaded
+            .pick(&nodes, "", &["c".into()])
+            .map(|n| n.id.as_str());
+        assert_eq!(pick, Some("b"));
+    }
+
+    #[test]
+    fn placed_but_unreported_meetings_count() {
+        let mut nodes = vec![node("a", "", 0.0, 0, 0), node("b", "", 0.0, 0, 0)];
+        let mut placed = std::collections::BTreeMap::<String, u32>::new();
+        for _ in 0..10 {
+            let id = Selector::LeastLoaded
+                .pick(&nodes, "", &[])
+                .map(|n| n.id.clone())
+                .unwrap_or_default();
+            *placed.entry(id.clone()).or_default() += 1;
+            if let Some(n) = nodes.iter_mut().find(|n| n.id == id) {
+                n.pending += 1;
+            }
+        }
+        assert_eq!(placed.values().copied().collect::<Vec<_>>(), [5, 5]);
+    }
+
+    #[test]
+    fn draining_nodes_are_never_picked() {
+        let mut nodes = vec![node("a", "", 0.0, 0, 0)];
+        nodes[0].draining = true;
+        for s in [
+            Selector::LeastLoaded,
+            Selector::FewestParticipants,
+            Selector::RegionFirst,
+        ] {
+            assert!(s.pick(&nodes, "", &[]).is_none());
+        }
+    }
+
+    #[test]
+    fn region_first_prefers_the_entry_region_then_load() {
+        let nodes = [
+            node("eu-1", "eu", 0.9, 50, 500),
+            node("us-1", "us", 0.0, 0, 0),
+            node("eu-2", "eu", 0.5, 5, 50),
+        ];
+        let pick = Selector::RegionFirst
+            .pick(&nodes, "eu", &[])
+            .map(|n| n.id.as_str());
+        assert_eq!(pick, Some("eu-2"));
+        let pick = Selector::RegionFirst
+            .pick(&nodes, "ap", &[])
+            .map(|n| n.id.as_str());
+        assert_eq!(pick, Some("us-1"));
+        let pick = Selector::FewestParticipants
+            .pick(&nodes, "", &[])
+            .map(|n| n.id.as_str());
+        assert_eq!(pick, Some("us-1"));
+    }
+
+    #[test]
+    fn node_entries_need_an_id_and_a_boot() {
+        let f = |pairs: &[(&str, &str)]| {
+            NodeInfo::from_fields(
+                &pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert!(f(&[("id", "n1")]).is_none());
+        let n = f(&[
+            ("id", "n1"),
+            ("boot", "x"),
+            ("state", "draining"),
+            ("cpu_permille", "250"),
+            ("meetings", "not-a-number"),
+        ])
+        .expect("an entry");
+        assert!(n.draining);
+        assert_eq!(n.cpu, 0.25);
+        assert_eq!(n.meetings, 0);
+    }
+
+    #[test]
+    fn cluster_urls_and_ids_are_checked() {
+        assert!(Cluster::new(ClusterConfig::new("not a url", "n1")).is_err());
+        assert!(Cluster::new(ClusterConfig::new("redis://127.0.0.1:1/0", "a|b")).is_err());
+        let c = Cluster::new(ClusterConfig::new("redis://127.0.0.1:1/0", "n1")).expect("valid");
+        assert_eq!(c.boot.len(), 16);
+        assert_eq!(c.owner_value(), format!("n1|{}", c.boot));
+    }
+
+    #[test]
+    fn reads_process_cpu() {
+        assert!(process_cpu_seconds().is_some_and(|s| s >= 0.0));
+    }
+}
