@@ -37,6 +37,8 @@ pub struct AppState {
     pub(crate) health: OnceLock<tonic_health::server::HealthReporter>,
     /// Live WHIP and WHEP sessions (their resources).
     pub http_sessions: crate::whip::Sessions,
+    /// gRPC channels to the other nodes of the cluster (forwarded calls).
+    pub peers: crate::grpc::forward::Peers,
 }
 
 impl AppState {
@@ -365,6 +367,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         addrs: OnceLock::new(),
         health: OnceLock::new(),
         http_sessions: Default::default(),
+        peers: Default::default(),
     });
     let _ = state.addrs.set((http_addr, grpc_addr));
     let grpc = crate::grpc::routes(&state).await.into_axum_router();

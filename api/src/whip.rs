@@ -297,6 +297,16 @@ async fn whip_post(
             Ok(r) => r,
             Err(r) => return r,
         };
+    if let Some(r) = redirect_to_host(
+        &state,
+        &request.meeting,
+        request.grants.create,
+        &format!("/whip/{meeting}"),
+    )
+    .await
+    {
+        return r;
+    }
     request.grants.subscribe = false;
     request.session = SessionKind::Http { receive: None };
     let location = |id: &ParticipantId| format!("/whip/{meeting}/{id}");
@@ -314,6 +324,16 @@ async fn whep_post(
             Ok(r) => r,
             Err(r) => return r,
         };
+    if let Some(r) = redirect_to_host(
+        &state,
+        &request.meeting,
+        false,
+        &format!("/whep/{meeting}/{source}"),
+    )
+    .await
+    {
+        return r;
+    }
     let filter = match resolve_source(&state, &request.meeting, &source).await {
         Ok(f) => f,
         Err(r) => return r,
@@ -369,6 +389,33 @@ async fn resolve_source(
         )));
     };
     Ok(filter)
+}
+
+/// In a cluster, a POST for a meeting another node hosts is sent there: `307 Temporary
+/// Redirect` (RFC 9725 §4.5: the client repeats the same POST at `Location`). None when the
+/// meeting is (or is placed) here.
+async fn redirect_to_host(
+    state: &AppState,
+    meeting: &hearth_actors::MeetingId,
+    create: bool,
+    path: &str,
+) -> Option<Response> {
+    state.node.cluster()?;
+    match state.node.place(meeting, create).await {
+        Ok(hearth_actors::cluster::Placement::Local) => None,
+        Ok(hearth_actors::cluster::Placement::Remote { http_url, .. }) => {
+            metrics::counter!("hearth_whip_redirects_total").increment(1);
+            let location = format!("{}{path}", http_url.trim_end_matches('/'));
+            Some(
+                (
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [(axum::http::header::LOCATION, location)],
+                )
+                    .into_response(),
+            )
+        }
+        Err(e) => Some(refused(&e)),
+    }
 }
 
 /// Joins, hands the offer to the participant and answers with its answer.

@@ -323,3 +323,21 @@ pub fn host_of(entry: &str, answer: &Answer) -> Option<String> {
 pub fn remove(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A node-wide admin token (the app's backend) signed with the cluster's key.
+pub fn admin_token() -> String {
+    let grants = Grants {
+        admin: true,
+        ..Grants::default()
+    };
+    let claims = token::claims_for(
+        KEY,
+        "",
+        "backend",
+        "backend",
+        grants,
+        SystemTime::now(),
+        Duration::from_secs(3600),
+    );
+    token::mint(&claims, SECRET)
+}

@@ -544,3 +544,172 @@ async fn forged_or_stale_leases_are_replaced() {
         .expect("refused");
     assert_eq!(err.code, "WRONG_MEETING");
 }
+
+/// REST and gRPC calls about a meeting reach its host from any node: get, participants,
+/// messages, removal; a meeting created through one node is placed by load and found from
+/// every node; the meeting list is the cluster's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_calls_reach_the_host_from_any_node() {
+    let Some(redis) = Redis::start("api").await else {
+        return;
+    };
+    let nodes = three_nodes(&redis).await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let bearer = format!("Bearer {}", hearth_tests::cluster::admin_token());
+    // Participants in "weekly", hosted somewhere.
+    let ada = join_at(
+        &nodes[0].ws_url(),
+        "weekly",
+        "ada",
+        ClientOptions::default(),
+    )
+    .await;
+    let bob = join_at(
+        &nodes[0].ws_url(),
+        "weekly",
+        "bob",
+        ClientOptions::default(),
+    )
+    .await;
+    let host = node_of(&nodes, &ada);
+    for n in nodes.iter().filter(|n| n.id != host) {
+        let url = format!("{}/v1/meetings/weekly", n.http_url());
+        let r = http
+            .get(&url)
+            .header("authorization", &bearer)
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(r.status(), 200, "GET through {}", n.id);
+        let m: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(m["participants"].as_array().map(Vec::len), Some(2), "{m}");
+        let r = http
+            .post(format!("{url}/messages"))
+            .header("authorization", &bearer)
+            .json(&serde_json::json!({ "text": format!("hello from {}", n.id) }))
+            .send()
+            .await
+            .expect("POST message");
+        assert_eq!(r.status(), 202, "message through {}", n.id);
+    }
+    ada.wait_until("both messages", T, |s| s.app_messages.len() == 2)
+        .await;
+    // Removal through a non-host node.
+    let other = nodes.iter().find(|n| n.id != host).expect("non-host");
+    let r = http
+        .delete(format!(
+            "{}/v1/meetings/weekly/participants/{}",
+            other.http_url(),
+            bob.participant_id()
+        ))
+        .header("authorization", &bearer)
+        .send()
+        .await
+        .expect("DELETE");
+    assert!(
+        r.status().is_success(),
+        "removal through {}: {}",
+        other.id,
+        r.status()
+    );
+    bob.wait_until("removed", T, |s| s.closed).await;
+    // A meeting that runs nowhere is 404 from everywhere.
+    let r = http
+        .get(format!("{}/v1/meetings/nowhere", other.http_url()))
+        .header("authorization", &bearer)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), 404);
+
+    // Creation through one node: placed by load, found from the others.
+    let mut hosts = HashSet::new();
+    for i in 0..6 {
+        let r = http
+            .post(format!("{}/v1/meetings", nodes[1].http_url()))
+            .header("authorization", &bearer)
+            .json(&serde_json::json!({ "id": format!("made-{i}") }))
+            .send()
+            .await
+            .expect("POST meeting");
+        assert_eq!(
+            r.status(),
+            201,
+            "create made-{i}: {}",
+            r.text().await.unwrap_or_default()
+        );
+        let lease = redis
+            .cli(&["GET", &format!("hearth:meeting:made-{i}")])
+            .await;
+        hosts.insert(lease.split('|').next().unwrap_or_default().to_owned());
+        for n in &nodes {
+            let r = http
+                .get(format!("{}/v1/meetings/made-{i}", n.http_url()))
+                .header("authorization", &bearer)
+                .send()
+                .await
+                .expect("GET");
+            assert_eq!(r.status(), 200, "made-{i} through {}", n.id);
+        }
+    }
+    assert!(hosts.len() >= 2, "created meetings were spread: {hosts:?}");
+    // A second create of the same name is refused by its host, from any node.
+    let r = http
+        .post(format!("{}/v1/meetings", nodes[2].http_url()))
+        .header("authorization", &bearer)
+        .json(&serde_json::json!({ "id": "made-0" }))
+        .send()
+        .await
+        .expect("POST meeting");
+    assert_eq!(r.status(), 409);
+    // The list is the cluster's, from any node, page by page.
+    for n in &nodes {
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut url = format!("{}/v1/meetings?limit=3", n.http_url());
+            if let Some(c) = &cursor {
+                url.push_str(&format!("&cursor={c}"));
+            }
+            let page: serde_json::Value = http
+                .get(&url)
+                .header("authorization", &bearer)
+                .send()
+                .await
+                .expect("list")
+                .json()
+                .await
+                .expect("json");
+            for m in page["meetings"].as_array().into_iter().flatten() {
+                seen.push(m["id"].as_str().unwrap_or_default().to_owned());
+            }
+            match page["nextCursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
+        }
+        let mut want: Vec<String> = (0..6).map(|i| format!("made-{i}")).collect();
+        want.push("weekly".into());
+        assert_eq!(seen, want, "the list through {}", n.id);
+    }
+    // gRPC too: a non-host answers for the host.
+    let channel = tonic::transport::Endpoint::from_shared(other.http_url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("gRPC connects");
+    let mut client = hearth_proto::v1::meeting_service_client::MeetingServiceClient::new(channel);
+    let mut request = tonic::Request::new(hearth_proto::v1::GetMeetingRequest {
+        id: "weekly".into(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.parse().expect("ascii"));
+    let m = client
+        .get(request)
+        .await
+        .expect("gRPC Get through a non-host")
+        .into_inner();
+    assert_eq!(m.participants.len(), 1, "bob was removed");
+}

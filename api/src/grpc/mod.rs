@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod convert;
+pub mod forward;
 pub mod media;
 pub mod services;
 
@@ -91,6 +92,9 @@ pub async fn routes(state: &Arc<AppState>) -> tonic::service::Routes {
 #[derive(Debug)]
 pub struct Caller {
     pub claims: Claims,
+    /// The node that forwarded this call (`x-hearth-forwarded-by`): it is answered here,
+    /// never forwarded again. A client that sets the header only gets this node's answer.
+    pub forwarded_by: Option<String>,
 }
 
 impl Caller {
@@ -124,9 +128,16 @@ pub fn authorize<T>(state: &AppState, request: &Request<T>) -> Result<Caller, St
         .metadata()
         .get("authorization")
         .map(|v| v.as_encoded_bytes());
-    let result = authorize_header(state, value);
-    if result.is_err() {
-        metrics::counter!("hearth_grpc_auth_failures_total").increment(1);
+    let mut result = authorize_header(state, value);
+    match &mut result {
+        Ok(caller) => {
+            caller.forwarded_by = request
+                .metadata()
+                .get(FORWARDED_BY)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+        }
+        Err(_) => metrics::counter!("hearth_grpc_auth_failures_total").increment(1),
     }
     result
 }
@@ -159,11 +170,30 @@ pub fn authorize_header(state: &AppState, value: Option<&[u8]>) -> Result<Caller
             "the token lacks the admin grant needed for this API",
         ));
     }
-    Ok(Caller { claims })
+    Ok(Caller {
+        claims,
+        forwarded_by: None,
+    })
 }
+
+/// The header (gRPC metadata) naming the node that forwarded a call.
+pub const FORWARDED_BY: &str = "x-hearth-forwarded-by";
 
 /// Authorizes a call about one meeting (`value` of request field `field`): a valid admin
 /// token whose scope covers that meeting. Returns the parsed meeting name.
+pub fn authorize_meeting_caller<T>(
+    state: &AppState,
+    request: &Request<T>,
+    field: &str,
+    value: &str,
+) -> Result<(Caller, MeetingId), Status> {
+    let caller = authorize(state, request)?;
+    let id = meeting_id(field, value)?;
+    caller.may_manage(id.as_str())?;
+    Ok((caller, id))
+}
+
+/// [`authorize_meeting_caller`] without the caller.
 pub fn authorize_meeting<T>(
     state: &AppState,
     request: &Request<T>,

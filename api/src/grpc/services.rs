@@ -12,7 +12,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{Caller, authorize, authorize_meeting, convert, meeting_id, status};
+use super::{Caller, authorize, authorize_meeting_caller, convert, forward, meeting_id, status};
 use crate::server::AppState;
 use crate::token;
 
@@ -107,12 +107,22 @@ fn track_id(value: &str) -> Result<TrackId, Status> {
 /// Starts an empty meeting.
 pub async fn create_meeting(
     state: &AppState,
-    tenant: &str,
+    caller: &Caller,
     id: &MeetingId,
     settings: Option<&pb::MeetingSettings>,
     metadata: &str,
 ) -> Result<pb::Meeting, Status> {
-    let settings = merge_settings(state.node.default_settings(), settings)?;
+    let merged = merge_settings(state.node.default_settings(), settings)?;
+    if let Some(owner) = forward::place_new(state, caller, id).await? {
+        let request = owner.request(pb::CreateMeetingRequest {
+            id: id.to_string(),
+            settings: settings.cloned(),
+            metadata: metadata.to_owned(),
+        });
+        return forward::answer(owner.meetings().create(request).await);
+    }
+    let tenant = caller.claims.iss.as_str();
+    let settings = merged;
     let snapshot = state
         .node
         .create_meeting(id, tenant, settings, metadata.to_owned())
@@ -122,7 +132,15 @@ pub async fn create_meeting(
 }
 
 /// One meeting with its participants.
-pub async fn get_meeting(state: &AppState, id: &MeetingId) -> Result<pb::Meeting, Status> {
+pub async fn get_meeting(
+    state: &AppState,
+    caller: &Caller,
+    id: &MeetingId,
+) -> Result<pb::Meeting, Status> {
+    if let Some(owner) = forward::owner_of(state, caller, id).await? {
+        let request = owner.request(pb::GetMeetingRequest { id: id.to_string() });
+        return forward::answer(owner.meetings().get(request).await);
+    }
     let snapshot = state
         .node
         .meeting(id)
@@ -159,11 +177,45 @@ pub async fn list_meetings(
             out.push(convert::meeting(&snapshot, false));
         }
     }
+    // In a cluster, the other nodes' meetings too (each asked once, at the same time).
+    let others = forward::other_nodes(state, caller);
+    if others.is_empty() {
+        return (out, more);
+    }
+    let answers = futures::future::join_all(others.iter().map(|node| async move {
+        let request = node.request(pb::ListMeetingsRequest {});
+        (node, node.meetings().list(request).await)
+    }))
+    .await;
+    for (node, answer) in answers {
+        match answer {
+            Ok(list) => out.extend(
+                list.into_inner()
+                    .meetings
+                    .into_iter()
+                    .filter(|m| after.is_none_or(|a| m.id.as_str() > a.as_str())),
+            ),
+            Err(e) => {
+                metrics::counter!("hearth_cluster_list_failures_total").increment(1);
+                tracing::warn!(node = %node.node_id, error = %e, "a node did not give its meetings; the list lacks them");
+            }
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out.dedup_by(|a, b| a.id == b.id);
+    if out.len() > limit {
+        out.truncate(limit);
+        more = true;
+    }
     (out, more)
 }
 
 /// Ends a meeting now; returns how many participants it had.
-pub async fn end_meeting(state: &AppState, id: &MeetingId) -> Result<u32, Status> {
+pub async fn end_meeting(state: &AppState, caller: &Caller, id: &MeetingId) -> Result<u32, Status> {
+    if let Some(owner) = forward::owner_of(state, caller, id).await? {
+        let request = owner.request(pb::EndMeetingRequest { id: id.to_string() });
+        return forward::answer(owner.meetings().end(request).await).map(|r| r.participants);
+    }
     let n = state.node.end_meeting(id).await.map_err(status)?;
     Ok(u32::try_from(n).unwrap_or(u32::MAX))
 }
@@ -172,10 +224,19 @@ pub async fn end_meeting(state: &AppState, id: &MeetingId) -> Result<u32, Status
 /// given, its metadata.
 pub async fn update_meeting(
     state: &AppState,
+    caller: &Caller,
     id: &MeetingId,
     settings: Option<&pb::MeetingSettings>,
     metadata: Option<&str>,
 ) -> Result<pb::Meeting, Status> {
+    if let Some(owner) = forward::owner_of(state, caller, id).await? {
+        let request = owner.request(pb::UpdateMeetingRequest {
+            id: id.to_string(),
+            settings: settings.cloned(),
+            metadata: metadata.map(str::to_owned),
+        });
+        return forward::answer(owner.meetings().update(request).await);
+    }
     // Validate with the same rules as Create; zero keeps the current value.
     let s = settings.cloned().unwrap_or_default();
     merge_settings(state.node.default_settings(), Some(&s))?;
@@ -196,17 +257,27 @@ pub async fn update_meeting(
         )
         .await
         .map_err(status)?;
-    get_meeting(state, id).await
+    get_meeting(state, caller, id).await
 }
 
 /// Sends an app message to a meeting's participants (all, or the named ones).
 pub async fn send_message(
     state: &AppState,
+    caller: &Caller,
     meeting: &MeetingId,
     text: &str,
     from: &str,
     to: &[String],
 ) -> Result<pb::SendMessageResponse, Status> {
+    if let Some(owner) = forward::owner_of(state, caller, meeting).await? {
+        let request = owner.request(pb::SendMessageRequest {
+            meeting: meeting.to_string(),
+            text: text.to_owned(),
+            from: from.to_owned(),
+            participant_ids: to.to_vec(),
+        });
+        return forward::answer(owner.meetings().send_message(request).await);
+    }
     let to = to
         .iter()
         .map(|p| participant_id(p))
@@ -225,8 +296,15 @@ pub async fn send_message(
 /// Everyone in a meeting, in join order.
 pub async fn list_participants(
     state: &AppState,
+    caller: &Caller,
     meeting: &MeetingId,
 ) -> Result<Vec<pb::Participant>, Status> {
+    if let Some(owner) = forward::owner_of(state, caller, meeting).await? {
+        let request = owner.request(pb::ListParticipantsRequest {
+            meeting: meeting.to_string(),
+        });
+        return forward::answer(owner.participants().list(request).await).map(|r| r.participants);
+    }
     let snapshot = state
         .node
         .meeting(meeting)
@@ -242,9 +320,17 @@ pub async fn list_participants(
 /// One participant.
 pub async fn get_participant(
     state: &AppState,
+    caller: &Caller,
     meeting: &MeetingId,
     participant: &str,
 ) -> Result<pb::Participant, Status> {
+    if let Some(owner) = forward::owner_of(state, caller, meeting).await? {
+        let request = owner.request(pb::ParticipantRequest {
+            meeting: meeting.to_string(),
+            participant_id: participant.to_owned(),
+        });
+        return forward::answer(owner.participants().get(request).await);
+    }
     let pid = participant_id(participant)?;
     let view = state
         .node
@@ -257,9 +343,17 @@ pub async fn get_participant(
 /// Removes a participant (it is told so and disconnected).
 pub async fn remove_participant(
     state: &AppState,
+    caller: &Caller,
     meeting: &MeetingId,
     participant: &str,
 ) -> Result<(), Status> {
+    if let Some(owner) = forward::owner_of(state, caller, meeting).await? {
+        let request = owner.request(pb::ParticipantRequest {
+            meeting: meeting.to_string(),
+            participant_id: participant.to_owned(),
+        });
+        return forward::answer(owner.participants().remove(request).await).map(|_| ());
+    }
     let pid = participant_id(participant)?;
     state
         .node
@@ -271,11 +365,21 @@ pub async fn remove_participant(
 /// Mutes or unmutes one of a participant's tracks for everyone.
 pub async fn mute_track(
     state: &AppState,
+    caller: &Caller,
     meeting: &MeetingId,
     participant: &str,
     track: &str,
     muted: bool,
 ) -> Result<pb::Track, Status> {
+    if let Some(owner) = forward::owner_of(state, caller, meeting).await? {
+        let request = owner.request(pb::MuteTrackRequest {
+            meeting: meeting.to_string(),
+            participant_id: participant.to_owned(),
+            track_id: track.to_owned(),
+            muted,
+        });
+        return forward::answer(owner.participants().mute_track(request).await);
+    }
     let pid = participant_id(participant)?;
     let track = track_id(track)?;
     let info = state
@@ -289,10 +393,19 @@ pub async fn mute_track(
 /// Changes what a participant may do (both permissions are applied).
 pub async fn update_permissions(
     state: &AppState,
+    caller: &Caller,
     meeting: &MeetingId,
     participant: &str,
     permissions: Option<pb::Permissions>,
 ) -> Result<pb::Participant, Status> {
+    if let Some(owner) = forward::owner_of(state, caller, meeting).await? {
+        let request = owner.request(pb::UpdatePermissionsRequest {
+            meeting: meeting.to_string(),
+            participant_id: participant.to_owned(),
+            permissions,
+        });
+        return forward::answer(owner.participants().update_permissions(request).await);
+    }
     let pid = participant_id(participant)?;
     let perms = permissions.ok_or_else(|| Status::invalid_argument("permissions: required"))?;
     let view = state
@@ -379,11 +492,11 @@ impl pb::meeting_service_server::MeetingService for Meetings {
         &self,
         request: Request<pb::CreateMeetingRequest>,
     ) -> Result<Response<pb::Meeting>, Status> {
-        let id = authorize_meeting(&self.0, &request, "id", &request.get_ref().id)?;
-        let tenant = authorize(&self.0, &request)?.claims.iss;
+        let (caller, id) =
+            authorize_meeting_caller(&self.0, &request, "id", &request.get_ref().id)?;
         let req = request.into_inner();
         let meeting =
-            create_meeting(&self.0, &tenant, &id, req.settings.as_ref(), &req.metadata).await?;
+            create_meeting(&self.0, &caller, &id, req.settings.as_ref(), &req.metadata).await?;
         Ok(Response::new(meeting))
     }
 
@@ -391,8 +504,9 @@ impl pb::meeting_service_server::MeetingService for Meetings {
         &self,
         request: Request<pb::GetMeetingRequest>,
     ) -> Result<Response<pb::Meeting>, Status> {
-        let id = authorize_meeting(&self.0, &request, "id", &request.get_ref().id)?;
-        Ok(Response::new(get_meeting(&self.0, &id).await?))
+        let (caller, id) =
+            authorize_meeting_caller(&self.0, &request, "id", &request.get_ref().id)?;
+        Ok(Response::new(get_meeting(&self.0, &caller, &id).await?))
     }
 
     async fn list(
@@ -408,8 +522,9 @@ impl pb::meeting_service_server::MeetingService for Meetings {
         &self,
         request: Request<pb::EndMeetingRequest>,
     ) -> Result<Response<pb::EndMeetingResponse>, Status> {
-        let id = authorize_meeting(&self.0, &request, "id", &request.get_ref().id)?;
-        let participants = end_meeting(&self.0, &id).await?;
+        let (caller, id) =
+            authorize_meeting_caller(&self.0, &request, "id", &request.get_ref().id)?;
+        let participants = end_meeting(&self.0, &caller, &id).await?;
         Ok(Response::new(pb::EndMeetingResponse { participants }))
     }
 
@@ -417,10 +532,17 @@ impl pb::meeting_service_server::MeetingService for Meetings {
         &self,
         request: Request<pb::UpdateMeetingRequest>,
     ) -> Result<Response<pb::Meeting>, Status> {
-        let id = authorize_meeting(&self.0, &request, "id", &request.get_ref().id)?;
+        let (caller, id) =
+            authorize_meeting_caller(&self.0, &request, "id", &request.get_ref().id)?;
         let req = request.into_inner();
-        let meeting =
-            update_meeting(&self.0, &id, req.settings.as_ref(), req.metadata.as_deref()).await?;
+        let meeting = update_meeting(
+            &self.0,
+            &caller,
+            &id,
+            req.settings.as_ref(),
+            req.metadata.as_deref(),
+        )
+        .await?;
         Ok(Response::new(meeting))
     }
 
@@ -428,9 +550,18 @@ impl pb::meeting_service_server::MeetingService for Meetings {
         &self,
         request: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
-        let id = authorize_meeting(&self.0, &request, "meeting", &request.get_ref().meeting)?;
+        let (caller, id) =
+            authorize_meeting_caller(&self.0, &request, "meeting", &request.get_ref().meeting)?;
         let req = request.into_inner();
-        let sent = send_message(&self.0, &id, &req.text, &req.from, &req.participant_ids).await?;
+        let sent = send_message(
+            &self.0,
+            &caller,
+            &id,
+            &req.text,
+            &req.from,
+            &req.participant_ids,
+        )
+        .await?;
         Ok(Response::new(sent))
     }
 }
@@ -441,9 +572,10 @@ impl pb::participant_service_server::ParticipantService for Participants {
         &self,
         request: Request<pb::ListParticipantsRequest>,
     ) -> Result<Response<pb::ListParticipantsResponse>, Status> {
-        let id = authorize_meeting(&self.0, &request, "meeting", &request.get_ref().meeting)?;
+        let (caller, id) =
+            authorize_meeting_caller(&self.0, &request, "meeting", &request.get_ref().meeting)?;
         Ok(Response::new(pb::ListParticipantsResponse {
-            participants: list_participants(&self.0, &id).await?,
+            participants: list_participants(&self.0, &caller, &id).await?,
         }))
     }
 
@@ -451,9 +583,10 @@ impl pb::participant_service_server::ParticipantService for Participants {
         &self,
         request: Request<pb::ParticipantRequest>,
     ) -> Result<Response<pb::Participant>, Status> {
-        let meeting = authorize_meeting(&self.0, &request, "meeting", &request.get_ref().meeting)?;
+        let (caller, meeting) =
+            authorize_meeting_caller(&self.0, &request, "meeting", &request.get_ref().meeting)?;
         let req = request.into_inner();
-        let participant = get_participant(&self.0, &meeting, &req.participant_id).await?;
+        let participant = get_participant(&self.0, &caller, &meeting, &req.participant_id).await?;
         Ok(Response::new(participant))
     }
 
@@ -461,9 +594,10 @@ impl pb::participant_service_server::ParticipantService for Participants {
         &self,
         request: Request<pb::ParticipantRequest>,
     ) -> Result<Response<pb::RemoveParticipantResponse>, Status> {
-        let meeting = authorize_meeting(&self.0, &request, "meeting", &request.get_ref().meeting)?;
+        let (caller, meeting) =
+            authorize_meeting_caller(&self.0, &request, "meeting", &request.get_ref().meeting)?;
         let req = request.into_inner();
-        remove_participant(&self.0, &meeting, &req.participant_id).await?;
+        remove_participant(&self.0, &caller, &meeting, &req.participant_id).await?;
         Ok(Response::new(pb::RemoveParticipantResponse {}))
     }
 
@@ -471,10 +605,12 @@ impl pb::participant_service_server::ParticipantService for Participants {
         &self,
         request: Request<pb::MuteTrackRequest>,
     ) -> Result<Response<pb::Track>, Status> {
-        let meeting = authorize_meeting(&self.0, &request, "meeting", &request.get_ref().meeting)?;
+        let (caller, meeting) =
+            authorize_meeting_caller(&self.0, &request, "meeting", &request.get_ref().meeting)?;
         let req = request.into_inner();
         let track = mute_track(
             &self.0,
+            &caller,
             &meeting,
             &req.participant_id,
             &req.track_id,
@@ -488,10 +624,17 @@ impl pb::participant_service_server::ParticipantService for Participants {
         &self,
         request: Request<pb::UpdatePermissionsRequest>,
     ) -> Result<Response<pb::Participant>, Status> {
-        let meeting = authorize_meeting(&self.0, &request, "meeting", &request.get_ref().meeting)?;
+        let (caller, meeting) =
+            authorize_meeting_caller(&self.0, &request, "meeting", &request.get_ref().meeting)?;
         let req = request.into_inner();
-        let participant =
-            update_permissions(&self.0, &meeting, &req.participant_id, req.permissions).await?;
+        let participant = update_permissions(
+            &self.0,
+            &caller,
+            &meeting,
+            &req.participant_id,
+            req.permissions,
+        )
+        .await?;
         Ok(Response::new(participant))
     }
 }

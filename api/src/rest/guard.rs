@@ -108,7 +108,14 @@ async fn run(guard: &Guard, mut request: Request, next: Next) -> Response {
             .get(header::AUTHORIZATION)
             .map(HeaderValue::as_bytes),
     ) {
-        Ok(caller) => caller,
+        Ok(mut caller) => {
+            caller.forwarded_by = request
+                .headers()
+                .get(crate::grpc::FORWARDED_BY)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            caller
+        }
         Err(status) => {
             metrics::counter!("hearth_rest_auth_failures_total").increment(1);
             return Problem::from(status).into_response();

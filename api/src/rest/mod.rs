@@ -234,7 +234,7 @@ async fn create_meeting(
     let settings = body.settings.map(pb::MeetingSettings::from);
     let meeting = services::create_meeting(
         &app,
-        &auth.0.claims.iss,
+        &auth.0,
         &id,
         settings.as_ref(),
         body.metadata.as_deref().unwrap_or_default(),
@@ -312,7 +312,9 @@ async fn get_meeting(
     ApiPath(id): ApiPath<String>,
 ) -> Result<axum::Json<Meeting>, Problem> {
     let id = meeting_in_scope(&auth, &id)?;
-    Ok(axum::Json(services::get_meeting(&app, &id).await?.into()))
+    Ok(axum::Json(
+        services::get_meeting(&app, &auth.0, &id).await?.into(),
+    ))
 }
 
 /// Change a meeting's settings.
@@ -345,8 +347,14 @@ async fn update_meeting(
 ) -> Result<axum::Json<Meeting>, Problem> {
     let id = meeting_in_scope(&auth, &id)?;
     let settings = body.settings.map(pb::MeetingSettings::from);
-    let meeting =
-        services::update_meeting(&app, &id, settings.as_ref(), body.metadata.as_deref()).await?;
+    let meeting = services::update_meeting(
+        &app,
+        &auth.0,
+        &id,
+        settings.as_ref(),
+        body.metadata.as_deref(),
+    )
+    .await?;
     Ok(axum::Json(meeting.into()))
 }
 
@@ -375,7 +383,7 @@ async fn end_meeting(
     ApiPath(id): ApiPath<String>,
 ) -> Result<axum::Json<EndedMeeting>, Problem> {
     let id = meeting_in_scope(&auth, &id)?;
-    let participants = services::end_meeting(&app, &id).await?;
+    let participants = services::end_meeting(&app, &auth.0, &id).await?;
     Ok(axum::Json(EndedMeeting { participants }))
 }
 
@@ -404,7 +412,7 @@ async fn list_participants(
     ApiPath(id): ApiPath<String>,
 ) -> Result<axum::Json<ParticipantList>, Problem> {
     let id = meeting_in_scope(&auth, &id)?;
-    let participants = services::list_participants(&app, &id).await?;
+    let participants = services::list_participants(&app, &auth.0, &id).await?;
     Ok(axum::Json(ParticipantList {
         participants: participants.into_iter().map(Participant::from).collect(),
     }))
@@ -437,7 +445,9 @@ async fn get_participant(
 ) -> Result<axum::Json<Participant>, Problem> {
     let id = meeting_in_scope(&auth, &id)?;
     Ok(axum::Json(
-        services::get_participant(&app, &id, &pid).await?.into(),
+        services::get_participant(&app, &auth.0, &id, &pid)
+            .await?
+            .into(),
     ))
 }
 
@@ -470,7 +480,7 @@ async fn remove_participant(
     ApiPath((id, pid)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, Problem> {
     let id = meeting_in_scope(&auth, &id)?;
-    services::remove_participant(&app, &id, &pid).await?;
+    services::remove_participant(&app, &auth.0, &id, &pid).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -507,7 +517,7 @@ async fn update_track(
     ApiJson(body): ApiJson<UpdateTrack>,
 ) -> Result<axum::Json<Track>, Problem> {
     let id = meeting_in_scope(&auth, &id)?;
-    let track = services::mute_track(&app, &id, &pid, &tid, body.muted).await?;
+    let track = services::mute_track(&app, &auth.0, &id, &pid, &tid, body.muted).await?;
     Ok(axum::Json(track.into()))
 }
 
@@ -548,7 +558,7 @@ async fn set_permissions(
         publish: body.publish,
         subscribe: body.subscribe,
     };
-    let participant = services::update_permissions(&app, &id, &pid, Some(perms)).await?;
+    let participant = services::update_permissions(&app, &auth.0, &id, &pid, Some(perms)).await?;
     Ok(axum::Json(participant.into()))
 }
 
@@ -585,6 +595,7 @@ async fn send_message(
     let id = meeting_in_scope(&auth, &id)?;
     let sent = services::send_message(
         &app,
+        &auth.0,
         &id,
         &body.text,
         body.from.as_deref().unwrap_or_default(),

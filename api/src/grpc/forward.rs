@@ -1,0 +1,203 @@
+//! Calls about a meeting another node of the cluster hosts are forwarded to that node over
+//! its gRPC API, for gRPC and REST callers alike (the REST API calls the same operations).
+//!
+//! The forwarded call carries a token with the caller's own claims (same API key, scope and
+//! grants), re-signed by this node with that key's secret and valid for a minute: the host
+//! authorizes it exactly as if the caller had come to it, and bills the same key. The
+//! `x-hearth-forwarded-by` header marks it; a marked call is answered where it lands, so
+//! a forward never loops.
+
+use std::time::{Duration, SystemTime};
+
+use hearth_actors::MeetingId;
+use hearth_actors::cluster::Placement;
+use hearth_proto::v1 as pb;
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+use super::{Caller, FORWARDED_BY};
+use crate::server::AppState;
+use crate::token;
+
+/// How long a forwarded call may take (the host answers in milliseconds).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lifetime of the token a forwarded call carries.
+const FORWARD_TOKEN_TTL: Duration = Duration::from_secs(60);
+
+/// Channels to other nodes' gRPC APIs, by URL (opened on first use, reused).
+#[derive(Default)]
+pub struct Peers {
+    channels: std::sync::Mutex<std::collections::HashMap<String, Channel>>,
+}
+
+impl Peers {
+    fn channel(&self, url: &str) -> Result<Channel, Status> {
+        let mut channels = self
+            .channels
+            .lock()
+            .map_err(|_| Status::internal("the peer channel table is poisoned"))?;
+        if let Some(c) = channels.get(url) {
+            return Ok(c.clone());
+        }
+        let channel = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| Status::internal(format!("node URL {url}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(FORWARD_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(url.to_owned(), channel.clone());
+        Ok(channel)
+    }
+}
+
+/// The node a call is forwarded to.
+pub struct Owner {
+    pub node_id: String,
+    channel: Channel,
+    bearer: AsciiMetadataValue,
+    me: AsciiMetadataValue,
+}
+
+impl Owner {
+    /// `message` as a request to the host: its token and the forwarded mark.
+    pub fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", self.bearer.clone());
+        request.metadata_mut().insert(FORWARDED_BY, self.me.clone());
+        request.set_timeout(FORWARD_TIMEOUT);
+        request
+    }
+
+    pub fn meetings(&self) -> pb::meeting_service_client::MeetingServiceClient<Channel> {
+        pb::meeting_service_client::MeetingServiceClient::new(self.channel.clone())
+    }
+
+    pub fn participants(
+        &self,
+    ) -> pb::participant_service_client::ParticipantServiceClient<Channel> {
+        pb::participant_service_client::ParticipantServiceClient::new(self.channel.clone())
+    }
+}
+
+/// Where a call about `meeting` is answered: None here, or the node hosting it.
+pub async fn owner_of(
+    state: &AppState,
+    caller: &Caller,
+    meeting: &MeetingId,
+) -> Result<Option<Owner>, Status> {
+    let Some(cluster) = state.node.cluster() else {
+        return Ok(None);
+    };
+    if caller.forwarded_by.is_some() || state.node.meeting_ids().contains(meeting) {
+        return Ok(None);
+    }
+    let owner = cluster
+        .owner(meeting)
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let Some((node_id, boot)) = owner else {
+        return Ok(None);
+    };
+    if node_id == cluster.config.node_id {
+        return Ok(None);
+    }
+    // A lease of a node that is gone (or of an older life of it) is answered here: the
+    // meeting does not run anywhere.
+    let nodes = cluster.nodes();
+    let Some(node) = nodes.iter().find(|n| n.id == node_id && n.boot == boot) else {
+        return Ok(None);
+    };
+    owner_at(state, caller, meeting, &node.id, &node.grpc_url).map(Some)
+}
+
+/// Where a new meeting goes: None here, or the node the placement chose (whose lease is
+/// taken for it). A meeting that exists already is answered by its host.
+pub async fn place_new(
+    state: &AppState,
+    caller: &Caller,
+    meeting: &MeetingId,
+) -> Result<Option<Owner>, Status> {
+    if state.node.cluster().is_none() || caller.forwarded_by.is_some() {
+        return Ok(None);
+    }
+    match state.node.place(meeting, true).await {
+        Ok(Placement::Local) => Ok(None),
+        Ok(Placement::Remote { node_id, .. }) => {
+            let nodes = state.node.cluster().map(|c| c.nodes()).unwrap_or_default();
+            let node = nodes.iter().find(|n| n.id == node_id).ok_or_else(|| {
+                Status::unavailable(format!(
+                    "meeting {meeting} was placed on node {node_id}, not listed here yet; retry"
+                ))
+            })?;
+            owner_at(state, caller, meeting, &node.id, &node.grpc_url).map(Some)
+        }
+        Err(e) => Err(Status::unavailable(e.message)),
+    }
+}
+
+fn owner_at(
+    state: &AppState,
+    caller: &Caller,
+    meeting: &MeetingId,
+    node_id: &str,
+    grpc_url: &str,
+) -> Result<Owner, Status> {
+    let secret = state.keys.secret(&caller.claims.iss).ok_or_else(|| {
+        Status::internal("the caller's API key is not known to this node any more")
+    })?;
+    let now = SystemTime::now();
+    let mut claims = caller.claims.clone();
+    claims.iat = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    claims.nbf = 0;
+    claims.exp = claims.exp.min(claims.iat + FORWARD_TOKEN_TTL.as_secs());
+    let bearer = MetadataValue::try_from(format!("Bearer {}", token::mint(&claims, secret)))
+        .map_err(|_| Status::internal("the forwarded token is not ASCII"))?;
+    let me = state
+        .node
+        .cluster()
+        .map(|c| c.config.node_id.clone())
+        .unwrap_or_default();
+    metrics::counter!("hearth_cluster_forwarded_calls_total").increment(1);
+    tracing::debug!(%meeting, node = node_id, "call forwarded to the meeting's host");
+    Ok(Owner {
+        node_id: node_id.to_owned(),
+        channel: state.peers.channel(grpc_url)?,
+        bearer,
+        me: MetadataValue::try_from(me).unwrap_or_else(|_| MetadataValue::from_static("node")),
+    })
+}
+
+/// Every other live node of the cluster, to ask for its part of a cluster-wide list (none
+/// for a forwarded call: the node that forwarded it asks the others itself).
+pub fn other_nodes(state: &AppState, caller: &Caller) -> Vec<Owner> {
+    let Some(cluster) = state.node.cluster() else {
+        return Vec::new();
+    };
+    if caller.forwarded_by.is_some() {
+        return Vec::new();
+    }
+    let meeting = MeetingId::parse("cluster-list").unwrap_or_else(|| unreachable!());
+    cluster
+        .nodes()
+        .iter()
+        .filter(|n| n.id != cluster.config.node_id)
+        .filter_map(|n| match owner_at(state, caller, &meeting, &n.id, &n.grpc_url) {
+            Ok(owner) => Some(owner),
+            Err(e) => {
+                tracing::warn!(node = %n.id, error = %e, "cannot ask a node for its part of a list");
+                None
+            }
+        })
+        .collect()
+}
+
+/// The host's answer, or its refusal as it gave it.
+pub fn answer<T>(result: Result<tonic::Response<T>, Status>) -> Result<T, Status> {
+    result.map(tonic::Response::into_inner)
+}
