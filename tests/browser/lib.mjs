@@ -191,3 +191,53 @@ export async function farNamespace(serverIp = '10.78.0.1') {
   }
   return far;
 }
+
+/**
+ * Test hosts for a cluster: `count` network namespaces (each held by an `unshare --net`
+ * process and entered with nsenter, as in farNamespace), each with a veth pair whose outer
+ * end joins a bridge in our namespace. Host i has 10.79.0.(i+1); our namespace (where the
+ * browsers and Redis run) has 10.79.0.254 on the bridge. `run(i, cmd, args)` spawns a
+ * process in host i. Call `cleanup` in a finally.
+ */
+export async function clusterHosts(count) {
+  const sh = (cmd, args) => execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }).toString();
+  const ours = readlinkSync('/proc/self/ns/net');
+  const holders = [];
+  const cleanup = () => {
+    for (const h of holders) h.kill('SIGKILL');
+    try { sh('ip', ['link', 'del', 'hbr0']); } catch { /* gone */ }
+  };
+  try {
+    sh('ip', ['link', 'add', 'hbr0', 'type', 'bridge']);
+    sh('ip', ['addr', 'add', '10.79.0.254/24', 'dev', 'hbr0']);
+    sh('ip', ['link', 'set', 'hbr0', 'up']);
+    for (let i = 0; i < count; i++) {
+      const holder = spawn('unshare', ['--net', 'sleep', 'infinity'], { stdio: 'ignore' });
+      holders.push(holder);
+      const netns = `/proc/${holder.pid}/ns/net`;
+      await until(`host ${i} exists`, () => {
+        if (holder.exitCode !== null) throw new Error('unshare --net failed');
+        try { return readlinkSync(netns) !== ours; } catch { return false; }
+      }, 5000, 10);
+      const inNs = (args) => sh('nsenter', [`--net=${netns}`, ...args]);
+      sh('ip', ['link', 'add', `hv${i}`, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', String(holder.pid)]);
+      sh('ip', ['link', 'set', `hv${i}`, 'master', 'hbr0']);
+      sh('ip', ['link', 'set', `hv${i}`, 'up']);
+      inNs(['ip', 'link', 'set', 'lo', 'up']);
+      inNs(['ip', 'addr', 'add', `10.79.0.${i + 1}/24`, 'dev', 'eth0']);
+      inNs(['ip', 'link', 'set', 'eth0', 'up']);
+      inNs(['ip', 'route', 'add', 'default', 'via', '10.79.0.254']);
+    }
+  } catch (e) {
+    cleanup();
+    throw e;
+  }
+  return {
+    ip: (i) => `10.79.0.${i + 1}`,
+    gateway: '10.79.0.254',
+    run(i, cmd, args, options = {}) {
+      return spawn('nsenter', [`--net=/proc/${holders[i].pid}/ns/net`, cmd, ...args], options);
+    },
+    cleanup,
+  };
+}
