@@ -37,6 +37,7 @@ command -v espeak-ng >/dev/null || need+=(espeak-ng)         # speech with known
 command -v sox >/dev/null || need+=(sox)
 command -v nft >/dev/null || need+=(nftables)                # random loss on a shaped link
 command -v redis-server >/dev/null || need+=(redis-server)   # the cluster tests (their own servers)
+command -v faketime >/dev/null || need+=(faketime)           # a cluster node with a skewed clock
 if [ ${#need[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
@@ -81,6 +82,9 @@ for forbidden in hearth-actors hearth-api hearth-engine; do
   fi
 done
 echo "ok"
+
+step "deploy/: Compose file, Kubernetes manifests (kubernetes-validate), Prometheus, Grafana"
+deploy/validate.sh
 
 step "build"
 cargo build --workspace --all-targets

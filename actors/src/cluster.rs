@@ -540,6 +540,22 @@ impl Cluster {
         }
     }
 
+    /// Takes the one-minute lock under which a single node closes a dead node's open usage.
+    async fn lock_recovery(&self, node: &str) -> Result<bool, redis::RedisError> {
+        let Some(mut conn) = self.connection() else {
+            return Ok(false);
+        };
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(format!("{}recover:{node}", self.config.prefix))
+            .arg(self.owner_value())
+            .arg("NX")
+            .arg("PX")
+            .arg(60_000)
+            .query_async(&mut conn)
+            .await?;
+        Ok(taken.is_some())
+    }
+
     /// Who holds `meeting`'s lease now (`node id`, `boot id`), if anyone.
     pub async fn owner(&self, meeting: &MeetingId) -> Result<Option<(String, String)>, PlaceError> {
         let mut conn = self.connection().ok_or(PlaceError::Unavailable)?;
@@ -792,6 +808,50 @@ fn process_cpu_seconds() -> Option<f64> {
     Some((utime + stime) / ticks)
 }
 
+/// Closes the open usage of nodes that are gone from the registry and stopped checkpointing
+/// (one node does it, under a lock in Redis). A node that comes back later finds nothing
+/// left open; a slice it still writes for the same start is ignored by the ledger's
+/// idempotency keys, so nothing is billed twice.
+async fn recover_dead_nodes(cluster: &Cluster, node: &NodeShared) {
+    let Some(billing) = &node.billing else {
+        return;
+    };
+    if !cluster.is_registered() {
+        return;
+    }
+    let cutoff = crate::billing::store::now_ms() - DEAD_NODE_USAGE.as_millis() as i64;
+    let stale = match billing.ledger.stale_nodes(cutoff).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot look for dead nodes' usage");
+            return;
+        }
+    };
+    let live = cluster.nodes();
+    for dead in stale {
+        if dead == cluster.config.node_id || live.iter().any(|n| n.id == dead) {
+            continue;
+        }
+        match cluster.lock_recovery(&dead).await {
+            Ok(true) => match billing.recover_node(&dead).await {
+                Ok(n) => {
+                    metrics::counter!("hearth_cluster_recovered_intervals_total")
+                        .increment(n as u64);
+                    tracing::warn!(node = %dead, intervals = n, "closed the usage a dead node left open, at its last checkpoint");
+                }
+                Err(e) => {
+                    tracing::error!(node = %dead, error = %e, "cannot close a dead node's usage")
+                }
+            },
+            Ok(false) => {}
+            Err(e) => {
+                cluster.failed(&e);
+                return;
+            }
+        }
+    }
+}
+
 // ----- ClusterActor ------------------------------------------------------------------------
 
 /// Owns the Redis connection: connects, heartbeats, renews and releases leases, gives up
@@ -810,8 +870,17 @@ pub struct ClusterState {
     cpu: CpuSampler,
     packets: (Instant, u64),
     failing_since: Option<Instant>,
+    /// Heartbeats since the last look for dead nodes' open usage.
+    since_recovery: u32,
     reg: Registration,
 }
+
+/// A node absent from the registry whose open usage intervals have not been checkpointed
+/// for this long is dead: another node closes them at their last checkpoint (as the dead
+/// node would at its next start), so the usage is billed without waiting for it.
+const DEAD_NODE_USAGE: Duration = Duration::from_secs(15);
+/// How often (in heartbeats) a node looks for such intervals.
+const RECOVERY_EVERY: u32 = 5;
 
 impl Actor for ClusterActor {
     type Msg = ClusterMsg;
@@ -851,6 +920,7 @@ impl Actor for ClusterActor {
             cpu: CpuSampler::new(),
             packets: (Instant::now(), packets),
             failing_since: None,
+            since_recovery: 0,
             reg,
         })
     }
@@ -905,6 +975,11 @@ async fn tick(state: &mut ClusterState) {
             }
             metrics::gauge!("hearth_cluster_nodes").set(state.cluster.nodes().len() as f64);
             state.hosted = now_hosted;
+            state.since_recovery += 1;
+            if state.since_recovery >= RECOVERY_EVERY {
+                state.since_recovery = 0;
+                recover_dead_nodes(&state.cluster, node).await;
+            }
             for id in lost {
                 state
                     .cluster

@@ -1659,12 +1659,26 @@ impl Node {
                     break;
                 }
                 if tokio::time::Instant::now() >= end {
-                    tracing::warn!("drain deadline passed; ending the remaining meetings");
-                    for id in node.shared.registry.ids() {
+                    // In a cluster the remaining meetings move: the leases go first, then
+                    // the participants are told to reconnect (and land on another node).
+                    let ids = node.shared.registry.ids();
+                    let reason = match &node.shared.cluster {
+                        Some(cluster) if !cluster.has_left() => {
+                            tracing::warn!(
+                                "drain deadline passed; moving the remaining meetings to other nodes"
+                            );
+                            cluster.leave(&ids).await;
+                            EndReason::Moved
+                        }
+                        Some(_) => EndReason::Moved,
+                        None => {
+                            tracing::warn!("drain deadline passed; ending the remaining meetings");
+                            EndReason::NodeShutdown
+                        }
+                    };
+                    for id in ids {
                         if let Some(record) = node.shared.registry.get(&id) {
-                            let _ = record
-                                .actor
-                                .send_message(MeetingMsg::End(EndReason::NodeShutdown));
+                            let _ = record.actor.send_message(MeetingMsg::End(reason));
                         }
                     }
                 }

@@ -152,11 +152,40 @@ impl ClusterNode {
     async fn spawn(&mut self) {
         std::fs::create_dir_all(&self.dir).expect("node dir");
         let log = std::fs::File::create(self.dir.join("stderr.log")).expect("log file");
-        let mut cmd = Command::new(crate::workspace_bin("hearth"));
-        crate::node_args(&mut cmd, self.port, (KEY, SECRET), &self.dir.join("data"))
-            .args(["--node-id", &self.id, "--redis-url", &self.redis_url])
-            .arg("--no-ledger")
-            .args(&self.extra)
+        // `--clock-offset +30m` (a test flag of this helper, not of hearth): the node's wall
+        // clock runs off by that much (libfaketime; its monotonic clock is left alone).
+        let offset = self
+            .extra
+            .iter()
+            .position(|a| a == "--clock-offset")
+            .and_then(|i| self.extra.get(i + 1).cloned());
+        let extra: Vec<String> = match self.extra.iter().position(|a| a == "--clock-offset") {
+            Some(i) => self
+                .extra
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i && *j != i + 1)
+                .map(|(_, a)| a.clone())
+                .collect(),
+            None => self.extra.clone(),
+        };
+        let mut cmd = match &offset {
+            Some(offset) => {
+                let mut c = Command::new("faketime");
+                c.args(["-f", offset.as_str()])
+                    .arg(crate::workspace_bin("hearth"))
+                    .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+                c
+            }
+            None => Command::new(crate::workspace_bin("hearth")),
+        };
+        crate::node_args(&mut cmd, self.port, (KEY, SECRET), &self.dir.join("data"));
+        // No usage metering unless the test gives a ledger.
+        if !extra.iter().any(|a| a == "--database-url") {
+            cmd.arg("--no-ledger");
+        }
+        cmd.args(["--node-id", &self.id, "--redis-url", &self.redis_url])
+            .args(&extra)
             .env("RUST_LOG", "info,hearth_actors::cluster=debug")
             .stderr(log);
         self.child = Some(cmd.spawn().expect("hearth starts"));

@@ -713,3 +713,187 @@ async fn api_calls_reach_the_host_from_any_node() {
         .into_inner();
     assert_eq!(m.participants.len(), 1, "bob was removed");
 }
+
+/// A drain's deadline moves the meetings still on the node: their participants are told to
+/// reconnect (not that the meeting ended), the node exits, and they meet again elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_deadline_moves_the_meetings() {
+    let Some(redis) = Redis::start("drainmove").await else {
+        return;
+    };
+    let mut n1 = ClusterNode::start(&redis, "n1", &[]).await;
+    let n2 = ClusterNode::start(&redis, "n2", &[]).await;
+    wait_for_nodes(&[&n1, &n2], 2, T).await;
+    let mut meeting = None;
+    for i in 0..20 {
+        let m = format!("moving-{i}");
+        if first_answer(&n1.ws_url(), &m).await == Answer::Joined {
+            meeting = Some(m);
+            break;
+        }
+    }
+    let meeting = meeting.expect("n1 hosted one of 20 meetings");
+    let ada = join_at(&n1.ws_url(), &meeting, "ada", ClientOptions::default()).await;
+    let out = n1
+        .hearthctl()
+        .args(["drain", "--deadline", "2s"])
+        .output()
+        .await
+        .expect("hearthctl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = ada
+        .wait_until("told to reconnect", T, |s| {
+            s.reconnect.is_some() || s.meeting_ended.is_some()
+        })
+        .await;
+    assert!(
+        seen.meeting_ended.is_none(),
+        "the meeting moved, it did not end: {:?}",
+        seen.events
+    );
+    let deadline = Instant::now() + T;
+    while n1.is_running() {
+        assert!(Instant::now() < deadline, "the drained node never exited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let again = join_at(&n2.ws_url(), &meeting, "ada", ClientOptions::default()).await;
+    assert_eq!(again.url(), n2.ws_url(), "placed on the node that is left");
+}
+
+/// A node killed for good leaves open usage intervals in the shared ledger; once it is gone
+/// from the registry and its checkpoints stop, another node closes them at their last
+/// checkpoint, so the meeting and its participant are billed without waiting for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_usage_is_closed_by_another() {
+    let Some(redis) = Redis::start("deadusage").await else {
+        return;
+    };
+    let ledger = format!("sqlite://{}", redis.dir.join("ledger.db").display());
+    let mut n1 = ClusterNode::start(&redis, "n1", &["--database-url", &ledger]).await;
+    let n2 = ClusterNode::start(&redis, "n2", &["--database-url", &ledger]).await;
+    wait_for_nodes(&[&n1, &n2], 2, T).await;
+    let mut meeting = None;
+    for i in 0..20 {
+        let m = format!("billed-{i}");
+        if first_answer(&n1.ws_url(), &m).await == Answer::Joined {
+            meeting = Some(m);
+            break;
+        }
+    }
+    let meeting = meeting.expect("n1 hosted one of 20 meetings");
+    let ada = join_at(&n1.ws_url(), &meeting, "ada", ClientOptions::default()).await;
+    // A few checkpoints of n1's intervals.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    n1.kill().await;
+    drop(ada);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while n2.metric("hearth_cluster_recovered_intervals_total").await < 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "n2 never closed n1's usage: {}",
+            n2.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let body = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/usage/events?after=0&limit=500",
+            n2.http_url()
+        ))
+        .header(
+            "authorization",
+            format!("Bearer {}", hearth_tests::cluster::admin_token()),
+        )
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .expect("usage events")
+        .text()
+        .await
+        .expect("text");
+    let rows: Vec<serde_json::Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON row"))
+        .collect();
+    let billed = |meter: &str| -> i64 {
+        rows.iter()
+            .filter(|r| {
+                r["meter"] == meter && r["meeting"] == meeting.as_str() && r["node"] == "n1"
+            })
+            .map(|r| r["quantity"].as_i64().unwrap_or(0))
+            .sum()
+    };
+    assert!(
+        billed("participant_ms") >= 1000,
+        "ada's time on n1 billed: {body}"
+    );
+    assert!(
+        billed("meeting_ms") >= 1000,
+        "the meeting's time on n1 billed: {body}"
+    );
+}
+
+/// Nodes whose wall clocks disagree (one 30 minutes ahead, one 8 s behind: within the
+/// tokens' leeway) place, race and forward exactly as before: every expiry is Redis's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skewed_clocks_change_nothing() {
+    let Some(redis) = Redis::start("skew").await else {
+        return;
+    };
+    let have_faketime = std::process::Command::new("faketime")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !have_faketime {
+        assert!(
+            std::env::var("HEARTH_TEST_REQUIRE_REDIS").is_err(),
+            "faketime is not installed (tests/run.sh installs it)"
+        );
+        eprintln!("skipped: no faketime");
+        return;
+    }
+    let nodes = [
+        ClusterNode::start(&redis, "n1", &[]).await,
+        ClusterNode::start(&redis, "n2", &["--clock-offset", "+30m"]).await,
+        ClusterNode::start(&redis, "n3", &["--clock-offset", "-8s"]).await,
+    ];
+    wait_for_nodes(&[&nodes[0], &nodes[1], &nodes[2]], 3, T).await;
+    let urls: Vec<String> = nodes.iter().map(ClusterNode::ws_url).collect();
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for i in 0..30 {
+        let meeting = format!("skew-{i}");
+        let (a, b, c) = tokio::join!(
+            first_answer(&urls[0], &meeting),
+            first_answer(&urls[1], &meeting),
+            first_answer(&urls[2], &meeting),
+        );
+        let hosts: HashSet<Option<String>> = [("n1", &a), ("n2", &b), ("n3", &c)]
+            .iter()
+            .map(|(entry, answer)| host_of(entry, answer))
+            .collect();
+        assert_eq!(hosts.len(), 1, "round {i}: {a:?} {b:?} {c:?}");
+        let host = hosts.into_iter().next().flatten().expect("a host");
+        *per_node.entry(host).or_default() += 1;
+    }
+    assert_eq!(per_node.len(), 3, "every node hosts some: {per_node:?}");
+    // Calls forwarded by a skewed node (its token is minted on its clock) are accepted.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let bearer = format!("Bearer {}", hearth_tests::cluster::admin_token());
+    for n in &nodes {
+        for i in 0..6 {
+            let r = http
+                .get(format!("{}/v1/meetings/skew-{i}", n.http_url()))
+                .header("authorization", &bearer)
+                .send()
+                .await
+                .expect("GET");
+            assert_eq!(r.status(), 200, "skew-{i} through {}", n.id);
+        }
+    }
+}

@@ -362,6 +362,12 @@ struct OpenEntry {
 }
 
 impl Billing {
+    /// Closes what node `node` left open at its last checkpoint (a node of the cluster that
+    /// died and did not come back), as that node itself would at its next start.
+    pub async fn recover_node(&self, node: &str) -> Result<usize, store::LedgerError> {
+        recover(&self.ledger, node, self.encode).await
+    }
+
     /// A meter and the billing state behind it.
     pub fn new(
         node_id: String,

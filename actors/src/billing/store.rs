@@ -487,6 +487,20 @@ impl Ledger {
     }
 
     /// The open intervals a node left behind (it closes them at start).
+    /// Nodes with open intervals none of which was checkpointed since `before_ms` (a
+    /// running node checkpoints every interval each second).
+    pub async fn stale_nodes(&self, before_ms: i64) -> Result<Vec<String>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT node FROM usage_open GROUP BY node HAVING MAX(checkpoint_ms) < $1 ORDER BY node",
+        )
+        .bind(before_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(0).map_err(LedgerError::from))
+            .collect()
+    }
+
     pub async fn open_rows(&self, node: &str) -> Result<Vec<OpenRow>, LedgerError> {
         let rows = sqlx::query(
             "SELECT interval_id, node, kind, api_key, meeting, participant, identity, subject, \
