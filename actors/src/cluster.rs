@@ -255,6 +255,8 @@ pub struct Cluster {
     registered: AtomicBool,
     /// Set at shutdown: no more heartbeats.
     left: AtomicBool,
+    /// Held by a heartbeat while it talks to Redis ([`Cluster::leave`] waits for it).
+    heartbeat_lock: tokio::sync::Mutex<()>,
     /// Why the last heartbeat did not register (empty when it did).
     problem: Mutex<&'static str>,
     pub stats: ClusterStats,
@@ -351,6 +353,7 @@ impl Cluster {
             nodes: ArcSwap::from_pointee(Vec::new()),
             registered: AtomicBool::new(false),
             left: AtomicBool::new(false),
+            heartbeat_lock: tokio::sync::Mutex::new(()),
             problem: Mutex::new("not connected yet"),
             stats: ClusterStats::default(),
             fault: AtomicBool::new(false),
@@ -406,20 +409,18 @@ impl Cluster {
     }
 
     /// A command failed: the connection is dropped (the actor makes a new one).
+    /// Any failed command drops the connection (the next heartbeat makes a new one): an
+    /// error that is not about the socket (a replica promoted away, `READONLY`, a script
+    /// refused) would otherwise repeat on every heartbeat of the same connection.
     fn failed(&self, e: &redis::RedisError) {
         self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("hearth_cluster_redis_errors_total").increment(1);
-        if e.is_io_error()
-            || e.is_timeout()
-            || e.is_connection_dropped()
-            || e.is_unrecoverable_error()
-        {
-            if let Ok(mut c) = self.conn.lock() {
-                *c = None;
-            }
-            self.registered.store(false, Ordering::Release);
-            self.set_problem("the cluster store (Redis) is unreachable");
+        tracing::debug!(error = %e, "cluster store command failed; reconnecting");
+        if let Ok(mut c) = self.conn.lock() {
+            *c = None;
         }
+        self.registered.store(false, Ordering::Release);
+        self.set_problem("the cluster store (Redis) is unreachable");
     }
 
     fn set_problem(&self, p: &'static str) {
@@ -581,7 +582,9 @@ impl Cluster {
         draining: bool,
         hosted: &[MeetingId],
         released: &[MeetingId],
+        registry: &crate::node::MeetingRegistry,
     ) -> Result<Vec<MeetingId>, redis::RedisError> {
+        let _one_at_a_time = self.heartbeat_lock.lock().await;
         if self.left.load(Ordering::Acquire) {
             return Ok(Vec::new());
         }
@@ -592,7 +595,7 @@ impl Cluster {
             return Ok(Vec::new());
         };
         let result = self
-            .heartbeat_on(&mut conn, load, draining, hosted, released)
+            .heartbeat_on(&mut conn, load, draining, hosted, released, registry)
             .await;
         if let Err(e) = &result {
             self.failed(e);
@@ -607,6 +610,7 @@ impl Cluster {
         draining: bool,
         hosted: &[MeetingId],
         released: &[MeetingId],
+        registry: &crate::node::MeetingRegistry,
     ) -> Result<Vec<MeetingId>, redis::RedisError> {
         let c = &self.config;
         let started_ms = self
@@ -665,7 +669,9 @@ impl Cluster {
 
         let me = self.owner_value();
         let mut lost = Vec::new();
-        if registered && !hosted.is_empty() {
+        // Renewed even when REGISTER was refused (another live process holds this id): the
+        // answer tells which meetings that process, or anyone, took from this one.
+        if !hosted.is_empty() {
             let renew = &*RENEW_SCRIPT;
             let mut call = renew.prepare_invoke();
             for m in hosted {
@@ -679,6 +685,11 @@ impl Cluster {
                 }
             }
         }
+        // A meeting that ended and started again here since the tick looked keeps its lease.
+        let released: Vec<&MeetingId> = released
+            .iter()
+            .filter(|m| registry.get(m).is_none())
+            .collect();
         if !released.is_empty() {
             let release = &*RELEASE_SCRIPT;
             let mut call = release.prepare_invoke();
@@ -725,21 +736,17 @@ impl Cluster {
 
     /// Leaves the cluster at shutdown: this node's entry and leases go at once, so its
     /// meetings can be placed again without waiting for expiry.
-    pub async fn leave(&self, hosted: &[MeetingId]) {
+    ///
+    /// The leases stay: with the entry gone they are stale, so the next join of each meeting
+    /// places it elsewhere whatever its token's `create` grant says (a deleted lease would
+    /// make the meeting unknown to participants who may not create it).
+    pub async fn leave(&self, _hosted: &[MeetingId]) {
         self.left.store(true, Ordering::Release);
+        // A heartbeat in flight finishes first: its REGISTER must not land after ours.
+        let _quiet = self.heartbeat_lock.lock().await;
         let Some(mut conn) = self.connection() else {
             return;
         };
-        let me = self.owner_value();
-        if !hosted.is_empty() {
-            let release = &*RELEASE_SCRIPT;
-            let mut call = release.prepare_invoke();
-            for m in hosted {
-                call.key(self.meeting_key(m.as_str()));
-            }
-            call.arg(&me);
-            let _: Result<i64, _> = call.invoke_async(&mut conn).await;
-        }
         let _: Result<i64, _> = Script::new(UNREGISTER)
             .key(self.node_key(&self.config.node_id))
             .key(self.nodes_key())
@@ -808,17 +815,17 @@ fn process_cpu_seconds() -> Option<f64> {
     Some((utime + stime) / ticks)
 }
 
-/// Closes the open usage of nodes that are gone from the registry and stopped checkpointing
-/// (one node does it, under a lock in Redis). A node that comes back later finds nothing
-/// left open; a slice it still writes for the same start is ignored by the ledger's
-/// idempotency keys, so nothing is billed twice.
-async fn recover_dead_nodes(cluster: &Cluster, node: &NodeShared) {
-    let Some(billing) = &node.billing else {
-        return;
-    };
-    if !cluster.is_registered() {
-        return;
-    }
+/// Closes the open usage of `candidates` (cluster nodes this node saw in the registry and
+/// has not seen for [`DEAD_NODE_ABSENT`]) whose intervals stopped being checkpointed too; one
+/// node does it, under a lock in Redis. A node that comes back later finds nothing left
+/// open; a slice it still writes for the same start is ignored by the ledger's idempotency
+/// keys, so nothing is billed twice. Runs as a task of its own, bounded in time: a slow
+/// database never holds up the heartbeat.
+async fn recover_dead_nodes(
+    cluster: Arc<Cluster>,
+    billing: Arc<crate::billing::Billing>,
+    candidates: Vec<String>,
+) {
     let cutoff = crate::billing::store::now_ms() - DEAD_NODE_USAGE.as_millis() as i64;
     let stale = match billing.ledger.stale_nodes(cutoff).await {
         Ok(s) => s,
@@ -827,9 +834,13 @@ async fn recover_dead_nodes(cluster: &Cluster, node: &NodeShared) {
             return;
         }
     };
-    let live = cluster.nodes();
     for dead in stale {
-        if dead == cluster.config.node_id || live.iter().any(|n| n.id == dead) {
+        // Only cluster members gone from the registry (never a TURN-only node or a node
+        // without a cluster sharing the database); and not if it is back meanwhile.
+        if !candidates.contains(&dead)
+            || dead == cluster.config.node_id
+            || cluster.nodes().iter().any(|n| n.id == dead)
+        {
             continue;
         }
         match cluster.lock_recovery(&dead).await {
@@ -870,8 +881,15 @@ pub struct ClusterState {
     cpu: CpuSampler,
     packets: (Instant, u64),
     failing_since: Option<Instant>,
+    /// When the last heartbeat ended: ticks queued behind a slow one (Redis timing out)
+    /// are skipped instead of bursting when it answers again.
+    last_tick: Option<Instant>,
     /// Heartbeats since the last look for dead nodes' open usage.
     since_recovery: u32,
+    /// Cluster nodes seen in the registry: None while listed, else since when they are not.
+    seen: std::collections::HashMap<String, Option<Instant>>,
+    /// A look for dead nodes' usage runs.
+    recovering: Arc<AtomicBool>,
     reg: Registration,
 }
 
@@ -881,6 +899,11 @@ pub struct ClusterState {
 const DEAD_NODE_USAGE: Duration = Duration::from_secs(15);
 /// How often (in heartbeats) a node looks for such intervals.
 const RECOVERY_EVERY: u32 = 5;
+/// A cluster node this node has not seen in the registry for this long (its own monotonic
+/// clock) may be dead; its usage is closed only if its checkpoints stopped too.
+const DEAD_NODE_ABSENT: Duration = Duration::from_secs(30);
+/// Bounds one look for dead nodes' usage.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Actor for ClusterActor {
     type Msg = ClusterMsg;
@@ -921,6 +944,9 @@ impl Actor for ClusterActor {
             packets: (Instant::now(), packets),
             failing_since: None,
             since_recovery: 0,
+            seen: Default::default(),
+            recovering: Arc::new(AtomicBool::new(false)),
+            last_tick: None,
             reg,
         })
     }
@@ -943,6 +969,16 @@ impl Actor for ClusterActor {
 }
 
 async fn tick(state: &mut ClusterState) {
+    if let Some(last) = state.last_tick
+        && last.elapsed() < state.cluster.config.heartbeat / 2
+    {
+        return;
+    }
+    tick_now(state).await;
+    state.last_tick = Some(Instant::now());
+}
+
+async fn tick_now(state: &mut ClusterState) {
     let node = &state.node;
     let now = Instant::now();
     let sent = node.mux.as_ref().map_or(0, |m| m.packets_sent());
@@ -966,7 +1002,7 @@ async fn tick(state: &mut ClusterState) {
     let draining = node.draining.load(Ordering::Acquire);
     match state
         .cluster
-        .heartbeat(&load, draining, &hosted, &released)
+        .heartbeat(&load, draining, &hosted, &released, &node.registry)
         .await
     {
         Ok(lost) => {
@@ -975,10 +1011,59 @@ async fn tick(state: &mut ClusterState) {
             }
             metrics::gauge!("hearth_cluster_nodes").set(state.cluster.nodes().len() as f64);
             state.hosted = now_hosted;
+            let now = Instant::now();
+            let live = state.cluster.nodes();
+            for (id, absent_since) in state.seen.iter_mut() {
+                let here = live.iter().any(|n| &n.id == id);
+                match (here, *absent_since) {
+                    (true, _) => *absent_since = None,
+                    (false, None) => *absent_since = Some(now),
+                    (false, Some(_)) => {}
+                }
+            }
+            for n in live.iter() {
+                state.seen.entry(n.id.clone()).or_insert(None);
+            }
+            // Forgotten after a day (bounded memory on a cluster with churning node ids).
+            state.seen.retain(|_, since| {
+                since.is_none_or(|t| now.duration_since(t) < Duration::from_secs(86_400))
+            });
             state.since_recovery += 1;
-            if state.since_recovery >= RECOVERY_EVERY {
+            if state.since_recovery >= RECOVERY_EVERY
+                && let Some(billing) = &node.billing
+                && !state.recovering.load(Ordering::Acquire)
+            {
                 state.since_recovery = 0;
-                recover_dead_nodes(&state.cluster, node).await;
+                let candidates: Vec<String> = state
+                    .seen
+                    .iter()
+                    .filter(|(_, since)| {
+                        since.is_some_and(|t| now.duration_since(t) >= DEAD_NODE_ABSENT)
+                    })
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                if !candidates.is_empty() {
+                    let (cluster, billing, busy) = (
+                        Arc::clone(&state.cluster),
+                        Arc::clone(billing),
+                        Arc::clone(&state.recovering),
+                    );
+                    busy.store(true, Ordering::Release);
+                    tokio::spawn(async move {
+                        if tokio::time::timeout(
+                            RECOVERY_TIMEOUT,
+                            recover_dead_nodes(cluster, billing, candidates),
+                        )
+                        .await
+                        .is_err()
+                        {
+                            tracing::warn!(
+                                "looking for dead nodes' usage took too long; trying again later"
+                            );
+                        }
+                        busy.store(false, Ordering::Release);
+                    });
+                }
             }
             for id in lost {
                 state

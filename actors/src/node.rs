@@ -1165,6 +1165,21 @@ impl Node {
             .map_err(place_error)
     }
 
+    /// For the media API (gRPC streams cannot be redirected): Ok if `meeting` is hosted
+    /// here (or placed here now), else an error naming its host.
+    async fn hosted_here(&self, meeting: &MeetingId, create: bool) -> Result<(), ApiError> {
+        match self.place(meeting, create).await {
+            Ok(Placement::Local) => Ok(()),
+            Ok(Placement::Remote { node_id, http_url }) => Err(ApiError::Unavailable(format!(
+                "meeting {meeting} is hosted by node {node_id}; call its API at {http_url}"
+            ))),
+            Err(e) if e.code == SignalErrorCode::MeetingNotFound => {
+                Err(ApiError::NotFound(format!("meeting {meeting}")))
+            }
+            Err(e) => Err(ApiError::Unavailable(e.message)),
+        }
+    }
+
     /// The cluster, if this node is part of one.
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
         self.shared.cluster.as_ref()
@@ -1220,6 +1235,23 @@ impl Node {
         if let Some(record) = self.shared.registry.get(id) {
             return Ok(record.actor);
         }
+        // A meeting of the cluster whose lease names this node (placed here, or moved here
+        // from a node that died or left) is started here whatever the token's `create`
+        // grant says: it exists, only its host changed.
+        let create = create
+            || match &self.shared.cluster {
+                Some(cluster) => {
+                    cluster
+                        .owner(id)
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some_and(|(node, boot)| {
+                            node == cluster.config.node_id && boot == cluster.boot
+                        })
+                }
+                None => false,
+            };
         let internal =
             |e: String| SignalError::fatal(SignalErrorCode::Internal, format!("node: {e}"));
         let supervisor = ractor::call!(self.supervisor, NodeMsg::MeetingSupervisor)
@@ -1586,6 +1618,8 @@ impl Node {
         if self.is_draining() {
             return Err(ApiError::Unavailable("the node is draining".into()));
         }
+        self.hosted_here(&request.meeting, request.grants.create)
+            .await?;
         let meeting = self
             .meeting_ref(&request.meeting, request.grants.create, &request.tenant)
             .await
@@ -1611,6 +1645,9 @@ impl Node {
         track: &TrackId,
         queue: usize,
     ) -> Result<TapStart, ApiError> {
+        if self.shared.registry.get(meeting).is_none() {
+            self.hosted_here(meeting, false).await?;
+        }
         let record = self.record(meeting)?;
         ractor::call!(record.actor, |reply| MeetingMsg::Tap {
             track: track.clone(),

@@ -356,7 +356,7 @@
   // The meeting is hosted by another node: join there (same token, same join message).
   function followRedirect(conn, m) {
     const url = m.url || '';
-    if (!/^wss?:\/\/[^/]+\/v1\/signal$/.test(url)) return restart(`an invalid redirect (${url})`);
+    if (!/^wss?:\/\/[^/?#]+(\/[^?#]*)?\/v1\/signal$/.test(url)) return restart(`an invalid redirect (${url})`);
     if (session.redirects >= MAX_REDIRECTS) return restart('redirected too many times');
     session.redirects += 1;
     session.node = m.nodeId || '';

@@ -370,3 +370,20 @@ pub fn admin_token() -> String {
     );
     token::mint(&claims, SECRET)
 }
+
+/// A participant token that may join `meeting` but not create it.
+pub fn token_without_create(meeting: &str, identity: &str) -> String {
+    let claims = token::claims_for(
+        KEY,
+        meeting,
+        identity,
+        identity,
+        Grants {
+            create: false,
+            ..Grants::default()
+        },
+        SystemTime::now(),
+        Duration::from_secs(3600),
+    );
+    token::mint(&claims, SECRET)
+}

@@ -118,11 +118,18 @@ pub async fn place_new(
     caller: &Caller,
     meeting: &MeetingId,
 ) -> Result<Option<Owner>, Status> {
-    if state.node.cluster().is_none() || caller.forwarded_by.is_some() {
+    if state.node.cluster().is_none() {
         return Ok(None);
     }
     match state.node.place(meeting, true).await {
         Ok(Placement::Local) => Ok(None),
+        // Forwarded here, yet placed elsewhere (the lease moved meanwhile, or a client set
+        // the header itself): never a second hop, never a copy outside the placement.
+        Ok(Placement::Remote { node_id, .. }) if caller.forwarded_by.is_some() => {
+            Err(Status::unavailable(format!(
+                "meeting {meeting} is placed on node {node_id}; retry the call"
+            )))
+        }
         Ok(Placement::Remote { node_id, .. }) => {
             let nodes = state.node.cluster().map(|c| c.nodes()).unwrap_or_default();
             let node = nodes.iter().find(|n| n.id == node_id).ok_or_else(|| {
