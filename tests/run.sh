@@ -90,6 +90,9 @@ step "build"
 cargo build --workspace --all-targets
 disk; du -sh target 2>/dev/null || true
 
+step "container image: deploy/Dockerfile built offline with podman, a node runs from it"
+deploy/image_smoke.sh target/debug
+
 step "PostgreSQL for the ledger tests (a throwaway cluster on loopback, removed at exit)"
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
 if [ -z "$pg_bin" ] || [ ! -x "$pg_bin/initdb" ]; then

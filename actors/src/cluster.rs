@@ -311,7 +311,7 @@ return n
 const REGISTER: &str = r#"
 local cur = redis.call('HGET', KEYS[1], 'boot')
 if cur and cur ~= ARGV[2] then return 0 end
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4, #ARGV))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[1])
 return 1
