@@ -903,3 +903,159 @@ async fn skewed_clocks_change_nothing() {
         }
     }
 }
+
+/// The gRPC streams reach the host from any node: a track's packets (`SubscribeTrack`), a
+/// track pushed in (`PublishTrack`), a meeting's events (`EventService.Subscribe`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_streams_reach_the_host_from_any_node() {
+    use hearth_proto::v1 as pb;
+    let Some(redis) = Redis::start("streams").await else {
+        return;
+    };
+    let nodes = three_nodes(&redis).await;
+    let alice = join_at(
+        &nodes[0].ws_url(),
+        "broadcast",
+        "alice",
+        ClientOptions {
+            publish_audio: true,
+            ..ClientOptions::default()
+        },
+    )
+    .await;
+    let host = node_of(&nodes, &alice);
+    let other = nodes.iter().find(|n| n.id != host).expect("a non-host");
+    let track = alice
+        .wait_until("alice's audio track", T, |s| {
+            s.own_tracks.contains_key(&Kind::Audio)
+        })
+        .await
+        .own_tracks[&Kind::Audio]
+        .clone();
+    let channel = tonic::transport::Endpoint::from_shared(other.http_url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("gRPC connects");
+    fn authed<T>(msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        let bearer = format!("Bearer {}", hearth_tests::cluster::admin_token());
+        r.metadata_mut()
+            .insert("authorization", bearer.parse().expect("ascii"));
+        r
+    }
+
+    // SubscribeTrack through a non-host: `started`, then alice's packets.
+    let mut media = pb::media_service_client::MediaServiceClient::new(channel.clone());
+    let mut packets = media
+        .subscribe_track(authed(pb::SubscribeTrackRequest {
+            meeting: "broadcast".into(),
+            track_id: track.clone(),
+        }))
+        .await
+        .expect("SubscribeTrack through a non-host")
+        .into_inner();
+    let first = tokio::time::timeout(T, packets.message())
+        .await
+        .expect("in time");
+    assert!(
+        matches!(
+            first,
+            Ok(Some(pb::TrackPacket {
+                kind: Some(pb::track_packet::Kind::Started(_))
+            }))
+        ),
+        "{first:?}"
+    );
+    let mut rtp = 0;
+    while rtp < 10 {
+        match tokio::time::timeout(T, packets.message())
+            .await
+            .expect("in time")
+        {
+            Ok(Some(pb::TrackPacket {
+                kind: Some(pb::track_packet::Kind::Rtp(_)),
+            })) => rtp += 1,
+            other => panic!("expected RTP, got {other:?}"),
+        }
+    }
+    drop(packets);
+
+    // PublishTrack through a non-host: the virtual participant appears on the host.
+    let mut rtp_packets = Vec::new();
+    for seq in 0u16..50 {
+        let mut p = vec![0x80, 111];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&(u32::from(seq) * 960).to_be_bytes());
+        p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+        p.extend_from_slice(&[0xf8, 0xff, 0xfe]);
+        rtp_packets.push(pb::PublishTrackRequest {
+            kind: Some(pb::publish_track_request::Kind::Rtp(p.into())),
+        });
+    }
+    let start = pb::PublishTrackRequest {
+        kind: Some(pb::publish_track_request::Kind::Start(
+            pb::PublishTrackStart {
+                meeting: "broadcast".into(),
+                identity: "radio".into(),
+                name: "Radio".into(),
+                kind: pb::TrackKind::Audio as i32,
+                codec: Some(pb::Codec {
+                    mime_type: "audio/opus".into(),
+                    clock_rate: 48_000,
+                    channels: 2,
+                    payload_type: 111,
+                    fmtp: String::new(),
+                }),
+                create: false,
+            },
+        )),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tx.send(start).await.expect("queued");
+    let mut replies = media
+        .publish_track(authed(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        .await
+        .expect("PublishTrack through a non-host")
+        .into_inner();
+    let started = tokio::time::timeout(T, replies.message())
+        .await
+        .expect("in time");
+    let Ok(Some(pb::PublishTrackResponse {
+        kind: Some(pb::publish_track_response::Kind::Started(started)),
+    })) = started
+    else {
+        panic!("expected started, got {started:?}");
+    };
+    for p in rtp_packets {
+        tx.send(p).await.expect("queued");
+    }
+    let radio = started.participant_id.clone();
+    alice
+        .wait_until("radio's packets reach alice on the host", T, |s| {
+            s.packets_from(&radio, Kind::Audio) >= 10
+        })
+        .await;
+
+    // The meeting's events through a non-host: from the host's log.
+    let mut events = pb::event_service_client::EventServiceClient::new(channel);
+    let mut stream = events
+        .subscribe(authed(pb::SubscribeEventsRequest {
+            meeting: "broadcast".into(),
+            resume_after: 0,
+            from_oldest: true,
+        }))
+        .await
+        .expect("Subscribe through a non-host")
+        .into_inner();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|e: &String| e.contains(&radio)) {
+        let event = tokio::time::timeout(T, stream.message())
+            .await
+            .expect("in time")
+            .expect("an event")
+            .expect("the stream goes on");
+        seen.push(format!("{event:?}"));
+    }
+    drop(tx);
+}

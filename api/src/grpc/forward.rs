@@ -78,6 +78,24 @@ impl Owner {
     ) -> pb::participant_service_client::ParticipantServiceClient<Channel> {
         pb::participant_service_client::ParticipantServiceClient::new(self.channel.clone())
     }
+
+    pub fn media(&self) -> pb::media_service_client::MediaServiceClient<Channel> {
+        pb::media_service_client::MediaServiceClient::new(self.channel.clone())
+    }
+
+    pub fn events(&self) -> pb::event_service_client::EventServiceClient<Channel> {
+        pb::event_service_client::EventServiceClient::new(self.channel.clone())
+    }
+
+    /// Like [`Owner::request`], for a stream that lasts: no deadline.
+    pub fn stream_request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", self.bearer.clone());
+        request.metadata_mut().insert(FORWARDED_BY, self.me.clone());
+        request
+    }
 }
 
 /// Where a call about `meeting` is answered: None here, or the node hosting it.

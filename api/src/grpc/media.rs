@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::services::BoxStream;
-use super::{authorize, authorize_meeting, convert, meeting_id, status};
+use super::{authorize, authorize_meeting_caller, convert, forward, meeting_id, status};
 use crate::server::AppState;
 
 /// Packets buffered for a slow `SubscribeTrack` reader before its own packets drop.
@@ -99,10 +99,21 @@ impl pb::media_service_server::MediaService for Media {
         &self,
         request: Request<pb::SubscribeTrackRequest>,
     ) -> Result<Response<Self::SubscribeTrackStream>, Status> {
-        let meeting = authorize_meeting(&self.0, &request, "meeting", &request.get_ref().meeting)?;
+        let (caller, meeting) =
+            authorize_meeting_caller(&self.0, &request, "meeting", &request.get_ref().meeting)?;
         let req = request.into_inner();
         if req.track_id.is_empty() || req.track_id.len() > 64 {
             return Err(Status::invalid_argument("track_id: 1 to 64 characters"));
+        }
+        // Hosted elsewhere: the host's stream, passed through (one more hop for the API's
+        // copy of the track; the meeting's own media path is untouched).
+        if let Some(owner) = forward::owner_of(&self.0, &caller, &meeting).await? {
+            let stream = owner
+                .media()
+                .subscribe_track(owner.stream_request(req))
+                .await?
+                .into_inner();
+            return Ok(Response::new(Box::pin(stream)));
         }
         let track = hearth_actors::TrackId::from_string(req.track_id.as_str());
         let mut tap = self
@@ -167,6 +178,25 @@ impl pb::media_service_server::MediaService for Media {
         };
         let meeting = meeting_id("start.meeting", &start.meeting)?;
         caller.may_manage(meeting.as_str())?;
+        // Hosted (or placed) elsewhere: the whole stream goes to the host, `start` first.
+        let owner = if start.create {
+            forward::place_new(&self.0, &caller, &meeting).await?
+        } else {
+            forward::owner_of(&self.0, &caller, &meeting).await?
+        };
+        if let Some(owner) = owner {
+            let first = pb::PublishTrackRequest {
+                kind: Some(pb::publish_track_request::Kind::Start(start)),
+            };
+            let rest = inbound.map_while(Result::ok);
+            let outbound = tokio_stream::once(first).chain(rest);
+            let stream = owner
+                .media()
+                .publish_track(owner.stream_request(outbound))
+                .await?
+                .into_inner();
+            return Ok(Response::new(Box::pin(stream)));
+        }
         let tenant = caller.claims.iss.clone();
         if start.identity.is_empty() || start.identity.len() > 256 {
             return Err(Status::invalid_argument("start.identity: 1 to 256 bytes"));

@@ -672,6 +672,19 @@ impl pb::event_service_server::EventService for Events {
             caller.may_manage(id.as_str())?;
             Some(id)
         };
+        // One meeting's events, hosted elsewhere: the host's stream, passed through (its
+        // sequence numbers are the host's; `resume_after` is too). Node-wide streams are
+        // this node's own.
+        if let Some(id) = &filter
+            && let Some(owner) = forward::owner_of(&self.0, &caller, id).await?
+        {
+            let stream = owner
+                .events()
+                .subscribe(owner.stream_request(req))
+                .await?
+                .into_inner();
+            return Ok(Response::new(Box::pin(stream)));
+        }
         use hearth_actors::events::{Refused, Start};
         let start = match (req.resume_after, req.from_oldest) {
             (0, true) => Start::Oldest,
