@@ -541,6 +541,32 @@ impl Cluster {
         }
     }
 
+    /// A meeting ended here: its lease goes now, not at the next heartbeat, so nobody
+    /// adopts the ended meeting in between (a joiner without the create grant would start
+    /// it again). Skipped if the meeting runs here again meanwhile.
+    pub fn release_soon(self: &Arc<Self>, meeting: MeetingId, node: Arc<NodeShared>) {
+        if self.has_left() {
+            return;
+        }
+        let cluster = Arc::clone(self);
+        tokio::spawn(async move {
+            if node.registry.get(&meeting).is_some() {
+                return;
+            }
+            let Some(mut conn) = cluster.connection() else {
+                return;
+            };
+            let released: Result<i64, _> = RELEASE_SCRIPT
+                .key(cluster.meeting_key(meeting.as_str()))
+                .arg(cluster.owner_value())
+                .invoke_async(&mut conn)
+                .await;
+            if let Err(e) = released {
+                cluster.failed(&e);
+            }
+        });
+    }
+
     /// Takes the one-minute lock under which a single node closes a dead node's open usage.
     async fn lock_recovery(&self, node: &str) -> Result<bool, redis::RedisError> {
         let Some(mut conn) = self.connection() else {
@@ -744,6 +770,12 @@ impl Cluster {
         self.left.store(true, Ordering::Release);
         // A heartbeat in flight finishes first: its REGISTER must not land after ours.
         let _quiet = self.heartbeat_lock.lock().await;
+        if self.connection().is_none() && self.connect().await.is_err() {
+            tracing::warn!(
+                "cannot reach the cluster store to leave it; this node's entry expires by itself within seconds"
+            );
+            return;
+        }
         let Some(mut conn) = self.connection() else {
             return;
         };
@@ -815,6 +847,15 @@ fn process_cpu_seconds() -> Option<f64> {
     Some((utime + stime) / ticks)
 }
 
+/// Clears a flag when dropped.
+struct ClearOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// Closes the open usage of `candidates` (cluster nodes this node saw in the registry and
 /// has not seen for [`DEAD_NODE_ABSENT`]) whose intervals stopped being checkpointed too; one
 /// node does it, under a lock in Redis. A node that comes back later finds nothing left
@@ -881,8 +922,8 @@ pub struct ClusterState {
     cpu: CpuSampler,
     packets: (Instant, u64),
     failing_since: Option<Instant>,
-    /// When the last heartbeat ended: ticks queued behind a slow one (Redis timing out)
-    /// are skipped instead of bursting when it answers again.
+    /// When the last heartbeat started: ticks that pile up behind a slow one (Redis timing
+    /// out) are skipped instead of bursting when it answers again.
     last_tick: Option<Instant>,
     /// Heartbeats since the last look for dead nodes' open usage.
     since_recovery: u32,
@@ -969,13 +1010,16 @@ impl Actor for ClusterActor {
 }
 
 async fn tick(state: &mut ClusterState) {
+    // Measured from the last heartbeat's start: a tick queued behind a slow heartbeat is
+    // skipped only if the heartbeat was quick, so the period never stretches toward the
+    // node's TTL (it stays the longer of the interval and the heartbeat itself).
     if let Some(last) = state.last_tick
         && last.elapsed() < state.cluster.config.heartbeat / 2
     {
         return;
     }
-    tick_now(state).await;
     state.last_tick = Some(Instant::now());
+    tick_now(state).await;
 }
 
 async fn tick_now(state: &mut ClusterState) {
@@ -1050,6 +1094,8 @@ async fn tick_now(state: &mut ClusterState) {
                     );
                     busy.store(true, Ordering::Release);
                     tokio::spawn(async move {
+                        // Cleared however the task ends (a panic included).
+                        let _done = ClearOnDrop(Arc::clone(&busy));
                         if tokio::time::timeout(
                             RECOVERY_TIMEOUT,
                             recover_dead_nodes(cluster, billing, candidates),
@@ -1061,7 +1107,6 @@ async fn tick_now(state: &mut ClusterState) {
                                 "looking for dead nodes' usage took too long; trying again later"
                             );
                         }
-                        busy.store(false, Ordering::Release);
                     });
                 }
             }

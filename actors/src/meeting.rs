@@ -1175,6 +1175,11 @@ impl MeetingState {
             record.usage.interval().finish(reason.as_str());
         }
         self.node.registry.remove_if_same(&self.id, myself);
+        if let Some(cluster) = &self.node.cluster
+            && reason != EndReason::Moved
+        {
+            cluster.release_soon(self.id.clone(), Arc::clone(&self.node));
+        }
         self.node
             .events
             .append(&self.id, EventKind::MeetingEnded(reason));

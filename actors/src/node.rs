@@ -1240,16 +1240,18 @@ impl Node {
         // grant says: it exists, only its host changed.
         let create = create
             || match &self.shared.cluster {
-                Some(cluster) => {
-                    cluster
-                        .owner(id)
-                        .await
-                        .ok()
-                        .flatten()
-                        .is_some_and(|(node, boot)| {
-                            node == cluster.config.node_id && boot == cluster.boot
-                        })
-                }
+                Some(cluster) => match cluster.owner(id).await {
+                    Ok(owner) => owner.is_some_and(|(node, boot)| {
+                        node == cluster.config.node_id && boot == cluster.boot
+                    }),
+                    // Retryable, unlike "the meeting does not exist".
+                    Err(e) => {
+                        return Err(SignalError::fatal(
+                            SignalErrorCode::NodeUnavailable,
+                            e.to_string(),
+                        ));
+                    }
+                },
                 None => false,
             };
         let internal =
@@ -1645,9 +1647,6 @@ impl Node {
         track: &TrackId,
         queue: usize,
     ) -> Result<TapStart, ApiError> {
-        if self.shared.registry.get(meeting).is_none() {
-            self.hosted_here(meeting, false).await?;
-        }
         let record = self.record(meeting)?;
         ractor::call!(record.actor, |reply| MeetingMsg::Tap {
             track: track.clone(),

@@ -38,21 +38,37 @@ impl Peers {
         if let Some(c) = channels.get(url) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| Status::internal(format!("node URL {url}: {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(FORWARD_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        // Nodes come and go with new addresses; the table never outgrows a cluster.
+        if channels.len() >= MAX_PEERS {
+            channels.clear();
+        }
+        let channel = endpoint(url)?.timeout(FORWARD_TIMEOUT).connect_lazy();
         channels.insert(url.to_owned(), channel.clone());
         Ok(channel)
     }
 }
 
+/// Peers remembered at once (more: the table starts over).
+const MAX_PEERS: usize = 64;
+
+/// A connection to a node's gRPC API: HTTP/2 keep-alive pings, so a host that vanishes
+/// without a reset (a partition, a power cut) ends the calls on it within seconds.
+fn endpoint(url: &str) -> Result<Endpoint, Status> {
+    Ok(Endpoint::from_shared(url.to_owned())
+        .map_err(|e| Status::internal(format!("node URL {url}: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true))
+}
+
 /// The node a call is forwarded to.
 pub struct Owner {
     pub node_id: String,
+    /// Shared by the unary calls to this node.
     channel: Channel,
+    grpc_url: String,
     bearer: AsciiMetadataValue,
     me: AsciiMetadataValue,
 }
@@ -79,12 +95,23 @@ impl Owner {
         pb::participant_service_client::ParticipantServiceClient::new(self.channel.clone())
     }
 
-    pub fn media(&self) -> pb::media_service_client::MediaServiceClient<Channel> {
-        pb::media_service_client::MediaServiceClient::new(self.channel.clone())
+    /// For a stream passed through: a connection of its own (one HTTP/2 connection per
+    /// peer would put every stream under one flow-control window and one stream limit,
+    /// so a client that stops reading would stall every call to that node).
+    fn stream_channel(&self) -> Result<Channel, Status> {
+        Ok(endpoint(&self.grpc_url)?.connect_lazy())
     }
 
-    pub fn events(&self) -> pb::event_service_client::EventServiceClient<Channel> {
-        pb::event_service_client::EventServiceClient::new(self.channel.clone())
+    pub fn media(&self) -> Result<pb::media_service_client::MediaServiceClient<Channel>, Status> {
+        Ok(pb::media_service_client::MediaServiceClient::new(
+            self.stream_channel()?,
+        ))
+    }
+
+    pub fn events(&self) -> Result<pb::event_service_client::EventServiceClient<Channel>, Status> {
+        Ok(pb::event_service_client::EventServiceClient::new(
+            self.stream_channel()?,
+        ))
     }
 
     /// Like [`Owner::request`], for a stream that lasts: no deadline.
@@ -186,6 +213,7 @@ fn owner_at(
     Ok(Owner {
         node_id: node_id.to_owned(),
         channel: state.peers.channel(grpc_url)?,
+        grpc_url: grpc_url.to_owned(),
         bearer,
         me: MetadataValue::try_from(me).unwrap_or_else(|_| MetadataValue::from_static("node")),
     })

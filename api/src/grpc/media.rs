@@ -109,7 +109,7 @@ impl pb::media_service_server::MediaService for Media {
         // copy of the track; the meeting's own media path is untouched).
         if let Some(owner) = forward::owner_of(&self.0, &caller, &meeting).await? {
             let stream = owner
-                .media()
+                .media()?
                 .subscribe_track(owner.stream_request(req))
                 .await?
                 .into_inner();
@@ -191,7 +191,7 @@ impl pb::media_service_server::MediaService for Media {
             let rest = inbound.map_while(Result::ok);
             let outbound = tokio_stream::once(first).chain(rest);
             let stream = owner
-                .media()
+                .media()?
                 .publish_track(owner.stream_request(outbound))
                 .await?
                 .into_inner();

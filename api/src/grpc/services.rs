@@ -679,7 +679,7 @@ impl pb::event_service_server::EventService for Events {
             && let Some(owner) = forward::owner_of(&self.0, &caller, id).await?
         {
             let stream = owner
-                .events()
+                .events()?
                 .subscribe(owner.stream_request(req))
                 .await?
                 .into_inner();
