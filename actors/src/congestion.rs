@@ -248,6 +248,11 @@ impl Congestion {
         self.bwe.poll_timeout()
     }
 
+    /// A probe is under way (its padding is being sent).
+    pub fn probing(&self) -> bool {
+        self.bwe.probing()
+    }
+
     /// A probe is due but cannot be sent (nothing to pad on): the next one waits.
     pub fn defer_probe(&mut self, now: Instant) {
         self.bwe.defer_probe(now);

@@ -416,6 +416,8 @@ pub struct ParticipantState {
     leaving: bool,
     /// Congestion control of what we receive: estimate, probes, allocation.
     cc: crate::congestion::Congestion,
+    /// When our client last asked for retransmissions (no probe right after).
+    last_nack_at: Option<Instant>,
     /// The meeting's loudest speaker.
     active_speaker: Option<ParticipantId>,
     /// Drill hook: the next datagram on the driver's fast path panics.
@@ -539,6 +541,8 @@ pub const FORWARD_DELAY_BUCKETS: &[f64] = &[
     1.0,
 ];
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(250);
+/// No bandwidth probe starts this soon after the client's last NACK.
+const PROBE_QUIET_AFTER_NACK: Duration = Duration::from_secs(1);
 /// Retransmissions one subscriber's NACKs may cause: per second on average, and in a burst.
 const RETRANSMIT_RATE: u32 = 200;
 const RETRANSMIT_BURST: u32 = 100;
@@ -628,6 +632,7 @@ impl Actor for ParticipantActor {
                 subscriptions: HashMap::new(),
                 layer_choices: HashMap::new(),
                 cc: crate::congestion::Congestion::new(),
+                last_nack_at: None,
                 active_speaker: None,
                 track_prefs: HashMap::new(),
                 withdrawn_mids: Vec::new(),
@@ -1844,6 +1849,7 @@ impl ParticipantState {
                 }
             }
             Feedback::Nack { media_ssrc, seqs } => {
+                self.last_nack_at = Some(now);
                 let Some(key) = self.by_out_ssrc.get(&media_ssrc.0) else {
                     return;
                 };
@@ -2027,6 +2033,17 @@ impl ParticipantState {
     /// video legs (a probe needs one: without RTX there is no probing).
     fn send_probe_padding(&mut self, now: Instant) {
         if self.cc.poll_timeout().is_none_or(|t| t > now) {
+            return;
+        }
+        // A client that just asked for retransmissions is recovering a loss: a probe's
+        // burst now could push the retransmission out of a full bottleneck queue and leave
+        // its decoder stuck until it asks for a keyframe (seconds). Probe on a clean path.
+        if !self.cc.probing()
+            && self
+                .last_nack_at
+                .is_some_and(|t| now.saturating_duration_since(t) < PROBE_QUIET_AFTER_NACK)
+        {
+            self.cc.defer_probe(now);
             return;
         }
         // What reaches the client now (the feedback's acknowledged rate) is what the probe

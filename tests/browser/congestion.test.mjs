@@ -105,11 +105,31 @@ try {
   const start = await camera(carol);
   const startAt = Date.now();
   const widths = new Set();
+  // Carol's video receiver, every 250 ms: printed if the window fails (what a freeze is
+  // made of: lost packets, NACKs, PLIs, keyframes).
+  const timeline = [];
+  const sampler = setInterval(() => {
+    carol.page.evaluate(async () => {
+      const pc = window.hearth.peerConnection();
+      if (!pc) return null;
+      const v = [...(await pc.getStats()).values()]
+        .filter((s) => s.type === 'inbound-rtp' && s.kind === 'video')
+        .sort((a, b) => (b.bytesReceived || 0) - (a.bytesReceived || 0))[0];
+      return v && [v.framesDecoded, v.keyFramesDecoded, v.framesDropped, v.packetsReceived,
+        v.packetsLost, v.nackCount, v.pliCount, v.retransmittedPacketsReceived || 0,
+        Math.round((v.jitterBufferDelay || 0) / Math.max(1, v.jitterBufferEmittedCount || 1) * 1000)];
+    }).then((v) => { if (v) timeline.push([Date.now() - startAt, ...v]); }).catch(() => {});
+  }, 250);
   const longestGap = await longestFrameGap(async () => {
     const c = await camera(carol);
     widths.add(c.frameWidth);
     return c.framesDecoded;
   }, 20000);
+  clearInterval(sampler);
+  if (longestGap >= 1000) {
+    console.log('carol video timeline [ms, decoded, keyframes, dropped, received, lost, nacks, plis, rtx, jitterbuffer ms]:');
+    for (const t of timeline) console.log(`  ${JSON.stringify(t)}`);
+  }
   const end = await camera(carol);
   const seconds = (Date.now() - startAt) / 1000;
   const kbps = ((end.allBytes - start.allBytes) * 8) / seconds / 1000;

@@ -39,6 +39,21 @@ async fn join_at(url: &str, meeting: &str, name: &str, opts: ClientOptions) -> T
         .unwrap_or_else(|e| panic!("{name} joins {meeting} at {url}: {e:?}"))
 }
 
+/// The name of a new meeting that `node` hosts (names `{prefix}-0`, `-1`, ... are asked for
+/// through it until one is placed there).
+async fn meeting_hosted_by(node: &ClusterNode, prefix: &str) -> String {
+    for i in 0..30 {
+        let m = format!("{prefix}-{i}");
+        if first_answer(&node.ws_url(), &m).await == Answer::Joined {
+            return m;
+        }
+    }
+    panic!(
+        "{} hosted none of 30 new meetings asked for through it",
+        node.id
+    );
+}
+
 /// The node id in a client's signaling URL.
 fn node_of(nodes: &[ClusterNode], client: &TestClient) -> String {
     nodes
@@ -200,23 +215,14 @@ async fn a_draining_node_gets_no_new_meetings() {
     };
     let nodes = three_nodes(&redis).await;
     // A meeting on n2, so that n2 stays up while it drains.
-    let mut held = None;
-    for i in 0..20 {
-        let meeting = format!("keep-{i}");
-        if first_answer(&nodes[1].ws_url(), &meeting).await == Answer::Joined {
-            held = Some(
-                join_at(
-                    &nodes[1].ws_url(),
-                    &meeting,
-                    "holder",
-                    ClientOptions::default(),
-                )
-                .await,
-            );
-            break;
-        }
-    }
-    let held = held.expect("n2 hosted one of 20 meetings asked through it");
+    let meeting = meeting_hosted_by(&nodes[1], "keep").await;
+    let held = join_at(
+        &nodes[1].ws_url(),
+        &meeting,
+        "holder",
+        ClientOptions::default(),
+    )
+    .await;
     assert!(held.redirects().is_empty());
     let out = nodes[1]
         .hearthctl()
@@ -456,16 +462,7 @@ async fn a_node_back_with_the_same_id() {
     let mut n1 = ClusterNode::start(&redis, "n1", &[]).await;
     let n2 = ClusterNode::start(&redis, "n2", &[]).await;
     wait_for_nodes(&[&n1, &n2], 2, T).await;
-    // A meeting on n1.
-    let mut meeting = None;
-    for i in 0..20 {
-        let m = format!("lives-{i}");
-        if first_answer(&n1.ws_url(), &m).await == Answer::Joined {
-            meeting = Some(m);
-            break;
-        }
-    }
-    let meeting = meeting.expect("n1 hosted one of 20 meetings");
+    let meeting = meeting_hosted_by(&n1, "lives").await;
     let old = redis
         .cli(&["GET", &format!("hearth:meeting:{meeting}")])
         .await;
@@ -724,15 +721,7 @@ async fn a_drain_deadline_moves_the_meetings() {
     let mut n1 = ClusterNode::start(&redis, "n1", &[]).await;
     let n2 = ClusterNode::start(&redis, "n2", &[]).await;
     wait_for_nodes(&[&n1, &n2], 2, T).await;
-    let mut meeting = None;
-    for i in 0..20 {
-        let m = format!("moving-{i}");
-        if first_answer(&n1.ws_url(), &m).await == Answer::Joined {
-            meeting = Some(m);
-            break;
-        }
-    }
-    let meeting = meeting.expect("n1 hosted one of 20 meetings");
+    let meeting = meeting_hosted_by(&n1, "moving").await;
     let ada = join_at(&n1.ws_url(), &meeting, "ada", ClientOptions::default()).await;
     let out = n1
         .hearthctl()
@@ -782,15 +771,7 @@ async fn a_dead_nodes_usage_is_closed_by_another() {
     let mut n1 = ClusterNode::start(&redis, "n1", &["--database-url", &ledger]).await;
     let n2 = ClusterNode::start(&redis, "n2", &["--database-url", &ledger]).await;
     wait_for_nodes(&[&n1, &n2], 2, T).await;
-    let mut meeting = None;
-    for i in 0..20 {
-        let m = format!("billed-{i}");
-        if first_answer(&n1.ws_url(), &m).await == Answer::Joined {
-            meeting = Some(m);
-            break;
-        }
-    }
-    let meeting = meeting.expect("n1 hosted one of 20 meetings");
+    let meeting = meeting_hosted_by(&n1, "billed").await;
     let ada = join_at(&n1.ws_url(), &meeting, "ada", ClientOptions::default()).await;
     // A few checkpoints of n1's intervals.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1058,4 +1039,66 @@ async fn grpc_streams_reach_the_host_from_any_node() {
         seen.push(format!("{event:?}"));
     }
     drop(tx);
+}
+
+/// An ended meeting stays ended: its lease goes as it ends, so a joiner who may not create
+/// meetings gets MEETING_NOT_FOUND at once, from any node (the lease is not adopted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_meeting_is_not_started_again_by_a_joiner_without_create() {
+    let Some(redis) = Redis::start("ended").await else {
+        return;
+    };
+    let nodes = three_nodes(&redis).await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let bearer = format!("Bearer {}", hearth_tests::cluster::admin_token());
+    for i in 0..5 {
+        let meeting = format!("finished-{i}");
+        let r = http
+            .post(format!("{}/v1/meetings", nodes[i % 3].http_url()))
+            .header("authorization", &bearer)
+            .json(&serde_json::json!({ "id": meeting }))
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(r.status(), 201);
+        let r = http
+            .delete(format!(
+                "{}/v1/meetings/{meeting}",
+                nodes[(i + 1) % 3].http_url()
+            ))
+            .header("authorization", &bearer)
+            .send()
+            .await
+            .expect("DELETE");
+        assert!(r.status().is_success(), "end {meeting}: {}", r.status());
+        // The lease is gone within moments of the end (not the lease's 10 s).
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let lease = redis
+                .cli(&["GET", &format!("hearth:meeting:{meeting}")])
+                .await;
+            if lease.trim().is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{meeting}'s lease outlived it: {lease}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for n in &nodes {
+            let token = hearth_tests::cluster::token_without_create(&meeting, "late");
+            let err = TestClient::join_with_token(
+                &n.ws_url(),
+                &token,
+                &meeting,
+                ClientOptions::default(),
+            )
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{meeting} was started again through {}", n.id));
+            assert_eq!(err.code, "MEETING_NOT_FOUND", "through {}", n.id);
+        }
+    }
 }

@@ -865,6 +865,11 @@ impl SendSideBwe {
         Some((probe.id, size))
     }
 
+    /// A probe is under way.
+    pub fn probing(&self) -> bool {
+        self.probe.is_some()
+    }
+
     /// The caller cannot send padding now (no stream to pad on): no probe starts, and the
     /// next chance is a backoff away.
     pub fn defer_probe(&mut self, now: Instant) {

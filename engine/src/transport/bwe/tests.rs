@@ -280,6 +280,33 @@ fn constrained_link(queue: Duration) {
     assert!(stats.probes <= 10, "{stats:?}");
 }
 
+/// A wide path that suddenly narrows to 300 kbit/s behind a full drop-tail queue (the
+/// browser test's shaped link): the queue fills within a fraction of a second and then
+/// holds still, so the delay trend is only briefly there; whichever signal sees it, the
+/// estimate is under the link and the sender on the small layer within 2 s, every time.
+#[test]
+fn a_link_that_narrows_suddenly_is_followed_at_once() {
+    for (seed, queue) in [(1u64, ms(300)), (2, ms(300)), (3, ms(100)), (4, ms(1_000))] {
+        let mut sim = Sim::new(10_000_000);
+        sim.link.rng = Rng(0x9e37_79b9_7f4a_7c15 ^ seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
+        sim.link.max_queue = queue;
+        sim.link.loss = 0.01;
+        sim.run_for(Duration::from_secs(10));
+        assert_eq!(sim.layer, 2, "{:?}", sim.bwe.stats());
+        sim.link.capacity_bps = 300_000;
+        let took = sim
+            .run_until(Duration::from_secs(10), |s| {
+                s.bwe.estimate() <= 330_000 && s.layer == 0
+            })
+            .unwrap_or_else(|| panic!("never followed ({queue:?} queue): {:?}", sim.bwe.stats()));
+        assert!(
+            took <= Duration::from_secs(2),
+            "followed after {took:?} ({queue:?} queue): {:?}",
+            sim.bwe.stats()
+        );
+    }
+}
+
 /// When the link opens (300 kbit/s to 10 Mbit/s), probing finds the room and the best layer
 /// is back within 10 s.
 #[test]
