@@ -7,6 +7,9 @@
 //!                                expires node_ttl after the node's last heartbeat
 //! {prefix}meeting:{id}     STRING "{node id}|{boot id}": the host's lease, expires `lease`
 //!                                after the host last renewed it
+//! {prefix}meeting:{id}:info HASH  what a new host needs to go on with the meeting (its API
+//!                                key, settings, metadata), written by the host when they
+//!                                change, expiring with the lease
 //! ```
 //!
 //! Rules, all enforced inside Redis by Lua scripts (each runs atomically, so two nodes
@@ -208,6 +211,73 @@ impl NodeInfo {
     }
 }
 
+/// What a meeting's next host starts it with (it moved: its host died or left).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeetingInfo {
+    /// The API key it is billed to.
+    pub tenant: String,
+    pub settings: crate::domain::MeetingSettings,
+    pub metadata: String,
+}
+
+impl MeetingInfo {
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let t = &self.settings.transcription;
+        vec![
+            ("tenant", self.tenant.clone()),
+            (
+                "max_participants",
+                self.settings.max_participants.to_string(),
+            ),
+            (
+                "empty_timeout_ms",
+                self.settings.empty_timeout.as_millis().to_string(),
+            ),
+            ("captions", if t.enabled { "1" } else { "0" }.to_owned()),
+            (
+                "language",
+                t.language
+                    .map(|l| l.as_str().to_owned())
+                    .unwrap_or_default(),
+            ),
+            (
+                "engine",
+                t.engine.map(|e| e.as_str().to_owned()).unwrap_or_default(),
+            ),
+            ("metadata", self.metadata.clone()),
+        ]
+    }
+
+    /// Read back; None if a field is missing or does not parse (then the meeting starts
+    /// with the node's defaults, as a new one would).
+    fn from_fields(fields: &[(String, String)]) -> Option<MeetingInfo> {
+        let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let max_participants = get("max_participants")?.parse().ok()?;
+        let empty_timeout = Duration::from_millis(get("empty_timeout_ms")?.parse().ok()?);
+        let language = match get("language")? {
+            "" => None,
+            l => Some(crate::domain::Language::parse(l)?),
+        };
+        let engine = match get("engine")? {
+            "" => None,
+            e => Some(crate::domain::EngineKind::parse(e)?),
+        };
+        Some(MeetingInfo {
+            tenant: get("tenant")?.to_owned(),
+            settings: crate::domain::MeetingSettings {
+                max_participants,
+                empty_timeout,
+                transcription: crate::domain::TranscriptionSettings {
+                    enabled: get("captions")? == "1",
+                    language,
+                    engine,
+                },
+            },
+            metadata: get("metadata")?.to_owned(),
+        })
+    }
+}
+
 /// Where a meeting is hosted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Placement {
@@ -291,6 +361,7 @@ for i, key in ipairs(KEYS) do
   local cur = redis.call('GET', key)
   if cur == ARGV[1] then
     redis.call('PEXPIRE', key, ARGV[2])
+    redis.call('PEXPIRE', key .. ':info', ARGV[2])
   elseif not cur then
     redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
   else
@@ -303,7 +374,7 @@ return lost
 const RELEASE: &str = r#"
 local n = 0
 for _, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then n = n + redis.call('DEL', key) end
+  if redis.call('GET', key) == ARGV[1] then n = n + redis.call('DEL', key, key .. ':info') end
 end
 return n
 "#;
@@ -583,6 +654,51 @@ impl Cluster {
         Ok(taken.is_some())
     }
 
+    /// Whether `meeting`'s lease names this node, and what it was started with elsewhere
+    /// (if it moved here): one round trip.
+    pub async fn adoption(
+        &self,
+        meeting: &MeetingId,
+    ) -> Result<(bool, Option<MeetingInfo>), PlaceError> {
+        let mut conn = self.connection().ok_or(PlaceError::Unavailable)?;
+        let key = self.meeting_key(meeting.as_str());
+        let (owner, info): (Option<String>, Vec<(String, String)>) = redis::pipe()
+            .cmd("GET")
+            .arg(&key)
+            .cmd("HGETALL")
+            .arg(format!("{key}:info"))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| {
+                self.failed(&e);
+                PlaceError::Unavailable
+            })?;
+        let mine = owner.as_deref() == Some(self.owner_value().as_str());
+        Ok((mine, MeetingInfo::from_fields(&info)))
+    }
+
+    /// Records what the meetings hosted here were started with (only those that changed
+    /// since the last call are written), expiring with their leases.
+    async fn write_infos(
+        &self,
+        conn: &mut MultiplexedConnection,
+        infos: &[(MeetingId, MeetingInfo)],
+    ) -> Result<(), redis::RedisError> {
+        if infos.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (id, info) in infos {
+            let key = format!("{}:info", self.meeting_key(id.as_str()));
+            pipe.cmd("HSET").arg(&key).arg(info.fields()).ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(&key)
+                .arg(self.config.lease.as_millis() as u64)
+                .ignore();
+        }
+        pipe.query_async::<()>(conn).await
+    }
+
     /// Who holds `meeting`'s lease now (`node id`, `boot id`), if anyone.
     pub async fn owner(&self, meeting: &MeetingId) -> Result<Option<(String, String)>, PlaceError> {
         let mut conn = self.connection().ok_or(PlaceError::Unavailable)?;
@@ -602,14 +718,7 @@ impl Cluster {
 
     /// One heartbeat: connect if needed, refresh this node's entry, renew leases, list the
     /// cluster. Returns the meetings whose lease another node holds now.
-    async fn heartbeat(
-        &self,
-        load: &Load,
-        draining: bool,
-        hosted: &[MeetingId],
-        released: &[MeetingId],
-        registry: &crate::node::MeetingRegistry,
-    ) -> Result<Vec<MeetingId>, redis::RedisError> {
+    async fn heartbeat(&self, beat: &Beat<'_>) -> Result<Vec<MeetingId>, redis::RedisError> {
         let _one_at_a_time = self.heartbeat_lock.lock().await;
         if self.left.load(Ordering::Acquire) {
             return Ok(Vec::new());
@@ -620,9 +729,7 @@ impl Cluster {
         let Some(mut conn) = self.connection() else {
             return Ok(Vec::new());
         };
-        let result = self
-            .heartbeat_on(&mut conn, load, draining, hosted, released, registry)
-            .await;
+        let result = self.heartbeat_on(&mut conn, beat).await;
         if let Err(e) = &result {
             self.failed(e);
         }
@@ -632,12 +739,16 @@ impl Cluster {
     async fn heartbeat_on(
         &self,
         conn: &mut MultiplexedConnection,
-        load: &Load,
-        draining: bool,
-        hosted: &[MeetingId],
-        released: &[MeetingId],
-        registry: &crate::node::MeetingRegistry,
+        beat: &Beat<'_>,
     ) -> Result<Vec<MeetingId>, redis::RedisError> {
+        let Beat {
+            load,
+            draining,
+            hosted,
+            released,
+            registry,
+            infos,
+        } = *beat;
         let c = &self.config;
         let started_ms = self
             .started_at
@@ -711,6 +822,7 @@ impl Cluster {
                 }
             }
         }
+        self.write_infos(conn, infos).await?;
         // A meeting that ended and started again here since the tick looked keeps its lease.
         let released: Vec<&MeetingId> = released
             .iter()
@@ -788,6 +900,20 @@ impl Cluster {
             .await;
         self.registered.store(false, Ordering::Release);
     }
+}
+
+/// What one heartbeat reports and renews.
+#[derive(Clone, Copy)]
+struct Beat<'a> {
+    load: &'a Load,
+    draining: bool,
+    /// Meetings hosted here now (their leases are renewed).
+    hosted: &'a [MeetingId],
+    /// Meetings that ended here since the last heartbeat (their leases go).
+    released: &'a [MeetingId],
+    registry: &'a crate::node::MeetingRegistry,
+    /// What changed of the hosted meetings' [`MeetingInfo`].
+    infos: &'a [(MeetingId, MeetingInfo)],
 }
 
 /// This node's load, reported every heartbeat.
@@ -927,6 +1053,10 @@ pub struct ClusterState {
     last_tick: Option<Instant>,
     /// Heartbeats since the last look for dead nodes' open usage.
     since_recovery: u32,
+    /// What was last written of each hosted meeting's [`MeetingInfo`].
+    written: std::collections::HashMap<MeetingId, MeetingInfo>,
+    /// Connections made when `written` was last valid.
+    connects_seen: u64,
     /// Cluster nodes seen in the registry: None while listed, else since when they are not.
     seen: std::collections::HashMap<String, Option<Instant>>,
     /// A look for dead nodes' usage runs.
@@ -986,6 +1116,8 @@ impl Actor for ClusterActor {
             failing_since: None,
             since_recovery: 0,
             seen: Default::default(),
+            written: Default::default(),
+            connects_seen: 0,
             recovering: Arc::new(AtomicBool::new(false)),
             last_tick: None,
             reg,
@@ -1044,9 +1176,39 @@ async fn tick_now(state: &mut ClusterState) {
     let now_hosted: HashSet<MeetingId> = hosted.iter().cloned().collect();
     let released: Vec<MeetingId> = state.hosted.difference(&now_hosted).cloned().collect();
     let draining = node.draining.load(Ordering::Acquire);
+    // What each hosted meeting would need on another host, where that changed (all of it
+    // again after a reconnect: Redis may have restarted empty).
+    let connects = state.cluster.stats.connects.load(Ordering::Relaxed);
+    if connects != state.connects_seen {
+        state.connects_seen = connects;
+        state.written.clear();
+    }
+    state.written.retain(|id, _| now_hosted.contains(id));
+    let infos: Vec<(MeetingId, MeetingInfo)> = hosted
+        .iter()
+        .filter_map(|id| {
+            let record = node.registry.get(id)?;
+            let info = MeetingInfo {
+                tenant: record.tenant.clone(),
+                settings: record
+                    .settings
+                    .load()
+                    .unwrap_or_else(|| node.default_settings()),
+                metadata: record.metadata.get(),
+            };
+            (state.written.get(id) != Some(&info)).then(|| (id.clone(), info))
+        })
+        .collect();
     match state
         .cluster
-        .heartbeat(&load, draining, &hosted, &released, &node.registry)
+        .heartbeat(&Beat {
+            load: &load,
+            draining,
+            hosted: &hosted,
+            released: &released,
+            registry: &node.registry,
+            infos: &infos,
+        })
         .await
     {
         Ok(lost) => {
@@ -1055,6 +1217,9 @@ async fn tick_now(state: &mut ClusterState) {
             }
             metrics::gauge!("hearth_cluster_nodes").set(state.cluster.nodes().len() as f64);
             state.hosted = now_hosted;
+            for (id, info) in infos {
+                state.written.insert(id, info);
+            }
             let now = Instant::now();
             let live = state.cluster.nodes();
             for (id, absent_since) in state.seen.iter_mut() {

@@ -1235,29 +1235,45 @@ impl Node {
         if let Some(record) = self.shared.registry.get(id) {
             return Ok(record.actor);
         }
-        // A meeting of the cluster whose lease names this node (placed here, or moved here
-        // from a node that died or left) is started here whatever the token's `create`
-        // grant says: it exists, only its host changed.
-        let create = create
-            || match &self.shared.cluster {
-                Some(cluster) => match cluster.owner(id).await {
-                    Ok(owner) => owner.is_some_and(|(node, boot)| {
-                        node == cluster.config.node_id && boot == cluster.boot
-                    }),
-                    // Retryable, unlike "the meeting does not exist".
-                    Err(e) => {
+        let internal =
+            |e: String| SignalError::fatal(SignalErrorCode::Internal, format!("node: {e}"));
+        let supervisor = ractor::call!(self.supervisor, NodeMsg::MeetingSupervisor)
+            .map_err(|e| internal(e.to_string()))?;
+        let mut create = create;
+        if let Some(cluster) = &self.shared.cluster {
+            // Retryable, unlike "the meeting does not exist".
+            let (mine, info) = cluster
+                .adoption(id)
+                .await
+                .map_err(|e| SignalError::fatal(SignalErrorCode::NodeUnavailable, e.to_string()))?;
+            if mine && let Some(info) = info {
+                // It moved here: it goes on with its API key, settings and metadata.
+                match ractor::call!(supervisor, |reply| MeetingSupervisorMsg::Create {
+                    id: id.clone(),
+                    tenant: info.tenant,
+                    settings: info.settings,
+                    metadata: info.metadata,
+                    reply,
+                }) {
+                    Ok(Ok(actor)) => {
+                        tracing::info!(meeting = %id, "meeting moved here: started with its settings and metadata");
+                        return Ok(actor);
+                    }
+                    // Started meanwhile by another join: that one is used below.
+                    Ok(Err(ApiError::AlreadyExists(_))) => {}
+                    Ok(Err(e)) => {
                         return Err(SignalError::fatal(
                             SignalErrorCode::NodeUnavailable,
                             e.to_string(),
                         ));
                     }
-                },
-                None => false,
-            };
-        let internal =
-            |e: String| SignalError::fatal(SignalErrorCode::Internal, format!("node: {e}"));
-        let supervisor = ractor::call!(self.supervisor, NodeMsg::MeetingSupervisor)
-            .map_err(|e| internal(e.to_string()))?;
+                    Err(e) => return Err(internal(e.to_string())),
+                }
+            }
+            // A meeting of the cluster whose lease names this node (placed here, or moved
+            // here) is started here whatever the token's `create` grant says.
+            create = create || mine;
+        }
         ractor::call!(supervisor, |reply| MeetingSupervisorMsg::GetOrCreate {
             id: id.clone(),
             create,

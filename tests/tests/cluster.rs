@@ -723,6 +723,38 @@ async fn a_drain_deadline_moves_the_meetings() {
     wait_for_nodes(&[&n1, &n2], 2, T).await;
     let meeting = meeting_hosted_by(&n1, "moving").await;
     let ada = join_at(&n1.ws_url(), &meeting, "ada", ClientOptions::default()).await;
+    // The app set its metadata and a limit: they move with it.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let bearer = format!("Bearer {}", hearth_tests::cluster::admin_token());
+    let r = http
+        .patch(format!("{}/v1/meetings/{meeting}", n2.http_url()))
+        .header("authorization", &bearer)
+        .json(&serde_json::json!({
+            "metadata": "quarterly review",
+            "settings": { "maxParticipants": 7, "emptyTimeoutSeconds": 45 }
+        }))
+        .send()
+        .await
+        .expect("PATCH");
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    // Written to the cluster store within a heartbeat.
+    let deadline = Instant::now() + T;
+    while !redis
+        .cli(&[
+            "HGET",
+            &format!("hearth:meeting:{meeting}:info"),
+            "metadata",
+        ])
+        .await
+        .contains("quarterly review")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the meeting's info was never written"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let out = n1
         .hearthctl()
         .args(["drain", "--deadline", "2s"])
@@ -757,6 +789,18 @@ async fn a_drain_deadline_moves_the_meetings() {
             .await
             .expect("ada joins the moved meeting without the create grant");
     assert_eq!(again.url(), n2.ws_url(), "placed on the node that is left");
+    let m: serde_json::Value = http
+        .get(format!("{}/v1/meetings/{meeting}", n2.http_url()))
+        .header("authorization", &bearer)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(m["metadata"], "quarterly review", "{m}");
+    assert_eq!(m["settings"]["maxParticipants"], 7, "{m}");
+    assert_eq!(m["settings"]["emptyTimeoutSeconds"], 45, "{m}");
 }
 
 /// A node killed for good leaves open usage intervals in the shared ledger; once it is gone
