@@ -300,16 +300,12 @@ pub enum PlaceError {
     NotFound,
 }
 
-/// Counters shown on `/metrics` and by `hearthctl nodes`.
+/// What the node's own logic reads back (the rest is counted on `/metrics` only).
 #[derive(Default)]
 pub struct ClusterStats {
-    pub heartbeats: AtomicU64,
-    pub redis_errors: AtomicU64,
+    /// Connections made to Redis (a new one may be to a Redis restarted empty).
     pub connects: AtomicU64,
-    pub placed: AtomicU64,
-    pub moved: AtomicU64,
-    pub redirects: AtomicU64,
-    pub lost_leases: AtomicU64,
+    /// Starts of the cluster actor (restarts = starts - 1).
     pub actor_starts: AtomicU64,
 }
 
@@ -484,7 +480,6 @@ impl Cluster {
     /// error that is not about the socket (a replica promoted away, `READONLY`, a script
     /// refused) would otherwise repeat on every heartbeat of the same connection.
     fn failed(&self, e: &redis::RedisError) {
-        self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("hearth_cluster_redis_errors_total").increment(1);
         tracing::debug!(error = %e, "cluster store command failed; reconnecting");
         if let Ok(mut c) = self.conn.lock() {
@@ -584,12 +579,6 @@ impl Cluster {
 
     fn count_placement(&self, kind: &str, node: &str) {
         let moved = kind == "moved";
-        let stat = if moved {
-            &self.stats.moved
-        } else {
-            &self.stats.placed
-        };
-        stat.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("hearth_cluster_placements_total", "kind" => if moved { "moved" } else { "new" })
             .increment(1);
         // Our own view counts it until the next listing (a ramp spreads at once).
@@ -604,7 +593,6 @@ impl Cluster {
         if id == self.config.node_id && boot == self.boot {
             Placement::Local
         } else {
-            self.stats.redirects.fetch_add(1, Ordering::Relaxed);
             Placement::Remote {
                 node_id: id.to_owned(),
                 http_url: http_url.to_owned(),
@@ -802,7 +790,6 @@ impl Cluster {
         } else {
             "another live process holds this node id"
         });
-        self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
 
         let me = self.owner_value();
         let mut lost = Vec::new();
@@ -878,7 +865,7 @@ impl Cluster {
     /// The leases stay: with the entry gone they are stale, so the next join of each meeting
     /// places it elsewhere whatever its token's `create` grant says (a deleted lease would
     /// make the meeting unknown to participants who may not create it).
-    pub async fn leave(&self, _hosted: &[MeetingId]) {
+    pub async fn leave(&self) {
         self.left.store(true, Ordering::Release);
         // A heartbeat in flight finishes first: its REGISTER must not land after ours.
         let _quiet = self.heartbeat_lock.lock().await;
@@ -961,7 +948,8 @@ impl CpuSampler {
     }
 }
 
-fn process_cpu_seconds() -> Option<f64> {
+/// This process's CPU time (user + system), in seconds, from `/proc/self/stat` (Linux).
+pub fn process_cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // The command name (field 2) may hold spaces; fields after its ')' are plain.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -1276,11 +1264,6 @@ async fn tick_now(state: &mut ClusterState) {
                 }
             }
             for id in lost {
-                state
-                    .cluster
-                    .stats
-                    .lost_leases
-                    .fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("hearth_cluster_lost_leases_total").increment(1);
                 tracing::warn!(meeting = %id, "another node hosts this meeting now; its participants move there");
                 state.hosted.remove(&id);

@@ -1719,7 +1719,7 @@ impl Node {
                             tracing::warn!(
                                 "drain deadline passed; moving the remaining meetings to other nodes"
                             );
-                            cluster.leave(&ids).await;
+                            cluster.leave().await;
                             EndReason::Moved
                         }
                         Some(_) => EndReason::Moved,
@@ -1808,7 +1808,7 @@ impl Node {
         let reason = match &self.shared.cluster {
             Some(cluster) => {
                 self.shared.draining.store(true, Ordering::Release);
-                cluster.leave(&self.shared.registry.ids()).await;
+                cluster.leave().await;
                 crate::domain::EndReason::Moved
             }
             None => crate::domain::EndReason::NodeShutdown,

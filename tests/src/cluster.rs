@@ -270,12 +270,17 @@ pub async fn wait_for_nodes(nodes: &[&ClusterNode], count: usize, timeout: Durat
 
 /// A participant token for `meeting` signed with the cluster's key.
 pub fn token(meeting: &str, identity: &str) -> String {
+    token_with(meeting, identity, Grants::default())
+}
+
+/// A token for `identity` in `meeting` (empty: node-wide) with `grants`, valid an hour.
+fn token_with(meeting: &str, identity: &str, grants: Grants) -> String {
     let claims = token::claims_for(
         KEY,
         meeting,
         identity,
         identity,
-        Grants::default(),
+        grants,
         SystemTime::now(),
         Duration::from_secs(3600),
     );
@@ -359,31 +364,14 @@ pub fn admin_token() -> String {
         admin: true,
         ..Grants::default()
     };
-    let claims = token::claims_for(
-        KEY,
-        "",
-        "backend",
-        "backend",
-        grants,
-        SystemTime::now(),
-        Duration::from_secs(3600),
-    );
-    token::mint(&claims, SECRET)
+    token_with("", "backend", grants)
 }
 
 /// A participant token that may join `meeting` but not create it.
 pub fn token_without_create(meeting: &str, identity: &str) -> String {
-    let claims = token::claims_for(
-        KEY,
-        meeting,
-        identity,
-        identity,
-        Grants {
-            create: false,
-            ..Grants::default()
-        },
-        SystemTime::now(),
-        Duration::from_secs(3600),
-    );
-    token::mint(&claims, SECRET)
+    let grants = Grants {
+        create: false,
+        ..Grants::default()
+    };
+    token_with(meeting, identity, grants)
 }

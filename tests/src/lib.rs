@@ -2310,3 +2310,43 @@ impl Interceptor for DeliverRtcp {
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
+
+/// The `start` of a gRPC `PublishTrack` stream: an Opus track (payload type 111) pushed into
+/// `meeting` as `identity`, without creating the meeting.
+pub fn opus_start(meeting: &str, identity: &str) -> hearth_proto::v1::PublishTrackRequest {
+    use hearth_proto::v1;
+    v1::PublishTrackRequest {
+        kind: Some(v1::publish_track_request::Kind::Start(
+            v1::PublishTrackStart {
+                meeting: meeting.into(),
+                identity: identity.into(),
+                name: "Bot".into(),
+                kind: v1::TrackKind::Audio as i32,
+                codec: Some(v1::Codec {
+                    mime_type: "audio/opus".into(),
+                    clock_rate: 48_000,
+                    channels: 2,
+                    payload_type: 111,
+                    fmtp: String::new(),
+                }),
+                create: false,
+            },
+        )),
+    }
+}
+
+/// One RTP packet of the track [`opus_start`] declares (20 ms apart by `seq`).
+pub fn opus_rtp(seq: u16, payload: &[u8]) -> hearth_proto::v1::PublishTrackRequest {
+    use hearth_proto::v1;
+    let data = hearth_engine::rtp::write(
+        false,
+        111,
+        seq,
+        u32::from(seq) * 960,
+        hearth_engine::media::Ssrc(0xB07),
+        payload,
+    );
+    v1::PublishTrackRequest {
+        kind: Some(v1::publish_track_request::Kind::Rtp(data)),
+    }
+}

@@ -1007,35 +1007,10 @@ async fn grpc_streams_reach_the_host_from_any_node() {
     drop(packets);
 
     // PublishTrack through a non-host: the virtual participant appears on the host.
-    let mut rtp_packets = Vec::new();
-    for seq in 0u16..50 {
-        let mut p = vec![0x80, 111];
-        p.extend_from_slice(&seq.to_be_bytes());
-        p.extend_from_slice(&(u32::from(seq) * 960).to_be_bytes());
-        p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
-        p.extend_from_slice(&[0xf8, 0xff, 0xfe]);
-        rtp_packets.push(pb::PublishTrackRequest {
-            kind: Some(pb::publish_track_request::Kind::Rtp(p.into())),
-        });
-    }
-    let start = pb::PublishTrackRequest {
-        kind: Some(pb::publish_track_request::Kind::Start(
-            pb::PublishTrackStart {
-                meeting: "broadcast".into(),
-                identity: "radio".into(),
-                name: "Radio".into(),
-                kind: pb::TrackKind::Audio as i32,
-                codec: Some(pb::Codec {
-                    mime_type: "audio/opus".into(),
-                    clock_rate: 48_000,
-                    channels: 2,
-                    payload_type: 111,
-                    fmtp: String::new(),
-                }),
-                create: false,
-            },
-        )),
-    };
+    let rtp_packets: Vec<_> = (0u16..50)
+        .map(|seq| hearth_tests::opus_rtp(seq, &[0xf8, 0xff, 0xfe]))
+        .collect();
+    let start = hearth_tests::opus_start("broadcast", "radio");
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tx.send(start).await.expect("queued");
     let mut replies = media
@@ -1145,4 +1120,39 @@ async fn an_ended_meeting_is_not_started_again_by_a_joiner_without_create() {
             assert_eq!(err.code, "MEETING_NOT_FOUND", "through {}", n.id);
         }
     }
+}
+
+/// A WHIP POST that reaches a node not hosting the meeting is sent to the host with
+/// `307 Temporary Redirect` (RFC 9725 §4.5), the same POST repeated at `Location`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whip_post_to_another_node_is_redirected_to_the_host() {
+    let Some(redis) = Redis::start("whip").await else {
+        return;
+    };
+    let n1 = ClusterNode::start(&redis, "n1", &[]).await;
+    let n2 = ClusterNode::start(&redis, "n2", &[]).await;
+    wait_for_nodes(&[&n1, &n2], 2, T).await;
+    let meeting = meeting_hosted_by(&n1, "ingest").await;
+    let _keeper = join_at(&n1.ws_url(), &meeting, "keeper", ClientOptions::default()).await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let r = http
+        .post(format!("{}/whip/{meeting}", n2.http_url()))
+        .header(
+            "authorization",
+            format!("Bearer {}", token(&meeting, "obs")),
+        )
+        .header("content-type", "application/sdp")
+        .body("v=0\r\n")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), 307);
+    assert_eq!(
+        r.headers()["location"].to_str().expect("ascii"),
+        format!("{}/whip/{meeting}", n1.http_url())
+    );
 }

@@ -162,41 +162,6 @@ fn is_valid_opus(p: &[u8]) -> bool {
     }
 }
 
-fn opus_start(meeting: &str, identity: &str) -> pb::PublishTrackRequest {
-    pb::PublishTrackRequest {
-        kind: Some(pb::publish_track_request::Kind::Start(
-            pb::PublishTrackStart {
-                meeting: meeting.into(),
-                identity: identity.into(),
-                name: "Bot".into(),
-                kind: pb::TrackKind::Audio as i32,
-                codec: Some(pb::Codec {
-                    mime_type: "audio/opus".into(),
-                    clock_rate: 48_000,
-                    channels: 2,
-                    payload_type: 111,
-                    fmtp: String::new(),
-                }),
-                create: false,
-            },
-        )),
-    }
-}
-
-fn rtp(seq: u16, payload: &[u8]) -> pb::PublishTrackRequest {
-    let data = hearth_engine::rtp::write(
-        false,
-        111,
-        seq,
-        u32::from(seq) * 960,
-        hearth_engine::media::Ssrc(0xB07),
-        payload,
-    );
-    pb::PublishTrackRequest {
-        kind: Some(pb::publish_track_request::Kind::Rtp(data)),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_without_a_valid_admin_token_are_refused_with_the_right_codes() {
     let server = TestServer::start().await;
@@ -911,7 +876,9 @@ async fn an_app_pulls_rtp_out_of_a_meeting_and_pushes_a_track_into_it() {
 
     // In: the app pushes an Opus track; bob receives it from the virtual participant.
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tx.send(opus_start("embed", "bot")).await.expect("queue");
+    tx.send(hearth_tests::opus_start("embed", "bot"))
+        .await
+        .expect("queue");
     let mut responses = api
         .media()
         .publish_track(api.req(tokio_stream::wrappers::ReceiverStream::new(rx)))
@@ -933,7 +900,11 @@ async fn an_app_pulls_rtp_out_of_a_meeting_and_pushes_a_track_into_it() {
             tick.tick().await;
             let mut payload = vec![0xFC];
             payload.extend_from_slice(&[seq as u8; 40]);
-            if tx.send(rtp(seq, &payload)).await.is_err() {
+            if tx
+                .send(hearth_tests::opus_rtp(seq, &payload))
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -1005,27 +976,36 @@ async fn hostile_media_streams_end_with_invalid_argument_and_the_meeting_carries
             bytes::Bytes::from_static(b"\x00\x01not rtp"),
         )),
     };
-    let oversized = rtp(1, &[0xFC; 1600]);
+    let oversized = hearth_tests::opus_rtp(1, &[0xFC; 1600]);
     let wrong_pt = pb::PublishTrackRequest {
         kind: Some(pb::publish_track_request::Kind::Rtp(
             hearth_engine::rtp::write(false, 96, 1, 1, hearth_engine::media::Ssrc(1), &[0xFC]),
         )),
     };
-    let mut bad_codec = opus_start("hostile", "bot");
+    let mut bad_codec = hearth_tests::opus_start("hostile", "bot");
     if let Some(pb::publish_track_request::Kind::Start(s)) = &mut bad_codec.kind {
         s.kind = pb::TrackKind::Video as i32;
     }
     let cases = vec![
-        ("not RTP", vec![opus_start("hostile", "bot"), garbage]),
-        ("oversized", vec![opus_start("hostile", "bot"), oversized]),
+        (
+            "not RTP",
+            vec![hearth_tests::opus_start("hostile", "bot"), garbage],
+        ),
+        (
+            "oversized",
+            vec![hearth_tests::opus_start("hostile", "bot"), oversized],
+        ),
         (
             "wrong payload type",
-            vec![opus_start("hostile", "bot"), wrong_pt],
+            vec![hearth_tests::opus_start("hostile", "bot"), wrong_pt],
         ),
-        ("no start", vec![rtp(1, &[0xFC])]),
+        ("no start", vec![hearth_tests::opus_rtp(1, &[0xFC])]),
         (
             "two starts",
-            vec![opus_start("hostile", "bot"), opus_start("hostile", "bot")],
+            vec![
+                hearth_tests::opus_start("hostile", "bot"),
+                hearth_tests::opus_start("hostile", "bot"),
+            ],
         ),
         ("kind and codec disagree", vec![bad_codec]),
     ];
@@ -1033,7 +1013,7 @@ async fn hostile_media_streams_end_with_invalid_argument_and_the_meeting_carries
         let status = publish(&api, msgs).await;
         assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
     }
-    let unknown_meeting = publish(&api, vec![opus_start("nowhere", "bot")]).await;
+    let unknown_meeting = publish(&api, vec![hearth_tests::opus_start("nowhere", "bot")]).await;
     assert_eq!(unknown_meeting.code(), Code::NotFound);
     let unknown_track = api
         .media()

@@ -30,18 +30,7 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
 
 /// (CPU seconds, RSS bytes) of this process, from /proc (Linux); zeros elsewhere.
 pub fn process_usage() -> (f64, u64) {
-    let cpu = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|stat| {
-            // Fields after the parenthesised command name; utime and stime are 14 and 15.
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let fields: Vec<&str> = rest.split(' ').collect();
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            // /proc reports in USER_HZ, 100 on Linux.
-            Some((utime + stime) / 100.0)
-        })
-        .unwrap_or(0.0);
+    let cpu = hearth_actors::cluster::process_cpu_seconds().unwrap_or(0.0);
     let rss = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
