@@ -39,6 +39,7 @@
   let session = null;          // what to (re)join: { meeting, name, token, devToken, userMeeting }
   let current = null;          // the live connection (see connect), or null
   let reconnectTimer = null, reconnectAttempts = 0;
+  const reconnectLog = [];     // [{ reason, at }], the session restarts so far
   let selfId = '';             // our participant id while joined
   let localMedia = null;       // Promise<MediaStream|null>, kept across reconnects
   let localStream = null, micMuted = false, cameraMuted = false;
@@ -126,6 +127,9 @@
   function restart(reason) { dropConnection(); scheduleReconnect(reason); }
 
   function scheduleReconnect(reason) {
+    // Every restart of the session, with its reason (bounded): for window.hearth.reconnects.
+    reconnectLog.push({ reason, at: Date.now() });
+    if (reconnectLog.length > 50) reconnectLog.shift();
     if (reconnectAttempts >= RECONNECT_ATTEMPTS) {
       return endSession('error', `Connection lost and could not reconnect (${reason}).`);
     }
@@ -1200,6 +1204,8 @@
     value: Object.freeze({
       get state() { return state; },
       get lastError() { return lastError; },
+      // Every time the session restarted (server's reconnect, lost socket or media), why.
+      get reconnects() { return reconnectLog.map((r) => ({ ...r })); },
       get activeSpeakers() { return activeSpeakers.slice(); },
       get participantId() { return selfId; },
       get messages() { return messages.map((m) => ({ ...m, at: m.at.getTime() })); },

@@ -10,7 +10,9 @@
 //! * **local** sections, created by our offers: each carries one of our senders (a
 //!   subscription) `sendonly`. A removed sender's section is rejected (port 0) in the next
 //!   offer; once that is agreed, the slot is free and a new sender takes it with a fresh mid
-//!   (m-line recycling), so a subscriber's SDP stays bounded under churn.
+//!   (m-line recycling), so a subscriber's SDP stays bounded under churn. The one exception
+//!   is the BUNDLE tag (the group's first section): rejecting it tears the client's
+//!   transport down, so it goes `inactive` instead and stays.
 //!
 //! Limits (each refused with a clear error, nothing applied): SDP size, sections per
 //! description, sections the client may add per offer, payload types per section.
@@ -630,10 +632,21 @@ impl Negotiator {
             return Err(negotiation("an offer is already outstanding"));
         }
         let mut next = self.sections.clone();
+        // The agreed BUNDLE tag (the group's first mid). Rejecting it makes the client tear
+        // the bundle transport down (Chromium sends DTLS close_notify and the whole session
+        // is lost), so a removed sender there leaves its section `inactive`, still in the
+        // group, instead. Such a section is never recycled; there is at most one per
+        // connection, since it stays the tag.
+        let tag = self.sections.iter().position(|s| !s.rejected);
         // Removed senders' sections are rejected; live ones offered as sending again.
-        for s in &mut next {
+        for (i, s) in next.iter_mut().enumerate() {
             if let Some(key) = s.sender {
                 if self.senders.get(&key).is_none_or(|snd| snd.removed) {
+                    if Some(i) == tag && s.kind != SectionKind::Application {
+                        s.sender = None;
+                        s.local_sends = false;
+                        continue;
+                    }
                     s.rejected = true;
                     s.local_sends = false;
                     s.codecs.clear();

@@ -172,6 +172,83 @@ a=rtcp-mux\r\na=recvonly\r\na=rtpmap:111 opus/48000/2\r\n"
     assert!(!n.needs_offer());
 }
 
+#[test]
+fn the_bundle_tag_goes_inactive_instead_of_rejected() {
+    // A subscriber whose first section is ours (we offered before the client did): when
+    // that sender is removed, rejecting the section would move the BUNDLE tag and the
+    // browser would close the transport. It stays in the group, inactive, never recycled.
+    let mut n = negotiator();
+    let opus = codec_table().remove(0);
+    let sender = |ssrc| Sender {
+        kind: MediaKind::Audio,
+        codec: opus.clone(),
+        ssrc,
+        stream_id: "s".into(),
+        track_id: format!("t{ssrc}"),
+        pt: None,
+        rtx_ssrc: 0x0bad_cafe,
+        rtx_pt: None,
+        removed: false,
+    };
+    let answer_all = |offer: &str| {
+        let mut out = SESSION.replace("a=ice-ufrag", "a=setup:active\r\na=ice-ufrag");
+        for block in offer.split("m=").skip(1) {
+            let mid = block
+                .lines()
+                .find_map(|l| l.strip_prefix("a=mid:"))
+                .unwrap()
+                .trim();
+            let (port, dir) = if block.starts_with("audio 0 ") {
+                (0, "inactive")
+            } else if block.contains("a=inactive") {
+                (9, "inactive")
+            } else {
+                (9, "recvonly")
+            };
+            out.push_str(&format!(
+                "m=audio {port} UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:{mid}\r\n\
+a=rtcp-mux\r\na={dir}\r\na=rtpmap:111 opus/48000/2\r\n"
+            ));
+        }
+        out
+    };
+    let first = n.add_sender(sender(1));
+    let second = n.add_sender(sender(2));
+    let offer = n.create_offer().unwrap();
+    assert!(offer.contains("a=group:BUNDLE h0 h1"), "{offer}");
+    n.apply_answer(&answer_all(&offer)).unwrap();
+
+    // Both removed: the tag goes inactive, the other is rejected.
+    n.remove_sender(first);
+    n.remove_sender(second);
+    assert!(n.needs_offer());
+    let offer = n.create_offer().unwrap();
+    assert!(offer.contains("a=group:BUNDLE h0\r\n"), "{offer}");
+    assert!(offer.contains("m=audio 9 UDP/TLS/RTP/SAVPF 111"), "{offer}");
+    assert!(offer.contains("m=audio 0 "), "{offer}");
+    let tag = offer.split("m=").nth(1).unwrap();
+    assert!(tag.contains("a=inactive") && !tag.contains("a=msid"), "{tag}");
+    n.apply_answer(&answer_all(&offer)).unwrap();
+    assert!(!n.needs_offer(), "the removed senders are settled");
+    assert!(n.sender(first).is_none() && n.sender(second).is_none());
+    assert!(!n.sections()[0].rejected && n.sections()[0].sender.is_none());
+
+    // New senders recycle the rejected slot, never the inactive tag; the tag stays put.
+    for round in 3..20 {
+        let key = n.add_sender(sender(round));
+        let offer = n.create_offer().unwrap();
+        assert!(offer.contains("a=group:BUNDLE h0 "), "round {round}: {offer}");
+        n.apply_answer(&answer_all(&offer)).unwrap();
+        assert_eq!(n.sender(key).unwrap().pt, Some(111), "round {round}");
+        assert!(n.sections()[0].sender.is_none(), "round {round}");
+        n.remove_sender(key);
+        let offer = n.create_offer().unwrap();
+        n.apply_answer(&answer_all(&offer)).unwrap();
+        assert!(n.sections().len() <= 3, "round {round}: {}", n.sections().len());
+    }
+    assert!(!n.needs_offer());
+}
+
 /// Answers every section of `offer` recvonly with the offer's own codec lines, dropping the
 /// RTX ones when `keep_rtx` is false.
 fn answer_video(offer: &str, keep_rtx: bool) -> String {
