@@ -227,7 +227,10 @@ a=rtcp-mux\r\na={dir}\r\na=rtpmap:111 opus/48000/2\r\n"
     assert!(offer.contains("m=audio 9 UDP/TLS/RTP/SAVPF 111"), "{offer}");
     assert!(offer.contains("m=audio 0 "), "{offer}");
     let tag = offer.split("m=").nth(1).unwrap();
-    assert!(tag.contains("a=inactive") && !tag.contains("a=msid"), "{tag}");
+    assert!(
+        tag.contains("a=inactive") && !tag.contains("a=msid"),
+        "{tag}"
+    );
     n.apply_answer(&answer_all(&offer)).unwrap();
     assert!(!n.needs_offer(), "the removed senders are settled");
     assert!(n.sender(first).is_none() && n.sender(second).is_none());
@@ -237,14 +240,21 @@ a=rtcp-mux\r\na={dir}\r\na=rtpmap:111 opus/48000/2\r\n"
     for round in 3..20 {
         let key = n.add_sender(sender(round));
         let offer = n.create_offer().unwrap();
-        assert!(offer.contains("a=group:BUNDLE h0 "), "round {round}: {offer}");
+        assert!(
+            offer.contains("a=group:BUNDLE h0 "),
+            "round {round}: {offer}"
+        );
         n.apply_answer(&answer_all(&offer)).unwrap();
         assert_eq!(n.sender(key).unwrap().pt, Some(111), "round {round}");
         assert!(n.sections()[0].sender.is_none(), "round {round}");
         n.remove_sender(key);
         let offer = n.create_offer().unwrap();
         n.apply_answer(&answer_all(&offer)).unwrap();
-        assert!(n.sections().len() <= 3, "round {round}: {}", n.sections().len());
+        assert!(
+            n.sections().len() <= 3,
+            "round {round}: {}",
+            n.sections().len()
+        );
     }
     assert!(!n.needs_offer());
 }
