@@ -509,6 +509,13 @@ pub enum ServerSignal {
     Transcript(Transcript),
     /// The meeting's captions changed.
     Captions(CaptionsState),
+    /// Which layers of one of this client's simulcast tracks nobody receives: the client
+    /// stops encoding those (and starts again when a later message leaves them out).
+    PublishLayers {
+        track: TrackId,
+        /// Layer indexes (the order of the track's encodings, lowest first).
+        paused: Vec<u8>,
+    },
 }
 
 /// A message the app sends to a meeting's participants (REST/gRPC), delivered over

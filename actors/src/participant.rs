@@ -166,6 +166,9 @@ pub enum ParticipantMsg {
         max_height: u32,
         /// The subscriber's bandwidth allocation caps it at this layer (None: no cap).
         max_layer: Option<u8>,
+        /// Nothing is forwarded to the subscriber now (tile hidden, or paused by its
+        /// bandwidth allocation): it needs no layer kept running for it.
+        idle: bool,
     },
     /// The meeting's loudest speaker now (the bandwidth allocation favours their camera).
     ActiveSpeaker(Option<ParticipantId>),
@@ -258,6 +261,41 @@ const MAX_TRACK_PREFS: usize = 256;
 /// A simulcast layer that has not sent for this long is not chosen for anyone.
 const LAYER_SILENT: Duration = Duration::from_secs(1);
 
+/// A simulcast layer nobody has needed for this long is paused at the publisher (needed
+/// again, it resumes at once): short flaps of a tile or an estimate cost no renegotiation.
+const LAYER_PAUSE_AFTER: Duration = Duration::from_secs(2);
+/// A resumed layer may take this long to send again before it counts as silent.
+const LAYER_RESUME_GRACE: Duration = Duration::from_secs(3);
+
+/// Dynacast state of one simulcast track we publish: which layers our client was told to
+/// pause, and since when the others have been unneeded or were resumed. Layer indexes
+/// above 63 are never paused.
+#[derive(Default)]
+struct LayerPauses {
+    /// Bit `l`: layer `l` is paused (the client was told).
+    paused: u64,
+    /// Layers nobody needs now, since when.
+    unneeded_since: HashMap<u8, Instant>,
+    /// Layers resumed lately, when (they count as sending while they start again).
+    resumed_at: HashMap<u8, Instant>,
+}
+
+impl LayerPauses {
+    fn is_paused(&self, layer: u8) -> bool {
+        layer < 64 && self.paused & (1 << layer) != 0
+    }
+
+    /// Paused by us, or resumed within [`LAYER_RESUME_GRACE`]: such a layer can be chosen
+    /// although it does not send now.
+    fn available(&self, layer: u8, now: Instant) -> bool {
+        self.is_paused(layer)
+            || self
+                .resumed_at
+                .get(&layer)
+                .is_some_and(|t| now.saturating_duration_since(*t) < LAYER_RESUME_GRACE)
+    }
+}
+
 /// Where one subscriber's leg of our simulcast track is.
 struct LayerChoice {
     leg: Arc<SendLeg>,
@@ -270,6 +308,9 @@ struct LayerChoice {
     max_height: u32,
     /// The subscriber's bandwidth allocation caps it at this layer.
     max_layer: Option<u8>,
+    /// Nothing is forwarded to it now (its tile is hidden, or its bandwidth allocation
+    /// paused the track): no layer is kept running for it.
+    idle: bool,
 }
 
 /// The rate a stream arrives or leaves at, over windows of a second.
@@ -292,6 +333,27 @@ impl RateWindow {
             self.bytes = 0;
         }
     }
+}
+
+/// Tells the publisher of `sub` what its layer choice for us depends on (tile height,
+/// bandwidth cap, whether anything is forwarded at all), if that changed.
+fn tell_layer_preference(sub: &mut Subscription, me: &ParticipantId, height: u32, cap: Option<u8>) {
+    let idle = sub.hidden || sub.bw_paused;
+    if (height, cap, idle) == (sub.told_height, sub.told_cap, sub.told_idle) {
+        return;
+    }
+    sub.told_height = height;
+    sub.told_cap = cap;
+    sub.told_idle = idle;
+    let _ = sub
+        .publisher_ref
+        .send_message(ParticipantMsg::LayerPreference {
+            track: sub.key,
+            subscriber: me.clone(),
+            max_height: height,
+            max_layer: cap,
+            idle,
+        });
 }
 
 /// The layer for a tile `max_height` pixels high: the lowest whose keyframes are at least
@@ -328,6 +390,8 @@ struct Subscription {
     told_height: u32,
     /// The layer cap the publisher was last told (bandwidth allocation).
     told_cap: Option<u8>,
+    /// What the publisher was last told of `hidden || bw_paused` (dynacast).
+    told_idle: bool,
     /// Whose track it is, its kind, and whether it is a screen share (allocation).
     publisher: ParticipantId,
     audio: bool,
@@ -380,6 +444,8 @@ pub struct ParticipantState {
     subscriptions: HashMap<TrackKey, Box<Subscription>>,
     /// Simulcast tracks we publish: each subscriber's leg and the layer it gets.
     layer_choices: HashMap<TrackKey, HashMap<ParticipantId, LayerChoice>>,
+    /// Simulcast tracks we publish: the layers our client was told to pause (dynacast).
+    layer_pauses: HashMap<TrackKey, LayerPauses>,
     /// How our client shows the tracks it receives (visible, height): kept for tracks it
     /// heard of before their subscription exists here (at most [`MAX_TRACK_PREFS`]).
     track_prefs: HashMap<TrackId, (bool, u32)>,
@@ -631,6 +697,7 @@ impl Actor for ParticipantActor {
                 published: Vec::new(),
                 subscriptions: HashMap::new(),
                 layer_choices: HashMap::new(),
+                layer_pauses: HashMap::new(),
                 cc: crate::congestion::Congestion::new(),
                 last_nack_at: None,
                 active_speaker: None,
@@ -750,6 +817,7 @@ impl Actor for ParticipantActor {
                         target: 0,
                         max_height: u32::MAX,
                         max_layer: None,
+                        idle: false,
                     };
                     let subscriber = choice.leg.subscriber.clone();
                     state
@@ -779,6 +847,7 @@ impl Actor for ParticipantActor {
                 subscriber,
                 max_height,
                 max_layer,
+                idle,
             } => {
                 if let Some(choice) = state
                     .layer_choices
@@ -787,6 +856,7 @@ impl Actor for ParticipantActor {
                 {
                     choice.max_height = max_height;
                     choice.max_layer = max_layer;
+                    choice.idle = idle;
                     state.choose_layers(now, track);
                 }
             }
@@ -1275,17 +1345,8 @@ impl ParticipantState {
         } else {
             height.min(16_384)
         };
-        if height != sub.told_height {
-            sub.told_height = height;
-            let _ = sub
-                .publisher_ref
-                .send_message(ParticipantMsg::LayerPreference {
-                    track: sub.key,
-                    subscriber: id,
-                    max_height: height,
-                    max_layer: sub.told_cap,
-                });
-        }
+        let cap = sub.told_cap;
+        tell_layer_preference(sub, &id, height, cap);
     }
 
     /// Tells the meeting which labels we can receive on.
@@ -1487,6 +1548,7 @@ impl ParticipantState {
         }
         self.published.retain(|p| p.group != group);
         self.layer_choices.remove(&group);
+        self.layer_pauses.remove(&group);
         let _ = self.meeting.send_message(MeetingMsg::TrackUnpublished {
             participant: self.id.clone(),
             track,
@@ -1503,7 +1565,7 @@ impl ParticipantState {
     /// Chooses each subscriber's layer of simulcast track `group` again (a tile changed, a
     /// layer appeared or told its size); a keyframe is asked of every layer switched to.
     fn choose_layers(&mut self, now: Instant, group: TrackKey) {
-        let layers = self.live_layers(group, now);
+        let layers = self.live_layers(group, now, true);
         let rates: Vec<(u8, u32)> = self
             .published
             .iter()
@@ -1552,20 +1614,123 @@ impl ParticipantState {
             }
         }
         self.sync_layers(group);
+        self.update_layer_pauses(now, group);
+    }
+
+    /// Dynacast: the layers of simulcast track `group` that somebody receives or is
+    /// moving to, and the lowest one always; a fan-out member without a leg yet (a
+    /// subscriber still negotiating, an API tap) needs the best one. Bit `l`: layer `l`.
+    fn needed_layers(&self, now: Instant, group: TrackKey) -> u64 {
+        let bit = |l: u8| if l < 64 { 1u64 << l } else { 0 };
+        let layers = self.live_layers(group, now, true);
+        let mut needed = layers.first().map_or(0, |(l, _)| bit(*l));
+        let empty = HashMap::new();
+        let choices = self.layer_choices.get(&group).unwrap_or(&empty);
+        for c in choices.values().filter(|c| c.leg.is_open() && !c.idle) {
+            needed |= bit(c.target) | c.current.map_or(0, bit);
+        }
+        let untracked = self
+            .published
+            .iter()
+            .find(|p| p.group == group)
+            .is_some_and(|p| {
+                p.fanout
+                    .iter()
+                    .any(|l| !choices.contains_key(&l.participant))
+            });
+        if untracked && let Some((best, _)) = layers.last() {
+            needed |= bit(*best);
+        }
+        needed
+    }
+
+    /// Tells our client to pause the layers of `group` nobody has needed for
+    /// [`LAYER_PAUSE_AFTER`] and to resume those needed again. Only a layer that sends is
+    /// paused (one the browser stopped on its own is left alone, so it comes back by
+    /// itself); sessions without signaling (WHIP) are not told anything.
+    fn update_layer_pauses(&mut self, now: Instant, group: TrackKey) {
+        if self.client_offers_only {
+            return;
+        }
+        let needed = self.needed_layers(now, group);
+        let layers: Vec<(u8, bool, TrackId)> = self
+            .published
+            .iter()
+            .filter(|p| p.group == group)
+            .filter_map(|p| {
+                let sending = p
+                    .last_packet
+                    .is_some_and(|t| now.saturating_duration_since(t) < LAYER_SILENT);
+                Some((p.layer.filter(|l| *l < 64)?, sending, p.info.id.clone()))
+            })
+            .collect();
+        let Some(track) = layers.first().map(|(_, _, t)| t.clone()) else {
+            return;
+        };
+        let pauses = self.layer_pauses.entry(group).or_default();
+        let mut paused = 0u64;
+        for (layer, sending, _) in &layers {
+            let bit = 1u64 << layer;
+            if needed & bit != 0 {
+                pauses.unneeded_since.remove(layer);
+                continue;
+            }
+            let since = *pauses.unneeded_since.entry(*layer).or_insert(now);
+            let long = now.saturating_duration_since(since) >= LAYER_PAUSE_AFTER;
+            if pauses.paused & bit != 0 || (long && *sending) {
+                paused |= bit;
+            }
+        }
+        if paused == pauses.paused {
+            return;
+        }
+        let resumed = pauses.paused & !paused;
+        for (layer, _, _) in &layers {
+            let bit = 1u64 << layer;
+            if resumed & bit != 0 {
+                pauses.resumed_at.insert(*layer, now);
+                metrics::counter!("hearth_simulcast_layer_changes_total", "change" => "resumed")
+                    .increment(1);
+            } else if paused & bit != 0 && pauses.paused & bit == 0 {
+                pauses.resumed_at.remove(layer);
+                metrics::counter!("hearth_simulcast_layer_changes_total", "change" => "paused")
+                    .increment(1);
+            }
+        }
+        pauses.paused = paused;
+        let list: Vec<u8> = (0..64u8).filter(|l| paused & (1 << l) != 0).collect();
+        tracing::debug!(participant = %self.id, %track, paused = ?list, "simulcast layers to send");
+        self.signal.send(ServerSignal::PublishLayers {
+            track,
+            paused: list,
+        });
+        // A resumed layer: its rate is measured afresh, and whoever waits for it gets a
+        // keyframe as soon as it sends.
+        for p in self.published.iter_mut().filter(|p| p.group == group) {
+            if p.layer.is_some_and(|l| l < 64 && resumed & (1 << l) != 0) {
+                p.rate.start = None;
+                p.keyframes.request(now);
+            }
+        }
     }
 
     /// The layers of simulcast track `group` that send (a layer silent for
     /// [`LAYER_SILENT`] while another sends is left out), smallest first: by the height
     /// their keyframes announce, unknown ones last, then by rid order.
-    fn live_layers(&self, group: TrackKey, now: Instant) -> Vec<(u8, Option<u16>)> {
+    ///
+    /// With `paused`, a layer we paused (or resumed lately) counts as sending: it can be
+    /// chosen, and choosing it resumes it.
+    fn live_layers(&self, group: TrackKey, now: Instant, paused: bool) -> Vec<(u8, Option<u16>)> {
         let entries: Vec<&Published> = self
             .published
             .iter()
             .filter(|p| p.group == group && p.layer.is_some())
             .collect();
+        let pauses = self.layer_pauses.get(&group).filter(|_| paused);
         let alive = |p: &Published| {
             p.last_packet
                 .is_some_and(|t| now.saturating_duration_since(t) < LAYER_SILENT)
+                || pauses.is_some_and(|d| p.layer.is_some_and(|l| d.available(l, now)))
         };
         let any_alive = entries.iter().any(|p| alive(p));
         let mut layers: Vec<(u8, Option<u16>)> = entries
@@ -1588,7 +1753,11 @@ impl ParticipantState {
             .filter(|p| p.group == group)
             .filter_map(|p| p.last_packet)
             .max()
-            .and_then(|newest| self.live_layers(group, newest).last().map(|(l, _)| *l));
+            .and_then(|newest| {
+                self.live_layers(group, newest, false)
+                    .last()
+                    .map(|(l, _)| *l)
+            });
         let empty = HashMap::new();
         let choices = self.layer_choices.get(&group).unwrap_or(&empty);
         for p in self
@@ -2015,17 +2184,10 @@ impl ParticipantState {
                 Grant::Full => None,
             };
             if sub.told_cap != cap {
-                sub.told_cap = cap;
                 tracing::debug!(participant = %self.id, track = %sub.track, ?cap, estimate, "bandwidth cap");
-                let _ = sub
-                    .publisher_ref
-                    .send_message(ParticipantMsg::LayerPreference {
-                        track: sub.key,
-                        subscriber: self.id.clone(),
-                        max_height: sub.told_height,
-                        max_layer: cap,
-                    });
             }
+            let height = sub.told_height;
+            tell_layer_preference(sub, &self.id, height, cap);
         }
     }
 
@@ -2091,8 +2253,14 @@ impl ParticipantState {
         if self.cc.allocation_due(now) {
             self.allocate_bandwidth(now);
         }
-        // Simulcast: a layer that stopped sending is left for one that sends.
-        let groups: Vec<TrackKey> = self.layer_choices.keys().copied().collect();
+        // Simulcast: a layer that stopped sending is left for one that sends; layers
+        // nobody needs are paused (also for tracks nobody receives).
+        let mut groups: Vec<TrackKey> = Vec::new();
+        for p in self.published.iter().filter(|p| p.layer.is_some()) {
+            if !groups.contains(&p.group) {
+                groups.push(p.group);
+            }
+        }
         for group in groups {
             self.choose_layers(now, group);
         }
@@ -2219,6 +2387,7 @@ impl ParticipantState {
                                     hidden: false,
                                     told_height: u32::MAX,
                                     told_cap: None,
+                                    told_idle: false,
                                     publisher: track.publisher.clone(),
                                     audio: track.info.kind == MediaKind::Audio,
                                     screen: track.info.source == crate::domain::TrackSource::Screen,

@@ -401,6 +401,10 @@ pub fn server_message(signal: ServerSignal) -> S {
         }
         ServerSignal::Transcript(t) => S::Transcript(transcript(t)),
         ServerSignal::Captions(c) => S::Captions(captions(&c)),
+        ServerSignal::PublishLayers { track, paused } => S::PublishLayers(pb::PublishLayers {
+            track_id: track.to_string(),
+            paused_layers: paused.into_iter().map(u32::from).collect(),
+        }),
         ServerSignal::AppMessage(m) => S::AppMessage(pb::AppMessage {
             id: m.id,
             text: m.text,

@@ -216,6 +216,7 @@
     appMessage: onAppMessage,
     transcript: onTranscript,
     captions: (conn, m) => setCaptionsState(m),
+    publishLayers: applyPublishLayers,
     pong: () => {},
   };
 
@@ -689,6 +690,26 @@
       attachStream(self);
     }
     applyLocalMute();
+  }
+
+  // Dynacast: the server says which layers of our simulcast camera nobody receives; the
+  // browser stops encoding them (and starts again when a later message leaves them out).
+  // Each message replaces the last for that track; the lowest layer is never paused.
+  function applyPublishLayers(conn, m) {
+    const self = participants.get(selfId);
+    const track = self && self.tracks.get(m.trackId);
+    const transceiver = track && track.mid && conn.pc && conn.pc.getTransceivers().find((t) => t.mid === track.mid);
+    if (!transceiver) return undefined;
+    const paused = new Set((m.pausedLayers || []).map(Number));
+    const params = transceiver.sender.getParameters();
+    const encodings = params.encodings || [];
+    if (encodings.length < 2) return undefined;
+    let changed = false;
+    encodings.forEach((e, i) => {
+      const active = i === 0 || !paused.has(i);
+      if (e.active !== active) { e.active = active; changed = true; }
+    });
+    return changed ? transceiver.sender.setParameters(params) : undefined;
   }
 
   // `?codec=h264` (or vp8) puts that codec first in our video offer; the default is the

@@ -2,7 +2,8 @@
 // client's default); Bob's large tile receives the top layer while Carol's small tile
 // receives a smaller one; when Carol's tiles grow, she moves up; when she hides Alice's
 // tile, nothing of Alice's video is sent to her (her audio still is), and showing it again
-// brings the picture back.
+// brings the picture back. Dynacast: when no tile shows Alice large (and when nobody is
+// left), her browser stops encoding the top layer; a large tile brings it back.
 // Run inside a network namespace with only loopback (tests/browser/run.sh does that).
 //
 //   node tests/browser/simulcast.test.mjs <path to hearth binary>
@@ -107,6 +108,40 @@ try {
   await until('carol decodes alice again', async () =>
     counter(await carol.stats(), aliceId, 'video', 'framesDecoded') > resumed + 20, 20000);
   log('shown again: carol decodes alice\'s video again');
+
+  // Dynacast: once nobody shows Alice's camera large, her browser stops encoding the top
+  // layer (the server tells it to); a large tile again, and it comes back.
+  const topRid = layers.reduce((a, b) => (b.width > a.width ? b : a)).rid;
+  const topLayer = async () => (await alice.page.evaluate(() => window.hearth.outboundLayers()))
+    .find((x) => x.rid === topRid);
+  const bobSmall = await bob.page.addStyleTag({ content: SMALL });
+  await carol.page.addStyleTag({ content: SMALL });
+  const t0 = Date.now();
+  await until('alice pauses her top layer', async () => (await topLayer()).active === false, 20000);
+  let sent = -1;
+  await until('alice\'s top layer sends nothing', async () => {
+    const bytes = (await topLayer()).bytesSent;
+    const still = bytes === sent;
+    sent = bytes;
+    return still;
+  }, 10000, 500);
+  log(`small tiles everywhere: alice paused her top layer after ${Date.now() - t0} ms`);
+  const decodedSmall = counter(await bob.stats(), aliceId, 'video', 'framesDecoded');
+  await until('bob still decodes alice (the small layer)', async () =>
+    counter(await bob.stats(), aliceId, 'video', 'framesDecoded') > decodedSmall + 20, 15000);
+  await bobSmall.evaluate((el) => el.remove());
+  const t1 = Date.now();
+  await until('alice resumes her top layer', async () => (await topLayer()).active === true, 15000);
+  await until('bob receives alice\'s top layer again', async () => (await receivedWidth(bob, aliceId)) >= full, 20000);
+  log(`bob's tile grew: top layer back at bob ${Date.now() - t1} ms later`);
+
+  // Nobody left to watch: only the lowest layer keeps going.
+  await bob.context.close();
+  await carol.context.close();
+  await until('alone, alice pauses her top layer', async () => (await topLayer()).active === false, 20000);
+  const lowest = (await alice.page.evaluate(() => window.hearth.outboundLayers())).filter((x) => x.rid !== topRid);
+  assert.ok(lowest.length >= 1 && lowest.every((x) => x.active), JSON.stringify(lowest));
+  log('alone: alice sends only', JSON.stringify(lowest.map((x) => x.rid)));
   assert.deepEqual(logs.filter((l) => l.includes('pageerror')), []);
 } catch (e) {
   failed = true;

@@ -1862,6 +1862,13 @@ fn record_event(s: &mut ClientStats, me: &str, message: S) {
             s.events.push(format!("captions {}", c.enabled));
             s.captions = Some(c);
         }
+        S::PublishLayers(l) => {
+            // This client publishes no simulcast: recorded, nothing to change.
+            s.events.push(format!(
+                "publishLayers {} {:?}",
+                l.track_id, l.paused_layers
+            ));
+        }
         S::ParticipantJoined(j) => {
             let id = j.participant.map(|p| p.id).unwrap_or_default();
             s.events.push(format!("participantJoined {id}"));
