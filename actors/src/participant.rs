@@ -1840,8 +1840,7 @@ impl ParticipantState {
         }
         if packet.keyframe
             && p.layer.is_some()
-            && p.codec.codec == hearth_engine::media::Codec::Vp8
-            && let Some(dims) = hearth_engine::codec::vp8_keyframe_size(&packet.payload)
+            && let Some(dims) = hearth_engine::codec::keyframe_size(p.codec.codec, &packet.payload)
             && p.dims != Some(dims)
         {
             p.dims = Some(dims);

@@ -1,4 +1,5 @@
-//! Keyframe detection from RTP payloads (VP8, VP9, H.264).
+//! Keyframe detection from RTP payloads (VP8, VP9, H.264), and the frame size keyframes
+//! announce (simulcast layers are told apart by it).
 //!
 //! The publisher side calls [`is_keyframe`] once per packet and stores the answer in
 //! [`MediaPacket::keyframe`](crate::media::MediaPacket::keyframe), so subscribers never parse.
@@ -95,6 +96,57 @@ pub fn vp8_keyframe_size(payload: &[u8]) -> Option<(u16, u16)> {
     (width > 0 && height > 0).then_some((width, height))
 }
 
+/// The frame size a keyframe packet announces, for the codecs that carry it in the packet
+/// that starts the keyframe: VP8 (the frame header), VP9 (the scalability structure of the
+/// payload descriptor) and H.264 (the sequence parameter set). None for anything else.
+pub fn keyframe_size(codec: Codec, payload: &[u8]) -> Option<(u16, u16)> {
+    match codec {
+        Codec::Vp8 => vp8_keyframe_size(payload),
+        Codec::Vp9 => vp9_keyframe_size(payload),
+        Codec::H264 => h264_keyframe_size(payload),
+        Codec::Opus | Codec::Av1 | Codec::Other => None,
+    }
+}
+
+/// The size in a VP9 payload descriptor's scalability structure (RFC 9628 §4.2.1, present
+/// when V = 1, normally on keyframes): the largest spatial layer's width and height.
+pub fn vp9_keyframe_size(payload: &[u8]) -> Option<(u16, u16)> {
+    let b0 = *payload.first()?;
+    if b0 & 0x02 == 0 {
+        return None; // no scalability structure
+    }
+    let mut i = 1;
+    if b0 & 0x80 != 0 {
+        i += if *payload.get(i)? & 0x80 != 0 { 2 } else { 1 };
+    }
+    let flexible = b0 & 0x10 != 0;
+    if b0 & 0x20 != 0 {
+        // Layer indices, and TL0PICIDX in non-flexible mode.
+        i += if flexible { 1 } else { 2 };
+    }
+    if flexible && b0 & 0x40 != 0 {
+        // Up to three reference indices, each with a "another follows" bit.
+        for _ in 0..3 {
+            let p_diff = *payload.get(i)?;
+            i += 1;
+            if p_diff & 0x01 == 0 {
+                break;
+            }
+        }
+    }
+    let ss = *payload.get(i)?;
+    i += 1;
+    let layers = usize::from(ss >> 5) + 1;
+    if ss & 0x10 == 0 {
+        return None; // no resolutions in it
+    }
+    let sizes = payload.get(i..i + 4 * layers)?;
+    let last = &sizes[4 * (layers - 1)..];
+    let width = u16::from_be_bytes([last[0], last[1]]);
+    let height = u16::from_be_bytes([last[2], last[3]]);
+    (width > 0 && height > 0).then_some((width, height))
+}
+
 /// VP9 (payload descriptor of RFC 9628 §4.2). The first byte is `|I|P|L|F|B|E|V|Z|`.
 ///
 /// Kept simple: a packet starts a keyframe when P (inter-picture predicted) is 0 and B
@@ -148,6 +200,188 @@ pub fn h264_is_keyframe(payload: &[u8]) -> bool {
             .is_some_and(|&fu| fu & 0x80 != 0 && matches!(fu & 0x1f, H264_IDR | H264_SPS)),
         _ => false,
     }
+}
+
+/// The frame size of the sequence parameter set this packet carries (a single SPS NAL
+/// unit, or one in a STAP-A); browsers send the SPS with every IDR. None if there is none
+/// or it does not parse.
+pub fn h264_keyframe_size(payload: &[u8]) -> Option<(u16, u16)> {
+    let b0 = *payload.first()?;
+    match b0 & 0x1f {
+        H264_SPS => h264_sps_size(payload.get(1..)?),
+        H264_STAP_A => {
+            let mut body = payload.get(1..)?;
+            while let [hi, lo, rest @ ..] = body {
+                let size = usize::from(u16::from_be_bytes([*hi, *lo]));
+                let nal = rest.get(..size)?;
+                if nal.first().is_some_and(|&h| h & 0x1f == H264_SPS) {
+                    return h264_sps_size(nal.get(1..)?);
+                }
+                if size == 0 {
+                    return None;
+                }
+                body = rest.get(size..)?;
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Reads an RBSP bit by bit, dropping emulation prevention bytes (`00 00 03`).
+struct RbspReader<'a> {
+    data: &'a [u8],
+    byte: usize,
+    bit: u8,
+    zeros: u8,
+}
+
+impl<'a> RbspReader<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        Self {
+            data,
+            byte: 0,
+            bit: 0,
+            zeros: 0,
+        }
+    }
+
+    fn bit(&mut self) -> Option<u32> {
+        if self.bit == 0 {
+            // Entering a new byte: skip it if it is an emulation prevention byte.
+            let b = *self.data.get(self.byte)?;
+            if self.zeros >= 2 && b == 0x03 {
+                self.byte += 1;
+                self.zeros = 0;
+            }
+            let b = *self.data.get(self.byte)?;
+            self.zeros = if b == 0 { self.zeros + 1 } else { 0 };
+        }
+        let b = *self.data.get(self.byte)?;
+        let v = (b >> (7 - self.bit)) & 1;
+        self.bit += 1;
+        if self.bit == 8 {
+            self.bit = 0;
+            self.byte += 1;
+        }
+        Some(u32::from(v))
+    }
+
+    fn bits(&mut self, n: u32) -> Option<u32> {
+        (0..n).try_fold(0u32, |acc, _| Some((acc << 1) | self.bit()?))
+    }
+
+    /// ue(v): unsigned exp-Golomb, at most 31 leading zeros.
+    fn ue(&mut self) -> Option<u32> {
+        let mut zeros = 0;
+        while self.bit()? == 0 {
+            zeros += 1;
+            if zeros > 31 {
+                return None;
+            }
+        }
+        let rest = self.bits(zeros)?;
+        Some(((1u64 << zeros) - 1 + u64::from(rest)).min(u64::from(u32::MAX)) as u32)
+    }
+
+    /// se(v): signed exp-Golomb.
+    fn se(&mut self) -> Option<i64> {
+        let k = i64::from(self.ue()?);
+        Some(if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) })
+    }
+}
+
+/// Width and height from an SPS (ITU-T H.264 §7.3.2.1.1, after the NAL header byte):
+/// macroblocks times 16, minus the cropping window.
+fn h264_sps_size(rbsp: &[u8]) -> Option<(u16, u16)> {
+    let mut r = RbspReader::new(rbsp);
+    let profile = r.bits(8)?;
+    r.bits(16)?; // constraint flags, level
+    r.ue()?; // seq_parameter_set_id
+    let mut chroma_format = 1;
+    let mut separate_planes = false;
+    if matches!(
+        profile,
+        100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
+    ) {
+        chroma_format = r.ue()?;
+        if chroma_format > 3 {
+            return None;
+        }
+        if chroma_format == 3 {
+            separate_planes = r.bit()? == 1;
+        }
+        r.ue()?; // bit_depth_luma_minus8
+        r.ue()?; // bit_depth_chroma_minus8
+        r.bit()?; // qpprime_y_zero_transform_bypass_flag
+        if r.bit()? == 1 {
+            // Scaling matrices: parsed only to skip them.
+            let lists = if chroma_format == 3 { 12 } else { 8 };
+            for i in 0..lists {
+                if r.bit()? == 1 {
+                    let size = if i < 6 { 16 } else { 64 };
+                    let (mut last, mut next) = (8i64, 8i64);
+                    for _ in 0..size {
+                        if next != 0 {
+                            next = (last + r.se()? + 256).rem_euclid(256);
+                        }
+                        if next != 0 {
+                            last = next;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    r.ue()?; // log2_max_frame_num_minus4
+    match r.ue()? {
+        0 => {
+            r.ue()?; // log2_max_pic_order_cnt_lsb_minus4
+        }
+        1 => {
+            r.bit()?; // delta_pic_order_always_zero_flag
+            r.se()?; // offset_for_non_ref_pic
+            r.se()?; // offset_for_top_to_bottom_field
+            let cycle = r.ue()?;
+            if cycle > 255 {
+                return None;
+            }
+            for _ in 0..cycle {
+                r.se()?;
+            }
+        }
+        2 => {}
+        _ => return None,
+    }
+    r.ue()?; // max_num_ref_frames
+    r.bit()?; // gaps_in_frame_num_value_allowed_flag
+    let width_mbs = u64::from(r.ue()?) + 1;
+    let height_units = u64::from(r.ue()?) + 1;
+    let frame_mbs_only = u64::from(r.bit()?);
+    if frame_mbs_only == 0 {
+        r.bit()?; // mb_adaptive_frame_field_flag
+    }
+    r.bit()?; // direct_8x8_inference_flag
+    let (mut left, mut right, mut top, mut bottom) = (0u64, 0u64, 0u64, 0u64);
+    if r.bit()? == 1 {
+        left = u64::from(r.ue()?);
+        right = u64::from(r.ue()?);
+        top = u64::from(r.ue()?);
+        bottom = u64::from(r.ue()?);
+    }
+    // Crop units (§7.4.2.1.1): chroma subsampling, and fields count twice vertically.
+    let (sub_w, sub_h) = match (chroma_format, separate_planes) {
+        (0, _) | (3, true) => (1, 1),
+        (1, _) => (2, 2),
+        (2, _) => (2, 1),
+        _ => (1, 1),
+    };
+    let crop_x = sub_w;
+    let crop_y = sub_h * (2 - frame_mbs_only);
+    let width = (width_mbs * 16).checked_sub(crop_x * (left + right))?;
+    let height = (height_units * 16 * (2 - frame_mbs_only)).checked_sub(crop_y * (top + bottom))?;
+    let ok = |v: u64| (1..=16_384).contains(&v);
+    (ok(width) && ok(height)).then(|| (width as u16, height as u16))
 }
 
 /// Walks the `(16-bit size, NAL unit)` list of a STAP-A body; stops at the first malformed size.
@@ -340,5 +574,188 @@ mod tests {
         let mut bad = packet;
         bad[8] = 0;
         assert_eq!(vp8_keyframe_size(&bad), None, "no start code");
+    }
+
+    /// Writes SPS fields as the standard lays them out, then adds emulation prevention.
+    #[derive(Default)]
+    struct SpsWriter {
+        bits: Vec<u8>,
+    }
+
+    impl SpsWriter {
+        fn put(&mut self, v: u64, n: u32) -> &mut Self {
+            for i in (0..n).rev() {
+                self.bits.push(((v >> i) & 1) as u8);
+            }
+            self
+        }
+        fn ue(&mut self, v: u32) -> &mut Self {
+            let x = u64::from(v) + 1;
+            let len = 64 - x.leading_zeros();
+            self.put(0, len - 1).put(x, len)
+        }
+        fn se(&mut self, v: i32) -> &mut Self {
+            let k = if v > 0 {
+                2 * v as u32 - 1
+            } else {
+                (-2 * v) as u32
+            };
+            self.ue(k)
+        }
+        /// The NAL unit: header byte, the RBSP with its stop bit, emulation prevention.
+        fn nal(&mut self) -> Vec<u8> {
+            self.put(1, 1);
+            while self.bits.len() % 8 != 0 {
+                self.bits.push(0);
+            }
+            let rbsp: Vec<u8> = self
+                .bits
+                .chunks(8)
+                .map(|c| c.iter().fold(0, |a, b| (a << 1) | b))
+                .collect();
+            let mut out = vec![0x67];
+            let mut zeros = 0;
+            for b in rbsp {
+                if zeros >= 2 && b <= 3 {
+                    out.push(0x03);
+                    zeros = 0;
+                }
+                out.push(b);
+                zeros = if b == 0 { zeros + 1 } else { 0 };
+            }
+            out
+        }
+    }
+
+    /// Profile, constraints, level, sps id; a baseline-style body from log2_max_frame_num on.
+    fn sps_body(
+        w: &mut SpsWriter,
+        width_mbs: u32,
+        height_units: u32,
+        frame_mbs_only: bool,
+        crop: Option<[u32; 4]>,
+    ) {
+        w.ue(0).ue(0).ue(2); // log2_max_frame_num_minus4, poc type 0, its lsb size
+        w.ue(1).put(0, 1); // max_num_ref_frames, gaps
+        w.ue(width_mbs - 1).ue(height_units - 1);
+        w.put(u64::from(frame_mbs_only), 1);
+        if !frame_mbs_only {
+            w.put(0, 1);
+        }
+        w.put(1, 1); // direct_8x8_inference
+        match crop {
+            Some([l, r, t, b]) => {
+                w.put(1, 1).ue(l).ue(r).ue(t).ue(b);
+            }
+            None => {
+                w.put(0, 1);
+            }
+        }
+        w.put(0, 1); // vui_parameters_present_flag
+    }
+
+    #[test]
+    fn h264_sps_announces_the_frame_size() {
+        // Constrained baseline 640x360: 40 x 23 macroblocks, 8 rows cropped (4 units of 2).
+        let mut w = SpsWriter::default();
+        w.put(66, 8).put(0xc0, 8).put(31, 8).ue(0);
+        sps_body(&mut w, 40, 23, true, Some([0, 0, 0, 4]));
+        let sps = w.nal();
+        assert_eq!(h264_keyframe_size(&sps), Some((640, 360)));
+        assert_eq!(keyframe_size(Codec::H264, &sps), Some((640, 360)));
+
+        // The same in a STAP-A after an SEI, with a PPS behind it.
+        let mut stap = vec![0x78, 0x00, 0x02, 0x06, 0x05];
+        stap.extend_from_slice(&(sps.len() as u16).to_be_bytes());
+        stap.extend_from_slice(&sps);
+        stap.extend_from_slice(&[0x00, 0x02, 0x68, 0xce]);
+        assert_eq!(h264_keyframe_size(&stap), Some((640, 360)));
+
+        // High profile 1280x720 with scaling lists and picture order type 1.
+        let mut w = SpsWriter::default();
+        w.put(100, 8).put(0, 8).put(40, 8).ue(1);
+        w.ue(1).ue(0).ue(0).put(0, 1); // 4:2:0, 8 bit, no bypass
+        w.put(1, 1); // scaling matrix present
+        for i in 0..8 {
+            if i == 1 || i == 6 {
+                w.put(1, 1);
+                let size = if i < 6 { 16 } else { 64 };
+                for j in 0..size {
+                    w.se(if j == 3 { -8 } else { 1 });
+                }
+            } else {
+                w.put(0, 1);
+            }
+        }
+        w.ue(0).ue(1); // log2_max_frame_num_minus4, poc type 1
+        w.put(0, 1).se(-2).se(3).ue(2).se(5).se(-7);
+        w.ue(3)
+            .put(0, 1)
+            .ue(79)
+            .ue(44)
+            .put(1, 1)
+            .put(1, 1)
+            .put(0, 1)
+            .put(0, 1);
+        assert_eq!(h264_keyframe_size(&w.nal()), Some((1280, 720)));
+
+        // Interlaced 1920x1080: 34 map units of field pairs, cropped by 2 units of 4 rows.
+        let mut w = SpsWriter::default();
+        w.put(77, 8).put(0, 8).put(40, 8).ue(0);
+        sps_body(&mut w, 120, 34, false, Some([0, 0, 0, 2]));
+        assert_eq!(h264_keyframe_size(&w.nal()), Some((1920, 1080)));
+
+        // Level 0 and a large sps id make `00 00 00`: emulation prevention must be undone.
+        let mut w = SpsWriter::default();
+        w.put(66, 8).put(0, 8).put(0, 8).ue(1000);
+        sps_body(&mut w, 20, 15, true, None);
+        let sps = w.nal();
+        assert!(sps.windows(3).any(|x| x == [0, 0, 3]), "{sps:02x?}");
+        assert_eq!(h264_keyframe_size(&sps), Some((320, 240)));
+
+        // Not an SPS, truncated, or cropped away to nothing.
+        assert_eq!(h264_keyframe_size(&[0x65, 0x88, 0x84]), None);
+        let full = {
+            let mut w = SpsWriter::default();
+            w.put(66, 8).put(0xc0, 8).put(31, 8).ue(0);
+            sps_body(&mut w, 40, 23, true, Some([0, 0, 0, 4]));
+            w.nal()
+        };
+        for len in 0..full.len() - 1 {
+            assert_eq!(h264_keyframe_size(&full[..len]), None, "len {len}");
+        }
+        let mut w = SpsWriter::default();
+        w.put(66, 8).put(0, 8).put(31, 8).ue(0);
+        sps_body(&mut w, 1, 1, true, Some([0, 0, 0, 9]));
+        assert_eq!(h264_keyframe_size(&w.nal()), None, "cropped below zero");
+    }
+
+    #[test]
+    fn vp9_scalability_structure_announces_the_frame_size() {
+        // I (7-bit picture id), B, V; SS: one spatial layer with its size, 640 x 360.
+        let packet = [0x8a, 0x05, 0x10, 0x02, 0x80, 0x01, 0x68, 0x00];
+        assert_eq!(vp9_keyframe_size(&packet), Some((640, 360)));
+        // Non-flexible with layer indices (two bytes), three spatial layers: the largest.
+        let packet = [
+            0xaa, 0x80, 0x01, 0x00, 0x00, 0x50, 0x01, 0x40, 0x00, 0xb4, 0x02, 0x80, 0x01, 0x68,
+            0x05, 0x00, 0x02, 0xd0,
+        ];
+        assert_eq!(keyframe_size(Codec::Vp9, &packet), Some((1280, 720)));
+        // No V bit, or Y = 0, or truncated: nothing.
+        assert_eq!(vp9_keyframe_size(&[0x88, 0x05]), None);
+        assert_eq!(vp9_keyframe_size(&[0x8a, 0x05, 0x00, 0x00]), None);
+        assert_eq!(vp9_keyframe_size(&packet[..packet.len() - 1]), None);
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic_the_size_parsers(bytes in proptest::collection::vec(any::<u8>(), 0..96)) {
+            for codec in [Codec::Vp8, Codec::Vp9, Codec::H264] {
+                let _ = keyframe_size(codec, &bytes);
+            }
+            let mut sps = vec![0x67];
+            sps.extend_from_slice(&bytes);
+            let _ = h264_keyframe_size(&sps);
+        }
     }
 }

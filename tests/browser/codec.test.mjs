@@ -1,6 +1,7 @@
 // Browser end to end: H264 and VP8 in one meeting. Alice's page prefers H264 for what it
 // sends (`?codec=h264`), Bob's sends VP8; each decodes the other's video, in the codec its
-// publisher chose (the SFU forwards, it never transcodes).
+// publisher chose (the SFU forwards, it never transcodes). And H.264 simulcast: a small tile
+// gets the small layer, told apart by the size in the layers' SPS.
 //
 //   node tests/browser/codec.test.mjs <path to hearth binary>
 import assert from 'node:assert/strict';
@@ -27,7 +28,42 @@ async function pair(meeting, first, second) {
   await b.context.close();
 }
 
+/** The width at which `viewer` receives `from`'s camera now (0 if none). */
+async function receivedWidth(viewer, from) {
+  const lines = await viewer.page.evaluate(() => window.hearth.statsOverlay());
+  const video = lines.find((l) => l.participant === from && l.kind === 'video');
+  return video ? video.width : 0;
+}
+
+/**
+ * H.264 simulcast: the layers' sizes come from the SPS of their keyframes, so a small tile
+ * gets the small layer and a large one the full layer, as with VP8.
+ */
+async function h264Simulcast() {
+  const alice = await openParticipant(chromium.browser, server.base, 'codecs-3', 'alice', logs, '&codec=h264');
+  const aliceId = await until('alice joined', async () => (await alice.stats()).participantId);
+  const bob = await openParticipant(chromium.browser, server.base, 'codecs-3', 'bob', logs);
+  const carol = await openParticipant(chromium.browser, server.base, 'codecs-3', 'carol', logs);
+  await carol.page.addStyleTag({ content: '#grid { grid-template-columns: repeat(auto-fill, 96px) !important; } #grid .tile { width: 96px !important; }' });
+  const layers = await until('alice sends two H.264 layers', async () => {
+    const l = await alice.page.evaluate(() => window.hearth.outboundLayers());
+    return l.filter((x) => x.bytesSent > 0 && x.width > 0).length >= 2 ? l : null;
+  }, 20000);
+  const top = Math.max(...layers.map((x) => x.width));
+  for (const p of [bob, carol]) await p.page.evaluate(() => window.hearth.setStatsOverlay(true));
+  await until('bob receives the top layer', async () => (await receivedWidth(bob, aliceId)) >= top, 30000);
+  const small = await until('carol receives a smaller layer', async () => {
+    const w = await receivedWidth(carol, aliceId);
+    return w > 0 && w < top ? w : null;
+  }, 30000);
+  const codec = (await carol.stats()).remote.find((r) => r.participant === aliceId && r.kind === 'video')?.codec;
+  assert.equal(codec?.toLowerCase(), 'video/h264', 'carol receives H.264');
+  console.log(`H.264 simulcast: alice sends ${JSON.stringify(layers.map((x) => `${x.rid} ${x.width}x${x.height}`))}; bob gets ${top} px wide, carol's small tile ${small}`);
+  for (const p of [alice, bob, carol]) await p.context.close();
+}
+
 try {
+  await h264Simulcast();
   await pair('codecs-1', { name: 'alice', codec: 'h264' }, { name: 'bob', codec: 'vp8' });
   console.log('H264 publisher first, then VP8: both forwarded and decoded');
   await pair('codecs-2', { name: 'carol', codec: 'vp8' }, { name: 'dave', codec: 'h264' });
