@@ -381,7 +381,7 @@ fn h264_sps_size(rbsp: &[u8]) -> Option<(u16, u16)> {
     let width = (width_mbs * 16).checked_sub(crop_x * (left + right))?;
     let height = (height_units * 16 * (2 - frame_mbs_only)).checked_sub(crop_y * (top + bottom))?;
     let ok = |v: u64| (1..=16_384).contains(&v);
-    (ok(width) && ok(height)).then(|| (width as u16, height as u16))
+    (ok(width) && ok(height)).then_some((width as u16, height as u16))
 }
 
 /// Walks the `(16-bit size, NAL unit)` list of a STAP-A body; stops at the first malformed size.
@@ -605,7 +605,7 @@ mod tests {
         /// The NAL unit: header byte, the RBSP with its stop bit, emulation prevention.
         fn nal(&mut self) -> Vec<u8> {
             self.put(1, 1);
-            while self.bits.len() % 8 != 0 {
+            while !self.bits.len().is_multiple_of(8) {
                 self.bits.push(0);
             }
             let rbsp: Vec<u8> = self
