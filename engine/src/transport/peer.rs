@@ -498,6 +498,15 @@ impl Peer {
             }
             let twcc_ext = s.extension_id(TRANSPORT_CC_URI);
             let level_ext = s.extension_id(AUDIO_LEVEL_URI);
+            // SSRC-group simulcast: a stream's layer is its place in the SIM group (rid
+            // simulcast, if the section has it, is told apart by the rid extension).
+            let layer_of = |ssrc: u32| {
+                s.rids
+                    .is_empty()
+                    .then(|| s.remote_sim.iter().position(|x| *x == ssrc))
+                    .flatten()
+                    .map(|l| l as u8)
+            };
             for ssrc in &s.remote_ssrcs {
                 let opened = self
                     .streams
@@ -510,7 +519,7 @@ impl Peer {
                         twcc_ext,
                         level_ext,
                         rtx_of: None,
-                        layer: None,
+                        layer: layer_of(*ssrc),
                         opened,
                     },
                 );
@@ -523,7 +532,7 @@ impl Peer {
                         twcc_ext,
                         level_ext,
                         rtx_of: Some(*primary),
-                        layer: None,
+                        layer: layer_of(*primary),
                         opened: true,
                     },
                 );
@@ -958,9 +967,10 @@ impl Peer {
                 codec: codec.params.clone(),
                 mid: section.mid.clone(),
                 stack_id: section.mid.clone(),
-                layer: stream
-                    .layer
-                    .map(|l| (l, section.rids.len().min(u8::MAX as usize) as u8)),
+                layer: stream.layer.map(|l| {
+                    let layers = section.rids.len().max(section.remote_sim.len());
+                    (l, layers.min(u8::MAX as usize) as u8)
+                }),
             };
             if let Some(st) = self.streams.get_mut(&ssrc) {
                 st.opened = true;

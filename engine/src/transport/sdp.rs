@@ -113,6 +113,10 @@ pub struct Section {
     pub remote_ssrcs: Vec<u32>,
     /// (rtx, primary) pairs from `ssrc-group:FID`.
     pub remote_rtx: Vec<(u32, u32)>,
+    /// SSRC-group simulcast (`a=ssrc-group:SIM`, the form before rids): the layers'
+    /// primary SSRCs, lowest first (at most [`MAX_LAYERS`]); empty without it. Used only
+    /// when the section has no rid simulcast.
+    pub remote_sim: Vec<u32>,
     /// Simulcast (RFC 8853): the rids the client sends, lowest layer first as its
     /// `a=simulcast:send` lists them (at most [`MAX_LAYERS`]); empty without simulcast.
     pub rids: Vec<String>,
@@ -541,6 +545,7 @@ impl Negotiator {
             s.extmap = accepted_extmap(offered);
             s.remote_ssrcs = offered.ssrcs.clone();
             s.remote_rtx = offered.fid.clone();
+            s.remote_sim = offered.sim.clone();
             s.rids = simulcast_rids(offered);
             s.simulcast = offered.simulcast.clone();
         }
@@ -595,6 +600,7 @@ impl Negotiator {
             s.extmap = local_extmap_from(offered);
             s.remote_ssrcs = Vec::new();
             s.remote_rtx = Vec::new();
+            s.remote_sim = Vec::new();
             s.rids = Vec::new();
             s.simulcast = None;
             return;
@@ -620,6 +626,7 @@ impl Negotiator {
             },
             remote_ssrcs: offered.ssrcs.clone(),
             remote_rtx: offered.fid.clone(),
+            remote_sim: offered.sim.clone(),
             rids: simulcast_rids(offered),
             simulcast: offered.simulcast.clone(),
         }
@@ -686,6 +693,7 @@ impl Negotiator {
                 extmap,
                 remote_ssrcs: Vec::new(),
                 remote_rtx: Vec::new(),
+                remote_sim: Vec::new(),
                 rids: Vec::new(),
                 simulcast: None,
             };
@@ -717,6 +725,7 @@ impl Negotiator {
                 extmap: Vec::new(),
                 remote_ssrcs: Vec::new(),
                 remote_rtx: Vec::new(),
+                remote_sim: Vec::new(),
                 rids: Vec::new(),
                 simulcast: None,
             });
@@ -895,6 +904,7 @@ impl Negotiator {
                 if !answered.ssrcs.is_empty() {
                     s.remote_ssrcs = answered.ssrcs.clone();
                     s.remote_rtx = answered.fid.clone();
+                    s.remote_sim = answered.sim.clone();
                 }
             }
         }
@@ -1196,6 +1206,8 @@ struct OfferedSection {
     extmap: Vec<(u8, String)>,
     ssrcs: Vec<u32>,
     fid: Vec<(u32, u32)>,
+    /// `ssrc-group:SIM`: primary SSRCs, lowest layer first, each announced by `a=ssrc`.
+    sim: Vec<u32>,
     rids: Vec<String>,
     simulcast: Option<String>,
     /// An application section that offers WebRTC data channels over SCTP.
@@ -1383,6 +1395,7 @@ fn parse_section(md: &MediaDescription) -> Result<OfferedSection, SdpError> {
     let mut extmap = Vec::new();
     let mut ssrcs: Vec<u32> = Vec::new();
     let mut fid = Vec::new();
+    let mut sim: Vec<u32> = Vec::new();
     let mut rids = Vec::new();
     let mut simulcast = None;
     let mut rtcp_mux = false;
@@ -1443,12 +1456,22 @@ fn parse_section(md: &MediaDescription) -> Result<OfferedSection, SdpError> {
             }
             "ssrc-group" => {
                 let mut parts = value.split_whitespace();
-                if parts.next() == Some("FID")
-                    && let (Some(p), Some(r)) = (parts.next(), parts.next())
-                    && let (Ok(p), Ok(r)) = (p.parse::<u32>(), r.parse::<u32>())
-                    && fid.len() < 16
-                {
-                    fid.push((p, r));
+                match parts.next() {
+                    Some("FID") => {
+                        if let (Some(p), Some(r)) = (parts.next(), parts.next())
+                            && let (Ok(p), Ok(r)) = (p.parse::<u32>(), r.parse::<u32>())
+                            && fid.len() < 16
+                        {
+                            fid.push((p, r));
+                        }
+                    }
+                    Some("SIM") if sim.is_empty() => {
+                        // Malformed: no simulcast (each SSRC stays a plain stream).
+                        let layers: Option<Vec<u32>> =
+                            parts.take(8).map(|x| x.parse::<u32>().ok()).collect();
+                        sim = layers.unwrap_or_default();
+                    }
+                    _ => {}
                 }
             }
             "rid" if rids.len() < 8 => rids.push(value.chars().take(256).collect()),
@@ -1466,6 +1489,16 @@ fn parse_section(md: &MediaDescription) -> Result<OfferedSection, SdpError> {
     // Primary SSRCs only: RTX SSRCs come from FID groups.
     let rtx: Vec<u32> = fid.iter().map(|(_, r)| *r).collect();
     ssrcs.retain(|s| !rtx.contains(s));
+    // SSRC-group simulcast: at least two distinct layers, each announced; layers past
+    // MAX_LAYERS (and their retransmissions) are not received at all.
+    let distinct = sim.iter().enumerate().all(|(i, x)| !sim[..i].contains(x));
+    if sim.len() < 2 || !distinct || !sim.iter().all(|x| ssrcs.contains(x)) {
+        sim.clear();
+    } else if sim.len() > MAX_LAYERS {
+        let dropped = sim.split_off(MAX_LAYERS);
+        ssrcs.retain(|x| !dropped.contains(x));
+        fid.retain(|(p, _)| !dropped.contains(p));
+    }
     let mut codecs = Vec::new();
     for fmt in &md.media_name.formats {
         let Ok(pt) = fmt.parse::<u8>() else {
@@ -1517,6 +1550,7 @@ fn parse_section(md: &MediaDescription) -> Result<OfferedSection, SdpError> {
         extmap,
         ssrcs,
         fid: fid.into_iter().map(|(p, r)| (r, p)).collect(),
+        sim,
         rids,
         simulcast,
     })

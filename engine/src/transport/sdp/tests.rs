@@ -676,3 +676,66 @@ fn the_transport_wide_sequence_follows_the_answer() {
         n.sections()
     );
 }
+
+/// A video section with SSRC-group simulcast: `layers` primaries with an RTX each.
+fn sim_video(mid: &str, layers: &[u32], group: &str) -> String {
+    let mut out = format!(
+        "m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\nc=IN IP4 0.0.0.0\r\na=mid:{mid}\r\n\
+a=setup:actpass\r\na=rtcp-mux\r\na=sendonly\r\na=rtpmap:96 VP8/90000\r\n\
+a=rtcp-fb:96 nack\r\na=rtcp-fb:96 nack pli\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n"
+    );
+    for ssrc in layers {
+        out.push_str(&format!(
+            "a=ssrc:{ssrc} cname:c\r\na=ssrc:{} cname:c\r\na=ssrc-group:FID {ssrc} {}\r\n",
+            ssrc + 1,
+            ssrc + 1
+        ));
+    }
+    out.push_str(group);
+    out
+}
+
+#[test]
+fn ssrc_group_simulcast_is_taken_lowest_layer_first() {
+    let mut n = negotiator();
+    let offer = format!(
+        "{SESSION}a=group:BUNDLE 0\r\n{}",
+        sim_video("0", &[100, 200, 300], "a=ssrc-group:SIM 100 200 300\r\n")
+    );
+    n.apply_offer(&offer).unwrap();
+    let s = &n.sections()[0];
+    assert_eq!(s.remote_sim, vec![100, 200, 300]);
+    assert_eq!(s.remote_ssrcs, vec![100, 200, 300]);
+    assert_eq!(s.remote_rtx, vec![(101, 100), (201, 200), (301, 300)]);
+    assert!(s.rids.is_empty());
+
+    // More layers than we take: the extra one (and its RTX) is not received at all.
+    let mut n = negotiator();
+    let offer = format!(
+        "{SESSION}a=group:BUNDLE 0\r\n{}",
+        sim_video("0", &[10, 20, 30, 40], "a=ssrc-group:SIM 10 20 30 40\r\n")
+    );
+    n.apply_offer(&offer).unwrap();
+    let s = &n.sections()[0];
+    assert_eq!(s.remote_sim, vec![10, 20, 30]);
+    assert_eq!(s.remote_ssrcs, vec![10, 20, 30]);
+    assert_eq!(s.remote_rtx.len(), 3);
+
+    // Malformed groups: no simulcast, the SSRCs stay plain streams.
+    for group in [
+        "a=ssrc-group:SIM 100 999\r\n", // an SSRC nobody announced
+        "a=ssrc-group:SIM 100 100\r\n", // a duplicate
+        "a=ssrc-group:SIM 100\r\n",     // one layer
+        "a=ssrc-group:SIM 100 two\r\n", // not a number
+        "a=ssrc-group:SIM 101 201\r\n", // RTX streams, not primaries
+    ] {
+        let mut n = negotiator();
+        let offer = format!(
+            "{SESSION}a=group:BUNDLE 0\r\n{}",
+            sim_video("0", &[100, 200], group)
+        );
+        n.apply_offer(&offer).unwrap();
+        assert!(n.sections()[0].remote_sim.is_empty(), "{group}");
+        assert_eq!(n.sections()[0].remote_ssrcs, vec![100, 200], "{group}");
+    }
+}
