@@ -210,6 +210,12 @@ pub struct ServeArgs {
     /// Requests to --openai-stt-url at once [default: 4].
     #[arg(long, env = "HEARTH_OPENAI_STT_CONCURRENCY", value_name = "N")]
     pub openai_stt_concurrency: Option<usize>,
+    /// A streaming transcription server speaking the WebSocket contract of Jitsi's
+    /// opus-transcriber-proxy, e.g. ws://stt-box:8080/transcribe: enables the `streaming`
+    /// engine (each transcribed track's Opus goes there undecoded; interim and final
+    /// results come back).
+    #[arg(long, env = "HEARTH_STREAMING_STT_URL", value_name = "URL")]
+    pub streaming_stt_url: Option<String>,
     #[command(flatten)]
     pub turn: TurnArgs,
 }
@@ -224,6 +230,16 @@ pub struct SttConfig {
     pub model: PathBuf,
     pub worker: PathBuf,
     pub openai: Option<OpenAiSttConfig>,
+    pub streaming: Option<StreamingSttConfig>,
+}
+
+/// A streaming transcription server (opus-transcriber-proxy's contract).
+#[derive(Clone, Debug)]
+pub struct StreamingSttConfig {
+    /// `ws://host:port/path` (query parameters kept; the stream's are added).
+    pub url: String,
+    /// Longest wait for a connection.
+    pub connect_timeout: Duration,
 }
 
 /// An OpenAI-compatible transcription server.
@@ -258,6 +274,7 @@ impl SttConfig {
             model: data_dir.join("models").join("whisper-tiny.en"),
             worker: default_worker(),
             openai: None,
+            streaming: None,
         }
     }
 }
@@ -304,7 +321,7 @@ fn resolve_stt(
     if let Some(e) = &engine {
         c.engine = hearth_actors::EngineKind::parse(e.trim()).ok_or_else(|| {
             ConfigError::Invalid(format!(
-                "transcription_engine: `embedded` or `openai` (got {e:?})"
+                "transcription_engine: `embedded`, `openai` or `streaming` (got {e:?})"
             ))
         })?;
     }
@@ -364,9 +381,30 @@ fn resolve_stt(
             "transcription_engine openai needs --openai-stt-url".into(),
         ));
     }
-    if c.engine == hearth_actors::EngineKind::Streaming {
+    if let Some(url) = args
+        .streaming_stt_url
+        .clone()
+        .or(file.streaming_url.clone())
+    {
+        let parsed = reqwest::Url::parse(&url)
+            .map_err(|e| ConfigError::Invalid(format!("streaming_stt_url: not a URL ({e})")))?;
+        if parsed.scheme() == "wss" {
+            return Err(ConfigError::Invalid(
+                "streaming_stt_url: wss:// is not supported yet; use ws:// to a TLS-terminating proxy on the same host or network".into(),
+            ));
+        }
+        if parsed.scheme() != "ws" || parsed.host().is_none() {
+            return Err(ConfigError::Invalid(
+                "streaming_stt_url: a ws:// URL, e.g. ws://stt-box:8080/transcribe".into(),
+            ));
+        }
+        c.streaming = Some(StreamingSttConfig {
+            url,
+            connect_timeout: Duration::from_secs(5),
+        });
+    } else if c.engine == hearth_actors::EngineKind::Streaming {
         return Err(ConfigError::Invalid(
-            "transcription_engine: the streaming engine is not available in this build".into(),
+            "transcription_engine streaming needs --streaming-stt-url".into(),
         ));
     }
     Ok(c)
@@ -549,6 +587,7 @@ pub struct FileTranscription {
     pub openai_model: Option<String>,
     pub openai_timeout: Option<String>,
     pub openai_concurrency: Option<usize>,
+    pub streaming_url: Option<String>,
 }
 
 /// `[cluster]` in hearth.toml: the same settings as `--redis-url`, `--region`,
@@ -1341,7 +1380,31 @@ mod tests {
             ..Default::default()
         })
         .unwrap_err();
-        assert!(err.to_string().contains("streaming"), "{err}");
+        assert!(err.to_string().contains("--streaming-stt-url"), "{err}");
+        std::fs::write(
+            &path,
+            "[transcription]\nengine = \"streaming\"\nstreaming_url = \"ws://stt:8080/transcribe\"\n",
+        )
+        .unwrap();
+        let c = resolve(&ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.stt.engine, hearth_actors::EngineKind::Streaming);
+        assert_eq!(c.stt.streaming.unwrap().url, "ws://stt:8080/transcribe");
+        for (url, says) in [
+            ("wss://stt/transcribe", "wss:// is not supported"),
+            ("http://stt/transcribe", "a ws:// URL"),
+            ("not a url", "not a URL"),
+        ] {
+            let err = resolve(&ServeArgs {
+                streaming_stt_url: Some(url.into()),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(err.to_string().contains(says), "{url}: {err}");
+        }
         std::fs::write(&path, "[transcription]\nengine = \"openai\"\n").unwrap();
         let err = resolve(&ServeArgs {
             config: Some(path),

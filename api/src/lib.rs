@@ -14,6 +14,7 @@ pub mod rest;
 pub mod server;
 pub mod signaling;
 pub mod stt;
+pub mod stt_stream;
 pub mod token;
 pub mod web;
 pub mod whip;

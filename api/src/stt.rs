@@ -31,6 +31,10 @@ pub fn transcription_config(c: &SttConfig) -> hearth_actors::transcription::Tran
     if let Some(o) = &c.openai {
         t.external.push(Arc::new(OpenAiEngine::new(o.clone())));
     }
+    if let Some(s) = &c.streaming {
+        t.external
+            .push(Arc::new(crate::stt_stream::StreamingEngine::new(s.clone())));
+    }
     t
 }
 

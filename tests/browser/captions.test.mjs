@@ -11,6 +11,9 @@
 // the measured delays are printed (BENCHMARKS.md). Then the app
 // downloads the transcript over REST as JSON, WebVTT and SubRip.
 //
+// With HEARTH_CAPTIONS_STREAMING_URL (captions_streaming.test.mjs sets it), the node's
+// engine is the streaming one, pointed there, instead.
+//
 //   node tests/browser/captions.test.mjs <path to hearth binary>
 //   env: HEARTH_STT_MODEL (the model directory, required)
 import { execFileSync } from 'node:child_process';
@@ -58,8 +61,10 @@ const bobSpeech = speech('bob', 10, 1);
 const FIRST_MS = Number(process.env.HEARTH_CAPTIONS_FIRST_MS || 5000);
 const FINAL_MS = Number(process.env.HEARTH_CAPTIONS_FINAL_MS || 5000);
 const logs = [];
+const streamingUrl = process.env.HEARTH_CAPTIONS_STREAMING_URL || '';
+const engineArgs = streamingUrl ? ['--transcription-engine', 'streaming', '--streaming-stt-url', streamingUrl] : [];
 const server = await startServer(binary, ['--dev', '--media-port', '7882', '--stt-model', model,
-  '--transcription-threads', '2']);
+  '--transcription-threads', '2', ...engineArgs]);
 const aliceBrowser = await launchBrowser([`--use-file-for-fake-audio-capture=${aliceSpeech.wav}`]);
 const bobBrowser = await launchBrowser([`--use-file-for-fake-audio-capture=${bobSpeech.wav}`]);
 let failed = false;
@@ -73,6 +78,9 @@ try {
   await until('captions are on for bob', () => bob.page.evaluate(() => window.hearth.captionsState.enabled));
   const state = await bob.page.evaluate(() => window.hearth.captionsState);
   if (state.unavailable) throw new Error(`captions unavailable: ${state.unavailable}`);
+  const engine = streamingUrl ? 'streaming' : 'embedded';
+  if (state.engine !== engine) throw new Error(`captions run on ${state.engine}, not ${engine}`);
+  console.log(`engine: ${engine}${streamingUrl ? ` (${streamingUrl})` : ''}`);
   const carol = bob; // the page that watches the captions
 
   const refs = { [aliceId]: aliceSpeech.info.sentences.map((s) => s.text),

@@ -867,6 +867,263 @@ async fn external_engine_results_are_counted_in_the_transcription_stats() {
     );
 }
 
+// ----- The streaming engine (opus-transcriber-proxy's contract) ------------------------------
+
+fn streaming_engine(url: String) -> hearth_api::stt_stream::StreamingEngine {
+    hearth_api::stt_stream::StreamingEngine::new(hearth_api::config::StreamingSttConfig {
+        url,
+        connect_timeout: Duration::from_secs(2),
+    })
+}
+
+fn stream_spec() -> hearth_actors::transcription::StreamSpec {
+    hearth_actors::transcription::StreamSpec {
+        participant: "PA_speaker".into(),
+        language: Language::EN,
+    }
+}
+
+fn opus_chunk(chunk: u64) -> hearth_actors::transcription::StreamAudio {
+    hearth_actors::transcription::StreamAudio {
+        opus: bytes::Bytes::from(vec![0xfc, chunk as u8, 0x01]),
+        chunk,
+        timestamp_ms: chunk * 20,
+    }
+}
+
+/// Accepts WebSocket connections on loopback; each is handed to `serve` with the request's
+/// path and query. Returns the URL. (The handshake callback's error type is tungstenite's.)
+#[allow(clippy::result_large_err)]
+async fn ws_server<F, Fut>(serve: F) -> String
+where
+    F: Fn(usize, String, tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) -> Fut
+        + Send
+        + Sync
+        + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/transcribe", listener.local_addr().unwrap());
+    let serve = Arc::new(serve);
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok((tcp, _)) = listener.accept().await {
+            let path = Arc::new(Mutex::new(String::new()));
+            let seen = Arc::clone(&path);
+            let callback =
+                move |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
+                    *seen.lock().unwrap() = req.uri().to_string();
+                    Ok(resp)
+                };
+            let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
+                continue;
+            };
+            let path = path.lock().unwrap().clone();
+            tokio::spawn((serve)(n, path, ws));
+            n += 1;
+        }
+    });
+    url
+}
+
+async fn next_event(
+    events: &mut tokio::sync::mpsc::Receiver<hearth_actors::transcription::StreamEvent>,
+) -> hearth_actors::transcription::StreamEvent {
+    tokio::time::timeout(T, events.recv())
+        .await
+        .expect("an event in time")
+        .expect("the stream is open")
+}
+
+/// The streaming engine speaks the contract: one connection per track with the session,
+/// interim and language parameters; each Opus packet as a `media` event (tag, chunk,
+/// timestamp, base64 payload); `transcription-result`s come back as interim and final
+/// results, other message types are ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_engine_speaks_the_opus_transcriber_proxy_contract() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let paths: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (seen2, paths2) = (Arc::clone(&seen), Arc::clone(&paths));
+    let url = ws_server(move |_, path, mut ws| {
+        let seen = Arc::clone(&seen2);
+        paths2.lock().unwrap().push(path);
+        async move {
+            while let Some(Ok(Message::Text(t))) = ws.next().await {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                let chunk = v["media"]["chunk"].as_u64().unwrap_or(99);
+                seen.lock().unwrap().push(v);
+                let reply = match chunk {
+                    1 => r#"{"event":"pong","id":1}"#.to_owned(),
+                    2 => r#"{"type":"transcription-result","is_interim":true,"transcript":[{"text":"hel","confidence":0.5}],"participant":{"id":"PA_speaker"},"timestamp":1}"#.to_owned(),
+                    3 => r#"{"type":"transcription-result","is_interim":false,"transcript":[{"text":"hello","confidence":0.9}],"participant":{"id":"PA_speaker"},"timestamp":2}"#.to_owned(),
+                    _ => continue,
+                };
+                if ws.send(Message::text(reply)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let engine = streaming_engine(url);
+    assert_eq!(engine.kind(), EngineKind::Streaming);
+    assert!(engine.supports_interim());
+    let mut stream = engine
+        .open_stream(stream_spec())
+        .expect("a streaming engine streams");
+    for chunk in 0..4 {
+        stream.audio.send(opus_chunk(chunk)).await.unwrap();
+    }
+    use hearth_actors::transcription::StreamEvent;
+    assert_eq!(
+        next_event(&mut stream.events).await,
+        StreamEvent::Result {
+            text: "hel".into(),
+            is_final: false
+        }
+    );
+    assert_eq!(
+        next_event(&mut stream.events).await,
+        StreamEvent::Result {
+            text: "hello".into(),
+            is_final: true
+        }
+    );
+    let media = seen.lock().unwrap().clone();
+    assert_eq!(media.len(), 4, "{media:?}");
+    for (i, m) in media.iter().enumerate() {
+        assert_eq!(m["event"], "media");
+        assert_eq!(m["media"]["tag"], "PA_speaker");
+        assert_eq!(m["media"]["chunk"], i as u64);
+        assert_eq!(m["media"]["timestamp"], i as u64 * 20);
+        let payload = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            m["media"]["payload"].as_str().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(payload, vec![0xfc, i as u8, 0x01]);
+    }
+    let path = paths.lock().unwrap()[0].clone();
+    assert!(
+        path.starts_with("/transcribe?sessionId=hearth-")
+            && path.contains("&sendBack=true&sendBackInterim=true&lang=en"),
+        "{path}"
+    );
+    // A transcription test without the batch API: said so, not silently empty.
+    let err = engine.transcribe(final_job(tone())).await.unwrap_err();
+    assert!(
+        matches!(err, SttError::Engine(ref m) if m.contains("stream")),
+        "{err}"
+    );
+}
+
+/// An engine that answers with text that is not JSON is trouble (reported once, with why);
+/// the stream reconnects after a backoff, says so, and results flow on the new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_engine_reports_garbage_and_reconnects() {
+    use futures::{SinkExt, StreamExt};
+    use hearth_actors::transcription::StreamEvent;
+    use tokio_tungstenite::tungstenite::Message;
+    let url = ws_server(|n, _, mut ws| async move {
+        // The first connection answers its first packet with garbage; later ones properly.
+        while let Some(Ok(Message::Text(_))) = ws.next().await {
+            let reply = if n == 0 {
+                "<html>502 Bad Gateway</html>".to_owned()
+            } else {
+                r#"{"type":"transcription-result","is_interim":false,"transcript":[{"text":"back again"}]}"#.to_owned()
+            };
+            if ws.send(Message::text(reply)).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let engine = streaming_engine(url);
+    let mut stream = engine.open_stream(stream_spec()).unwrap();
+    stream.audio.send(opus_chunk(0)).await.unwrap();
+    match next_event(&mut stream.events).await {
+        StreamEvent::Trouble(why) => assert!(why.contains("not JSON"), "{why}"),
+        other => panic!("expected trouble, got {other:?}"),
+    }
+    // Audio keeps going in while it reconnects (dropped, never blocking the sender).
+    let deadline = tokio::time::Instant::now() + T;
+    let mut chunk = 1;
+    let recovered = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no recovery in time"
+        );
+        let _ = stream.audio.try_send(opus_chunk(chunk));
+        chunk += 1;
+        match tokio::time::timeout(Duration::from_millis(50), stream.events.recv()).await {
+            Ok(Some(StreamEvent::Recovered)) => break true,
+            Ok(Some(other)) => panic!("expected recovery, got {other:?}"),
+            Ok(None) => panic!("the stream ended"),
+            Err(_) => continue,
+        }
+    };
+    assert!(recovered);
+    let result = loop {
+        let _ = stream.audio.try_send(opus_chunk(chunk));
+        chunk += 1;
+        if let Ok(Some(e)) =
+            tokio::time::timeout(Duration::from_millis(50), stream.events.recv()).await
+        {
+            break e;
+        }
+    };
+    assert_eq!(
+        result,
+        StreamEvent::Result {
+            text: "back again".into(),
+            is_final: true
+        }
+    );
+}
+
+/// An unreachable engine: trouble within the connect timeout, said once (not once per
+/// retry), audio never blocks; closing the track's side ends the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_engine_reports_an_unreachable_server_once() {
+    use hearth_actors::transcription::StreamEvent;
+    // A port nobody listens on.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/transcribe", closed.local_addr().unwrap());
+    drop(closed);
+    let engine = streaming_engine(url);
+    let mut stream = engine.open_stream(stream_spec()).unwrap();
+    let started = Instant::now();
+    match next_event(&mut stream.events).await {
+        StreamEvent::Trouble(why) => assert!(why.contains("cannot connect"), "{why}"),
+        other => panic!("expected trouble, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // 3 s of retries (0.5, 1, 2 s backoff) with 20 ms audio: no second report, no block.
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut chunk = 0;
+    while tokio::time::Instant::now() < until {
+        let _ = stream.audio.try_send(opus_chunk(chunk));
+        chunk += 1;
+        if let Ok(Some(e)) =
+            tokio::time::timeout(Duration::from_millis(20), stream.events.recv()).await
+        {
+            panic!("one report per outage, got {e:?}");
+        }
+    }
+    drop(stream.audio);
+    let ended = tokio::time::timeout(T, stream.events.recv()).await;
+    assert!(
+        matches!(ended, Ok(None)),
+        "the stream ends with its track: {ended:?}"
+    );
+}
+
 // ----- The embedded engine -------------------------------------------------------------------
 
 /// A node with the real model and `hearth-stt`: espeak-ng sentences submitted to the node's

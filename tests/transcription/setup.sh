@@ -32,7 +32,7 @@ stamp="$venv/.requirements.sha256"
 want=$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
-  "$venv/bin/python" -c "import faster_whisper, ctranslate2, av"
+  "$venv/bin/python" -c "import faster_whisper, ctranslate2, av, websockets"
   echo "$want" >"$stamp"
 fi
 echo "transcription test tools ready: $venv ($("$venv/bin/python" -c \

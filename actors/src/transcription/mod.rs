@@ -190,6 +190,49 @@ pub trait ExternalEngine: Send + Sync + 'static {
     fn concurrency(&self) -> usize;
     /// Transcribes one utterance (timeouts and retries are the engine's).
     fn transcribe(&self, job: SttJob) -> SttFuture;
+    /// A streaming engine: opens the stream of one track (its Opus packets in, results
+    /// out). None for engines that take utterances ([`Self::transcribe`]).
+    fn open_stream(&self, _spec: StreamSpec) -> Option<SttStream> {
+        None
+    }
+}
+
+/// What a streaming engine is told about the track it transcribes.
+#[derive(Clone, Debug)]
+pub struct StreamSpec {
+    /// Who speaks (the participant id: results are attributed by it).
+    pub participant: String,
+    pub language: Language,
+}
+
+/// One Opus packet of the track, as it arrived (undecoded).
+#[derive(Clone, Debug)]
+pub struct StreamAudio {
+    pub opus: bytes::Bytes,
+    /// Packet counter of this stream, from 0.
+    pub chunk: u64,
+    /// Milliseconds since the track's first packet.
+    pub timestamp_ms: u64,
+}
+
+/// What comes back from a streaming engine.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StreamEvent {
+    /// Words of the utterance in progress (replaced by later ones), or its final text.
+    Result { text: String, is_final: bool },
+    /// The engine cannot be reached or broke the protocol; the stream retries on its own
+    /// (audio sent meanwhile is lost). `reason` is for people.
+    Trouble(String),
+    /// The engine is reachable again after trouble.
+    Recovered,
+}
+
+/// A track's stream to a streaming engine; dropping it closes the stream.
+pub struct SttStream {
+    /// Audio in: bounded; when it is full the packet is dropped (counted by the caller).
+    pub audio: tokio::sync::mpsc::Sender<StreamAudio>,
+    /// Results out, until the stream ends.
+    pub events: tokio::sync::mpsc::Receiver<StreamEvent>,
 }
 
 /// Counters of the node's transcription.
@@ -284,6 +327,14 @@ impl Transcription {
                 }
             }
         }
+    }
+
+    /// Opens a stream for one track if `kind` is a configured streaming engine.
+    pub fn open_stream(&self, kind: EngineKind, spec: StreamSpec) -> Option<SttStream> {
+        self.external
+            .iter()
+            .find(|e| e.engine.kind() == kind)
+            .and_then(|e| e.engine.open_stream(spec))
     }
 
     /// Whether asking `kind` for interim results makes sense.

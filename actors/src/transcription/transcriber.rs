@@ -21,7 +21,7 @@ use hearth_engine::audio::{TrackAudio, UtteranceEvent};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
 
-use super::{SttError, SttJob, SttOutput, Transcription};
+use super::{StreamAudio, StreamEvent, StreamSpec, SttError, SttJob, SttOutput, Transcription};
 use crate::billing::UsageHandle;
 use crate::domain::{EngineKind, Language, Transcript};
 use crate::ids::{ParticipantId, TrackId, random_string};
@@ -48,6 +48,9 @@ pub enum TranscriberMsg {
         language: Language,
         engine: EngineKind,
     },
+    /// A streaming engine's result or state (of stream `generation`; older ones are
+    /// stale after an engine change).
+    Stream { generation: u64, event: StreamEvent },
     /// Drill and test hook.
     InjectFault,
 }
@@ -90,6 +93,16 @@ struct Segment {
 
 /// Packets the audio thread buffers; beyond it they are dropped (counted in the tap's drops).
 const AUDIO_QUEUE: usize = 256;
+/// Segment numbers of a streaming engine's utterances (apart from the segmenter's).
+const STREAM_SEGMENTS: u32 = 1 << 31;
+
+/// Where the pump sends each packet's Opus for a streaming engine (None: no stream).
+#[derive(Default)]
+struct StreamTap {
+    audio: Option<mpsc::Sender<StreamAudio>>,
+    chunk: u64,
+    first: Option<Instant>,
+}
 
 pub struct TranscriberState {
     args_meeting: ActorRef<MeetingMsg>,
@@ -108,6 +121,19 @@ pub struct TranscriberState {
     tap_dropped: Arc<AtomicU64>,
     reg: Registration,
     _usage: UsageHandle,
+    meeting_started: SystemTime,
+    /// A streaming engine's stream: the pump's side, this stream's generation and the
+    /// utterance in progress (its segment number).
+    stream_tap: Arc<std::sync::Mutex<StreamTap>>,
+    stream_generation: u64,
+    stream_segment: Option<u32>,
+    next_stream_segment: u32,
+    /// With a streaming engine, our own segmenter still times the speech (meeting ms):
+    /// the latest utterance's start and end, for the engine's segments (whose results
+    /// carry no times of their own).
+    speech: Option<(u64, u64)>,
+    /// End of the last streaming segment (a later one starts after it).
+    stream_last_end: u64,
 }
 
 impl Actor for Transcriber {
@@ -133,9 +159,19 @@ impl Actor for Transcriber {
         let (to_audio, from_pump) = std::sync::mpsc::sync_channel::<Bytes>(AUDIO_QUEUE);
         let mut packets = args.packets;
         let dropped = Arc::clone(&args.tap_dropped);
+        let stream_tap = Arc::new(std::sync::Mutex::new(StreamTap::default()));
+        let tap = Arc::clone(&stream_tap);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(16);
             while packets.recv_many(&mut batch, 64).await > 0 {
+                {
+                    let mut tap = tap.lock().unwrap_or_else(|e| e.into_inner());
+                    if tap.audio.is_some() {
+                        for packet in &batch {
+                            tap.send(packet);
+                        }
+                    }
+                }
                 for packet in batch.drain(..) {
                     match to_audio.try_send(packet) {
                         Ok(()) => {}
@@ -159,7 +195,7 @@ impl Actor for Transcriber {
             .map_err(|e| format!("cannot start the audio thread: {e}"))?;
         args.transcription.warm(args.engine);
         tracing::debug!(track = %args.track, "transcriber started");
-        Ok(TranscriberState {
+        let mut state = TranscriberState {
             args_meeting: args.meeting,
             t: args.transcription,
             track: args.track,
@@ -174,7 +210,16 @@ impl Actor for Transcriber {
             tap_dropped: args.tap_dropped,
             reg,
             _usage: args.usage,
-        })
+            meeting_started: args.meeting_started,
+            stream_tap,
+            stream_generation: 0,
+            stream_segment: None,
+            next_stream_segment: STREAM_SEGMENTS,
+            speech: None,
+            stream_last_end: 0,
+        };
+        state.open_stream(&myself);
+        Ok(state)
     }
 
     async fn post_stop(
@@ -213,9 +258,18 @@ impl Actor for Transcriber {
                 audio_ms,
             } => state.on_result(segment, interim, result, audio_ms),
             TranscriberMsg::Settings { language, engine } => {
+                let changed = (language, engine) != (state.language, state.engine);
                 state.language = language;
                 state.engine = engine;
                 state.t.warm(engine);
+                if changed {
+                    state.open_stream(&myself);
+                }
+            }
+            TranscriberMsg::Stream { generation, event } => {
+                if generation == state.stream_generation {
+                    state.on_stream_event(event);
+                }
             }
             TranscriberMsg::InjectFault => {
                 panic!("fault injected into transcriber {}", state.track)
@@ -323,7 +377,193 @@ fn audio_thread(
     }
 }
 
+impl StreamTap {
+    /// One RTP packet's Opus to the stream; dropped (counted) when the connection is
+    /// behind, and the stream forgotten when it has ended.
+    fn send(&mut self, packet: &Bytes) {
+        let Some(audio) = &self.audio else {
+            return;
+        };
+        let Ok(rtp) = hearth_engine::rtp::parse(packet) else {
+            return;
+        };
+        let now = Instant::now();
+        let first = *self.first.get_or_insert(now);
+        let chunk = StreamAudio {
+            opus: rtp.payload.clone(),
+            chunk: self.chunk,
+            timestamp_ms: now.saturating_duration_since(first).as_millis() as u64,
+        };
+        self.chunk += 1;
+        match audio.try_send(chunk) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("hearth_transcription_stream_dropped_total").increment(1);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => self.audio = None,
+        }
+    }
+}
+
 impl TranscriberState {
+    /// (Re)opens the stream to a streaming engine if the meeting's engine is one (closing
+    /// the previous stream, whose late events are ignored); closes it otherwise.
+    fn open_stream(&mut self, myself: &ActorRef<TranscriberMsg>) {
+        self.stream_generation += 1;
+        self.finish_stream_segment();
+        let spec = StreamSpec {
+            participant: self.participant.to_string(),
+            language: self.language,
+        };
+        let stream = self.t.open_stream(self.engine, spec);
+        let mut tap = self.stream_tap.lock().unwrap_or_else(|e| e.into_inner());
+        *tap = StreamTap::default();
+        let Some(stream) = stream else {
+            return;
+        };
+        tracing::debug!(track = %self.track, engine = self.engine.as_str(), "stream opened");
+        tap.audio = Some(stream.audio);
+        let mut events = stream.events;
+        let me = myself.clone();
+        let generation = self.stream_generation;
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                if me
+                    .send_message(TranscriberMsg::Stream { generation, event })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
+
+    fn streaming(&self) -> bool {
+        self.stream_tap
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .audio
+            .is_some()
+    }
+
+    /// Milliseconds since the meeting started, now.
+    fn now_meeting_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(self.meeting_started)
+            .unwrap_or_default()
+            .as_millis() as u64
+    }
+
+    /// A streaming engine's result: interim words update the utterance in progress (one
+    /// segment id from its first words to its final text), a final ends it.
+    fn on_stream_event(&mut self, event: StreamEvent) {
+        match event {
+            StreamEvent::Result { text, is_final } => {
+                let text = text.trim().to_owned();
+                if text.is_empty() && self.stream_segment.is_none() {
+                    return;
+                }
+                let now = self.now_meeting_ms();
+                // Speech our segmenter heard since the last segment ended times this one.
+                let heard = self
+                    .speech
+                    .filter(|(start, _)| *start >= self.stream_last_end && *start <= now);
+                let segment = match self.stream_segment {
+                    Some(s) => s,
+                    None => {
+                        let start = heard.map_or(now, |(start, _)| start);
+                        let s = self.next_stream_segment;
+                        self.next_stream_segment = self
+                            .next_stream_segment
+                            .wrapping_add(1)
+                            .max(STREAM_SEGMENTS);
+                        self.segments.insert(
+                            s,
+                            Segment {
+                                id: format!("SG_{}", random_string(12)),
+                                interim_in_flight: false,
+                                final_sent: false,
+                                start_ms: start,
+                                end_ms: now,
+                            },
+                        );
+                        self.stream_segment = Some(s);
+                        s
+                    }
+                };
+                if let Some(seg) = self.segments.get_mut(&segment) {
+                    // The end of the speech heard, if it is this segment's; else now.
+                    seg.end_ms = heard
+                        .map(|(_, end)| end)
+                        .filter(|end| *end >= seg.start_ms)
+                        .unwrap_or(now);
+                    if is_final {
+                        self.stream_last_end = seg.end_ms.max(seg.start_ms + 1);
+                    }
+                }
+                let kind = if is_final { "final" } else { "interim" };
+                metrics::counter!("hearth_transcription_results_total", "kind" => kind)
+                    .increment(1);
+                let counter = if is_final {
+                    &self.t.stats.finals
+                } else {
+                    &self.t.stats.interims
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let t = self.transcript(segment, text, is_final);
+                if is_final {
+                    self.segments.remove(&segment);
+                    self.stream_segment = None;
+                }
+                let _ = self.args_meeting.send_message(MeetingMsg::Transcript(t));
+            }
+            StreamEvent::Trouble(why) => {
+                self.t
+                    .stats
+                    .engine_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(track = %self.track, error = %why, "streaming engine trouble");
+                if let Some(segment) = self.stream_segment.take() {
+                    // What was being said is lost: an empty final clears the interim words.
+                    self.t
+                        .stats
+                        .dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    metrics::counter!("hearth_transcription_dropped_total", "reason" => "engine_error")
+                        .increment(1);
+                    if let Some(seg) = self.segments.get(&segment) {
+                        let _ = self
+                            .args_meeting
+                            .send_message(MeetingMsg::TranscriptionDropped {
+                                participant: self.participant.clone(),
+                                track: self.track.clone(),
+                                segment: seg.id.clone(),
+                                reason: "engine_error",
+                            });
+                    }
+                    let t = self.transcript(segment, String::new(), true);
+                    self.segments.remove(&segment);
+                    let _ = self.args_meeting.send_message(MeetingMsg::Transcript(t));
+                }
+            }
+            StreamEvent::Recovered => {
+                tracing::info!(track = %self.track, "streaming engine reachable again");
+            }
+        }
+    }
+
+    /// Ends the streaming utterance in progress, if any, with what was said so far lost
+    /// (the stream is being replaced or closed): an empty final clears interim words.
+    fn finish_stream_segment(&mut self) {
+        if let Some(segment) = self.stream_segment.take()
+            && self.segments.contains_key(&segment)
+        {
+            let t = self.transcript(segment, String::new(), true);
+            self.segments.remove(&segment);
+            let _ = self.args_meeting.send_message(MeetingMsg::Transcript(t));
+        }
+    }
+
     fn meeting_ms(&self, track_ms: u64) -> u64 {
         match self.offset_ms.load(std::sync::atomic::Ordering::Relaxed) {
             u64::MAX => track_ms,
@@ -332,6 +572,11 @@ impl TranscriberState {
     }
 
     fn on_utterance(&mut self, ev: UtteranceEvent, myself: &ActorRef<TranscriberMsg>) {
+        if self.streaming() {
+            // The streaming engine finds utterances itself; ours only time them.
+            self.speech = Some((self.meeting_ms(ev.start_ms), self.meeting_ms(ev.end_ms)));
+            return;
+        }
         tracing::debug!(track = %self.track, segment = ev.segment, is_final = ev.is_final,
             start_ms = ev.start_ms, end_ms = ev.end_ms, samples = ev.audio.len(), "utterance");
         let start_ms = self.meeting_ms(ev.start_ms);

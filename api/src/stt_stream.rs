@@ -1,0 +1,350 @@
+//! The streaming speech-to-text engine: the WebSocket contract of Jitsi's
+//! opus-transcriber-proxy (and of servers that speak it).
+//!
+//! One connection per transcribed track, to
+//! `URL?sessionId=<track>&sendBack=true&sendBackInterim=true&lang=<language>`. Each RTP
+//! packet's Opus goes out undecoded, as it arrived:
+//!
+//! ```json
+//! {"event":"media","media":{"tag":"<participant>","chunk":0,"timestamp":0,"payload":"<base64 Opus>"}}
+//! ```
+//!
+//! and results come back, interim words replaced by later ones until a final:
+//!
+//! ```json
+//! {"type":"transcription-result","is_interim":true,"transcript":[{"text":"hello","confidence":0.9}],
+//!  "participant":{"id":"<participant>"},"timestamp":1768341932000,"language":"en"}
+//! ```
+//!
+//! `{"event":"ping","id":n}` keeps the connection alive (answered by a `pong`); other
+//! message types are ignored. A connection that cannot be made, closes, or carries text
+//! that is not JSON is trouble: reported once per outage, then retried with a backoff
+//! (0.5 s doubling to 10 s) while the track's audio is dropped (counted); the transcriber
+//! hears when it is back.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures::{SinkExt, StreamExt};
+use hearth_actors::EngineKind;
+use hearth_actors::transcription::{
+    ExternalEngine, StreamAudio, StreamEvent, StreamSpec, SttError, SttFuture, SttJob, SttStream,
+};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::config::StreamingSttConfig;
+
+/// Opus packets one connection buffers (5 s of 20 ms frames).
+const AUDIO_QUEUE: usize = 250;
+/// Results waiting for the transcriber.
+const EVENT_QUEUE: usize = 64;
+/// Largest message accepted from the engine.
+const MAX_MESSAGE: usize = 64 * 1024;
+const PING_INTERVAL: Duration = Duration::from_secs(15);
+const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+pub struct StreamingEngine {
+    cfg: StreamingSttConfig,
+}
+
+impl StreamingEngine {
+    pub fn new(cfg: StreamingSttConfig) -> StreamingEngine {
+        StreamingEngine { cfg }
+    }
+}
+
+impl ExternalEngine for StreamingEngine {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Streaming
+    }
+
+    fn supports_interim(&self) -> bool {
+        true
+    }
+
+    fn concurrency(&self) -> usize {
+        1
+    }
+
+    fn transcribe(&self, _job: SttJob) -> SttFuture {
+        Box::pin(async {
+            Err(SttError::Engine(
+                "the streaming engine takes a track's audio as a stream, not utterances".into(),
+            ))
+        })
+    }
+
+    fn open_stream(&self, spec: StreamSpec) -> Option<SttStream> {
+        let (audio_tx, audio_rx) = mpsc::channel(AUDIO_QUEUE);
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let url = stream_url(&self.cfg.url, &spec);
+        let timeout = self.cfg.connect_timeout;
+        tokio::spawn(run(url, timeout, spec.participant, audio_rx, events_tx));
+        Some(SttStream {
+            audio: audio_tx,
+            events: events_rx,
+        })
+    }
+}
+
+/// The engine's URL with this stream's query parameters added to the operator's.
+pub fn stream_url(base: &str, spec: &StreamSpec) -> String {
+    let session = format!("hearth-{:016x}", rand::random::<u64>());
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!(
+        "{base}{sep}sessionId={session}&sendBack=true&sendBackInterim=true&lang={}",
+        spec.language.primary()
+    )
+}
+
+/// One `media` event.
+pub fn media_event(tag: &str, audio: &StreamAudio) -> String {
+    serde_json::json!({
+        "event": "media",
+        "media": {
+            "tag": tag,
+            "chunk": audio.chunk,
+            "timestamp": audio.timestamp_ms,
+            "payload": base64::engine::general_purpose::STANDARD.encode(&audio.opus),
+        }
+    })
+    .to_string()
+}
+
+/// A message from the engine: a result, nothing (another type), or why it is not the
+/// protocol.
+pub fn parse_message(text: &str) -> Result<Option<StreamEvent>, String> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| format!("the engine sent text that is not JSON ({e})"))?;
+    let kind = value
+        .get("type")
+        .or_else(|| value.get("event"))
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    if kind != "transcription-result" {
+        return Ok(None);
+    }
+    let is_interim = value
+        .get("is_interim")
+        .and_then(|v| v.as_bool())
+        .ok_or("a transcription-result without a boolean is_interim")?;
+    let text = value
+        .get("transcript")
+        .and_then(|t| t.as_array())
+        .ok_or("a transcription-result without a transcript list")?
+        .first()
+        .map(|alt| {
+            alt.get("text")
+                .and_then(|t| t.as_str())
+                .map(str::to_owned)
+                .ok_or("a transcript alternative without text")
+        })
+        .transpose()?
+        .unwrap_or_default();
+    Ok(Some(StreamEvent::Result {
+        text,
+        is_final: !is_interim,
+    }))
+}
+
+/// How a connection ended.
+enum Ended {
+    /// The track ended (the transcriber dropped its side): done.
+    Done,
+    /// Trouble: reconnect.
+    Failed(String),
+}
+
+async fn run(
+    url: String,
+    timeout: Duration,
+    tag: String,
+    mut audio: mpsc::Receiver<StreamAudio>,
+    events: mpsc::Sender<StreamEvent>,
+) {
+    let mut backoff = BACKOFF_FIRST;
+    let mut troubled = false;
+    loop {
+        let attempt = tokio::time::timeout(timeout, tokio_tungstenite::connect_async(&url)).await;
+        let why = match attempt {
+            Ok(Ok((ws, _))) => {
+                tracing::debug!(%url, "streaming engine connected");
+                if troubled {
+                    troubled = false;
+                    if events.send(StreamEvent::Recovered).await.is_err() {
+                        return;
+                    }
+                }
+                backoff = BACKOFF_FIRST;
+                match converse(ws, &tag, &mut audio, &events).await {
+                    Ended::Done => return,
+                    Ended::Failed(why) => why,
+                }
+            }
+            Ok(Err(e)) => format!("cannot connect to the streaming engine: {e}"),
+            Err(_) => format!("the streaming engine did not answer within {timeout:?}"),
+        };
+        metrics::counter!("hearth_transcription_engine_errors_total", "engine" => "streaming")
+            .increment(1);
+        if troubled {
+            tracing::debug!(%url, error = %why, "streaming engine still unreachable");
+        } else {
+            troubled = true;
+            if events.send(StreamEvent::Trouble(why)).await.is_err() {
+                return;
+            }
+        }
+        // Wait before the next try; the track's audio meanwhile is dropped.
+        let until = tokio::time::Instant::now() + backoff;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                a = audio.recv() => match a {
+                    Some(_) => metrics::counter!("hearth_transcription_stream_dropped_total").increment(1),
+                    None => return,
+                },
+            }
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One connection: audio out, results in, until the track ends or trouble.
+async fn converse<S>(
+    ws: tokio_tungstenite::WebSocketStream<S>,
+    tag: &str,
+    audio: &mut mpsc::Receiver<StreamAudio>,
+    events: &mpsc::Sender<StreamEvent>,
+) -> Ended
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut tx, mut rx) = ws.split();
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    ping.tick().await;
+    let mut ping_id = 0u64;
+    loop {
+        tokio::select! {
+            a = audio.recv() => {
+                let Some(a) = a else {
+                    let _ = tx.send(Message::Close(None)).await;
+                    return Ended::Done;
+                };
+                if let Err(e) = tx.send(Message::text(media_event(tag, &a))).await {
+                    return Ended::Failed(format!("sending to the streaming engine failed: {e}"));
+                }
+            }
+            _ = ping.tick() => {
+                ping_id += 1;
+                let msg = serde_json::json!({"event": "ping", "id": ping_id}).to_string();
+                if let Err(e) = tx.send(Message::text(msg)).await {
+                    return Ended::Failed(format!("sending to the streaming engine failed: {e}"));
+                }
+            }
+            m = rx.next() => {
+                let text = match m {
+                    None => return Ended::Failed("the streaming engine closed the connection".into()),
+                    Some(Err(e)) => return Ended::Failed(format!("the streaming engine's connection failed: {e}")),
+                    Some(Ok(Message::Close(frame))) => {
+                        let why = frame.map(|f| format!(" ({}: {})", u16::from(f.code), f.reason)).unwrap_or_default();
+                        return Ended::Failed(format!("the streaming engine closed the connection{why}"));
+                    }
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Binary(_))) => {
+                        return Ended::Failed("the streaming engine sent a binary message (the protocol is JSON text)".into());
+                    }
+                    Some(Ok(_)) => continue, // ping, pong, frame
+                };
+                if text.len() > MAX_MESSAGE {
+                    return Ended::Failed(format!("the streaming engine sent a message of {} bytes", text.len()));
+                }
+                match parse_message(text.as_str()) {
+                    Ok(Some(event)) => {
+                        if events.send(event).await.is_err() {
+                            return Ended::Done;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(why) => return Ended::Failed(why),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> StreamSpec {
+        StreamSpec {
+            participant: "PA_x".into(),
+            language: hearth_actors::Language::parse("de").unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_url_carries_the_session_and_asks_for_interims() {
+        let url = stream_url("ws://stt:8080/transcribe", &spec());
+        assert!(
+            url.starts_with("ws://stt:8080/transcribe?sessionId=hearth-"),
+            "{url}"
+        );
+        assert!(
+            url.ends_with("&sendBack=true&sendBackInterim=true&lang=de"),
+            "{url}"
+        );
+        let url = stream_url("ws://stt/transcribe?provider=x", &spec());
+        assert!(
+            url.starts_with("ws://stt/transcribe?provider=x&sessionId="),
+            "{url}"
+        );
+    }
+
+    #[test]
+    fn media_events_carry_the_opus_in_base64() {
+        let a = StreamAudio {
+            opus: bytes::Bytes::from_static(&[0xfc, 0xff, 0xfe]),
+            chunk: 7,
+            timestamp_ms: 140,
+        };
+        let v: serde_json::Value = serde_json::from_str(&media_event("PA_x", &a)).unwrap();
+        assert_eq!(v["event"], "media");
+        assert_eq!(v["media"]["tag"], "PA_x");
+        assert_eq!(v["media"]["chunk"], 7);
+        assert_eq!(v["media"]["timestamp"], 140);
+        assert_eq!(v["media"]["payload"], "/P/+");
+    }
+
+    #[test]
+    fn results_parse_and_everything_else_says_why() {
+        let interim = r#"{"type":"transcription-result","is_interim":true,"transcript":[{"text":"hello","confidence":0.9}],"participant":{"id":"PA_x"},"timestamp":1,"language":"en"}"#;
+        assert_eq!(
+            parse_message(interim),
+            Ok(Some(StreamEvent::Result {
+                text: "hello".into(),
+                is_final: false
+            }))
+        );
+        let last = r#"{"event":"transcription-result","is_interim":false,"transcript":[]}"#;
+        assert_eq!(
+            parse_message(last),
+            Ok(Some(StreamEvent::Result {
+                text: String::new(),
+                is_final: true
+            }))
+        );
+        assert_eq!(parse_message(r#"{"event":"pong","id":3}"#), Ok(None));
+        for bad in [
+            "not json",
+            r#"{"type":"transcription-result","transcript":[{"text":"x"}]}"#,
+            r#"{"type":"transcription-result","is_interim":"no","transcript":[]}"#,
+            r#"{"type":"transcription-result","is_interim":true}"#,
+            r#"{"type":"transcription-result","is_interim":true,"transcript":[{"words":1}]}"#,
+        ] {
+            assert!(parse_message(bad).is_err(), "{bad}");
+        }
+    }
+}
