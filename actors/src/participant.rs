@@ -264,8 +264,11 @@ const LAYER_SILENT: Duration = Duration::from_secs(1);
 /// A simulcast layer nobody has needed for this long is paused at the publisher (needed
 /// again, it resumes at once): short flaps of a tile or an estimate cost no renegotiation.
 const LAYER_PAUSE_AFTER: Duration = Duration::from_secs(2);
-/// A resumed layer may take this long to send again before it counts as silent.
+/// A resumed layer may take this long to send again; then the client is told again (the
+/// message, or the browser's `setParameters`, may have been lost), at most
+/// [`LAYER_RESUME_TRIES`] times, before the layer counts as silent like any other.
 const LAYER_RESUME_GRACE: Duration = Duration::from_secs(3);
+const LAYER_RESUME_TRIES: u8 = 3;
 
 /// Dynacast state of one simulcast track we publish: which layers our client was told to
 /// pause, and since when the others have been unneeded or were resumed. Layer indexes
@@ -276,8 +279,9 @@ struct LayerPauses {
     paused: u64,
     /// Layers nobody needs now, since when.
     unneeded_since: HashMap<u8, Instant>,
-    /// Layers resumed lately, when (they count as sending while they start again).
-    resumed_at: HashMap<u8, Instant>,
+    /// Layers resumed and not sending yet: when the client was last told, how often.
+    /// They count as sending while they start again.
+    resumed_at: HashMap<u8, (Instant, u8)>,
 }
 
 impl LayerPauses {
@@ -285,14 +289,10 @@ impl LayerPauses {
         layer < 64 && self.paused & (1 << layer) != 0
     }
 
-    /// Paused by us, or resumed within [`LAYER_RESUME_GRACE`]: such a layer can be chosen
-    /// although it does not send now.
-    fn available(&self, layer: u8, now: Instant) -> bool {
-        self.is_paused(layer)
-            || self
-                .resumed_at
-                .get(&layer)
-                .is_some_and(|t| now.saturating_duration_since(*t) < LAYER_RESUME_GRACE)
+    /// Paused by us, or resumed and not sending yet: such a layer can be chosen although
+    /// it does not send now.
+    fn available(&self, layer: u8) -> bool {
+        self.is_paused(layer) || self.resumed_at.contains_key(&layer)
     }
 }
 
@@ -807,6 +807,8 @@ impl Actor for ParticipantActor {
                 }
                 if let Some(group) = group {
                     state.sync_layers(group);
+                    // A new subscriber may need a paused layer: resume it now.
+                    state.update_layer_pauses(now, group);
                 }
             }
             ParticipantMsg::AttachLeg { track, leg } => {
@@ -1623,7 +1625,8 @@ impl ParticipantState {
     fn needed_layers(&self, now: Instant, group: TrackKey) -> u64 {
         let bit = |l: u8| if l < 64 { 1u64 << l } else { 0 };
         let layers = self.live_layers(group, now, true);
-        let mut needed = layers.first().map_or(0, |(l, _)| bit(*l));
+        // The lowest by size, and the first encoding (clients never pause it).
+        let mut needed = bit(0) | layers.first().map_or(0, |(l, _)| bit(*l));
         let empty = HashMap::new();
         let choices = self.layer_choices.get(&group).unwrap_or(&empty);
         for c in choices.values().filter(|c| c.leg.is_open() && !c.idle) {
@@ -1653,23 +1656,42 @@ impl ParticipantState {
             return;
         }
         let needed = self.needed_layers(now, group);
-        let layers: Vec<(u8, bool, TrackId)> = self
+        let layers: Vec<(u8, Option<Instant>, TrackId)> = self
             .published
             .iter()
             .filter(|p| p.group == group)
             .filter_map(|p| {
-                let sending = p
-                    .last_packet
-                    .is_some_and(|t| now.saturating_duration_since(t) < LAYER_SILENT);
-                Some((p.layer.filter(|l| *l < 64)?, sending, p.info.id.clone()))
+                Some((
+                    p.layer.filter(|l| *l < 64)?,
+                    p.last_packet,
+                    p.info.id.clone(),
+                ))
             })
             .collect();
         let Some(track) = layers.first().map(|(_, _, t)| t.clone()) else {
             return;
         };
         let pauses = self.layer_pauses.entry(group).or_default();
+        // Resumed layers: back once they send; told again while they do not.
+        let mut resend = false;
+        pauses.resumed_at.retain(|layer, (told, tries)| {
+            let sent = layers
+                .iter()
+                .any(|(l, last, _)| l == layer && last.is_some_and(|t| t >= *told));
+            if sent || now.saturating_duration_since(*told) < LAYER_RESUME_GRACE {
+                return !sent;
+            }
+            if *tries >= LAYER_RESUME_TRIES {
+                return false; // silent: the browser stopped it, or cannot send it
+            }
+            *tries += 1;
+            *told = now;
+            resend = true;
+            true
+        });
         let mut paused = 0u64;
-        for (layer, sending, _) in &layers {
+        for (layer, last, _) in &layers {
+            let sending = last.is_some_and(|t| now.saturating_duration_since(t) < LAYER_SILENT);
             let bit = 1u64 << layer;
             if needed & bit != 0 {
                 pauses.unneeded_since.remove(layer);
@@ -1677,18 +1699,18 @@ impl ParticipantState {
             }
             let since = *pauses.unneeded_since.entry(*layer).or_insert(now);
             let long = now.saturating_duration_since(since) >= LAYER_PAUSE_AFTER;
-            if pauses.paused & bit != 0 || (long && *sending) {
+            if pauses.paused & bit != 0 || (long && sending) {
                 paused |= bit;
             }
         }
-        if paused == pauses.paused {
+        if paused == pauses.paused && !resend {
             return;
         }
         let resumed = pauses.paused & !paused;
         for (layer, _, _) in &layers {
             let bit = 1u64 << layer;
             if resumed & bit != 0 {
-                pauses.resumed_at.insert(*layer, now);
+                pauses.resumed_at.insert(*layer, (now, 0));
                 metrics::counter!("hearth_simulcast_layer_changes_total", "change" => "resumed")
                     .increment(1);
             } else if paused & bit != 0 && pauses.paused & bit == 0 {
@@ -1730,7 +1752,7 @@ impl ParticipantState {
         let alive = |p: &Published| {
             p.last_packet
                 .is_some_and(|t| now.saturating_duration_since(t) < LAYER_SILENT)
-                || pauses.is_some_and(|d| p.layer.is_some_and(|l| d.available(l, now)))
+                || pauses.is_some_and(|d| p.layer.is_some_and(|l| d.available(l)))
         };
         let any_alive = entries.iter().any(|p| alive(p));
         let mut layers: Vec<(u8, Option<u16>)> = entries

@@ -16,11 +16,16 @@
 //!  "participant":{"id":"<participant>"},"timestamp":1768341932000,"language":"en"}
 //! ```
 //!
-//! `{"event":"ping","id":n}` keeps the connection alive (answered by a `pong`); other
-//! message types are ignored. A connection that cannot be made, closes, or carries text
-//! that is not JSON is trouble: reported once per outage, then retried with a backoff
-//! (0.5 s doubling to 10 s) while the track's audio is dropped (counted); the transcriber
-//! hears when it is back.
+//! `chunk` and `timestamp` are the packet's RTP sequence number and timestamp (48 kHz
+//! ticks) counted from the track's first packet, as the proxy's decoder expects them (it
+//! conceals gaps from them). `{"event":"ping","id":n}` every 15 s keeps the connection
+//! alive; a connection from which nothing (no `pong`, no result) arrives for 40 s is dead.
+//! Other message types are ignored. A connection that cannot be made, closes, goes silent,
+//! or carries text that is not JSON is trouble: reported once per outage, then retried
+//! with a backoff (0.5 s doubling to 10 s) while the track's audio is dropped (counted).
+//! The engine counts as back (the transcriber hears so, the backoff starts over) only once
+//! a connection has carried a valid message or stayed up for 5 s: a server that accepts
+//! and then fails is retried at the backoff's pace, not in a loop.
 
 use std::time::Duration;
 
@@ -42,6 +47,10 @@ const EVENT_QUEUE: usize = 64;
 /// Largest message accepted from the engine.
 const MAX_MESSAGE: usize = 64 * 1024;
 const PING_INTERVAL: Duration = Duration::from_secs(15);
+/// Nothing heard for this long: the connection is dead.
+const SILENT_LIMIT: Duration = Duration::from_secs(40);
+/// A connection up this long (or that carried a valid message) is healthy again.
+const HEALTHY_AFTER: Duration = Duration::from_secs(5);
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
@@ -106,7 +115,7 @@ pub fn media_event(tag: &str, audio: &StreamAudio) -> String {
         "media": {
             "tag": tag,
             "chunk": audio.chunk,
-            "timestamp": audio.timestamp_ms,
+            "timestamp": audio.timestamp,
             "payload": base64::engine::general_purpose::STANDARD.encode(&audio.opus),
         }
     })
@@ -157,6 +166,24 @@ enum Ended {
     Failed(String),
 }
 
+/// Whether the engine is in an outage, and the backoff before the next try.
+struct Health {
+    troubled: bool,
+    backoff: Duration,
+}
+
+impl Health {
+    /// The connection proved itself: the outage (if any) is over.
+    async fn healthy(&mut self, events: &mpsc::Sender<StreamEvent>) -> bool {
+        self.backoff = BACKOFF_FIRST;
+        if self.troubled {
+            self.troubled = false;
+            return events.send(StreamEvent::Recovered).await.is_ok();
+        }
+        true
+    }
+}
+
 async fn run(
     url: String,
     timeout: Duration,
@@ -164,21 +191,20 @@ async fn run(
     mut audio: mpsc::Receiver<StreamAudio>,
     events: mpsc::Sender<StreamEvent>,
 ) {
-    let mut backoff = BACKOFF_FIRST;
-    let mut troubled = false;
+    let mut health = Health {
+        troubled: false,
+        backoff: BACKOFF_FIRST,
+    };
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE));
     loop {
-        let attempt = tokio::time::timeout(timeout, tokio_tungstenite::connect_async(&url)).await;
+        let connect = tokio_tungstenite::connect_async_with_config(&url, Some(config), false);
+        let attempt = tokio::time::timeout(timeout, connect).await;
         let why = match attempt {
             Ok(Ok((ws, _))) => {
                 tracing::debug!(%url, "streaming engine connected");
-                if troubled {
-                    troubled = false;
-                    if events.send(StreamEvent::Recovered).await.is_err() {
-                        return;
-                    }
-                }
-                backoff = BACKOFF_FIRST;
-                match converse(ws, &tag, &mut audio, &events).await {
+                match converse(ws, &tag, &mut audio, &events, &mut health).await {
                     Ended::Done => return,
                     Ended::Failed(why) => why,
                 }
@@ -188,16 +214,16 @@ async fn run(
         };
         metrics::counter!("hearth_transcription_engine_errors_total", "engine" => "streaming")
             .increment(1);
-        if troubled {
+        if health.troubled {
             tracing::debug!(%url, error = %why, "streaming engine still unreachable");
         } else {
-            troubled = true;
+            health.troubled = true;
             if events.send(StreamEvent::Trouble(why)).await.is_err() {
                 return;
             }
         }
         // Wait before the next try; the track's audio meanwhile is dropped.
-        let until = tokio::time::Instant::now() + backoff;
+        let until = tokio::time::Instant::now() + health.backoff;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => break,
@@ -207,7 +233,7 @@ async fn run(
                 },
             }
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        health.backoff = (health.backoff * 2).min(BACKOFF_MAX);
     }
 }
 
@@ -217,6 +243,7 @@ async fn converse<S>(
     tag: &str,
     audio: &mut mpsc::Receiver<StreamAudio>,
     events: &mpsc::Sender<StreamEvent>,
+    health: &mut Health,
 ) -> Ended
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -225,8 +252,19 @@ where
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.tick().await;
     let mut ping_id = 0u64;
+    let connected = tokio::time::Instant::now();
+    let mut last_heard = connected;
+    let mut proven = false;
+    let healthy_at = tokio::time::sleep_until(connected + HEALTHY_AFTER);
+    tokio::pin!(healthy_at);
     loop {
         tokio::select! {
+            _ = &mut healthy_at, if !proven => {
+                proven = true;
+                if !health.healthy(events).await {
+                    return Ended::Done;
+                }
+            }
             a = audio.recv() => {
                 let Some(a) = a else {
                     let _ = tx.send(Message::Close(None)).await;
@@ -237,6 +275,12 @@ where
                 }
             }
             _ = ping.tick() => {
+                if last_heard.elapsed() > SILENT_LIMIT {
+                    return Ended::Failed(format!(
+                        "nothing from the streaming engine for {} s (not even a pong)",
+                        SILENT_LIMIT.as_secs()
+                    ));
+                }
                 ping_id += 1;
                 let msg = serde_json::json!({"event": "ping", "id": ping_id}).to_string();
                 if let Err(e) = tx.send(Message::text(msg)).await {
@@ -255,19 +299,29 @@ where
                     Some(Ok(Message::Binary(_))) => {
                         return Ended::Failed("the streaming engine sent a binary message (the protocol is JSON text)".into());
                     }
-                    Some(Ok(_)) => continue, // ping, pong, frame
+                    Some(Ok(_)) => {
+                        last_heard = tokio::time::Instant::now();
+                        continue; // ping, pong, frame
+                    }
                 };
+                last_heard = tokio::time::Instant::now();
                 if text.len() > MAX_MESSAGE {
                     return Ended::Failed(format!("the streaming engine sent a message of {} bytes", text.len()));
                 }
-                match parse_message(text.as_str()) {
-                    Ok(Some(event)) => {
-                        if events.send(event).await.is_err() {
-                            return Ended::Done;
-                        }
-                    }
-                    Ok(None) => {}
+                let event = match parse_message(text.as_str()) {
+                    Ok(event) => event,
                     Err(why) => return Ended::Failed(why),
+                };
+                if !proven {
+                    proven = true;
+                    if !health.healthy(events).await {
+                        return Ended::Done;
+                    }
+                }
+                if let Some(event) = event
+                    && events.send(event).await.is_err()
+                {
+                    return Ended::Done;
                 }
             }
         }
@@ -308,13 +362,13 @@ mod tests {
         let a = StreamAudio {
             opus: bytes::Bytes::from_static(&[0xfc, 0xff, 0xfe]),
             chunk: 7,
-            timestamp_ms: 140,
+            timestamp: 6720,
         };
         let v: serde_json::Value = serde_json::from_str(&media_event("PA_x", &a)).unwrap();
         assert_eq!(v["event"], "media");
         assert_eq!(v["media"]["tag"], "PA_x");
         assert_eq!(v["media"]["chunk"], 7);
-        assert_eq!(v["media"]["timestamp"], 140);
+        assert_eq!(v["media"]["timestamp"], 6720);
         assert_eq!(v["media"]["payload"], "/P/+");
     }
 

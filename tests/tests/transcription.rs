@@ -887,7 +887,7 @@ fn opus_chunk(chunk: u64) -> hearth_actors::transcription::StreamAudio {
     hearth_actors::transcription::StreamAudio {
         opus: bytes::Bytes::from(vec![0xfc, chunk as u8, 0x01]),
         chunk,
-        timestamp_ms: chunk * 20,
+        timestamp: chunk * 960,
     }
 }
 
@@ -997,7 +997,7 @@ async fn streaming_engine_speaks_the_opus_transcriber_proxy_contract() {
         assert_eq!(m["event"], "media");
         assert_eq!(m["media"]["tag"], "PA_speaker");
         assert_eq!(m["media"]["chunk"], i as u64);
-        assert_eq!(m["media"]["timestamp"], i as u64 * 20);
+        assert_eq!(m["media"]["timestamp"], i as u64 * 960);
         let payload = base64::Engine::decode(
             &base64::engine::general_purpose::STANDARD,
             m["media"]["payload"].as_str().unwrap(),

@@ -79,7 +79,7 @@ class Engine:
         self.model = WhisperModel(model_dir, device="cpu", compute_type="int8",
                                   cpu_threads=threads)
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-        self.busy = False
+        self.queued = 0            # decodes submitted and not finished
 
     def _decode(self, audio: np.ndarray, language: str, beam: int) -> str:
         segments, _ = self.model.transcribe(
@@ -88,13 +88,17 @@ class Engine:
             temperature=0.0)
         return " ".join(s.text.strip() for s in segments).strip()
 
+    @property
+    def busy(self) -> bool:
+        return self.queued > 0
+
     async def decode(self, audio: np.ndarray, language: str, beam: int) -> str:
-        self.busy = True
+        self.queued += 1
         try:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self.pool, self._decode, audio, language, beam)
         finally:
-            self.busy = False
+            self.queued -= 1
 
 
 class Speaker:
@@ -114,6 +118,7 @@ class Speaker:
         self.started = 0.0
         self.interim_at = 0.0      # speech seconds at the last interim decode
         self.interim_running = False
+        self.interim_shown = False # an interim of this utterance was sent
         self.undecodable = 0
 
     def feed(self, opus: bytes) -> None:
@@ -144,6 +149,7 @@ class Speaker:
                 self.utterance_id += 1
                 self.started = now
                 self.interim_at = 0.0
+                self.interim_shown = False
         else:
             self.utterance.append(chunk)
 
@@ -169,8 +175,10 @@ class Session:
         self.skipped = 0
         self.tasks: set[asyncio.Task] = set()
 
-    async def result(self, tag: str, text: str, interim: bool) -> None:
-        if not text or (interim and not self.send_interims) or (not interim and not self.send_finals):
+    async def result(self, tag: str, text: str, interim: bool, closes: bool = False) -> None:
+        # An empty final is sent only to close interim words already shown.
+        if (not text and not closes) or (interim and not self.send_interims) \
+                or (not interim and not self.send_finals):
             return
         msg = {"type": "transcription-result", "event": "transcription-result",
                "is_interim": interim, "transcript": [{"text": text, "confidence": 1.0}],
@@ -192,12 +200,13 @@ class Session:
         finally:
             sp.interim_running = False
         # Stale once the utterance has ended (its final is on its way).
-        if sp.utterance is not None and sp.utterance_id == utterance_id:
+        if sp.utterance is not None and sp.utterance_id == utterance_id and text:
+            sp.interim_shown = True
             await self.result(sp.tag, text, True)
 
-    async def final(self, sp: Speaker, audio: np.ndarray) -> None:
+    async def final(self, sp: Speaker, audio: np.ndarray, shown: bool) -> None:
         text = await self.engine.decode(audio, self.language, 5)
-        await self.result(sp.tag, text, False)
+        await self.result(sp.tag, text, False, closes=shown)
 
     def step(self, sp: Speaker) -> None:
         """After new audio or a tick: cut a final, or start an interim."""
@@ -206,7 +215,7 @@ class Session:
             audio = sp.audio()
             sp.utterance = None
             sp.history = np.zeros(0, dtype=np.float32)
-            self.spawn(self.final(sp, audio))
+            self.spawn(self.final(sp, audio, sp.interim_shown))
             return
         seconds = sp.speech_seconds()
         if (sp.utterance is not None and self.send_interims and not sp.interim_running

@@ -209,10 +209,11 @@ pub struct StreamSpec {
 #[derive(Clone, Debug)]
 pub struct StreamAudio {
     pub opus: bytes::Bytes,
-    /// Packet counter of this stream, from 0.
+    /// The packet's RTP sequence number counted from the track's first packet (extended:
+    /// no wrap), so a receiver sees losses and reordering.
     pub chunk: u64,
-    /// Milliseconds since the track's first packet.
-    pub timestamp_ms: u64,
+    /// The packet's RTP timestamp counted from the track's first packet (48 kHz ticks).
+    pub timestamp: u64,
 }
 
 /// What comes back from a streaming engine.

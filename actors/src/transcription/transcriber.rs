@@ -95,13 +95,19 @@ struct Segment {
 const AUDIO_QUEUE: usize = 256;
 /// Segment numbers of a streaming engine's utterances (apart from the segmenter's).
 const STREAM_SEGMENTS: u32 = 1 << 31;
+/// A streaming segment without a result for this long is over (its final never came):
+/// the next words start a new one.
+const STREAM_SEGMENT_IDLE_MS: u64 = 10_000;
 
-/// Where the pump sends each packet's Opus for a streaming engine (None: no stream).
+/// Where the pump sends each packet's Opus for a streaming engine (None: no stream), and
+/// the track's RTP sequence numbers and timestamps counted from its first packet.
 #[derive(Default)]
 struct StreamTap {
     audio: Option<mpsc::Sender<StreamAudio>>,
-    chunk: u64,
-    first: Option<Instant>,
+    /// The highest (sequence number, timestamp) seen, and their extended values.
+    newest: Option<(u16, u32)>,
+    ext_seq: i64,
+    ext_ts: i64,
 }
 
 pub struct TranscriberState {
@@ -387,14 +393,32 @@ impl StreamTap {
         let Ok(rtp) = hearth_engine::rtp::parse(packet) else {
             return;
         };
-        let now = Instant::now();
-        let first = *self.first.get_or_insert(now);
+        // Extended from the newest packet (wraps and reordering; a packet from before the
+        // first counts as negative and is not sent).
+        let (seq, ts) = match self.newest {
+            None => {
+                self.newest = Some((rtp.seq, rtp.timestamp));
+                (0, 0)
+            }
+            Some((seq, ts)) => {
+                let seq_at = self.ext_seq + i64::from(rtp.seq.wrapping_sub(seq) as i16);
+                let ts_at = self.ext_ts + i64::from(rtp.timestamp.wrapping_sub(ts) as i32);
+                if seq_at > self.ext_seq {
+                    self.newest = Some((rtp.seq, rtp.timestamp));
+                    self.ext_seq = seq_at;
+                    self.ext_ts = ts_at;
+                }
+                (seq_at, ts_at)
+            }
+        };
+        let (Ok(chunk), Ok(timestamp)) = (u64::try_from(seq), u64::try_from(ts)) else {
+            return;
+        };
         let chunk = StreamAudio {
             opus: rtp.payload.clone(),
-            chunk: self.chunk,
-            timestamp_ms: now.saturating_duration_since(first).as_millis() as u64,
+            chunk,
+            timestamp,
         };
-        self.chunk += 1;
         match audio.try_send(chunk) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -423,6 +447,20 @@ impl TranscriberState {
         };
         tracing::debug!(track = %self.track, engine = self.engine.as_str(), "stream opened");
         tap.audio = Some(stream.audio);
+        drop(tap);
+        // Utterances cut for a batch engine before the switch get no result now: empty
+        // finals clear their interim words.
+        let pending: Vec<u32> = self
+            .segments
+            .keys()
+            .copied()
+            .filter(|k| *k < STREAM_SEGMENTS)
+            .collect();
+        for segment in pending {
+            let t = self.transcript(segment, String::new(), true);
+            self.segments.remove(&segment);
+            let _ = self.args_meeting.send_message(MeetingMsg::Transcript(t));
+        }
         let mut events = stream.events;
         let me = myself.clone();
         let generation = self.stream_generation;
@@ -460,10 +498,20 @@ impl TranscriberState {
         match event {
             StreamEvent::Result { text, is_final } => {
                 let text = text.trim().to_owned();
-                if text.is_empty() && self.stream_segment.is_none() {
+                // Blank words change nothing; only a final may be empty (it closes).
+                if text.is_empty() && (!is_final || self.stream_segment.is_none()) {
                     return;
                 }
                 let now = self.now_meeting_ms();
+                // A segment whose final never came is over.
+                if let Some(seg) = self.stream_segment.and_then(|s| self.segments.get(&s))
+                    && now.saturating_sub(seg.end_ms) > STREAM_SEGMENT_IDLE_MS
+                {
+                    self.finish_stream_segment();
+                    if text.is_empty() {
+                        return;
+                    }
+                }
                 // Speech our segmenter heard since the last segment ended times this one.
                 let heard = self
                     .speech

@@ -1204,7 +1204,46 @@ fn check_candidate(c: &str) -> Result<(), &'static str> {
 
 #[cfg(test)]
 mod tests {
-    use super::check_candidate;
+    use super::*;
+
+    /// SSRC-group simulcast: each primary of the `SIM` group is its layer (group order),
+    /// each RTX stream the layer of its primary; a stream outside the group has none.
+    #[test]
+    fn sim_group_streams_get_their_layers() {
+        let identity = DtlsIdentity::generate().unwrap();
+        let config = PeerConfig {
+            advertised: "127.0.0.1:7882".parse().unwrap(),
+            identity,
+            ufrag: "srvufrag".into(),
+            pwd: "serverpassword0123456789".into(),
+            session_id: 7,
+            rtcp_ssrc: 1,
+        };
+        let mut peer = Peer::new(config, Instant::now());
+        let mut offer = String::from(
+            "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+a=fingerprint:sha-256 11:22:33\r\na=ice-ufrag:cliu\r\na=ice-pwd:clientpassword0123456789\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=setup:actpass\r\n\
+a=rtcp-mux\r\na=sendonly\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:97 rtx/90000\r\n\
+a=fmtp:97 apt=96\r\n",
+        );
+        for ssrc in [10u32, 20, 30] {
+            offer.push_str(&format!(
+                "a=ssrc:{ssrc} cname:c\r\na=ssrc:{} cname:c\r\na=ssrc-group:FID {ssrc} {}\r\n",
+                ssrc + 1,
+                ssrc + 1
+            ));
+        }
+        offer.push_str("a=ssrc-group:SIM 10 20 30\r\n");
+        peer.apply_offer(Instant::now(), &offer).unwrap();
+        let layer = |ssrc: u32| peer.streams.get(&ssrc).map(|s| (s.layer, s.rtx_of));
+        assert_eq!(layer(10), Some((Some(0), None)));
+        assert_eq!(layer(20), Some((Some(1), None)));
+        assert_eq!(layer(30), Some((Some(2), None)));
+        assert_eq!(layer(11), Some((Some(0), Some(10))));
+        assert_eq!(layer(21), Some((Some(1), Some(20))));
+        assert_eq!(layer(31), Some((Some(2), Some(30))));
+    }
 
     #[test]
     fn candidates_are_checked_for_form() {

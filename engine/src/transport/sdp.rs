@@ -698,9 +698,11 @@ impl Negotiator {
                 simulcast: None,
             };
             // Recycle a slot rejected in an agreed description (never one rejected just now:
-            // the client must see the rejection first).
-            let free = next.iter().position(|s| {
-                s.rejected
+            // the client must see the rejection first), never one before the BUNDLE tag
+            // (its mid would come first in the group and become the tag).
+            let free = next.iter().enumerate().position(|(i, s)| {
+                tag.is_none_or(|t| i > t)
+                    && s.rejected
                     && self
                         .sections
                         .iter()
@@ -845,7 +847,10 @@ impl Negotiator {
         }
         let mut next = pending.clone();
         let mut stopped = Vec::new();
-        for (s, md) in next.iter_mut().zip(&desc.media_descriptions) {
+        // The BUNDLE tag of our offer stays in the group whatever the answer says of its
+        // codecs.
+        let tag = pending.iter().position(|s| !s.rejected);
+        for (i, (s, md)) in next.iter_mut().zip(&desc.media_descriptions).enumerate() {
             let answered = parse_section(md)?;
             if answered.mid != s.mid {
                 return Err(negotiation(format!(
@@ -884,13 +889,18 @@ impl Negotiator {
                         c
                     })
                     .collect();
-                s.codecs = accepted;
+                let offered_codecs = std::mem::replace(&mut s.codecs, accepted);
                 // Extensions: only those the answer kept (the transport-wide sequence is
                 // written into every packet we send only if the client agreed to it).
                 s.extmap
                     .retain(|(id, uri)| answered.extmap.iter().any(|(a, u)| a == id && u == uri));
                 s.local_sends = answered.direction.remote_receives() && !s.codecs.is_empty();
-                if s.codecs.is_empty() {
+                if s.codecs.is_empty() && Some(i) == tag {
+                    // The tag: kept, inactive, with what we offered; a live sender of it is
+                    // placed again by the next offer.
+                    s.codecs = offered_codecs;
+                    s.sender = None;
+                } else if s.codecs.is_empty() {
                     // No codec in common: the slot is rejected; a live sender is placed again
                     // by the next offer.
                     s.rejected = true;

@@ -739,3 +739,74 @@ fn ssrc_group_simulcast_is_taken_lowest_layer_first() {
         assert_eq!(n.sections()[0].remote_ssrcs, vec![100, 200], "{group}");
     }
 }
+
+#[test]
+fn a_slot_before_the_bundle_tag_is_never_recycled() {
+    // The client's first section is one we reject (no codec we forward); its second, an
+    // audio track, is the tag. Our new sender must not take the rejected first slot: its
+    // mid would lead the group and become the tag.
+    let mut n = negotiator();
+    let unsupported = "m=video 9 UDP/TLS/RTP/SAVPF 98\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n\
+a=setup:actpass\r\na=rtcp-mux\r\na=sendonly\r\na=rtpmap:98 XYZ/90000\r\n";
+    let offer = format!(
+        "{SESSION}a=group:BUNDLE 0 1\r\n{unsupported}{}",
+        audio("1", 9, "")
+    );
+    n.apply_offer(&offer).unwrap();
+    assert!(n.sections()[0].rejected && !n.sections()[1].rejected);
+    let opus = codec_table().remove(0);
+    n.add_sender(Sender {
+        kind: MediaKind::Audio,
+        codec: opus,
+        ssrc: 5,
+        stream_id: "s".into(),
+        track_id: "t".into(),
+        pt: None,
+        rtx_ssrc: 6,
+        rtx_pt: None,
+        removed: false,
+    });
+    let offer = n.create_offer().unwrap();
+    let group = offer
+        .lines()
+        .find(|l| l.starts_with("a=group:BUNDLE"))
+        .unwrap();
+    assert!(group.starts_with("a=group:BUNDLE 1 "), "{group}");
+    assert_eq!(
+        offer.matches("m=").count(),
+        3,
+        "appended, not recycled: {offer}"
+    );
+}
+
+#[test]
+fn an_answer_without_codecs_keeps_the_bundle_tag() {
+    let mut n = negotiator();
+    let opus = codec_table().remove(0);
+    let key = n.add_sender(Sender {
+        kind: MediaKind::Audio,
+        codec: opus,
+        ssrc: 5,
+        stream_id: "s".into(),
+        track_id: "t".into(),
+        pt: None,
+        rtx_ssrc: 6,
+        rtx_pt: None,
+        removed: false,
+    });
+    let offer = n.create_offer().unwrap();
+    assert!(offer.contains("a=group:BUNDLE h0"));
+    // The client accepts the section but no codec of it (payload type 0 was not offered).
+    let answer = SESSION.replace("a=ice-ufrag", "a=setup:active\r\na=ice-ufrag")
+        + "m=audio 9 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\na=mid:h0\r\n\
+a=rtcp-mux\r\na=recvonly\r\na=rtpmap:0 PCMU/8000\r\n";
+    n.apply_answer(&answer).unwrap();
+    let tag = &n.sections()[0];
+    assert!(!tag.rejected, "the tag stays in the group");
+    assert!(tag.sender.is_none() && !tag.local_sends && !tag.codecs.is_empty());
+    // The sender is placed again, in a new section after the tag.
+    assert!(n.needs_offer());
+    let offer = n.create_offer().unwrap();
+    assert!(offer.contains("a=group:BUNDLE h0 h1"), "{offer}");
+    assert!(n.sender(key).is_some());
+}
