@@ -114,6 +114,15 @@ try {
   const topRid = layers.reduce((a, b) => (b.width > a.width ? b : a)).rid;
   const topLayer = async () => (await alice.page.evaluate(() => window.hearth.outboundLayers()))
     .find((x) => x.rid === topRid);
+  // What Alice's camera sends over all its layers, kbit/s over 2 s (polled, not slept).
+  const cameraKbps = async () => {
+    const sent = async () => (await alice.page.evaluate(() => window.hearth.outboundLayers()))
+      .reduce((sum, x) => sum + x.bytesSent, 0);
+    const [b0, t0] = [await sent(), Date.now()];
+    await until('two seconds of sending', () => Date.now() - t0 >= 2000, 5000, 100);
+    return Math.round(((await sent()) - b0) * 8 / (Date.now() - t0));
+  };
+  const watched = await cameraKbps();
   const bobSmall = await bob.page.addStyleTag({ content: SMALL });
   await carol.page.addStyleTag({ content: SMALL });
   const t0 = Date.now();
@@ -126,6 +135,9 @@ try {
     return still;
   }, 10000, 500);
   log(`small tiles everywhere: alice paused her top layer after ${Date.now() - t0} ms`);
+  const thumbnails = await cameraKbps();
+  log(`alice's camera sends ${watched} kbit/s with a large tile watching, ${thumbnails} kbit/s with thumbnails only`);
+  assert.ok(thumbnails < watched, `pausing the top layer saves uplink: ${thumbnails} < ${watched}`);
   const decodedSmall = counter(await bob.stats(), aliceId, 'video', 'framesDecoded');
   await until('bob still decodes alice (the small layer)', async () =>
     counter(await bob.stats(), aliceId, 'video', 'framesDecoded') > decodedSmall + 20, 15000);
