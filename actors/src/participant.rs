@@ -392,6 +392,9 @@ struct Subscription {
     told_cap: Option<u8>,
     /// What the publisher was last told of `hidden || bw_paused` (dynacast).
     told_idle: bool,
+    /// Since when the bandwidth allocation has wanted this video paused (it is paused only
+    /// after [`BW_PAUSE_AFTER`] of that).
+    pause_wanted_since: Option<Instant>,
     /// Whose track it is, its kind, and whether it is a screen share (allocation).
     publisher: ParticipantId,
     audio: bool,
@@ -609,6 +612,10 @@ pub const FORWARD_DELAY_BUCKETS: &[f64] = &[
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(250);
 /// No bandwidth probe starts this soon after the client's last NACK.
 const PROBE_QUIET_AFTER_NACK: Duration = Duration::from_secs(1);
+/// A playing video is paused by the bandwidth allocation only after it has not fitted for
+/// this long: a layer's rate measured over a second with a keyframe in it, or a dip of the
+/// estimate, must not freeze the picture for seconds (meanwhile it gets its lowest layer).
+const BW_PAUSE_AFTER: Duration = Duration::from_secs(2);
 /// Retransmissions one subscriber's NACKs may cause: per second on average, and in a burst.
 const RETRANSMIT_RATE: u32 = 200;
 const RETRANSMIT_BURST: u32 = 100;
@@ -1982,10 +1989,14 @@ impl ParticipantState {
                 continue;
             };
             // The same leg the publisher forwards on: one forwarder, one SRTP context.
-            match sub
-                .leg
-                .forward(now, &item.packet, item.retransmission, &mut self.out_batch)
-            {
+            let result =
+                sub.leg
+                    .forward(now, &item.packet, item.retransmission, &mut self.out_batch);
+            if item.retransmission {
+                tracing::debug!(participant = %self.id, track = %sub.track, source = item.packet.ssrc.0,
+                    seq = item.packet.seq, sent = matches!(result, Forwarded::Sent(_)), "retransmission");
+            }
+            match result {
                 Forwarded::Sent(_) => {
                     // (The leg counted these bytes into our usage.)
                     if !item.retransmission {
@@ -2021,6 +2032,7 @@ impl ParticipantState {
     fn on_feedback(&mut self, now: Instant, feedback: Feedback) {
         match feedback {
             Feedback::KeyframeRequest { media_ssrc } => {
+                tracing::debug!(participant = %self.id, ssrc = media_ssrc.0, "client asks for a keyframe");
                 if let Some(key) = self.by_out_ssrc.get(&media_ssrc.0)
                     && let Some(sub) = self.subscriptions.get_mut(key)
                 {
@@ -2052,11 +2064,18 @@ impl ParticipantState {
                 let rtt = leg.stats.rtt();
                 // Source numbers by source stream (a simulcast switch spans two).
                 let mut by_source: Vec<(Ssrc, Vec<u16>)> = Vec::new();
-                for (ssrc, seq) in seqs
+                let allowed: Vec<u16> = seqs
                     .iter()
-                    .filter(|s| sub.retransmit.allow(now, **s, rtt))
+                    .copied()
+                    .filter(|s| sub.retransmit.allow(now, *s, rtt))
+                    .collect();
+                let mapped: Vec<(Ssrc, u16)> = allowed
+                    .iter()
                     .filter_map(|s| leg.forwarder.source_of(*s))
-                {
+                    .collect();
+                tracing::debug!(participant = %self.id, track = %sub.track, ?seqs, allowed = allowed.len(),
+                    mapped = mapped.len(), ?rtt, "nack");
+                for (ssrc, seq) in mapped {
                     match by_source.iter_mut().find(|(s, _)| *s == ssrc) {
                         Some((_, list)) => list.push(seq),
                         None => by_source.push((ssrc, vec![seq])),
@@ -2179,7 +2198,15 @@ impl ParticipantState {
             let Some(sub) = self.subscriptions.get_mut(&key) else {
                 continue;
             };
-            let pause = grant == Grant::Pause;
+            let wants = grant == Grant::Pause;
+            let mut pause = wants;
+            if wants && !sub.bw_paused {
+                let since = *sub.pause_wanted_since.get_or_insert(now);
+                pause = now.saturating_duration_since(since) >= BW_PAUSE_AFTER;
+            }
+            if !wants || pause {
+                sub.pause_wanted_since = None;
+            }
             if pause != sub.bw_paused {
                 sub.bw_paused = pause;
                 tracing::debug!(participant = %self.id, track = %sub.track, paused = pause, estimate, "bandwidth pause");
@@ -2248,6 +2275,9 @@ impl ParticipantState {
             return;
         };
         let mut bytes = 0u64;
+        if !self.cc.probing() {
+            tracing::debug!(participant = %self.id, estimate = self.cc.estimate(), media_bps, "probe starts");
+        }
         while let Some(size) = self.cc.poll_padding(now, media_bps) {
             bytes += leg.send_padding(size, &mut self.out_batch) as u64;
         }
@@ -2409,6 +2439,7 @@ impl ParticipantState {
                                     told_height: u32::MAX,
                                     told_cap: None,
                                     told_idle: false,
+                                    pause_wanted_since: None,
                                     publisher: track.publisher.clone(),
                                     audio: track.info.kind == MediaKind::Audio,
                                     screen: track.info.source == crate::domain::TrackSource::Screen,
