@@ -2125,6 +2125,7 @@ impl ParticipantState {
         let mut lowest: HashMap<TrackKey, Option<u8>> = HashMap::new();
         for (key, sub) in &mut self.subscriptions {
             let Some(leg) = sub.leg.lock() else {
+                sub.pause_wanted_since = None;
                 continue;
             };
             // On the wire: UDP and IPv4 headers on top of the sealed packets.
@@ -2140,6 +2141,7 @@ impl ParticipantState {
             }
             sub.sent_seen = bytes;
             if sub.hidden || sub.remote_muted {
+                sub.pause_wanted_since = None;
                 continue;
             }
             let priority = if sub.screen {

@@ -2,10 +2,12 @@
 //! opus-transcriber-proxy (and of servers that speak it).
 //!
 //! One connection per transcribed track, to
-//! `URL?sessionId=<track>&sendBack=true&sendBackInterim=true&lang=<language>`. Each RTP
-//! packet's Opus goes out undecoded, as it arrived:
+//! `URL?sessionId=<track>&sendBack=true&sendBackInterim=true&lang=<language>`. It starts
+//! with the tag's `start` event, then each RTP packet's Opus goes out undecoded, as it
+//! arrived:
 //!
 //! ```json
+//! {"event":"start","start":{"tag":"<participant>","mediaFormat":{"encoding":"opus","sampleRate":48000,"channels":2}}}
 //! {"event":"media","media":{"tag":"<participant>","chunk":0,"timestamp":0,"payload":"<base64 Opus>"}}
 //! ```
 //!
@@ -120,6 +122,26 @@ pub fn media_event(tag: &str, audio: &StreamAudio) -> String {
         }
     })
     .to_string()
+}
+
+/// The `start` event that opens a tag's stream (the proxy drops media of a tag it has not
+/// seen start): browsers' Opus, 48 kHz, two channels.
+pub fn start_event(tag: &str) -> String {
+    serde_json::json!({
+        "event": "start",
+        "start": {
+            "tag": tag,
+            "mediaFormat": { "encoding": "opus", "sampleRate": 48000, "channels": 2 },
+        }
+    })
+    .to_string()
+}
+
+fn is_pong(text: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v.get("event").and_then(|e| e.as_str()).map(|e| e == "pong"))
+        .unwrap_or(false)
 }
 
 /// A message from the engine: a result, nothing (another type), or why it is not the
@@ -249,6 +271,9 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (mut tx, mut rx) = ws.split();
+    if let Err(e) = tx.send(Message::text(start_event(tag))).await {
+        return Ended::Failed(format!("sending to the streaming engine failed: {e}"));
+    }
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.tick().await;
     let mut ping_id = 0u64;
@@ -312,7 +337,9 @@ where
                     Ok(event) => event,
                     Err(why) => return Ended::Failed(why),
                 };
-                if !proven {
+                // Only a result or a pong proves the engine works (not, say, a JSON error
+                // before it closes).
+                if !proven && (event.is_some() || is_pong(text.as_str())) {
                     proven = true;
                     if !health.healthy(events).await {
                         return Ended::Done;

@@ -953,6 +953,9 @@ async fn streaming_engine_speaks_the_opus_transcriber_proxy_contract() {
             while let Some(Ok(Message::Text(t))) = ws.next().await {
                 let v: Value = serde_json::from_str(t.as_str()).unwrap();
                 let chunk = v["media"]["chunk"].as_u64().unwrap_or(99);
+                if v["event"] == "ping" {
+                    continue;
+                }
                 seen.lock().unwrap().push(v);
                 let reply = match chunk {
                     1 => r#"{"event":"pong","id":1}"#.to_owned(),
@@ -991,8 +994,13 @@ async fn streaming_engine_speaks_the_opus_transcriber_proxy_contract() {
             is_final: true
         }
     );
-    let media = seen.lock().unwrap().clone();
-    assert_eq!(media.len(), 4, "{media:?}");
+    let mut media = seen.lock().unwrap().clone();
+    assert_eq!(media.len(), 5, "a start, then four packets: {media:?}");
+    let start = media.remove(0);
+    assert_eq!(start["event"], "start", "{start}");
+    assert_eq!(start["start"]["tag"], "PA_speaker");
+    assert_eq!(start["start"]["mediaFormat"]["encoding"], "opus");
+    assert_eq!(start["start"]["mediaFormat"]["sampleRate"], 48000);
     for (i, m) in media.iter().enumerate() {
         assert_eq!(m["event"], "media");
         assert_eq!(m["media"]["tag"], "PA_speaker");

@@ -9,7 +9,8 @@ itself forwards to cloud engines that are not reachable from here), the way
 openai_server.py stands in for an OpenAI-compatible one. The contract:
 
   connect  ws://HOST:PORT/transcribe?sessionId=S&sendBack=true&sendBackInterim=true&lang=en
-  in       {"event":"media","media":{"tag":T,"chunk":n,"timestamp":t,"payload":BASE64 OPUS}}
+  in       {"event":"start","start":{"tag":T,"mediaFormat":{"encoding":"opus",...}}}
+           {"event":"media","media":{"tag":T,"chunk":n,"timestamp":t,"payload":BASE64 OPUS}}
            {"event":"ping","id":n}                       -> {"event":"pong","id":n}
   out      {"type":"transcription-result","event":"transcription-result","is_interim":B,
             "transcript":[{"text":...,"confidence":...}],"participant":{"id":T},
@@ -277,6 +278,8 @@ async def handler(ws, engine: Engine) -> None:
             event = msg.get("event")
             if event == "media" and isinstance(msg.get("media"), dict):
                 session.media(msg["media"])
+            elif event == "start":
+                pass  # the tag's format: browsers' Opus, what we decode anyway
             elif event == "ping":
                 await ws.send(json.dumps({"event": "pong", "id": msg.get("id")}))
             else:

@@ -89,6 +89,8 @@ struct Segment {
     final_sent: bool,
     start_ms: u64,
     end_ms: u64,
+    /// A streaming segment: when its last result came (meeting ms).
+    last_result_ms: u64,
 }
 
 /// Packets the audio thread buffers; beyond it they are dropped (counted in the tap's drops).
@@ -98,6 +100,9 @@ const STREAM_SEGMENTS: u32 = 1 << 31;
 /// A streaming segment without a result for this long is over (its final never came):
 /// the next words start a new one.
 const STREAM_SEGMENT_IDLE_MS: u64 = 10_000;
+/// A sequence number this far from the newest (about a minute of 20 ms packets) is a new
+/// numbering, not a late packet.
+const REBASE_PACKETS: i64 = 3000;
 
 /// Where the pump sends each packet's Opus for a streaming engine (None: no stream), and
 /// the track's RTP sequence numbers and timestamps counted from its first packet.
@@ -387,9 +392,9 @@ impl StreamTap {
     /// One RTP packet's Opus to the stream; dropped (counted) when the connection is
     /// behind, and the stream forgotten when it has ended.
     fn send(&mut self, packet: &Bytes) {
-        let Some(audio) = &self.audio else {
+        if self.audio.is_none() {
             return;
-        };
+        }
         let Ok(rtp) = hearth_engine::rtp::parse(packet) else {
             return;
         };
@@ -401,7 +406,16 @@ impl StreamTap {
                 (0, 0)
             }
             Some((seq, ts)) => {
-                let seq_at = self.ext_seq + i64::from(rtp.seq.wrapping_sub(seq) as i16);
+                let delta = i64::from(rtp.seq.wrapping_sub(seq) as i16);
+                if delta.abs() > REBASE_PACKETS {
+                    // A new numbering (the publisher's encoder restarted): it continues
+                    // from here, one frame on.
+                    self.newest = Some((rtp.seq, rtp.timestamp));
+                    self.ext_seq += 1;
+                    self.ext_ts += 960;
+                    return self.push(rtp.payload.clone(), self.ext_seq, self.ext_ts);
+                }
+                let seq_at = self.ext_seq + delta;
                 let ts_at = self.ext_ts + i64::from(rtp.timestamp.wrapping_sub(ts) as i32);
                 if seq_at > self.ext_seq {
                     self.newest = Some((rtp.seq, rtp.timestamp));
@@ -411,11 +425,18 @@ impl StreamTap {
                 (seq_at, ts_at)
             }
         };
+        self.push(rtp.payload.clone(), seq, ts);
+    }
+
+    fn push(&mut self, opus: Bytes, seq: i64, ts: i64) {
+        let Some(audio) = &self.audio else {
+            return;
+        };
         let (Ok(chunk), Ok(timestamp)) = (u64::try_from(seq), u64::try_from(ts)) else {
             return;
         };
         let chunk = StreamAudio {
-            opus: rtp.payload.clone(),
+            opus,
             chunk,
             timestamp,
         };
@@ -450,11 +471,12 @@ impl TranscriberState {
         drop(tap);
         // Utterances cut for a batch engine before the switch get no result now: empty
         // finals clear their interim words.
+        // (Those whose final job is out keep it: its text still comes.)
         let pending: Vec<u32> = self
             .segments
-            .keys()
-            .copied()
-            .filter(|k| *k < STREAM_SEGMENTS)
+            .iter()
+            .filter(|(k, seg)| **k < STREAM_SEGMENTS && !seg.final_sent)
+            .map(|(k, _)| *k)
             .collect();
         for segment in pending {
             let t = self.transcript(segment, String::new(), true);
@@ -505,7 +527,7 @@ impl TranscriberState {
                 let now = self.now_meeting_ms();
                 // A segment whose final never came is over.
                 if let Some(seg) = self.stream_segment.and_then(|s| self.segments.get(&s))
-                    && now.saturating_sub(seg.end_ms) > STREAM_SEGMENT_IDLE_MS
+                    && now.saturating_sub(seg.last_result_ms) > STREAM_SEGMENT_IDLE_MS
                 {
                     self.finish_stream_segment();
                     if text.is_empty() {
@@ -533,6 +555,7 @@ impl TranscriberState {
                                 final_sent: false,
                                 start_ms: start,
                                 end_ms: now,
+                                last_result_ms: now,
                             },
                         );
                         self.stream_segment = Some(s);
@@ -540,6 +563,7 @@ impl TranscriberState {
                     }
                 };
                 if let Some(seg) = self.segments.get_mut(&segment) {
+                    seg.last_result_ms = now;
                     // The end of the speech heard, if it is this segment's; else now.
                     seg.end_ms = heard
                         .map(|(_, end)| end)
@@ -635,6 +659,7 @@ impl TranscriberState {
             final_sent: false,
             start_ms,
             end_ms,
+            last_result_ms: end_ms,
         });
         seg.end_ms = end_ms;
         if ev.is_final {
@@ -739,5 +764,57 @@ impl TranscriberState {
             end_ms: seg.end_ms,
             language: self.language,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rtp(seq: u16, ts: u32) -> Bytes {
+        let mut p = vec![0x80, 111];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&ts.to_be_bytes());
+        p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+        p.extend_from_slice(&[0xfc, 0x01]);
+        Bytes::from(p)
+    }
+
+    /// Sequence numbers and timestamps counted from the first packet: across the wrap, a
+    /// late packet keeps its own place, one from before the first is not sent, and a new
+    /// numbering (an encoder restart) continues the count.
+    #[test]
+    fn the_tap_counts_rtp_numbers_from_the_first_packet() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let mut tap = StreamTap {
+            audio: Some(tx),
+            ..StreamTap::default()
+        };
+        for (seq, ts) in [
+            (65_534u16, 4_294_966_000u32),
+            (65_535, 4_294_966_960),
+            (1, 1_624), // 0 is late
+            (0, 664),
+            (65_530, 4_294_962_000), // before the first: not sent
+            (40_000, 77),            // a new numbering
+            (40_001, 1_037),
+        ] {
+            tap.send(&rtp(seq, ts));
+        }
+        let mut got = Vec::new();
+        while let Ok(a) = rx.try_recv() {
+            got.push((a.chunk, a.timestamp));
+        }
+        assert_eq!(
+            got,
+            vec![
+                (0, 0),
+                (1, 960),
+                (3, 2_920),
+                (2, 1_960),
+                (4, 3_880),
+                (5, 4_840)
+            ]
+        );
     }
 }
