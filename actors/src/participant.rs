@@ -392,9 +392,6 @@ struct Subscription {
     told_cap: Option<u8>,
     /// What the publisher was last told of `hidden || bw_paused` (dynacast).
     told_idle: bool,
-    /// Since when the bandwidth allocation has wanted this video paused (it is paused only
-    /// after [`BW_PAUSE_AFTER`] of that).
-    pause_wanted_since: Option<Instant>,
     /// Whose track it is, its kind, and whether it is a screen share (allocation).
     publisher: ParticipantId,
     audio: bool,
@@ -612,10 +609,6 @@ pub const FORWARD_DELAY_BUCKETS: &[f64] = &[
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(250);
 /// No bandwidth probe starts this soon after the client's last NACK.
 const PROBE_QUIET_AFTER_NACK: Duration = Duration::from_secs(1);
-/// A playing video is paused by the bandwidth allocation only after it has not fitted for
-/// this long: a layer's rate measured over a second with a keyframe in it, or a dip of the
-/// estimate, must not freeze the picture for seconds (meanwhile it gets its lowest layer).
-const BW_PAUSE_AFTER: Duration = Duration::from_secs(2);
 /// Retransmissions one subscriber's NACKs may cause: per second on average, and in a burst.
 const RETRANSMIT_RATE: u32 = 200;
 const RETRANSMIT_BURST: u32 = 100;
@@ -2125,7 +2118,6 @@ impl ParticipantState {
         let mut lowest: HashMap<TrackKey, Option<u8>> = HashMap::new();
         for (key, sub) in &mut self.subscriptions {
             let Some(leg) = sub.leg.lock() else {
-                sub.pause_wanted_since = None;
                 continue;
             };
             // On the wire: UDP and IPv4 headers on top of the sealed packets.
@@ -2141,7 +2133,6 @@ impl ParticipantState {
             }
             sub.sent_seen = bytes;
             if sub.hidden || sub.remote_muted {
-                sub.pause_wanted_since = None;
                 continue;
             }
             let priority = if sub.screen {
@@ -2200,15 +2191,7 @@ impl ParticipantState {
             let Some(sub) = self.subscriptions.get_mut(&key) else {
                 continue;
             };
-            let wants = grant == Grant::Pause;
-            let mut pause = wants;
-            if wants && !sub.bw_paused {
-                let since = *sub.pause_wanted_since.get_or_insert(now);
-                pause = now.saturating_duration_since(since) >= BW_PAUSE_AFTER;
-            }
-            if !wants || pause {
-                sub.pause_wanted_since = None;
-            }
+            let pause = grant == Grant::Pause;
             if pause != sub.bw_paused {
                 sub.bw_paused = pause;
                 tracing::debug!(participant = %self.id, track = %sub.track, paused = pause, estimate, "bandwidth pause");
@@ -2441,7 +2424,6 @@ impl ParticipantState {
                                     told_height: u32::MAX,
                                     told_cap: None,
                                     told_idle: false,
-                                    pause_wanted_since: None,
                                     publisher: track.publisher.clone(),
                                     audio: track.info.kind == MediaKind::Audio,
                                     screen: track.info.source == crate::domain::TrackSource::Screen,
