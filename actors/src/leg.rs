@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use hearth_engine::codec::{VP8_DESCRIPTOR_MAX, Vp8Munger};
 use hearth_engine::forwarder::{Drop as ForwardDrop, ForwardedHeader, Forwarder};
 use hearth_engine::media::MediaPacket;
 use hearth_engine::stats::SendStats;
@@ -67,6 +68,9 @@ pub struct LegState {
     /// height asks for), smallest first, with the rate each arrives at (bits/s). Written by
     /// the publisher, read by the subscriber's bandwidth allocation.
     pub layers: Vec<(u8, u32)>,
+    /// VP8: the payload descriptors' picture ids and TL0PICIDX rewritten to run on across
+    /// source switches (simulcast layer changes, restarts).
+    pub vp8: Option<Vp8Munger>,
 }
 
 /// A leg's handle on its subscriber's transport-wide sequence.
@@ -130,9 +134,18 @@ impl SendLeg {
                 sent_bytes: 0,
                 twcc: None,
                 layers: Vec::new(),
+                vp8: None,
             }),
             usage: None,
         }
+    }
+
+    /// A VP8 stream: its descriptors are rewritten (see [`Vp8Munger`]).
+    pub fn with_vp8_munging(self) -> Self {
+        if let Ok(mut st) = self.state.lock() {
+            st.vp8 = Some(Vp8Munger::default());
+        }
+        self
     }
 
     /// Counts what the leg sends into the subscriber's usage.
@@ -246,6 +259,13 @@ impl SendLeg {
                 Err(_) => return Forwarded::Skipped,
             }
         };
+        // VP8: the descriptor rewritten goes first, the rest of the payload after it.
+        let segment = st.forwarder.segments();
+        let mut desc = [0u8; VP8_DESCRIPTOR_MAX];
+        let desc_len = st.vp8.as_mut().map_or(0, |m| {
+            m.munge(segment, retransmission, &pkt.payload, &mut desc)
+        });
+        let body = &pkt.payload[desc_len..];
         let twcc = st.twcc.as_ref();
         let len = match (&mut st.rtx, retransmission) {
             (Some(rtx), true) if rtx.enabled => {
@@ -259,9 +279,12 @@ impl SendLeg {
                     transport_seq: twcc.and_then(|t| t.next(SEAL_OVERHEAD + 2 + pkt.payload.len())),
                     padding: 0,
                 };
+                let mut prefix = [0u8; 2 + VP8_DESCRIPTOR_MAX];
+                prefix[..2].copy_from_slice(&header.seq.to_be_bytes());
+                prefix[2..2 + desc_len].copy_from_slice(&desc[..desc_len]);
                 let len = batch.push_with(dest, |buf| {
                     rtx.sealer
-                        .seal_packet(&fields, &header.seq.to_be_bytes(), &pkt.payload, buf)
+                        .seal_packet(&fields, &prefix[..2 + desc_len], body, buf)
                         .is_ok()
                 });
                 if len > 0 {
@@ -279,7 +302,9 @@ impl SendLeg {
                     padding: 0,
                 };
                 batch.push_with(dest, |buf| {
-                    sealer.seal_packet(&fields, &[], &pkt.payload, buf).is_ok()
+                    sealer
+                        .seal_packet(&fields, &desc[..desc_len], body, buf)
+                        .is_ok()
                 })
             }
         };

@@ -2389,14 +2389,16 @@ impl ParticipantState {
                                 forwarder.pause();
                             }
                             self.by_out_ssrc.insert(sender.ssrc.0, track.key);
-                            let leg = Arc::new(
-                                SendLeg::new(
-                                    self.id.clone(),
-                                    forwarder,
-                                    SendStats::new(sender.ssrc, track.codec.clock_rate),
-                                )
-                                .with_usage(Arc::clone(&self.usage)),
-                            );
+                            let mut leg = SendLeg::new(
+                                self.id.clone(),
+                                forwarder,
+                                SendStats::new(sender.ssrc, track.codec.clock_rate),
+                            )
+                            .with_usage(Arc::clone(&self.usage));
+                            if track.codec.codec == hearth_engine::media::Codec::Vp8 {
+                                leg = leg.with_vp8_munging();
+                            }
+                            let leg = Arc::new(leg);
                             // The publisher forwards on it once it is ready (closed legs and
                             // legs without a sealer are skipped there).
                             let _ = track.publisher_ref.send_message(ParticipantMsg::AttachLeg {

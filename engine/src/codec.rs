@@ -65,6 +65,114 @@ pub fn vp8_is_keyframe(payload: &[u8]) -> bool {
     payload.get(i).is_some_and(|&header| header & 0x01 == 0)
 }
 
+/// Rewrites the VP8 payload descriptors of one outgoing stream so its picture ids and
+/// TL0PICIDX continue across source switches (RFC 7741 §4.2). Simulcast layers number their
+/// pictures independently; a receiver that saw picture 9000 of one layer and then gets
+/// picture 200 (or 31000) of another after a switch counts the gap as pictures it still
+/// waits for, and stops decoding until a keyframe (Chromium's VP8 reference finder does).
+/// At each new segment of the forwarder (a switch or a restart) the offsets are chosen so
+/// the first picture follows the last one sent.
+#[derive(Clone, Debug, Default)]
+pub struct Vp8Munger {
+    /// The forwarder segment the offsets belong to.
+    segment: Option<u64>,
+    pid_offset: u16,
+    tl0_offset: u8,
+    /// The last picture id and TL0PICIDX sent (after rewriting).
+    last_pid: Option<u16>,
+    last_tl0: Option<u8>,
+}
+
+/// Longest VP8 descriptor rewritten: the first byte, X, a 15-bit picture id, TL0PICIDX and
+/// the TID/KEYIDX byte.
+pub const VP8_DESCRIPTOR_MAX: usize = 6;
+
+impl Vp8Munger {
+    /// Writes the rewritten descriptor of `payload` into `out` and returns its length (the
+    /// rest of the payload follows it unchanged); 0 when there is nothing to rewrite (no
+    /// extension fields, or a payload too short to hold what it announces). `segment` is
+    /// the forwarder's segment count for this packet: a new value moves the offsets
+    /// (except for a retransmission, which keeps the numbering it was first sent with).
+    pub fn munge(
+        &mut self,
+        segment: u64,
+        retransmission: bool,
+        payload: &[u8],
+        out: &mut [u8; VP8_DESCRIPTOR_MAX],
+    ) -> usize {
+        let Some(&b0) = payload.first() else {
+            return 0;
+        };
+        if b0 & 0x80 == 0 {
+            return 0;
+        }
+        let Some(&x) = payload.get(1) else {
+            return 0;
+        };
+        let (has_pid, has_tl0, has_tk) = (x & 0x80 != 0, x & 0x40 != 0, x & 0x30 != 0);
+        let mut i = 2;
+        let mut pid = None;
+        if has_pid {
+            let Some(&p0) = payload.get(i) else {
+                return 0;
+            };
+            if p0 & 0x80 != 0 {
+                let Some(&p1) = payload.get(i + 1) else {
+                    return 0;
+                };
+                pid = Some((u16::from(p0 & 0x7f) << 8 | u16::from(p1), true));
+                i += 2;
+            } else {
+                pid = Some((u16::from(p0), false));
+                i += 1;
+            }
+        }
+        let tl0_at = has_tl0.then_some(i);
+        if has_tl0 {
+            i += 1;
+        }
+        if has_tk {
+            i += 1;
+        }
+        let Some(desc) = payload.get(..i) else {
+            return 0;
+        };
+        let tl0 = tl0_at.map(|at| desc[at]);
+        if self.segment != Some(segment) && !retransmission {
+            self.segment = Some(segment);
+            self.pid_offset = match (pid, self.last_pid) {
+                (Some((p, _)), Some(last)) => last.wrapping_add(1).wrapping_sub(p) & 0x7fff,
+                _ => 0,
+            };
+            self.tl0_offset = match (tl0, self.last_tl0) {
+                (Some(t), Some(last)) => last.wrapping_add(1).wrapping_sub(t),
+                _ => 0,
+            };
+        }
+        out[..i].copy_from_slice(desc);
+        if let Some((p, long)) = pid {
+            let q = p.wrapping_add(self.pid_offset) & 0x7fff;
+            if long {
+                out[2] = 0x80 | (q >> 8) as u8;
+                out[3] = q as u8;
+            } else {
+                out[2] = (q & 0x7f) as u8;
+            }
+            if !retransmission {
+                self.last_pid = Some(if long { q } else { q & 0x7f });
+            }
+        }
+        if let (Some(at), Some(t)) = (tl0_at, tl0) {
+            let u = t.wrapping_add(self.tl0_offset);
+            out[at] = u;
+            if !retransmission {
+                self.last_tl0 = Some(u);
+            }
+        }
+        i
+    }
+}
+
 /// The frame size a VP8 keyframe packet announces (RFC 6386 §9.1: after the 3-byte frame
 /// tag, the start code `9d 01 2a`, then 14-bit width and height, little-endian); None for
 /// anything else. Simulcast layers are told apart by it.
@@ -760,6 +868,82 @@ mod tests {
             let mut sps = vec![0x67];
             sps.extend_from_slice(&bytes);
             let _ = h264_keyframe_size(&sps);
+        }
+    }
+
+    /// A VP8 packet with a 15-bit picture id, TL0PICIDX and TID byte, then two payload bytes.
+    fn vp8_packet(pid: u16, tl0: u8) -> Vec<u8> {
+        vec![
+            0x90,
+            0xe0,
+            0x80 | (pid >> 8) as u8,
+            pid as u8,
+            tl0,
+            0x20,
+            0xaa,
+            0xbb,
+        ]
+    }
+
+    fn pid_tl0(desc: &[u8]) -> (u16, u8) {
+        (
+            (u16::from(desc[2] & 0x7f) << 8) | u16::from(desc[3]),
+            desc[4],
+        )
+    }
+
+    #[test]
+    fn vp8_picture_ids_continue_across_a_source_switch() {
+        let mut m = Vp8Munger::default();
+        let mut out = [0u8; VP8_DESCRIPTOR_MAX];
+        // Segment 1 (the first source): numbers kept as they are.
+        for (pid, tl0) in [(9000u16, 40u8), (9001, 40), (9002, 41)] {
+            assert_eq!(m.munge(1, false, &vp8_packet(pid, tl0), &mut out), 6);
+            assert_eq!(pid_tl0(&out), (pid, tl0));
+        }
+        // Segment 2 (another layer, its own numbering): continues from 9002 and 41.
+        assert_eq!(m.munge(2, false, &vp8_packet(200, 7), &mut out), 6);
+        assert_eq!(pid_tl0(&out), (9003, 42));
+        assert_eq!(m.munge(2, false, &vp8_packet(201, 8), &mut out), 6);
+        assert_eq!(pid_tl0(&out), (9004, 43));
+        // A retransmission of the segment keeps its first numbering.
+        assert_eq!(m.munge(2, true, &vp8_packet(200, 7), &mut out), 6);
+        assert_eq!(pid_tl0(&out), (9003, 42));
+        // Wrap of the 15-bit space.
+        let mut m = Vp8Munger::default();
+        m.munge(1, false, &vp8_packet(0x7ffe, 255), &mut out);
+        m.munge(2, false, &vp8_packet(5, 3), &mut out);
+        assert_eq!(pid_tl0(&out), (0x7fff, 0));
+        m.munge(2, false, &vp8_packet(6, 4), &mut out);
+        assert_eq!(pid_tl0(&out), (0, 1));
+        // The rest of the packet is untouched: the caller sends `out[..n]` then payload[n..].
+        let p = vp8_packet(10, 1);
+        let n = m.munge(2, false, &p, &mut out);
+        assert_eq!(&p[n..], &[0xaa, 0xbb]);
+    }
+
+    #[test]
+    fn vp8_descriptors_without_ids_or_too_short_are_left_alone() {
+        let mut m = Vp8Munger::default();
+        let mut out = [0u8; VP8_DESCRIPTOR_MAX];
+        assert_eq!(m.munge(1, false, &[0x10, 0x9d], &mut out), 0, "no X");
+        assert_eq!(m.munge(1, false, &[], &mut out), 0);
+        assert_eq!(m.munge(1, false, &[0x90], &mut out), 0);
+        assert_eq!(m.munge(1, false, &[0x90, 0xe0, 0x80], &mut out), 0);
+        // 7-bit picture id: rewritten within 7 bits.
+        let n = m.munge(1, false, &[0x90, 0x80, 0x05, 0x01], &mut out);
+        assert_eq!((n, out[2]), (3, 0x05));
+        let n = m.munge(2, false, &[0x90, 0x80, 0x70, 0x01], &mut out);
+        assert_eq!((n, out[2]), (3, 0x06));
+    }
+
+    proptest! {
+        #[test]
+        fn vp8_munging_random_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..16), seg in 0u64..3) {
+            let mut m = Vp8Munger::default();
+            let mut out = [0u8; VP8_DESCRIPTOR_MAX];
+            let n = m.munge(seg, false, &bytes, &mut out);
+            prop_assert!(n <= bytes.len() && n <= VP8_DESCRIPTOR_MAX);
         }
     }
 }
