@@ -5,7 +5,7 @@
 //
 //   node tests/browser/codec.test.mjs <path to hearth binary>
 import assert from 'node:assert/strict';
-import { counter, launchBrowser, openParticipant, startServer, until } from './lib.mjs';
+import { counter, launchBrowser, openParticipant, receivedWidth, startServer, until } from './lib.mjs';
 
 const binary = process.argv[2] || 'target/debug/hearth';
 const logs = [];
@@ -26,13 +26,6 @@ async function pair(meeting, first, second) {
   assert.equal(codecOf(await a.stats(), bId)?.toLowerCase(), `video/${second.codec}`, `${second.name} sends ${second.codec}`);
   await a.context.close();
   await b.context.close();
-}
-
-/** The width at which `viewer` receives `from`'s camera now (0 if none). */
-async function receivedWidth(viewer, from) {
-  const lines = await viewer.page.evaluate(() => window.hearth.statsOverlay());
-  const video = lines.find((l) => l.participant === from && l.kind === 'video');
-  return video ? video.width : 0;
 }
 
 /**

@@ -103,6 +103,16 @@ export async function until(what, fn, timeoutMs = 15000, intervalMs = 100) {
   }
 }
 
+/**
+ * The width at which `viewer` receives `from`'s camera now (0 if none), from the web
+ * client's stats overlay (turn it on with `window.hearth.setStatsOverlay(true)`).
+ */
+export async function receivedWidth(viewer, from) {
+  const lines = await viewer.page.evaluate(() => window.hearth.statsOverlay());
+  const video = lines.find((l) => l.participant === from && l.kind === 'video');
+  return video ? video.width : 0;
+}
+
 /** Sum of a counter over a participant's remote entries from `from` of `kind`. */
 export function counter(stats, from, kind, field) {
   return stats.remote

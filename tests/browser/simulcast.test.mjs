@@ -8,7 +8,7 @@
 //
 //   node tests/browser/simulcast.test.mjs <path to hearth binary>
 import assert from 'node:assert/strict';
-import { counter, launchBrowser, openParticipant, startServer, until } from './lib.mjs';
+import { counter, launchBrowser, openParticipant, receivedWidth, startServer, until } from './lib.mjs';
 
 const binary = process.argv[2] || 'target/debug/hearth';
 const MEETING = 'e2e-simulcast';
@@ -19,13 +19,6 @@ let failed = false;
 
 function log(...args) {
   console.log(`[${new Date().toISOString().slice(11, 23)}]`, ...args);
-}
-
-/** The width at which `viewer` receives `from`'s camera now (0 if none). */
-async function receivedWidth(viewer, from) {
-  const lines = await viewer.page.evaluate(() => window.hearth.statsOverlay());
-  const video = lines.find((l) => l.participant === from && l.kind === 'video');
-  return video ? video.width : 0;
 }
 
 /** Small tiles: a narrow grid of thumbnails. */

@@ -6,7 +6,7 @@
 //
 //   tests/browser/run.sh simulcast_ssrc.test.mjs <path to hearth binary>
 import assert from 'node:assert/strict';
-import { launchBrowser, openParticipant, startServer, until } from './lib.mjs';
+import { launchBrowser, openParticipant, receivedWidth, startServer, until } from './lib.mjs';
 
 const binary = process.argv[2] || 'target/debug/hearth';
 const MEETING = 'e2e-sim-group';
@@ -17,13 +17,6 @@ let failed = false;
 
 function log(...args) {
   console.log(`[${new Date().toISOString().slice(11, 23)}]`, ...args);
-}
-
-/** The width at which `viewer` receives `from`'s camera now (0 if none). */
-async function receivedWidth(viewer, from) {
-  const lines = await viewer.page.evaluate(() => window.hearth.statsOverlay());
-  const video = lines.find((l) => l.participant === from && l.kind === 'video');
-  return video ? video.width : 0;
 }
 
 const SMALL = '#grid { grid-template-columns: repeat(auto-fill, 96px) !important; } #grid .tile { width: 96px !important; }';

@@ -178,18 +178,6 @@ fn the_bundle_tag_goes_inactive_instead_of_rejected() {
     // that sender is removed, rejecting the section would move the BUNDLE tag and the
     // browser would close the transport. It stays in the group, inactive, never recycled.
     let mut n = negotiator();
-    let opus = codec_table().remove(0);
-    let sender = |ssrc| Sender {
-        kind: MediaKind::Audio,
-        codec: opus.clone(),
-        ssrc,
-        stream_id: "s".into(),
-        track_id: format!("t{ssrc}"),
-        pt: None,
-        rtx_ssrc: 0x0bad_cafe,
-        rtx_pt: None,
-        removed: false,
-    };
     let answer_all = |offer: &str| {
         let mut out = SESSION.replace("a=ice-ufrag", "a=setup:active\r\na=ice-ufrag");
         for block in offer.split("m=").skip(1) {
@@ -212,8 +200,8 @@ a=rtcp-mux\r\na={dir}\r\na=rtpmap:111 opus/48000/2\r\n"
         }
         out
     };
-    let first = n.add_sender(sender(1));
-    let second = n.add_sender(sender(2));
+    let first = n.add_sender(opus_sender(1));
+    let second = n.add_sender(opus_sender(2));
     let offer = n.create_offer().unwrap();
     assert!(offer.contains("a=group:BUNDLE h0 h1"), "{offer}");
     n.apply_answer(&answer_all(&offer)).unwrap();
@@ -238,7 +226,7 @@ a=rtcp-mux\r\na={dir}\r\na=rtpmap:111 opus/48000/2\r\n"
 
     // New senders recycle the rejected slot, never the inactive tag; the tag stays put.
     for round in 3..20 {
-        let key = n.add_sender(sender(round));
+        let key = n.add_sender(opus_sender(round));
         let offer = n.create_offer().unwrap();
         assert!(
             offer.contains("a=group:BUNDLE h0 "),
@@ -754,18 +742,7 @@ a=setup:actpass\r\na=rtcp-mux\r\na=sendonly\r\na=rtpmap:98 XYZ/90000\r\n";
     );
     n.apply_offer(&offer).unwrap();
     assert!(n.sections()[0].rejected && !n.sections()[1].rejected);
-    let opus = codec_table().remove(0);
-    n.add_sender(Sender {
-        kind: MediaKind::Audio,
-        codec: opus,
-        ssrc: 5,
-        stream_id: "s".into(),
-        track_id: "t".into(),
-        pt: None,
-        rtx_ssrc: 6,
-        rtx_pt: None,
-        removed: false,
-    });
+    n.add_sender(opus_sender(5));
     let offer = n.create_offer().unwrap();
     let group = offer
         .lines()
@@ -782,18 +759,7 @@ a=setup:actpass\r\na=rtcp-mux\r\na=sendonly\r\na=rtpmap:98 XYZ/90000\r\n";
 #[test]
 fn an_answer_without_codecs_keeps_the_bundle_tag() {
     let mut n = negotiator();
-    let opus = codec_table().remove(0);
-    let key = n.add_sender(Sender {
-        kind: MediaKind::Audio,
-        codec: opus,
-        ssrc: 5,
-        stream_id: "s".into(),
-        track_id: "t".into(),
-        pt: None,
-        rtx_ssrc: 6,
-        rtx_pt: None,
-        removed: false,
-    });
+    let key = n.add_sender(opus_sender(5));
     let offer = n.create_offer().unwrap();
     assert!(offer.contains("a=group:BUNDLE h0"));
     // The client accepts the section but no codec of it (payload type 0 was not offered).
