@@ -121,6 +121,31 @@ a=ice-pwd:clientpassword0123456789\r\n{}",
     );
 }
 
+/// The client's answer to one of our audio offers: live sections recvonly, inactive ones
+/// inactive, rejected ones with port 0.
+fn answer_audio_offer(offer: &str) -> String {
+    let mut out = SESSION.replace("a=ice-ufrag", "a=setup:active\r\na=ice-ufrag");
+    for block in offer.split("m=").skip(1) {
+        let mid = block
+            .lines()
+            .find_map(|l| l.strip_prefix("a=mid:"))
+            .unwrap()
+            .trim();
+        let (port, dir) = if block.starts_with("audio 0 ") {
+            (0, "inactive")
+        } else if block.contains("a=inactive") {
+            (9, "inactive")
+        } else {
+            (9, "recvonly")
+        };
+        out.push_str(&format!(
+            "m=audio {port} UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:{mid}\r\n\
+a=rtcp-mux\r\na={dir}\r\na=rtpmap:111 opus/48000/2\r\n"
+        ));
+    }
+    out
+}
+
 #[test]
 fn removed_senders_are_rejected_then_their_slots_recycled() {
     let mut n = negotiator();
@@ -136,32 +161,15 @@ fn removed_senders_are_rejected_then_their_slots_recycled() {
         rtx_pt: None,
         removed: false,
     };
-    let answer_all = |offer: &str| {
-        // Answer every live section recvonly, rejected ones with port 0.
-        let mut out = SESSION.replace("a=ice-ufrag", "a=setup:active\r\na=ice-ufrag");
-        for block in offer.split("m=").skip(1) {
-            let mid = block
-                .lines()
-                .find_map(|l| l.strip_prefix("a=mid:"))
-                .unwrap()
-                .trim();
-            let port = if block.starts_with("audio 0 ") { 0 } else { 9 };
-            out.push_str(&format!(
-                "m=audio {port} UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:{mid}\r\n\
-a=rtcp-mux\r\na=recvonly\r\na=rtpmap:111 opus/48000/2\r\n"
-            ));
-        }
-        out
-    };
     let a = n.add_sender(sender(1));
     let offer = n.create_offer().unwrap();
-    n.apply_answer(&answer_all(&offer)).unwrap();
+    n.apply_answer(&answer_audio_offer(&offer)).unwrap();
     assert_eq!(n.sender(a).unwrap().pt, Some(111));
     for round in 2..30 {
         let b = n.add_sender(sender(round));
         n.remove_sender(round as usize - 2);
         let offer = n.create_offer().unwrap();
-        n.apply_answer(&answer_all(&offer)).unwrap();
+        n.apply_answer(&answer_audio_offer(&offer)).unwrap();
         assert_eq!(n.sender(b).unwrap().pt, Some(111), "round {round}");
         assert!(
             n.sections().len() <= 3,
@@ -178,33 +186,11 @@ fn the_bundle_tag_goes_inactive_instead_of_rejected() {
     // that sender is removed, rejecting the section would move the BUNDLE tag and the
     // browser would close the transport. It stays in the group, inactive, never recycled.
     let mut n = negotiator();
-    let answer_all = |offer: &str| {
-        let mut out = SESSION.replace("a=ice-ufrag", "a=setup:active\r\na=ice-ufrag");
-        for block in offer.split("m=").skip(1) {
-            let mid = block
-                .lines()
-                .find_map(|l| l.strip_prefix("a=mid:"))
-                .unwrap()
-                .trim();
-            let (port, dir) = if block.starts_with("audio 0 ") {
-                (0, "inactive")
-            } else if block.contains("a=inactive") {
-                (9, "inactive")
-            } else {
-                (9, "recvonly")
-            };
-            out.push_str(&format!(
-                "m=audio {port} UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:{mid}\r\n\
-a=rtcp-mux\r\na={dir}\r\na=rtpmap:111 opus/48000/2\r\n"
-            ));
-        }
-        out
-    };
     let first = n.add_sender(opus_sender(1));
     let second = n.add_sender(opus_sender(2));
     let offer = n.create_offer().unwrap();
     assert!(offer.contains("a=group:BUNDLE h0 h1"), "{offer}");
-    n.apply_answer(&answer_all(&offer)).unwrap();
+    n.apply_answer(&answer_audio_offer(&offer)).unwrap();
 
     // Both removed: the tag goes inactive, the other is rejected.
     n.remove_sender(first);
@@ -219,7 +205,7 @@ a=rtcp-mux\r\na={dir}\r\na=rtpmap:111 opus/48000/2\r\n"
         tag.contains("a=inactive") && !tag.contains("a=msid"),
         "{tag}"
     );
-    n.apply_answer(&answer_all(&offer)).unwrap();
+    n.apply_answer(&answer_audio_offer(&offer)).unwrap();
     assert!(!n.needs_offer(), "the removed senders are settled");
     assert!(n.sender(first).is_none() && n.sender(second).is_none());
     assert!(!n.sections()[0].rejected && n.sections()[0].sender.is_none());
@@ -232,12 +218,12 @@ a=rtcp-mux\r\na={dir}\r\na=rtpmap:111 opus/48000/2\r\n"
             offer.contains("a=group:BUNDLE h0 "),
             "round {round}: {offer}"
         );
-        n.apply_answer(&answer_all(&offer)).unwrap();
+        n.apply_answer(&answer_audio_offer(&offer)).unwrap();
         assert_eq!(n.sender(key).unwrap().pt, Some(111), "round {round}");
         assert!(n.sections()[0].sender.is_none(), "round {round}");
         n.remove_sender(key);
         let offer = n.create_offer().unwrap();
-        n.apply_answer(&answer_all(&offer)).unwrap();
+        n.apply_answer(&answer_audio_offer(&offer)).unwrap();
         assert!(
             n.sections().len() <= 3,
             "round {round}: {}",
