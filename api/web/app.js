@@ -617,6 +617,7 @@
   // ---- Local media -------------------------------------------------------------------
 
   const SIMULCAST = new URLSearchParams(location.search).get('simulcast') !== '0';
+  const SVC = new URLSearchParams(location.search).get('svc') || '';
   // Lowest first. Two, not three: Chromium sends only as many layers as the capture size
   // allows (two at 640x360, and it drops the top one), so a third, smaller layer would cost
   // the full-size one at common webcam sizes. The small layer is what a subscriber on a poor
@@ -680,7 +681,10 @@
       const init = { direction: 'sendonly', streams: [stream] };
       // The camera in two simulcast layers (half and full size): each subscriber gets the
       // one that fits its tile. `?simulcast=0` sends one.
-      if (track.kind === 'video' && SIMULCAST) init.sendEncodings = SIMULCAST_LAYERS;
+      // `&svc=L3T3_KEY` (with `&codec=vp9` or `av1`): one stream whose spatial layers the
+      // server drops per subscriber, instead of simulcast.
+      if (track.kind === 'video' && SVC) init.sendEncodings = [{ scalabilityMode: SVC }];
+      else if (track.kind === 'video' && SIMULCAST) init.sendEncodings = SIMULCAST_LAYERS;
       const transceiver = conn.pc.addTransceiver(track, init);
       if (track.kind === 'video') preferVideoCodec(transceiver);
     }
@@ -1259,7 +1263,7 @@
         if (!pc) return [];
         return [...(await pc.getStats()).values()]
           .filter((s) => s.type === 'outbound-rtp' && s.kind === 'video')
-          .map((s) => ({ rid: s.rid || '', width: s.frameWidth || 0, height: s.frameHeight || 0, bytesSent: s.bytesSent || 0, active: s.active !== false }));
+          .map((s) => ({ rid: s.rid || '', width: s.frameWidth || 0, height: s.frameHeight || 0, bytesSent: s.bytesSent || 0, active: s.active !== false, scalabilityMode: s.scalabilityMode || '' }));
       },
       join: (meeting, name, token) => startSession({ meeting, name, token }),
     }),

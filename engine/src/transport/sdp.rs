@@ -1608,6 +1608,15 @@ fn codec_table() -> Vec<CodecParams> {
             channels: 0,
             fmtp: String::new(),
         },
+        // VP9 profile 0 (8-bit 4:2:0, what every browser encodes): forwarded with its
+        // spatial layers dropped per subscriber when the publisher sends SVC.
+        CodecParams {
+            codec: Codec::Vp9,
+            mime_type: "video/VP9".into(),
+            clock_rate: 90_000,
+            channels: 0,
+            fmtp: "profile-id=0".into(),
+        },
         h264("42e01f"),
         h264("42001f"),
     ]
@@ -1672,6 +1681,9 @@ pub fn same_codec(a: &CodecParams, b: &CodecParams) -> bool {
     if !a.mime_type.eq_ignore_ascii_case(&b.mime_type) || a.clock_rate != b.clock_rate {
         return false;
     }
+    if a.codec == Codec::Vp9 {
+        return vp9_profile(&a.fmtp) == vp9_profile(&b.fmtp);
+    }
     if a.codec != Codec::H264 {
         return true;
     }
@@ -1681,8 +1693,16 @@ pub fn same_codec(a: &CodecParams, b: &CodecParams) -> bool {
     mode(&a.fmtp) == mode(&b.fmtp) && profile(&a.fmtp) == profile(&b.fmtp)
 }
 
+/// A VP9 format's profile (RFC 9628 §6: `profile-id`, 0 when absent).
+fn vp9_profile(fmtp: &str) -> String {
+    fmtp_param(fmtp, "profile-id").unwrap_or_else(|| "0".into())
+}
+
 fn codec_key(c: &CodecParams) -> String {
     let mut key = format!("{}/{}", c.mime_type.to_ascii_lowercase(), c.clock_rate);
+    if c.codec == Codec::Vp9 {
+        key.push_str(&format!(";{}", vp9_profile(&c.fmtp)));
+    }
     if c.codec == Codec::H264 {
         let mode = fmtp_param(&c.fmtp, "packetization-mode").unwrap_or_else(|| "0".into());
         let profile = fmtp_param(&c.fmtp, "profile-level-id")
