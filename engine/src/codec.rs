@@ -219,6 +219,65 @@ pub fn keyframe_size(codec: Codec, payload: &[u8]) -> Option<(u16, u16)> {
 /// The size in a VP9 payload descriptor's scalability structure (RFC 9628 §4.2.1, present
 /// when V = 1, normally on keyframes): the largest spatial layer's width and height.
 pub fn vp9_keyframe_size(payload: &[u8]) -> Option<(u16, u16)> {
+    let ss = vp9_scalability(payload)?;
+    let (width, height) = *ss
+        .sizes
+        .get(usize::from(ss.spatial_layers).checked_sub(1)?)?;
+    (width > 0 && height > 0).then_some((width, height))
+}
+
+/// Most spatial layers a VP9 stream can announce (N_S is three bits).
+pub const VP9_MAX_SPATIAL: usize = 8;
+
+/// A VP9 packet's place in a scalable stream: the layer indices of its payload descriptor
+/// (RFC 9628 §4.2, present when L = 1) and its frame boundary flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vp9Layer {
+    /// SID: the spatial layer (0 is the smallest picture).
+    pub spatial: u8,
+    /// TID: the temporal layer.
+    pub temporal: u8,
+    /// B: the first packet of a layer frame.
+    pub begin: bool,
+    /// E: the last packet of a layer frame.
+    pub end: bool,
+    /// P = 0: the layer frame is not predicted from earlier pictures (a keyframe's layers).
+    pub intra: bool,
+}
+
+/// The layer indices of a VP9 payload descriptor, or None when it has none (L = 0: a
+/// stream without layers) or is truncated.
+pub fn vp9_layer(payload: &[u8]) -> Option<Vp9Layer> {
+    let b0 = *payload.first()?;
+    if b0 & 0x20 == 0 {
+        return None;
+    }
+    let mut i = 1;
+    if b0 & 0x80 != 0 {
+        i += if *payload.get(i)? & 0x80 != 0 { 2 } else { 1 };
+    }
+    // |TID(3)|U|SID(3)|D|
+    let layer = *payload.get(i)?;
+    Some(Vp9Layer {
+        spatial: (layer >> 1) & 0x07,
+        temporal: layer >> 5,
+        begin: b0 & 0x08 != 0,
+        end: b0 & 0x04 != 0,
+        intra: b0 & 0x40 == 0,
+    })
+}
+
+/// A VP9 scalability structure (RFC 9628 §4.2.1): how many spatial layers the stream has
+/// and, when it says, each one's picture size (smallest first; zero when not given).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vp9Structure {
+    pub spatial_layers: u8,
+    pub sizes: [(u16, u16); VP9_MAX_SPATIAL],
+}
+
+/// The scalability structure of a VP9 payload descriptor, present when V = 1 (normally on
+/// the first packet of a keyframe). None when absent or truncated.
+pub fn vp9_scalability(payload: &[u8]) -> Option<Vp9Structure> {
     let b0 = *payload.first()?;
     if b0 & 0x02 == 0 {
         return None; // no scalability structure
@@ -245,14 +304,21 @@ pub fn vp9_keyframe_size(payload: &[u8]) -> Option<(u16, u16)> {
     let ss = *payload.get(i)?;
     i += 1;
     let layers = usize::from(ss >> 5) + 1;
-    if ss & 0x10 == 0 {
-        return None; // no resolutions in it
+    let mut out = Vp9Structure {
+        spatial_layers: layers as u8,
+        sizes: [(0, 0); VP9_MAX_SPATIAL],
+    };
+    if ss & 0x10 != 0 {
+        // Y: the resolutions follow.
+        let sizes = payload.get(i..i + 4 * layers)?;
+        for (slot, size) in out.sizes.iter_mut().zip(sizes.chunks_exact(4)) {
+            *slot = (
+                u16::from_be_bytes([size[0], size[1]]),
+                u16::from_be_bytes([size[2], size[3]]),
+            );
+        }
     }
-    let sizes = payload.get(i..i + 4 * layers)?;
-    let last = &sizes[4 * (layers - 1)..];
-    let width = u16::from_be_bytes([last[0], last[1]]);
-    let height = u16::from_be_bytes([last[2], last[3]]);
-    (width > 0 && height > 0).then_some((width, height))
+    Some(out)
 }
 
 /// VP9 (payload descriptor of RFC 9628 §4.2). The first byte is `|I|P|L|F|B|E|V|Z|`.
@@ -857,6 +923,39 @@ mod tests {
         assert_eq!(vp9_keyframe_size(&[0x88, 0x05]), None);
         assert_eq!(vp9_keyframe_size(&[0x8a, 0x05, 0x00, 0x00]), None);
         assert_eq!(vp9_keyframe_size(&packet[..packet.len() - 1]), None);
+        // Every layer's size, smallest first.
+        let ss = vp9_scalability(&packet).unwrap();
+        assert_eq!(ss.spatial_layers, 3);
+        assert_eq!(&ss.sizes[..3], &[(320, 180), (640, 360), (1280, 720)]);
+        // Y = 0: the layer count without sizes.
+        let ss = vp9_scalability(&[0x8a, 0x05, 0x20]).unwrap();
+        assert_eq!((ss.spatial_layers, ss.sizes[0]), (2, (0, 0)));
+    }
+
+    #[test]
+    fn vp9_layer_indices() {
+        // I (15-bit pid), L, B, E; TID 2, U, SID 1, D; TL0PICIDX.
+        let packet = [0xac, 0x80, 0x01, 0b0101_0011, 0x07, 0xff];
+        assert_eq!(
+            vp9_layer(&packet),
+            Some(Vp9Layer {
+                spatial: 1,
+                temporal: 2,
+                begin: true,
+                end: true,
+                intra: true
+            })
+        );
+        // P set, no I: the layer byte right after the first.
+        let l = vp9_layer(&[0x60, 0b0000_0100]).unwrap();
+        assert_eq!(
+            (l.spatial, l.temporal, l.begin, l.end, l.intra),
+            (2, 0, false, false, false)
+        );
+        // No layer indices, or truncated before them: none.
+        assert_eq!(vp9_layer(&[0x88, 0x05]), None);
+        assert_eq!(vp9_layer(&[0xa0, 0x85]), None);
+        assert_eq!(vp9_layer(&[]), None);
     }
 
     proptest! {
@@ -865,6 +964,8 @@ mod tests {
             for codec in [Codec::Vp8, Codec::Vp9, Codec::H264] {
                 let _ = keyframe_size(codec, &bytes);
             }
+            let _ = vp9_layer(&bytes);
+            let _ = vp9_scalability(&bytes);
             let mut sps = vec![0x67];
             sps.extend_from_slice(&bytes);
             let _ = h264_keyframe_size(&sps);

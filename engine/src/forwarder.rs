@@ -33,6 +33,16 @@
 //! segment start, from a source switched away from less than [`RETIRED_HOLD`] ago, or more than
 //! [`DUP_WINDOW`] sequence numbers behind the newest forwarded one are [`Drop::TooOld`];
 //! packets whose outgoing number was already forwarded are [`Drop::Duplicate`].
+//!
+//! # Skipped packets
+//!
+//! The caller may leave packets of the current segment out ([`Forwarder::skip`]: a VP9
+//! spatial layer this subscriber does not get). The packets after them are numbered on, so
+//! the subscriber sees no gap and has nothing to ask again: a skipped packet older than one
+//! already forwarded cannot be hidden that way (it leaves a hole, as loss would). The
+//! forwarder remembers the last [`SKIP_RUNS`] runs of skipped positions, so late packets and
+//! retransmissions in between still map to the right outgoing numbers; older ones are
+//! [`Drop::TooOld`].
 
 use std::time::{Duration, Instant};
 
@@ -50,6 +60,10 @@ pub const RETIRED_HOLD: Duration = Duration::from_secs(2);
 /// source restarted its numbering (an encoder restart on the same SSRC). Two consecutive
 /// such packets start a new segment instead of being dropped as too old.
 pub const RESTART_GAP: i64 = 2 * DUP_WINDOW as i64;
+
+/// How many runs of skipped packets a segment remembers (about one per picture while a
+/// subscriber gets fewer spatial layers than sent: two seconds at 30 pictures a second).
+pub const SKIP_RUNS: usize = 64;
 
 /// How many retired sources are remembered.
 const RETIRED_SLOTS: usize = 4;
@@ -81,6 +95,9 @@ pub struct Forwarder {
     /// A packet far behind its source's numbering, waiting for a second one that follows it
     /// (then the source restarted): (source, its sequence number).
     restart_probe: Option<(Ssrc, u16)>,
+    /// Packets of the current segment left out by [`Forwarder::skip`] (made on the first
+    /// skip, then reused: nothing is allocated per packet).
+    skips: Option<Box<SkipLog>>,
 }
 
 /// Outgoing header of a forwarded packet. Payload type and payload are the caller's.
@@ -129,6 +146,7 @@ impl Forwarder {
             retired: [None; RETIRED_SLOTS],
             segments: 0,
             restart_probe: None,
+            skips: None,
         }
     }
 
@@ -176,7 +194,11 @@ impl Forwarder {
                 if pos < 0 {
                     return Err(Drop::TooOld);
                 }
-                let header = segment.map(self.out_ssrc, pkt);
+                let skipped = match &self.skips {
+                    Some(log) => log.skipped_before(pos).ok_or(Drop::TooOld)?,
+                    None => 0,
+                };
+                let header = segment.map(self.out_ssrc, pkt, skipped);
                 self.sent.check(header.seq)?;
                 if let Some(segment) = &mut self.segment {
                     segment.last_pos = segment.last_pos.max(pos);
@@ -207,10 +229,32 @@ impl Forwarder {
         let Some(segment) = &self.segment else {
             return Err(Drop::TooOld);
         };
-        if segment.source != pkt.ssrc || segment.pos(pkt.seq) < 0 {
+        let pos = segment.pos(pkt.seq);
+        if segment.source != pkt.ssrc || pos < 0 {
             return Err(Drop::TooOld);
         }
-        Ok(segment.map(self.out_ssrc, pkt))
+        let skipped = match &self.skips {
+            Some(log) => log.skipped_before(pos).ok_or(Drop::TooOld)?,
+            None => 0,
+        };
+        Ok(segment.map(self.out_ssrc, pkt, skipped))
+    }
+
+    /// Leaves `pkt`, a packet of the current segment's source, out of the subscriber's
+    /// stream: the packets after it are numbered on as if it never existed (see the module
+    /// docs). Returns false when it cannot be hidden: a newer packet was already forwarded
+    /// (the subscriber sees a hole), or no segment of its source runs.
+    pub fn skip(&mut self, pkt: &MediaPacket) -> bool {
+        let Some(segment) = self.segment.as_mut().filter(|s| s.source == pkt.ssrc) else {
+            return false;
+        };
+        let pos = segment.observe(pkt.seq);
+        if self.paused || self.restart || pos <= segment.last_pos {
+            return false;
+        }
+        self.skips
+            .get_or_insert_with(|| Box::new(SkipLog::default()))
+            .skip(pos)
     }
 
     /// Stop forwarding (publisher muted / subscription paused).
@@ -251,10 +295,23 @@ impl Forwarder {
         let segment = self.segment.as_ref()?;
         let last = self.last.as_ref()?;
         let behind = seq_diff(out_seq, last.seq);
-        if behind > 0 || segment.last_pos + i64::from(behind) < 0 {
+        if behind > 0 {
             return None;
         }
-        Some((segment.source, out_seq.wrapping_sub(segment.seq_offset)))
+        let pos = match &self.skips {
+            None => segment.last_pos + i64::from(behind),
+            Some(log) => {
+                // Outgoing positions count forwarded packets only.
+                let last_out =
+                    segment.last_pos - i64::try_from(log.skipped_before(segment.last_pos)?).ok()?;
+                log.source_position(last_out + i64::from(behind))?
+            }
+        };
+        if pos < 0 {
+            return None;
+        }
+        let src = segment.start_seq.wrapping_add(pos as u16);
+        Some((segment.source, src))
     }
 
     /// The SSRC this subscription sends with.
@@ -318,6 +375,9 @@ impl Forwarder {
             last_pos: 0,
             floor: -1,
         });
+        if let Some(log) = &mut self.skips {
+            log.clear();
+        }
         self.restart = false;
         self.pending_source = None;
         self.segments += 1;
@@ -388,13 +448,115 @@ impl Segment {
         pos
     }
 
-    fn map(&self, out_ssrc: Ssrc, pkt: &MediaPacket) -> ForwardedHeader {
+    /// `skipped`: how many packets of the segment before this one were skipped.
+    fn map(&self, out_ssrc: Ssrc, pkt: &MediaPacket, skipped: u64) -> ForwardedHeader {
         ForwardedHeader {
             ssrc: out_ssrc,
-            seq: pkt.seq.wrapping_add(self.seq_offset),
+            seq: pkt
+                .seq
+                .wrapping_add(self.seq_offset)
+                .wrapping_sub(skipped as u16),
             timestamp: pkt.timestamp.wrapping_add(self.ts_offset),
             marker: pkt.marker,
         }
+    }
+}
+
+/// One run of consecutive skipped positions, and how many were skipped up to its end.
+#[derive(Clone, Copy, Debug)]
+struct SkipRun {
+    first: i64,
+    last: i64,
+    total: u64,
+}
+
+/// The runs of positions skipped in the current segment, oldest first, at most
+/// [`SKIP_RUNS`]. Runs that fell out of the log leave `known_after`: positions at or below
+/// it cannot be mapped any more; `base` is how many were skipped up to there.
+#[derive(Debug)]
+struct SkipLog {
+    runs: std::collections::VecDeque<SkipRun>,
+    known_after: i64,
+    base: u64,
+}
+
+impl Default for SkipLog {
+    fn default() -> Self {
+        SkipLog {
+            runs: std::collections::VecDeque::with_capacity(SKIP_RUNS),
+            known_after: -1,
+            base: 0,
+        }
+    }
+}
+
+impl SkipLog {
+    fn clear(&mut self) {
+        self.runs.clear();
+        self.known_after = -1;
+        self.base = 0;
+    }
+
+    /// How many positions before `pos` were skipped; None if `pos` itself was, or is too
+    /// old to know.
+    fn skipped_before(&self, pos: i64) -> Option<u64> {
+        for run in self.runs.iter().rev() {
+            if pos > run.last {
+                return Some(run.total);
+            }
+            if pos >= run.first {
+                return None;
+            }
+        }
+        (pos > self.known_after).then_some(self.base)
+    }
+
+    /// The source position forwarded at outgoing position `out` (positions counted from
+    /// the segment start, skipped ones left out of `out`).
+    fn source_position(&self, out: i64) -> Option<i64> {
+        for run in self.runs.iter().rev() {
+            let pos = out + i64::try_from(run.total).ok()?;
+            if pos > run.last {
+                return Some(pos);
+            }
+        }
+        let pos = out + i64::try_from(self.base).ok()?;
+        (pos > self.known_after).then_some(pos)
+    }
+
+    /// Records `pos` as skipped; the caller made sure nothing after it was forwarded. False
+    /// when it cannot be recorded without renumbering (it lies before the newest run and
+    /// does not touch it).
+    fn skip(&mut self, pos: i64) -> bool {
+        let total = self.runs.back().map_or(self.base, |r| r.total);
+        match self.runs.back_mut() {
+            Some(run) if pos >= run.first && pos <= run.last => return true,
+            Some(run) if pos == run.last + 1 => {
+                run.last = pos;
+                run.total += 1;
+                return true;
+            }
+            Some(run) if pos + 1 == run.first => {
+                run.first = pos;
+                run.total += 1;
+                return true;
+            }
+            Some(run) if pos < run.first => return false,
+            _ if pos <= self.known_after => return false,
+            _ => {}
+        }
+        if self.runs.len() == SKIP_RUNS
+            && let Some(oldest) = self.runs.pop_front()
+        {
+            self.known_after = oldest.last;
+            self.base = oldest.total;
+        }
+        self.runs.push_back(SkipRun {
+            first: pos,
+            last: pos,
+            total: total + 1,
+        });
+        true
     }
 }
 
@@ -925,6 +1087,82 @@ mod tests {
         assert_eq!(f.source_of(65529), None);
         assert_eq!(f.source_of(30000), None);
         assert_eq!(audio().source_of(0), None);
+    }
+
+    /// Skipped packets leave no gap; late packets between skips map to their place;
+    /// retransmissions and NACK mapping agree with what was sent.
+    #[test]
+    fn skipped_packets_leave_no_gap() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::with_initial(OUT, MediaKind::Audio, 48_000, 65534, 0);
+        let mut sent = Vec::new();
+        let mut forward = |f: &mut Forwarder, s: u16| {
+            let h = f.forward(&pkt(AUDIO, s, 0, t0)).unwrap();
+            sent.push((h.seq, s));
+            h.seq
+        };
+        // 10 11 kept, 12 13 skipped, 14 kept, 15 skipped, 17 kept, 16 late and kept.
+        assert_eq!(forward(&mut f, 10), 65534);
+        assert_eq!(forward(&mut f, 11), 65535);
+        assert!(f.skip(&pkt(AUDIO, 12, 0, t0)));
+        assert!(f.skip(&pkt(AUDIO, 13, 0, t0)));
+        assert_eq!(forward(&mut f, 14), 0);
+        assert!(f.skip(&pkt(AUDIO, 15, 0, t0)));
+        assert_eq!(forward(&mut f, 17), 2);
+        assert_eq!(forward(&mut f, 16), 1);
+        // A skip older than something forwarded cannot be hidden.
+        assert!(!f.skip(&pkt(AUDIO, 16, 0, t0)));
+        // Skips extend a run backwards while nothing after them went out.
+        assert!(f.skip(&pkt(AUDIO, 20, 0, t0)));
+        assert!(f.skip(&pkt(AUDIO, 19, 0, t0)));
+        assert!(f.skip(&pkt(AUDIO, 18, 0, t0)));
+        assert_eq!(forward(&mut f, 21), 3);
+        for (out, src) in &sent {
+            assert_eq!(f.source_of(*out), Some((AUDIO, *src)), "out {out}");
+            let h = f.forward_retransmission(&pkt(AUDIO, *src, 0, t0)).unwrap();
+            assert_eq!(h.seq, *out);
+        }
+        // A skipped packet is never retransmitted; nothing maps beyond the last sent.
+        assert_eq!(
+            f.forward_retransmission(&pkt(AUDIO, 12, 0, t0)),
+            Err(Drop::TooOld)
+        );
+        assert_eq!(f.forward(&pkt(AUDIO, 15, 0, t0)), Err(Drop::TooOld));
+        assert_eq!(f.source_of(4), None);
+        // A new segment forgets the skips.
+        f.pause();
+        f.resume();
+        let h = f.forward(&pkt(AUDIO, 30, 0, t0)).unwrap();
+        assert_eq!(h.seq, 4);
+        assert_eq!(f.forward(&pkt(AUDIO, 31, 0, t0)).unwrap().seq, 5);
+    }
+
+    /// Beyond [`SKIP_RUNS`] runs the oldest are forgotten: packets from before them are too
+    /// old, everything after maps on; numbering stays continuous over many wraps.
+    #[test]
+    fn skip_log_forgets_old_runs() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::with_initial(OUT, MediaKind::Audio, 48_000, 0, 0);
+        let mut expected = 0u16;
+        let mut src = 0u16;
+        // 40,000 pictures of 1 kept and 3 skipped packets: 160,000 source packets.
+        for _ in 0..40_000 {
+            let h = f.forward(&pkt(AUDIO, src, 0, t0)).unwrap();
+            assert_eq!(h.seq, expected);
+            assert_eq!(f.source_of(h.seq), Some((AUDIO, src)));
+            expected = expected.wrapping_add(1);
+            for k in 1..=3 {
+                assert!(f.skip(&pkt(AUDIO, src.wrapping_add(k), 0, t0)));
+            }
+            src = src.wrapping_add(4);
+        }
+        let recent = src.wrapping_sub(4 * SKIP_RUNS as u16);
+        assert!(f.forward_retransmission(&pkt(AUDIO, recent, 0, t0)).is_ok());
+        let forgotten = src.wrapping_sub(4 * (SKIP_RUNS as u16 + 1));
+        assert_eq!(
+            f.forward_retransmission(&pkt(AUDIO, forgotten, 0, t0)),
+            Err(Drop::TooOld)
+        );
     }
 
     #[test]

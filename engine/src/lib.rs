@@ -44,6 +44,7 @@ pub mod speaker;
 pub mod stats;
 pub mod stt_wire;
 pub mod stun;
+pub mod svc;
 pub mod transport;
 pub mod turn;
 
