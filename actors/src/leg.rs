@@ -21,10 +21,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use hearth_engine::codec::{VP8_DESCRIPTOR_MAX, Vp8Munger};
+use hearth_engine::codec::{VP8_DESCRIPTOR_MAX, Vp8Munger, vp9_layer};
 use hearth_engine::forwarder::{Drop as ForwardDrop, ForwardedHeader, Forwarder};
 use hearth_engine::media::MediaPacket;
 use hearth_engine::stats::SendStats;
+use hearth_engine::svc::{SvcSelector, SvcVerdict};
 use hearth_engine::transport::bwe::SendHistory;
 use hearth_engine::transport::{RtpSealer, SealFields};
 
@@ -71,6 +72,9 @@ pub struct LegState {
     /// VP8: the payload descriptors' picture ids and TL0PICIDX rewritten to run on across
     /// source switches (simulcast layer changes, restarts).
     pub vp8: Option<Vp8Munger>,
+    /// VP9: the spatial layers this subscriber gets of a scalable stream (set by the
+    /// publisher; packets without layer indices all pass).
+    pub svc: Option<SvcSelector>,
 }
 
 /// A leg's handle on its subscriber's transport-wide sequence.
@@ -135,6 +139,7 @@ impl SendLeg {
                 twcc: None,
                 layers: Vec::new(),
                 vp8: None,
+                svc: None,
             }),
             usage: None,
         }
@@ -144,6 +149,15 @@ impl SendLeg {
     pub fn with_vp8_munging(self) -> Self {
         if let Ok(mut st) = self.state.lock() {
             st.vp8 = Some(Vp8Munger::default());
+        }
+        self
+    }
+
+    /// A VP9 stream: spatial layers above the subscriber's are left out (see [`SvcSelector`]);
+    /// it starts with every layer until the publisher chooses.
+    pub fn with_svc(self) -> Self {
+        if let Ok(mut st) = self.state.lock() {
+            st.svc = Some(SvcSelector::new(u8::MAX));
         }
         self
     }
@@ -247,7 +261,32 @@ impl SendLeg {
         let Some(sealer) = st.sealer.as_mut() else {
             return Forwarded::Skipped;
         };
-        let header: ForwardedHeader = if retransmission {
+        // VP9 SVC: layers above the subscriber's are left out, and the picture's marker bit
+        // moves to the last packet of the highest layer it gets.
+        let mut marker = None;
+        if let Some(svc) = st.svc.as_mut()
+            && let Some(layer) = vp9_layer(&pkt.payload)
+        {
+            if retransmission {
+                if !svc.allows_retransmission(layer) {
+                    return Forwarded::Skipped;
+                }
+                marker = Some(pkt.marker || (svc.current() == Some(layer.spatial) && layer.end));
+            } else {
+                match svc.select(layer, pkt.keyframe, pkt.marker) {
+                    SvcVerdict::Forward { marker: m } => marker = Some(m),
+                    SvcVerdict::Drop => {
+                        st.forwarder.skip(pkt);
+                        return if svc.needs_keyframe() {
+                            Forwarded::NeedsKeyframe
+                        } else {
+                            Forwarded::Skipped
+                        };
+                    }
+                }
+            }
+        }
+        let mut header: ForwardedHeader = if retransmission {
             match st.forwarder.forward_retransmission(pkt) {
                 Ok(h) => h,
                 Err(_) => return Forwarded::Skipped,
@@ -259,6 +298,9 @@ impl SendLeg {
                 Err(_) => return Forwarded::Skipped,
             }
         };
+        if let Some(marker) = marker {
+            header.marker = marker;
+        }
         // VP8: the descriptor rewritten goes first, the rest of the payload after it.
         let segment = st.forwarder.segments();
         let mut desc = [0u8; VP8_DESCRIPTOR_MAX];

@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
+use hearth_engine::codec::{VP9_MAX_SPATIAL, vp9_layer, vp9_scalability};
 use hearth_engine::forwarder::Forwarder;
 use hearth_engine::keyframe::KeyframeRequester;
 use hearth_engine::media::{MediaKind, MediaPacket, Ssrc};
@@ -254,6 +255,23 @@ struct Published {
     keyframes: KeyframeRequester,
     level: Option<AudioLevelMeter>,
     last_loudness: f32,
+    /// VP9: its spatial layers, measured, and each subscriber's choice among them.
+    svc: Option<Box<SvcTrack>>,
+}
+
+/// A VP9 track's spatial layers (one stream; each subscriber's leg drops those above its
+/// layer, see `hearth_engine::svc`). Chosen like simulcast layers: by tile height, capped by
+/// the subscriber's bandwidth allocation.
+#[derive(Default)]
+struct SvcTrack {
+    /// Spatial layers its scalability structure announced (0: none yet).
+    layers: u8,
+    /// Each layer's picture height (0: not said).
+    heights: [u16; VP9_MAX_SPATIAL],
+    /// Each layer's own incoming rate.
+    rates: [RateWindow; VP9_MAX_SPATIAL],
+    /// Each subscriber's tile height and bandwidth cap (`LayerPreference`).
+    prefs: HashMap<ParticipantId, (u32, Option<u8>)>,
 }
 
 /// Tile settings kept per participant (one per received track).
@@ -828,9 +846,11 @@ impl Actor for ParticipantActor {
                         .or_default()
                         .insert(subscriber, choice);
                     state.choose_layers(now, track);
-                } else if let Some(p) = state.published.iter_mut().find(|p| p.key == track) {
+                } else if let Some(i) = state.published.iter().position(|p| p.key == track) {
+                    let p = &mut state.published[i];
                     p.legs.insert(leg.subscriber.clone(), leg);
                     p.rebuild_targets();
+                    state.choose_svc(now, i);
                 }
             }
             ParticipantMsg::DetachLeg { track, subscriber } => {
@@ -841,6 +861,9 @@ impl Actor for ParticipantActor {
                     state.sync_layers(track);
                 } else if let Some(p) = state.published.iter_mut().find(|p| p.key == track) {
                     p.legs.remove(&subscriber);
+                    if let Some(svc) = &mut p.svc {
+                        svc.prefs.remove(&subscriber);
+                    }
                     p.rebuild_targets();
                 }
             }
@@ -860,6 +883,15 @@ impl Actor for ParticipantActor {
                     choice.max_layer = max_layer;
                     choice.idle = idle;
                     state.choose_layers(now, track);
+                } else if let Some(i) = state
+                    .published
+                    .iter()
+                    .position(|p| p.key == track && p.svc.is_some())
+                {
+                    if let Some(svc) = &mut state.published[i].svc {
+                        svc.prefs.insert(subscriber, (max_height, max_layer));
+                    }
+                    state.choose_svc(now, i);
                 }
             }
             ParticipantMsg::ActiveSpeaker(speaker) => {
@@ -1512,6 +1544,8 @@ impl ParticipantState {
             keyframes: KeyframeRequester::new(Duration::from_millis(500)),
             level: (!video).then(|| AudioLevelMeter::new(self.speaker, now)),
             last_loudness: 0.0,
+            svc: (layer.is_none() && track.codec.codec == hearth_engine::media::Codec::Vp9)
+                .then(Box::default),
             fanout,
             legs: HashMap::new(),
             targets: Vec::new(),
@@ -1617,6 +1651,60 @@ impl ParticipantState {
         }
         self.sync_layers(group);
         self.update_layer_pauses(now, group);
+    }
+
+    /// Chooses each subscriber's spatial layer of VP9 track `published[index]` (nothing
+    /// for other tracks, or before its scalability structure told two layers or more): the
+    /// lowest as high as its tile, capped by its bandwidth allocation; the allocation may
+    /// choose among the layers up to the tile's, each priced at the rate of the layers it
+    /// needs. A subscriber moving up needs a keyframe: one is asked for.
+    fn choose_svc(&mut self, now: Instant, index: usize) {
+        let Some(p) = self.published.get_mut(index) else {
+            return;
+        };
+        let Some(svc) = &p.svc else {
+            return;
+        };
+        let count = usize::from(svc.layers).min(VP9_MAX_SPATIAL);
+        if count < 2 {
+            return;
+        }
+        let layers: Vec<(u8, Option<u16>)> = (0..count)
+            .map(|s| (s as u8, Some(svc.heights[s]).filter(|h| *h > 0)))
+            .collect();
+        let mut cumulative = [0u32; VP9_MAX_SPATIAL];
+        let mut sum = 0u32;
+        for (c, rate) in cumulative.iter_mut().zip(&svc.rates).take(count) {
+            sum = sum.saturating_add(rate.bps);
+            *c = sum;
+        }
+        let mut keyframe = false;
+        for (subscriber, leg) in &p.legs {
+            let (max_height, cap) = svc
+                .prefs
+                .get(subscriber)
+                .copied()
+                .unwrap_or((u32::MAX, None));
+            let by_height = pick_layer(&layers, max_height);
+            let target = cap.map_or(by_height, |c| c.min(by_height));
+            let Some(mut st) = leg.lock() else {
+                continue;
+            };
+            st.layers.clear();
+            st.layers
+                .extend((0..=by_height).map(|s| (s, cumulative[usize::from(s)])));
+            if let Some(selector) = st.svc.as_mut()
+                && selector.target() != target
+            {
+                tracing::debug!(participant = %self.id, subscriber = %subscriber, track = %p.info.id,
+                    target, current = ?selector.current(), "svc layer");
+                selector.set_target(target);
+                keyframe |= selector.needs_keyframe();
+            }
+        }
+        if keyframe {
+            p.keyframes.request(now);
+        }
     }
 
     /// Dynacast: the layers of simulcast track `group` that somebody receives or is
@@ -1868,6 +1956,24 @@ impl ParticipantState {
             p.dims = Some(dims);
             sized = true;
         }
+        // VP9: each spatial layer's rate, and their sizes from keyframes.
+        let mut svc_sized = false;
+        if let Some(svc) = &mut p.svc {
+            if let Some(layer) = vp9_layer(&packet.payload) {
+                let bytes = packet.payload.len() as u64 + crate::congestion::WIRE_OVERHEAD;
+                svc.rates[usize::from(layer.spatial)].on_bytes(packet.arrival, bytes);
+            }
+            if let Some(ss) = vp9_scalability(&packet.payload) {
+                let mut heights = [0u16; VP9_MAX_SPATIAL];
+                for (h, (_, height)) in heights.iter_mut().zip(ss.sizes) {
+                    *h = height;
+                }
+                if (ss.spatial_layers, heights) != (svc.layers, svc.heights) {
+                    (svc.layers, svc.heights) = (ss.spatial_layers, heights);
+                    svc_sized = true;
+                }
+            }
+        }
         if !p.recv.on_rtp(
             packet.arrival,
             packet.seq,
@@ -1928,6 +2034,9 @@ impl ParticipantState {
             }
         }
         let layered = p.layer.map(|l| (p.group, l, p.ssrc));
+        if svc_sized && let Some(i) = self.published.iter().position(|p| p.ssrc == packet.ssrc) {
+            self.choose_svc(packet.arrival, i);
+        }
         self.send_batch_if_full();
         if let Some((group, layer, ssrc)) = layered {
             self.after_layer_packet(packet.arrival, group, layer, ssrc, sized);
@@ -2300,6 +2409,9 @@ impl ParticipantState {
         for group in groups {
             self.choose_layers(now, group);
         }
+        for i in 0..self.published.len() {
+            self.choose_svc(now, i);
+        }
         let ntp = self.ntp(now);
         // Loss recovery and keyframe requests toward our client.
         for p in &mut self.published {
@@ -2397,6 +2509,9 @@ impl ParticipantState {
                             .with_usage(Arc::clone(&self.usage));
                             if track.codec.codec == hearth_engine::media::Codec::Vp8 {
                                 leg = leg.with_vp8_munging();
+                            }
+                            if track.codec.codec == hearth_engine::media::Codec::Vp9 {
+                                leg = leg.with_svc();
                             }
                             let leg = Arc::new(leg);
                             // The publisher forwards on it once it is ready (closed legs and
