@@ -337,14 +337,28 @@ struct RateWindow {
     start: Option<Instant>,
     bytes: u64,
     bps: u32,
+    /// The window before.
+    prev_bps: u32,
 }
 
 impl RateWindow {
+    /// A layer's price for the bandwidth allocation: the lower of the last two windows, so
+    /// a keyframe (asked for by every switch) does not make a layer look twice its cost for
+    /// one allocation and pause the picture.
+    fn steady_bps(&self) -> u32 {
+        if self.prev_bps == 0 {
+            self.bps
+        } else {
+            self.bps.min(self.prev_bps)
+        }
+    }
+
     fn on_bytes(&mut self, now: Instant, bytes: u64) {
         let start = *self.start.get_or_insert(now);
         self.bytes += bytes;
         let elapsed = now.saturating_duration_since(start);
         if elapsed >= Duration::from_secs(1) {
+            self.prev_bps = self.bps;
             self.bps =
                 (self.bytes as f64 * 8.0 / elapsed.as_secs_f64()).min(f64::from(u32::MAX)) as u32;
             self.start = Some(now);
@@ -410,6 +424,9 @@ struct Subscription {
     told_cap: Option<u8>,
     /// What the publisher was last told of `hidden || bw_paused` (dynacast).
     told_idle: bool,
+    /// Since when the bandwidth allocation has wanted this video paused (it is paused only
+    /// after [`BW_PAUSE_AFTER`] of that).
+    pause_wanted_since: Option<Instant>,
     /// Whose track it is, its kind, and whether it is a screen share (allocation).
     publisher: ParticipantId,
     audio: bool,
@@ -627,6 +644,10 @@ pub const FORWARD_DELAY_BUCKETS: &[f64] = &[
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(250);
 /// No bandwidth probe starts this soon after the client's last NACK.
 const PROBE_QUIET_AFTER_NACK: Duration = Duration::from_secs(1);
+/// A playing video is paused by the bandwidth allocation only after it has not fitted for
+/// this long: a layer's rate measured over a second with a keyframe in it, or a dip of the
+/// estimate, must not freeze the picture for seconds (meanwhile it gets its lowest layer).
+const BW_PAUSE_AFTER: Duration = Duration::from_secs(2);
 /// Retransmissions one subscriber's NACKs may cause: per second on average, and in a burst.
 const RETRANSMIT_RATE: u32 = 200;
 const RETRANSMIT_BURST: u32 = 100;
@@ -1606,7 +1627,7 @@ impl ParticipantState {
             .published
             .iter()
             .filter(|p| p.group == group)
-            .filter_map(|p| Some((p.layer?, p.rate.bps)))
+            .filter_map(|p| Some((p.layer?, p.rate.steady_bps())))
             .collect();
         let mut keyframes = Vec::new();
         if let Some(choices) = self.layer_choices.get_mut(&group) {
@@ -1675,7 +1696,7 @@ impl ParticipantState {
         let mut cumulative = [0u32; VP9_MAX_SPATIAL];
         let mut sum = 0u32;
         for (c, rate) in cumulative.iter_mut().zip(&svc.rates).take(count) {
-            sum = sum.saturating_add(rate.bps);
+            sum = sum.saturating_add(rate.steady_bps());
             *c = sum;
         }
         let mut keyframe = false;
@@ -2295,15 +2316,24 @@ impl ParticipantState {
         tracing::trace!(participant = %self.id, ?demands, ?grants, desired, bwe = ?self.cc.stats(), "bandwidth allocation");
         self.cc.allocated(now, desired);
         let estimate = self.cc.estimate();
-        for (key, grant) in keys.into_iter().zip(grants) {
+        for ((key, grant), demand) in keys.into_iter().zip(grants).zip(&demands) {
             let grant = if limited { grant } else { Grant::Full };
             let Some(sub) = self.subscriptions.get_mut(&key) else {
                 continue;
             };
-            let pause = grant == Grant::Pause;
+            let wants = grant == Grant::Pause;
+            let mut pause = wants;
+            if wants && !sub.bw_paused {
+                let since = *sub.pause_wanted_since.get_or_insert(now);
+                pause = now.saturating_duration_since(since) >= BW_PAUSE_AFTER;
+            }
+            if !wants || pause {
+                sub.pause_wanted_since = None;
+            }
             if pause != sub.bw_paused {
                 sub.bw_paused = pause;
-                tracing::debug!(participant = %self.id, track = %sub.track, paused = pause, estimate, "bandwidth pause");
+                tracing::debug!(participant = %self.id, track = %sub.track, paused = pause, estimate,
+                    layers = ?demand.layers, rate = demand.rate, "bandwidth pause");
                 metrics::counter!("hearth_bwe_pauses_total", "change" => if pause { "paused" } else { "resumed" })
                     .increment(1);
                 if let Some(mut leg) = sub.leg.lock() {
@@ -2541,6 +2571,7 @@ impl ParticipantState {
                                     told_height: u32::MAX,
                                     told_cap: None,
                                     told_idle: false,
+                                    pause_wanted_since: None,
                                     publisher: track.publisher.clone(),
                                     audio: track.info.kind == MediaKind::Audio,
                                     screen: track.info.source == crate::domain::TrackSource::Screen,
