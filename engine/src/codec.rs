@@ -9,14 +9,25 @@
 use crate::media::Codec;
 
 /// True if this packet starts a keyframe (see the per-codec functions for the exact rule).
-/// AV1 and [`Codec::Other`] always return false; Opus has no keyframes.
+/// [`Codec::Other`] always returns false; Opus has no keyframes.
 pub fn is_keyframe(codec: Codec, payload: &[u8]) -> bool {
     match codec {
         Codec::Vp8 => vp8_is_keyframe(payload),
         Codec::Vp9 => vp9_is_keyframe(payload),
         Codec::H264 => h264_is_keyframe(payload),
-        Codec::Opus | Codec::Av1 | Codec::Other => false,
+        Codec::Av1 => av1_is_keyframe(payload),
+        Codec::Opus | Codec::Other => false,
     }
+}
+
+/// AV1 (the RTP payload format of the Alliance for Open Media, §4.4). The first byte is
+/// the aggregation header `|Z|Y|W W|N|-|-|-|`: N = 1 marks the first packet of a coded video
+/// sequence, which starts with a keyframe; Z = 1 (the packet continues an OBU of the one
+/// before) cannot start anything.
+pub fn av1_is_keyframe(payload: &[u8]) -> bool {
+    payload
+        .first()
+        .is_some_and(|&b0| b0 & 0x80 == 0 && b0 & 0x08 != 0)
 }
 
 /// VP8 (RFC 7741 §4.2, §4.3). The payload descriptor is
@@ -628,6 +639,8 @@ mod tests {
             ),
             // H264: FU-A start of IDR.
             (Codec::H264, vec![0x7c, 0x85, 0x88, 0x84]),
+            // AV1: one OBU (W = 1), a new coded video sequence (N = 1): a sequence header.
+            (Codec::Av1, vec![0x18, 0x0a, 0x0b]),
         ]
     }
 
@@ -676,8 +689,10 @@ mod tests {
             (Codec::H264, vec![0x7c, 0x05, 0x88]),
             // H264 FU-A start of a non-IDR slice.
             (Codec::H264, vec![0x7c, 0x81, 0x9a]),
-            // AV1 and others never.
-            (Codec::Av1, vec![0x18, 0x0a, 0x0b]),
+            // AV1: not a new coded video sequence, or a continuation.
+            (Codec::Av1, vec![0x10, 0x0a, 0x0b]),
+            (Codec::Av1, vec![0x98, 0x0a, 0x0b]),
+            // Others never.
             (Codec::Other, vec![0x65, 0x00]),
             (Codec::Opus, vec![0x78, 0x00]),
         ];

@@ -1,7 +1,8 @@
 // Browser end to end: H264 and VP8 in one meeting. Alice's page prefers H264 for what it
 // sends (`?codec=h264`), Bob's sends VP8; each decodes the other's video, in the codec its
-// publisher chose (the SFU forwards, it never transcodes). And H.264 simulcast: a small tile
-// gets the small layer, told apart by the size in the layers' SPS.
+// publisher chose (the SFU forwards, it never transcodes). The same for AV1 and VP9. And
+// H.264 simulcast: a small tile gets the small layer, told apart by the size in the layers'
+// SPS.
 //
 //   node tests/browser/codec.test.mjs <path to hearth binary>
 import assert from 'node:assert/strict';
@@ -61,6 +62,8 @@ try {
   console.log('H264 publisher first, then VP8: both forwarded and decoded');
   await pair('codecs-2', { name: 'carol', codec: 'vp8' }, { name: 'dave', codec: 'h264' });
   console.log('VP8 publisher first, then H264: both forwarded and decoded');
+  await pair('codecs-4', { name: 'erin', codec: 'av1' }, { name: 'frank', codec: 'vp9' });
+  console.log('AV1 publisher first, then VP9: both forwarded and decoded');
   console.log('PASS codec.test.mjs');
 } catch (e) {
   failed = true;

@@ -1619,6 +1619,15 @@ fn codec_table() -> Vec<CodecParams> {
         },
         h264("42e01f"),
         h264("42001f"),
+        // AV1 main profile: forwarded whole (its dependency descriptor is not read, so its
+        // scalability layers are not dropped per subscriber).
+        CodecParams {
+            codec: Codec::Av1,
+            mime_type: "video/AV1".into(),
+            clock_rate: 90_000,
+            channels: 0,
+            fmtp: "level-idx=5;profile=0;tier=0".into(),
+        },
     ]
 }
 
@@ -1684,6 +1693,9 @@ pub fn same_codec(a: &CodecParams, b: &CodecParams) -> bool {
     if a.codec == Codec::Vp9 {
         return vp9_profile(&a.fmtp) == vp9_profile(&b.fmtp);
     }
+    if a.codec == Codec::Av1 {
+        return av1_profile(&a.fmtp) == av1_profile(&b.fmtp);
+    }
     if a.codec != Codec::H264 {
         return true;
     }
@@ -1698,10 +1710,18 @@ fn vp9_profile(fmtp: &str) -> String {
     fmtp_param(fmtp, "profile-id").unwrap_or_else(|| "0".into())
 }
 
+/// An AV1 format's profile (its RTP payload format §7.2: `profile`, 0 when absent).
+fn av1_profile(fmtp: &str) -> String {
+    fmtp_param(fmtp, "profile").unwrap_or_else(|| "0".into())
+}
+
 fn codec_key(c: &CodecParams) -> String {
     let mut key = format!("{}/{}", c.mime_type.to_ascii_lowercase(), c.clock_rate);
     if c.codec == Codec::Vp9 {
         key.push_str(&format!(";{}", vp9_profile(&c.fmtp)));
+    }
+    if c.codec == Codec::Av1 {
+        key.push_str(&format!(";{}", av1_profile(&c.fmtp)));
     }
     if c.codec == Codec::H264 {
         let mode = fmtp_param(&c.fmtp, "packetization-mode").unwrap_or_else(|| "0".into());

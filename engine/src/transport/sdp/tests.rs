@@ -762,3 +762,31 @@ a=rtcp-mux\r\na=recvonly\r\na=rtpmap:0 PCMU/8000\r\n";
     assert!(offer.contains("a=group:BUNDLE h0 h1"), "{offer}");
     assert!(n.sender(key).is_some());
 }
+
+/// VP9 and AV1 are accepted from publishers; VP9 profile 2 (10-bit) is not profile 0, and
+/// AV1's profile is compared the same way (a receiver that decodes one may not decode the other).
+#[test]
+fn vp9_and_av1_are_forwarded_by_profile() {
+    let offer = format!(
+        "{SESSION}m=video 9 UDP/TLS/RTP/SAVPF 98 100 45 35\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n\
+a=setup:actpass\r\na=rtcp-mux\r\na=sendonly\r\na=rtpmap:98 VP9/90000\r\n\
+a=fmtp:98 profile-id=0\r\na=rtpmap:100 VP9/90000\r\na=fmtp:100 profile-id=2\r\n\
+a=rtpmap:45 AV1/90000\r\na=fmtp:45 level-idx=5;profile=0;tier=0\r\n\
+a=rtpmap:35 AV1/90000\r\na=fmtp:35 profile=1\r\na=ssrc:10 cname:x\r\n"
+    );
+    let mut n = negotiator();
+    let (answer, _) = n.apply_offer(&offer).unwrap();
+    assert!(answer.contains("a=rtpmap:98 VP9/90000"), "{answer}");
+    assert!(answer.contains("a=rtpmap:45 AV1/90000"), "{answer}");
+    assert!(!answer.contains("a=rtpmap:100 "), "VP9 profile 2: {answer}");
+    assert!(!answer.contains("a=rtpmap:35 "), "AV1 profile 1: {answer}");
+    let vp9 = |fmtp: &str| CodecParams {
+        codec: Codec::Vp9,
+        mime_type: "video/VP9".into(),
+        clock_rate: 90_000,
+        channels: 0,
+        fmtp: fmtp.into(),
+    };
+    assert!(same_codec(&vp9(""), &vp9("profile-id=0")));
+    assert!(!same_codec(&vp9("profile-id=0"), &vp9("profile-id=2")));
+}
