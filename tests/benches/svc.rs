@@ -26,7 +26,7 @@ fn stream(n: usize) -> Vec<MediaPacket> {
     let mut seq = 0u16;
     let mut picture = 0u32;
     while out.len() < n {
-        let keyframe = picture % 90 == 0;
+        let keyframe = picture.is_multiple_of(90);
         for (spatial, &count) in LAYER_PACKETS.iter().enumerate() {
             for k in 0..count {
                 let begin = k == 0;
