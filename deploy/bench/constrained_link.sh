@@ -6,6 +6,7 @@
 #
 #   deploy/bench/constrained_link.sh [hearth binary]      (root: network namespaces, tc, nft)
 #   LINK_KBPS=500 LOSS_PERCENT=2 QUEUE_MS=200 HOLD_S=40 deploy/bench/constrained_link.sh
+#   ALICE_QUERY='&codec=vp9&svc=L3T3_KEY' deploy/bench/constrained_link.sh   (VP9 SVC, not simulcast)
 #
 # Needs what tests/run.sh installs (chromium, node modules in tests/browser, iproute2,
 # nftables) and a release build (cargo build --release --bin hearth).

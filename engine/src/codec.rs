@@ -89,7 +89,8 @@ pub struct Vp8Munger {
     segment: Option<u64>,
     pid_offset: u16,
     tl0_offset: u8,
-    /// The last picture id and TL0PICIDX sent (after rewriting).
+    /// The newest picture id and TL0PICIDX sent (after rewriting; a late packet of an
+    /// older picture does not move them back).
     last_pid: Option<u16>,
     last_tl0: Option<u8>,
 }
@@ -170,13 +171,20 @@ impl Vp8Munger {
                 out[2] = (q & 0x7f) as u8;
             }
             if !retransmission {
-                self.last_pid = Some(if long { q } else { q & 0x7f });
+                let (q, modulus) = if long { (q, 0x7fff) } else { (q & 0x7f, 0x7f) };
+                // Newer: less than half the picture id space ahead (modulo its width).
+                let newer = self
+                    .last_pid
+                    .is_none_or(|last| q.wrapping_sub(last) & modulus <= modulus / 2);
+                if newer {
+                    self.last_pid = Some(q);
+                }
             }
         }
         if let (Some(at), Some(t)) = (tl0_at, tl0) {
             let u = t.wrapping_add(self.tl0_offset);
             out[at] = u;
-            if !retransmission {
+            if !retransmission && self.last_tl0.is_none_or(|last| u.wrapping_sub(last) < 0x80) {
                 self.last_tl0 = Some(u);
             }
         }
@@ -1032,6 +1040,14 @@ mod tests {
         assert_eq!(pid_tl0(&out), (0x7fff, 0));
         m.munge(2, false, &vp8_packet(6, 4), &mut out);
         assert_eq!(pid_tl0(&out), (0, 1));
+        // A late packet of an older picture just before a switch: the next segment still
+        // follows the newest picture sent, not the late one.
+        let mut m = Vp8Munger::default();
+        m.munge(1, false, &vp8_packet(500, 20), &mut out);
+        m.munge(1, false, &vp8_packet(502, 21), &mut out);
+        m.munge(1, false, &vp8_packet(501, 20), &mut out);
+        m.munge(2, false, &vp8_packet(9, 3), &mut out);
+        assert_eq!(pid_tl0(&out), (503, 22));
         // The rest of the packet is untouched: the caller sends `out[..n]` then payload[n..].
         let p = vp8_packet(10, 1);
         let n = m.munge(2, false, &p, &mut out);

@@ -26,6 +26,9 @@ const LINK = {
   queueMs: Number(process.env.QUEUE_MS || 300),
 };
 const HOLD_MS = Number(process.env.HOLD_S || 30) * 1000;
+// What Alice's page is opened with through Hearth, e.g. `&codec=vp9&svc=L3T3_KEY` (one VP9
+// stream whose spatial layers Hearth drops for Carol) instead of VP8 simulcast.
+const ALICE_QUERY = process.env.ALICE_QUERY || '';
 const secure = [`--unsafely-treat-insecure-origin-as-secure=${BASE}`,
   '--disable-features=WebRtcHideLocalIpsWithMdns'];
 
@@ -138,7 +141,7 @@ try {
 
   // ---- Through Hearth.
   const alice = await (await near.browser.newContext()).newPage();
-  await alice.goto(`${BASE}/?meeting=bench-cc&name=alice&autojoin=1`);
+  await alice.goto(`${BASE}/?meeting=bench-cc&name=alice&autojoin=1${ALICE_QUERY}`);
   const carol = await (await farBrowser.newContext()).newPage();
   await carol.goto(`${BASE}/?meeting=bench-cc&name=carol&autojoin=1&media=0`);
   await until('carol receives alice\'s full layer', async () =>
