@@ -268,16 +268,17 @@ impl SendLeg {
             && let Some(layer) = vp9_layer(&pkt.payload)
         {
             if retransmission {
-                if !svc.allows_retransmission(layer) {
-                    return Forwarded::Skipped;
+                match svc.retransmission(pkt.seq, layer, pkt.marker) {
+                    Some(m) => marker = Some(m),
+                    None => return Forwarded::Skipped,
                 }
-                marker = Some(pkt.marker || (svc.current() == Some(layer.spatial) && layer.end));
             } else {
-                match svc.select(layer, pkt.keyframe, pkt.marker) {
+                match svc.select(pkt.seq, layer, pkt.keyframe, pkt.marker) {
                     SvcVerdict::Forward { marker: m } => marker = Some(m),
                     SvcVerdict::Drop => {
                         st.forwarder.skip(pkt);
-                        return if svc.needs_keyframe() {
+                        // A paused leg waits for nothing (it asks when it resumes).
+                        return if svc.needs_keyframe() && !st.forwarder.is_paused() {
                             Forwarded::NeedsKeyframe
                         } else {
                             Forwarded::Skipped

@@ -1714,13 +1714,14 @@ impl ParticipantState {
             st.layers.clear();
             st.layers
                 .extend((0..=by_height).map(|s| (s, cumulative[usize::from(s)])));
+            let paused = st.forwarder.is_paused();
             if let Some(selector) = st.svc.as_mut()
                 && selector.target() != target
             {
                 tracing::debug!(participant = %self.id, subscriber = %subscriber, track = %p.info.id,
                     target, current = ?selector.current(), "svc layer");
                 selector.set_target(target);
-                keyframe |= selector.needs_keyframe();
+                keyframe |= selector.needs_keyframe() && !paused;
             }
         }
         if keyframe {
@@ -2263,6 +2264,8 @@ impl ParticipantState {
             }
             sub.sent_seen = bytes;
             if sub.hidden || sub.remote_muted {
+                // Not allocated now: a pause wanted before does not carry over.
+                sub.pause_wanted_since = None;
                 continue;
             }
             let priority = if sub.screen {

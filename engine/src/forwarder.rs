@@ -524,38 +524,72 @@ impl SkipLog {
         (pos > self.known_after).then_some(pos)
     }
 
-    /// Records `pos` as skipped; the caller made sure nothing after it was forwarded. False
-    /// when it cannot be recorded without renumbering (it lies before the newest run and
-    /// does not touch it).
+    /// Records `pos` as skipped; the caller made sure nothing after it was forwarded (so
+    /// every run after it may still be renumbered). False when it is too old to record.
     fn skip(&mut self, pos: i64) -> bool {
-        let total = self.runs.back().map_or(self.base, |r| r.total);
-        match self.runs.back_mut() {
-            Some(run) if pos >= run.first && pos <= run.last => return true,
-            Some(run) if pos == run.last + 1 => {
-                run.last = pos;
-                run.total += 1;
-                return true;
-            }
-            Some(run) if pos + 1 == run.first => {
-                run.first = pos;
-                run.total += 1;
-                return true;
-            }
-            Some(run) if pos < run.first => return false,
-            _ if pos <= self.known_after => return false,
-            _ => {}
+        if pos <= self.known_after {
+            return false;
         }
-        if self.runs.len() == SKIP_RUNS
-            && let Some(oldest) = self.runs.pop_front()
-        {
-            self.known_after = oldest.last;
-            self.base = oldest.total;
+        // The first run that ends at or after `pos`; a position inside it was skipped already.
+        let mut at = self.runs.partition_point(|r| r.last < pos);
+        if self.runs.get(at).is_some_and(|r| r.first <= pos) {
+            return true;
         }
-        self.runs.push_back(SkipRun {
-            first: pos,
-            last: pos,
-            total: total + 1,
-        });
+        let joins_before = at
+            .checked_sub(1)
+            .and_then(|i| self.runs.get(i))
+            .is_some_and(|r| r.last + 1 == pos);
+        let joins_after = self.runs.get(at).is_some_and(|r| r.first == pos + 1);
+        if !joins_before && !joins_after && self.runs.len() == SKIP_RUNS {
+            // A new run is needed and the log is full: the oldest run goes, unless `pos`
+            // lies before it (then it is too old to record).
+            if at == 0 {
+                return false;
+            }
+            if let Some(oldest) = self.runs.pop_front() {
+                self.known_after = oldest.last;
+                self.base = oldest.total;
+            }
+            at -= 1;
+        }
+        let total_before = at
+            .checked_sub(1)
+            .and_then(|i| self.runs.get(i))
+            .map_or(self.base, |r| r.total);
+        // Every run from `at` on now has one more skipped before its end.
+        for run in self.runs.iter_mut().skip(at) {
+            run.total += 1;
+        }
+        match (joins_before, joins_after) {
+            (true, true) => {
+                // Fills the gap between two runs: they become one.
+                if let Some(next) = self.runs.remove(at)
+                    && let Some(prev) = self.runs.get_mut(at - 1)
+                {
+                    prev.last = next.last;
+                    prev.total = next.total;
+                }
+            }
+            (true, false) => {
+                if let Some(prev) = self.runs.get_mut(at - 1) {
+                    prev.last = pos;
+                    prev.total += 1;
+                }
+            }
+            (false, true) => {
+                if let Some(next) = self.runs.get_mut(at) {
+                    next.first = pos;
+                }
+            }
+            (false, false) => self.runs.insert(
+                at,
+                SkipRun {
+                    first: pos,
+                    last: pos,
+                    total: total_before + 1,
+                },
+            ),
+        }
         true
     }
 }
@@ -1135,6 +1169,45 @@ mod tests {
         let h = f.forward(&pkt(AUDIO, 30, 0, t0)).unwrap();
         assert_eq!(h.seq, 4);
         assert_eq!(f.forward(&pkt(AUDIO, 31, 0, t0)).unwrap().seq, 5);
+    }
+
+    /// A late skip between two runs (nothing after it forwarded yet) renumbers the runs
+    /// after it; filling the gap between two runs joins them.
+    #[test]
+    fn late_skips_between_runs_leave_no_hole() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::with_initial(OUT, MediaKind::Audio, 48_000, 0, 0);
+        assert_eq!(f.forward(&pkt(AUDIO, 10, 0, t0)).unwrap().seq, 0);
+        assert!(f.skip(&pkt(AUDIO, 12, 0, t0)));
+        assert!(f.skip(&pkt(AUDIO, 15, 0, t0)));
+        assert!(
+            f.skip(&pkt(AUDIO, 13, 0, t0)),
+            "reordered: between the runs"
+        );
+        assert!(f.skip(&pkt(AUDIO, 13, 0, t0)), "a duplicate counts once");
+        assert_eq!(f.forward(&pkt(AUDIO, 11, 0, t0)).unwrap().seq, 1);
+        assert_eq!(f.forward(&pkt(AUDIO, 14, 0, t0)).unwrap().seq, 2);
+        assert_eq!(f.forward(&pkt(AUDIO, 16, 0, t0)).unwrap().seq, 3);
+        assert!(f.skip(&pkt(AUDIO, 18, 0, t0)));
+        assert!(f.skip(&pkt(AUDIO, 20, 0, t0)));
+        assert!(f.skip(&pkt(AUDIO, 19, 0, t0)), "joins the two runs");
+        assert_eq!(f.forward(&pkt(AUDIO, 17, 0, t0)).unwrap().seq, 4);
+        assert_eq!(f.forward(&pkt(AUDIO, 21, 0, t0)).unwrap().seq, 5);
+        for (out, src) in [(0u16, 10u16), (1, 11), (2, 14), (3, 16), (4, 17), (5, 21)] {
+            assert_eq!(f.source_of(out), Some((AUDIO, src)), "out {out}");
+            assert_eq!(
+                f.forward_retransmission(&pkt(AUDIO, src, 0, t0))
+                    .unwrap()
+                    .seq,
+                out
+            );
+        }
+        for skipped in [12u16, 13, 15, 18, 19, 20] {
+            assert_eq!(
+                f.forward_retransmission(&pkt(AUDIO, skipped, 0, t0)),
+                Err(Drop::TooOld)
+            );
+        }
     }
 
     /// Beyond [`SKIP_RUNS`] runs the oldest are forgotten: packets from before them are too

@@ -8,17 +8,23 @@
 //!
 //! Rules, per packet (sans-IO, no clock):
 //! - The layer changes only where a picture starts (the first packet of its spatial layer
-//!   0), so no picture reaches the decoder with a layer cut in half.
+//!   0, newer than every packet seen: a late one, recovered upstream, changes nothing), so
+//!   no picture reaches the decoder with a layer cut in half.
 //! - Down at any picture: a lower layer never depends on a higher one.
 //! - Up only at a keyframe: in the `_KEY` modes browsers use, the upper layers refer to
 //!   the lower ones only there. Until then [`SvcSelector::needs_keyframe`] is true, and the
 //!   caller asks the publisher for one.
 //! - The RTP marker bit ends a whole picture, so it is set on the last packet of the
-//!   highest layer forwarded (its E bit), as the picture's true last packet is dropped.
+//!   highest layer forwarded (its E bit), as the picture's true last packet is dropped. A
+//!   retransmission carries the marker its original went out with.
 //!
 //! Temporal layers all pass (a subscriber's rate is chosen by spatial layer).
 
 use crate::codec::Vp9Layer;
+use crate::seq::seq_diff;
+
+/// How many recent sequence numbers remember whether their marker bit was moved onto them.
+const MARKER_WINDOW: usize = 512;
 
 /// What to do with one packet of the stream for one subscriber.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,12 +36,16 @@ pub enum SvcVerdict {
 }
 
 /// One subscriber's spatial layer of one SVC track.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct SvcSelector {
     /// The layer the subscriber should get.
     target: u8,
     /// The layer it gets now (None before the first picture).
     current: Option<u8>,
+    /// The newest source sequence number seen.
+    newest: Option<u16>,
+    /// Bit `seq % MARKER_WINDOW`: that packet went out with a marker it did not carry.
+    moved_markers: [u64; MARKER_WINDOW / 64],
 }
 
 impl SvcSelector {
@@ -44,6 +54,8 @@ impl SvcSelector {
         SvcSelector {
             target,
             current: None,
+            newest: None,
+            moved_markers: [0; MARKER_WINDOW / 64],
         }
     }
 
@@ -67,10 +79,20 @@ impl SvcSelector {
         self.current.is_some_and(|c| self.target > c)
     }
 
-    /// Decides for a packet of layer `layer`; `keyframe`: it starts a keyframe picture;
-    /// `marker`: its RTP marker bit as sent.
-    pub fn select(&mut self, layer: Vp9Layer, keyframe: bool, marker: bool) -> SvcVerdict {
-        if layer.spatial == 0 && layer.begin {
+    /// Decides for the packet with source sequence number `seq` of layer `layer`;
+    /// `keyframe`: it starts a keyframe picture; `marker`: its RTP marker bit as sent.
+    pub fn select(
+        &mut self,
+        seq: u16,
+        layer: Vp9Layer,
+        keyframe: bool,
+        marker: bool,
+    ) -> SvcVerdict {
+        let newest = self.newest.is_none_or(|n| seq_diff(seq, n) > 0);
+        if newest {
+            self.newest = Some(seq);
+        }
+        if newest && layer.spatial == 0 && layer.begin {
             match self.current {
                 None => self.current = Some(self.target),
                 Some(c) if self.target < c => self.current = Some(self.target),
@@ -79,17 +101,37 @@ impl SvcSelector {
             }
         }
         match self.current {
-            Some(c) if layer.spatial <= c => SvcVerdict::Forward {
-                marker: marker || (layer.spatial == c && layer.end),
-            },
+            Some(c) if layer.spatial <= c => {
+                let moved = !marker && layer.spatial == c && layer.end;
+                let (word, bit) = marker_bit(seq);
+                if moved {
+                    self.moved_markers[word] |= bit;
+                } else {
+                    self.moved_markers[word] &= !bit;
+                }
+                SvcVerdict::Forward {
+                    marker: marker || moved,
+                }
+            }
             _ => SvcVerdict::Drop,
         }
     }
 
-    /// Whether a retransmission of a packet of `layer` may go to the subscriber.
-    pub fn allows_retransmission(&self, layer: Vp9Layer) -> bool {
-        self.current.is_some_and(|c| layer.spatial <= c)
+    /// For a retransmission of the packet `seq` of `layer` (`marker` as the publisher sent
+    /// it): the marker bit it went out with, or None if its layer is above the subscriber's
+    /// now.
+    pub fn retransmission(&self, seq: u16, layer: Vp9Layer, marker: bool) -> Option<bool> {
+        if !self.current.is_some_and(|c| layer.spatial <= c) {
+            return None;
+        }
+        let (word, bit) = marker_bit(seq);
+        Some(marker || self.moved_markers[word] & bit != 0)
     }
+}
+
+fn marker_bit(seq: u16) -> (usize, u64) {
+    let i = usize::from(seq) % MARKER_WINDOW;
+    (i / 64, 1 << (i % 64))
 }
 
 #[cfg(test)]
@@ -106,17 +148,25 @@ mod tests {
         }
     }
 
+    /// The sequence number after the newest seen (a wrap early on).
+    fn next(s: &SvcSelector) -> u16 {
+        s.newest.map_or(65530, |n| n.wrapping_add(1))
+    }
+
+    /// `select` with the next sequence number.
+    fn sel(s: &mut SvcSelector, l: Vp9Layer, keyframe: bool, marker: bool) -> SvcVerdict {
+        let seq = next(s);
+        s.select(seq, l, keyframe, marker)
+    }
+
     /// One picture of three layers, two packets each: the verdicts in order.
     fn picture(s: &mut SvcSelector, keyframe: bool) -> Vec<SvcVerdict> {
         let mut out = Vec::new();
         for spatial in 0..3 {
             for (begin, end) in [(true, false), (false, true)] {
                 let marker = spatial == 2 && end;
-                out.push(s.select(
-                    layer(spatial, begin, end),
-                    keyframe && spatial == 0 && begin,
-                    marker,
-                ));
+                let key = keyframe && spatial == 0 && begin;
+                out.push(sel(s, layer(spatial, begin, end), key, marker));
             }
         }
         out
@@ -144,10 +194,10 @@ mod tests {
         let mut s = SvcSelector::new(2);
         picture(&mut s, false);
         // Mid-picture change: this picture completes at the old layer.
-        assert_eq!(s.select(layer(0, true, true), false, false), F);
+        assert_eq!(sel(&mut s, layer(0, true, true), false, false), F);
         s.set_target(0);
-        assert_eq!(s.select(layer(1, true, true), false, false), F);
-        assert_eq!(s.select(layer(2, true, true), false, true), M);
+        assert_eq!(sel(&mut s, layer(1, true, true), false, false), F);
+        assert_eq!(sel(&mut s, layer(2, true, true), false, true), M);
         assert_eq!(picture(&mut s, false), vec![F, M, D, D, D, D]);
         // Up: not before a keyframe.
         s.set_target(2);
@@ -155,21 +205,70 @@ mod tests {
         assert_eq!(picture(&mut s, false), vec![F, M, D, D, D, D]);
         assert_eq!(picture(&mut s, true), vec![F, F, F, F, F, M]);
         assert!(!s.needs_keyframe());
-        assert!(s.allows_retransmission(layer(2, false, false)));
+        assert_eq!(
+            s.retransmission(1, layer(2, false, false), false),
+            Some(false)
+        );
         s.set_target(1);
         picture(&mut s, false);
-        assert!(!s.allows_retransmission(layer(2, false, false)));
-        assert!(s.allows_retransmission(layer(1, false, false)));
+        assert_eq!(s.retransmission(1, layer(2, false, false), false), None);
+        assert_eq!(
+            s.retransmission(1, layer(1, false, false), false),
+            Some(false)
+        );
     }
 
     #[test]
     fn nothing_before_the_first_picture_start() {
         let mut s = SvcSelector::new(2);
-        assert_eq!(s.select(layer(0, false, true), false, false), D);
-        assert_eq!(s.select(layer(1, true, true), false, false), D);
+        assert_eq!(sel(&mut s, layer(0, false, true), false, false), D);
+        assert_eq!(sel(&mut s, layer(1, true, true), false, false), D);
         assert!(!s.needs_keyframe());
-        assert!(!s.allows_retransmission(layer(0, true, true)));
-        assert_eq!(s.select(layer(0, true, false), false, false), F);
+        assert_eq!(s.retransmission(1, layer(0, true, true), false), None);
+        assert_eq!(sel(&mut s, layer(0, true, false), false, false), F);
         assert_eq!(s.current(), Some(2));
+    }
+
+    /// A retransmission carries the marker its original went out with, even after the
+    /// subscriber's layer changed.
+    #[test]
+    fn retransmissions_keep_their_marker() {
+        let mut s = SvcSelector::new(1);
+        picture(&mut s, false);
+        let first = next(&s);
+        // The 4th packet (layer 1's last) gets the moved marker.
+        assert_eq!(picture(&mut s, false)[3], M);
+        let l1_end = first.wrapping_add(3);
+        s.set_target(2);
+        picture(&mut s, true);
+        assert_eq!(
+            s.retransmission(l1_end, layer(1, false, true), false),
+            Some(true)
+        );
+        let l1_start = l1_end.wrapping_sub(1);
+        assert_eq!(
+            s.retransmission(l1_start, layer(1, true, false), false),
+            Some(false)
+        );
+    }
+
+    /// A late first packet of an older picture (recovered upstream) switches nothing.
+    #[test]
+    fn a_late_picture_start_switches_nothing() {
+        let mut s = SvcSelector::new(0);
+        picture(&mut s, false);
+        let start = next(&s);
+        s.set_target(2);
+        // A keyframe whose first packet is lost upstream: its upper layers are dropped.
+        let mut seq = start.wrapping_add(1);
+        for spatial in 0..3u8 {
+            let v = s.select(seq, layer(spatial, spatial > 0, true), false, spatial == 2);
+            assert_eq!(v, if spatial == 0 { M } else { D }, "layer {spatial}");
+            seq = seq.wrapping_add(1);
+        }
+        // The recovered first packet arrives late: still on layer 0, still waiting.
+        assert_eq!(s.select(start, layer(0, true, false), true, false), F);
+        assert_eq!(s.current(), Some(0));
+        assert!(s.needs_keyframe());
     }
 }

@@ -77,7 +77,7 @@ fn svc(packets: &[MediaPacket], target: u8) -> (f64, f64) {
     let start = Instant::now();
     for p in packets {
         let verdict = match vp9_layer(&p.payload) {
-            Some(layer) => s.select(layer, p.keyframe, p.marker),
+            Some(layer) => s.select(p.seq, layer, p.keyframe, p.marker),
             None => SvcVerdict::Forward { marker: p.marker },
         };
         match verdict {

@@ -1641,6 +1641,8 @@ fn default_pt(c: &CodecParams) -> u8 {
             104
         }
         Codec::H264 => 102,
+        // Chromium's numbers for AV1, so it keeps its own (VP9 profile 2 takes 100).
+        Codec::Av1 => 45,
         _ => 98,
     }
 }
