@@ -121,7 +121,7 @@ impl SvcSelector {
     /// it): the marker bit it went out with, or None if its layer is above the subscriber's
     /// now.
     pub fn retransmission(&self, seq: u16, layer: Vp9Layer, marker: bool) -> Option<bool> {
-        if !self.current.is_some_and(|c| layer.spatial <= c) {
+        if self.current.is_none_or(|c| layer.spatial > c) {
             return None;
         }
         let (word, bit) = marker_bit(seq);
