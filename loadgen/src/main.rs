@@ -122,6 +122,10 @@ struct Args {
     /// Video bitrate in kbit/s (30 fps VP8; keyframes on PLI).
     #[arg(long)]
     video_kbps: Option<u32>,
+    /// Video publishers send three simulcast layers (SSRC-group SIM: a quarter, half and
+    /// full size at 1/8, 1/3 and all of --video-kbps), as browsers do; the full client only.
+    #[arg(long)]
+    simulcast: bool,
     /// Participants per meeting that only receive.
     #[arg(long)]
     subscribers_only: Option<usize>,
@@ -278,6 +282,7 @@ fn scenario(args: &Args) -> Result<Scenario, String> {
     if let Some(v) = args.video_kbps {
         s.video.bitrate_bps = v.saturating_mul(1000);
     }
+    s.video.simulcast = args.simulcast;
     if let Some(v) = args.subscribers_only {
         s.subscribers_only = v;
     }
@@ -287,6 +292,7 @@ fn scenario(args: &Args) -> Result<Scenario, String> {
             || args.speakers.is_some()
             || args.video_publishers.is_some()
             || args.video_kbps.is_some()
+            || args.simulcast
             || args.subscribers_only.is_some();
         if shaped {
             return Err("--preset mixed takes its meetings' shapes from --mix".into());

@@ -59,7 +59,14 @@ pub fn opus_frame(speaking: bool, t: Trailer) -> Bytes {
 pub struct VideoProfile {
     pub bitrate_bps: u32,
     pub fps: u32,
+    /// Sent as three simulcast layers (an `a=ssrc-group:SIM`: a quarter, half and full
+    /// size, at 1/8, 1/3 and all of the bitrate), as a browser with simulcast on would.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub simulcast: bool,
 }
+
+/// Simulcast layers, lowest first: the bitrate divisor and the keyframes' frame size.
+pub const SIMULCAST_LAYERS: [(u32, (u16, u16)); 3] = [(8, (320, 180)), (3, (640, 360)), (1, (1280, 720))];
 
 impl VideoProfile {
     /// Bytes of an average delta frame.
@@ -78,6 +85,17 @@ impl VideoProfile {
 /// 1280x720 size; then filler; every packet ends with a trailer. Sizes vary by +-25%
 /// around the profile's frame size (`jitter` in 0..1).
 pub fn vp8_frame(profile: VideoProfile, keyframe: bool, jitter: f64, t: Trailer) -> Vec<Bytes> {
+    vp8_frame_sized(profile, keyframe, jitter, t, (1280, 720))
+}
+
+/// [`vp8_frame`] whose keyframes announce `size` (simulcast layers are told apart by it).
+pub fn vp8_frame_sized(
+    profile: VideoProfile,
+    keyframe: bool,
+    jitter: f64,
+    t: Trailer,
+    size: (u16, u16),
+) -> Vec<Bytes> {
     let base = if keyframe {
         profile.key_bytes()
     } else {
@@ -95,7 +113,9 @@ pub fn vp8_frame(profile: VideoProfile, keyframe: bool, jitter: f64, t: Trailer)
         if i == 0 {
             b.put_u8(0x10);
             if keyframe {
-                b.put_slice(&[0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x00, 0x05, 0xd0, 0x02]);
+                b.put_slice(&[0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a]);
+                b.put_u16_le(size.0);
+                b.put_u16_le(size.1);
             } else {
                 b.put_slice(&[0x11, 0x02, 0x00]);
             }
@@ -119,9 +139,14 @@ pub fn next_vp8_frame(
     frame: &mut u64,
     t: Trailer,
 ) -> Vec<Bytes> {
-    let jitter = ((frame.wrapping_mul(2_654_435_761)) % 1000) as f64 / 1000.0;
+    let jitter = frame_jitter(*frame);
     *frame += 1;
     vp8_frame(profile, keyframe, jitter, t)
+}
+
+/// The size jitter of frame number `frame` (0..1).
+pub fn frame_jitter(frame: u64) -> f64 {
+    ((frame.wrapping_mul(2_654_435_761)) % 1000) as f64 / 1000.0
 }
 
 pub fn vp8_is_keyframe(payload: &[u8]) -> bool {
@@ -161,6 +186,7 @@ mod tests {
         let hd = VideoProfile {
             bitrate_bps: 1_200_000,
             fps: 30,
+            simulcast: false,
         };
         let t = Trailer {
             sender: 2,

@@ -240,6 +240,9 @@ pub struct Peer {
     ice_up: bool,
     audio: Option<Outgoing>,
     video: Option<Outgoing>,
+    /// Simulcast: the lower layers, lowest first (`video` is the full one), each with its
+    /// bitrate divisor and keyframe size.
+    lower: Vec<(Outgoing, u32, (u16, u16))>,
     sending: Sending,
     keyframe_due: bool,
     pub rx: Reception,
@@ -376,6 +379,7 @@ impl Peer {
             ice_up: false,
             audio: None,
             video: None,
+            lower: Vec::new(),
             sending,
             keyframe_due: true,
             rx: Reception::new(epoch),
@@ -398,21 +402,37 @@ impl Peer {
             (RtpCodecKind::Audio, opus(), MIME_TYPE_OPUS)
         };
         let ssrc: u32 = rand::random();
+        let simulcast = video && self.sending.video.is_some_and(|v| v.simulcast);
+        // Simulcast: one encoding per layer, each with its SSRC (lowest first), no rids:
+        // the offer lists their SSRCs and `add_sim_group` groups them.
+        let lower: Vec<u32> = if simulcast {
+            (1..media::SIMULCAST_LAYERS.len())
+                .map(|_| rand::random())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let encoding = |ssrc: u32| RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: codec.rtp_codec.clone(),
+            active: true,
+            ..Default::default()
+        };
+        let encodings: Vec<RTCRtpEncodingParameters> = lower
+            .iter()
+            .chain([&ssrc])
+            .map(|s| encoding(*s))
+            .collect();
         let stream_id = format!("lg-{}", self.id);
         let track = MediaStreamTrack::new(
             stream_id.clone(),
             format!("lg-{}-{}", self.id, if video { "video" } else { "audio" }),
             if video { "video" } else { "audio" }.to_owned(),
             kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: codec.rtp_codec,
-                active: true,
-                ..Default::default()
-            }],
+            encodings,
         );
         let t = self
             .pc
@@ -438,6 +458,17 @@ impl Peer {
             payload_type: None,
             mime,
         };
+        for (i, lower_ssrc) in lower.into_iter().enumerate() {
+            let (divisor, size) = media::SIMULCAST_LAYERS[i];
+            let layer = Outgoing {
+                ssrc: lower_ssrc,
+                seq: rand::random(),
+                timestamp: rand::random(),
+                payload_type: None,
+                ..out
+            };
+            self.lower.push((layer, divisor, size));
+        }
         if video {
             self.video = Some(out);
         } else {
@@ -472,10 +503,37 @@ impl Peer {
         match offer {
             Ok(sdp) => {
                 self.have_local_offer = true;
+                let sdp = self.add_sim_group(sdp);
                 self.out.push(PeerOut::Offer(sdp));
             }
             Err(e) => self.fail(format!("cannot offer: {e}")),
         }
+    }
+
+    /// Simulcast: groups the video section's SSRCs as `a=ssrc-group:SIM` (lowest first),
+    /// as SDKs that rewrite their offer do; the server takes each as a layer.
+    fn add_sim_group(&self, sdp: String) -> String {
+        let Some(top) = self.video.as_ref().filter(|_| !self.lower.is_empty()) else {
+            return sdp;
+        };
+        let ssrcs: Vec<String> = self
+            .lower
+            .iter()
+            .map(|(o, _, _)| o.ssrc.to_string())
+            .chain([top.ssrc.to_string()])
+            .collect();
+        let group = format!("a=ssrc-group:SIM {}\r\n", ssrcs.join(" "));
+        // After the last line about the top layer's SSRC (inside the video section).
+        let marker = format!("a=ssrc:{} ", top.ssrc);
+        let Some(at) = sdp.rfind(&marker) else {
+            return sdp;
+        };
+        let end = sdp[at..].find("\r\n").map_or(sdp.len(), |e| at + e + 2);
+        let mut out = String::with_capacity(sdp.len() + group.len());
+        out.push_str(&sdp[..end]);
+        out.push_str(&group);
+        out.push_str(&sdp[end..]);
+        out
     }
 
     pub fn on_remote_offer(&mut self, sdp: String) {
@@ -533,6 +591,7 @@ impl Peer {
                 for out in [self.audio.as_mut(), self.video.as_mut()]
                     .into_iter()
                     .flatten()
+                    .chain(self.lower.iter_mut().map(|(o, _, _)| o))
                 {
                     if let Some(mut sender) = self.pc.rtp_sender(out.sender) {
                         out.payload_type = sender
@@ -638,6 +697,29 @@ impl Peer {
             }
         }
         out.timestamp = out.timestamp.wrapping_add(90_000 / profile.fps.max(1));
+        // Simulcast: the same picture in the lower layers, smaller.
+        let jitter = media::frame_jitter(self.frame.wrapping_sub(1));
+        for (out, divisor, size) in &mut self.lower {
+            let Some(pt) = out.payload_type else {
+                continue;
+            };
+            let layer = VideoProfile {
+                bitrate_bps: profile.bitrate_bps / (*divisor).max(1),
+                ..profile
+            };
+            let payloads = media::vp8_frame_sized(layer, keyframe, jitter, t, *size);
+            let last = payloads.len() - 1;
+            for (i, payload) in payloads.into_iter().enumerate() {
+                let packet = rtp_packet(out, pt, i == last, payload);
+                out.seq = out.seq.wrapping_add(1);
+                if let Some(mut s) = self.pc.rtp_sender(out.sender)
+                    && s.write_rtp(now, packet).is_ok()
+                {
+                    sent += 1;
+                }
+            }
+            out.timestamp = out.timestamp.wrapping_add(90_000 / profile.fps.max(1));
+        }
         self.rx.observed.packets_out += sent;
     }
 
@@ -714,7 +796,8 @@ impl Peer {
                 any.downcast_ref::<FullIntraRequest>()
                     .and_then(|fir| fir.fir.first().map(|e| e.ssrc))
             };
-            if ssrc.is_some() && ssrc == video_ssrc {
+            let layer = self.lower.iter().any(|(o, _, _)| Some(o.ssrc) == ssrc);
+            if ssrc.is_some() && (ssrc == video_ssrc || layer) {
                 self.keyframe_due = true;
                 self.rx.observed.keyframe_requests += 1;
             }

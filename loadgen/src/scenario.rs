@@ -61,10 +61,12 @@ pub fn preset(name: &str, participants: Option<usize>) -> Result<Scenario, Strin
     let sd = VideoProfile {
         bitrate_bps: 300_000,
         fps: 30,
+        simulcast: false,
     };
     let hd = VideoProfile {
         bitrate_bps: 1_200_000,
         fps: 30,
+        simulcast: false,
     };
     let s = |participants, audio, speakers, video_pubs, video, subs| Scenario {
         preset: Some(name.to_owned()),
@@ -147,6 +149,7 @@ impl Scenario {
             video: VideoProfile {
                 bitrate_bps: 300_000,
                 fps: 30,
+                simulcast: false,
             },
             subscribers_only: 0,
             ramp: 100.0,

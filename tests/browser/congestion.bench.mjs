@@ -52,6 +52,13 @@ async function inbound(page, pcExpr) {
       freezes: sum(video, 'freezeCount'),
       frozen: sum(video, 'totalFreezesDuration'),
       width: Math.max(0, ...video.map((s) => s.frameWidth || 0)),
+      // For the timeline printed around a long gap.
+      keyframes: sum(video, 'keyFramesDecoded'),
+      nacks: sum(video, 'nackCount'),
+      plis: sum(video, 'pliCount'),
+      rtx: sum(video, 'retransmittedPacketsReceived'),
+      videoPackets: sum(video, 'packetsReceived'),
+      videoLost: sum(video, 'packetsLost'),
     };
   }, pcExpr);
 }
@@ -105,6 +112,13 @@ async function measure(far, page, pcExpr) {
       gapAt = lastNew;
     }
     if (samples[i].frames > samples[i - 1].frames) lastNew = samples[i].t;
+  }
+  if (gap >= 1000) {
+    // What a freeze is made of: Carol's video receiver from 1 s before the gap to its end.
+    console.log('long gap: [ms, frames, keyframes, video packets, lost, nacks, plis, rtx, width]');
+    for (const x of samples.filter((x) => x.t >= gapAt - 1000 && x.t <= gapAt + gap + 200)) {
+      console.log(JSON.stringify([x.t, x.frames, x.keyframes, x.videoPackets, x.videoLost, x.nacks, x.plis, x.rtx, x.width]));
+    }
   }
   return {
     convergedS: settled < rates.length ? settled : null,
