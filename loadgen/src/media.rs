@@ -66,7 +66,8 @@ pub struct VideoProfile {
 }
 
 /// Simulcast layers, lowest first: the bitrate divisor and the keyframes' frame size.
-pub const SIMULCAST_LAYERS: [(u32, (u16, u16)); 3] = [(8, (320, 180)), (3, (640, 360)), (1, (1280, 720))];
+pub const SIMULCAST_LAYERS: [(u32, (u16, u16)); 3] =
+    [(8, (320, 180)), (3, (640, 360)), (1, (1280, 720))];
 
 impl VideoProfile {
     /// Bytes of an average delta frame.

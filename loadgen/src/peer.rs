@@ -30,7 +30,9 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
     RTCRtpEncodingParameters, RtpCodecKind,
 };
-use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::rtp_transceiver::{
+    RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverId, RTCRtpTransceiverInit,
+};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use rtc::{rtcp, rtp};
@@ -65,9 +67,22 @@ pub struct Sending {
     pub video: Option<VideoProfile>,
 }
 
+/// Simulcast layers' rids, lowest first.
+const SIMULCAST_RIDS: [&str; 3] = ["q", "h", "f"];
+
+/// The header extensions a simulcast layer's packets carry.
+#[derive(Clone)]
+struct LayerExt {
+    mid_id: u8,
+    rid_id: u8,
+    mid: Bytes,
+}
+
 struct Outgoing {
     sender: RTCRtpSenderId,
     ssrc: u32,
+    /// Simulcast: the layer's rid ("" without simulcast).
+    rid: &'static str,
     seq: u16,
     timestamp: u32,
     payload_type: Option<u8>,
@@ -243,6 +258,10 @@ pub struct Peer {
     /// Simulcast: the lower layers, lowest first (`video` is the full one), each with its
     /// bitrate divisor and keyframe size.
     lower: Vec<(Outgoing, u32, (u16, u16))>,
+    /// Simulcast: the video transceiver, and once negotiated the ids of the mid and rid
+    /// header extensions with our mid (each packet names its section and layer).
+    video_transceiver: Option<RTCRtpTransceiverId>,
+    layer_ext: Option<LayerExt>,
     sending: Sending,
     keyframe_due: bool,
     pub rx: Reception,
@@ -380,6 +399,8 @@ impl Peer {
             audio: None,
             video: None,
             lower: Vec::new(),
+            video_transceiver: None,
+            layer_ext: None,
             sending,
             keyframe_due: true,
             rx: Reception::new(epoch),
@@ -403,8 +424,8 @@ impl Peer {
         };
         let ssrc: u32 = rand::random();
         let simulcast = video && self.sending.video.is_some_and(|v| v.simulcast);
-        // Simulcast: one encoding per layer, each with its SSRC (lowest first), no rids:
-        // the offer lists their SSRCs and `add_sim_group` groups them.
+        // Simulcast: one encoding per layer, each with its SSRC and rid (lowest first): the
+        // offer says `a=simulcast:send q;h;f`, each packet names its layer (rid extension).
         let lower: Vec<u32> = if simulcast {
             (1..media::SIMULCAST_LAYERS.len())
                 .map(|_| rand::random())
@@ -412,27 +433,33 @@ impl Peer {
         } else {
             Vec::new()
         };
-        let encoding = |ssrc: u32| RTCRtpEncodingParameters {
+        let encoding = |ssrc: u32, rid: &str| RTCRtpEncodingParameters {
             rtp_coding_parameters: RTCRtpCodingParameters {
                 ssrc: Some(ssrc),
+                rid: rid.to_owned(),
                 ..Default::default()
             },
             codec: codec.rtp_codec.clone(),
             active: true,
             ..Default::default()
         };
-        let encodings: Vec<RTCRtpEncodingParameters> = lower
-            .iter()
-            .chain([&ssrc])
-            .map(|s| encoding(*s))
-            .collect();
+        let encodings: Vec<RTCRtpEncodingParameters> = if simulcast {
+            lower
+                .iter()
+                .chain([&ssrc])
+                .zip(SIMULCAST_RIDS)
+                .map(|(s, rid)| encoding(*s, rid))
+                .collect()
+        } else {
+            vec![encoding(ssrc, "")]
+        };
         let stream_id = format!("lg-{}", self.id);
         let track = MediaStreamTrack::new(
             stream_id.clone(),
             format!("lg-{}-{}", self.id, if video { "video" } else { "audio" }),
             if video { "video" } else { "audio" }.to_owned(),
             kind,
-            encodings,
+            encodings.clone(),
         );
         let t = self
             .pc
@@ -441,7 +468,8 @@ impl Peer {
                 Some(RTCRtpTransceiverInit {
                     direction: RTCRtpTransceiverDirection::Sendonly,
                     streams: vec![stream_id],
-                    send_encodings: vec![],
+                    // Simulcast: every layer's encoding (else the track's one).
+                    send_encodings: if simulcast { encodings } else { vec![] },
                 }),
             )
             .map_err(err)?;
@@ -450,9 +478,13 @@ impl Peer {
             .rtp_transceiver(t)
             .and_then(|t| t.sender())
             .ok_or("new transceiver has no sender")?;
+        if simulcast {
+            self.video_transceiver = Some(t);
+        }
         let out = Outgoing {
             sender,
             ssrc,
+            rid: if simulcast { SIMULCAST_RIDS[2] } else { "" },
             seq: rand::random(),
             timestamp: rand::random(),
             payload_type: None,
@@ -462,6 +494,7 @@ impl Peer {
             let (divisor, size) = media::SIMULCAST_LAYERS[i];
             let layer = Outgoing {
                 ssrc: lower_ssrc,
+                rid: SIMULCAST_RIDS[i],
                 seq: rand::random(),
                 timestamp: rand::random(),
                 payload_type: None,
@@ -503,37 +536,10 @@ impl Peer {
         match offer {
             Ok(sdp) => {
                 self.have_local_offer = true;
-                let sdp = self.add_sim_group(sdp);
                 self.out.push(PeerOut::Offer(sdp));
             }
             Err(e) => self.fail(format!("cannot offer: {e}")),
         }
-    }
-
-    /// Simulcast: groups the video section's SSRCs as `a=ssrc-group:SIM` (lowest first),
-    /// as SDKs that rewrite their offer do; the server takes each as a layer.
-    fn add_sim_group(&self, sdp: String) -> String {
-        let Some(top) = self.video.as_ref().filter(|_| !self.lower.is_empty()) else {
-            return sdp;
-        };
-        let ssrcs: Vec<String> = self
-            .lower
-            .iter()
-            .map(|(o, _, _)| o.ssrc.to_string())
-            .chain([top.ssrc.to_string()])
-            .collect();
-        let group = format!("a=ssrc-group:SIM {}\r\n", ssrcs.join(" "));
-        // After the last line about the top layer's SSRC (inside the video section).
-        let marker = format!("a=ssrc:{} ", top.ssrc);
-        let Some(at) = sdp.rfind(&marker) else {
-            return sdp;
-        };
-        let end = sdp[at..].find("\r\n").map_or(sdp.len(), |e| at + e + 2);
-        let mut out = String::with_capacity(sdp.len() + group.len());
-        out.push_str(&sdp[..end]);
-        out.push_str(&group);
-        out.push_str(&sdp[end..]);
-        out
     }
 
     pub fn on_remote_offer(&mut self, sdp: String) {
@@ -603,11 +609,46 @@ impl Peer {
                             .map(|c| c.payload_type);
                     }
                 }
+                self.learn_layer_ext();
                 self.keyframe_due = true;
             }
             Err(e) => self.fail(format!("server answer: {e}")),
         }
         self.maybe_offer();
+    }
+
+    /// Simulcast: the negotiated ids of the mid and rid extensions, and our video mid.
+    fn learn_layer_ext(&mut self) {
+        let (Some(t), Some(out)) = (self.video_transceiver, self.video.as_ref()) else {
+            return;
+        };
+        let Some(mid) = self.pc.rtp_transceiver(t).and_then(|t| t.mid().clone()) else {
+            return;
+        };
+        let Some(mut sender) = self.pc.rtp_sender(out.sender) else {
+            return;
+        };
+        let exts = sender
+            .get_parameters()
+            .rtp_parameters
+            .header_extensions
+            .clone();
+        let id = |uri: &str| {
+            exts.iter()
+                .find(|e| e.uri == uri)
+                .and_then(|e| u8::try_from(e.id).ok())
+        };
+        self.layer_ext = match (
+            id("urn:ietf:params:rtp-hdrext:sdes:mid"),
+            id("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"),
+        ) {
+            (Some(mid_id), Some(rid_id)) => Some(LayerExt {
+                mid_id,
+                rid_id,
+                mid: Bytes::from(mid),
+            }),
+            _ => None,
+        };
     }
 
     pub fn on_remote_candidate(&mut self, c: RTCIceCandidateInit) {
@@ -688,7 +729,8 @@ impl Peer {
         let last = payloads.len() - 1;
         let mut sent = 0;
         for (i, payload) in payloads.into_iter().enumerate() {
-            let packet = rtp_packet(out, pt, i == last, payload);
+            let mut packet = rtp_packet(out, pt, i == last, payload);
+            name_layer(&mut packet, out.rid, self.layer_ext.as_ref());
             out.seq = out.seq.wrapping_add(1);
             if let Some(mut s) = self.pc.rtp_sender(out.sender)
                 && s.write_rtp(now, packet).is_ok()
@@ -710,7 +752,8 @@ impl Peer {
             let payloads = media::vp8_frame_sized(layer, keyframe, jitter, t, *size);
             let last = payloads.len() - 1;
             for (i, payload) in payloads.into_iter().enumerate() {
-                let packet = rtp_packet(out, pt, i == last, payload);
+                let mut packet = rtp_packet(out, pt, i == last, payload);
+                name_layer(&mut packet, out.rid, self.layer_ext.as_ref());
                 out.seq = out.seq.wrapping_add(1);
                 if let Some(mut s) = self.pc.rtp_sender(out.sender)
                     && s.write_rtp(now, packet).is_ok()
@@ -807,6 +850,18 @@ impl Peer {
     pub fn close(&mut self) {
         let _ = self.pc.close();
     }
+}
+
+/// Simulcast: the packet names its section and layer (mid and rid extensions), as
+/// browsers' simulcast packets do; nothing without simulcast or before negotiation.
+fn name_layer(packet: &mut rtp::Packet, rid: &'static str, ext: Option<&LayerExt>) {
+    let Some(ext) = ext.filter(|_| !rid.is_empty()) else {
+        return;
+    };
+    let _ = packet.header.set_extension(ext.mid_id, ext.mid.clone());
+    let _ = packet
+        .header
+        .set_extension(ext.rid_id, Bytes::from_static(rid.as_bytes()));
 }
 
 fn rtp_packet(out: &Outgoing, payload_type: u8, marker: bool, payload: Bytes) -> rtp::Packet {
