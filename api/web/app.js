@@ -616,8 +616,13 @@
 
   // ---- Local media -------------------------------------------------------------------
 
-  const SIMULCAST = new URLSearchParams(location.search).get('simulcast') !== '0';
-  const SVC = new URLSearchParams(location.search).get('svc') || '';
+  const CODEC = (new URLSearchParams(location.search).get('codec') || '').toLowerCase();
+  // VP9 goes out as one scalable stream (spatial layers the server drops per subscriber)
+  // unless `&svc=` says otherwise; AV1 as one plain stream (Chromium sends AV1 simulcast
+  // only with the dependency descriptor, which the server does not negotiate: it would
+  // send the small layer alone).
+  const SVC = new URLSearchParams(location.search).get('svc') ?? (CODEC === 'vp9' ? 'L3T3_KEY' : '');
+  const SIMULCAST = new URLSearchParams(location.search).get('simulcast') !== '0' && CODEC !== 'av1';
   // Lowest first. Two, not three: Chromium sends only as many layers as the capture size
   // allows (two at 640x360, and it drops the top one), so a third, smaller layer would cost
   // the full-size one at common webcam sizes. The small layer is what a subscriber on a poor
@@ -681,8 +686,8 @@
       const init = { direction: 'sendonly', streams: [stream] };
       // The camera in two simulcast layers (half and full size): each subscriber gets the
       // one that fits its tile. `?simulcast=0` sends one.
-      // `&svc=L3T3_KEY` (with `&codec=vp9` or `av1`): one stream whose spatial layers the
-      // server drops per subscriber, instead of simulcast.
+      // `&svc=L3T3_KEY` (the default with `&codec=vp9`): one stream whose spatial layers
+      // the server drops per subscriber, instead of simulcast.
       if (track.kind === 'video' && SVC) init.sendEncodings = [{ scalabilityMode: SVC }];
       else if (track.kind === 'video' && SIMULCAST) init.sendEncodings = SIMULCAST_LAYERS;
       const transceiver = conn.pc.addTransceiver(track, init);

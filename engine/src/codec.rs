@@ -231,7 +231,131 @@ pub fn keyframe_size(codec: Codec, payload: &[u8]) -> Option<(u16, u16)> {
         Codec::Vp8 => vp8_keyframe_size(payload),
         Codec::Vp9 => vp9_keyframe_size(payload),
         Codec::H264 => h264_keyframe_size(payload),
-        Codec::Opus | Codec::Av1 | Codec::Other => None,
+        Codec::Av1 => av1_keyframe_size(payload),
+        Codec::Opus | Codec::Other => None,
+    }
+}
+
+/// The largest frame size an AV1 keyframe packet announces: the sequence header OBU that
+/// starts a new coded video sequence (the aggregation header's N bit; AV1 bitstream
+/// specification §5.5: `max_frame_width_minus_1`, `max_frame_height_minus_1`). None for
+/// anything else, or a header too short or too odd to read.
+pub fn av1_keyframe_size(payload: &[u8]) -> Option<(u16, u16)> {
+    if !av1_is_keyframe(payload) {
+        return None;
+    }
+    let w = (payload[0] >> 4) & 0x03;
+    let mut rest = payload.get(1..)?;
+    // The first OBU element: with W = 1 it is all that follows, else it has a length.
+    if w != 1 {
+        let (len, used) = leb128(rest)?;
+        rest = rest.get(used..used.checked_add(usize::try_from(len).ok()?)?)?;
+    }
+    let header = *rest.first()?;
+    const OBU_SEQUENCE_HEADER: u8 = 1;
+    if (header >> 3) & 0x0f != OBU_SEQUENCE_HEADER {
+        return None;
+    }
+    let mut i = 1 + usize::from(header & 0x04 != 0);
+    if header & 0x02 != 0 {
+        i += leb128(rest.get(i..)?)?.1;
+    }
+    let mut r = BitReader::new(rest.get(i..)?);
+    let _profile = r.bits(3)?;
+    let _still = r.bits(1)?;
+    if r.bits(1)? == 1 {
+        // reduced_still_picture_header: one level, nothing else.
+        r.bits(5)?;
+    } else {
+        let mut decoder_model = false;
+        let mut delay_bits = 0;
+        if r.bits(1)? == 1 {
+            // timing_info()
+            r.bits(32)?;
+            r.bits(32)?;
+            if r.bits(1)? == 1 {
+                r.uvlc()?;
+            }
+            decoder_model = r.bits(1)? == 1;
+            if decoder_model {
+                delay_bits = r.bits(5)? + 1;
+                r.bits(32)?;
+                r.bits(5)?;
+                r.bits(5)?;
+            }
+        }
+        let display_delay = r.bits(1)? == 1;
+        let points = r.bits(5)? + 1;
+        for _ in 0..points {
+            r.bits(12)?;
+            if r.bits(5)? > 7 {
+                r.bits(1)?;
+            }
+            if decoder_model && r.bits(1)? == 1 {
+                r.bits(delay_bits)?;
+                r.bits(delay_bits)?;
+                r.bits(1)?;
+            }
+            if display_delay && r.bits(1)? == 1 {
+                r.bits(4)?;
+            }
+        }
+    }
+    let width_bits = r.bits(4)? + 1;
+    let height_bits = r.bits(4)? + 1;
+    let width = r.bits(width_bits)?.checked_add(1)?;
+    let height = r.bits(height_bits)?.checked_add(1)?;
+    Some((u16::try_from(width).ok()?, u16::try_from(height).ok()?))
+}
+
+/// An unsigned LEB128 number (AV1's lengths): its value and how many bytes it took.
+fn leb128(data: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, &b) in data.iter().take(8).enumerate() {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// Reads bits most significant first (AV1 headers have no emulation prevention).
+struct BitReader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> BitReader<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        BitReader { data, pos: 0 }
+    }
+
+    /// `n` bits (at most 32) as a number.
+    fn bits(&mut self, n: u32) -> Option<u32> {
+        if n > 32 {
+            return None;
+        }
+        let mut v = 0u64;
+        for _ in 0..n {
+            let byte = *self.data.get(self.pos / 8)?;
+            v = (v << 1) | u64::from((byte >> (7 - self.pos % 8)) & 1);
+            self.pos += 1;
+        }
+        u32::try_from(v).ok()
+    }
+
+    /// AV1's `uvlc()`: leading zeros, then that many bits.
+    fn uvlc(&mut self) -> Option<u32> {
+        let mut zeros = 0;
+        while self.bits(1)? == 0 {
+            zeros += 1;
+            if zeros >= 32 {
+                return Some(u32::MAX);
+            }
+        }
+        let value = self.bits(zeros)?;
+        Some(value.saturating_add((1u32 << zeros) - 1))
     }
 }
 
@@ -955,6 +1079,51 @@ mod tests {
         assert_eq!((ss.spatial_layers, ss.sizes[0]), (2, (0, 0)));
     }
 
+    /// Chromium's AV1 keyframe packet: aggregation header with N and W = 2, then the
+    /// sequence header OBU with its length (profile 0, one operating point, 640 x 360).
+    #[test]
+    fn av1_sequence_header_announces_the_frame_size() {
+        // seq_profile 0, still 0, reduced 0, timing 0, display delay 0, 1 operating point
+        // (idc 0, level 8, tier 0), width bits 10, height bits 9, 639, 359.
+        let mut bits = String::new();
+        bits += "000"; // profile
+        bits += "0"; // still_picture
+        bits += "0"; // reduced_still_picture_header
+        bits += "0"; // timing_info_present_flag
+        bits += "0"; // initial_display_delay_present_flag
+        bits += "00000"; // operating_points_cnt_minus_1
+        bits += "000000000000"; // operating_point_idc
+        bits += "01000"; // seq_level_idx 8
+        bits += "0"; // seq_tier
+        bits += "1001"; // frame_width_bits_minus_1 = 9
+        bits += "1000"; // frame_height_bits_minus_1 = 8
+        bits += &format!("{:010b}", 639);
+        bits += &format!("{:09b}", 359);
+        while bits.len() % 8 != 0 {
+            bits.push('0');
+        }
+        let body: Vec<u8> = (0..bits.len() / 8)
+            .map(|i| u8::from_str_radix(&bits[8 * i..8 * i + 8], 2).unwrap())
+            .collect();
+        // OBU header: type 1, no extension, no size field.
+        let mut obu = vec![0x08];
+        obu.extend_from_slice(&body);
+        let mut packet = vec![0x28, obu.len() as u8];
+        packet.extend_from_slice(&obu);
+        packet.extend_from_slice(&[0x32, 0x00]); // the frame OBU that follows
+        assert_eq!(keyframe_size(Codec::Av1, &packet), Some((640, 360)));
+        // W = 1: the only element, without a length.
+        let mut single = vec![0x18];
+        single.extend_from_slice(&obu);
+        assert_eq!(av1_keyframe_size(&single), Some((640, 360)));
+        // Not a new sequence, not a sequence header, truncated: nothing.
+        let mut not_new = packet.clone();
+        not_new[0] = 0x20;
+        assert_eq!(av1_keyframe_size(&not_new), None);
+        assert_eq!(av1_keyframe_size(&[0x18, 0x30, 0x00]), None);
+        assert_eq!(av1_keyframe_size(&packet[..5]), None);
+    }
+
     #[test]
     fn vp9_layer_indices() {
         // I (15-bit pid), L, B, E; TID 2, U, SID 1, D; TL0PICIDX.
@@ -984,7 +1153,7 @@ mod tests {
     proptest! {
         #[test]
         fn random_bytes_never_panic_the_size_parsers(bytes in proptest::collection::vec(any::<u8>(), 0..96)) {
-            for codec in [Codec::Vp8, Codec::Vp9, Codec::H264] {
+            for codec in [Codec::Vp8, Codec::Vp9, Codec::H264, Codec::Av1] {
                 let _ = keyframe_size(codec, &bytes);
             }
             let _ = vp9_layer(&bytes);
