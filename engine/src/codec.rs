@@ -1099,7 +1099,7 @@ mod tests {
         bits += "1000"; // frame_height_bits_minus_1 = 8
         bits += &format!("{:010b}", 639);
         bits += &format!("{:09b}", 359);
-        while bits.len() % 8 != 0 {
+        while !bits.len().is_multiple_of(8) {
             bits.push('0');
         }
         let body: Vec<u8> = (0..bits.len() / 8)
