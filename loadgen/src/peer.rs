@@ -262,6 +262,9 @@ pub struct Peer {
     /// header extensions with our mid (each packet names its section and layer).
     video_transceiver: Option<RTCRtpTransceiverId>,
     layer_ext: Option<LayerExt>,
+    /// Simulcast layers the server asked us to pause (bit `l`: layer `l`, lowest first),
+    /// as a browser does (dynacast).
+    paused_layers: u64,
     sending: Sending,
     keyframe_due: bool,
     pub rx: Reception,
@@ -401,6 +404,7 @@ impl Peer {
             lower: Vec::new(),
             video_transceiver: None,
             layer_ext: None,
+            paused_layers: 0,
             sending,
             keyframe_due: true,
             rx: Reception::new(epoch),
@@ -651,6 +655,19 @@ impl Peer {
         };
     }
 
+    /// Dynacast: the simulcast layers to pause from now on (each message replaces the last;
+    /// a resumed layer starts with a keyframe).
+    pub fn set_paused_layers(&mut self, layers: &[u32]) {
+        let paused = layers
+            .iter()
+            .filter(|l| **l < 64)
+            .fold(0u64, |bits, l| bits | 1 << l);
+        if self.paused_layers & !paused != 0 {
+            self.keyframe_due = true;
+        }
+        self.paused_layers = paused;
+    }
+
     pub fn on_remote_candidate(&mut self, c: RTCIceCandidateInit) {
         let _ = self.pc.add_remote_candidate(c);
     }
@@ -728,7 +745,12 @@ impl Peer {
         };
         let last = payloads.len() - 1;
         let mut sent = 0;
+        // Simulcast: the top layer is layer `lower.len()`; a paused layer sends nothing.
+        let top_paused = self.paused_layers & (1 << self.lower.len()) != 0;
         for (i, payload) in payloads.into_iter().enumerate() {
+            if top_paused {
+                break;
+            }
             let mut packet = rtp_packet(out, pt, i == last, payload);
             name_layer(&mut packet, out.rid, self.layer_ext.as_ref());
             out.seq = out.seq.wrapping_add(1);
@@ -741,10 +763,14 @@ impl Peer {
         out.timestamp = out.timestamp.wrapping_add(90_000 / profile.fps.max(1));
         // Simulcast: the same picture in the lower layers, smaller.
         let jitter = media::frame_jitter(self.frame.wrapping_sub(1));
-        for (out, divisor, size) in &mut self.lower {
+        for (index, (out, divisor, size)) in self.lower.iter_mut().enumerate() {
             let Some(pt) = out.payload_type else {
                 continue;
             };
+            if self.paused_layers & (1 << index) != 0 {
+                out.timestamp = out.timestamp.wrapping_add(90_000 / profile.fps.max(1));
+                continue;
+            }
             let layer = VideoProfile {
                 bitrate_bps: profile.bitrate_bps / (*divisor).max(1),
                 ..profile

@@ -65,6 +65,11 @@ pub enum ShardCmd {
         id: u32,
         candidate: RTCIceCandidateInit,
     },
+    /// The server asks the publisher to pause these simulcast layers (dynacast).
+    PausedLayers {
+        id: u32,
+        layers: Vec<u32>,
+    },
     Remove {
         id: u32,
     },
@@ -126,6 +131,13 @@ impl Conn {
     fn on_remote_candidate(&mut self, c: RTCIceCandidateInit) {
         if let Conn::WebRtc(p) = self {
             p.on_remote_candidate(c);
+        }
+    }
+
+    /// Dynacast: only the full client sends simulcast.
+    fn set_paused_layers(&mut self, layers: &[u32]) {
+        if let Conn::WebRtc(p) = self {
+            p.set_paused_layers(layers);
         }
     }
 
@@ -493,6 +505,9 @@ impl Shard {
             ShardCmd::Answer { id, sdp } => self.with_peer(id, now, |c| c.on_remote_answer(sdp)),
             ShardCmd::Candidate { id, candidate } => {
                 self.with_peer(id, now, |c| c.on_remote_candidate(candidate))
+            }
+            ShardCmd::PausedLayers { id, layers } => {
+                self.with_peer(id, now, |c| c.set_paused_layers(&layers))
             }
             ShardCmd::Remove { id } => {
                 if let Some(mut e) = self.peers.remove(&id) {

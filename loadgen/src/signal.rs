@@ -383,6 +383,7 @@ async fn session(
                     }
                     Some(S::Reconnect(_)) => { counters.error("RECONNECT"); break lost("RECONNECT"); }
                     Some(S::MeetingEnded(_)) => { counters.error("MEETING_ENDED"); break End::Final; }
+                    Some(S::PublishLayers(p)) => Some(ShardCmd::PausedLayers { id, layers: p.paused_layers }),
                     _ => None,
                 };
                 if let Some(cmd) = cmd {
