@@ -621,7 +621,8 @@
   // unless `&svc=` says otherwise; AV1 as one plain stream (Chromium sends AV1 simulcast
   // only with the dependency descriptor, which the server does not negotiate: it would
   // send the small layer alone).
-  const SVC = new URLSearchParams(location.search).get('svc') ?? (CODEC === 'vp9' ? 'L3T3_KEY' : '');
+  const svcParam = new URLSearchParams(location.search).get('svc');
+  const SVC = svcParam === '0' ? '' : (svcParam ?? (CODEC === 'vp9' ? 'L3T3_KEY' : ''));
   const SIMULCAST = new URLSearchParams(location.search).get('simulcast') !== '0' && CODEC !== 'av1';
   // Lowest first. Two, not three: Chromium sends only as many layers as the capture size
   // allows (two at 640x360, and it drops the top one), so a third, smaller layer would cost

@@ -8,7 +8,7 @@
 //!
 //! What it does not do: decode or render media (payloads have realistic sizes and valid
 //! codec headers, not real audio or video), adapt bitrate to congestion (no REMB/TWCC-driven
-//! encoder), simulcast, or data channels.
+//! encoder), or data channels. `--simulcast` sends three rid layers per camera (full client).
 //!
 //! `--reconnect` makes participants that lose their session join again as the web client
 //! does, and reports disconnects and the time back ([`reconnect`]); `--chaos-every` kills
@@ -122,8 +122,9 @@ struct Args {
     /// Video bitrate in kbit/s (30 fps VP8; keyframes on PLI).
     #[arg(long)]
     video_kbps: Option<u32>,
-    /// Video publishers send three simulcast layers (SSRC-group SIM: a quarter, half and
-    /// full size at 1/8, 1/3 and all of --video-kbps), as browsers do; the full client only.
+    /// Video publishers send three simulcast layers (rids q, h, f: a quarter, half and full
+    /// size at 1/8, 1/3 and all of --video-kbps) and pause those the node says nobody
+    /// receives, as browsers do; the full client against Hearth only.
     #[arg(long)]
     simulcast: bool,
     /// Participants per meeting that only receive.
@@ -672,8 +673,15 @@ async fn run_main(
         && match args.client.as_str() {
             "lean" => true,
             "full" => false,
-            _ => args.find_max || s.total_participants() >= 500,
+            // Simulcast is the full client's.
+            _ => !args.simulcast && (args.find_max || s.total_participants() >= 500),
         };
+    if args.simulcast && (lean || !hearth) {
+        eprintln!(
+            "error: --simulcast needs the full client against Hearth (--client full --target hearth)"
+        );
+        return ExitCode::FAILURE;
+    }
     let link = if lean {
         shard::Link::Lean {
             decrypt_every: args.decrypt_every,

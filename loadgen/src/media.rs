@@ -59,8 +59,8 @@ pub fn opus_frame(speaking: bool, t: Trailer) -> Bytes {
 pub struct VideoProfile {
     pub bitrate_bps: u32,
     pub fps: u32,
-    /// Sent as three simulcast layers (an `a=ssrc-group:SIM`: a quarter, half and full
-    /// size, at 1/8, 1/3 and all of the bitrate), as a browser with simulcast on would.
+    /// Sent as three simulcast layers (rids q, h, f: a quarter, half and full size, at 1/8,
+    /// 1/3 and all of the bitrate), as a browser with simulcast on would.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub simulcast: bool,
 }

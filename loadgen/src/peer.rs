@@ -265,6 +265,9 @@ pub struct Peer {
     /// Simulcast layers the server asked us to pause (bit `l`: layer `l`, lowest first),
     /// as a browser does (dynacast).
     paused_layers: u64,
+    /// Simulcast: the lower layers that owe a keyframe (bit `i`: `lower[i]`); the top
+    /// layer's is `keyframe_due`. Each layer answers its own PLI, as a browser's encoders do.
+    lower_key_due: u64,
     sending: Sending,
     keyframe_due: bool,
     pub rx: Reception,
@@ -405,6 +408,7 @@ impl Peer {
             video_transceiver: None,
             layer_ext: None,
             paused_layers: 0,
+            lower_key_due: u64::MAX,
             sending,
             keyframe_due: true,
             rx: Reception::new(epoch),
@@ -615,6 +619,7 @@ impl Peer {
                 }
                 self.learn_layer_ext();
                 self.keyframe_due = true;
+                self.lower_key_due = u64::MAX;
             }
             Err(e) => self.fail(format!("server answer: {e}")),
         }
@@ -662,9 +667,12 @@ impl Peer {
             .iter()
             .filter(|l| **l < 64)
             .fold(0u64, |bits, l| bits | 1 << l);
-        if self.paused_layers & !paused != 0 {
+        // Resumed layers start with a keyframe.
+        let resumed = self.paused_layers & !paused;
+        if resumed & (1 << self.lower.len()) != 0 {
             self.keyframe_due = true;
         }
+        self.lower_key_due |= resumed;
         self.paused_layers = paused;
     }
 
@@ -775,6 +783,8 @@ impl Peer {
                 bitrate_bps: profile.bitrate_bps / (*divisor).max(1),
                 ..profile
             };
+            let keyframe = self.lower_key_due & (1 << index) != 0;
+            self.lower_key_due &= !(1 << index);
             let payloads = media::vp8_frame_sized(layer, keyframe, jitter, t, *size);
             let last = payloads.len() - 1;
             for (i, payload) in payloads.into_iter().enumerate() {
@@ -832,6 +842,7 @@ impl Peer {
                 RTCPeerConnectionState::Connected if !self.connected => {
                     self.connected = true;
                     self.keyframe_due = true;
+                    self.lower_key_due = u64::MAX;
                     self.out.push(PeerOut::Connected);
                 }
                 RTCPeerConnectionState::Failed => {
@@ -865,9 +876,12 @@ impl Peer {
                 any.downcast_ref::<FullIntraRequest>()
                     .and_then(|fir| fir.fir.first().map(|e| e.ssrc))
             };
-            let layer = self.lower.iter().any(|(o, _, _)| Some(o.ssrc) == ssrc);
-            if ssrc.is_some() && (ssrc == video_ssrc || layer) {
+            let layer = self.lower.iter().position(|(o, _, _)| Some(o.ssrc) == ssrc);
+            if ssrc.is_some() && ssrc == video_ssrc {
                 self.keyframe_due = true;
+                self.rx.observed.keyframe_requests += 1;
+            } else if let Some(i) = layer.filter(|i| *i < 64) {
+                self.lower_key_due |= 1 << i;
                 self.rx.observed.keyframe_requests += 1;
             }
         }
