@@ -751,22 +751,17 @@ impl Peer {
             self.keyframe_due = keyframe;
             return;
         };
-        let last = payloads.len() - 1;
         let mut sent = 0;
         // Simulcast: the top layer is layer `lower.len()`; a paused layer sends nothing.
-        let top_paused = self.paused_layers & (1 << self.lower.len()) != 0;
-        for (i, payload) in payloads.into_iter().enumerate() {
-            if top_paused {
-                break;
-            }
-            let mut packet = rtp_packet(out, pt, i == last, payload);
-            name_layer(&mut packet, out.rid, self.layer_ext.as_ref());
-            out.seq = out.seq.wrapping_add(1);
-            if let Some(mut s) = self.pc.rtp_sender(out.sender)
-                && s.write_rtp(now, packet).is_ok()
-            {
-                sent += 1;
-            }
+        if self.paused_layers & (1 << self.lower.len()) == 0 {
+            sent += write_frame(
+                &mut self.pc,
+                out,
+                pt,
+                payloads,
+                self.layer_ext.as_ref(),
+                now,
+            );
         }
         out.timestamp = out.timestamp.wrapping_add(90_000 / profile.fps.max(1));
         // Simulcast: the same picture in the lower layers, smaller.
@@ -786,17 +781,14 @@ impl Peer {
             let keyframe = self.lower_key_due & (1 << index) != 0;
             self.lower_key_due &= !(1 << index);
             let payloads = media::vp8_frame_sized(layer, keyframe, jitter, t, *size);
-            let last = payloads.len() - 1;
-            for (i, payload) in payloads.into_iter().enumerate() {
-                let mut packet = rtp_packet(out, pt, i == last, payload);
-                name_layer(&mut packet, out.rid, self.layer_ext.as_ref());
-                out.seq = out.seq.wrapping_add(1);
-                if let Some(mut s) = self.pc.rtp_sender(out.sender)
-                    && s.write_rtp(now, packet).is_ok()
-                {
-                    sent += 1;
-                }
-            }
+            sent += write_frame(
+                &mut self.pc,
+                out,
+                pt,
+                payloads,
+                self.layer_ext.as_ref(),
+                now,
+            );
             out.timestamp = out.timestamp.wrapping_add(90_000 / profile.fps.max(1));
         }
         self.rx.observed.packets_out += sent;
@@ -890,6 +882,31 @@ impl Peer {
     pub fn close(&mut self) {
         let _ = self.pc.close();
     }
+}
+
+/// Writes one video frame's packets on `out` (the marker on the last; a simulcast layer
+/// named by its extensions); returns how many the stack took.
+fn write_frame(
+    pc: &mut RTCPeerConnection,
+    out: &mut Outgoing,
+    pt: u8,
+    payloads: Vec<Bytes>,
+    ext: Option<&LayerExt>,
+    now: Instant,
+) -> u64 {
+    let last = payloads.len().saturating_sub(1);
+    let mut sent = 0;
+    for (i, payload) in payloads.into_iter().enumerate() {
+        let mut packet = rtp_packet(out, pt, i == last, payload);
+        name_layer(&mut packet, out.rid, ext);
+        out.seq = out.seq.wrapping_add(1);
+        if let Some(mut s) = pc.rtp_sender(out.sender)
+            && s.write_rtp(now, packet).is_ok()
+        {
+            sent += 1;
+        }
+    }
+    sent
 }
 
 /// Simulcast: the packet names its section and layer (mid and rid extensions), as

@@ -7,7 +7,7 @@
 //
 //   node tests/browser/codec.test.mjs <path to hearth binary>
 import assert from 'node:assert/strict';
-import { counter, launchBrowser, openParticipant, receivedWidth, startServer, until } from './lib.mjs';
+import { counter, launchBrowser, openParticipant, receivedWidth, startServer, until, SMALL_TILES } from './lib.mjs';
 
 const binary = process.argv[2] || 'target/debug/hearth';
 const logs = [];
@@ -48,7 +48,7 @@ async function simulcastIn(codecName, meeting) {
   const aliceId = await until('alice joined', async () => (await alice.stats()).participantId);
   const bob = await openParticipant(chromium.browser, server.base, meeting, 'bob', logs);
   const carol = await openParticipant(chromium.browser, server.base, meeting, 'carol', logs);
-  await carol.page.addStyleTag({ content: '#grid { grid-template-columns: repeat(auto-fill, 96px) !important; } #grid .tile { width: 96px !important; }' });
+  await carol.page.addStyleTag({ content: SMALL_TILES });
   const layers = await until(`alice sends two ${codecName} layers`, async () => {
     const l = await alice.page.evaluate(() => window.hearth.outboundLayers());
     return l.filter((x) => x.bytesSent > 0 && x.width > 0).length >= 2 ? l : null;

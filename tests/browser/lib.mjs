@@ -107,6 +107,9 @@ export async function until(what, fn, timeoutMs = 15000, intervalMs = 100) {
  * The width at which `viewer` receives `from`'s camera now (0 if none), from the web
  * client's stats overlay (turn it on with `window.hearth.setStatsOverlay(true)`).
  */
+/** A style that turns every tile into a 96 px thumbnail (small tiles get small layers). */
+export const SMALL_TILES = '#grid { grid-template-columns: repeat(auto-fill, 96px) !important; } #grid .tile { width: 96px !important; }';
+
 export async function receivedWidth(viewer, from) {
   const lines = await viewer.page.evaluate(() => window.hearth.statsOverlay());
   const video = lines.find((l) => l.participant === from && l.kind === 'video');

@@ -8,7 +8,7 @@
 //
 //   node tests/browser/simulcast.test.mjs <path to hearth binary>
 import assert from 'node:assert/strict';
-import { counter, launchBrowser, openParticipant, receivedWidth, startServer, until } from './lib.mjs';
+import { counter, launchBrowser, openParticipant, receivedWidth, startServer, until, SMALL_TILES } from './lib.mjs';
 
 const binary = process.argv[2] || 'target/debug/hearth';
 const MEETING = 'e2e-simulcast';
@@ -21,15 +21,12 @@ function log(...args) {
   console.log(`[${new Date().toISOString().slice(11, 23)}]`, ...args);
 }
 
-/** Small tiles: a narrow grid of thumbnails. */
-const SMALL = '#grid { grid-template-columns: repeat(auto-fill, 96px) !important; } #grid .tile { width: 96px !important; }';
-
 try {
   const alice = await openParticipant(chromium.browser, server.base, MEETING, 'alice', logs);
   const bob = await openParticipant(chromium.browser, server.base, MEETING, 'bob', logs);
   const carol = await openParticipant(chromium.browser, server.base, MEETING, 'carol', logs);
   const aliceId = await until('alice joined', async () => (await alice.stats()).participantId);
-  const smallStyle = await carol.page.addStyleTag({ content: SMALL });
+  const smallStyle = await carol.page.addStyleTag({ content: SMALL_TILES });
   for (const p of [bob, carol]) {
     await p.page.evaluate(() => window.hearth.setStatsOverlay(true));
     await until(`${p.name} decodes alice`, async () =>
@@ -116,8 +113,8 @@ try {
     return Math.round(((await sent()) - b0) * 8 / (Date.now() - t0));
   };
   const watched = await cameraKbps();
-  const bobSmall = await bob.page.addStyleTag({ content: SMALL });
-  await carol.page.addStyleTag({ content: SMALL });
+  const bobSmall = await bob.page.addStyleTag({ content: SMALL_TILES });
+  await carol.page.addStyleTag({ content: SMALL_TILES });
   const t0 = Date.now();
   await until('alice pauses her top layer', async () => (await topLayer()).active === false, 20000);
   let sent = -1;

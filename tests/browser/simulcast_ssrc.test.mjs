@@ -6,7 +6,7 @@
 //
 //   tests/browser/run.sh simulcast_ssrc.test.mjs <path to hearth binary>
 import assert from 'node:assert/strict';
-import { launchBrowser, openParticipant, receivedWidth, startServer, until } from './lib.mjs';
+import { launchBrowser, openParticipant, receivedWidth, startServer, until, SMALL_TILES } from './lib.mjs';
 
 const binary = process.argv[2] || 'target/debug/hearth';
 const MEETING = 'e2e-sim-group';
@@ -19,12 +19,10 @@ function log(...args) {
   console.log(`[${new Date().toISOString().slice(11, 23)}]`, ...args);
 }
 
-const SMALL = '#grid { grid-template-columns: repeat(auto-fill, 96px) !important; } #grid .tile { width: 96px !important; }';
-
 try {
   const bob = await openParticipant(chromium.browser, server.base, MEETING, 'bob', logs);
   const carol = await openParticipant(chromium.browser, server.base, MEETING, 'carol', logs);
-  const carolSmall = await carol.page.addStyleTag({ content: SMALL });
+  const carolSmall = await carol.page.addStyleTag({ content: SMALL_TILES });
   // Bob's tile is as high as the top layer (a layer is chosen by the tile's height).
   await bob.page.addStyleTag({ content: '#grid .tile:not(.self) { width: 1280px !important; height: 720px !important; }' });
   for (const p of [bob, carol]) {

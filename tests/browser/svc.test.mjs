@@ -7,7 +7,7 @@
 //
 //   node tests/browser/svc.test.mjs <path to hearth binary>
 import assert from 'node:assert/strict';
-import { counter, launchBrowser, openParticipant, receivedWidth, startServer, until } from './lib.mjs';
+import { counter, launchBrowser, openParticipant, receivedWidth, startServer, until, SMALL_TILES } from './lib.mjs';
 
 const binary = process.argv[2] || 'target/debug/hearth';
 const MEETING = 'e2e-svc';
@@ -20,8 +20,6 @@ function log(...args) {
   console.log(`[${new Date().toISOString().slice(11, 23)}]`, ...args);
 }
 
-/** Small tiles: a narrow grid of thumbnails. */
-const SMALL = '#grid { grid-template-columns: repeat(auto-fill, 96px) !important; } #grid .tile { width: 96px !important; }';
 
 /** Video bytes `viewer` received from `from` per second, over two seconds (polled). */
 async function receivedKbps(viewer, from) {
@@ -36,7 +34,7 @@ try {
   const bob = await openParticipant(chromium.browser, server.base, MEETING, 'bob', logs);
   const carol = await openParticipant(chromium.browser, server.base, MEETING, 'carol', logs);
   const aliceId = await until('alice joined', async () => (await alice.stats()).participantId);
-  const smallStyle = await carol.page.addStyleTag({ content: SMALL });
+  const smallStyle = await carol.page.addStyleTag({ content: SMALL_TILES });
   for (const p of [bob, carol]) {
     await p.page.evaluate(() => window.hearth.setStatsOverlay(true));
     await until(`${p.name} decodes alice`, async () =>
@@ -73,7 +71,7 @@ try {
   log(`carol's tile grew: full picture after ${Date.now() - t0} ms`);
 
   // Shrinks again: she moves down at once and keeps decoding.
-  await carol.page.addStyleTag({ content: SMALL });
+  await carol.page.addStyleTag({ content: SMALL_TILES });
   const t1 = Date.now();
   await until('carol moves down again', async () => {
     const w = await receivedWidth(carol, aliceId);
