@@ -1007,9 +1007,6 @@ async fn grpc_streams_reach_the_host_from_any_node() {
     drop(packets);
 
     // PublishTrack through a non-host: the virtual participant appears on the host.
-    let rtp_packets: Vec<_> = (0u16..50)
-        .map(|seq| hearth_tests::opus_rtp(seq, &[0xf8, 0xff, 0xfe]))
-        .collect();
     let start = hearth_tests::opus_start("broadcast", "radio");
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tx.send(start).await.expect("queued");
@@ -1027,15 +1024,30 @@ async fn grpc_streams_reach_the_host_from_any_node() {
     else {
         panic!("expected started, got {started:?}");
     };
-    for p in rtp_packets {
-        tx.send(p).await.expect("queued");
-    }
+    // A live source, one packet per 20 ms (a burst sent at once could all arrive before
+    // alice's subscription to radio is negotiated, on a busy machine).
+    let source = tokio::spawn({
+        let tx = tx.clone();
+        async move {
+            let mut clock = tokio::time::interval(Duration::from_millis(20));
+            let mut seq = 0u16;
+            loop {
+                clock.tick().await;
+                let packet = hearth_tests::opus_rtp(seq, &[0xf8, 0xff, 0xfe]);
+                if tx.send(packet).await.is_err() {
+                    break;
+                }
+                seq = seq.wrapping_add(1);
+            }
+        }
+    });
     let radio = started.participant_id.clone();
     alice
         .wait_until("radio's packets reach alice on the host", T, |s| {
             s.packets_from(&radio, Kind::Audio) >= 10
         })
         .await;
+    source.abort();
 
     // The meeting's events through a non-host: from the host's log.
     let mut events = pb::event_service_client::EventServiceClient::new(channel);
