@@ -169,16 +169,15 @@ impl ClusterNode {
                 .collect(),
             None => self.extra.clone(),
         };
-        let mut cmd = match &offset {
-            Some(offset) => {
-                let mut c = Command::new("faketime");
-                c.args(["-f", offset.as_str()])
-                    .arg(crate::workspace_bin("hearth"))
-                    .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-                c
-            }
-            None => Command::new(crate::workspace_bin("hearth")),
-        };
+        // libfaketime preloaded into the node itself, not through the `faketime` program:
+        // that one runs the node as its child, so killing it left the node running.
+        let mut cmd = Command::new(crate::workspace_bin("hearth"));
+        if let Some(offset) = &offset {
+            let lib = libfaketime().expect("libfaketime is installed (tests/run.sh installs it)");
+            cmd.env("LD_PRELOAD", lib)
+                .env("FAKETIME", offset)
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
         crate::node_args(&mut cmd, self.port, (KEY, SECRET), &self.dir.join("data"));
         // No usage metering unless the test gives a ledger.
         if !extra.iter().any(|a| a == "--database-url") {
@@ -374,4 +373,16 @@ pub fn token_without_create(meeting: &str, identity: &str) -> String {
         ..Grants::default()
     };
     token_with(meeting, identity, grants)
+}
+
+/// Debian's libfaketime (package `faketime`), under `/usr/lib/<arch>/faketime/`.
+fn libfaketime() -> Option<std::path::PathBuf> {
+    std::fs::read_dir("/usr/lib")
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .chain([std::path::PathBuf::from(
+            "/usr/lib/faketime/libfaketime.so.1",
+        )])
+        .find(|p| p.exists())
 }
