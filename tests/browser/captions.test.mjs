@@ -119,7 +119,10 @@ try {
   }
   const corpus = finals.reduce((sum, f) => sum + Math.min(...refs[f.participant].map((r) => wer(r, f.text))), 0) / finals.length;
   console.log(`${finals.length} finals, mean WER ${(corpus * 100).toFixed(1)} %, worst ${(worst * 100).toFixed(0)} %`);
-  if (corpus > 0.25) throw new Error(`mean word error rate ${(corpus * 100).toFixed(1)} % is above 25 %`);
+  // The issue's limit for the embedded engine; the streaming wrapper sets its own (the
+  // third-party engine's accuracy is not what that test is about).
+  const maxWer = Number(process.env.HEARTH_CAPTIONS_MAX_WER || 0.25);
+  if (corpus > maxWer) throw new Error(`mean word error rate ${(corpus * 100).toFixed(1)} % is above ${(maxWer * 100).toFixed(0)} %`);
 
   // The transcript over REST: every final segment, in three formats.
   // An admin token minted offline with the dev node's generated key pair.
