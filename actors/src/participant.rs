@@ -2249,6 +2249,7 @@ impl ParticipantState {
         let mut lowest: HashMap<TrackKey, Option<u8>> = HashMap::new();
         for (key, sub) in &mut self.subscriptions {
             let Some(leg) = sub.leg.lock() else {
+                sub.pause_wanted_since = None;
                 continue;
             };
             // On the wire: UDP and IPv4 headers on top of the sealed packets.
