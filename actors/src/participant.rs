@@ -37,6 +37,7 @@ use hearth_engine::media::{MediaKind, MediaPacket, Ssrc};
 use hearth_engine::nack::{NackConfig, NackGenerator, RetransmissionCache, RetransmitLimiter};
 use hearth_engine::speaker::{AudioLevelMeter, SpeakerConfig};
 use hearth_engine::stats::{NtpTime, ReceiveStats, ReportTimer, SendStats};
+use hearth_engine::svc::{SVC_TEMPORAL_LAYERS, svc_layer_id, svc_layer_targets};
 use hearth_engine::transport;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
@@ -268,8 +269,9 @@ struct SvcTrack {
     layers: u8,
     /// Each layer's picture height (0: not said).
     heights: [u16; VP9_MAX_SPATIAL],
-    /// Each layer's own incoming rate.
-    rates: [RateWindow; VP9_MAX_SPATIAL],
+    /// Each spatial and temporal layer's own incoming rate (temporal layers from
+    /// `SVC_TEMPORAL_LAYERS - 1` up together).
+    rates: [[RateWindow; SVC_TEMPORAL_LAYERS as usize]; VP9_MAX_SPATIAL],
     /// Each subscriber's tile height and bandwidth cap (`LayerPreference`).
     prefs: HashMap<ParticipantId, (u32, Option<u8>)>,
 }
@@ -391,6 +393,48 @@ fn tell_layer_preference(sub: &mut Subscription, me: &ParticipantId, height: u32
 /// The layer for a tile `max_height` pixels high: the lowest whose keyframes are at least
 /// that high, else the highest (a layer whose size is not known yet counts as higher than
 /// the known ones below it).
+/// The layer choices a subscriber's bandwidth allocation has of a VP9 SVC track whose
+/// tile asks for spatial layer `top`, cheapest first: ([`svc_layer_id`], the rate in
+/// bits/s of the layers it needs). `rates[s][t]`: what spatial layer `s`'s pictures of
+/// temporal layer `t` arrive at.
+///
+/// The lowest spatial layer comes at every frame rate; a higher one at no less than half
+/// the full rate (with three temporal layers, not at a quarter: a sharper picture at 7.5
+/// frames/s is a slideshow). A pair that costs no more than a cheaper-ranked one replaces
+/// it, so the ladder's prices rise. The full frame rate of `top` is always its last rung.
+fn svc_ladder(rates: &[[u32; SVC_TEMPORAL_LAYERS as usize]], top: u8) -> Vec<(u8, u32)> {
+    let top = usize::from(top).min(rates.len().saturating_sub(1));
+    // Temporal layers the stream has: those its lowest spatial layer sends.
+    let temporal = rates
+        .first()
+        .and_then(|r| r.iter().rposition(|bps| *bps > 0))
+        .map_or(1, |t| t + 1);
+    let mut ladder: Vec<(u8, u32)> = Vec::new();
+    for s in 0..=top {
+        let lowest = if s == 0 {
+            0
+        } else {
+            temporal.saturating_sub(2)
+        };
+        for t in lowest..temporal {
+            let cost = rates[..=s]
+                .iter()
+                .flat_map(|r| &r[..=t])
+                .fold(0u32, |sum, bps| sum.saturating_add(*bps));
+            let id = if t + 1 == temporal {
+                svc_layer_id(s as u8, u8::MAX)
+            } else {
+                svc_layer_id(s as u8, t as u8)
+            };
+            while ladder.last().is_some_and(|(_, c)| *c >= cost) {
+                ladder.pop();
+            }
+            ladder.push((id, cost));
+        }
+    }
+    ladder
+}
+
 fn pick_layer(layers: &[(u8, Option<u16>)], max_height: u32) -> u8 {
     layers
         .iter()
@@ -1674,11 +1718,13 @@ impl ParticipantState {
         self.update_layer_pauses(now, group);
     }
 
-    /// Chooses each subscriber's spatial layer of VP9 track `published[index]` (nothing
-    /// for other tracks, or before its scalability structure told two layers or more): the
-    /// lowest as high as its tile, capped by its bandwidth allocation; the allocation may
-    /// choose among the layers up to the tile's, each priced at the rate of the layers it
-    /// needs. A subscriber moving up needs a keyframe: one is asked for.
+    /// Chooses each subscriber's spatial and temporal layers of VP9 track `published[index]`
+    /// (nothing for other tracks, or before its scalability structure told two spatial
+    /// layers or more). The tile's height picks the spatial layer; the subscriber's
+    /// bandwidth allocation may cap it lower, choosing from a ladder of (spatial, temporal)
+    /// pairs up to the tile's layer, each priced at the rate of the layers it needs
+    /// ([`svc_ladder`]). A subscriber moving up a spatial layer needs a keyframe: one is
+    /// asked for (temporal layers rise at the publisher's switching points).
     fn choose_svc(&mut self, now: Instant, index: usize) {
         let Some(p) = self.published.get_mut(index) else {
             return;
@@ -1693,12 +1739,10 @@ impl ParticipantState {
         let layers: Vec<(u8, Option<u16>)> = (0..count)
             .map(|s| (s as u8, Some(svc.heights[s]).filter(|h| *h > 0)))
             .collect();
-        let mut cumulative = [0u32; VP9_MAX_SPATIAL];
-        let mut sum = 0u32;
-        for (c, rate) in cumulative.iter_mut().zip(&svc.rates).take(count) {
-            sum = sum.saturating_add(rate.steady_bps());
-            *c = sum;
-        }
+        let rates: Vec<[u32; SVC_TEMPORAL_LAYERS as usize]> = svc.rates[..count]
+            .iter()
+            .map(|r| r.map(|w| w.steady_bps()))
+            .collect();
         let mut keyframe = false;
         for (subscriber, leg) in &p.legs {
             let (max_height, cap) = svc
@@ -1707,20 +1751,21 @@ impl ParticipantState {
                 .copied()
                 .unwrap_or((u32::MAX, None));
             let by_height = pick_layer(&layers, max_height);
-            let target = cap.map_or(by_height, |c| c.min(by_height));
+            let top = svc_layer_id(by_height, u8::MAX);
+            let (spatial, temporal) = svc_layer_targets(cap.map_or(top, |c| c.min(top)));
             let Some(mut st) = leg.lock() else {
                 continue;
             };
-            st.layers.clear();
-            st.layers
-                .extend((0..=by_height).map(|s| (s, cumulative[usize::from(s)])));
+            st.layers = svc_ladder(&rates, by_height);
             let paused = st.forwarder.is_paused();
             if let Some(selector) = st.svc.as_mut()
-                && selector.target() != target
+                && (selector.target(), selector.temporal_target()) != (spatial, temporal)
             {
                 tracing::debug!(participant = %self.id, subscriber = %subscriber, track = %p.info.id,
-                    target, current = ?selector.current(), "svc layer");
-                selector.set_target(target);
+                    spatial, temporal, current = ?selector.current(),
+                    current_temporal = ?selector.current_temporal(), "svc layer");
+                selector.set_target(spatial);
+                selector.set_temporal_target(temporal);
                 keyframe |= selector.needs_keyframe() && !paused;
             }
         }
@@ -1983,7 +2028,9 @@ impl ParticipantState {
         if let Some(svc) = &mut p.svc {
             if let Some(layer) = vp9_layer(&packet.payload) {
                 let bytes = packet.payload.len() as u64 + crate::congestion::WIRE_OVERHEAD;
-                svc.rates[usize::from(layer.spatial)].on_bytes(packet.arrival, bytes);
+                let temporal = layer.temporal.min(SVC_TEMPORAL_LAYERS - 1);
+                svc.rates[usize::from(layer.spatial)][usize::from(temporal)]
+                    .on_bytes(packet.arrival, bytes);
             }
             if let Some(ss) = vp9_scalability(&packet.payload) {
                 let mut heights = [0u16; VP9_MAX_SPATIAL];
@@ -2785,7 +2832,57 @@ impl ParticipantState {
 
 #[cfg(test)]
 mod tests {
-    use super::pick_layer;
+    use super::{pick_layer, svc_ladder};
+    use hearth_engine::svc::{svc_layer_id, svc_layer_targets};
+
+    #[test]
+    fn svc_ladder_rungs_rise_in_price() {
+        // L3T3 at 30 frames/s: TL0 7.5, TL1 +7.5, TL2 +15 per second; spatial layers
+        // about 1:2.5:6 (kbit/s).
+        let rates = [[40, 30, 50, 0], [100, 70, 130, 0], [240, 170, 300, 0]];
+        let ids = |ladder: &[(u8, u32)]| -> Vec<(u8, u8)> {
+            ladder
+                .iter()
+                .map(|(id, _)| svc_layer_targets(*id))
+                .collect()
+        };
+        let full = u8::MAX;
+        let ladder = svc_ladder(&rates, 2);
+        assert_eq!(
+            ids(&ladder),
+            [
+                (0, 0),
+                (0, 1),
+                (0, full),
+                (1, 1),
+                (1, full),
+                (2, 1),
+                (2, full)
+            ]
+        );
+        let prices: Vec<u32> = ladder.iter().map(|(_, p)| *p).collect();
+        assert_eq!(prices, [40, 70, 120, 240, 420, 650, 1130]);
+        // The tile's layer is the top rung.
+        assert_eq!(ids(&svc_ladder(&rates, 0)), [(0, 0), (0, 1), (0, full)]);
+        assert_eq!(
+            svc_ladder(&rates, 7).last().map(|r| r.0),
+            Some(svc_layer_id(2, full))
+        );
+        // Without temporal layers: the spatial ones.
+        let rates = [[100, 0, 0, 0], [250, 0, 0, 0]];
+        assert_eq!(ids(&svc_ladder(&rates, 1)), [(0, full), (1, full)]);
+        // Two temporal layers: the upper spatial layer at both.
+        let rates = [[50, 50, 0, 0], [120, 130, 0, 0]];
+        assert_eq!(
+            ids(&svc_ladder(&rates, 1)),
+            [(0, 0), (0, full), (1, 0), (1, full)]
+        );
+        // A rung that costs no more than the one before replaces it.
+        let rates = [[50, 300, 0, 0], [60, 10, 0, 0]];
+        assert_eq!(ids(&svc_ladder(&rates, 1)), [(0, 0), (1, 0), (1, full)]);
+        // Nothing measured yet: one rung, the tile's.
+        assert_eq!(ids(&svc_ladder(&[[0; 4]; 3], 1)), [(1, full)]);
+    }
 
     #[test]
     fn a_tile_gets_the_lowest_layer_at_least_its_height() {

@@ -386,6 +386,10 @@ pub struct Vp9Layer {
     pub end: bool,
     /// P = 0: the layer frame is not predicted from earlier pictures (a keyframe's layers).
     pub intra: bool,
+    /// U: a switching-up point. As libwebrtc sets it, this picture refers to no earlier
+    /// picture of its own temporal layer or above, so a receiver that had the layers below
+    /// may start decoding this layer here.
+    pub switch_up: bool,
 }
 
 /// The layer indices of a VP9 payload descriptor, or None when it has none (L = 0: a
@@ -407,6 +411,7 @@ pub fn vp9_layer(payload: &[u8]) -> Option<Vp9Layer> {
         begin: b0 & 0x08 != 0,
         end: b0 & 0x04 != 0,
         intra: b0 & 0x40 == 0,
+        switch_up: layer & 0x10 != 0,
     })
 }
 
@@ -1135,7 +1140,8 @@ mod tests {
                 temporal: 2,
                 begin: true,
                 end: true,
-                intra: true
+                intra: true,
+                switch_up: true,
             })
         );
         // P set, no I: the layer byte right after the first.

@@ -18,13 +18,42 @@
 //!   highest layer forwarded (its E bit), as the picture's true last packet is dropped. A
 //!   retransmission carries the marker its original went out with.
 //!
-//! Temporal layers all pass (a subscriber's rate is chosen by spatial layer).
+//!
+//! Temporal layers are chosen the same way, as a second target: pictures whose temporal
+//! layer (TID) is above the subscriber's are left out whole, every spatial layer of them.
+//! - Down at any picture: a lower temporal layer never refers to a higher one.
+//! - Up one layer at a time, at a picture of the next layer marked as a switching-up point
+//!   (U: libwebrtc sets it on pictures that refer to TL0 only), or at a keyframe. No
+//!   keyframe is asked for: in the structures browsers use (`L*T2`, `L*T3`) one comes
+//!   within a group of pictures (four frames).
 
 use crate::codec::Vp9Layer;
 use crate::seq::seq_diff;
 
 /// How many recent sequence numbers remember whether their marker bit was moved onto them.
 const MARKER_WINDOW: usize = 512;
+
+/// Temporal layers told apart in layer choices: TIDs from this one up count as one.
+pub const SVC_TEMPORAL_LAYERS: u8 = 4;
+
+/// One byte naming a spatial and temporal layer pair for layer choices (bandwidth caps,
+/// allocation ladders): ordered as the pairs are, spatial first. Temporal layers from
+/// [`SVC_TEMPORAL_LAYERS`]` - 1` up share the top value, which stands for all of them.
+pub fn svc_layer_id(spatial: u8, temporal: u8) -> u8 {
+    (spatial.min(0x3f) << 2) | temporal.min(SVC_TEMPORAL_LAYERS - 1)
+}
+
+/// The spatial and temporal targets a [`svc_layer_id`] stands for (the top temporal value:
+/// every temporal layer).
+pub fn svc_layer_targets(id: u8) -> (u8, u8) {
+    let temporal = id & 0x03;
+    let temporal = if temporal == SVC_TEMPORAL_LAYERS - 1 {
+        u8::MAX
+    } else {
+        temporal
+    };
+    (id >> 2, temporal)
+}
 
 /// What to do with one packet of the stream for one subscriber.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,10 +67,13 @@ pub enum SvcVerdict {
 /// One subscriber's spatial layer of one SVC track.
 #[derive(Clone, Debug)]
 pub struct SvcSelector {
-    /// The layer the subscriber should get.
+    /// The spatial layer the subscriber should get.
     target: u8,
-    /// The layer it gets now (None before the first picture).
+    /// The spatial layer it gets now (None before the first picture).
     current: Option<u8>,
+    /// The temporal layer it should get, and the one it gets now.
+    target_temporal: u8,
+    current_temporal: Option<u8>,
     /// The newest source sequence number seen.
     newest: Option<u16>,
     /// Bit `seq % MARKER_WINDOW`: that packet went out with a marker it did not carry.
@@ -54,6 +86,8 @@ impl SvcSelector {
         SvcSelector {
             target,
             current: None,
+            target_temporal: u8::MAX,
+            current_temporal: None,
             newest: None,
             moved_markers: [0; MARKER_WINDOW / 64],
         }
@@ -67,6 +101,21 @@ impl SvcSelector {
 
     pub fn target(&self) -> u8 {
         self.target
+    }
+
+    /// The highest temporal layer the subscriber should get from now on (applied at the
+    /// next picture going down, at the next switching-up point or keyframe going up).
+    pub fn set_temporal_target(&mut self, temporal: u8) {
+        self.target_temporal = temporal;
+    }
+
+    pub fn temporal_target(&self) -> u8 {
+        self.target_temporal
+    }
+
+    /// The highest temporal layer forwarded now.
+    pub fn current_temporal(&self) -> Option<u8> {
+        self.current_temporal
     }
 
     /// The highest spatial layer forwarded now.
@@ -99,6 +148,22 @@ impl SvcSelector {
                 Some(c) if self.target > c && keyframe => self.current = Some(self.target),
                 Some(_) => {}
             }
+            let target = self.target_temporal;
+            match self.current_temporal {
+                None => self.current_temporal = Some(target),
+                Some(c) if target < c || (target > c && keyframe) => {
+                    self.current_temporal = Some(target);
+                }
+                Some(c)
+                    if target > c && layer.switch_up && layer.temporal == c.saturating_add(1) =>
+                {
+                    self.current_temporal = Some(layer.temporal);
+                }
+                Some(_) => {}
+            }
+        }
+        if self.current_temporal.is_none_or(|t| layer.temporal > t) {
+            return SvcVerdict::Drop;
         }
         match self.current {
             Some(c) if layer.spatial <= c => {
@@ -121,7 +186,9 @@ impl SvcSelector {
     /// it): the marker bit it went out with, or None if its layer is above the subscriber's
     /// now.
     pub fn retransmission(&self, seq: u16, layer: Vp9Layer, marker: bool) -> Option<bool> {
-        if self.current.is_none_or(|c| layer.spatial > c) {
+        if self.current.is_none_or(|c| layer.spatial > c)
+            || self.current_temporal.is_none_or(|t| layer.temporal > t)
+        {
             return None;
         }
         let (word, bit) = marker_bit(seq);
@@ -145,6 +212,7 @@ mod tests {
             begin,
             end,
             intra: false,
+            switch_up: false,
         }
     }
 
@@ -270,5 +338,79 @@ mod tests {
         assert_eq!(s.select(start, layer(0, true, false), true, false), F);
         assert_eq!(s.current(), Some(0));
         assert!(s.needs_keyframe());
+    }
+
+    /// One picture of two spatial layers (one packet each) in temporal layer `tid`: its
+    /// verdicts.
+    fn temporal_picture(s: &mut SvcSelector, tid: u8, up: bool, keyframe: bool) -> Vec<SvcVerdict> {
+        (0..2u8)
+            .map(|spatial| {
+                let mut l = layer(spatial, true, true);
+                l.temporal = tid;
+                l.switch_up = up;
+                sel(s, l, keyframe && spatial == 0, spatial == 1)
+            })
+            .collect()
+    }
+
+    /// libwebrtc's three-layer group of pictures: TL0, TL2 (U), TL1 (U), TL2.
+    const GOF: [(u8, bool); 4] = [(0, false), (2, true), (1, true), (2, false)];
+
+    /// For each picture of one group: true if it was forwarded (whole), false if dropped.
+    fn group(s: &mut SvcSelector) -> Vec<bool> {
+        GOF.iter()
+            .map(|(tid, up)| {
+                let v = temporal_picture(s, *tid, *up, false);
+                assert!(v == [F, M] || v == [D, D], "picture cut: {v:?}");
+                v == [F, M]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn temporal_layers_down_at_once_up_one_switching_point_at_a_time() {
+        let mut s = SvcSelector::new(1);
+        s.set_temporal_target(0);
+        assert_eq!(group(&mut s), [true, false, false, false]);
+        assert_eq!(s.current_temporal(), Some(0));
+        // Up to TL2: TL1 at its switching point, then TL2 at its first one.
+        s.set_temporal_target(2);
+        assert_eq!(group(&mut s), [true, false, true, false]);
+        assert_eq!(s.current_temporal(), Some(1));
+        assert_eq!(group(&mut s), [true, true, true, true]);
+        assert_eq!(s.current_temporal(), Some(2));
+        assert!(!s.needs_keyframe());
+        // Down: at the next picture.
+        s.set_temporal_target(1);
+        assert_eq!(group(&mut s), [true, false, true, false]);
+        // A retransmission above the layer is not sent.
+        let mut t2 = layer(0, true, true);
+        t2.temporal = 2;
+        assert_eq!(s.retransmission(1, t2, false), None);
+        t2.temporal = 1;
+        assert_eq!(s.retransmission(1, t2, false), Some(false));
+        // Up at a keyframe: at once.
+        s.set_temporal_target(0);
+        group(&mut s);
+        s.set_temporal_target(2);
+        assert_eq!(temporal_picture(&mut s, 0, false, true), [F, M]);
+        assert_eq!(s.current_temporal(), Some(2));
+        assert_eq!(group(&mut s), [true, true, true, true]);
+    }
+
+    /// A picture above the temporal layer is dropped whole, whatever its spatial layers.
+    #[test]
+    fn temporal_and_spatial_targets_together() {
+        let mut s = SvcSelector::new(0);
+        s.set_temporal_target(1);
+        let mut v = Vec::new();
+        for (tid, up) in GOF {
+            for spatial in 0..3u8 {
+                let mut l = layer(spatial, true, true);
+                (l.temporal, l.switch_up) = (tid, up);
+                v.push(sel(&mut s, l, false, spatial == 2));
+            }
+        }
+        assert_eq!(v, [M, D, D, D, D, D, M, D, D, D, D, D]);
     }
 }
