@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use hearth_engine::codec::{VP9_MAX_SPATIAL, vp9_layer, vp9_scalability};
+use hearth_engine::codec::{VP9_MAX_SPATIAL, vp8_temporal, vp9_layer, vp9_scalability};
 use hearth_engine::forwarder::Forwarder;
 use hearth_engine::keyframe::KeyframeRequester;
 use hearth_engine::media::{MediaKind, MediaPacket, Ssrc};
@@ -166,7 +166,8 @@ pub enum ParticipantMsg {
         track: TrackKey,
         subscriber: ParticipantId,
         max_height: u32,
-        /// The subscriber's bandwidth allocation caps it at this layer (None: no cap).
+        /// The subscriber's bandwidth allocation caps it at this layer and temporal layer
+        /// (`hearth_engine::svc::svc_layer_id`; None: no cap).
         max_layer: Option<u8>,
         /// Nothing is forwarded to the subscriber now (tile hidden, or paused by its
         /// bandwidth allocation): it needs no layer kept running for it.
@@ -258,6 +259,10 @@ struct Published {
     last_loudness: f32,
     /// VP9: its spatial layers, measured, and each subscriber's choice among them.
     svc: Option<Box<SvcTrack>>,
+    /// A VP8 simulcast layer: the rate of each of its temporal layers (from
+    /// `SVC_TEMPORAL_LAYERS - 1` up together), so a subscriber's allocation can take it at
+    /// a lower frame rate.
+    temporal_rates: Option<Box<[RateWindow; SVC_TEMPORAL_LAYERS as usize]>>,
 }
 
 /// A VP9 track's spatial layers (one stream; each subscriber's leg drops those above its
@@ -326,7 +331,8 @@ struct LayerChoice {
     target: u8,
     /// The subscriber's tile height in pixels (`u32::MAX`: not told, the best layer).
     max_height: u32,
-    /// The subscriber's bandwidth allocation caps it at this layer.
+    /// The subscriber's bandwidth allocation caps it at this layer and temporal layer
+    /// (`svc_layer_id`).
     max_layer: Option<u8>,
     /// Nothing is forwarded to it now (its tile is hidden, or its bandwidth allocation
     /// paused the track): no layer is kept running for it.
@@ -393,38 +399,56 @@ fn tell_layer_preference(sub: &mut Subscription, me: &ParticipantId, height: u32
 /// The layer for a tile `max_height` pixels high: the lowest whose keyframes are at least
 /// that high, else the highest (a layer whose size is not known yet counts as higher than
 /// the known ones below it).
-/// The layer choices a subscriber's bandwidth allocation has of a VP9 SVC track whose
-/// tile asks for spatial layer `top`, cheapest first: ([`svc_layer_id`], the rate in
-/// bits/s of the layers it needs). `rates[s][t]`: what spatial layer `s`'s pictures of
-/// temporal layer `t` arrive at.
+/// The layer choices a subscriber's bandwidth allocation has of a layered track, cheapest
+/// first: ([`svc_layer_id`], the rate in bits/s it costs). `layers`: the layers up to the
+/// one its tile asks for, smallest first, each with what its pictures of each temporal
+/// layer arrive at. `cumulative`: each layer needs those below it too (VP9 spatial layers);
+/// else it stands alone (simulcast).
 ///
-/// The lowest spatial layer comes at every frame rate; a higher one at no less than half
-/// the full rate (with three temporal layers, not at a quarter: a sharper picture at 7.5
-/// frames/s is a slideshow). A pair that costs no more than a cheaper-ranked one replaces
-/// it, so the ladder's prices rise. The full frame rate of `top` is always its last rung.
-fn svc_ladder(rates: &[[u32; SVC_TEMPORAL_LAYERS as usize]], top: u8) -> Vec<(u8, u32)> {
-    let top = usize::from(top).min(rates.len().saturating_sub(1));
-    // Temporal layers the stream has: those its lowest spatial layer sends.
-    let temporal = rates
-        .first()
-        .and_then(|r| r.iter().rposition(|bps| *bps > 0))
-        .map_or(1, |t| t + 1);
+/// The lowest layer comes at every frame rate; a higher one at no less than half the full
+/// rate (with three temporal layers, not at a quarter: a sharper picture at 7.5 frames/s
+/// is a slideshow). A rung that costs no more than a cheaper-ranked one replaces it, so the
+/// ladder's prices rise. The full frame rate of the tile's layer is always its last rung.
+fn layer_ladder(
+    layers: &[(u8, [u32; SVC_TEMPORAL_LAYERS as usize])],
+    cumulative: bool,
+) -> Vec<(u8, u32)> {
     let mut ladder: Vec<(u8, u32)> = Vec::new();
-    for s in 0..=top {
-        let lowest = if s == 0 {
+    for (i, (layer, _)) in layers.iter().enumerate() {
+        // Temporal layers the stream has: those its lowest layer sends.
+        let temporal = layers[0]
+            .1
+            .iter()
+            .rposition(|bps| *bps > 0)
+            .map_or(1, |t| t + 1);
+        let lowest = if i == 0 {
             0
         } else {
             temporal.saturating_sub(2)
         };
         for t in lowest..temporal {
-            let cost = rates[..=s]
-                .iter()
-                .flat_map(|r| &r[..=t])
-                .fold(0u32, |sum, bps| sum.saturating_add(*bps));
-            let id = if t + 1 == temporal {
-                svc_layer_id(s as u8, u8::MAX)
+            let below = if cumulative {
+                &layers[..=i]
             } else {
-                svc_layer_id(s as u8, t as u8)
+                &layers[i..=i]
+            };
+            let cost = below
+                .iter()
+                .flat_map(|(_, r)| &r[..=t])
+                .fold(0u32, |sum, bps| sum.saturating_add(*bps));
+            let cost = if t + 1 == temporal {
+                // The full rate: whatever its temporal layers above this one send too.
+                below
+                    .iter()
+                    .flat_map(|(_, r)| r)
+                    .fold(0u32, |sum, bps| sum.saturating_add(*bps))
+            } else {
+                cost
+            };
+            let id = if t + 1 == temporal {
+                svc_layer_id(*layer, u8::MAX)
+            } else {
+                svc_layer_id(*layer, t as u8)
             };
             while ladder.last().is_some_and(|(_, c)| *c >= cost) {
                 ladder.pop();
@@ -433,6 +457,18 @@ fn svc_ladder(rates: &[[u32; SVC_TEMPORAL_LAYERS as usize]], top: u8) -> Vec<(u8
         }
     }
     ladder
+}
+
+/// [`layer_ladder`] of a VP9 SVC track whose tile asks for spatial layer `top`: `rates[s][t]`
+/// is what spatial layer `s`'s pictures of temporal layer `t` arrive at.
+fn svc_ladder(rates: &[[u32; SVC_TEMPORAL_LAYERS as usize]], top: u8) -> Vec<(u8, u32)> {
+    let top = usize::from(top).min(rates.len().saturating_sub(1));
+    let layers: Vec<(u8, [u32; SVC_TEMPORAL_LAYERS as usize])> = rates[..rates.len().min(top + 1)]
+        .iter()
+        .enumerate()
+        .map(|(s, r)| (s as u8, *r))
+        .collect();
+    layer_ladder(&layers, true)
 }
 
 fn pick_layer(layers: &[(u8, Option<u16>)], max_height: u32) -> u8 {
@@ -1611,6 +1647,9 @@ impl ParticipantState {
             last_loudness: 0.0,
             svc: (layer.is_none() && track.codec.codec == hearth_engine::media::Codec::Vp9)
                 .then(Box::default),
+            temporal_rates: (layer.is_some()
+                && track.codec.codec == hearth_engine::media::Codec::Vp8)
+                .then(Box::default),
             fanout,
             legs: HashMap::new(),
             targets: Vec::new(),
@@ -1665,13 +1704,26 @@ impl ParticipantState {
 
     /// Chooses each subscriber's layer of simulcast track `group` again (a tile changed, a
     /// layer appeared or told its size); a keyframe is asked of every layer switched to.
+    /// The subscriber's bandwidth allocation chooses from a ladder of the layers up to its
+    /// tile's, VP8 layers at their lower frame rates too ([`layer_ladder`]); a cap it sets
+    /// names a layer and a temporal layer ([`svc_layer_id`]).
     fn choose_layers(&mut self, now: Instant, group: TrackKey) {
         let layers = self.live_layers(group, now, true);
-        let rates: Vec<(u8, u32)> = self
+        // Each layer's rate per temporal layer (all in the top one when it has none).
+        let rates: Vec<(u8, [u32; SVC_TEMPORAL_LAYERS as usize])> = self
             .published
             .iter()
             .filter(|p| p.group == group)
-            .filter_map(|p| Some((p.layer?, p.rate.steady_bps())))
+            .filter_map(|p| {
+                let mut r = [0u32; SVC_TEMPORAL_LAYERS as usize];
+                match &p.temporal_rates {
+                    Some(t) if t.iter().skip(1).any(|w| w.steady_bps() > 0) => {
+                        r = t.map(|w| w.steady_bps());
+                    }
+                    _ => r[0] = p.rate.steady_bps(),
+                }
+                Some((p.layer?, r))
+            })
             .collect();
         let mut keyframes = Vec::new();
         if let Some(choices) = self.layer_choices.get_mut(&group) {
@@ -1681,26 +1733,37 @@ impl ParticipantState {
                 let by_height = pick_layer(&layers, choice.max_height);
                 let position = |l: u8| layers.iter().position(|(x, _)| *x == l);
                 // The subscriber's bandwidth cap, if it is below what the tile asks for.
-                let target = match (choice.max_layer, position(by_height)) {
-                    (Some(cap), Some(want)) => match position(cap) {
-                        Some(cap) if cap < want => layers[cap].0,
-                        Some(_) => by_height,
-                        // The capped layer does not send now: the smallest one that does.
-                        None => layers[0].0,
-                    },
-                    _ => by_height,
-                };
+                let (target, temporal) =
+                    match (choice.max_layer.map(svc_layer_targets), position(by_height)) {
+                        (Some((cap, temporal)), Some(want)) => match position(cap) {
+                            Some(cap) if cap < want => (layers[cap].0, temporal),
+                            Some(cap) if cap == want => (by_height, temporal),
+                            Some(_) => (by_height, u8::MAX),
+                            // The capped layer does not send now: the smallest one that does.
+                            None => (layers[0].0, temporal),
+                        },
+                        _ => (by_height, u8::MAX),
+                    };
                 // What the subscriber's allocation may choose from: up to the tile's layer.
                 if let (Some(want), Some(mut leg)) = (position(by_height), choice.leg.lock()) {
-                    leg.layers.clear();
-                    leg.layers.extend(layers[..=want].iter().map(|(l, _)| {
-                        (
-                            *l,
-                            rates.iter().find(|(x, _)| x == l).map_or(0, |(_, r)| *r),
-                        )
-                    }));
+                    let offered: Vec<(u8, [u32; SVC_TEMPORAL_LAYERS as usize])> = layers[..=want]
+                        .iter()
+                        .map(|(l, _)| {
+                            (
+                                *l,
+                                rates
+                                    .iter()
+                                    .find(|(x, _)| x == l)
+                                    .map_or([0; 4], |(_, r)| *r),
+                            )
+                        })
+                        .collect();
+                    leg.layers = layer_ladder(&offered, false);
+                    if let Some(t) = leg.temporal.as_mut() {
+                        t.set_target(temporal);
+                    }
                 }
-                tracing::trace!(participant = %self.id, subscriber = %choice.leg.subscriber, ?layers, max_height = choice.max_height, target, current = ?choice.current, "simulcast layer");
+                tracing::trace!(participant = %self.id, subscriber = %choice.leg.subscriber, ?layers, max_height = choice.max_height, target, temporal, current = ?choice.current, "simulcast layer");
                 if choice.target != target || choice.current.is_none() {
                     choice.target = target;
                     if choice.current != Some(target) {
@@ -2010,10 +2073,14 @@ impl ParticipantState {
         let mut sized = false;
         if p.layer.is_some() {
             p.last_packet = Some(packet.arrival);
-            p.rate.on_bytes(
-                packet.arrival,
-                packet.payload.len() as u64 + crate::congestion::WIRE_OVERHEAD,
-            );
+            let bytes = packet.payload.len() as u64 + crate::congestion::WIRE_OVERHEAD;
+            p.rate.on_bytes(packet.arrival, bytes);
+            if let Some(rates) = &mut p.temporal_rates
+                && let Some(t) = vp8_temporal(&packet.payload)
+            {
+                rates[usize::from(t.temporal.min(SVC_TEMPORAL_LAYERS - 1))]
+                    .on_bytes(packet.arrival, bytes);
+            }
         }
         if packet.keyframe
             && p.layer.is_some()
@@ -2832,8 +2899,45 @@ impl ParticipantState {
 
 #[cfg(test)]
 mod tests {
-    use super::{pick_layer, svc_ladder};
+    use super::{layer_ladder, pick_layer, svc_ladder};
     use hearth_engine::svc::{svc_layer_id, svc_layer_targets};
+
+    #[test]
+    fn simulcast_ladder_offers_lower_frame_rates() {
+        let full = u8::MAX;
+        let ids = |ladder: &[(u8, u32)]| -> Vec<(u8, u8)> {
+            ladder
+                .iter()
+                .map(|(id, _)| svc_layer_targets(*id))
+                .collect()
+        };
+        // Three VP8 layers in L1T3: each stands alone.
+        let layers = [
+            (0, [20, 15, 25, 0]),
+            (1, [60, 45, 75, 0]),
+            (2, [150, 110, 190, 0]),
+        ];
+        let ladder = layer_ladder(&layers, false);
+        assert_eq!(
+            ids(&ladder),
+            [
+                (0, 0),
+                (0, 1),
+                (0, full),
+                (1, 1),
+                (1, full),
+                (2, 1),
+                (2, full)
+            ]
+        );
+        let prices: Vec<u32> = ladder.iter().map(|(_, p)| *p).collect();
+        assert_eq!(prices, [20, 35, 60, 105, 180, 260, 450]);
+        // Layers without temporal layers (H.264, or a browser that sends none): one rung
+        // each, at their whole rate.
+        let layers = [(0, [100, 0, 0, 0]), (2, [300, 0, 0, 0])];
+        assert_eq!(ids(&layer_ladder(&layers, false)), [(0, full), (2, full)]);
+        assert_eq!(layer_ladder(&layers, false)[1].1, 300);
+    }
 
     #[test]
     fn svc_ladder_rungs_rise_in_price() {

@@ -76,6 +76,86 @@ pub fn vp8_is_keyframe(payload: &[u8]) -> bool {
     payload.get(i).is_some_and(|&header| header & 0x01 == 0)
 }
 
+/// Where the fields of a VP8 payload descriptor (RFC 7741 §4.2) sit.
+struct Vp8Descriptor {
+    /// The picture id, and whether it is the 15-bit form.
+    pid: Option<(u16, bool)>,
+    /// Offsets of TL0PICIDX and of the TID/Y/KEYIDX byte.
+    tl0_at: Option<usize>,
+    tk_at: Option<usize>,
+    /// T: the TID/Y/KEYIDX byte holds a temporal layer index.
+    has_tid: bool,
+    /// The descriptor's length.
+    len: usize,
+}
+
+/// The extended VP8 payload descriptor of `payload`; None without extension fields (X = 0)
+/// or when truncated.
+fn vp8_descriptor(payload: &[u8]) -> Option<Vp8Descriptor> {
+    let b0 = *payload.first()?;
+    if b0 & 0x80 == 0 {
+        return None;
+    }
+    let x = *payload.get(1)?;
+    let mut i = 2;
+    let mut pid = None;
+    if x & 0x80 != 0 {
+        let p0 = *payload.get(i)?;
+        if p0 & 0x80 != 0 {
+            let p1 = *payload.get(i + 1)?;
+            pid = Some((u16::from(p0 & 0x7f) << 8 | u16::from(p1), true));
+            i += 2;
+        } else {
+            pid = Some((u16::from(p0), false));
+            i += 1;
+        }
+    }
+    let tl0_at = (x & 0x40 != 0).then_some(i);
+    if tl0_at.is_some() {
+        i += 1;
+    }
+    let tk_at = (x & 0x30 != 0).then_some(i);
+    if tk_at.is_some() {
+        i += 1;
+    }
+    (payload.len() >= i).then_some(Vp8Descriptor {
+        pid,
+        tl0_at,
+        tk_at,
+        has_tid: x & 0x20 != 0,
+        len: i,
+    })
+}
+
+/// A VP8 packet's temporal layer (RFC 7741 §4.2, present when T = 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vp8Temporal {
+    /// TID: the temporal layer.
+    pub temporal: u8,
+    /// Y: layer sync, the frame refers to TL0 frames only (a switching-up point).
+    pub sync: bool,
+    /// The first packet of a frame (S = 1, partition 0).
+    pub start: bool,
+}
+
+/// The temporal layer fields of a VP8 payload descriptor; None when it carries none.
+pub fn vp8_temporal(payload: &[u8]) -> Option<Vp8Temporal> {
+    let d = vp8_descriptor(payload)?;
+    if !d.has_tid {
+        return None;
+    }
+    let tk = payload[d.tk_at?];
+    let b0 = payload[0];
+    Some(Vp8Temporal {
+        temporal: tk >> 6,
+        sync: tk & 0x20 != 0,
+        start: b0 & 0x10 != 0 && b0 & 0x07 == 0,
+    })
+}
+
+/// Recent pictures whose rewritten number [`Vp8Munger`] remembers.
+const VP8_RECENT_PICTURES: usize = 16;
+
 /// Rewrites the VP8 payload descriptors of one outgoing stream so its picture ids and
 /// TL0PICIDX continue across source switches (RFC 7741 §4.2). Simulcast layers number their
 /// pictures independently; a receiver that saw picture 9000 of one layer and then gets
@@ -83,6 +163,10 @@ pub fn vp8_is_keyframe(payload: &[u8]) -> bool {
 /// waits for, and stops decoding until a keyframe (Chromium's VP8 reference finder does).
 /// At each new segment of the forwarder (a switch or a restart) the offsets are chosen so
 /// the first picture follows the last one sent.
+///
+/// Pictures left out (a temporal layer above the subscriber's, [`Vp8Munger::dropped`]) are
+/// numbered past the same way: the pictures after them close the gap. A packet of a picture
+/// already numbered (late, or retransmitted) keeps the number its picture went out with.
 #[derive(Clone, Debug, Default)]
 pub struct Vp8Munger {
     /// The forwarder segment the offsets belong to.
@@ -93,11 +177,23 @@ pub struct Vp8Munger {
     /// older picture does not move them back).
     last_pid: Option<u16>,
     last_tl0: Option<u8>,
+    /// The newest source picture id of the segment, sent or dropped.
+    newest_source: Option<u16>,
+    /// Recent pictures sent in this segment: the source picture id and its offset.
+    recent: [Option<(u16, u16)>; VP8_RECENT_PICTURES],
+    recent_next: usize,
 }
 
 /// Longest VP8 descriptor rewritten: the first byte, X, a 15-bit picture id, TL0PICIDX and
 /// the TID/KEYIDX byte.
 pub const VP8_DESCRIPTOR_MAX: usize = 6;
+
+/// True if picture id `a` is newer than `b` (less than half the id space ahead).
+fn pid_newer(a: u16, b: u16, long: bool) -> bool {
+    let modulus = if long { 0x7fff } else { 0x7f };
+    let d = a.wrapping_sub(b) & modulus;
+    d != 0 && d <= modulus / 2
+}
 
 impl Vp8Munger {
     /// Writes the rewritten descriptor of `payload` into `out` and returns its length (the
@@ -112,44 +208,12 @@ impl Vp8Munger {
         payload: &[u8],
         out: &mut [u8; VP8_DESCRIPTOR_MAX],
     ) -> usize {
-        let Some(&b0) = payload.first() else {
+        let Some(d) = vp8_descriptor(payload) else {
             return 0;
         };
-        if b0 & 0x80 == 0 {
-            return 0;
-        }
-        let Some(&x) = payload.get(1) else {
-            return 0;
-        };
-        let (has_pid, has_tl0, has_tk) = (x & 0x80 != 0, x & 0x40 != 0, x & 0x30 != 0);
-        let mut i = 2;
-        let mut pid = None;
-        if has_pid {
-            let Some(&p0) = payload.get(i) else {
-                return 0;
-            };
-            if p0 & 0x80 != 0 {
-                let Some(&p1) = payload.get(i + 1) else {
-                    return 0;
-                };
-                pid = Some((u16::from(p0 & 0x7f) << 8 | u16::from(p1), true));
-                i += 2;
-            } else {
-                pid = Some((u16::from(p0), false));
-                i += 1;
-            }
-        }
-        let tl0_at = has_tl0.then_some(i);
-        if has_tl0 {
-            i += 1;
-        }
-        if has_tk {
-            i += 1;
-        }
-        let Some(desc) = payload.get(..i) else {
-            return 0;
-        };
-        let tl0 = tl0_at.map(|at| desc[at]);
+        let i = d.len;
+        let pid = d.pid;
+        let tl0 = d.tl0_at.map(|at| payload[at]);
         if self.segment != Some(segment) && !retransmission {
             self.segment = Some(segment);
             self.pid_offset = match (pid, self.last_pid) {
@@ -160,10 +224,29 @@ impl Vp8Munger {
                 (Some(t), Some(last)) => last.wrapping_add(1).wrapping_sub(t),
                 _ => 0,
             };
+            self.newest_source = None;
+            self.recent = [None; VP8_RECENT_PICTURES];
         }
-        out[..i].copy_from_slice(desc);
+        out[..i].copy_from_slice(&payload[..i]);
         if let Some((p, long)) = pid {
-            let q = p.wrapping_add(self.pid_offset) & 0x7fff;
+            let known = self
+                .recent
+                .iter()
+                .flatten()
+                .find(|(source, _)| *source == p)
+                .map(|(_, offset)| *offset);
+            let new = !retransmission && self.newest_source.is_none_or(|n| pid_newer(p, n, long));
+            if new {
+                self.newest_source = Some(p);
+                self.recent[self.recent_next] = Some((p, self.pid_offset));
+                self.recent_next = (self.recent_next + 1) % VP8_RECENT_PICTURES;
+            }
+            let offset = if new {
+                self.pid_offset
+            } else {
+                known.unwrap_or(self.pid_offset)
+            };
+            let q = p.wrapping_add(offset) & 0x7fff;
             if long {
                 out[2] = 0x80 | (q >> 8) as u8;
                 out[3] = q as u8;
@@ -171,17 +254,13 @@ impl Vp8Munger {
                 out[2] = (q & 0x7f) as u8;
             }
             if !retransmission {
-                let (q, modulus) = if long { (q, 0x7fff) } else { (q & 0x7f, 0x7f) };
-                // Newer: less than half the picture id space ahead (modulo its width).
-                let newer = self
-                    .last_pid
-                    .is_none_or(|last| q.wrapping_sub(last) & modulus <= modulus / 2);
-                if newer {
+                let q = if long { q } else { q & 0x7f };
+                if self.last_pid.is_none_or(|last| pid_newer(q, last, long)) {
                     self.last_pid = Some(q);
                 }
             }
         }
-        if let (Some(at), Some(t)) = (tl0_at, tl0) {
+        if let (Some(at), Some(t)) = (d.tl0_at, tl0) {
             let u = t.wrapping_add(self.tl0_offset);
             out[at] = u;
             if !retransmission && self.last_tl0.is_none_or(|last| u.wrapping_sub(last) < 0x80) {
@@ -189,6 +268,24 @@ impl Vp8Munger {
             }
         }
         i
+    }
+
+    /// `payload`'s picture is left out of the stream (a temporal layer above the
+    /// subscriber's) in forwarder segment `segment`: the pictures after it are numbered one
+    /// lower, so the receiver sees no gap. A late packet of a picture older than the newest
+    /// changes nothing; nor does a drop before the segment's first picture went out (its
+    /// offsets are chosen then).
+    pub fn dropped(&mut self, segment: u64, payload: &[u8]) {
+        if self.segment != Some(segment) {
+            return;
+        }
+        let Some((p, long)) = vp8_descriptor(payload).and_then(|d| d.pid) else {
+            return;
+        };
+        if self.newest_source.is_none_or(|n| pid_newer(p, n, long)) {
+            self.newest_source = Some(p);
+            self.pid_offset = self.pid_offset.wrapping_sub(1) & 0x7fff;
+        }
     }
 }
 
@@ -1164,6 +1261,13 @@ mod tests {
             }
             let _ = vp9_layer(&bytes);
             let _ = vp9_scalability(&bytes);
+            let _ = vp8_temporal(&bytes);
+            let mut m = Vp8Munger::default();
+            let mut out = [0u8; VP8_DESCRIPTOR_MAX];
+            m.dropped(0, &bytes);
+            let n = m.munge(1, false, &bytes, &mut out);
+            m.dropped(1, &bytes);
+            assert!(n <= bytes.len());
             let mut sps = vec![0x67];
             sps.extend_from_slice(&bytes);
             let _ = h264_keyframe_size(&sps);
@@ -1227,6 +1331,73 @@ mod tests {
         let p = vp8_packet(10, 1);
         let n = m.munge(2, false, &p, &mut out);
         assert_eq!(&p[n..], &[0xaa, 0xbb]);
+    }
+
+    /// `vp8_packet` in temporal layer `tid` (Y set on TL1 and TL2 switching points).
+    fn vp8_layered(pid: u16, tl0: u8, tid: u8, sync: bool) -> Vec<u8> {
+        let mut p = vp8_packet(pid, tl0);
+        p[5] = tid << 6 | if sync { 0x20 } else { 0 };
+        p
+    }
+
+    #[test]
+    fn vp8_temporal_layer_fields() {
+        assert_eq!(
+            vp8_temporal(&vp8_layered(7, 1, 2, true)),
+            Some(Vp8Temporal {
+                temporal: 2,
+                sync: true,
+                start: true
+            })
+        );
+        // Not the frame's first packet (S = 0).
+        let mut p = vp8_layered(7, 1, 1, false);
+        p[0] = 0x80;
+        assert_eq!(
+            vp8_temporal(&p).map(|t| (t.temporal, t.sync, t.start)),
+            Some((1, false, false))
+        );
+        // K without T: no temporal layer; no extension; truncated.
+        assert_eq!(vp8_temporal(&[0x90, 0x10, 0x05]), None);
+        assert_eq!(vp8_temporal(&[0x10, 0x9d]), None);
+        assert_eq!(vp8_temporal(&[0x90, 0xe0, 0x80, 0x05]), None);
+    }
+
+    #[test]
+    fn vp8_pictures_left_out_are_numbered_past() {
+        let mut m = Vp8Munger::default();
+        let mut out = [0u8; VP8_DESCRIPTOR_MAX];
+        let mut send = |m: &mut Vp8Munger, segment, pid, retransmission| {
+            m.munge(
+                segment,
+                retransmission,
+                &vp8_layered(pid, 3, 0, false),
+                &mut out,
+            );
+            pid_tl0(&out).0
+        };
+        assert_eq!(send(&mut m, 1, 100, false), 100);
+        m.dropped(1, &vp8_layered(101, 3, 2, true));
+        m.dropped(1, &vp8_layered(101, 3, 2, true)); // its second packet
+        assert_eq!(send(&mut m, 1, 102, false), 101);
+        m.dropped(1, &vp8_layered(103, 3, 2, false));
+        // A late packet of picture 102 keeps its number; so does a retransmission of 100.
+        assert_eq!(send(&mut m, 1, 102, false), 101);
+        assert_eq!(send(&mut m, 1, 100, true), 100);
+        assert_eq!(send(&mut m, 1, 104, false), 102);
+        // A late packet of a dropped picture older than the newest moves nothing.
+        m.dropped(1, &vp8_layered(103, 3, 2, false));
+        assert_eq!(send(&mut m, 1, 105, false), 103);
+        // A drop in a segment not started yet changes nothing: the switch decides.
+        m.dropped(2, &vp8_layered(7, 0, 2, false));
+        assert_eq!(send(&mut m, 2, 8, false), 104);
+        // Across the 15-bit wrap.
+        let mut m = Vp8Munger::default();
+        assert_eq!(send(&mut m, 1, 0x7ffe, false), 0x7ffe);
+        m.dropped(1, &vp8_layered(0x7fff, 3, 2, false));
+        assert_eq!(send(&mut m, 1, 0, false), 0x7fff);
+        m.dropped(1, &vp8_layered(1, 3, 2, false));
+        assert_eq!(send(&mut m, 1, 2, false), 0);
     }
 
     #[test]

@@ -19,13 +19,9 @@
 //!   retransmission carries the marker its original went out with.
 //!
 //!
-//! Temporal layers are chosen the same way, as a second target: pictures whose temporal
-//! layer (TID) is above the subscriber's are left out whole, every spatial layer of them.
-//! - Down at any picture: a lower temporal layer never refers to a higher one.
-//! - Up one layer at a time, at a picture of the next layer marked as a switching-up point
-//!   (U: libwebrtc sets it on pictures that refer to TL0 only), or at a keyframe. No
-//!   keyframe is asked for: in the structures browsers use (`L*T2`, `L*T3`) one comes
-//!   within a group of pictures (four frames).
+//! Temporal layers are chosen as a second target: pictures whose temporal layer (TID) is
+//! above the subscriber's are left out whole, every spatial layer of them (see
+//! [`TemporalFilter`], which VP8 streams use too).
 
 use crate::codec::Vp9Layer;
 use crate::seq::seq_diff;
@@ -71,9 +67,8 @@ pub struct SvcSelector {
     target: u8,
     /// The spatial layer it gets now (None before the first picture).
     current: Option<u8>,
-    /// The temporal layer it should get, and the one it gets now.
-    target_temporal: u8,
-    current_temporal: Option<u8>,
+    /// Its temporal layers.
+    temporal: TemporalFilter,
     /// The newest source sequence number seen.
     newest: Option<u16>,
     /// Bit `seq % MARKER_WINDOW`: that packet went out with a marker it did not carry.
@@ -86,8 +81,7 @@ impl SvcSelector {
         SvcSelector {
             target,
             current: None,
-            target_temporal: u8::MAX,
-            current_temporal: None,
+            temporal: TemporalFilter::new(u8::MAX),
             newest: None,
             moved_markers: [0; MARKER_WINDOW / 64],
         }
@@ -106,16 +100,16 @@ impl SvcSelector {
     /// The highest temporal layer the subscriber should get from now on (applied at the
     /// next picture going down, at the next switching-up point or keyframe going up).
     pub fn set_temporal_target(&mut self, temporal: u8) {
-        self.target_temporal = temporal;
+        self.temporal.set_target(temporal);
     }
 
     pub fn temporal_target(&self) -> u8 {
-        self.target_temporal
+        self.temporal.target()
     }
 
     /// The highest temporal layer forwarded now.
     pub fn current_temporal(&self) -> Option<u8> {
-        self.current_temporal
+        self.temporal.current()
     }
 
     /// The highest spatial layer forwarded now.
@@ -148,21 +142,10 @@ impl SvcSelector {
                 Some(c) if self.target > c && keyframe => self.current = Some(self.target),
                 Some(_) => {}
             }
-            let target = self.target_temporal;
-            match self.current_temporal {
-                None => self.current_temporal = Some(target),
-                Some(c) if target < c || (target > c && keyframe) => {
-                    self.current_temporal = Some(target);
-                }
-                Some(c)
-                    if target > c && layer.switch_up && layer.temporal == c.saturating_add(1) =>
-                {
-                    self.current_temporal = Some(layer.temporal);
-                }
-                Some(_) => {}
-            }
+            self.temporal
+                .on_picture(layer.temporal, layer.switch_up, keyframe);
         }
-        if self.current_temporal.is_none_or(|t| layer.temporal > t) {
+        if !self.temporal.passes(layer.temporal) {
             return SvcVerdict::Drop;
         }
         match self.current {
@@ -186,13 +169,135 @@ impl SvcSelector {
     /// it): the marker bit it went out with, or None if its layer is above the subscriber's
     /// now.
     pub fn retransmission(&self, seq: u16, layer: Vp9Layer, marker: bool) -> Option<bool> {
-        if self.current.is_none_or(|c| layer.spatial > c)
-            || self.current_temporal.is_none_or(|t| layer.temporal > t)
-        {
+        if self.current.is_none_or(|c| layer.spatial > c) || !self.temporal.passes(layer.temporal) {
             return None;
         }
         let (word, bit) = marker_bit(seq);
         Some(marker || self.moved_markers[word] & bit != 0)
+    }
+}
+
+/// One subscriber's temporal layer of a stream whose pictures carry a temporal layer index
+/// (VP9 and VP8 payload descriptors): pictures above it are left out whole.
+///
+/// Down at any picture (a lower temporal layer never refers to a higher one); up one layer
+/// at a time, at a picture of the next layer marked as a switching point (VP9's U, VP8's Y:
+/// libwebrtc sets them on pictures that refer to TL0 only), or at once at a keyframe. In
+/// the structures browsers send (`L1T2`, `L1T3`, `L*T3_KEY`) such a picture comes within
+/// one group of pictures (four frames), so no keyframe is asked for.
+#[derive(Clone, Copy, Debug)]
+pub struct TemporalFilter {
+    target: u8,
+    /// None before the first picture.
+    current: Option<u8>,
+}
+
+impl TemporalFilter {
+    pub fn new(target: u8) -> Self {
+        TemporalFilter {
+            target,
+            current: None,
+        }
+    }
+
+    /// The highest temporal layer the subscriber should get (applied at the next picture).
+    pub fn set_target(&mut self, temporal: u8) {
+        self.target = temporal;
+    }
+
+    pub fn target(&self) -> u8 {
+        self.target
+    }
+
+    /// The highest temporal layer passed now.
+    pub fn current(&self) -> Option<u8> {
+        self.current
+    }
+
+    /// Starts over at the target (the stream restarted at a keyframe).
+    pub fn restart(&mut self) {
+        self.current = Some(self.target);
+    }
+
+    /// A new picture starts (its first packet, newer than all seen): of temporal layer
+    /// `temporal`, a switching point or not, a keyframe or not.
+    pub fn on_picture(&mut self, temporal: u8, switch_up: bool, keyframe: bool) {
+        let target = self.target;
+        match self.current {
+            None => self.current = Some(target),
+            Some(c) if target < c || (target > c && keyframe) => self.current = Some(target),
+            Some(c) if target > c && switch_up && temporal == c.saturating_add(1) => {
+                self.current = Some(temporal);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// True if a packet of temporal layer `temporal` goes to the subscriber now.
+    pub fn passes(&self, temporal: u8) -> bool {
+        self.current.is_some_and(|c| temporal <= c)
+    }
+}
+
+/// One subscriber's temporal layer of a single-spatial-layer stream (a VP8 stream, or one
+/// simulcast layer of it): a [`TemporalFilter`] fed with the stream's picture starts. Its
+/// caller asks only for packets of the source its forwarder follows now; a new source (a
+/// simulcast switch, which happens at a keyframe) starts over at the target.
+#[derive(Clone, Copy, Debug)]
+pub struct TemporalSelector {
+    filter: TemporalFilter,
+    source: Option<u32>,
+    newest: Option<u16>,
+}
+
+impl Default for TemporalSelector {
+    fn default() -> Self {
+        TemporalSelector {
+            filter: TemporalFilter::new(u8::MAX),
+            source: None,
+            newest: None,
+        }
+    }
+}
+
+impl TemporalSelector {
+    pub fn set_target(&mut self, temporal: u8) {
+        self.filter.set_target(temporal);
+    }
+
+    pub fn target(&self) -> u8 {
+        self.filter.target()
+    }
+
+    pub fn current(&self) -> Option<u8> {
+        self.filter.current()
+    }
+
+    /// True if the packet `seq` of `source`, in temporal layer `temporal`, goes to the
+    /// subscriber. `start`: it is its frame's first packet; `switch_up`: that frame is a
+    /// switching point; `keyframe`: a keyframe.
+    pub fn select(
+        &mut self,
+        source: u32,
+        seq: u16,
+        temporal: u8,
+        switch_up: bool,
+        start: bool,
+        keyframe: bool,
+    ) -> bool {
+        if self.source != Some(source) {
+            self.source = Some(source);
+            self.newest = None;
+            self.filter.restart();
+        }
+        let newest = self.newest.is_none_or(|n| seq_diff(seq, n) > 0);
+        if newest {
+            self.newest = Some(seq);
+            if start {
+                self.filter.on_picture(temporal, switch_up, keyframe);
+            }
+        }
+        self.filter.passes(temporal)
     }
 }
 
@@ -412,5 +517,44 @@ mod tests {
             }
         }
         assert_eq!(v, [M, D, D, D, D, D, M, D, D, D, D, D]);
+    }
+
+    #[test]
+    fn temporal_selector_follows_one_source_and_restarts_on_another() {
+        let mut t = TemporalSelector::default();
+        t.set_target(0);
+        let mut seq = 65533u16;
+        let mut frame = |t: &mut TemporalSelector, source: u32, tid: u8, up: bool| {
+            // Two packets per frame; the second's verdict must match the first's.
+            let a = t.select(source, seq, tid, up, true, false);
+            let b = t.select(source, seq.wrapping_add(1), tid, up, false, false);
+            assert_eq!(a, b);
+            seq = seq.wrapping_add(2);
+            a
+        };
+        // The first packets of a source: at the target at once (it starts at a keyframe).
+        let got: Vec<bool> = GOF
+            .iter()
+            .map(|(tid, up)| frame(&mut t, 1, *tid, *up))
+            .collect();
+        assert_eq!(got, [true, false, false, false]);
+        t.set_target(2);
+        let got: Vec<bool> = GOF
+            .iter()
+            .map(|(tid, up)| frame(&mut t, 1, *tid, *up))
+            .collect();
+        assert_eq!(got, [true, false, true, false]);
+        let got: Vec<bool> = GOF
+            .iter()
+            .map(|(tid, up)| frame(&mut t, 1, *tid, *up))
+            .collect();
+        assert_eq!(got, [true, true, true, true]);
+        // A late first packet of an older frame switches nothing.
+        t.set_target(0);
+        assert!(t.select(1, seq.wrapping_sub(10), 2, false, true, false));
+        assert_eq!(t.current(), Some(2));
+        // Another source: starts over at the target.
+        assert!(!t.select(2, 7, 1, true, false, false));
+        assert_eq!(t.current(), Some(0));
     }
 }

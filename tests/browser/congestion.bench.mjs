@@ -14,7 +14,7 @@
 // Chromium's freeze count and frozen time.
 //
 //   tests/browser/run.sh congestion.bench.mjs target/release/hearth  (deploy/bench/constrained_link.sh)
-// Env: LINK_KBPS (300), LOSS_PERCENT (1), QUEUE_MS (300), HOLD_S (30).
+// Env: LINK_KBPS (300), LOSS_PERCENT (1), QUEUE_MS (300), HOLD_S (30), SKIP_P2P (1: Hearth only).
 import { farNamespace, launchBrowser, startServer, until } from './lib.mjs';
 
 const binary = process.argv[2] || 'target/release/hearth';
@@ -168,6 +168,7 @@ try {
   await alice.close();
 
   // ---- Directly between two Chromium pages (the same fake camera and microphone).
+  if (!process.env.SKIP_P2P) {
   const a = await (await near.browser.newContext()).newPage();
   const c = await (await farBrowser.newContext()).newPage();
   for (const p of [a, c]) await p.goto(`${BASE}/healthz`).catch(() => p.goto(`${BASE}/`));
@@ -204,6 +205,7 @@ try {
   log('p2p: carol receives alice at 640 px; shaping');
   results.p2p = await measure(far, c, 'window.pc');
   log('p2p', JSON.stringify(results.p2p));
+  }
 } finally {
   // The whole server log, when asked for (HEARTH_SERVER_LOG=<file>; HEARTH_LOG sets its filter).
   if (server && process.env.HEARTH_SERVER_LOG) {
@@ -221,5 +223,5 @@ console.log(`\nlink: ${far.shaped || `tbf ${LINK.kbps} kbit/s, queue <= ${LINK.q
 console.log('| receiver | loss settles after | received / link rate, after | loss, after | fps | frames decoded | longest gap | Chromium freezes | widths seen |');
 console.log('|---|---|---|---|---|---|---|---|---|');
 console.log(row('Carol through Hearth', results.hearth));
-console.log(row('Carol directly from Alice (Chromium GCC)', results.p2p));
+if (results.p2p) console.log(row('Carol directly from Alice (Chromium GCC)', results.p2p));
 process.exit(0);
