@@ -53,8 +53,9 @@ pub enum Priority {
 pub struct Demand {
     pub audio: bool,
     pub priority: Priority,
-    /// Simulcast layers the tile can use, smallest first, with their rates (bits/s); empty
-    /// for audio and single-layer video.
+    /// The layers the tile can use (simulcast layers, VP9 spatial layers, the lowest one
+    /// at lower frame rates: `hearth_engine::svc::svc_layer_id`), cheapest first, with
+    /// their rates (bits/s); empty for audio and single-layer video.
     pub layers: Vec<(u8, u32)>,
     /// What the track is sending now (bits/s): the cost of one that cannot be thinned.
     pub rate: u32,
@@ -67,7 +68,7 @@ pub struct Demand {
 pub enum Grant {
     /// Everything its tile asks for.
     Full,
-    /// Simulcast layers up to this one.
+    /// Layers up to this one (an id of [`Demand::layers`]).
     Cap(u8),
     /// Nothing: even its lowest layer does not fit after the tracks before it (video only).
     Pause,

@@ -300,7 +300,7 @@ impl SendLeg {
             && st.forwarder.current_source() == Some(pkt.ssrc)
             && let Some(t) = vp8_temporal(&pkt.payload)
             && !temporal.select(
-                pkt.ssrc.0,
+                st.forwarder.segments(),
                 pkt.seq,
                 t.temporal,
                 t.sync,

@@ -396,9 +396,6 @@ fn tell_layer_preference(sub: &mut Subscription, me: &ParticipantId, height: u32
         });
 }
 
-/// The layer for a tile `max_height` pixels high: the lowest whose keyframes are at least
-/// that high, else the highest (a layer whose size is not known yet counts as higher than
-/// the known ones below it).
 /// The layer choices a subscriber's bandwidth allocation has of a layered track, cheapest
 /// first: ([`svc_layer_id`], the rate in bits/s it costs). `layers`: the layers up to the
 /// one its tile asks for, smallest first, each with what its pictures of each temporal
@@ -471,6 +468,9 @@ fn svc_ladder(rates: &[[u32; SVC_TEMPORAL_LAYERS as usize]], top: u8) -> Vec<(u8
     layer_ladder(&layers, true)
 }
 
+/// The layer for a tile `max_height` pixels high: the lowest whose keyframes are at least
+/// that high, else the highest (a layer whose size is not known yet counts as higher than
+/// the known ones below it).
 fn pick_layer(layers: &[(u8, Option<u16>)], max_height: u32) -> u8 {
     layers
         .iter()
@@ -1782,8 +1782,8 @@ impl ParticipantState {
     }
 
     /// Chooses each subscriber's spatial and temporal layers of VP9 track `published[index]`
-    /// (nothing for other tracks, or before its scalability structure told two spatial
-    /// layers or more). The tile's height picks the spatial layer; the subscriber's
+    /// (nothing for other tracks, or before its scalability structure told its spatial
+    /// layers). The tile's height picks the spatial layer; the subscriber's
     /// bandwidth allocation may cap it lower, choosing from a ladder of (spatial, temporal)
     /// pairs up to the tile's layer, each priced at the rate of the layers it needs
     /// ([`svc_ladder`]). A subscriber moving up a spatial layer needs a keyframe: one is
@@ -1795,8 +1795,10 @@ impl ParticipantState {
         let Some(svc) = &p.svc else {
             return;
         };
+        // One spatial layer (`L1T3`, or a publisher whose uplink dropped its upper ones)
+        // still has temporal layers to choose from.
         let count = usize::from(svc.layers).min(VP9_MAX_SPATIAL);
-        if count < 2 {
+        if count < 1 {
             return;
         }
         let layers: Vec<(u8, Option<u16>)> = (0..count)
@@ -1820,6 +1822,11 @@ impl ParticipantState {
                 continue;
             };
             st.layers = svc_ladder(&rates, by_height);
+            if st.layers.len() < 2 {
+                // Nothing to choose (no layer indices, or not measured yet): the allocation
+                // prices the track at what it sends.
+                st.layers.clear();
+            }
             let paused = st.forwarder.is_paused();
             if let Some(selector) = st.svc.as_mut()
                 && (selector.target(), selector.temporal_target()) != (spatial, temporal)
@@ -1949,6 +1956,9 @@ impl ParticipantState {
         for p in self.published.iter_mut().filter(|p| p.group == group) {
             if p.layer.is_some_and(|l| l < 64 && resumed & (1 << l) != 0) {
                 p.rate.start = None;
+                for w in p.temporal_rates.iter_mut().flat_map(|r| r.iter_mut()) {
+                    w.start = None;
+                }
                 p.keyframes.request(now);
             }
         }

@@ -153,8 +153,12 @@ pub fn vp8_temporal(payload: &[u8]) -> Option<Vp8Temporal> {
     })
 }
 
-/// Recent pictures whose rewritten number [`Vp8Munger`] remembers.
-const VP8_RECENT_PICTURES: usize = 16;
+/// Pictures whose rewritten number [`Vp8Munger`] remembers, by source picture id modulo
+/// this: 128 consecutive pictures, over 2 s at 60 frames/s (the retransmission cache's
+/// span), so a retransmission finds the number its picture went out with.
+const VP8_RECENT_PICTURES: usize = 128;
+/// No picture id (they have 15 bits).
+const NO_PICTURE: u16 = u16::MAX;
 
 /// Rewrites the VP8 payload descriptors of one outgoing stream so its picture ids and
 /// TL0PICIDX continue across source switches (RFC 7741 §4.2). Simulcast layers number their
@@ -179,9 +183,10 @@ pub struct Vp8Munger {
     last_tl0: Option<u8>,
     /// The newest source picture id of the segment, sent or dropped.
     newest_source: Option<u16>,
-    /// Recent pictures sent in this segment: the source picture id and its offset.
-    recent: [Option<(u16, u16)>; VP8_RECENT_PICTURES],
-    recent_next: usize,
+    /// Recent pictures sent in this segment, at their source picture id modulo
+    /// [`VP8_RECENT_PICTURES`]: that id and the offset it went out with. Allocated with the
+    /// leg's first picture.
+    recent: Option<Box<[(u16, u16); VP8_RECENT_PICTURES]>>,
 }
 
 /// Longest VP8 descriptor rewritten: the first byte, X, a 15-bit picture id, TL0PICIDX and
@@ -225,21 +230,23 @@ impl Vp8Munger {
                 _ => 0,
             };
             self.newest_source = None;
-            self.recent = [None; VP8_RECENT_PICTURES];
+            if let Some(r) = self.recent.as_mut() {
+                r.fill((NO_PICTURE, 0));
+            }
         }
         out[..i].copy_from_slice(&payload[..i]);
         if let Some((p, long)) = pid {
-            let known = self
+            let recent = self
                 .recent
-                .iter()
-                .flatten()
-                .find(|(source, _)| *source == p)
-                .map(|(_, offset)| *offset);
+                .get_or_insert_with(|| Box::new([(NO_PICTURE, 0); VP8_RECENT_PICTURES]));
+            let slot = usize::from(p) % VP8_RECENT_PICTURES;
+            let known = Some(recent[slot])
+                .filter(|(source, _)| *source == p)
+                .map(|(_, offset)| offset);
             let new = !retransmission && self.newest_source.is_none_or(|n| pid_newer(p, n, long));
             if new {
                 self.newest_source = Some(p);
-                self.recent[self.recent_next] = Some((p, self.pid_offset));
-                self.recent_next = (self.recent_next + 1) % VP8_RECENT_PICTURES;
+                recent[slot] = (p, self.pid_offset);
             }
             let offset = if new {
                 self.pid_offset
@@ -483,9 +490,9 @@ pub struct Vp9Layer {
     pub end: bool,
     /// P = 0: the layer frame is not predicted from earlier pictures (a keyframe's layers).
     pub intra: bool,
-    /// U: a switching-up point. As libwebrtc sets it, this picture refers to no earlier
-    /// picture of its own temporal layer or above, so a receiver that had the layers below
-    /// may start decoding this layer here.
+    /// U: a switching-up point: this picture refers to no earlier picture of its own
+    /// temporal layer or above, so a receiver that had the layers below may start decoding
+    /// this layer here.
     pub switch_up: bool,
 }
 
@@ -1388,9 +1395,19 @@ mod tests {
         // A late packet of a dropped picture older than the newest moves nothing.
         m.dropped(1, &vp8_layered(103, 3, 2, false));
         assert_eq!(send(&mut m, 1, 105, false), 103);
+        // Many pictures later (every other one dropped), a retransmission of 104 still
+        // gets the number it went out with.
+        let mut expect = 103;
+        for k in 0..60u16 {
+            m.dropped(1, &vp8_layered(106 + 2 * k, 3, 2, false));
+            expect += 1;
+            assert_eq!(send(&mut m, 1, 107 + 2 * k, false), expect);
+        }
+        assert_eq!(send(&mut m, 1, 104, true), 102);
+        assert_eq!(send(&mut m, 1, 105, true), 103);
         // A drop in a segment not started yet changes nothing: the switch decides.
         m.dropped(2, &vp8_layered(7, 0, 2, false));
-        assert_eq!(send(&mut m, 2, 8, false), 104);
+        assert_eq!(send(&mut m, 2, 8, false), expect + 1);
         // Across the 15-bit wrap.
         let mut m = Vp8Munger::default();
         assert_eq!(send(&mut m, 1, 0x7ffe, false), 0x7ffe);

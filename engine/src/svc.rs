@@ -181,10 +181,13 @@ impl SvcSelector {
 /// (VP9 and VP8 payload descriptors): pictures above it are left out whole.
 ///
 /// Down at any picture (a lower temporal layer never refers to a higher one); up one layer
-/// at a time, at a picture of the next layer marked as a switching point (VP9's U, VP8's Y:
-/// libwebrtc sets them on pictures that refer to TL0 only), or at once at a keyframe. In
-/// the structures browsers send (`L1T2`, `L1T3`, `L*T3_KEY`) such a picture comes within
-/// one group of pictures (four frames), so no keyframe is asked for.
+/// at a time, at a picture of the next layer marked as a switching point, or at once at a
+/// keyframe. A switching point (VP9's U, VP8's Y) is a picture that refers to no earlier
+/// one of its own layer or above: with the layers below it received, it decodes. Taking
+/// one layer per switching point keeps that true whatever the structure. In libwebrtc's
+/// (VP9 `L*T3`: four frames, U on the first TL2 and the TL1; VP8 `L1T3`: eight frames, Y
+/// on the first TL2 and TL1) two layers up take at most two such groups (under 0.6 s at
+/// 30 frames/s), so no keyframe is asked for.
 #[derive(Clone, Copy, Debug)]
 pub struct TemporalFilter {
     target: u8,
@@ -241,12 +244,13 @@ impl TemporalFilter {
 
 /// One subscriber's temporal layer of a single-spatial-layer stream (a VP8 stream, or one
 /// simulcast layer of it): a [`TemporalFilter`] fed with the stream's picture starts. Its
-/// caller asks only for packets of the source its forwarder follows now; a new source (a
-/// simulcast switch, which happens at a keyframe) starts over at the target.
+/// caller asks only for packets of the source its forwarder follows now; a new forwarder
+/// segment (a simulcast switch, a resume, a publisher's restart: each begins at a
+/// keyframe) starts over at the target.
 #[derive(Clone, Copy, Debug)]
 pub struct TemporalSelector {
     filter: TemporalFilter,
-    source: Option<u32>,
+    segment: Option<u64>,
     newest: Option<u16>,
 }
 
@@ -254,7 +258,7 @@ impl Default for TemporalSelector {
     fn default() -> Self {
         TemporalSelector {
             filter: TemporalFilter::new(u8::MAX),
-            source: None,
+            segment: None,
             newest: None,
         }
     }
@@ -273,20 +277,20 @@ impl TemporalSelector {
         self.filter.current()
     }
 
-    /// True if the packet `seq` of `source`, in temporal layer `temporal`, goes to the
-    /// subscriber. `start`: it is its frame's first packet; `switch_up`: that frame is a
-    /// switching point; `keyframe`: a keyframe.
+    /// True if the packet `seq` of forwarder segment `segment`, in temporal layer
+    /// `temporal`, goes to the subscriber. `start`: it is its frame's first packet;
+    /// `switch_up`: that frame is a switching point; `keyframe`: a keyframe.
     pub fn select(
         &mut self,
-        source: u32,
+        segment: u64,
         seq: u16,
         temporal: u8,
         switch_up: bool,
         start: bool,
         keyframe: bool,
     ) -> bool {
-        if self.source != Some(source) {
-            self.source = Some(source);
+        if self.segment != Some(segment) {
+            self.segment = Some(segment);
             self.newest = None;
             self.filter.restart();
         }
@@ -520,19 +524,19 @@ mod tests {
     }
 
     #[test]
-    fn temporal_selector_follows_one_source_and_restarts_on_another() {
+    fn temporal_selector_follows_one_segment_and_restarts_on_another() {
         let mut t = TemporalSelector::default();
         t.set_target(0);
         let mut seq = 65533u16;
-        let mut frame = |t: &mut TemporalSelector, source: u32, tid: u8, up: bool| {
+        let mut frame = |t: &mut TemporalSelector, segment: u64, tid: u8, up: bool| {
             // Two packets per frame; the second's verdict must match the first's.
-            let a = t.select(source, seq, tid, up, true, false);
-            let b = t.select(source, seq.wrapping_add(1), tid, up, false, false);
+            let a = t.select(segment, seq, tid, up, true, false);
+            let b = t.select(segment, seq.wrapping_add(1), tid, up, false, false);
             assert_eq!(a, b);
             seq = seq.wrapping_add(2);
             a
         };
-        // The first packets of a source: at the target at once (it starts at a keyframe).
+        // The first packets of a segment: at the target at once (it starts at a keyframe).
         let got: Vec<bool> = GOF
             .iter()
             .map(|(tid, up)| frame(&mut t, 1, *tid, *up))
@@ -553,7 +557,7 @@ mod tests {
         t.set_target(0);
         assert!(t.select(1, seq.wrapping_sub(10), 2, false, true, false));
         assert_eq!(t.current(), Some(2));
-        // Another source: starts over at the target.
+        // Another segment (here a restart with a lower sequence number): over at the target.
         assert!(!t.select(2, 7, 1, true, false, false));
         assert_eq!(t.current(), Some(0));
     }
