@@ -273,7 +273,7 @@ impl SendLeg {
             && let Some(layer) = vp9_layer(&pkt.payload)
         {
             if retransmission {
-                match svc.retransmission(pkt.seq, layer, pkt.marker) {
+                match svc.retransmission(pkt.seq, pkt.marker) {
                     Some(m) => marker = Some(m),
                     None => return Forwarded::Skipped,
                 }

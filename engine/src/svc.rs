@@ -73,6 +73,10 @@ pub struct SvcSelector {
     newest: Option<u16>,
     /// Bit `seq % MARKER_WINDOW`: that packet went out with a marker it did not carry.
     moved_markers: [u64; MARKER_WINDOW / 64],
+    /// Bit `seq % MARKER_WINDOW`: that packet went out (a retransmission is answered for
+    /// it whatever the layers are now: after a move down, the subscriber still completes
+    /// the pictures it got part of, or its decoder waits for them until a keyframe).
+    sent: [u64; MARKER_WINDOW / 64],
 }
 
 impl SvcSelector {
@@ -84,6 +88,7 @@ impl SvcSelector {
             temporal: TemporalFilter::new(u8::MAX),
             newest: None,
             moved_markers: [0; MARKER_WINDOW / 64],
+            sent: [0; MARKER_WINDOW / 64],
         }
     }
 
@@ -145,34 +150,35 @@ impl SvcSelector {
             self.temporal
                 .on_picture(layer.temporal, layer.switch_up, keyframe);
         }
-        if !self.temporal.passes(layer.temporal) {
-            return SvcVerdict::Drop;
-        }
+        let (word, bit) = marker_bit(seq);
         match self.current {
-            Some(c) if layer.spatial <= c => {
+            Some(c) if layer.spatial <= c && self.temporal.passes(layer.temporal) => {
                 let moved = !marker && layer.spatial == c && layer.end;
-                let (word, bit) = marker_bit(seq);
                 if moved {
                     self.moved_markers[word] |= bit;
                 } else {
                     self.moved_markers[word] &= !bit;
                 }
+                self.sent[word] |= bit;
                 SvcVerdict::Forward {
                     marker: marker || moved,
                 }
             }
-            _ => SvcVerdict::Drop,
+            _ => {
+                self.sent[word] &= !bit;
+                SvcVerdict::Drop
+            }
         }
     }
 
-    /// For a retransmission of the packet `seq` of `layer` (`marker` as the publisher sent
-    /// it): the marker bit it went out with, or None if its layer is above the subscriber's
-    /// now.
-    pub fn retransmission(&self, seq: u16, layer: Vp9Layer, marker: bool) -> Option<bool> {
-        if self.current.is_none_or(|c| layer.spatial > c) || !self.temporal.passes(layer.temporal) {
+    /// For a retransmission of the packet `seq` (`marker` as the publisher sent it): the
+    /// marker bit it went out with, or None if it did not go out (left out, or too long ago
+    /// to tell).
+    pub fn retransmission(&self, seq: u16, marker: bool) -> Option<bool> {
+        let (word, bit) = marker_bit(seq);
+        if self.sent[word] & bit == 0 {
             return None;
         }
-        let (word, bit) = marker_bit(seq);
         Some(marker || self.moved_markers[word] & bit != 0)
     }
 }
@@ -382,15 +388,18 @@ mod tests {
         assert_eq!(picture(&mut s, false), vec![F, M, D, D, D, D]);
         assert_eq!(picture(&mut s, true), vec![F, F, F, F, F, M]);
         assert!(!s.needs_keyframe());
-        assert_eq!(
-            s.retransmission(1, layer(2, false, false), false),
-            Some(false)
-        );
+        // The top layer's first packet of that picture went out...
+        let top = next(&s).wrapping_sub(2);
+        assert_eq!(s.retransmission(top, false), Some(false));
         s.set_target(1);
         picture(&mut s, false);
-        assert_eq!(s.retransmission(1, layer(2, false, false), false), None);
+        // ...so after the move down it is still resent (the subscriber completes the
+        // picture it got part of); the one left out since is not.
+        assert_eq!(s.retransmission(top, false), Some(false));
+        let left_out = next(&s).wrapping_sub(2);
+        assert_eq!(s.retransmission(left_out, false), None);
         assert_eq!(
-            s.retransmission(1, layer(1, false, false), false),
+            s.retransmission(left_out.wrapping_sub(2), false),
             Some(false)
         );
     }
@@ -401,7 +410,7 @@ mod tests {
         assert_eq!(sel(&mut s, layer(0, false, true), false, false), D);
         assert_eq!(sel(&mut s, layer(1, true, true), false, false), D);
         assert!(!s.needs_keyframe());
-        assert_eq!(s.retransmission(1, layer(0, true, true), false), None);
+        assert_eq!(s.retransmission(next(&s).wrapping_sub(1), false), None);
         assert_eq!(sel(&mut s, layer(0, true, false), false, false), F);
         assert_eq!(s.current(), Some(2));
     }
@@ -418,15 +427,9 @@ mod tests {
         let l1_end = first.wrapping_add(3);
         s.set_target(2);
         picture(&mut s, true);
-        assert_eq!(
-            s.retransmission(l1_end, layer(1, false, true), false),
-            Some(true)
-        );
+        assert_eq!(s.retransmission(l1_end, false), Some(true));
         let l1_start = l1_end.wrapping_sub(1);
-        assert_eq!(
-            s.retransmission(l1_start, layer(1, true, false), false),
-            Some(false)
-        );
+        assert_eq!(s.retransmission(l1_start, false), Some(false));
     }
 
     /// A late first packet of an older picture (recovered upstream) switches nothing.
@@ -492,12 +495,10 @@ mod tests {
         // Down: at the next picture.
         s.set_temporal_target(1);
         assert_eq!(group(&mut s), [true, false, true, false]);
-        // A retransmission above the layer is not sent.
-        let mut t2 = layer(0, true, true);
-        t2.temporal = 2;
-        assert_eq!(s.retransmission(1, t2, false), None);
-        t2.temporal = 1;
-        assert_eq!(s.retransmission(1, t2, false), Some(false));
+        // A picture left out is not resent; one that went out is.
+        let tl2 = next(&s).wrapping_sub(2);
+        assert_eq!(s.retransmission(tl2, false), None);
+        assert_eq!(s.retransmission(tl2.wrapping_sub(2), true), Some(true));
         // Up at a keyframe: at once.
         s.set_temporal_target(0);
         group(&mut s);
