@@ -99,8 +99,9 @@ async function measure(far, page, pcExpr) {
   });
   let settled = windowed.length;
   for (let i = windowed.length - 1; i >= 0 && windowed[i] <= lossBound; i--) settled = i;
+  // Never settled (the last seconds lost more than the bound): the whole hold is measured.
   const after = samples.filter((x) => x.t >= settled * 1000);
-  const first = after[0] || samples.at(-1);
+  const first = after[0] || samples[0];
   const last = samples.at(-1);
   const secs = Math.max(0.001, (last.t - first.t) / 1000);
   let gap = 0;
