@@ -21,11 +21,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use hearth_engine::codec::{VP8_DESCRIPTOR_MAX, Vp8Munger, vp8_temporal, vp9_layer};
+use hearth_engine::codec::{VP8_DESCRIPTOR_MAX, vp9_layer};
 use hearth_engine::forwarder::{Drop as ForwardDrop, ForwardedHeader, Forwarder};
 use hearth_engine::media::MediaPacket;
 use hearth_engine::stats::SendStats;
-use hearth_engine::svc::{SvcSelector, SvcVerdict, TemporalSelector};
+use hearth_engine::svc::{SvcSelector, SvcVerdict, Vp8Stream};
 use hearth_engine::transport::bwe::SendHistory;
 use hearth_engine::transport::{RtpSealer, SealFields};
 
@@ -70,11 +70,10 @@ pub struct LegState {
     /// the publisher, read by the subscriber's bandwidth allocation.
     pub layers: Vec<(u8, u32)>,
     /// VP8: the payload descriptors' picture ids and TL0PICIDX rewritten to run on across
-    /// source switches (simulcast layer changes, restarts).
-    pub vp8: Option<Vp8Munger>,
-    /// VP8: the temporal layers this subscriber gets of the source it follows (set by the
-    /// publisher; packets without a temporal index all pass).
-    pub temporal: Option<TemporalSelector>,
+    /// source switches (simulcast layer changes, restarts) and pictures left out, and the
+    /// temporal layers this subscriber gets (set by the publisher; packets without a
+    /// temporal index all pass).
+    pub vp8: Option<Vp8Stream>,
     /// VP9: the spatial layers this subscriber gets of a scalable stream (set by the
     /// publisher; packets without layer indices all pass).
     pub svc: Option<SvcSelector>,
@@ -142,18 +141,17 @@ impl SendLeg {
                 twcc: None,
                 layers: Vec::new(),
                 vp8: None,
-                temporal: None,
                 svc: None,
             }),
             usage: None,
         }
     }
 
-    /// A VP8 stream: its descriptors are rewritten (see [`Vp8Munger`]).
+    /// A VP8 stream: its descriptors are rewritten and its temporal layers chosen (see
+    /// [`Vp8Stream`]).
     pub fn with_vp8_munging(self) -> Self {
         if let Ok(mut st) = self.state.lock() {
-            st.vp8 = Some(Vp8Munger::default());
-            st.temporal = Some(TemporalSelector::default());
+            st.vp8 = Some(Vp8Stream::default());
         }
         self
     }
@@ -293,24 +291,11 @@ impl SendLeg {
             }
         }
         // VP8 temporal layers: pictures above the subscriber's are left out whole, and
-        // numbered past (sequence numbers and picture ids). Only packets of the source the
-        // forwarder follows: another layer's reach it to switch at their keyframe.
+        // numbered past (sequence numbers and picture ids).
         if !retransmission
-            && let (Some(temporal), Some(munger)) = (st.temporal.as_mut(), st.vp8.as_mut())
-            && st.forwarder.current_source() == Some(pkt.ssrc)
-            && let Some(t) = vp8_temporal(&pkt.payload)
-            && !temporal.select(
-                st.forwarder.segments(),
-                pkt.seq,
-                t.temporal,
-                t.sync,
-                t.start,
-                pkt.keyframe,
-            )
+            && let Some(vp8) = st.vp8.as_mut()
+            && vp8.leave_out(&mut st.forwarder, pkt)
         {
-            if st.forwarder.skip(pkt) {
-                munger.dropped(st.forwarder.segments(), &pkt.payload);
-            }
             return Forwarded::Skipped;
         }
         let mut header: ForwardedHeader = if retransmission {

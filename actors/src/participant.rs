@@ -1759,8 +1759,8 @@ impl ParticipantState {
                         })
                         .collect();
                     leg.layers = layer_ladder(&offered, false);
-                    if let Some(t) = leg.temporal.as_mut() {
-                        t.set_target(temporal);
+                    if let Some(vp8) = leg.vp8.as_mut() {
+                        vp8.set_temporal_target(temporal);
                     }
                 }
                 tracing::trace!(participant = %self.id, subscriber = %choice.leg.subscriber, ?layers, max_height = choice.max_height, target, temporal, current = ?choice.current, "simulcast layer");

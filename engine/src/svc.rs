@@ -23,7 +23,9 @@
 //! above the subscriber's are left out whole, every spatial layer of them (see
 //! [`TemporalFilter`], which VP8 streams use too).
 
-use crate::codec::Vp9Layer;
+use crate::codec::{VP8_DESCRIPTOR_MAX, Vp8Munger, Vp9Layer, vp8_temporal};
+use crate::forwarder::Forwarder;
+use crate::media::MediaPacket;
 use crate::seq::seq_diff;
 
 /// How many recent sequence numbers remember whether their marker bit was moved onto them.
@@ -311,6 +313,65 @@ impl TemporalSelector {
     }
 }
 
+/// One subscriber's copy of a VP8 stream: its temporal layers ([`TemporalSelector`]) and
+/// its payload descriptors rewritten ([`Vp8Munger`]), beside the subscriber's
+/// [`Forwarder`] (which numbers the packets and follows simulcast switches).
+#[derive(Clone, Debug, Default)]
+pub struct Vp8Stream {
+    munger: Vp8Munger,
+    temporal: TemporalSelector,
+}
+
+impl Vp8Stream {
+    /// The highest temporal layer the subscriber should get (see [`TemporalFilter`]).
+    pub fn set_temporal_target(&mut self, temporal: u8) {
+        self.temporal.set_target(temporal);
+    }
+
+    pub fn temporal_target(&self) -> u8 {
+        self.temporal.target()
+    }
+
+    /// True if `pkt` (a first send, not a retransmission) is left out of the subscriber's
+    /// stream: its picture is above the subscriber's temporal layer. It is then numbered
+    /// past in `forwarder` (sequence numbers) and here (picture ids), so the subscriber sees
+    /// no gap. Only packets of the source `forwarder` follows are judged: another layer's
+    /// reach the forwarder to switch at their keyframe (every keyframe is TL0).
+    pub fn leave_out(&mut self, forwarder: &mut Forwarder, pkt: &MediaPacket) -> bool {
+        if forwarder.current_source() != Some(pkt.ssrc) {
+            return false;
+        }
+        let Some(t) = vp8_temporal(&pkt.payload) else {
+            return false;
+        };
+        let segment = forwarder.segments();
+        if self
+            .temporal
+            .select(segment, pkt.seq, t.temporal, t.sync, t.start, pkt.keyframe)
+        {
+            return false;
+        }
+        // A packet that cannot be hidden (a newer one already went out) leaves a hole the
+        // subscriber asks for again; its picture id is left as it is.
+        if forwarder.skip(pkt) {
+            self.munger.dropped(segment, &pkt.payload);
+        }
+        true
+    }
+
+    /// The rewritten descriptor of a packet going out in forwarder segment `segment` (see
+    /// [`Vp8Munger::munge`]).
+    pub fn munge(
+        &mut self,
+        segment: u64,
+        retransmission: bool,
+        payload: &[u8],
+        out: &mut [u8; VP8_DESCRIPTOR_MAX],
+    ) -> usize {
+        self.munger.munge(segment, retransmission, payload, out)
+    }
+}
+
 fn marker_bit(seq: u16) -> (usize, u64) {
     let i = usize::from(seq) % MARKER_WINDOW;
     (i / 64, 1 << (i % 64))
@@ -561,5 +622,123 @@ mod tests {
         // Another segment (here a restart with a lower sequence number): over at the target.
         assert!(!t.select(2, 7, 1, true, false, false));
         assert_eq!(t.current(), Some(0));
+    }
+
+    /// A VP8 `L1T3` stream as libwebrtc sends it (eight frames: TL0, TL2 (Y), TL1 (Y), TL2,
+    /// TL0, TL2, TL1, TL2), two packets a frame, a keyframe first.
+    fn vp8_frames(count: u16) -> Vec<MediaPacket> {
+        const PATTERN: [(u8, bool); 8] = [
+            (0, false),
+            (2, true),
+            (1, true),
+            (2, false),
+            (0, false),
+            (2, false),
+            (1, false),
+            (2, false),
+        ];
+        let mut out = Vec::new();
+        let mut seq = 65000u16;
+        let mut tl0 = 0u8;
+        for f in 0..count {
+            let (tid, sync) = PATTERN[usize::from(f % 8)];
+            if tid == 0 && f > 0 {
+                tl0 = tl0.wrapping_add(1);
+            }
+            let pid = 30000 + f;
+            for part in 0..2u8 {
+                let mut payload = vec![
+                    if part == 0 { 0x90 } else { 0x80 },
+                    0xe0,
+                    0x80 | (pid >> 8) as u8,
+                    pid as u8,
+                    tl0,
+                    tid << 6 | if sync { 0x20 } else { 0 },
+                ];
+                // VP8 payload header: a keyframe's first packet (P = 0) with its start code.
+                if f == 0 && part == 0 {
+                    payload.extend_from_slice(&[
+                        0x00, 0x00, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01,
+                    ]);
+                } else {
+                    payload.extend_from_slice(&[0x01, 0xaa]);
+                }
+                out.push(MediaPacket {
+                    ssrc: crate::media::Ssrc(7),
+                    seq,
+                    timestamp: u32::from(f) * 3000,
+                    marker: part == 1,
+                    payload_type: 96,
+                    payload: bytes::Bytes::from(payload),
+                    arrival: std::time::Instant::now(),
+                    keyframe: f == 0,
+                    audio_level: None,
+                });
+                seq = seq.wrapping_add(1);
+            }
+        }
+        out
+    }
+
+    /// What a subscriber receives of `packets` through a forwarder and a [`Vp8Stream`]:
+    /// (sequence number, picture id, TL0PICIDX, TID) of each packet sent.
+    fn receive(
+        stream: &mut Vp8Stream,
+        fwd: &mut Forwarder,
+        packets: &[MediaPacket],
+    ) -> Vec<(u16, u16, u8, u8)> {
+        let mut got = Vec::new();
+        for p in packets {
+            if stream.leave_out(fwd, p) {
+                continue;
+            }
+            let Ok(h) = fwd.forward(p) else { continue };
+            let mut out = [0u8; VP8_DESCRIPTOR_MAX];
+            let n = stream.munge(fwd.segments(), false, &p.payload, &mut out);
+            assert_eq!(n, 6);
+            let pid = (u16::from(out[2] & 0x7f) << 8) | u16::from(out[3]);
+            got.push((h.seq, pid, out[4], out[5] >> 6));
+        }
+        got
+    }
+
+    #[test]
+    fn a_vp8_stream_thinned_to_tl0_runs_on_without_gaps_and_climbs_back() {
+        let packets = vp8_frames(48);
+        let mut fwd = Forwarder::new(
+            crate::media::Ssrc(1),
+            crate::media::MediaKind::Video,
+            90_000,
+        );
+        let mut stream = Vp8Stream::default();
+        stream.set_temporal_target(0);
+        let got = receive(&mut stream, &mut fwd, &packets[..64]);
+        // TL0 only: frames 0, 4, ..., 28 (two packets each), numbered without gaps.
+        assert_eq!(got.len(), 16);
+        assert!(got.iter().all(|g| g.3 == 0));
+        for w in got.windows(2) {
+            assert_eq!(w[1].0, w[0].0.wrapping_add(1), "sequence numbers run on");
+        }
+        let pids: Vec<u16> = got.iter().step_by(2).map(|g| g.1).collect();
+        assert_eq!(
+            pids,
+            (30000..30008).collect::<Vec<u16>>(),
+            "picture ids run on"
+        );
+        let tl0s: Vec<u8> = got.iter().step_by(2).map(|g| g.2).collect();
+        assert_eq!(tl0s, (0..8).collect::<Vec<u8>>());
+        // Back to every layer: TL1 from its sync frame (34), TL2 from the next TL2 sync
+        // frame (41); the picture ids still run on.
+        stream.set_temporal_target(u8::MAX);
+        let got = receive(&mut stream, &mut fwd, &packets[64..]);
+        let tids: Vec<u8> = got.iter().step_by(2).map(|g| g.3).collect();
+        assert_eq!(tids, [0, 1, 0, 1, 0, 2, 1, 2, 0, 2, 1, 2]);
+        let pids: Vec<u16> = got.iter().step_by(2).map(|g| g.1).collect();
+        assert_eq!(pids, (30008..30020).collect::<Vec<u16>>());
+        let first = got[0].0;
+        for (i, g) in got.iter().enumerate() {
+            assert_eq!(g.0, first.wrapping_add(i as u16), "sequence numbers run on");
+        }
+        assert_eq!(stream.temporal_target(), u8::MAX);
     }
 }
