@@ -17,7 +17,7 @@
 //! Limits (each refused with a clear error, nothing applied): SDP size, sections per
 //! description, sections the client may add per offer, payload types per section.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Cursor;
 
 use rtc_sdp::SessionDescription;
@@ -240,6 +240,10 @@ pub struct Negotiator {
     pending: Option<Vec<Section>>,
     signaling: Signaling,
     senders: HashMap<usize, Sender>,
+    /// Senders whose section the client's answer rejected (port 0, or no codec in
+    /// common): not offered again, since the same offer would be refused the same way, in
+    /// an endless exchange of offers and answers.
+    refused: HashSet<usize>,
     next_sender: usize,
     next_mid: u32,
     /// Payload types in use on this transport: (codec key, pt). Under BUNDLE one payload type
@@ -269,6 +273,7 @@ impl Negotiator {
             pending: None,
             signaling: Signaling::Stable,
             senders: HashMap::new(),
+            refused: HashSet::new(),
             next_sender: 0,
             next_mid: 0,
             pts: Vec::new(),
@@ -412,8 +417,13 @@ impl Negotiator {
                     .sections
                     .iter()
                     .any(|sec| sec.sender == Some(*key) && !sec.rejected);
-                s.removed == placed
+                s.removed == placed && (placed || !self.refused.contains(key))
             })
+    }
+
+    /// True if the client refused sender `key`'s section (it is not offered again).
+    pub fn is_refused(&self, key: usize) -> bool {
+        self.refused.contains(&key)
     }
 
     /// Applies the client's offer and returns our answer.
@@ -666,7 +676,9 @@ impl Negotiator {
             .senders
             .iter()
             .filter(|(k, snd)| {
-                !snd.removed && !next.iter().any(|s| s.sender == Some(**k) && !s.rejected)
+                !snd.removed
+                    && !self.refused.contains(k)
+                    && !next.iter().any(|s| s.sender == Some(**k) && !s.rejected)
             })
             .map(|(k, _)| *k)
             .collect();
@@ -865,6 +877,9 @@ impl Negotiator {
                 if s.remote_sends {
                     stopped.push(s.mid.clone());
                 }
+                if let Some(key) = s.sender.filter(|_| s.local) {
+                    self.refused.insert(key);
+                }
                 s.rejected = true;
                 s.remote_sends = false;
                 s.local_sends = false;
@@ -895,14 +910,18 @@ impl Negotiator {
                 s.extmap
                     .retain(|(id, uri)| answered.extmap.iter().any(|(a, u)| a == id && u == uri));
                 s.local_sends = answered.direction.remote_receives() && !s.codecs.is_empty();
+                if s.codecs.is_empty()
+                    && let Some(key) = s.sender
+                {
+                    // No codec in common: the sender is not offered again.
+                    self.refused.insert(key);
+                }
                 if s.codecs.is_empty() && Some(i) == tag {
-                    // The tag: kept, inactive, with what we offered; a live sender of it is
-                    // placed again by the next offer.
+                    // The tag: kept, inactive, with what we offered.
                     s.codecs = offered_codecs;
                     s.sender = None;
                 } else if s.codecs.is_empty() {
-                    // No codec in common: the slot is rejected; a live sender is placed again
-                    // by the next offer.
+                    // No codec in common: the slot is rejected.
                     s.rejected = true;
                 }
             } else {
@@ -933,6 +952,8 @@ impl Negotiator {
                     .iter()
                     .any(|s| s.sender == Some(*key) && !s.rejected)
         });
+        let senders = &self.senders;
+        self.refused.retain(|key| senders.contains_key(key));
         self.sync_sender_pts();
         self.offer_due = self.compute_needs_offer();
         Ok(Applied { remote, stopped })

@@ -756,11 +756,15 @@ a=rtcp-mux\r\na=recvonly\r\na=rtpmap:0 PCMU/8000\r\n";
     let tag = &n.sections()[0];
     assert!(!tag.rejected, "the tag stays in the group");
     assert!(tag.sender.is_none() && !tag.local_sends && !tag.codecs.is_empty());
-    // The sender is placed again, in a new section after the tag.
-    assert!(n.needs_offer());
+    // The sender is not offered again (the client would refuse it again); a new one goes
+    // in a new section after the tag.
+    assert!(n.is_refused(key));
+    assert!(!n.needs_offer());
+    n.add_sender(opus_sender(6));
     let offer = n.create_offer().unwrap();
     assert!(offer.contains("a=group:BUNDLE h0 h1"), "{offer}");
     assert!(n.sender(key).is_some());
+    assert!(!offer.contains("a=ssrc:5 "), "{offer}");
 }
 
 /// VP9 and AV1 are accepted from publishers; VP9 profile 2 (10-bit) is not profile 0, and
@@ -789,4 +793,68 @@ a=rtpmap:35 AV1/90000\r\na=fmtp:35 profile=1\r\na=ssrc:10 cname:x\r\n"
     };
     assert!(same_codec(&vp9(""), &vp9("profile-id=0")));
     assert!(!same_codec(&vp9("profile-id=0"), &vp9("profile-id=2")));
+}
+
+/// A client that cannot receive what a sender sends (its answer rejects the section, with
+/// port 0 or with no codec in common) is not offered that sender again: the same offer
+/// would be refused the same way, in an endless exchange. Other senders still are.
+#[test]
+fn a_sender_the_client_refused_is_not_offered_again() {
+    for by_codecs in [false, true] {
+        let mut n = negotiator();
+        n.add_sender(opus_sender(1));
+        let video = n.add_sender(vp8_sender(2));
+        let offer = n.create_offer().unwrap();
+        let mut answer = SESSION.replace("a=ice-ufrag", "a=setup:active\r\na=ice-ufrag");
+        for block in offer.split("m=").skip(1) {
+            let mid = block
+                .lines()
+                .find_map(|l| l.strip_prefix("a=mid:"))
+                .unwrap()
+                .trim();
+            if block.starts_with("video") {
+                answer.push_str(&if by_codecs {
+                    // Accepted, but only a codec we did not offer.
+                    format!(
+                        "m=video 9 UDP/TLS/RTP/SAVPF 127\r\nc=IN IP4 0.0.0.0\r\na=mid:{mid}\r\n\
+a=rtcp-mux\r\na=recvonly\r\na=rtpmap:127 H265/90000\r\n"
+                    )
+                } else {
+                    format!(
+                        "m=video 0 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:{mid}\r\n\
+a=inactive\r\n"
+                    )
+                });
+            } else {
+                answer.push_str(&format!(
+                    "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:{mid}\r\n\
+a=rtcp-mux\r\na=recvonly\r\na=rtpmap:111 opus/48000/2\r\n"
+                ));
+            }
+        }
+        n.apply_answer(&answer).unwrap();
+        assert!(n.is_refused(video), "by codecs: {by_codecs}");
+        assert!(
+            !n.needs_offer(),
+            "by codecs: {by_codecs}: no offer for the refused sender"
+        );
+        // A new audio sender is offered, the refused video is not.
+        n.add_sender(opus_sender(3));
+        assert!(n.needs_offer());
+        let offer = n.create_offer().unwrap();
+        assert_eq!(
+            offer.matches("a=sendonly").count(),
+            2,
+            "by codecs: {by_codecs}: {offer}"
+        );
+        assert!(
+            !offer.contains("a=ssrc:2 "),
+            "by codecs: {by_codecs}: {offer}"
+        );
+        // Removed, it is forgotten.
+        n.remove_sender(video);
+        n.apply_answer(&answer_audio_offer(&offer)).unwrap();
+        assert!(!n.is_refused(video));
+        assert!(!n.needs_offer());
+    }
 }
