@@ -378,7 +378,7 @@ impl RateWindow {
 /// Tells the publisher of `sub` what its layer choice for us depends on (tile height,
 /// bandwidth cap, whether anything is forwarded at all), if that changed.
 fn tell_layer_preference(sub: &mut Subscription, me: &ParticipantId, height: u32, cap: Option<u8>) {
-    let idle = sub.hidden || sub.bw_paused;
+    let idle = sub.hidden || sub.bw_paused || sub.refused;
     if (height, cap, idle) == (sub.told_height, sub.told_cap, sub.told_idle) {
         return;
     }
@@ -498,6 +498,9 @@ struct Subscription {
     /// The publisher muted the track; the client hides its tile (both pause the forwarder).
     remote_muted: bool,
     hidden: bool,
+    /// Our client refused the track (no codec in common): nothing goes to it, and it is
+    /// not offered again (see `hearth_engine::transport::sdp`).
+    refused: bool,
     /// The tile height the publisher was last told (simulcast layer choice).
     told_height: u32,
     /// The layer cap the publisher was last told (bandwidth allocation).
@@ -901,7 +904,7 @@ impl Actor for ParticipantActor {
                     if sub.track == track {
                         sub.remote_muted = muted;
                         if let Some(mut leg) = sub.leg.lock() {
-                            if muted || sub.hidden || sub.bw_paused {
+                            if muted || sub.hidden || sub.bw_paused || sub.refused {
                                 leg.forwarder.pause();
                             } else {
                                 leg.forwarder.resume();
@@ -1273,10 +1276,23 @@ impl ParticipantState {
     }
 
     /// Subscriptions whose sender the last exchange agreed start forwarding (from a
-    /// keyframe).
+    /// keyframe); those our client refused stop for good.
     fn subscriptions_negotiated(&mut self) {
         for sub in self.subscriptions.values_mut() {
             let Some(sender) = sub.sender else { continue };
+            if !sub.refused && self.peer.is_refused(sender) {
+                sub.refused = true;
+                sub.leg_ready = false;
+                // Paused for good (its sealer stays: a new one for the same SSRC would
+                // restart the SRTP sequence).
+                if let Some(mut leg) = sub.leg.lock() {
+                    leg.forwarder.pause();
+                }
+                tracing::info!(participant = %self.id, track = %sub.track,
+                    "the client refused the track (no codec in common): not sent");
+                let (height, cap) = (sub.told_height, sub.told_cap);
+                tell_layer_preference(sub, &self.id, height, cap);
+            }
             // Client-offers-only: a sender no client section took yet waits for the next
             // offer.
             if sub.negotiated
@@ -1460,7 +1476,7 @@ impl ParticipantState {
         if hidden != sub.hidden {
             sub.hidden = hidden;
             if let Some(mut leg) = sub.leg.lock() {
-                if hidden || sub.remote_muted || sub.bw_paused {
+                if hidden || sub.remote_muted || sub.bw_paused || sub.refused {
                     leg.forwarder.pause();
                 } else {
                     leg.forwarder.resume();
@@ -2388,7 +2404,7 @@ impl ParticipantState {
                 sub.rate.start = Some(now);
             }
             sub.sent_seen = bytes;
-            if sub.hidden || sub.remote_muted {
+            if sub.hidden || sub.remote_muted || sub.refused {
                 // Not allocated now: a pause wanted before does not carry over.
                 sub.pause_wanted_since = None;
                 continue;
@@ -2467,7 +2483,7 @@ impl ParticipantState {
                 if let Some(mut leg) = sub.leg.lock() {
                     if pause {
                         leg.forwarder.pause();
-                    } else if !sub.hidden && !sub.remote_muted {
+                    } else if !sub.hidden && !sub.remote_muted && !sub.refused {
                         leg.forwarder.resume();
                     }
                 }
@@ -2699,6 +2715,7 @@ impl ParticipantState {
                                     told_height: u32::MAX,
                                     told_cap: None,
                                     told_idle: false,
+                                    refused: false,
                                     pause_wanted_since: None,
                                     publisher: track.publisher.clone(),
                                     audio: track.info.kind == MediaKind::Audio,

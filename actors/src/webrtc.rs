@@ -200,6 +200,11 @@ impl WebRtcPeer {
         self.peer.sender_payload_type(key)
     }
 
+    /// True if the client refused a sender (it is not offered again).
+    pub fn is_refused(&self, key: SenderKey) -> bool {
+        self.peer.is_refused(key)
+    }
+
     /// The sealer of a sender's stream, for its send leg (see `crate::leg`).
     pub fn take_sealer(&mut self, key: SenderKey) -> Option<RtpSealer> {
         self.peer.take_sealer(key)

@@ -28,8 +28,10 @@ use crate::forwarder::Forwarder;
 use crate::media::MediaPacket;
 use crate::seq::seq_diff;
 
-/// How many recent sequence numbers remember whether their marker bit was moved onto them.
-const MARKER_WINDOW: usize = 512;
+/// How many recent sequence numbers remember whether they went out and whether their
+/// marker bit was moved onto them: twice the publisher's retransmission cache (1,024
+/// packets), so a NACK the cache can still answer never reads a slot a newer packet wrote.
+const MARKER_WINDOW: usize = 2048;
 
 /// Temporal layers told apart in layer choices: TIDs from this one up count as one.
 pub const SVC_TEMPORAL_LAYERS: u8 = 4;

@@ -100,7 +100,7 @@ fn svc(packets: &[MediaPacket], target: u8) -> (f64, f64) {
 }
 
 /// A VP8 `L1T3` stream: libwebrtc's pattern (TL0, TL2 with Y, TL1 with Y, TL2, TL0, TL2,
-/// TL1, TL2), three packets a frame, a keyframe every 90 frames.
+/// TL1, TL2), three packets a frame, a keyframe every 88 frames.
 fn vp8_stream(n: usize) -> Vec<MediaPacket> {
     const PATTERN: [(u8, bool); 8] = [
         (0, false),
@@ -117,7 +117,8 @@ fn vp8_stream(n: usize) -> Vec<MediaPacket> {
     let (mut seq, mut frame, mut tl0) = (0u16, 0u32, 0u8);
     while out.len() < n {
         let (tid, sync) = PATTERN[frame as usize % 8];
-        let keyframe = frame.is_multiple_of(90);
+        // Every 88 frames (a TL0 frame, as libwebrtc's keyframes are).
+        let keyframe = frame.is_multiple_of(88);
         if tid == 0 && frame > 0 {
             tl0 = tl0.wrapping_add(1);
         }

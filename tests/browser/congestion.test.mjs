@@ -196,6 +196,8 @@ try {
   assert.ok(narrowFps >= 4, `carol keeps decoding on the narrow link (${narrowFps.toFixed(1)} fps)`);
   assert.ok(narrowKbps <= 150 * 1.05, `what carol gets fits the narrow link (${narrowKbps} kbit/s)`);
   far.unshape();
+  await until('carol is back on the full layer after the narrow link', async () =>
+    (await camera(carol)).frameWidth >= 640, 20000, 200);
 
   // Shaped again, and Alice shares her screen (a slide deck: a new slide every 5 s, a
   // clock ticking on it 5 times a second): the share plays whole at Carol, her camera
