@@ -4,7 +4,10 @@
 //   2. renegotiation churn: 20 Chromium participants join and leave one after another while
 //      the two stay; both keep decoding and their SDP stays bounded (m-lines are recycled);
 //   3. a closed peer connection (DTLS close_notify, no signaling leave) is gone within 1 s,
-//      and so is a closed tab.
+//      and so is a closed tab;
+//   4. a track Firefox cannot decode (H.264: Debian's Firefox has no OpenH264 here) is
+//      refused: the negotiation settles, the server stops that track for it, and the rest
+//      of the meeting (and later participants) plays.
 //
 // Firefox gathers no ICE candidates in a namespace that has only loopback, so
 // tests/browser/run.sh gives firefox*.test.mjs a veth pair with a default route inside the
@@ -51,13 +54,13 @@ function log(...args) {
   console.log(`[${new Date().toISOString().slice(11, 23)}]`, ...args);
 }
 
-async function openFirefox(name) {
+async function openFirefox(name, meeting = MEETING) {
   const page = await firefox.newPage();
   page.on('console', (m) => {
     if (m.type() === 'error' || m.type() === 'warn') logs.push(`[${name}] ${m.type()}: ${m.text()}`);
   });
   page.on('pageerror', (e) => logs.push(`[${name}] pageerror: ${e.message}`));
-  await page.goto(`${server.base}/?meeting=${MEETING}&name=${name}&autojoin=1`);
+  await page.goto(`${server.base}/?meeting=${meeting}&name=${name}&autojoin=1`);
   return { name, page, stats: () => page.evaluate(() => window.hearth.stats()) };
 }
 
@@ -139,6 +142,44 @@ try {
   const tabGone = Date.now() - t1;
   log(`a closed tab is gone for the others in ${tabGone} ms`);
   assert.ok(tabGone <= 1000, `a closed tab is gone within 1 s (took ${tabGone} ms)`);
+
+  // A track Firefox cannot decode (this Firefox has no H.264): its answer has no codec of
+  // the sender's, and the server stops the track for it (not allocated, not kept running
+  // at the publisher, not offered again); the rest of the meeting plays both ways.
+  const H264_MEETING = 'e2e-firefox-h264';
+  const fox2 = await openFirefox('firefox2', H264_MEETING);
+  foxRef = fox2;
+  const h264 = await openParticipant(chromium.browser, server.base, H264_MEETING, 'h264', logs, '&codec=h264&simulcast=0');
+  const h264Id = await until('h264 joined', async () => (await h264.stats()).participantId);
+  const fox2Id = await until('firefox2 joined', async () => (await fox2.stats()).participantId);
+  await until('firefox2 receives the H.264 publisher\'s audio', async () =>
+    counter(await fox2.stats(), h264Id, 'audio', 'packetsReceived') > 50, 30000);
+  await until('the H.264 publisher decodes firefox2\'s video', async () =>
+    counter(await h264.stats(), fox2Id, 'video', 'framesDecoded') > 20, 30000);
+  // The server's offers carry a rising session version (o= line): it stops rising.
+  const version = () => fox2.page.evaluate(() =>
+    ((window.hearth.peerConnection() || {}).remoteDescription || {}).sdp?.match(/^o=\S+ \S+ (\d+)/m)?.[1] || '');
+  let lastVersion = await version();
+  let since = Date.now();
+  await until('firefox2\'s negotiation settles (no offer for 3 s)', async () => {
+    const v = await version();
+    if (v !== lastVersion) {
+      lastVersion = v;
+      since = Date.now();
+    }
+    return Date.now() - since >= 3000;
+  }, 20000, 100);
+  assert.equal(counter(await fox2.stats(), h264Id, 'video', 'framesDecoded'), 0, 'the refused video is not decoded');
+  // The server saw the refusal (Firefox accepts the section with VP8, which the server
+  // offers beside the sender's H.264; nothing can be sent on it) and stopped the track.
+  await until('the server notes the refused track', async () =>
+    server.output.join('').includes('the client refused the track'), 10000);
+  // Someone else joins: firefox2 still negotiates and decodes new tracks.
+  const third = await openParticipant(chromium.browser, server.base, H264_MEETING, 'third', logs);
+  const thirdId = await until('third joined', async () => (await third.stats()).participantId);
+  await until('firefox2 decodes the third participant', async () =>
+    counter(await fox2.stats(), thirdId, 'video', 'framesDecoded') > 0, 30000);
+  log(`a track firefox cannot decode (H.264) was refused; negotiation settled (session version ${lastVersion}); later tracks play`);
   log('PASS firefox.test.mjs');
 } catch (e) {
   failed = true;

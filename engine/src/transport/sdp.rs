@@ -952,9 +952,23 @@ impl Negotiator {
                     .iter()
                     .any(|s| s.sender == Some(*key) && !s.rejected)
         });
+        self.sync_sender_pts();
+        // A section the client receives on, with codecs, but not the sender's (our offers
+        // list every codec of the kind, the sender's first): refused as well. The section
+        // stays, holding nothing, until the sender is removed.
+        for (key, snd) in &self.senders {
+            if !snd.removed
+                && snd.pt.is_none()
+                && self
+                    .sections
+                    .iter()
+                    .any(|s| s.sender == Some(*key) && !s.rejected && s.local_sends)
+            {
+                self.refused.insert(*key);
+            }
+        }
         let senders = &self.senders;
         self.refused.retain(|key| senders.contains_key(key));
-        self.sync_sender_pts();
         self.offer_due = self.compute_needs_offer();
         Ok(Applied { remote, stopped })
     }

@@ -858,3 +858,39 @@ a=rtcp-mux\r\na=recvonly\r\na=rtpmap:111 opus/48000/2\r\n"
         assert!(!n.needs_offer());
     }
 }
+
+/// Our offers list every codec of the kind, the sender's first: a client that cannot
+/// decode the sender's codec (Firefox without OpenH264, for an H.264 sender) accepts the
+/// section with another one. Nothing can be sent on it: the sender counts as refused.
+#[test]
+fn an_answer_without_the_senders_codec_refuses_it() {
+    let mut n = negotiator();
+    let h264 = codec_table()
+        .into_iter()
+        .find(|c| c.mime_type.eq_ignore_ascii_case("video/H264"))
+        .unwrap();
+    let key = n.add_sender(Sender {
+        codec: h264,
+        ..vp8_sender(7)
+    });
+    let offer = n.create_offer().unwrap();
+    let block = offer.split("m=").nth(1).unwrap();
+    let mid = block
+        .lines()
+        .find_map(|l| l.strip_prefix("a=mid:"))
+        .unwrap()
+        .trim();
+    let vp8_pt = block
+        .lines()
+        .find_map(|l| l.strip_prefix("a=rtpmap:")?.strip_suffix(" VP8/90000"))
+        .unwrap();
+    let answer = SESSION.replace("a=ice-ufrag", "a=setup:active\r\na=ice-ufrag")
+        + &format!(
+            "m=video 9 UDP/TLS/RTP/SAVPF {vp8_pt}\r\nc=IN IP4 0.0.0.0\r\na=mid:{mid}\r\n\
+a=rtcp-mux\r\na=recvonly\r\na=rtpmap:{vp8_pt} VP8/90000\r\n"
+        );
+    n.apply_answer(&answer).unwrap();
+    assert_eq!(n.sender(key).unwrap().pt, None);
+    assert!(n.is_refused(key));
+    assert!(!n.needs_offer());
+}
