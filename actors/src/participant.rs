@@ -1289,7 +1289,7 @@ impl ParticipantState {
                     leg.forwarder.pause();
                 }
                 tracing::info!(participant = %self.id, track = %sub.track,
-                    "the client refused the track (no codec in common): not sent");
+                    "the client refused the track (it cannot decode its codec): not sent");
                 let (height, cap) = (sub.told_height, sub.told_cap);
                 tell_layer_preference(sub, &self.id, height, cap);
             }
@@ -1482,7 +1482,7 @@ impl ParticipantState {
                     leg.forwarder.resume();
                 }
             }
-            if !hidden && !sub.remote_muted && !sub.bw_paused {
+            if !hidden && !sub.remote_muted && !sub.bw_paused && !sub.refused {
                 let _ = sub
                     .publisher_ref
                     .send_message(ParticipantMsg::KeyframeRequest {
@@ -1782,7 +1782,9 @@ impl ParticipantState {
                 tracing::trace!(participant = %self.id, subscriber = %choice.leg.subscriber, ?layers, max_height = choice.max_height, target, temporal, current = ?choice.current, "simulcast layer");
                 if choice.target != target || choice.current.is_none() {
                     choice.target = target;
-                    if choice.current != Some(target) {
+                    // An idle subscriber (tile hidden, paused, refused) waits for nothing:
+                    // it asks for its keyframe when it resumes.
+                    if choice.current != Some(target) && !choice.idle {
                         keyframes.push(target);
                     }
                 }
@@ -2299,6 +2301,7 @@ impl ParticipantState {
                 tracing::debug!(participant = %self.id, ssrc = media_ssrc.0, "client asks for a keyframe");
                 if let Some(key) = self.by_out_ssrc.get(&media_ssrc.0)
                     && let Some(sub) = self.subscriptions.get_mut(key)
+                    && !sub.refused
                 {
                     let due = sub
                         .last_client_keyframe_request

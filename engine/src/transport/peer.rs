@@ -606,12 +606,13 @@ impl Peer {
     }
 
     /// The agreed payload type of a sender (None until negotiated).
-    /// True if the client refused `key`'s section (port 0, or no codec in common): it is
-    /// not offered again.
+    /// True if the client refused `key`'s section (port 0, or none of the sender's codec):
+    /// it is not offered again.
     pub fn is_refused(&self, key: SenderKey) -> bool {
         self.negotiator.is_refused(key.index)
     }
 
+    /// The agreed payload type of a sender.
     pub fn sender_payload_type(&self, key: SenderKey) -> Option<u8> {
         self.negotiator.sender(key.index).and_then(|s| s.pt)
     }

@@ -668,7 +668,8 @@ impl Negotiator {
                     s.local_sends = false;
                     s.codecs.clear();
                 } else if !s.rejected {
-                    s.local_sends = true;
+                    // A refused sender keeps its section, inactive on our side.
+                    s.local_sends = !self.refused.contains(&key);
                 }
             }
         }
@@ -859,6 +860,8 @@ impl Negotiator {
         }
         let mut next = pending.clone();
         let mut stopped = Vec::new();
+        // Senders the answer refuses (kept once the whole answer is accepted).
+        let mut refused = Vec::new();
         // The BUNDLE tag of our offer stays in the group whatever the answer says of its
         // codecs.
         let tag = pending.iter().position(|s| !s.rejected);
@@ -878,7 +881,7 @@ impl Negotiator {
                     stopped.push(s.mid.clone());
                 }
                 if let Some(key) = s.sender.filter(|_| s.local) {
-                    self.refused.insert(key);
+                    refused.push(key);
                 }
                 s.rejected = true;
                 s.remote_sends = false;
@@ -914,7 +917,7 @@ impl Negotiator {
                     && let Some(key) = s.sender
                 {
                     // No codec in common: the sender is not offered again.
-                    self.refused.insert(key);
+                    refused.push(key);
                 }
                 if s.codecs.is_empty() && Some(i) == tag {
                     // The tag: kept, inactive, with what we offered.
@@ -943,6 +946,7 @@ impl Negotiator {
         self.sections = next;
         self.pending = None;
         self.signaling = Signaling::Stable;
+        self.refused.extend(refused);
         self.settle_data_section();
         // Senders rejected and agreed are gone for good.
         let sections = &self.sections;

@@ -893,4 +893,35 @@ a=rtcp-mux\r\na=recvonly\r\na=rtpmap:{vp8_pt} VP8/90000\r\n"
     assert_eq!(n.sender(key).unwrap().pt, None);
     assert!(n.is_refused(key));
     assert!(!n.needs_offer());
+    // Its section stays, inactive on our side, in the next offer.
+    n.add_sender(opus_sender(8));
+    let offer = n.create_offer().unwrap();
+    let section = offer
+        .split("m=")
+        .find(|b| b.contains(&format!("a=mid:{mid}\r\n")))
+        .unwrap();
+    assert!(section.contains("a=inactive"), "{section}");
+}
+
+/// An answer that fails part-way (a later section's mid does not match) records no
+/// refusal: the offer is taken back and made again whole.
+#[test]
+fn a_failed_answer_refuses_nothing() {
+    let mut n = negotiator();
+    let video = n.add_sender(vp8_sender(2));
+    n.add_sender(opus_sender(1));
+    let offer = n.create_offer().unwrap();
+    let mids: Vec<&str> = offer
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=mid:"))
+        .collect();
+    let answer = SESSION.replace("a=ice-ufrag", "a=setup:active\r\na=ice-ufrag")
+        + &format!(
+            "m=video 0 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:{}\r\na=inactive\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:wrong\r\na=rtcp-mux\r\n\
+a=recvonly\r\na=rtpmap:111 opus/48000/2\r\n",
+            mids[0]
+        );
+    assert!(n.apply_answer(&answer).is_err());
+    assert!(!n.is_refused(video));
 }
