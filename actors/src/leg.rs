@@ -73,10 +73,11 @@ pub struct LegState {
     /// source switches (simulcast layer changes, restarts) and pictures left out, and the
     /// temporal layers this subscriber gets (set by the publisher; packets without a
     /// temporal index all pass).
-    pub vp8: Option<Vp8Stream>,
+    /// (Boxed, like `svc`: every leg, audio ones too, carries the field.)
+    pub vp8: Option<Box<Vp8Stream>>,
     /// VP9: the spatial layers this subscriber gets of a scalable stream (set by the
     /// publisher; packets without layer indices all pass).
-    pub svc: Option<SvcSelector>,
+    pub svc: Option<Box<SvcSelector>>,
 }
 
 /// A leg's handle on its subscriber's transport-wide sequence.
@@ -151,7 +152,7 @@ impl SendLeg {
     /// [`Vp8Stream`]).
     pub fn with_vp8_munging(self) -> Self {
         if let Ok(mut st) = self.state.lock() {
-            st.vp8 = Some(Vp8Stream::default());
+            st.vp8 = Some(Box::default());
         }
         self
     }
@@ -160,7 +161,7 @@ impl SendLeg {
     /// it starts with every layer until the publisher chooses.
     pub fn with_svc(self) -> Self {
         if let Ok(mut st) = self.state.lock() {
-            st.svc = Some(SvcSelector::new(u8::MAX));
+            st.svc = Some(Box::new(SvcSelector::new(u8::MAX)));
         }
         self
     }

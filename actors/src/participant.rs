@@ -415,38 +415,31 @@ fn layer_ladder(
     cumulative: bool,
 ) -> Vec<(u8, u32)> {
     let mut ladder: Vec<(u8, u32)> = Vec::new();
+    // Temporal layers the stream has: those its lowest layer sends.
+    let temporal = layers
+        .first()
+        .and_then(|(_, r)| r.iter().rposition(|bps| *bps > 0))
+        .map_or(1, |t| t + 1);
     for (i, (layer, _)) in layers.iter().enumerate() {
-        // Temporal layers the stream has: those its lowest layer sends.
-        let temporal = layers[0]
-            .1
-            .iter()
-            .rposition(|bps| *bps > 0)
-            .map_or(1, |t| t + 1);
+        let below = if cumulative {
+            &layers[..=i]
+        } else {
+            &layers[i..=i]
+        };
         let lowest = if i == 0 { 0 } else { temporal - 1 };
         for t in lowest..temporal {
-            let below = if cumulative {
-                &layers[..=i]
+            // The full rate: whatever its temporal layers above this one send too.
+            let full = t + 1 == temporal;
+            let upto = if full {
+                SVC_TEMPORAL_LAYERS as usize
             } else {
-                &layers[i..=i]
+                t + 1
             };
             let cost = below
                 .iter()
-                .flat_map(|(_, r)| &r[..=t])
+                .flat_map(|(_, r)| &r[..upto])
                 .fold(0u32, |sum, bps| sum.saturating_add(*bps));
-            let cost = if t + 1 == temporal {
-                // The full rate: whatever its temporal layers above this one send too.
-                below
-                    .iter()
-                    .flat_map(|(_, r)| r)
-                    .fold(0u32, |sum, bps| sum.saturating_add(*bps))
-            } else {
-                cost
-            };
-            let id = if t + 1 == temporal {
-                svc_layer_id(*layer, u8::MAX)
-            } else {
-                svc_layer_id(*layer, t as u8)
-            };
+            let id = svc_layer_id(*layer, if full { u8::MAX } else { t as u8 });
             while ladder.last().is_some_and(|(_, c)| *c >= cost) {
                 ladder.pop();
             }
@@ -519,6 +512,15 @@ struct Subscription {
     /// The leg's bytes sent at the last allocation, and the rate since.
     sent_seen: u64,
     rate: RateWindow,
+}
+
+impl Subscription {
+    /// Whether media should flow to the client now: not muted by the publisher, not hidden
+    /// by the client, not paused by the bandwidth allocation, not refused by the client.
+    /// Every change of one of these pauses or resumes the leg's forwarder by it.
+    fn wants_media(&self) -> bool {
+        !self.remote_muted && !self.hidden && !self.bw_paused && !self.refused
+    }
 }
 
 /// One copy of a published packet: straight onto a subscriber's leg, or into its queue.
@@ -904,10 +906,10 @@ impl Actor for ParticipantActor {
                     if sub.track == track {
                         sub.remote_muted = muted;
                         if let Some(mut leg) = sub.leg.lock() {
-                            if muted || sub.hidden || sub.bw_paused || sub.refused {
-                                leg.forwarder.pause();
-                            } else {
+                            if sub.wants_media() {
                                 leg.forwarder.resume();
+                            } else {
+                                leg.forwarder.pause();
                             }
                         }
                     }
@@ -1476,13 +1478,13 @@ impl ParticipantState {
         if hidden != sub.hidden {
             sub.hidden = hidden;
             if let Some(mut leg) = sub.leg.lock() {
-                if hidden || sub.remote_muted || sub.bw_paused || sub.refused {
-                    leg.forwarder.pause();
-                } else {
+                if sub.wants_media() {
                     leg.forwarder.resume();
+                } else {
+                    leg.forwarder.pause();
                 }
             }
-            if !hidden && !sub.remote_muted && !sub.bw_paused && !sub.refused {
+            if sub.wants_media() {
                 let _ = sub
                     .publisher_ref
                     .send_message(ParticipantMsg::KeyframeRequest {
@@ -1770,7 +1772,7 @@ impl ParticipantState {
                                 rates
                                     .iter()
                                     .find(|(x, _)| x == l)
-                                    .map_or([0; 4], |(_, r)| *r),
+                                    .map_or([0; SVC_TEMPORAL_LAYERS as usize], |(_, r)| *r),
                             )
                         })
                         .collect();
@@ -2484,10 +2486,10 @@ impl ParticipantState {
                 metrics::counter!("hearth_bwe_pauses_total", "change" => if pause { "paused" } else { "resumed" })
                     .increment(1);
                 if let Some(mut leg) = sub.leg.lock() {
-                    if pause {
-                        leg.forwarder.pause();
-                    } else if !sub.hidden && !sub.remote_muted && !sub.refused {
+                    if sub.wants_media() {
                         leg.forwarder.resume();
+                    } else {
+                        leg.forwarder.pause();
                     }
                 }
                 if !pause {

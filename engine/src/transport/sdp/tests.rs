@@ -121,16 +121,26 @@ a=ice-pwd:clientpassword0123456789\r\n{}",
     );
 }
 
+/// The session part of a client's answer (it takes the DTLS client role).
+fn answer_head() -> String {
+    SESSION.replace("a=ice-ufrag", "a=setup:active\r\na=ice-ufrag")
+}
+
+/// The mid of one `m=` block of a description.
+fn mid_of(block: &str) -> &str {
+    block
+        .lines()
+        .find_map(|l| l.strip_prefix("a=mid:"))
+        .unwrap()
+        .trim()
+}
+
 /// The client's answer to one of our audio offers: live sections recvonly, inactive ones
 /// inactive, rejected ones with port 0.
 fn answer_audio_offer(offer: &str) -> String {
-    let mut out = SESSION.replace("a=ice-ufrag", "a=setup:active\r\na=ice-ufrag");
+    let mut out = answer_head();
     for block in offer.split("m=").skip(1) {
-        let mid = block
-            .lines()
-            .find_map(|l| l.strip_prefix("a=mid:"))
-            .unwrap()
-            .trim();
+        let mid = mid_of(block);
         let (port, dir) = if block.starts_with("audio 0 ") {
             (0, "inactive")
         } else if block.contains("a=inactive") {
@@ -236,7 +246,7 @@ fn the_bundle_tag_goes_inactive_instead_of_rejected() {
 /// Answers every section of `offer` recvonly with the offer's own codec lines, dropping the
 /// RTX ones when `keep_rtx` is false.
 fn answer_video(offer: &str, keep_rtx: bool) -> String {
-    let mut out = SESSION.replace("a=ice-ufrag", "a=setup:active\r\na=ice-ufrag");
+    let mut out = answer_head();
     for block in offer.split("m=").skip(1) {
         let mut lines = block.lines();
         let m_line = lines.next().unwrap();
@@ -427,11 +437,7 @@ fn senders_are_placed_only_where_their_codec_is_offered_and_only_in_that_mode() 
 fn answer_all(offer: &str, reject_data: bool) -> String {
     let mut out = String::from(SESSION);
     for part in offer.split("m=").skip(1) {
-        let mid = part
-            .lines()
-            .find_map(|l| l.strip_prefix("a=mid:"))
-            .unwrap()
-            .trim();
+        let mid = mid_of(part);
         if part.starts_with("application") {
             let port = if reject_data { 0 } else { 9 };
             out.push_str(&format!(
@@ -749,7 +755,7 @@ fn an_answer_without_codecs_keeps_the_bundle_tag() {
     let offer = n.create_offer().unwrap();
     assert!(offer.contains("a=group:BUNDLE h0"));
     // The client accepts the section but no codec of it (payload type 0 was not offered).
-    let answer = SESSION.replace("a=ice-ufrag", "a=setup:active\r\na=ice-ufrag")
+    let answer = answer_head()
         + "m=audio 9 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\na=mid:h0\r\n\
 a=rtcp-mux\r\na=recvonly\r\na=rtpmap:0 PCMU/8000\r\n";
     n.apply_answer(&answer).unwrap();
@@ -805,13 +811,9 @@ fn a_sender_the_client_refused_is_not_offered_again() {
         n.add_sender(opus_sender(1));
         let video = n.add_sender(vp8_sender(2));
         let offer = n.create_offer().unwrap();
-        let mut answer = SESSION.replace("a=ice-ufrag", "a=setup:active\r\na=ice-ufrag");
+        let mut answer = answer_head();
         for block in offer.split("m=").skip(1) {
-            let mid = block
-                .lines()
-                .find_map(|l| l.strip_prefix("a=mid:"))
-                .unwrap()
-                .trim();
+            let mid = mid_of(block);
             if block.starts_with("video") {
                 answer.push_str(&if by_codecs {
                     // Accepted, but only a codec we did not offer.
@@ -875,16 +877,12 @@ fn an_answer_without_the_senders_codec_refuses_it() {
     });
     let offer = n.create_offer().unwrap();
     let block = offer.split("m=").nth(1).unwrap();
-    let mid = block
-        .lines()
-        .find_map(|l| l.strip_prefix("a=mid:"))
-        .unwrap()
-        .trim();
+    let mid = mid_of(block);
     let vp8_pt = block
         .lines()
         .find_map(|l| l.strip_prefix("a=rtpmap:")?.strip_suffix(" VP8/90000"))
         .unwrap();
-    let answer = SESSION.replace("a=ice-ufrag", "a=setup:active\r\na=ice-ufrag")
+    let answer = answer_head()
         + &format!(
             "m=video 9 UDP/TLS/RTP/SAVPF {vp8_pt}\r\nc=IN IP4 0.0.0.0\r\na=mid:{mid}\r\n\
 a=rtcp-mux\r\na=recvonly\r\na=rtpmap:{vp8_pt} VP8/90000\r\n"
@@ -915,7 +913,7 @@ fn a_failed_answer_refuses_nothing() {
         .lines()
         .filter_map(|l| l.strip_prefix("a=mid:"))
         .collect();
-    let answer = SESSION.replace("a=ice-ufrag", "a=setup:active\r\na=ice-ufrag")
+    let answer = answer_head()
         + &format!(
             "m=video 0 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:{}\r\na=inactive\r\n\
 m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:wrong\r\na=rtcp-mux\r\n\
