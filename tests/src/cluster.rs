@@ -145,11 +145,11 @@ impl ClusterNode {
             redis_url: redis.url(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        node.spawn().await;
+        node.spawn_fresh().await;
         node
     }
 
-    async fn spawn(&mut self) {
+    async fn spawn_once(&mut self) -> Result<(), String> {
         std::fs::create_dir_all(&self.dir).expect("node dir");
         let log = std::fs::File::create(self.dir.join("stderr.log")).expect("log file");
         // `--clock-offset +30m` (a test flag of this helper, not of hearth): the node's wall
@@ -191,9 +191,46 @@ impl ClusterNode {
         let addr = self.addr();
         let deadline = Instant::now() + Duration::from_secs(20);
         while tokio::net::TcpStream::connect(addr).await.is_err() {
-            assert!(Instant::now() < deadline, "node {} never listened", self.id);
+            if !self.is_running() {
+                return Err(self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} never listened: {}",
+                self.id,
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        Ok(())
+    }
+
+    /// Spawns the node; a first start whose port was taken in the meantime (`free_port`
+    /// only reserves it until it returns, and the tests of other binaries run beside this
+    /// one) starts again on another port. Any other early exit fails the test with the log.
+    async fn spawn_fresh(&mut self) {
+        for _ in 0..4 {
+            match self.spawn_once().await {
+                Ok(()) => return,
+                Err(log) if log.contains("Address already in use") => self.port = free_port(),
+                Err(log) => panic!("node {} exited at start: {log}", self.id),
+            }
+        }
+        panic!("node {} found no free port in four tries", self.id);
+    }
+
+    /// Spawns the node again on its own port (clients and the registry know it).
+    async fn spawn(&mut self) {
+        for _ in 0..4 {
+            match self.spawn_once().await {
+                Ok(()) => return,
+                // The port of a killed node can be briefly taken by a connection of another
+                // test; the same port is retried.
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) => panic!("node {} exited at start: {log}", self.id),
+            }
+        }
+        panic!("node {}: port {} stayed in use", self.id, self.port);
     }
 
     pub fn addr(&self) -> std::net::SocketAddr {
