@@ -32,6 +32,7 @@ pub const MAX_INTERVAL: std::time::Duration = std::time::Duration::from_secs(86_
 
 pub mod audio;
 pub mod codec;
+pub mod dd;
 pub mod forwarder;
 #[cfg(test)]
 mod fuzz;
