@@ -27,7 +27,7 @@ use hearth_engine::media::MediaPacket;
 use hearth_engine::stats::SendStats;
 use hearth_engine::svc::{SvcSelector, SvcVerdict, Vp8Stream};
 use hearth_engine::transport::bwe::SendHistory;
-use hearth_engine::transport::{RtpSealer, SealFields};
+use hearth_engine::transport::{ExtraExtension, RtpSealer, SealFields};
 
 use crate::billing::UsageInterval;
 use crate::ids::ParticipantId;
@@ -78,6 +78,9 @@ pub struct LegState {
     /// VP9: the spatial layers this subscriber gets of a scalable stream (set by the
     /// publisher; packets without layer indices all pass).
     pub svc: Option<Box<SvcSelector>>,
+    /// AV1: the dependency descriptor's extension id on the subscriber's section, and
+    /// whether its two-byte form is allowed; packets carry their publisher's descriptor.
+    pub dd_ext: Option<(u8, bool)>,
 }
 
 /// A leg's handle on its subscriber's transport-wide sequence.
@@ -143,6 +146,7 @@ impl SendLeg {
                 layers: Vec::new(),
                 vp8: None,
                 svc: None,
+                dd_ext: None,
             }),
             usage: None,
         }
@@ -238,6 +242,7 @@ impl SendLeg {
             marker: false,
             transport_seq: twcc.next(SEAL_OVERHEAD + usize::from(padding)),
             padding,
+            extra: None,
         };
         let len = batch.push_with(dest, |buf| {
             rtx.sealer.seal_packet(&fields, &[], &[], buf).is_ok()
@@ -269,7 +274,7 @@ impl SendLeg {
         // moves to the last packet of the highest layer it gets.
         let mut marker = None;
         if let Some(svc) = st.svc.as_mut()
-            && let Some(layer) = vp9_layer(&pkt.payload)
+            && let Some(layer) = pkt.layer.or_else(|| vp9_layer(&pkt.payload))
         {
             if retransmission {
                 match svc.retransmission(pkt.seq, pkt.marker) {
@@ -322,6 +327,11 @@ impl SendLeg {
         });
         let body = &pkt.payload[desc_len..];
         let twcc = st.twcc.as_ref();
+        let extra = match (st.dd_ext, &pkt.dependency) {
+            (Some((id, two_byte)), Some(data)) => Some(ExtraExtension { id, data, two_byte }),
+            _ => None,
+        };
+        let extra_len = extra.map_or(0, |e| e.data.len() + 2);
         let len = match (&mut st.rtx, retransmission) {
             (Some(rtx), true) if rtx.enabled => {
                 // RFC 4588 §4: the RTX stream's own sequence number, the original (as the
@@ -331,8 +341,10 @@ impl SendLeg {
                     seq,
                     timestamp: header.timestamp,
                     marker: header.marker,
-                    transport_seq: twcc.and_then(|t| t.next(SEAL_OVERHEAD + 2 + pkt.payload.len())),
+                    transport_seq: twcc
+                        .and_then(|t| t.next(SEAL_OVERHEAD + extra_len + 2 + pkt.payload.len())),
                     padding: 0,
+                    extra,
                 };
                 let mut prefix = [0u8; 2 + VP8_DESCRIPTOR_MAX];
                 prefix[..2].copy_from_slice(&header.seq.to_be_bytes());
@@ -353,8 +365,10 @@ impl SendLeg {
                     seq: header.seq,
                     timestamp: header.timestamp,
                     marker: header.marker,
-                    transport_seq: twcc.and_then(|t| t.next(SEAL_OVERHEAD + pkt.payload.len())),
+                    transport_seq: twcc
+                        .and_then(|t| t.next(SEAL_OVERHEAD + extra_len + pkt.payload.len())),
                     padding: 0,
+                    extra,
                 };
                 batch.push_with(dest, |buf| {
                     sealer
@@ -402,6 +416,8 @@ mod tests {
             arrival: Instant::now(),
             keyframe: false,
             audio_level: None,
+            layer: None,
+            dependency: None,
         }
     }
 

@@ -1663,8 +1663,12 @@ impl ParticipantState {
             keyframes: KeyframeRequester::new(Duration::from_millis(500)),
             level: (!video).then(|| AudioLevelMeter::new(self.speaker, now)),
             last_loudness: 0.0,
-            svc: (layer.is_none() && track.codec.codec == hearth_engine::media::Codec::Vp9)
-                .then(Box::default),
+            svc: (layer.is_none()
+                && matches!(
+                    track.codec.codec,
+                    hearth_engine::media::Codec::Vp9 | hearth_engine::media::Codec::Av1
+                ))
+            .then(Box::default),
             temporal_rates: (layer.is_some()
                 && track.codec.codec == hearth_engine::media::Codec::Vp8)
                 .then(Box::default),
@@ -2123,7 +2127,8 @@ impl ParticipantState {
         // VP9: each spatial layer's rate, and their sizes from keyframes.
         let mut svc_sized = false;
         if let Some(svc) = &mut p.svc {
-            if let Some(layer) = vp9_layer(&packet.payload) {
+            // AV1's layers come from its dependency descriptor (read by the transport).
+            if let Some(layer) = packet.layer.or_else(|| vp9_layer(&packet.payload)) {
                 let bytes = packet.payload.len() as u64 + crate::congestion::WIRE_OVERHEAD;
                 let temporal = layer.temporal.min(SVC_TEMPORAL_LAYERS - 1);
                 svc.rates[usize::from(layer.spatial)][usize::from(temporal)]
@@ -2136,6 +2141,20 @@ impl ParticipantState {
                 }
                 if (ss.spatial_layers, heights) != (svc.layers, svc.heights) {
                     (svc.layers, svc.heights) = (ss.spatial_layers, heights);
+                    svc_sized = true;
+                }
+            }
+            // AV1: a keyframe's descriptor attached the layers and their sizes.
+            if packet.keyframe
+                && packet.layer.is_some()
+                && let Some((layers, sizes)) = self.peer.dependency_layers(packet.ssrc)
+            {
+                let mut heights = [0u16; VP9_MAX_SPATIAL];
+                for (h, height) in heights.iter_mut().zip(sizes) {
+                    *h = height;
+                }
+                if (layers, heights) != (svc.layers, svc.heights) {
+                    (svc.layers, svc.heights) = (layers, heights);
                     svc_sized = true;
                 }
             }
@@ -2689,7 +2708,10 @@ impl ParticipantState {
                             if track.codec.codec == hearth_engine::media::Codec::Vp8 {
                                 leg = leg.with_vp8_munging();
                             }
-                            if track.codec.codec == hearth_engine::media::Codec::Vp9 {
+                            if matches!(
+                                track.codec.codec,
+                                hearth_engine::media::Codec::Vp9 | hearth_engine::media::Codec::Av1
+                            ) {
                                 leg = leg.with_svc();
                             }
                             let leg = Arc::new(leg);
@@ -2810,6 +2832,7 @@ impl ParticipantState {
             };
             leg.dest = dest;
             leg.twcc = self.cc.leg_handle();
+            leg.dd_ext = self.peer.sender_dependency_descriptor(sender);
             match (&mut leg.sealer, self.peer.sender_payload_type(sender)) {
                 (Some(sealer), Some(pt)) => sealer.payload_type = pt,
                 (None, Some(_)) => leg.sealer = self.peer.take_sealer(sender),

@@ -200,6 +200,22 @@ impl WebRtcPeer {
         self.peer.sender_payload_type(key)
     }
 
+    /// The dependency descriptor's id on a sender's section and whether its two-byte form
+    /// may be used (AV1 packets forwarded on it carry their publisher's descriptor).
+    pub fn sender_dependency_descriptor(&self, key: SenderKey) -> Option<(u8, bool)> {
+        self.peer.sender_dependency_descriptor(key)
+    }
+
+    /// An AV1 stream's spatial layers and their heights, smallest first (heights empty if
+    /// its sender gave none), from the last structure its dependency descriptors carried.
+    pub fn dependency_layers(&self, ssrc: Ssrc) -> Option<(u8, Vec<u16>)> {
+        let s = self.peer.dependency_structure(ssrc.0)?;
+        Some((
+            s.spatial_layers(),
+            s.resolutions().iter().map(|(_, h)| *h).collect(),
+        ))
+    }
+
     /// True if the client refused a sender (it is not offered again).
     pub fn is_refused(&self, key: SenderKey) -> bool {
         self.peer.is_refused(key)

@@ -203,11 +203,17 @@ fn parse(
             attached = Some(parse_structure(&mut b)?);
         }
         if active_targets_present {
-            let targets = attached.as_ref().or(known).ok_or(DdError::UnknownTemplate)?;
+            let targets = attached
+                .as_ref()
+                .or(known)
+                .ok_or(DdError::UnknownTemplate)?;
             b.f(u32::from(targets.decode_targets))?;
         }
     }
-    let structure = attached.as_ref().or(known).ok_or(DdError::UnknownTemplate)?;
+    let structure = attached
+        .as_ref()
+        .or(known)
+        .ok_or(DdError::UnknownTemplate)?;
     let index = (usize::from(template_id) + MAX_TEMPLATES
         - usize::from(structure.template_id_offset))
         % MAX_TEMPLATES;
@@ -308,7 +314,9 @@ fn parse_structure(b: &mut Bits<'_>) -> Result<DdStructure, DdError> {
             templates
                 .iter()
                 .filter(|t| Dti::from_bits(t.dtis >> (2 * u32::from(dt))) != Dti::NotPresent)
-                .fold((0, 0), |(s, t), tpl| (s.max(tpl.spatial), t.max(tpl.temporal)))
+                .fold((0, 0), |(s, t), tpl| {
+                    (s.max(tpl.spatial), t.max(tpl.temporal))
+                })
         })
         .collect();
     let mut resolutions = Vec::new();
@@ -505,7 +513,11 @@ mod tests {
                     data: &w.bytes,
                     at: 0,
                 };
-                assert_eq!(b.ns(n).unwrap(), if n == 1 { 0 } else { v }, "ns({n}) of {v}");
+                assert_eq!(
+                    b.ns(n).unwrap(),
+                    if n == 1 { 0 } else { v },
+                    "ns({n}) of {v}"
+                );
             }
         }
     }

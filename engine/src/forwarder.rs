@@ -695,6 +695,8 @@ mod tests {
             arrival,
             keyframe: false,
             audio_level: None,
+            layer: None,
+            dependency: None,
         }
     }
 

@@ -115,6 +115,11 @@ pub struct MediaPacket {
     pub keyframe: bool,
     /// RFC 6464 level if the packet carried the extension.
     pub audio_level: Option<AudioLevel>,
+    /// The frame's layers where the transport read them from a header extension (AV1's
+    /// dependency descriptor); VP9 legs read theirs from the payload descriptor.
+    pub layer: Option<crate::codec::Vp9Layer>,
+    /// AV1: the dependency descriptor as the publisher sent it, forwarded with the packet.
+    pub dependency: Option<Bytes>,
 }
 
 /// RFC 6464 client-to-mixer audio level.

@@ -53,6 +53,8 @@ impl RetransmissionCache {
         }
         let mut kept = pkt.clone();
         kept.payload = bytes::Bytes::copy_from_slice(&pkt.payload);
+        // Copies, not views: a view keeps its whole receive buffer alive.
+        kept.dependency = pkt.dependency.as_deref().map(bytes::Bytes::copy_from_slice);
         *slot = Some(kept);
     }
 
@@ -370,6 +372,8 @@ mod tests {
             arrival,
             keyframe: false,
             audio_level: None,
+            layer: None,
+            dependency: None,
         }
     }
 

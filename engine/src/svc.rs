@@ -675,6 +675,8 @@ mod tests {
                     arrival: std::time::Instant::now(),
                     keyframe: f == 0,
                     audio_level: None,
+                    layer: None,
+                    dependency: None,
                 });
                 seq = seq.wrapping_add(1);
             }

@@ -53,6 +53,8 @@ fn stream(n: usize) -> Vec<MediaPacket> {
                     arrival: t0 + Duration::from_millis(u64::from(picture) * 33),
                     keyframe: keyframe && spatial == 0 && begin,
                     audio_level: None,
+                    layer: None,
+                    dependency: None,
                 });
                 seq = seq.wrapping_add(1);
             }
@@ -144,6 +146,8 @@ fn vp8_stream(n: usize) -> Vec<MediaPacket> {
                 arrival: t0 + Duration::from_millis(u64::from(frame) * 33),
                 keyframe: keyframe && k == 0,
                 audio_level: None,
+                layer: None,
+                dependency: None,
             });
             seq = seq.wrapping_add(1);
         }

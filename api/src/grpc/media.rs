@@ -318,5 +318,7 @@ fn packet(data: &Bytes, payload_type: u8, which: Codec) -> Result<MediaPacket, S
         payload: p.payload,
         arrival: Instant::now(),
         audio_level: None,
+        layer: None,
+        dependency: None,
     })
 }

@@ -49,4 +49,4 @@ pub use peer::{
 };
 pub use rtcp::Feedback;
 pub use sdp::CodecParams;
-pub use srtp::{RtpSealer, SealFields};
+pub use srtp::{ExtraExtension, RtpSealer, SealFields};

@@ -21,14 +21,15 @@ use super::ice::{IceLite, StunOutcome};
 use super::rtcp::{self, Feedback};
 use super::rtp_view::RtpView;
 use super::sdp::{
-    self, AUDIO_LEVEL_URI, CodecParams, LocalParams, MID_URI, Negotiator, REPAIRED_RID_URI,
-    RID_URI, SdpError, Sender, TRANSPORT_CC_URI,
+    self, AUDIO_LEVEL_URI, CodecParams, DEPENDENCY_DESCRIPTOR_URI, LocalParams, MID_URI,
+    Negotiator, REPAIRED_RID_URI, RID_URI, SdpError, Sender, TRANSPORT_CC_URI,
 };
 use super::srtp::{RtpSealer, SrtpSession};
 use super::twcc::TwccRecorder;
-use crate::codec;
+use crate::codec::{self, Vp9Layer};
+use crate::dd::DdReader;
 use crate::forwarder::ForwardedHeader;
-use crate::media::{AudioLevel, MediaKind, MediaPacket, Ssrc};
+use crate::media::{AudioLevel, Codec, MediaKind, MediaPacket, Ssrc};
 use crate::stats::{ReportBlock, SenderInfo};
 
 /// Largest datagram accepted (an Ethernet MTU with room for tunnels; browsers stay ~1,200).
@@ -153,6 +154,9 @@ pub struct PeerStats {
     pub not_demuxed: u64,
     pub before_keys: u64,
     pub malformed_rtp: u64,
+    /// AV1 dependency descriptors that could not be read (their packets are forwarded
+    /// without layer information).
+    pub malformed_dd: u64,
     pub unknown_ssrc: u64,
     pub srtp_failed: u64,
     pub srtcp_failed: u64,
@@ -170,6 +174,8 @@ struct InboundStream {
     /// per packet).
     twcc_ext: Option<u8>,
     level_ext: Option<u8>,
+    /// The dependency descriptor's id (AV1 layers), if agreed.
+    dd_ext: Option<u8>,
     /// For an RTX stream: the primary SSRC.
     rtx_of: Option<u32>,
     /// Simulcast: the layer (index in the section's rids, lowest first).
@@ -191,6 +197,8 @@ pub struct Peer {
     twcc: TwccRecorder,
     rtcp_ssrc: u32,
     streams: HashMap<u32, InboundStream>,
+    /// AV1 streams' dependency descriptor readers (by primary SSRC).
+    dd_readers: HashMap<u32, DdReader>,
     /// Mid header extension id (one per BUNDLE transport).
     mid_ext: Option<u8>,
     transmits: VecDeque<(SocketAddr, BytesMut)>,
@@ -241,6 +249,7 @@ impl Peer {
             twcc: TwccRecorder::new(config.rtcp_ssrc),
             rtcp_ssrc: config.rtcp_ssrc,
             streams: HashMap::new(),
+            dd_readers: HashMap::new(),
             mid_ext: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -498,6 +507,7 @@ impl Peer {
             }
             let twcc_ext = s.extension_id(TRANSPORT_CC_URI);
             let level_ext = s.extension_id(AUDIO_LEVEL_URI);
+            let dd_ext = s.extension_id(DEPENDENCY_DESCRIPTOR_URI);
             // SSRC-group simulcast: a stream's layer is its place in the SIM group (rid
             // simulcast, if the section has it, is told apart by the rid extension).
             let layer_of = |ssrc: u32| {
@@ -518,6 +528,7 @@ impl Peer {
                         section: i,
                         twcc_ext,
                         level_ext,
+                        dd_ext,
                         rtx_of: None,
                         layer: layer_of(*ssrc),
                         opened,
@@ -531,6 +542,7 @@ impl Peer {
                         section: i,
                         twcc_ext,
                         level_ext,
+                        dd_ext,
                         rtx_of: Some(*primary),
                         layer: layer_of(*primary),
                         opened: true,
@@ -551,12 +563,15 @@ impl Peer {
                     InboundStream {
                         twcc_ext: s.extension_id(TRANSPORT_CC_URI),
                         level_ext: s.extension_id(AUDIO_LEVEL_URI),
+                        dd_ext: s.extension_id(DEPENDENCY_DESCRIPTOR_URI),
                         ..st.clone()
                     },
                 );
             }
         }
         self.streams = next;
+        let streams = &self.streams;
+        self.dd_readers.retain(|ssrc, _| streams.contains_key(ssrc));
     }
 
     /// Remote candidates: an ICE-lite server never sends to an address it did not hear a
@@ -640,6 +655,24 @@ impl Peer {
             .filter(|s| !s.rejected && s.local_sends)
             .find_map(|s| s.extension_id(TRANSPORT_CC_URI))
             .filter(|id| (1..=14).contains(id))
+    }
+
+    /// The id the sender's section agreed for the dependency descriptor, and whether the
+    /// two-byte header form may be used (a keyframe's descriptor rarely fits the one-byte
+    /// form's 16 octets): AV1 packets forwarded on it carry their publisher's descriptor.
+    pub fn sender_dependency_descriptor(&self, key: SenderKey) -> Option<(u8, bool)> {
+        let id = self
+            .negotiator
+            .sections()
+            .iter()
+            .find(|s| s.sender == Some(key.index) && !s.rejected && s.local_sends)?
+            .extension_id(DEPENDENCY_DESCRIPTOR_URI)?;
+        Some((id, self.negotiator.allows_two_byte_extensions()))
+    }
+
+    /// The last template structure an AV1 stream's dependency descriptors carried.
+    pub fn dependency_structure(&self, ssrc: u32) -> Option<&crate::dd::DdStructure> {
+        self.dd_readers.get(&ssrc)?.structure()
     }
 
     /// The agreed RTX payload type of a sender (None: not negotiated, or declined).
@@ -910,6 +943,15 @@ impl Peer {
             .level_ext
             .and_then(|id| header.extension(id))
             .and_then(|ext| ext.first().copied());
+        // Where the dependency descriptor sits in the packet (the header is not encrypted:
+        // the same bytes of the opened packet).
+        let dd_range = stream
+            .dd_ext
+            .and_then(|id| header.extension(id))
+            .map(|ext| {
+                let start = ext.as_ptr() as usize - data.as_ptr() as usize;
+                start..start + ext.len()
+            });
         let Some(srtp) = self.srtp.as_mut() else {
             return;
         };
@@ -964,6 +1006,28 @@ impl Peer {
         };
         let audio_level = level_byte.map(AudioLevel::from_byte);
         let keyframe = codec::is_keyframe(codec.params.codec, &payload);
+        // AV1: the frame's layers from its dependency descriptor, read against the
+        // structure the stream's last keyframe attached; the descriptor goes on with it.
+        let (mut layer, mut dependency) = (None, None);
+        if codec.params.codec == Codec::Av1
+            && let Some(range) = dd_range
+        {
+            let reader = self.dd_readers.entry(ssrc).or_default();
+            match reader.read(&plain[range.clone()]) {
+                Ok(frame) => {
+                    layer = Some(Vp9Layer {
+                        spatial: frame.spatial,
+                        temporal: frame.temporal,
+                        begin: frame.start,
+                        end: frame.end,
+                        intra: keyframe,
+                        switch_up: frame.switch_up,
+                    });
+                }
+                Err(_) => self.stats.malformed_dd += 1,
+            }
+            dependency = Some(plain.slice(range));
+        }
         if stream.rtx_of.is_none() && !stream.opened {
             let Some(kind) = section.kind.media_kind() else {
                 return;
@@ -994,6 +1058,8 @@ impl Peer {
             arrival: now,
             keyframe,
             audio_level,
+            layer,
+            dependency,
         }));
     }
 
@@ -1045,6 +1111,7 @@ impl Peer {
             section: index,
             twcc_ext: section.extension_id(TRANSPORT_CC_URI),
             level_ext: section.extension_id(AUDIO_LEVEL_URI),
+            dd_ext: section.extension_id(DEPENDENCY_DESCRIPTOR_URI),
             rtx_of,
             layer,
             opened: rtx_of.is_some(),

@@ -42,14 +42,19 @@ pub const TRANSPORT_CC_URI: &str =
     "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
 pub const RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
 pub const REPAIRED_RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
+/// The AV1 RTP specification's dependency descriptor (appendix A): read from AV1
+/// publishers (their layers) and forwarded to subscribers with their AV1 packets.
+pub const DEPENDENCY_DESCRIPTOR_URI: &str =
+    "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension";
 
 /// Header extensions we accept from publishers.
-const ACCEPTED_EXTENSIONS: [&str; 5] = [
+const ACCEPTED_EXTENSIONS: [&str; 6] = [
     AUDIO_LEVEL_URI,
     MID_URI,
     TRANSPORT_CC_URI,
     RID_URI,
     REPAIRED_RID_URI,
+    DEPENDENCY_DESCRIPTOR_URI,
 ];
 
 /// Negotiation errors, mapped to signaling codes by the caller.
@@ -262,6 +267,10 @@ pub struct Negotiator {
     data_channels: bool,
     /// Our next offer adds a data channel section (asked for, not offered yet).
     data_section_due: bool,
+    /// The client's last description allowed two-byte header extensions
+    /// (`a=extmap-allow-mixed`, RFC 8285 §6): our offers always do, our answers when its
+    /// offer did.
+    allow_mixed: bool,
 }
 
 impl Negotiator {
@@ -274,6 +283,7 @@ impl Negotiator {
             signaling: Signaling::Stable,
             senders: HashMap::new(),
             refused: HashSet::new(),
+            allow_mixed: false,
             next_sender: 0,
             next_mid: 0,
             pts: Vec::new(),
@@ -346,6 +356,11 @@ impl Negotiator {
                 .iter()
                 .flatten()
                 .any(|s| s.kind == SectionKind::Application && !s.rejected)
+    }
+
+    /// Two-byte header extensions may be sent (both sides allow them).
+    pub fn allows_two_byte_extensions(&self) -> bool {
+        self.allow_mixed
     }
 
     pub fn is_stable(&self) -> bool {
@@ -500,6 +515,7 @@ impl Negotiator {
             self.learn_pts(&s.codecs);
         }
         self.sections = next;
+        self.allow_mixed = allows_mixed(&desc);
         self.settle_data_section();
         self.sync_sender_pts();
         self.offer_due = self.compute_needs_offer();
@@ -944,6 +960,7 @@ impl Negotiator {
             self.learn_pts(&s.codecs);
         }
         self.sections = next;
+        self.allow_mixed = allows_mixed(&desc);
         self.pending = None;
         self.signaling = Signaling::Stable;
         self.refused.extend(refused);
@@ -1030,6 +1047,9 @@ impl Negotiator {
             format!("sha-256 {}", self.local.fingerprint),
         ));
         attributes.push(attr("msid-semantic", " WMS *".trim_start().to_owned()));
+        if setup == "actpass" || self.allow_mixed {
+            attributes.push(flag("extmap-allow-mixed"));
+        }
         let mut desc = SessionDescription {
             version: 0,
             origin: Origin {
@@ -1311,6 +1331,14 @@ fn parse(sdp: &str) -> Result<SessionDescription, SdpError> {
         return Err(invalid("no media sections"));
     }
     Ok(desc)
+}
+
+/// The description allows two-byte header extensions (session-level
+/// `a=extmap-allow-mixed`).
+fn allows_mixed(desc: &SessionDescription) -> bool {
+    desc.attributes
+        .iter()
+        .any(|a| a.key == "extmap-allow-mixed")
 }
 
 fn remote_params(desc: &SessionDescription) -> Result<RemoteParams, SdpError> {
@@ -1856,6 +1884,7 @@ fn local_extensions(kind: MediaKind) -> &'static [(&'static str, u8)] {
             (MID_URI, 4),
             (RID_URI, 10),
             (REPAIRED_RID_URI, 11),
+            (DEPENDENCY_DESCRIPTOR_URI, 12),
         ],
     }
 }
@@ -1906,6 +1935,7 @@ fn accepted_extmap(offered: &OfferedSection) -> Vec<(u8, String)> {
         .iter()
         .filter(|(_, uri)| ACCEPTED_EXTENSIONS.contains(&uri.as_str()))
         .filter(|(_, uri)| uri != AUDIO_LEVEL_URI || offered.kind == SectionKind::Audio)
+        .filter(|(_, uri)| uri != DEPENDENCY_DESCRIPTOR_URI || offered.kind == SectionKind::Video)
         .cloned()
         .collect()
 }

@@ -157,8 +157,56 @@ impl std::fmt::Debug for RtpSealer {
 
 /// RTP header written by the sealer: no CSRCs, no extensions.
 const SEALED_HEADER_LEN: usize = 12;
-/// ...and with the transport-wide sequence number extension (one 32-bit word).
-const MAX_SEALED_HEADER_LEN: usize = 20;
+/// ...and with its largest extension block: the preamble, the transport-wide sequence
+/// number and one more element of up to 255 octets in the two-byte form, padded.
+const MAX_SEALED_HEADER_LEN: usize = SEALED_HEADER_LEN + 4 + 4 + 2 + 255 + 3;
+
+/// Writes `fields`' header extensions (RFC 8285) after the fixed header in `header` and
+/// sets the X bit; returns the header's length. The one-byte form when every element fits
+/// it (ids 1 to 14, 1 to 16 octets), else the two-byte form if `fields.extra` allows it,
+/// else the extra element is left out.
+fn write_extensions(header: &mut [u8; MAX_SEALED_HEADER_LEN], fields: &SealFields<'_>) -> usize {
+    let twcc = fields
+        .transport_seq
+        .filter(|(id, _)| (1..=14).contains(id))
+        .map(|(id, seq)| (id, seq.to_be_bytes()));
+    let extra = fields
+        .extra
+        .filter(|e| e.id >= 1 && e.id != 15 && !e.data.is_empty() && e.data.len() <= 255);
+    let fits_one = |e: &ExtraExtension<'_>| e.id <= 14 && e.data.len() <= 16;
+    let extra = extra.filter(|e| fits_one(e) || e.two_byte);
+    let one_byte = extra.as_ref().is_none_or(fits_one);
+    if twcc.is_none() && extra.is_none() {
+        return SEALED_HEADER_LEN;
+    }
+    let mut at = SEALED_HEADER_LEN + 4;
+    let mut element = |header: &mut [u8; MAX_SEALED_HEADER_LEN], id: u8, data: &[u8]| {
+        if one_byte {
+            header[at] = (id << 4) | (data.len() as u8 - 1);
+            at += 1;
+        } else {
+            header[at] = id;
+            header[at + 1] = data.len() as u8;
+            at += 2;
+        }
+        header[at..at + data.len()].copy_from_slice(data);
+        at += data.len();
+    };
+    if let Some((id, seq)) = twcc {
+        element(header, id, &seq);
+    }
+    if let Some(e) = extra {
+        element(header, e.id, e.data);
+    }
+    let end = at.next_multiple_of(4);
+    header[at..end].fill(0);
+    let words = ((end - SEALED_HEADER_LEN - 4) / 4) as u16;
+    let profile: u16 = if one_byte { 0xBEDE } else { 0x1000 };
+    header[0] |= 0x10;
+    header[12..14].copy_from_slice(&profile.to_be_bytes());
+    header[14..16].copy_from_slice(&words.to_be_bytes());
+    end
+}
 /// AES-GCM's authentication tag (RFC 7714: 16 octets).
 const GCM_TAG_LEN: usize = 16;
 
@@ -236,7 +284,7 @@ impl RtpSealer {
     /// packet is padding only).
     pub fn seal_packet(
         &mut self,
-        fields: &SealFields,
+        fields: &SealFields<'_>,
         prefix: &[u8],
         payload: &[u8],
         out: &mut Vec<u8>,
@@ -249,17 +297,7 @@ impl RtpSealer {
         header[2..4].copy_from_slice(&fields.seq.to_be_bytes());
         header[4..8].copy_from_slice(&fields.timestamp.to_be_bytes());
         header[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
-        let header_len = match fields.transport_seq {
-            Some((id, tseq)) if (1..=14).contains(&id) => {
-                header[0] |= 0x10;
-                // One-byte header profile, one 32-bit word: id/len, the 16-bit sequence, pad.
-                header[12..16].copy_from_slice(&[0xBE, 0xDE, 0x00, 0x01]);
-                header[16] = (id << 4) | 0x01;
-                header[17..19].copy_from_slice(&tseq.to_be_bytes());
-                MAX_SEALED_HEADER_LEN
-            }
-            _ => SEALED_HEADER_LEN,
-        };
+        let header_len = write_extensions(&mut header, fields);
         let mut pad = [0u8; 255];
         let pad = if padded {
             let n = usize::from(fields.padding);
@@ -297,7 +335,7 @@ impl RtpSealer {
 
 /// What [`RtpSealer::seal_packet`] writes besides the payload.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SealFields {
+pub struct SealFields<'a> {
     pub seq: u16,
     pub timestamp: u32,
     pub marker: bool,
@@ -305,6 +343,19 @@ pub struct SealFields {
     pub transport_seq: Option<(u8, u16)>,
     /// Octets of RTP padding after the payload (0: none; the last one holds the count).
     pub padding: u8,
+    /// One more header extension element (a forwarded dependency descriptor).
+    pub extra: Option<ExtraExtension<'a>>,
+}
+
+/// A header extension element a sealed packet carries besides the transport-wide sequence
+/// number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExtraExtension<'a> {
+    pub id: u8,
+    pub data: &'a [u8],
+    /// The two-byte form may be used (`a=extmap-allow-mixed` agreed): elements longer than
+    /// 16 octets, or with ids above 14, need it. Without it such an element is left out.
+    pub two_byte: bool,
 }
 
 /// SRTP with AES-GCM for one outgoing SSRC (RFC 7714), sealing in place.
@@ -1037,6 +1088,7 @@ mod tests {
                     marker: false,
                     transport_seq: Some((3, tseq)),
                     padding,
+                    extra: None,
                 };
                 ours.seal_packet(&fields, &[], &payload, &mut out).unwrap();
                 let mut reader = &out[..];
@@ -1068,6 +1120,47 @@ mod tests {
             };
             ours.seal_packet(&fields, &[], &[1], &mut out).unwrap();
             assert_eq!(out[0] & 0x10, 0);
+        }
+    }
+
+    /// A forwarded dependency descriptor rides beside the transport-wide sequence number:
+    /// in the one-byte form when it fits, the two-byte form when it does not and that form
+    /// was agreed, and left out when it was not. `rtc-srtp` opens every variant.
+    #[test]
+    fn an_extra_extension_takes_the_form_it_fits() {
+        let k = keys(ProtectionProfile::AeadAes128Gcm);
+        let mut ours = RtpSealer::new(&k, crypto(), 0x0bad_cafe, 45).unwrap();
+        let mut rx = SrtpSession::new(&k, crypto()).unwrap();
+        let short = [0xc1u8, 0x00, 0x07];
+        let long: Vec<u8> = (0..40).collect();
+        let payload = [5u8; 50];
+        for (seq, data, two_byte, carried, profile) in [
+            (1u16, &short[..], false, true, 0xBEDEu16),
+            (2, &long[..], true, true, 0x1000),
+            (3, &long[..], false, false, 0xBEDE),
+            (4, &short[..], true, true, 0xBEDE),
+        ] {
+            let fields = SealFields {
+                seq,
+                transport_seq: Some((3, seq)),
+                extra: Some(ExtraExtension {
+                    id: 12,
+                    data,
+                    two_byte,
+                }),
+                ..SealFields::default()
+            };
+            let mut out = Vec::new();
+            ours.seal_packet(&fields, &[], &payload, &mut out).unwrap();
+            let view = crate::transport::rtp_view::RtpView::parse(&out).unwrap();
+            assert_eq!(u16::from_be_bytes([out[12], out[13]]), profile, "{seq}");
+            assert_eq!(view.header_len % 4, 0);
+            assert_eq!(view.extension(3), Some(&seq.to_be_bytes()[..]), "{seq}");
+            assert_eq!(view.extension(12), carried.then_some(data), "{seq}");
+            let header_len = view.header_len;
+            let mut p = BytesMut::from(&out[..]);
+            rx.open_rtp(&mut p, header_len, 0x0bad_cafe, seq).unwrap();
+            assert_eq!(&p[header_len..], &payload[..]);
         }
     }
 }
