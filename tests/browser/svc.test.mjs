@@ -1,8 +1,10 @@
-// VP9 SVC: Alice's camera goes out as one VP9 stream with spatial layers (`&svc=L3T3_KEY`;
-// Chromium sends as many as the capture size allows). The server drops the layers each
-// subscriber does not need: Bob's large tile receives the full picture, Carol's thumbnail
-// a smaller one at a lower rate; when Carol's tile grows she moves up (at a keyframe), and
-// when it shrinks again she moves down and keeps decoding.
+// Scalable video: Alice's camera goes out as one stream with spatial layers
+// (`&svc=L3T3_KEY`; Chromium sends as many as the capture size allows), first in VP9 (the
+// layers named by its payload descriptor), then in AV1 (named by the dependency descriptor
+// header extension, which the server negotiates, reads and forwards). The server drops the
+// layers each subscriber does not need: Bob's large tile receives the full picture, Carol's
+// thumbnail a smaller one at a lower rate; when Carol's tile grows she moves up (at a
+// keyframe), and when it shrinks again she moves down and keeps decoding.
 // Run inside a network namespace with only loopback (tests/browser/run.sh does that).
 //
 //   node tests/browser/svc.test.mjs <path to hearth binary>
@@ -10,7 +12,6 @@ import assert from 'node:assert/strict';
 import { counter, launchBrowser, openParticipant, receivedWidth, startServer, until, SMALL_TILES } from './lib.mjs';
 
 const binary = process.argv[2] || 'target/debug/hearth';
-const MEETING = 'e2e-svc';
 const logs = [];
 const server = await startServer(binary, ['--dev', '--media-port', '7882', '--empty-timeout', '2s']);
 const chromium = await launchBrowser();
@@ -29,8 +30,10 @@ async function receivedKbps(viewer, from) {
   return Math.round(((await bytes()) - b0) * 8 / (Date.now() - t0));
 }
 
-try {
-  const alice = await openParticipant(chromium.browser, server.base, MEETING, 'alice', logs, '&codec=vp9&svc=L3T3_KEY');
+async function scenario(codec) {
+  const MEETING = `e2e-svc-${codec}`;
+  log(`--- ${codec}`);
+  const alice = await openParticipant(chromium.browser, server.base, MEETING, 'alice', logs, `&codec=${codec}&svc=L3T3_KEY`);
   const bob = await openParticipant(chromium.browser, server.base, MEETING, 'bob', logs);
   const carol = await openParticipant(chromium.browser, server.base, MEETING, 'carol', logs);
   const aliceId = await until('alice joined', async () => (await alice.stats()).participantId);
@@ -39,8 +42,8 @@ try {
     await p.page.evaluate(() => window.hearth.setStatsOverlay(true));
     await until(`${p.name} decodes alice`, async () =>
       counter(await p.stats(), aliceId, 'video', 'framesDecoded') > 0, 30000);
-    const codec = (await p.stats()).remote.find((r) => r.participant === aliceId && r.kind === 'video')?.codec;
-    assert.equal(codec?.toLowerCase(), 'video/vp9', `${p.name} receives VP9`);
+    const got = (await p.stats()).remote.find((r) => r.participant === aliceId && r.kind === 'video')?.codec;
+    assert.equal(got?.toLowerCase(), `video/${codec}`, `${p.name} receives ${codec}`);
   }
   // Her encoder starts small while her uplink's estimate ramps up: wait for the camera's size.
   const capture = await until('alice\'s camera runs', () => alice.page.evaluate(() => {
@@ -91,6 +94,12 @@ try {
   log(`same two seconds: bob receives ${bobKbps} kbit/s, carol ${carolKbps} kbit/s`);
   assert.ok(carolKbps < bobKbps * 0.8, `the thumbnail costs less: ${carolKbps} < 0.8 x ${bobKbps} kbit/s`);
   assert.deepEqual(logs.filter((l) => l.includes('pageerror')), []);
+  await Promise.all([alice, bob, carol].map((p) => p.context.close()));
+}
+
+try {
+  await scenario('vp9');
+  await scenario('av1');
   console.log('PASS svc.test.mjs');
 } catch (e) {
   failed = true;
