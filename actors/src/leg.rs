@@ -270,10 +270,14 @@ impl SendLeg {
         let Some(sealer) = st.sealer.as_mut() else {
             return Forwarded::Skipped;
         };
-        // VP9 SVC: layers above the subscriber's are left out, and the picture's marker bit
-        // moves to the last packet of the highest layer it gets.
+        // VP9 and AV1 SVC: layers above the subscriber's are left out, and the picture's
+        // marker bit moves to the last packet of the highest layer it gets.
         let mut marker = None;
+        // (Only packets of the source the forwarder follows: a simulcast track's other
+        // layers reach the forwarder to switch at their keyframe, and their sequence
+        // numbers would confuse the selector's.)
         if let Some(svc) = st.svc.as_mut()
+            && st.forwarder.current_source().is_none_or(|s| s == pkt.ssrc)
             && let Some(layer) = pkt.layer.or_else(|| vp9_layer(&pkt.payload))
         {
             if retransmission {

@@ -617,12 +617,11 @@
   // ---- Local media -------------------------------------------------------------------
 
   const CODEC = (new URLSearchParams(location.search).get('codec') || '').toLowerCase();
-  // VP9 goes out as one scalable stream (spatial layers the server drops per subscriber)
-  // unless `&svc=` says otherwise; AV1 as one plain stream (Chromium sends AV1 simulcast
-  // only with the dependency descriptor, which the server does not negotiate: it would
-  // send the small layer alone).
+  // VP9 and AV1 go out as one scalable stream (spatial layers the server drops per
+  // subscriber: VP9's named by its payload descriptor, AV1's by the dependency descriptor
+  // the server negotiates) unless `&svc=` says otherwise (`&svc=0`: one plain stream).
   const svcParam = new URLSearchParams(location.search).get('svc');
-  const SVC = svcParam === '0' ? '' : (svcParam ?? (CODEC === 'vp9' ? 'L3T3_KEY' : ''));
+  const SVC = svcParam === '0' ? '' : (svcParam ?? (CODEC === 'vp9' || CODEC === 'av1' ? 'L3T3_KEY' : ''));
   const SIMULCAST = new URLSearchParams(location.search).get('simulcast') !== '0' && CODEC !== 'av1';
   // Lowest first. Two, not three: Chromium sends only as many layers as the capture size
   // allows (two at 640x360, and it drops the top one), so a third, smaller layer would cost

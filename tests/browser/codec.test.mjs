@@ -2,8 +2,8 @@
 // sends (`?codec=h264`), Bob's sends VP8; each decodes the other's video, in the codec its
 // publisher chose (the SFU forwards, it never transcodes). The same for AV1 and VP9. And
 // H.264 simulcast: a small tile gets the small layer, told apart by the size in the layers'
-// SPS. (AV1 goes out as one stream: Chromium's AV1 simulcast needs the dependency
-// descriptor.)
+// SPS. (AV1 and VP9 go out as one scalable stream, the web client's default for them;
+// svc.test.mjs drops their layers per subscriber.)
 //
 //   node tests/browser/codec.test.mjs <path to hearth binary>
 import assert from 'node:assert/strict';
@@ -26,8 +26,8 @@ async function pair(meeting, first, second) {
   const codecOf = (stats, from) => stats.remote.find((r) => r.participant === from && r.kind === 'video')?.codec;
   assert.equal(codecOf(await b.stats(), aId)?.toLowerCase(), `video/${first.codec}`, `${first.name} sends ${first.codec}`);
   assert.equal(codecOf(await a.stats(), bId)?.toLowerCase(), `video/${second.codec}`, `${second.name} sends ${second.codec}`);
-  // AV1 and VP9 go out as one stream (not simulcast): the viewer gets the camera's full
-  // size (640 px wide), not a small layer sent alone.
+  // AV1 and VP9 go out as one scalable stream (not simulcast): a viewer's large tile gets
+  // the camera's full size (640 px wide), its top spatial layer.
   const single = (c) => c === 'av1' || c === 'vp9';
   for (const [viewer, from, name, codec] of [[b, aId, first.name, first.codec], [a, bId, second.name, second.codec]]) {
     if (!single(codec)) continue;

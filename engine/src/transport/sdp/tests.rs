@@ -923,3 +923,63 @@ a=recvonly\r\na=rtpmap:111 opus/48000/2\r\n",
     assert!(n.apply_answer(&answer).is_err());
     assert!(!n.is_refused(video));
 }
+
+/// The dependency descriptor (AV1's layers) is offered on sending video sections and
+/// accepted from publishing ones (never on audio); two-byte header extensions are allowed
+/// by our offers always, by our answers only when the client's offer allowed them, and
+/// agreed only when both sides did.
+#[test]
+fn the_dependency_descriptor_and_two_byte_extensions_follow_the_exchange() {
+    let mut n = negotiator();
+    n.add_sender(vp8_sender(1));
+    let offer = n.create_offer().unwrap();
+    let ext = format!("a=extmap:12 {DEPENDENCY_DESCRIPTOR_URI}");
+    assert!(offer.contains(&ext), "{offer}");
+    assert!(offer.contains("a=extmap-allow-mixed"), "{offer}");
+    // An answer keeping the descriptor but not allowing mixed forms.
+    let answer =
+        answer_video(&offer, true).replace("a=recvonly\r\n", &format!("{ext}\r\na=recvonly\r\n"));
+    n.apply_answer(&answer).unwrap();
+    assert_eq!(
+        n.sections()[0].extension_id(DEPENDENCY_DESCRIPTOR_URI),
+        Some(12)
+    );
+    assert!(!n.allows_two_byte_extensions());
+    // The next answer allows them (session level).
+    n.add_sender(vp8_sender(2));
+    let offer = n.create_offer().unwrap();
+    let answer = answer_video(&offer, true).replacen(
+        "a=ice-ufrag",
+        "a=extmap-allow-mixed\r\na=ice-ufrag",
+        1,
+    );
+    assert!(answer.contains("a=extmap-allow-mixed"), "{answer}");
+    n.apply_answer(&answer).unwrap();
+    assert!(n.allows_two_byte_extensions());
+
+    // Publishing: an offer with the descriptor on audio and video, without allow-mixed.
+    let mut n = negotiator();
+    let dd = format!("a=extmap:9 {DEPENDENCY_DESCRIPTOR_URI}\r\n");
+    let offer = format!(
+        "{SESSION}a=group:BUNDLE 0 1\r\n{}{}{dd}",
+        audio("0", 9, &dd),
+        video("1")
+    );
+    let (answer, _) = n.apply_offer(&offer).unwrap();
+    assert!(!answer.contains("a=extmap-allow-mixed"), "{answer}");
+    assert_eq!(
+        n.sections()[0].extension_id(DEPENDENCY_DESCRIPTOR_URI),
+        None
+    );
+    assert_eq!(
+        n.sections()[1].extension_id(DEPENDENCY_DESCRIPTOR_URI),
+        Some(9)
+    );
+    assert!(!n.allows_two_byte_extensions());
+    // The same offer allowing mixed forms: our answer allows them too.
+    let mut n = negotiator();
+    let offer = offer.replacen("t=0 0\r\n", "t=0 0\r\na=extmap-allow-mixed\r\n", 1);
+    let (answer, _) = n.apply_offer(&offer).unwrap();
+    assert!(answer.contains("a=extmap-allow-mixed"), "{answer}");
+    assert!(n.allows_two_byte_extensions());
+}
