@@ -271,6 +271,11 @@ pub struct Negotiator {
     /// (`a=extmap-allow-mixed`, RFC 8285 §6): our offers always do, our answers when its
     /// offer did.
     allow_mixed: bool,
+    /// Every header extension id the client's descriptions used, with its URI, accepted by
+    /// us or not: Chromium reserves the ids of its own sections across the BUNDLE group and
+    /// refuses an offer that gives one of them another URI ("RTP extension ID reassignment
+    /// not supported"). New sending sections avoid them.
+    remote_extmap: Vec<(u8, String)>,
 }
 
 impl Negotiator {
@@ -284,6 +289,7 @@ impl Negotiator {
             senders: HashMap::new(),
             refused: HashSet::new(),
             allow_mixed: false,
+            remote_extmap: Vec::new(),
             next_sender: 0,
             next_mid: 0,
             pts: Vec::new(),
@@ -356,6 +362,20 @@ impl Negotiator {
                 .iter()
                 .flatten()
                 .any(|s| s.kind == SectionKind::Application && !s.rejected)
+    }
+
+    /// Adds the extension ids `desc` used (bounded: at most one entry per id).
+    fn remember_remote_extmap(&mut self, desc: &SessionDescription) {
+        for md in &desc.media_descriptions {
+            for a in md.attributes.iter().filter(|a| a.key == "extmap") {
+                let Some((id, uri)) = a.value.as_deref().and_then(parse_extmap) else {
+                    continue;
+                };
+                if !self.remote_extmap.iter().any(|(i, _)| *i == id) {
+                    self.remote_extmap.push((id, uri.to_owned()));
+                }
+            }
+        }
     }
 
     /// Two-byte header extensions may be sent (both sides allow them).
@@ -516,6 +536,7 @@ impl Negotiator {
         }
         self.sections = next;
         self.allow_mixed = allows_mixed(&desc);
+        self.remember_remote_extmap(&desc);
         self.settle_data_section();
         self.sync_sender_pts();
         self.offer_due = self.compute_needs_offer();
@@ -706,7 +727,7 @@ impl Negotiator {
             };
             let mid = self.fresh_mid(&next);
             let codecs = self.offer_codecs(&sender);
-            let extmap = bundle_extmap(&next, sender.kind);
+            let extmap = bundle_extmap(&next, &self.remote_extmap, sender.kind);
             let section = Section {
                 mid,
                 kind: match sender.kind {
@@ -961,6 +982,7 @@ impl Negotiator {
         }
         self.sections = next;
         self.allow_mixed = allows_mixed(&desc);
+        self.remember_remote_extmap(&desc);
         self.pending = None;
         self.signaling = Signaling::Stable;
         self.refused.extend(refused);
@@ -1331,6 +1353,15 @@ fn parse(sdp: &str) -> Result<SessionDescription, SdpError> {
         return Err(invalid("no media sections"));
     }
     Ok(desc)
+}
+
+/// `<id>[/<direction>] <uri> ...` of an `a=extmap` line, for ids our sections can use
+/// (1 to 14).
+fn parse_extmap(value: &str) -> Option<(u8, &str)> {
+    let mut parts = value.split_whitespace();
+    let id = parts.next()?.split('/').next()?.parse::<u8>().ok()?;
+    let uri = parts.next()?;
+    (1..=14).contains(&id).then_some((id, uri))
 }
 
 /// The description allows two-byte header extensions (session-level
@@ -1884,7 +1915,9 @@ fn local_extensions(kind: MediaKind) -> &'static [(&'static str, u8)] {
             (MID_URI, 4),
             (RID_URI, 10),
             (REPAIRED_RID_URI, 11),
-            (DEPENDENCY_DESCRIPTOR_URI, 12),
+            // 9: the one id of 1 to 14 Chromium's own video sections leave free (12 is its
+            // video-layers-allocation); a client offer crossing ours must not collide.
+            (DEPENDENCY_DESCRIPTOR_URI, 9),
         ],
     }
 }
@@ -1892,11 +1925,16 @@ fn local_extensions(kind: MediaKind) -> &'static [(&'static str, u8)] {
 /// The extensions of a new sending section, with the ids the BUNDLE group already uses for
 /// them (one id per URI across the group), else Chromium's defaults when free, else the
 /// lowest free id.
-fn bundle_extmap(sections: &[Section], kind: MediaKind) -> Vec<(u8, String)> {
+fn bundle_extmap(
+    sections: &[Section],
+    remote: &[(u8, String)],
+    kind: MediaKind,
+) -> Vec<(u8, String)> {
     let used: Vec<&(u8, String)> = sections
         .iter()
         .filter(|s| !s.rejected)
         .flat_map(|s| s.extmap.iter())
+        .chain(remote)
         .collect();
     let mut out: Vec<(u8, String)> = Vec::new();
     for (uri, default) in local_extensions(kind) {

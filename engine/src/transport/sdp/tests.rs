@@ -933,7 +933,7 @@ fn the_dependency_descriptor_and_two_byte_extensions_follow_the_exchange() {
     let mut n = negotiator();
     n.add_sender(vp8_sender(1));
     let offer = n.create_offer().unwrap();
-    let ext = format!("a=extmap:12 {DEPENDENCY_DESCRIPTOR_URI}");
+    let ext = format!("a=extmap:9 {DEPENDENCY_DESCRIPTOR_URI}");
     assert!(offer.contains(&ext), "{offer}");
     assert!(offer.contains("a=extmap-allow-mixed"), "{offer}");
     // An answer keeping the descriptor but not allowing mixed forms.
@@ -942,7 +942,7 @@ fn the_dependency_descriptor_and_two_byte_extensions_follow_the_exchange() {
     n.apply_answer(&answer).unwrap();
     assert_eq!(
         n.sections()[0].extension_id(DEPENDENCY_DESCRIPTOR_URI),
-        Some(12)
+        Some(9)
     );
     assert!(!n.allows_two_byte_extensions());
     // The next answer allows them (session level).
@@ -959,7 +959,7 @@ fn the_dependency_descriptor_and_two_byte_extensions_follow_the_exchange() {
 
     // Publishing: an offer with the descriptor on audio and video, without allow-mixed.
     let mut n = negotiator();
-    let dd = format!("a=extmap:9 {DEPENDENCY_DESCRIPTOR_URI}\r\n");
+    let dd = format!("a=extmap:7 {DEPENDENCY_DESCRIPTOR_URI}\r\n");
     let offer = format!(
         "{SESSION}a=group:BUNDLE 0 1\r\n{}{}{dd}",
         audio("0", 9, &dd),
@@ -973,7 +973,7 @@ fn the_dependency_descriptor_and_two_byte_extensions_follow_the_exchange() {
     );
     assert_eq!(
         n.sections()[1].extension_id(DEPENDENCY_DESCRIPTOR_URI),
-        Some(9)
+        Some(7)
     );
     assert!(!n.allows_two_byte_extensions());
     // The same offer allowing mixed forms: our answer allows them too.
@@ -982,4 +982,30 @@ fn the_dependency_descriptor_and_two_byte_extensions_follow_the_exchange() {
     let (answer, _) = n.apply_offer(&offer).unwrap();
     assert!(answer.contains("a=extmap-allow-mixed"), "{answer}");
     assert!(n.allows_two_byte_extensions());
+}
+
+/// An id the client's own sections use for an extension we did not accept is still taken
+/// for the whole BUNDLE group: Chromium refuses an offer that gives it another URI ("RTP
+/// extension ID reassignment not supported"). Our new sending sections pick another id.
+#[test]
+fn extension_ids_the_client_reserved_are_not_given_another_uri() {
+    let mut n = negotiator();
+    let layers_alloc =
+        "a=extmap:9 http://www.webrtc.org/experiments/rtp-hdrext/video-layers-allocation00\r\n";
+    let offer = format!(
+        "{SESSION}a=group:BUNDLE 0 1\r\n{}{}{layers_alloc}",
+        audio("0", 9, ""),
+        video("1")
+    );
+    let (answer, _) = n.apply_offer(&offer).unwrap();
+    assert!(!answer.contains("video-layers-allocation00"), "{answer}");
+    n.add_sender(vp8_sender(5));
+    let offer = n.create_offer().unwrap();
+    let ours = offer.split("m=").nth(3).unwrap();
+    let dd_line = ours
+        .lines()
+        .find(|l| l.ends_with(DEPENDENCY_DESCRIPTOR_URI))
+        .unwrap_or_else(|| panic!("{ours}"));
+    assert!(!dd_line.starts_with("a=extmap:9 "), "{ours}");
+    assert!(!ours.contains("a=extmap:9 "), "{ours}");
 }
