@@ -2,8 +2,8 @@
 # The README's test command: installs what the tests need (idempotent), then runs every
 # check CI runs: formatting, lints, architecture rules, unit/property/integration tests
 # (including coturn's TURN clients, hearthctl and a short hearth-loadgen run), the Python
-# grpcio interop test, and the browser end-to-end tests (with aiortc for WHIP/WHEP) in
-# private network namespaces.
+# grpcio interop test, and the browser end-to-end tests (with aiortc and GStreamer for
+# WHIP/WHEP) in private network namespaces.
 #
 #   tests/run.sh            everything
 #   tests/run.sh --quick    skip the browser tests
@@ -38,6 +38,18 @@ command -v sox >/dev/null || need+=(sox)
 command -v nft >/dev/null || need+=(nftables)                # random loss on a shaped link
 command -v redis-server >/dev/null || need+=(redis-server)   # the cluster tests (their own servers)
 command -v faketime >/dev/null || need+=(faketime)           # a cluster node with a skewed clock
+# GStreamer's webrtcbin through Debian's python: the WHIP test's third WebRTC stack.
+/usr/bin/python3 - <<'PY' 2>/dev/null ||
+import gi
+gi.require_version("Gst", "1.0")
+gi.require_version("GstWebRTC", "1.0")
+gi.require_version("GstSdp", "1.0")
+from gi.repository import Gst
+Gst.init(None)
+assert all(Gst.ElementFactory.find(e) for e in ("webrtcbin", "vp8enc", "opusenc", "nicesrc", "videotestsrc"))
+PY
+  need+=(python3-gi python3-gst-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0
+    gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-nice)
 if [ ${#need[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"

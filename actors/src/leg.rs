@@ -81,6 +81,9 @@ pub struct LegState {
     /// AV1: the dependency descriptor's extension id on the subscriber's section, and
     /// whether its two-byte form is allowed; packets carry their publisher's descriptor.
     pub dd_ext: Option<(u8, bool)>,
+    /// VP9: layers are read from the payload descriptor (AV1's come with the packet, from
+    /// its dependency descriptor; an AV1 payload must never be read as VP9's).
+    pub vp9: bool,
 }
 
 /// A leg's handle on its subscriber's transport-wide sequence.
@@ -147,6 +150,7 @@ impl SendLeg {
                 vp8: None,
                 svc: None,
                 dd_ext: None,
+                vp9: false,
             }),
             usage: None,
         }
@@ -161,11 +165,14 @@ impl SendLeg {
         self
     }
 
-    /// A VP9 stream: spatial layers above the subscriber's are left out (see [`SvcSelector`]);
-    /// it starts with every layer until the publisher chooses.
-    pub fn with_svc(self) -> Self {
+    /// A scalable stream (VP9, whose layers its payload descriptor names, if `vp9`; AV1,
+    /// whose layers come with each packet from its dependency descriptor): spatial and
+    /// temporal layers above the subscriber's are left out (see [`SvcSelector`]); it starts
+    /// with every layer until the publisher chooses.
+    pub fn with_svc(self, vp9: bool) -> Self {
         if let Ok(mut st) = self.state.lock() {
             st.svc = Some(Box::new(SvcSelector::new(u8::MAX)));
+            st.vp9 = vp9;
         }
         self
     }
@@ -278,7 +285,13 @@ impl SendLeg {
         // numbers would confuse the selector's.)
         if let Some(svc) = st.svc.as_mut()
             && st.forwarder.current_source().is_none_or(|s| s == pkt.ssrc)
-            && let Some(layer) = pkt.layer.or_else(|| vp9_layer(&pkt.payload))
+            && let Some(layer) = pkt.layer.or_else(|| {
+                if st.vp9 {
+                    vp9_layer(&pkt.payload)
+                } else {
+                    None
+                }
+            })
         {
             if retransmission {
                 match svc.retransmission(pkt.seq, pkt.marker) {

@@ -2128,7 +2128,14 @@ impl ParticipantState {
         let mut svc_sized = false;
         if let Some(svc) = &mut p.svc {
             // AV1's layers come from its dependency descriptor (read by the transport).
-            if let Some(layer) = packet.layer.or_else(|| vp9_layer(&packet.payload)) {
+            let vp9 = p.codec.codec == hearth_engine::media::Codec::Vp9;
+            if let Some(layer) = packet.layer.or_else(|| {
+                if vp9 {
+                    vp9_layer(&packet.payload)
+                } else {
+                    None
+                }
+            }) {
                 let bytes = packet.payload.len() as u64 + crate::congestion::WIRE_OVERHEAD;
                 let temporal = layer.temporal.min(SVC_TEMPORAL_LAYERS - 1);
                 svc.rates[usize::from(layer.spatial)][usize::from(temporal)]
@@ -2708,11 +2715,10 @@ impl ParticipantState {
                             if track.codec.codec == hearth_engine::media::Codec::Vp8 {
                                 leg = leg.with_vp8_munging();
                             }
-                            if matches!(
-                                track.codec.codec,
-                                hearth_engine::media::Codec::Vp9 | hearth_engine::media::Codec::Av1
-                            ) {
-                                leg = leg.with_svc();
+                            match track.codec.codec {
+                                hearth_engine::media::Codec::Vp9 => leg = leg.with_svc(true),
+                                hearth_engine::media::Codec::Av1 => leg = leg.with_svc(false),
+                                _ => {}
                             }
                             let leg = Arc::new(leg);
                             // The publisher forwards on it once it is ready (closed legs and
@@ -2832,7 +2838,14 @@ impl ParticipantState {
             };
             leg.dest = dest;
             leg.twcc = self.cc.leg_handle();
-            leg.dd_ext = self.peer.sender_dependency_descriptor(sender);
+            // Only where the two-byte form is agreed: a keyframe's descriptor (its template
+            // structure) rarely fits one byte's 16 octets, and a subscriber given the small
+            // descriptors without the structure cannot read any of them (libwebrtc drops
+            // such packets).
+            leg.dd_ext = self
+                .peer
+                .sender_dependency_descriptor(sender)
+                .filter(|(_, two_byte)| *two_byte);
             match (&mut leg.sealer, self.peer.sender_payload_type(sender)) {
                 (Some(sealer), Some(pt)) => sealer.payload_type = pt,
                 (None, Some(_)) => leg.sealer = self.peer.take_sealer(sender),

@@ -121,6 +121,8 @@ pub enum DdError {
 #[derive(Clone, Debug, Default)]
 pub struct DdReader {
     structure: Option<DdStructure>,
+    /// The frame number that brought the kept structure.
+    structure_frame: u16,
 }
 
 impl DdReader {
@@ -129,11 +131,19 @@ impl DdReader {
     }
 
     /// Reads the descriptor `data` (the extension element's bytes). A structure it carries
-    /// replaces the one kept. Malformed input is an error and changes nothing.
+    /// replaces the one kept, unless its frame is older than the one that brought that (a
+    /// late or retransmitted keyframe packet: the sender has moved its template ids on
+    /// since). Malformed input is an error and changes nothing.
     pub fn read(&mut self, data: &[u8]) -> Result<DdFrame, DdError> {
         let (frame, structure) = parse(data, self.structure.as_ref())?;
         if let Some(s) = structure {
-            self.structure = Some(s);
+            let older = self.structure.is_some()
+                && frame.frame_number != self.structure_frame
+                && frame.frame_number.wrapping_sub(self.structure_frame) >= 0x8000;
+            if !older {
+                self.structure = Some(s);
+                self.structure_frame = frame.frame_number;
+            }
         }
         Ok(frame)
     }
@@ -461,6 +471,27 @@ mod tests {
             r.read(&frame_descriptor(14, 103, true, true)),
             Err(DdError::UnknownTemplate)
         );
+    }
+
+    #[test]
+    fn a_late_structure_does_not_replace_a_newer_one() {
+        let mut r = DdReader::default();
+        r.read(&keyframe_descriptor(20, 20, 500)).unwrap();
+        // A retransmitted packet of the previous keyframe (frame 400, offset 0) arrives
+        // late: read against its own structure, not kept.
+        let late = r.read(&keyframe_descriptor(0, 0, 400)).unwrap();
+        assert!(late.new_structure);
+        let f = r.read(&frame_descriptor(23, 501, true, true)).unwrap();
+        assert_eq!((f.spatial, f.temporal), (1, 1));
+        // A newer keyframe's structure (across the 16-bit wrap) is taken.
+        let mut r = DdReader::default();
+        r.read(&keyframe_descriptor(20, 20, 65_530)).unwrap();
+        r.read(&keyframe_descriptor(40, 40, 3)).unwrap();
+        assert_eq!(
+            r.read(&frame_descriptor(23, 4, true, true)),
+            Err(DdError::UnknownTemplate)
+        );
+        assert!(r.read(&frame_descriptor(43, 4, true, true)).is_ok());
     }
 
     #[test]

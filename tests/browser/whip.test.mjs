@@ -2,8 +2,9 @@
 // meeting whose Chromium participant (the web client) watches:
 //  1. a Chromium page publishes with plain RTCPeerConnection and fetch (RFC 9725's exchange),
 //     then restarts ICE with a PATCH (new credentials both ways) and keeps publishing;
-//  2. aiortc (Python) publishes a test pattern and audio the same way;
-//     the web client decodes both;
+//  2. aiortc (Python) publishes a test pattern and audio the same way, and so does GStreamer
+//     (webrtcbin with libnice, the stack of GStreamer-based streaming tools); the web client
+//     decodes all three;
 //  3. a Chromium page plays the web client's camera and microphone over WHEP, and aiortc
 //     plays the Chromium WHIP publisher over WHEP; both decode;
 //  4. DELETE ends the Chromium publisher: it leaves the meeting, and the aiortc player
@@ -21,6 +22,9 @@ import { counter, launchBrowser, openParticipant, startServer, until } from './l
 const binary = process.argv[2] || 'target/debug/hearth';
 const PYTHON = process.env.HEARTH_WHIP_PYTHON;
 const CLIENT = fileURLToPath(new URL('../whip/aiortc_client.py', import.meta.url));
+// Debian's python, which has PyGObject and GStreamer's introspection data (tests/run.sh).
+const GST_PYTHON = process.env.HEARTH_GST_PYTHON || '/usr/bin/python3';
+const GST_CLIENT = fileURLToPath(new URL('../whip/gst_whip.py', import.meta.url));
 const IP = process.env.HEARTH_TEST_IP || '127.0.0.1';
 const MEETING = 'e2e-whip';
 const logs = [];
@@ -44,7 +48,17 @@ async function devToken(name) {
 
 /** Runs aiortc_client.py; its JSON lines arrive in `events`. */
 function aiortc(mode, url, token) {
-  const proc = spawn(PYTHON, [CLIENT, mode, url, token], { stdio: ['pipe', 'pipe', 'pipe'] });
+  return pythonClient(`aiortc ${mode}`, PYTHON, [CLIENT, mode, url, token]);
+}
+
+/** Runs gst_whip.py (GStreamer's webrtcbin) as a WHIP publisher. */
+function gstreamer(url, token) {
+  return pythonClient('gstreamer publish', GST_PYTHON, [GST_CLIENT, url, token]);
+}
+
+/** A client script printing JSON lines (see aiortc_client.py): its events and controls. */
+function pythonClient(what, python, args) {
+  const proc = spawn(python, args, { stdio: ['pipe', 'pipe', 'pipe'] });
   const events = [];
   const stderr = [];
   createInterface({ input: proc.stdout }).on('line', (line) => {
@@ -52,21 +66,22 @@ function aiortc(mode, url, token) {
   });
   proc.stderr.on('data', (d) => stderr.push(d.toString()));
   const child = {
+    what,
     proc,
     events,
     stderr,
     last: (event) => events.filter((e) => e.event === event).at(-1),
     failIfError() {
       const error = events.find((e) => e.event === 'error');
-      if (error) throw new Error(`aiortc ${mode}: ${JSON.stringify(error)}`);
+      if (error) throw new Error(`${what}: ${JSON.stringify(error)}`);
       if (proc.exitCode !== null && proc.exitCode !== 0) {
-        throw new Error(`aiortc ${mode} exited ${proc.exitCode}: ${stderr.join('')}`);
+        throw new Error(`${what} exited ${proc.exitCode}: ${stderr.join('')}`);
       }
     },
     /** Closes stdin: the client DELETEs its resource and exits. */
     async finish() {
       proc.stdin.end();
-      await until(`aiortc ${mode} exits`, () => proc.exitCode !== null, 20000);
+      await until(`${what} exits`, () => proc.exitCode !== null, 20000);
       return child.last('deleted');
     },
   };
@@ -186,6 +201,13 @@ try {
     'WHIP publishers are participants like any other');
   log('the web client decodes the aiortc WHIP publisher', aiortcPublisherId);
 
+  // 2b. GStreamer (webrtcbin, libnice) publishes over WHIP, as a streaming tool built on it
+  // would; non-trickle: its offer carries every candidate.
+  const gstPublisher = gstreamer(`${server.base}/whip/${MEETING}`, await devToken('gst-whip'));
+  const gstPublisherId = idOf((await started(gstPublisher, 'GStreamer WHIP publisher')).location);
+  await decodes(viewer, gstPublisherId, "GStreamer's WHIP stream");
+  log('the web client decodes the GStreamer WHIP publisher', gstPublisherId);
+
   // 3a. Chromium plays the web client's camera and microphone over WHEP.
   const player = await plainPage('chrome-whep');
   const whep = await player.page.evaluate(async ({ meeting, source, token }) => {
@@ -246,11 +268,16 @@ try {
   await until('the aiortc publisher is gone', async () =>
     !(await viewer.stats()).participants.includes(aiortcPublisherId), 10000);
   log('aiortc ended its WHIP session with DELETE');
+  const gstGone = await gstPublisher.finish();
+  assert.equal(gstGone && gstGone.status, 200, 'GStreamer\'s publisher DELETEs its resource');
+  await until('the GStreamer publisher is gone', async () =>
+    !(await viewer.stats()).participants.includes(gstPublisherId), 10000);
+  log('GStreamer ended its WHIP session with DELETE');
   assert.deepEqual(logs.filter((l) => l.includes('pageerror')), []);
 } catch (e) {
   failed = true;
   console.error('FAILED:', e);
-  for (const c of children) console.error('aiortc stderr:', c.stderr.join('').slice(-3000));
+  for (const c of children) console.error(`${c.what} stderr:`, c.stderr.join('').slice(-3000));
   console.error(logs.join('\n'));
   console.error(server.output.join('').slice(-6000));
 } finally {

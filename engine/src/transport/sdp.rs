@@ -272,9 +272,9 @@ pub struct Negotiator {
     /// offer did.
     allow_mixed: bool,
     /// Every header extension id the client's descriptions used, with its URI, accepted by
-    /// us or not: Chromium reserves the ids of its own sections across the BUNDLE group and
-    /// refuses an offer that gives one of them another URI ("RTP extension ID reassignment
-    /// not supported"). New sending sections avoid them.
+    /// us or not (at most one entry per id: 255): Chromium reserves the ids of its own
+    /// sections across the BUNDLE group and refuses an offer that gives one of them another
+    /// URI ("RTP extension ID reassignment not supported"). New sending sections avoid them.
     remote_extmap: Vec<(u8, String)>,
 }
 
@@ -589,7 +589,7 @@ impl Negotiator {
             s.remote_sends = sends;
             s.local_sends = false;
             s.codecs = supported_codecs(offered, None);
-            s.extmap = accepted_extmap(offered);
+            s.extmap = accepted_extmap(offered, &s.codecs);
             s.remote_ssrcs = offered.ssrcs.clone();
             s.remote_rtx = offered.fid.clone();
             s.remote_sim = offered.sim.clone();
@@ -657,6 +657,11 @@ impl Negotiator {
     fn answer_new_remote(&self, offered: &OfferedSection) -> Section {
         let codecs = supported_codecs(offered, None);
         let rejected = offered.port0 || offered.kind.media_kind().is_none() || codecs.is_empty();
+        let extmap = if rejected {
+            Vec::new()
+        } else {
+            accepted_extmap(offered, &codecs)
+        };
         Section {
             mid: offered.mid.clone(),
             kind: offered.kind.clone(),
@@ -666,11 +671,7 @@ impl Negotiator {
             remote_sends: !rejected && offered.direction.remote_sends(),
             local_sends: false,
             codecs: if rejected { Vec::new() } else { codecs },
-            extmap: if rejected {
-                Vec::new()
-            } else {
-                accepted_extmap(offered)
-            },
+            extmap,
             remote_ssrcs: offered.ssrcs.clone(),
             remote_rtx: offered.fid.clone(),
             remote_sim: offered.sim.clone(),
@@ -727,7 +728,12 @@ impl Negotiator {
             };
             let mid = self.fresh_mid(&next);
             let codecs = self.offer_codecs(&sender);
-            let extmap = bundle_extmap(&next, &self.remote_extmap, sender.kind);
+            let extmap = bundle_extmap(&next, &self.remote_extmap, sender.kind)
+                .into_iter()
+                .filter(|(_, uri)| {
+                    uri != DEPENDENCY_DESCRIPTOR_URI || sender.codec.codec == Codec::Av1
+                })
+                .collect();
             let section = Section {
                 mid,
                 kind: match sender.kind {
@@ -1355,13 +1361,12 @@ fn parse(sdp: &str) -> Result<SessionDescription, SdpError> {
     Ok(desc)
 }
 
-/// `<id>[/<direction>] <uri> ...` of an `a=extmap` line, for ids our sections can use
-/// (1 to 14).
+/// `<id>[/<direction>] <uri> ...` of an `a=extmap` line.
 fn parse_extmap(value: &str) -> Option<(u8, &str)> {
     let mut parts = value.split_whitespace();
     let id = parts.next()?.split('/').next()?.parse::<u8>().ok()?;
     let uri = parts.next()?;
-    (1..=14).contains(&id).then_some((id, uri))
+    (id >= 1).then_some((id, uri))
 }
 
 /// The description allows two-byte header extensions (session-level
@@ -1546,8 +1551,9 @@ fn parse_section(md: &MediaDescription) -> Result<OfferedSection, SdpError> {
                 let mut parts = value.split_whitespace();
                 if let (Some(id), Some(uri)) = (parts.next(), parts.next()) {
                     let id = id.split('/').next().unwrap_or(id);
+                    // Two-byte ids too (RFC 8285 §4.3; `extmap-allow-mixed`).
                     if let Ok(id) = id.parse::<u8>()
-                        && (1..=14).contains(&id)
+                        && id >= 1
                         && extmap.len() < 32
                     {
                         extmap.push((id, uri.to_owned()));
@@ -1915,9 +1921,12 @@ fn local_extensions(kind: MediaKind) -> &'static [(&'static str, u8)] {
             (MID_URI, 4),
             (RID_URI, 10),
             (REPAIRED_RID_URI, 11),
-            // 9: the one id of 1 to 14 Chromium's own video sections leave free (12 is its
-            // video-layers-allocation); a client offer crossing ours must not collide.
-            (DEPENDENCY_DESCRIPTOR_URI, 9),
+            // 16, a two-byte id (it is only sent where `extmap-allow-mixed` is agreed):
+            // Chromium's own video sections use every id of 1 to 14 (9 and 12 go to the
+            // descriptor and video-layers-allocation in either order), and an offer of
+            // ours crossing the client's must not give one of its ids another URI ("RTP
+            // extension ID reassignment not supported", seen with 12 and with 9).
+            (DEPENDENCY_DESCRIPTOR_URI, 16),
         ],
     }
 }
@@ -1946,7 +1955,11 @@ fn bundle_extmap(
             .find(|(_, u)| u == uri)
             .map(|(i, _)| *i)
             .or_else(|| (!taken(*default, &out)).then_some(*default))
-            .or_else(|| (1..=14).find(|i| !taken(*i, &out)));
+            .or_else(|| {
+                // Two-byte ids stay two-byte (their form is agreed where they are used).
+                let mut free = if *default > 14 { 16..=255 } else { 1..=14 };
+                free.find(|i| !taken(*i, &out))
+            });
         if let Some(id) = id {
             out.push((id, (*uri).to_owned()));
         }
@@ -1967,13 +1980,19 @@ fn local_extmap_from(offered: &OfferedSection) -> Vec<(u8, String)> {
         .collect()
 }
 
-fn accepted_extmap(offered: &OfferedSection) -> Vec<(u8, String)> {
+/// The extensions we accept on a section the client sends on, `codecs` being what we
+/// agree (the first is what it will send). The dependency descriptor only for AV1: agreed
+/// for another codec, Chromium puts it on its VP8 simulcast too and its temporal layers
+/// went unseen (the per-temporal-layer rates of the VP8 ladder stayed empty, and a
+/// subscriber on a link below the lowest layer was paused instead of slowed).
+fn accepted_extmap(offered: &OfferedSection, codecs: &[NegotiatedCodec]) -> Vec<(u8, String)> {
+    let av1 = codecs.first().is_some_and(|c| c.params.codec == Codec::Av1);
     offered
         .extmap
         .iter()
         .filter(|(_, uri)| ACCEPTED_EXTENSIONS.contains(&uri.as_str()))
         .filter(|(_, uri)| uri != AUDIO_LEVEL_URI || offered.kind == SectionKind::Audio)
-        .filter(|(_, uri)| uri != DEPENDENCY_DESCRIPTOR_URI || offered.kind == SectionKind::Video)
+        .filter(|(_, uri)| uri != DEPENDENCY_DESCRIPTOR_URI || av1)
         .cloned()
         .collect()
 }

@@ -172,7 +172,7 @@ fn write_extensions(header: &mut [u8; MAX_SEALED_HEADER_LEN], fields: &SealField
         .map(|(id, seq)| (id, seq.to_be_bytes()));
     let extra = fields
         .extra
-        .filter(|e| e.id >= 1 && e.id != 15 && !e.data.is_empty() && e.data.len() <= 255);
+        .filter(|e| e.id >= 1 && !e.data.is_empty() && e.data.len() <= 255);
     let fits_one = |e: &ExtraExtension<'_>| e.id <= 14 && e.data.len() <= 16;
     let extra = extra.filter(|e| fits_one(e) || e.two_byte);
     let one_byte = extra.as_ref().is_none_or(fits_one);

@@ -924,44 +924,61 @@ a=recvonly\r\na=rtpmap:111 opus/48000/2\r\n",
     assert!(!n.is_refused(video));
 }
 
-/// The dependency descriptor (AV1's layers) is offered on sending video sections and
-/// accepted from publishing ones (never on audio); two-byte header extensions are allowed
-/// by our offers always, by our answers only when the client's offer allowed them, and
-/// agreed only when both sides did.
+/// The dependency descriptor (AV1's layers) is offered on sending sections of AV1 tracks
+/// and accepted from publishing sections whose codec is AV1 (never for VP8, never on
+/// audio); two-byte header extensions are allowed by our offers always, by our answers
+/// only when the client's offer allowed them, and agreed only when both sides did.
 #[test]
 fn the_dependency_descriptor_and_two_byte_extensions_follow_the_exchange() {
+    let av1 = codec_table()
+        .into_iter()
+        .find(|c| c.codec == Codec::Av1)
+        .unwrap();
+    let av1_sender = |ssrc: u32| Sender {
+        codec: av1.clone(),
+        ..vp8_sender(ssrc)
+    };
     let mut n = negotiator();
-    n.add_sender(vp8_sender(1));
+    n.add_sender(av1_sender(1));
+    n.add_sender(vp8_sender(3));
     let offer = n.create_offer().unwrap();
-    let ext = format!("a=extmap:9 {DEPENDENCY_DESCRIPTOR_URI}");
-    assert!(offer.contains(&ext), "{offer}");
+    let ext = format!("a=extmap:16 {DEPENDENCY_DESCRIPTOR_URI}");
+    let sections: Vec<&str> = offer.split("m=").skip(1).collect();
+    assert!(sections[0].contains(&ext), "{offer}");
+    assert!(!sections[1].contains(DEPENDENCY_DESCRIPTOR_URI), "{offer}");
     assert!(offer.contains("a=extmap-allow-mixed"), "{offer}");
     // An answer keeping the descriptor but not allowing mixed forms.
-    let answer =
-        answer_video(&offer, true).replace("a=recvonly\r\n", &format!("{ext}\r\na=recvonly\r\n"));
+    let answer = answer_video(&offer, true).replacen(
+        "a=recvonly\r\n",
+        &format!("{ext}\r\na=recvonly\r\n"),
+        1,
+    );
     n.apply_answer(&answer).unwrap();
     assert_eq!(
         n.sections()[0].extension_id(DEPENDENCY_DESCRIPTOR_URI),
-        Some(9)
+        Some(16)
     );
     assert!(!n.allows_two_byte_extensions());
     // The next answer allows them (session level).
-    n.add_sender(vp8_sender(2));
+    n.add_sender(av1_sender(2));
     let offer = n.create_offer().unwrap();
     let answer = answer_video(&offer, true).replacen(
         "a=ice-ufrag",
         "a=extmap-allow-mixed\r\na=ice-ufrag",
         1,
     );
-    assert!(answer.contains("a=extmap-allow-mixed"), "{answer}");
     n.apply_answer(&answer).unwrap();
     assert!(n.allows_two_byte_extensions());
 
-    // Publishing: an offer with the descriptor on audio and video, without allow-mixed.
+    // Publishing: the descriptor offered on audio, VP8 video and AV1 video, without
+    // allow-mixed: accepted on the AV1 section only.
     let mut n = negotiator();
     let dd = format!("a=extmap:7 {DEPENDENCY_DESCRIPTOR_URI}\r\n");
+    let av1_video = "m=video 9 UDP/TLS/RTP/SAVPF 45\r\nc=IN IP4 0.0.0.0\r\na=mid:2\r\n\
+a=setup:actpass\r\na=rtcp-mux\r\na=sendonly\r\na=rtpmap:45 AV1/90000\r\n\
+a=rtcp-fb:45 nack\r\na=rtcp-fb:45 nack pli\r\na=ssrc:20 cname:x\r\n";
     let offer = format!(
-        "{SESSION}a=group:BUNDLE 0 1\r\n{}{}{dd}",
+        "{SESSION}a=group:BUNDLE 0 1 2\r\n{}{}{dd}{av1_video}{dd}",
         audio("0", 9, &dd),
         video("1")
     );
@@ -973,6 +990,10 @@ fn the_dependency_descriptor_and_two_byte_extensions_follow_the_exchange() {
     );
     assert_eq!(
         n.sections()[1].extension_id(DEPENDENCY_DESCRIPTOR_URI),
+        None
+    );
+    assert_eq!(
+        n.sections()[2].extension_id(DEPENDENCY_DESCRIPTOR_URI),
         Some(7)
     );
     assert!(!n.allows_two_byte_extensions());
@@ -991,7 +1012,7 @@ fn the_dependency_descriptor_and_two_byte_extensions_follow_the_exchange() {
 fn extension_ids_the_client_reserved_are_not_given_another_uri() {
     let mut n = negotiator();
     let layers_alloc =
-        "a=extmap:9 http://www.webrtc.org/experiments/rtp-hdrext/video-layers-allocation00\r\n";
+        "a=extmap:16 http://www.webrtc.org/experiments/rtp-hdrext/video-layers-allocation00\r\n";
     let offer = format!(
         "{SESSION}a=group:BUNDLE 0 1\r\n{}{}{layers_alloc}",
         audio("0", 9, ""),
@@ -999,13 +1020,20 @@ fn extension_ids_the_client_reserved_are_not_given_another_uri() {
     );
     let (answer, _) = n.apply_offer(&offer).unwrap();
     assert!(!answer.contains("video-layers-allocation00"), "{answer}");
-    n.add_sender(vp8_sender(5));
+    let av1 = codec_table()
+        .into_iter()
+        .find(|c| c.codec == Codec::Av1)
+        .unwrap();
+    n.add_sender(Sender {
+        codec: av1,
+        ..vp8_sender(5)
+    });
     let offer = n.create_offer().unwrap();
     let ours = offer.split("m=").nth(3).unwrap();
     let dd_line = ours
         .lines()
         .find(|l| l.ends_with(DEPENDENCY_DESCRIPTOR_URI))
         .unwrap_or_else(|| panic!("{ours}"));
-    assert!(!dd_line.starts_with("a=extmap:9 "), "{ours}");
-    assert!(!ours.contains("a=extmap:9 "), "{ours}");
+    assert!(!dd_line.starts_with("a=extmap:16 "), "{ours}");
+    assert!(!ours.contains("a=extmap:16 "), "{ours}");
 }
