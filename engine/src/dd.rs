@@ -121,8 +121,8 @@ pub enum DdError {
 #[derive(Clone, Debug, Default)]
 pub struct DdReader {
     structure: Option<DdStructure>,
-    /// The frame number that brought the kept structure.
-    structure_frame: u16,
+    /// The newest frame number read (None before the first).
+    newest: Option<u16>,
 }
 
 impl DdReader {
@@ -131,18 +131,19 @@ impl DdReader {
     }
 
     /// Reads the descriptor `data` (the extension element's bytes). A structure it carries
-    /// replaces the one kept, unless its frame is older than the one that brought that (a
-    /// late or retransmitted keyframe packet: the sender has moved its template ids on
+    /// replaces the one kept, unless its frame is older than the newest frame read (a late
+    /// or retransmitted keyframe packet: the sender may have moved its template ids on
     /// since). Malformed input is an error and changes nothing.
     pub fn read(&mut self, data: &[u8]) -> Result<DdFrame, DdError> {
         let (frame, structure) = parse(data, self.structure.as_ref())?;
-        if let Some(s) = structure {
-            let older = self.structure.is_some()
-                && frame.frame_number != self.structure_frame
-                && frame.frame_number.wrapping_sub(self.structure_frame) >= 0x8000;
-            if !older {
+        // Frame numbers wrap at 16 bits: "not older" is within half the range ahead.
+        let current = self
+            .newest
+            .is_none_or(|n| frame.frame_number.wrapping_sub(n) < 0x8000);
+        if current {
+            self.newest = Some(frame.frame_number);
+            if let Some(s) = structure {
                 self.structure = Some(s);
-                self.structure_frame = frame.frame_number;
             }
         }
         Ok(frame)
@@ -492,6 +493,27 @@ mod tests {
             Err(DdError::UnknownTemplate)
         );
         assert!(r.read(&frame_descriptor(43, 4, true, true)).is_ok());
+        // Long after the last structure (more than half the frame-number range: minutes of
+        // frames), a new keyframe's structure is still taken.
+        let mut r = DdReader::default();
+        r.read(&keyframe_descriptor(0, 0, 10)).unwrap();
+        let mut n = 10u16;
+        for _ in 0..70_000u32 {
+            n = n.wrapping_add(1);
+            r.read(&frame_descriptor(1, u32::from(n), true, true))
+                .unwrap();
+        }
+        r.read(&keyframe_descriptor(30, 30, u32::from(n.wrapping_add(1))))
+            .unwrap();
+        assert!(
+            r.read(&frame_descriptor(
+                33,
+                u32::from(n.wrapping_add(2)),
+                true,
+                true
+            ))
+            .is_ok()
+        );
     }
 
     #[test]

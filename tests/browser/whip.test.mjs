@@ -61,6 +61,8 @@ function pythonClient(what, python, args) {
   const proc = spawn(python, args, { stdio: ['pipe', 'pipe', 'pipe'] });
   const events = [];
   const stderr = [];
+  // A missing interpreter is an error event of the child, not a crash of the test.
+  proc.on('error', (e) => events.push({ event: 'error', message: `${what}: ${e.message}` }));
   createInterface({ input: proc.stdout }).on('line', (line) => {
     try { events.push(JSON.parse(line)); } catch { stderr.push(line); }
   });

@@ -134,8 +134,22 @@ class Publisher:
             self.fail(message="the answer is not SDP", body=answer)
             return False
         desc = GstWebRTC.WebRTCSessionDescription.new(GstWebRTC.WebRTCSDPType.ANSWER, message)
-        self.pc.emit("set-remote-description", desc, Gst.Promise.new())
+        promise = Gst.Promise.new_with_change_func(self.on_answer_applied, None)
+        self.pc.emit("set-remote-description", desc, promise)
+        return False
+
+    def on_answer_applied(self, promise, _data):
+        reply = promise.get_reply()
+        if reply is not None and reply.has_field("error"):
+            error = reply.get_value("error")
+            GLib.idle_add(self.fail_and_delete, f"webrtcbin refused the answer: {error}")
+            return
         emit(event="started", location=self.location)
+
+    def fail_and_delete(self, message):
+        emit(event="error", message=message)
+        self.failed = True
+        self.delete()
         return False
 
     def delete(self):
