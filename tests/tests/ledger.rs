@@ -235,7 +235,10 @@ async fn usage_truth(url: String) {
         .await
         .expect("a checkpoint");
     let live = api
-        .get("/v1/usage?window=hour&group_by=participant&meter=participant_ms")
+        .get(&format!(
+            "/v1/usage?window=hour&group_by=participant&meter=participant_ms&from={}",
+            since_yesterday()
+        ))
         .await;
     let live_alice: i64 = live["totals"]
         .as_array()
@@ -246,7 +249,10 @@ async fn usage_truth(url: String) {
         .sum();
     assert!(live_alice >= 2500, "open intervals count: {live}");
     let final_only = api
-        .get("/v1/usage?window=hour&meter=participant_ms&include_open=false")
+        .get(&format!(
+            "/v1/usage?window=hour&meter=participant_ms&include_open=false&from={}",
+            since_yesterday()
+        ))
         .await;
     assert!(
         final_only["totals"].as_array().unwrap().is_empty(),
@@ -298,7 +304,7 @@ async fn usage_truth(url: String) {
 
     // The aggregate API agrees with the raw rows.
     let report = api
-        .get("/v1/usage?window=hour&group_by=participant&meter=participant_ms,audio_track_ms")
+        .get(&format!("/v1/usage?window=hour&group_by=participant&meter=participant_ms,audio_track_ms&from={}", since_yesterday()))
         .await;
     let total = |group: &str, meter: &str| -> i64 {
         report["totals"]
@@ -1282,4 +1288,22 @@ async fn failed_billing_and_webhook_actors_are_restarted_and_resume() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     server.shutdown().await;
+}
+
+/// Yesterday's date (UTC, `YYYY-MM-DD`): the start of the usage queries above. Without an
+/// explicit `from`, an hourly report starts at today's midnight, and a test that straddled
+/// midnight lost the usage before it (the final run of 07 Dec failed at 00:00:01 UTC).
+fn since_yesterday() -> String {
+    let days = now_ms().div_euclid(86_400_000) - 1;
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
 }
