@@ -16,7 +16,8 @@
 //!     round trip, near a capacity seen before), never beyond 1.5 times the acknowledged
 //!     rate; under-use holds it;
 //!   - *loss-based*: over 10 % loss in a feedback window lowers the estimate by half the
-//!     loss; 2 to 10 % holds it; less lets the delay-based part raise it;
+//!     loss, but not below 85 % of the acknowledged rate; 2 to 10 % holds it; less lets
+//!     the delay-based part raise it;
 //!   - *probing*: when the caller wants more than the estimate, a cluster of padding at
 //!     twice the estimate (at most what is wanted) is sent for [`PROBE_DURATION`]; the rate
 //!     the receiver saw it arrive at, if higher, becomes the estimate. Failed probes back
@@ -693,10 +694,21 @@ impl SendSideBwe {
                 .last_loss_decrease
                 .is_none_or(|t| now.saturating_duration_since(t) >= DECREASE_INTERVAL)
         {
+            // Never below what the delay-based part would set: 85 % of what the receiver
+            // acknowledged. Heavy loss from an overflowing queue comes with a measured
+            // capacity (what got through), and a sender slow to come down (a simulcast
+            // switch waits for the lower layer's keyframe) overflows the queue for several
+            // feedback windows: compounded, one overshoot took the estimate to 40 % of the
+            // link and paused the video for seconds.
+            let lowered = (self.estimate as f64 * (1.0 - 0.5 * loss)) as u64;
+            let floor = self.acked.bps().map_or(0, |a| (BETA * a as f64) as u64);
+            let target = lowered.max(floor);
             self.last_loss_decrease = Some(now);
-            self.stats.loss_decreases += 1;
-            self.stats.limited = true;
-            self.set_estimate((self.estimate as f64 * (1.0 - 0.5 * loss)) as u64);
+            if target < self.estimate {
+                self.stats.loss_decreases += 1;
+                self.stats.limited = true;
+                self.set_estimate(target);
+            }
         }
     }
 

@@ -654,7 +654,7 @@ impl Peer {
             .iter()
             .filter(|s| !s.rejected && s.local_sends)
             .find_map(|s| s.extension_id(TRANSPORT_CC_URI))
-            .filter(|id| (1..=14).contains(id))
+            .filter(|id| *id >= 1)
     }
 
     /// The id the sender's section agreed for the dependency descriptor, and whether the

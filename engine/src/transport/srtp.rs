@@ -166,16 +166,20 @@ const MAX_SEALED_HEADER_LEN: usize = SEALED_HEADER_LEN + 4 + 4 + 2 + 255 + 3;
 /// it (ids 1 to 14, 1 to 16 octets), else the two-byte form if `fields.extra` allows it,
 /// else the extra element is left out.
 fn write_extensions(header: &mut [u8; MAX_SEALED_HEADER_LEN], fields: &SealFields<'_>) -> usize {
+    // A transport-wide sequence number agreed with an id above 14 goes in the two-byte
+    // form (RFC 8285 4.3: a peer that agreed such an id reads that form), on every packet,
+    // so the stream never mixes the forms.
     let twcc = fields
         .transport_seq
-        .filter(|(id, _)| (1..=14).contains(id))
+        .filter(|(id, _)| *id >= 1)
         .map(|(id, seq)| (id, seq.to_be_bytes()));
+    let twcc_two_byte = twcc.is_some_and(|(id, _)| id > 14);
     let extra = fields
         .extra
         .filter(|e| e.id >= 1 && !e.data.is_empty() && e.data.len() <= 255);
     let fits_one = |e: &ExtraExtension<'_>| e.id <= 14 && e.data.len() <= 16;
-    let extra = extra.filter(|e| fits_one(e) || e.two_byte);
-    let one_byte = extra.as_ref().is_none_or(fits_one);
+    let extra = extra.filter(|e| fits_one(e) || e.two_byte || twcc_two_byte);
+    let one_byte = !twcc_two_byte && extra.as_ref().is_none_or(fits_one);
     if twcc.is_none() && extra.is_none() {
         return SEALED_HEADER_LEN;
     }
@@ -339,7 +343,8 @@ pub struct SealFields<'a> {
     pub seq: u16,
     pub timestamp: u32,
     pub marker: bool,
-    /// (extension id, transport-wide sequence number); ids outside 1..=14 write nothing.
+    /// (extension id, transport-wide sequence number); ids above 14 are written in the
+    /// two-byte header form, id 0 not at all.
     pub transport_seq: Option<(u8, u16)>,
     /// Octets of RTP padding after the payload (0: none; the last one holds the count).
     pub padding: u8,
@@ -1111,11 +1116,32 @@ mod tests {
                     assert_eq!(body[body.len() - 1], padding);
                 }
             }
-            // An id a one-byte header cannot carry writes no extension.
+            // An id a one-byte header cannot carry goes in the two-byte form.
             let mut out = Vec::new();
             let fields = SealFields {
                 seq: 9,
-                transport_seq: Some((15, 1)),
+                transport_seq: Some((15, 0x1234)),
+                ..SealFields::default()
+            };
+            ours.seal_packet(&fields, &[], &[1], &mut out).unwrap();
+            assert_eq!(out[0] & 0x10, 0x10);
+            assert_eq!(&out[12..14], &[0x10, 0x00], "{profile:?}");
+            let mut buf = &out[..];
+            let header =
+                <rtc_rtp::header::Header as rtc_shared::marshal::Unmarshal>::unmarshal(&mut buf)
+                    .unwrap();
+            assert_eq!(
+                header.get_extension(15).map(|b| b.to_vec()),
+                Some(vec![0x12, 0x34]),
+                "{profile:?}"
+            );
+            let opened = rx.decrypt_rtp(&out, &header).unwrap();
+            assert_eq!(&opened[opened.len() - 1..], &[1]);
+            // Id 0 is no extension at all.
+            let mut out = Vec::new();
+            let fields = SealFields {
+                seq: 10,
+                transport_seq: Some((0, 1)),
                 ..SealFields::default()
             };
             ours.seal_packet(&fields, &[], &[1], &mut out).unwrap();

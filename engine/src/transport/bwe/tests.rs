@@ -102,6 +102,10 @@ struct Sim {
     /// Layer index chosen at each frame.
     layer: usize,
     switches: u32,
+    /// How long a switch down takes to reach the wire (an SFU waits for the lower layer's
+    /// keyframe and keeps sending the higher one meanwhile); zero: at once.
+    switch_down_delay: Duration,
+    pending_down: Option<(usize, Instant)>,
     sent_media_bytes: u64,
     padding_bytes: u64,
 }
@@ -123,6 +127,8 @@ impl Sim {
             next_frame: t0,
             layer: 2,
             switches: 0,
+            switch_down_delay: Duration::ZERO,
+            pending_down: None,
             sent_media_bytes: 0,
             padding_bytes: 0,
         }
@@ -137,7 +143,22 @@ impl Sim {
     /// The highest layer that fits the estimate (the lowest if none does).
     fn choose(&mut self) {
         let est = self.bwe.estimate();
-        let layer = LAYERS.iter().rposition(|r| *r <= est).unwrap_or(0);
+        let mut layer = LAYERS.iter().rposition(|r| *r <= est).unwrap_or(0);
+        if layer < self.layer && !self.switch_down_delay.is_zero() {
+            match self.pending_down {
+                Some((_, due)) if self.now >= due => self.pending_down = None,
+                Some((_, due)) => {
+                    self.pending_down = Some((layer, due));
+                    layer = self.layer;
+                }
+                None => {
+                    self.pending_down = Some((layer, self.now + self.switch_down_delay));
+                    layer = self.layer;
+                }
+            }
+        } else {
+            self.pending_down = None;
+        }
         if layer != self.layer {
             self.switches += 1;
             self.layer = layer;
@@ -303,6 +324,45 @@ fn a_link_that_narrows_suddenly_is_followed_at_once() {
             took <= Duration::from_secs(2),
             "followed after {took:?} ({queue:?} queue): {:?}",
             sim.bwe.stats()
+        );
+    }
+}
+
+/// A wide path that narrows suddenly to a link the lowest layer still fits (200 kbit/s
+/// for a 150 kbit/s layer), with the sender slow to switch down (300 ms for the lower
+/// layer's keyframe, the higher one sent meanwhile): the queue overflows for a while and
+/// feedback reports heavy loss several times over. The estimate follows the link down,
+/// but never below what the link was measured to deliver: one overshoot is one decrease,
+/// so the lowest layer is never paused.
+#[test]
+fn a_narrowing_costs_one_decrease_not_a_dip_below_the_link() {
+    for (seed, queue) in [(1u64, ms(300)), (2, ms(100)), (3, ms(1_000)), (4, ms(300))] {
+        let mut sim = Sim::new(10_000_000);
+        sim.link.rng = Rng(0x51_7cc1_b727_220a ^ seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
+        sim.link.max_queue = queue;
+        sim.link.loss = 0.01;
+        sim.switch_down_delay = ms(300);
+        sim.run_for(Duration::from_secs(10));
+        assert_eq!(sim.layer, 2, "{:?}", sim.bwe.stats());
+        sim.link.capacity_bps = 200_000;
+        let mut lowest = u64::MAX;
+        let mut below_lowest_layer = Duration::ZERO;
+        for _ in 0..10_000 {
+            sim.step();
+            let est = sim.bwe.estimate();
+            lowest = lowest.min(est);
+            if est < LAYERS[0] {
+                below_lowest_layer += ms(1);
+            }
+        }
+        let stats = sim.bwe.stats();
+        assert_eq!(sim.layer, 0, "{stats:?}");
+        // Without a congestion signal the estimate may float above what is sent (up to
+        // 1.5 times the acknowledged rate), never up to the layer that does not fit.
+        assert!(stats.estimate_bps < LAYERS[1], "{stats:?}");
+        assert!(
+            lowest >= LAYERS[0],
+            "dipped to {lowest} ({below_lowest_layer:?} under the lowest layer), {queue:?} queue: {stats:?}"
         );
     }
 }
