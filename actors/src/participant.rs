@@ -727,6 +727,12 @@ pub const FORWARD_DELAY_BUCKETS: &[f64] = &[
     1.0,
 ];
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(250);
+/// A client that has asked for the same packet for this long gets a keyframe instead.
+/// Chromium asks again about every 100 ms and gives a packet up after 10 tries, so a
+/// longer wait would often see no more requests for it.
+const NACK_GIVE_UP: Duration = Duration::from_millis(500);
+/// At most one keyframe per this interval for packets asked for too long.
+const NACK_KEYFRAME_INTERVAL: Duration = Duration::from_secs(1);
 /// No bandwidth probe starts this soon after the client's last NACK.
 const PROBE_QUIET_AFTER_NACK: Duration = Duration::from_secs(1);
 /// A playing video is paused by the bandwidth allocation only after it has not fitted for
@@ -2359,11 +2365,27 @@ impl ParticipantState {
                 let rtt = leg.stats.rtt();
                 // Source numbers by source stream (a simulcast switch spans two).
                 let mut by_source: Vec<(Ssrc, Vec<u16>)> = Vec::new();
-                let allowed: Vec<u16> = seqs
-                    .iter()
-                    .copied()
-                    .filter(|s| sub.retransmit.allow(now, *s, rtt))
-                    .collect();
+                // A packet the client has kept asking for (its retransmissions lost in a
+                // full queue too) leaves its picture frozen until a keyframe, and Chromium
+                // asks for one itself only after 3 s without a decodable frame: such a
+                // packet gets a keyframe, as if the client had asked, and no more
+                // retransmissions that only add to the queue.
+                let given_up = seqs.iter().find_map(|s| {
+                    sub.retransmit
+                        .asking_for(now, *s)
+                        .filter(|d| *d >= NACK_GIVE_UP)
+                        .map(|d| (*s, d))
+                });
+                let mut allowed: Vec<u16> = Vec::with_capacity(seqs.len());
+                for &seq in &seqs {
+                    let hopeless = sub
+                        .retransmit
+                        .asking_for(now, seq)
+                        .is_some_and(|d| d >= NACK_GIVE_UP);
+                    if !hopeless && sub.retransmit.allow(now, seq, rtt) {
+                        allowed.push(seq);
+                    }
+                }
                 let mapped: Vec<(Ssrc, u16)> = allowed
                     .iter()
                     .filter_map(|s| leg.forwarder.source_of(*s))
@@ -2377,6 +2399,24 @@ impl ParticipantState {
                     }
                 }
                 drop(leg);
+                if let Some((seq, asked)) = given_up
+                    && !sub.refused
+                    && sub
+                        .last_client_keyframe_request
+                        .is_none_or(|t| now.duration_since(t) >= NACK_KEYFRAME_INTERVAL)
+                {
+                    tracing::debug!(participant = %self.id, track = %sub.track, seq, ?asked,
+                        "a packet asked for too long: asking for a keyframe");
+                    metrics::counter!("hearth_keyframe_requests_total", "reason" => "nack")
+                        .increment(1);
+                    sub.last_client_keyframe_request = Some(now);
+                    let _ = sub
+                        .publisher_ref
+                        .send_message(ParticipantMsg::KeyframeRequest {
+                            track: *key,
+                            from: self.id.clone(),
+                        });
+                }
                 for (ssrc, seqs) in by_source {
                     let _ = sub.publisher_ref.send_message(ParticipantMsg::Retransmit {
                         track: *key,

@@ -260,9 +260,10 @@ pub struct RetransmitLimiter {
     last_refill: Option<Instant>,
     rate_per_s: f64,
     burst: f64,
-    /// Recently retransmitted sequence numbers, indexed by `seq % RECENT`: (seq, when, in
-    /// milliseconds since `base` plus one; 0 = empty). Compact: one limiter per subscription.
-    recent: [(u16, u32); RETRANSMIT_RECENT],
+    /// Recently requested sequence numbers, indexed by `seq % RECENT`: (seq, last
+    /// retransmitted, first requested, last requested), times in milliseconds since `base`
+    /// plus one (0 = empty). Compact: one limiter per subscription.
+    recent: [(u16, u32, u32, u32); RETRANSMIT_RECENT],
     base: Option<Instant>,
     /// Requests refused by the budget or as repeats.
     pub refused: u64,
@@ -270,6 +271,9 @@ pub struct RetransmitLimiter {
 
 /// Sequence numbers remembered for repeat suppression.
 pub const RETRANSMIT_RECENT: usize = 64;
+/// A request for a sequence number last asked for longer ago than this is a new one (the
+/// number came round again, 65,536 packets later).
+const REQUEST_MEMORY: Duration = Duration::from_secs(2);
 
 impl RetransmitLimiter {
     /// `rate_per_s` retransmissions per second on average, bursts of `burst`.
@@ -279,7 +283,7 @@ impl RetransmitLimiter {
             last_refill: None,
             rate_per_s: f64::from(rate_per_s),
             burst: f64::from(burst),
-            recent: [(0, 0); RETRANSMIT_RECENT],
+            recent: [(0, 0, 0, 0); RETRANSMIT_RECENT],
             base: None,
             refused: 0,
         }
@@ -296,8 +300,17 @@ impl RetransmitLimiter {
         // 49 days: a wrapped stamp only makes one repeat pass early).
         let stamp = (now.saturating_duration_since(base).as_millis() as u32).wrapping_add(1);
         let slot = &mut self.recent[usize::from(seq) % RETRANSMIT_RECENT];
-        let (s, at) = *slot;
-        if at != 0 && s == seq && u128::from(stamp.wrapping_sub(at)) < hold.as_millis() {
+        let (s, at, first, last) = *slot;
+        // The same number asked for again, not one that came round after a wrap.
+        let repeat = first != 0
+            && s == seq
+            && u128::from(stamp.wrapping_sub(last)) < REQUEST_MEMORY.as_millis();
+        if repeat {
+            slot.3 = stamp;
+        } else {
+            *slot = (seq, 0, stamp, stamp);
+        }
+        if repeat && at != 0 && u128::from(stamp.wrapping_sub(at)) < hold.as_millis() {
             self.refused += 1;
             return false;
         }
@@ -311,8 +324,23 @@ impl RetransmitLimiter {
             return false;
         }
         self.tokens -= 1.0;
-        *slot = (seq, stamp);
+        slot.1 = stamp;
         true
+    }
+
+    /// How long the subscriber has been asking for `seq` (since its first request this
+    /// limiter saw, retransmitted or not), if that is still the request remembered for it.
+    /// A packet asked for again and again never arrives (its retransmissions are lost in a
+    /// full queue too), and the picture behind it stays frozen until a keyframe: Chromium
+    /// asks for one itself only after 3 s without a decodable frame.
+    pub fn asking_for(&self, now: Instant, seq: u16) -> Option<Duration> {
+        let base = self.base?;
+        let (s, _, first, last) = self.recent[usize::from(seq) % RETRANSMIT_RECENT];
+        let stamp = (now.saturating_duration_since(base).as_millis() as u32).wrapping_add(1);
+        (first != 0
+            && s == seq
+            && u128::from(stamp.wrapping_sub(last)) < REQUEST_MEMORY.as_millis())
+        .then(|| Duration::from_millis(u64::from(stamp.wrapping_sub(first))))
     }
 }
 
@@ -675,16 +703,49 @@ mod tests {
         }
         assert!(!l.allow(t1, 110, rtt));
         // A repeat within the round trip is refused even with tokens left.
-        let t2 = t1 + Duration::from_secs(1);
+        let t2 = t1 + Duration::from_secs(3);
         assert!(l.allow(t2, 7, rtt));
         assert!(!l.allow(t2 + Duration::from_millis(10), 7, rtt));
         assert!(l.allow(t2 + Duration::from_millis(50), 7, rtt));
         assert_eq!(l.refused, 3);
+        // It has been asked for since t2 (its request at t0 is too old to be the same),
+        // retransmitted or not.
+        assert_eq!(
+            l.asking_for(t2 + Duration::from_millis(80), 7),
+            Some(Duration::from_millis(80))
+        );
+        assert_eq!(l.asking_for(t2 + Duration::from_secs(3), 7), None);
+        assert_eq!(l.asking_for(t2, 8), None);
         // A flood of NACKs for 278,000 sequence numbers releases at most the budget.
         let mut l = RetransmitLimiter::new(100, 50);
         let allowed = (0..278_000u32)
             .filter(|s| l.allow(t0, *s as u16, rtt))
             .count();
         assert_eq!(allowed, 50);
+    }
+
+    /// A request refused by the budget still starts the clock of how long its packet has
+    /// been asked for; another sequence number in the same slot starts it again.
+    #[test]
+    fn how_long_a_packet_has_been_asked_for() {
+        let t0 = Instant::now();
+        let mut l = RetransmitLimiter::new(1, 1);
+        let rtt = Some(Duration::from_millis(20));
+        assert_eq!(l.asking_for(t0, 5), None);
+        assert!(l.allow(t0, 4, rtt));
+        assert!(!l.allow(t0, 5, rtt), "the budget is spent");
+        let t1 = t0 + Duration::from_millis(300);
+        assert!(!l.allow(t1, 5, rtt));
+        assert_eq!(l.asking_for(t1, 5), Some(Duration::from_millis(300)));
+        let t2 = t0 + Duration::from_millis(1_200);
+        assert!(l.allow(t2, 5, rtt), "a token came back");
+        assert_eq!(l.asking_for(t2, 5), Some(Duration::from_millis(1_200)));
+        // Sequence number 5 + 64 takes the slot over.
+        assert!(!l.allow(t2, 5 + RETRANSMIT_RECENT as u16, rtt));
+        assert_eq!(l.asking_for(t2, 5), None);
+        assert_eq!(
+            l.asking_for(t2, 5 + RETRANSMIT_RECENT as u16),
+            Some(Duration::ZERO)
+        );
     }
 }
