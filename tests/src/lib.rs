@@ -625,6 +625,7 @@ enum Command {
     SendRaw(String),
     CutMedia,
     Loss { incoming: u32, outgoing: u32 },
+    LossForGood(u32),
     Leave,
 }
 
@@ -913,6 +914,13 @@ impl TestClient {
         let _ = self.commands.send(Command::Loss { incoming, outgoing });
     }
 
+    /// Drops every `incoming`-th received video RTP datagram and every retransmission of
+    /// it (on the primary stream: this client takes no RTX), as a link whose queue stays
+    /// full would: the NACKs never repair it.
+    pub async fn video_loss_for_good(&self, incoming: u32) {
+        let _ = self.commands.send(Command::LossForGood(incoming));
+    }
+
     /// Turns the meeting's captions on or off (`setCaptions`; needs the captions grant).
     pub async fn set_captions(&self, enabled: bool, language: &str) {
         let msg = C::SetCaptions(pb::SetCaptionsRequest {
@@ -1140,6 +1148,10 @@ struct Loss {
     seen_out: u32,
     /// SSRCs on which we receive video.
     video_in: std::collections::HashSet<u32>,
+    /// Every retransmission of a lost packet is lost too (a queue that stays full).
+    for_good: bool,
+    /// (SSRC, sequence number) of the packets lost for good.
+    lost: std::collections::HashSet<(u32, u16)>,
 }
 
 /// The SSRC of an (S)RTP datagram (the header is not encrypted), None for anything else.
@@ -1242,9 +1254,17 @@ impl Driver {
         if loss.incoming == 0 || !loss.video_in.contains(&ssrc) {
             return false;
         }
+        let seq = u16::from_be_bytes([data[2], data[3]]);
+        if loss.for_good && loss.lost.contains(&(ssrc, seq)) {
+            self.shared.update(|s| s.lost_in += 1);
+            return true;
+        }
         loss.seen_in += 1;
         let lose = loss.seen_in.is_multiple_of(loss.incoming);
         if lose {
+            if loss.for_good {
+                loss.lost.insert((ssrc, seq));
+            }
             self.shared.update(|s| s.lost_in += 1);
         }
         lose
@@ -1751,6 +1771,11 @@ impl Driver {
             Command::Loss { incoming, outgoing } => {
                 self.loss.incoming = incoming;
                 self.loss.outgoing = outgoing;
+                self.loss.for_good = false;
+            }
+            Command::LossForGood(incoming) => {
+                self.loss.incoming = incoming;
+                self.loss.for_good = true;
             }
             Command::SendRaw(text) => {
                 let _ = self.ws_tx.send(Message::text(text)).await;

@@ -693,6 +693,39 @@ async fn lost_video_is_retransmitted() {
     server.shutdown().await;
 }
 
+/// A packet the subscriber asks for again and again and never receives (every
+/// retransmission lost as well) is given up after half a second: the node asks the
+/// publisher for a keyframe on the subscriber's behalf, which the subscriber receives,
+/// instead of leaving the picture frozen until the client's own request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packet_lost_for_good_brings_a_keyframe() {
+    let _turn = RETRANSMISSION_COUNTERS.lock().await;
+    let server = TestServer::start().await;
+    let p = join(&server, "stuck", "pub").await;
+    let s = join(&server, "stuck", "sub").await;
+    everyone_gets_everyone(&[&p, &s]).await;
+    let pid = p.participant_id().to_owned();
+    let metric = r#"hearth_keyframe_requests_total{reason="nack"}"#;
+    let before = server.metric(metric).await;
+    let plis_before = p.stats().plis_received;
+    let keyframes_before = s.stats().stream_from(&pid, Kind::Video).keyframes;
+    s.video_loss_for_good(40).await;
+    p.wait_until("a keyframe request reaches the publisher", T, |st| {
+        st.plis_received > plis_before
+    })
+    .await;
+    s.wait_until("a keyframe reaches the subscriber", T, |st| {
+        st.stream_from(&pid, Kind::Video).keyframes > keyframes_before
+    })
+    .await;
+    let asked = server.metric(metric).await - before;
+    assert!(asked >= 1.0, "keyframes asked for lost packets: {asked}");
+    s.video_loss(0, 0).await;
+    p.leave().await;
+    s.leave().await;
+    server.shutdown().await;
+}
+
 /// A subscriber that accepted RTX (RFC 4588) gets its repairs on the RTX stream: its own
 /// SSRC, payload type and sequence numbers, the original sequence number in front of the
 /// payload. The client (`rtc`) puts each back into the VP8 stream by that number, so the
