@@ -211,11 +211,15 @@ pub struct ServeArgs {
     #[arg(long, env = "HEARTH_OPENAI_STT_CONCURRENCY", value_name = "N")]
     pub openai_stt_concurrency: Option<usize>,
     /// A streaming transcription server speaking the WebSocket contract of Jitsi's
-    /// opus-transcriber-proxy, e.g. ws://stt-box:8080/transcribe: enables the `streaming`
-    /// engine (each transcribed track's Opus goes there undecoded; interim and final
-    /// results come back).
+    /// opus-transcriber-proxy, e.g. ws://stt-box:8080/transcribe or
+    /// wss://stt.example.com/transcribe: enables the `streaming` engine (each transcribed
+    /// track's Opus goes there undecoded; interim and final results come back).
     #[arg(long, env = "HEARTH_STREAMING_STT_URL", value_name = "URL")]
     pub streaming_stt_url: Option<String>,
+    /// PEM file of CA certificates trusted for a wss:// --streaming-stt-url, besides the
+    /// system's (a private CA, or a self-signed engine).
+    #[arg(long, env = "HEARTH_STREAMING_STT_CA", value_name = "PEM")]
+    pub streaming_stt_ca: Option<PathBuf>,
     #[command(flatten)]
     pub turn: TurnArgs,
 }
@@ -236,10 +240,12 @@ pub struct SttConfig {
 /// A streaming transcription server (opus-transcriber-proxy's contract).
 #[derive(Clone, Debug)]
 pub struct StreamingSttConfig {
-    /// `ws://host:port/path` (query parameters kept; the stream's are added).
+    /// `ws://host:port/path` or `wss://...` (query parameters kept; the stream's are added).
     pub url: String,
-    /// Longest wait for a connection.
+    /// Longest wait for a connection (TCP, TLS and the WebSocket handshake).
     pub connect_timeout: Duration,
+    /// CA certificates (DER) trusted for wss:// besides the system's.
+    pub extra_roots: Vec<Vec<u8>>,
 }
 
 /// An OpenAI-compatible transcription server.
@@ -388,19 +394,20 @@ fn resolve_stt(
     {
         let parsed = reqwest::Url::parse(&url)
             .map_err(|e| ConfigError::Invalid(format!("streaming_stt_url: not a URL ({e})")))?;
-        if parsed.scheme() == "wss" {
+        if !matches!(parsed.scheme(), "ws" | "wss") || parsed.host().is_none() {
             return Err(ConfigError::Invalid(
-                "streaming_stt_url: wss:// is not supported yet; use ws:// to a TLS-terminating proxy on the same host or network".into(),
+                "streaming_stt_url: a ws:// or wss:// URL, e.g. ws://stt-box:8080/transcribe"
+                    .into(),
             ));
         }
-        if parsed.scheme() != "ws" || parsed.host().is_none() {
-            return Err(ConfigError::Invalid(
-                "streaming_stt_url: a ws:// URL, e.g. ws://stt-box:8080/transcribe".into(),
-            ));
-        }
+        let extra_roots = match args.streaming_stt_ca.clone().or(file.streaming_ca.clone()) {
+            Some(path) => read_ca_file(&path)?,
+            None => Vec::new(),
+        };
         c.streaming = Some(StreamingSttConfig {
             url,
             connect_timeout: Duration::from_secs(5),
+            extra_roots,
         });
     } else if c.engine == hearth_actors::EngineKind::Streaming {
         return Err(ConfigError::Invalid(
@@ -588,6 +595,24 @@ pub struct FileTranscription {
     pub openai_timeout: Option<String>,
     pub openai_concurrency: Option<usize>,
     pub streaming_url: Option<String>,
+    pub streaming_ca: Option<PathBuf>,
+}
+
+/// The CA certificates of a PEM file (`--streaming-stt-ca`), as DER; a clear error for a
+/// missing file, one that does not parse, or one without a certificate.
+fn read_ca_file(path: &std::path::Path) -> Result<Vec<Vec<u8>>, ConfigError> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let bad =
+        |why: String| ConfigError::Invalid(format!("streaming_stt_ca {}: {why}", path.display()));
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .map(|c| c.map(|c| c.as_ref().to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("not PEM certificates ({e})")))?;
+    if certs.is_empty() {
+        return Err(bad("no CERTIFICATE in it".into()));
+    }
+    Ok(certs)
 }
 
 /// `[cluster]` in hearth.toml: the same settings as `--redis-url`, `--region`,
@@ -1394,8 +1419,7 @@ mod tests {
         assert_eq!(c.stt.engine, hearth_actors::EngineKind::Streaming);
         assert_eq!(c.stt.streaming.unwrap().url, "ws://stt:8080/transcribe");
         for (url, says) in [
-            ("wss://stt/transcribe", "wss:// is not supported"),
-            ("http://stt/transcribe", "a ws:// URL"),
+            ("http://stt/transcribe", "a ws:// or wss:// URL"),
             ("not a url", "not a URL"),
         ] {
             let err = resolve(&ServeArgs {
@@ -1404,6 +1428,39 @@ mod tests {
             })
             .unwrap_err();
             assert!(err.to_string().contains(says), "{url}: {err}");
+        }
+        // wss:// is taken; a CA file must hold certificates.
+        let c = resolve(&ServeArgs {
+            streaming_stt_url: Some("wss://stt.example.com/transcribe".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let streaming = c.stt.streaming.unwrap();
+        assert_eq!(streaming.url, "wss://stt.example.com/transcribe");
+        assert!(streaming.extra_roots.is_empty());
+        let ca = dir.join("ca.pem");
+        for (content, says) in [
+            (None, "No such file"),
+            (Some("not pem at all\n"), "no CERTIFICATE"),
+            (
+                Some("-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n"),
+                "not PEM certificates",
+            ),
+        ] {
+            match content {
+                Some(text) => std::fs::write(&ca, text).unwrap(),
+                None => {
+                    let _ = std::fs::remove_file(&ca);
+                }
+            }
+            let err = resolve(&ServeArgs {
+                streaming_stt_url: Some("wss://stt/transcribe".into()),
+                streaming_stt_ca: Some(ca.clone()),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(err.to_string().contains(says), "{content:?}: {err}");
+            assert!(err.to_string().contains("streaming_stt_ca"), "{err}");
         }
         std::fs::write(&path, "[transcription]\nengine = \"openai\"\n").unwrap();
         let err = resolve(&ServeArgs {

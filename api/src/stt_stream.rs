@@ -28,7 +28,13 @@
 //! The engine counts as back (the transcriber hears so, the backoff starts over) only once
 //! a connection has carried a valid message or stayed up for 5 s: a server that accepts
 //! and then fails is retried at the backoff's pace, not in a loop.
+//!
+//! A `wss://` URL is reached over TLS (rustls with ring, as the rest of the node), its
+//! certificate checked against the system's roots plus those of `--streaming-stt-ca`; a
+//! certificate that does not verify is trouble like any failed connection, with the
+//! verifier's reason.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -58,12 +64,79 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 pub struct StreamingEngine {
     cfg: StreamingSttConfig,
+    /// For a wss:// URL: the TLS client, or why there is none (every connection attempt
+    /// then fails with that reason).
+    tls: Option<Result<tokio_rustls::TlsConnector, String>>,
 }
 
 impl StreamingEngine {
     pub fn new(cfg: StreamingSttConfig) -> StreamingEngine {
-        StreamingEngine { cfg }
+        let tls = cfg
+            .url
+            .get(..6)
+            .is_some_and(|s| s.eq_ignore_ascii_case("wss://"))
+            .then(|| tls_connector(&cfg.extra_roots));
+        if let Some(Err(why)) = &tls {
+            tracing::error!(url = %cfg.url, %why, "no TLS for the streaming engine");
+        }
+        StreamingEngine { cfg, tls }
     }
+}
+
+/// A TLS client that trusts the system's roots and `extra_roots` (DER).
+fn tls_connector(extra_roots: &[Vec<u8>]) -> Result<tokio_rustls::TlsConnector, String> {
+    use rustls::pki_types::CertificateDer;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let roots = extra_roots
+        .iter()
+        .map(|der| CertificateDer::from(der.clone()));
+    let verifier =
+        rustls_platform_verifier::Verifier::new_with_extra_roots(roots, Arc::clone(&provider))
+            .map_err(|e| format!("cannot load the trusted certificates: {e}"))?;
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS settings: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// TCP, TLS (the URL's host as the server name) and the WebSocket handshake to a wss://
+/// URL.
+async fn connect_tls(
+    url: &str,
+    connector: &tokio_rustls::TlsConnector,
+    config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    String,
+> {
+    use rustls::pki_types::ServerName;
+    let uri: tokio_tungstenite::tungstenite::http::Uri = url
+        .parse()
+        .map_err(|e| format!("the streaming engine's URL: {e}"))?;
+    let host = uri
+        .host()
+        .ok_or("the streaming engine's URL has no host")?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot connect to the streaming engine at {host}:{port}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(host.clone())
+        .map_err(|e| format!("{host} is not a TLS server name: {e}"))?;
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS with the streaming engine at {host}:{port} failed: {e}"))?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, tls, Some(config))
+        .await
+        .map_err(|e| format!("cannot open a WebSocket to the streaming engine: {e}"))?;
+    Ok(ws)
 }
 
 impl ExternalEngine for StreamingEngine {
@@ -92,7 +165,14 @@ impl ExternalEngine for StreamingEngine {
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         let url = stream_url(&self.cfg.url, &spec);
         let timeout = self.cfg.connect_timeout;
-        tokio::spawn(run(url, timeout, spec.participant, audio_rx, events_tx));
+        tokio::spawn(run(
+            url,
+            self.tls.clone(),
+            timeout,
+            spec.participant,
+            audio_rx,
+            events_tx,
+        ));
         Some(SttStream {
             audio: audio_tx,
             events: events_rx,
@@ -208,6 +288,7 @@ impl Health {
 
 async fn run(
     url: String,
+    tls: Option<Result<tokio_rustls::TlsConnector, String>>,
     timeout: Duration,
     tag: String,
     mut audio: mpsc::Receiver<StreamAudio>,
@@ -221,18 +302,37 @@ async fn run(
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE));
     loop {
-        let connect = tokio_tungstenite::connect_async_with_config(&url, Some(config), false);
-        let attempt = tokio::time::timeout(timeout, connect).await;
-        let why = match attempt {
-            Ok(Ok((ws, _))) => {
-                tracing::debug!(%url, "streaming engine connected");
-                match converse(ws, &tag, &mut audio, &events, &mut health).await {
-                    Ended::Done => return,
-                    Ended::Failed(why) => why,
+        let late = || format!("the streaming engine did not answer within {timeout:?}");
+        let ended = match &tls {
+            None => {
+                let connect =
+                    tokio_tungstenite::connect_async_with_config(&url, Some(config), false);
+                match tokio::time::timeout(timeout, connect).await {
+                    Ok(Ok((ws, _))) => {
+                        tracing::debug!(%url, "streaming engine connected");
+                        converse(ws, &tag, &mut audio, &events, &mut health).await
+                    }
+                    Ok(Err(e)) => {
+                        Ended::Failed(format!("cannot connect to the streaming engine: {e}"))
+                    }
+                    Err(_) => Ended::Failed(late()),
                 }
             }
-            Ok(Err(e)) => format!("cannot connect to the streaming engine: {e}"),
-            Err(_) => format!("the streaming engine did not answer within {timeout:?}"),
+            Some(Ok(connector)) => {
+                match tokio::time::timeout(timeout, connect_tls(&url, connector, config)).await {
+                    Ok(Ok(ws)) => {
+                        tracing::debug!(%url, "streaming engine connected (TLS)");
+                        converse(ws, &tag, &mut audio, &events, &mut health).await
+                    }
+                    Ok(Err(why)) => Ended::Failed(why),
+                    Err(_) => Ended::Failed(late()),
+                }
+            }
+            Some(Err(why)) => Ended::Failed(why.clone()),
+        };
+        let why = match ended {
+            Ended::Done => return,
+            Ended::Failed(why) => why,
         };
         metrics::counter!("hearth_transcription_engine_errors_total", "engine" => "streaming")
             .increment(1);

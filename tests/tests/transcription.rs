@@ -873,7 +873,87 @@ fn streaming_engine(url: String) -> hearth_api::stt_stream::StreamingEngine {
     hearth_api::stt_stream::StreamingEngine::new(hearth_api::config::StreamingSttConfig {
         url,
         connect_timeout: Duration::from_secs(2),
+        extra_roots: Vec::new(),
     })
+}
+
+/// A wss:// engine: with its certificate trusted (as `--streaming-stt-ca` does) it works
+/// as over ws://; the same server without that trust is trouble, and the reason says the
+/// certificate did not verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_engine_over_tls() {
+    use futures::{SinkExt, StreamExt};
+    use hearth_actors::transcription::StreamEvent;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio_tungstenite::tungstenite::Message;
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()])
+        .expect("a self-signed certificate");
+    let cert = certified.cert.der().to_vec();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        certified.signing_key.serialize_der(),
+    ));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![CertificateDer::from(cert.clone())], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                    return;
+                };
+                while let Some(Ok(Message::Text(t))) = ws.next().await {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    if v["event"] != "media" {
+                        continue;
+                    }
+                    let reply = r#"{"type":"transcription-result","is_interim":false,"transcript":[{"text":"over tls","confidence":0.9}],"participant":{"id":"PA_speaker"},"timestamp":1}"#;
+                    if ws.send(Message::text(reply)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    // "localhost", the certificate's name: the client checks it.
+    let url = format!("wss://localhost:{port}/transcribe");
+    let engine = |extra_roots| {
+        hearth_api::stt_stream::StreamingEngine::new(hearth_api::config::StreamingSttConfig {
+            url: url.clone(),
+            connect_timeout: Duration::from_secs(2),
+            extra_roots,
+        })
+    };
+    let trusted = engine(vec![cert.clone()]);
+    let mut stream = trusted.open_stream(stream_spec()).unwrap();
+    stream.audio.send(opus_chunk(0)).await.unwrap();
+    assert_eq!(
+        next_event(&mut stream.events).await,
+        StreamEvent::Result {
+            text: "over tls".into(),
+            is_final: true
+        }
+    );
+    let untrusted = engine(Vec::new());
+    let mut stream = untrusted.open_stream(stream_spec()).unwrap();
+    stream.audio.send(opus_chunk(0)).await.unwrap();
+    match next_event(&mut stream.events).await {
+        StreamEvent::Trouble(why) => assert!(
+            why.contains("TLS") && why.to_lowercase().contains("certificate"),
+            "{why}"
+        ),
+        other => panic!("an untrusted certificate was taken: {other:?}"),
+    }
 }
 
 fn stream_spec() -> hearth_actors::transcription::StreamSpec {
