@@ -515,6 +515,16 @@ struct Subscription {
 }
 
 impl Subscription {
+    /// Asks the publisher for a keyframe of this track, for `from` (us).
+    fn ask_for_keyframe(&self, from: &ParticipantId) {
+        let _ = self
+            .publisher_ref
+            .send_message(ParticipantMsg::KeyframeRequest {
+                track: self.key,
+                from: from.clone(),
+            });
+    }
+
     /// Whether media should flow to the client now: not muted by the publisher, not hidden
     /// by the client, not paused by the bandwidth allocation, not refused by the client.
     /// Every change of one of these pauses or resumes the leg's forwarder by it.
@@ -1311,12 +1321,7 @@ impl ParticipantState {
             sub.negotiated = true;
             sub.leg_ready = false;
             if sub.leg.lock().is_some_and(|l| l.forwarder.needs_keyframe()) {
-                sub.publisher_ref
-                    .send_message(ParticipantMsg::KeyframeRequest {
-                        track: sub.key,
-                        from: self.id.clone(),
-                    })
-                    .ok();
+                sub.ask_for_keyframe(&self.id);
             }
         }
     }
@@ -1491,12 +1496,7 @@ impl ParticipantState {
                 }
             }
             if sub.wants_media() {
-                let _ = sub
-                    .publisher_ref
-                    .send_message(ParticipantMsg::KeyframeRequest {
-                        track: sub.key,
-                        from: self.id.clone(),
-                    });
+                sub.ask_for_keyframe(&self.id);
             }
         }
         let height = if height == 0 {
@@ -2312,12 +2312,7 @@ impl ParticipantState {
                         .is_none_or(|t| now.duration_since(t) >= KEYFRAME_REQUEST_INTERVAL);
                     if due {
                         sub.last_keyframe_request = Some(now);
-                        let _ = sub
-                            .publisher_ref
-                            .send_message(ParticipantMsg::KeyframeRequest {
-                                track: item.track,
-                                from: self.id.clone(),
-                            });
+                        sub.ask_for_keyframe(&self.id);
                     }
                 }
                 Forwarded::Skipped => {}
@@ -2342,12 +2337,7 @@ impl ParticipantState {
                         .is_none_or(|t| now.duration_since(t) >= KEYFRAME_REQUEST_INTERVAL);
                     if due {
                         sub.last_client_keyframe_request = Some(now);
-                        let _ = sub
-                            .publisher_ref
-                            .send_message(ParticipantMsg::KeyframeRequest {
-                                track: *key,
-                                from: self.id.clone(),
-                            });
+                        sub.ask_for_keyframe(&self.id);
                     }
                 }
             }
@@ -2410,12 +2400,7 @@ impl ParticipantState {
                     metrics::counter!("hearth_keyframe_requests_total", "reason" => "nack")
                         .increment(1);
                     sub.last_client_keyframe_request = Some(now);
-                    let _ = sub
-                        .publisher_ref
-                        .send_message(ParticipantMsg::KeyframeRequest {
-                            track: *key,
-                            from: self.id.clone(),
-                        });
+                    sub.ask_for_keyframe(&self.id);
                 }
                 for (ssrc, seqs) in by_source {
                     let _ = sub.publisher_ref.send_message(ParticipantMsg::Retransmit {
