@@ -269,8 +269,9 @@ pub struct RetransmitLimiter {
     pub refused: u64,
 }
 
-/// Sequence numbers remembered for repeat suppression.
-pub const RETRANSMIT_RECENT: usize = 64;
+/// Sequence numbers remembered for repeat suppression (a slot each, by `seq % this`: an
+/// overflowing queue can lose a hundred packets at once, all asked for again and again).
+pub const RETRANSMIT_RECENT: usize = 128;
 /// A request for a sequence number last asked for longer ago than this is a new one (the
 /// number came round again, 65,536 packets later).
 const REQUEST_MEMORY: Duration = Duration::from_secs(2);
@@ -328,20 +329,31 @@ impl RetransmitLimiter {
         true
     }
 
-    /// How long the subscriber has been asking for `seq` (since its first request this
-    /// limiter saw, retransmitted or not), if that is still the request remembered for it.
+    /// What the subscriber's requests for `seq` have been, if it is still the request
+    /// remembered for its slot: how long it has been asked for (since the first request
+    /// this limiter saw, retransmitted or not) and how long ago it was last retransmitted.
     /// A packet asked for again and again never arrives (its retransmissions are lost in a
     /// full queue too), and the picture behind it stays frozen until a keyframe: Chromium
     /// asks for one itself only after 3 s without a decodable frame.
-    pub fn asking_for(&self, now: Instant, seq: u16) -> Option<Duration> {
+    pub fn asked(&self, now: Instant, seq: u16) -> Option<Asked> {
         let base = self.base?;
-        let (s, _, first, last) = self.recent[usize::from(seq) % RETRANSMIT_RECENT];
+        let (s, sent, first, last) = self.recent[usize::from(seq) % RETRANSMIT_RECENT];
         let stamp = (now.saturating_duration_since(base).as_millis() as u32).wrapping_add(1);
-        (first != 0
-            && s == seq
-            && u128::from(stamp.wrapping_sub(last)) < REQUEST_MEMORY.as_millis())
-        .then(|| Duration::from_millis(u64::from(stamp.wrapping_sub(first))))
+        let ago = |t: u32| Duration::from_millis(u64::from(stamp.wrapping_sub(t)));
+        (first != 0 && s == seq && ago(last) < REQUEST_MEMORY).then(|| Asked {
+            asked_for: ago(first),
+            since_sent: (sent != 0).then(|| ago(sent)),
+        })
     }
+}
+
+/// What a [`RetransmitLimiter`] remembers of one sequence number's requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Asked {
+    /// Since the first request.
+    pub asked_for: Duration,
+    /// Since its last retransmission; None: never retransmitted (refused by the budget).
+    pub since_sent: Option<Duration>,
 }
 
 /// RFC 4585 generic NACK encoding: (PID, BLP) pairs where bit i of BLP stands for PID + i + 1.
@@ -711,11 +723,14 @@ mod tests {
         // It has been asked for since t2 (its request at t0 is too old to be the same),
         // retransmitted or not.
         assert_eq!(
-            l.asking_for(t2 + Duration::from_millis(80), 7),
-            Some(Duration::from_millis(80))
+            l.asked(t2 + Duration::from_millis(80), 7),
+            Some(Asked {
+                asked_for: Duration::from_millis(80),
+                since_sent: Some(Duration::from_millis(30)),
+            })
         );
-        assert_eq!(l.asking_for(t2 + Duration::from_secs(3), 7), None);
-        assert_eq!(l.asking_for(t2, 8), None);
+        assert_eq!(l.asked(t2 + Duration::from_secs(3), 7), None);
+        assert_eq!(l.asked(t2, 8), None);
         // A flood of NACKs for 278,000 sequence numbers releases at most the budget.
         let mut l = RetransmitLimiter::new(100, 50);
         let allowed = (0..278_000u32)
@@ -731,21 +746,49 @@ mod tests {
         let t0 = Instant::now();
         let mut l = RetransmitLimiter::new(1, 1);
         let rtt = Some(Duration::from_millis(20));
-        assert_eq!(l.asking_for(t0, 5), None);
+        assert_eq!(l.asked(t0, 5), None);
         assert!(l.allow(t0, 4, rtt));
         assert!(!l.allow(t0, 5, rtt), "the budget is spent");
         let t1 = t0 + Duration::from_millis(300);
         assert!(!l.allow(t1, 5, rtt));
-        assert_eq!(l.asking_for(t1, 5), Some(Duration::from_millis(300)));
+        let asked = l.asked(t1, 5).unwrap();
+        assert_eq!(asked.asked_for, Duration::from_millis(300));
+        assert_eq!(asked.since_sent, None, "never retransmitted");
         let t2 = t0 + Duration::from_millis(1_200);
         assert!(l.allow(t2, 5, rtt), "a token came back");
-        assert_eq!(l.asking_for(t2, 5), Some(Duration::from_millis(1_200)));
-        // Sequence number 5 + 64 takes the slot over.
-        assert!(!l.allow(t2, 5 + RETRANSMIT_RECENT as u16, rtt));
-        assert_eq!(l.asking_for(t2, 5), None);
+        let t3 = t2 + Duration::from_millis(40);
         assert_eq!(
-            l.asking_for(t2, 5 + RETRANSMIT_RECENT as u16),
+            l.asked(t3, 5),
+            Some(Asked {
+                asked_for: Duration::from_millis(1_240),
+                since_sent: Some(Duration::from_millis(40)),
+            })
+        );
+        // The sequence number a table's length further takes the slot over.
+        assert!(!l.allow(t3, 5 + RETRANSMIT_RECENT as u16, rtt));
+        assert_eq!(l.asked(t3, 5), None);
+        assert_eq!(
+            l.asked(t3, 5 + RETRANSMIT_RECENT as u16)
+                .map(|a| a.asked_for),
             Some(Duration::ZERO)
         );
+        // A hundred packets lost at once and asked for every 100 ms: each keeps its own
+        // history.
+        let mut l = RetransmitLimiter::new(10_000, 10_000);
+        let lost: Vec<u16> = (65_500u16..=65_535).chain(0..64).collect();
+        for round in 0..6u64 {
+            let at = t0 + Duration::from_millis(100 * round);
+            for s in &lost {
+                l.allow(at, *s, rtt);
+            }
+        }
+        let at = t0 + Duration::from_millis(500);
+        for s in &lost {
+            assert_eq!(
+                l.asked(at, *s).map(|a| a.asked_for),
+                Some(Duration::from_millis(500)),
+                "{s}"
+            );
+        }
     }
 }
