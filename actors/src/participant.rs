@@ -34,9 +34,7 @@ use hearth_engine::codec::{VP9_MAX_SPATIAL, vp8_temporal, vp9_layer, vp9_scalabi
 use hearth_engine::forwarder::Forwarder;
 use hearth_engine::keyframe::KeyframeRequester;
 use hearth_engine::media::{MediaKind, MediaPacket, Ssrc};
-use hearth_engine::nack::{
-    Asked, NackConfig, NackGenerator, RetransmissionCache, RetransmitLimiter,
-};
+use hearth_engine::nack::{NackConfig, NackGenerator, RetransmissionCache, RetransmitLimiter};
 use hearth_engine::speaker::{AudioLevelMeter, SpeakerConfig};
 use hearth_engine::stats::{NtpTime, ReceiveStats, ReportTimer, SendStats};
 use hearth_engine::svc::{SVC_TEMPORAL_LAYERS, svc_layer_id, svc_layer_targets};
@@ -739,10 +737,6 @@ pub const FORWARD_DELAY_BUCKETS: &[f64] = &[
     1.0,
 ];
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(250);
-/// A client that has asked for the same packet for this long (or two round trips, if
-/// longer) gets a keyframe instead. Chromium asks again about every 100 ms and gives a
-/// packet up after 10 tries, so a longer wait would often see no more requests for it.
-const NACK_GIVE_UP: Duration = Duration::from_millis(500);
 /// At most one keyframe per this interval for packets asked for too long.
 const NACK_KEYFRAME_INTERVAL: Duration = Duration::from_secs(1);
 /// No bandwidth probe starts this soon after the client's last NACK.
@@ -2362,26 +2356,13 @@ impl ParticipantState {
                 // asks for one itself only after 3 s without a decodable frame: such a
                 // packet gets a keyframe, as if the client had asked, and no more
                 // retransmissions that only add to the queue.
-                // Hopeless: asked for at least NACK_GIVE_UP (two round trips on a slow
-                // path), and retransmitted at least once a round trip ago (the repair had
-                // its time to arrive).
-                let round_trip = rtt
-                    .unwrap_or(Duration::from_millis(100))
-                    .max(Duration::from_millis(20));
-                let give_up_after = NACK_GIVE_UP.max(round_trip * 2);
-                let hopeless = |a: Asked| {
-                    a.asked_for >= give_up_after && a.since_sent.is_some_and(|d| d >= round_trip)
-                };
-                let given_up = seqs.iter().find_map(|s| {
-                    sub.retransmit
-                        .asked(now, *s)
-                        .filter(|a| hopeless(*a))
-                        .map(|a| (*s, a.asked_for))
-                });
+                // (See `RetransmitLimiter::given_up`.)
+                let mut given_up = None;
                 let mut allowed: Vec<u16> = Vec::with_capacity(seqs.len());
                 for &seq in &seqs {
-                    let hopeless = sub.retransmit.asked(now, seq).is_some_and(hopeless);
-                    if !hopeless && sub.retransmit.allow(now, seq, rtt) {
+                    if let Some(asked) = sub.retransmit.given_up(now, seq, rtt) {
+                        given_up.get_or_insert((seq, asked));
+                    } else if sub.retransmit.allow(now, seq, rtt) {
                         allowed.push(seq);
                     }
                 }

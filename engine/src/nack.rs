@@ -275,6 +275,11 @@ pub const RETRANSMIT_RECENT: usize = 128;
 /// A request for a sequence number last asked for longer ago than this is a new one (the
 /// number came round again, 65,536 packets later).
 const REQUEST_MEMORY: Duration = Duration::from_secs(2);
+/// A packet asked for this long (or two round trips, if longer), whose last
+/// retransmission had a round trip to arrive, is given up (see
+/// [`RetransmitLimiter::given_up`]). Chromium asks again about every 100 ms and gives a
+/// packet up after 10 tries, so a longer wait would often see no more requests for it.
+pub const NACK_GIVE_UP: Duration = Duration::from_millis(500);
 
 impl RetransmitLimiter {
     /// `rate_per_s` retransmissions per second on average, bursts of `burst`.
@@ -335,7 +340,7 @@ impl RetransmitLimiter {
     /// A packet asked for again and again never arrives (its retransmissions are lost in a
     /// full queue too), and the picture behind it stays frozen until a keyframe: Chromium
     /// asks for one itself only after 3 s without a decodable frame.
-    pub fn asked(&self, now: Instant, seq: u16) -> Option<Asked> {
+    fn asked(&self, now: Instant, seq: u16) -> Option<Asked> {
         let base = self.base?;
         let (s, sent, first, last) = self.recent[usize::from(seq) % RETRANSMIT_RECENT];
         let stamp = (now.saturating_duration_since(base).as_millis() as u32).wrapping_add(1);
@@ -345,15 +350,30 @@ impl RetransmitLimiter {
             since_sent: (sent != 0).then(|| ago(sent)),
         })
     }
+
+    /// Whether the subscriber's requests for `seq` are hopeless, and if so for how long it
+    /// has asked: at least [`NACK_GIVE_UP`] (or two round trips, if longer), and its last
+    /// retransmission a round trip ago or more (the repair had its time to arrive). Such a
+    /// packet is better answered with a keyframe than with more retransmissions, which
+    /// only add to a full queue. `rtt`: the subscriber's round trip (100 ms when unknown).
+    pub fn given_up(&self, now: Instant, seq: u16, rtt: Option<Duration>) -> Option<Duration> {
+        let round_trip = rtt
+            .unwrap_or(Duration::from_millis(100))
+            .max(Duration::from_millis(20));
+        let after = NACK_GIVE_UP.max(round_trip * 2);
+        self.asked(now, seq)
+            .filter(|a| a.asked_for >= after && a.since_sent.is_some_and(|d| d >= round_trip))
+            .map(|a| a.asked_for)
+    }
 }
 
 /// What a [`RetransmitLimiter`] remembers of one sequence number's requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Asked {
+struct Asked {
     /// Since the first request.
-    pub asked_for: Duration,
+    asked_for: Duration,
     /// Since its last retransmission; None: never retransmitted (refused by the budget).
-    pub since_sent: Option<Duration>,
+    since_sent: Option<Duration>,
 }
 
 /// RFC 4585 generic NACK encoding: (PID, BLP) pairs where bit i of BLP stands for PID + i + 1.
@@ -737,6 +757,58 @@ mod tests {
             .filter(|s| l.allow(t0, *s as u16, rtt))
             .count();
         assert_eq!(allowed, 50);
+    }
+
+    /// A packet is given up after 500 ms of requests (two round trips on a slow path), and
+    /// only once a retransmission of it had a round trip to arrive.
+    #[test]
+    fn a_packet_asked_for_too_long_is_given_up() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let fast = Some(Duration::from_millis(30));
+        let mut l = RetransmitLimiter::new(1_000, 1_000);
+        for ms in (0..=600).step_by(100) {
+            l.allow(at(ms), 9, fast);
+        }
+        assert_eq!(l.given_up(at(400), 9, fast), None, "not yet");
+        assert_eq!(l.given_up(at(600), 9, fast), None, "sent just now");
+        assert_eq!(
+            l.given_up(at(640), 9, fast),
+            Some(Duration::from_millis(640))
+        );
+        // A 400 ms round trip (repeats within it are not sent again): two round trips
+        // of requests, and the last retransmission a round trip old.
+        let slow = Some(Duration::from_millis(400));
+        let mut l = RetransmitLimiter::new(1_000, 1_000);
+        for ms in (0..=700).step_by(100) {
+            l.allow(at(ms), 9, slow); // sent at 0 and 400
+        }
+        assert_eq!(
+            l.given_up(at(700), 9, slow),
+            None,
+            "not two round trips yet"
+        );
+        assert_eq!(
+            l.given_up(at(820), 9, slow),
+            Some(Duration::from_millis(820))
+        );
+        let mut l = RetransmitLimiter::new(1_000, 1_000);
+        for ms in (0..=900).step_by(100) {
+            l.allow(at(ms), 9, slow); // sent at 0, 400 and 800
+        }
+        assert_eq!(
+            l.given_up(at(900), 9, slow),
+            None,
+            "its repair is on the way"
+        );
+        assert!(l.given_up(at(1_200), 9, slow).is_some());
+        // Never retransmitted (the budget refused it): never given up.
+        let mut l = RetransmitLimiter::new(1, 1);
+        l.allow(at(0), 1, fast);
+        for ms in (0..=900).step_by(100) {
+            assert!(!l.allow(at(ms), 2, fast));
+        }
+        assert_eq!(l.given_up(at(900), 2, fast), None);
     }
 
     /// A request refused by the budget still starts the clock of how long its packet has

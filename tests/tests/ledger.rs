@@ -1294,16 +1294,6 @@ async fn failed_billing_and_webhook_actors_are_restarted_and_resume() {
 /// explicit `from`, an hourly report starts at today's midnight, and a test that straddled
 /// midnight lost the usage before it (the final run of 07 Dec failed at 00:00:01 UTC).
 fn since_yesterday() -> String {
-    let days = now_ms().div_euclid(86_400_000) - 1;
-    // Civil date from days since 1970-01-01 (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = hearth_actors::billing::civil_from_days(now_ms().div_euclid(86_400_000) - 1);
     format!("{y:04}-{m:02}-{d:02}")
 }

@@ -163,8 +163,9 @@ const MAX_SEALED_HEADER_LEN: usize = SEALED_HEADER_LEN + 4 + 4 + 2 + 255 + 3;
 
 /// Writes `fields`' header extensions (RFC 8285) after the fixed header in `header` and
 /// sets the X bit; returns the header's length. The one-byte form when every element fits
-/// it (ids 1 to 14, 1 to 16 octets), else the two-byte form if `fields.extra` allows it,
-/// else the extra element is left out.
+/// it (ids 1 to 14, 1 to 16 octets); the two-byte form when the transport-wide sequence
+/// number's id is above 14, or the extra element needs it and allows it; otherwise the
+/// extra element is left out.
 fn write_extensions(header: &mut [u8; MAX_SEALED_HEADER_LEN], fields: &SealFields<'_>) -> usize {
     // A transport-wide sequence number agreed with an id above 14 goes in the two-byte
     // form (RFC 8285 4.3: a peer that agreed such an id reads that form), on every packet,
